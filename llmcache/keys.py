@@ -1,0 +1,160 @@
+"""Cache keys: canonical JSON of everything that shapes an answer, hashed.
+
+The exact key of a request is ``SHA-256(canonical JSON of {v, route, tenant,
+namespace, body minus transport-only fields})``. Transport-only fields
+(:data:`NOT_IN_KEY`: ``stream``, ``stream_options``, ``user``) are left out so a
+stored answer serves streaming and non-streaming callers alike. Unknown fields
+are kept: if an upstream honours a field we do not know, it may shape the output.
+
+For the semantic cache a request splits into a *scope* (everything that must
+match exactly: the exact-key material minus the last user message) and the
+*text* compared by meaning (the last user message)::
+
+    messages: [system, user₁, assistant₁, …, userₙ]
+              └──────── scope hash ────────┘ └ text ┘
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "KEY_SCHEMA_VERSION",
+    "CACHEABLE_ROUTES",
+    "NOT_IN_KEY",
+    "canonical_json",
+    "tenant_id",
+    "exact_key",
+    "SemanticParts",
+    "semantic_parts",
+    "short",
+]
+
+#: Bump when the key material changes so old entries are never served.
+KEY_SCHEMA_VERSION = 1
+
+CACHEABLE_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+#: Request fields that do not change the answer (transport / accounting only).
+NOT_IN_KEY = frozenset({"stream", "stream_options", "user"})
+
+ANONYMOUS_TENANT = "anonymous"
+
+
+def _normalise(value: Any) -> Any:
+    """Numbers compare by value (``1`` == ``1.0``); NaN/inf are rejected (not valid JSON)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("non-finite number in request")
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, Mapping):
+        return {str(k): _normalise(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    raise TypeError(f"unsupported JSON value of type {type(value).__name__}")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no spaces, normalised numbers, UTF-8."""
+    return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def tenant_id(credential: str | None, salt: bytes) -> str:
+    """Salted hash of a tenant credential (``Authorization`` value or configured header).
+
+    HMAC so that the digest of a short or guessable key cannot be reversed by
+    anyone who reads Redis without the salt. No credential → ``anonymous``.
+    """
+    if not credential:
+        return ANONYMOUS_TENANT
+    return hmac.new(salt, credential.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _key_material(route: str, body: Mapping[str, Any], tenant: str, namespace: str) -> dict[str, Any]:
+    return {
+        "v": KEY_SCHEMA_VERSION,
+        "route": route,
+        "tenant": tenant,
+        "namespace": namespace,
+        "body": {k: v for k, v in body.items() if k not in NOT_IN_KEY},
+    }
+
+
+def exact_key(route: str, body: Mapping[str, Any], *, tenant: str, namespace: str = "") -> str:
+    """SHA-256 hex digest addressing the exact cache entry of this request."""
+    return hashlib.sha256(canonical_json(_key_material(route, body, tenant, namespace))).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticParts:
+    """What the semantic cache needs: the exact-match scope and the text compared by meaning."""
+
+    scope_hash: str
+    """SHA-256 of everything but the compared text (tenant, namespace, model, params, history)."""
+    text: str
+    """The last user message (chat) or the prompt (completions)."""
+    model: str
+    """The requested model (kept for tags and metrics; it is also inside the scope)."""
+
+
+def _message_text(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: only pure-text parts are comparable
+        texts = []
+        for part in content:
+            if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                return None
+            texts.append(part["text"])
+        return "\n".join(texts)
+    return None
+
+
+def semantic_parts(route: str, body: Mapping[str, Any], *, tenant: str, namespace: str = "") -> SemanticParts | None:
+    """Split a request for the semantic cache, or ``None`` when it cannot be compared by meaning.
+
+    Only chat requests whose last message is a user text message, and completions
+    with a single string prompt, qualify; embeddings never do (they are exact by nature).
+    """
+    model = body.get("model")
+    if not isinstance(model, str):
+        return None
+    if route == "/v1/chat/completions":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return None
+        last = messages[-1]
+        if not isinstance(last, Mapping) or last.get("role") != "user":
+            return None
+        text = _message_text(last.get("content"))
+        if text is None or not text.strip():
+            return None
+        rest = {k: v for k, v in last.items() if k not in ("content",)}
+        scoped_body = dict(body)
+        scoped_body["messages"] = [*messages[:-1], rest]
+    elif route == "/v1/completions":
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            return None
+        text = prompt
+        scoped_body = {k: v for k, v in body.items() if k != "prompt"}
+    else:
+        return None
+    material = _key_material(route, scoped_body, tenant, namespace)
+    material["semantic"] = True
+    return SemanticParts(hashlib.sha256(canonical_json(material)).hexdigest(), text, model)
+
+
+def short(key_hash: str) -> str:
+    """The first 12 hex digits of a key hash: what logs show."""
+    return key_hash[:12]

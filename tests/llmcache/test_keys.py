@@ -1,0 +1,66 @@
+"""Exact keys: what changes them and what does not."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmcache import keys
+
+CHAT = "/v1/chat/completions"
+BASE = {"model": "m", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        "temperature": 0}
+
+
+def k(body: dict, tenant: str = "t", ns: str = "") -> str:
+    return keys.exact_key(CHAT, body, tenant=tenant, namespace=ns)
+
+
+def test_transport_fields_do_not_change_the_key() -> None:
+    assert k(BASE) == k({**BASE, "stream": True, "stream_options": {"include_usage": True}, "user": "u1"})
+
+
+def test_key_order_and_number_form_do_not_matter() -> None:
+    reordered = dict(reversed(list(BASE.items())))
+    assert k(BASE) == k(reordered) == k({**BASE, "temperature": 0.0})
+
+
+@pytest.mark.parametrize("change", [
+    {"model": "m2"}, {"temperature": 0.5}, {"top_p": 0.9}, {"seed": 1}, {"n": 2}, {"stop": ["x"]},
+    {"max_tokens": 5}, {"logprobs": True}, {"logit_bias": {"1": 2}}, {"tools": [{"type": "function"}]},
+    {"tool_choice": "auto"}, {"response_format": {"type": "json_object"}}, {"some_future_field": 1},
+    {"messages": [{"role": "system", "content": "be long"}, {"role": "user", "content": "hi"}]},
+])
+def test_output_shaping_fields_change_the_key(change: dict) -> None:
+    assert k(BASE) != k({**BASE, **change})
+
+
+def test_tenant_namespace_and_route_partition() -> None:
+    assert k(BASE, tenant="a") != k(BASE, tenant="b")
+    assert k(BASE, ns="x") != k(BASE, ns="y")
+    assert keys.exact_key("/v1/completions", BASE, tenant="t") != k(BASE)
+
+
+def test_tenant_id_is_salted_and_never_the_credential() -> None:
+    a = keys.tenant_id("Bearer sk-secret", b"salt1")
+    assert "sk-secret" not in a and len(a) == 32
+    assert a != keys.tenant_id("Bearer sk-secret", b"salt2")
+    assert keys.tenant_id(None, b"s") == keys.ANONYMOUS_TENANT
+
+
+def test_non_finite_numbers_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        k({**BASE, "temperature": float("nan")})
+
+
+def test_semantic_parts_split_history_from_last_message() -> None:
+    p = keys.semantic_parts(CHAT, BASE, tenant="t")
+    assert p is not None and p.text == "hi" and p.model == "m"
+    other_q = {**BASE, "messages": [BASE["messages"][0], {"role": "user", "content": "hello there"}]}
+    assert keys.semantic_parts(CHAT, other_q, tenant="t").scope_hash == p.scope_hash
+    other_sys = {**BASE, "messages": [{"role": "system", "content": "x"}, BASE["messages"][1]]}
+    assert keys.semantic_parts(CHAT, other_sys, tenant="t").scope_hash != p.scope_hash
+    assert keys.semantic_parts(CHAT, BASE, tenant="u").scope_hash != p.scope_hash
+    assert keys.semantic_parts(CHAT, {**BASE, "model": "z"}, tenant="t").scope_hash != p.scope_hash
+    tool_last = {**BASE, "messages": [*BASE["messages"], {"role": "tool", "content": "r"}]}
+    assert keys.semantic_parts(CHAT, tool_last, tenant="t") is None
+    assert keys.semantic_parts("/v1/embeddings", {"model": "m", "input": "x"}, tenant="t") is None
