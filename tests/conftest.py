@@ -16,6 +16,9 @@ import redis
 
 from llmcache.redis_server import EmbeddedRedis, free_port
 
+# The `kube` / `kube_namespace` fixtures (etcd + kube-apiserver): tests/controlplane/fixtures.py.
+pytest_plugins = ["controlplane.fixtures"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
