@@ -1,0 +1,509 @@
+"""``llmcache up``: the embedded stack (Redis + model server + proxy) in the foreground.
+
+::
+
+    client ──▶ proxy (--listen, default 127.0.0.1:8080)
+                 │ miss                     │ exact keys, vectors
+                 ▼                          ▼
+    model server (--model-listen 8000)    Redis (--redis-listen 6379)
+
+Each part runs as its own process: Redis (the Valkey + RediSearch command line
+of :class:`llmcache.redis_server.EmbeddedRedis`), the model server and the
+proxy (``python -m llmcache …``), each in its own process group so a
+terminal Ctrl-C reaches only ``up``, which then stops them in order (proxy,
+model server, Redis): SIGTERM to the group, SIGKILL after a grace period.
+On Linux the children also get ``PR_SET_PDEATHSIG`` so they die with ``up``
+even if it is killed with SIGKILL. If any child dies, ``up`` stops the rest and
+exits non-zero with the tail of that child's log.
+
+``--redis-url`` uses an existing Redis, ``--upstream`` an existing
+OpenAI-compatible server; the corresponding part is then not started.
+
+:class:`Stack` is the reusable form (``llmcache demo`` and the e2e tests)::
+
+    with Stack(StackConfig(listen="127.0.0.1:0")) as stack:
+        print(stack.base_url)   # http://127.0.0.1:<port>/v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmcache.errors import ConfigError, LLMCacheError
+from llmcache.redis_server import EmbeddedRedis, free_port
+from llmcache.settings import add_flag, parse_listen
+
+__all__ = ["StackConfig", "Stack", "StackError", "configure", "run"]
+
+log = logging.getLogger(__name__)
+
+#: Grace period between SIGTERM and SIGKILL when stopping a child (seconds).
+#: Five seconds lets aiohttp drain in-flight requests; more only delays Ctrl-C.
+STOP_GRACE_S = 5.0
+
+
+class StackError(LLMCacheError):
+    """A part of the stack failed to start or died; the message carries its log tail."""
+
+
+@dataclass(slots=True)
+class StackConfig:
+    """What ``llmcache up`` starts and where. Port 0 picks a free port."""
+
+    listen: str = "127.0.0.1:8080"
+    """Proxy address (``--listen``); what clients use. Default matches ``llmcache proxy``."""
+    model_listen: str = "127.0.0.1:8000"
+    """Model server address (``--model-listen``); default matches ``llmcache model-server``."""
+    redis_listen: str = "127.0.0.1:6379"
+    """Embedded Redis address (``--redis-listen``); the standard Redis port."""
+    redis_url: str | None = None
+    """Use this Redis instead of starting one (``--redis-url``)."""
+    upstream: str | None = None
+    """Use this OpenAI-compatible server instead of starting the model server (``--upstream``)."""
+    model: str = "default"
+    """``--model`` of the model server: ``default`` is the bundled SmolLM2-135M-Instruct."""
+    device: str = "auto"
+    """``--device`` of the model server (auto|cpu|cuda)."""
+    mode: str | None = None
+    """Proxy ``--mode`` (exact|semantic|both); ``None`` leaves the proxy's default."""
+    model_args: list[str] = field(default_factory=list)
+    """Extra arguments for ``llmcache model-server``."""
+    proxy_args: list[str] = field(default_factory=list)
+    """Extra arguments for ``llmcache proxy``."""
+    log_dir: Path | None = None
+    """Where each child's log goes; a temporary directory (kept, path printed) when ``None``."""
+    ready_timeout_s: float = 300.0
+    """How long to wait for each part to become ready. Model loading takes 15–30 s on a
+    laptop CPU; five minutes covers a busy shared machine and a first import of torch."""
+    verbose: bool = False
+    """Echo the children's logs to stderr as well as to their log files."""
+
+
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    os.setsid()  # own session = own process group: Ctrl-C in the terminal reaches only `up`
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: die with `up`, even on SIGKILL
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """True if something listens on (or holds) ``host:port``: try to bind it like a server would."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _http_status(url: str, *, timeout_s: float = 2.0) -> int | None:
+    """HTTP status of ``GET url`` or ``None`` when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback URL we built
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ValueError):
+        return None
+
+
+def _url_host(host: str) -> str:
+    """Host as it goes into a URL a client on this machine can reach."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass(slots=True)
+class _Child:
+    """One subprocess of the stack and how to tell it is ready."""
+
+    name: str
+    argv: list[str]
+    ready_probe: str
+    """What "ready" means, for messages: a URL answering 200, or ``redis PING``."""
+    is_ready: Callable[[], bool]
+    logfile: Path
+    cwd: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    _pump: threading.Thread | None = None
+
+    def start(self, *, verbose: bool) -> None:
+        env = dict(os.environ)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        env["PYTHONUNBUFFERED"] = "1"
+        log.debug("starting %s: %s (log: %s)", self.name, " ".join(self.argv), self.logfile)
+        self.proc = subprocess.Popen(  # noqa: S603 - argv built from our own flags
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=env, cwd=self.cwd, preexec_fn=_pdeathsig,  # noqa: PLW1509 - only setsid+prctl, no locks taken
+        )
+        self._pump = threading.Thread(target=self._copy_output, args=(verbose,), daemon=True,
+                                      name=f"log-{self.name}")
+        self._pump.start()
+
+    def _copy_output(self, verbose: bool) -> None:
+        # A pipe drained by a thread instead of a file handle: lets --verbose tee it
+        # with a prefix, and the child never blocks on a full pipe.
+        assert self.proc is not None and self.proc.stdout is not None
+        with open(self.logfile, "ab") as out:
+            for line in iter(self.proc.stdout.readline, b""):
+                out.write(line)
+                out.flush()
+                if verbose:
+                    sys.stderr.write(f"[{self.name}] {line.decode(errors='replace')}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, *, num_lines: int = 25) -> str:
+        if self._pump is not None:
+            self._pump.join(timeout=1.0)
+        try:
+            lines = self.logfile.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-num_lines:])
+
+    def stop(self, *, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM the child's process group, SIGKILL it after ``grace_s``; idempotent."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0fs; killing it", self.name, grace_s)
+        # Also reap anything the child left in its group (it may have exited first).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+        if self._pump is not None:
+            self._pump.join(timeout=2.0)
+
+
+class Stack:
+    """The running stack: :meth:`start`, then :attr:`base_url`; :meth:`stop` always cleans up.
+
+    ``progress`` receives one human-readable line per step (``print`` for the CLI);
+    it is also called every few seconds while a part is loading.
+    """
+
+    def __init__(self, config: StackConfig | None = None, *,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.config = config or StackConfig()
+        self._progress = progress or (lambda line: log.info("%s", line))
+        self._children: list[_Child] = []
+        self._tmp_log_dir: Path | None = None
+        self.redis_url: str = ""
+        self.upstream_url: str = ""
+        self.proxy_url: str = ""
+
+    # -- addresses ---------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        """What an OpenAI client uses as ``base_url``: ``http://HOST:PORT/v1``."""
+        return f"{self.proxy_url}/v1"
+
+    @property
+    def model_server_url(self) -> str | None:
+        """The model server's root URL when this stack started it (``None`` with ``--upstream``)."""
+        return None if self.config.upstream else self.upstream_url
+
+    @property
+    def log_dir(self) -> Path:
+        assert self.config.log_dir is not None or self._tmp_log_dir is not None
+        return self.config.log_dir or self._tmp_log_dir  # type: ignore[return-value]
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process ids of the parts this stack started (for tests and ``up``'s banner)."""
+        return {c.name: c.proc.pid for c in self._children if c.proc is not None}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _resolve_ports(self) -> tuple[tuple[str, int], tuple[str, int] | None, tuple[str, int] | None]:
+        """Parse the three addresses, pick free ports for 0, and fail early if one is taken."""
+        cfg = self.config
+        wanted: list[tuple[str, str, str]] = [("--listen", cfg.listen, "proxy")]
+        if cfg.upstream is None:
+            wanted.append(("--model-listen", cfg.model_listen, "model server"))
+        if cfg.redis_url is None:
+            wanted.append(("--redis-listen", cfg.redis_listen, "redis"))
+        resolved: dict[str, tuple[str, int]] = {}
+        taken: set[tuple[str, int]] = set()
+        for flag, value, what in wanted:
+            host, port = parse_listen(value)
+            if port == 0:
+                port = free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
+                while (host, port) in taken:
+                    port = free_port("127.0.0.1")
+            elif (host, port) in taken:
+                raise ConfigError(f"{flag} {value} is the same address as another part of the stack; "
+                                  "give the proxy, model server and Redis different ports")
+            elif _port_in_use(host, port):
+                raise ConfigError(
+                    f"port {port} on {host} is already in use, so the {what} cannot listen there: stop what "
+                    f"runs there (`ss -ltnp 'sport = :{port}'` shows it) or choose another port with "
+                    f"{flag} HOST:PORT (env LLMCACHE_{flag.lstrip('-').replace('-', '_').upper()})"
+                )
+            taken.add((host, port))
+            resolved[flag] = (host, port)
+        return resolved["--listen"], resolved.get("--model-listen"), resolved.get("--redis-listen")
+
+    def start(self) -> Stack:
+        """Start every part and wait until each is ready; on any failure stop what started and raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        cfg = self.config
+        proxy_addr, model_addr, redis_addr = self._resolve_ports()
+        if cfg.log_dir is None:
+            self._tmp_log_dir = Path(tempfile.mkdtemp(prefix="llmcache-up-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        py = [sys.executable, "-m", "llmcache"]
+
+        # Redis first: the proxy connects at start-up. The Valkey binary runs as our own
+        # child (not through EmbeddedRedis.start) so it gets the same process-group and
+        # parent-death handling as the other parts.
+        if cfg.redis_url is not None:
+            self.redis_url = cfg.redis_url
+            self._progress(f"redis: using {_redact(cfg.redis_url)}")
+        else:
+            assert redis_addr is not None
+            host, port = redis_addr
+            data_dir = self.log_dir / "redis"
+            data_dir.mkdir(exist_ok=True)
+            server = EmbeddedRedis(host=host, port=port, with_search=True, dir=data_dir)
+            self.redis_url = f"redis://{_url_host(host)}:{port}/0"
+            redis_child = _Child(
+                name="redis", argv=server.command(), ready_probe=f"PING to {self.redis_url}",
+                is_ready=lambda: _redis_ping(_url_host(host).strip("[]"), port),
+                logfile=self.log_dir / "redis.log", cwd=data_dir,
+            )
+            self._launch(redis_child, f"redis: starting on {host}:{port} (Valkey + RediSearch)")
+
+        if cfg.upstream is not None:
+            self.upstream_url = cfg.upstream.rstrip("/")
+            self._progress(f"model server: using {self.upstream_url}")
+        else:
+            assert model_addr is not None
+            host, port = model_addr
+            self.upstream_url = f"http://{_url_host(host)}:{port}"
+            healthz = f"{self.upstream_url}/healthz"
+            model = _Child(
+                name="model-server",
+                argv=[*py, "model-server", "--model", cfg.model, "--device", cfg.device,
+                      "--listen", f"{host}:{port}", *cfg.model_args],
+                ready_probe=f"GET {healthz}", is_ready=lambda: _http_status(healthz) == 200,
+                logfile=self.log_dir / "model-server.log",
+            )
+            self._launch(model, f"model server: loading model {cfg.model!r} on {host}:{port} "
+                                "(15-30 s on a CPU)")
+
+        host, port = proxy_addr
+        self.proxy_url = f"http://{_url_host(host)}:{port}"
+        readyz = f"{self.proxy_url}/readyz"
+        mode = ["--mode", cfg.mode] if cfg.mode else []
+        proxy = _Child(
+            name="proxy",
+            argv=[*py, "proxy", "--listen", f"{host}:{port}", "--upstream", self.upstream_url,
+                  "--redis-url", self.redis_url, *mode, *cfg.proxy_args],
+            ready_probe=f"GET {readyz}", is_ready=lambda: _http_status(readyz) == 200,
+            logfile=self.log_dir / "proxy.log",
+        )
+        self._launch(proxy, f"proxy: starting on {host}:{port}")
+
+    def _launch(self, child: _Child, what: str) -> None:
+        self._progress(f"{what} … (log: {child.logfile})")
+        child.start(verbose=self.config.verbose)
+        self._children.append(child)
+        started = time.monotonic()
+        next_note = started + 5.0
+        while True:
+            if not child.alive():
+                code = child.proc.returncode if child.proc else None
+                raise StackError(f"{child.name} exited with code {code} before it was ready; "
+                                 f"last lines of {child.logfile}:\n{child.tail()}")
+            if child.is_ready():
+                self._progress(f"{child.name}: ready after {time.monotonic() - started:.1f}s")
+                return
+            now = time.monotonic()
+            if now - started > self.config.ready_timeout_s:
+                raise StackError(f"{child.name} was not ready within {self.config.ready_timeout_s:.0f}s "
+                                 f"({child.ready_probe} never succeeded); last lines of {child.logfile}:\n"
+                                 f"{child.tail()}")
+            if now >= next_note:
+                self._progress(f"{child.name}: still starting ({now - started:.0f}s) …")
+                next_note = now + 5.0
+            time.sleep(0.2)
+
+    def dead_child(self) -> str | None:
+        """Name of a part that has exited (``None`` while all are alive)."""
+        for child in self._children:
+            if not child.alive():
+                return child.name
+        return None
+
+    def describe_death(self, name: str) -> str:
+        """Exit code and log tail of the child called ``name``."""
+        for child in self._children:
+            if child.name == name and child.proc is not None:
+                return f"{name} exited with code {child.proc.returncode}; last lines of {child.logfile}:\n" \
+                       f"{child.tail()}"
+        return f"{name} exited"
+
+    def stop(self) -> None:
+        """Stop the parts in reverse order of start (proxy, model server, Redis); idempotent."""
+        for child in reversed(self._children):
+            child.stop()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _redact(url: str) -> str:
+    """``redis://user:secret@host`` → ``redis://user:***@host`` for messages."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    cred, _, host = rest.rpartition("@")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+# -- CLI ------------------------------------------------------------------------------------
+def add_stack_flags(parser: argparse.ArgumentParser, *, any_port: bool = False) -> None:
+    """The flags of ``up``; ``demo`` reuses them with ``any_port`` (free ports by default,
+    because nothing outside the demo needs to find its stack)."""
+    ports = ("127.0.0.1:0",) * 3 if any_port else ("127.0.0.1:8080", "127.0.0.1:8000", "127.0.0.1:6379")
+    add_flag(parser, "--listen", default=ports[0],
+             help="HOST:PORT of the proxy, the address clients use (port 0 = any free port)")
+    add_flag(parser, "--model-listen", default=ports[1], help="HOST:PORT of the model server")
+    add_flag(parser, "--redis-listen", default=ports[2], help="HOST:PORT of the embedded Redis")
+    add_flag(parser, "--redis-url", default=None,
+             help="use this Redis (with the search module for vector KNN) instead of starting one")
+    add_flag(parser, "--upstream", default=None,
+             help="use this OpenAI-compatible server (root URL) instead of starting the model server")
+    add_flag(parser, "--model", default="default",
+             help="model for the model server: 'default' (bundled SmolLM2-135M-Instruct) or a local directory")
+    add_flag(parser, "--device", default="auto", choices=("auto", "cpu", "cuda"), help="model server device")
+    add_flag(parser, "--mode", default=None, choices=("exact", "semantic", "both"),
+             help="proxy cache mode (proxy default when unset)")
+    add_flag(parser, "--log-dir", default=None, type=Path,
+             help="directory for the parts' logs (a temporary directory when unset)")
+    add_flag(parser, "--ready-timeout-s", default=300.0, type=float,
+             help="seconds to wait for each part to become ready")
+    add_flag(parser, "--verbose", action="store_true", help="echo the parts' logs to stderr")
+
+
+def config_from_args(args: argparse.Namespace) -> StackConfig:
+    """Build a :class:`StackConfig` from the flags added by :func:`add_stack_flags`."""
+    return StackConfig(
+        listen=args.listen, model_listen=args.model_listen, redis_listen=args.redis_listen,
+        redis_url=args.redis_url, upstream=args.upstream, model=args.model, device=args.device,
+        mode=args.mode, log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_s, verbose=args.verbose,
+    )
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_stack_flags(parser)
+
+
+def _banner(stack: Stack) -> str:
+    return (
+        f"\nllmcache is up: {stack.base_url}\n"
+        f"  redis        {_redact(stack.redis_url)}\n"
+        f"  model server {stack.upstream_url}\n"
+        f"  logs         {stack.log_dir}\n\n"
+        "Point any OpenAI client at it:\n"
+        "    from openai import OpenAI\n"
+        f"    client = OpenAI(base_url=\"{stack.base_url}\", api_key=\"any-key-per-tenant\")\n\n"
+        "Ctrl-C stops everything.\n"
+    )
+
+
+class _Interrupted(BaseException):
+    """Raised by the signal handler while the stack starts, so start() unwinds and cleans up."""
+
+
+def run(args: argparse.Namespace) -> int:
+    # Start in the main thread: PR_SET_PDEATHSIG fires when the *thread* that forked a
+    # child exits, so a helper thread would take the children down with it.
+    stop = threading.Event()
+
+    def interrupt_start(_signum: int, _frame: object) -> None:
+        raise _Interrupted
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, interrupt_start) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stack = Stack(config_from_args(args), progress=lambda line: print(line, flush=True))
+    try:
+        try:
+            stack.start()
+        except _Interrupted:
+            print("\ninterrupted during start-up; stopped everything that had started.", flush=True)
+            return 130
+        for sig in previous:
+            signal.signal(sig, request_stop)
+        print(_banner(stack), flush=True)
+        while not stop.wait(0.5):
+            dead = stack.dead_child()
+            if dead is not None:
+                print(f"llmcache: error: {stack.describe_death(dead)}", file=sys.stderr, flush=True)
+                print("stopping the rest of the stack …", flush=True)
+                return 1
+        print("\nstopping …", flush=True)
+        return 0
+    finally:
+        # Ignore further signals while stopping so a second Ctrl-C cannot leave orphans.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stack.pids:
+            print("stopped: every part has exited and its port is free.", flush=True)
+
+
+def _redis_ping(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
