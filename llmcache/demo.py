@@ -123,7 +123,9 @@ class Prices:
     """
 
     input_per_1m: float = 2.50
+    """USD per 1M prompt tokens."""
     output_per_1m: float = 10.00
+    """USD per 1M completion tokens."""
 
     def cost(self, *, prompt_tokens: int, completion_tokens: int) -> float:
         return prompt_tokens * self.input_per_1m / 1e6 + completion_tokens * self.output_per_1m / 1e6
@@ -470,9 +472,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
              help="max_tokens per request; small so the demo stays fast on a CPU")
     add_flag(parser, "--request-model", default=None,
              help="model name to send (default: the first one GET /v1/models lists)")
-    add_flag(parser, "--price-input-per-1m", default=Prices.input_per_1m, type=float,
+    add_flag(parser, "--price-input-per-1m", default=Prices().input_per_1m, type=float,
              help="USD per 1M input tokens, to price what hits saved")
-    add_flag(parser, "--price-output-per-1m", default=Prices.output_per_1m, type=float,
+    add_flag(parser, "--price-output-per-1m", default=Prices().output_per_1m, type=float,
              help="USD per 1M output tokens, to price what hits saved")
     add_flag(parser, "--output-dir", default=Path("llmcache-demo-results"), type=Path,
              help="where demo.json and demo.png are written")
@@ -487,6 +489,9 @@ def _print_progress(result: RequestResult, total: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The HTTP client logs every request at INFO; the progress lines already say it better.
+    for noisy in ("httpx", "httpx2", "httpcore", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ConfigError("--max-tokens must be at least 1")
     workload = load_workload(args.workload, quick=args.quick)
