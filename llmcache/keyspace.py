@@ -9,6 +9,7 @@ Layout (``{p}`` = prefix)::
 
     {p}:e:{key_hash}               STRING  exact cache entry (versioned JSON), EXPIRE = TTL
     {p}:v:{key_hash}               HASH    semantic vector document for the same entry
+    {p}:vevents                    STREAM  vector adds/deletes, keeps client-side indexes in sync
     {p}:g:{group}:lru              ZSET    key_hash → last access time (s)      ┐ eviction
     {p}:g:{group}:lfu              ZSET    key_hash → access count              │ bookkeeping,
     {p}:g:{group}:ctime            ZSET    key_hash → creation time (s)         │ one group per
@@ -58,6 +59,11 @@ class Keyspace:
     @property
     def vector_index(self) -> str:
         return f"{self.prefix}:vidx"
+
+    @property
+    def vector_events(self) -> str:
+        """Stream of ``{op: add|del, k: key_hash}``: client-side vector indexes tail it (not under ``vector_prefix``)."""
+        return f"{self.prefix}:vevents"
 
     def group(self, group: str, kind: str) -> str:
         """``kind`` is one of ``lru``, ``lfu``, ``ctime``, ``size``."""

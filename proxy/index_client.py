@@ -1,0 +1,354 @@
+"""Client-side backend of the semantic ``VectorIndex`` for plain Redis/Valkey (no search module).
+
+Vectors live in Redis (same HASH documents as the Query Engine backend), so
+any pod can rebuild; each pod keeps an in-process numpy copy to search::
+
+    start:    id₀ = last id of {p}:vevents;  SCAN {p}:v:* → rows
+    steady:   XREAD {p}:vevents from id₀ → add / delete rows (other pods' writes)
+    every reconcile_interval_s: full SCAN rebuild, swapped in (repairs a trimmed stream, lost events)
+    lookup:   dot products over the scope's live rows → top k → HMGET their documents
+              (a missing or expired document drops the row: TTL needs no event)
+
+Memory is bounded by ``max_entries`` rows (``dim × 4`` bytes each plus
+bookkeeping); beyond it the row expiring soonest leaves the local copy (the
+document stays in Redis) and ``num_evicted_local`` counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from llmcache.keys import short
+from llmcache.keyspace import Keyspace
+from llmcache.proxy.vector_index import Candidate, IndexError_, doc_fields, parse_doc
+
+__all__ = ["ClientIndex", "EVENTS_MAXLEN"]
+
+log = logging.getLogger(__name__)
+
+#: Approximate length the event stream is trimmed to; a pod that falls further behind reconciles.
+EVENTS_MAXLEN = 100_000
+#: Above this many rows the dot products run in a worker thread instead of on the event loop.
+_THREAD_ABOVE_ROWS = 20_000
+_FIELDS = ("vec", "scope", "text", "exp", "v")
+_ROW_OVERHEAD_BYTES = 200  # dict entry + key string, measured roughly with sys.getsizeof
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+class _Rows:
+    """Fixed-width row storage: vectors, expiry, scope ids; a free list reuses deleted rows."""
+
+    def __init__(self, dim: int, capacity: int = 1024) -> None:
+        self.dim = dim
+        self.vecs = np.zeros((capacity, dim), dtype=np.float32)
+        self.exp = np.zeros(capacity, dtype=np.float64)
+        self.scope = np.full(capacity, -1, dtype=np.int64)
+        self.keys: list[str | None] = [None] * capacity
+        self.row_of: dict[str, int] = {}
+        self.free: list[int] = []
+        self.high = 0  # rows [0, high) have been used at least once
+        self.scope_ids: dict[str, int] = {}
+        self.scope_refs: dict[int, int] = {}
+        self._next_scope = 0
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def _grow(self) -> None:
+        cap = self.vecs.shape[0] * 2
+        for name in ("vecs", "exp", "scope"):
+            old = getattr(self, name)
+            new = np.full((cap, *old.shape[1:]), -1 if name == "scope" else 0, dtype=old.dtype)
+            new[: old.shape[0]] = old
+            setattr(self, name, new)
+        self.keys.extend([None] * (cap - len(self.keys)))
+
+    def put(self, key_hash: str, vec: np.ndarray, scope_hash: str, exp_s: float) -> None:
+        row = self.row_of.get(key_hash)
+        if row is not None:
+            self._release_scope(int(self.scope[row]))
+        elif self.free:
+            row = self.free.pop()
+        else:
+            if self.high == self.vecs.shape[0]:
+                self._grow()
+            row = self.high
+            self.high += 1
+        sid = self.scope_ids.get(scope_hash)
+        if sid is None:
+            sid = self.scope_ids[scope_hash] = self._next_scope
+            self._next_scope += 1
+        self.scope_refs[sid] = self.scope_refs.get(sid, 0) + 1
+        self.vecs[row] = vec
+        self.exp[row] = exp_s
+        self.scope[row] = sid
+        self.keys[row] = key_hash
+        self.row_of[key_hash] = row
+
+    def remove(self, key_hash: str) -> bool:
+        row = self.row_of.pop(key_hash, None)
+        if row is None:
+            return False
+        self._release_scope(int(self.scope[row]))
+        self.scope[row] = -1
+        self.exp[row] = 0
+        self.keys[row] = None
+        self.free.append(row)
+        return True
+
+    def _release_scope(self, sid: int) -> None:
+        refs = self.scope_refs.get(sid, 0) - 1
+        if refs > 0:
+            self.scope_refs[sid] = refs
+            return
+        self.scope_refs.pop(sid, None)
+        for name, value in list(self.scope_ids.items()):
+            if value == sid:
+                del self.scope_ids[name]
+                break
+
+    def soonest_expiring(self) -> str | None:
+        live = np.flatnonzero(self.scope[: self.high] >= 0)
+        if live.size == 0:
+            return None
+        return self.keys[int(live[np.argmin(self.exp[live])])]
+
+    def memory_bytes(self) -> int:
+        return int(self.vecs.nbytes + self.exp.nbytes + self.scope.nbytes
+                   + 8 * len(self.keys) + _ROW_OVERHEAD_BYTES * len(self.row_of))
+
+
+class ClientIndex:
+    """numpy dot-product KNN over a local copy of the vectors stored in Redis."""
+
+    name = "client"
+
+    def __init__(self, redis: Any, *, keyspace: Keyspace, dim: int, max_entries: int, reconcile_interval_s: float) -> None:
+        self._redis = redis
+        self._keyspace = keyspace
+        self._dim = dim
+        self._max_entries = max_entries
+        self._reconcile_interval_s = reconcile_interval_s
+        self._rows = _Rows(dim)
+        self._last_event_id = "0-0"
+        self._tasks: list[asyncio.Task[None]] = []
+        self.num_evicted_local = 0
+        self.num_dropped_expired = 0
+        self.num_rebuilds = 0
+        self.num_events_applied = 0
+
+    @classmethod
+    async def open(cls, redis: Any, *, keyspace: Keyspace, dim: int, max_entries: int = 200_000,
+                   reconcile_interval_s: float = 300.0) -> ClientIndex:
+        """Rebuild from Redis, then follow other pods' writes in the background."""
+        self = cls(redis, keyspace=keyspace, dim=dim, max_entries=max_entries, reconcile_interval_s=reconcile_interval_s)
+        await self.rebuild()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._follow(), name="client-index-follow"))
+        if reconcile_interval_s > 0:
+            self._tasks.append(loop.create_task(self._reconcile_forever(), name="client-index-reconcile"))
+        return self
+
+    # -- rebuild / sync -------------------------------------------------------------
+
+    async def rebuild(self) -> None:
+        """Replace the local copy with every live document in Redis (events after the snapshot are replayed)."""
+        last = await self._redis.xrevrange(self._keyspace.vector_events, count=1)
+        start_id = _s(last[0][0]) if last else "0-0"
+        rows = _Rows(self._dim)
+        keys: list[str] = []
+        async for key in self._redis.scan_iter(match=self._keyspace.vector_prefix + "*", count=1000):
+            keys.append(_s(key))
+            if len(keys) >= 1000:
+                await self._load_into(rows, keys)
+                keys = []
+        if keys:
+            await self._load_into(rows, keys)
+        self._rows = rows
+        # Replaying from the snapshot id is idempotent: adds re-read the document, deletes remove.
+        self._last_event_id = start_id
+        self.num_rebuilds += 1
+        log.info("client vector index rebuilt: %d entries, %d bytes", len(rows), rows.memory_bytes())
+
+    async def _load_into(self, rows: _Rows, keys: list[str]) -> None:
+        prefix_len = len(self._keyspace.vector_prefix)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, *_FIELDS)
+            results = await pipe.execute()
+        now = time.time()
+        for key, raw in zip(keys, results, strict=True):
+            doc = parse_doc(raw, dim=self._dim)
+            if doc is None or doc[3] <= now:
+                continue
+            self._put(rows, key[prefix_len:], doc[0], doc[1], doc[3])
+
+    def _put(self, rows: _Rows, key_hash: str, vec: np.ndarray, scope_hash: str, exp_s: float) -> None:
+        if key_hash not in rows.row_of and len(rows) >= self._max_entries:
+            victim = rows.soonest_expiring()
+            if victim is not None:
+                rows.remove(victim)
+                self.num_evicted_local += 1
+                if self.num_evicted_local == 1:
+                    log.warning("client vector index is full (%d entries): dropping the entries expiring soonest "
+                                "from this pod's copy; raise client_index_max_entries or use the search backend",
+                                self._max_entries)
+        rows.put(key_hash, vec, scope_hash, exp_s)
+
+    async def _follow(self) -> None:
+        stream = self._keyspace.vector_events
+        while True:
+            try:
+                reply = await self._redis.xread({stream: self._last_event_id}, count=500, block=1000)
+                await self._apply(reply)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep following; reconciliation repairs gaps
+                log.warning("client vector index: event stream read failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(1.0)
+
+    async def _apply(self, reply: Any) -> None:
+        entries: list[Any] = []
+        if isinstance(reply, dict):
+            for value in reply.values():  # RESP3: {stream: [[(id, fields), …]]}
+                entries.extend(value[0] if value else [])
+        else:
+            for _, stream_entries in reply or []:
+                entries.extend(stream_entries)
+        if not entries:
+            return
+        adds: list[str] = []
+        for event_id, fields in entries:
+            self._last_event_id = _s(event_id)
+            f = {_s(k): _s(v) for k, v in fields.items()}
+            key_hash, op = f.get("k"), f.get("op")
+            if not key_hash:
+                continue
+            if op == "del":
+                self._rows.remove(key_hash)
+                if key_hash in adds:
+                    adds.remove(key_hash)
+            elif op == "add":
+                adds.append(key_hash)
+            self.num_events_applied += 1
+        if adds:
+            await self._load_into(self._rows, [self._keyspace.vector(k) for k in dict.fromkeys(adds)])
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._reconcile_interval_s)
+            try:
+                await self.rebuild()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - try again next period
+                log.warning("client vector index: reconciliation failed (%s)", type(exc).__name__)
+
+    # -- VectorIndex -------------------------------------------------------------------
+
+    async def search(self, vector: np.ndarray, *, scope_hash: str, k: int, min_similarity: float) -> list[Candidate]:
+        rows = self._rows
+        sid = rows.scope_ids.get(scope_hash)
+        if sid is None:
+            return []
+        q = np.asarray(vector, dtype=np.float32)
+        n = rows.high
+        if n > _THREAD_ABOVE_ROWS:
+            picked = await asyncio.to_thread(_top_k, rows, q, sid, n, k, min_similarity, time.time())
+        else:
+            picked = _top_k(rows, q, sid, n, k, min_similarity, time.time())
+        expired, best = picked
+        for key_hash in expired:
+            rows.remove(key_hash)
+            self.num_dropped_expired += 1
+        if not best:
+            return []
+        keys = [self._keyspace.vector(key_hash) for key_hash, _ in best]
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(key, "scope", "text", "exp")
+                docs = await pipe.execute()
+        except Exception as exc:
+            raise IndexError_(f"reading vector documents failed: {exc}") from exc
+        now = time.time()
+        out = []
+        for (key_hash, similarity), raw in zip(best, docs, strict=True):
+            scope, text, exp = raw
+            if scope is None or text is None or exp is None or float(_s(exp)) <= now:
+                # Gone from Redis (TTL, eviction, another pod's delete): forget the row.
+                if rows.remove(key_hash):
+                    self.num_dropped_expired += 1
+                continue
+            if _s(scope) != scope_hash:  # a row rewritten meanwhile: never serve across scopes
+                continue
+            out.append(Candidate(key_hash, similarity, _s(text)))
+        return out
+
+    async def add(self, key_hash: str, vector: np.ndarray, *, scope_hash: str, text: str, ttl_s: int) -> None:
+        key = self._keyspace.vector(key_hash)
+        fields = doc_fields(vector, scope_hash=scope_hash, text=text, ttl_s=ttl_s)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, max(1, int(ttl_s)))
+            pipe.xadd(self._keyspace.vector_events, {"op": "add", "k": key_hash}, maxlen=EVENTS_MAXLEN, approximate=True)
+            await pipe.execute()
+        self._put(self._rows, key_hash, np.asarray(vector, dtype=np.float32), scope_hash, float(fields["exp"]))
+        log.debug("client vector index: added %s", short(key_hash))
+
+    async def delete(self, key_hash: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._keyspace.vector(key_hash))
+            pipe.xadd(self._keyspace.vector_events, {"op": "del", "k": key_hash}, maxlen=EVENTS_MAXLEN, approximate=True)
+            await pipe.execute()
+        self._rows.remove(key_hash)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        self._tasks.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "index_backend": self.name,
+            "entries": len(self._rows),
+            "index_memory_bytes": self._rows.memory_bytes(),
+            "max_entries": self._max_entries,
+            "num_evicted_local": self.num_evicted_local,
+            "num_dropped_expired": self.num_dropped_expired,
+            "num_rebuilds": self.num_rebuilds,
+            "num_events_applied": self.num_events_applied,
+        }
+
+
+def _top_k(rows: _Rows, q: np.ndarray, sid: int, n: int, k: int, min_similarity: float,
+           now_s: float) -> tuple[list[str], list[tuple[str, float]]]:
+    """Expired rows of the scope, and the best ``k`` live rows with similarity ≥ ``min_similarity``."""
+    in_scope = np.flatnonzero(rows.scope[:n] == sid)
+    if in_scope.size == 0:
+        return [], []
+    exp = rows.exp[in_scope]
+    expired = [rows.keys[int(r)] for r in in_scope[exp <= now_s]]
+    live = in_scope[exp > now_s]
+    # Gather only when the scope is a small part of the index; else one matvec over everything.
+    sims = rows.vecs[live] @ q if live.size * 4 < n else (rows.vecs[:n] @ q)[live]
+    keep = sims >= min_similarity
+    live, sims = live[keep], sims[keep]
+    if live.size > k:
+        part = np.argpartition(-sims, k - 1)[:k]
+        live, sims = live[part], sims[part]
+    order = np.argsort(-sims)
+    return [k_ for k_ in expired if k_ is not None], [(rows.keys[int(live[i])], float(sims[i])) for i in order]  # type: ignore[misc]

@@ -1,0 +1,150 @@
+"""Vector indexes for the semantic cache: the ``VectorIndex`` protocol and backend selection.
+
+Every backend stores one Redis HASH per cached answer under
+``Keyspace().vector(key_hash)`` (so the Query Engine indexes it, and so plain
+Redis keeps it for client-side indexes), expiring with the answer::
+
+    {p}:v:{key_hash}   vec   float32 × dim, L2-normalised (cosine = dot product)
+                       scope scope hash (tenant, namespace, model, params, history)
+                       text  the compared text (needed to verify a candidate; a value, never a key or a log)
+                       exp   absolute expiry, Unix seconds (client indexes skip expired rows)
+                       v     document schema version
+
+Backends: :mod:`llmcache.proxy.index_search` (Redis Query Engine, HNSW, TAG
+pre-filter) and :mod:`llmcache.proxy.index_client` (plain Redis/Valkey, numpy
+in-process, kept in sync through a Redis stream). :func:`open_index` picks one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from llmcache.errors import DependencyError, LLMCacheError
+from llmcache.keyspace import Keyspace
+
+__all__ = [
+    "DOC_SCHEMA_VERSION",
+    "IndexError_",
+    "Candidate",
+    "VectorIndex",
+    "has_search_module",
+    "open_index",
+    "doc_fields",
+    "parse_doc",
+]
+
+log = logging.getLogger(__name__)
+
+DOC_SCHEMA_VERSION = 1
+
+
+class IndexError_(LLMCacheError):  # noqa: N801 - ``IndexError`` is a builtin
+    """The vector index failed (Redis down, index missing); the cache fails open."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A KNN neighbour inside the requested scope, with the stored text for verification."""
+
+    key_hash: str
+    similarity: float
+    """Cosine similarity in [-1, 1] (1 = identical direction)."""
+    text: str
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """Nearest stored texts within one scope."""
+
+    name: str
+
+    async def search(self, vector: np.ndarray, *, scope_hash: str, k: int, min_similarity: float) -> list[Candidate]:
+        """Up to ``k`` live entries of ``scope_hash`` with similarity ≥ ``min_similarity``, best first."""
+        ...
+
+    async def add(self, key_hash: str, vector: np.ndarray, *, scope_hash: str, text: str, ttl_s: int) -> None:
+        """Store (or replace) the vector document of ``key_hash``; it expires after ``ttl_s`` seconds."""
+        ...
+
+    async def delete(self, key_hash: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def doc_fields(vector: np.ndarray, *, scope_hash: str, text: str, ttl_s: int, now_s: float | None = None) -> dict[str, Any]:
+    """The HASH fields of one vector document."""
+    now = time.time() if now_s is None else now_s
+    return {
+        "vec": np.asarray(vector, dtype=np.float32).tobytes(),
+        "scope": scope_hash,
+        "text": text.encode(),
+        "exp": f"{now + ttl_s:.3f}",
+        "v": str(DOC_SCHEMA_VERSION),
+    }
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def parse_doc(raw: Mapping[Any, Any] | list[Any], *, dim: int) -> tuple[np.ndarray, str, str, float] | None:
+    """``(vector, scope, text, exp)`` from HGETALL/HMGET output, or ``None`` for a missing or foreign document."""
+    if isinstance(raw, list):  # HMGET vec scope text exp v
+        fields = dict(zip(("vec", "scope", "text", "exp", "v"), raw, strict=False))
+    else:
+        fields = {_s(k): v for k, v in raw.items()}
+    vec_raw, scope, text, exp, ver = (fields.get(f) for f in ("vec", "scope", "text", "exp", "v"))
+    if vec_raw is None or scope is None or text is None or exp is None:
+        return None
+    if ver is not None and _s(ver) != str(DOC_SCHEMA_VERSION):
+        return None
+    if not isinstance(vec_raw, (bytes, bytearray)) or len(vec_raw) != dim * 4:
+        return None
+    try:
+        return np.frombuffer(vec_raw, dtype=np.float32), _s(scope), _s(text), float(_s(exp))
+    except ValueError:
+        return None
+
+
+async def has_search_module(redis: Any) -> bool:
+    """Whether the server answers Query Engine commands (Redis 8, Redis Stack, Valkey + RediSearch)."""
+    try:
+        await redis.execute_command("FT._LIST")
+    except Exception as exc:  # noqa: BLE001 - "unknown command" is the answer we probe for
+        if "unknown command" in str(exc).lower() or "err unknown" in str(exc).lower():
+            return False
+        raise
+    return True
+
+
+async def open_index(redis: Any, *, keyspace: Keyspace, dim: int, kind: Literal["auto", "search", "client"],
+                     client_max_entries: int, client_reconcile_interval_s: float,
+                     hnsw_m: int = 16, hnsw_ef_runtime: int = 64) -> VectorIndex:
+    """Open the configured backend; ``auto`` prefers the Query Engine. Logs the choice once."""
+    from llmcache.proxy import index_client, index_search
+
+    search_ok = await has_search_module(redis)
+    if kind == "search" and not search_ok:
+        raise DependencyError(
+            "semantic index 'search' needs the Redis Query Engine, and this Redis has no search module: "
+            "start Redis with it (`llmcache redis`, redis:8, redis-stack-server) or set "
+            "`--semantic-index client` (or auto)")
+    if kind == "search" or (kind == "auto" and search_ok):
+        index: VectorIndex = await index_search.SearchIndex.open(redis, keyspace=keyspace, dim=dim,
+                                                                 hnsw_m=hnsw_m, ef_runtime=hnsw_ef_runtime)
+        log.info("semantic index: search (Redis Query Engine HNSW COSINE, index %s, %d dims)", keyspace.vector_index, dim)
+    else:
+        index = await index_client.ClientIndex.open(redis, keyspace=keyspace, dim=dim, max_entries=client_max_entries,
+                                                    reconcile_interval_s=client_reconcile_interval_s)
+        reason = "requested" if kind == "client" else "Redis has no search module"
+        log.info("semantic index: client (%s; vectors in Redis, in-process numpy index of %d entries, max %d)",
+                 reason, index.stats()["entries"], client_max_entries)
+    return index

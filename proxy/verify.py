@@ -1,0 +1,563 @@
+"""Verification of semantic-cache candidates: is the stored question really the same question?
+
+Embedding similarity says two texts are *about* the same thing; it does not
+notice that "turn on dark mode" and "turn off dark mode" want opposite
+answers. After KNN, every candidate above the threshold must also pass these
+checks against the stored text (cheap, deterministic, explainable)::
+
+    query ─┐  tokens → stems → numbers/units → task classes → content words
+    stored ┘     │
+                 ├─ negation   "not/never/without/n't…" counts differ            → reject
+                 ├─ antonym    a polar word on one side, its opposite on the other → reject
+                 ├─ number     the multisets of numeric values differ             → reject
+                 ├─ unit       the multisets of units/currencies differ           → reject
+                 ├─ task       the requested operations differ (summarise/translate…) → reject
+                 ├─ direction  two shared anchors swap sides of a shared pivot
+                 │             ("USD to EUR" / "EUR to USD", "A beat B" / "B beat A") → reject
+                 └─ content    a content word of one side is not matched on the other
+                               by stem, synonym group, acronym, compound or (for
+                               non-entity words) a word embedding ≥ word_similarity → reject
+                                   (changed entity, changed topic, added constraint)
+
+The rules are general linguistic checks (closed word classes, morphology,
+alignment), not per-pair patterns; ``benchmarks/semantic_eval.py`` measures
+them per category on a labelled set with a held-out split. They are tuned for
+precision: a rejected paraphrase costs one upstream call, a false hit serves a
+wrong answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Verdict", "Verifier", "analyse", "Analysis", "REASONS"]
+
+#: Every reason a verdict can carry (metrics label values).
+REASONS = ("ok", "identical", "negation", "antonym", "number", "unit", "task", "direction", "content")
+
+WordEmbed = Callable[[Sequence[str]], Awaitable[np.ndarray]]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Outcome of one check: ``ok`` or the first failed check's ``reason`` (one of :data:`REASONS`)."""
+
+    ok: bool
+    reason: str
+    detail: str = ""
+    """Debugging aid for the benchmark; may contain words of the texts, so never log it."""
+
+
+# --------------------------------------------------------------------------- lexicons
+
+_STOPWORDS = frozenset("""
+a an the this that these those there here it its it's i me my mine we us our you your yours he him his she her
+they them their is are was were be been being am do does did doing done have has had having will would shall
+should can could may might must of at as and or but if then than so such too very just also only even
+about which what whats who whom whose where when why how whether while any some each every all both either
+one ones thing things something anything someone anybody somebody please pls kindly hi hello hey thanks thank
+tell give show let lets help need want wanted like would i'd i'm im i've ive you're youre know
+way ways best good great possible simple simply quick quickly easy easily exactly actually really basically
+generally typically usually properly correctly go get got make sure question answer quickly brief briefly
+short shortly detail detailed details mean means meaning between among via per using use used s t
+""".split())
+
+# Words that carry polarity: kept out of the stop-list so the antonym check sees them.
+_ANTONYM_PAIRS = """
+on off|up down|in out|inside outside|into out|above below|over under|before after|with without|for against
+more less|most least|more fewer|increase decrease|increase reduce|raise lower|rise fall|higher lower|high low
+max min|maximum minimum|maximize minimize|largest smallest|biggest smallest|big small|large small|long short
+longest shortest|tall short|wide narrow|thick thin|heavy light|fast slow|faster slower|fastest slowest|quick slow
+early late|earlier later|first last|start stop|start end|begin end|beginning end|open close|opened closed
+enable disable|enabled disabled|activate deactivate|turn_on turn_off|show hide|lock unlock|connect disconnect
+mount unmount|install uninstall|add remove|add delete|insert delete|create delete|create destroy|include exclude
+import export|upload download|encrypt decrypt|encode decode|compress decompress|zip unzip|push pull|send receive
+buy sell|import export|lend borrow|give take|win lose|won lost|winner loser|pass fail|accept reject|allow deny
+allow block|allow forbid|legal illegal|valid invalid|true false|right wrong|correct incorrect|positive negative
+pros cons|advantage disadvantage|advantages disadvantages|benefit risk|benefits risks|best worst|better worse
+good bad|hot cold|warm cool|warm cold|heat cool|wet dry|full empty|rich poor|cheap expensive|cheaper pricier
+safe dangerous|safe unsafe|healthy unhealthy|strong weak|hard soft|hard easy|difficult easy|simple complex
+light dark|bright dark|black white|day night|north south|east west|left right|top bottom|front back|upper lower
+inner outer|internal external|public private|local remote|local global|input output|read write|get set
+horizontal vertical|ascending descending|asc desc|increasing decreasing|forward backward|forwards backwards
+import export|love hate|like dislike|agree disagree|always never|all none|everything nothing|present absent
+male female|men women|man woman|boy girl|husband wife|father mother|son daughter|brother sister|king queen
+alive dead|live die|birth death|born died|young old|new old|newer older|newest oldest|modern ancient
+past future|yesterday tomorrow|before after|previous next|old new|odd even|major minor|plus minus|add subtract
+multiply divide|sum difference|profit loss|gain loss|credit debit|income expense|asset liability|bull bear
+bullish bearish|inhale exhale|sunrise sunset|freeze melt|freezing boiling|upstream downstream|uppercase lowercase
+upper lower|client server|sender receiver|encrypting decrypting|compile decompile|serialize deserialize|mute unmute
+follow unfollow|subscribe unsubscribe|like unlike|pin unpin|archive unarchive|block unblock|approve deny|approve reject
+""".replace("\n", "|").split("|")
+
+_ANTONYMS: dict[str, set[str]] = {}
+for _pair in _ANTONYM_PAIRS:
+    _words = _pair.split()
+    if len(_words) == 2:
+        _a, _b = _words
+        _ANTONYMS.setdefault(_a, set()).add(_b)
+        _ANTONYMS.setdefault(_b, set()).add(_a)
+
+# Polar function words: compared by the antonym check only, never as content (their presence varies freely).
+_FUNCTION_POLAR = frozenset("on off up down in out into inside outside above below over under before after with "
+                            "without for against more less most least fewer".split())
+
+_NEGATIONS = frozenset("not no never none nobody nothing neither nor without cannot nowhere n't".split())
+
+# Operations a prompt asks for; only the class matters ("summarise" ≡ "tl;dr", "explain" ≡ a plain question).
+_TASK_CLASSES: dict[str, str] = {}
+for _cls, _words_s in {
+    "explain": "explain explanation describe description define definition clarify elaborate overview "
+               "understand what",
+    "summarize": "summarize summary summarization tldr recap condense gist abstract synopsis",
+    "translate": "translate translation",
+    "analyze": "analyze analysis evaluate evaluation assess assessment examine critique interpret breakdown",
+    "review": "review feedback proofread grade score rate",
+    "list": "list enumerate",
+    "write": "write compose draft generate create produce author",
+    "rewrite": "rewrite rephrase paraphrase reword shorten simplify expand lengthen edit",
+    "compare": "compare comparison contrast versus vs",
+    "classify": "classify categorize categorise label tag",
+    "extract": "extract pull",
+    "fix": "fix debug troubleshoot repair resolve solve",
+    "optimize": "optimize optimise speed improve",
+    "test": "test tests unittest",
+    "outline": "outline plan",
+    "calculate": "calculate compute count",
+    "predict": "predict forecast",
+    "recommend": "recommend suggest suggestion recommendation",
+}.items():
+    for _w in _words_s.split():
+        _TASK_CLASSES[_w] = _cls
+# Plain questions are explanations: removing this class makes "What is X?" ≡ "Explain X".
+_DEFAULT_TASK = "explain"
+
+# Groups of interchangeable content words (stems), for paraphrases the embedding alone is unsure about.
+_SYNONYM_GROUPS = [
+    "car automobile vehicle", "movie film", "kid child children", "buy purchase", "begin start commence",
+    "big large huge", "small little tiny", "fast quick rapid speedy", "doctor physician", "job work occupation",
+    "error bug issue problem", "function method", "remove delete erase", "make build", "learn study",
+    "show display", "find locate search", "choose pick select", "use utilize employ", "need require",
+    "cost price", "rich wealthy", "happy glad", "sad unhappy", "smart intelligent clever", "stop halt",
+    "house home", "shop store", "phone smartphone mobile", "picture photo image", "laptop notebook",
+    "folder directory", "program application app software", "website site webpage", "internet web online",
+    "email mail", "password passcode", "sick ill", "reason cause why", "purpose goal aim",
+    "benefit advantage", "drawback disadvantage downside", "step instruction", "idea suggestion tip",
+    "guide tutorial", "correct right", "begin beginner novice", "talk speak", "say said", "book novel",
+    "author writer", "song track", "beautiful pretty", "difficult hard tough", "easy simple",
+    "mistake error", "fix repair", "check verify", "copy duplicate", "convert change transform turn",
+    "recipe instructions", "cook prepare", "meal dish", "exercise workout", "ache pain hurt",
+    "physician doctor", "medicine medication drug", "weight mass", "speed velocity", "assist help",
+    "attempt try", "obtain get acquire", "enough sufficient", "often frequently", "maybe perhaps",
+    "whole entire", "entire whole", "car auto", "ocean sea", "street road", "couch sofa", "trash garbage rubbish",
+    "vacation holiday", "film cinema", "large big", "happen occur", "work function operate", "run execute",
+    "setup configure configuration config setting", "install setup", "join merge combine concatenate",
+    "split divide separate", "sort order", "reverse invert flip", "string text", "number integer int",
+    "dictionary dict map hashmap", "array list", "variable var", "repository repo", "database db",
+    "documentation docs", "javascript js", "typescript ts", "python py", "kubernetes k8s",  "photograph photo", "television tv", "refrigerator fridge", "examples example instance",
+]
+_SYNONYM: dict[str, str] = {}
+
+_GAZETTEER = frozenset("""
+monday tuesday wednesday thursday friday saturday sunday january february march april may june july august
+september october november december spring summer autumn fall winter red orange yellow green blue purple
+violet pink brown black white gray grey mercury venus earth mars jupiter saturn uranus neptune pluto
+python java javascript typescript rust go golang ruby php perl swift kotlin scala haskell c c++ cpp csharp
+sql bash powershell html css react vue angular svelte django flask rails spring node nodejs linux windows macos
+mac ios android ubuntu debian fedora chrome firefox safari edge excel word powerpoint aws azure gcp docker
+kubernetes postgres postgresql mysql sqlite mongodb redis kafka england france germany spain italy china
+japan india russia brazil canada mexico usa america australia paris london berlin madrid rome tokyo beijing
+moscow english french german spanish italian chinese japanese russian portuguese arabic hindi korean dutch
+""".split())
+
+
+def _stem(word: str) -> str:
+    """A light, consistent suffix stripper (both texts pass through the same one)."""
+    w = word
+    if w.endswith("'s"):
+        w = w[:-2]
+    for british, american in (("isation", "ization"), ("ising", "izing"), ("ised", "ized"), ("ise", "ize"),
+                              ("yse", "yze"), ("ysing", "yzing"), ("ysed", "yzed"), ("our", "or")):
+        if w.endswith(british) and len(w) > len(british) + 2:
+            w = w[: -len(british)] + american
+            break
+    if len(w) <= 3:
+        return w
+    if w.endswith("ies") and len(w) > 4:
+        return w[:-3] + "y"
+    if w.endswith(("sses", "xes", "ches", "shes", "zes")):
+        w = w[:-2]
+    elif w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        w = w[:-1]
+    for suffix in ("ing", "ed"):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            w = w[: -len(suffix)]
+            if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":
+                w = w[:-1]
+            elif w.endswith(("at", "iz", "yz", "bl", "ag", "uc", "os", "lv", "rv", "rg", "ak", "tiv", "ur", "it", "ot", "id", "ov", "pl")) and suffix:
+                w = w + "e"
+            break
+    if w.endswith("e") and len(w) > 4 and not w.endswith(("ee", "ie")):
+        w = w[:-1]
+    return w
+
+
+for _group in _SYNONYM_GROUPS:
+    _members = _group.split()
+    for _m in _members:
+        _SYNONYM.setdefault(_stem(_m), "syn:" + _stem(_members[0]))
+
+_STOP_STEMS = frozenset(_stem(w) for w in _STOPWORDS)
+_TASK_STEMS = {_stem(w): c for w, c in _TASK_CLASSES.items()}
+_ANTONYM_STEMS: dict[str, set[str]] = {}
+for _w, _opposites in _ANTONYMS.items():
+    _ANTONYM_STEMS.setdefault(_stem(_w), set()).update(_stem(o) for o in _opposites)
+_NEG_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "anti")
+
+# Numbers written as words.
+_NUM_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split())}
+_NUM_WORDS.update({w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())})
+_NUM_WORDS.update({"dozen": 12, "half": 0.5, "quarter": 0.25, "twice": 2, "double": 2, "triple": 3, "hundred": 100,
+                   "thousand": 1000, "million": 1e6, "billion": 1e9, "trillion": 1e12, "k": 1000})
+_MULTIPLIERS = {"hundred": 100, "thousand": 1000, "million": 1e6, "billion": 1e9, "trillion": 1e12, "k": 1000,
+                "m": 1e6, "bn": 1e9}
+_ORDINALS = {w: i + 1 for i, w in enumerate(
+    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth".split())}
+
+# Units and currencies → canonical unit; order of appearance matters for direction ("USD to EUR").
+_UNITS: dict[str, str] = {}
+for _canon, _names in {
+    "km": "km kilometer kilometers kilometre kilometres", "mile": "mi mile miles", "m": "meter meters metre metres",
+    "cm": "cm centimeter centimeters centimetre centimetres", "mm": "mm millimeter millimeters",
+    "ft": "ft foot feet", "inch": "inch inches", "yard": "yd yard yards", "kg": "kg kilogram kilograms kilo kilos",
+    "g": "gram grams", "lb": "lb lbs pound pounds", "oz": "oz ounce ounces", "ton": "ton tons tonne tonnes",
+    "l": "liter liters litre litres", "ml": "ml milliliter milliliters millilitre", "gallon": "gallon gallons gal",
+    "cup": "cup cups", "tbsp": "tbsp tablespoon tablespoons", "tsp": "tsp teaspoon teaspoons",
+    "celsius": "celsius °c centigrade", "fahrenheit": "fahrenheit °f", "kelvin": "kelvin",
+    "percent": "% percent percentage pct", "usd": "$ usd dollar dollars", "eur": "€ eur euro euros",
+    "gbp": "£ gbp sterling", "jpy": "¥ jpy yen", "cny": "cny yuan rmb", "inr": "inr rupee rupees",
+    "chf": "chf franc francs", "cad": "cad", "aud": "aud", "btc": "btc bitcoin", "eth": "eth ether ethereum",
+    "hour": "h hr hrs hour hours", "minute": "min mins minute minutes", "sec": "sec secs seconds",
+    "ms": "ms millisecond milliseconds", "day": "day days", "week": "week weeks", "month": "month months",
+    "year": "yr yrs year years", "decade": "decade decades", "century": "century centuries",
+    "mph": "mph", "kph": "kph kmh km/h", "gb": "gb gigabyte gigabytes", "mb": "mb megabyte megabytes",
+    "kb": "kb kilobyte kilobytes", "tb": "tb terabyte terabytes", "byte": "byte bytes", "bit": "bit bits",
+    "hz": "hz hertz", "ghz": "ghz", "mhz": "mhz", "watt": "w watt watts", "kw": "kw kilowatt kilowatts",
+    "kwh": "kwh", "volt": "v volt volts", "amp": "amp amps ampere amperes", "calorie": "calorie calories kcal cal",
+    "degree": "degree degrees °", "radian": "radian radians", "acre": "acre acres", "hectare": "hectare hectares",
+    "psi": "psi", "bar": "bar", "pixel": "px pixel pixels", "dpi": "dpi",
+}.items():
+    for _n in _names.split():
+        _UNITS[_n] = _canon
+# Short unit spellings that are ordinary words elsewhere count only right after a number.
+_UNIT_NEEDS_NUMBER = frozenset({"m", "g", "h", "w", "v", "l", "s", "in", "min", "sec", "cal", "bar", "gal", "k", "ms", "mi", "eth"})
+
+_CONTRACTIONS = {
+    "can't": "can not", "cannot": "can not", "won't": "will not", "shan't": "shall not", "ain't": "is not",
+    "what's": "what is", "it's": "it is", "that's": "that is", "there's": "there is", "how's": "how is",
+    "where's": "where is", "who's": "who is", "let's": "let us", "i'm": "i am", "you're": "you are",
+    "we're": "we are", "they're": "they are", "i've": "i have", "you've": "you have", "i'd": "i would",
+    "i'll": "i will", "you'll": "you will",
+}
+_TOKEN_RE = re.compile(r"\d+(?:[.,]\d+)*(?:st|nd|rd|th)?|[a-z]+(?:'[a-z]+)?|[%$€£¥°]", re.IGNORECASE)
+_DIRECTIONAL = frozenset("to into from than by over against toward towards onto for per after before under".split())
+
+
+@dataclass(slots=True)
+class _Token:
+    text: str       # lower-case surface form
+    stem: str
+    pos: int
+    capital: bool   # capitalised or all-caps, and not the first word of a sentence
+
+
+@dataclass(slots=True)
+class Analysis:
+    """What the checks compare, extracted from one text."""
+
+    tokens: list[_Token]
+    negations: int
+    numbers: Counter[float]
+    units: list[str]
+    tasks: frozenset[str]
+    content: dict[str, _Token] = field(default_factory=dict)
+    """Content stems (after synonym mapping) → first token; excludes stopwords, numbers, units, task words."""
+    polar: set[str] = field(default_factory=set)
+    sequence: list[str] = field(default_factory=list)
+    """Comparable units in order, for the direction check: content stems, numbers, units, directional words."""
+
+
+def _expand(text: str) -> str:
+    t = text.replace("’", "'").replace("‘", "'")
+    t = re.sub(r"(?i)\btl;?dr\b", " tldr ", t)
+    t = re.sub(r"(?i)\b(\w+)'(s|re|ve|d|ll|m)\b", lambda m: _CONTRACTIONS.get(m.group(0).lower(), m.group(0)), t)
+    t = re.sub(r"(?i)\b(can't|won't|shan't|ain't|cannot)\b", lambda m: _CONTRACTIONS[m.group(0).lower()], t)
+    t = re.sub(r"(?i)n't\b", " not", t)
+    t = re.sub(r"(?i)\bturn(ed|ing|s)?\s+(on|off)\b", lambda m: f"turn {m.group(2)}", t)
+    t = re.sub(r"(\d),(\d{3})\b", r"\1\2", t)
+    t = re.sub(r"(\d)([a-zA-Z%°$€£¥])", r"\1 \2", t)      # "5km" → "5 km", "20%" → "20 %"
+    t = re.sub(r"([$€£¥])\s*(\d)", r"\1 \2", t)
+    return t
+
+
+def _number_value(tok: str) -> float | None:
+    t = tok.lower()
+    t = re.sub(r"(st|nd|rd|th)$", "", t) if re.match(r"^\d", t) else t
+    try:
+        return float(t.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def analyse(text: str) -> Analysis:
+    """Tokenise and classify ``text`` (pure function; the checks only compare two analyses)."""
+    expanded = _expand(text)
+    raw = [(m.group(0), m.start()) for m in _TOKEN_RE.finditer(expanded)]
+    tokens: list[_Token] = []
+    sentence_start = True
+    last_end = 0
+    for word, start in raw:
+        between = expanded[last_end:start]
+        if any(ch in between for ch in ".?!:\n"):
+            sentence_start = True
+        lower = word.lower()
+        capital = (not sentence_start) and (word[:1].isupper() or (len(word) > 1 and word.isupper()))
+        tokens.append(_Token(lower, _stem(lower), len(tokens), capital))
+        sentence_start = False
+        last_end = start + len(word)
+
+    negations = 0
+    numbers: Counter[float] = Counter()
+    units: list[str] = []
+    tasks: set[str] = set()
+    content: dict[str, _Token] = {}
+    polar: set[str] = set()
+    sequence: list[str] = []
+    i = 0
+    prev_number = False
+    while i < len(tokens):
+        tok = tokens[i]
+        w = tok.text
+        value = _number_value(w)
+        if value is None and w in _NUM_WORDS and not (w == "k" and not prev_number):
+            # Combine "twenty five", "three hundred", "two thousand five hundred".
+            total, current, j = 0.0, 0.0, i
+            while j < len(tokens) and tokens[j].text in _NUM_WORDS or (j < len(tokens) and tokens[j].text == "and" and j > i and j + 1 < len(tokens) and tokens[j + 1].text in _NUM_WORDS):
+                t = tokens[j].text
+                if t == "and":
+                    j += 1
+                    continue
+                if t in _MULTIPLIERS and t != "k":
+                    current = (current or 1) * _MULTIPLIERS[t]
+                    if _MULTIPLIERS[t] >= 1000:
+                        total, current = total + current, 0.0
+                else:
+                    current += _NUM_WORDS[t]
+                j += 1
+            value = total + current
+            if w in ("half", "quarter", "double", "twice", "triple", "dozen") and j == i + 1:
+                value = _NUM_WORDS[w]
+            if w == "one" and j == i + 1 and i > 0 and tokens[i - 1].text in ("which", "the", "this", "that", "each", "every", "any", "no"):
+                value = None  # "which one", "the one": a pronoun
+            if value is not None:
+                numbers[value] += 1
+                sequence.append(f"#{value:g}")
+                prev_number = True
+                i = j
+                continue
+        if value is not None:
+            # A multiplier right after digits: "2 million", "5k".
+            if i + 1 < len(tokens) and tokens[i + 1].text in _MULTIPLIERS:
+                value *= _MULTIPLIERS[tokens[i + 1].text]
+                i += 1
+            numbers[value] += 1
+            sequence.append(f"#{value:g}")
+            prev_number = True
+            i += 1
+            continue
+        if w in _ORDINALS:
+            numbers[1000000 + _ORDINALS[w]] += 1  # ordinals: compared among themselves
+            sequence.append(f"#o{_ORDINALS[w]}")
+            prev_number = False
+            i += 1
+            continue
+        unit = _UNITS.get(w)
+        if unit is not None and (w not in _UNIT_NEEDS_NUMBER or prev_number):
+            units.append(unit)
+            sequence.append(f"u:{unit}")
+            prev_number = False
+            i += 1
+            continue
+        prev_number = False
+        if w in _NEGATIONS or w == "not":
+            negations += 1
+            i += 1
+            continue
+        if w == "turn" and i + 1 < len(tokens) and tokens[i + 1].text in ("on", "off"):
+            polar.add("turn_" + tokens[i + 1].text)
+            i += 2
+            continue
+        if tok.stem in _ANTONYM_STEMS or w in _ANTONYMS:
+            polar.add(tok.stem)
+        if w in _DIRECTIONAL:
+            sequence.append(f"d:{w}")
+        task = _TASK_STEMS.get(tok.stem)
+        if task is not None and not (w in ("what",) and False):
+            tasks.add(task)
+            i += 1
+            continue
+        if (w in _STOPWORDS or tok.stem in _STOP_STEMS or w in _DIRECTIONAL or w in _FUNCTION_POLAR
+                or len(w) == 1 and not w.isalnum()):
+            i += 1
+            continue
+        key = _SYNONYM.get(tok.stem, tok.stem)
+        if key not in content:
+            content[key] = tok
+        sequence.append(key)
+        i += 1
+    tasks.discard(_DEFAULT_TASK)
+    return Analysis(tokens, negations, numbers, units, frozenset(tasks), content, polar, sequence)
+
+
+def _antonym_clash(a: Analysis, b: Analysis) -> str | None:
+    only_a = a.polar - b.polar
+    only_b = b.polar - a.polar
+    for x in only_a:
+        opposites = _ANTONYM_STEMS.get(x, set())
+        if x.startswith("turn_"):
+            opposites = {"turn_off" if x == "turn_on" else "turn_on"}
+        hit = opposites & only_b
+        if hit:
+            return f"{x}/{sorted(hit)[0]}"
+    # Negative prefixes: "possible" / "impossible", "like" / "dislike".
+    for x in a.content:
+        for y in b.content:
+            if x != y and (x in b.content) is False and (y in a.content) is False:
+                for prefix in _NEG_PREFIXES:
+                    if (y == prefix + x or x == prefix + y) and len(min(x, y, key=len)) >= 4:
+                        return f"{x}/{y}"
+    return None
+
+
+def _direction_clash(a: Analysis, b: Analysis) -> str | None:
+    """Two anchors that appear once on each side swap sides of a shared pivot."""
+    count_a, count_b = Counter(a.sequence), Counter(b.sequence)
+    shared = [x for x in count_a if count_a[x] == 1 and count_b.get(x) == 1]
+    if len(shared) < 3:
+        return None
+    pos_a = {x: a.sequence.index(x) for x in shared}
+    pos_b = {x: b.sequence.index(x) for x in shared}
+    anchors = [x for x in shared if not x.startswith("d:")]
+    pivots = [x for x in shared if x.startswith("d:") or not x.startswith(("#", "u:"))]
+    for t in pivots:
+        for x in anchors:
+            if x == t:
+                continue
+            for y in anchors:
+                if y in (x, t):
+                    continue
+                if pos_a[x] < pos_a[t] < pos_a[y] and pos_b[y] < pos_b[t] < pos_b[x]:
+                    return f"{x}<{t}<{y}"
+    return None
+
+
+def _acronym_matches(acronym: str, words: list[str]) -> list[str] | None:
+    """``ai`` ↔ ``artificial intelligence``: the initials of consecutive words spell the acronym."""
+    n = len(acronym)
+    for i in range(len(words) - n + 1):
+        span = words[i:i + n]
+        if "".join(w[0] for w in span) == acronym:
+            return span
+    return None
+
+
+def _is_entity_like(tok: _Token) -> bool:
+    return tok.capital or tok.text in _GAZETTEER or any(ch.isdigit() for ch in tok.text)
+
+
+class Verifier:
+    """Checks a KNN candidate against the query; see the module docstring for the checks and their order."""
+
+    def __init__(self, *, word_embed: WordEmbed | None = None, word_similarity: float = 0.80) -> None:
+        """``word_embed`` (the cache's embedder) lets unmatched non-entity words align by meaning."""
+        self._word_embed = word_embed
+        self._word_similarity = word_similarity
+
+    async def check(self, query: str, stored: str) -> Verdict:
+        """``Verdict(ok=True)`` when ``stored``'s answer may serve ``query``."""
+        if query.strip().casefold() == stored.strip().casefold():
+            return Verdict(True, "identical")
+        a, b = analyse(query), analyse(stored)
+        verdict = self._lexical(a, b)
+        if verdict is not None:
+            return verdict
+        return await self._content(a, b)
+
+    def _lexical(self, a: Analysis, b: Analysis) -> Verdict | None:
+        if a.negations != b.negations:
+            return Verdict(False, "negation", f"{a.negations} vs {b.negations}")
+        clash = _antonym_clash(a, b)
+        if clash:
+            return Verdict(False, "antonym", clash)
+        if a.numbers != b.numbers:
+            return Verdict(False, "number", f"{dict(a.numbers)} vs {dict(b.numbers)}")
+        if Counter(a.units) != Counter(b.units):
+            return Verdict(False, "unit", f"{a.units} vs {b.units}")
+        if a.tasks != b.tasks:
+            return Verdict(False, "task", f"{sorted(a.tasks)} vs {sorted(b.tasks)}")
+        clash = _direction_clash(a, b)
+        if clash:
+            return Verdict(False, "direction", clash)
+        if a.units and b.units and a.units != b.units:
+            return Verdict(False, "direction", f"unit order {a.units} vs {b.units}")
+        return None
+
+    async def _content(self, a: Analysis, b: Analysis) -> Verdict:
+        only_a = {k: t for k, t in a.content.items() if k not in b.content}
+        only_b = {k: t for k, t in b.content.items() if k not in a.content}
+        if not only_a and not only_b:
+            return Verdict(True, "ok")
+        # Acronyms and compounds: "ai" ↔ "artificial intelligence", "darkmode" ↔ "dark mode".
+        for side, other_all, other_only in ((only_a, b, only_b), (only_b, a, only_a)):
+            words = [t.text for t in other_all.tokens]
+            for key, tok in list(side.items()):
+                if key not in side:
+                    continue
+                span = _acronym_matches(tok.text, words) if 2 <= len(tok.text) <= 5 and tok.text.isalpha() else None
+                if span is None:
+                    for i in range(len(words) - 1):
+                        if words[i] + words[i + 1] == tok.text:
+                            span = words[i:i + 2]
+                            break
+                if span is not None:
+                    side.pop(key)
+                    for w in span:
+                        other_only.pop(_SYNONYM.get(_stem(w), _stem(w)), None)
+        if not only_a and not only_b:
+            return Verdict(True, "ok")
+        if not only_a or not only_b or self._word_embed is None:
+            return Verdict(False, "content", f"{sorted(only_a)} / {sorted(only_b)}")
+        entity = [t.text for t in (*only_a.values(), *only_b.values()) if _is_entity_like(t)]
+        if entity:
+            return Verdict(False, "content", f"entity {entity}")
+        if len(only_a) != len(only_b) or len(only_a) > 4:
+            return Verdict(False, "content", f"{sorted(only_a)} / {sorted(only_b)}")
+        words_a = [t.text for t in only_a.values()]
+        words_b = [t.text for t in only_b.values()]
+        vectors = await self._word_embed([*words_a, *words_b])
+        sims = vectors[: len(words_a)] @ vectors[len(words_a):].T
+        # Greedy one-to-one alignment; every word must find a partner above the bar.
+        used: set[int] = set()
+        for i in np.argsort(-sims.max(axis=1)):
+            j_order = [j for j in np.argsort(-sims[i]) if j not in used]
+            if not j_order or sims[i, j_order[0]] < self._word_similarity:
+                return Verdict(False, "content", f"{words_a[i]} unmatched ({float(sims[i].max()):.2f})")
+            used.add(j_order[0])
+        return Verdict(True, "ok")
