@@ -1,0 +1,155 @@
+{{/*
+Names are truncated to 63 characters: Kubernetes object names used as DNS
+labels (Services, and so every name we derive from them) are limited to 63
+characters by RFC 1123, and label values have the same limit.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "llmcache.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The release-qualified name. A release named like the chart is not repeated
+("llmcache", not "llmcache-llmcache").
+*/}}
+{{- define "llmcache.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The name of one component: "<fullname>-<component>", still within 63
+characters (the suffix is kept, the release part shortened).
+Usage: include "llmcache.componentName" (list . "operator")
+*/}}
+{{- define "llmcache.componentName" -}}
+{{- $ctx := index . 0 }}
+{{- $component := index . 1 }}
+{{- $room := int (sub 62 (len $component)) }}
+{{- printf "%s-%s" (include "llmcache.fullname" $ctx | trunc $room | trimSuffix "-") $component }}
+{{- end }}
+
+{{- define "llmcache.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "llmcache.labels" -}}
+helm.sh/chart: {{ include "llmcache.chart" . }}
+app.kubernetes.io/name: {{ include "llmcache.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels of one component; never change them across versions
+(Deployment selectors are immutable).
+Usage: include "llmcache.selectorLabels" (list . "operator")
+*/}}
+{{- define "llmcache.selectorLabels" -}}
+{{- $ctx := index . 0 -}}
+app.kubernetes.io/name: {{ include "llmcache.name" $ctx }}
+app.kubernetes.io/instance: {{ $ctx.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* All labels of one component. Usage: include "llmcache.componentLabels" (list . "operator") */}}
+{{- define "llmcache.componentLabels" -}}
+{{ include "llmcache.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* An image reference; an empty tag means the chart's appVersion. Usage: include "llmcache.image" (list . .Values.operator.image) */}}
+{{- define "llmcache.image" -}}
+{{- $ctx := index . 0 }}
+{{- $image := index . 1 }}
+{{- printf "%s:%s" $image.repository (default $ctx.Chart.AppVersion $image.tag) }}
+{{- end }}
+
+{{- define "llmcache.operatorServiceAccount" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (include "llmcache.componentName" (list . "operator")) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Service of the webhook (and the operator's health port). */}}
+{{- define "llmcache.webhookService" -}}
+{{- include "llmcache.componentName" (list . "webhook") }}
+{{- end }}
+
+{{/* Secret holding the webhook's serving certificate. */}}
+{{- define "llmcache.webhookSecret" -}}
+{{- include "llmcache.componentName" (list . "webhook-tls") }}
+{{- end }}
+
+{{/* Cluster-scoped names carry the namespace too: two releases may share a name. */}}
+{{- define "llmcache.clusterName" -}}
+{{- $ctx := index . 0 }}
+{{- $component := index . 1 }}
+{{- $room := int (sub 61 (add (len $component) (len $ctx.Release.Namespace))) }}
+{{- printf "%s-%s-%s" $ctx.Release.Namespace (include "llmcache.fullname" $ctx | trunc $room | trimSuffix "-") $component }}
+{{- end }}
+
+{{/*
+Secret and key holding the Redis URL. Bundled Redis and `redis.external.url`
+use a chart-made Secret; `redis.external.existingSecret` names the user's.
+*/}}
+{{- define "llmcache.redisSecretName" -}}
+{{- if and (not .Values.redis.bundled.enabled) .Values.redis.external.existingSecret }}
+{{- .Values.redis.external.existingSecret }}
+{{- else }}
+{{- include "llmcache.componentName" (list . "redis-url") }}
+{{- end }}
+{{- end }}
+
+{{- define "llmcache.redisSecretKey" -}}
+{{- if and (not .Values.redis.bundled.enabled) .Values.redis.external.existingSecret }}
+{{- .Values.redis.external.existingSecretKey }}
+{{- else -}}
+url
+{{- end }}
+{{- end }}
+
+{{/* The Redis URL as the chart knows it (bundled or external.url); "" with existingSecret. */}}
+{{- define "llmcache.redisUrl" -}}
+{{- if .Values.redis.bundled.enabled }}
+{{- printf "redis://%s.%s.svc:6379/0" (include "llmcache.componentName" (list . "redis")) .Release.Namespace }}
+{{- else if .Values.redis.external.url }}
+{{- .Values.redis.external.url }}
+{{- else if not .Values.redis.external.existingSecret }}
+{{- fail "redis.bundled.enabled is false: set redis.external.url or redis.external.existingSecret" }}
+{{- end }}
+{{- end }}
+
+{{/* Where sidecars send misses: sidecar.upstream, else the chart's model server (FQDN: sidecars run in other namespaces). */}}
+{{- define "llmcache.sidecarUpstream" -}}
+{{- if .Values.sidecar.upstream }}
+{{- .Values.sidecar.upstream }}
+{{- else if .Values.modelServer.enabled }}
+{{- printf "http://%s.%s.svc:%d" (include "llmcache.componentName" (list . "model-server")) .Release.Namespace (int .Values.modelServer.port) }}
+{{- else }}
+{{- fail "modelServer.enabled is false: set sidecar.upstream to your OpenAI-compatible server's URL" }}
+{{- end }}
+{{- end }}
+
+{{- define "llmcache.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
