@@ -38,6 +38,9 @@ k8s_version="$(module_version "$here" k8s.io/kubernetes)"
 etcd_version="$(module_version "$here" go.etcd.io/etcd/server/v3)"
 helm_version="$(module_version "$here/helm" helm.sh/helm/v3)"
 k8s_minor="$(echo "$k8s_version" | cut -d. -f2)"
+# helm's built-in Kubernetes version (used by `helm template`/`lint` without a
+# cluster) comes from its client-go: v0.X.Y means Kubernetes 1.X, as in helm's Makefile.
+helm_k8s_minor="$(module_version "$here/helm" k8s.io/client-go | cut -d. -f2)"
 
 # build NAME VERSION MODULE_DIR PACKAGE [extra ldflags]
 build() {
@@ -63,7 +66,9 @@ build etcd "$etcd_version" "$here" ./cmd/etcd
 build kube-apiserver "$k8s_version" "$here" ./cmd/kube-apiserver \
     "-X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor"
 build helm "$helm_version" "$here/helm" helm.sh/helm/v3/cmd/helm \
-    "-X helm.sh/helm/v3/internal/version.version=$helm_version"
+    "-X helm.sh/helm/v3/internal/version.version=$helm_version \
+     -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$helm_k8s_minor \
+     -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$helm_k8s_minor"
 
 # The fixture reads this file to find the binaries for the versions pinned here.
 manifest="$bin_dir/controlplane.env"
