@@ -1,0 +1,132 @@
+"""Per-namespace cache counters in Redis: written by every proxy, read by ``llmcache stats``.
+
+One HASH per cache namespace (the ``X-LLMCache-Namespace`` value, ``default``
+when absent) at :meth:`llmcache.keyspace.Keyspace.stats`, addressed by a hash
+of the namespace so any header value makes a safe key name::
+
+    {p}:stats:{ns_hash}  namespace  "<X-LLMCache-Namespace or default>"
+                         hit | semantic_hit | miss | bypass   request counts
+                         tokens_saved                          prompt + completion tokens served from cache
+                         bytes_saved                           answer bytes served from cache
+
+Proxies count in memory (:class:`StatsBuffer`) and flush with one pipelined
+``HINCRBY`` batch per second, so counting never adds a Redis round trip to a
+response; counts that could not be flushed are kept for the next try.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+from collections import defaultdict
+from typing import Any
+
+import redis.asyncio
+
+from llmcache.keyspace import Keyspace
+from llmcache.settings import DEFAULT_REDIS_URL, add_flag
+
+__all__ = ["FIELDS", "DEFAULT_NAMESPACE", "ns_hash", "StatsBuffer", "read_stats", "configure", "run"]
+
+FIELDS = ("hit", "semantic_hit", "miss", "bypass", "tokens_saved", "bytes_saved")
+DEFAULT_NAMESPACE = "default"
+
+
+def ns_hash(namespace: str) -> str:
+    """Key-safe id of a namespace name (first 16 hex digits of its SHA-256)."""
+    return hashlib.sha256(namespace.encode()).hexdigest()[:16]
+
+
+class StatsBuffer:
+    """In-memory counters per namespace, flushed to Redis in one pipeline."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(self, namespace: str, status: str, *, tokens_saved: int = 0, bytes_saved: int = 0) -> None:
+        """Count one request with cache ``status`` (hit, semantic-hit, miss, bypass)."""
+        c = self._counts[namespace or DEFAULT_NAMESPACE]
+        c[status.replace("-", "_")] += 1
+        if tokens_saved:
+            c["tokens_saved"] += tokens_saved
+        if bytes_saved:
+            c["bytes_saved"] += bytes_saved
+
+    def __bool__(self) -> bool:
+        return bool(self._counts)
+
+    async def flush(self, client: redis.asyncio.Redis, *, keyspace: Keyspace) -> None:
+        """Write the pending counts; on failure they are merged back and the error re-raised."""
+        if not self._counts:
+            return
+        pending, self._counts = self._counts, defaultdict(lambda: defaultdict(int))
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for namespace, counts in pending.items():
+                    key = keyspace.stats(ns_hash(namespace))
+                    pipe.hset(key, "namespace", namespace)
+                    for field_name, n in counts.items():
+                        pipe.hincrby(key, field_name, n)
+                await pipe.execute()
+        except BaseException:
+            for namespace, counts in pending.items():
+                for field_name, n in counts.items():
+                    self._counts[namespace][field_name] += n
+            raise
+
+
+async def read_stats(client: redis.asyncio.Redis, *, keyspace: Keyspace) -> list[dict[str, Any]]:
+    """Every namespace's counters, sorted by namespace, with ``hit_rate`` over cacheable requests."""
+    out = []
+    async for key in client.scan_iter(match=keyspace.stats_pattern, count=500):
+        raw = await client.hgetall(key)
+        row: dict[str, Any] = {"namespace": _s(raw.get(b"namespace", b"?"))}
+        for f in FIELDS:
+            row[f] = int(raw.get(f.encode(), 0))
+        hits = row["hit"] + row["semantic_hit"]
+        looked = hits + row["miss"]
+        row["hit_rate"] = round(hits / looked, 4) if looked else 0.0
+        out.append(row)
+    return sorted(out, key=lambda r: r["namespace"])
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--redis-url", default=DEFAULT_REDIS_URL, help="Redis the proxies write to")
+    add_flag(parser, "--key-prefix", default="llmcache", help="key prefix the proxies use")
+    add_flag(parser, "--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = asyncio.run(_read(args.redis_url, args.key_prefix))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no counters yet (no proxy has flushed stats to this Redis under this --key-prefix)")
+        return 0
+    cols = ("namespace", *FIELDS, "hit_rate")
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
+    return 0
+
+
+async def _read(url: str, prefix: str) -> list[dict[str, Any]]:
+    client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        return await read_stats(client, keyspace=Keyspace(prefix))
+    except (redis.exceptions.RedisError, OSError) as exc:
+        print(f"llmcache stats: cannot read {url}: {exc}; check --redis-url", file=sys.stderr)
+        raise SystemExit(1) from exc
+    finally:
+        await client.aclose()

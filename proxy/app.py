@@ -1,0 +1,242 @@
+"""The proxy application factory: ``create_app(settings)``.
+
+Resources open and close with the app (``cleanup_ctx``), in this order, and
+live on :data:`llmcache.proxy.handlers.STATE`:
+
+1. one pooled ``aiohttp.ClientSession`` to the upstream;
+2. one ``redis.asyncio`` client (no client-side retries: the breaker decides),
+   the exact store and the optional cross-pod lease; a first PING settles
+   ``/readyz`` (reached, or breaker open → bypass);
+3. the policy watcher, when a policy source is configured;
+4. the semantic cache, when the mode wants it and the module is installed;
+5. the stats flusher (pending counters → Redis once a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio
+from aiohttp import web
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from llmcache.keyspace import Keyspace
+from llmcache.proxy import handlers
+from llmcache.proxy.breaker import Breaker, CacheUnavailable
+from llmcache.proxy.exact import RedisExactStore
+from llmcache.proxy.metrics import ProxyMetrics
+from llmcache.proxy.settings import ProxySettings, generated_salt
+from llmcache.proxy.singleflight import RedisLease
+from llmcache.proxy.telemetry import Telemetry
+from llmcache.proxy.upstream import Upstream
+
+__all__ = ["create_app", "STATE"]
+
+log = logging.getLogger(__name__)
+
+STATE = handlers.STATE
+
+#: How often pending stats counters are written to Redis (s).
+STATS_FLUSH_INTERVAL_S = 1.0
+
+
+def create_app(settings: ProxySettings) -> web.Application:
+    """Build the proxy application; nothing connects until the app starts."""
+    salt = settings.cache.tenant_salt
+    if not salt:
+        salt = generated_salt()
+        log.warning("no --tenant-salt set: generated a random one, so cache entries are private to this "
+                    "process; set the same LLMCACHE_TENANT_SALT on every pod that shares this Redis")
+    obs = settings.observability
+    state = handlers.ProxyState(
+        settings=settings,
+        keyspace=Keyspace(settings.cache.key_prefix),
+        tenant_salt=salt,
+        metrics=ProxyMetrics(price_input_per_1k=obs.price_input_per_1k, price_output_per_1k=obs.price_output_per_1k),
+        telemetry=Telemetry(otlp_endpoint=obs.otlp_endpoint),
+        breaker=Breaker(timeout_s=settings.redis.timeout_ms / 1000, failure_threshold=settings.redis.breaker_failures,
+                        cooldown_s=settings.redis.breaker_cooldown_s),
+    )
+    # The body limit is enforced by the cacheable handler (413 with an OpenAI error body);
+    # pass-through bodies are streamed and never held, so aiohttp's own limit is lifted.
+    app = web.Application(client_max_size=max(settings.cache.max_body_bytes, 1) * 2, handler_args={
+        "max_field_size": 64 * 1024})
+    app[STATE] = state
+    app.cleanup_ctx.append(_upstream_ctx)
+    app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_policy_ctx)
+    app.cleanup_ctx.append(_semantic_ctx)
+    app.cleanup_ctx.append(_stats_ctx)
+    handlers.add_routes(app)
+    return app
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    up = state.settings.upstream
+    session = Upstream.make_session(pool_size=up.pool_size)
+    state.upstream = Upstream(session, base_url=up.url, timeout_s=up.timeout_s, connect_timeout_s=up.connect_timeout_s)
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    rs = state.settings.redis
+    client = redis.asyncio.Redis.from_url(
+        rs.url,
+        # Sockets get a generous timeout of their own; the breaker's per-operation deadline
+        # (--redis-timeout-ms) is what bounds a request. No retries: a retry is the breaker's call.
+        socket_connect_timeout=max(1.0, rs.timeout_ms / 1000 * 4),
+        socket_timeout=max(1.0, rs.timeout_ms / 1000 * 4),
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+    state.redis = client
+    state.store = RedisExactStore(client, keyspace=state.keyspace)
+    if state.settings.cache.single_flight_lease:
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        state.lease = RedisLease(client, keyspace=state.keyspace, owner=owner)
+    state.spawn(_first_ping(state, client))
+    try:
+        yield
+    finally:
+        for task in list(state.background):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*state.background, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+
+async def _first_ping(state: handlers.ProxyState, client: redis.asyncio.Redis) -> None:
+    """Settle readiness: Redis answered, or the breaker opened (the proxy then bypasses)."""
+    # A first connect may take longer than a cached GET; give it 1 s per try.
+    for _ in range(state.breaker.failure_threshold):
+        try:
+            await state.breaker.call(client.ping, timeout_s=1.0)
+            log.info("redis reachable at %s", _safe_url(state.settings.redis.url))
+            return
+        except CacheUnavailable:
+            await asyncio.sleep(0.05)
+    log.warning("redis at %s is unreachable: serving in bypass mode until it answers",
+                _safe_url(state.settings.redis.url))
+    state.breaker.settled = True
+
+
+def _safe_url(url: str) -> str:
+    """The Redis URL without a password (logs never carry credentials)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    source = state.settings.policy
+    if not source.enabled:
+        yield
+        return
+    module = handlers.optional_module("llmcache.proxy.policy_watch")
+    if module is None:
+        log.warning("policy flags are set but llmcache.proxy.policy_watch is not installed; CLI settings apply")
+        yield
+        return
+    watcher = module.PolicyWatcher(
+        state.redis, keyspace=state.keyspace, namespace=source.pod_namespace or "default",
+        pod_name=source.pod_name or socket.gethostname(), labels_file=source.pod_labels_file,
+        policy_file=source.policy_file, on_change=_policy_changed)
+    await watcher.start()
+    state.policy_watcher = watcher
+    try:
+        yield
+    finally:
+        state.policy_watcher = None
+        await watcher.stop()
+
+
+def _policy_changed(doc: Any) -> None:
+    if doc is None:
+        log.info("no CachePolicy selects this pod: CLI settings apply")
+    else:
+        log.info("applying CachePolicy %s (generation %s, config %s)", doc.id, doc.generation, doc.config_hash)
+
+
+async def _semantic_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    settings = state.settings
+    if settings.cache.mode == "exact" and not settings.policy.enabled:
+        yield
+        return
+    module = handlers.optional_module("llmcache.proxy.semantic")
+    if module is None:
+        log.warning("--mode %s wants the semantic cache, but llmcache.proxy.semantic is not installed: "
+                    "exact cache only", settings.cache.mode)
+        yield
+        return
+    try:
+        sem_settings = _semantic_settings(module, settings)
+        state.semantic = await module.SemanticCache.create(state.redis, settings=sem_settings,
+                                                           keyspace=state.keyspace)
+    except Exception:  # noqa: BLE001 - the semantic cache is optional: fail open to exact only
+        log.exception("semantic cache failed to start: exact cache only")
+        state.semantic = None
+    try:
+        yield
+    finally:
+        sem, state.semantic = state.semantic, None
+        if sem is not None:
+            with contextlib.suppress(Exception):
+                await sem.close()
+
+
+def _semantic_settings(module: Any, settings: ProxySettings) -> Any:
+    """Build the facade's ``SemanticSettings`` from our flags (only the fields it declares)."""
+    s = settings.semantic
+    candidates = {
+        "similarity_threshold": s.similarity_threshold, "threshold": s.similarity_threshold,
+        "embedder": s.embedder, "provider": s.embedder, "embedder_url": s.embedder_url,
+        "embedding_url": s.embedder_url, "url": s.embedder_url, "index": s.index,
+        "timeout_ms": s.timeout_ms, "timeout_s": s.timeout_ms / 1000,
+    }
+    cls = module.SemanticSettings
+    if dataclasses.is_dataclass(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in candidates.items() if k in names})
+    return cls()
+
+
+async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    task = asyncio.get_running_loop().create_task(_flush_stats_forever(state))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        if state.redis is not None and state.stats:
+            client = state.redis
+            with contextlib.suppress(CacheUnavailable):
+                await state.breaker.call(lambda: state.stats.flush(client, keyspace=state.keyspace), timeout_s=1.0)
+
+
+async def _flush_stats_forever(state: handlers.ProxyState) -> None:
+    while True:
+        await asyncio.sleep(STATS_FLUSH_INTERVAL_S)
+        client = state.redis
+        if client is None or not state.stats or state.breaker.is_open:
+            continue
+        with contextlib.suppress(CacheUnavailable):
+            await state.breaker.call(lambda: state.stats.flush(client, keyspace=state.keyspace), timeout_s=1.0)

@@ -1,0 +1,110 @@
+"""Deadlines and a circuit breaker around every Redis operation: the cache fails open.
+
+::
+
+    closed ──N consecutive failures──▶ open ──cooldown elapsed──▶ half-open
+      ▲                                 ▲                           │ one probe
+      └──────────── probe succeeds ─────┴──── probe fails (cooldown ×2, ≤ 30 s)
+
+While open, :meth:`Breaker.call` raises :class:`CacheUnavailable` at once (no
+network), so a dead Redis costs nothing per request; callers turn it into a
+``bypass``. A slow Redis (past the deadline), an unreachable one and a full one
+(``OOM command not allowed``) all count as failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.exceptions
+
+__all__ = ["CacheUnavailable", "Breaker"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_MAX_COOLDOWN_S = 30.0
+
+
+class CacheUnavailable(Exception):
+    """Redis did not answer in time, failed, or the breaker is open: serve without the cache."""
+
+
+class Breaker:
+    """Per-process breaker; :meth:`call` runs one Redis operation under a deadline."""
+
+    __slots__ = ("timeout_s", "failure_threshold", "base_cooldown_s", "_failures", "_open_until",
+                 "_cooldown_s", "_probing", "num_failures_total", "num_opened_total", "settled",
+                 "_clock")
+
+    def __init__(self, *, timeout_s: float = 0.05, failure_threshold: int = 3, cooldown_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self.failure_threshold = failure_threshold
+        self.base_cooldown_s = cooldown_s
+        self._failures = 0
+        self._open_until: float | None = None
+        self._cooldown_s = cooldown_s
+        self._probing = False
+        self.num_failures_total = 0
+        self.num_opened_total = 0
+        self.settled = False
+        """True once any operation has succeeded or the breaker has opened (what ``/readyz`` waits for)."""
+        self._clock = clock
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half-open``."""
+        if self._open_until is None:
+            return "closed"
+        return "open" if self._clock() < self._open_until else "half-open"
+
+    @property
+    def is_open(self) -> bool:
+        """True while calls are refused without touching Redis."""
+        return self._open_until is not None and (self._clock() < self._open_until or self._probing)
+
+    async def call(self, op: Callable[[], Awaitable[T]], *, timeout_s: float | None = None) -> T:
+        """Run ``op()`` under the deadline; raise :class:`CacheUnavailable` on any failure or when open."""
+        probe = False
+        if self._open_until is not None:
+            if self._clock() < self._open_until or self._probing:
+                raise CacheUnavailable("redis circuit breaker is open")
+            probe = self._probing = True  # half-open: exactly one request tries
+        try:
+            result = await asyncio.wait_for(op(), timeout_s if timeout_s is not None else self.timeout_s)
+        except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+            self._on_failure(exc, probe=probe)
+            raise CacheUnavailable(f"redis operation failed: {type(exc).__name__}") from exc
+        finally:
+            if probe:
+                self._probing = False
+        self._on_success(probe=probe)
+        return result
+
+    def _on_success(self, *, probe: bool) -> None:
+        self.settled = True
+        self._failures = 0
+        if self._open_until is not None:
+            log.info("redis is back: circuit breaker closed")
+        self._open_until = None
+        self._cooldown_s = self.base_cooldown_s
+
+    def _on_failure(self, exc: BaseException, *, probe: bool) -> None:
+        self.num_failures_total += 1
+        self._failures += 1
+        if probe:
+            self._cooldown_s = min(self._cooldown_s * 2, _MAX_COOLDOWN_S)
+            self._open_until = self._clock() + self._cooldown_s
+            log.debug("redis probe failed (%s); next probe in %.1fs", type(exc).__name__, self._cooldown_s)
+        elif self._failures >= self.failure_threshold and self._open_until is None:
+            self.num_opened_total += 1
+            self._open_until = self._clock() + self._cooldown_s
+            self.settled = True
+            log.warning("redis failed %d times in a row (%s): bypassing the cache, probing again in %.1fs",
+                        self._failures, type(exc).__name__, self._cooldown_s)

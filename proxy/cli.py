@@ -1,0 +1,103 @@
+"""``llmcache proxy``: flags (each also ``LLMCACHE_<FLAG>``) → :class:`ProxySettings` → the app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from aiohttp import web
+
+from llmcache.errors import ConfigError
+from llmcache.proxy import settings as ps
+from llmcache.settings import DEFAULT_REDIS_URL, add_flag, parse_bytes, parse_listen
+
+__all__ = ["configure", "run", "settings_from_args"]
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    d = ps.ProxySettings()
+    add_flag(parser, "--listen", default="127.0.0.1:8080", help="HOST:PORT the proxy listens on")
+    add_flag(parser, "--upstream", default=d.upstream.url, help="base URL of the OpenAI-compatible upstream")
+    add_flag(parser, "--redis-url", default=DEFAULT_REDIS_URL, help="Redis for entries, vectors and policies")
+    add_flag(parser, "--mode", default=None, choices=ps.MODES,
+             help="exact | semantic | both (both when an embedder is available, else exact)")
+    add_flag(parser, "--ttl-seconds", default=d.cache.ttl_s, type=int,
+             help="entry lifetime, fixed at write; also the upper bound of a request's max-age")
+    add_flag(parser, "--max-body-bytes", default="16Mi", type=parse_bytes,
+             help="largest cacheable request body (larger → 413)")
+    add_flag(parser, "--redis-timeout-ms", default=d.redis.timeout_ms, type=float,
+             help="deadline of each Redis operation; slower means bypass")
+    add_flag(parser, "--upstream-timeout-seconds", default=d.upstream.timeout_s, type=float,
+             help="longest wait for the upstream's next byte (504 before the first)")
+    add_flag(parser, "--non-deterministic", default=d.cache.non_deterministic, choices=ps.NON_DETERMINISTIC,
+             help="requests with temperature > 0 (or unset): bypass | cache | cache-if-seeded")
+    add_flag(parser, "--tenant-header", default=d.cache.tenant_header,
+             help="header whose salted hash is the tenant")
+    add_flag(parser, "--tenant-salt", default=None,
+             help="HMAC salt for tenant ids; the same on every pod sharing Redis (random when unset)")
+    add_flag(parser, "--admin-token", default=None, help="bearer token for POST /llmcache/v1/invalidate")
+    add_flag(parser, "--key-prefix", default=d.cache.key_prefix, help="prefix of every Redis key")
+    add_flag(parser, "--price-input-per-1k", default=0.0, type=float,
+             help="USD per 1000 prompt tokens, for the money-saved metric")
+    add_flag(parser, "--price-output-per-1k", default=0.0, type=float,
+             help="USD per 1000 completion tokens, for the money-saved metric")
+    add_flag(parser, "--otlp-endpoint", default=None, help="OTLP/HTTP endpoint for traces (off when unset)")
+    add_flag(parser, "--single-flight-lease", action="store_true",
+             help="coalesce identical misses across pods with a Redis lease")
+    add_flag(parser, "--similarity-threshold", default=d.semantic.similarity_threshold, type=float,
+             help="cosine similarity in [0, 1] a semantic hit needs")
+    add_flag(parser, "--embedder", default=d.semantic.embedder, choices=("local", "remote"),
+             help="local sentence-transformers model or a remote /v1/embeddings endpoint")
+    add_flag(parser, "--embedder-url", default=None, help="base URL of the remote embedder")
+    add_flag(parser, "--semantic-index", default=d.semantic.index, choices=("auto", "search", "client"),
+             help="vector index: RediSearch, client-side, or auto-detect")
+    add_flag(parser, "--semantic-timeout-ms", default=d.semantic.timeout_ms, type=float,
+             help="deadline of one semantic lookup")
+    add_flag(parser, "--pod-labels-file", default=None, help="downward-API labels file of this pod")
+    add_flag(parser, "--pod-namespace", default=None, help="Kubernetes namespace of this pod (policy lookup)")
+    add_flag(parser, "--pod-name", default=None, help="name of this pod (policy acks)")
+    add_flag(parser, "--policy-file", default=None, help="mounted ConfigMap copy of the policies (start-up)")
+
+
+def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
+    """Turn parsed flags into settings; raise :class:`ConfigError` naming the flag on bad values."""
+    host, port = parse_listen(args.listen)
+    semantic = ps.SemanticOptions(similarity_threshold=args.similarity_threshold, embedder=args.embedder,
+                                  embedder_url=args.embedder_url, index=args.semantic_index,
+                                  timeout_ms=args.semantic_timeout_ms)
+    mode = args.mode
+    if mode is None:
+        mode = "both" if ps.semantic_available(semantic) else "exact"
+    salt = args.tenant_salt.encode() if args.tenant_salt else b""
+    if args.max_body_bytes <= 0:
+        raise ConfigError("--max-body-bytes must be > 0")
+    return ps.ProxySettings(
+        listen_host=host, listen_port=port,
+        cache=ps.CacheSettings(mode=mode, ttl_s=args.ttl_seconds, max_body_bytes=args.max_body_bytes,
+                               non_deterministic=args.non_deterministic, tenant_header=args.tenant_header,
+                               tenant_salt=salt, key_prefix=args.key_prefix,
+                               single_flight_lease=bool(args.single_flight_lease)),
+        redis=ps.RedisSettings(url=args.redis_url, timeout_ms=args.redis_timeout_ms),
+        upstream=ps.UpstreamSettings(url=args.upstream, timeout_s=args.upstream_timeout_seconds),
+        semantic=semantic,
+        policy=ps.PolicySource(pod_labels_file=args.pod_labels_file, pod_namespace=args.pod_namespace,
+                               pod_name=args.pod_name, policy_file=args.policy_file),
+        observability=ps.ObservabilitySettings(price_input_per_1k=args.price_input_per_1k,
+                                               price_output_per_1k=args.price_output_per_1k,
+                                               otlp_endpoint=args.otlp_endpoint, admin_token=args.admin_token),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmcache.proxy.app import create_app  # keeps `llmcache proxy --help` fast
+
+    settings = settings_from_args(args)
+    app = create_app(settings)
+    print(f"llmcache proxy on http://{settings.listen_host}:{settings.listen_port} → {settings.upstream.url} "
+          f"(mode {settings.cache.mode}); point OpenAI clients at "
+          f"http://{settings.listen_host}:{settings.listen_port}/v1", flush=True)
+    web.run_app(app, host=settings.listen_host, port=settings.listen_port, access_log=None, print=None,
+                handle_signals=True)
+    return 0

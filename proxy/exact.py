@@ -1,0 +1,171 @@
+"""The exact cache: versioned JSON entries addressed by the request's key hash.
+
+An :class:`Entry` holds the *non-streaming* JSON answer (exactly the bytes the
+upstream sent when it was recorded from a JSON answer, or the answer assembled
+from a recorded stream) plus what the proxy needs to serve it: route, model,
+creation time, usage. One entry serves both streaming and non-streaming
+callers (:mod:`llmcache.proxy.streaming` replays it as SSE).
+
+Entries are JSON, never pickle, and are validated before they are served: a
+hand-edited, truncated or foreign value in Redis is a miss, not a crash::
+
+    {"v": 1, "route": "/v1/chat/completions", "model": "…", "created_s": 1.7e9,
+     "tenant": "<salted hash>", "namespace": "…", "origin": "json" | "sse",
+     "prompt_tokens": 12, "completion_tokens": 30, "body": "<upstream JSON text>"}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis.asyncio
+
+from llmcache.keyspace import Keyspace
+
+__all__ = ["ENTRY_SCHEMA_VERSION", "Entry", "InvalidEntry", "ExactStore", "RedisExactStore", "validate_answer"]
+
+log = logging.getLogger(__name__)
+
+ENTRY_SCHEMA_VERSION = 1
+
+
+class InvalidEntry(ValueError):
+    """A stored value is not a valid entry of this schema (treated as a miss and deleted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One cached answer."""
+
+    route: str
+    model: str
+    created_s: float
+    body: str
+    """The non-streaming JSON answer as text."""
+    tenant: str = ""
+    namespace: str = ""
+    origin: str = "json"
+    """``json`` (recorded from a JSON answer) or ``sse`` (assembled from a stream)."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def age_s(self, now_s: float | None = None) -> float:
+        return max(0.0, (time.time() if now_s is None else now_s) - self.created_s)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "v": ENTRY_SCHEMA_VERSION, "route": self.route, "model": self.model, "created_s": self.created_s,
+            "tenant": self.tenant, "namespace": self.namespace, "origin": self.origin,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "body": self.body,
+        }, separators=(",", ":"), ensure_ascii=False)
+
+    def answer(self) -> dict[str, Any]:
+        """The parsed non-streaming answer (validated when the entry was loaded)."""
+        return json.loads(self.body)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_json(cls, blob: bytes | str, *, route: str | None = None) -> Entry:
+        """Parse and validate; raise :class:`InvalidEntry` for anything that must not be served."""
+        try:
+            raw = json.loads(blob)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidEntry(f"entry is not JSON: {type(exc).__name__}") from exc
+        if not isinstance(raw, dict) or raw.get("v") != ENTRY_SCHEMA_VERSION:
+            raise InvalidEntry("entry has an unknown schema version")
+        try:
+            entry = cls(route=str(raw["route"]), model=str(raw["model"]), created_s=float(raw["created_s"]),
+                        body=raw["body"], tenant=str(raw.get("tenant", "")),
+                        namespace=str(raw.get("namespace", "")), origin=str(raw.get("origin", "json")),
+                        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+                        completion_tokens=int(raw.get("completion_tokens") or 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidEntry(f"entry lacks or mistypes a field: {exc}") from exc
+        if not isinstance(entry.body, str):
+            raise InvalidEntry("entry body is not a string")
+        if route is not None and entry.route != route:
+            raise InvalidEntry(f"entry is for {entry.route}, not {route}")
+        try:
+            answer = json.loads(entry.body)
+        except ValueError as exc:
+            raise InvalidEntry("entry body is not JSON") from exc
+        validate_answer(entry.route, answer)
+        return entry
+
+
+def validate_answer(route: str, answer: Any) -> None:
+    """Raise :class:`InvalidEntry` unless ``answer`` is a complete OpenAI answer for ``route``."""
+    if not isinstance(answer, dict):
+        raise InvalidEntry("answer is not a JSON object")
+    if route == "/v1/embeddings":
+        data = answer.get("data")
+        if not isinstance(data, list) or not data or not all(
+                isinstance(d, dict) and isinstance(d.get("embedding"), (list, str)) for d in data):
+            raise InvalidEntry("embedding answer has no data")
+        return
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise InvalidEntry("answer has no choices")
+    for choice in choices:
+        if not isinstance(choice, dict) or not choice.get("finish_reason"):
+            raise InvalidEntry("answer has a choice without finish_reason (incomplete)")
+        if route == "/v1/chat/completions" and not isinstance(choice.get("message"), dict):
+            raise InvalidEntry("chat answer choice has no message")
+        if route == "/v1/completions" and not isinstance(choice.get("text"), str):
+            raise InvalidEntry("completion answer choice has no text")
+
+
+class ExactStore(Protocol):
+    """A backend for exact entries. Methods may raise; the caller wraps them in the breaker."""
+
+    async def get(self, key_hash: str, *, group: str) -> bytes | None:
+        """The raw stored entry, recording the access for eviction when it exists."""
+
+    async def put(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str) -> int:
+        """Store with a fixed TTL; return the stored size in bytes."""
+
+    async def delete(self, key_hash: str) -> None:
+        """Remove one entry (an invalid value found on read)."""
+
+
+# GET the entry and, only when it exists, refresh its eviction bookkeeping: one round trip and
+# no bookkeeping rows for keys that were never stored (a miss must not leave garbage behind).
+_GET_AND_TOUCH = """
+local v = redis.call('GET', KEYS[1])
+if v then
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('ZINCRBY', KEYS[3], 1, ARGV[2])
+end
+return v
+"""
+
+
+class RedisExactStore:
+    """:class:`ExactStore` on plain Redis strings (``SET … EX``), bookkeeping per eviction group."""
+
+    def __init__(self, client: redis.asyncio.Redis, *, keyspace: Keyspace) -> None:
+        self._redis = client
+        self._ks = keyspace
+        self._get_and_touch = client.register_script(_GET_AND_TOUCH)
+
+    async def get(self, key_hash: str, *, group: str) -> bytes | None:
+        ks = self._ks
+        value = await self._get_and_touch(
+            keys=[ks.entry(key_hash), ks.group(group, "lru"), ks.group(group, "lfu")],
+            args=[time.time(), key_hash])
+        return value  # type: ignore[no-any-return]
+
+    async def put(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str) -> int:
+        blob = entry.to_json().encode()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._ks.entry(key_hash), blob, ex=ttl_s)
+            self._ks.record_access(pipe, group, key_hash, size_bytes=len(blob), created=True)
+            await pipe.execute()
+        return len(blob)
+
+    async def delete(self, key_hash: str) -> None:
+        await self._redis.delete(self._ks.entry(key_hash))

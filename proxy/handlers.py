@@ -1,0 +1,815 @@
+"""Request handling: pass-through, exact and semantic lookup, single-flight misses, own endpoints.
+
+A cacheable request (``POST`` on :data:`llmcache.keys.CACHEABLE_ROUTES`)::
+
+    body ≤ max_body_bytes? ─no─▶ 413
+    JSON object? ─no─▶ forward untouched (bypass)
+    policy suspended / non-deterministic / cache off ─▶ forward (bypass)
+    key = exact_key(route, body, tenant, namespace)
+    Cache-Control no-cache? ─────────────────────────────────────────┐
+    exact GET (deadline, breaker) ─hit─▶ serve (Age, X-LLMCache-Status: hit)
+    semantic lookup ─hit─▶ serve entry of the match, promote to exact key (semantic-hit)
+    only-if-cached ─▶ 504                                             │
+    join in-flight call for key ─▶ its chunks / its entry (hit)       ◀┘
+    lead: upstream ─▶ relay chunks while recording ─▶ complete? store (TTL fixed) + semantic add
+
+Redis trouble anywhere turns into ``bypass`` (the answer still comes from the
+upstream); it never causes a 5xx. Logs carry the first 12 hex digits of the key
+hash, never prompt text or credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import redis.asyncio
+from aiohttp import web
+
+from llmcache import keys, stats
+from llmcache.keyspace import DEFAULT_GROUP, Keyspace
+from llmcache.policy import PolicyDocument
+from llmcache.proxy import cachecontrol, streaming, upstream
+from llmcache.proxy.breaker import Breaker, CacheUnavailable
+from llmcache.proxy.exact import Entry, ExactStore, InvalidEntry, validate_answer
+from llmcache.proxy.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
+from llmcache.proxy.settings import ProxySettings
+from llmcache.proxy.singleflight import Flight, FlightGroup, RedisLease
+from llmcache.proxy.telemetry import Telemetry
+
+__all__ = ["ProxyState", "STATE", "EffectiveConfig", "effective_config", "add_routes"]
+
+log = logging.getLogger(__name__)
+
+STATUS_HEADER = "X-LLMCache-Status"
+SIMILARITY_HEADER = "X-LLMCache-Similarity"
+THRESHOLD_HEADER = "X-LLMCache-Similarity-Threshold"
+NAMESPACE_HEADER = "X-LLMCache-Namespace"
+_MAX_NAMESPACE_CHARS = 256
+_JSON = "application/json"
+_SSE = "text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveConfig:
+    """What applies to a request right now: CLI settings overridden by the current CachePolicy."""
+
+    exact: bool
+    semantic: bool
+    ttl_s: int
+    similarity_threshold: float
+    tenant_header: str
+    non_deterministic: str
+    suspend: bool
+    invalidate_before_s: float | None
+    group: str
+    """Eviction group: the policy id, or :data:`llmcache.keyspace.DEFAULT_GROUP`."""
+
+
+def effective_config(settings: ProxySettings, doc: PolicyDocument | None, *,
+                     semantic_ready: bool) -> EffectiveConfig:
+    """Merge ``settings`` with the policy ``doc`` (the policy wins for every field it carries)."""
+    c = settings.cache
+    if doc is None:
+        return EffectiveConfig(
+            exact=c.mode in ("exact", "both"), semantic=semantic_ready and c.mode in ("semantic", "both"),
+            ttl_s=c.ttl_s, similarity_threshold=settings.semantic.similarity_threshold,
+            tenant_header=c.tenant_header, non_deterministic=c.non_deterministic, suspend=False,
+            invalidate_before_s=None, group=DEFAULT_GROUP)
+    s = doc.spec
+    return EffectiveConfig(
+        exact=s.exact_enabled, semantic=semantic_ready and s.semantic_enabled, ttl_s=s.ttl_seconds,
+        similarity_threshold=s.similarity_threshold, tenant_header=s.tenant_header,
+        non_deterministic=s.non_deterministic, suspend=s.suspend, invalidate_before_s=s.invalidate_before_s,
+        group=doc.id)
+
+
+@dataclass(slots=True)
+class ProxyState:
+    """Everything a handler needs; created by :func:`llmcache.proxy.app.create_app`, filled by its
+    ``cleanup_ctx`` (so resources open and close with the app)."""
+
+    settings: ProxySettings
+    keyspace: Keyspace
+    tenant_salt: bytes
+    metrics: ProxyMetrics
+    telemetry: Telemetry
+    breaker: Breaker
+    flights: FlightGroup = field(default_factory=FlightGroup)
+    stats: stats.StatsBuffer = field(default_factory=stats.StatsBuffer)
+    upstream: upstream.Upstream | None = None
+    redis: redis.asyncio.Redis | None = None
+    store: ExactStore | None = None
+    lease: RedisLease | None = None
+    semantic: Any | None = None
+    """The semantic cache facade (``llmcache.proxy.semantic.SemanticCache``) or ``None``."""
+    policy_watcher: Any | None = None
+    """``llmcache.proxy.policy_watch.PolicyWatcher`` or ``None`` (no policy source configured)."""
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    _config_for: tuple[Any, ...] = (object(),)
+    _config: EffectiveConfig | None = None
+
+    def config(self) -> EffectiveConfig:
+        """The effective config, recomputed only when the policy document or semantic engine changes."""
+        doc = self.policy_watcher.current if self.policy_watcher is not None else None
+        marker = (doc, self.semantic is not None)
+        if self._config is None or self._config_for[0] is not doc or self._config_for[1:] != marker[1:]:
+            self._config = effective_config(self.settings, doc, semantic_ready=self.semantic is not None)
+            self._config_for = marker
+        return self._config
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+STATE = web.AppKey("llmcache_proxy_state", ProxyState)
+
+
+# ---------------------------------------------------------------------------------------------
+# pass-through
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    """Forward any request untouched, streaming the body both ways."""
+    state = request.app[STATE]
+    assert state.upstream is not None
+    headers = upstream.filter_headers(request.headers)
+    body = request.content if request.body_exists else None
+    if body is not None and request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)  # stream it, but not re-chunked
+    try:
+        resp = await state.upstream.open(request.method, request.path_qs, headers, body)
+    except upstream.UpstreamError as exc:
+        return upstream.error_response(exc.status, exc.message, type_="upstream_error")
+    return await upstream.relay(request, resp)
+
+
+async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, *,
+                          route: str, namespace: str) -> web.StreamResponse:
+    """Forward a cacheable-route request without caching it (status ``bypass``)."""
+    assert state.upstream is not None
+    state.metrics.requests.labels(route, "bypass").inc()
+    state.stats.add(namespace, "bypass")
+    headers = upstream.filter_headers(request.headers)
+    t0 = time.perf_counter()
+    try:
+        resp = await state.upstream.open("POST", request.path_qs, headers, body)
+    except upstream.UpstreamError as exc:
+        return upstream.error_response(exc.status, exc.message, type_="upstream_error",
+                                       headers={STATUS_HEADER: "bypass"})
+    state.metrics.upstream_seconds.labels(route).observe(time.perf_counter() - t0)
+    return await upstream.relay(request, resp, extra_headers={STATUS_HEADER: "bypass"})
+
+
+# ---------------------------------------------------------------------------------------------
+# cacheable routes
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body, or ``None`` when it exceeds ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _deterministic(route: str, body: Mapping[str, Any], policy: str) -> bool:
+    """May this request be cached under the non-determinism ``policy``?"""
+    if route == "/v1/embeddings" or policy == "cache":
+        return True
+    t = body.get("temperature")
+    if t is None:
+        t = 1.0  # the OpenAI API's default: an unset temperature samples
+    if isinstance(t, (int, float)) and not isinstance(t, bool) and t == 0:
+        return True
+    return policy == "cache-if-seeded" and isinstance(body.get("seed"), int) and not isinstance(
+        body.get("seed"), bool)
+
+
+@dataclass(slots=True)
+class _Call:
+    """One cacheable request in progress."""
+
+    request: web.Request
+    state: ProxyState
+    cfg: EffectiveConfig
+    route: str
+    raw: bytes
+    body: dict[str, Any]
+    key: str
+    tenant: str
+    namespace: str
+    directives: cachecontrol.RequestDirectives
+    stream: bool
+    include_usage: bool
+    stream_shape: str | None
+    redis_ok: bool = True
+    status: str = "miss"
+    similarity: float | None = None
+    coalesced: bool = False
+
+    @property
+    def log_key(self) -> str:
+        return keys.short(self.key)
+
+
+async def cacheable(request: web.Request) -> web.StreamResponse:
+    """Entry point for ``POST`` on a cacheable route."""
+    state = request.app[STATE]
+    route = request.path
+    span = state.telemetry.tracer.start_span("llmcache.request", attributes={
+        "http.request.method": request.method, "url.path": route})
+    status = "error"
+    http_status = 500
+    try:
+        response, status = await _cacheable(request, state, route, span)
+        http_status = response.status
+        return response
+    finally:
+        span.set_attribute("llmcache.status", status)
+        span.set_attribute("http.response.status_code", http_status)
+        span.end()
+
+
+async def _cacheable(request: web.Request, state: ProxyState, route: str,
+                     span: Any) -> tuple[web.StreamResponse, str]:
+    namespace = request.headers.get(NAMESPACE_HEADER, "")
+    if len(namespace) > _MAX_NAMESPACE_CHARS or not namespace.isprintable():
+        return upstream.error_response(400, f"{NAMESPACE_HEADER} must be at most {_MAX_NAMESPACE_CHARS} "
+                                            "printable characters", type_="invalid_request_error"), "error"
+    limit = state.settings.cache.max_body_bytes
+    raw = await _read_body(request, limit)
+    if raw is None:
+        state.metrics.requests.labels(route, "error").inc()
+        return upstream.error_response(413, f"request body exceeds {limit} bytes (--max-body-bytes)",
+                                       type_="invalid_request_error", code="request_too_large"), "error"
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        # Not ours to judge: the upstream answers with its own error, byte for byte.
+        return await _forward_bypass(request, state, raw, route=route, namespace=namespace), "bypass"
+    cfg = state.config()
+    if cfg.suspend or not (cfg.exact or cfg.semantic) or not _deterministic(route, body, cfg.non_deterministic):
+        return await _forward_bypass(request, state, raw, route=route, namespace=namespace), "bypass"
+    tenant = keys.tenant_id(request.headers.get(cfg.tenant_header), state.tenant_salt)
+    try:
+        key = keys.exact_key(route, body, tenant=tenant, namespace=namespace)
+    except (ValueError, TypeError):  # NaN/Infinity are not JSON; let the upstream reject them
+        return await _forward_bypass(request, state, raw, route=route, namespace=namespace), "bypass"
+    stream = route != "/v1/embeddings" and body.get("stream") is True
+    opts = body.get("stream_options")
+    include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
+    shape = keys.canonical_json(opts).decode() if stream else None
+    call = _Call(request=request, state=state, cfg=cfg, route=route, raw=raw, body=body, key=key,
+                 tenant=tenant, namespace=namespace,
+                 directives=cachecontrol.parse_request(request.headers.get("Cache-Control")),
+                 stream=stream, include_usage=include_usage, stream_shape=shape)
+    span.set_attribute("llmcache.key", call.log_key)
+    response = await _lookup_or_fetch(call)
+    if call.similarity is not None:
+        span.set_attribute("llmcache.similarity", call.similarity)
+    if call.coalesced:
+        span.set_attribute("llmcache.coalesced", True)
+    return response, call.status
+
+
+async def _lookup_or_fetch(call: _Call) -> web.StreamResponse:
+    state = call.state
+    if not call.directives.no_cache:
+        if call.cfg.exact:
+            entry = await _load(call, call.key, kind="exact")
+            if entry is not None:
+                return _serve(call, entry, status="hit")
+        if call.cfg.semantic and state.semantic is not None and call.redis_ok:
+            served = await _semantic_lookup(call)
+            if served is not None:
+                return served
+    if call.directives.only_if_cached:
+        call.status = "miss"
+        state.metrics.requests.labels(call.route, "miss").inc()
+        state.stats.add(call.namespace, "miss")
+        return upstream.error_response(504, "not in the cache and the request says only-if-cached",
+                                       type_="cache_miss", code="only_if_cached", headers={STATUS_HEADER: "miss"})
+    return await _miss(call, join=True)
+
+
+async def _load(call: _Call, key_hash: str, *, kind: str) -> Entry | None:
+    """Fetch and validate the entry at ``key_hash``; ``None`` on miss, invalid, stale or Redis trouble."""
+    state = call.state
+    if state.store is None:
+        call.redis_ok = False
+        return None
+    store = state.store
+    t0 = time.perf_counter()
+    try:
+        blob = await state.breaker.call(lambda: store.get(key_hash, group=call.cfg.group))
+    except CacheUnavailable:
+        call.redis_ok = False
+        _note_redis_failure(state)
+        return None
+    finally:
+        state.metrics.lookup_seconds.labels(kind).observe(time.perf_counter() - t0)
+    if blob is None:
+        return None
+    try:
+        entry = Entry.from_json(blob, route=call.route)
+    except InvalidEntry as exc:
+        log.warning("dropping invalid cache entry %s: %s", keys.short(key_hash), exc)
+        state.spawn(_guarded(state, store.delete(key_hash)))
+        return None
+    if call.cfg.invalidate_before_s is not None and entry.created_s < call.cfg.invalidate_before_s:
+        return None
+    if not call.directives.accepts_age(entry.age_s()):
+        return None
+    return entry
+
+
+def _note_redis_failure(state: ProxyState) -> None:
+    state.metrics.redis_failures.inc()
+    state.metrics.breaker_open.set(1 if state.breaker.is_open else 0)
+
+
+async def _guarded(state: ProxyState, coro: Any) -> Any:
+    """Await a Redis coroutine under the breaker in the background; failures only count."""
+    try:
+        return await state.breaker.call(lambda: coro)
+    except CacheUnavailable:
+        _note_redis_failure(state)
+        return None
+
+
+async def _semantic_lookup(call: _Call) -> web.StreamResponse | None:
+    state = call.state
+    parts = keys.semantic_parts(call.route, call.body, tenant=call.tenant, namespace=call.namespace)
+    if parts is None:
+        return None
+    threshold = call.cfg.similarity_threshold
+    asked = call.request.headers.get(THRESHOLD_HEADER)
+    if asked is not None:
+        try:
+            threshold = max(threshold, min(1.0, float(asked)))  # a request may only tighten it
+        except ValueError:
+            pass
+    t0 = time.perf_counter()
+    try:
+        match = await state.semantic.lookup(parts, threshold=threshold,
+                                            timeout_s=state.settings.semantic.timeout_ms / 1000)
+    except Exception:  # noqa: BLE001 - the facade promises not to raise; fail open if it does
+        log.exception("semantic lookup failed for %s", call.log_key)
+        match = None
+    state.metrics.lookup_seconds.labels("semantic").observe(time.perf_counter() - t0)
+    if match is None:
+        return None
+    entry = await _load(call, match.key_hash, kind="exact")
+    if entry is None:
+        return None
+    call.similarity = float(match.similarity)
+    log.debug("semantic hit %s → %s (%.3f)", call.log_key, keys.short(match.key_hash), call.similarity)
+    # Promote: the next identical request is an exact hit. Keep the original creation time so
+    # Age and the fixed TTL stay those of the stored answer.
+    remaining_s = int(call.cfg.ttl_s - entry.age_s())
+    if remaining_s >= 1 and state.store is not None:
+        store = state.store
+        state.spawn(_guarded(state, store.put(call.key, entry, ttl_s=remaining_s, group=call.cfg.group)))
+    return _serve(call, entry, status="semantic-hit")
+
+
+def _serve(call: _Call, entry: Entry, *, status: str) -> web.Response:
+    """Answer from ``entry`` in the shape the request asked for (JSON or SSE)."""
+    state = call.state
+    call.status = status
+    headers = {STATUS_HEADER: status, "Age": str(int(entry.age_s()))}
+    if call.similarity is not None:
+        headers[SIMILARITY_HEADER] = f"{call.similarity:.4f}"
+    if call.stream:
+        payload = streaming.replay(call.route, entry.answer(), include_usage=call.include_usage)
+        headers["Cache-Control"] = "no-cache"
+        resp = web.Response(body=payload, headers=headers, content_type=_SSE)
+    else:
+        payload = entry.body.encode()
+        resp = web.Response(body=payload, headers=headers, content_type=_JSON)
+    tokens = entry.prompt_tokens + entry.completion_tokens
+    state.metrics.requests.labels(call.route, status).inc()
+    state.metrics.served_from_cache(num_bytes=len(payload), prompt_tokens=entry.prompt_tokens,
+                                    completion_tokens=entry.completion_tokens)
+    state.stats.add(call.namespace, status, tokens_saved=tokens, bytes_saved=len(payload))
+    log.debug("%s %s age=%ss", status, call.log_key, headers["Age"])
+    return resp
+
+
+# ---------------------------------------------------------------------------------------------
+# misses
+
+
+async def _miss(call: _Call, *, join: bool) -> web.StreamResponse:
+    state = call.state
+    if join:
+        flight = state.flights.join(call.key)
+        if flight is not None:
+            state.metrics.coalesced.inc()
+            served = await _follow(call, flight)
+            if served is not None:
+                return served
+    lease_key: str | None = None
+    if state.lease is not None and call.redis_ok and not call.directives.no_store:
+        waited = await _cross_pod_wait(call)
+        if isinstance(waited, web.StreamResponse):
+            return waited
+        lease_key = waited
+    flight = state.flights.lead(call.key, stream_shape=call.stream_shape)
+    try:
+        return await _lead(call, flight)
+    finally:
+        state.flights.land(flight)
+        if lease_key is not None and state.lease is not None:
+            lease = state.lease
+            state.spawn(_guarded(state, lease.release(lease_key)))
+
+
+async def _cross_pod_wait(call: _Call) -> web.StreamResponse | str | None:
+    """Own the miss across pods (return the lease key) or wait for the owner's entry (return a hit)."""
+    state = call.state
+    assert state.lease is not None
+    lease = state.lease
+    ttl_s = min(state.settings.upstream.timeout_s, 60.0)
+    try:
+        if await state.breaker.call(lambda: lease.acquire(call.key, ttl_s=ttl_s)):
+            return call.key
+    except CacheUnavailable:
+        return None
+    deadline = time.monotonic() + ttl_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.025)
+        entry = await _load(call, call.key, kind="exact")
+        if entry is not None:
+            call.coalesced = True
+            return _serve(call, entry, status="hit")
+        try:
+            if not await state.breaker.call(lambda: lease.held(call.key)):
+                break
+        except CacheUnavailable:
+            break
+    return None
+
+
+async def _follow(call: _Call, flight: Flight) -> web.StreamResponse | None:
+    """Serve from another request's upstream call; ``None`` when it failed before sending anything."""
+    call.coalesced = True
+    if call.stream and flight.stream_shape == call.stream_shape:
+        out: web.StreamResponse | None = None
+        try:
+            async for chunk in flight.follow():
+                if out is None:
+                    out = web.StreamResponse(status=200, headers={STATUS_HEADER: "hit", "Age": "0",
+                                                                  "Content-Type": _SSE, "Cache-Control": "no-cache"})
+                    await out.prepare(call.request)
+                await out.write(chunk)
+        except ConnectionResetError:
+            return out or web.Response(status=499)
+        if out is None:  # the flight ended without a streamed byte: go upstream ourselves
+            if flight.entry is not None:
+                return _serve(call, flight.entry, status="hit")
+            return None
+        if flight.failed:
+            upstream.abort(call.request)
+            return out
+        call.status = "hit"
+        state = call.state
+        state.metrics.requests.labels(call.route, "hit").inc()
+        entry = flight.entry
+        if entry is not None:
+            state.metrics.served_from_cache(num_bytes=0, prompt_tokens=entry.prompt_tokens,
+                                            completion_tokens=entry.completion_tokens)
+            state.stats.add(call.namespace, "hit", tokens_saved=entry.prompt_tokens + entry.completion_tokens)
+        await out.write_eof()
+        return out
+    entry = await flight.wait()
+    if entry is None:
+        return None
+    return _serve(call, entry, status="hit")
+
+
+async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
+    """Call the upstream, relay its answer as it arrives, store it when complete."""
+    state = call.state
+    assert state.upstream is not None
+    request = call.request
+    call.status = "miss" if call.redis_ok else "bypass"
+    headers = upstream.filter_headers(request.headers, drop=frozenset({"accept-encoding"}))
+    headers["Accept-Encoding"] = "identity"  # we must be able to read what we store
+    t0 = time.perf_counter()
+    try:
+        resp = await state.upstream.open("POST", request.path_qs, headers, call.raw)
+    except upstream.UpstreamError as exc:
+        flight.fail()
+        state.metrics.requests.labels(call.route, call.status).inc()
+        state.stats.add(call.namespace, call.status)
+        log.info("upstream failed for %s: %s", call.log_key, exc.message)
+        return upstream.error_response(exc.status, exc.message, type_="upstream_error",
+                                       headers={STATUS_HEADER: call.status})
+    state.metrics.upstream_seconds.labels(call.route).observe(time.perf_counter() - t0)
+    state.metrics.requests.labels(call.route, call.status).inc()
+    state.stats.add(call.namespace, call.status)
+    ctype = resp.headers.get("Content-Type", "")
+    is_sse = ctype.startswith(_SSE)
+    encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+    recording = resp.status == 200 and not encoded and (is_sse or ctype.startswith(_JSON))
+    push = recording and is_sse and flight.stream_shape is not None
+    max_bytes = state.settings.cache.max_entry_bytes
+    recorder = streaming.SSERecorder(call.route, max_bytes=max_bytes) if recording and is_sse else None
+    parts: list[bytes] = []
+    size = 0
+
+    out_headers = upstream.filter_headers(resp.headers)
+    out_headers[STATUS_HEADER] = call.status
+    out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=out_headers)
+    if resp.headers.get("Content-Length") is not None and "chunked" not in resp.headers.get(
+            "Transfer-Encoding", "").lower():
+        out.content_length = int(resp.headers["Content-Length"])
+    client_gone = False
+    try:
+        await out.prepare(request)
+        async for chunk in resp.content.iter_any():
+            if push:
+                flight.push(chunk)
+            if recorder is not None:
+                recorder.feed(chunk)
+            elif recording:
+                size += len(chunk)
+                if size > max_bytes:
+                    recording = False
+                    parts.clear()
+                else:
+                    parts.append(chunk)
+            await out.write(chunk)
+        await out.write_eof()
+    except ConnectionResetError:
+        # The client left mid-answer: a cancelled request is never stored.
+        client_gone = True
+    except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+        log.info("upstream broke off the answer for %s (%s); not stored", call.log_key, type(exc).__name__)
+        flight.fail()
+        upstream.abort(request)
+        return out
+    finally:
+        resp.release()
+    if client_gone:
+        log.info("client left before the answer for %s was complete; not stored", call.log_key)
+        flight.fail()
+        return out
+    entry = _entry_from(call, recorder, parts) if recording else None
+    flight.finish(entry)
+    if entry is not None and not call.directives.no_store and call.redis_ok:
+        await _store(call, entry)
+    return out
+
+
+def _entry_from(call: _Call, recorder: streaming.SSERecorder | None, parts: list[bytes]) -> Entry | None:
+    """The storable entry of a complete answer, or ``None`` (incomplete, error body, not parseable)."""
+    try:
+        if recorder is not None:
+            if not recorder.complete:
+                log.info("stream for %s ended without [DONE]/finish_reason; not stored", call.log_key)
+                return None
+            answer = recorder.answer()
+            text = json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
+            origin = "sse"
+        else:
+            text = b"".join(parts).decode()
+            answer = json.loads(text)
+            origin = "json"
+        validate_answer(call.route, answer)
+    except (ValueError, UnicodeDecodeError) as exc:  # InvalidEntry is a ValueError
+        log.info("answer for %s is not storable: %s", call.log_key, exc)
+        return None
+    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+    model = answer.get("model") if isinstance(answer.get("model"), str) else str(call.body.get("model", ""))
+    return Entry(route=call.route, model=model, created_s=time.time(), body=text, tenant=call.tenant,
+                 namespace=call.namespace, origin=origin,
+                 prompt_tokens=_int(usage.get("prompt_tokens")), completion_tokens=_int(usage.get("completion_tokens")))
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+async def _store(call: _Call, entry: Entry) -> None:
+    """Write the entry (fixed TTL) and register it with the semantic index; failures only count.
+
+    Awaited before the flight lands, after the answer is fully sent: a request arriving
+    meanwhile joins the flight, one arriving later finds the entry.
+    """
+    state = call.state
+    store = state.store
+    if store is None:
+        return
+    ttl_s = cachecontrol.entry_ttl_s(call.directives, ttl_bound_s=call.cfg.ttl_s)
+    try:
+        await state.breaker.call(lambda: store.put(call.key, entry, ttl_s=ttl_s, group=call.cfg.group))
+    except CacheUnavailable:
+        _note_redis_failure(state)
+        log.info("could not store %s (redis unavailable); served uncached", call.log_key)
+        return
+    if call.cfg.semantic and state.semantic is not None:
+        parts = keys.semantic_parts(call.route, call.body, tenant=call.tenant, namespace=call.namespace)
+        if parts is not None:
+            state.spawn(_semantic_add(state, parts, call.key, ttl_s))
+
+
+async def _semantic_add(state: ProxyState, parts: keys.SemanticParts, key_hash: str, ttl_s: int) -> None:
+    try:
+        await state.semantic.add(parts, key_hash, ttl_s=ttl_s)
+    except Exception:  # noqa: BLE001 - indexing is best effort; the exact entry is stored
+        log.exception("semantic add failed for %s", keys.short(key_hash))
+
+
+# ---------------------------------------------------------------------------------------------
+# own endpoints
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 once Redis answered or the breaker settled on bypass: either way requests get answers."""
+    state = request.app[STATE]
+    if not state.breaker.settled:
+        return web.json_response({"status": "starting", "redis": "connecting"}, status=503)
+    return web.json_response({"status": "ready", "redis": state.breaker.state})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.metrics.breaker_open.set(1 if state.breaker.is_open else 0)
+    return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def stats_endpoint(request: web.Request) -> web.Response:
+    """Per-namespace counters from Redis (all proxies) plus this process's view."""
+    state = request.app[STATE]
+    out: dict[str, Any] = {"process": {"breaker": state.breaker.state, "in_flight": len(state.flights),
+                                       "coalesced": state.flights.num_coalesced_total,
+                                       "policy": _policy_id(state)}}
+    if state.semantic is not None:
+        try:
+            out["semantic"] = state.semantic.stats()
+        except Exception:  # noqa: BLE001
+            out["semantic"] = None
+    client = state.redis
+    if client is None:
+        out["namespaces"] = None
+        return web.json_response(out)
+    try:
+        await state.breaker.call(lambda: state.stats.flush(client, keyspace=state.keyspace), timeout_s=2.0)
+        out["namespaces"] = await state.breaker.call(lambda: stats.read_stats(client, keyspace=state.keyspace),
+                                                     timeout_s=2.0)
+    except CacheUnavailable:
+        out["namespaces"] = None
+        out["error"] = "redis unavailable; counters are kept in memory until it is back"
+    return web.json_response(out)
+
+
+def _policy_id(state: ProxyState) -> str | None:
+    doc = state.policy_watcher.current if state.policy_watcher is not None else None
+    return doc.id if doc is not None else None
+
+
+def _admin_ok(request: web.Request, token: str) -> bool:
+    given = request.headers.get("X-LLMCache-Admin-Token")
+    if given is None:
+        auth = request.headers.get("Authorization", "")
+        given = auth[7:] if auth[:7].lower() == "bearer " else ""
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+async def invalidate(request: web.Request) -> web.Response:
+    """Delete entries by ``tenant`` (credential as sent) / ``tenant_id`` / ``namespace`` / ``model``, or ``all``.
+
+    Filters combine with AND; ``{"all": true}`` deletes every entry under the key prefix.
+    Requires the admin token (``Authorization: Bearer …`` or ``X-LLMCache-Admin-Token``).
+    """
+    state = request.app[STATE]
+    token = state.settings.observability.admin_token
+    if not token:
+        return upstream.error_response(403, "invalidation is disabled: start the proxy with --admin-token "
+                                            "(or LLMCACHE_ADMIN_TOKEN)", type_="permission_error")
+    if not _admin_ok(request, token):
+        return upstream.error_response(401, "invalidation needs the admin token as 'Authorization: Bearer …'",
+                                       type_="authentication_error")
+    try:
+        spec = await request.json()
+    except ValueError:
+        spec = None
+    if not isinstance(spec, dict):
+        return upstream.error_response(400, "body must be a JSON object such as {\"namespace\": \"docs\"} "
+                                            "or {\"all\": true}", type_="invalid_request_error")
+    filters: dict[str, str] = {}
+    if isinstance(spec.get("tenant"), str):
+        filters["tenant"] = keys.tenant_id(spec["tenant"], state.tenant_salt)
+    if isinstance(spec.get("tenant_id"), str):
+        filters["tenant"] = spec["tenant_id"]
+    for name in ("namespace", "model"):
+        if isinstance(spec.get(name), str):
+            filters[name] = spec[name]
+    if not filters and spec.get("all") is not True:
+        return upstream.error_response(400, "name what to invalidate: tenant, tenant_id, namespace, model, "
+                                            "or {\"all\": true}", type_="invalid_request_error")
+    if state.redis is None:
+        return upstream.error_response(503, "redis is not configured", type_="unavailable")
+    try:
+        deleted = await _invalidate(state, state.redis, filters)
+    except (redis.exceptions.RedisError, OSError) as exc:
+        return upstream.error_response(503, f"redis unavailable ({type(exc).__name__}); retry when it is back",
+                                       type_="unavailable")
+    log.info("invalidated %d entries (filters: %s)", deleted, sorted(filters))
+    return web.json_response({"deleted": deleted, "filters": sorted(filters)})
+
+
+async def _invalidate(state: ProxyState, client: redis.asyncio.Redis, filters: Mapping[str, str]) -> int:
+    ks = state.keyspace
+    prefix_len = len(ks.entry(""))
+    deleted = 0
+    batch: list[bytes] = []
+
+    async def flush() -> None:
+        nonlocal deleted
+        if not batch:
+            return
+        victims: list[bytes] = []
+        if filters:
+            values = await client.mget(batch)
+            for key, value in zip(batch, values, strict=True):
+                if value is None:
+                    continue
+                try:
+                    meta = json.loads(value)
+                except ValueError:
+                    victims.append(key)  # unreadable entries are garbage anyway
+                    continue
+                if all(str(meta.get(k, "")) == v for k, v in filters.items()):
+                    victims.append(key)
+        else:
+            victims = list(batch)
+        if victims:
+            deleted += await client.unlink(*victims)
+            if state.semantic is not None:
+                for key in victims:
+                    try:
+                        await state.semantic.delete(key.decode()[prefix_len:])
+                    except Exception:  # noqa: BLE001
+                        log.exception("semantic delete failed")
+        batch.clear()
+
+    async for key in client.scan_iter(match=ks.entry("*"), count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            await flush()
+    await flush()
+    return deleted
+
+
+def add_routes(app: web.Application) -> None:
+    """Own endpoints first, then the cacheable routes, then everything else passed through."""
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/llmcache/v1/stats", stats_endpoint)
+    r.add_post("/llmcache/v1/invalidate", invalidate)
+    for route in keys.CACHEABLE_ROUTES:
+        r.add_post(route, cacheable)
+    r.add_route("*", "/{tail:.*}", passthrough)
+
+
+# Imported lazily elsewhere; referenced here so static checkers see the optional modules' names.
+_OPTIONAL_MODULES = ("llmcache.proxy.semantic", "llmcache.proxy.policy_watch")
+
+
+def optional_module(name: str) -> Any | None:
+    """Import an optional proxy module (semantic cache, policy watcher), ``None`` when absent."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return None

@@ -1,0 +1,65 @@
+"""Prometheus metrics of one proxy process (its own registry, so tests can run several apps).
+
+=========================================  ==========================================================
+``llmcache_requests_total``                requests by ``route`` and ``cache_status`` (hit, semantic-hit,
+                                           miss, bypass, error)
+``llmcache_lookup_seconds``                cache lookup latency by ``kind`` (exact, semantic)
+``llmcache_upstream_seconds``              upstream time to response headers by ``route``
+``llmcache_served_bytes_total``            answer bytes served from the cache
+``llmcache_served_tokens_total``           tokens served from the cache by ``kind`` (prompt, completion)
+``llmcache_saved_usd_total``               estimated money saved (``--price-*-per-1k``)
+``llmcache_coalesced_total``               requests that joined another request's upstream call
+``llmcache_redis_failures_total``          Redis operations that failed or timed out
+``llmcache_breaker_open``                  1 while the Redis circuit breaker is open
+=========================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["ProxyMetrics", "CONTENT_TYPE_LATEST"]
+
+_LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+_UPSTREAM_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class ProxyMetrics:
+    """All proxy metrics on a private registry; :meth:`render` is the ``/metrics`` body."""
+
+    def __init__(self, *, price_input_per_1k: float = 0.0, price_output_per_1k: float = 0.0) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.price_input_per_1k = price_input_per_1k
+        self.price_output_per_1k = price_output_per_1k
+        self.requests = Counter("llmcache_requests", "Proxied requests by route and cache status",
+                                ["route", "cache_status"], registry=r)
+        self.lookup_seconds = Histogram("llmcache_lookup_seconds", "Cache lookup latency", ["kind"],
+                                        buckets=_LOOKUP_BUCKETS, registry=r)
+        self.upstream_seconds = Histogram("llmcache_upstream_seconds", "Upstream latency to response headers",
+                                          ["route"], buckets=_UPSTREAM_BUCKETS, registry=r)
+        self.served_bytes = Counter("llmcache_served_bytes", "Answer bytes served from the cache", registry=r)
+        self.served_tokens = Counter("llmcache_served_tokens", "Tokens served from the cache", ["kind"],
+                                     registry=r)
+        self.saved_usd = Counter("llmcache_saved_usd", "Estimated money saved by cache hits (USD)", registry=r)
+        self.coalesced = Counter("llmcache_coalesced", "Requests that joined an in-flight upstream call",
+                                 registry=r)
+        self.redis_failures = Counter("llmcache_redis_failures", "Redis operations that failed or timed out",
+                                      registry=r)
+        self.breaker_open = Gauge("llmcache_breaker_open", "1 while the Redis circuit breaker is open",
+                                  registry=r)
+
+    def served_from_cache(self, *, num_bytes: int, prompt_tokens: int, completion_tokens: int) -> None:
+        """Account one answer served without an upstream call."""
+        self.served_bytes.inc(num_bytes)
+        if prompt_tokens:
+            self.served_tokens.labels("prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self.served_tokens.labels("completion").inc(completion_tokens)
+        saved = (prompt_tokens * self.price_input_per_1k + completion_tokens * self.price_output_per_1k) / 1000
+        if saved:
+            self.saved_usd.inc(saved)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

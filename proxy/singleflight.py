@@ -1,0 +1,150 @@
+"""Single-flight: concurrent identical misses share one upstream call.
+
+The first request for a key becomes the *leader* and opens a :class:`Flight`;
+later ones (*followers*) join it instead of calling the upstream::
+
+    leader    ──upstream──▶ push(chunk) … push(chunk) ──▶ finish(entry) | fail()
+    follower  ◀── chunks as produced (streaming, same stream shape)
+    follower  ◀── entry when finished (non-streaming, or another stream shape)
+
+A follower that joined a flight which then fails (upstream error, truncated
+stream, leader's client gone) calls the upstream itself, unless it has already
+relayed bytes, in which case its connection ends like the leader's did.
+
+Across pods, :class:`RedisLease` (``SET {p}:lease:{key} NX PX``) lets one pod
+own a miss while the others poll for the entry for at most the lease time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import redis.asyncio
+
+from llmcache.keyspace import Keyspace
+
+if TYPE_CHECKING:
+    from llmcache.proxy.exact import Entry
+
+__all__ = ["Flight", "FlightGroup", "RedisLease"]
+
+log = logging.getLogger(__name__)
+
+
+class Flight:
+    """One in-progress upstream call that followers can subscribe to."""
+
+    __slots__ = ("key_hash", "stream_shape", "chunks", "entry", "failed", "finished", "_changed",
+                 "num_followers")
+
+    def __init__(self, key_hash: str, *, stream_shape: str | None) -> None:
+        self.key_hash = key_hash
+        self.stream_shape = stream_shape
+        """``None`` for a non-streaming leader, else a tag of its stream options; followers with the
+        same tag receive the raw upstream chunks as they arrive."""
+        self.chunks: list[bytes] = []
+        self.entry: Entry | None = None
+        self.failed = False
+        self.finished = False
+        self.num_followers = 0
+        self._changed = asyncio.Event()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def push(self, chunk: bytes) -> None:
+        """The leader relayed ``chunk``; streaming followers get it next."""
+        self.chunks.append(chunk)
+        self._wake()
+
+    def finish(self, entry: Entry | None) -> None:
+        """The upstream answered completely; ``entry`` is the storable answer (``None``: not storable)."""
+        self.entry = entry
+        self.failed = entry is None
+        self.finished = True
+        self._wake()
+
+    def fail(self) -> None:
+        """The upstream call did not produce a complete answer."""
+        if not self.finished:
+            self.failed = True
+            self.finished = True
+            self._wake()
+
+    async def wait(self) -> Entry | None:
+        """Wait until the flight ends; the entry, or ``None`` when it failed."""
+        while not self.finished:
+            await self._changed.wait()
+        return self.entry
+
+    async def follow(self) -> AsyncIterator[bytes]:
+        """Yield the leader's chunks from the first one, live, until the flight ends."""
+        i = 0
+        while True:
+            changed = self._changed
+            while i < len(self.chunks):
+                yield self.chunks[i]
+                i += 1
+            if self.finished:
+                return
+            await changed.wait()
+
+
+class FlightGroup:
+    """The in-process table of flights by key hash."""
+
+    __slots__ = ("_flights", "num_coalesced_total")
+
+    def __init__(self) -> None:
+        self._flights: dict[str, Flight] = {}
+        self.num_coalesced_total = 0
+
+    def join(self, key_hash: str) -> Flight | None:
+        """The running flight for ``key_hash`` (counting this follower), or ``None``."""
+        flight = self._flights.get(key_hash)
+        if flight is not None:
+            flight.num_followers += 1
+            self.num_coalesced_total += 1
+        return flight
+
+    def lead(self, key_hash: str, *, stream_shape: str | None) -> Flight:
+        """Open a flight for ``key_hash``; the caller must :meth:`land` it in a ``finally``."""
+        flight = Flight(key_hash, stream_shape=stream_shape)
+        self._flights[key_hash] = flight
+        return flight
+
+    def land(self, flight: Flight) -> None:
+        """Remove ``flight`` from the table (failing it if the leader never finished)."""
+        flight.fail()
+        if self._flights.get(flight.key_hash) is flight:
+            del self._flights[flight.key_hash]
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+
+class RedisLease:
+    """Cross-pod single-flight: ``SET lease NX PX``; others poll the entry key while it is held."""
+
+    def __init__(self, client: redis.asyncio.Redis, *, keyspace: Keyspace, owner: str) -> None:
+        self._redis = client
+        self._ks = keyspace
+        self._owner = owner
+
+    async def acquire(self, key_hash: str, *, ttl_s: float) -> bool:
+        """True when this pod now owns the miss for ``key_hash``."""
+        return bool(await self._redis.set(self._ks.lease(key_hash), self._owner, nx=True,
+                                          px=max(1, int(ttl_s * 1000))))
+
+    async def held(self, key_hash: str) -> bool:
+        return bool(await self._redis.exists(self._ks.lease(key_hash)))
+
+    async def release(self, key_hash: str) -> None:
+        # Only the owner deletes (a lease that expired and was re-taken belongs to someone else).
+        await self._redis.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            1, self._ks.lease(key_hash), self._owner)

@@ -1,0 +1,257 @@
+"""Server-sent events: record a relayed stream into an answer, and replay an answer as a stream.
+
+Recording never delays the relay: the proxy writes each upstream chunk to the
+client first-come, and feeds the same bytes to :class:`SSERecorder`, which
+splits events on blank lines (chunks may cut an event anywhere) and folds the
+``data:`` payloads into the non-streaming answer. A stream is complete only
+after ``data: [DONE]`` with a ``finish_reason`` on every choice.
+
+Replay (:func:`replay_chat` / :func:`replay_completion`) produces what the
+OpenAI API sends::
+
+    role chunk ─▶ content chunks | tool-call chunks ─▶ finish chunk ─▶ [usage chunk] ─▶ data: [DONE]
+    (per choice)                                                      (include_usage)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = ["SSERecorder", "replay_chat", "replay_completion", "replay", "split_text", "DONE"]
+
+DONE = b"data: [DONE]\n\n"
+
+#: Characters per replayed content chunk: several chunks per answer, like a real model, without
+#: paying one write per token on the hit path.
+_PIECE_CHARS = 48
+
+_EVENT_SPLIT = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+class SSERecorder:
+    """Incrementally parse an OpenAI SSE stream and assemble the equivalent non-streaming answer.
+
+    :meth:`feed` never raises: a malformed stream just becomes *not storable*
+    (``ok`` is False), because the bytes were relayed to the client untouched anyway.
+    """
+
+    __slots__ = ("route", "_buf", "ok", "done", "_base", "_choices", "_usage", "_size", "_max_bytes")
+
+    def __init__(self, route: str, *, max_bytes: int = 8 * 1024**2) -> None:
+        self.route = route
+        self._buf = b""
+        self.ok = True
+        self.done = False
+        self._base: dict[str, Any] = {}
+        self._choices: dict[int, dict[str, Any]] = {}
+        self._usage: dict[str, Any] | None = None
+        self._size = 0
+        self._max_bytes = max_bytes
+
+    def feed(self, data: bytes) -> None:
+        if not self.ok:
+            return
+        self._size += len(data)
+        if self._size > self._max_bytes or self.done and data.strip():
+            self.ok = False
+            return
+        self._buf += data
+        parts = _EVENT_SPLIT.split(self._buf)
+        self._buf = parts.pop()
+        for event in parts:
+            self._event(event)
+
+    def _event(self, event: bytes) -> None:
+        payload = []
+        for line in event.splitlines():
+            if line.startswith(b"data:"):
+                payload.append(line[5:].lstrip(b" "))
+            # comments (":") and other fields (event:, id:, retry:) carry no answer data
+        if not payload:
+            return
+        data = b"\n".join(payload)
+        if data == b"[DONE]":
+            self.done = True
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            self.ok = False
+            return
+        if not isinstance(chunk, dict) or "error" in chunk:
+            self.ok = False
+            return
+        try:
+            self._chunk(chunk)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            self.ok = False
+
+    def _chunk(self, chunk: dict[str, Any]) -> None:
+        if not self._base:
+            self._base = {k: chunk[k] for k in ("id", "created", "model", "system_fingerprint") if k in chunk}
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        for c in chunk.get("choices") or ():
+            idx = int(c.get("index", 0))
+            acc = self._choices.setdefault(idx, {"index": idx, "content": [], "tool_calls": {}, "role": None,
+                                                 "refusal": [], "logprobs": None, "finish_reason": None})
+            if c.get("finish_reason"):
+                acc["finish_reason"] = c["finish_reason"]
+            if c.get("logprobs"):
+                lp = acc["logprobs"] or {}
+                for field_name, value in c["logprobs"].items():
+                    if isinstance(value, list):
+                        lp.setdefault(field_name, []).extend(value)
+                    else:
+                        lp[field_name] = value
+                acc["logprobs"] = lp
+            if self.route == "/v1/completions":
+                if c.get("text"):
+                    acc["content"].append(c["text"])
+                continue
+            delta = c.get("delta") or {}
+            if delta.get("role"):
+                acc["role"] = delta["role"]
+            if delta.get("content"):
+                acc["content"].append(delta["content"])
+            if delta.get("refusal"):
+                acc["refusal"].append(delta["refusal"])
+            for tc in delta.get("tool_calls") or ():
+                slot = acc["tool_calls"].setdefault(int(tc.get("index", 0)),
+                                                    {"id": None, "type": "function", "name": [], "arguments": []})
+                if tc.get("id"):
+                    slot["id"] = tc["id"]
+                if tc.get("type"):
+                    slot["type"] = tc["type"]
+                fn = tc.get("function") or {}
+                if fn.get("name"):
+                    slot["name"].append(fn["name"])
+                if fn.get("arguments"):
+                    slot["arguments"].append(fn["arguments"])
+
+    @property
+    def complete(self) -> bool:
+        """True when the stream ended with ``[DONE]`` and every choice has a finish_reason."""
+        return (self.ok and self.done and bool(self._choices)
+                and all(c["finish_reason"] for c in self._choices.values()))
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self._usage
+
+    def answer(self) -> dict[str, Any]:
+        """The non-streaming answer equivalent to the recorded stream (call when :attr:`complete`)."""
+        choices = []
+        for idx in sorted(self._choices):
+            acc = self._choices[idx]
+            if self.route == "/v1/completions":
+                choices.append({"index": idx, "text": "".join(acc["content"]), "logprobs": acc["logprobs"],
+                                "finish_reason": acc["finish_reason"]})
+                continue
+            message: dict[str, Any] = {"role": acc["role"] or "assistant",
+                                       "content": "".join(acc["content"]) if acc["content"] else None,
+                                       "refusal": "".join(acc["refusal"]) if acc["refusal"] else None}
+            if acc["tool_calls"]:
+                message["tool_calls"] = [
+                    {"id": t["id"], "type": t["type"],
+                     "function": {"name": "".join(t["name"]), "arguments": "".join(t["arguments"])}}
+                    for _, t in sorted(acc["tool_calls"].items())]
+            choices.append({"index": idx, "message": message, "logprobs": acc["logprobs"],
+                            "finish_reason": acc["finish_reason"]})
+        obj = "text_completion" if self.route == "/v1/completions" else "chat.completion"
+        answer: dict[str, Any] = {**{k: v for k, v in self._base.items() if k != "system_fingerprint"},
+                                  "object": obj, "choices": choices}
+        if "system_fingerprint" in self._base:
+            answer["system_fingerprint"] = self._base["system_fingerprint"]
+        if self._usage is not None:
+            answer["usage"] = self._usage
+        return answer
+
+
+def split_text(text: str, *, max_chars: int = _PIECE_CHARS) -> list[str]:
+    """Split ``text`` into pieces of at most ``max_chars`` (at spaces when possible); joins back exactly."""
+    if len(text) <= max_chars:
+        return [text]
+    pieces = []
+    start = 0
+    while start < len(text):
+        end = min(start + max_chars, len(text))
+        if end < len(text):
+            cut = text.rfind(" ", start + 1, end)
+            if cut > start:
+                end = cut
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+def replay_chat(answer: dict[str, Any], *, include_usage: bool) -> bytes:
+    """A stored chat answer as the SSE body the OpenAI API would have streamed."""
+    base: dict[str, Any] = {"id": answer.get("id", "chatcmpl-llmcache"), "object": "chat.completion.chunk",
+                            "created": answer.get("created", 0), "model": answer.get("model", "")}
+    if answer.get("system_fingerprint") is not None:
+        base["system_fingerprint"] = answer["system_fingerprint"]
+    extra = {"usage": None} if include_usage else {}
+    out: list[bytes] = []
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> None:
+        out.append(_sse({**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+                                              "finish_reason": finish}], **extra}))
+
+    for choice in answer.get("choices") or ():
+        idx = choice.get("index", 0)
+        message = choice.get("message") or {}
+        chunk(idx, {"role": message.get("role", "assistant"), "content": ""})
+        content = message.get("content")
+        # Logprobs travel whole on the first content chunk: the client concatenates them per choice.
+        logprobs = choice.get("logprobs")
+        if content:
+            for i, piece in enumerate(split_text(content)):
+                chunk(idx, {"content": piece}, logprobs=logprobs if i == 0 else None)
+        if message.get("refusal"):
+            chunk(idx, {"refusal": message["refusal"]})
+        for j, call in enumerate(message.get("tool_calls") or ()):
+            fn = call.get("function") or {}
+            chunk(idx, {"tool_calls": [{"index": j, "id": call.get("id"), "type": call.get("type", "function"),
+                                        "function": {"name": fn.get("name", ""), "arguments": ""}}]})
+            for piece in split_text(fn.get("arguments") or ""):
+                if piece:
+                    chunk(idx, {"tool_calls": [{"index": j, "function": {"arguments": piece}}]})
+        chunk(idx, {}, choice.get("finish_reason"))
+    if include_usage and answer.get("usage") is not None:
+        out.append(_sse({**base, "choices": [], "usage": answer["usage"]}))
+    out.append(DONE)
+    return b"".join(out)
+
+
+def replay_completion(answer: dict[str, Any], *, include_usage: bool) -> bytes:
+    """A stored ``/v1/completions`` answer as SSE."""
+    base: dict[str, Any] = {"id": answer.get("id", "cmpl-llmcache"), "object": "text_completion",
+                            "created": answer.get("created", 0), "model": answer.get("model", "")}
+    if answer.get("system_fingerprint") is not None:
+        base["system_fingerprint"] = answer["system_fingerprint"]
+    out: list[bytes] = []
+    for choice in answer.get("choices") or ():
+        idx = choice.get("index", 0)
+        for piece in split_text(choice.get("text") or ""):
+            out.append(_sse({**base, "choices": [{"index": idx, "text": piece, "logprobs": None,
+                                                  "finish_reason": None}]}))
+        out.append(_sse({**base, "choices": [{"index": idx, "text": "", "logprobs": choice.get("logprobs"),
+                                              "finish_reason": choice.get("finish_reason")}]}))
+    if include_usage and answer.get("usage") is not None:
+        out.append(_sse({**base, "choices": [], "usage": answer["usage"]}))
+    out.append(DONE)
+    return b"".join(out)
+
+
+def replay(route: str, answer: dict[str, Any], *, include_usage: bool) -> bytes:
+    """Replay ``answer`` for ``route`` (chat or completions) as one SSE body."""
+    if route == "/v1/completions":
+        return replay_completion(answer, include_usage=include_usage)
+    return replay_chat(answer, include_usage=include_usage)

@@ -1,0 +1,136 @@
+"""Talking to the upstream: pooled connections, header hygiene, error mapping.
+
+Transparent pass-through: any method and path, the request body streamed to
+the upstream and the answer streamed back chunk by chunk, status and body
+preserved (an upstream 4xx/5xx reaches the client as it was). Hop-by-hop
+headers (RFC 9110 §7.6.1, plus any named in ``Connection``) are dropped both
+ways. Compressed answers pass through still compressed (``auto_decompress`` is
+off); cacheable requests ask for ``identity`` so the proxy can read them.
+
+When no answer arrives: connection refused / reset before headers → 502,
+no byte within the timeout → 504, both with an OpenAI-style error body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = ["HOP_BY_HOP", "UpstreamError", "Upstream", "error_response", "filter_headers", "relay"]
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+    "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+# Recomputed by the side that writes the message.
+_RECOMPUTED = frozenset({"host", "content-length"})
+
+
+class UpstreamError(Exception):
+    """The upstream gave no answer; ``status`` is what the client gets (502 or 504)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str, *, type_: str = "llmcache_error", code: str | None = None,
+                   headers: Mapping[str, str] | None = None) -> web.Response:
+    """An OpenAI-style error JSON response."""
+    return web.json_response({"error": {"message": message, "type": type_, "param": None, "code": code}},
+                             status=status, headers=headers)
+
+
+def filter_headers(headers: Mapping[str, str] | CIMultiDictProxy[str], *,
+                   drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+    """Copy ``headers`` without hop-by-hop ones, those named in ``Connection``, and ``drop``."""
+    named = {t.strip().lower() for v in headers.getall("Connection", ())  # type: ignore[union-attr]
+             for t in v.split(",")} if isinstance(headers, (CIMultiDictProxy, CIMultiDict)) else set()
+    out: CIMultiDict[str] = CIMultiDict()
+    for k, v in headers.items():
+        lk = k.lower()
+        if lk in HOP_BY_HOP or lk in _RECOMPUTED or lk in named or lk in drop:
+            continue
+        out.add(k, v)
+    return out
+
+
+class Upstream:
+    """One pooled :class:`aiohttp.ClientSession` to the upstream base URL."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, base_url: str, timeout_s: float,
+                 connect_timeout_s: float = 10.0) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=timeout_s)
+
+    @staticmethod
+    def make_session(*, pool_size: int) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size, keepalive_timeout=60,
+                                         enable_cleanup_closed=True)
+        # No cookie jar: a shared proxy must not carry one client's cookies to another's request.
+        return aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                     cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
+
+    async def open(self, method: str, path_qs: str, headers: Mapping[str, str],
+                   body: bytes | AsyncIterable[bytes] | None) -> aiohttp.ClientResponse:
+        """Send the request; return the response with headers read (body still streaming).
+
+        Raise :class:`UpstreamError` (502/504) when no response headers arrive.
+        """
+        url = self.base_url + path_qs
+        try:
+            return await self.session.request(method, url, headers=headers, data=body, timeout=self.timeout,
+                                              allow_redirects=False, compress=None)
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise UpstreamError(504, f"upstream {self.base_url} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(502, f"upstream {self.base_url} is unreachable or closed the connection "
+                                     f"({type(exc).__name__})") from exc
+
+    @staticmethod
+    def response_headers(resp: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        return filter_headers(resp.headers)
+
+
+async def relay(request: web.Request, resp: aiohttp.ClientResponse, *,
+                extra_headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+    """Stream ``resp`` to the client unchanged; abort the client connection if the upstream breaks."""
+    headers = filter_headers(resp.headers)
+    if extra_headers:
+        headers.update(extra_headers)
+    out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+    if resp.headers.get("Content-Length") is not None and "chunked" not in resp.headers.get(
+            "Transfer-Encoding", "").lower():
+        out.content_length = int(resp.headers["Content-Length"])
+    await out.prepare(request)
+    try:
+        async for chunk in resp.content.iter_any():
+            await out.write(chunk)
+    except ConnectionResetError:
+        # First: aiohttp's ClientConnectionResetError (the *client* left) is also a ClientError.
+        return out
+    except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+        log.info("upstream broke off a pass-through answer (%s)", type(exc).__name__)
+        abort(request)
+        return out
+    finally:
+        resp.release()
+    await out.write_eof()
+    return out
+
+
+def abort(request: web.Request) -> None:
+    """Close the client's connection without finishing the answer (mirrors a truncated upstream)."""
+    transport: Any = request.transport
+    if transport is not None:
+        transport.abort()
