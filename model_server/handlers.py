@@ -1,0 +1,526 @@
+"""OpenAI-compatible HTTP surface of the model server (aiohttp).
+
+``create_app(settings)`` returns an app that loads the model in a background thread on
+start-up: ``GET /healthz`` answers 503 ``{"status": "loading"}`` until the model is
+ready, then 200. Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both
+with ``stream``), ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /metrics``,
+``GET /healthz``. Errors are OpenAI error objects
+(``{"error": {"message", "type", "param", "code"}}``).
+
+Request extensions (all optional, ignored by other servers):
+
+- ``cache_salt`` — isolate this request's prefix KV (e.g. per tenant);
+- ``prefix_cache: false`` — neither use nor fill the prefix cache (benchmarks, debugging);
+- ``sink_window_tokens`` / ``sink_tokens`` — attention-sink sliding window for this request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from llmcache.errors import LLMCacheError
+from llmcache.model_server import generate as gen
+from llmcache.model_server import loader as loader_mod
+from llmcache.model_server import radix as radix_mod
+from llmcache.model_server import sink as sink_mod
+from llmcache.model_server.embeddings import EMBEDDING_MODEL_NAME, Embedder
+from llmcache.model_server.metrics import PROMETHEUS_CONTENT_TYPE, ModelServerMetrics
+from llmcache.model_server.settings import ModelServerSettings
+
+__all__ = ["ServerState", "STATE_KEY", "create_app"]
+
+log = logging.getLogger(__name__)
+
+_MAX_N = 8
+_MAX_STOP = 4
+
+
+@dataclass(slots=True, eq=False)
+class ServerState:
+    """Everything one app instance owns; ``ready`` is set once the engine serves."""
+
+    settings: ModelServerSettings
+    metrics: ModelServerMetrics
+    loaded: loader_mod.LoadedModel | None = None
+    engine: gen.Engine | None = None
+    embedder: Embedder | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    failed: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def model_name(self) -> str:
+        if self.settings.model.served_model_name:
+            return self.settings.model.served_model_name
+        return self.loaded.name if self.loaded is not None else self.settings.model.model
+
+
+STATE_KEY = web.AppKey("llmcache_model_server_state", ServerState)
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+
+def _error_response(status: int, message: str, *, type_: str, param: str | None = None,
+                    code: str | None = None) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": type_, "param": param, "code": code}},
+                             status=status)
+
+
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                             ) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    endpoint = request.match_info.route.resource.canonical if request.match_info.route.resource else "unknown"
+    try:
+        resp = await handler(request)
+    except _HTTPError as exc:
+        resp = _error_response(exc.status, exc.message, type_=exc.type, param=exc.param, code=exc.code)
+    except gen.InvalidRequestError as exc:
+        resp = _error_response(400, str(exc), type_="invalid_request_error", param=exc.param, code=exc.code)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        resp = _error_response(exc.status, exc.reason, type_="invalid_request_error" if exc.status < 500
+                               else "server_error")
+    except LLMCacheError as exc:
+        log.warning("request failed: %s", exc)
+        resp = _error_response(500, str(exc), type_="server_error")
+    except Exception:  # noqa: BLE001 - turn into an OpenAI error, keep the server up
+        log.exception("unhandled error in %s", endpoint)
+        resp = _error_response(500, "internal error in the model server; see its log", type_="server_error")
+    state.metrics.requests.labels(endpoint=endpoint, status=str(resp.status)).inc()
+    return resp
+
+
+# ------------------------------------------------------------------- parsing
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except Exception as exc:  # noqa: BLE001 - any decode failure is the client's
+        raise _HTTPError(400, f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise _HTTPError(400, "request body must be a JSON object")
+    return body
+
+
+def _opt_number(body: dict[str, Any], name: str, default: float, *, kind: type = float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        raise _HTTPError(400, f"{name} must be {'an integer' if kind is int else 'a number'}", param=name)
+    return value
+
+
+def _engine(state: ServerState) -> gen.Engine:
+    if state.engine is None or not state.ready.is_set():
+        msg = "the model is still loading; retry when GET /healthz returns 200"
+        if state.error:
+            msg = f"the model failed to load: {state.error}"
+        raise _HTTPError(503, msg, type_="server_error", code="model_not_ready")
+    return state.engine
+
+
+def _sampling(state: ServerState, body: dict[str, Any]) -> gen.SamplingParams:
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = state.settings.model.default_max_tokens
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise _HTTPError(400, "max_tokens must be an integer", param="max_tokens")
+    stop = body.get("stop")
+    if stop is None:
+        stops: tuple[str, ...] = ()
+    elif isinstance(stop, str):
+        stops = (stop,)
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= _MAX_STOP:
+        stops = tuple(stop)
+    else:
+        raise _HTTPError(400, f"stop must be a string or a list of at most {_MAX_STOP} strings", param="stop")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _HTTPError(400, "seed must be an integer", param="seed")
+    return gen.SamplingParams(
+        max_tokens=max_tokens,
+        temperature=float(_opt_number(body, "temperature", 1.0)),
+        top_p=float(_opt_number(body, "top_p", 1.0)),
+        seed=seed,
+        stop=stops,
+    )
+
+
+def _sink(state: ServerState, body: dict[str, Any]) -> sink_mod.SinkWindow | None:
+    window = int(_opt_number(body, "sink_window_tokens", state.settings.sink.window_tokens, kind=int))
+    sinks = int(_opt_number(body, "sink_tokens", state.settings.sink.sink_tokens, kind=int))
+    if window <= 0:
+        return None
+    try:
+        return sink_mod.SinkWindow(sink_tokens=sinks, window_tokens=window)
+    except LLMCacheError as exc:
+        raise _HTTPError(400, str(exc), param="sink_window_tokens") from exc
+
+
+def _common(state: ServerState, body: dict[str, Any]) -> tuple[int, bool, dict[str, Any]]:
+    n = int(_opt_number(body, "n", 1, kind=int))
+    if not 1 <= n <= _MAX_N:
+        raise _HTTPError(400, f"n must be between 1 and {_MAX_N}", param="n")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _HTTPError(400, "stream must be a boolean", param="stream")
+    salt = body.get("cache_salt")
+    if salt is not None and not isinstance(salt, str):
+        raise _HTTPError(400, "cache_salt must be a string", param="cache_salt")
+    use_prefix = body.get("prefix_cache", True)
+    if not isinstance(use_prefix, bool):
+        raise _HTTPError(400, "prefix_cache must be a boolean", param="prefix_cache")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise _HTTPError(400, "stream_options must be an object", param="stream_options")
+    extras = {"cache_salt": salt, "enable_prefix_cache": use_prefix and state.settings.prefix_cache.enable_prefix_cache,
+              "include_usage": bool(stream_options.get("include_usage", False))}
+    return n, stream, extras
+
+
+def _message_text(content: Any, index: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise _HTTPError(400, f"messages[{index}].content: only text parts are supported",
+                                 param=f"messages[{index}].content")
+            parts.append(part["text"])
+        return "".join(parts)
+    if content is None:
+        return ""
+    raise _HTTPError(400, f"messages[{index}].content must be a string or a list of text parts",
+                     param=f"messages[{index}].content")
+
+
+def _chat_prompt_ids(loaded: loader_mod.LoadedModel, body: dict[str, Any]) -> list[int]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _HTTPError(400, "messages must be a non-empty list", param="messages")
+    clean: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in {"system", "developer", "user", "assistant", "tool"}:
+            raise _HTTPError(400, f"messages[{i}] needs a role of system, developer, user, assistant or tool",
+                             param=f"messages[{i}].role")
+        role = "system" if m["role"] == "developer" else m["role"]
+        clean.append({"role": role, "content": _message_text(m.get("content"), i)})
+    tok = loaded.tokenizer
+    if tok is None:
+        raise _HTTPError(400, "this model has no tokenizer; use /v1/completions with token ids", param="messages")
+    # Render the template to text, then tokenize the whole prompt once: tokenizing pieces
+    # separately would give different ids at the seams (BPE merges) and break prefix reuse.
+    text = tok.apply_chat_template(clean, add_generation_prompt=True, tokenize=False)
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def _completion_prompt_ids(loaded: loader_mod.LoadedModel, body: dict[str, Any]) -> list[int]:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return list(prompt)
+    if not isinstance(prompt, str):
+        raise _HTTPError(400, "prompt must be a string, a list with one string, or a list of token ids "
+                              "(batches of prompts are not supported; send one request per prompt)", param="prompt")
+    if loaded.tokenizer is None:
+        raise _HTTPError(400, "this model has no tokenizer; send the prompt as token ids", param="prompt")
+    return list(loaded.tokenizer(prompt)["input_ids"])
+
+
+# ------------------------------------------------------------------ running
+
+
+class _Choices:
+    """Submits ``n`` generation requests and funnels their worker-thread events to the loop."""
+
+    def __init__(self, engine: gen.Engine, prompt_ids: list[int], sampling: gen.SamplingParams, n: int,
+                 *, enable_prefix_cache: bool, cache_salt: str | None, sink: sink_mod.SinkWindow | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[tuple[int, gen.TokenDelta | gen.GenerationResult | BaseException]] = asyncio.Queue()
+        self.handles: list[gen.RequestHandle] = []
+        reqs = []
+        for i in range(n):
+            seed = sampling.seed + i if sampling.seed is not None else None
+            params = gen.SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                                        top_p=sampling.top_p, seed=seed, stop=sampling.stop)
+            reqs.append(gen.GenerationRequest(prompt_ids=prompt_ids, sampling=params,
+                                              enable_prefix_cache=enable_prefix_cache, cache_salt=cache_salt,
+                                              sink=sink, on_event=self._forwarder(i)))
+        for r in reqs:
+            engine.validate(r)  # all-or-nothing: a 400 before anything is queued
+        try:
+            for r in reqs:
+                self.handles.append(engine.submit(r))
+        except BaseException:
+            self.cancel()
+            raise
+
+    def _forwarder(self, index: int) -> Callable[[gen.TokenDelta | gen.GenerationResult | BaseException], None]:
+        def forward(event: gen.TokenDelta | gen.GenerationResult | BaseException) -> None:
+            self._loop.call_soon_threadsafe(self.events.put_nowait, (index, event))
+        return forward
+
+    def cancel(self) -> None:
+        for h in self.handles:
+            h.cancel()
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+async def _collect(choices: _Choices, n: int) -> list[gen.GenerationResult]:
+    results: list[gen.GenerationResult | None] = [None] * n
+    remaining = n
+    try:
+        while remaining:
+            index, event = await choices.events.get()
+            if isinstance(event, BaseException):
+                raise event
+            if isinstance(event, gen.GenerationResult):
+                results[index] = event
+                remaining -= 1
+    except BaseException:
+        choices.cancel()
+        raise
+    return [r for r in results if r is not None]
+
+
+async def _handle_generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    engine = _engine(state)
+    assert state.loaded is not None
+    body = await _json_body(request)
+    n, stream, extras = _common(state, body)
+    sampling = _sampling(state, body)
+    sink = _sink(state, body)
+    prompt_ids = _chat_prompt_ids(state.loaded, body) if chat else _completion_prompt_ids(state.loaded, body)
+    choices = _Choices(engine, prompt_ids, sampling, n, enable_prefix_cache=extras["enable_prefix_cache"],
+                       cache_salt=extras["cache_salt"], sink=sink)
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    created = int(time.time())
+    model = state.model_name
+    if not stream:
+        results = await _collect(choices, n)
+        usage = _usage(len(prompt_ids), sum(len(r.token_ids) for r in results), results[0].cached_tokens)
+        if chat:
+            out_choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
+                            "logprobs": None, "finish_reason": r.finish_reason} for i, r in enumerate(results)]
+            obj = "chat.completion"
+        else:
+            out_choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+                           for i, r in enumerate(results)]
+            obj = "text_completion"
+        return web.json_response({"id": rid, "object": obj, "created": created, "model": model,
+                                  "system_fingerprint": state.loaded.revision,
+                                  "choices": out_choices, "usage": usage})
+    return await _stream(request, choices, n, chat=chat, rid=rid, created=created, model=model,
+                         prompt_tokens=len(prompt_ids), include_usage=extras["include_usage"])
+
+
+async def _stream(request: web.Request, choices: _Choices, n: int, *, chat: bool, rid: str, created: int,
+                  model: str, prompt_tokens: int, include_usage: bool) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choice_list: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        payload: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model,
+                                   "choices": choice_list}
+        if usage is not None:
+            payload["usage"] = usage
+        return b"data: " + web_json_dumps(payload) + b"\n\n"
+
+    await resp.prepare(request)
+    results: list[gen.GenerationResult | None] = [None] * n
+    remaining = n
+    try:
+        if chat:
+            await resp.write(chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                     "finish_reason": None} for i in range(n)]))
+        while remaining:
+            index, event = await choices.events.get()
+            if isinstance(event, BaseException):
+                # Headers are gone; report the error in-band as OpenAI does, then stop.
+                err = {"error": {"message": str(event), "type": "server_error", "param": None, "code": None}}
+                await resp.write(b"data: " + web_json_dumps(err) + b"\n\n")
+                choices.cancel()
+                break
+            if isinstance(event, gen.TokenDelta):
+                if not event.text:
+                    continue
+                if chat:
+                    c = {"index": index, "delta": {"content": event.text}, "logprobs": None, "finish_reason": None}
+                else:
+                    c = {"index": index, "text": event.text, "logprobs": None, "finish_reason": None}
+                await resp.write(chunk([c]))
+            else:
+                results[index] = event
+                remaining -= 1
+                if chat:
+                    c = {"index": index, "delta": {}, "logprobs": None, "finish_reason": event.finish_reason}
+                else:
+                    c = {"index": index, "text": "", "logprobs": None, "finish_reason": event.finish_reason}
+                await resp.write(chunk([c]))
+        done = [r for r in results if r is not None]
+        if include_usage and done:
+            await resp.write(chunk([], _usage(prompt_tokens, sum(len(r.token_ids) for r in done),
+                                              done[0].cached_tokens)))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        choices.cancel()  # the client went away: free the worker
+        raise
+    return resp
+
+
+def web_json_dumps(obj: Any) -> bytes:
+    """Compact JSON bytes (the SSE payload format)."""
+    import json
+
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# ------------------------------------------------------------------ routes
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``."""
+    return await _handle_generation(request, chat=True)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/completions``."""
+    return await _handle_generation(request, chat=False)
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """``POST /v1/embeddings`` with the bundled all-MiniLM-L6-v2."""
+    state = request.app[STATE_KEY]
+    if state.embedder is None:
+        raise _HTTPError(404, "embeddings are disabled on this server (--enable-embeddings false)",
+                         code="embeddings_disabled")
+    body = await _json_body(request)
+    raw = body.get("input")
+    texts = [raw] if isinstance(raw, str) else raw
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise _HTTPError(400, "input must be a string or a non-empty list of strings", param="input")
+    fmt = body.get("encoding_format", "float")
+    if fmt not in {"float", "base64"}:
+        raise _HTTPError(400, "encoding_format must be float or base64", param="encoding_format")
+    vectors, num_tokens = await state.embedder.aembed(texts)
+    data = []
+    for i, v in enumerate(vectors):
+        emb: Any = v if fmt == "float" else base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    return web.json_response({"object": "list", "data": data, "model": EMBEDDING_MODEL_NAME,
+                              "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}})
+
+
+async def models(request: web.Request) -> web.Response:
+    """``GET /v1/models``: the generation model (and the embedder when enabled)."""
+    state = request.app[STATE_KEY]
+    created = int(state.started_at)
+    data = [{"id": state.model_name, "object": "model", "created": created, "owned_by": "llmcache"}]
+    if state.embedder is not None:
+        data.append({"id": EMBEDDING_MODEL_NAME, "object": "model", "created": created, "owned_by": "llmcache"})
+    return web.json_response({"object": "list", "data": data})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: 200 once the model serves, 503 while loading or after a failed load."""
+    state = request.app[STATE_KEY]
+    if state.ready.is_set():
+        return web.json_response({"status": "ok", "model": state.model_name})
+    if state.failed.is_set():
+        return web.json_response({"status": "failed", "error": state.error}, status=503)
+    return web.json_response({"status": "loading", "model": state.model_name}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics`` in Prometheus text format."""
+    state = request.app[STATE_KEY]
+    return web.Response(body=state.metrics.render(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+
+
+# -------------------------------------------------------------- lifecycle
+
+
+def _load_into(state: ServerState, preloaded: loader_mod.LoadedModel | None) -> None:
+    """Load the model (unless given), build the prefix cache and start the engine; runs in a thread."""
+    try:
+        s = state.settings
+        loaded = preloaded or loader_mod.load_model(s.model.model, device=s.model.device, dtype=s.model.dtype,
+                                                    name=s.model.served_model_name)
+        state.loaded = loaded
+        cache: radix_mod.RadixCache | None = None
+        if s.prefix_cache.enable_prefix_cache:
+            budget = s.prefix_cache.budget_bytes
+            if budget is None:
+                budget = gen.default_budget_bytes(loaded, s.prefix_cache.budget_fraction)
+            cache = radix_mod.RadixCache(budget)
+            state.metrics.prefix_budget_bytes.set(budget)
+            log.info("prefix cache budget %.1f MiB", budget / 2**20)
+        engine = gen.Engine(loaded, prefix_cache=cache, metrics=state.metrics)
+        engine.start()
+        state.engine = engine
+        state.metrics.loaded.set(1)
+        state.ready.set()
+    except Exception as exc:  # noqa: BLE001 - reported via /healthz and the CLI
+        log.exception("model load failed")
+        state.error = str(exc)
+        state.failed.set()
+
+
+def create_app(settings: ModelServerSettings, *, loaded: loader_mod.LoadedModel | None = None) -> web.Application:
+    """The model-server app. Pass ``loaded`` to serve an already-loaded model (tests, benchmarks).
+
+    The model loads in a background thread when the app starts; ``app[STATE_KEY].ready``
+    is set (and ``/healthz`` turns 200) once requests can be served.
+    """
+    app = web.Application(middlewares=[_errors_middleware], client_max_size=16 * 2**20)
+    state = ServerState(settings=settings, metrics=ModelServerMetrics(),
+                        embedder=Embedder() if settings.enable_embeddings else None)
+    app[STATE_KEY] = state
+
+    async def lifecycle(_app: web.Application) -> Any:
+        thread = threading.Thread(target=_load_into, args=(state, loaded), name="llmcache-model-load", daemon=True)
+        thread.start()
+        yield
+        # Loading cannot be interrupted; wait for it so the engine is not left running.
+        await asyncio.to_thread(thread.join)
+        if state.engine is not None:
+            await asyncio.to_thread(state.engine.stop)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
