@@ -97,12 +97,22 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- include "llmcache.componentName" (list . "webhook-tls") }}
 {{- end }}
 
-{{/* Cluster-scoped names carry the namespace too: two releases may share a name. */}}
+{{/*
+Cluster-scoped names carry the namespace too: releases of the same name in two
+namespaces must not share a ClusterRole or webhook configuration. When
+"<namespace>-<fullname>" is too long it is shortened and a hash of the whole
+keeps it unique.
+Usage: include "llmcache.clusterName" (list . "operator")
+*/}}
 {{- define "llmcache.clusterName" -}}
 {{- $ctx := index . 0 }}
 {{- $component := index . 1 }}
-{{- $room := int (sub 61 (add (len $component) (len $ctx.Release.Namespace))) }}
-{{- printf "%s-%s-%s" $ctx.Release.Namespace (include "llmcache.fullname" $ctx | trunc $room | trimSuffix "-") $component }}
+{{- $base := printf "%s-%s" $ctx.Release.Namespace (include "llmcache.fullname" $ctx) }}
+{{- $room := int (sub 62 (len $component)) }}
+{{- if gt (len $base) $room }}
+{{- $base = printf "%s-%s" ($base | trunc (int (sub $room 9)) | trimSuffix "-") (sha256sum $base | trunc 8) }}
+{{- end }}
+{{- printf "%s-%s" $base $component }}
 {{- end }}
 
 {{/*

@@ -1,0 +1,485 @@
+"""The Helm chart: lint, render, schema, and install/upgrade/uninstall on a real API server.
+
+Rendering tests run the built helm (`make controlplane`) with no cluster.
+Lifecycle tests run it against the ``kube`` fixture (etcd + kube-apiserver).
+There is no kubelet or controller-manager there, so nothing runs: installs use
+``--no-hooks`` (the certificate hook Jobs and the ``helm test`` Pod would wait
+forever for a pod that never starts), and the hooks' own contract is checked
+separately: rendered, and their RBAC applied and probed with
+SubjectAccessReviews against the real authorizer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controlplane.fixtures import ControlPlane, ControlPlaneBinaries, ControlPlaneMissing, find_binaries
+
+pytestmark = pytest.mark.controlplane
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "llmcache"
+RELEASE = "llm"
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def binaries() -> ControlPlaneBinaries:
+    missing: str | None = None
+    try:
+        return find_binaries()
+    except ControlPlaneMissing as exc:
+        missing = str(exc)
+    pytest.fail(missing, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def helm_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("helm-home")
+    return {
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+    }
+
+
+def run_helm(binaries: ControlPlaneBinaries, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(binaries.helm), *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def render(binaries: ControlPlaneBinaries, env: dict[str, str], *sets: str, namespace: str = "ns1",
+           release: str = RELEASE) -> list[dict[str, Any]]:
+    """``helm template`` with ``--set`` pairs; hooks included; returns the parsed objects."""
+    args = ["template", release, str(CHART), "--namespace", namespace]
+    for item in sets:
+        args += ["--set", item]
+    proc = run_helm(binaries, env, *args)
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def find(objects: list[dict[str, Any]], kind: str, name_suffix: str = "") -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
+
+
+def one(objects: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:
+    found = find(objects, kind, name_suffix)
+    assert len(found) == 1, f"expected one {kind} *{name_suffix}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for o in objects:
+        if o["kind"] in {"Deployment", "StatefulSet", "Job"}:
+            yield o["metadata"]["name"], o["spec"]["template"]["spec"]
+        elif o["kind"] == "Pod":
+            yield o["metadata"]["name"], o["spec"]
+
+
+def container(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in spec["containers"] if c["name"] == name)
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+# -- lint, schema, documentation -----------------------------------------------
+
+
+def test_helm_lint_is_clean_with_defaults_and_options(binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+    for sets in ([], ["webhook.certificate.provider=cert-manager", "exampleApp.enabled=true"],
+                 ["redis.bundled.enabled=false", "redis.external.url=redis://redis.example:6379/0"]):
+        args = ["lint", "--strict", str(CHART)]
+        for item in sets:
+            args += ["--set", item]
+        proc = run_helm(binaries, helm_home, *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("operator.replica=2", "'replica' not allowed"),  # typo of replicas
+        ("webhook.failurePolicy=Sometimes", "failurePolicy"),
+        ("webhook.timeoutSeconds=60", "timeoutSeconds"),
+        ("modelServer.device=tpu", "device"),
+        ("redis.external.url=http://not-redis", "url"),
+        ("sidecarr.port=1", "'sidecarr' not allowed"),
+    ],
+)
+def test_schema_rejects_bad_values(binaries: ControlPlaneBinaries, helm_home: dict[str, str], setting: str,
+                                   complaint: str) -> None:
+    proc = run_helm(binaries, helm_home, "template", RELEASE, str(CHART), "--set", setting)
+    assert proc.returncode != 0
+    assert "schema" in proc.stderr and complaint in proc.stderr, proc.stderr
+
+
+def test_every_value_is_commented() -> None:
+    """Each value the schema names (leaf or free-form object) has a comment right above it in values.yaml."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    undocumented: list[str] = []
+    for index, line in enumerate(lines):
+        match = re.match(r"^( *)([A-Za-z][\w.-]*):(\s|$)", line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [k for _, k in stack] + [key]
+        stack.append((indent, key))
+        node: dict[str, Any] = schema
+        free_form = False
+        for part in path:
+            if "properties" not in node:
+                free_form = True  # inside a Kubernetes-shaped value, documented as a whole
+                break
+            child = node["properties"].get(part)
+            assert child is not None, f"values.yaml key {'.'.join(path)} is not in values.schema.json"
+            node = child
+        if free_form:
+            continue
+        if "properties" in node:
+            continue  # a group: its members carry the comments
+        previous = lines[index - 1].strip() if index else ""
+        if not previous.startswith("#"):
+            undocumented.append(".".join(path))
+    assert not undocumented, f"values without a comment: {undocumented}"
+
+
+# -- rendering -----------------------------------------------------------------
+
+
+def test_defaults_render_operator_webhook_redis_model_server(binaries: ControlPlaneBinaries,
+                                                               helm_home: dict[str, str]) -> None:
+    objects = render(binaries, helm_home)
+    operator = one(objects, "Deployment", "-operator")["spec"]["template"]["spec"]
+    c = container(operator, "operator")
+    assert c["command"] == ["llmcache"]
+    args = c["args"]
+    assert args[args.index("operator") :] == [
+        "operator",
+        "--redis-url=$(LLMCACHE_REDIS_URL)",
+        "--webhook-listen=0.0.0.0:9443",
+        "--webhook-cert-dir=/etc/llmcache/webhook-certs",
+        "--health-listen=0.0.0.0:8081",
+        "--namespace=",
+    ]
+    env = env_of(c)
+    assert env["LLMCACHE_SIDECAR_IMAGE"] == "ghcr.io/llmcache/proxy:0.1.0"
+    assert env["LLMCACHE_SIDECAR_UPSTREAM"] == "http://llm-llmcache-model-server.ns1.svc:8000"
+    assert env["LLMCACHE_SIDECAR_REDIS_URL"] == {"secretKeyRef": {"name": "llm-llmcache-redis-url", "key": "url"}}
+    assert env["LLMCACHE_STANDALONE"] == "true"
+    assert env["LLMCACHE_EVICTION_INTERVAL_SECONDS"] == "10"
+    secret = one(objects, "Secret", "-redis-url")
+    assert secret["stringData"]["url"] == "redis://llm-llmcache-redis.ns1.svc:6379/0"
+    # The certgen Secret's cert/key become the tls.crt/tls.key the operator reads.
+    certs = next(v for v in operator["volumes"] if v["name"] == "webhook-certs")["secret"]
+    assert {i["path"] for i in certs["items"]} == {"tls.crt", "tls.key"}
+
+    hook = one(objects, "MutatingWebhookConfiguration")["webhooks"][0]
+    assert hook["clientConfig"] == {
+        "service": {"name": "llm-llmcache-webhook", "namespace": "ns1", "path": "/mutate-pods", "port": 443}
+    }
+    assert hook["objectSelector"] == {"matchLabels": {"llmcache.io/inject": "enabled"}}
+    assert (hook["failurePolicy"], hook["sideEffects"]) == ("Ignore", "None")
+    service = one(objects, "Service", "-webhook")
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {"https": "webhook", "health": "health"}
+
+    redis = one(objects, "StatefulSet", "-redis")
+    assert container(redis["spec"]["template"]["spec"], "redis")["image"].startswith("redis:8")
+    assert redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "8Gi"
+
+    model = one(objects, "Deployment", "-model-server")["spec"]["template"]["spec"]
+    mc = container(model, "model-server")
+    assert mc["args"][:4] == ["model-server", "--listen=0.0.0.0:8000", "--model=default", "--device=auto"]
+    assert mc["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert model["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert not find(objects, "Deployment", "-example-app")
+
+
+def test_every_pod_runs_with_secure_defaults(binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+    objects = render(binaries, helm_home, "exampleApp.enabled=true")
+    specs = dict(pod_specs(objects))
+    assert {n for n in specs} >= {"llm-llmcache-operator", "llm-llmcache-redis", "llm-llmcache-model-server",
+                                  "llm-llmcache-example-app", "llm-llmcache-test", "llm-llmcache-certgen-create"}
+    for name, spec in specs.items():
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
+            assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+
+
+def test_hooks_make_the_certificate_and_test_the_release(binaries: ControlPlaneBinaries,
+                                                           helm_home: dict[str, str]) -> None:
+    objects = render(binaries, helm_home)
+    create = one(objects, "Job", "-certgen-create")
+    patch = one(objects, "Job", "-certgen-patch")
+    assert create["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert patch["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    create_args = create["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--host=llm-llmcache-webhook,llm-llmcache-webhook.ns1.svc" in create_args
+    assert "--secret-name=llm-llmcache-webhook-tls" in create_args
+    patch_args = patch["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--webhook-name=ns1-llm-llmcache-sidecar-injector" in patch_args
+    assert "--patch-failure-policy=Ignore" in patch_args
+    test_pod = one(objects, "Pod", "-test")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    commands = [" ".join(c["command"]) for c in test_pod["spec"]["containers"]]
+    assert any("llm-llmcache-webhook:8081/healthz" in cmd for cmd in commands)
+    assert any("redis-cli" in cmd for cmd in commands)
+
+
+def test_cert_manager_replaces_the_hook_jobs(binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+    objects = render(binaries, helm_home, "webhook.certificate.provider=cert-manager")
+    assert not find(objects, "Job")
+    cert = one(objects, "Certificate")
+    assert cert["spec"]["secretName"] == "llm-llmcache-webhook-tls"
+    assert "llm-llmcache-webhook.ns1.svc" in cert["spec"]["dnsNames"]
+    assert cert["spec"]["issuerRef"]["name"] == one(objects, "Issuer")["metadata"]["name"]
+    webhook = one(objects, "MutatingWebhookConfiguration")
+    assert webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "ns1/llm-llmcache-webhook"
+    operator = one(objects, "Deployment", "-operator")["spec"]["template"]["spec"]
+    certs = next(v for v in operator["volumes"] if v["name"] == "webhook-certs")["secret"]
+    assert "items" not in certs  # cert-manager writes tls.crt/tls.key itself
+
+    own_issuer = render(binaries, helm_home, "webhook.certificate.provider=cert-manager",
+                        "webhook.certificate.certManager.issuerRef.name=corp-ca",
+                        "webhook.certificate.certManager.issuerRef.kind=ClusterIssuer")
+    assert not find(own_issuer, "Issuer")
+    assert one(own_issuer, "Certificate")["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer"}
+
+
+def test_external_redis_by_url_or_existing_secret(binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+    by_url = render(binaries, helm_home, "redis.bundled.enabled=false",
+                    "redis.external.url=rediss://:pw@cache.internal:6380/1")
+    assert not find(by_url, "StatefulSet")
+    assert one(by_url, "Secret", "-redis-url")["stringData"]["url"] == "rediss://:pw@cache.internal:6380/1"
+
+    by_secret = render(binaries, helm_home, "redis.bundled.enabled=false", "redis.external.existingSecret=my-redis",
+                       "redis.external.existingSecretKey=uri")
+    assert not find(by_secret, "Secret", "-redis-url")
+    operator = one(by_secret, "Deployment", "-operator")["spec"]["template"]["spec"]
+    assert env_of(container(operator, "operator"))["LLMCACHE_REDIS_URL"] == {
+        "secretKeyRef": {"name": "my-redis", "key": "uri"}
+    }
+
+    proc = run_helm(binaries, helm_home, "template", RELEASE, str(CHART), "--set", "redis.bundled.enabled=false")
+    assert proc.returncode != 0
+    assert "set redis.external.url or redis.external.existingSecret" in proc.stderr
+
+
+def test_example_app_is_labelled_for_injection(binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+    objects = render(binaries, helm_home, "exampleApp.enabled=true")
+    app = one(objects, "Deployment", "-example-app")
+    assert app["spec"]["template"]["metadata"]["labels"]["llmcache.io/inject"] == "enabled"
+    script = container(app["spec"]["template"]["spec"], "client")["args"][0]
+    assert "http://localhost:8080/v1/chat/completions" in script
+
+
+def test_model_server_gpu_scheduling_and_volume_are_configurable(binaries: ControlPlaneBinaries,
+                                                                   helm_home: dict[str, str]) -> None:
+    objects = render(binaries, helm_home, "modelServer.device=cuda:0",
+                     "modelServer.nodeSelector.gpu-type=h100",
+                     "modelServer.modelVolume.source.persistentVolumeClaim.claimName=models",
+                     "modelServer.resources.limits.nvidia\\.com/gpu=2")
+    spec = one(objects, "Deployment", "-model-server")["spec"]["template"]["spec"]
+    assert "--device=cuda:0" in container(spec, "model-server")["args"]
+    assert spec["nodeSelector"] == {"gpu-type": "h100"}
+    assert container(spec, "model-server")["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert next(v for v in spec["volumes"] if v["name"] == "models") == {
+        "name": "models", "persistentVolumeClaim": {"claimName": "models"}
+    }
+    no_model = render(binaries, helm_home, "modelServer.enabled=false", "sidecar.upstream=http://vllm.ai:8000")
+    assert not find(no_model, "Deployment", "-model-server")
+    operator = one(no_model, "Deployment", "-operator")["spec"]["template"]["spec"]
+    assert env_of(container(operator, "operator"))["LLMCACHE_SIDECAR_UPSTREAM"] == "http://vllm.ai:8000"
+
+
+def test_long_release_names_stay_within_63_characters(binaries: ControlPlaneBinaries,
+                                                        helm_home: dict[str, str]) -> None:
+    release = "a-very-long-release-name-for-a-platform-team-x"  # 53: the most helm allows
+    namespace = "namespace-with-a-long-name-as-well-" + "n" * 28  # 63, the most Kubernetes allows
+    objects = render(binaries, helm_home, release=release, namespace=namespace)
+    names = [o["metadata"]["name"] for o in objects]
+    assert all(len(n) <= 63 for n in names), [n for n in names if len(n) > 63]
+    assert all(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n) for n in names), names
+    # Truncation must not make two objects of one kind collide, and keeps the component suffix.
+    assert len({(o["kind"], o["metadata"]["name"]) for o in objects}) == len(objects)
+    assert one(objects, "MutatingWebhookConfiguration")["metadata"]["name"].endswith("-sidecar-injector")
+    # ... nor two releases' cluster-scoped objects: the namespace is hashed in when it does not fit.
+    other = render(binaries, helm_home, release=release, namespace=namespace[:-1] + "x")
+    assert one(objects, "ClusterRole", "-operator")["metadata"]["name"] != one(other, "ClusterRole", "-operator")[
+        "metadata"]["name"]
+
+
+def test_operator_cluster_role_is_least_privilege(binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+    objects = render(binaries, helm_home)
+    role = one(objects, "ClusterRole", "-operator")
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}
+    assert not any("*" in item for item in granted)
+    assert not any(r in {"secrets", "mutatingwebhookconfigurations", "clusterkopfpeerings"} for _, r, _ in granted)
+    assert not any(r == "pods" and v not in {"get", "list", "watch"} for _, r, v in granted)
+    assert ("llmcache.io", "cachepolicies/status", "patch") in granted
+    assert ("llmcache.io", "cachepolicies/finalizers", "update") in granted
+    # Peering RBAC only with more than one replica.
+    peered = render(binaries, helm_home, "operator.replicas=2")
+    assert one(peered, "Role", "-operator")["rules"][0]["resources"] == ["kopfpeerings"]
+    assert env_of(container(one(peered, "Deployment", "-operator")["spec"]["template"]["spec"], "operator"))[
+        "LLMCACHE_STANDALONE"] == "false"
+
+
+# -- against the real API server -------------------------------------------------
+
+
+def can(kube: ControlPlane, user: str, verb: str, resource: str, *, group: str = "", namespace: str | None = None,
+        name: str | None = None, subresource: str | None = None) -> bool:
+    """Ask the API server's real RBAC authorizer (a SubjectAccessReview)."""
+    attributes: dict[str, Any] = {"verb": verb, "group": group, "resource": resource}
+    if namespace is not None:
+        attributes["namespace"] = namespace
+    if name is not None:
+        attributes["name"] = name
+    if subresource is not None:
+        attributes["subresource"] = subresource
+    response = kube.request(
+        "POST",
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        json={"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+              "spec": {"user": user, "groups": ["system:serviceaccounts"], "resourceAttributes": attributes}},
+    )
+    assert response.status_code == 201, response.text
+    return bool(response.json()["status"].get("allowed"))
+
+
+def cluster_names(kube: ControlPlane, namespace: str) -> dict[str, str]:
+    """Kind -> name of the chart's cluster-scoped objects for a release in ``namespace`` (as rendered)."""
+    proc = kube.helm("template", RELEASE, str(CHART), "--namespace", namespace, "--no-hooks")
+    return {d["kind"]: d["metadata"]["name"] for d in yaml.safe_load_all(proc.stdout)
+            if d and d["kind"] in {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}}
+
+
+def release_objects(kube: ControlPlane, namespace: str) -> dict[str, set[str]]:
+    """The release's objects that exist now, by kind (cluster-scoped ones: only this release's)."""
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    mine = set(cluster_names(kube, namespace).values())
+    found: dict[str, set[str]] = {}
+    for api_version, kind, namespaced in [
+        ("apps/v1", "Deployment", True), ("apps/v1", "StatefulSet", True), ("v1", "Service", True),
+        ("v1", "Secret", True), ("v1", "ServiceAccount", True), ("rbac.authorization.k8s.io/v1", "Role", True),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole", False),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", False),
+        ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", False),
+    ]:
+        items = kube.list_objects(api_version, kind, namespace=namespace if namespaced else None,
+                                  label_selector=selector)
+        names = {i["metadata"]["name"] for i in items if namespaced or i["metadata"]["name"] in mine}
+        if names:
+            found[kind] = names
+    return found
+
+
+def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_namespace: str) -> None:
+    ns = kube_namespace
+    kube.helm("install", RELEASE, str(CHART), "--namespace", ns, "--no-hooks", "--set", "exampleApp.enabled=true")
+    status = json.loads(kube.helm("status", RELEASE, "--namespace", ns, "--output", "json").stdout)
+    assert (status["info"]["status"], status["version"]) == ("deployed", 1)
+
+    objects = release_objects(kube, ns)
+    names = cluster_names(kube, ns)
+    assert objects["Deployment"] == {"llm-llmcache-operator", "llm-llmcache-model-server", "llm-llmcache-example-app"}
+    assert objects["StatefulSet"] == {"llm-llmcache-redis"}
+    assert objects["Service"] == {"llm-llmcache-webhook", "llm-llmcache-redis", "llm-llmcache-model-server"}
+    assert objects["Secret"] == {"llm-llmcache-redis-url"}
+    assert objects["ClusterRole"] == {names["ClusterRole"]}
+    assert objects["ClusterRoleBinding"] == {names["ClusterRoleBinding"]}
+    assert objects["MutatingWebhookConfiguration"] == {names["MutatingWebhookConfiguration"]}
+    assert "Role" not in objects  # one replica: no peering RBAC
+    # The CRD comes from crds/ with the install.
+    crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "cachepolicies.llmcache.io")
+    assert crd is not None and crd["spec"]["names"]["kind"] == "CachePolicy"
+
+    # The API server stored the webhook as the chart meant it.
+    webhook = kube.get("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration",
+                       names["MutatingWebhookConfiguration"])
+    assert webhook is not None
+    assert webhook["webhooks"][0]["clientConfig"]["service"]["namespace"] == ns
+
+    # The operator's RBAC, as the real authorizer sees it.
+    operator = f"system:serviceaccount:{ns}:llm-llmcache-operator"
+    assert can(kube, operator, "watch", "cachepolicies", group="llmcache.io")
+    assert can(kube, operator, "patch", "cachepolicies", group="llmcache.io", namespace="any", subresource="status")
+    assert can(kube, operator, "list", "pods", namespace="any")
+    assert can(kube, operator, "create", "configmaps", namespace="any")
+    assert not can(kube, operator, "create", "pods", namespace="any")
+    assert not can(kube, operator, "get", "secrets", namespace=ns)
+    assert not can(kube, operator, "update", "mutatingwebhookconfigurations", group="admissionregistration.k8s.io")
+
+    # An unlabelled pod is admitted untouched (the webhook's objectSelector skips it).
+    pod = kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+                      "spec": {"containers": [{"name": "c", "image": "busybox"}]}}, namespace=ns)[0]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["c"]
+
+    kube.helm("upgrade", RELEASE, str(CHART), "--namespace", ns, "--no-hooks",
+              "--set", "operator.replicas=2", "--set", "exampleApp.enabled=false")
+    status = json.loads(kube.helm("status", RELEASE, "--namespace", ns, "--output", "json").stdout)
+    assert (status["info"]["status"], status["version"]) == ("deployed", 2)
+    deployment = kube.get("apps/v1", "Deployment", "llm-llmcache-operator", namespace=ns)
+    assert deployment is not None and deployment["spec"]["replicas"] == 2
+    assert kube.get("apps/v1", "Deployment", "llm-llmcache-example-app", namespace=ns) is None
+    assert release_objects(kube, ns)["Role"] == {"llm-llmcache-operator"}
+    assert can(kube, operator, "patch", "kopfpeerings", group="kopf.dev", namespace=ns)
+
+    kube.helm("uninstall", RELEASE, "--namespace", ns, "--no-hooks")
+    assert release_objects(kube, ns) == {}
+    assert kube.helm("status", RELEASE, "--namespace", ns, check=False).returncode != 0
+    # Helm never deletes CRDs (or the policies in them).
+    assert kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "cachepolicies.llmcache.io") is not None
+
+
+def test_certgen_hook_rbac_allows_exactly_its_secret_and_webhook(kube: ControlPlane, kube_namespace: str,
+                                                                 binaries: ControlPlaneBinaries,
+                                                                 helm_home: dict[str, str]) -> None:
+    """The hook Jobs cannot run here (no kubelet); their RBAC is applied and probed instead."""
+    ns = kube_namespace
+    proc = run_helm(binaries, helm_home, "template", RELEASE, str(CHART), "--namespace", ns,
+                    "--show-only", "templates/webhook-certgen.yaml")
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] != "Job"]
+    assert {d["kind"] for d in docs} == {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+    kube.apply(docs, namespace=ns)
+    try:
+        certgen = f"system:serviceaccount:{ns}:llm-llmcache-certgen"
+        # The webhook configuration's name carries the (long, truncated) namespace: take it from the rule.
+        webhook = one(docs, "ClusterRole")["rules"][0]["resourceNames"][0]
+        assert webhook.endswith("-sidecar-injector")
+        assert can(kube, certgen, "create", "secrets", namespace=ns)
+        assert can(kube, certgen, "get", "secrets", namespace=ns, name="llm-llmcache-webhook-tls")
+        assert not can(kube, certgen, "get", "secrets", namespace=ns, name="someone-elses")
+        assert not can(kube, certgen, "create", "secrets", namespace="default")
+        assert can(kube, certgen, "update", "mutatingwebhookconfigurations", group="admissionregistration.k8s.io",
+                   name=webhook)
+        assert not can(kube, certgen, "update", "mutatingwebhookconfigurations",
+                       group="admissionregistration.k8s.io", name="another-webhook")
+    finally:
+        for d in docs:
+            if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}:
+                kube.delete("rbac.authorization.k8s.io/v1", d["kind"], d["metadata"]["name"])
