@@ -149,7 +149,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     if body is not None and request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)  # stream it, but not re-chunked
     try:
-        resp = await state.upstream.open(request.method, request.path_qs, headers, body)
+        resp = await state.upstream.open(request.method, request.raw_path, headers, body)
     except upstream.UpstreamError as exc:
         return upstream.error_response(exc.status, exc.message, type_="upstream_error")
     return await upstream.relay(request, resp)
@@ -164,7 +164,7 @@ async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, 
     headers = upstream.filter_headers(request.headers)
     t0 = time.perf_counter()
     try:
-        resp = await state.upstream.open("POST", request.path_qs, headers, body)
+        resp = await state.upstream.open("POST", request.raw_path, headers, body)
     except upstream.UpstreamError as exc:
         return upstream.error_response(exc.status, exc.message, type_="upstream_error",
                                        headers={STATUS_HEADER: "bypass"})
@@ -518,7 +518,7 @@ async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
     headers["Accept-Encoding"] = "identity"  # we must be able to read what we store
     t0 = time.perf_counter()
     try:
-        resp = await state.upstream.open("POST", request.path_qs, headers, call.raw)
+        resp = await state.upstream.open("POST", request.raw_path, headers, call.raw)
     except upstream.UpstreamError as exc:
         flight.fail()
         state.metrics.requests.labels(call.route, call.status).inc()

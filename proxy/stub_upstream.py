@@ -309,7 +309,7 @@ async def echo(request: web.Request) -> web.Response:
     return web.json_response({
         "method": request.method,
         "path": request.path,
-        "query": request.query_string,
+        "query": request.raw_path.partition("?")[2],
         "headers": {k: v for k, v in request.headers.items()},
         "body_sha256": hashlib.sha256(body).hexdigest(),
         "body_bytes": len(body),

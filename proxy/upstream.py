@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 __all__ = ["HOP_BY_HOP", "UpstreamError", "Upstream", "error_response", "filter_headers", "relay"]
 
@@ -87,7 +88,8 @@ class Upstream:
 
         Raise :class:`UpstreamError` (502/504) when no response headers arrive.
         """
-        url = self.base_url + path_qs
+        # encoded=True: the path and query travel byte for byte as the client wrote them.
+        url = URL(self.base_url + path_qs, encoded=True)
         try:
             return await self.session.request(method, url, headers=headers, data=body, timeout=self.timeout,
                                               allow_redirects=False, compress=None)

@@ -1,0 +1,59 @@
+"""Proxy fixtures: the stub upstream and the proxy as real HTTP servers on 127.0.0.1 free ports.
+
+``proxy_stack(**overrides)`` starts a stub upstream (:mod:`llmcache.proxy.stub_upstream`)
+and a proxy (``create_app``) in front of it on a real Redis, and returns a
+:class:`proxy_helpers.Stack` with both URLs, the proxy state and an ``openai.AsyncOpenAI``
+factory. Everything is torn down at the end of the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from proxy_helpers import Stack, proxy_settings
+
+from llmcache.proxy.app import create_app
+from llmcache.proxy.stub_upstream import StubConfig, create_stub_app
+
+
+@pytest.fixture
+async def proxy_stack(redis_plain_url: str) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
+    servers: list[TestServer] = []
+    stacks: list[Stack] = []
+    http = aiohttp.ClientSession()
+
+    async def make(*, redis_url: str | None = None, stub: StubConfig | None = None, **overrides: Any) -> Stack:
+        stub = stub or StubConfig()
+        up = TestServer(create_stub_app(stub), host="127.0.0.1")
+        await up.start_server()
+        servers.append(up)
+        upstream_url = str(up.make_url("")).rstrip("/")
+        app = create_app(proxy_settings(redis_url or redis_plain_url, upstream_url, **overrides))
+        px = TestServer(app, host="127.0.0.1")
+        await px.start_server()
+        servers.append(px)
+        stack = Stack(proxy_url=str(px.make_url("")).rstrip("/"), upstream_url=upstream_url, app=app,
+                      stub=stub, http=http)
+        stacks.append(stack)
+        # Wait for readiness like the chart's probe does.
+        for _ in range(200):
+            async with http.get(stack.proxy_url + "/readyz") as r:
+                if r.status == 200:
+                    break
+            await asyncio.sleep(0.02)
+        return stack
+
+    yield make
+    for stack in stacks:
+        for c in stack.clients:
+            await c.close()
+    for server in reversed(servers):
+        await server.close()
+    await http.close()
+
+

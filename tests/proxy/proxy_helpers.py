@@ -1,0 +1,79 @@
+"""Helpers shared by the proxy tests (imported by conftest and the test modules).
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import openai
+from aiohttp import web
+
+from llmcache.proxy import settings as ps
+from llmcache.proxy.handlers import STATE, ProxyState
+from llmcache.proxy.stub_upstream import StubConfig
+
+SALT = b"test-salt-0123456789"
+
+
+@dataclass
+class Stack:
+    proxy_url: str
+    upstream_url: str
+    app: web.Application
+    stub: StubConfig
+    http: aiohttp.ClientSession
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    @property
+    def state(self) -> ProxyState:
+        return self.app[STATE]
+
+    def openai(self, api_key: str = "sk-test-tenant-a", **kwargs: Any) -> openai.AsyncOpenAI:
+        client = openai.AsyncOpenAI(base_url=self.proxy_url + "/v1", api_key=api_key, max_retries=0, **kwargs)
+        self.clients.append(client)
+        return client
+
+    async def upstream_count(self) -> int:
+        async with self.http.get(self.upstream_url + "/stub/requests") as r:
+            return int((await r.json())["total"])
+
+    async def post(self, path: str, body: Any, *, headers: dict[str, str] | None = None,
+                   raw: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+        """POST through the proxy; return status, headers, body bytes."""
+        h = {"Authorization": "Bearer sk-test-tenant-a", **(headers or {})}
+        kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
+        async with self.http.post(self.proxy_url + path, headers=h, **kwargs) as r:
+            return r.status, dict(r.headers), await r.read()
+
+    async def flush(self) -> None:
+        """Wait for background cache work (promotions, invalid-entry deletes) to finish."""
+        while self.state.background:
+            await asyncio.gather(*list(self.state.background), return_exceptions=True)
+
+
+def proxy_settings(redis_url: str, stub_url: str, **overrides: Any) -> ps.ProxySettings:
+    cache_kw = {k[6:]: v for k, v in overrides.items() if k.startswith("cache_")}
+    redis_kw = {k[6:]: v for k, v in overrides.items() if k.startswith("redis_")}
+    up_kw = {k[9:]: v for k, v in overrides.items() if k.startswith("upstream_")}
+    obs_kw = {k[4:]: v for k, v in overrides.items() if k.startswith("obs_")}
+    return ps.ProxySettings(
+        cache=dataclasses.replace(ps.CacheSettings(mode="exact", tenant_salt=SALT), **cache_kw),
+        redis=dataclasses.replace(ps.RedisSettings(url=redis_url), **redis_kw),
+        upstream=dataclasses.replace(ps.UpstreamSettings(url=stub_url, timeout_s=5.0), **up_kw),
+        observability=dataclasses.replace(ps.ObservabilitySettings(admin_token="admin-secret"), **obs_kw),
+    )
+
+
+CHAT = {"model": "stub-model", "temperature": 0, "messages": [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "What is a radix tree?"}]}
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "look something up",
+                                            "parameters": {"type": "object", "properties": {
+                                                "query": {"type": "string"}}}}},
+         {"type": "function", "function": {"name": "count", "parameters": {"type": "object", "properties": {}}}}]
