@@ -24,6 +24,7 @@ server is never silently skipped.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -240,6 +241,26 @@ class ControlPlane:
         """Ask for the namespace's deletion (it stays Terminating: no namespace controller runs)."""
         self.delete("v1", "Namespace", name)
 
+    def service_account_kubeconfig(self, namespace: str, name: str, *, expiration_s: int = 3600) -> Path:
+        """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` (a TokenRequest token).
+
+        Run a component with it to exercise exactly the RBAC a chart grants that
+        ServiceAccount. The ServiceAccount must exist.
+        """
+        response = self.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                  "spec": {"expirationSeconds": expiration_s}},
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"TokenRequest for {namespace}/{name} failed: HTTP {response.status_code} {response.text}")
+        token = response.json()["status"]["token"]
+        path = self.workdir / f"kubeconfig-sa-{namespace}-{name}"
+        _write_kubeconfig(path, server=self.server, ca=self.ca, user=f"{namespace}-{name}", token=token,
+                          namespace=namespace)
+        return path
+
     # -- helm ----------------------------------------------------------------
 
     def helm(self, *args: str, check: bool = True, timeout_s: float = 300.0) -> subprocess.CompletedProcess[str]:
@@ -284,6 +305,26 @@ def _tail(path: Path, num_lines: int = 40) -> str:
         return "(no log)"
 
 
+def _write_kubeconfig(path: Path, *, server: str, ca: Path, user: str, token: str,
+                      namespace: str | None = None) -> None:
+    context: dict[str, str] = {"cluster": "llmcache-test", "user": user}
+    if namespace is not None:
+        context["namespace"] = namespace
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "llmcache-test", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+                "users": [{"name": user, "user": {"token": token}}],
+                "contexts": [{"name": "llmcache-test", "context": context}],
+                "current-context": "llmcache-test",
+            }
+        )
+    )
+    path.chmod(0o600)
+
+
 def _write_service_account_keys(directory: Path) -> tuple[Path, Path]:
     """An RSA key pair for signing and verifying service-account tokens."""
     from cryptography.hazmat.primitives import serialization
@@ -322,11 +363,24 @@ def _wait_ready(
     raise RuntimeError(f"{name} not ready at {url} within {READY_TIMEOUT_S:.0f} s ({last}); log tail:\n{_tail(log)}")
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when pytest dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _spawn(cmd: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        # A new session, so a Ctrl-C on pytest reaches us first and we stop it in order.
+        # A new session, so a Ctrl-C on pytest reaches us first and we stop it in
+        # order; the death signal covers a pytest that is killed outright.
         return subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
 
 
 def start_control_plane(workdir: Path, binaries: ControlPlaneBinaries | None = None) -> ControlPlane:
@@ -412,19 +466,7 @@ def start_control_plane(workdir: Path, binaries: ControlPlaneBinaries | None = N
                     verify=str(ca), headers=headers)
 
         kubeconfig = workdir / "kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "llmcache-test", "cluster": {"server": server, "certificate-authority": str(ca)}}],
-                    "users": [{"name": ADMIN_USER, "user": {"token": token}}],
-                    "contexts": [{"name": "llmcache-test", "context": {"cluster": "llmcache-test", "user": ADMIN_USER}}],
-                    "current-context": "llmcache-test",
-                }
-            )
-        )
-        kubeconfig.chmod(0o600)
+        _write_kubeconfig(kubeconfig, server=server, ca=ca, user=ADMIN_USER, token=token)
     except BaseException:
         for proc in reversed(processes):
             _terminate(proc)
