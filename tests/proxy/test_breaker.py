@@ -1,0 +1,97 @@
+"""The Redis breaker: deadlines, opening, half-open probing, recovery (clock injected, no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.exceptions
+
+from llmcache.proxy.breaker import Breaker, CacheUnavailable
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def ok() -> str:
+    return "ok"
+
+
+async def broken() -> str:
+    raise redis.exceptions.ConnectionError("refused")
+
+
+async def hang() -> str:
+    await asyncio.Event().wait()
+    return "never"
+
+
+async def test_deadline_turns_a_hang_into_cache_unavailable() -> None:
+    b = Breaker(timeout_s=0.01)
+    with pytest.raises(CacheUnavailable):
+        await b.call(hang)
+    assert b.num_failures_total == 1 and b.state == "closed"
+
+
+async def test_opens_after_consecutive_failures_and_recovers_by_probe() -> None:
+    clock = Clock()
+    b = Breaker(timeout_s=1, failure_threshold=3, cooldown_s=1.0, clock=clock)
+    calls = 0
+
+    async def counted() -> str:
+        nonlocal calls
+        calls += 1
+        raise OSError("down")
+
+    for _ in range(3):
+        with pytest.raises(CacheUnavailable):
+            await b.call(counted)
+    assert b.state == "open" and b.settled and b.num_opened_total == 1
+    with pytest.raises(CacheUnavailable):  # refused without touching Redis
+        await b.call(counted)
+    assert calls == 3
+    clock.now = 1.5  # half-open: one probe goes through and fails → cooldown doubles
+    with pytest.raises(CacheUnavailable):
+        await b.call(counted)
+    assert calls == 4 and b.state == "open"
+    clock.now = 2.5
+    with pytest.raises(CacheUnavailable):
+        await b.call(ok)  # still inside the doubled cooldown (until 3.5)
+    clock.now = 3.6
+    assert await b.call(ok) == "ok"
+    assert b.state == "closed" and not b.is_open
+
+
+async def test_success_resets_the_failure_count() -> None:
+    b = Breaker(timeout_s=1, failure_threshold=2)
+    with pytest.raises(CacheUnavailable):
+        await b.call(broken)
+    await b.call(ok)
+    with pytest.raises(CacheUnavailable):
+        await b.call(broken)
+    assert b.state == "closed"
+
+
+async def test_only_one_probe_at_a_time() -> None:
+    clock = Clock()
+    b = Breaker(timeout_s=1, failure_threshold=1, cooldown_s=1.0, clock=clock)
+    with pytest.raises(CacheUnavailable):
+        await b.call(broken)
+    clock.now = 2
+    gate = asyncio.Event()
+
+    async def slow_ok() -> str:
+        await gate.wait()
+        return "ok"
+
+    probe = asyncio.ensure_future(b.call(slow_ok))
+    await asyncio.sleep(0)
+    with pytest.raises(CacheUnavailable):
+        await b.call(ok)  # a second request while the probe is out is refused
+    gate.set()
+    assert await probe == "ok" and b.state == "closed"

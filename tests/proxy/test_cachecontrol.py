@@ -1,0 +1,24 @@
+"""Cache-Control request directives."""
+
+from __future__ import annotations
+
+from llmcache.proxy.cachecontrol import RequestDirectives, entry_ttl_s, parse_request
+
+
+def test_parse_request_directives() -> None:
+    assert parse_request(None) == RequestDirectives()
+    d = parse_request('No-Cache, no-store, max-age="30", only-if-cached, private, x-unknown=1')
+    assert (d.no_cache, d.no_store, d.max_age_s, d.only_if_cached) == (True, True, 30, True)
+    assert parse_request("max-age=abc").max_age_s is None
+    assert parse_request("max-age=-5").max_age_s is None
+
+
+def test_accepts_age_and_ttl_bound() -> None:
+    assert RequestDirectives().accepts_age(10_000)
+    assert not RequestDirectives(no_cache=True).accepts_age(0)
+    d = RequestDirectives(max_age_s=60)
+    assert d.accepts_age(60) and not d.accepts_age(61)
+    assert entry_ttl_s(d, ttl_bound_s=3600) == 60
+    assert entry_ttl_s(RequestDirectives(max_age_s=10**9), ttl_bound_s=3600) == 3600
+    assert entry_ttl_s(RequestDirectives(max_age_s=0), ttl_bound_s=3600) == 3600
+    assert entry_ttl_s(RequestDirectives(), ttl_bound_s=120) == 120

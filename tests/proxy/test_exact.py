@@ -1,0 +1,54 @@
+"""Exact entries: JSON schema validation (no pickle) and the Redis store's TTL and bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import redis.asyncio as aioredis
+
+from llmcache.keyspace import Keyspace
+from llmcache.proxy.exact import Entry, InvalidEntry, RedisExactStore
+
+ANSWER = {"id": "x", "object": "chat.completion", "model": "m", "choices": [
+    {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+
+
+def entry(**kw) -> Entry:
+    return Entry(**{"route": "/v1/chat/completions", "model": "m", "created_s": 100.0,
+                    "body": json.dumps(ANSWER), "prompt_tokens": 3, "completion_tokens": 1, **kw})
+
+
+def test_round_trip_and_validation() -> None:
+    e = entry(tenant="t", namespace="ns")
+    assert Entry.from_json(e.to_json()) == e
+    assert Entry.from_json(e.to_json().encode(), route="/v1/chat/completions").answer() == ANSWER
+    with pytest.raises(InvalidEntry):
+        Entry.from_json(e.to_json(), route="/v1/embeddings")
+    bad = [pickle.dumps(ANSWER), b"{}", b'{"v": 2}', json.dumps({**json.loads(e.to_json()), "body": 5}).encode(),
+           json.dumps({**json.loads(e.to_json()), "body": "{\"choices\": [{}]}"}).encode(),
+           json.dumps({**json.loads(e.to_json()), "created_s": "yesterday"}).encode()]
+    for blob in bad:
+        with pytest.raises(InvalidEntry):
+            Entry.from_json(blob)
+
+
+async def test_store_ttl_and_eviction_bookkeeping(redis_plain_url: str) -> None:
+    r = aioredis.Redis.from_url(redis_plain_url)
+    ks = Keyspace("t1")
+    store = RedisExactStore(r, keyspace=ks)
+    try:
+        assert await store.get("abc", group="g") is None
+        assert await r.exists(ks.group("g", "lru")) == 0  # a miss records nothing
+        size = await store.put("abc", entry(), ttl_s=50, group="g")
+        assert 0 < await r.ttl(ks.entry("abc")) <= 50
+        assert int(await r.hget(ks.group("g", "size"), "abc")) == size
+        assert await r.zscore(ks.group("g", "ctime"), "abc") is not None
+        blob = await store.get("abc", group="g")
+        assert Entry.from_json(blob) == entry()
+        assert await r.zscore(ks.group("g", "lfu"), "abc") == 2
+        await store.delete("abc")
+        assert await store.get("abc", group="g") is None
+    finally:
+        await r.aclose()
