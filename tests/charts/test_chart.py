@@ -292,6 +292,14 @@ def test_example_app_is_labelled_for_injection(binaries: ControlPlaneBinaries, h
     assert app["spec"]["template"]["metadata"]["labels"]["llmcache.io/inject"] == "enabled"
     script = container(app["spec"]["template"]["spec"], "client")["args"][0]
     assert "http://localhost:8080/v1/chat/completions" in script
+    # Its CachePolicy selects exactly its pods, with the CRD's field names.
+    policy = one(render(binaries, helm_home, "exampleApp.enabled=true", "exampleApp.policy.ttlSeconds=120",
+                        "exampleApp.policy.mode=Exact"), "CachePolicy")
+    assert policy["spec"]["selector"]["matchLabels"] == app["spec"]["selector"]["matchLabels"]
+    assert (policy["spec"]["mode"], policy["spec"]["ttlSeconds"]) == ("Exact", 120)
+    assert policy["spec"]["semantic"] == {"similarityThreshold": 0.92}
+    assert not find(render(binaries, helm_home, "exampleApp.enabled=true", "exampleApp.policy.enabled=false"),
+                    "CachePolicy")
 
 
 def test_model_server_gpu_scheduling_and_volume_are_configurable(binaries: ControlPlaneBinaries,
@@ -417,6 +425,10 @@ def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_na
     crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "cachepolicies.llmcache.io")
     assert crd is not None and crd["spec"]["names"]["kind"] == "CachePolicy"
 
+    # The example CachePolicy passed the CRD's validation on the API server.
+    policy = kube.get("llmcache.io/v1alpha1", "CachePolicy", "llm-llmcache-example-app", namespace=ns)
+    assert policy is not None and policy["spec"]["ttlSeconds"] == 3600
+
     # The API server stored the webhook as the chart meant it.
     webhook = kube.get("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration",
                        names["MutatingWebhookConfiguration"])
@@ -445,6 +457,8 @@ def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_na
     deployment = kube.get("apps/v1", "Deployment", "llm-llmcache-operator", namespace=ns)
     assert deployment is not None and deployment["spec"]["replicas"] == 2
     assert kube.get("apps/v1", "Deployment", "llm-llmcache-example-app", namespace=ns) is None
+    policy = kube.get("llmcache.io/v1alpha1", "CachePolicy", "llm-llmcache-example-app", namespace=ns)
+    assert policy is None or policy["metadata"].get("deletionTimestamp")  # an operator's finalizer may hold it
     assert release_objects(kube, ns)["Role"] == {"llm-llmcache-operator"}
     assert can(kube, operator, "patch", "kopfpeerings", group="kopf.dev", namespace=ns)
 
