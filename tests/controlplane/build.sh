@@ -42,6 +42,15 @@ k8s_minor="$(echo "$k8s_version" | cut -d. -f2)"
 # cluster) comes from its client-go: v0.X.Y means Kubernetes 1.X, as in helm's Makefile.
 helm_k8s_minor="$(module_version "$here/helm" k8s.io/client-go | cut -d. -f2)"
 
+# One build at a time per cache dir (two `make test` runs on one machine would
+# otherwise write the same .partial files).
+mkdir -p "$bin_dir"
+exec 9>"$bin_dir/.build.lock"
+if ! flock -n 9; then
+    echo "build.sh: another build holds $bin_dir/.build.lock; waiting for it ..."
+    flock 9
+fi
+
 # build NAME VERSION MODULE_DIR PACKAGE [extra ldflags]
 build() {
     local name="$1" version="$2" moddir="$3" pkg="$4" extra_ldflags="${5:-}"
