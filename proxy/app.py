@@ -75,6 +75,9 @@ def create_app(settings: ProxySettings) -> web.Application:
     app.cleanup_ctx.append(_policy_ctx)
     app.cleanup_ctx.append(_semantic_ctx)
     app.cleanup_ctx.append(_stats_ctx)
+    # Last in, first out: background work (stores, promotions, semantic adds) ends before the
+    # resources it uses close.
+    app.cleanup_ctx.append(_background_ctx)
     handlers.add_routes(app)
     return app
 
@@ -111,12 +114,21 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in list(state.background):
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*state.background, return_exceptions=True)
+        await _cancel_background(state)
         with contextlib.suppress(Exception):
             await client.aclose()
+
+
+async def _cancel_background(state: handlers.ProxyState) -> None:
+    for task in list(state.background):
+        task.cancel()
+    with contextlib.suppress(Exception):
+        await asyncio.gather(*state.background, return_exceptions=True)
+
+
+async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await _cancel_background(app[STATE])
 
 
 async def _first_ping(state: handlers.ProxyState, client: redis.asyncio.Redis) -> None:

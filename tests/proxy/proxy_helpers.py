@@ -61,11 +61,17 @@ def proxy_settings(redis_url: str, stub_url: str, **overrides: Any) -> ps.ProxyS
     redis_kw = {k[6:]: v for k, v in overrides.items() if k.startswith("redis_")}
     up_kw = {k[9:]: v for k, v in overrides.items() if k.startswith("upstream_")}
     obs_kw = {k[4:]: v for k, v in overrides.items() if k.startswith("obs_")}
+    policy_kw = {k[7:]: v for k, v in overrides.items() if k.startswith("policy_")}
+    sem_kw = {k[9:]: v for k, v in overrides.items() if k.startswith("semantic_")}
     return ps.ProxySettings(
         cache=dataclasses.replace(ps.CacheSettings(mode="exact", tenant_salt=SALT), **cache_kw),
-        redis=dataclasses.replace(ps.RedisSettings(url=redis_url), **redis_kw),
+        # 500 ms, not the 50 ms default: the test box is shared and a burst of new connections may be
+        # slow; the deadline itself is tested with explicit short timeouts (test_failopen).
+        redis=dataclasses.replace(ps.RedisSettings(url=redis_url, timeout_ms=500), **redis_kw),
         upstream=dataclasses.replace(ps.UpstreamSettings(url=stub_url, timeout_s=5.0), **up_kw),
         observability=dataclasses.replace(ps.ObservabilitySettings(admin_token="admin-secret"), **obs_kw),
+        policy=ps.PolicySource(**policy_kw),
+        semantic=ps.SemanticOptions(**sem_kw),
     )
 
 

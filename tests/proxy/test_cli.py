@@ -1,0 +1,122 @@
+"""``llmcache proxy`` and the stub upstream as real processes, configured by flags and env vars."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+import urllib.request
+
+from llmcache.proxy import cli
+from llmcache.redis_server import free_port
+
+
+def wait_http(url: str, *, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url} never became ready")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def test_proxy_process_with_env_and_flags(processes, redis_plain_url: str, tmp_path) -> None:
+    stub_port, proxy_port = free_port(), free_port()
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{stub_port}",
+         "--latency-ms", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    log_path = tmp_path / "proxy.log"
+    env = {**os.environ, "LLMCACHE_REDIS_URL": redis_plain_url, "LLMCACHE_TENANT_SALT": "s3cret",
+           "LLMCACHE_ADMIN_TOKEN": "tok", "LLMCACHE_MODE": "exact"}
+    with open(log_path, "wb") as log:
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "llmcache", "--log-level=debug", "proxy", "--listen",
+             f"127.0.0.1:{proxy_port}", "--upstream", f"http://127.0.0.1:{stub_port}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT))
+    wait_http(f"http://127.0.0.1:{stub_port}/v1/models")
+    wait_http(f"http://127.0.0.1:{proxy_port}/readyz")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{proxy_port}/v1", api_key="sk-cli-secret", max_retries=0)
+    body = {"model": "stub-model", "temperature": 0, "messages": [{"role": "user", "content": "cli-prompt-text"}]}
+    first = client.chat.completions.with_raw_response.create(**body)
+    second = client.chat.completions.with_raw_response.create(**body)
+    assert first.headers["x-llmcache-status"] == "miss" and second.headers["x-llmcache-status"] == "hit"
+    assert first.parse().model_dump() == second.parse().model_dump()
+    req = urllib.request.Request(f"http://127.0.0.1:{proxy_port}/llmcache/v1/invalidate", method="POST",
+                                 data=json.dumps({"all": True}).encode(),
+                                 headers={"Authorization": "Bearer tok", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        assert json.load(r)["deleted"] == 1  # the admin token came from LLMCACHE_ADMIN_TOKEN
+    # `llmcache stats` reads the counters the proxy flushed (once a second).
+    deadline = time.monotonic() + 10
+    while True:
+        out = subprocess.run([sys.executable, "-m", "llmcache", "stats", "--redis-url", redis_plain_url, "--json"],
+                             capture_output=True, text=True, check=True).stdout
+        rows = json.loads(out)
+        if rows and rows[0]["hit"] == 1:
+            break
+        assert time.monotonic() < deadline, out
+        time.sleep(0.2)
+    assert rows[0]["namespace"] == "default" and rows[0]["miss"] == 1 and rows[0]["hit_rate"] == 0.5
+    table = subprocess.run([sys.executable, "-m", "llmcache", "stats", "--redis-url", redis_plain_url],
+                           capture_output=True, text=True, check=True).stdout
+    assert "namespace" in table.splitlines()[0] and "default" in table
+    processes[1].terminate()
+    processes[1].wait(timeout=10)
+    logged = log_path.read_text()
+    assert "llmcache proxy on" in logged
+    assert "cli-prompt-text" not in logged and "sk-cli-secret" not in logged and "s3cret" not in logged
+
+
+def test_settings_from_env_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    monkeypatch.setenv("LLMCACHE_TTL_SECONDS", "120")
+    monkeypatch.setenv("LLMCACHE_MAX_BODY_BYTES", "1Mi")
+    monkeypatch.setenv("LLMCACHE_NON_DETERMINISTIC", "cache-if-seeded")
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    s = cli.settings_from_args(parser.parse_args(["--mode", "exact", "--redis-timeout-ms", "20"]))
+    assert s.cache.ttl_s == 120 and s.cache.max_body_bytes == 1024**2
+    assert s.cache.non_deterministic == "cache-if-seeded" and s.redis.timeout_ms == 20
+    assert (s.listen_host, s.listen_port) == ("127.0.0.1", 8080)
+    from llmcache.errors import ConfigError
+    with pytest.raises(ConfigError):
+        cli.settings_from_args(parser.parse_args(["--ttl-seconds", "0"]))
+    with pytest.raises(ConfigError):
+        cli.settings_from_args(parser.parse_args(["--upstream", "ftp://x"]))
+    monkeypatch.setenv("LLMCACHE_MODE", "fuzzy")
+    with pytest.raises(ConfigError, match="LLMCACHE_MODE"):
+        cli.configure(argparse.ArgumentParser())
+
+
+def test_documented_defaults() -> None:
+    from llmcache.proxy import settings as ps
+
+    s = ps.ProxySettings()
+    assert (s.listen_host, s.listen_port) == ("127.0.0.1", 8080)
+    assert s.cache.ttl_s == 3600 and s.cache.max_body_bytes == 16 * 1024**2
+    assert s.redis.timeout_ms == 50 and s.cache.non_deterministic == "bypass"
+    assert s.cache.tenant_header == "Authorization" and s.observability.otlp_endpoint is None

@@ -1,0 +1,63 @@
+"""The proxy with the semantic cache (real MiniLM embedder, Redis with vector search)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from proxy_helpers import Stack
+
+BASE = {"model": "stub-model", "temperature": 0, "messages": [
+    {"role": "system", "content": "You answer questions about data structures."},
+    {"role": "user", "content": "How do I reverse a linked list in Python?"}]}
+PARAPHRASE = {**BASE, "messages": [BASE["messages"][0],
+                                   {"role": "user", "content": "How can I reverse a linked list in Python?"}]}
+
+
+@pytest.fixture
+async def semantic_stack(proxy_stack, redis_search_url: str) -> Stack:
+    stack = await proxy_stack(redis_url=redis_search_url, cache_mode="both", semantic_timeout_ms=5000)
+    if stack.state.semantic is None:
+        pytest.fail("the semantic cache did not start (see the log): the proxy fell back to exact only")
+    return stack
+
+
+async def wait_indexed(stack: Stack) -> None:
+    """Semantic adds run after the answer is sent; wait for them (liveness bound only)."""
+    deadline = time.monotonic() + 30
+    while stack.state.background:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+
+async def test_paraphrase_is_a_semantic_hit_and_is_promoted(semantic_stack: Stack) -> None:
+    stack = semantic_stack
+    status, headers, original = await stack.post("/v1/chat/completions", BASE)
+    assert headers["X-LLMCache-Status"] == "miss"
+    await wait_indexed(stack)
+    status, headers, served = await stack.post("/v1/chat/completions", PARAPHRASE)
+    assert status == 200 and headers["X-LLMCache-Status"] == "semantic-hit"
+    assert 0.9 <= float(headers["X-LLMCache-Similarity"]) <= 1.0
+    assert served == original and "Age" in headers
+    await stack.flush()  # promotion is written in the background
+    _, headers, again = await stack.post("/v1/chat/completions", PARAPHRASE)
+    assert headers["X-LLMCache-Status"] == "hit" and again == original
+    assert await stack.upstream_count() == 1
+    async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats") as r:
+        await r.json()
+    async with stack.http.get(stack.proxy_url + "/metrics") as r:
+        assert 'cache_status="semantic-hit"' in await r.text()
+
+
+async def test_threshold_header_only_tightens_and_scope_is_exact(semantic_stack: Stack) -> None:
+    stack = semantic_stack
+    await stack.post("/v1/chat/completions", BASE)
+    await wait_indexed(stack)
+    _, headers, _ = await stack.post("/v1/chat/completions", PARAPHRASE,
+                                     headers={"X-LLMCache-Similarity-Threshold": "0.99999"})
+    assert headers["X-LLMCache-Status"] == "miss"  # tightened past the pair's similarity
+    other_tenant = {"Authorization": "Bearer sk-someone-else"}
+    _, headers, _ = await stack.post("/v1/chat/completions", {**PARAPHRASE, "max_tokens": 3},
+                                     headers={**other_tenant, "X-LLMCache-Similarity-Threshold": "0.1"})
+    assert headers["X-LLMCache-Status"] == "miss"  # other tenant, other params: never a semantic match

@@ -1,0 +1,89 @@
+"""A CachePolicy in Redis overrides the CLI settings per request (through the policy watcher)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timezone
+
+import redis.asyncio as aioredis
+from proxy_helpers import CHAT, Stack
+
+from llmcache import policy
+from llmcache.keyspace import Keyspace
+
+KS = Keyspace()
+NS = "team-a"
+
+
+async def publish(r: aioredis.Redis, spec: dict, *, generation: int) -> policy.PolicyDocument:
+    doc = policy.PolicyDocument(NS, "chat-cache", generation, policy.parse_spec(spec))
+    await r.hset(KS.policies(NS), doc.name, doc.to_json())
+    await r.publish(KS.policy_events, json.dumps({"namespace": NS, "name": doc.name, "generation": generation}))
+    return doc
+
+
+async def wait_generation(stack: Stack, generation: int) -> None:
+    deadline = time.monotonic() + 15  # liveness bound for pub/sub delivery
+    while True:
+        watcher = stack.state.policy_watcher
+        current = watcher.current if watcher is not None else None
+        if current is not None and current.generation == generation:
+            return
+        assert time.monotonic() < deadline, "policy never applied"
+        await asyncio.sleep(0.02)
+
+
+async def test_policy_overrides_ttl_suspend_and_invalidate_before(proxy_stack, redis_plain_url: str,
+                                                                  tmp_path) -> None:
+    labels = tmp_path / "labels"
+    labels.write_text('app="chat"\ntier="web"\n')
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        selector = {"matchLabels": {"app": "chat"}}
+        await publish(r, {"selector": selector, "ttlSeconds": 42, "mode": "Exact"}, generation=1)
+        stack = await proxy_stack(policy_pod_namespace=NS, policy_pod_name="chat-0",
+                                  policy_pod_labels_file=str(labels), cache_ttl_s=3600)
+        await wait_generation(stack, 1)
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "miss"
+        key = [k async for k in r.scan_iter(match="llmcache:e:*")][0]
+        assert 0 < await r.ttl(key) <= 42  # the policy's TTL, not the CLI's hour
+        key_hash = key.decode().rsplit(":", 1)[1]
+        assert await r.zscore(KS.group(f"{NS}/chat-cache", "lfu"), key_hash) == 1  # eviction group = policy
+        # The policy's ttlSeconds also bounds max-age.
+        await stack.post("/v1/chat/completions", {**CHAT, "n": 1}, headers={"Cache-Control": "max-age=100000"})
+        assert max([await r.ttl(k) async for k in r.scan_iter(match="llmcache:e:*")]) <= 42
+
+        await publish(r, {"selector": selector, "mode": "Exact", "ttlSeconds": 42, "suspend": True}, generation=2)
+        await wait_generation(stack, 2)
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "bypass"
+
+        later = datetime.now(timezone.utc).isoformat()
+        await publish(r, {"selector": selector, "mode": "Exact", "ttlSeconds": 42, "invalidateBefore": later}, generation=3)
+        await wait_generation(stack, 3)
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "miss"
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
+
+        await publish(r, {"selector": selector, "mode": "Exact", "nonDeterministic": "cache",
+                             "scope": {"tenantHeader": "X-Team"}},
+                      generation=4)
+        await wait_generation(stack, 4)
+        hot = {**CHAT, "temperature": 0.9}
+        assert (await stack.post("/v1/chat/completions", hot, headers={"X-Team": "a"}))[1]["X-LLMCache-Status"] == "miss"
+        assert (await stack.post("/v1/chat/completions", hot, headers={"X-Team": "b"}))[1]["X-LLMCache-Status"] == "miss"
+        assert (await stack.post("/v1/chat/completions", hot, headers={"X-Team": "a"}))[1]["X-LLMCache-Status"] == "hit"
+        async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats") as resp:
+            assert (await resp.json())["process"]["policy"] == f"{NS}/chat-cache"
+    finally:
+        await r.aclose()
+
+
+async def test_cross_pod_lease_coalesces_misses(proxy_stack, redis_plain_url: str) -> None:
+    a = await proxy_stack(cache_single_flight_lease=True)
+    b = await proxy_stack(cache_single_flight_lease=True, upstream_url=a.upstream_url)
+    a.stub.latency_ms = 300
+    results = await asyncio.gather(*(s.post("/v1/chat/completions", CHAT) for s in [a, b] * 5))
+    assert all(status == 200 for status, _, _ in results)
+    assert len({body for _, _, body in results}) == 1
+    assert await a.upstream_count() == 1
