@@ -63,8 +63,9 @@ about which what whats who whom whose where when why how whether while any some 
 one ones thing things something anything someone anybody somebody please pls kindly hi hello hey thanks thank
 tell give show let lets help need want wanted like would i'd i'm im i've ive you're youre know
 way ways best good great possible simple simply quick quickly easy easily exactly actually really basically
-generally typically usually properly correctly go get got make sure question answer quickly brief briefly
+generally typically usually properly correctly go get got sure many much question answer quickly brief briefly
 short shortly detail detailed details mean means meaning between among via per using use used s t
+role purpose main primary key basic command effectively efficiently take city
 """.split())
 
 # Words that carry polarity: kept out of the stop-list so the antonym check sees them.
@@ -113,19 +114,18 @@ _NEGATIONS = frozenset("not no never none nobody nothing neither nor without can
 _TASK_CLASSES: dict[str, str] = {}
 for _cls, _words_s in {
     "explain": "explain explanation describe description define definition clarify elaborate overview "
-               "understand what",
+               "understand list enumerate",
     "summarize": "summarize summary summarization tldr recap condense gist abstract synopsis",
     "translate": "translate translation",
     "analyze": "analyze analysis evaluate evaluation assess assessment examine critique interpret breakdown",
     "review": "review feedback proofread grade score rate",
-    "list": "list enumerate",
     "write": "write compose draft generate create produce author",
     "rewrite": "rewrite rephrase paraphrase reword shorten simplify expand lengthen edit",
     "compare": "compare comparison contrast versus vs",
     "classify": "classify categorize categorise label tag",
     "extract": "extract pull",
     "fix": "fix debug troubleshoot repair resolve solve",
-    "optimize": "optimize optimise speed improve",
+    "optimize": "optimize optimise improve",
     "test": "test tests unittest",
     "outline": "outline plan",
     "calculate": "calculate compute count",
@@ -139,11 +139,11 @@ _DEFAULT_TASK = "explain"
 
 # Groups of interchangeable content words (stems), for paraphrases the embedding alone is unsure about.
 _SYNONYM_GROUPS = [
-    "car automobile vehicle", "movie film", "kid child children", "buy purchase", "begin start commence",
+    "car automobile vehicle", "movie film", "kid child children", "buy purchase", "begin start commence", "make create build", "read load", "check see view", "stop quit halt",
     "big large huge", "small little tiny", "fast quick rapid speedy", "doctor physician", "job work occupation",
-    "error bug issue problem", "function method", "remove delete erase", "make build", "learn study",
-    "show display", "find locate search", "choose pick select", "use utilize employ", "need require",
-    "cost price", "rich wealthy", "happy glad", "sad unhappy", "smart intelligent clever", "stop halt",
+    "error bug issue problem", "function method", "remove delete erase", "learn study",
+    "find locate search", "choose pick select", "use utilize employ", "need require",
+    "cost price", "rich wealthy", "happy glad", "sad unhappy", "smart intelligent clever", 
     "house home", "shop store", "phone smartphone mobile", "picture photo image", "laptop notebook",
     "folder directory", "program application app software", "website site webpage", "internet web online",
     "email mail", "password passcode", "sick ill", "reason cause why", "purpose goal aim",
@@ -266,8 +266,28 @@ _CONTRACTIONS = {
     "we're": "we are", "they're": "they are", "i've": "i have", "you've": "you have", "i'd": "i would",
     "i'll": "i will", "you'll": "you will",
 }
-_TOKEN_RE = re.compile(r"\d+(?:[.,]\d+)*(?:st|nd|rd|th)?|[a-z]+(?:'[a-z]+)?|[%$€£¥°]", re.IGNORECASE)
+_TOKEN_RE = re.compile(r"[a-z]+\d[a-z\d]*|\d+(?:[.,]\d+)*(?:st|nd|rd|th)?|[a-z]+(?:'[a-z]+)?|[%$€£¥°]", re.IGNORECASE)
 _DIRECTIONAL = frozenset("to into from than by over against toward towards onto for per after before under".split())
+# Markers kept in the sequence for the direction checks (never content).
+_MARKERS = _DIRECTIONAL | {"in", "of", "at", "on", "with"}
+# Words before a task verb that make it a request ("can you summarise", "please translate").
+_REQUESTERS = frozenset("you please me us".split())
+_ASKERS = frozenset("how i we what why where when who".split())
+
+
+def _imperative(tokens: list["_Token"], i: int) -> bool:
+    """A task word at the start of its sentence or after "you/please/me" is a request, else it is content."""
+    j = i - 1
+    while j >= 0 and not tokens[j].starts_sentence:
+        if tokens[j].text in _ASKERS:
+            return False
+        if tokens[j].text in _REQUESTERS:
+            return True
+        if tokens[j].text not in _STOPWORDS:
+            return False  # "explain quantum computing": only the first verb is the request
+        j -= 1
+    # The sentence start itself: the task word or the word right before it opens the sentence.
+    return j == i - 1 or j == i - 2 and tokens[j].text not in _ASKERS if j >= 0 else i == 0
 
 
 @dataclass(slots=True)
@@ -276,6 +296,7 @@ class _Token:
     stem: str
     pos: int
     capital: bool   # capitalised or all-caps, and not the first word of a sentence
+    starts_sentence: bool = False
 
 
 @dataclass(slots=True)
@@ -329,7 +350,9 @@ def analyse(text: str) -> Analysis:
             sentence_start = True
         lower = word.lower()
         capital = (not sentence_start) and (word[:1].isupper() or (len(word) > 1 and word.isupper()))
-        tokens.append(_Token(lower, _stem(lower), len(tokens), capital))
+        # Acronyms keep their letters: HTTPS is not the plural of HTTP.
+        stem = lower if len(word) > 1 and word.isupper() else _stem(lower)
+        tokens.append(_Token(lower, stem, len(tokens), capital, sentence_start))
         sentence_start = False
         last_end = start + len(word)
 
@@ -340,6 +363,7 @@ def analyse(text: str) -> Analysis:
     content: dict[str, _Token] = {}
     polar: set[str] = set()
     sequence: list[str] = []
+    last_seq_token = -1
     i = 0
     prev_number = False
     while i < len(tokens):
@@ -406,21 +430,27 @@ def analyse(text: str) -> Analysis:
             continue
         if tok.stem in _ANTONYM_STEMS or w in _ANTONYMS:
             polar.add(tok.stem)
-        if w in _DIRECTIONAL:
+        if w in _MARKERS:
             sequence.append(f"d:{w}")
         task = _TASK_STEMS.get(tok.stem)
-        if task is not None and not (w in ("what",) and False):
+        if task is not None and _imperative(tokens, i):
             tasks.add(task)
             i += 1
             continue
-        if (w in _STOPWORDS or tok.stem in _STOP_STEMS or w in _DIRECTIONAL or w in _FUNCTION_POLAR
+        if (w in _STOPWORDS or tok.stem in _STOP_STEMS or w in _MARKERS or w in _FUNCTION_POLAR
                 or len(w) == 1 and not w.isalnum()):
             i += 1
             continue
         key = _SYNONYM.get(tok.stem, tok.stem)
         if key not in content:
             content[key] = tok
-        sequence.append(key)
+        if tok.capital and i > 0 and tokens[i - 1].capital and last_seq_token == i - 1 and sequence:
+            sequence[-1] = sequence[-1] + "_" + key  # "New York", "Mount Everest": one anchor
+        else:
+            sequence.append(key)
+        last_seq_token = i
+        if w.endswith("'s"):
+            sequence.append("d:'s")
         i += 1
     tasks.discard(_DEFAULT_TASK)
     return Analysis(tokens, negations, numbers, units, frozenset(tasks), content, polar, sequence)
@@ -446,25 +476,71 @@ def _antonym_clash(a: Analysis, b: Analysis) -> str | None:
     return None
 
 
-def _direction_clash(a: Analysis, b: Analysis) -> str | None:
-    """Two anchors that appear once on each side swap sides of a shared pivot."""
-    count_a, count_b = Counter(a.sequence), Counter(b.sequence)
-    shared = [x for x in count_a if count_a[x] == 1 and count_b.get(x) == 1]
-    if len(shared) < 3:
+def _is_anchor(item: str) -> bool:
+    return not item.startswith(("d:", "#"))
+
+
+def _marker_triples(seq: list[str]) -> set[tuple[str, str, str]]:
+    """``(left, marker, right)`` around each directional marker: nearest anchors, numbers skipped.
+
+    ``in`` counts only between two units ("100 dollars in euros"); elsewhere it is a place.
+    """
+    out = set()
+    for j, item in enumerate(seq):
+        if not item.startswith("d:") or item[2:] not in _DIRECTIONAL | {"in"}:
+            continue
+        left = next((seq[i] for i in range(j - 1, -1, -1) if _is_anchor(seq[i])), None)
+        right = next((seq[i] for i in range(j + 1, len(seq)) if _is_anchor(seq[i])), None)
+        if left is None or right is None or left == right:
+            continue
+        if item == "d:in" and not (left.startswith("u:") and right.startswith("u:")):
+            continue
+        out.add((left, item, right))
+    return out
+
+
+def _tight_triples(seq: list[str]) -> dict[tuple[str, str, str], tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Consecutive anchors ``x t y`` with the markers between them (``Alice beat Bob``, ``York north of Washington``)."""
+    anchors = [(i, item) for i, item in enumerate(seq) if _is_anchor(item)]
+    out = {}
+    for (i, x), (j, t), (k, y) in zip(anchors, anchors[1:], anchors[2:]):
+        if len({x, t, y}) == 3:
+            out[(x, t, y)] = (tuple(seq[i + 1:j]), tuple(seq[j + 1:k]))
+    return out
+
+
+_WH = frozenset({"who", "whom", "which", "what"})
+_DO = frozenset({"do", "does", "did"})
+
+
+def _wh_role(a: Analysis) -> str | None:
+    """Whether a wh-question asks for the subject ("who beat X") or the object ("who did X beat")."""
+    toks = [t.text for t in a.tokens]
+    if not toks or toks[0] not in _WH:
         return None
-    pos_a = {x: a.sequence.index(x) for x in shared}
-    pos_b = {x: b.sequence.index(x) for x in shared}
-    anchors = [x for x in shared if not x.startswith("d:")]
-    pivots = [x for x in shared if x.startswith("d:") or not x.startswith(("#", "u:"))]
-    for t in pivots:
-        for x in anchors:
-            if x == t:
-                continue
-            for y in anchors:
-                if y in (x, t):
-                    continue
-                if pos_a[x] < pos_a[t] < pos_a[y] and pos_b[y] < pos_b[t] < pos_b[x]:
-                    return f"{x}<{t}<{y}"
+    nxt = 2 if toks[0] == "which" and len(toks) > 2 and toks[1] not in _DO else 1
+    if nxt >= len(toks):
+        return None
+    if toks[nxt] in _DO:
+        return "object"
+    if toks[nxt] in _STOPWORDS or toks[nxt] in _MARKERS:
+        return None
+    return "subject"
+
+
+def _direction_clash(a: Analysis, b: Analysis) -> str | None:
+    """Roles or direction swapped while the words stay the same."""
+    ta, tb = _marker_triples(a.sequence), _marker_triples(b.sequence)
+    for x, m, y in ta:
+        if (y, m, x) in tb and (x, m, y) not in tb:
+            return f"{x} {m} {y}"
+    tight_b = _tight_triples(b.sequence)
+    for (x, t, y), (m1, m2) in _tight_triples(a.sequence).items():
+        if tight_b.get((y, t, x)) == (m1, m2) and (x, t, y) not in tight_b:
+            return f"{x} {t} {y}"
+    ra, rb = _wh_role(a), _wh_role(b)
+    if ra and rb and ra != rb and a.tokens[0].text == b.tokens[0].text:
+        return f"wh {ra}/{rb}"
     return None
 
 
@@ -476,6 +552,18 @@ def _acronym_matches(acronym: str, words: list[str]) -> list[str] | None:
         if "".join(w[0] for w in span) == acronym:
             return span
     return None
+
+
+def _same_root(x: str, y: str) -> bool:
+    """Morphological variants: a shared prefix of ≥ 5 letters covering ≥ 80 % of the shorter stem."""
+    if x == y:
+        return True
+    n = 0
+    for cx, cy in zip(x, y):
+        if cx != cy:
+            break
+        n += 1
+    return n >= 5 and n >= 0.8 * min(len(x), len(y))
 
 
 def _is_entity_like(tok: _Token) -> bool:
@@ -515,11 +603,14 @@ class Verifier:
         clash = _direction_clash(a, b)
         if clash:
             return Verdict(False, "direction", clash)
-        if a.units and b.units and a.units != b.units:
-            return Verdict(False, "direction", f"unit order {a.units} vs {b.units}")
         return None
 
     async def _content(self, a: Analysis, b: Analysis) -> Verdict:
+        counts_a = Counter(x for x in a.sequence if _is_anchor(x))
+        counts_b = Counter(x for x in b.sequence if _is_anchor(x))
+        repeated = sum(abs(counts_a[k] - counts_b[k]) for k in counts_a.keys() & counts_b.keys())
+        if repeated >= 2:  # "does A pay B" vs "does B pay A or does A pay B": an extra clause
+            return Verdict(False, "content", "repeated words")
         only_a = {k: t for k, t in a.content.items() if k not in b.content}
         only_b = {k: t for k, t in b.content.items() if k not in a.content}
         if not only_a and not only_b:
@@ -540,6 +631,17 @@ class Verifier:
                     side.pop(key)
                     for w in span:
                         other_only.pop(_SYNONYM.get(_stem(w), _stem(w)), None)
+        # Derivational variants: "painter" ↔ "paint(ed)", "different" ↔ "difference".
+        for ka, ta in list(only_a.items()):
+            for kb, tb in list(only_b.items()):
+                if kb in only_b and ka in only_a and _same_root(ta.stem, tb.stem):
+                    only_a.pop(ka)
+                    only_b.pop(kb)
+                    break
+        for side, other in ((only_a, b), (only_b, a)):
+            for key, tok in list(side.items()):
+                if any(_same_root(tok.stem, t.stem) for t in other.tokens):
+                    side.pop(key)
         if not only_a and not only_b:
             return Verdict(True, "ok")
         if not only_a or not only_b or self._word_embed is None:
