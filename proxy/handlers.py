@@ -79,14 +79,17 @@ def effective_config(settings: ProxySettings, doc: PolicyDocument | None, *,
     """Merge ``settings`` with the policy ``doc`` (the policy wins for every field it carries)."""
     c = settings.cache
     if doc is None:
+        # Semantic-only without a semantic engine falls back to exact rather than caching nothing.
         return EffectiveConfig(
-            exact=c.mode in ("exact", "both"), semantic=semantic_ready and c.mode in ("semantic", "both"),
+            exact=c.mode in ("exact", "both") or not semantic_ready,
+            semantic=semantic_ready and c.mode in ("semantic", "both"),
             ttl_s=c.ttl_s, similarity_threshold=settings.semantic.similarity_threshold,
             tenant_header=c.tenant_header, non_deterministic=c.non_deterministic, suspend=False,
             invalidate_before_s=None, group=DEFAULT_GROUP)
     s = doc.spec
     return EffectiveConfig(
-        exact=s.exact_enabled, semantic=semantic_ready and s.semantic_enabled, ttl_s=s.ttl_seconds,
+        exact=s.exact_enabled or (not s.suspend and not semantic_ready),
+        semantic=semantic_ready and s.semantic_enabled, ttl_s=s.ttl_seconds,
         similarity_threshold=s.similarity_threshold, tenant_header=s.tenant_header,
         non_deterministic=s.non_deterministic, suspend=s.suspend, invalidate_before_s=s.invalidate_before_s,
         group=doc.id)

@@ -9,7 +9,8 @@
 ``llmcache_served_tokens_total``           tokens served from the cache by ``kind`` (prompt, completion)
 ``llmcache_saved_usd_total``               estimated money saved (``--price-*-per-1k``)
 ``llmcache_coalesced_total``               requests that joined another request's upstream call
-``llmcache_redis_failures_total``          Redis operations that failed or timed out
+``llmcache_redis_failures_total``          Redis operations that failed, timed out or were skipped
+                                           because the breaker was open
 ``llmcache_breaker_open``                  1 while the Redis circuit breaker is open
 =========================================  ==========================================================
 """
@@ -45,7 +46,7 @@ class ProxyMetrics:
         self.saved_usd = Counter("llmcache_saved_usd", "Estimated money saved by cache hits (USD)", registry=r)
         self.coalesced = Counter("llmcache_coalesced", "Requests that joined an in-flight upstream call",
                                  registry=r)
-        self.redis_failures = Counter("llmcache_redis_failures", "Redis operations that failed or timed out",
+        self.redis_failures = Counter("llmcache_redis_failures", "Redis operations that failed, timed out or met an open breaker",
                                       registry=r)
         self.breaker_open = Gauge("llmcache_breaker_open", "1 while the Redis circuit breaker is open",
                                   registry=r)
