@@ -432,14 +432,18 @@ async def _miss(call: _Call, *, join: bool) -> web.StreamResponse:
             served = await _follow(call, flight)
             if served is not None:
                 return served
-    lease_key: str | None = None
-    if state.lease is not None and call.redis_ok and not call.directives.no_store:
-        waited = await _cross_pod_wait(call)
-        if isinstance(waited, web.StreamResponse):
-            return waited
-        lease_key = waited
+    # Lead in-process first, so identical requests here join this flight while it waits for
+    # another pod's lease.
     flight = state.flights.lead(call.key, stream_shape=call.stream_shape)
+    lease_key: str | None = None
     try:
+        if state.lease is not None and call.redis_ok and not call.directives.no_store:
+            waited = await _cross_pod_wait(call)
+            if isinstance(waited, Entry):
+                flight.finish(waited)
+                call.coalesced = True
+                return _serve(call, waited, status="hit")
+            lease_key = waited
         return await _lead(call, flight)
     finally:
         state.flights.land(flight)
@@ -448,8 +452,11 @@ async def _miss(call: _Call, *, join: bool) -> web.StreamResponse:
             state.spawn(_guarded(state, lease.release(lease_key)))
 
 
-async def _cross_pod_wait(call: _Call) -> web.StreamResponse | str | None:
-    """Own the miss across pods (return the lease key) or wait for the owner's entry (return a hit)."""
+async def _cross_pod_wait(call: _Call) -> Entry | str | None:
+    """Own the miss across pods (return the lease key), or wait for the owner's entry (return it).
+
+    ``None``: no lease (Redis trouble, or the owner gave up without storing): call the upstream.
+    """
     state = call.state
     assert state.lease is not None
     lease = state.lease
@@ -464,8 +471,7 @@ async def _cross_pod_wait(call: _Call) -> web.StreamResponse | str | None:
         await asyncio.sleep(0.025)
         entry = await _load(call, call.key, kind="exact")
         if entry is not None:
-            call.coalesced = True
-            return _serve(call, entry, status="hit")
+            return entry
         try:
             if not await state.breaker.call(lambda: lease.held(call.key)):
                 break
