@@ -1,0 +1,116 @@
+"""``llmcache operator``: the CachePolicy operator (kopf) and the sidecar-injection webhook in one process.
+
+Credentials come from ``$KUBECONFIG`` or the pod's service account. The webhook
+keeps serving while this replica waits for peering leadership, so several
+replicas can back the webhook Service while one reconciles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+import redis.asyncio as aioredis
+
+from llmcache.keyspace import Keyspace
+from llmcache.operator import handlers, webhook
+from llmcache.operator.kube import KubeClient, KubeConfig
+from llmcache.operator.settings import EvictionSettings, OperatorSettings, SidecarSettings, WebhookSettings
+from llmcache.settings import add_flag, parse_listen
+
+__all__ = ["configure", "run", "settings_from_args"]
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the operator's flags (each also read from ``LLMCACHE_<FLAG>``)."""
+    d = OperatorSettings()
+    add_flag(parser, "--redis-url", default=d.redis_url, help="Redis holding policies and cache entries")
+    add_flag(parser, "--key-prefix", default=d.key_prefix, help="Redis key prefix shared with the sidecars")
+    add_flag(parser, "--namespace", default=d.namespace, help="namespace to watch; '' watches all namespaces")
+    add_flag(parser, "--webhook-listen", default=d.webhook.listen,
+             help="HOST:PORT of the HTTPS injection webhook; '' disables it")
+    add_flag(parser, "--webhook-cert-dir", default=d.webhook.cert_dir,
+             help="directory with the webhook's tls.crt and tls.key")
+    add_flag(parser, "--health-listen", default=d.health_listen,
+             help="HOST:PORT of GET /healthz (liveness); '' disables it")
+    add_flag(parser, "--configmap-name", default=d.configmap_name,
+             help="per-namespace ConfigMap receiving policies.json")
+    add_flag(parser, "--eviction-interval-seconds", default=d.eviction.interval_s, type=float,
+             help="seconds between eviction passes per policy")
+    add_flag(parser, "--status-interval-seconds", default=d.status_interval_s, type=float,
+             help="seconds between status refreshes per policy")
+    add_flag(parser, "--peering-name", default=d.peering_name,
+             help="kopf peering object shared by the replicas (its CRD ships in the chart)")
+    add_flag(parser, "--standalone", action="store_true", help="run without peering (one replica, or tests)")
+
+
+def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
+    """Parsed flags + ``LLMCACHE_SIDECAR_*`` env → :class:`OperatorSettings` (validates listen addresses)."""
+    for flag in ("webhook_listen", "health_listen"):
+        if getattr(args, flag):
+            parse_listen(getattr(args, flag))
+    base = OperatorSettings()
+    return OperatorSettings(
+        redis_url=args.redis_url, key_prefix=args.key_prefix, namespace=args.namespace,
+        health_listen=args.health_listen, configmap_name=args.configmap_name,
+        status_interval_s=args.status_interval_seconds, peering_name=args.peering_name,
+        standalone=bool(args.standalone), redis_retry_delay_s=base.redis_retry_delay_s,
+        webhook=WebhookSettings(listen=args.webhook_listen, cert_dir=args.webhook_cert_dir,
+                                sidecar=SidecarSettings.from_env()),
+        eviction=EvictionSettings(interval_s=args.eviction_interval_seconds),
+    )
+
+
+async def _native_sidecar_supported(kube: KubeClient, minimum: tuple[int, int]) -> bool:
+    try:
+        version = await kube.version()
+    except Exception as exc:  # noqa: BLE001 - fall back to what works on every cluster
+        log.warning("cannot read the API server version (%s); injecting classic sidecars", exc)
+        return False
+    return version >= minimum
+
+
+async def run_operator(settings: OperatorSettings, *, stop_flag: asyncio.Event | None = None,
+                       ready_flag: asyncio.Event | None = None) -> None:
+    """Run until ``stop_flag`` is set (or SIGINT/SIGTERM, handled by kopf)."""
+    redis_client = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
+                                     health_check_interval=30)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(redis_client.aclose)
+        kube = await stack.enter_async_context(KubeClient(KubeConfig.load()))
+        if settings.webhook.listen:
+            native = await _native_sidecar_supported(kube, settings.webhook.native_sidecar_min_version)
+            await stack.enter_async_context(webhook.serve(settings.webhook, native_sidecar=native,
+                                                          configmap_name=settings.configmap_name))
+        rt = handlers.Runtime(settings=settings, redis=redis_client, kube=kube,
+                              keyspace=Keyspace(settings.key_prefix))
+        kwargs: dict[str, Any] = {}
+        if settings.namespace:
+            kwargs["namespaces"] = [settings.namespace]
+        else:
+            kwargs["clusterwide"] = True
+        if settings.standalone:
+            kwargs["standalone"] = True
+        else:
+            kwargs["peering_name"] = settings.peering_name
+        if settings.health_listen:
+            host, port = parse_listen(settings.health_listen)
+            kwargs["liveness_endpoint"] = f"http://{host}:{port}/healthz"
+        log.info("operator starting: redis %s, namespace %s, eviction every %ss",
+                 handlers.redact_url(settings.redis_url), settings.namespace or "(all)",
+                 settings.eviction.interval_s)
+        await kopf.operator(registry=handlers.build_registry(rt), settings=handlers.kopf_settings(settings),
+                            stop_flag=stop_flag, ready_flag=ready_flag, **kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    # kopf installs its own SIGINT/SIGTERM handlers inside kopf.operator(); nothing to add here.
+    asyncio.run(run_operator(settings))
+    return 0

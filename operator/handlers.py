@@ -1,0 +1,250 @@
+"""kopf handlers for ``CachePolicy``: publish, status, eviction and clean-up.
+
+Built per process by :func:`build_registry` (no module-level registry), so tests
+and the CLI each get their own handlers bound to their own :class:`Runtime`.
+
+=========================  ===============================================
+create / update / resume   validate (``PermanentError`` if invalid), publish
+                           to Redis + ConfigMap (``TemporaryError`` while
+                           Redis or the API is away), set status
+timer ``status``           republish if Redis lost the document (restarted
+                           Redis), then count selected/synced pods, entries,
+                           memory, hit rate; patch status only on change
+timer ``eviction``         :func:`llmcache.operator.eviction.enforce_limits`
+delete (finalizer)         unpublish, rebuild the ConfigMap; purge the group's
+                           entries when annotated ``llmcache.io/purge-on-delete:
+                           "true"``
+=========================  ===============================================
+
+kopf's own progress and diff-base go to annotations under ``llmcache.io/``:
+the status schema is strict and would prune ``status.kopf``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import kopf
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from llmcache.errors import PolicyError
+from llmcache.keyspace import Keyspace
+from llmcache.operator import eviction, publish
+from llmcache.operator import status as policy_status
+from llmcache.operator.kube import ApiError, KubeClient
+from llmcache.operator.settings import PURGE_ANNOTATION, OperatorSettings
+from llmcache.policy import API_GROUP, API_VERSION, PLURAL, PolicyDocument, PolicySpec, parse_spec
+
+__all__ = ["Runtime", "build_registry", "kopf_settings", "redact_url"]
+
+log = logging.getLogger(__name__)
+
+_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_STATUS_FIELDS = ("observedGeneration", "configHash", "selectedPods", "syncedPods", "entries", "memoryBytes",
+                  "hitRate")
+
+
+def redact_url(url: str) -> str:
+    """``redis://:secret@host`` → ``redis://***@host``: URLs in logs and status never carry passwords."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Connections shared by every handler of one operator process."""
+
+    settings: OperatorSettings
+    redis: aioredis.Redis
+    kube: KubeClient
+    keyspace: Keyspace = field(default_factory=Keyspace)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    async def sync_configmap(self, namespace: str) -> None:
+        """Rebuild the namespace's ConfigMap from Redis (serialised per namespace in this process)."""
+        lock = self._locks.setdefault(namespace, asyncio.Lock())
+        async with lock:
+            docs = await publish.namespace_documents(self.redis, self.keyspace, namespace)
+            await self.kube.put_configmap_data(
+                namespace, self.settings.configmap_name, publish.render_configmap(docs),
+                labels={"app.kubernetes.io/managed-by": "llmcache-operator"})
+
+    def redis_down(self, exc: BaseException) -> kopf.TemporaryError:
+        return kopf.TemporaryError(
+            f"Redis at {redact_url(self.settings.redis_url)} is unreachable ({exc}); retrying in "
+            f"{self.settings.redis_retry_delay_s:g}s — check the Redis pod/Service or --redis-url",
+            delay=self.settings.redis_retry_delay_s)
+
+
+def kopf_settings(ours: OperatorSettings) -> kopf.OperatorSettings:
+    """kopf's settings for this operator: annotation storage, our finalizer, warnings as events."""
+    ks = kopf.OperatorSettings()
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP,
+                                                                      key="last-handled-configuration")
+    ks.persistence.finalizer = f"{API_GROUP}/finalizer"
+    ks.posting.level = logging.WARNING
+    # Re-list well before any proxy's idle timeout; a stale watch would delay reconciling.
+    ks.watching.server_timeout = 300
+    ks.watching.client_timeout = 330
+    ks.watching.connect_timeout = 10
+    ks.networking.request_timeout = 30
+    return ks
+
+
+def _created_s(meta: Mapping[str, Any]) -> float:
+    ts = meta.get("creationTimestamp")
+    if not ts:
+        return 0.0
+    return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp()
+
+
+def _document(spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str) -> PolicyDocument:
+    """The document to publish; raises :class:`PolicyError`."""
+    return PolicyDocument(namespace=namespace, name=name, generation=int(meta.get("generation") or 1),
+                          spec=parse_spec(dict(spec)), created_s=_created_s(meta))
+
+
+def _patch_status(patch: kopf.Patch, current: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
+    """Write only the fields that differ (an unchanged status costs no API call)."""
+    for key, value in desired.items():
+        if current.get(key) != value:
+            patch.status[key] = value
+
+
+def _status_with(current: Mapping[str, Any], *, generation: int, published: bool, problem: str | None = None,
+                 reason: str = "Error", extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    desired = dict(extra or {})
+    selected = int(desired.get("selectedPods", current.get("selectedPods") or 0))
+    synced = int(desired.get("syncedPods", current.get("syncedPods") or 0))
+    new = policy_status.conditions_for(generation=generation, published=published, selected=selected, synced=synced,
+                                problem=problem, problem_reason=reason)
+    desired["conditions"] = policy_status.merge_conditions(current.get("conditions"), new)
+    return desired
+
+
+def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
+    """All CachePolicy handlers, bound to ``rt``, in a fresh registry."""
+    reg = kopf.OperatorRegistry()
+    res = (API_GROUP, API_VERSION, PLURAL)
+    settings = rt.settings
+
+    async def publish_current(spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str,
+                              st: Mapping[str, Any], patch: kopf.Patch) -> PolicyDocument:
+        generation = int(meta.get("generation") or 1)
+        try:
+            doc = _document(spec, meta, name, namespace)
+        except PolicyError as exc:
+            _patch_status(patch, st, _status_with(st, generation=generation, published=False, problem=str(exc),
+                                                  reason="InvalidSpec"))
+            raise kopf.PermanentError(f"invalid CachePolicy {namespace}/{name}: {exc}") from exc
+        try:
+            await publish.publish_policy(rt.redis, rt.keyspace, doc)
+            await rt.sync_configmap(namespace)
+        except _REDIS_ERRORS as exc:
+            _patch_status(patch, st, _status_with(st, generation=generation, published=False,
+                                                  problem=f"Redis unreachable: {exc}", reason="RedisUnavailable"))
+            raise rt.redis_down(exc) from exc
+        except ApiError as exc:
+            raise kopf.TemporaryError(f"cannot write ConfigMap {namespace}/{settings.configmap_name}: {exc}",
+                                      delay=settings.redis_retry_delay_s) from exc
+        return doc
+
+    @kopf.on.resume(*res, registry=reg, id="publish")
+    @kopf.on.create(*res, registry=reg, id="publish")
+    @kopf.on.update(*res, registry=reg, id="publish", field="spec")
+    async def on_change(spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str,
+                        status: Mapping[str, Any], patch: kopf.Patch, **_: Any) -> None:
+        doc = await publish_current(spec, meta, name, namespace, status, patch)
+        _patch_status(patch, status, _status_with(status, generation=doc.generation, published=True, extra={
+            "observedGeneration": doc.generation, "configHash": doc.config_hash}))
+
+    @kopf.timer(*res, registry=reg, id="status", interval=settings.status_interval_s,
+                initial_delay=min(1.0, settings.status_interval_s))
+    async def refresh_status(spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str,
+                             status: Mapping[str, Any], patch: kopf.Patch, **_: Any) -> None:
+        try:
+            doc = _document(spec, meta, name, namespace)
+        except PolicyError:
+            return  # the change handler reported it; nothing to count for an unpublished policy
+        try:
+            stored = await rt.redis.hget(rt.keyspace.policies(namespace), name)
+            if stored is None or PolicyDocument.from_json(stored).generation != doc.generation:
+                # Redis restarted without persistence, or a missed update: publish again (idempotent).
+                log.info("policy %s missing or outdated in Redis; republishing", doc.id)
+                doc = await publish_current(spec, meta, name, namespace, status, patch)
+            pods = await rt.kube.pod_names(namespace, doc.spec.selector)
+            synced = await policy_status.synced_pods(rt.redis, rt.keyspace, namespace, name, doc.config_hash,
+                                                     pods=pods)
+            entries, memory = await eviction.group_usage(rt.redis, rt.keyspace, doc.id)
+            counters = await policy_status.hit_counters(rt.redis, rt.keyspace, doc.id)
+        except _REDIS_ERRORS as exc:
+            _patch_status(patch, status, _status_with(status, generation=doc.generation, published=False,
+                                                      problem=f"Redis unreachable: {exc}",
+                                                      reason="RedisUnavailable"))
+            raise rt.redis_down(exc) from exc
+        except PolicyError as exc:  # a hand-edited document: overwrite it with ours
+            log.warning("policy document of %s in Redis is invalid (%s); republishing", doc.id, exc)
+            await publish_current(spec, meta, name, namespace, status, patch)
+            return
+        extra: dict[str, Any] = {
+            "observedGeneration": doc.generation, "configHash": doc.config_hash,
+            "selectedPods": len(pods), "syncedPods": synced, "entries": entries, "memoryBytes": memory,
+        }
+        if counters.hit_rate is not None:
+            extra["hitRate"] = round(counters.hit_rate, 4)
+        _patch_status(patch, status, _status_with(status, generation=doc.generation, published=True, extra=extra))
+
+    @kopf.timer(*res, registry=reg, id="eviction", interval=settings.eviction.interval_s)
+    async def evict(spec: Mapping[str, Any], name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        try:
+            parsed: PolicySpec = parse_spec(dict(spec))
+        except PolicyError:
+            return
+        try:
+            result = await eviction.enforce_limits(
+                rt.redis, rt.keyspace, f"{namespace}/{name}", eviction.EvictionLimits.from_spec(parsed),
+                batch_size=settings.eviction.batch_size, prune_cursor=int(memo.get("prune_cursor", 0)),
+                prune_scan_count=settings.eviction.prune_scan_count)
+        except _REDIS_ERRORS as exc:
+            raise rt.redis_down(exc) from exc
+        memo["prune_cursor"] = result.prune_cursor
+
+    @kopf.on.delete(*res, registry=reg, id="cleanup")
+    async def on_delete(meta: Mapping[str, Any], name: str, namespace: str, **_: Any) -> None:
+        generation = int(meta.get("generation") or 1)
+        purge = str((meta.get("annotations") or {}).get(PURGE_ANNOTATION, "")).lower() == "true"
+        try:
+            await publish.unpublish_policy(rt.redis, rt.keyspace, namespace, name, generation=generation)
+            if purge:
+                await eviction.purge_group(rt.redis, rt.keyspace, f"{namespace}/{name}",
+                                           batch_size=settings.eviction.batch_size)
+        except _REDIS_ERRORS as exc:
+            raise rt.redis_down(exc) from exc
+        try:
+            await rt.sync_configmap(namespace)
+        except ApiError as exc:
+            if exc.status in (403, 404):  # namespace being deleted: its ConfigMap goes with it
+                log.info("not rewriting ConfigMap in %s: %s", namespace, exc)
+            else:
+                raise kopf.TemporaryError(f"cannot rewrite ConfigMap {namespace}/{settings.configmap_name}: "
+                                          f"{exc}", delay=settings.redis_retry_delay_s) from exc
+
+    @kopf.on.probe(registry=reg, id="redis")
+    async def redis_probe(**_: Any) -> bool:
+        # Reported, never raised: restarting the operator would not bring Redis back.
+        try:
+            return bool(await rt.redis.ping())
+        except _REDIS_ERRORS:
+            return False
+
+    return reg

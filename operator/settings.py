@@ -1,0 +1,120 @@
+"""Settings of the operator: one slotted dataclass per concern, combined in :class:`OperatorSettings`.
+
+Every field maps to one CLI flag of ``llmcache operator`` and one env var
+(``--eviction-interval-seconds`` ↔ ``LLMCACHE_EVICTION_INTERVAL_SECONDS``) and to
+the chart value of the same name (``evictionIntervalSeconds``). A test pins the
+documented defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from llmcache.settings import DEFAULT_REDIS_URL
+
+__all__ = [
+    "INJECT_LABEL",
+    "INJECT_STATUS_ANNOTATION",
+    "PURGE_ANNOTATION",
+    "SIDECAR_CONTAINER_NAME",
+    "SidecarSettings",
+    "WebhookSettings",
+    "EvictionSettings",
+    "OperatorSettings",
+]
+
+#: Pods carrying this label with value ``enabled`` get the proxy sidecar.
+INJECT_LABEL = "llmcache.io/inject"
+#: Marker the webhook writes; a pod that has it is never patched again.
+INJECT_STATUS_ANNOTATION = "llmcache.io/inject-status"
+#: ``"true"`` on a CachePolicy: deleting it also deletes every cache entry of its group.
+PURGE_ANNOTATION = "llmcache.io/purge-on-delete"
+#: Name of the injected container (also what idempotency checks look for).
+SIDECAR_CONTAINER_NAME = "llmcache-proxy"
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarSettings:
+    """What the webhook injects. Read from ``LLMCACHE_SIDECAR_*`` env vars (the chart sets them)."""
+
+    #: Proxy image. Default ``ghcr.io/llmcache/proxy:0.1.0``: the chart always overrides it with its own tag.
+    image: str = "ghcr.io/llmcache/proxy:0.1.0"
+    #: Upstream the injected proxy forwards misses to. Default: the chart's model-server Service name.
+    upstream: str = "http://llmcache-model-server:8000"
+    #: Redis URL handed to the sidecar. Default: the chart's bundled Redis Service.
+    redis_url: str = "redis://llmcache-redis:6379/0"
+    #: Port the sidecar listens on inside the pod (apps point their OpenAI base URL at it). Default 8080.
+    port: int = 8080
+    #: Where the downward-API labels file is mounted; the proxy selects its policy from it.
+    podinfo_dir: str = "/etc/podinfo"
+    #: Where the policies ConfigMap copy is mounted (start-up while Redis is away).
+    policies_dir: str = "/etc/llmcache/policies"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> SidecarSettings:
+        """Build from ``LLMCACHE_SIDECAR_IMAGE``/``_UPSTREAM``/``_REDIS_URL``/``_PORT``; unset keeps the default."""
+        env = os.environ if environ is None else environ
+        base = cls()
+        port = env.get("LLMCACHE_SIDECAR_PORT")
+        return cls(
+            image=env.get("LLMCACHE_SIDECAR_IMAGE") or base.image,
+            upstream=env.get("LLMCACHE_SIDECAR_UPSTREAM") or base.upstream,
+            redis_url=env.get("LLMCACHE_SIDECAR_REDIS_URL") or base.redis_url,
+            port=int(port) if port else base.port,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """The sidecar-injection admission webhook server."""
+
+    #: ``HOST:PORT`` of the HTTPS server; ``""`` disables it. Default ``0.0.0.0:9443`` (the chart's Service targets it).
+    listen: str = "0.0.0.0:9443"
+    #: Directory holding ``tls.crt`` and ``tls.key`` (a mounted kubernetes.io/tls Secret).
+    cert_dir: str = "/tmp/k8s-webhook-server/serving-certs"
+    #: Inject a native sidecar (init container, ``restartPolicy: Always``) when the API server is at least this.
+    #: 1.29: native sidecars are beta and on by default from that release.
+    native_sidecar_min_version: tuple[int, int] = (1, 29)
+    sidecar: SidecarSettings = field(default_factory=SidecarSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionSettings:
+    """The eviction timer that keeps each policy's group inside ``maxEntries``/``maxMemory``."""
+
+    #: Seconds between enforcement passes per policy. Default 10: the cache overshoots its limits by at most
+    #: what all pods write in 10 s, and an idle pass costs a few Redis round trips.
+    interval_s: float = 10.0
+    #: Members deleted per Redis round trip. Default 256: bounded pipelines keep Redis latency flat.
+    batch_size: int = 256
+    #: Bookkeeping members checked for an expired entry per pass. Default 1000: a full sweep of a
+    #: 100k-entry group takes 100 passes, without ever scanning the whole set at once.
+    prune_scan_count: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSettings:
+    """Root settings of ``llmcache operator``."""
+
+    #: Redis holding the policies and cache entries. Default: a local ``llmcache redis``.
+    redis_url: str = DEFAULT_REDIS_URL
+    #: Key prefix shared with the sidecars (:class:`llmcache.keyspace.Keyspace`). Default ``llmcache``.
+    key_prefix: str = "llmcache"
+    #: Kubernetes namespace to watch; ``""`` watches all (cluster-wide). Default ``""``.
+    namespace: str = ""
+    #: ``HOST:PORT`` of the liveness endpoint (``GET /healthz``); ``""`` disables it. Default ``0.0.0.0:8081``.
+    health_listen: str = "0.0.0.0:8081"
+    #: Name of the per-namespace ConfigMap holding ``policies.json``. Default ``llmcache-policies``.
+    configmap_name: str = "llmcache-policies"
+    #: Seconds between status refreshes per policy (selected/synced pods, entries, hit rate). Default 5:
+    #: about twice the 2 s propagation budget, so a fresh status reflects the last change.
+    status_interval_s: float = 5.0
+    #: Seconds to wait before retrying when Redis is unreachable. Default 5.
+    redis_retry_delay_s: float = 5.0
+    #: kopf peering object for more than one replica; ``""`` uses kopf's default. Default ``llmcache``.
+    peering_name: str = "llmcache"
+    #: Run without peering (single replica, or tests). Default False.
+    standalone: bool = False
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    eviction: EvictionSettings = field(default_factory=EvictionSettings)

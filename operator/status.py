@@ -1,0 +1,145 @@
+"""The ``status`` of a CachePolicy: what the operator published and what the sidecars applied.
+
+Status fields (the CRD's status schema is strict, nothing else is stored there)::
+
+    observedGeneration  generation last published to Redis
+    configHash          hash of that spec (what sidecars ack)
+    selectedPods        pods in the namespace matching spec.selector (API server)
+    syncedPods          of those, pods whose ack {p}:acks:{ns}:{name}[pod].configHash == configHash
+    entries/memoryBytes size of the policy's eviction group (its bookkeeping in Redis)
+    hitRate             hits / (hits + misses) of the stats hashes tagged with this policy
+    conditions          Propagated, Ready, Degraded (Kubernetes condition shape)
+
+Ready is True when the current generation is in Redis and every selected pod
+applied it (or no pod is selected); Degraded is True while the spec is invalid,
+Redis is unreachable or eviction fails, with the reason in the message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from llmcache.keyspace import Keyspace
+
+__all__ = ["Counters", "synced_pods", "hit_counters", "make_condition", "merge_conditions", "conditions_for"]
+
+log = logging.getLogger(__name__)
+
+#: Stats-hash fields summed as hits / misses (the proxy writes some of these; absent ones count 0).
+HIT_FIELDS = ("hits", "exact_hits", "semantic_hits")
+MISS_FIELDS = ("misses",)
+#: Stats-hash fields naming the policy (``namespace/name``) whose sidecar wrote the counters.
+POLICY_FIELDS = ("policy", "group")
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Hit/miss counters of one policy, summed over its stats hashes."""
+
+    num_hits: int = 0
+    num_misses: int = 0
+
+    @property
+    def hit_rate(self) -> float | None:
+        total = self.num_hits + self.num_misses
+        return None if total == 0 else self.num_hits / total
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _int(v: bytes | str | None) -> int:
+    try:
+        return int(float(_s(v))) if v is not None else 0
+    except ValueError:
+        return 0
+
+
+async def synced_pods(r: aioredis.Redis, ks: Keyspace, namespace: str, name: str, config_hash: str, *,
+                      pods: Collection[str] | None = None) -> int:
+    """Pods whose ack names ``config_hash``; with ``pods``, only those (acks of gone pods do not count)."""
+    acks: Mapping[bytes | str, bytes | str] = await r.hgetall(ks.acks(namespace, name))
+    n = 0
+    for pod, blob in acks.items():
+        if pods is not None and _s(pod) not in pods:
+            continue
+        try:
+            ack = json.loads(blob)
+        except ValueError:
+            log.warning("ignoring malformed ack of pod %s for %s/%s", _s(pod), namespace, name)
+            continue
+        if isinstance(ack, dict) and ack.get("configHash") == config_hash:
+            n += 1
+    return n
+
+
+async def hit_counters(r: aioredis.Redis, ks: Keyspace, policy_id: str, *, scan_count: int = 100) -> Counters:
+    """Sum hits and misses of every stats hash whose ``policy``/``group`` field is ``policy_id``.
+
+    Stats hashes without such a field cannot be attributed and are ignored; no stats → zeros.
+    """
+    hits = misses = 0
+    async for key in r.scan_iter(match=ks.stats_pattern, count=scan_count, _type="HASH"):
+        fields = {_s(k): v for k, v in (await r.hgetall(key)).items()}
+        if not any(_s(fields[f]) == policy_id for f in POLICY_FIELDS if f in fields):
+            continue
+        hits += sum(_int(fields.get(f)) for f in HIT_FIELDS)
+        misses += sum(_int(fields.get(f)) for f in MISS_FIELDS)
+    return Counters(num_hits=hits, num_misses=misses)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_condition(type_: str, status: bool, reason: str, message: str, *, generation: int) -> dict[str, Any]:
+    return {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message,
+            "observedGeneration": generation, "lastTransitionTime": _now()}
+
+
+def merge_conditions(previous: Sequence[Mapping[str, Any]] | None,
+                     new: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``new`` conditions, keeping each previous ``lastTransitionTime`` when its status did not change."""
+    before = {c.get("type"): c for c in previous or ()}
+    out = []
+    for cond in new:
+        c = dict(cond)
+        old = before.get(c["type"])
+        if old is not None and old.get("status") == c["status"] and old.get("lastTransitionTime"):
+            c["lastTransitionTime"] = old["lastTransitionTime"]
+        out.append(c)
+    others = [dict(c) for t, c in before.items() if t not in {c["type"] for c in new}]
+    return sorted(out + others, key=lambda c: str(c.get("type")))
+
+
+def conditions_for(*, generation: int, published: bool, selected: int, synced: int,
+                   problem: str | None = None, problem_reason: str = "Error") -> list[dict[str, Any]]:
+    """The three conditions for one observation (see the module docstring)."""
+    if published:
+        propagated = make_condition("Propagated", True, "Published",
+                                    f"generation {generation} is in Redis and the ConfigMap", generation=generation)
+    else:
+        propagated = make_condition("Propagated", False, problem_reason, problem or "not published yet",
+                                    generation=generation)
+    if not published:
+        ready = make_condition("Ready", False, "NotPublished", "the policy is not published", generation=generation)
+    elif selected == 0:
+        ready = make_condition("Ready", True, "NoPodsSelected", "published; no pod matches the selector",
+                               generation=generation)
+    elif synced >= selected:
+        ready = make_condition("Ready", True, "AllPodsSynced", f"{synced}/{selected} pods applied this generation",
+                               generation=generation)
+    else:
+        ready = make_condition("Ready", False, "Syncing", f"{synced}/{selected} pods applied this generation",
+                               generation=generation)
+    degraded = make_condition("Degraded", problem is not None, problem_reason if problem else "AsExpected",
+                              problem or "", generation=generation)
+    return [degraded, propagated, ready]

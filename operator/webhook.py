@@ -1,0 +1,251 @@
+"""The sidecar-injection admission webhook: ``POST /mutate-pods`` over HTTPS.
+
+A pod labelled ``llmcache.io/inject: enabled`` gets, as one JSONPatch:
+
+- the proxy container ``llmcache-proxy``: a *native sidecar* (first init
+  container with ``restartPolicy: Always``) when the API server is ≥ 1.29, else
+  an ordinary container appended to ``spec.containers``;
+- its env: ``LLMCACHE_REDIS_URL``, ``LLMCACHE_UPSTREAM``, ``LLMCACHE_LISTEN``,
+  ``LLMCACHE_POD_NAME`` / ``LLMCACHE_POD_NAMESPACE`` (downward-API ``fieldRef``)
+  and ``LLMCACHE_POD_LABELS_FILE``;
+- volume ``llmcache-podinfo`` (downward API, ``labels`` → ``/etc/podinfo/labels``)
+  and ``llmcache-policies`` (the policies ConfigMap, optional, for start-up
+  while Redis is away);
+- annotation ``llmcache.io/inject-status: injected``.
+
+Idempotent: a pod that already has the annotation or a container named
+``llmcache-proxy`` is admitted unchanged, as is every pod without the label.
+The webhook never denies a pod: on any internal error it admits without a
+patch (and the chart sets ``failurePolicy: Ignore``), so pod creation never
+blocks on llmcache.
+
+The in-cluster ``MutatingWebhookConfiguration`` (with ``service:`` client
+config and its certificate) ships in the chart, not from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from llmcache.errors import ConfigError
+from llmcache.operator.settings import (
+    INJECT_LABEL,
+    INJECT_STATUS_ANNOTATION,
+    SIDECAR_CONTAINER_NAME,
+    SidecarSettings,
+    WebhookSettings,
+)
+from llmcache.settings import parse_listen
+
+__all__ = ["wants_injection", "sidecar_container", "injection_patch", "review_response", "create_app", "serve"]
+
+log = logging.getLogger(__name__)
+
+PODINFO_VOLUME = "llmcache-podinfo"
+POLICIES_VOLUME = "llmcache-policies"
+
+
+def _escape(key: str) -> str:
+    """JSON-Pointer escaping (RFC 6901) of one path segment."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def wants_injection(pod: Mapping[str, Any]) -> bool:
+    """True when the pod is labelled for injection and not injected yet."""
+    meta = pod.get("metadata") or {}
+    if (meta.get("labels") or {}).get(INJECT_LABEL) != "enabled":
+        return False
+    if (meta.get("annotations") or {}).get(INJECT_STATUS_ANNOTATION) == "injected":
+        return False
+    spec = pod.get("spec") or {}
+    names = {c.get("name") for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])}
+    return SIDECAR_CONTAINER_NAME not in names
+
+
+def sidecar_container(sidecar: SidecarSettings, *, native: bool) -> dict[str, Any]:
+    """The proxy container spec (with ``restartPolicy: Always`` when it is a native sidecar)."""
+    def field_ref(path: str) -> dict[str, Any]:
+        return {"fieldRef": {"fieldPath": path}}
+
+    container: dict[str, Any] = {
+        "name": SIDECAR_CONTAINER_NAME,
+        "image": sidecar.image,
+        "args": ["proxy"],
+        "ports": [{"name": "llmcache", "containerPort": sidecar.port, "protocol": "TCP"}],
+        "env": [
+            # 0.0.0.0 so the kubelet's probes (sent to the pod IP) reach it.
+            {"name": "LLMCACHE_LISTEN", "value": f"0.0.0.0:{sidecar.port}"},
+            {"name": "LLMCACHE_REDIS_URL", "value": sidecar.redis_url},
+            {"name": "LLMCACHE_UPSTREAM", "value": sidecar.upstream},
+            {"name": "LLMCACHE_POD_NAME", "valueFrom": field_ref("metadata.name")},
+            {"name": "LLMCACHE_POD_NAMESPACE", "valueFrom": field_ref("metadata.namespace")},
+            {"name": "LLMCACHE_POD_LABELS_FILE", "value": f"{sidecar.podinfo_dir}/labels"},
+            {"name": "LLMCACHE_POLICIES_FILE", "value": f"{sidecar.policies_dir}/policies.json"},
+        ],
+        "volumeMounts": [
+            {"name": PODINFO_VOLUME, "mountPath": sidecar.podinfo_dir, "readOnly": True},
+            {"name": POLICIES_VOLUME, "mountPath": sidecar.policies_dir, "readOnly": True},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": sidecar.port}, "periodSeconds": 5},
+        # For a native sidecar the kubelet starts the app containers only once this passes.
+        "startupProbe": {"httpGet": {"path": "/healthz", "port": sidecar.port},
+                         "periodSeconds": 1, "failureThreshold": 60},
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": {
+            "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if native:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def injection_patch(pod: Mapping[str, Any], sidecar: SidecarSettings, *, native: bool,
+                    configmap_name: str) -> list[dict[str, Any]]:
+    """The JSONPatch that injects the sidecar into ``pod``; ``[]`` when nothing is to be done."""
+    if not wants_injection(pod):
+        return []
+    spec = pod.get("spec") or {}
+    meta = pod.get("metadata") or {}
+    ops: list[dict[str, Any]] = []
+    container = sidecar_container(sidecar, native=native)
+    if native:
+        # First, so that other init containers can already use the cache.
+        if spec.get("initContainers"):
+            ops.append({"op": "add", "path": "/spec/initContainers/0", "value": container})
+        else:
+            ops.append({"op": "add", "path": "/spec/initContainers", "value": [container]})
+    else:
+        ops.append({"op": "add", "path": "/spec/containers/-", "value": container})
+
+    volumes = [
+        {"name": PODINFO_VOLUME,
+         "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+        {"name": POLICIES_VOLUME, "configMap": {"name": configmap_name, "optional": True}},
+    ]
+    existing = {v.get("name") for v in spec.get("volumes") or []}
+    new = [v for v in volumes if v["name"] not in existing]
+    if spec.get("volumes"):
+        ops.extend({"op": "add", "path": "/spec/volumes/-", "value": v} for v in new)
+    elif new:
+        ops.append({"op": "add", "path": "/spec/volumes", "value": new})
+
+    if meta.get("annotations"):
+        ops.append({"op": "add", "path": f"/metadata/annotations/{_escape(INJECT_STATUS_ANNOTATION)}",
+                    "value": "injected"})
+    else:
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {INJECT_STATUS_ANNOTATION: "injected"}})
+    return ops
+
+
+def review_response(review: Mapping[str, Any], sidecar: SidecarSettings, *, native: bool,
+                    configmap_name: str) -> dict[str, Any]:
+    """The ``AdmissionReview`` answer to ``review``: always allowed, with a patch when injecting."""
+    request = review.get("request") or {}
+    response: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": True}
+    pod = request.get("object") or {}
+    try:
+        ops = injection_patch(pod, sidecar, native=native, configmap_name=configmap_name)
+    except Exception:  # noqa: BLE001 - admit unchanged rather than block pod creation
+        log.exception("sidecar injection failed for a pod in %s; admitting unchanged", request.get("namespace"))
+        ops = []
+    if ops:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(ops).encode()).decode()
+        log.info("injecting %s sidecar into pod %s/%s", "native" if native else "classic",
+                 request.get("namespace"), (pod.get("metadata") or {}).get("name")
+                 or (pod.get("metadata") or {}).get("generateName"))
+    return {"apiVersion": review.get("apiVersion", "admission.k8s.io/v1"), "kind": "AdmissionReview",
+            "response": response}
+
+
+_SETTINGS = web.AppKey("settings", WebhookSettings)
+_NATIVE = web.AppKey("native", bool)
+_CONFIGMAP = web.AppKey("configmap", str)
+
+
+async def _mutate_pods(request: web.Request) -> web.Response:
+    try:
+        review = await request.json()
+        if not isinstance(review, dict) or not isinstance(review.get("request"), dict):
+            raise ValueError("not an AdmissionReview")
+    except ValueError as exc:
+        return web.json_response({"error": f"expected an AdmissionReview JSON body: {exc}"}, status=400)
+    settings = request.app[_SETTINGS]
+    return web.json_response(review_response(review, settings.sidecar, native=request.app[_NATIVE],
+                                             configmap_name=request.app[_CONFIGMAP]))
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def create_app(settings: WebhookSettings, *, native_sidecar: bool, configmap_name: str) -> web.Application:
+    """The webhook's aiohttp app (``POST /mutate-pods``, ``GET /healthz``)."""
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app[_SETTINGS] = settings
+    app[_NATIVE] = native_sidecar
+    app[_CONFIGMAP] = configmap_name
+    app.router.add_post("/mutate-pods", _mutate_pods)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+def _ssl_context(cert_dir: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_dir / "tls.crt", cert_dir / "tls.key")
+    return ctx
+
+
+async def _reload_certs(ctx: ssl.SSLContext, cert_dir: Path, *, interval_s: float) -> None:
+    """Reload the key pair into the live context when the mounted Secret changes (cert rotation)."""
+    crt = cert_dir / "tls.crt"
+    last = crt.stat().st_mtime
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            mtime = crt.stat().st_mtime
+            if mtime != last:
+                ctx.load_cert_chain(crt, cert_dir / "tls.key")
+                last = mtime
+                log.info("reloaded webhook certificate from %s", cert_dir)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("cannot reload webhook certificate from %s: %s", cert_dir, exc)
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: WebhookSettings, *, native_sidecar: bool, configmap_name: str,
+                reload_interval_s: float = 60.0) -> AsyncIterator[web.AppRunner]:
+    """Serve the webhook over HTTPS on ``settings.listen`` until the context exits."""
+    cert_dir = Path(settings.cert_dir)
+    if not (cert_dir / "tls.crt").is_file() or not (cert_dir / "tls.key").is_file():
+        raise ConfigError(f"--webhook-cert-dir {cert_dir} lacks tls.crt/tls.key: mount the webhook TLS Secret "
+                          "there, or pass --webhook-listen '' to disable the webhook")
+    ctx = _ssl_context(cert_dir)
+    host, port = parse_listen(settings.listen)
+    runner = web.AppRunner(create_app(settings, native_sidecar=native_sidecar, configmap_name=configmap_name),
+                           access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ctx)
+    await site.start()
+    reloader = asyncio.create_task(_reload_certs(ctx, cert_dir, interval_s=reload_interval_s))
+    log.info("sidecar-injection webhook listening on https://%s:%s/mutate-pods (native sidecar: %s)",
+             host, port, native_sidecar)
+    try:
+        yield runner
+    finally:
+        reloader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloader
+        await runner.cleanup()
