@@ -147,12 +147,16 @@ class _BatchingEmbedder:
         return np.stack(rows)
 
     def _ensure_worker(self) -> None:
-        if self._worker is None or self._worker.done():
+        loop = asyncio.get_running_loop()
+        # A new event loop (a restarted app, each test) needs its own worker task and event.
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
             self._wakeup = asyncio.Event()
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"embedder-{self.name}")
+            self._worker = loop.create_task(self._run(), name=f"embedder-{self.name}")
 
     async def _run(self) -> None:
         assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        self._pending = [p for p in self._pending if p[2].get_loop() is loop and not p[2].done()]
         while not self._closed:
             if not self._pending:
                 self._wakeup.clear()
