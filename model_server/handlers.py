@@ -475,7 +475,8 @@ def _load_into(state: ServerState, preloaded: loader_mod.LoadedModel | None) -> 
     try:
         s = state.settings
         loaded = preloaded or loader_mod.load_model(s.model.model, device=s.model.device, dtype=s.model.dtype,
-                                                    name=s.model.served_model_name)
+                                                    name=s.model.served_model_name,
+                                                    num_threads=s.model.num_threads)
         state.loaded = loaded
         cache: radix_mod.RadixCache | None = None
         if s.prefix_cache.enable_prefix_cache:

@@ -182,8 +182,11 @@ def _eos_ids(model: Any, tokenizer: Any | None) -> frozenset[int]:
 
 
 def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", name: str | None = None,
-               seed: int = 0) -> LoadedModel:
-    """Load ``spec`` onto ``device``; prints progress to stderr. ``seed`` fixes random weights."""
+               seed: int = 0, num_threads: int = 0) -> LoadedModel:
+    """Load ``spec`` onto ``device``; prints progress to stderr.
+
+    ``seed`` fixes random weights; ``num_threads > 0`` sets torch's CPU thread count (process-wide).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
@@ -192,6 +195,8 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", name: st
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
     started = time.monotonic()
     tokenizer: Any | None = None
     if spec in {"random-tiny", "random-1b"}:

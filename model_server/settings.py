@@ -46,6 +46,10 @@ class ModelSettings:
     served_model_name: str | None = None
     """Name reported by ``GET /v1/models`` and in responses; ``None`` uses the model spec."""
 
+    num_threads: int = 0
+    """CPU threads for torch's intra-op parallelism; 0 keeps torch's default (one per core).
+    Use 1 on oversubscribed machines: spinning OpenMP threads there make decode ~10x slower."""
+
     default_max_tokens: int = 512
     """``max_tokens`` when a request leaves it out (tokens). OpenAI's "until the context is
     full" would let one request hold the worker for minutes on CPU."""
@@ -114,6 +118,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add(parser, "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="weights and KV dtype (auto: float32 on CPU, bfloat16 on CUDA)")
     add(parser, "--served-model-name", default=None, help="model name shown by /v1/models")
+    add(parser, "--num-threads", default=0, type=int, help="torch CPU threads (0 = one per core)")
     add(parser, "--default-max-tokens", default=512, type=int, help="max_tokens when a request omits it")
     add(parser, "--enable-prefix-cache", default=True, type=core_settings.parse_bool,
         help="reuse KV of previously seen prompt prefixes (true/false)")
@@ -134,6 +139,8 @@ def from_args(args: argparse.Namespace) -> ModelServerSettings:
         raise ConfigError("--sink-tokens and --sink-window-tokens must be >= 0")
     if not 0.0 < args.prefix_cache_fraction <= 1.0:
         raise ConfigError(f"--prefix-cache-fraction must be in (0, 1], got {args.prefix_cache_fraction}")
+    if args.num_threads < 0:
+        raise ConfigError("--num-threads must be >= 0 (0 = torch's default)")
     if args.default_max_tokens < 1:
         raise ConfigError("--default-max-tokens must be >= 1")
     core_settings.parse_listen(args.listen)
@@ -144,6 +151,7 @@ def from_args(args: argparse.Namespace) -> ModelServerSettings:
             device=args.device,
             dtype=args.dtype,
             served_model_name=args.served_model_name,
+            num_threads=args.num_threads,
             default_max_tokens=args.default_max_tokens,
         ),
         prefix_cache=PrefixCacheSettings(

@@ -5,10 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+import torch
 
 from llmcache.model_server import generate as gen
 from llmcache.model_server import loader
 from llmcache.model_server.radix import RadixCache
+
+
+# The CI box is small and shared: one intra-op thread avoids OpenMP spin contention,
+# which otherwise slows decoding about tenfold. Servers started as subprocesses get
+# LLMCACHE_NUM_THREADS=1 for the same reason.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
