@@ -162,7 +162,7 @@ async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, 
                           route: str, namespace: str) -> web.StreamResponse:
     """Forward a cacheable-route request without caching it (status ``bypass``)."""
     assert state.upstream is not None
-    state.metrics.requests.labels(route, "bypass").inc()
+    state.metrics.count(route, "bypass")
     state.stats.add(namespace, "bypass")
     headers = upstream.filter_headers(request.headers)
     t0 = time.perf_counter()
@@ -260,7 +260,7 @@ async def _cacheable(request: web.Request, state: ProxyState, route: str,
     limit = state.settings.cache.max_body_bytes
     raw = await _read_body(request, limit)
     if raw is None:
-        state.metrics.requests.labels(route, "error").inc()
+        state.metrics.count(route, "error")
         return upstream.error_response(413, f"request body exceeds {limit} bytes (--max-body-bytes)",
                                        type_="invalid_request_error", code="request_too_large"), "error"
     try:
@@ -308,7 +308,7 @@ async def _lookup_or_fetch(call: _Call) -> web.StreamResponse:
                 return served
     if call.directives.only_if_cached:
         call.status = "miss"
-        state.metrics.requests.labels(call.route, "miss").inc()
+        state.metrics.count(call.route, "miss")
         state.stats.add(call.namespace, "miss")
         return upstream.error_response(504, "not in the cache and the request says only-if-cached",
                                        type_="cache_miss", code="only_if_cached", headers={STATUS_HEADER: "miss"})
@@ -411,7 +411,7 @@ def _serve(call: _Call, entry: Entry, *, status: str) -> web.Response:
         payload = entry.body.encode()
         resp = web.Response(body=payload, headers=headers, content_type=_JSON)
     tokens = entry.prompt_tokens + entry.completion_tokens
-    state.metrics.requests.labels(call.route, status).inc()
+    state.metrics.count(call.route, status)
     state.metrics.served_from_cache(num_bytes=len(payload), prompt_tokens=entry.prompt_tokens,
                                     completion_tokens=entry.completion_tokens)
     state.stats.add(call.namespace, status, tokens_saved=tokens, bytes_saved=len(payload))
@@ -503,7 +503,7 @@ async def _follow(call: _Call, flight: Flight) -> web.StreamResponse | None:
             return out
         call.status = "hit"
         state = call.state
-        state.metrics.requests.labels(call.route, "hit").inc()
+        state.metrics.count(call.route, "hit")
         entry = flight.entry
         if entry is not None:
             state.metrics.served_from_cache(num_bytes=0, prompt_tokens=entry.prompt_tokens,
@@ -530,13 +530,13 @@ async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
         resp = await state.upstream.open("POST", request.raw_path, headers, call.raw)
     except upstream.UpstreamError as exc:
         flight.fail()
-        state.metrics.requests.labels(call.route, call.status).inc()
+        state.metrics.count(call.route, call.status)
         state.stats.add(call.namespace, call.status)
         log.info("upstream failed for %s: %s", call.log_key, exc.message)
         return upstream.error_response(exc.status, exc.message, type_="upstream_error",
                                        headers={STATUS_HEADER: call.status})
     state.metrics.upstream_seconds.labels(call.route).observe(time.perf_counter() - t0)
-    state.metrics.requests.labels(call.route, call.status).inc()
+    state.metrics.count(call.route, call.status)
     state.stats.add(call.namespace, call.status)
     ctype = resp.headers.get("Content-Type", "")
     is_sse = ctype.startswith(_SSE)

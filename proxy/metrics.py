@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -48,8 +50,16 @@ class ProxyMetrics:
                                  registry=r)
         self.redis_failures = Counter("llmcache_redis_failures", "Redis operations that failed, timed out or met an open breaker",
                                       registry=r)
+        self._request_children: dict[tuple[str, str], Any] = {}
         self.breaker_open = Gauge("llmcache_breaker_open", "1 while the Redis circuit breaker is open",
                                   registry=r)
+
+    def count(self, route: str, cache_status: str) -> None:
+        """Count one request (label children are cached: ``labels()`` is a lock and a dict per call)."""
+        child = self._request_children.get((route, cache_status))
+        if child is None:
+            child = self._request_children[(route, cache_status)] = self.requests.labels(route, cache_status)
+        child.inc()
 
     def served_from_cache(self, *, num_bytes: int, prompt_tokens: int, completion_tokens: int) -> None:
         """Account one answer served without an upstream call."""

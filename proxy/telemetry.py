@@ -5,7 +5,7 @@ Span ``llmcache.request`` with attributes ``http.request.method``, ``url.path``,
 | bypass), ``llmcache.key`` (first 12 hex digits of the key hash, never the
 prompt), ``llmcache.similarity`` on semantic hits, ``llmcache.coalesced``.
 
-Nothing is exported unless ``--otlp-endpoint`` is set, and the OTLP exporter is
+Nothing is exported (and no span is recorded) unless ``--otlp-endpoint`` is set, and the OTLP exporter is
 an optional package (``opentelemetry-exporter-otlp-proto-http``): without it
 the proxy warns once and keeps tracing in-process only.
 """
@@ -19,7 +19,7 @@ from typing import Any
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import NoOpTracer, Tracer
 
 __all__ = ["Telemetry"]
 
@@ -31,16 +31,24 @@ class Telemetry:
 
     def __init__(self, *, otlp_endpoint: str | None = None, service_name: str = "llmcache-proxy") -> None:
         self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-        self.tracer: Tracer = self.provider.get_tracer("llmcache.proxy")
+        # Until a span processor is attached, spans would go nowhere: a no-op tracer keeps the
+        # hit path free of span bookkeeping (~0.1 ms per request with the SDK).
+        self.tracer: Tracer = NoOpTracer()
         if otlp_endpoint:
             exporter = _otlp_exporter(otlp_endpoint)
             if exporter is not None:
-                self.provider.add_span_processor(BatchSpanProcessor(exporter))
+                self.add_processor(BatchSpanProcessor(exporter))
                 log.info("exporting traces to %s", otlp_endpoint)
 
+    @property
+    def recording(self) -> bool:
+        """True once spans go somewhere (an exporter or another processor is attached)."""
+        return not isinstance(self.tracer, NoOpTracer)
+
     def add_processor(self, processor: SpanProcessor) -> None:
-        """Attach another span processor (tests use an in-memory exporter)."""
+        """Attach a span processor (the OTLP exporter; tests use an in-memory one); spans start recording."""
         self.provider.add_span_processor(processor)
+        self.tracer = self.provider.get_tracer("llmcache.proxy")
 
     def shutdown(self) -> None:
         self.provider.shutdown()
