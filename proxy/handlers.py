@@ -8,9 +8,11 @@ A cacheable request (``POST`` on :data:`llmcache.keys.CACHEABLE_ROUTES`)::
     key = exact_key(route, body, tenant, namespace)
     Cache-Control no-cache? ─────────────────────────────────────────┐
     exact GET (deadline, breaker) ─hit─▶ serve (Age, X-LLMCache-Status: hit)
+    identical call in flight here ─▶ its chunks / its entry (hit)     │
     semantic lookup ─hit─▶ serve entry of the match, promote to exact key (semantic-hit)
     only-if-cached ─▶ 504                                             │
     join in-flight call for key ─▶ its chunks / its entry (hit)       ◀┘
+    [--single-flight-lease: another pod owns the miss → poll for its entry]
     lead: upstream ─▶ relay chunks while recording ─▶ complete? store (TTL fixed) + semantic add
 
 Redis trouble anywhere turns into ``bypass`` (the answer still comes from the
@@ -302,6 +304,10 @@ async def _lookup_or_fetch(call: _Call) -> web.StreamResponse:
             entry = await _load(call, call.key, kind="exact")
             if entry is not None:
                 return _serve(call, entry, status="hit")
+        # An identical request in flight beats a semantic neighbour (and saves the embedding).
+        served = await _join(call)
+        if served is not None:
+            return served
         if call.cfg.semantic and state.semantic is not None and call.redis_ok:
             served = await _semantic_lookup(call)
             if served is not None:
@@ -423,15 +429,21 @@ def _serve(call: _Call, entry: Entry, *, status: str) -> web.Response:
 # misses
 
 
+async def _join(call: _Call) -> web.StreamResponse | None:
+    """Serve from an identical request's upstream call in this process, if one is running."""
+    flight = call.state.flights.join(call.key)
+    if flight is None:
+        return None
+    call.state.metrics.coalesced.inc()
+    return await _follow(call, flight)
+
+
 async def _miss(call: _Call, *, join: bool) -> web.StreamResponse:
     state = call.state
     if join:
-        flight = state.flights.join(call.key)
-        if flight is not None:
-            state.metrics.coalesced.inc()
-            served = await _follow(call, flight)
-            if served is not None:
-                return served
+        served = await _join(call)
+        if served is not None:
+            return served
     # Lead in-process first, so identical requests here join this flight while it waits for
     # another pod's lease.
     flight = state.flights.lead(call.key, stream_shape=call.stream_shape)
