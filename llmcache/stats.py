@@ -29,10 +29,12 @@ import redis.asyncio
 from llmcache.keyspace import Keyspace
 from llmcache.settings import DEFAULT_REDIS_URL, add_flag
 
-__all__ = ["FIELDS", "DEFAULT_NAMESPACE", "ns_hash", "StatsBuffer", "read_stats", "configure", "run"]
+__all__ = ["FIELDS", "DEFAULT_NAMESPACE", "OVERFLOW_NAMESPACE", "ns_hash", "StatsBuffer", "read_stats", "configure", "run"]
 
 FIELDS = ("hit", "semantic_hit", "miss", "bypass", "tokens_saved", "bytes_saved")
 DEFAULT_NAMESPACE = "default"
+#: Where counts go once a buffer holds ``max_namespaces`` distinct namespaces.
+OVERFLOW_NAMESPACE = "_other"
 
 
 def ns_hash(namespace: str) -> str:
@@ -43,14 +45,20 @@ def ns_hash(namespace: str) -> str:
 class StatsBuffer:
     """In-memory counters per namespace, flushed to Redis in one pipeline."""
 
-    __slots__ = ("_counts",)
+    __slots__ = ("_counts", "max_namespaces")
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_namespaces: int = 10_000) -> None:
         self._counts: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.max_namespaces = max_namespaces
+        """Distinct namespaces held between flushes; more fold into ``OVERFLOW_NAMESPACE``. Default
+        10 000: the header is client-chosen, and a Redis outage must not let it grow memory unbounded."""
 
     def add(self, namespace: str, status: str, *, tokens_saved: int = 0, bytes_saved: int = 0) -> None:
         """Count one request with cache ``status`` (hit, semantic-hit, miss, bypass)."""
-        c = self._counts[namespace or DEFAULT_NAMESPACE]
+        namespace = namespace or DEFAULT_NAMESPACE
+        if namespace not in self._counts and len(self._counts) >= self.max_namespaces:
+            namespace = OVERFLOW_NAMESPACE
+        c = self._counts[namespace]
         c[status.replace("-", "_")] += 1
         if tokens_saved:
             c["tokens_saved"] += tokens_saved

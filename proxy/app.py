@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 STATE = handlers.STATE
 
+#: Redis connections opened at start-up (a first burst of requests finds them ready).
+_WARM_CONNECTIONS = 16
+
 #: How often pending stats counters are written to Redis (s).
 STATS_FLUSH_INTERVAL_S = 1.0
 
@@ -138,6 +141,10 @@ async def _first_ping(state: handlers.ProxyState, client: redis.asyncio.Redis) -
         try:
             await state.breaker.call(client.ping, timeout_s=1.0)
             log.info("redis reachable at %s", _safe_url(state.settings.redis.url))
+            # Open a few pooled connections now: a burst of first requests would otherwise each pay
+            # a connection handshake inside the per-operation deadline and could trip the breaker.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*(client.ping() for _ in range(_WARM_CONNECTIONS))), 2.0)
             return
         except CacheUnavailable:
             await asyncio.sleep(0.05)

@@ -793,6 +793,8 @@ async def _invalidate(state: ProxyState, client: redis.asyncio.Redis, filters: M
             victims = list(batch)
         if victims:
             deleted += await client.unlink(*victims)
+            await _forget_bookkeeping(client, ks, [k.decode()[prefix_len:] for k in victims],
+                                      groups=(DEFAULT_GROUP, state.config().group))
             if state.semantic is not None:
                 for key in victims:
                     try:
@@ -807,6 +809,17 @@ async def _invalidate(state: ProxyState, client: redis.asyncio.Redis, filters: M
             await flush()
     await flush()
     return deleted
+
+
+async def _forget_bookkeeping(client: redis.asyncio.Redis, ks: Keyspace, key_hashes: list[str], *,
+                              groups: tuple[str, ...]) -> None:
+    """Drop eviction rows of deleted entries in the groups this proxy writes (the operator trims the rest)."""
+    async with client.pipeline(transaction=False) as pipe:
+        for group in set(groups):
+            for kind in ("lru", "lfu", "ctime"):
+                pipe.zrem(ks.group(group, kind), *key_hashes)
+            pipe.hdel(ks.group(group, "size"), *key_hashes)
+        await pipe.execute()
 
 
 def add_routes(app: web.Application) -> None:

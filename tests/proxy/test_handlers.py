@@ -570,3 +570,31 @@ async def test_eviction_bookkeeping_recorded_on_write_and_hit(proxy_stack, redis
         assert await r.zcard(ks.group("_default", "lru")) == 1  # a miss leaves no bookkeeping
     finally:
         await r.aclose()
+
+
+async def test_invalidate_drops_eviction_rows(proxy_stack, redis_plain_url: str) -> None:
+    stack = await proxy_stack()
+    await stack.post("/v1/chat/completions", CHAT)
+    r = aioredis.Redis.from_url(redis_plain_url)
+    ks = Keyspace()
+    try:
+        assert await r.zcard(ks.group("_default", "lru")) == 1
+        async with stack.http.post(stack.proxy_url + "/llmcache/v1/invalidate", json={"all": True},
+                                   headers={"Authorization": "Bearer admin-secret"}) as resp:
+            assert (await resp.json())["deleted"] == 1
+        for kind in ("lru", "lfu", "ctime"):
+            assert await r.zcard(ks.group("_default", kind)) == 0
+        assert await r.hlen(ks.group("_default", "size")) == 0
+    finally:
+        await r.aclose()
+
+
+def test_stats_buffer_caps_namespaces() -> None:
+    from llmcache import stats
+
+    buf = stats.StatsBuffer(max_namespaces=2)
+    for ns in ("a", "b", "c", "d", "a"):
+        buf.add(ns, "hit")
+    assert dict(buf._counts["a"]) == {"hit": 2}  # noqa: SLF001
+    assert dict(buf._counts[stats.OVERFLOW_NAMESPACE]) == {"hit": 2}  # noqa: SLF001
+    assert len(buf._counts) == 3  # noqa: SLF001
