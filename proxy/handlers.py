@@ -835,10 +835,6 @@ def add_routes(app: web.Application) -> None:
     r.add_route("*", "/{tail:.*}", passthrough)
 
 
-# Imported lazily elsewhere; referenced here so static checkers see the optional modules' names.
-_OPTIONAL_MODULES = ("llmcache.proxy.semantic", "llmcache.proxy.policy_watch")
-
-
 def optional_module(name: str) -> Any | None:
     """Import an optional proxy module (semantic cache, policy watcher), ``None`` when absent."""
     try:

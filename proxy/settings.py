@@ -27,6 +27,9 @@ __all__ = [
     "PolicySource",
     "ObservabilitySettings",
     "ProxySettings",
+    "MODES",
+    "NON_DETERMINISTIC",
+    "generated_salt",
     "semantic_available",
 ]
 
