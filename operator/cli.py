@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 
 from llmcache.keyspace import Keyspace
 from llmcache.operator import handlers, webhook
-from llmcache.operator.kube import KubeClient, KubeConfig
+from llmcache.errors import ConfigError
+from llmcache.operator.kube import ApiError, KubeClient, KubeConfig
 from llmcache.operator.settings import EvictionSettings, OperatorSettings, SidecarSettings, WebhookSettings
 from llmcache.settings import add_flag, parse_listen
 
@@ -76,9 +77,36 @@ async def _native_sidecar_supported(kube: KubeClient, minimum: tuple[int, int]) 
     return version >= minimum
 
 
+class _QuietTimers(logging.Filter):
+    """Drop kopf's per-tick "Timer '…' succeeded." lines; failures and handler results still log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Timer ") and msg.endswith(" succeeded."))
+
+
+async def _ensure_peering(kube: KubeClient, settings: OperatorSettings) -> None:
+    """Create the kopf peering object the replicas meet in (kopf only reads it)."""
+    if settings.namespace:
+        kind, path = "KopfPeering", f"/apis/kopf.dev/v1/namespaces/{settings.namespace}/kopfpeerings"
+    else:
+        kind, path = "ClusterKopfPeering", "/apis/kopf.dev/v1/clusterkopfpeerings"
+    body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": settings.peering_name}}
+    try:
+        await kube.request("POST", path, body=body)
+    except ApiError as exc:
+        if exc.status == 409:
+            return
+        if exc.status == 404:
+            raise ConfigError(f"the kopf peering CRDs are not installed ({kind}): apply "
+                              "charts/llmcache/crds/kopf-peering.yaml, or pass --standalone for one replica") from exc
+        log.warning("cannot create %s %s (%s); kopf will use it if it exists", kind, settings.peering_name, exc)
+
+
 async def run_operator(settings: OperatorSettings, *, stop_flag: asyncio.Event | None = None,
                        ready_flag: asyncio.Event | None = None) -> None:
     """Run until ``stop_flag`` is set (or SIGINT/SIGTERM, handled by kopf)."""
+    logging.getLogger("kopf.objects").addFilter(_QuietTimers())
     redis_client = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
                                      health_check_interval=30)
     async with contextlib.AsyncExitStack() as stack:
@@ -88,6 +116,8 @@ async def run_operator(settings: OperatorSettings, *, stop_flag: asyncio.Event |
             native = await _native_sidecar_supported(kube, settings.webhook.native_sidecar_min_version)
             await stack.enter_async_context(webhook.serve(settings.webhook, native_sidecar=native,
                                                           configmap_name=settings.configmap_name))
+        if not settings.standalone:
+            await _ensure_peering(kube, settings)
         rt = handlers.Runtime(settings=settings, redis=redis_client, kube=kube,
                               keyspace=Keyspace(settings.key_prefix))
         kwargs: dict[str, Any] = {}

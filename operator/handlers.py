@@ -239,6 +239,15 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
                 raise kopf.TemporaryError(f"cannot rewrite ConfigMap {namespace}/{settings.configmap_name}: "
                                           f"{exc}", delay=settings.redis_retry_delay_s) from exc
 
+    @kopf.on.login(registry=reg, id="kubeconfig")
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        # The same credentials as our own API calls ($KUBECONFIG or the service account);
+        # a custom registry does not get kopf's default login handlers.
+        cfg = rt.kube.config
+        return kopf.ConnectionInfo(server=cfg.server, ca_path=cfg.ca_file, insecure=cfg.insecure,
+                                   token=cfg.token, certificate_path=cfg.cert_file,
+                                   private_key_path=cfg.key_file, scheme="Bearer" if cfg.token else None)
+
     @kopf.on.probe(registry=reg, id="redis")
     async def redis_probe(**_: Any) -> bool:
         # Reported, never raised: restarting the operator would not bring Redis back.

@@ -44,6 +44,13 @@ class SidecarSettings:
     upstream: str = "http://llmcache-model-server:8000"
     #: Redis URL handed to the sidecar. Default: the chart's bundled Redis Service.
     redis_url: str = "redis://llmcache-redis:6379/0"
+    #: HMAC salt for tenant ids, the same for every injected pod so they share entries. Default ``""``:
+    #: each proxy makes its own (entries are then never shared across pods). Lands in the pod spec as a
+    #: literal; prefer :attr:`tenant_salt_secret` where pod specs are widely readable.
+    tenant_salt: str = ""
+    #: Name of a Secret in the *pod's* namespace whose key ``tenant-salt`` holds the salt (``optional``,
+    #: so a namespace without it still starts pods, with isolated entries). Wins over :attr:`tenant_salt`.
+    tenant_salt_secret: str = ""
     #: Port the sidecar listens on inside the pod (apps point their OpenAI base URL at it). Default 8080.
     port: int = 8080
     #: Where the downward-API labels file is mounted; the proxy selects its policy from it.
@@ -53,7 +60,8 @@ class SidecarSettings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> SidecarSettings:
-        """Build from ``LLMCACHE_SIDECAR_IMAGE``/``_UPSTREAM``/``_REDIS_URL``/``_PORT``; unset keeps the default."""
+        """Build from ``LLMCACHE_SIDECAR_IMAGE``/``_UPSTREAM``/``_REDIS_URL``/``_PORT``/``_TENANT_SALT``/
+        ``_TENANT_SALT_SECRET``; unset keeps the default."""
         env = os.environ if environ is None else environ
         base = cls()
         port = env.get("LLMCACHE_SIDECAR_PORT")
@@ -62,6 +70,8 @@ class SidecarSettings:
             upstream=env.get("LLMCACHE_SIDECAR_UPSTREAM") or base.upstream,
             redis_url=env.get("LLMCACHE_SIDECAR_REDIS_URL") or base.redis_url,
             port=int(port) if port else base.port,
+            tenant_salt=env.get("LLMCACHE_SIDECAR_TENANT_SALT") or base.tenant_salt,
+            tenant_salt_secret=env.get("LLMCACHE_SIDECAR_TENANT_SALT_SECRET") or base.tenant_salt_secret,
         )
 
 

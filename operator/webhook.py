@@ -7,7 +7,8 @@ A pod labelled ``llmcache.io/inject: enabled`` gets, as one JSONPatch:
   an ordinary container appended to ``spec.containers``;
 - its env: ``LLMCACHE_REDIS_URL``, ``LLMCACHE_UPSTREAM``, ``LLMCACHE_LISTEN``,
   ``LLMCACHE_POD_NAME`` / ``LLMCACHE_POD_NAMESPACE`` (downward-API ``fieldRef``)
-  and ``LLMCACHE_POD_LABELS_FILE``;
+  ``LLMCACHE_POD_LABELS_FILE``, ``LLMCACHE_POLICY_FILE`` and, when configured,
+  ``LLMCACHE_TENANT_SALT`` (literal or from a Secret in the pod's namespace);
 - volume ``llmcache-podinfo`` (downward API, ``labels`` → ``/etc/podinfo/labels``)
   and ``llmcache-policies`` (the policies ConfigMap, optional, for start-up
   while Redis is away);
@@ -90,7 +91,7 @@ def sidecar_container(sidecar: SidecarSettings, *, native: bool) -> dict[str, An
             {"name": "LLMCACHE_POD_NAME", "valueFrom": field_ref("metadata.name")},
             {"name": "LLMCACHE_POD_NAMESPACE", "valueFrom": field_ref("metadata.namespace")},
             {"name": "LLMCACHE_POD_LABELS_FILE", "value": f"{sidecar.podinfo_dir}/labels"},
-            {"name": "LLMCACHE_POLICIES_FILE", "value": f"{sidecar.policies_dir}/policies.json"},
+            {"name": "LLMCACHE_POLICY_FILE", "value": f"{sidecar.policies_dir}/policies.json"},
         ],
         "volumeMounts": [
             {"name": PODINFO_VOLUME, "mountPath": sidecar.podinfo_dir, "readOnly": True},
@@ -106,6 +107,11 @@ def sidecar_container(sidecar: SidecarSettings, *, native: bool) -> dict[str, An
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    if sidecar.tenant_salt_secret:
+        container["env"].append({"name": "LLMCACHE_TENANT_SALT", "valueFrom": {"secretKeyRef": {
+            "name": sidecar.tenant_salt_secret, "key": "tenant-salt", "optional": True}}})
+    elif sidecar.tenant_salt:
+        container["env"].append({"name": "LLMCACHE_TENANT_SALT", "value": sidecar.tenant_salt})
     if native:
         container["restartPolicy"] = "Always"
     return container
