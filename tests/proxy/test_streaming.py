@@ -144,3 +144,19 @@ def test_validate_answer_rejects_incomplete_answers() -> None:
                        ("/v1/chat/completions", ["not", "an", "object"])]:
         with pytest.raises(InvalidEntry):
             validate_answer(route, bad)
+
+
+def test_replay_round_trips_logprobs_refusals_and_choices() -> None:
+    lp = {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []},
+                      {"token": " there", "logprob": -0.5, "bytes": None, "top_logprobs": []}], "refusal": None}
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 5, "model": "m",
+              "system_fingerprint": "fp", "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+              "choices": [
+                  {"index": 0, "message": {"role": "assistant", "content": "Hi there " * 20, "refusal": None},
+                   "logprobs": lp, "finish_reason": "length"},
+                  {"index": 1, "message": {"role": "assistant", "content": None, "refusal": "I can't help."},
+                   "logprobs": None, "finish_reason": "stop"}]}
+    rec = streaming.SSERecorder("/v1/chat/completions")
+    rec.feed(streaming.replay_chat(answer, include_usage=True))
+    assert rec.complete
+    assert rec.answer() == answer
