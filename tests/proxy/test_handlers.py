@@ -598,3 +598,19 @@ def test_stats_buffer_caps_namespaces() -> None:
     assert dict(buf._counts["a"]) == {"hit": 2}  # noqa: SLF001
     assert dict(buf._counts[stats.OVERFLOW_NAMESPACE]) == {"hit": 2}  # noqa: SLF001
     assert len(buf._counts) == 3  # noqa: SLF001
+
+
+async def test_streaming_miss_relays_chunks_before_the_upstream_finishes(proxy_stack) -> None:
+    stack = await proxy_stack()
+    stack.stub.chunk_delay_ms = 200
+    async with stack.http.post(stack.proxy_url + "/v1/chat/completions", json=chat(stream=True, max_tokens=8),
+                               headers={"Authorization": "Bearer k"}) as r:
+        first = await r.content.readuntil(b"\n\n")
+        assert b'"role":"assistant"' in first
+        # The upstream call is still running (its flight is open): the chunk was not held back.
+        assert len(stack.state.flights) == 1
+        rest = await r.read()
+    assert rest.endswith(b"data: [DONE]\n\n")
+    await asyncio.sleep(0)
+    assert (await stack.post("/v1/chat/completions", chat(stream=True, max_tokens=8),
+                             headers={"Authorization": "Bearer k"}))[1]["X-LLMCache-Status"] == "hit"
