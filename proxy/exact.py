@@ -53,6 +53,11 @@ class Entry:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
+    @property
+    def has_usage(self) -> bool:
+        """True when the answer carries token usage (a stream recorded without ``include_usage`` has none)."""
+        return self.prompt_tokens > 0 or self.completion_tokens > 0
+
     def age_s(self, now_s: float | None = None) -> float:
         return max(0.0, (time.time() if now_s is None else now_s) - self.created_s)
 

@@ -98,7 +98,8 @@ async def test_tool_calls_survive_both_directions(proxy_stack, first_stream: boo
     client = stack.openai()
     body = chat(tools=TOOLS)
     if first_stream:
-        original = await collect_stream(await client.chat.completions.create(**body, stream=True))
+        original = await collect_stream(await client.chat.completions.create(
+            **body, stream=True, stream_options={"include_usage": True}))
     else:
         msg = await client.chat.completions.create(**body)
         original = {"calls": {(0, i): {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
@@ -237,13 +238,15 @@ async def test_twenty_concurrent_identical_misses_call_upstream_once(proxy_stack
 
 async def test_followers_of_a_mixed_flight_get_the_answer(proxy_stack) -> None:
     stack = await proxy_stack()
-    stack.stub.latency_ms = 300
+    stack.stub.chunk_delay_ms = 50  # the stream lasts long enough for the follower to join it
     client = stack.openai()
-    lead = asyncio.ensure_future(collect_stream(await client.chat.completions.create(**CHAT, stream=True)))
-    await asyncio.sleep(0.05)
+    stream = await client.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True})
+    lead = asyncio.ensure_future(collect_stream(stream))
     follower = await client.chat.completions.create(**CHAT)
     streamed = await lead
     assert follower.choices[0].message.content == streamed["text"][0]
+    assert follower.usage.model_dump() == streamed["usage"]
+    assert stack.state.flights.num_coalesced_total == 1
     assert await stack.upstream_count() == 1
 
 
@@ -614,3 +617,18 @@ async def test_streaming_miss_relays_chunks_before_the_upstream_finishes(proxy_s
     await asyncio.sleep(0)
     assert (await stack.post("/v1/chat/completions", chat(stream=True, max_tokens=8),
                              headers={"Authorization": "Bearer k"}))[1]["X-LLMCache-Status"] == "hit"
+
+
+async def test_stream_recorded_without_usage_does_not_serve_json_without_usage(proxy_stack) -> None:
+    stack = await proxy_stack()
+    client = stack.openai()
+    live = await collect_stream(await client.chat.completions.create(**CHAT, stream=True))  # no include_usage
+    as_json = await client.chat.completions.with_raw_response.create(**CHAT)
+    assert as_json.headers["X-LLMCache-Status"] == "miss"  # fetched once to get usage
+    parsed = as_json.parse()
+    assert parsed.usage is not None and parsed.choices[0].message.content == live["text"][0]
+    again = await client.chat.completions.with_raw_response.create(**CHAT)
+    assert again.headers["X-LLMCache-Status"] == "hit" and again.parse().usage == parsed.usage
+    streamed = await client.chat.completions.with_raw_response.create(**CHAT, stream=True)
+    assert streamed.headers["X-LLMCache-Status"] == "hit"
+    assert await stack.upstream_count() == 2
