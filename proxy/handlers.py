@@ -349,7 +349,7 @@ async def _load(call: _Call, key_hash: str, *, kind: str) -> Entry | None:
         return None
     if not call.directives.accepts_age(entry.age_s()):
         return None
-    if not _serves_json(call, entry):
+    if not _can_serve(call, entry):
         return None
     return entry
 
@@ -526,18 +526,20 @@ async def _follow(call: _Call, flight: Flight) -> web.StreamResponse | None:
         await out.write_eof()
         return out
     entry = await flight.wait()
-    if entry is None or not _serves_json(call, entry):
+    if entry is None or not _can_serve(call, entry):
         return None
     return _serve(call, entry, status="hit")
 
 
-def _serves_json(call: _Call, entry: Entry) -> bool:
-    """False when ``entry`` cannot answer a JSON request: recorded from a stream without usage.
+def _can_serve(call: _Call, entry: Entry) -> bool:
+    """False when the request wants usage (a JSON answer, or a stream with ``include_usage``) and
+    ``entry`` was recorded from a stream without it.
 
-    A JSON answer always carries usage and clients read it, so such a request is fetched once;
-    its JSON answer then replaces the entry and serves both shapes.
+    Clients read usage, so such a request is fetched once; its answer (with usage) then replaces
+    the entry and serves every shape.
     """
-    return call.stream or entry.origin != "sse" or entry.has_usage or call.route == "/v1/embeddings"
+    wants_usage = not call.stream or call.include_usage
+    return not wants_usage or entry.has_usage or entry.origin != "sse" or call.route == "/v1/embeddings"
 
 
 async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:

@@ -632,3 +632,17 @@ async def test_stream_recorded_without_usage_does_not_serve_json_without_usage(p
     streamed = await client.chat.completions.with_raw_response.create(**CHAT, stream=True)
     assert streamed.headers["X-LLMCache-Status"] == "hit"
     assert await stack.upstream_count() == 2
+
+
+async def test_stream_without_usage_does_not_answer_a_stream_that_wants_usage(proxy_stack) -> None:
+    stack = await proxy_stack()
+    client = stack.openai()
+    await collect_stream(await client.chat.completions.create(**CHAT, stream=True))
+    plain = await client.chat.completions.with_raw_response.create(**CHAT, stream=True)
+    assert plain.headers["X-LLMCache-Status"] == "hit"
+    with_usage = await client.chat.completions.with_raw_response.create(
+        **CHAT, stream=True, stream_options={"include_usage": True})
+    assert with_usage.headers["X-LLMCache-Status"] == "miss"
+    assert (await collect_stream(with_usage.parse()))["usage"] is not None
+    assert (await client.chat.completions.create(**CHAT)).usage is not None  # the new entry serves JSON too
+    assert await stack.upstream_count() == 2
