@@ -1,0 +1,208 @@
+"""The sidecar-injection webhook: the patch itself, and a real kube-apiserver calling the HTTPS server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from llmcache.operator import webhook
+from llmcache.operator.settings import SidecarSettings
+from llmcache.redis_server import free_port
+from opkit import apply_json_patch, pod_manifest, wait_for, write_self_signed_cert
+
+SIDECAR = SidecarSettings(image="example.test/llmcache-proxy:1", upstream="http://model:8000",
+                          redis_url="redis://redis:6379/0")
+
+
+def labelled_pod(**extra: Any) -> dict[str, Any]:
+    pod = pod_manifest("web", {"app": "web", "llmcache.io/inject": "enabled"})
+    pod["spec"].update(extra)
+    return pod
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+# -- the patch, without an API server ---------------------------------------------------------
+
+def test_native_sidecar_patch_shape() -> None:
+    pod = labelled_pod()
+    out = apply_json_patch(pod, webhook.injection_patch(pod, SIDECAR, native=True, configmap_name="cm"))
+
+    (sidecar,) = out["spec"]["initContainers"]
+    assert sidecar["name"] == "llmcache-proxy" and sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == SIDECAR.image
+    env = env_of(sidecar)
+    assert env["LLMCACHE_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["LLMCACHE_UPSTREAM"] == "http://model:8000"
+    assert env["LLMCACHE_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["LLMCACHE_POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["LLMCACHE_POD_LABELS_FILE"] == "/etc/podinfo/labels"
+    assert "LLMCACHE_TENANT_SALT" not in env
+    volumes = {v["name"]: v for v in out["spec"]["volumes"]}
+    assert volumes["llmcache-podinfo"]["downwardAPI"]["items"] == [
+        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]
+    assert volumes["llmcache-policies"]["configMap"] == {"name": "cm", "optional": True}
+    assert {"name": "llmcache-podinfo", "mountPath": "/etc/podinfo", "readOnly": True} in sidecar["volumeMounts"]
+    assert out["metadata"]["annotations"] == {"llmcache.io/inject-status": "injected"}
+    assert out["spec"]["containers"] == pod["spec"]["containers"]  # the app is untouched
+
+
+def test_classic_sidecar_is_appended_to_containers() -> None:
+    pod = labelled_pod()
+    out = apply_json_patch(pod, webhook.injection_patch(pod, SIDECAR, native=False, configmap_name="cm"))
+    assert [c["name"] for c in out["spec"]["containers"]] == ["app", "llmcache-proxy"]
+    assert "restartPolicy" not in out["spec"]["containers"][1]
+    assert "initContainers" not in out["spec"]
+
+
+def test_existing_init_containers_volumes_and_annotations_are_kept() -> None:
+    pod = labelled_pod(initContainers=[{"name": "migrate", "image": "m"}],
+                       volumes=[{"name": "data", "emptyDir": {}}])
+    pod["metadata"]["annotations"] = {"team": "x"}
+    out = apply_json_patch(pod, webhook.injection_patch(pod, SIDECAR, native=True, configmap_name="cm"))
+    assert [c["name"] for c in out["spec"]["initContainers"]] == ["llmcache-proxy", "migrate"]
+    assert [v["name"] for v in out["spec"]["volumes"]] == ["data", "llmcache-podinfo", "llmcache-policies"]
+    assert out["metadata"]["annotations"] == {"team": "x", "llmcache.io/inject-status": "injected"}
+
+
+@pytest.mark.parametrize("pod", [
+    pytest.param(pod_manifest("plain", {"app": "web"}), id="unlabelled"),
+    pytest.param(pod_manifest("off", {"llmcache.io/inject": "disabled"}), id="label-not-enabled"),
+    pytest.param({**labelled_pod(), "metadata": {**labelled_pod()["metadata"],
+                                                 "annotations": {"llmcache.io/inject-status": "injected"}}},
+                 id="already-annotated"),
+    pytest.param(labelled_pod(initContainers=[{"name": "llmcache-proxy", "image": "x"}]), id="already-has-sidecar"),
+])
+def test_no_patch_when_not_wanted(pod: dict[str, Any]) -> None:
+    assert webhook.injection_patch(pod, SIDECAR, native=True, configmap_name="cm") == []
+
+
+def test_patch_is_idempotent() -> None:
+    pod = labelled_pod()
+    once = apply_json_patch(pod, webhook.injection_patch(pod, SIDECAR, native=True, configmap_name="cm"))
+    assert webhook.injection_patch(once, SIDECAR, native=True, configmap_name="cm") == []
+
+
+def test_tenant_salt_from_a_secret_wins_over_a_literal() -> None:
+    sidecar = SidecarSettings(tenant_salt="literal", tenant_salt_secret="llmcache-salt")
+    env = env_of(webhook.sidecar_container(sidecar, native=True))
+    assert env["LLMCACHE_TENANT_SALT"] == {"secretKeyRef": {"name": "llmcache-salt", "key": "tenant-salt",
+                                                            "optional": True}}
+    env = env_of(webhook.sidecar_container(SidecarSettings(tenant_salt="literal"), native=True))
+    assert env["LLMCACHE_TENANT_SALT"] == "literal"
+
+
+def test_review_response_echoes_uid_and_base64_patch() -> None:
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+              "request": {"uid": "u-1", "namespace": "ns", "object": labelled_pod()}}
+    resp = webhook.review_response(review, SIDECAR, native=True, configmap_name="cm")["response"]
+    assert resp["uid"] == "u-1" and resp["allowed"] is True and resp["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(resp["patch"]))
+    assert ops == webhook.injection_patch(labelled_pod(), SIDECAR, native=True, configmap_name="cm")
+
+
+# -- a real kube-apiserver calling the webhook ------------------------------------------------
+
+@dataclass
+class WebhookUnderTest:
+    url: str
+    ca: str
+    log: Path
+
+
+@pytest.fixture
+def webhook_operator(crds: Any, ns: str, redis_plain_url: str, start_operator: Callable[..., Any],
+                     tmp_path: Path) -> Iterator[WebhookUnderTest]:
+    """An operator serving the webhook on 127.0.0.1 and a MutatingWebhookConfiguration pointing at it."""
+    cert_pem = write_self_signed_cert(tmp_path / "certs")
+    port = free_port()
+    op = start_operator(ns, redis_plain_url, webhook_listen=f"127.0.0.1:{port}", cert_dir=tmp_path / "certs",
+                        env={"LLMCACHE_SIDECAR_IMAGE": SIDECAR.image, "LLMCACHE_SIDECAR_UPSTREAM": SIDECAR.upstream,
+                             "LLMCACHE_SIDECAR_REDIS_URL": SIDECAR.redis_url})
+    (tmp_path / "ca.pem").write_bytes(cert_pem)
+    under_test = WebhookUnderTest(url=f"https://127.0.0.1:{port}", ca=str(tmp_path / "ca.pem"), log=op.log)
+    name = f"llmcache-test-{uuid.uuid4().hex[:8]}"
+    crds.apply({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "inject.llmcache.io",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            # Fail (not the chart's Ignore) so a broken webhook fails the test instead of hiding.
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 10,
+            "clientConfig": {"url": f"{under_test.url}/mutate-pods",
+                             "caBundle": base64.b64encode(cert_pem).decode()},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "objectSelector": {"matchLabels": {"llmcache.io/inject": "enabled"}},
+        }],
+    })
+    yield under_test
+    crds.delete("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", name)
+
+
+def _dry_run_injected(kube: Any, ns: str) -> bool:
+    resp = kube.request("POST", f"/api/v1/namespaces/{ns}/pods", params={"dryRun": "All"},
+                        json=labelled_pod() | {"metadata": {"name": "probe",
+                                                            "labels": {"llmcache.io/inject": "enabled"}}})
+    return resp.status_code == 201 and "llmcache.io/inject-status" in (resp.json()["metadata"].get("annotations")
+                                                                       or {})
+
+
+@pytest.mark.controlplane
+def test_api_server_injects_labelled_pods_and_leaves_others_alone(crds: Any, ns: str, webhook_operator: WebhookUnderTest) -> None:
+    # The API server picks up a new webhook configuration asynchronously: probe with dry runs.
+    wait_for(lambda: _dry_run_injected(crds, ns), what="the webhook to be called", logs=[webhook_operator.log])
+
+    (created,) = crds.apply(labelled_pod(), namespace=ns)
+    pod = crds.get("v1", "Pod", "web", namespace=ns)
+    assert pod["metadata"]["annotations"]["llmcache.io/inject-status"] == "injected"
+    # kube-apiserver 1.37 supports native sidecars: the proxy is the first init container.
+    sidecar = pod["spec"]["initContainers"][0]
+    assert sidecar["name"] == "llmcache-proxy" and sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == SIDECAR.image
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert env["LLMCACHE_REDIS_URL"]["value"] == SIDECAR.redis_url
+    assert env["LLMCACHE_UPSTREAM"]["value"] == SIDECAR.upstream
+    assert env["LLMCACHE_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["llmcache-podinfo"]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] == "metadata.labels"
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["app"]
+
+    crds.apply(pod_manifest("plain", {"app": "web"}), namespace=ns)
+    plain = crds.get("v1", "Pod", "plain", namespace=ns)
+    assert "llmcache.io/inject-status" not in (plain["metadata"].get("annotations") or {})
+    assert not plain["spec"].get("initContainers")
+    assert not any(v["name"].startswith("llmcache-") for v in plain["spec"].get("volumes") or [])
+
+
+@pytest.mark.controlplane
+def test_webhook_server_answers_reviews_without_patching_unwanted_pods(webhook_operator: WebhookUnderTest) -> None:
+    def review(pod: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "abc", "namespace": "x", "object": pod}}
+        resp = requests.post(f"{webhook_operator.url}/mutate-pods", json=body, verify=webhook_operator.ca,
+                             timeout=10)
+        assert resp.status_code == 200
+        return resp.json()["response"]
+
+    assert "patch" not in review(pod_manifest("plain", {"app": "web"}))
+    injected = labelled_pod()
+    injected["metadata"]["annotations"] = {"llmcache.io/inject-status": "injected"}
+    assert "patch" not in review(injected)
+    assert review(labelled_pod())["patchType"] == "JSONPatch"
+    bad = requests.post(f"{webhook_operator.url}/mutate-pods", data=b"not json",
+                        verify=webhook_operator.ca, timeout=10)
+    assert bad.status_code == 400 and "AdmissionReview" in bad.json()["error"]
