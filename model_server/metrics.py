@@ -40,6 +40,10 @@ class ModelServerMetrics:
         self.inter_token_s = Histogram("llmcache_model_inter_token_seconds",
                                        "Time between consecutive generated tokens of one request",
                                        buckets=_ITL_BUCKETS_S, registry=r)
+        self.prefix_op_s = Histogram("llmcache_model_prefix_cache_op_seconds",
+                                     "Time spent in prefix-cache lookups (incl. building the request's KV) "
+                                     "and inserts: the cache's own overhead", ["op"],
+                                     buckets=_ITL_BUCKETS_S, registry=r)
         self.running = Gauge("llmcache_model_running_requests", "Requests admitted to the worker", registry=r)
         self.loaded = Gauge("llmcache_model_loaded", "1 once the model is loaded and serving", registry=r)
 
