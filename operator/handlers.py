@@ -186,7 +186,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             synced = await policy_status.synced_pods(rt.redis, rt.keyspace, namespace, name, doc.config_hash,
                                                      pods=pods)
             entries, memory = await eviction.group_usage(rt.redis, rt.keyspace, doc.id)
-            counters = await policy_status.hit_counters(rt.redis, rt.keyspace, doc.id)
+            counters = await policy_status.policy_counters(rt.redis, rt.keyspace, doc.id)
         except _REDIS_ERRORS as exc:
             _patch_status(patch, status, _status_with(status, generation=doc.generation, published=False,
                                                       problem=f"Redis unreachable: {exc}",

@@ -7,7 +7,7 @@ Status fields (the CRD's status schema is strict, nothing else is stored there):
     selectedPods        pods in the namespace matching spec.selector (API server)
     syncedPods          of those, pods whose ack {p}:acks:{ns}:{name}[pod].configHash == configHash
     entries/memoryBytes size of the policy's eviction group (its bookkeeping in Redis)
-    hitRate             hits / (hits + misses) of the stats hashes tagged with this policy
+    hitRate             hits / lookups of this policy (see :func:`policy_counters`)
     conditions          Propagated, Ready, Degraded (Kubernetes condition shape)
 
 Ready is True when the current generation is in Redis and every selected pod
@@ -28,13 +28,15 @@ import redis.asyncio as aioredis
 
 from llmcache.keyspace import Keyspace
 
-__all__ = ["Counters", "synced_pods", "hit_counters", "make_condition", "merge_conditions", "conditions_for"]
+__all__ = ["Counters", "synced_pods", "hit_counters", "group_counters", "policy_counters", "make_condition",
+           "merge_conditions", "conditions_for"]
 
 log = logging.getLogger(__name__)
 
-#: Stats-hash fields summed as hits / misses (the proxy writes some of these; absent ones count 0).
-HIT_FIELDS = ("hits", "exact_hits", "semantic_hits")
-MISS_FIELDS = ("misses",)
+#: Stats-hash fields summed as hits / misses (:mod:`llmcache.stats` writes ``hit``, ``semantic_hit``,
+#: ``miss``; the plural spellings are read too). Absent fields count 0.
+HIT_FIELDS = ("hit", "semantic_hit", "hits", "semantic_hits")
+MISS_FIELDS = ("miss", "misses")
 #: Stats-hash fields naming the policy (``namespace/name``) whose sidecar wrote the counters.
 POLICY_FIELDS = ("policy", "group")
 
@@ -94,6 +96,40 @@ async def hit_counters(r: aioredis.Redis, ks: Keyspace, policy_id: str, *, scan_
         hits += sum(_int(fields.get(f)) for f in HIT_FIELDS)
         misses += sum(_int(fields.get(f)) for f in MISS_FIELDS)
     return Counters(num_hits=hits, num_misses=misses)
+
+
+# Σ lfu scores of a group, summed inside Redis (no transfer of the set). Capped by the caller.
+_SUM_SCORES = """
+local total = 0
+local z = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 2, #z, 2 do total = total + tonumber(z[i]) end
+return tostring(total)
+"""
+
+
+async def group_counters(r: aioredis.Redis, ks: Keyspace, group: str, *,
+                         max_members: int = 100_000) -> Counters | None:
+    """Hits and misses of a group estimated from its eviction bookkeeping; ``None`` above ``max_members``.
+
+    Every write adds 1 to its member's ``lfu`` score and a ``ctime`` member; every hit adds 1
+    to ``lfu``. So over the entries still cached: hits = Σ lfu − |ctime| and misses (that
+    were cached) = |ctime|. Entries already evicted or expired drop out of both sides.
+    """
+    num_members = await r.zcard(ks.group(group, "lfu"))
+    if num_members > max_members:
+        return None
+    total = float(_s(await r.eval(_SUM_SCORES, 1, ks.group(group, "lfu")))) if num_members else 0.0
+    created = int(await r.zcard(ks.group(group, "ctime")))
+    return Counters(num_hits=max(0, int(total) - created), num_misses=created)
+
+
+async def policy_counters(r: aioredis.Redis, ks: Keyspace, policy_id: str) -> Counters:
+    """The policy's hit/miss counts: stats hashes tagged with it when the proxies write such tags,
+    else the estimate of :func:`group_counters` (zeros when the group is too large to sum)."""
+    tagged = await hit_counters(r, ks, policy_id)
+    if tagged.num_hits + tagged.num_misses:
+        return tagged
+    return await group_counters(r, ks, policy_id) or Counters()
 
 
 def _now() -> str:
