@@ -283,7 +283,8 @@ async def _cacheable(request: web.Request, state: ProxyState, route: str,
     stream = route != "/v1/embeddings" and body.get("stream") is True
     opts = body.get("stream_options")
     include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
-    shape = keys.canonical_json(opts).decode() if stream else None
+    # Followers share the leader's raw chunks only when they asked for the same stream options.
+    shape = json.dumps(opts, sort_keys=True) if stream else None
     call = _Call(request=request, state=state, cfg=cfg, route=route, raw=raw, body=body, key=key,
                  tenant=tenant, namespace=namespace,
                  directives=cachecontrol.parse_request(request.headers.get("Cache-Control")),

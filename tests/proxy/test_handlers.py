@@ -646,3 +646,19 @@ async def test_stream_without_usage_does_not_answer_a_stream_that_wants_usage(pr
     assert (await collect_stream(with_usage.parse()))["usage"] is not None
     assert (await client.chat.completions.create(**CHAT)).usage is not None  # the new entry serves JSON too
     assert await stack.upstream_count() == 2
+
+
+async def test_odd_but_parseable_bodies_never_cause_a_proxy_error(proxy_stack) -> None:
+    stack = await proxy_stack()
+    seen = []
+    for raw in (b'{"model": "m", "temperature": 0, "messages": [], "top_p": NaN}',
+                b'{"model": "m", "temperature": 0, "stream": true, "stream_options": {"x": Infinity}, "messages": []}',
+                b'{"model": "m", "temperature": "0", "messages": []}',
+                '{"model": "m", "temperature": 0, "messages": [{"role": "user", "content": "\u00e9t\u00e9 \ud83d\ude00"}]}'
+                .encode("utf-8", "surrogatepass")):
+        status, headers, _ = await stack.post("/v1/chat/completions", None, raw=raw,
+                                              headers={"Content-Type": "application/json"})
+        seen.append((status, headers.get("X-LLMCache-Status")))
+    # NaN in a keyed field: forwarded uncached; NaN only in stream_options (not keyed): cached;
+    # a string temperature: not provably deterministic; invalid UTF-8: the upstream's own 400.
+    assert seen == [(200, "bypass"), (200, "miss"), (200, "bypass"), (400, "bypass")]
