@@ -8,8 +8,9 @@
 
 While open, :meth:`Breaker.call` raises :class:`CacheUnavailable` at once (no
 network), so a dead Redis costs nothing per request; callers turn it into a
-``bypass``. A slow Redis (past the deadline), an unreachable one and a full one
-(``OOM command not allowed``) all count as failures.
+``bypass``. A slow Redis (past the deadline) and an unreachable one count as
+failures. A full one (``OOM command not allowed``) fails the write only: it
+still answers reads, so it does not open the breaker and hits keep coming.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class Breaker:
             probe = self._probing = True  # half-open: exactly one request tries
         try:
             result = await asyncio.wait_for(op(), timeout_s if timeout_s is not None else self.timeout_s)
+        except redis.exceptions.OutOfMemoryError as exc:
+            # A full Redis refuses writes but still answers reads: keep serving hits.
+            self.num_failures_total += 1
+            raise CacheUnavailable("redis is full (maxmemory reached); entry not stored") from exc
         except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
             self._on_failure(exc, probe=probe)
             raise CacheUnavailable(f"redis operation failed: {type(exc).__name__}") from exc

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio
+import redis.exceptions
 
 from llmcache.keyspace import Keyspace
 
@@ -159,9 +160,13 @@ class RedisExactStore:
 
     async def get(self, key_hash: str, *, group: str) -> bytes | None:
         ks = self._ks
-        value = await self._get_and_touch(
-            keys=[ks.entry(key_hash), ks.group(group, "lru"), ks.group(group, "lfu")],
-            args=[time.time(), key_hash])
+        try:
+            value = await self._get_and_touch(
+                keys=[ks.entry(key_hash), ks.group(group, "lru"), ks.group(group, "lfu")],
+                args=[time.time(), key_hash])
+        except redis.exceptions.OutOfMemoryError:
+            # A full Redis refuses the bookkeeping writes; the entry itself can still be read.
+            value = await self._redis.get(ks.entry(key_hash))
         return value  # type: ignore[no-any-return]
 
     async def put(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str) -> int:

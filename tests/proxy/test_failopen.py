@@ -89,12 +89,16 @@ async def test_full_redis_still_answers(proxy_stack, redis_factory) -> None:
     stack = await proxy_stack(redis_url=server.url)
     r = aioredis.Redis.from_url(server.url)
     try:
+        await stack.post("/v1/chat/completions", CHAT)  # stored before Redis fills up
         await r.config_set("maxmemory-policy", "noeviction")
         await r.config_set("maxmemory", "1")  # every write is refused with OOM
-        for _ in range(2):
-            status, headers, payload = await stack.post("/v1/chat/completions", CHAT)
-            assert status == 200 and headers["X-LLMCache-Status"] == "miss"  # reads work, writes don't
-        assert await stack.upstream_count() == 2
-        assert await r.dbsize() == 0
+        n_keys = await r.dbsize()
+        for i in range(6):
+            status, headers, payload = await stack.post("/v1/chat/completions", body(i))
+            assert status == 200 and headers["X-LLMCache-Status"] == "miss"  # answered; not stored
+        assert await r.dbsize() == n_keys
+        assert stack.state.breaker.state == "closed"  # refused writes do not open the breaker...
+        status, headers, _ = await stack.post("/v1/chat/completions", CHAT)
+        assert status == 200 and headers["X-LLMCache-Status"] == "hit"  # ...so hits keep coming
     finally:
         await r.aclose()
