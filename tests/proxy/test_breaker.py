@@ -95,3 +95,16 @@ async def test_only_one_probe_at_a_time() -> None:
         await b.call(ok)  # a second request while the probe is out is refused
     gate.set()
     assert await probe == "ok" and b.state == "closed"
+
+
+async def test_a_full_redis_does_not_open_the_breaker() -> None:
+    b = Breaker(timeout_s=1, failure_threshold=2)
+
+    async def full() -> str:
+        raise redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'")
+
+    for _ in range(5):
+        with pytest.raises(CacheUnavailable, match="full"):
+            await b.call(full)
+    assert b.state == "closed" and b.num_failures_total == 5
+    assert await b.call(ok) == "ok"
