@@ -25,6 +25,7 @@ import importlib.resources
 import json
 import logging
 import math
+import signal
 import sys
 import time
 import uuid
@@ -115,20 +116,20 @@ class RequestResult:
 
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """USD per million tokens used to price what hits saved.
+    """USD per 1000 tokens used to price what hits saved (same unit as the proxy's flags).
 
-    Defaults are list prices of a mid-size hosted model (2.50 input / 10.00
-    output), a typical thing to put behind a cache; set your own with
-    ``--price-input-per-1m`` / ``--price-output-per-1m``.
+    Defaults are list prices of a mid-size hosted model (0.0025 input / 0.01
+    output per 1k tokens), a typical thing to put behind a cache; set your own
+    with ``--price-input-per-1k`` / ``--price-output-per-1k``.
     """
 
-    input_per_1m: float = 2.50
-    """USD per 1M prompt tokens."""
-    output_per_1m: float = 10.00
-    """USD per 1M completion tokens."""
+    input_per_1k: float = 0.0025
+    """USD per 1000 prompt tokens."""
+    output_per_1k: float = 0.01
+    """USD per 1000 completion tokens."""
 
     def cost(self, *, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens * self.input_per_1m / 1e6 + completion_tokens * self.output_per_1m / 1e6
+        return prompt_tokens * self.input_per_1k / 1e3 + completion_tokens * self.output_per_1k / 1e3
 
 
 # -- workload ---------------------------------------------------------------------------------
@@ -357,7 +358,7 @@ def summarize(results: Sequence[RequestResult], *, prices: Prices | None = None)
             "prompt_tokens": saved_prompt,
             "completion_tokens": saved_completion,
             "usd": prices.cost(prompt_tokens=saved_prompt, completion_tokens=saved_completion),
-            "prices_usd_per_1m": {"input": prices.input_per_1m, "output": prices.output_per_1m},
+            "prices_usd_per_1k": {"input": prices.input_per_1k, "output": prices.output_per_1k},
         },
         "negatives": len(negatives),
         "false_hits": [r.id for r in negatives if r.false_hit],
@@ -391,15 +392,15 @@ def format_report(summary: dict[str, Any], *, title: str = "") -> str:
         lines.append(f"{kind:<14}" + "".join(f"{counts.get(s, 0):>14}" for s in STATUSES))
     pc = summary["prefix_cache"]
     saved = summary["saved"]
-    prices = saved["prices_usd_per_1m"]
+    prices = saved["prices_usd_per_1k"]
     lines += [
         "",
         f"prefix KV cache at the model server: {pc['cached_tokens']:,} of {pc['prompt_tokens']:,} prompt tokens "
         f"reused ({pc['cached_share']:.1%}) over {pc['model_requests']} requests",
         f"answered from cache: {saved['requests']} requests, {saved['prompt_tokens']:,} prompt + "
         f"{saved['completion_tokens']:,} completion tokens not computed",
-        f"estimated money saved: ${saved['usd']:.4f} (at ${prices['input']:.2f} input / "
-        f"${prices['output']:.2f} output per 1M tokens)",
+        f"estimated money saved: ${saved['usd']:.4f} (at ${prices['input']:g} input / "
+        f"${prices['output']:g} output per 1k tokens)",
         f"false hits on the {summary['negatives']} built-in negatives: {len(summary['false_hits'])}"
         + (f"  <-- {', '.join(summary['false_hits'])}" if summary["false_hits"] else ""),
         f"requests with the expected status: {summary['expectations']['met']}/{summary['expectations']['total']}",
@@ -472,10 +473,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
              help="max_tokens per request; small so the demo stays fast on a CPU")
     add_flag(parser, "--request-model", default=None,
              help="model name to send (default: the first one GET /v1/models lists)")
-    add_flag(parser, "--price-input-per-1m", default=Prices().input_per_1m, type=float,
-             help="USD per 1M input tokens, to price what hits saved")
-    add_flag(parser, "--price-output-per-1m", default=Prices().output_per_1m, type=float,
-             help="USD per 1M output tokens, to price what hits saved")
+    add_flag(parser, "--price-input-per-1k", default=Prices().input_per_1k, type=float,
+             help="USD per 1000 prompt tokens, to price what hits saved (also passed to the proxy)")
+    add_flag(parser, "--price-output-per-1k", default=Prices().output_per_1k, type=float,
+             help="USD per 1000 completion tokens, to price what hits saved (also passed to the proxy)")
     add_flag(parser, "--output-dir", default=Path("llmcache-demo-results"), type=Path,
              help="where demo.json and demo.png are written")
 
@@ -488,6 +489,10 @@ def _print_progress(result: RequestResult, total: int) -> None:
           flush=True)
 
 
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     # The HTTP client logs every request at INFO; the progress lines already say it better.
     for noisy in ("httpx", "httpx2", "httpcore", "openai"):
@@ -495,17 +500,22 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ConfigError("--max-tokens must be at least 1")
     workload = load_workload(args.workload, quick=args.quick)
-    prices = Prices(input_per_1m=args.price_input_per_1m, output_per_1m=args.price_output_per_1m)
+    prices = Prices(input_per_1k=args.price_input_per_1k, output_per_1k=args.price_output_per_1k)
     namespace = f"demo-{uuid.uuid4().hex[:8]}"
     stack: stack_mod.Stack | None = None
+    # SIGTERM (e.g. `timeout`, a CI runner) unwinds like Ctrl-C so the stack is stopped in order.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if args.base_url:
             base_url = args.base_url.rstrip("/")
             print(f"using the running stack at {base_url}", flush=True)
         else:
             print("starting the llmcache stack (Redis + model server + proxy) …", flush=True)
-            stack = stack_mod.Stack(stack_mod.config_from_args(args), progress=lambda line: print(f"  {line}",
-                                                                                                  flush=True))
+            config = stack_mod.config_from_args(args)
+            # The proxy prices its llmcache_saved_usd_total metric the same way.
+            config.proxy_args += ["--price-input-per-1k", str(prices.input_per_1k),
+                                  "--price-output-per-1k", str(prices.output_per_1k)]
+            stack = stack_mod.Stack(config, progress=lambda line: print(f"  {line}", flush=True))
             stack.start()
             base_url = stack.base_url
             print(f"stack ready at {base_url}", flush=True)
@@ -515,6 +525,7 @@ def run(args: argparse.Namespace) -> int:
         results = replay(base_url, workload, model=model, max_tokens=args.max_tokens, namespace=namespace,
                          progress=_print_progress)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if stack is not None:
             print("stopping the stack …", flush=True)
             stack.stop()

@@ -93,7 +93,7 @@ def test_summary_counts_false_hits_savings_and_prefix_share() -> None:
         _result(4, "semantic-hit", expect="no-hit", latency_ms=31, kind="negative"),
         _result(5, "miss", expect="no-hit", latency_ms=800, prompt=190, cached=180, kind="negative"),
     ]
-    s = demo.summarize(results, prices=demo.Prices(input_per_1m=1.0, output_per_1m=4.0))
+    s = demo.summarize(results, prices=demo.Prices(input_per_1k=1.0, output_per_1k=4.0))
     assert s["by_status"]["miss"]["requests"] == 3
     assert s["by_status"]["miss"]["p50_ms"] == 800 and s["by_status"]["miss"]["p95_ms"] == 900
     assert s["by_status"]["bypass"]["requests"] == 0 and s["by_status"]["bypass"]["p50_ms"] is None
@@ -103,7 +103,7 @@ def test_summary_counts_false_hits_savings_and_prefix_share() -> None:
                                  "cached_share": pytest.approx(370 / 600)}
     assert s["saved"]["prompt_tokens"] == 200 + 205 + 100
     assert s["saved"]["completion_tokens"] == 12 + 8 + 10
-    assert s["saved"]["usd"] == pytest.approx((505 * 1.0 + 30 * 4.0) / 1e6)
+    assert s["saved"]["usd"] == pytest.approx((505 * 1.0 + 30 * 4.0) / 1e3)
     assert s["negatives"] == 2
     assert s["false_hits"] == ["r4"]
     assert s["expectations"]["met"] == 5
