@@ -191,6 +191,10 @@ def _common(state: ServerState, body: dict[str, Any]) -> tuple[int, bool, dict[s
     use_prefix = body.get("prefix_cache", True)
     if not isinstance(use_prefix, bool):
         raise _HTTPError(400, "prefix_cache must be a boolean", param="prefix_cache")
+    for unsupported in ("logprobs", "top_logprobs", "echo", "best_of", "tools", "functions", "logit_bias"):
+        if body.get(unsupported) not in (None, False, 0, [], {}) and not (unsupported == "best_of" and body.get(unsupported) == 1):
+            raise _HTTPError(400, f"{unsupported} is not supported by the llmcache model server; remove it",
+                             param=unsupported, code="unsupported_parameter")
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise _HTTPError(400, "stream_options must be an object", param="stream_options")
@@ -319,9 +323,15 @@ async def _handle_generation(request: web.Request, *, chat: bool) -> web.StreamR
     n, stream, extras = _common(state, body)
     sampling = _sampling(state, body)
     sink = _sink(state, body)
-    prompt_ids = _chat_prompt_ids(state.loaded, body) if chat else _completion_prompt_ids(state.loaded, body)
-    choices = _Choices(engine, prompt_ids, sampling, n, enable_prefix_cache=extras["enable_prefix_cache"],
-                       cache_salt=extras["cache_salt"], sink=sink)
+    # Tokenizing a long prompt takes milliseconds: keep it off the event loop too.
+    prompt_ids = await asyncio.to_thread(_chat_prompt_ids if chat else _completion_prompt_ids, state.loaded, body)
+    try:
+        choices = _Choices(engine, prompt_ids, sampling, n, enable_prefix_cache=extras["enable_prefix_cache"],
+                           cache_salt=extras["cache_salt"], sink=sink)
+    except gen.InvalidRequestError as exc:
+        if not chat and exc.param == "messages":
+            exc.param = "prompt"
+        raise
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
     model = state.model_name
