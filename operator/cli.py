@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import random
 from typing import Any
 
 import kopf
@@ -48,6 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
              help="seconds between status refreshes per policy")
     add_flag(parser, "--peering-name", default=d.peering_name,
              help="kopf peering object shared by the replicas (its CRD ships in the chart)")
+    add_flag(parser, "--peering-priority", default=None, type=int,
+             help="kopf peering priority; the highest live replica reconciles (random when unset)")
     add_flag(parser, "--standalone", action="store_true", help="run without peering (one replica, or tests)")
 
 
@@ -61,7 +64,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         redis_url=args.redis_url, key_prefix=args.key_prefix, namespace=args.namespace,
         health_listen=args.health_listen, configmap_name=args.configmap_name,
         status_interval_s=args.status_interval_seconds, peering_name=args.peering_name,
-        standalone=bool(args.standalone), redis_retry_delay_s=base.redis_retry_delay_s,
+        standalone=bool(args.standalone), peering_priority=args.peering_priority,
+        redis_retry_delay_s=base.redis_retry_delay_s,
         webhook=WebhookSettings(listen=args.webhook_listen, cert_dir=args.webhook_cert_dir,
                                 sidecar=SidecarSettings.from_env()),
         eviction=EvictionSettings(interval_s=args.eviction_interval_seconds),
@@ -129,6 +133,10 @@ async def run_operator(settings: OperatorSettings, *, stop_flag: asyncio.Event |
             kwargs["standalone"] = True
         else:
             kwargs["peering_name"] = settings.peering_name
+            # Equal priorities make kopf pause every replica; a random draw orders them instead.
+            kwargs["priority"] = (settings.peering_priority if settings.peering_priority is not None
+                                  else random.SystemRandom().randint(1, 1_000_000))
+            log.info("peering %s with priority %s", settings.peering_name, kwargs["priority"])
         if settings.health_listen:
             host, port = parse_listen(settings.health_listen)
             kwargs["liveness_endpoint"] = f"http://{host}:{port}/healthz"

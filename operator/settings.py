@@ -126,5 +126,9 @@ class OperatorSettings:
     peering_name: str = "llmcache"
     #: Run without peering (single replica, or tests). Default False.
     standalone: bool = False
+    #: kopf peering priority: among live replicas only the highest reconciles, the others pause (and
+    #: keep serving the webhook). ``None`` (default) draws a random one per process, so replicas of
+    #: one Deployment order themselves instead of all pausing on equal priorities.
+    peering_priority: int | None = None
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     eviction: EvictionSettings = field(default_factory=EvictionSettings)

@@ -104,13 +104,15 @@ def start_operator(crds: Any, tmp_path: Path) -> Iterator[Callable[..., Operator
 
     def start(namespace: str, redis_url: str, *, webhook_listen: str = "", cert_dir: Path | None = None,
               eviction_interval_s: float = 0.5, status_interval_s: float = 1.0,
-              env: Mapping[str, str] | None = None) -> OperatorProcess:
+              peering_priority: int | None = None, env: Mapping[str, str] | None = None) -> OperatorProcess:
         port = free_port()
         args = [sys.executable, "-m", "llmcache", "operator",
-                "--redis-url", redis_url, "--namespace", namespace, "--standalone",
+                "--redis-url", redis_url, "--namespace", namespace,
                 "--health-listen", f"127.0.0.1:{port}", "--webhook-listen", webhook_listen,
                 "--eviction-interval-seconds", str(eviction_interval_s),
                 "--status-interval-seconds", str(status_interval_s)]
+        # Standalone unless a test is about peering (replicas).
+        args += ["--standalone"] if peering_priority is None else ["--peering-priority", str(peering_priority)]
         if cert_dir is not None:
             args += ["--webhook-cert-dir", str(cert_dir)]
         full_env = {k: v for k, v in crds.env().items() if not k.startswith("LLMCACHE_")}

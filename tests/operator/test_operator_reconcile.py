@@ -229,3 +229,25 @@ def test_policy_the_parser_rejects_is_marked_degraded(crds: Any, ns: str, r: red
     degraded = condition(get_cpol(crds, ns, "tiny"), "Degraded")
     assert degraded["reason"] == "InvalidSpec" and "spec.eviction.maxMemory" in degraded["message"]
     assert stored_doc(r, ns, "tiny") is None
+
+
+def test_replicas_peer_and_the_standby_takes_over(crds: Any, ns: str, r: redis.Redis, redis_plain_url: str,
+                                                  start_operator: Callable[..., Any]) -> None:
+    standby = start_operator(ns, redis_plain_url, peering_priority=10)
+    active = start_operator(ns, redis_plain_url, peering_priority=20)
+    assert crds.get("kopf.dev/v1", "KopfPeering", "llmcache", namespace=ns) is not None  # created at start
+    wait_for(lambda: "Pausing operations in favour of" in standby.log.read_text(), what="the standby to pause",
+             logs=[standby.log])
+
+    crds.apply(cachepolicy("p", {}), namespace=ns)
+    wait_for(lambda: stored_doc(r, ns, "p") is not None, what="publication", logs=[active.log])
+    assert "published policy" in active.log.read_text()
+    assert "published policy" not in standby.log.read_text()
+
+    # The active replica goes away (a rollout, a node loss): the standby resumes and reconciles.
+    active.stop()
+    wait_for(lambda: "Resuming operations" in standby.log.read_text(), what="the standby to resume",
+             logs=[standby.log])
+    crds.apply(cachepolicy("p", {"ttlSeconds": 5}), namespace=ns)
+    wait_for(lambda: (d := stored_doc(r, ns, "p")) is not None and d.generation == 2,
+             what="the standby publishing generation 2", logs=[standby.log])

@@ -15,7 +15,7 @@ def test_documented_defaults_are_pinned() -> None:
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert s.namespace == "" and s.configmap_name == "llmcache-policies"
     assert s.health_listen == "0.0.0.0:8081" and s.status_interval_s == 5.0
-    assert s.peering_name == "llmcache" and s.standalone is False
+    assert s.peering_name == "llmcache" and s.standalone is False and s.peering_priority is None
     assert s.webhook == WebhookSettings()
     assert s.webhook.listen == "0.0.0.0:9443" and s.webhook.native_sidecar_min_version == (1, 29)
     assert s.eviction == EvictionSettings(interval_s=10.0, batch_size=256, prune_scan_count=1000)
