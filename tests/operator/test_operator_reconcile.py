@@ -246,8 +246,10 @@ def test_replicas_peer_and_the_standby_takes_over(crds: Any, ns: str, r: redis.R
 
     # The active replica goes away (a rollout, a node loss): the standby resumes and reconciles.
     active.stop()
-    wait_for(lambda: "Resuming operations" in standby.log.read_text(), what="the standby to resume",
-             logs=[standby.log])
+    def resumed_after_pause() -> bool:
+        text = standby.log.read_text()
+        return "Resuming operations" in text[text.rindex("Pausing operations in favour of"):]
+    wait_for(resumed_after_pause, what="the standby to resume", logs=[standby.log])
     crds.apply(cachepolicy("p", {"ttlSeconds": 5}), namespace=ns)
     wait_for(lambda: (d := stored_doc(r, ns, "p")) is not None and d.generation == 2,
              what="the standby publishing generation 2", logs=[standby.log])
