@@ -26,6 +26,7 @@ from typing import Any
 import redis.asyncio
 from aiohttp import web
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from llmcache.keyspace import Keyspace
@@ -52,7 +53,12 @@ STATS_FLUSH_INTERVAL_S = 1.0
 
 
 def create_app(settings: ProxySettings) -> web.Application:
-    """Build the proxy application; nothing connects until the app starts."""
+    """Build the proxy application; nothing connects until the app starts.
+
+    Serve it as ``web.run_app`` does, without handler cancellation (aiohttp's default): a client
+    hanging up then ends only its own answer, while requests that joined its upstream call
+    keep receiving theirs.
+    """
     salt = settings.cache.tenant_salt
     if not salt:
         salt = generated_salt()
@@ -107,6 +113,9 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         socket_timeout=max(1.0, rs.timeout_ms / 1000 * 4),
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
+        # redis-py 8 would add a CLIENT MAINT_NOTIFICATIONS round trip to every new connection
+        # (managed-cloud failover hints); the breaker already covers reconnects.
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     state.redis = client
     state.store = RedisExactStore(client, keyspace=state.keyspace)

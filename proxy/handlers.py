@@ -23,6 +23,7 @@ hash, never prompt text or credentials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import importlib
 import json
@@ -582,7 +583,10 @@ async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
         out.content_length = int(resp.headers["Content-Length"])
     client_gone = False
     try:
-        await out.prepare(request)
+        try:
+            await out.prepare(request)
+        except ConnectionResetError:
+            client_gone = True
         async for chunk in resp.content.iter_any():
             if push:
                 flight.push(chunk)
@@ -595,11 +599,18 @@ async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
                     parts.clear()
                 else:
                     parts.append(chunk)
-            await out.write(chunk)
-        await out.write_eof()
-    except ConnectionResetError:
-        # The client left mid-answer: a cancelled request is never stored.
-        client_gone = True
+            if not client_gone:
+                try:
+                    await out.write(chunk)
+                except ConnectionResetError:
+                    client_gone = True
+            # Keep reading for requests that joined this call; with none left, stop the upstream.
+            if client_gone and flight.num_followers == 0:
+                break
+        else:
+            if not client_gone:
+                with contextlib.suppress(ConnectionResetError):
+                    await out.write_eof()
     except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
         log.info("upstream broke off the answer for %s (%s); not stored", call.log_key, type(exc).__name__)
         flight.fail()
@@ -607,11 +618,15 @@ async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
         return out
     finally:
         resp.release()
-    if client_gone:
-        log.info("client left before the answer for %s was complete; not stored", call.log_key)
-        flight.fail()
-        return out
     entry = _entry_from(call, recorder, parts) if recording else None
+    if client_gone:
+        # A cancelled request is never stored; requests that joined it still get the answer.
+        log.info("client left before the answer for %s was complete; not stored", call.log_key)
+        if flight.num_followers == 0 or entry is None:
+            flight.fail()
+        else:
+            flight.finish(entry)
+        return out
     flight.finish(entry)
     if entry is not None and not call.directives.no_store and call.redis_ok:
         await _store(call, entry)

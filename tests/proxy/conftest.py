@@ -14,16 +14,19 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from proxy_helpers import Stack, proxy_settings
 
 from llmcache.proxy.app import create_app
 from llmcache.proxy.stub_upstream import StubConfig, create_stub_app
+from llmcache.redis_server import free_port
 
 
 @pytest.fixture
 async def proxy_stack(redis_plain_url: str) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
     servers: list[TestServer] = []
+    runners: list[web.AppRunner] = []
     stacks: list[Stack] = []
     http = aiohttp.ClientSession()
 
@@ -34,10 +37,14 @@ async def proxy_stack(redis_plain_url: str) -> AsyncIterator[Callable[..., Await
         servers.append(up)
         upstream_url = str(up.make_url("")).rstrip("/")
         app = create_app(proxy_settings(redis_url or redis_plain_url, upstream_url, **overrides))
-        px = TestServer(app, host="127.0.0.1")
-        await px.start_server()
-        servers.append(px)
-        stack = Stack(proxy_url=str(px.make_url("")).rstrip("/"), upstream_url=upstream_url, app=app,
+        # Served like `llmcache proxy` serves it (web.run_app): aiohttp's TestServer would turn on
+        # handler cancellation, which production does not use.
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+        await runner.setup()
+        runners.append(runner)
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        stack = Stack(proxy_url=f"http://127.0.0.1:{port}", upstream_url=upstream_url, app=app,
                       stub=stub, http=http)
         stacks.append(stack)
         # Wait for readiness like the chart's probe does.
@@ -52,6 +59,8 @@ async def proxy_stack(redis_plain_url: str) -> AsyncIterator[Callable[..., Await
     for stack in stacks:
         for c in stack.clients:
             await c.close()
+    for runner in reversed(runners):
+        await runner.cleanup()
     for server in reversed(servers):
         await server.close()
     await http.close()

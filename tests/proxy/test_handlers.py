@@ -662,3 +662,31 @@ async def test_odd_but_parseable_bodies_never_cause_a_proxy_error(proxy_stack) -
     # NaN in a keyed field: forwarded uncached; NaN only in stream_options (not keyed): cached;
     # a string temperature: not provably deterministic; invalid UTF-8: the upstream's own 400.
     assert seen == [(200, "bypass"), (200, "miss"), (200, "bypass"), (400, "bypass")]
+
+
+async def test_followers_keep_streaming_when_the_leader_hangs_up(proxy_stack) -> None:
+    from llmcache.proxy.streaming import SSERecorder
+
+    stack = await proxy_stack()
+    stack.stub.chunk_delay_ms = 40
+    body = chat(stream=True, max_tokens=10)
+    auth = {"Authorization": "Bearer k"}
+    url = stack.proxy_url + "/v1/chat/completions"
+
+    async def follow() -> bytes:
+        async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=auth) as r:
+            return await r.read()
+
+    async with aiohttp.ClientSession() as leader:
+        async with leader.post(url, json=body, headers=auth) as r:
+            await r.content.readuntil(b"\n\n")
+            follower = asyncio.ensure_future(follow())
+            while stack.state.flights.num_coalesced_total == 0:  # until the follower has joined
+                await asyncio.sleep(0.01)
+        # leaving the blocks closes the leader's connection mid-stream
+    recorder = SSERecorder("/v1/chat/completions")
+    recorder.feed(await follower)
+    assert recorder.complete  # the follower got the whole answer, [DONE] included
+    assert await stack.upstream_count() == 1
+    status, headers, _ = await stack.post("/v1/chat/completions", body, headers=auth)
+    assert headers["X-LLMCache-Status"] == "miss"  # the leader hung up: nothing was stored
