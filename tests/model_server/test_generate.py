@@ -9,7 +9,7 @@ import torch
 
 from llmcache.model_server import generate as gen
 from llmcache.model_server import loader
-from tests.model_server.conftest import EngineFactory
+from .helpers import EngineFactory
 
 GREEDY = gen.SamplingParams(max_tokens=12, temperature=0.0)
 

@@ -14,7 +14,7 @@ import pytest
 from llmcache.model_server import handlers, loader
 from llmcache.model_server.settings import ModelServerSettings, ModelSettings, PrefixCacheSettings
 from llmcache.redis_server import free_port
-from tests.model_server.server_util import serve_in_thread
+from .helpers import serve_in_thread
 
 
 def _status(url: str) -> int:

@@ -11,7 +11,7 @@ from transformers import DynamicCache
 from llmcache.errors import ConfigError
 from llmcache.model_server import generate as gen
 from llmcache.model_server import loader, sink
-from tests.model_server.conftest import EngineFactory
+from .helpers import EngineFactory
 
 
 def _keys_at(model: loader.LoadedModel, ids: list[int], start_pos: int) -> list[torch.Tensor]:

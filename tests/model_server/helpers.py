@@ -1,17 +1,21 @@
-"""Run a model-server app on a real 127.0.0.1 port in a background thread (for sync clients)."""
+"""Test helpers: run a model-server app on a real 127.0.0.1 port in a thread; engine factory type."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from llmcache.model_server.generate import Engine
 from llmcache.model_server.handlers import STATE_KEY, ServerState
 from llmcache.redis_server import free_port
+
+#: ``make_engine(model, *, budget_bytes=…, enable_prefix_cache=…)`` (fixture in conftest.py).
+EngineFactory = Callable[..., Engine]
 
 
 @dataclass
