@@ -235,6 +235,11 @@ class _Call:
     def log_key(self) -> str:
         return keys.short(self.key)
 
+    @property
+    def wants_usage(self) -> bool:
+        """A JSON answer always carries usage; a stream only with ``include_usage``."""
+        return self.route != "/v1/embeddings" and (not self.stream or self.include_usage)
+
 
 async def cacheable(request: web.Request) -> web.StreamResponse:
     """Entry point for ``POST`` on a cacheable route."""
@@ -435,7 +440,7 @@ def _serve(call: _Call, entry: Entry, *, status: str) -> web.Response:
 
 async def _join(call: _Call) -> web.StreamResponse | None:
     """Serve from an identical request's upstream call in this process, if one is running."""
-    flight = call.state.flights.join(call.key)
+    flight = call.state.flights.join(call.key, needs_usage=call.wants_usage)
     if flight is None:
         return None
     call.state.metrics.coalesced.inc()
@@ -450,7 +455,8 @@ async def _miss(call: _Call, *, join: bool) -> web.StreamResponse:
             return served
     # Lead in-process first, so identical requests here join this flight while it waits for
     # another pod's lease.
-    flight = state.flights.lead(call.key, stream_shape=call.stream_shape)
+    flight = state.flights.lead(call.key, stream_shape=call.stream_shape,
+                                with_usage=not call.stream or call.include_usage)
     lease_key: str | None = None
     try:
         if state.lease is not None and call.redis_ok and not call.directives.no_store:
@@ -540,8 +546,7 @@ def _can_serve(call: _Call, entry: Entry) -> bool:
     Clients read usage, so such a request is fetched once; its answer (with usage) then replaces
     the entry and serves every shape.
     """
-    wants_usage = not call.stream or call.include_usage
-    return not wants_usage or entry.has_usage or entry.origin != "sse" or call.route == "/v1/embeddings"
+    return not call.wants_usage or entry.has_usage or entry.origin != "sse"
 
 
 async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:

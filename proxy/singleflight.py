@@ -37,14 +37,16 @@ log = logging.getLogger(__name__)
 class Flight:
     """One in-progress upstream call that followers can subscribe to."""
 
-    __slots__ = ("key_hash", "stream_shape", "chunks", "entry", "failed", "finished", "_changed",
-                 "num_followers")
+    __slots__ = ("key_hash", "stream_shape", "with_usage", "chunks", "entry", "failed", "finished",
+                 "_changed", "num_followers")
 
-    def __init__(self, key_hash: str, *, stream_shape: str | None) -> None:
+    def __init__(self, key_hash: str, *, stream_shape: str | None, with_usage: bool = True) -> None:
         self.key_hash = key_hash
         self.stream_shape = stream_shape
         """``None`` for a non-streaming leader, else a tag of its stream options; followers with the
         same tag receive the raw upstream chunks as they arrive."""
+        self.with_usage = with_usage
+        """Whether the answer will carry token usage (JSON answers do; streams only with include_usage)."""
         self.chunks: list[bytes] = []
         self.entry: Entry | None = None
         self.failed = False
@@ -103,17 +105,23 @@ class FlightGroup:
         self._flights: dict[str, Flight] = {}
         self.num_coalesced_total = 0
 
-    def join(self, key_hash: str) -> Flight | None:
-        """The running flight for ``key_hash`` (counting this follower), or ``None``."""
+    def join(self, key_hash: str, *, needs_usage: bool = False) -> Flight | None:
+        """The running flight for ``key_hash`` (counting this follower), or ``None``.
+
+        With ``needs_usage``, a flight whose answer will lack usage is not joined: its answer
+        could not serve this request, and waiting for it would only delay the request's own call.
+        """
         flight = self._flights.get(key_hash)
+        if flight is not None and needs_usage and not flight.with_usage:
+            return None
         if flight is not None:
             flight.num_followers += 1
             self.num_coalesced_total += 1
         return flight
 
-    def lead(self, key_hash: str, *, stream_shape: str | None) -> Flight:
+    def lead(self, key_hash: str, *, stream_shape: str | None, with_usage: bool = True) -> Flight:
         """Open a flight for ``key_hash``; the caller must :meth:`land` it in a ``finally``."""
-        flight = Flight(key_hash, stream_shape=stream_shape)
+        flight = Flight(key_hash, stream_shape=stream_shape, with_usage=with_usage)
         self._flights[key_hash] = flight
         return flight
 

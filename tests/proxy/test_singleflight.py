@@ -58,3 +58,12 @@ async def test_redis_lease_has_one_owner(redis_plain_url: str) -> None:
         assert not await a.held("k") and await b.acquire("k", ttl_s=5)
     finally:
         await r.aclose()
+
+
+def test_requests_needing_usage_do_not_join_a_flight_without_it() -> None:
+    group = FlightGroup()
+    group.lead("k", stream_shape="null", with_usage=False)
+    assert group.join("k", needs_usage=True) is None
+    assert group.join("k", needs_usage=False) is not None
+    group.lead("j", stream_shape=None)
+    assert group.join("j", needs_usage=True) is not None
