@@ -135,6 +135,8 @@ class RequestHandle:
         self._result: GenerationResult | None = None
         self._error: BaseException | None = None
         self.cancelled = False
+        self.submitted_at = time.monotonic()
+        """When the request was queued: TTFT includes the time spent waiting for the worker."""
 
     def cancel(self) -> None:
         """Ask the worker to stop this request at its next step (e.g. the client went away)."""
@@ -363,7 +365,7 @@ class Engine:
             st = _Running(handle=handle, namespace=ns, match=replace(match, kv=None) if match is not None else None,
                           cache=cache,
                           generator=torch.Generator().manual_seed(seed),
-                          submitted_at=time.monotonic(), cached_tokens=cached)
+                          submitted_at=handle.submitted_at, cached_tokens=cached)
             if self.metrics is not None:
                 self.metrics.running.inc()
                 self.metrics.prompt_tokens.inc(len(req.prompt_ids))

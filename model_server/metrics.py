@@ -35,7 +35,7 @@ class ModelServerMetrics:
         self.sink_evicted_tokens = Counter("llmcache_model_sink_evicted_tokens",
                                            "Tokens dropped from KV by the attention-sink window", registry=r)
         self.ttft_s = Histogram("llmcache_model_time_to_first_token_seconds",
-                                "Time from request admission to its first sampled token",
+                                "Time from queueing a request to its first sampled token",
                                 buckets=_LATENCY_BUCKETS_S, registry=r)
         self.inter_token_s = Histogram("llmcache_model_inter_token_seconds",
                                        "Time between consecutive generated tokens of one request",
