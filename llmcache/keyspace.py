@@ -62,7 +62,7 @@ class Keyspace:
 
     @property
     def vector_events(self) -> str:
-        """Stream of ``{op: add|del, k: key_hash}``: client-side vector indexes tail it (not under ``vector_prefix``)."""
+        """Stream of ``{op: add|del, k: key_hash, src: writer id}``: client-side vector indexes tail it (not under ``vector_prefix``)."""
         return f"{self.prefix}:vevents"
 
     def group(self, group: str, kind: str) -> str:

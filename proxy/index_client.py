@@ -4,7 +4,7 @@ Vectors live in Redis (same HASH documents as the Query Engine backend), so
 any pod can rebuild; each pod keeps an in-process numpy copy to search::
 
     start:    id₀ = last id of {p}:vevents;  SCAN {p}:v:* → rows
-    steady:   XREAD {p}:vevents from id₀ → add / delete rows (other pods' writes)
+    steady:   XREAD {p}:vevents from id₀ every poll_interval_s → add / delete rows (other pods' writes)
     every reconcile_interval_s: full SCAN rebuild, swapped in (repairs a trimmed stream, lost events)
     lookup:   dot products over the scope's live rows → top k → HMGET their documents
               (a missing or expired document drops the row: TTL needs no event)
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -131,7 +132,8 @@ class ClientIndex:
 
     name = "client"
 
-    def __init__(self, redis: Any, *, keyspace: Keyspace, dim: int, max_entries: int, reconcile_interval_s: float) -> None:
+    def __init__(self, redis: Any, *, keyspace: Keyspace, dim: int, max_entries: int, reconcile_interval_s: float,
+                 poll_interval_s: float = 0.05) -> None:
         self._redis = redis
         self._keyspace = keyspace
         self._dim = dim
@@ -140,6 +142,9 @@ class ClientIndex:
         self._rows = _Rows(dim)
         self._last_event_id = "0-0"
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._instance_id = uuid.uuid4().hex[:16]
+        self._poll_interval_s = poll_interval_s
         self.num_evicted_local = 0
         self.num_dropped_expired = 0
         self.num_rebuilds = 0
@@ -204,16 +209,26 @@ class ClientIndex:
         rows.put(key_hash, vec, scope_hash, exp_s)
 
     async def _follow(self) -> None:
+        # Short non-blocking reads and an interruptible wait: cancelling a blocking XREAD inside
+        # redis-py can leave the task stuck, so close() asks this loop to stop instead.
         stream = self._keyspace.vector_events
-        while True:
+        while not self._stop.is_set():
             try:
-                reply = await self._redis.xread({stream: self._last_event_id}, count=500, block=1000)
+                reply = await self._redis.xread({stream: self._last_event_id}, count=500)
                 await self._apply(reply)
-            except asyncio.CancelledError:
-                raise
+                if reply:
+                    continue
             except Exception as exc:  # noqa: BLE001 - keep following; reconciliation repairs gaps
                 log.warning("client vector index: event stream read failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(1.0)
+                await self._sleep(1.0)
+                continue
+            await self._sleep(self._poll_interval_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def _apply(self, reply: Any) -> None:
         entries: list[Any] = []
@@ -229,6 +244,8 @@ class ClientIndex:
         for event_id, fields in entries:
             self._last_event_id = _s(event_id)
             f = {_s(k): _s(v) for k, v in fields.items()}
+            if f.get("src") == self._instance_id:
+                continue  # this process's own write, already applied
             key_hash, op = f.get("k"), f.get("op")
             if not key_hash:
                 continue
@@ -243,12 +260,12 @@ class ClientIndex:
             await self._load_into(self._rows, [self._keyspace.vector(k) for k in dict.fromkeys(adds)])
 
     async def _reconcile_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._reconcile_interval_s)
+        while not self._stop.is_set():
+            await self._sleep(self._reconcile_interval_s)
+            if self._stop.is_set():
+                return
             try:
                 await self.rebuild()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # noqa: BLE001 - try again next period
                 log.warning("client vector index: reconciliation failed (%s)", type(exc).__name__)
 
@@ -299,7 +316,7 @@ class ClientIndex:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, max(1, int(ttl_s)))
-            pipe.xadd(self._keyspace.vector_events, {"op": "add", "k": key_hash}, maxlen=EVENTS_MAXLEN, approximate=True)
+            pipe.xadd(self._keyspace.vector_events, {"op": "add", "k": key_hash, "src": self._instance_id}, maxlen=EVENTS_MAXLEN, approximate=True)
             await pipe.execute()
         self._put(self._rows, key_hash, np.asarray(vector, dtype=np.float32), scope_hash, float(fields["exp"]))
         log.debug("client vector index: added %s", short(key_hash))
@@ -307,16 +324,17 @@ class ClientIndex:
     async def delete(self, key_hash: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._keyspace.vector(key_hash))
-            pipe.xadd(self._keyspace.vector_events, {"op": "del", "k": key_hash}, maxlen=EVENTS_MAXLEN, approximate=True)
+            pipe.xadd(self._keyspace.vector_events, {"op": "del", "k": key_hash, "src": self._instance_id}, maxlen=EVENTS_MAXLEN, approximate=True)
             await pipe.execute()
         self._rows.remove(key_hash)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        self._stop.set()
         for task in self._tasks:
             try:
-                await task
+                await asyncio.wait_for(asyncio.shield(task), 5.0)
+            except TimeoutError:
+                task.cancel()
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                 pass
         self._tasks.clear()
