@@ -29,7 +29,7 @@ import importlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,7 +350,7 @@ async def _load(call: _Call, key_hash: str, *, kind: str) -> Entry | None:
         entry = Entry.from_json(blob, route=call.route)
     except InvalidEntry as exc:
         log.warning("dropping invalid cache entry %s: %s", keys.short(key_hash), exc)
-        state.spawn(_guarded(state, store.delete(key_hash)))
+        state.spawn(_guarded(state, lambda: store.delete(key_hash)))
         return None
     if call.cfg.invalidate_before_s is not None and entry.created_s < call.cfg.invalidate_before_s:
         return None
@@ -366,10 +366,10 @@ def _note_redis_failure(state: ProxyState) -> None:
     state.metrics.breaker_open.set(1 if state.breaker.is_open else 0)
 
 
-async def _guarded(state: ProxyState, coro: Any) -> Any:
-    """Await a Redis coroutine under the breaker in the background; failures only count."""
+async def _guarded(state: ProxyState, op: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a Redis operation under the breaker in the background; failures only count."""
     try:
-        return await state.breaker.call(lambda: coro)
+        return await state.breaker.call(op)
     except CacheUnavailable:
         _note_redis_failure(state)
         return None
@@ -407,7 +407,7 @@ async def _semantic_lookup(call: _Call) -> web.StreamResponse | None:
     remaining_s = int(call.cfg.ttl_s - entry.age_s())
     if remaining_s >= 1 and state.store is not None:
         store = state.store
-        state.spawn(_guarded(state, store.put(call.key, entry, ttl_s=remaining_s, group=call.cfg.group)))
+        state.spawn(_guarded(state, lambda: store.put(call.key, entry, ttl_s=remaining_s, group=call.cfg.group)))
     return _serve(call, entry, status="semantic-hit")
 
 
@@ -471,7 +471,7 @@ async def _miss(call: _Call, *, join: bool) -> web.StreamResponse:
         state.flights.land(flight)
         if lease_key is not None and state.lease is not None:
             lease = state.lease
-            state.spawn(_guarded(state, lease.release(lease_key)))
+            state.spawn(_guarded(state, lambda: lease.release(lease_key)))
 
 
 async def _cross_pod_wait(call: _Call) -> Entry | str | None:
@@ -515,11 +515,12 @@ async def _follow(call: _Call, flight: Flight) -> web.StreamResponse | None:
                     await out.prepare(call.request)
                 await out.write(chunk)
         except ConnectionResetError:
+            flight.num_followers -= 1  # one reader fewer for the leader to keep the upstream open for
             return out or web.Response(status=499)
-        if out is None:  # the flight ended without a streamed byte: go upstream ourselves
-            if flight.entry is not None:
+        if out is None:  # the flight ended without a streamed byte
+            if flight.entry is not None and _can_serve(call, flight.entry):
                 return _serve(call, flight.entry, status="hit")
-            return None
+            return None  # go upstream ourselves
         if flight.failed:
             upstream.abort(call.request)
             return out
