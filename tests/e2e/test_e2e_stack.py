@@ -248,3 +248,79 @@ def test_up_children_die_with_it_even_on_sigkill(stub_upstream: str) -> None:
         if up.proc.poll() is None:
             up.proc.kill()
             up.proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_up_stops_everything_on_a_signal(stub_upstream: str, sig: signal.Signals) -> None:
+    up = start_up("--upstream", stub_upstream, with_model=False)
+    try:
+        up.wait_ready(timeout_s=240)
+        children = descendants(up.proc.pid)
+        up.proc.send_signal(sig)
+        out, _ = up.proc.communicate(timeout=60)
+    finally:
+        if up.proc.poll() is None:
+            up.proc.kill()
+            up.proc.wait()
+    assert up.proc.returncode == 0, out
+    assert "stopped: every part has exited and its port is free." in out
+    assert not any(alive(p) for p in children)
+    assert all(port_free(p) for p in up.ports.values())
+
+
+def test_up_interrupted_while_starting_stops_what_started(stub_upstream: str) -> None:
+    up = start_up("--upstream", stub_upstream, with_model=False)
+    assert up.proc.stdout is not None
+    try:
+        # Wait until Redis runs and the proxy is launching (it needs seconds to load its embedder).
+        for line in up.proc.stdout:
+            up.lines.append(line)
+            if line.startswith("proxy: starting"):
+                break
+        children = descendants(up.proc.pid)
+        assert children
+        up.proc.send_signal(signal.SIGINT)
+        out, _ = up.proc.communicate(timeout=60)
+    finally:
+        if up.proc.poll() is None:
+            up.proc.kill()
+            up.proc.wait()
+    assert up.proc.returncode == 130, out
+    assert "interrupted during start-up" in out
+    wait_until(lambda: not any(alive(p) for p in children), timeout_s=15, what="children to exit")
+    assert all(port_free(p) for p in up.ports.values())
+
+
+def test_demo_starts_its_own_stack_and_reports(tmp_path: Path, stub_upstream: str) -> None:
+    """``llmcache demo`` as ``make demo`` runs it (own stack, free ports), against the stub upstream
+    for speed: the report's counts come from the real proxy, Redis and embedder."""
+    out_dir = tmp_path / "out"
+    proc = subprocess.Popen(
+        [*LLMCACHE, "demo", "--quick", "--upstream", stub_upstream, "--output-dir", str(out_dir),
+         "--request-model", "stub-model"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True,
+    )
+    seen: set[int] = set()
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("stack ready at"):
+                seen = descendants(proc.pid)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = "".join(lines)
+    assert proc.returncode == 0, output
+    assert len(seen) >= 2  # Redis and the proxy ran as children ...
+    assert not any(alive(p) for p in seen)  # ... and are gone once the demo has finished.
+    assert f"results: {(out_dir / 'demo.json').resolve()}" in output
+    summary = json.loads((out_dir / "demo.json").read_text())["summary"]
+    assert summary["by_kind"]["repeat"]["hit"] == sum(
+        r.kind == "repeat" for r in demo.load_workload(quick=True).requests)
+    assert summary["by_status"]["semantic-hit"]["requests"] >= 1
+    assert summary["false_hits"] == []
+    assert "false hits on the" in output and "cache status" in output
