@@ -16,6 +16,9 @@ durations:
 3. **hit throughput**: concurrency 64, the same primed body → requests/s, and the
    RSS of the proxy's process tree sampled while it runs.
 
+For reference the same miss phase also runs through a bare aiohttp relay (no cache, ~20
+lines): the floor any aiohttp-based proxy pays on the machine at that moment.
+
 During the hit phases the stub's request counter must not move (every answer
 really came from the cache); the report states the number of upstream calls.
 
@@ -343,6 +346,34 @@ def run_aiohttp(url: str, *, mode: str, nonce: str, concurrency: int, duration_s
     return LoadResult(**json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def _relay_main(port: int, upstream: str) -> None:
+    """A bare aiohttp relay (no cache, no parsing): the floor any aiohttp proxy pays on this machine."""
+    import aiohttp
+    from aiohttp import web
+
+    session_key = web.AppKey("session", aiohttp.ClientSession)
+
+    async def ctx(app: web.Application) -> Any:
+        app[session_key] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+        yield
+        await app[session_key].close()
+
+    async def relay(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with request.app[session_key].post(upstream + request.path, data=body,
+                                                 headers={"Content-Type": "application/json"}) as r:
+            return web.Response(body=await r.read(), status=r.status, content_type="application/json")
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.cleanup_ctx.append(ctx)
+    app.router.add_post("/v1/chat/completions", relay)
+    app.router.add_get("/healthz", health)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
 # --------------------------------------------------------------------------------------------
 # HTTP helpers (stdlib, outside the timed phases)
 # --------------------------------------------------------------------------------------------
@@ -663,6 +694,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"direct upstream: miss latency (c=1, {args.duration_s:g}s) …", flush=True)
             direct = bench.load(stub, mode="unique", nonce=f"direct-{uuid.uuid4().hex[:8]}", concurrency=1)
 
+            relay_port = free_port()
+            relay_floor: dict[str, Any] | None = None
+            if not args.profile:
+                print(f"bare aiohttp relay (floor): miss latency (c=1, {args.duration_s:g}s) …", flush=True)
+                with _process([sys.executable, str(Path(__file__).resolve()), "_relay", str(relay_port), stub],
+                              log=work / "relay.log", env=env, cwd=work) as rp:
+                    rbase = f"http://127.0.0.1:{relay_port}"
+                    _wait_http(rbase + "/healthz", timeout_s=60, proc=rp, log=work / "relay.log")
+                    for i in range(5):
+                        post_chat(rbase, f"warm-relay-{i}")
+                    cpu0 = cpu_s(rp.pid)
+                    rl = bench.load(rbase, mode="unique", nonce=f"relay-{uuid.uuid4().hex[:8]}", concurrency=1)
+                    relay_floor = {**asdict(rl), "cpu_us_per_request": _per_req_us(cpu_s(rp.pid) - cpu0, rl)}
+
             ours = ProxyResult("llmcache")
             proxies.append(ours)
             base = f"http://127.0.0.1:{ours_port}"
@@ -704,6 +749,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     lite.error = f"{type(exc).__name__}: {exc}"[:2000]
 
     table, targets = build_report(direct, proxies)
+    if relay_floor is not None:
+        table += (f"\nreference: a bare aiohttp relay (no cache) adds p50 {relay_floor['p50_ms'] - direct.p50_ms:.2f}"
+                  f" / p99 {relay_floor['p99_ms'] - direct.p99_ms:.2f} ms to a miss and uses "
+                  f"{relay_floor['cpu_us_per_request']:.0f} µs CPU per request on this machine right now")
     header = (f"proxy_bench: upstream {args.upstream_latency_ms:g} ms fixed, loadgen {loadgen}, "
               f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}, {time.time() - started:.0f}s total")
     print()
@@ -720,6 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "hit_duration_s": args.hit_duration_s, "loadgen": loadgen, "loadgen_note": loadgen_note,
                    "litellm_spec": None if args.skip_litellm else args.litellm_spec},
         "direct_upstream": asdict(direct),
+        "bare_aiohttp_relay": relay_floor,
         "proxies": [asdict(p) for p in proxies],
         "targets": targets,
         "logs_dir": str(work),
@@ -733,6 +783,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_relay":
+        _relay_main(int(sys.argv[2]), sys.argv[3])
+        raise SystemExit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "_loadgen":
         _url, _mode, _nonce, _conc, _dur = sys.argv[2:7]
         print(json.dumps(asyncio.run(_aiohttp_load(_url, _mode, _nonce, int(_conc), float(_dur)))))
