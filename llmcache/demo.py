@@ -21,6 +21,7 @@ against the same Redis starts cold.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.resources
 import json
 import logging
@@ -28,6 +29,7 @@ import math
 import signal
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -303,6 +305,32 @@ def replay(
     return results
 
 
+def scrape_counters(metrics_url: str, names: Sequence[str], *, timeout_s: float = 5.0) -> dict[str, float] | None:
+    """Sum of the samples of each counter in ``names`` at a Prometheus ``/metrics`` URL.
+
+    ``None`` when the URL does not answer (the report then omits the cross-check).
+    """
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout_s) as resp:  # noqa: S310 - our own stack
+            text = resp.read().decode("utf-8", errors="replace")
+    except (OSError, ValueError):
+        return None
+    totals = {name: 0.0 for name in names}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        name = sample.split("{", 1)[0]
+        if name in totals:
+            with contextlib.suppress(ValueError):
+                totals[name] += float(value)
+    return totals
+
+
+#: Model-server counters the report cross-checks against the responses' usage.
+PREFIX_COUNTERS = ("llmcache_model_prefix_cache_queried_tokens_total", "llmcache_model_prefix_cache_hit_tokens_total")
+
+
 # -- report -----------------------------------------------------------------------------------
 def _percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile (``q`` in [0, 100]); ``None`` for no values."""
@@ -397,6 +425,12 @@ def format_report(summary: dict[str, Any], *, title: str = "") -> str:
         "",
         f"prefix KV cache at the model server: {pc['cached_tokens']:,} of {pc['prompt_tokens']:,} prompt tokens "
         f"reused ({pc['cached_share']:.1%}) over {pc['model_requests']} requests",
+    ]
+    metrics = pc.get("metrics")
+    if metrics:
+        lines.append(f"  model server /metrics over the run: {metrics['hit_tokens']:,.0f} prefix-cache hit tokens of "
+                     f"{metrics['queried_tokens']:,.0f} queried")
+    lines += [
         f"answered from cache: {saved['requests']} requests, {saved['prompt_tokens']:,} prompt + "
         f"{saved['completion_tokens']:,} completion tokens not computed",
         f"estimated money saved: ${saved['usd']:.4f} (at ${prices['input']:g} input / "
@@ -522,14 +556,22 @@ def run(args: argparse.Namespace) -> int:
         model = args.request_model or pick_model(base_url)
         print(f"replaying {len(workload.requests)} requests (model {model}, max_tokens {args.max_tokens}, "
               f"namespace {namespace}) …", flush=True)
+        metrics_url = f"{stack.model_server_url}/metrics" if stack is not None and stack.model_server_url else None
+        before = scrape_counters(metrics_url, PREFIX_COUNTERS) if metrics_url else None
         results = replay(base_url, workload, model=model, max_tokens=args.max_tokens, namespace=namespace,
                          progress=_print_progress)
+        after = scrape_counters(metrics_url, PREFIX_COUNTERS) if metrics_url else None
     finally:
         signal.signal(signal.SIGTERM, previous)
         if stack is not None:
             print("stopping the stack …", flush=True)
             stack.stop()
     summary = summarize(results, prices=prices)
+    if before is not None and after is not None:
+        summary["prefix_cache"]["metrics"] = {
+            "queried_tokens": after[PREFIX_COUNTERS[0]] - before[PREFIX_COUNTERS[0]],
+            "hit_tokens": after[PREFIX_COUNTERS[1]] - before[PREFIX_COUNTERS[1]],
+        }
     title = f"llmcache demo: {len(results)} requests via {base_url} (model {model})"
     print(format_report(summary, title="\n" + title))
     out_dir: Path = args.output_dir

@@ -207,6 +207,21 @@ class _Child:
             return ""
         return "\n".join(lines[-num_lines:])
 
+    def last_line(self, *, max_chars: int = 90) -> str:
+        """The child's latest log line (progress bars reduced to their last state), shortened."""
+        try:
+            with open(self.logfile, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 4096))
+                tail = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        parts = [p.strip() for p in tail.replace("\r", "\n").split("\n") if p.strip()]
+        if not parts:
+            return ""
+        line = parts[-1]
+        return line if len(line) <= max_chars else line[: max_chars - 1] + "…"
+
     def stop(self, *, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM the child's process group, SIGKILL it after ``grace_s``; idempotent."""
         proc = self.proc
@@ -388,9 +403,10 @@ class Stack:
                                  f"({child.ready_probe} never succeeded); last lines of {child.logfile}:\n"
                                  f"{child.tail()}")
             if now >= next_note:
-                self._progress(f"{child.name}: still starting ({now - started:.0f}s) …")
+                latest = child.last_line()
+                self._progress(f"{child.name}: starting ({now - started:.0f}s)" + (f": {latest}" if latest else " …"))
                 next_note = now + 5.0
-            time.sleep(0.2)
+            time.sleep(0.25)
 
     def dead_child(self) -> str | None:
         """Name of a part that has exited (``None`` while all are alive)."""

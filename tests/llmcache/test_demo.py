@@ -117,3 +117,38 @@ def test_plot_is_written(tmp_path: Path) -> None:
                _result(2, "semantic-hit", expect="no-hit", latency_ms=20)]
     path = demo.write_plot(results, tmp_path / "out" / "demo.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scrape_counters_sums_labelled_samples() -> None:
+    import http.server
+    import threading
+
+    body = (b"# HELP llmcache_model_prefix_cache_hit_tokens_total x\n"
+            b"# TYPE llmcache_model_prefix_cache_hit_tokens_total counter\n"
+            b"llmcache_model_prefix_cache_hit_tokens_total 120.0\n"
+            b'llmcache_model_requests_total{endpoint="chat",status="200"} 3.0\n'
+            b'llmcache_model_requests_total{endpoint="models",status="200"} 2.0\n'
+            b"llmcache_model_requests_created 1.7e9\n")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        got = demo.scrape_counters(url, ["llmcache_model_prefix_cache_hit_tokens_total",
+                                         "llmcache_model_requests_total", "absent_total"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert got == {"llmcache_model_prefix_cache_hit_tokens_total": 120.0, "llmcache_model_requests_total": 5.0,
+                   "absent_total": 0.0}
+    assert demo.scrape_counters(url, ["x"]) is None  # nothing listens any more
