@@ -80,8 +80,8 @@ class EvictionResult:
 
     #: Entries (``lru`` members) left after the pass.
     num_entries: int
-    #: Sum of recorded entry sizes left after the pass.
-    memory_bytes: int
+    #: Sum of recorded entry sizes left after the pass; ``None`` when no memory limit asked for it.
+    memory_bytes: int | None
     #: Members deleted to meet the limits.
     num_evicted: int
     #: Members dropped because their entry had already expired.
@@ -94,51 +94,73 @@ def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
+# The per-member work runs inside Redis, one script call per batch: a batch of 256 costs one
+# round trip and well under a millisecond of server time, where a client pipeline of the same
+# DEL/ZREM/XADD commands spent most of a pass packing and parsing in Python.
+# KEYS: lru, lfu, ctime, size, vector-events. ARGV: entry prefix, vector prefix, events maxlen,
+# mode ("all": delete entries too, "bookkeeping": leave entries, "dead": only members whose
+# entry is gone), then the members. Returns the number of members removed.
+_REMOVE = """
+local ep, vp, maxlen, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local removed = 0
+for i = 5, #ARGV do
+  local h = ARGV[i]
+  if mode ~= 'dead' or redis.call('EXISTS', ep .. h) == 0 then
+    if mode == 'all' then redis.call('DEL', ep .. h) end
+    if redis.call('DEL', vp .. h) == 1 then
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'op', 'del', 'k', h)
+    end
+    redis.call('ZREM', KEYS[1], h)
+    redis.call('ZREM', KEYS[2], h)
+    redis.call('ZREM', KEYS[3], h)
+    redis.call('HDEL', KEYS[4], h)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+# KEYS: lru, size. Returns {ZCARD lru, sum of size values as a string}.
+_USAGE = """
+local total = 0
+local sizes = redis.call('HVALS', KEYS[2])
+for i = 1, #sizes do total = total + (tonumber(sizes[i]) or 0) end
+return {redis.call('ZCARD', KEYS[1]), tostring(total)}
+"""
+
+
+async def _remove(r: aioredis.Redis, ks: Keyspace, group: str, members: Sequence[str], *, mode: str,
+                  batch_size: int = 256) -> int:
+    keys = [ks.group(group, "lru"), ks.group(group, "lfu"), ks.group(group, "ctime"), ks.group(group, "size"),
+            ks.vector_events]
+    removed = 0
+    for i in range(0, len(members), batch_size):
+        removed += int(await r.eval(_REMOVE, len(keys), *keys, ks.entry(""), ks.vector(""),
+                                    VECTOR_EVENTS_MAXLEN, mode, *members[i:i + batch_size]))
+    return removed
+
+
 async def delete_members(r: aioredis.Redis, ks: Keyspace, group: str, members: Sequence[str], *,
                          delete_entries: bool = True) -> None:
-    """Remove ``members`` from the group's bookkeeping and (with ``delete_entries``) their entry and vector."""
-    if not members:
-        return
-    async with r.pipeline(transaction=False) as pipe:
-        if delete_entries:
-            pipe.delete(*[ks.entry(h) for h in members])
-        for kind in ("lru", "lfu", "ctime"):
-            pipe.zrem(ks.group(group, kind), *members)
-        pipe.hdel(ks.group(group, "size"), *members)
-        # A vector doc without its entry can never be served; always drop it (one DEL each,
-        # to learn which existed and tell the client-side indexes).
-        for h in members:
-            pipe.delete(ks.vector(h))
-        results = await pipe.execute()
-    had_vector = [h for h, n in zip(members, results[-len(members):], strict=True) if n]
-    if had_vector:
-        async with r.pipeline(transaction=False) as pipe:
-            for h in had_vector:
-                pipe.xadd(ks.vector_events, {"op": "del", "k": h}, maxlen=VECTOR_EVENTS_MAXLEN, approximate=True)
-            await pipe.execute()
+    """Remove ``members`` from the group's bookkeeping and vector docs, and (``delete_entries``) their entries.
+
+    Each removed vector doc is announced on ``{p}:vevents`` (``op=del``) for client-side indexes.
+    """
+    if members:
+        await _remove(r, ks, group, members, mode="all" if delete_entries else "bookkeeping")
 
 
 async def group_usage(r: aioredis.Redis, ks: Keyspace, group: str) -> tuple[int, int]:
-    """``(entries, memory_bytes)`` of a group as its bookkeeping records them."""
-    async with r.pipeline(transaction=False) as pipe:
-        pipe.zcard(ks.group(group, "lru"))
-        pipe.hvals(ks.group(group, "size"))
-        count, sizes = await pipe.execute()
-    return int(count), sum(int(s) for s in sizes)
+    """``(entries, memory_bytes)`` of a group as its bookkeeping records them (sizes summed inside Redis)."""
+    count, total = await r.eval(_USAGE, 2, ks.group(group, "lru"), ks.group(group, "size"))
+    return int(count), int(float(_s(total)))
 
 
 async def _prune(r: aioredis.Redis, ks: Keyspace, group: str, *, cursor: int, count: int) -> tuple[int, int]:
     cursor, scored = await r.zscan(ks.group(group, "lru"), cursor=cursor, count=count)
     members = [_s(m) for m, _ in scored]
-    if not members:
-        return int(cursor), 0
-    async with r.pipeline(transaction=False) as pipe:
-        for h in members:
-            pipe.exists(ks.entry(h))
-        alive = await pipe.execute()
-    dead = [h for h, ok in zip(members, alive, strict=True) if not ok]
-    await delete_members(r, ks, group, dead, delete_entries=False)
-    return int(cursor), len(dead)
+    pruned = await _remove(r, ks, group, members, mode="dead") if members else 0
+    return int(cursor), pruned
 
 
 async def _candidates(r: aioredis.Redis, ks: Keyspace, group: str, order: str, n: int) -> list[str]:
@@ -165,7 +187,11 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
     order = _ORDER_SET[limits.policy]
     next_cursor, pruned = await _prune(r, ks, group, cursor=prune_cursor, count=prune_scan_count)
     evicted = 0
-    count, memory = await group_usage(r, ks, group)
+    # Summing sizes is O(entries) inside Redis: only when a memory limit needs it.
+    if limits.max_memory_bytes is not None:
+        count, memory = await group_usage(r, ks, group)
+    else:
+        count, memory = int(await r.zcard(ks.group(group, "lru"))), None
 
     # Each pass removes the excess measured at its start, then stops: with writers faster
     # than one pass, re-measuring in a loop would chase them forever.
@@ -178,9 +204,12 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
             await delete_members(r, ks, group, victims)
             evicted += len(victims)
             excess -= len(victims)
-        count, memory = await group_usage(r, ks, group)
+        if memory is not None:
+            count, memory = await group_usage(r, ks, group)
+        else:
+            count = int(await r.zcard(ks.group(group, "lru")))
 
-    if limits.max_memory_bytes is not None and memory > limits.max_memory_bytes:
+    if limits.max_memory_bytes is not None and memory is not None and memory > limits.max_memory_bytes:
         to_free = memory - limits.max_memory_bytes
         while to_free > 0:
             batch = await _candidates(r, ks, group, order, batch_size)

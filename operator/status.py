@@ -98,38 +98,36 @@ async def hit_counters(r: aioredis.Redis, ks: Keyspace, policy_id: str, *, scan_
     return Counters(num_hits=hits, num_misses=misses)
 
 
-# Σ lfu scores of a group, summed inside Redis (no transfer of the set). Capped by the caller.
-_SUM_SCORES = """
-local total = 0
-local z = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-for i = 2, #z, 2 do total = total + tonumber(z[i]) end
-return tostring(total)
-"""
-
-
-async def group_counters(r: aioredis.Redis, ks: Keyspace, group: str, *,
-                         max_members: int = 100_000) -> Counters | None:
-    """Hits and misses of a group estimated from its eviction bookkeeping; ``None`` above ``max_members``.
+async def group_counters(r: aioredis.Redis, ks: Keyspace, group: str, *, sample_size: int = 1000) -> Counters:
+    """Hits and misses of a group estimated from its eviction bookkeeping.
 
     Every write adds 1 to its member's ``lfu`` score and a ``ctime`` member; every hit adds 1
     to ``lfu``. So over the entries still cached: hits = Σ lfu − |ctime| and misses (that
     were cached) = |ctime|. Entries already evicted or expired drop out of both sides.
+    Σ lfu is exact up to ``sample_size`` members and estimated from a uniform sample
+    (``ZRANDMEMBER … WITHSCORES``) above that, so the cost never grows with the group.
     """
-    num_members = await r.zcard(ks.group(group, "lfu"))
-    if num_members > max_members:
-        return None
-    total = float(_s(await r.eval(_SUM_SCORES, 1, ks.group(group, "lfu")))) if num_members else 0.0
+    lfu = ks.group(group, "lfu")
+    num_members = int(await r.zcard(lfu))
+    if num_members <= sample_size:
+        scored = await r.zrange(lfu, 0, -1, withscores=True)
+        total = sum(float(score) for _, score in scored)
+    else:
+        sample = await r.zrandmember(lfu, sample_size, withscores=True)
+        scores = [float(v) for v in (sample[1::2] if sample and not isinstance(sample[0], (list, tuple))
+                                     else (pair[1] for pair in sample))]
+        total = num_members * sum(scores) / len(scores)
     created = int(await r.zcard(ks.group(group, "ctime")))
-    return Counters(num_hits=max(0, int(total) - created), num_misses=created)
+    return Counters(num_hits=max(0, round(total) - created), num_misses=created)
 
 
 async def policy_counters(r: aioredis.Redis, ks: Keyspace, policy_id: str) -> Counters:
     """The policy's hit/miss counts: stats hashes tagged with it when the proxies write such tags,
-    else the estimate of :func:`group_counters` (zeros when the group is too large to sum)."""
+    else the estimate of :func:`group_counters`."""
     tagged = await hit_counters(r, ks, policy_id)
     if tagged.num_hits + tagged.num_misses:
         return tagged
-    return await group_counters(r, ks, policy_id) or Counters()
+    return await group_counters(r, ks, policy_id)
 
 
 def _now() -> str:
