@@ -174,7 +174,7 @@ async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, 
     except upstream.UpstreamError as exc:
         return upstream.error_response(exc.status, exc.message, type_="upstream_error",
                                        headers={STATUS_HEADER: "bypass"})
-    state.metrics.upstream_seconds.labels(route).observe(time.perf_counter() - t0)
+    state.metrics.observe_upstream(route, time.perf_counter() - t0)
     return await upstream.relay(request, resp, extra_headers={STATUS_HEADER: "bypass"})
 
 
@@ -343,7 +343,7 @@ async def _load(call: _Call, key_hash: str, *, kind: str) -> Entry | None:
         _note_redis_failure(state)
         return None
     finally:
-        state.metrics.lookup_seconds.labels(kind).observe(time.perf_counter() - t0)
+        state.metrics.observe_lookup(kind, time.perf_counter() - t0)
     if blob is None:
         return None
     try:
@@ -394,7 +394,7 @@ async def _semantic_lookup(call: _Call) -> web.StreamResponse | None:
     except Exception:  # noqa: BLE001 - the facade promises not to raise; fail open if it does
         log.exception("semantic lookup failed for %s", call.log_key)
         match = None
-    state.metrics.lookup_seconds.labels("semantic").observe(time.perf_counter() - t0)
+    state.metrics.observe_lookup("semantic", time.perf_counter() - t0)
     if match is None:
         return None
     entry = await _load(call, match.key_hash, kind="exact")
@@ -568,7 +568,7 @@ async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
         log.info("upstream failed for %s: %s", call.log_key, exc.message)
         return upstream.error_response(exc.status, exc.message, type_="upstream_error",
                                        headers={STATUS_HEADER: call.status})
-    state.metrics.upstream_seconds.labels(call.route).observe(time.perf_counter() - t0)
+    state.metrics.observe_upstream(call.route, time.perf_counter() - t0)
     state.metrics.count(call.route, call.status)
     state.stats.add(call.namespace, call.status)
     ctype = resp.headers.get("Content-Type", "")

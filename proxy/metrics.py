@@ -45,12 +45,16 @@ class ProxyMetrics:
         self.served_bytes = Counter("llmcache_served_bytes", "Answer bytes served from the cache", registry=r)
         self.served_tokens = Counter("llmcache_served_tokens", "Tokens served from the cache", ["kind"],
                                      registry=r)
+        self._prompt_tokens = self.served_tokens.labels("prompt")
+        self._completion_tokens = self.served_tokens.labels("completion")
         self.saved_usd = Counter("llmcache_saved_usd", "Estimated money saved by cache hits (USD)", registry=r)
         self.coalesced = Counter("llmcache_coalesced", "Requests that joined an in-flight upstream call",
                                  registry=r)
         self.redis_failures = Counter("llmcache_redis_failures", "Redis operations that failed, timed out or met an open breaker",
                                       registry=r)
         self._request_children: dict[tuple[str, str], Any] = {}
+        self._lookup_children: dict[str, Any] = {}
+        self._upstream_children: dict[str, Any] = {}
         self.breaker_open = Gauge("llmcache_breaker_open", "1 while the Redis circuit breaker is open",
                                   registry=r)
 
@@ -61,13 +65,25 @@ class ProxyMetrics:
             child = self._request_children[(route, cache_status)] = self.requests.labels(route, cache_status)
         child.inc()
 
+    def observe_lookup(self, kind: str, seconds: float) -> None:
+        child = self._lookup_children.get(kind)
+        if child is None:
+            child = self._lookup_children[kind] = self.lookup_seconds.labels(kind)
+        child.observe(seconds)
+
+    def observe_upstream(self, route: str, seconds: float) -> None:
+        child = self._upstream_children.get(route)
+        if child is None:
+            child = self._upstream_children[route] = self.upstream_seconds.labels(route)
+        child.observe(seconds)
+
     def served_from_cache(self, *, num_bytes: int, prompt_tokens: int, completion_tokens: int) -> None:
         """Account one answer served without an upstream call."""
         self.served_bytes.inc(num_bytes)
         if prompt_tokens:
-            self.served_tokens.labels("prompt").inc(prompt_tokens)
+            self._prompt_tokens.inc(prompt_tokens)
         if completion_tokens:
-            self.served_tokens.labels("completion").inc(completion_tokens)
+            self._completion_tokens.inc(completion_tokens)
         saved = (prompt_tokens * self.price_input_per_1k + completion_tokens * self.price_output_per_1k) / 1000
         if saved:
             self.saved_usd.inc(saved)
