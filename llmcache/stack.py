@@ -465,7 +465,7 @@ def add_stack_flags(parser: argparse.ArgumentParser, *, any_port: bool = False) 
              help="proxy cache mode (proxy default when unset)")
     add_flag(parser, "--log-dir", default=None, type=Path,
              help="directory for the parts' logs (a temporary directory when unset)")
-    add_flag(parser, "--ready-timeout-s", default=300.0, type=float,
+    add_flag(parser, "--ready-timeout-seconds", default=300.0, type=float,
              help="seconds to wait for each part to become ready")
     add_flag(parser, "--cpu-threads", default=None, type=int,
              help="torch CPU threads of the model server and of the proxy's embedder "
@@ -478,7 +478,7 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
     return StackConfig(
         listen=args.listen, model_listen=args.model_listen, redis_listen=args.redis_listen,
         redis_url=args.redis_url, upstream=args.upstream, model=args.model, device=args.device,
-        mode=args.mode, log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_s, verbose=args.verbose,
+        mode=args.mode, log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_seconds, verbose=args.verbose,
         cpu_threads=args.cpu_threads,
     )
 
