@@ -98,13 +98,24 @@ async def _ensure_peering(kube: KubeClient, settings: OperatorSettings) -> None:
     body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": settings.peering_name}}
     try:
         await kube.request("POST", path, body=body)
+        log.info("created %s %s", kind, settings.peering_name)
+        return
     except ApiError as exc:
         if exc.status == 409:
             return
         if exc.status == 404:
             raise ConfigError(f"the kopf peering CRDs are not installed ({kind}): apply "
                               "charts/llmcache/crds/kopf-peering.yaml, or pass --standalone for one replica") from exc
-        log.warning("cannot create %s %s (%s); kopf will use it if it exists", kind, settings.peering_name, exc)
+        if exc.status != 403:
+            raise
+    # Not allowed to create it: fine if it exists, fatal otherwise (kopf would pause forever).
+    try:
+        await kube.request("GET", f"{path}/{settings.peering_name}")
+    except ApiError as exc:
+        raise ConfigError(
+            f"{kind} {settings.peering_name!r} does not exist and this service account may not create it: "
+            f"grant 'create' on {kind.lower()}s.kopf.dev, create the object, or run one replica with "
+            "--standalone") from exc
 
 
 async def run_operator(settings: OperatorSettings, *, stop_flag: asyncio.Event | None = None,
