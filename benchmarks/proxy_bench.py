@@ -683,6 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = Bench(loadgen=loadgen, duration_s=args.duration_s, hit_duration_s=args.hit_duration_s, workdir=work)
     proxies: list[ProxyResult] = []
     started = time.time()
+    load_at_start = os.getloadavg()[0]
     with EmbeddedRedis(with_search=False) as redis_server:
         stub_port, ours_port, lite_port = free_port(), free_port(), free_port()
         stub = f"http://127.0.0.1:{stub_port}"
@@ -754,7 +755,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f" / p99 {relay_floor['p99_ms'] - direct.p99_ms:.2f} ms to a miss and uses "
                   f"{relay_floor['cpu_us_per_request']:.0f} µs CPU per request on this machine right now")
     header = (f"proxy_bench: upstream {args.upstream_latency_ms:g} ms fixed, loadgen {loadgen}, "
-              f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.1f}, {time.time() - started:.0f}s total")
+              f"{os.cpu_count()} CPUs, load avg {load_at_start:.1f} → {os.getloadavg()[0]:.1f}, "
+              f"{time.time() - started:.0f}s total")
     print()
     print(header)
     print(table)
@@ -763,7 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "proxy_bench",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join([Path(sys.executable).name, "benchmarks/proxy_bench.py", *(argv or sys.argv[1:])]),
-        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": load_at_start,
+                    "load_avg_1m_at_end": os.getloadavg()[0],
                     "python": platform.python_version(), "platform": platform.platform()},
         "config": {"upstream_latency_ms": args.upstream_latency_ms, "duration_s": args.duration_s,
                    "hit_duration_s": args.hit_duration_s, "loadgen": loadgen, "loadgen_note": loadgen_note,
