@@ -8,6 +8,9 @@ on 127.0.0.1. Modes:
 - ``cache-on``   — the first request fills the cache (a miss), the other 29 hit;
 - ``naive``      — ``model.generate`` on the whole prompt each time (no server).
 
+The three modes run interleaved question by question (rotating order), so a busy machine
+slows them alike.
+
 Workload B (0% shared): distinct prompts with no common prefix, cache on vs off
 interleaved request by request, to show the cache's overhead when it never hits. The
 server's own ``llmcache_model_prefix_cache_op_seconds`` histogram isolates the time
@@ -249,13 +252,23 @@ def main(argv: list[str] | None = None) -> int:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
         # Warm-up (allocator, kernels) on an unrelated prompt, without touching the cache.
         timed_stream(client, chat_messages=[{"role": "user", "content": "Hello"}], max_tokens=4, prefix_cache=False)
-        for mode, use in (("cache-off", False), ("cache-on", True)):
-            rows = []
-            for i, conv in enumerate(convs):
-                rows.append(timed_stream(client, chat_messages=conv, max_tokens=args.max_tokens, prefix_cache=use))
-                print(f"  {mode:9s} q{i:02d} ttft {rows[-1]['ttft_s'] * 1000:8.1f} ms  "
-                      f"cached {rows[-1]['cached_tokens']}", flush=True)
-            results[mode] = rows
+        # Interleave the modes question by question (rotating their order) so that load on a
+        # shared machine hits every mode alike; cache-off requests neither read nor fill the cache.
+        if not args.skip_naive:
+            naive_generate(model, [{"role": "user", "content": "Hello"}], 4)  # warm-up
+        modes = ["cache-off", "cache-on"] + ([] if args.skip_naive else ["naive-generate"])
+        for mode in modes:
+            results[mode] = []
+        for i, conv in enumerate(convs):
+            for mode in modes[i % len(modes):] + modes[:i % len(modes)]:
+                if mode == "naive-generate":
+                    row = naive_generate(model, conv, args.max_tokens)
+                else:
+                    row = timed_stream(client, chat_messages=conv, max_tokens=args.max_tokens,
+                                       prefix_cache=mode == "cache-on")
+                results[mode].append(row)
+            print(f"  q{i:02d} ttft ms: " + "  ".join(f"{m} {results[m][-1]['ttft_s'] * 1000:8.1f}" for m in modes)
+                  + f"  cached {results['cache-on'][-1]['cached_tokens']}", flush=True)
 
         # 0%-shared overhead: interleave on/off per prompt so machine noise hits both alike.
         ops_before = metric_sum(url, "llmcache_model_prefix_cache_op_seconds_sum")
@@ -269,14 +282,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"cached {over['zero-shared-on'][-1]['cached_tokens']}", flush=True)
         cache_op_s = metric_sum(url, "llmcache_model_prefix_cache_op_seconds_sum") - ops_before
         results.update(over)
-
-    if not args.skip_naive:
-        naive_generate(model, [{"role": "user", "content": "Hello"}], 4)  # warm-up
-        rows = []
-        for i, conv in enumerate(convs):
-            rows.append(naive_generate(model, conv, args.max_tokens))
-            print(f"  naive     q{i:02d} ttft {rows[-1]['ttft_s'] * 1000:8.1f} ms", flush=True)
-        results["naive-generate"] = rows
 
     summary = {mode: summarize(rows) for mode, rows in results.items()}
     off, on = summary["cache-off"], summary["cache-on"]
