@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import ssl
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import requests
 
+from llmcache.errors import ConfigError
 from llmcache.operator import webhook
-from llmcache.operator.settings import SidecarSettings
+from llmcache.operator.settings import SidecarSettings, WebhookSettings
 from llmcache.redis_server import free_port
 from opkit import apply_json_patch, pod_manifest, wait_for, write_self_signed_cert
 
@@ -206,3 +210,39 @@ def test_webhook_server_answers_reviews_without_patching_unwanted_pods(webhook_o
     bad = requests.post(f"{webhook_operator.url}/mutate-pods", data=b"not json",
                         verify=webhook_operator.ca, timeout=10)
     assert bad.status_code == 400 and "AdmissionReview" in bad.json()["error"]
+
+
+# -- the HTTPS server in-process -----------------------------------------------------------------
+
+async def test_server_reloads_a_rotated_certificate(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    first = write_self_signed_cert(certs)
+    port = free_port()
+    settings = WebhookSettings(listen=f"127.0.0.1:{port}", cert_dir=str(certs), sidecar=SIDECAR)
+
+    async def healthz(ca_pem: bytes) -> bool:
+        ctx = ssl.create_default_context(cadata=ca_pem.decode())
+        try:
+            async with aiohttp.ClientSession() as session, \
+                    session.get(f"https://127.0.0.1:{port}/healthz", ssl=ctx) as resp:
+                return resp.status == 200
+        except aiohttp.ClientConnectorError:
+            return False
+
+    async with webhook.serve(settings, native_sidecar=True, configmap_name="cm", reload_interval_s=0.05):
+        assert await healthz(first)
+        await asyncio.sleep(0.02)  # a different mtime for the rotated files
+        second = write_self_signed_cert(certs)  # what cert-manager / the cert Job do on renewal
+        for _ in range(100):
+            if await healthz(second):
+                break
+            await asyncio.sleep(0.05)
+        assert await healthz(second)
+        assert not await healthz(first)
+
+
+async def test_server_without_certificates_says_how_to_fix_it(tmp_path: Path) -> None:
+    settings = WebhookSettings(listen="127.0.0.1:0", cert_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="--webhook-listen ''"):
+        async with webhook.serve(settings, native_sidecar=True, configmap_name="cm"):
+            pass
