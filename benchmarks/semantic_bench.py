@@ -1,0 +1,299 @@
+"""Semantic cache performance: lookup latency under concurrency, micro-batching, KNN at 100k entries, exact path.
+
+    .venv/bin/python benchmarks/semantic_bench.py [--entries 100000] [--lookups 640] [--skip-proxy]
+
+Runs against embedded Redis servers (Valkey + RediSearch, and plain Valkey) it
+starts itself, with the local all-MiniLM-L6-v2 embedder. Measures:
+
+1. semantic lookup (embed + KNN + verify) latency p50/p99 at 32 concurrent callers,
+   every query a new text (no embedding reuse), and lookups/s with micro-batching
+   (max_batch 64) versus without (max_batch 1);
+2. KNN alone over ``--entries`` stored vectors in one scope: p50/p99 for the Query Engine
+   backend (HNSW) and the client-side backend (numpy), with the client index's memory;
+3. the proxy's exact-hit latency with ``--mode exact`` versus ``--mode both`` (exact is
+   checked first, so it must not get slower) — needs llmcache.proxy.app.
+
+Prints a table and writes ``benchmarks/results/semantic_bench.json`` and ``semantic_bench.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import redis.asyncio as aioredis  # noqa: E402
+
+from llmcache.keys import semantic_parts  # noqa: E402
+from llmcache.keyspace import Keyspace  # noqa: E402
+from llmcache.proxy import index_client, vector_index  # noqa: E402
+from llmcache.proxy.embedder import LocalEmbedder  # noqa: E402
+from llmcache.proxy.index_search import SearchIndex  # noqa: E402
+from llmcache.proxy.semantic import SemanticCache, SemanticSettings  # noqa: E402
+from llmcache.redis_server import EmbeddedRedis  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CHAT = "/v1/chat/completions"
+
+_VERBS = ["reverse", "sort", "copy", "merge", "split", "filter", "flatten", "shuffle", "serialize", "compare",
+          "validate", "parse", "format", "encrypt", "compress", "cache", "index", "search", "deduplicate", "group"]
+_NOUNS = ["a list", "a dictionary", "a string", "a JSON file", "a CSV file", "a date", "an array", "a set",
+          "a linked list", "a binary tree", "a database table", "a log file", "an image", "a URL", "a matrix"]
+_LANGS = ["Python", "Java", "Go", "Rust", "JavaScript", "C#", "Ruby", "Kotlin"]
+_FRAMES = ["How do I {v} {n} in {l}?", "How can I {v} {n} in {l}?", "What's the way to {v} {n} using {l}?",
+           "In {l}, how do I {v} {n}?"]
+
+
+def questions() -> list[tuple[str, str]]:
+    """(stored form, paraphrased form) for every verb × noun × language."""
+    out = []
+    for v in _VERBS:
+        for n in _NOUNS:
+            for lang in _LANGS:
+                out.append((_FRAMES[0].format(v=v, n=n, l=lang), _FRAMES[1].format(v=v, n=n, l=lang)))
+    return out
+
+
+def parts(text: str) -> Any:
+    p = semantic_parts(CHAT, {"model": "bench", "messages": [{"role": "user", "content": text}]}, tenant="bench")
+    assert p is not None
+    return p
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+async def bench_lookups(url: str, embedder: LocalEmbedder, *, num_lookups: int, concurrency: int,
+                        num_stored: int) -> dict[str, Any]:
+    """Store ``num_stored`` real questions, then ``num_lookups`` new paraphrases from ``concurrency`` callers."""
+    r = aioredis.Redis.from_url(url)
+    await r.flushall()
+    cache = await SemanticCache.create(r, settings=SemanticSettings(timeout_s=60.0), keyspace=Keyspace(),
+                                       embedder=embedder)
+    pairs = questions()
+    stored = pairs[:num_stored]
+    vecs = await embedder.embed([s for s, _ in stored])
+    for i, ((text, _), vec) in enumerate(zip(stored, vecs)):
+        await cache._index.add(f"{i:064x}", vec, scope_hash=parts(text).scope_hash, text=text, ttl_s=3600)  # noqa: SLF001
+    # Every lookup text is new to the embedder: half paraphrases of stored questions, half unseen questions.
+    queries = [q for _, q in pairs[: num_lookups // 2]] + [f"{q} Please be brief." for _, q in pairs[num_stored:num_stored + num_lookups - num_lookups // 2]]
+    queries = queries[:num_lookups]
+    latencies: list[float] = []
+    hits = 0
+    pending = list(reversed(queries))
+
+    async def worker() -> None:
+        nonlocal hits
+        while pending:
+            text = pending.pop()
+            t0 = time.perf_counter()
+            m = await cache.lookup(parts(text), threshold=0.85)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            hits += m is not None
+
+    batches_before = embedder.stats()["embed_batches"]
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    batches = embedder.stats()["embed_batches"] - batches_before
+    await cache.close()
+    await r.aclose()
+    return {"lookups": len(latencies), "concurrency": concurrency, "hits": hits, "p50_ms": pct(latencies, 50),
+            "p99_ms": pct(latencies, 99), "lookups_per_s": len(latencies) / wall, "embed_batches": batches,
+            "backend": cache.stats()["index_backend"]}
+
+
+async def bench_knn(url: str, kind: str, *, entries: int, dim: int, num_queries: int) -> dict[str, Any]:
+    """KNN only: ``entries`` random unit vectors in one scope, ``num_queries`` sequential top-5 searches."""
+    r = aioredis.Redis.from_url(url)
+    await r.flushall()
+    ks = Keyspace(prefix="bench")
+    rng = np.random.default_rng(0)
+    scope = "f" * 64
+    t0 = time.perf_counter()
+    chunk = 2000
+    for start in range(0, entries, chunk):
+        vecs = rng.standard_normal((min(chunk, entries - start), dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        async with r.pipeline(transaction=False) as pipe:
+            for i, v in enumerate(vecs):
+                pipe.hset(ks.vector(f"{start + i:064x}"), mapping=vector_index.doc_fields(
+                    v, scope_hash=scope, text=f"stored text {start + i}", ttl_s=3600))
+            await pipe.execute()
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if kind == "search":
+        index: Any = await SearchIndex.open(r, keyspace=ks, dim=dim)
+        while True:  # wait until the background indexer has every document
+            info = await r.execute_command("FT.INFO", ks.vector_index)
+            fields = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2]))
+            num = int(float(fields.get(b"num_docs", fields.get("num_docs", 0))))
+            indexing = float(fields.get(b"indexing", fields.get("indexing", 0)))
+            if num >= entries and not indexing:
+                break
+            await asyncio.sleep(0.5)
+        memory = None
+    else:
+        index = await index_client.ClientIndex.open(r, keyspace=ks, dim=dim, max_entries=max(entries, 1),
+                                                    reconcile_interval_s=0)
+        memory = index.stats()["index_memory_bytes"]
+    build_s = time.perf_counter() - t0
+    queries = rng.standard_normal((num_queries, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    lat = []
+    for q in queries:
+        t = time.perf_counter()
+        got = await index.search(q, scope_hash=scope, k=5, min_similarity=-1.0)
+        lat.append((time.perf_counter() - t) * 1000)
+        assert len(got) == 5
+    await index.close()
+    await r.flushall()
+    await r.aclose()
+    return {"backend": kind, "entries": entries, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+            "load_s": load_s, "index_build_s": build_s, "index_memory_bytes": memory}
+
+
+async def bench_exact_path(url: str, *, num_requests: int) -> dict[str, Any] | None:
+    """Exact-hit latency through the real proxy with --mode exact vs --mode both (stub upstream)."""
+    try:
+        from aiohttp import ClientSession
+        from aiohttp.test_utils import TestServer
+
+        from llmcache.proxy import settings as ps
+        from llmcache.proxy.app import create_app
+        from llmcache.proxy.stub_upstream import StubConfig, create_stub_app
+    except ImportError as exc:
+        print(f"proxy not available ({exc}): exact-path comparison skipped", file=sys.stderr)
+        return None
+    out: dict[str, Any] = {}
+    body = {"model": "stub-model", "temperature": 0, "messages": [{"role": "user", "content": "What is a radix tree?"}]}
+    up = TestServer(create_stub_app(StubConfig()), host="127.0.0.1")
+    await up.start_server()
+    try:
+        for mode in ("exact", "both"):
+            r = aioredis.Redis.from_url(url)
+            await r.flushall()
+            await r.aclose()
+            settings = ps.ProxySettings(
+                cache=ps.CacheSettings(mode=mode, tenant_salt=b"bench-salt"),
+                redis=ps.RedisSettings(url=url, timeout_ms=2000),
+                upstream=ps.UpstreamSettings(url=str(up.make_url("")).rstrip("/"), timeout_s=30.0),
+                semantic=ps.SemanticOptions(timeout_ms=10_000))
+            px = TestServer(create_app(settings), host="127.0.0.1")
+            await px.start_server()
+            try:
+                async with ClientSession() as http:
+                    target = str(px.make_url("/v1/chat/completions"))
+                    async with http.post(target, json=body) as resp:
+                        await resp.read()
+                    await asyncio.sleep(1.0)  # let the store (and semantic add) finish
+                    lat, statuses = [], {}
+                    for _ in range(num_requests):
+                        t0 = time.perf_counter()
+                        async with http.post(target, json=body) as resp:
+                            await resp.read()
+                            st = resp.headers.get("X-LLMCache-Status", "?")
+                        lat.append((time.perf_counter() - t0) * 1000)
+                        statuses[st] = statuses.get(st, 0) + 1
+                out[mode] = {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "statuses": statuses}
+            finally:
+                await px.close()
+    finally:
+        await up.close()
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    labels, p50, p99 = [], [], []
+    for name, m in result["lookups"].items():
+        labels.append(name)
+        p50.append(m["p50_ms"])
+        p99.append(m["p99_ms"])
+    x = np.arange(len(labels))
+    axes[0].bar(x - 0.2, p50, 0.4, label="p50")
+    axes[0].bar(x + 0.2, p99, 0.4, label="p99")
+    axes[0].set_xticks(x, labels, fontsize=7)
+    axes[0].set_ylabel("ms")
+    axes[0].set_title("semantic lookup, 32 concurrent")
+    axes[0].legend()
+    knn = result["knn"]
+    axes[1].bar([k["backend"] for k in knn], [k["p50_ms"] for k in knn])
+    axes[1].set_ylabel("ms (p50)")
+    axes[1].set_title(f"KNN top-5 over {knn[0]['entries'] if knn else 0:,} entries")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                          "load_avg_at_start": os.getloadavg()}, "lookups": {}, "knn": []}
+    with EmbeddedRedis(with_search=True) as search_srv, EmbeddedRedis(with_search=False) as plain_srv:
+        embedder = await LocalEmbedder.load(max_batch=64, cache_entries=0)  # no reuse: every lookup embeds
+        try:
+            for name, url, max_batch in (("search, batched", search_srv.url, 64),
+                                         ("client, batched", plain_srv.url, 64),
+                                         ("search, max_batch=1", search_srv.url, 1)):
+                embedder._max_batch = max_batch  # noqa: SLF001 - same model, other batching
+                result["lookups"][name] = await bench_lookups(url, embedder, num_lookups=args.lookups,
+                                                              concurrency=32, num_stored=args.stored)
+                print(f"  {name}: {result['lookups'][name]}", flush=True)
+        finally:
+            await embedder.close()
+        for kind, url in (("search", search_srv.url), ("client", plain_srv.url)):
+            result["knn"].append(await bench_knn(url, kind, entries=args.entries, dim=384, num_queries=args.knn_queries))
+            print(f"  knn {result['knn'][-1]}", flush=True)
+        if not args.skip_proxy:
+            result["exact_path"] = await bench_exact_path(search_srv.url, num_requests=args.exact_requests)
+            print(f"  exact path {result['exact_path']}", flush=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=100_000, help="vectors for the KNN benchmark")
+    parser.add_argument("--lookups", type=int, default=640)
+    parser.add_argument("--stored", type=int, default=1200, help="real questions stored for the lookup benchmark")
+    parser.add_argument("--knn-queries", type=int, default=300)
+    parser.add_argument("--exact-requests", type=int, default=300)
+    parser.add_argument("--skip-proxy", action="store_true")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    print(f"\n{'semantic lookup (32 concurrent)':<34}{'p50 ms':>9}{'p99 ms':>9}{'lookups/s':>11}{'batches':>9}{'hits':>6}")
+    for name, m in result["lookups"].items():
+        print(f"{name:<34}{m['p50_ms']:9.1f}{m['p99_ms']:9.1f}{m['lookups_per_s']:11.1f}{m['embed_batches']:9d}{m['hits']:6d}")
+    print(f"\n{'KNN top-5':<34}{'entries':>9}{'p50 ms':>9}{'p99 ms':>9}{'memory MiB':>12}")
+    for k in result["knn"]:
+        mem = "-" if k["index_memory_bytes"] is None else f"{k['index_memory_bytes'] / 2**20:.1f}"
+        print(f"{k['backend']:<34}{k['entries']:9d}{k['p50_ms']:9.2f}{k['p99_ms']:9.2f}{mem:>12}")
+    if result.get("exact_path"):
+        print(f"\n{'exact hit through the proxy':<34}{'p50 ms':>9}{'p99 ms':>9}")
+        for mode, m in result["exact_path"].items():
+            print(f"--mode {mode:<27}{m['p50_ms']:9.2f}{m['p99_ms']:9.2f}   {m['statuses']}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "semantic_bench.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "semantic_bench.png")
+    print(f"\nwrote {out / 'semantic_bench.json'} and {out / 'semantic_bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
