@@ -230,6 +230,9 @@ class _Call:
     status: str = "miss"
     similarity: float | None = None
     coalesced: bool = False
+    lease_key: str | None = None
+    handed_off: bool = False
+    """True once landing the flight is the background store's job."""
 
     @property
     def log_key(self) -> str:
@@ -457,7 +460,6 @@ async def _miss(call: _Call, *, join: bool) -> web.StreamResponse:
     # another pod's lease.
     flight = state.flights.lead(call.key, stream_shape=call.stream_shape,
                                 with_usage=not call.stream or call.include_usage)
-    lease_key: str | None = None
     try:
         if state.lease is not None and call.redis_ok and not call.directives.no_store:
             waited = await _cross_pod_wait(call)
@@ -465,13 +467,30 @@ async def _miss(call: _Call, *, join: bool) -> web.StreamResponse:
                 flight.finish(waited)
                 call.coalesced = True
                 return _serve(call, waited, status="hit")
-            lease_key = waited
+            call.lease_key = waited
         return await _lead(call, flight)
     finally:
-        state.flights.land(flight)
-        if lease_key is not None and state.lease is not None:
-            lease = state.lease
-            state.spawn(_guarded(state, lambda: lease.release(lease_key)))
+        if not call.handed_off:
+            _land(call, flight)
+
+
+def _land(call: _Call, flight: Flight) -> None:
+    """End ``flight`` (later requests read Redis again) and give up the cross-pod lease."""
+    state = call.state
+    state.flights.land(flight)
+    if call.lease_key is not None and state.lease is not None:
+        lease, lease_key = state.lease, call.lease_key
+        state.spawn(_guarded(state, lambda: lease.release(lease_key)))
+
+
+async def _store_then_land(call: _Call, flight: Flight, entry: Entry) -> None:
+    """Store after the answer went out, then land: until the entry is in Redis, identical
+    requests join the finished flight and are served its entry from memory (no gap, no repeat
+    upstream call), and the client's next request on the connection does not wait for Redis."""
+    try:
+        await _store(call, entry)
+    finally:
+        _land(call, flight)
 
 
 async def _cross_pod_wait(call: _Call) -> Entry | str | None:
@@ -635,7 +654,8 @@ async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
         return out
     flight.finish(entry)
     if entry is not None and not call.directives.no_store and call.redis_ok:
-        await _store(call, entry)
+        call.handed_off = True
+        state.spawn(_store_then_land(call, flight, entry))
     return out
 
 
@@ -669,11 +689,7 @@ def _int(v: Any) -> int:
 
 
 async def _store(call: _Call, entry: Entry) -> None:
-    """Write the entry (fixed TTL) and register it with the semantic index; failures only count.
-
-    Awaited before the flight lands, after the answer is fully sent: a request arriving
-    meanwhile joins the flight, one arriving later finds the entry.
-    """
+    """Write the entry (fixed TTL) and register it with the semantic index; failures only count."""
     state = call.state
     store = state.store
     if store is None:

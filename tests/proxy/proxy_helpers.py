@@ -48,10 +48,13 @@ class Stack:
         h = {"Authorization": "Bearer sk-test-tenant-a", **(headers or {})}
         kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
         async with self.http.post(self.proxy_url + path, headers=h, **kwargs) as r:
-            return r.status, dict(r.headers), await r.read()
+            result = r.status, dict(r.headers), await r.read()
+        # Entries are written after the answer is sent; tests that then look into Redis need them.
+        await self.flush()
+        return result
 
     async def flush(self) -> None:
-        """Wait for background cache work (promotions, invalid-entry deletes) to finish."""
+        """Wait for background cache work (stores, promotions, invalid-entry deletes) to finish."""
         while self.state.background:
             await asyncio.gather(*list(self.state.background), return_exceptions=True)
 

@@ -192,6 +192,7 @@ async def test_tenants_never_share_entries(proxy_stack, redis_plain_url: str) ->
     n = await alice.chat.completions.with_raw_response.create(**CHAT, extra_headers={"X-LLMCache-Namespace": "docs"})
     assert n.headers["X-LLMCache-Status"] == "miss"
     # No key name carries the API key or the prompt.
+    await stack.flush()
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
         names = b" ".join([k async for k in r.scan_iter(match="*")])
@@ -690,3 +691,29 @@ async def test_followers_keep_streaming_when_the_leader_hangs_up(proxy_stack) ->
     assert await stack.upstream_count() == 1
     status, headers, _ = await stack.post("/v1/chat/completions", body, headers=auth)
     assert headers["X-LLMCache-Status"] == "miss"  # the leader hung up: nothing was stored
+
+
+async def test_answer_is_sent_before_the_store_and_no_gap_follows(proxy_stack) -> None:
+    stack = await proxy_stack(redis_timeout_ms=5000)
+    store = stack.state.store
+    gate = asyncio.Event()
+    real_put = store.put
+
+    async def gated_put(*args: Any, **kwargs: Any) -> int:  # a Redis write that takes its time
+        await gate.wait()
+        return await real_put(*args, **kwargs)
+
+    store.put = gated_put
+    url = stack.proxy_url + "/v1/chat/completions"
+    auth = {"Authorization": "Bearer k"}
+    async with stack.http.post(url, json=CHAT, headers=auth) as r:
+        first = await r.read()
+        assert r.headers["X-LLMCache-Status"] == "miss"  # answered while the write is still pending
+    async with stack.http.post(url, json=CHAT, headers=auth) as r:
+        assert r.headers["X-LLMCache-Status"] == "hit" and await r.read() == first  # from the flight
+    gate.set()
+    await stack.flush()
+    assert len(stack.state.flights) == 0
+    _, headers, body = await stack.post("/v1/chat/completions", CHAT, headers=auth)
+    assert headers["X-LLMCache-Status"] == "hit" and body == first  # now from Redis
+    assert await stack.upstream_count() == 1
