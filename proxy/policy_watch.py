@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass

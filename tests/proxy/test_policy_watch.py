@@ -373,3 +373,11 @@ def test_module_needs_no_kubernetes_client() -> None:
             "bad = [m for m in ('kopf', 'kubernetes') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_documented_watch_defaults_are_pinned() -> None:
+    d = policy_watch.WatchSettings()
+    assert (d.redis_timeout_s, d.reconnect_min_s, d.reconnect_max_s) == (2.0, 0.1, 5.0)
+    assert (d.ping_interval_s, d.poll_interval_s) == (15.0, 1.0)
+    assert (d.ack_ttl_s, d.ack_refresh_s) == (600, 60.0)
+    assert d.ack_refresh_s < d.ack_ttl_s  # a live pod's ack never lapses between refreshes
