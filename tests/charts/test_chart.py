@@ -348,11 +348,22 @@ def test_operator_cluster_role_is_least_privilege(binaries: ControlPlaneBinaries
     assert not any(r == "pods" and v not in {"get", "list", "watch"} for _, r, v in granted)
     assert ("llmcache.io", "cachepolicies/status", "patch") in granted
     assert ("llmcache.io", "cachepolicies/finalizers", "update") in granted
-    # Peering RBAC only with more than one replica.
+    # Peering only with more than one replica: the chart makes the peering
+    # object, the operator may read and patch that kind but not create it.
+    assert not find(objects, "ClusterKopfPeering") and not find(objects, "Role", "-operator")
     peered = render(binaries, helm_home, "operator.replicas=2")
-    assert one(peered, "Role", "-operator")["rules"][0]["resources"] == ["kopfpeerings"]
-    assert env_of(container(one(peered, "Deployment", "-operator")["spec"]["template"]["spec"], "operator"))[
-        "LLMCACHE_STANDALONE"] == "false"
+    peering = one(peered, "ClusterKopfPeering")
+    env = env_of(container(one(peered, "Deployment", "-operator")["spec"]["template"]["spec"], "operator"))
+    assert (env["LLMCACHE_STANDALONE"], env["LLMCACHE_PEERING_NAME"]) == ("false", peering["metadata"]["name"])
+    peer_rules = [r for r in one(peered, "ClusterRole", "-operator")["rules"] if "clusterkopfpeerings" in r["resources"]]
+    assert peer_rules == [{"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
+                           "verbs": ["get", "list", "watch", "patch"]}]
+    # An operator watching one namespace meets in a KopfPeering there, with a Role there.
+    scoped = render(binaries, helm_home, "operator.replicas=2", "operator.namespace=apps")
+    assert one(scoped, "KopfPeering")["metadata"]["namespace"] == "apps"
+    role = one(scoped, "Role", "-operator")
+    assert (role["metadata"]["namespace"], role["rules"][0]["resources"]) == ("apps", ["kopfpeerings"])
+    assert not any("clusterkopfpeerings" in r["resources"] for r in one(scoped, "ClusterRole", "-operator")["rules"])
 
 
 # -- against the real API server -------------------------------------------------
@@ -459,11 +470,15 @@ def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_na
     assert kube.get("apps/v1", "Deployment", "llm-llmcache-example-app", namespace=ns) is None
     policy = kube.get("llmcache.io/v1alpha1", "CachePolicy", "llm-llmcache-example-app", namespace=ns)
     assert policy is None or policy["metadata"].get("deletionTimestamp")  # an operator's finalizer may hold it
-    assert release_objects(kube, ns)["Role"] == {"llm-llmcache-operator"}
-    assert can(kube, operator, "patch", "kopfpeerings", group="kopf.dev", namespace=ns)
+    # Two replicas: the chart made their kopf peering object; they may patch it, not make others.
+    peering_name = env_of(container(deployment["spec"]["template"]["spec"], "operator"))["LLMCACHE_PEERING_NAME"]
+    assert kube.get("kopf.dev/v1", "ClusterKopfPeering", peering_name) is not None
+    assert can(kube, operator, "patch", "clusterkopfpeerings", group="kopf.dev", name=peering_name)
+    assert not can(kube, operator, "create", "clusterkopfpeerings", group="kopf.dev")
 
     kube.helm("uninstall", RELEASE, "--namespace", ns, "--no-hooks")
     assert release_objects(kube, ns) == {}
+    assert kube.get("kopf.dev/v1", "ClusterKopfPeering", peering_name) is None
     assert kube.helm("status", RELEASE, "--namespace", ns, check=False).returncode != 0
     # Helm never deletes CRDs (or the policies in them).
     assert kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "cachepolicies.llmcache.io") is not None

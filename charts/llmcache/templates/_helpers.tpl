@@ -163,3 +163,8 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* kopf peering object name: operator.peeringName, else one per release (cluster-scoped, so namespaced by name). */}}
+{{- define "llmcache.peeringName" -}}
+{{- default (include "llmcache.clusterName" (list . "operator")) .Values.operator.peeringName }}
+{{- end }}
