@@ -31,7 +31,7 @@ from redis.retry import Retry
 
 from llmcache.keyspace import Keyspace
 from llmcache.proxy import handlers
-from llmcache.proxy.breaker import Breaker, CacheUnavailable
+from llmcache.proxy.breaker import Breaker, CacheUnavailable, LoopLag
 from llmcache.proxy.exact import RedisExactStore
 from llmcache.proxy.metrics import ProxyMetrics
 from llmcache.proxy.settings import ProxySettings, generated_salt
@@ -72,7 +72,7 @@ def create_app(settings: ProxySettings) -> web.Application:
         metrics=ProxyMetrics(price_input_per_1k=obs.price_input_per_1k, price_output_per_1k=obs.price_output_per_1k),
         telemetry=Telemetry(otlp_endpoint=obs.otlp_endpoint),
         breaker=Breaker(timeout_s=settings.redis.timeout_ms / 1000, failure_threshold=settings.redis.breaker_failures,
-                        cooldown_s=settings.redis.breaker_cooldown_s),
+                        cooldown_s=settings.redis.breaker_cooldown_s, lag=LoopLag()),
     )
     # The body limit is enforced by the cacheable handler (413 with an OpenAI error body);
     # pass-through bodies are streamed and never held, so aiohttp's own limit is lifted.
@@ -123,9 +123,15 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         owner = f"{socket.gethostname()}:{os.getpid()}"
         state.lease = RedisLease(client, keyspace=state.keyspace, owner=owner)
     state.spawn(_first_ping(state, client))
+    lag = state.breaker.lag
+    lag_task = asyncio.get_running_loop().create_task(lag.run()) if lag is not None else None
     try:
         yield
     finally:
+        if lag_task is not None:
+            lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag_task
         await _cancel_background(state)
         with contextlib.suppress(Exception):
             await client.aclose()

@@ -11,6 +11,12 @@ network), so a dead Redis costs nothing per request; callers turn it into a
 ``bypass``. A slow Redis (past the deadline) and an unreachable one count as
 failures. A full one (``OOM command not allowed``) fails the write only: it
 still answers reads, so it does not open the breaker and hits keep coming.
+
+The deadline is stretched by the event loop's own lateness (:class:`LoopLag`):
+when the proxy's CPU is saturated, a reply that Redis sent in time can wait in
+the loop's ready queue past 50 ms, and that must not be mistaken for a slow
+Redis (turning overload into bypasses would add upstream load exactly when the
+proxy is busiest). The stretch is capped, so a hung Redis still trips quickly.
 """
 
 from __future__ import annotations
@@ -23,13 +29,40 @@ from typing import TypeVar
 
 import redis.exceptions
 
-__all__ = ["CacheUnavailable", "Breaker"]
+__all__ = ["CacheUnavailable", "Breaker", "LoopLag"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _MAX_COOLDOWN_S = 30.0
+
+
+#: Upper bound of a lag-stretched deadline (s): a dead Redis is still detected within it.
+_MAX_STRETCHED_S = 1.0
+
+
+class LoopLag:
+    """How late this event loop runs its timers right now (s): CPU starvation, not Redis time.
+
+    A task wakes every ``interval_s`` and records how late it woke; the value decays, so one
+    stall does not stretch deadlines for long.
+    """
+
+    __slots__ = ("interval_s", "lag_s")
+
+    def __init__(self, *, interval_s: float = 0.02) -> None:
+        self.interval_s = interval_s
+        self.lag_s = 0.0
+
+    async def run(self) -> None:
+        """Measure until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self.interval_s)
+            late = max(0.0, loop.time() - start - self.interval_s)
+            self.lag_s = max(late, self.lag_s * 0.8)
 
 
 class CacheUnavailable(Exception):
@@ -41,10 +74,10 @@ class Breaker:
 
     __slots__ = ("timeout_s", "failure_threshold", "base_cooldown_s", "_failures", "_open_until",
                  "_cooldown_s", "_probing", "num_failures_total", "num_opened_total", "settled",
-                 "_clock")
+                 "_clock", "lag")
 
     def __init__(self, *, timeout_s: float = 0.05, failure_threshold: int = 3, cooldown_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, lag: LoopLag | None = None) -> None:
         self.timeout_s = timeout_s
         self.failure_threshold = failure_threshold
         self.base_cooldown_s = cooldown_s
@@ -57,6 +90,16 @@ class Breaker:
         self.settled = False
         """True once any operation has succeeded or the breaker has opened (what ``/readyz`` waits for)."""
         self._clock = clock
+        self.lag = lag
+        """Event-loop lag monitor whose reading stretches the deadline (``None``: fixed deadline)."""
+
+    def deadline_s(self, timeout_s: float | None = None) -> float:
+        """The deadline of one operation now: ``timeout_s`` (default :attr:`timeout_s`) plus twice the
+        loop lag (a reply waits for the loop once to be read and once to resume the caller), capped."""
+        base = self.timeout_s if timeout_s is None else timeout_s
+        if self.lag is None or self.lag.lag_s <= 0:
+            return base
+        return max(base, min(base + 2 * self.lag.lag_s, _MAX_STRETCHED_S))
 
     @property
     def state(self) -> str:
@@ -78,7 +121,7 @@ class Breaker:
                 raise CacheUnavailable("redis circuit breaker is open")
             probe = self._probing = True  # half-open: exactly one request tries
         try:
-            result = await asyncio.wait_for(op(), timeout_s if timeout_s is not None else self.timeout_s)
+            result = await asyncio.wait_for(op(), self.deadline_s(timeout_s))
         except redis.exceptions.OutOfMemoryError as exc:
             # A full Redis refuses writes but still answers reads: keep serving hits.
             self.num_failures_total += 1

@@ -108,3 +108,41 @@ async def test_a_full_redis_does_not_open_the_breaker() -> None:
             await b.call(full)
     assert b.state == "closed" and b.num_failures_total == 5
     assert await b.call(ok) == "ok"
+
+
+async def test_loop_lag_stretches_the_deadline_within_a_cap() -> None:
+    from llmcache.proxy.breaker import LoopLag
+
+    lag = LoopLag()
+    b = Breaker(timeout_s=0.05, lag=lag)
+    assert b.deadline_s() == 0.05
+    lag.lag_s = 0.2  # the loop runs timers 200 ms late: CPU starvation, not a slow Redis
+
+    async def slow() -> str:
+        await asyncio.sleep(0.1)
+        return "late but fine"
+
+    assert b.deadline_s() == pytest.approx(0.45)
+    assert await b.call(slow) == "late but fine"
+    lag.lag_s = 10.0
+    assert b.deadline_s() == 1.0  # capped: a hung Redis is still detected
+    lag.lag_s = 0.0
+    with pytest.raises(CacheUnavailable):
+        await b.call(slow)
+
+
+async def test_loop_lag_measures_a_blocked_loop() -> None:
+    import time as _time
+
+    from llmcache.proxy.breaker import LoopLag
+
+    lag = LoopLag(interval_s=0.01)
+    task = asyncio.ensure_future(lag.run())
+    await asyncio.sleep(0.02)
+    _time.sleep(0.2)  # block the loop, as a CPU-bound burst would
+    for _ in range(100):  # let the monitor wake (late) once; bounded by iterations, not time
+        if lag.lag_s >= 0.1:
+            break
+        await asyncio.sleep(0)
+    task.cancel()
+    assert lag.lag_s >= 0.1
