@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from llmcache.operator import eviction, status
 
 from llmcache.keyspace import Keyspace
-from llmcache.operator import eviction, status
 from llmcache.redis_server import EmbeddedRedis
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,7 +72,7 @@ async def bench_size(url: str, n: int, repeats: int) -> dict[str, Any]:
         await r.flushall()
         await fill(r, ks, n)
         inside = eviction.EvictionLimits("LRU", max_entries=n)
-        rows["idle_pass_s"].append(await timed(lambda: eviction.enforce_limits(r, ks, GROUP, inside)))
+        rows["idle_pass_s"].append(await timed(lambda lim=inside: eviction.enforce_limits(r, ks, GROUP, lim)))
         rows["usage_s"].append(await timed(lambda: eviction.group_usage(r, ks, GROUP)))
         rows["hit_estimate_s"].append(await timed(lambda: status.group_counters(r, ks, GROUP)))
         trim = eviction.EvictionLimits("LRU", max_entries=int(n * 0.9))
@@ -82,7 +82,7 @@ async def bench_size(url: str, n: int, repeats: int) -> dict[str, Any]:
         evicted = result.num_evicted
         _, memory = await eviction.group_usage(r, ks, GROUP)
         mem = eviction.EvictionLimits("LFU", max_memory_bytes=int(memory * 0.9))
-        rows["trim_memory_s"].append(await timed(lambda: eviction.enforce_limits(r, ks, GROUP, mem)))
+        rows["trim_memory_s"].append(await timed(lambda lim=mem: eviction.enforce_limits(r, ks, GROUP, lim)))
     await r.aclose()
     out: dict[str, Any] = {"entries": n, "evicted_per_trim": evicted}
     for k, v in rows.items():

@@ -16,12 +16,12 @@ from typing import Any
 
 import kopf
 import redis.asyncio as aioredis
-
-from llmcache.keyspace import Keyspace
 from llmcache.operator import handlers, webhook
-from llmcache.errors import ConfigError
 from llmcache.operator.kube import ApiError, KubeClient, KubeConfig
 from llmcache.operator.settings import EvictionSettings, OperatorSettings, SidecarSettings, WebhookSettings
+
+from llmcache.errors import ConfigError
+from llmcache.keyspace import Keyspace
 from llmcache.settings import add_flag, parse_listen
 
 __all__ = ["configure", "run", "settings_from_args"]
@@ -75,7 +75,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
 async def _native_sidecar_supported(kube: KubeClient, minimum: tuple[int, int]) -> bool:
     try:
         version = await kube.version()
-    except Exception as exc:  # noqa: BLE001 - fall back to what works on every cluster
+    except Exception as exc:
         log.warning("cannot read the API server version (%s); injecting classic sidecars", exc)
         return False
     return version >= minimum

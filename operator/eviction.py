@@ -47,7 +47,7 @@ import redis.asyncio as aioredis
 from llmcache.keyspace import Keyspace
 from llmcache.policy import PolicySpec
 
-__all__ = ["EvictionLimits", "EvictionResult", "enforce_limits", "group_usage", "purge_group", "delete_members"]
+__all__ = ["EvictionLimits", "EvictionResult", "delete_members", "enforce_limits", "group_usage", "purge_group"]
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,9 @@ class EvictionResult:
     prune_cursor: int
 
 
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
+def _s(v: object) -> str:
+    """A Redis reply item as text (replies are bytes without ``decode_responses``)."""
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 # The per-member work runs inside Redis, one script call per batch: a batch of 256 costs one

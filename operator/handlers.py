@@ -33,13 +33,13 @@ from urllib.parse import urlsplit, urlunsplit
 import kopf
 import redis.asyncio as aioredis
 import redis.exceptions
-
-from llmcache.errors import PolicyError
-from llmcache.keyspace import Keyspace
 from llmcache.operator import eviction, publish
 from llmcache.operator import status as policy_status
 from llmcache.operator.kube import ApiError, KubeClient
 from llmcache.operator.settings import PURGE_ANNOTATION, OperatorSettings
+
+from llmcache.errors import PolicyError
+from llmcache.keyspace import Keyspace
 from llmcache.policy import API_GROUP, API_VERSION, PLURAL, PolicyDocument, PolicySpec, parse_spec
 
 __all__ = ["Runtime", "build_registry", "kopf_settings", "redact_url"]
@@ -101,6 +101,13 @@ def kopf_settings(ours: OperatorSettings) -> kopf.OperatorSettings:
     return ks
 
 
+def _namespaced(namespace: str | None) -> str:
+    # CachePolicy is namespaced: kopf always passes one; the type says it might not.
+    if namespace is None:
+        raise kopf.PermanentError("CachePolicy without a namespace: the CRD must be namespaced")
+    return namespace
+
+
 def _created_s(meta: Mapping[str, Any]) -> float:
     ts = meta.get("creationTimestamp")
     if not ts:
@@ -126,8 +133,8 @@ def _status_with(current: Mapping[str, Any], *, generation: int, published: bool
     desired = dict(extra or {})
     selected = int(desired.get("selectedPods", current.get("selectedPods") or 0))
     synced = int(desired.get("syncedPods", current.get("syncedPods") or 0))
-    new = policy_status.conditions_for(generation=generation, published=published, selected=selected, synced=synced,
-                                problem=problem, problem_reason=reason)
+    new = policy_status.conditions_for(generation=generation, published=published, selected=selected,
+                                       synced=synced, problem=problem, problem_reason=reason)
     desired["conditions"] = policy_status.merge_conditions(current.get("conditions"), new)
     return desired
 
@@ -162,16 +169,19 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.resume(*res, registry=reg, id="publish")
     @kopf.on.create(*res, registry=reg, id="publish")
     @kopf.on.update(*res, registry=reg, id="publish", field="spec")
-    async def on_change(spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str,
+    async def on_change(*, spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str | None,
                         status: Mapping[str, Any], patch: kopf.Patch, **_: Any) -> None:
+        namespace = _namespaced(namespace)
         doc = await publish_current(spec, meta, name, namespace, status, patch)
         _patch_status(patch, status, _status_with(status, generation=doc.generation, published=True, extra={
             "observedGeneration": doc.generation, "configHash": doc.config_hash}))
 
     @kopf.timer(*res, registry=reg, id="status", interval=settings.status_interval_s,
                 initial_delay=min(1.0, settings.status_interval_s))
-    async def refresh_status(spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str,
-                             status: Mapping[str, Any], patch: kopf.Patch, **_: Any) -> None:
+    async def refresh_status(*, spec: Mapping[str, Any], meta: Mapping[str, Any], name: str,
+                             namespace: str | None, status: Mapping[str, Any], patch: kopf.Patch,
+                             **_: Any) -> None:
+        namespace = _namespaced(namespace)
         try:
             doc = _document(spec, meta, name, namespace)
         except PolicyError:
@@ -205,7 +215,8 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         _patch_status(patch, status, _status_with(status, generation=doc.generation, published=True, extra=extra))
 
     @kopf.timer(*res, registry=reg, id="eviction", interval=settings.eviction.interval_s)
-    async def evict(spec: Mapping[str, Any], name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    async def evict(*, spec: Mapping[str, Any], name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+        namespace = _namespaced(namespace)
         try:
             parsed: PolicySpec = parse_spec(dict(spec))
         except PolicyError:
@@ -220,7 +231,8 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         memo["prune_cursor"] = result.prune_cursor
 
     @kopf.on.delete(*res, registry=reg, id="cleanup")
-    async def on_delete(meta: Mapping[str, Any], name: str, namespace: str, **_: Any) -> None:
+    async def on_delete(*, meta: Mapping[str, Any], name: str, namespace: str | None, **_: Any) -> None:
+        namespace = _namespaced(namespace)
         generation = int(meta.get("generation") or 1)
         purge = str((meta.get("annotations") or {}).get(PURGE_ANNOTATION, "")).lower() == "true"
         try:

@@ -31,7 +31,7 @@ import yaml
 from llmcache.errors import ConfigError, DependencyError
 from llmcache.policy import LabelSelector
 
-__all__ = ["KubeConfig", "KubeClient", "ApiError", "selector_string", "parse_version"]
+__all__ = ["ApiError", "KubeClient", "KubeConfig", "parse_version", "selector_string"]
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ The contract with the proxy (see :mod:`llmcache.policy`)::
 
 The ConfigMap mirrors the Redis hash of its namespace exactly (the same
 documents, sorted by name), so a reader can feed each one back through
-:meth:`PolicyDocument.from_json` (``llmcache.proxy.policy_watch.load_policy_file``). It is rebuilt from Redis after every
-change rather than edited in place, so concurrent handlers cannot lose each
-other's policies.
+:meth:`PolicyDocument.from_json` (``llmcache.proxy.policy_watch.load_policy_file``
+does). It is rebuilt from Redis after every change rather than edited in
+place, so concurrent handlers cannot lose each other's policies.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from llmcache.policy import PolicyDocument
 
 __all__ = [
     "CONFIGMAP_KEY",
-    "publish_policy",
-    "unpublish_policy",
     "namespace_documents",
+    "publish_policy",
     "render_configmap",
+    "unpublish_policy",
 ]
 
 log = logging.getLogger(__name__)

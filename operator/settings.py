@@ -18,10 +18,10 @@ __all__ = [
     "INJECT_STATUS_ANNOTATION",
     "PURGE_ANNOTATION",
     "SIDECAR_CONTAINER_NAME",
-    "SidecarSettings",
-    "WebhookSettings",
     "EvictionSettings",
     "OperatorSettings",
+    "SidecarSettings",
+    "WebhookSettings",
 ]
 
 #: Pods carrying this label with value ``enabled`` get the proxy sidecar.

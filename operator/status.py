@@ -28,8 +28,16 @@ import redis.asyncio as aioredis
 
 from llmcache.keyspace import Keyspace
 
-__all__ = ["Counters", "synced_pods", "hit_counters", "group_counters", "policy_counters", "make_condition",
-           "merge_conditions", "conditions_for"]
+__all__ = [
+    "Counters",
+    "conditions_for",
+    "group_counters",
+    "hit_counters",
+    "make_condition",
+    "merge_conditions",
+    "policy_counters",
+    "synced_pods",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +110,7 @@ async def group_counters(r: aioredis.Redis, ks: Keyspace, group: str, *, sample_
     """Hits and misses of a group estimated from its eviction bookkeeping.
 
     Every write adds 1 to its member's ``lfu`` score and a ``ctime`` member; every hit adds 1
-    to ``lfu``. So over the entries still cached: hits = Σ lfu − |ctime| and misses (that
+    to ``lfu``. So over the entries still cached: hits = Σ lfu - |ctime| and misses (that
     were cached) = |ctime|. Entries already evicted or expired drop out of both sides.
     Σ lfu is exact up to ``sample_size`` members and estimated from a uniform sample
     (``ZRANDMEMBER … WITHSCORES``) above that, so the cost never grows with the group.
@@ -110,12 +118,14 @@ async def group_counters(r: aioredis.Redis, ks: Keyspace, group: str, *, sample_
     lfu = ks.group(group, "lfu")
     num_members = int(await r.zcard(lfu))
     if num_members <= sample_size:
-        scored = await r.zrange(lfu, 0, -1, withscores=True)
+        scored: list[Any] = list(await r.zrange(lfu, 0, -1, withscores=True))
         total = sum(float(score) for _, score in scored)
     else:
-        sample = await r.zrandmember(lfu, sample_size, withscores=True)
-        scores = [float(v) for v in (sample[1::2] if sample and not isinstance(sample[0], (list, tuple))
-                                     else (pair[1] for pair in sample))]
+        sample: list[Any] = list(await r.zrandmember(lfu, sample_size, withscores=True) or [])
+        # RESP3 answers [[member, score], …], RESP2 a flat [member, score, …].
+        flat = not (sample and isinstance(sample[0], (list, tuple)))
+        pairs = list(zip(sample[::2], sample[1::2], strict=True)) if flat else sample
+        scores = [float(score) for _, score in pairs]
         total = num_members * sum(scores) / len(scores)
     created = int(await r.zcard(ks.group(group, "ctime")))
     return Counters(num_hits=max(0, round(total) - created), num_misses=created)

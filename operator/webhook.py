@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
-from llmcache.errors import ConfigError
 from llmcache.operator.settings import (
     INJECT_LABEL,
     INJECT_STATUS_ANNOTATION,
@@ -46,9 +44,11 @@ from llmcache.operator.settings import (
     SidecarSettings,
     WebhookSettings,
 )
+
+from llmcache.errors import ConfigError
 from llmcache.settings import parse_listen
 
-__all__ = ["wants_injection", "sidecar_container", "injection_patch", "review_response", "create_app", "serve"]
+__all__ = ["create_app", "injection_patch", "review_response", "serve", "sidecar_container", "wants_injection"]
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def review_response(review: Mapping[str, Any], sidecar: SidecarSettings, *, nati
     pod = request.get("object") or {}
     try:
         ops = injection_patch(pod, sidecar, native=native, configmap_name=configmap_name)
-    except Exception:  # noqa: BLE001 - admit unchanged rather than block pod creation
+    except Exception:
         log.exception("sidecar injection failed for a pod in %s; admitting unchanged", request.get("namespace"))
         ops = []
     if ops:

@@ -10,18 +10,17 @@ import datetime as dt
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from opkit import API_VERSION, CRD_DIR, KIND, wait_for
 
 from llmcache.redis_server import free_port
 
-from opkit import API_VERSION, CRD_DIR, KIND, wait_for
 
 @pytest.fixture(scope="session")
 def crds(kube: Any) -> Any:
@@ -48,7 +47,7 @@ def _kind_served(kube: Any) -> bool:
         kube.dynamic.resources.invalidate_cache()
         kube.dynamic.resources.get(api_version=API_VERSION, kind=KIND)
         return True
-    except Exception:  # noqa: BLE001 - not served yet
+    except Exception:
         return False
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from opkit import API_VERSION, KIND, cachepolicy
+
 from llmcache import policy
 
 pytestmark = pytest.mark.controlplane

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from llmcache.operator import kube
 
 from llmcache.errors import ConfigError
-from llmcache.operator import kube
 from llmcache.policy import LabelSelector
 
 
@@ -40,7 +40,8 @@ def test_kubeconfig_current_context_with_inline_data(tmp_path: Path) -> None:
                      {"name": "cb", "cluster": {"server": "https://b:6443/",
                                                 "certificate-authority-data": base64.b64encode(b"PEM").decode()}}],
         "users": [{"name": "ub", "user": {"tokenFile": "token"}}],
-        "contexts": [{"name": "a", "context": {"cluster": "ca"}}, {"name": "b", "context": {"cluster": "cb", "user": "ub"}}],
+        "contexts": [{"name": "a", "context": {"cluster": "ca"}},
+                     {"name": "b", "context": {"cluster": "cb", "user": "ub"}}],
     }))
     (tmp_path / "token").write_text("s3cret\n")
     cfg = kube.KubeConfig.from_kubeconfig(str(path))

@@ -15,12 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 import requests
-
-from llmcache.errors import ConfigError
 from llmcache.operator import webhook
 from llmcache.operator.settings import SidecarSettings, WebhookSettings
-from llmcache.redis_server import free_port
 from opkit import apply_json_patch, pod_manifest, wait_for, write_self_signed_cert
+
+from llmcache.errors import ConfigError
+from llmcache.redis_server import free_port
 
 SIDECAR = SidecarSettings(image="example.test/llmcache-proxy:1", upstream="http://model:8000",
                           redis_url="redis://redis:6379/0")
@@ -166,11 +166,12 @@ def _dry_run_injected(kube: Any, ns: str) -> bool:
 
 
 @pytest.mark.controlplane
-def test_api_server_injects_labelled_pods_and_leaves_others_alone(crds: Any, ns: str, webhook_operator: WebhookUnderTest) -> None:
+def test_api_server_injects_labelled_pods_and_leaves_others_alone(crds: Any, ns: str,
+                                                                   webhook_operator: WebhookUnderTest) -> None:
     # The API server picks up a new webhook configuration asynchronously: probe with dry runs.
     wait_for(lambda: _dry_run_injected(crds, ns), what="the webhook to be called", logs=[webhook_operator.log])
 
-    (created,) = crds.apply(labelled_pod(), namespace=ns)
+    crds.apply(labelled_pod(), namespace=ns)
     pod = crds.get("v1", "Pod", "web", namespace=ns)
     assert pod["metadata"]["annotations"]["llmcache.io/inject-status"] == "injected"
     # kube-apiserver 1.37 supports native sidecars: the proxy is the first init container.
