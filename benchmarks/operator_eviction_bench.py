@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from llmcache.operator import eviction, status
 
 from llmcache.keyspace import Keyspace
+from llmcache.operator import eviction, status
 from llmcache.redis_server import EmbeddedRedis
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -14,14 +14,19 @@ import logging
 import random
 from typing import Any
 
-import kopf
 import redis.asyncio as aioredis
+
+from llmcache.errors import ConfigError, DependencyError
+
+try:
+    import kopf
+except ImportError as _exc:  # the operator extra is optional: say how to get it
+    raise DependencyError("`llmcache operator` needs kopf: pip install 'llmcache[operator]'") from _exc
+
+from llmcache.keyspace import Keyspace
 from llmcache.operator import handlers, webhook
 from llmcache.operator.kube import ApiError, KubeClient, KubeConfig
 from llmcache.operator.settings import EvictionSettings, OperatorSettings, SidecarSettings, WebhookSettings
-
-from llmcache.errors import ConfigError
-from llmcache.keyspace import Keyspace
 from llmcache.settings import add_flag, parse_listen
 
 __all__ = ["configure", "run", "settings_from_args"]

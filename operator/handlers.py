@@ -33,13 +33,13 @@ from urllib.parse import urlsplit, urlunsplit
 import kopf
 import redis.asyncio as aioredis
 import redis.exceptions
+
+from llmcache.errors import PolicyError
+from llmcache.keyspace import Keyspace
 from llmcache.operator import eviction, publish
 from llmcache.operator import status as policy_status
 from llmcache.operator.kube import ApiError, KubeClient
 from llmcache.operator.settings import PURGE_ANNOTATION, OperatorSettings
-
-from llmcache.errors import PolicyError
-from llmcache.keyspace import Keyspace
 from llmcache.policy import API_GROUP, API_VERSION, PLURAL, PolicyDocument, PolicySpec, parse_spec
 
 __all__ = ["Runtime", "build_registry", "kopf_settings", "redact_url"]

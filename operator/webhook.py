@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from llmcache.errors import ConfigError
 from llmcache.operator.settings import (
     INJECT_LABEL,
     INJECT_STATUS_ANNOTATION,
@@ -44,8 +46,6 @@ from llmcache.operator.settings import (
     SidecarSettings,
     WebhookSettings,
 )
-
-from llmcache.errors import ConfigError
 from llmcache.settings import parse_listen
 
 __all__ = ["create_app", "injection_patch", "review_response", "serve", "sidecar_container", "wants_injection"]

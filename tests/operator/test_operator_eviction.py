@@ -7,10 +7,10 @@ import hashlib
 
 import pytest
 import redis.asyncio as aioredis
-from llmcache.operator import eviction
-from llmcache.operator.eviction import EvictionLimits
 
 from llmcache.keyspace import Keyspace
+from llmcache.operator import eviction
+from llmcache.operator.eviction import EvictionLimits
 
 GROUP = "ns/policy"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from llmcache.operator import kube
 
 from llmcache.errors import ConfigError
+from llmcache.operator import kube
 from llmcache.policy import LabelSelector
 
 

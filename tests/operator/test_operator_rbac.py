@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
+
 from opkit import API_VERSION, KIND, REPO, cachepolicy, condition, pod_manifest, wait_for
 
 pytestmark = pytest.mark.controlplane

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+
 from llmcache.operator import cli
 from llmcache.operator.settings import EvictionSettings, OperatorSettings, SidecarSettings, WebhookSettings
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from llmcache.operator import publish, status
-from llmcache.proxy.policy_watch import load_policy_file
 
 from llmcache.keyspace import Keyspace
+from llmcache.operator import publish, status
 from llmcache.policy import PolicyDocument, parse_spec
+from llmcache.proxy.policy_watch import load_policy_file
 
 KS = Keyspace()
 
