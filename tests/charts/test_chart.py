@@ -512,3 +512,22 @@ def test_certgen_hook_rbac_allows_exactly_its_secret_and_webhook(kube: ControlPl
         for d in docs:
             if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}:
                 kube.delete("rbac.authorization.k8s.io/v1", d["kind"], d["metadata"]["name"])
+
+
+def test_hook_objects_pass_api_server_validation(kube: ControlPlane, kube_namespace: str,
+                                                 binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+    """The hook Jobs and the `helm test` Pod are never created here (--no-hooks), so dry-run them on the server."""
+    ns = kube_namespace
+    hooks = [o for o in render(binaries, helm_home, namespace=ns)
+             if "helm.sh/hook" in (o["metadata"].get("annotations") or {})]
+    assert {o["kind"] for o in hooks} >= {"Job", "Pod", "ServiceAccount", "ClusterRole"}
+    for obj in hooks:
+        resource = kube.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        stored = resource.create(body=obj, namespace=ns if resource.namespaced else None, dry_run="All").to_dict()
+        assert stored["metadata"]["name"] == obj["metadata"]["name"]
+        if obj["kind"] == "Job":
+            # Defaulted and validated by the server, including the restricted security context.
+            pod = stored["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+    # Dry runs persist nothing.
+    assert not kube.list_objects("batch/v1", "Job", namespace=ns)
