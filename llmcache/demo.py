@@ -546,6 +546,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("starting the llmcache stack (Redis + model server + proxy) …", flush=True)
             config = stack_mod.config_from_args(args)
+            if config.log_dir is None:
+                config.log_dir = args.output_dir / "logs"
             # The proxy prices its llmcache_saved_usd_total metric the same way.
             config.proxy_args += ["--price-input-per-1k", str(prices.input_per_1k),
                                   "--price-output-per-1k", str(prices.output_per_1k)]

@@ -58,6 +58,13 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 5.0
 
 
+#: Semantic lookup deadline given to the proxy of the local stack (ms), unless
+#: ``LLMCACHE_SEMANTIC_TIMEOUT_MS`` says otherwise. The sidecar default (100 ms) assumes the
+#: embedder has its CPU to itself; here it shares the cores with the model server, and on a
+#: busy 2-core machine 2 of 31 demo lookups overran 100 ms and fell back to exact-only.
+LOCAL_SEMANTIC_TIMEOUT_MS = 1000
+
+
 class StackError(LLMCacheError):
     """A part of the stack failed to start or died; the message carries its log tail."""
 
@@ -374,6 +381,8 @@ class Stack:
         self.proxy_url = f"http://{_url_host(host)}:{port}"
         readyz = f"{self.proxy_url}/readyz"
         mode = ["--mode", cfg.mode] if cfg.mode else []
+        if "LLMCACHE_SEMANTIC_TIMEOUT_MS" not in os.environ and "--semantic-timeout-ms" not in cfg.proxy_args:
+            mode += ["--semantic-timeout-ms", str(LOCAL_SEMANTIC_TIMEOUT_MS)]
         proxy = _Child(
             name="proxy",
             argv=[*py, "proxy", "--listen", f"{host}:{port}", "--upstream", self.upstream_url,

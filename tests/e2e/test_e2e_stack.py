@@ -121,10 +121,10 @@ class UpProcess:
         return self.proc.returncode, "".join(self.lines) + out
 
 
-def start_up(*extra: str, with_model: bool = True) -> UpProcess:
+def start_up(*extra: str, log_dir: Path, with_model: bool = True) -> UpProcess:
     ports = {"proxy": free_port(), "redis": free_port()}
     argv = [*LLMCACHE, "up", "--listen", f"127.0.0.1:{ports['proxy']}",
-            "--redis-listen", f"127.0.0.1:{ports['redis']}"]
+            "--redis-listen", f"127.0.0.1:{ports['redis']}", "--log-dir", str(log_dir)]
     if with_model:
         ports["model"] = free_port()
         argv += ["--model-listen", f"127.0.0.1:{ports['model']}", "--device", "cpu"]
@@ -150,7 +150,7 @@ def stub_upstream() -> Iterator[str]:
 # -- tests ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_up_serves_the_demo_workload_and_shuts_down_cleanly(tmp_path: Path) -> None:
-    up = start_up()
+    up = start_up(log_dir=tmp_path / "logs")
     try:
         up.wait_ready(timeout_s=480)
         children = descendants(up.proc.pid)
@@ -212,8 +212,8 @@ def test_up_refuses_a_taken_port_with_a_clear_message() -> None:
             assert "starting" not in result.stdout, result.stdout
 
 
-def test_up_with_existing_upstream_stops_everything_when_a_part_dies(stub_upstream: str) -> None:
-    up = start_up("--upstream", stub_upstream, with_model=False)
+def test_up_with_existing_upstream_stops_everything_when_a_part_dies(tmp_path: Path, stub_upstream: str) -> None:
+    up = start_up("--upstream", stub_upstream, with_model=False, log_dir=tmp_path)
     try:
         up.wait_ready(timeout_s=240)
         assert "model server: using " + stub_upstream in "".join(up.lines)
@@ -233,9 +233,9 @@ def test_up_with_existing_upstream_stops_everything_when_a_part_dies(stub_upstre
     assert all(port_free(p) for p in up.ports.values())
 
 
-def test_up_children_die_with_it_even_on_sigkill(stub_upstream: str) -> None:
+def test_up_children_die_with_it_even_on_sigkill(tmp_path: Path, stub_upstream: str) -> None:
     """PR_SET_PDEATHSIG: a SIGKILLed ``up`` (no chance to clean up) still leaves no orphans."""
-    up = start_up("--upstream", stub_upstream, with_model=False)
+    up = start_up("--upstream", stub_upstream, with_model=False, log_dir=tmp_path)
     try:
         up.wait_ready(timeout_s=240)
         children = descendants(up.proc.pid)
@@ -251,8 +251,8 @@ def test_up_children_die_with_it_even_on_sigkill(stub_upstream: str) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_up_stops_everything_on_a_signal(stub_upstream: str, sig: signal.Signals) -> None:
-    up = start_up("--upstream", stub_upstream, with_model=False)
+def test_up_stops_everything_on_a_signal(tmp_path: Path, stub_upstream: str, sig: signal.Signals) -> None:
+    up = start_up("--upstream", stub_upstream, with_model=False, log_dir=tmp_path)
     try:
         up.wait_ready(timeout_s=240)
         children = descendants(up.proc.pid)
@@ -268,8 +268,8 @@ def test_up_stops_everything_on_a_signal(stub_upstream: str, sig: signal.Signals
     assert all(port_free(p) for p in up.ports.values())
 
 
-def test_up_interrupted_while_starting_stops_what_started(stub_upstream: str) -> None:
-    up = start_up("--upstream", stub_upstream, with_model=False)
+def test_up_interrupted_while_starting_stops_what_started(tmp_path: Path, stub_upstream: str) -> None:
+    up = start_up("--upstream", stub_upstream, with_model=False, log_dir=tmp_path)
     assert up.proc.stdout is not None
     try:
         # Wait until Redis runs and the proxy is launching (it needs seconds to load its embedder).
