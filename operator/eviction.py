@@ -47,7 +47,8 @@ import redis.asyncio as aioredis
 from llmcache.keyspace import Keyspace
 from llmcache.policy import PolicySpec
 
-__all__ = ["EvictionLimits", "EvictionResult", "delete_members", "enforce_limits", "group_usage", "purge_group"]
+__all__ = ["EvictionLimits", "EvictionResult", "delete_members", "drop_bookkeeping", "enforce_limits", "group_usage",
+           "purge_group"]
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,11 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
                  group, limits.policy, evicted, pruned, count, memory)
     return EvictionResult(num_entries=count, memory_bytes=memory, num_evicted=evicted,
                           num_pruned=pruned, prune_cursor=next_cursor)
+
+
+async def drop_bookkeeping(r: aioredis.Redis, ks: Keyspace, group: str) -> None:
+    """Delete the group's four bookkeeping keys, leaving its entries to expire with their TTL."""
+    await r.delete(*[ks.group(group, kind) for kind in ("lru", "lfu", "ctime", "size")])
 
 
 async def purge_group(r: aioredis.Redis, ks: Keyspace, group: str, *, batch_size: int = 256) -> int:

@@ -13,7 +13,8 @@ timer ``status``           republish if Redis lost the document (restarted
 timer ``eviction``         :func:`llmcache.operator.eviction.enforce_limits`
 delete (finalizer)         unpublish, rebuild the ConfigMap; purge the group's
                            entries when annotated ``llmcache.io/purge-on-delete:
-                           "true"``
+                           "true"``, else drop only its bookkeeping (the
+                           entries expire with their TTL)
 =========================  ===============================================
 
 kopf's own progress and diff-base go to annotations under ``llmcache.io/``:
@@ -240,6 +241,11 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             if purge:
                 await eviction.purge_group(rt.redis, rt.keyspace, f"{namespace}/{name}",
                                            batch_size=settings.eviction.batch_size)
+            else:
+                # No timer trims this group any more: drop its bookkeeping so it cannot leak.
+                # The entries stay and expire with their TTL (a hit from another policy's pod
+                # records them in that policy's group).
+                await eviction.drop_bookkeeping(rt.redis, rt.keyspace, f"{namespace}/{name}")
         except _REDIS_ERRORS as exc:
             raise rt.redis_down(exc) from exc
         try:

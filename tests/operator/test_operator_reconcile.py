@@ -138,7 +138,8 @@ def test_create_update_status_and_delete(crds: Any, ns: str, r: redis.Redis, red
     assert not r.exists(KS.acks(ns, "chat"))
     events.wait({"namespace": ns, "name": "chat", "generation": 2})
     assert configmap_docs(crds, ns, tmp_path) == []
-    assert r.exists(KS.entry("h1"))
+    assert r.exists(KS.entry("h1"))  # not purged: it expires with its TTL
+    assert not r.exists(KS.group(f"{ns}/chat", "lru"))  # but no orphaned bookkeeping is left behind
     events.close()
 
 
