@@ -643,15 +643,16 @@ async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
         return out
     finally:
         resp.release()
-    entry = _entry_from(call, recorder, parts) if recording else None
     if client_gone:
         # A cancelled request is never stored; requests that joined it still get the answer.
         log.info("client left before the answer for %s was complete; not stored", call.log_key)
-        if flight.num_followers == 0 or entry is None:
+        entry = _entry_from(call, recorder, parts) if recording and flight.num_followers else None
+        if entry is None:
             flight.fail()
         else:
             flight.finish(entry)
         return out
+    entry = _entry_from(call, recorder, parts) if recording else None
     flight.finish(entry)
     if entry is not None and not call.directives.no_store and call.redis_ok:
         call.handed_off = True
