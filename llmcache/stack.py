@@ -332,6 +332,9 @@ class Stack:
         proxy_addr, model_addr, redis_addr = self._resolve_ports()
         if cfg.log_dir is None:
             self._tmp_log_dir = Path(tempfile.mkdtemp(prefix="llmcache-up-"))
+        else:
+            # Absolute: Redis runs with its data directory as cwd and gets `--dir` from it.
+            cfg.log_dir = cfg.log_dir.resolve()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         py = [sys.executable, "-m", "llmcache"]
         threads_env: dict[str, str] = {}

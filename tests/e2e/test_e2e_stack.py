@@ -121,7 +121,7 @@ class UpProcess:
         return self.proc.returncode, "".join(self.lines) + out
 
 
-def start_up(*extra: str, log_dir: Path, with_model: bool = True) -> UpProcess:
+def start_up(*extra: str, log_dir: Path, with_model: bool = True, cwd: Path | None = None) -> UpProcess:
     ports = {"proxy": free_port(), "redis": free_port()}
     argv = [*LLMCACHE, "up", "--listen", f"127.0.0.1:{ports['proxy']}",
             "--redis-listen", f"127.0.0.1:{ports['redis']}", "--log-dir", str(log_dir)]
@@ -129,7 +129,7 @@ def start_up(*extra: str, log_dir: Path, with_model: bool = True) -> UpProcess:
         ports["model"] = free_port()
         argv += ["--model-listen", f"127.0.0.1:{ports['model']}", "--device", "cpu"]
     proc = subprocess.Popen(argv + list(extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=ENV, start_new_session=True)
+                            env=ENV, start_new_session=True, cwd=cwd)
     return UpProcess(proc=proc, ports=ports)
 
 
@@ -252,7 +252,8 @@ def test_up_children_die_with_it_even_on_sigkill(tmp_path: Path, stub_upstream: 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_up_stops_everything_on_a_signal(tmp_path: Path, stub_upstream: str, sig: signal.Signals) -> None:
-    up = start_up("--upstream", stub_upstream, with_model=False, log_dir=tmp_path)
+    # A relative --log-dir (as `make demo` uses) must work: Redis runs with its data dir as cwd.
+    up = start_up("--upstream", stub_upstream, with_model=False, log_dir=Path("logs"), cwd=tmp_path)
     try:
         up.wait_ready(timeout_s=240)
         children = descendants(up.proc.pid)
@@ -264,6 +265,7 @@ def test_up_stops_everything_on_a_signal(tmp_path: Path, stub_upstream: str, sig
             up.proc.wait()
     assert up.proc.returncode == 0, out
     assert "stopped: every part has exited and its port is free." in out
+    assert (tmp_path / "logs" / "proxy.log").stat().st_size > 0
     assert not any(alive(p) for p in children)
     assert all(port_free(p) for p in up.ports.values())
 
