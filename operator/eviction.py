@@ -11,6 +11,8 @@ writes into the same group, so the limits hold across all of them::
 
 One :func:`enforce_limits` pass:
 
+0. *invalidate*: with ``spec.invalidateBefore``, delete the entries created
+   before it (``ZRANGEBYSCORE ctime``): sidecars never serve them again;
 1. *prune*: walk the next ``prune_scan_count`` members of ``lru`` (a ``ZSCAN``
    cursor carried between passes, never a full scan) and drop the bookkeeping of
    members whose entry expired or was deleted (plus any leftover vector doc);
@@ -64,6 +66,9 @@ class EvictionLimits:
     policy: str = "LRU"
     max_entries: int | None = None
     max_memory_bytes: int | None = None
+    #: ``spec.invalidateBefore`` (epoch seconds): entries created earlier are never served again,
+    #: so the pass deletes them instead of letting them hold memory until their TTL.
+    invalidate_before_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in _ORDER_SET:
@@ -72,7 +77,7 @@ class EvictionLimits:
     @classmethod
     def from_spec(cls, spec: PolicySpec) -> EvictionLimits:
         return cls(policy=spec.eviction_policy, max_entries=spec.max_entries,
-                   max_memory_bytes=spec.max_memory_bytes)
+                   max_memory_bytes=spec.max_memory_bytes, invalidate_before_s=spec.invalidate_before_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,8 @@ class EvictionResult:
     num_evicted: int
     #: Members dropped because their entry had already expired.
     num_pruned: int
+    #: Entries deleted because they were created before ``invalidateBefore``.
+    num_invalidated: int
     #: ``ZSCAN`` cursor to pass to the next call (0: the sweep wrapped around).
     prune_cursor: int
 
@@ -165,6 +172,19 @@ async def _prune(r: aioredis.Redis, ks: Keyspace, group: str, *, cursor: int, co
     return int(cursor), pruned
 
 
+async def _delete_created_before(r: aioredis.Redis, ks: Keyspace, group: str, before_s: float, *,
+                                 batch_size: int) -> int:
+    """Delete the members whose ``ctime`` is earlier than ``before_s`` (new writes are later: this ends)."""
+    deleted = 0
+    while True:
+        stale = [_s(m) for m in await r.zrangebyscore(ks.group(group, "ctime"), "-inf", f"({before_s}",
+                                                       start=0, num=batch_size)]
+        if not stale:
+            return deleted
+        await delete_members(r, ks, group, stale)
+        deleted += len(stale)
+
+
 async def _candidates(r: aioredis.Redis, ks: Keyspace, group: str, order: str, n: int) -> list[str]:
     """The ``n`` next victims: lowest scores of the ordering set, then of ``lru`` for members it lacks."""
     out = [_s(m) for m in await r.zrange(ks.group(group, order), 0, n - 1)]
@@ -188,6 +208,9 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
         raise ValueError("batch_size must be >= 1")
     order = _ORDER_SET[limits.policy]
     next_cursor, pruned = await _prune(r, ks, group, cursor=prune_cursor, count=prune_scan_count)
+    invalidated = 0
+    if limits.invalidate_before_s is not None:
+        invalidated = await _delete_created_before(r, ks, group, limits.invalidate_before_s, batch_size=batch_size)
     evicted = 0
     # Summing sizes is O(entries) inside Redis: only when a memory limit needs it.
     if limits.max_memory_bytes is not None:
@@ -228,11 +251,11 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
             evicted += len(victims)
         count, memory = await group_usage(r, ks, group)
 
-    if evicted or pruned:
-        log.info("eviction group %s (%s): evicted %s, pruned %s expired, now %s entries / %s bytes",
-                 group, limits.policy, evicted, pruned, count, memory)
-    return EvictionResult(num_entries=count, memory_bytes=memory, num_evicted=evicted,
-                          num_pruned=pruned, prune_cursor=next_cursor)
+    if evicted or pruned or invalidated:
+        log.info("eviction group %s (%s): evicted %s, pruned %s expired, deleted %s invalidated, "
+                 "now %s entries / %s bytes", group, limits.policy, evicted, pruned, invalidated, count, memory)
+    return EvictionResult(num_entries=count, memory_bytes=memory, num_evicted=evicted, num_pruned=pruned,
+                          num_invalidated=invalidated, prune_cursor=next_cursor)
 
 
 async def drop_bookkeeping(r: aioredis.Redis, ks: Keyspace, group: str) -> None:

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from llmcache.keyspace import Keyspace
 from llmcache.operator import eviction
 from llmcache.operator.eviction import EvictionLimits
+from llmcache.policy import parse_spec
 
 GROUP = "ns/policy"
 
@@ -221,3 +222,23 @@ async def test_concurrent_writers_end_within_max_entries(r: aioredis.Redis) -> N
 def test_limits_reject_unknown_policy() -> None:
     with pytest.raises(ValueError, match="LRU, LFU, TTL"):
         EvictionLimits("FIFO")
+
+
+async def test_entries_created_before_invalidate_before_are_deleted(r: aioredis.Redis) -> None:
+    ks = Keyspace()
+    for i in range(10):
+        await write(r, ks, i, now_s=1000 + i)
+    limits = EvictionLimits("LRU", max_entries=100, invalidate_before_s=1005.0)
+
+    result = await eviction.enforce_limits(r, ks, GROUP, limits, batch_size=2)
+
+    assert result.num_invalidated == 5 and result.num_evicted == 0
+    assert await live(r, ks, 10) == set(range(5, 10))
+    assert (await eviction.enforce_limits(r, ks, GROUP, limits)).num_invalidated == 0
+
+
+def test_limits_from_spec_carry_invalidate_before() -> None:
+    spec = parse_spec({"eviction": {"policy": "TTL", "maxEntries": 5, "maxMemory": "1Ki"},
+                       "invalidateBefore": "2026-01-01T00:00:00Z"})
+    assert EvictionLimits.from_spec(spec) == EvictionLimits("TTL", max_entries=5, max_memory_bytes=1024,
+                                                            invalidate_before_s=1767225600.0)
