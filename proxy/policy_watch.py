@@ -281,7 +281,10 @@ class PolicyWatcher:
       raises because Redis is away or a document is bad.
     - A ``PUBLISH`` on ``policy_events`` for ``namespace`` is applied within
       milliseconds (HGETALL + selection); a pub/sub reconnect always re-reads.
-    - When Redis is unreachable the last good policy stays in force.
+    - When Redis is unreachable the last good policy stays in force. When it answers, its
+      hash is authoritative: an empty hash means "no policy" (the file is only for start-up
+      while Redis is away), and a document that fails validation is skipped by name, so the
+      next matching policy (or none) applies rather than a half-written one.
     - ``on_change`` is called (sync or async) each time :attr:`current` changes,
       including the first selection when it is not ``None``; its errors are logged.
     - After each apply from Redis the watcher acks ``pod_name`` →
