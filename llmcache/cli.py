@@ -37,7 +37,8 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only import the module of the chosen subcommand; list the others by name.
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    # The first word that names a subcommand (option values like `--log-level DEBUG` are skipped).
+    chosen = next((a for a in argv if a in SUBCOMMANDS), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:

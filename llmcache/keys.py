@@ -49,7 +49,15 @@ ANONYMOUS_TENANT = "anonymous"
 
 def _normalise(value: Any) -> Any:
     """Numbers compare by value (``1`` == ``1.0``); NaN/inf are rejected (not valid JSON)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    # Concrete JSON types first: this runs on every request, and ABC checks are slow.
+    t = type(value)
+    if t is str or t is bool or t is int or value is None:
+        return value
+    if t is dict:
+        return {str(k): _normalise(v) for k, v in value.items()}
+    if t is list:
+        return [_normalise(v) for v in value]
+    if isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
         return value

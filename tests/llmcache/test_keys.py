@@ -64,3 +64,9 @@ def test_semantic_parts_split_history_from_last_message() -> None:
     tool_last = {**BASE, "messages": [*BASE["messages"], {"role": "tool", "content": "r"}]}
     assert keys.semantic_parts(CHAT, tool_last, tenant="t") is None
     assert keys.semantic_parts("/v1/embeddings", {"model": "m", "input": "x"}, tenant="t") is None
+
+
+def test_subclassed_containers_normalise_like_plain_ones() -> None:
+    from collections import OrderedDict
+
+    assert keys.canonical_json(OrderedDict(b=1.0, a=[True, None])) == keys.canonical_json({"a": [True, None], "b": 1})
