@@ -48,6 +48,9 @@ STATE = handlers.STATE
 #: Redis connections opened at start-up (a first burst of requests finds them ready).
 _WARM_CONNECTIONS = 16
 
+#: How long shutdown waits for pending background writes (entries of answers already sent), s.
+_SHUTDOWN_GRACE_S = 1.0
+
 #: How often pending stats counters are written to Redis (s).
 STATS_FLUSH_INTERVAL_S = 1.0
 
@@ -146,7 +149,11 @@ async def _cancel_background(state: handlers.ProxyState) -> None:
 
 async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
-    await _cancel_background(app[STATE])
+    state = app[STATE]
+    if state.background:
+        # Answers already sent are worth keeping: give their pending writes a moment on shutdown.
+        await asyncio.wait(list(state.background), timeout=_SHUTDOWN_GRACE_S)
+    await _cancel_background(state)
 
 
 async def _first_ping(state: handlers.ProxyState, client: redis.asyncio.Redis) -> None:
