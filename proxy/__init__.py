@@ -1,0 +1,17 @@
+"""The caching sidecar (``llmcache proxy``): an aiohttp app in front of an OpenAI-compatible upstream.
+
+Modules (import them directly; this package imports nothing so ``llmcache proxy --help`` stays fast):
+
+- :mod:`~llmcache.proxy.app` — ``create_app(settings)``, resources in ``cleanup_ctx``
+- :mod:`~llmcache.proxy.settings` — ``ProxySettings`` (one dataclass per concern)
+- :mod:`~llmcache.proxy.handlers` — request flow, own endpoints
+- :mod:`~llmcache.proxy.upstream` — pass-through, hop-by-hop hygiene, 502/504
+- :mod:`~llmcache.proxy.exact` — ``ExactStore`` protocol, versioned JSON entries in Redis
+- :mod:`~llmcache.proxy.streaming` — SSE record while relaying, replay of stored answers
+- :mod:`~llmcache.proxy.singleflight` — in-process flights, optional cross-pod Redis lease
+- :mod:`~llmcache.proxy.breaker` — per-operation deadline and circuit breaker (fail open)
+- :mod:`~llmcache.proxy.cachecontrol` — request ``Cache-Control`` directives
+- :mod:`~llmcache.proxy.metrics`, :mod:`~llmcache.proxy.telemetry` — Prometheus, OpenTelemetry
+- :mod:`~llmcache.proxy.semantic`, :mod:`~llmcache.proxy.policy_watch` — semantic cache, CachePolicy
+- :mod:`~llmcache.proxy.stub_upstream` — an OpenAI-speaking upstream for tests, benchmarks and demos
+"""
