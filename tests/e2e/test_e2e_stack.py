@@ -121,7 +121,8 @@ class UpProcess:
         return self.proc.returncode, "".join(self.lines) + out
 
 
-def start_up(*extra: str, log_dir: Path, with_model: bool = True, cwd: Path | None = None) -> UpProcess:
+def start_up(*extra: str, log_dir: Path, with_model: bool = True, cwd: Path | None = None,
+             env: dict[str, str] | None = None) -> UpProcess:
     ports = {"proxy": free_port(), "redis": free_port()}
     argv = [*LLMCACHE, "up", "--listen", f"127.0.0.1:{ports['proxy']}",
             "--redis-listen", f"127.0.0.1:{ports['redis']}", "--log-dir", str(log_dir)]
@@ -129,7 +130,7 @@ def start_up(*extra: str, log_dir: Path, with_model: bool = True, cwd: Path | No
         ports["model"] = free_port()
         argv += ["--model-listen", f"127.0.0.1:{ports['model']}", "--device", "cpu"]
     proc = subprocess.Popen(argv + list(extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=ENV, start_new_session=True, cwd=cwd)
+                            env={**ENV, **(env or {})}, start_new_session=True, cwd=cwd)
     return UpProcess(proc=proc, ports=ports)
 
 
@@ -326,3 +327,24 @@ def test_demo_starts_its_own_stack_and_reports(tmp_path: Path, stub_upstream: st
     assert summary["by_status"]["semantic-hit"]["requests"] >= 1
     assert summary["false_hits"] == []
     assert "false hits on the" in output and "cache status" in output
+
+
+def test_up_passes_component_env_vars_through(tmp_path: Path, stub_upstream: str) -> None:
+    """Any proxy setting reaches the stack's proxy as its env var (here: cache temperature > 0)."""
+    import openai
+
+    up = start_up("--upstream", stub_upstream, with_model=False, log_dir=tmp_path,
+                  env={"LLMCACHE_NON_DETERMINISTIC": "cache"})
+    try:
+        up.wait_ready(timeout_s=240)
+        client = openai.OpenAI(base_url=up.base_url, api_key="sk-env-test", max_retries=0)
+        statuses = []
+        for _ in range(2):
+            raw = client.chat.completions.with_raw_response.create(
+                model="stub-model", temperature=0.8, messages=[{"role": "user", "content": "hello"}])
+            statuses.append(raw.headers["x-llmcache-status"])
+        client.close()
+    finally:
+        up.terminate()
+    # The proxy's default would bypass both (temperature > 0).
+    assert statuses == ["miss", "hit"]
