@@ -117,15 +117,25 @@ def default_cpu_threads() -> int:
     return max(1, cores // 2)
 
 
-def _pdeathsig() -> None:  # runs in the child between fork and exec
-    os.setsid()  # own session = own process group: Ctrl-C in the terminal reaches only `up`
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            # PR_SET_PDEATHSIG: die with `up` even when it is SIGKILLed. SIGKILL, not SIGTERM:
-            # this path only runs when `up` could not stop us in order, and a child busy in
-            # a long inference call may not honour SIGTERM promptly.
-            libc.prctl(1, signal.SIGKILL)
+#: libc, loaded once in the parent: dlopen after fork (in a threaded parent) may deadlock.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child die with ``up`` even when ``up`` is SIGKILLed.
+
+    SIGKILL, not SIGTERM: this path only runs when ``up`` could not stop the child in
+    order, and a child busy in a long inference call may not honour SIGTERM promptly.
+    """
+
+    def preexec() -> None:  # runs in the child between fork and exec: no allocation-heavy work
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # `up` died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -185,7 +195,11 @@ class _Child:
         log.debug("starting %s: %s (log: %s)", self.name, " ".join(self.argv), self.logfile)
         self.proc = subprocess.Popen(  # noqa: S603 - argv built from our own flags
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=env, cwd=self.cwd, preexec_fn=_pdeathsig,  # noqa: PLW1509 - only setsid+prctl, no locks taken
+            env=env, cwd=self.cwd,
+            # Own session = own process group: a terminal Ctrl-C reaches only `up`, which
+            # then stops the parts in order.
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509 - one prctl call, no locks taken
         )
         self._pump = threading.Thread(target=self._copy_output, args=(verbose,), daemon=True,
                                       name=f"log-{self.name}")
