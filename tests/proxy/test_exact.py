@@ -45,10 +45,29 @@ async def test_store_ttl_and_eviction_bookkeeping(redis_plain_url: str) -> None:
         assert 0 < await r.ttl(ks.entry("abc")) <= 50
         assert int(await r.hget(ks.group("g", "size"), "abc")) == size
         assert await r.zscore(ks.group("g", "ctime"), "abc") is not None
+        assert await r.zscore(ks.group("g", "lru"), "abc") == await r.zscore(ks.group("g", "ctime"), "abc")
+        assert await r.zscore(ks.group("g", "lfu"), "abc") == 1
         blob = await store.get("abc", group="g")
         assert Entry.from_json(blob) == entry()
         assert await r.zscore(ks.group("g", "lfu"), "abc") == 2
         await store.delete("abc")
         assert await store.get("abc", group="g") is None
+    finally:
+        await r.aclose()
+
+
+async def test_scripts_survive_a_script_flush(redis_plain_url: str) -> None:
+    """put/get run as EVALSHA; a Redis that lost its scripts (restart, SCRIPT FLUSH) gets them reloaded."""
+    r = aioredis.Redis.from_url(redis_plain_url)
+    ks = Keyspace("t2")
+    store = RedisExactStore(r, keyspace=ks)
+    try:
+        await store.put("k1", entry(), ttl_s=50, group="g")
+        await r.script_flush()
+        size = await store.put("k2", entry(), ttl_s=50, group="g")
+        assert int(await r.hget(ks.group("g", "size"), "k2")) == size
+        await r.script_flush()
+        assert Entry.from_json(await store.get("k1", group="g")) == entry()
+        assert await r.zscore(ks.group("g", "lfu"), "k1") == 2
     finally:
         await r.aclose()
