@@ -1,13 +1,21 @@
 """Per-namespace cache counters in Redis: written by every proxy, read by ``llmcache stats``.
 
 One HASH per cache namespace (the ``X-LLMCache-Namespace`` value, ``default``
-when absent) at :meth:`llmcache.keyspace.Keyspace.stats`, addressed by a hash
-of the namespace so any header value makes a safe key name::
+when absent) and CachePolicy at :meth:`llmcache.keyspace.Keyspace.stats`,
+addressed by a hash of both (:func:`ns_hash`) so any header value makes a safe
+key name::
 
     {p}:stats:{ns_hash}  namespace  "<X-LLMCache-Namespace or default>"
+                         policy     "<k8s namespace>/<name>" of the policy the proxy applied
+                                    (absent without a policy)
                          hit | semantic_hit | miss | bypass   request counts
                          tokens_saved                          prompt + completion tokens served from cache
                          bytes_saved                           answer bytes served from cache
+
+The ``policy`` field is what the operator sums for a CachePolicy's
+``status.hitRate`` (:func:`llmcache.operator.status.hit_counters`), so the rate
+is exact rather than estimated from eviction bookkeeping. Readers of this
+module (:func:`read_stats`) sum a namespace's hashes over its policies.
 
 Proxies count in memory (:class:`StatsBuffer`) and flush with one pipelined
 ``HINCRBY`` batch per second, so counting never adds a Redis round trip to a
@@ -37,28 +45,41 @@ DEFAULT_NAMESPACE = "default"
 OVERFLOW_NAMESPACE = "_other"
 
 
-def ns_hash(namespace: str) -> str:
-    """Key-safe id of a namespace name (first 16 hex digits of its SHA-256)."""
-    return hashlib.sha256(namespace.encode()).hexdigest()[:16]
+def ns_hash(namespace: str, *, policy: str | None = None) -> str:
+    """Key-safe id of a namespace name, or of a (namespace, policy id) pair (first 16 hex digits
+    of a SHA-256). Without a policy the id is the one counters had before policies were tagged."""
+    name = namespace if policy is None else f"{namespace}\x00{policy}"
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+#: ``(namespace, policy id or None)``: what one stats hash counts.
+_Slot = tuple[str, str | None]
+
+
+def _new_counts() -> defaultdict[_Slot, defaultdict[str, int]]:
+    return defaultdict(lambda: defaultdict(int))
 
 
 class StatsBuffer:
-    """In-memory counters per namespace, flushed to Redis in one pipeline."""
+    """In-memory counters per (namespace, policy), flushed to Redis in one pipeline."""
 
     __slots__ = ("_counts", "max_namespaces")
 
     def __init__(self, *, max_namespaces: int = 10_000) -> None:
-        self._counts: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._counts = _new_counts()
         self.max_namespaces = max_namespaces
-        """Distinct namespaces held between flushes; more fold into ``OVERFLOW_NAMESPACE``. Default
-        10 000: the header is client-chosen, and a Redis outage must not let it grow memory unbounded."""
+        """Distinct (namespace, policy) pairs held between flushes; more fold into ``OVERFLOW_NAMESPACE``
+        (keeping their policy). Default 10 000: the header is client-chosen, and a Redis outage must not
+        let it grow memory unbounded."""
 
-    def add(self, namespace: str, status: str, *, tokens_saved: int = 0, bytes_saved: int = 0) -> None:
-        """Count one request with cache ``status`` (hit, semantic-hit, miss, bypass)."""
-        namespace = namespace or DEFAULT_NAMESPACE
-        if namespace not in self._counts and len(self._counts) >= self.max_namespaces:
-            namespace = OVERFLOW_NAMESPACE
-        c = self._counts[namespace]
+    def add(self, namespace: str, status: str, *, policy: str | None = None, tokens_saved: int = 0,
+            bytes_saved: int = 0) -> None:
+        """Count one request with cache ``status`` (hit, semantic-hit, miss, bypass) under the
+        CachePolicy id ``policy`` the proxy applied to it (``None``: no policy)."""
+        slot = (namespace or DEFAULT_NAMESPACE, policy)
+        if slot not in self._counts and len(self._counts) >= self.max_namespaces:
+            slot = (OVERFLOW_NAMESPACE, policy)
+        c = self._counts[slot]
         c[status.replace("-", "_")] += 1
         if tokens_saved:
             c["tokens_saved"] += tokens_saved
@@ -72,35 +93,43 @@ class StatsBuffer:
         """Write the pending counts; on failure they are merged back and the error re-raised."""
         if not self._counts:
             return
-        pending, self._counts = self._counts, defaultdict(lambda: defaultdict(int))
+        pending, self._counts = self._counts, _new_counts()
         try:
             async with client.pipeline(transaction=False) as pipe:
-                for namespace, counts in pending.items():
-                    key = keyspace.stats(ns_hash(namespace))
-                    pipe.hset(key, "namespace", namespace)
+                for (namespace, policy), counts in pending.items():
+                    key = keyspace.stats(ns_hash(namespace, policy=policy))
+                    if policy is None:
+                        pipe.hset(key, "namespace", namespace)
+                    else:
+                        pipe.hset(key, mapping={"namespace": namespace, "policy": policy})
                     for field_name, n in counts.items():
                         pipe.hincrby(key, field_name, n)
                 await pipe.execute()
         except BaseException:
-            for namespace, counts in pending.items():
+            for slot, counts in pending.items():
                 for field_name, n in counts.items():
-                    self._counts[namespace][field_name] += n
+                    self._counts[slot][field_name] += n
             raise
 
 
 async def read_stats(client: redis.asyncio.Redis, *, keyspace: Keyspace) -> list[dict[str, Any]]:
-    """Every namespace's counters, sorted by namespace, with ``hit_rate`` over cacheable requests."""
-    out = []
+    """Every namespace's counters (summed over the policies that counted them), sorted by namespace,
+    with ``hit_rate`` over cacheable requests and ``policies``, the sorted policy ids seen."""
+    rows: dict[str, dict[str, Any]] = {}
     async for key in client.scan_iter(match=keyspace.stats_pattern, count=500):
         raw = await client.hgetall(key)
-        row: dict[str, Any] = {"namespace": _s(raw.get(b"namespace", b"?"))}
+        namespace = _s(raw.get(b"namespace", b"?"))
+        row = rows.setdefault(namespace, {"namespace": namespace, **dict.fromkeys(FIELDS, 0), "policies": []})
         for f in FIELDS:
-            row[f] = int(raw.get(f.encode(), 0))
+            row[f] += int(raw.get(f.encode(), 0))
+        if b"policy" in raw:
+            row["policies"].append(_s(raw[b"policy"]))
+    for row in rows.values():
         hits = row["hit"] + row["semantic_hit"]
         looked = hits + row["miss"]
         row["hit_rate"] = round(hits / looked, 4) if looked else 0.0
-        out.append(row)
-    return sorted(out, key=lambda r: r["namespace"])
+        row["policies"].sort()
+    return sorted(rows.values(), key=lambda r: r["namespace"])
 
 
 def _s(v: bytes | str) -> str:

@@ -75,6 +75,8 @@ class EffectiveConfig:
     invalidate_before_s: float | None
     group: str
     """Eviction group: the policy id, or :data:`llmcache.keyspace.DEFAULT_GROUP`."""
+    policy_id: str | None = None
+    """The applied CachePolicy's id (``namespace/name``) that tags the stats counters; ``None`` without one."""
 
 
 def effective_config(settings: ProxySettings, doc: PolicyDocument | None, *,
@@ -95,7 +97,7 @@ def effective_config(settings: ProxySettings, doc: PolicyDocument | None, *,
         semantic=semantic_ready and s.semantic_enabled, ttl_s=s.ttl_seconds,
         similarity_threshold=s.similarity_threshold, tenant_header=s.tenant_header,
         non_deterministic=s.non_deterministic, suspend=s.suspend, invalidate_before_s=s.invalidate_before_s,
-        group=doc.id)
+        group=doc.id, policy_id=doc.id)
 
 
 @dataclass(slots=True)
@@ -166,7 +168,7 @@ async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, 
     """Forward a cacheable-route request without caching it (status ``bypass``)."""
     assert state.upstream is not None
     state.metrics.count(route, "bypass")
-    state.stats.add(namespace, "bypass")
+    state.stats.add(namespace, "bypass", policy=state.config().policy_id)
     headers = upstream.filter_headers(request.headers)
     t0 = time.perf_counter()
     try:
@@ -325,7 +327,7 @@ async def _lookup_or_fetch(call: _Call) -> web.StreamResponse:
     if call.directives.only_if_cached:
         call.status = "miss"
         state.metrics.count(call.route, "miss")
-        state.stats.add(call.namespace, "miss")
+        state.stats.add(call.namespace, "miss", policy=call.cfg.policy_id)
         return upstream.error_response(504, "not in the cache and the request says only-if-cached",
                                        type_="cache_miss", code="only_if_cached", headers={STATUS_HEADER: "miss"})
     return await _miss(call, join=True)
@@ -432,7 +434,8 @@ def _serve(call: _Call, entry: Entry, *, status: str) -> web.Response:
     state.metrics.count(call.route, status)
     state.metrics.served_from_cache(num_bytes=len(payload), prompt_tokens=entry.prompt_tokens,
                                     completion_tokens=entry.completion_tokens)
-    state.stats.add(call.namespace, status, tokens_saved=tokens, bytes_saved=len(payload))
+    state.stats.add(call.namespace, status, policy=call.cfg.policy_id, tokens_saved=tokens,
+                    bytes_saved=len(payload))
     log.debug("%s %s age=%ss", status, call.log_key, headers["Age"])
     return resp
 
@@ -550,7 +553,8 @@ async def _follow(call: _Call, flight: Flight) -> web.StreamResponse | None:
         if entry is not None:
             state.metrics.served_from_cache(num_bytes=0, prompt_tokens=entry.prompt_tokens,
                                             completion_tokens=entry.completion_tokens)
-            state.stats.add(call.namespace, "hit", tokens_saved=entry.prompt_tokens + entry.completion_tokens)
+            state.stats.add(call.namespace, "hit", policy=call.cfg.policy_id,
+                            tokens_saved=entry.prompt_tokens + entry.completion_tokens)
         await out.write_eof()
         return out
     entry = await flight.wait()
@@ -583,13 +587,13 @@ async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
     except upstream.UpstreamError as exc:
         flight.fail()
         state.metrics.count(call.route, call.status)
-        state.stats.add(call.namespace, call.status)
+        state.stats.add(call.namespace, call.status, policy=call.cfg.policy_id)
         log.info("upstream failed for %s: %s", call.log_key, exc.message)
         return upstream.error_response(exc.status, exc.message, type_="upstream_error",
                                        headers={STATUS_HEADER: call.status})
     state.metrics.observe_upstream(call.route, time.perf_counter() - t0)
     state.metrics.count(call.route, call.status)
-    state.stats.add(call.namespace, call.status)
+    state.stats.add(call.namespace, call.status, policy=call.cfg.policy_id)
     ctype = resp.headers.get("Content-Type", "")
     is_sse = ctype.startswith(_SSE)
     encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")

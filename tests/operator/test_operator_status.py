@@ -46,6 +46,20 @@ async def test_hit_counters_read_only_stats_tagged_with_the_policy(r: aioredis.R
     assert (await status.hit_counters(r, KS, "ns/other")).hit_rate is None
 
 
+async def test_hit_counters_read_what_the_proxy_stats_buffer_writes(r: aioredis.Redis) -> None:
+    from llmcache import stats
+
+    buf = stats.StatsBuffer()
+    for st in ("hit", "semantic-hit", "miss", "bypass"):
+        buf.add("docs", st, policy="ns/p")
+    buf.add("faq", "hit", policy="ns/p")
+    buf.add("docs", "hit")  # no policy applied: not this policy's
+    buf.add("docs", "miss", policy="ns/other")
+    await buf.flush(r, keyspace=KS)
+    counters = await status.policy_counters(r, KS, "ns/p")
+    assert (counters.num_hits, counters.num_misses) == (3, 1)
+
+
 async def test_group_counters_estimate_hits_from_bookkeeping(r: aioredis.Redis) -> None:
     group = "ns/p"
     async with r.pipeline() as pipe:

@@ -599,9 +599,11 @@ def test_stats_buffer_caps_namespaces() -> None:
     buf = stats.StatsBuffer(max_namespaces=2)
     for ns in ("a", "b", "c", "d", "a"):
         buf.add(ns, "hit")
-    assert dict(buf._counts["a"]) == {"hit": 2}  # noqa: SLF001
-    assert dict(buf._counts[stats.OVERFLOW_NAMESPACE]) == {"hit": 2}  # noqa: SLF001
-    assert len(buf._counts) == 3  # noqa: SLF001
+    buf.add("e", "miss", policy="ns/p")  # overflow keeps the policy, so its hitRate stays exact
+    assert dict(buf._counts[("a", None)]) == {"hit": 2}  # noqa: SLF001
+    assert dict(buf._counts[(stats.OVERFLOW_NAMESPACE, None)]) == {"hit": 2}  # noqa: SLF001
+    assert dict(buf._counts[(stats.OVERFLOW_NAMESPACE, "ns/p")]) == {"miss": 1}  # noqa: SLF001
+    assert len(buf._counts) == 4  # noqa: SLF001
 
 
 async def test_streaming_miss_relays_chunks_before_the_upstream_finishes(proxy_stack) -> None:

@@ -87,3 +87,36 @@ async def test_cross_pod_lease_coalesces_misses(proxy_stack, redis_plain_url: st
     assert all(status == 200 for status, _, _ in results)
     assert len({body for _, _, body in results}) == 1
     assert await a.upstream_count() == 1
+
+
+async def test_stats_are_tagged_with_the_applied_policy(proxy_stack, redis_plain_url: str, tmp_path) -> None:
+    """Counters under a policy land in a stats hash carrying ``policy`` (what the operator's hitRate
+    sums); counts from before the policy stay untagged; ``read_stats`` still gives one row per namespace."""
+    from llmcache import stats
+    from llmcache.operator import status
+
+    labels = tmp_path / "labels"
+    labels.write_text('app="chat"\n')
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        stack = await proxy_stack(policy_pod_namespace=NS, policy_pod_name="chat-0",
+                                  policy_pod_labels_file=str(labels))
+        assert (await stack.post("/v1/chat/completions", {**CHAT, "n": 2}))[1]["X-LLMCache-Status"] == "miss"
+        await publish(r, {"selector": {"matchLabels": {"app": "chat"}}, "mode": "Exact"}, generation=1)
+        await wait_generation(stack, 1)
+        for want in ("miss", "hit", "hit"):
+            assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == want
+        async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats") as resp:
+            rows = (await resp.json())["namespaces"]  # flushes this proxy's counts first
+        assert len(rows) == 1
+        assert (rows[0]["namespace"], rows[0]["hit"], rows[0]["miss"]) == ("default", 2, 2)
+        assert rows[0]["policies"] == [f"{NS}/chat-cache"] and rows[0]["hit_rate"] == 0.5
+        tagged = await r.hgetall(KS.stats(stats.ns_hash("default", policy=f"{NS}/chat-cache")))
+        assert tagged[b"policy"] == f"{NS}/chat-cache".encode() and tagged[b"namespace"] == b"default"
+        assert (int(tagged[b"hit"]), int(tagged[b"miss"])) == (2, 1)
+        untagged = await r.hgetall(KS.stats(stats.ns_hash("default")))
+        assert b"policy" not in untagged and int(untagged[b"miss"]) == 1
+        counters = await status.policy_counters(r, KS, f"{NS}/chat-cache")
+        assert (counters.num_hits, counters.num_misses) == (2, 1)  # exact, not the bookkeeping estimate
+    finally:
+        await r.aclose()
