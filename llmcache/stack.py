@@ -392,7 +392,7 @@ class Stack:
                 logfile=self.log_dir / "model-server.log", env=threads_env,
             )
             self._launch(model, f"model server: loading model {cfg.model!r} on {host}:{port} "
-                                "(15-30 s on a CPU)")
+                                "(about 15-70 s on a CPU)")
 
         host, port = proxy_addr
         self.proxy_url = f"http://{_url_host(host)}:{port}"
