@@ -265,25 +265,10 @@ def replay(
                                       "temperature": 0}
             client = clients[req.tenant]
             t0 = time.perf_counter()
-            ttft_ms: float | None = None
-            if req.stream:
-                raw = client.chat.completions.with_raw_response.create(
-                    stream=True, stream_options={"include_usage": True}, **kwargs)
-                usage = None
-                finish: str | None = None
-                for chunk in raw.parse():
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    for choice in chunk.choices:
-                        if ttft_ms is None and choice.delta and choice.delta.content:
-                            ttft_ms = (time.perf_counter() - t0) * 1000
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
-            else:
-                raw = client.chat.completions.with_raw_response.create(**kwargs)
-                completion = raw.parse()
-                usage = completion.usage
-                finish = completion.choices[0].finish_reason if completion.choices else None
+            try:
+                raw, usage, finish, ttft_ms = _send(client, req.stream, kwargs, t0)
+            except openai.OpenAIError as exc:
+                raise DependencyError(f"request {index + 1} ({req.id}) to {base_url} failed: {exc}") from exc
             latency_ms = (time.perf_counter() - t0) * 1000
             status = (raw.headers.get("x-llmcache-status") or "none").lower()
             prompt_tokens, completion_tokens, cached_tokens = _usage_numbers(usage)
@@ -329,6 +314,30 @@ def scrape_counters(metrics_url: str, names: Sequence[str], *, timeout_s: float 
 
 #: Model-server counters the report cross-checks against the responses' usage.
 PREFIX_COUNTERS = ("llmcache_model_prefix_cache_queried_tokens_total", "llmcache_model_prefix_cache_hit_tokens_total")
+
+
+def _send(client: Any, stream: bool, kwargs: dict[str, Any], t0: float) -> tuple[Any, Any, str | None, float | None]:
+    """One chat request; returns (raw response, usage, finish_reason, time to first content in ms)."""
+    ttft_ms: float | None = None
+    finish: str | None = None
+    if stream:
+        raw = client.chat.completions.with_raw_response.create(
+            stream=True, stream_options={"include_usage": True}, **kwargs)
+        usage = None
+        for chunk in raw.parse():
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                if ttft_ms is None and choice.delta and choice.delta.content:
+                    ttft_ms = (time.perf_counter() - t0) * 1000
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+    else:
+        raw = client.chat.completions.with_raw_response.create(**kwargs)
+        completion = raw.parse()
+        usage = completion.usage
+        finish = completion.choices[0].finish_reason if completion.choices else None
+    return raw, usage, finish, ttft_ms
 
 
 # -- report -----------------------------------------------------------------------------------

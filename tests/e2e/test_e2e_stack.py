@@ -61,6 +61,13 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text()
@@ -348,3 +355,27 @@ def test_up_passes_component_env_vars_through(tmp_path: Path, stub_upstream: str
         up.terminate()
     # The proxy's default would bypass both (temperature > 0).
     assert statuses == ["miss", "hit"]
+
+
+def test_demo_reports_a_failing_upstream_clearly_and_stops_the_stack(tmp_path: Path) -> None:
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, "-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{port}",
+                             "--fault", "500"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        wait_until(lambda: not port_free(port), timeout_s=30, what="the stub upstream")
+        proc = subprocess.Popen(
+            [*LLMCACHE, "demo", "--quick", "--upstream", f"http://127.0.0.1:{port}", "--request-model", "stub-model",
+             "--output-dir", str(tmp_path / "out")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+        out, err = proc.communicate(timeout=300)
+        # The stack's proxy (the only other process naming this upstream) is gone too.
+        left = [pid for pid in _proc_table() if pid != stub.pid and alive(pid)
+                and f"http://127.0.0.1:{port}".encode() in _cmdline(pid)]
+    finally:
+        stub.terminate()
+        stub.wait(timeout=10)
+    assert proc.returncode == 1
+    assert "llmcache: error: request 1 (2fa-enable) to http://127.0.0.1:" in err, err
+    assert "500" in err and "Traceback" not in err
+    assert "stopping the stack" in out
+    assert left == []
