@@ -450,6 +450,9 @@ def format_report(summary: dict[str, Any], *, title: str = "") -> str:
     ]
     for miss in summary["expectations"]["missed"]:
         lines.append(f"  {miss['id']}: expected {miss['expect']}, got {miss['status']}")
+    unlabelled = summary["by_status"].get("none", {}).get("requests", 0)
+    if unlabelled:
+        lines.append(f"{unlabelled} responses carried no X-LLMCache-Status header: is the base URL a llmcache proxy?")
     return "\n".join(lines)
 
 

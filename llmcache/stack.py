@@ -490,7 +490,8 @@ def add_stack_flags(parser: argparse.ArgumentParser, *, any_port: bool = False) 
     add_flag(parser, "--mode", default=None, choices=("exact", "semantic", "both"),
              help="proxy cache mode (proxy default when unset)")
     add_flag(parser, "--log-dir", default=None, type=Path,
-             help="directory for the parts' logs (a temporary directory when unset)")
+             help="directory for the parts' logs (unset: " + ("OUTPUT_DIR/logs)" if any_port else
+                                                              "a temporary directory, printed)"))
     add_flag(parser, "--ready-timeout-seconds", default=300.0, type=float,
              help="seconds to wait for each part to become ready")
     add_flag(parser, "--cpu-threads", default=None, type=int,

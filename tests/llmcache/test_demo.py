@@ -110,6 +110,14 @@ def test_summary_counts_false_hits_savings_and_prefix_share() -> None:
     text = demo.format_report(s)
     assert "false hits on the 2 built-in negatives: 1  <-- r4" in text
     assert "370 of 600 prompt tokens reused (61.7%)" in text
+    assert "no X-LLMCache-Status header" not in text
+
+
+def test_report_points_out_a_base_url_that_is_not_a_proxy() -> None:
+    s = demo.summarize([_result(0, "none"), _result(1, "none", expect="hit")])
+    assert s["hit_rate"] == 0.0
+    text = demo.format_report(s)
+    assert "2 responses carried no X-LLMCache-Status header: is the base URL a llmcache proxy?" in text
 
 
 def test_plot_is_written(tmp_path: Path) -> None:
