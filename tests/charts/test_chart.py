@@ -11,6 +11,7 @@ SubjectAccessReviews against the real authorizer.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -118,6 +119,8 @@ def test_helm_lint_is_clean_with_defaults_and_options(binaries: ControlPlaneBina
         ("modelServer.device=tpu", "device"),
         ("redis.external.url=http://not-redis", "url"),
         ("sidecarr.port=1", "'sidecarr' not allowed"),
+        ("sidecar.tenantSalt.secret=x", "'secret' not allowed"),  # typo of existingSecret
+        ("sidecar.tenantSalt.existingSecret=Not_A_Name", "existingSecret"),
     ],
 )
 def test_schema_rejects_bad_values(binaries: ControlPlaneBinaries, helm_home: dict[str, str], setting: str,
@@ -286,6 +289,25 @@ def test_external_redis_by_url_or_existing_secret(binaries: ControlPlaneBinaries
     assert "set redis.external.url or redis.external.existingSecret" in proc.stderr
 
 
+def test_sidecars_share_one_tenant_salt_generated_or_from_existing_secret(binaries: ControlPlaneBinaries,
+                                                                           helm_home: dict[str, str]) -> None:
+    generated = render(binaries, helm_home)
+    secret = one(generated, "Secret", "-tenant-salt")
+    assert secret["metadata"]["namespace"] == "ns1"
+    salt = base64.b64decode(secret["data"]["tenant-salt"]).decode()
+    assert len(salt) == 48 and salt.isalnum()
+    env = env_of(container(one(generated, "Deployment", "-operator")["spec"]["template"]["spec"], "operator"))
+    assert env["LLMCACHE_SIDECAR_TENANT_SALT"] == {
+        "secretKeyRef": {"name": "llm-llmcache-tenant-salt", "key": "tenant-salt"}}
+    assert "LLMCACHE_SIDECAR_TENANT_SALT_SECRET" not in env
+
+    shared = render(binaries, helm_home, "sidecar.tenantSalt.existingSecret=llm-salt")
+    assert not find(shared, "Secret", "-tenant-salt")
+    env = env_of(container(one(shared, "Deployment", "-operator")["spec"]["template"]["spec"], "operator"))
+    assert env["LLMCACHE_SIDECAR_TENANT_SALT_SECRET"] == "llm-salt"
+    assert "LLMCACHE_SIDECAR_TENANT_SALT" not in env
+
+
 def test_example_app_is_labelled_for_injection(binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
     objects = render(binaries, helm_home, "exampleApp.enabled=true")
     app = one(objects, "Deployment", "-example-app")
@@ -427,7 +449,9 @@ def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_na
     assert objects["Deployment"] == {"llm-llmcache-operator", "llm-llmcache-model-server", "llm-llmcache-example-app"}
     assert objects["StatefulSet"] == {"llm-llmcache-redis"}
     assert objects["Service"] == {"llm-llmcache-webhook", "llm-llmcache-redis", "llm-llmcache-model-server"}
-    assert objects["Secret"] == {"llm-llmcache-redis-url"}
+    assert objects["Secret"] == {"llm-llmcache-redis-url", "llm-llmcache-tenant-salt"}
+    salt = kube.get("v1", "Secret", "llm-llmcache-tenant-salt", namespace=ns)
+    assert salt is not None and len(base64.b64decode(salt["data"]["tenant-salt"])) == 48
     assert objects["ClusterRole"] == {names["ClusterRole"]}
     assert objects["ClusterRoleBinding"] == {names["ClusterRoleBinding"]}
     assert objects["MutatingWebhookConfiguration"] == {names["MutatingWebhookConfiguration"]}
@@ -467,6 +491,9 @@ def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_na
     assert (status["info"]["status"], status["version"]) == ("deployed", 2)
     deployment = kube.get("apps/v1", "Deployment", "llm-llmcache-operator", namespace=ns)
     assert deployment is not None and deployment["spec"]["replicas"] == 2
+    # The upgrade kept the generated salt (a new one would orphan every cached entry).
+    kept = kube.get("v1", "Secret", "llm-llmcache-tenant-salt", namespace=ns)
+    assert kept is not None and kept["data"]["tenant-salt"] == salt["data"]["tenant-salt"]
     assert kube.get("apps/v1", "Deployment", "llm-llmcache-example-app", namespace=ns) is None
     policy = kube.get("llmcache.io/v1alpha1", "CachePolicy", "llm-llmcache-example-app", namespace=ns)
     assert policy is None or policy["metadata"].get("deletionTimestamp")  # an operator's finalizer may hold it

@@ -135,6 +135,11 @@ url
 {{- end }}
 {{- end }}
 
+{{/* The chart-generated tenant-salt Secret (release namespace; used without sidecar.tenantSalt.existingSecret). */}}
+{{- define "llmcache.tenantSaltSecretName" -}}
+{{- include "llmcache.componentName" (list . "tenant-salt") }}
+{{- end }}
+
 {{/* The Redis URL as the chart knows it (bundled or external.url); "" with existingSecret. */}}
 {{- define "llmcache.redisUrl" -}}
 {{- if .Values.redis.bundled.enabled }}
