@@ -146,3 +146,26 @@ async def test_loop_lag_measures_a_blocked_loop() -> None:
         await asyncio.sleep(0)
     task.cancel()
     assert lag.lag_s >= 0.1
+
+
+async def test_op_runs_in_the_callers_task_and_cancellation_is_not_a_redis_failure() -> None:
+    """No task per operation (asyncio.timeout, not wait_for); a cancelled caller (client hung up)
+    propagates CancelledError, counts no failure, and frees the half-open probe slot."""
+    async def whose_task() -> asyncio.Task | None:
+        return asyncio.current_task()
+
+    b = Breaker(timeout_s=1)
+    assert await b.call(whose_task) is asyncio.current_task()
+
+    clock = Clock()
+    b = Breaker(timeout_s=5, failure_threshold=1, cooldown_s=1.0, clock=clock)
+    with pytest.raises(CacheUnavailable):
+        await b.call(broken)
+    clock.now = 2  # half-open: the next call is the probe
+    probe = asyncio.ensure_future(b.call(hang))
+    await asyncio.sleep(0)
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    assert b.num_failures_total == 1  # only the real failure
+    assert await b.call(ok) == "ok" and b.state == "closed"  # the slot was freed: a new probe ran
