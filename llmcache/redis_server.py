@@ -13,6 +13,7 @@ the Query Engine (``redis:8`` / ``redis-stack-server``) or points at yours.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import logging
 import os
@@ -80,6 +81,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
 def _port_open(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
         return True
@@ -105,6 +112,9 @@ class EmbeddedRedis:
     dir: Path | None = None
     """Working directory for the server; a temporary one when ``None``."""
     extra_args: list[str] = field(default_factory=list)
+    die_with_parent: bool = True
+    """Linux: the server gets SIGTERM when the process that started it dies, so a killed
+    test run or ``llmcache up`` never leaves an orphan holding a port. Default on."""
     _proc: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -152,7 +162,8 @@ class EmbeddedRedis:
         log.info("starting embedded redis on %s:%d (search=%s)", self.host, self.port, self.with_search)
         with open(logfile, "wb") as out:
             self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
-                                          start_new_session=True)
+                                          start_new_session=True,
+                                          preexec_fn=_die_with_parent if self.die_with_parent else None)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -51,3 +51,31 @@ def test_port_in_use_is_a_clear_error(redis_search: EmbeddedRedis) -> None:
 
     with pytest.raises(DependencyError, match="already in use"):
         EmbeddedRedis(port=redis_search.port).start()
+
+
+def test_server_dies_with_the_process_that_started_it(tmp_path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "from llmcache.redis_server import EmbeddedRedis\n"
+        "s = EmbeddedRedis(with_search=False).start()\n"
+        "print(s.pid, s.port, flush=True)\n"
+        "import time; time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pid, port = map(int, parent.stdout.readline().split())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"valkey-server {pid} outlived its parent")
