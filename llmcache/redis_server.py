@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,7 +164,10 @@ class EmbeddedRedis:
         with open(logfile, "wb") as out:
             self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
                                           start_new_session=True,
-                                          preexec_fn=_die_with_parent if self.die_with_parent else None)
+                                          # The death signal follows the starting *thread*: only
+                                          # tie it to the main thread, which lives as long as we do.
+                                          preexec_fn=_die_with_parent if self.die_with_parent
+                                          and threading.current_thread() is threading.main_thread() else None)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
