@@ -245,7 +245,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                           "load_avg_at_start": os.getloadavg()}, "lookups": {}, "knn": []}
     with EmbeddedRedis(with_search=True) as search_srv, EmbeddedRedis(with_search=False) as plain_srv:
-        embedder = await LocalEmbedder.load(max_batch=64, cache_entries=0)  # no reuse: every lookup embeds
+        # Every lookup text is new, so the LRU only serves the verifier's word embeddings.
+        embedder = await LocalEmbedder.load(max_batch=64)
         try:
             for name, url, max_batch in (("search, batched", search_srv.url, 64),
                                          ("client, batched", plain_srv.url, 64),
@@ -256,7 +257,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  {name}: {result['lookups'][name]}", flush=True)
         finally:
             await embedder.close()
-        for kind, url in (("search", search_srv.url), ("client", plain_srv.url)):
+        for kind, url in (("search", search_srv.url), ("client", plain_srv.url)) if args.entries > 0 else ():
             result["knn"].append(await bench_knn(url, kind, entries=args.entries, dim=384, num_queries=args.knn_queries))
             print(f"  knn {result['knn'][-1]}", flush=True)
         if not args.skip_proxy:
@@ -273,6 +274,7 @@ def main() -> int:
     parser.add_argument("--knn-queries", type=int, default=300)
     parser.add_argument("--exact-requests", type=int, default=300)
     parser.add_argument("--skip-proxy", action="store_true")
+    parser.add_argument("--name", default="semantic_bench", help="result file stem (default: semantic_bench)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     result = asyncio.run(run(args))
@@ -289,9 +291,9 @@ def main() -> int:
             print(f"--mode {mode:<27}{m['p50_ms']:9.2f}{m['p99_ms']:9.2f}   {m['statuses']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "semantic_bench.json").write_text(json.dumps(result, indent=1))
-    plot(result, out / "semantic_bench.png")
-    print(f"\nwrote {out / 'semantic_bench.json'} and {out / 'semantic_bench.png'}")
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / f"{args.name}.png")
+    print(f"\nwrote {out / (args.name + '.json')} and {out / (args.name + '.png')}")
     return 0
 
 

@@ -148,6 +148,7 @@ class SemanticCache:
         self._owns_embedder = owns_embedder
         self._verifier = Verifier(word_embed=embedder.embed, word_similarity=settings.word_similarity)
         self._counters = _Counters()
+        self._owned_redis: Any | None = None  # a non-decoding twin of the caller's client, closed with us
 
     @classmethod
     async def create(cls, redis: Any, *, settings: SemanticSettings, keyspace: Keyspace,
@@ -159,7 +160,9 @@ class SemanticCache:
         ``embedder`` shares one between caches (and lets tests inject faults); it is
         then not closed by :meth:`close`.
         """
-        redis = _binary_client(redis)
+        binary = _binary_client(redis)
+        owned_redis = binary if binary is not redis else None
+        redis = binary
         owns = embedder is None
         if embedder is None:
             embedder = await _make_embedder(settings)
@@ -171,8 +174,12 @@ class SemanticCache:
         except Exception:
             if owns:
                 await embedder.close()
+            if owned_redis is not None:
+                await owned_redis.aclose()
             raise
-        return cls(settings=settings, embedder=embedder, index=index, owns_embedder=owns)
+        cache = cls(settings=settings, embedder=embedder, index=index, owns_embedder=owns)
+        cache._owned_redis = owned_redis
+        return cache
 
     @property
     def settings(self) -> SemanticSettings:
@@ -211,11 +218,15 @@ class SemanticCache:
         vector = (await self._embedder.embed([parts.text]))[0]
         candidates = await self._index.search(vector, scope_hash=parts.scope_hash, k=self._settings.num_candidates,
                                               min_similarity=threshold)
-        for cand in sorted(candidates, key=lambda c: -c.similarity):
+        ranked = sorted(candidates, key=lambda c: -c.similarity)
+        if not ranked:
+            return None
+        if self._settings.verify:
+            verdicts = await self._verifier.check_many(parts.text, [c.text for c in ranked])
+        for i, cand in enumerate(ranked):
             if self._settings.verify:
-                verdict = await self._verifier.check(parts.text, cand.text)
-                if not verdict.ok:
-                    self._counters.rejected[verdict.reason] += 1
+                if not verdicts[i].ok:
+                    self._counters.rejected[verdicts[i].reason] += 1
                     continue
             return SemanticMatch(cand.key_hash, min(1.0, max(0.0, cand.similarity)))
         return None
@@ -243,6 +254,9 @@ class SemanticCache:
         await self._index.close()
         if self._owns_embedder:
             await self._embedder.close()
+        if self._owned_redis is not None:
+            await self._owned_redis.aclose()
+            self._owned_redis = None
 
     def stats(self) -> dict[str, Any]:
         """Backend name, entries, index memory (client backend), embedder cache and lookup counters."""

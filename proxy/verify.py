@@ -108,7 +108,7 @@ for _pair in _ANTONYM_PAIRS:
 _FUNCTION_POLAR = frozenset("on off up down in out into inside outside above below over under before after with "
                             "without for against more less most least fewer".split())
 
-_NEGATIONS = frozenset("not no never none nobody nothing neither nor without cannot nowhere n't".split())
+_NEGATIONS = frozenset("not no never none nobody nothing neither nor without cannot nowhere n't except excluding".split())
 
 # Operations a prompt asks for; only the class matters ("summarise" ≡ "tl;dr", "explain" ≡ a plain question).
 _TASK_CLASSES: dict[str, str] = {}
@@ -173,7 +173,12 @@ mac ios android ubuntu debian fedora chrome firefox safari edge excel word power
 kubernetes postgres postgresql mysql sqlite mongodb redis kafka england france germany spain italy china
 japan india russia brazil canada mexico usa america australia paris london berlin madrid rome tokyo beijing
 moscow english french german spanish italian chinese japanese russian portuguese arabic hindi korean dutch
+today tomorrow yesterday tonight morning afternoon evening night weekend weekday
 """.split())
+
+# Yes/no questions open with a modal; its force matters ("Can I…?" ≠ "Should I…?"), in how-questions it does not.
+_MODAL_CLASS = {"can": "can", "could": "can", "should": "should", "ought": "should", "must": "must",
+                "will": "will", "would": "will", "may": "may", "might": "may", "shall": "should"}
 
 
 def _stem(word: str) -> str:
@@ -580,13 +585,31 @@ class Verifier:
 
     async def check(self, query: str, stored: str) -> Verdict:
         """``Verdict(ok=True)`` when ``stored``'s answer may serve ``query``."""
-        if query.strip().casefold() == stored.strip().casefold():
-            return Verdict(True, "identical")
-        a, b = analyse(query), analyse(stored)
-        verdict = self._lexical(a, b)
-        if verdict is not None:
-            return verdict
-        return await self._content(a, b)
+        return (await self.check_many(query, [stored]))[0]
+
+    async def check_many(self, query: str, stored: Sequence[str]) -> list[Verdict]:
+        """One verdict per stored text; all word embeddings the checks need are fetched in one call."""
+        a = analyse(query)
+        results: list[Verdict | None] = [None] * len(stored)
+        pending: list[tuple[int, list[str], list[str]]] = []
+        for i, text in enumerate(stored):
+            if query.strip().casefold() == text.strip().casefold():
+                results[i] = Verdict(True, "identical")
+                continue
+            b = analyse(text)
+            outcome = self._lexical(a, b) or self._align(a, b)
+            if isinstance(outcome, Verdict):
+                results[i] = outcome
+            else:
+                pending.append((i, *outcome))
+        if pending:
+            assert self._word_embed is not None
+            words = list(dict.fromkeys(w for _, wa, wb in pending for w in (*wa, *wb)))
+            vectors = await self._word_embed(words)
+            by_word = {w: vectors[k] for k, w in enumerate(words)}
+            for i, wa, wb in pending:
+                results[i] = self._judge(wa, wb, by_word)
+        return [r if r is not None else Verdict(False, "content") for r in results]
 
     def _lexical(self, a: Analysis, b: Analysis) -> Verdict | None:
         if a.negations != b.negations:
@@ -600,12 +623,17 @@ class Verifier:
             return Verdict(False, "unit", f"{a.units} vs {b.units}")
         if a.tasks != b.tasks:
             return Verdict(False, "task", f"{sorted(a.tasks)} vs {sorted(b.tasks)}")
+        ma = _MODAL_CLASS.get(a.tokens[0].text) if a.tokens else None
+        mb = _MODAL_CLASS.get(b.tokens[0].text) if b.tokens else None
+        if ma and mb and ma != mb:
+            return Verdict(False, "task", f"modal {ma} vs {mb}")
         clash = _direction_clash(a, b)
         if clash:
             return Verdict(False, "direction", clash)
         return None
 
-    async def _content(self, a: Analysis, b: Analysis) -> Verdict:
+    def _align(self, a: Analysis, b: Analysis) -> Verdict | tuple[list[str], list[str]]:
+        """Match content words lexically; a verdict, or the words left to compare by embedding."""
         counts_a = Counter(x for x in a.sequence if _is_anchor(x))
         counts_b = Counter(x for x in b.sequence if _is_anchor(x))
         repeated = sum(abs(counts_a[k] - counts_b[k]) for k in counts_a.keys() & counts_b.keys())
@@ -651,11 +679,11 @@ class Verifier:
             return Verdict(False, "content", f"entity {entity}")
         if len(only_a) != len(only_b) or len(only_a) > 4:
             return Verdict(False, "content", f"{sorted(only_a)} / {sorted(only_b)}")
-        words_a = [t.text for t in only_a.values()]
-        words_b = [t.text for t in only_b.values()]
-        vectors = await self._word_embed([*words_a, *words_b])
-        sims = vectors[: len(words_a)] @ vectors[len(words_a):].T
-        # Greedy one-to-one alignment; every word must find a partner above the bar.
+        return [t.text for t in only_a.values()], [t.text for t in only_b.values()]
+
+    def _judge(self, words_a: list[str], words_b: list[str], vectors: dict[str, np.ndarray]) -> Verdict:
+        """Greedy one-to-one alignment by word embedding; every word must find a partner above the bar."""
+        sims = np.stack([vectors[w] for w in words_a]) @ np.stack([vectors[w] for w in words_b]).T
         used: set[int] = set()
         for i in np.argsort(-sims.max(axis=1)):
             j_order = [j for j in np.argsort(-sims[i]) if j not in used]
