@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llmcache.errors import LLMCacheError
 from llmcache.model_server import sink as sink_mod
@@ -188,6 +189,17 @@ def _find_stop(text: str, stops: Sequence[str], start: int) -> int:
         if i != -1 and (best == -1 or i < best):
             best = i
     return best
+
+
+# transformers 5.2x renamed the forward argument and output field ``past_key_values`` → ``cache``;
+# earlier 5.x releases (e.g. the 5.17 on our CUDA image) only know the old name.
+_CACHE_FIELD = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
+
+def _forward(model: Any, ids: torch.Tensor, cache: DynamicCache, **kwargs: Any) -> tuple[torch.Tensor, DynamicCache]:
+    """One forward pass that extends ``cache``; returns (logits, the cache to continue from)."""
+    out = model(input_ids=ids, use_cache=True, **{_CACHE_FIELD: cache}, **kwargs)
+    return out.logits, getattr(out, _CACHE_FIELD)
 
 
 def _kv_layers(cache: DynamicCache) -> KVLayers:
@@ -375,10 +387,9 @@ class Engine:
             self._running.append(st)
             ids = torch.tensor([req.prompt_ids[cached:]], dtype=torch.long, device=self.loaded.device)
             with torch.inference_mode():
-                out = self.loaded.model(input_ids=ids, cache=st.cache, use_cache=True, logits_to_keep=1)
-            st.cache = out.cache
+                logits, st.cache = _forward(self.loaded.model, ids, st.cache, logits_to_keep=1)
             st.max_kv = st.cache.get_seq_length()
-            token = sample_token(out.logits[0, -1], req.sampling, st.generator)
+            token = sample_token(logits[0, -1], req.sampling, st.generator)
             now = time.monotonic()
             st.ttft_s = now - st.submitted_at
             st.last_token_at = now
@@ -416,10 +427,9 @@ class Engine:
                     self.metrics.sink_evicted_tokens.inc(evicted)
         ids = torch.tensor([[st.next_token]], dtype=torch.long, device=self.loaded.device)
         with torch.inference_mode():
-            out = self.loaded.model(input_ids=ids, cache=st.cache, use_cache=True)
-        st.cache = out.cache
+            logits, st.cache = _forward(self.loaded.model, ids, st.cache)
         st.max_kv = max(st.max_kv, st.cache.get_seq_length())
-        token = sample_token(out.logits[0, -1], req.sampling, st.generator)
+        token = sample_token(logits[0, -1], req.sampling, st.generator)
         now = time.monotonic()
         if self.metrics is not None:
             self.metrics.inter_token_s.observe(now - st.last_token_at)

@@ -203,8 +203,14 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", name: st
         _progress(f"building random-weight model {spec} ({dt}, {dev})")
         torch.manual_seed(seed)
         if spec == "random-1b":
-            gguf = find_default_gguf()
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            # A saved tokenizer directory stands in for the 98 MB GGUF on machines that only
+            # need the vocabulary (e.g. a GPU box for benchmarks with random weights).
+            tok_dir = os.environ.get("LLMCACHE_TOKENIZER_DIR")
+            if tok_dir:
+                tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+            else:
+                gguf = find_default_gguf()
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             config = random_1b_config(vocab_size=len(tokenizer))
         else:
             config = tiny_llama_config()
