@@ -95,7 +95,14 @@ async def test_hard_negatives_miss_although_cosine_would_hit(open_cache: Callabl
     await cache.add(chat_parts(stored), KEY, ttl_s=60)
     threshold = 0.7
     # Without verification the near miss would be served: the embedding alone cannot tell.
-    assert await plain.lookup(chat_parts(query), threshold=threshold) is not None
+    # (The client backend learns the other instance's add from the event stream: bounded wait.)
+    served = None
+    for _ in range(250):
+        served = await plain.lookup(chat_parts(query), threshold=threshold)
+        if served is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert served is not None
     assert await cache.lookup(chat_parts(query), threshold=threshold) is None
     assert sum(cache.stats()["rejected_by_verifier"].values()) == 1
 
