@@ -12,8 +12,10 @@ checks against the stored text (cheap, deterministic, explainable)::
                  ├─ number     the multisets of numeric values differ             → reject
                  ├─ unit       the multisets of units/currencies differ           → reject
                  ├─ task       the requested operations differ (summarise/translate…) → reject
-                 ├─ direction  two shared anchors swap sides of a shared pivot
-                 │             ("USD to EUR" / "EUR to USD", "A beat B" / "B beat A") → reject
+                 ├─ direction  shared words swap sides of a directional marker ("USD to EUR" /
+                 │             "EUR to USD"), of a shared word between them with the same
+                 │             markers ("A beat B" / "B beat A"), or a wh-question flips
+                 │             subject/object ("who beat X" / "who did X beat")        → reject
                  └─ content    a content word of one side is not matched on the other
                                by stem, synonym group, acronym, compound or (for
                                non-entity words) a word embedding ≥ word_similarity → reject
@@ -281,18 +283,22 @@ _ASKERS = frozenset("how i we what why where when who".split())
 
 
 def _imperative(tokens: list["_Token"], i: int) -> bool:
-    """A task word at the start of its sentence or after "you/please/me" is a request, else it is content."""
-    j = i - 1
-    while j >= 0 and not tokens[j].starts_sentence:
-        if tokens[j].text in _ASKERS:
+    """A task word opening its sentence or following "you/please/me" is a request; elsewhere it is content.
+
+    "Summarise this", "Can you summarise this" → request; "How do I summarise a table in pandas",
+    "Explain quantum computing" (``computing``) → content.
+    """
+    for j in range(i - 1, -1, -1):
+        word = tokens[j].text
+        if word in _ASKERS:
             return False
-        if tokens[j].text in _REQUESTERS:
+        if word in _REQUESTERS:
             return True
-        if tokens[j].text not in _STOPWORDS:
-            return False  # "explain quantum computing": only the first verb is the request
-        j -= 1
-    # The sentence start itself: the task word or the word right before it opens the sentence.
-    return j == i - 1 or j == i - 2 and tokens[j].text not in _ASKERS if j >= 0 else i == 0
+        if word not in _STOPWORDS:
+            return False
+        if tokens[j].starts_sentence:
+            break
+    return True
 
 
 @dataclass(slots=True)
