@@ -346,15 +346,20 @@ def test_up_passes_component_env_vars_through(tmp_path: Path, stub_upstream: str
         up.wait_ready(timeout_s=240)
         client = openai.OpenAI(base_url=up.base_url, api_key="sk-env-test", max_retries=0)
         statuses = []
-        for _ in range(2):
+        # A store is fail-open (a Redis write past its deadline on a starved CPU is dropped,
+        # by design), so allow a few repeats before the entry lands.
+        for _ in range(5):
             raw = client.chat.completions.with_raw_response.create(
                 model="stub-model", temperature=0.8, messages=[{"role": "user", "content": "hello"}])
             statuses.append(raw.headers["x-llmcache-status"])
+            if statuses[-1] == "hit":
+                break
         client.close()
     finally:
         up.terminate()
-    # The proxy's default would bypass both (temperature > 0).
-    assert statuses == ["miss", "hit"]
+    # The proxy's default would bypass every one of them (temperature > 0).
+    assert statuses[0] == "miss" and statuses[-1] == "hit", statuses
+    assert "bypass" not in statuses, statuses
 
 
 def test_demo_reports_a_failing_upstream_clearly_and_stops_the_stack(tmp_path: Path) -> None:
