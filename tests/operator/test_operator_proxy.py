@@ -136,7 +136,10 @@ def test_policy_change_reaches_a_running_proxy(crds: Any, ns: str, redis_plain_u
              what="the proxy's ack of generation 1", logs=[proxy.log])
     assert ask(proxy, "hello") == "miss"
     assert ask(proxy, "hello") == "hit"
-    assert r.zcard(KS.group(f"{ns}/chat", "lru")) == 1  # the proxy writes into the policy's group
+    # The proxy writes into the policy's group. The store lands after the answer went out (the
+    # second ask may be served from the finished flight in memory), so wait for it.
+    wait_for(lambda: r.zcard(KS.group(f"{ns}/chat", "lru")) == 1, what="the entry in the policy's group",
+             logs=[proxy.log])
     wait_for(lambda: (c := condition(crds.get(API_VERSION, KIND, "chat", namespace=ns), "Ready"))
              and c["reason"] == "AllPodsSynced", what="status: 1/1 pods synced", logs=[op.log])
 
@@ -187,6 +190,8 @@ def test_eviction_holds_max_entries_while_two_proxies_write(crds: Any, ns: str, 
 
     group = f"{ns}/chat"
     assert ask(proxies[0], "hot question") == "miss"
+    # The store lands just after the answer went out.
+    wait_for(lambda: r.zcard(KS.group(group, "lru")) == 1, what="the hot entry stored")
     # Both pods share entries: the same prompt through the other proxy is a hit.
     assert ask(proxies[1], "hot question") == "hit"
     num_written, peak = 1, 0
