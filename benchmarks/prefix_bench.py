@@ -29,16 +29,12 @@ Writes ``benchmarks/results/prefix_bench_<device>_<model>.json`` and ``.png``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
 import statistics
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +42,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import openai  # noqa: E402
 import torch  # noqa: E402
-from aiohttp import web  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from llmcache.model_server import handlers, loader  # noqa: E402
 from llmcache.model_server.settings import ModelServerSettings, ModelSettings, PrefixCacheSettings  # noqa: E402
-from llmcache.redis_server import free_port  # noqa: E402
+from llmcache.model_server.threaded import serve_in_thread  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -104,32 +99,6 @@ def zero_shared_prompts(tokenizer: Any, n: int, target_tokens: int) -> list[str]
             k += 1
         out.append(text + "\nSummary:")
     return out
-
-
-@contextmanager
-def serve(app: web.Application) -> Iterator[str]:
-    """Run ``app`` on a free 127.0.0.1 port in a background thread; yields its base URL."""
-    loop = asyncio.new_event_loop()
-    port = free_port()
-    runner = web.AppRunner(app)
-    started = threading.Event()
-
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    started.wait(60)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(300)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
 
 
 def timed_stream(client: openai.OpenAI, *, chat_messages: list[dict[str, str]] | None = None,
@@ -248,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
           f"threads {torch.get_num_threads()}", flush=True)
 
     results: dict[str, list[dict[str, Any]]] = {}
-    with serve(handlers.create_app(settings, loaded=model)) as url:
+    with serve_in_thread(handlers.create_app(settings, loaded=model), shutdown_timeout_s=300) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
         # Warm-up (allocator, kernels) on an unrelated prompt, without touching the cache.
         timed_stream(client, chat_messages=[{"role": "user", "content": "Hello"}], max_tokens=4, prefix_cache=False)
