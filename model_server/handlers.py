@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import struct
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -267,9 +268,8 @@ class _Choices:
         self.handles: list[gen.RequestHandle] = []
         reqs = []
         for i in range(n):
-            seed = sampling.seed + i if sampling.seed is not None else None
-            params = gen.SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                        top_p=sampling.top_p, seed=seed, stop=sampling.stop)
+            # Choice i gets seed + i so that n seeded choices differ yet stay reproducible.
+            params = replace(sampling, seed=sampling.seed + i) if sampling.seed is not None else sampling
             reqs.append(gen.GenerationRequest(prompt_ids=prompt_ids, sampling=params,
                                               enable_prefix_cache=enable_prefix_cache, cache_salt=cache_salt,
                                               sink=sink, on_event=self._forwarder(i)))
@@ -410,8 +410,6 @@ async def _stream(request: web.Request, choices: _Choices, n: int, *, chat: bool
 
 def web_json_dumps(obj: Any) -> bytes:
     """Compact JSON bytes (the SSE payload format)."""
-    import json
-
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
