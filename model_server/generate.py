@@ -450,8 +450,8 @@ class Engine:
             text_ids = st.generated[:-1]
         text = self.loaded.decode(text_ids)
         stops = req.sampling.stop
+        longest = max(map(len, stops), default=0)
         if stops:
-            longest = max(len(s) for s in stops)
             cut = _find_stop(text, stops, st.emitted_chars - longest)
             if cut != -1:
                 text, finish = text[:cut], "stop"
@@ -461,7 +461,7 @@ class Engine:
         if finish is None:
             if stops:
                 # Hold back a tail that could still grow into a stop string.
-                safe = max(st.emitted_chars, len(text) - (max(len(s) for s in stops) - 1))
+                safe = max(st.emitted_chars, len(text) - (longest - 1))
             if text.endswith("\ufffd"):
                 safe = min(safe, len(text) - 1)  # an incomplete UTF-8 sequence
             safe = max(safe, st.emitted_chars)
