@@ -114,9 +114,8 @@ async def _read_json(request: web.Request) -> dict[str, Any] | web.Response:
     return body
 
 
-async def _apply_fault(request: web.Request, cfg: StubConfig) -> web.StreamResponse | None:
-    """Return a response (or raise) when a fault is active; ``None`` to answer normally."""
-    fault = request.headers.get("X-Stub-Fault") or cfg.fault
+async def _apply_fault(request: web.Request, cfg: StubConfig, fault: str | None) -> web.StreamResponse | None:
+    """Return a response (or raise) when ``fault`` answers instead; ``None`` to answer normally."""
     latency_ms = float(request.headers.get("X-Stub-Latency-Ms") or cfg.latency_ms)
     if latency_ms > 0:
         await asyncio.sleep(latency_ms / 1000)
@@ -130,6 +129,23 @@ async def _apply_fault(request: web.Request, cfg: StubConfig) -> web.StreamRespo
         request.transport.abort()
         raise asyncio.CancelledError  # nothing more to send on an aborted connection
     return None
+
+
+async def _admit(request: web.Request) -> tuple[StubConfig, dict[str, Any], str | None] | web.StreamResponse:
+    """The config, JSON body and active fault of an API request (after the configured latency), or
+    the response that answers it instead (a 400 for a bad body, or the injected fault)."""
+    cfg = request.app[_CONFIG]
+    body = await _read_json(request)
+    if isinstance(body, web.Response):
+        return body
+    fault = request.headers.get("X-Stub-Fault") or cfg.fault
+    if (faulted := await _apply_fault(request, cfg, fault)) is not None:
+        return faulted
+    return cfg, body, fault
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    return bool((body.get("stream_options") or {}).get("include_usage"))
 
 
 def _tool_calls(body: dict[str, Any], digest: str) -> list[dict[str, Any]] | None:
@@ -176,12 +192,10 @@ def _next_id(cfg: StubConfig, prefix: str, digest: str) -> str:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    cfg = request.app[_CONFIG]
-    body = await _read_json(request)
-    if isinstance(body, web.Response):
-        return body
-    if (faulted := await _apply_fault(request, cfg)) is not None:
-        return faulted
+    admitted = await _admit(request)
+    if isinstance(admitted, web.StreamResponse):
+        return admitted
+    cfg, body, fault = admitted
     digest = _digest(body)
     text = answer_text(body)
     calls = _tool_calls(body, digest)
@@ -194,7 +208,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens,
              "prompt_tokens_details": {"cached_tokens": 0}}
-    fault = request.headers.get("X-Stub-Fault") or cfg.fault
     base = {"id": rid, "created": created, "model": body["model"], "system_fingerprint": "fp_stub"}
     if not body.get("stream"):
         choices = []
@@ -207,7 +220,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if fault == "truncate":
             return await _truncated_json(request, payload)
         return web.json_response(payload)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    include_usage = _include_usage(body)
     chunk_base = {**base, "object": "chat.completion.chunk"}
     extra = {"usage": None} if include_usage else {}
     chunks: list[dict[str, Any]] = []
@@ -248,12 +261,10 @@ async def _truncated_json(request: web.Request, payload: dict[str, Any]) -> web.
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    cfg = request.app[_CONFIG]
-    body = await _read_json(request)
-    if isinstance(body, web.Response):
-        return body
-    if (faulted := await _apply_fault(request, cfg)) is not None:
-        return faulted
+    admitted = await _admit(request)
+    if isinstance(admitted, web.StreamResponse):
+        return admitted
+    cfg, body, fault = admitted
     digest = _digest(body)
     text = answer_text(body)
     rid = _next_id(cfg, "cmpl", digest)
@@ -261,14 +272,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
     prompt_tokens = _prompt_tokens(body)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": _count_tokens(text),
              "total_tokens": prompt_tokens + _count_tokens(text)}
-    fault = request.headers.get("X-Stub-Fault") or cfg.fault
     if not body.get("stream"):
         payload = {**base, "object": "text_completion", "usage": usage,
                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}]}
         if fault == "truncate":
             return await _truncated_json(request, payload)
         return web.json_response(payload)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    include_usage = _include_usage(body)
     chunks = [{**base, "object": "text_completion",
                "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
               for piece in _pieces(text)]
@@ -285,12 +295,10 @@ def _vector(text: str, dim: int = 8) -> list[float]:
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    cfg = request.app[_CONFIG]
-    body = await _read_json(request)
-    if isinstance(body, web.Response):
-        return body
-    if (faulted := await _apply_fault(request, cfg)) is not None:
-        return faulted
+    admitted = await _admit(request)
+    if isinstance(admitted, web.StreamResponse):
+        return admitted
+    _, body, _ = admitted
     raw = body.get("input")
     inputs = raw if isinstance(raw, list) else [raw]
     data = [{"object": "embedding", "index": i, "embedding": _vector(json.dumps(x))} for i, x in enumerate(inputs)]
