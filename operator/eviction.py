@@ -55,6 +55,8 @@ __all__ = ["EvictionLimits", "EvictionResult", "delete_members", "drop_bookkeepi
 log = logging.getLogger(__name__)
 
 _ORDER_SET = {"LRU": "lru", "LFU": "lfu", "TTL": "ctime"}
+#: The group's bookkeeping structures, in the KEYS order the ``_REMOVE`` script expects.
+_BOOKKEEPING = ("lru", "lfu", "ctime", "size")
 #: Approximate cap of the vector-events stream; the proxy trims it to the same length.
 VECTOR_EVENTS_MAXLEN = 100_000
 
@@ -140,13 +142,16 @@ return {redis.call('ZCARD', KEYS[1]), tostring(total)}
 
 async def _remove(r: aioredis.Redis, ks: Keyspace, group: str, members: Sequence[str], *, mode: str,
                   batch_size: int = 256) -> int:
-    keys = [ks.group(group, "lru"), ks.group(group, "lfu"), ks.group(group, "ctime"), ks.group(group, "size"),
-            ks.vector_events]
+    keys = [*_bookkeeping_keys(ks, group), ks.vector_events]
     removed = 0
     for i in range(0, len(members), batch_size):
         removed += int(await r.eval(_REMOVE, len(keys), *keys, ks.entry(""), ks.vector(""),
                                     VECTOR_EVENTS_MAXLEN, mode, *members[i:i + batch_size]))
     return removed
+
+
+def _bookkeeping_keys(ks: Keyspace, group: str) -> list[str]:
+    return [ks.group(group, kind) for kind in _BOOKKEEPING]
 
 
 async def delete_members(r: aioredis.Redis, ks: Keyspace, group: str, members: Sequence[str], *,
@@ -260,7 +265,7 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
 
 async def drop_bookkeeping(r: aioredis.Redis, ks: Keyspace, group: str) -> None:
     """Delete the group's four bookkeeping keys, leaving its entries to expire with their TTL."""
-    await r.delete(*[ks.group(group, kind) for kind in ("lru", "lfu", "ctime", "size")])
+    await r.delete(*_bookkeeping_keys(ks, group))
 
 
 async def purge_group(r: aioredis.Redis, ks: Keyspace, group: str, *, batch_size: int = 256) -> int:
@@ -274,6 +279,6 @@ async def purge_group(r: aioredis.Redis, ks: Keyspace, group: str, *, batch_size
     ordered = sorted(members)
     for i in range(0, len(ordered), batch_size):
         await delete_members(r, ks, group, ordered[i:i + batch_size])
-    await r.delete(*[ks.group(group, kind) for kind in ("lru", "lfu", "ctime", "size")])
+    await drop_bookkeeping(r, ks, group)
     log.info("purged %s entries of group %s", len(ordered), group)
     return len(ordered)
