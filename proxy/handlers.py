@@ -746,7 +746,7 @@ async def stats_endpoint(request: web.Request) -> web.Response:
     state = request.app[STATE]
     out: dict[str, Any] = {"process": {"breaker": state.breaker.state, "in_flight": len(state.flights),
                                        "coalesced": state.flights.num_coalesced_total,
-                                       "policy": _policy_id(state)}}
+                                       "policy": state.config().policy_id}}
     if state.semantic is not None:
         try:
             out["semantic"] = state.semantic.stats()
@@ -764,11 +764,6 @@ async def stats_endpoint(request: web.Request) -> web.Response:
         out["namespaces"] = None
         out["error"] = "redis unavailable; counters are kept in memory until it is back"
     return web.json_response(out)
-
-
-def _policy_id(state: ProxyState) -> str | None:
-    doc = state.policy_watcher.current if state.policy_watcher is not None else None
-    return doc.id if doc is not None else None
 
 
 def _admin_ok(request: web.Request, token: str) -> bool:
