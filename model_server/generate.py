@@ -545,8 +545,3 @@ def default_budget_bytes(loaded: LoadedModel, fraction: float) -> int:
     except OSError:
         pass
     return int(1 << 30)  # 1 GiB when the OS will not say
-
-
-def kv_of(cache: Any) -> KVLayers:
-    """Per-layer (key, value) tensors of a transformers cache (for tests and benchmarks)."""
-    return _kv_layers(cache)
