@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
@@ -243,19 +242,10 @@ async def _semantic_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _semantic_settings(module: Any, settings: ProxySettings) -> Any:
-    """Build the facade's ``SemanticSettings`` from our flags (only the fields it declares)."""
+    """Build the facade's ``SemanticSettings`` from our flags."""
     s = settings.semantic
-    candidates = {
-        "similarity_threshold": s.similarity_threshold, "threshold": s.similarity_threshold,
-        "embedder": s.embedder, "provider": s.embedder, "embedder_url": s.embedder_url,
-        "embedding_url": s.embedder_url, "url": s.embedder_url, "index": s.index,
-        "timeout_ms": s.timeout_ms, "timeout_s": s.timeout_ms / 1000,
-    }
-    cls = module.SemanticSettings
-    if dataclasses.is_dataclass(cls):
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in candidates.items() if k in names})
-    return cls()
+    return module.SemanticSettings(threshold=s.similarity_threshold, embedder=s.embedder,
+                                   embedder_url=s.embedder_url, index=s.index, timeout_s=s.timeout_ms / 1000)
 
 
 async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
