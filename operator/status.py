@@ -160,7 +160,8 @@ def merge_conditions(previous: Sequence[Mapping[str, Any]] | None,
         if old is not None and old.get("status") == c["status"] and old.get("lastTransitionTime"):
             c["lastTransitionTime"] = old["lastTransitionTime"]
         out.append(c)
-    others = [dict(c) for t, c in before.items() if t not in {c["type"] for c in new}]
+    new_types = {c["type"] for c in out}
+    others = [dict(c) for t, c in before.items() if t not in new_types]
     return sorted(out + others, key=lambda c: str(c.get("type")))
 
 
