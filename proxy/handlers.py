@@ -122,17 +122,18 @@ class ProxyState:
     policy_watcher: Any | None = None
     """``llmcache.proxy.policy_watch.PolicyWatcher`` or ``None`` (no policy source configured)."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)
-    _config_for: tuple[Any, ...] = (object(),)
-    _config: EffectiveConfig | None = None
+    _config: tuple[PolicyDocument | None, bool, EffectiveConfig] | None = None
+    """The last effective config with the (policy document, semantic ready) it was computed for."""
 
     def config(self) -> EffectiveConfig:
         """The effective config, recomputed only when the policy document or semantic engine changes."""
         doc = self.policy_watcher.current if self.policy_watcher is not None else None
-        marker = (doc, self.semantic is not None)
-        if self._config is None or self._config_for[0] is not doc or self._config_for[1:] != marker[1:]:
-            self._config = effective_config(self.settings, doc, semantic_ready=self.semantic is not None)
-            self._config_for = marker
-        return self._config
+        semantic_ready = self.semantic is not None
+        cached = self._config
+        if cached is None or cached[0] is not doc or cached[1] != semantic_ready:
+            cached = self._config = (doc, semantic_ready,
+                                     effective_config(self.settings, doc, semantic_ready=semantic_ready))
+        return cached[2]
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""
