@@ -109,6 +109,11 @@ def _namespaced(namespace: str | None) -> str:
     return namespace
 
 
+def _generation(meta: Mapping[str, Any]) -> int:
+    """``metadata.generation`` (1 when the API server has not set it yet)."""
+    return int(meta.get("generation") or 1)
+
+
 def _created_s(meta: Mapping[str, Any]) -> float:
     ts = meta.get("creationTimestamp")
     if not ts:
@@ -118,7 +123,7 @@ def _created_s(meta: Mapping[str, Any]) -> float:
 
 def _document(spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str) -> PolicyDocument:
     """The document to publish; raises :class:`PolicyError`."""
-    return PolicyDocument(namespace=namespace, name=name, generation=int(meta.get("generation") or 1),
+    return PolicyDocument(namespace=namespace, name=name, generation=_generation(meta),
                           spec=parse_spec(dict(spec)), created_s=_created_s(meta))
 
 
@@ -148,7 +153,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
 
     async def publish_current(spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str,
                               st: Mapping[str, Any], patch: kopf.Patch) -> PolicyDocument:
-        generation = int(meta.get("generation") or 1)
+        generation = _generation(meta)
         try:
             doc = _document(spec, meta, name, namespace)
         except PolicyError as exc:
@@ -234,7 +239,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.delete(*res, registry=reg, id="cleanup")
     async def on_delete(*, meta: Mapping[str, Any], name: str, namespace: str | None, **_: Any) -> None:
         namespace = _namespaced(namespace)
-        generation = int(meta.get("generation") or 1)
+        generation = _generation(meta)
         purge = str((meta.get("annotations") or {}).get(PURGE_ANNOTATION, "")).lower() == "true"
         try:
             await publish.unpublish_policy(rt.redis, rt.keyspace, namespace, name, generation=generation)
