@@ -327,8 +327,7 @@ async def _lookup_or_fetch(call: _Call) -> web.StreamResponse:
                 return served
     if call.directives.only_if_cached:
         call.status = "miss"
-        state.metrics.count(call.route, "miss")
-        state.stats.add(call.namespace, "miss", policy=call.cfg.policy_id)
+        _count(call, "miss")
         return upstream.error_response(504, "not in the cache and the request says only-if-cached",
                                        type_="cache_miss", code="only_if_cached", headers={STATUS_HEADER: "miss"})
     return await _miss(call, join=True)
@@ -365,6 +364,13 @@ async def _load(call: _Call, key_hash: str, *, kind: str) -> Entry | None:
     if not _can_serve(call, entry):
         return None
     return entry
+
+
+def _count(call: _Call, status: str, *, tokens_saved: int = 0, bytes_saved: int = 0) -> None:
+    """Count one answer with cache ``status`` in the metrics and the per-namespace stats."""
+    call.state.metrics.count(call.route, status)
+    call.state.stats.add(call.namespace, status, policy=call.cfg.policy_id, tokens_saved=tokens_saved,
+                         bytes_saved=bytes_saved)
 
 
 def _note_redis_failure(state: ProxyState) -> None:
@@ -431,12 +437,9 @@ def _serve(call: _Call, entry: Entry, *, status: str) -> web.Response:
     else:
         payload = entry.body.encode()
         resp = web.Response(body=payload, headers=headers, content_type=_JSON)
-    tokens = entry.prompt_tokens + entry.completion_tokens
-    state.metrics.count(call.route, status)
+    _count(call, status, tokens_saved=entry.prompt_tokens + entry.completion_tokens, bytes_saved=len(payload))
     state.metrics.served_from_cache(num_bytes=len(payload), prompt_tokens=entry.prompt_tokens,
                                     completion_tokens=entry.completion_tokens)
-    state.stats.add(call.namespace, status, policy=call.cfg.policy_id, tokens_saved=tokens,
-                    bytes_saved=len(payload))
     log.debug("%s %s age=%ss", status, call.log_key, headers["Age"])
     return resp
 
@@ -587,14 +590,12 @@ async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
         resp = await state.upstream.open("POST", request.raw_path, headers, call.raw)
     except upstream.UpstreamError as exc:
         flight.fail()
-        state.metrics.count(call.route, call.status)
-        state.stats.add(call.namespace, call.status, policy=call.cfg.policy_id)
+        _count(call, call.status)
         log.info("upstream failed for %s: %s", call.log_key, exc.message)
         return upstream.error_response(exc.status, exc.message, type_="upstream_error",
                                        headers={STATUS_HEADER: call.status})
     state.metrics.observe_upstream(call.route, time.perf_counter() - t0)
-    state.metrics.count(call.route, call.status)
-    state.stats.add(call.namespace, call.status, policy=call.cfg.policy_id)
+    _count(call, call.status)
     ctype = resp.headers.get("Content-Type", "")
     is_sse = ctype.startswith(_SSE)
     encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
