@@ -13,7 +13,9 @@ service-account token and CA.
 
 from __future__ import annotations
 
+import atexit
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 
 _SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 class ApiError(DependencyError):
     """The API server answered with an error status; ``status`` is the HTTP code."""
@@ -97,7 +104,10 @@ class KubeConfig:
 
         def file_or_data(section: Mapping[str, Any], key: str) -> str | None:
             if section.get(f"{key}-data"):
+                # ssl needs a path; mkstemp makes it 0600, and it is removed at exit so key
+                # material does not outlive the process in /tmp.
                 fd, name = tempfile.mkstemp(prefix="llmcache-kube-")
+                atexit.register(_remove_quietly, name)
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(base64.b64decode(section[f"{key}-data"]))
                 return name
