@@ -191,12 +191,26 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-def replay_chat(answer: dict[str, Any], *, include_usage: bool) -> bytes:
-    """A stored chat answer as the SSE body the OpenAI API would have streamed."""
-    base: dict[str, Any] = {"id": answer.get("id", "chatcmpl-llmcache"), "object": "chat.completion.chunk",
+def _chunk_base(answer: dict[str, Any], *, obj: str, default_id: str) -> dict[str, Any]:
+    """The fields every replayed chunk of ``answer`` repeats (id, object, created, model, fingerprint)."""
+    base: dict[str, Any] = {"id": answer.get("id", default_id), "object": obj,
                             "created": answer.get("created", 0), "model": answer.get("model", "")}
     if answer.get("system_fingerprint") is not None:
         base["system_fingerprint"] = answer["system_fingerprint"]
+    return base
+
+
+def _end(out: list[bytes], base: dict[str, Any], answer: dict[str, Any], *, include_usage: bool) -> bytes:
+    """Close a replayed stream: the usage chunk (with ``include_usage``), ``[DONE]``; the whole body."""
+    if include_usage and answer.get("usage") is not None:
+        out.append(_sse({**base, "choices": [], "usage": answer["usage"]}))
+    out.append(DONE)
+    return b"".join(out)
+
+
+def replay_chat(answer: dict[str, Any], *, include_usage: bool) -> bytes:
+    """A stored chat answer as the SSE body the OpenAI API would have streamed."""
+    base = _chunk_base(answer, obj="chat.completion.chunk", default_id="chatcmpl-llmcache")
     extra = {"usage": None} if include_usage else {}
     out: list[bytes] = []
 
@@ -224,18 +238,12 @@ def replay_chat(answer: dict[str, Any], *, include_usage: bool) -> bytes:
                 if piece:
                     chunk(idx, {"tool_calls": [{"index": j, "function": {"arguments": piece}}]})
         chunk(idx, {}, choice.get("finish_reason"))
-    if include_usage and answer.get("usage") is not None:
-        out.append(_sse({**base, "choices": [], "usage": answer["usage"]}))
-    out.append(DONE)
-    return b"".join(out)
+    return _end(out, base, answer, include_usage=include_usage)
 
 
 def replay_completion(answer: dict[str, Any], *, include_usage: bool) -> bytes:
     """A stored ``/v1/completions`` answer as SSE."""
-    base: dict[str, Any] = {"id": answer.get("id", "cmpl-llmcache"), "object": "text_completion",
-                            "created": answer.get("created", 0), "model": answer.get("model", "")}
-    if answer.get("system_fingerprint") is not None:
-        base["system_fingerprint"] = answer["system_fingerprint"]
+    base = _chunk_base(answer, obj="text_completion", default_id="cmpl-llmcache")
     out: list[bytes] = []
     for choice in answer.get("choices") or ():
         idx = choice.get("index", 0)
@@ -244,10 +252,7 @@ def replay_completion(answer: dict[str, Any], *, include_usage: bool) -> bytes:
                                                   "finish_reason": None}]}))
         out.append(_sse({**base, "choices": [{"index": idx, "text": "", "logprobs": choice.get("logprobs"),
                                               "finish_reason": choice.get("finish_reason")}]}))
-    if include_usage and answer.get("usage") is not None:
-        out.append(_sse({**base, "choices": [], "usage": answer["usage"]}))
-    out.append(DONE)
-    return b"".join(out)
+    return _end(out, base, answer, include_usage=include_usage)
 
 
 def replay(route: str, answer: dict[str, Any], *, include_usage: bool) -> bytes:
