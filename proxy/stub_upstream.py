@@ -78,9 +78,11 @@ def _digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def answer_text(body: dict[str, Any]) -> str:
-    """The deterministic answer for a request body: a few words chosen by the body's hash."""
-    digest = _digest(body)
+def answer_text(body: dict[str, Any], *, digest: str | None = None) -> str:
+    """The deterministic answer for a request body: a few words chosen by the body's hash
+    (``digest``: that hash when the caller already has it)."""
+    if digest is None:
+        digest = _digest(body)
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 12
     n_words = max(1, min(int(max_tokens), 64))
     words = [_WORDS[int(digest[i * 2 % 60:i * 2 % 60 + 2], 16) % len(_WORDS)] for i in range(n_words)]
@@ -197,7 +199,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return admitted
     cfg, body, fault = admitted
     digest = _digest(body)
-    text = answer_text(body)
+    text = answer_text(body, digest=digest)
     calls = _tool_calls(body, digest)
     n = int(body.get("n") or 1)
     created = int(time.time())
@@ -266,7 +268,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return admitted
     cfg, body, fault = admitted
     digest = _digest(body)
-    text = answer_text(body)
+    text = answer_text(body, digest=digest)
     rid = _next_id(cfg, "cmpl", digest)
     base = {"id": rid, "created": int(time.time()), "model": body["model"], "system_fingerprint": "fp_stub"}
     prompt_tokens = _prompt_tokens(body)
