@@ -117,7 +117,7 @@ class Breaker:
         """Run ``op()`` under the deadline; raise :class:`CacheUnavailable` on any failure or when open."""
         probe = False
         if self._open_until is not None:
-            if self._clock() < self._open_until or self._probing:
+            if self.is_open:
                 raise CacheUnavailable("redis circuit breaker is open")
             probe = self._probing = True  # half-open: exactly one request tries
         try:
