@@ -99,10 +99,6 @@ class Upstream:
             raise UpstreamError(502, f"upstream {self.base_url} is unreachable or closed the connection "
                                      f"({type(exc).__name__})") from exc
 
-    @staticmethod
-    def response_headers(resp: aiohttp.ClientResponse) -> CIMultiDict[str]:
-        return filter_headers(resp.headers)
-
 
 async def relay(request: web.Request, resp: aiohttp.ClientResponse, *,
                 extra_headers: Mapping[str, str] | None = None) -> web.StreamResponse:
