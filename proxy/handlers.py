@@ -606,12 +606,7 @@ async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
     parts: list[bytes] = []
     size = 0
 
-    out_headers = upstream.filter_headers(resp.headers)
-    out_headers[STATUS_HEADER] = call.status
-    out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=out_headers)
-    if resp.headers.get("Content-Length") is not None and "chunked" not in resp.headers.get(
-            "Transfer-Encoding", "").lower():
-        out.content_length = int(resp.headers["Content-Length"])
+    out = upstream.response_for(resp, extra_headers={STATUS_HEADER: call.status})
     client_gone = False
     try:
         try:

@@ -23,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-__all__ = ["HOP_BY_HOP", "UpstreamError", "Upstream", "error_response", "filter_headers", "relay"]
+__all__ = ["HOP_BY_HOP", "UpstreamError", "Upstream", "error_response", "filter_headers", "relay", "response_for"]
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,10 @@ class Upstream:
                                      f"({type(exc).__name__})") from exc
 
 
-async def relay(request: web.Request, resp: aiohttp.ClientResponse, *,
-                extra_headers: Mapping[str, str] | None = None) -> web.StreamResponse:
-    """Stream ``resp`` to the client unchanged; abort the client connection if the upstream breaks."""
+def response_for(resp: aiohttp.ClientResponse, *,
+                 extra_headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+    """An unprepared response mirroring ``resp``: status, reason, end-to-end headers (``extra_headers``
+    set on top) and, unless the upstream chunked it, its Content-Length (relayed, not re-chunked)."""
     headers = filter_headers(resp.headers)
     if extra_headers:
         headers.update(extra_headers)
@@ -110,6 +111,13 @@ async def relay(request: web.Request, resp: aiohttp.ClientResponse, *,
     if resp.headers.get("Content-Length") is not None and "chunked" not in resp.headers.get(
             "Transfer-Encoding", "").lower():
         out.content_length = int(resp.headers["Content-Length"])
+    return out
+
+
+async def relay(request: web.Request, resp: aiohttp.ClientResponse, *,
+                extra_headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+    """Stream ``resp`` to the client unchanged; abort the client connection if the upstream breaks."""
+    out = response_for(resp, extra_headers=extra_headers)
     await out.prepare(request)
     try:
         async for chunk in resp.content.iter_any():
