@@ -21,10 +21,10 @@ Layout (``{p}`` = prefix)::
     {p}:acks:{k8s_ns}:{policy}     HASH    pod name → {"configHash", "appliedAt"}
 
 ``group`` is the policy id ``namespace/name`` of the policy the writing sidecar
-applied, or ``_default`` without a policy. Sidecars record accesses with
-:func:`record_access` in the same pipeline as the read or write (one round
-trip); the operator's eviction timer trims each group to its limits across
-all pods.
+applied, or ``_default`` without a policy. Sidecars record accesses in the
+same round trip as the read or write (:func:`record_access` on a pipeline, or
+the same writes inside the proxy's get/put scripts); the operator's eviction
+timer trims each group to its limits across all pods.
 """
 
 from __future__ import annotations
