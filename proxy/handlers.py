@@ -212,6 +212,9 @@ def _deterministic(route: str, body: Mapping[str, Any], policy: str) -> bool:
         body.get("seed"), bool)
 
 
+_UNSET: Any = object()
+
+
 @dataclass(slots=True)
 class _Call:
     """One cacheable request in progress."""
@@ -236,6 +239,14 @@ class _Call:
     lease_key: str | None = None
     handed_off: bool = False
     """True once landing the flight is the background store's job."""
+    _parts: Any = _UNSET
+    """The request's semantic split, computed at most once (lookup, then store)."""
+
+    def semantic_parts(self) -> keys.SemanticParts | None:
+        """:func:`llmcache.keys.semantic_parts` of this request (canonical JSON + SHA-256, done once)."""
+        if self._parts is _UNSET:
+            self._parts = keys.semantic_parts(self.route, self.body, tenant=self.tenant, namespace=self.namespace)
+        return self._parts
 
     @property
     def log_key(self) -> str:
@@ -389,7 +400,7 @@ async def _guarded(state: ProxyState, op: Callable[[], Awaitable[Any]]) -> Any:
 
 async def _semantic_lookup(call: _Call) -> web.StreamResponse | None:
     state = call.state
-    parts = keys.semantic_parts(call.route, call.body, tenant=call.tenant, namespace=call.namespace)
+    parts = call.semantic_parts()
     if parts is None:
         return None
     threshold = call.cfg.similarity_threshold
@@ -704,7 +715,7 @@ async def _store(call: _Call, entry: Entry) -> None:
         log.info("could not store %s (redis unavailable); served uncached", call.log_key)
         return
     if call.cfg.semantic and state.semantic is not None:
-        parts = keys.semantic_parts(call.route, call.body, tenant=call.tenant, namespace=call.namespace)
+        parts = call.semantic_parts()
         if parts is not None:
             state.spawn(_semantic_add(state, parts, call.key, ttl_s))
 
