@@ -677,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if loadgen_note:
         print("note:", loadgen_note, flush=True)
     work = Path(tempfile.mkdtemp(prefix="llmcache-proxybench-"))
-    # Children run outside the repo: its `operator/` folder would shadow the stdlib module.
+    # Children import the installed llmcache, never a tree that PYTHONPATH happens to name.
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HUB_OFFLINE": "1",
            "PYTHONUNBUFFERED": "1"}
     bench = Bench(loadgen=loadgen, duration_s=args.duration_s, hit_duration_s=args.hit_duration_s, workdir=work)
