@@ -4,7 +4,8 @@ Modules (import them directly; this package imports nothing so ``llmcache proxy 
 
 - :mod:`~llmcache.proxy.app` — ``create_app(settings)``, resources in ``cleanup_ctx``
 - :mod:`~llmcache.proxy.settings` — ``ProxySettings`` (one dataclass per concern)
-- :mod:`~llmcache.proxy.handlers` — request flow, own endpoints
+- :mod:`~llmcache.proxy.handlers` — request flow (lookup, single flight, store)
+- :mod:`~llmcache.proxy.admin` — own endpoints: health, readiness, metrics, stats, invalidation
 - :mod:`~llmcache.proxy.upstream` — pass-through, hop-by-hop hygiene, 502/504
 - :mod:`~llmcache.proxy.exact` — ``ExactStore`` protocol, versioned JSON entries in Redis
 - :mod:`~llmcache.proxy.streaming` — SSE record while relaying, replay of stored answers

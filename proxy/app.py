@@ -29,7 +29,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from llmcache.keyspace import Keyspace
-from llmcache.proxy import handlers
+from llmcache.proxy import admin, handlers
 from llmcache.proxy.breaker import Breaker, CacheUnavailable, LoopLag
 from llmcache.proxy.exact import RedisExactStore
 from llmcache.proxy.metrics import ProxyMetrics
@@ -89,6 +89,7 @@ def create_app(settings: ProxySettings) -> web.Application:
     # Last in, first out: background work (stores, promotions, semantic adds) ends before the
     # resources it uses close.
     app.cleanup_ctx.append(_background_ctx)
+    admin.add_routes(app)  # own endpoints before the pipeline's catch-all pass-through
     handlers.add_routes(app)
     return app
 
