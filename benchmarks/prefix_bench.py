@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print("prefix_bench needs a model with a tokenizer (not random-tiny)", file=sys.stderr)
         return 2
     settings = ModelServerSettings(
-        model=ModelSettings(model=args.model, served_model_name="bench"),
+        model=ModelSettings(model=args.model, served_model_name=("bench",)),
         prefix_cache=PrefixCacheSettings(budget_bytes=None, budget_fraction=0.3), enable_embeddings=False)
     sys_text = system_prompt(model.tokenizer, args.system_tokens)
     qs = questions(args.questions)

@@ -386,8 +386,10 @@ class Stack:
             healthz = f"{self.upstream_url}/healthz"
             model = _Child(
                 name="model-server",
+                # `up` is one user's local stack and `demo` reports prefix reuse from usage.cached_tokens:
+                # report it for unsalted requests too (a multi-tenant server keeps the `salted` default).
                 argv=[*py, "model-server", "--model", cfg.model, "--device", cfg.device,
-                      "--listen", f"{host}:{port}", *cfg.model_args],
+                      "--listen", f"{host}:{port}", "--report-cached-tokens", "always", *cfg.model_args],
                 ready_probe=f"GET {healthz}", is_ready=lambda: _http_status(healthz) == 200,
                 logfile=self.log_dir / "model-server.log", env=threads_env,
             )

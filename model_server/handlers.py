@@ -63,9 +63,39 @@ class ServerState:
 
     @property
     def model_name(self) -> str:
+        """The name reported in responses: the first served name, else the model spec."""
+        return self.model_names[0]
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every name a client may send as ``model`` (``--served-model-name``, else the spec)."""
         if self.settings.model.served_model_name:
             return self.settings.model.served_model_name
-        return self.loaded.name if self.loaded is not None else self.settings.model.model
+        return (self.settings.model.model,)
+
+    def reported_cached(self, cached_tokens: int, cache_salt: str | None) -> int:
+        """``cached_tokens`` as the client may see it (see ``PrefixCacheSettings.report_cached_tokens``)."""
+        mode = self.settings.prefix_cache.report_cached_tokens
+        if mode == "always" or (mode == "salted" and cache_salt):
+            return cached_tokens
+        return 0
+
+    def check_model(self, body: dict[str, Any], *, embeddings: bool = False) -> None:
+        """404 ``model_not_found`` (OpenAI's shape) for a ``model`` this server does not serve.
+
+        A missing ``model`` is accepted (the one model served here); a wrong one is not: an app
+        asking for ``gpt-4o`` must not silently get SmolLM2.
+        """
+        name = body.get("model")
+        if name is None:
+            return
+        known = (EMBEDDING_MODEL_NAME, f"sentence-transformers/{EMBEDDING_MODEL_NAME}") if embeddings else self.model_names
+        if not isinstance(name, str) or name not in known:
+            shown = name if isinstance(name, str) else json.dumps(name)
+            raise _HTTPError(404, f"The model `{shown[:200]}` does not exist on this server; it serves "
+                                  f"{', '.join(known)} (GET /v1/models). Send one of those, or start the "
+                                  "server with --served-model-name NAME (repeatable) to accept NAME as an alias.",
+                             param="model", code="model_not_found")
 
 
 STATE_KEY = web.AppKey("llmcache_model_server_state", ServerState)
@@ -320,6 +350,7 @@ async def _handle_generation(request: web.Request, *, chat: bool) -> web.StreamR
     engine = _engine(state)
     assert state.loaded is not None
     body = await _json_body(request)
+    state.check_model(body)
     n, stream, extras = _common(state, body)
     sampling = _sampling(state, body)
     sink = _sink(state, body)
@@ -337,7 +368,8 @@ async def _handle_generation(request: web.Request, *, chat: bool) -> web.StreamR
     model = state.model_name
     if not stream:
         results = await _collect(choices, n)
-        usage = _usage(len(prompt_ids), sum(len(r.token_ids) for r in results), results[0].cached_tokens)
+        usage = _usage(len(prompt_ids), sum(len(r.token_ids) for r in results),
+                       state.reported_cached(results[0].cached_tokens, extras["cache_salt"]))
         if chat:
             out_choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
                             "logprobs": None, "finish_reason": r.finish_reason} for i, r in enumerate(results)]
@@ -350,11 +382,13 @@ async def _handle_generation(request: web.Request, *, chat: bool) -> web.StreamR
                                   "system_fingerprint": state.loaded.revision,
                                   "choices": out_choices, "usage": usage})
     return await _stream(request, choices, n, chat=chat, rid=rid, created=created, model=model,
-                         prompt_tokens=len(prompt_ids), include_usage=extras["include_usage"])
+                         prompt_tokens=len(prompt_ids), include_usage=extras["include_usage"],
+                         report_cached=lambda c: state.reported_cached(c, extras["cache_salt"]))
 
 
 async def _stream(request: web.Request, choices: _Choices, n: int, *, chat: bool, rid: str, created: int,
-                  model: str, prompt_tokens: int, include_usage: bool) -> web.StreamResponse:
+                  model: str, prompt_tokens: int, include_usage: bool,
+                  report_cached: Callable[[int], int]) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     obj = "chat.completion.chunk" if chat else "text_completion"
 
@@ -399,7 +433,7 @@ async def _stream(request: web.Request, choices: _Choices, n: int, *, chat: bool
         done = [r for r in results if r is not None]
         if include_usage and done:
             await resp.write(chunk([], _usage(prompt_tokens, sum(len(r.token_ids) for r in done),
-                                              done[0].cached_tokens)))
+                                              report_cached(done[0].cached_tokens))))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):
@@ -433,6 +467,7 @@ async def embeddings(request: web.Request) -> web.Response:
         raise _HTTPError(404, "embeddings are disabled on this server (--enable-embeddings false)",
                          code="embeddings_disabled")
     body = await _json_body(request)
+    state.check_model(body, embeddings=True)
     raw = body.get("input")
     texts = [raw] if isinstance(raw, str) else raw
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -453,7 +488,7 @@ async def models(request: web.Request) -> web.Response:
     """``GET /v1/models``: the generation model (and the embedder when enabled)."""
     state = request.app[STATE_KEY]
     created = int(state.started_at)
-    data = [{"id": state.model_name, "object": "model", "created": created, "owned_by": "llmcache"}]
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "llmcache"} for name in state.model_names]
     if state.embedder is not None:
         data.append({"id": EMBEDDING_MODEL_NAME, "object": "model", "created": created, "owned_by": "llmcache"})
     return web.json_response({"object": "list", "data": data})
@@ -483,7 +518,7 @@ def _load_into(state: ServerState, preloaded: loader_mod.LoadedModel | None) -> 
     try:
         s = state.settings
         loaded = preloaded or loader_mod.load_model(s.model.model, device=s.model.device, dtype=s.model.dtype,
-                                                    name=s.model.served_model_name,
+                                                    name=state.model_name,
                                                     num_threads=s.model.num_threads)
         state.loaded = loaded
         cache: radix_mod.RadixCache | None = None

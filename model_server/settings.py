@@ -18,6 +18,7 @@ __all__ = [
     "ModelSettings",
     "PrefixCacheSettings",
     "SinkSettings",
+    "BatchingSettings",
     "ModelServerSettings",
     "add_flags",
     "from_args",
@@ -43,8 +44,15 @@ class ModelSettings:
     """``auto`` = float32 on CPU (bit-stable greedy decoding), bfloat16 on CUDA; or
     ``float32`` / ``bfloat16`` / ``float16``."""
 
-    served_model_name: str | None = None
-    """Name reported by ``GET /v1/models`` and in responses; ``None`` uses the model spec."""
+    served_model_name: tuple[str, ...] = ()
+    """Names clients may send as ``model`` (``--served-model-name``, repeatable). The first is
+    reported in responses; all are listed by ``GET /v1/models``. Empty: the model spec (e.g.
+    ``default``). Any other name gets ``404 model_not_found``, so an app that asks for
+    ``gpt-4o`` learns it is not talking to GPT-4o instead of silently getting SmolLM2."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.served_model_name, str):  # one name given as a plain string
+            object.__setattr__(self, "served_model_name", (self.served_model_name,))
 
     num_threads: int = 0
     """CPU threads for torch's intra-op parallelism; 0 keeps torch's default (one per core).
@@ -70,6 +78,45 @@ class PrefixCacheSettings:
     """Fraction of free device memory used when ``budget_bytes`` is ``None``. 0.2 leaves room for
     activations and the live caches of running requests."""
 
+    report_cached_tokens: str = "salted"
+    """When responses carry ``usage.prompt_tokens_details.cached_tokens``: ``salted`` (default)
+    only for requests with a ``cache_salt`` (their prefix tree is their own tenant's), ``always``
+    (single-tenant servers), ``never``. Elsewhere it reads 0: on a shared tree the count tells a
+    caller how much of its prompt someone else sent before, a cross-tenant side channel."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingSettings:
+    """Continuous batching and admission control (see :mod:`llmcache.model_server.scheduler`)."""
+
+    enable_batching: bool = True
+    """One forward pass per step over every running sequence. False: one forward pass per
+    sequence per step (the pre-batching behaviour, kept for comparison and for models the
+    packed forward does not support)."""
+
+    max_num_seqs: int = 16
+    """Bound on the running set (sequences decoding at once). 16 keeps a step of SmolLM2 on
+    CPU near 0.1 s; on a GPU raise it (vLLM defaults to 256)."""
+
+    max_num_batched_tokens: int = 256
+    """Token budget of one step: every decode token plus prefill chunks up to this many. A long
+    prompt is prefilled in chunks so running sequences keep decoding meanwhile."""
+
+    max_queue_len: int = 64
+    """Bound on requests waiting for admission; beyond it a request gets 429 at once."""
+
+    max_queue_time_s: float = 60.0
+    """Longest a request waits for admission before it gets 429 (seconds)."""
+
+    kv_budget_bytes: int | None = None
+    """Bytes of KV the running set may reserve (each sequence reserves prompt + max_tokens at
+    admission, so no admitted sequence can run out mid-generation); ``None`` = ``kv_fraction``
+    of free device memory after load."""
+
+    kv_fraction: float = 0.2
+    """Fraction of free device memory for running sequences' KV when ``kv_budget_bytes`` is
+    ``None``."""
+
 
 @dataclass(frozen=True, slots=True)
 class SinkSettings:
@@ -93,6 +140,7 @@ class ModelServerSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
     prefix_cache: PrefixCacheSettings = field(default_factory=PrefixCacheSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
 
     enable_embeddings: bool = True
     """Serve ``POST /v1/embeddings`` with the bundled all-MiniLM-L6-v2 (loaded on first use)."""
@@ -108,6 +156,20 @@ def _optional_bytes(value: str) -> int | None:
     return core_settings.parse_bytes(value)
 
 
+def _names(value: str) -> list[str]:
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
+def _flatten_names(value: object) -> tuple[str, ...]:
+    """``--served-model-name`` values: lists appended by argparse (each from ``_names``)."""
+    if value is None:
+        return ()
+    out: list[str] = []
+    for item in value if isinstance(value, list) else [value]:
+        out.extend(_flatten_names(item) if isinstance(item, list) else _names(str(item)))
+    return tuple(dict.fromkeys(out))
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Add every model-server flag (each also read from ``LLMCACHE_<FLAG>``)."""
     add = core_settings.add_flag
@@ -117,7 +179,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add(parser, "--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add(parser, "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="weights and KV dtype (auto: float32 on CPU, bfloat16 on CUDA)")
-    add(parser, "--served-model-name", default=None, help="model name shown by /v1/models")
+    add(parser, "--served-model-name", default=None, type=_names, action="append",
+        help="name clients send as `model` (repeatable; env: comma-separated); others get 404 model_not_found")
     add(parser, "--num-threads", default=0, type=int, help="torch CPU threads (0 = one per core)")
     add(parser, "--default-max-tokens", default=512, type=int, help="max_tokens when a request omits it")
     add(parser, "--enable-prefix-cache", default=True, type=core_settings.parse_bool,
@@ -126,6 +189,19 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="byte budget of the prefix KV cache, e.g. 2Gi (auto: a fraction of free memory)")
     add(parser, "--prefix-cache-fraction", default=0.2, type=float,
         help="fraction of free device memory for the prefix cache when --prefix-cache-bytes is auto")
+    add(parser, "--report-cached-tokens", default="salted", choices=["salted", "always", "never"],
+        help="report usage cached_tokens: salted = only for requests with a cache_salt")
+    add(parser, "--enable-batching", default=True, type=core_settings.parse_bool,
+        help="continuous batching: one forward pass per step over all running sequences (true/false)")
+    add(parser, "--max-num-seqs", default=16, type=int, help="most sequences running at once")
+    add(parser, "--max-num-batched-tokens", default=256, type=int,
+        help="token budget per step (decode tokens + prefill chunks)")
+    add(parser, "--max-queue-len", default=64, type=int, help="most requests waiting; beyond: 429")
+    add(parser, "--max-queue-time-s", default=60.0, type=float, help="longest wait for admission; then 429")
+    add(parser, "--kv-cache-bytes", default=None, type=_optional_bytes,
+        help="KV bytes running sequences may reserve, e.g. 2Gi (auto: --kv-cache-fraction of free memory)")
+    add(parser, "--kv-cache-fraction", default=0.2, type=float,
+        help="fraction of free device memory for running sequences' KV when --kv-cache-bytes is auto")
     add(parser, "--sink-tokens", default=4, type=int, help="attention-sink tokens kept by the sliding window")
     add(parser, "--sink-window-tokens", default=0, type=int,
         help="recent tokens kept by the attention-sink window (0 = off unless a request asks)")
@@ -143,6 +219,13 @@ def from_args(args: argparse.Namespace) -> ModelServerSettings:
         raise ConfigError("--num-threads must be >= 0 (0 = torch's default)")
     if args.default_max_tokens < 1:
         raise ConfigError("--default-max-tokens must be >= 1")
+    for flag in ("max_num_seqs", "max_num_batched_tokens", "max_queue_len"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1")
+    if not args.max_queue_time_s > 0:
+        raise ConfigError("--max-queue-time-s must be > 0 (seconds)")
+    if not 0.0 < args.kv_cache_fraction <= 1.0:
+        raise ConfigError(f"--kv-cache-fraction must be in (0, 1], got {args.kv_cache_fraction}")
     core_settings.parse_listen(args.listen)
     return ModelServerSettings(
         listen=args.listen,
@@ -150,7 +233,7 @@ def from_args(args: argparse.Namespace) -> ModelServerSettings:
             model=args.model,
             device=args.device,
             dtype=args.dtype,
-            served_model_name=args.served_model_name,
+            served_model_name=_flatten_names(args.served_model_name),
             num_threads=args.num_threads,
             default_max_tokens=args.default_max_tokens,
         ),
@@ -158,6 +241,16 @@ def from_args(args: argparse.Namespace) -> ModelServerSettings:
             enable_prefix_cache=args.enable_prefix_cache,
             budget_bytes=args.prefix_cache_bytes,
             budget_fraction=args.prefix_cache_fraction,
+            report_cached_tokens=args.report_cached_tokens,
+        ),
+        batching=BatchingSettings(
+            enable_batching=args.enable_batching,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_queue_len=args.max_queue_len,
+            max_queue_time_s=args.max_queue_time_s,
+            kv_budget_bytes=args.kv_cache_bytes,
+            kv_fraction=args.kv_cache_fraction,
         ),
         sink=SinkSettings(sink_tokens=args.sink_tokens, window_tokens=args.sink_window_tokens),
         enable_embeddings=args.enable_embeddings,

@@ -12,7 +12,7 @@ import pytest
 
 from llmcache.model_server import generate as gen
 from llmcache.model_server import handlers, loader
-from llmcache.model_server.settings import ModelServerSettings, PrefixCacheSettings, SinkSettings
+from llmcache.model_server.settings import ModelServerSettings, ModelSettings, PrefixCacheSettings, SinkSettings
 from .helpers import RunningServer, serve_in_thread
 
 PROMPT = list(range(10, 60))
@@ -104,3 +104,53 @@ def test_unknown_route_is_json_404(server: RunningServer) -> None:
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(server.url + "/v1/nope", timeout=30)
     assert exc.value.code == 404 and "error" in json.loads(exc.value.read())
+
+
+def test_unknown_model_is_404_model_not_found(server: RunningServer) -> None:
+    for path, payload in (("/v1/completions", {"model": "gpt-4o", "prompt": PROMPT, "max_tokens": 2}),
+                          ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})):
+        status, raw = post(server, path, payload)
+        assert status == 404, raw
+        err = json.loads(raw)["error"]
+        assert err["code"] == "model_not_found" and err["param"] == "model" and err["type"] == "invalid_request_error"
+        assert "gpt-4o" in err["message"] and "--served-model-name" in err["message"]
+    # The spec name (what the README and `llmcache up` clients send) and no name at all are served.
+    assert post(server, "/v1/completions", {"model": "default", "prompt": PROMPT, "max_tokens": 2})[0] == 200
+    assert post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 2})[0] == 200
+    with urllib.request.urlopen(server.url + "/v1/models", timeout=30) as resp:
+        assert [m["id"] for m in json.loads(resp.read())["data"]] == ["default"]
+
+
+def test_served_model_name_aliases(tiny_model: loader.LoadedModel) -> None:
+    settings = ModelServerSettings(model=ModelSettings(served_model_name=("smol", "gpt-4o-mini")),
+                                   enable_embeddings=False, prefix_cache=PrefixCacheSettings(budget_bytes=1 << 20))
+    with serve_in_thread(handlers.create_app(settings, loaded=tiny_model)) as running:
+        assert running.state.ready.wait(60)
+        with urllib.request.urlopen(running.url + "/v1/models", timeout=30) as resp:
+            assert [m["id"] for m in json.loads(resp.read())["data"]] == ["smol", "gpt-4o-mini"]
+        status, raw = post(running, "/v1/completions", {"model": "gpt-4o-mini", "prompt": PROMPT, "max_tokens": 2})
+        assert status == 200 and json.loads(raw)["model"] == "smol"
+        assert post(running, "/v1/completions", {"model": "default", "prompt": PROMPT, "max_tokens": 2})[0] == 404
+
+
+@pytest.mark.parametrize(("mode", "salt", "reported"), [
+    ("salted", None, False), ("salted", "tenant-a", True), ("always", None, True), ("never", "tenant-a", False)])
+def test_cached_tokens_reported_only_where_configured(tiny_model: loader.LoadedModel, mode: str, salt: str | None,
+                                                      reported: bool) -> None:
+    settings = ModelServerSettings(enable_embeddings=False, prefix_cache=PrefixCacheSettings(
+        budget_bytes=8 * 2**20, report_cached_tokens=mode))
+    body: dict[str, Any] = {"prompt": PROMPT, "max_tokens": 2, "temperature": 0,
+                            "stream": True, "stream_options": {"include_usage": True}}
+    if salt is not None:
+        body["cache_salt"] = salt
+    with serve_in_thread(handlers.create_app(settings, loaded=tiny_model)) as running:
+        assert running.state.ready.wait(60)
+        assert post(running, "/v1/completions", {**body, "stream": False})[0] == 200
+        plain = json.loads(post(running, "/v1/completions", {**body, "stream": False})[1])
+        streamed = [json.loads(e.removeprefix("data: ")) for e in
+                    post(running, "/v1/completions", body)[1].decode().split("\n\n") if e and "[DONE]" not in e]
+        # The cache itself was hit either way; only what the client is told differs.
+        assert running.state.metrics.prefix_hit_tokens._value.get() == 2 * (len(PROMPT) - 1)
+    want = len(PROMPT) - 1 if reported else 0
+    assert plain["usage"]["prompt_tokens_details"]["cached_tokens"] == want
+    assert streamed[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == want

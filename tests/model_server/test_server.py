@@ -64,8 +64,10 @@ def test_chat_reports_hand_computed_cached_tokens(client: openai.OpenAI, default
 
 
 def test_stream_matches_non_stream_and_reports_usage(client: openai.OpenAI) -> None:
-    full = chat(client, "Where is Mount Everest?")
-    stream = chat(client, "Where is Mount Everest?", stream=True, stream_options={"include_usage": True})
+    salt = {"cache_salt": "test-stream-usage"}  # own namespace: the first request fills it
+    full = chat(client, "Where is Mount Everest?", extra_body=salt)
+    stream = chat(client, "Where is Mount Everest?", stream=True, stream_options={"include_usage": True},
+                  extra_body=salt)
     parts: list[str] = []
     finish: str | None = None
     usage = None

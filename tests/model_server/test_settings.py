@@ -42,3 +42,23 @@ def test_bad_values_say_which_flag() -> None:
         parse(["--prefix-cache-fraction", "1.5"])
     with pytest.raises(ConfigError, match="--listen"):
         parse(["--listen", "nonsense"])
+
+
+def test_batching_and_privacy_defaults() -> None:
+    s = parse([])
+    b = s.batching
+    assert (b.enable_batching, b.max_num_seqs, b.max_num_batched_tokens) == (True, 16, 256)
+    assert (b.max_queue_len, b.max_queue_time_s, b.kv_budget_bytes, b.kv_fraction) == (64, 60.0, None, 0.2)
+    assert s.prefix_cache.report_cached_tokens == "salted"
+    assert s.model.served_model_name == ()
+    with pytest.raises(ConfigError, match="--max-num-seqs"):
+        parse(["--max-num-seqs", "0"])
+    with pytest.raises(ConfigError, match="--max-queue-time-s"):
+        parse(["--max-queue-time-s", "0"])
+
+
+def test_served_model_name_repeats_and_reads_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse(["--served-model-name", "a", "--served-model-name", "b,c"]).model.served_model_name == ("a", "b", "c")
+    monkeypatch.setenv("LLMCACHE_SERVED_MODEL_NAME", "x, y")
+    assert parse([]).model.served_model_name == ("x", "y")
+    assert parse(["--served-model-name", "z"]).model.served_model_name == ("x", "y", "z")
