@@ -1,17 +1,28 @@
-"""The inference worker: prefix-cache lookup, prefill, our own decode loop, sampling, insert.
+"""The inference worker: continuous batching over the radix prefix cache, with admission control.
 
-One dedicated thread owns the model. Requests arrive on a queue; the worker admits
-(prefills) them and then advances every running request by one token per round,
-round-robin, so concurrent streams all make progress. Nothing here runs on the
-event loop: handlers receive events through the ``on_event`` callback (called from the
-worker thread; the HTTP layer forwards them with ``call_soon_threadsafe``).
+One dedicated thread owns the model. Nothing here runs on the event loop: handlers get
+events through ``on_event`` (called from the worker thread; the HTTP layer forwards them
+with ``call_soon_threadsafe``). Every step of the worker::
+
+    expire/cancel waiting ─▶ admit (scheduler.WaitQueue → running) ─▶ drop cancelled running
+      ─▶ plan (every decode + prompt chunks within the token budget, scheduler.plan_step)
+      ─▶ ONE forward pass over all of them (forward.packed_forward) ─▶ sample, detokenize
+      ─▶ finished sequences leave: prompt + generated KV inserted into the radix tree
 
 Life of a request, for prompt ``P`` with a cached prefix of ``c`` tokens::
 
     P:      [ 0 ……………………… c | c+1 ……… len(P)-1 ]
-             └ KV from radix ┘ └ prefill (forward) ┘ → logits → token g0
+             └ KV from radix ┘ └ prefill, in chunks ┘ → logits → token g0
     decode:  feed g0 → g1, feed g1 → g2, …           (g_last is never fed)
-    insert:  P + g0 … g_{last-1}  (exactly the positions that have KV)
+    insert:  P once its prefill is done (later requests hit it while this one decodes),
+             P + g0 … g_{last-1} when it finishes (exactly the positions that have KV)
+
+The prefix lookup happens when a sequence's first chunk is scheduled, not when it is
+queued, so a burst sharing a system prompt hits the KV of the first one to finish its
+prefill. KV layout: see :mod:`llmcache.model_server.kv_buffer` (ragged per-sequence
+buffers, and why not padded or paged). A fatal error in the worker (the forward pass
+raised) fails every running and waiting request with :class:`WorkerFailedError`, marks the
+engine ``failed`` (``/healthz`` turns 503) and stops the worker.
 
 Why not ``model.generate``: it appends to the cache it is given (it would mutate stored
 prefix tensors) and hides TTFT, streaming and the sink window from us.
@@ -21,26 +32,28 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llmcache.errors import LLMCacheError
+from llmcache.model_server import detok, forward, kv_estimate
+from llmcache.model_server import scheduler as sched
 from llmcache.model_server import sink as sink_mod
+from llmcache.model_server.kv_buffer import KVSpec, SeqKV
 from llmcache.model_server.loader import LoadedModel
 from llmcache.model_server.metrics import ModelServerMetrics
-from llmcache.model_server.radix import KVLayers, PrefixMatch, RadixCache
+from llmcache.model_server.radix import RadixCache
+from llmcache.model_server.settings import BatchingSettings
 
 __all__ = [
     "InvalidRequestError",
+    "OverloadedError",
+    "WorkerFailedError",
     "SamplingParams",
     "GenerationRequest",
     "TokenDelta",
@@ -61,6 +74,19 @@ class InvalidRequestError(LLMCacheError):
         super().__init__(message)
         self.param = param
         self.code = code
+
+
+class OverloadedError(LLMCacheError):
+    """The server is at capacity (HTTP 429); retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.code = code
+
+
+class WorkerFailedError(LLMCacheError):
+    """The inference worker stopped on a fatal error (HTTP 500); the server needs a restart."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,6 +179,8 @@ class RequestHandle:
         return self._result
 
     def _finish(self, result: GenerationResult | None, error: BaseException | None) -> None:
+        if self._done.is_set():
+            return
         self._result, self._error = result, error
         self._done.set()
         cb = self.request.on_event
@@ -181,86 +209,48 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
-def _find_stop(text: str, stops: Sequence[str], start: int) -> int:
-    """Index of the earliest stop string in ``text`` at or after ``start`` (−1 if none)."""
-    best = -1
-    for s in stops:
-        i = text.find(s, max(0, start))
-        if i != -1 and (best == -1 or i < best):
-            best = i
-    return best
-
-
-# transformers 5.2x renamed the forward argument and output field ``past_key_values`` → ``cache``;
-# earlier 5.x releases (e.g. the 5.17 on our CUDA image) only know the old name.
-_CACHE_FIELD = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
-
-
-def _forward(model: Any, ids: torch.Tensor, cache: DynamicCache, **kwargs: Any) -> tuple[torch.Tensor, DynamicCache]:
-    """One forward pass that extends ``cache``; returns (logits, the cache to continue from)."""
-    out = model(input_ids=ids, use_cache=True, **{_CACHE_FIELD: cache}, **kwargs)
-    return out.logits, getattr(out, _CACHE_FIELD)
-
-
-def _kv_layers(cache: DynamicCache) -> KVLayers:
-    return tuple((layer.keys, layer.values) for layer in cache.layers)
-
-
-def _cache_from(kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None) -> DynamicCache:
-    """A DynamicCache that starts from ``kv`` (tensors the caller owns; they are adopted, not copied).
-
-    transformers 5 builds one ``DynamicLayer`` per ``ddp_cache_data`` entry but copies the
-    data in (``cat`` onto an empty tensor): ~50 MB per 1,000 tokens of SmolLM2 in fp32. We
-    initialise the layers with empty slices and then adopt the tensors as the layers'
-    documented ``keys``/``values``. Safe because ``DynamicLayer.update`` only ever
-    concatenates into new tensors; nothing writes into the adopted ones.
-    """
-    if not kv:
-        return DynamicCache()
-    cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in kv])
-    for layer, (k, v) in zip(cache.layers, kv):
-        layer.keys, layer.values = k, v
-    return cache
-
-
-@dataclass(slots=True, eq=False)
-class _Running:
-    handle: RequestHandle
-    namespace: str
-    match: PrefixMatch | None
-    cache: DynamicCache
-    generator: torch.Generator
-    submitted_at: float
-    generated: list[int] = field(default_factory=list)
-    next_token: int | None = None
-    emitted_chars: int = 0
-    ttft_s: float = 0.0
-    last_token_at: float = 0.0
-    sink_evicted: int = 0
-    max_kv: int = 0
-    finish_reason: str | None = None
-    text: str = ""
-    cached_tokens: int = 0
-
-
 class Engine:
-    """Owns the model and the prefix cache; runs requests on one worker thread.
+    """Owns the model, the prefix cache and the running batch; runs on one worker thread.
 
-    ``start()`` launches the worker, ``submit()`` enqueues (any thread), ``stop()`` joins.
+    ``start()`` launches the worker, ``submit()``/``submit_many()`` enqueue (any thread,
+    never blocking: a full queue raises :class:`OverloadedError`), ``stop()`` joins.
+    ``failed`` is set (with the reason) once the worker died; every later submit fails.
     """
 
     def __init__(self, loaded: LoadedModel, *, prefix_cache: RadixCache | None,
-                 metrics: ModelServerMetrics | None = None) -> None:
+                 metrics: ModelServerMetrics | None = None, batching: BatchingSettings | None = None,
+                 kv_budget_bytes: int | None = None) -> None:
         self.loaded = loaded
         self.prefix_cache = prefix_cache
         self.metrics = metrics
-        self._queue: queue.Queue[RequestHandle | None] = queue.Queue()
+        self.settings = batching if batching is not None else BatchingSettings()
+        shape = kv_estimate.kv_shape(loaded.model.config)
+        self.kv_spec = KVSpec(num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
+                              head_dim=shape.head_dim, dtype=loaded.dtype, device=loaded.device)
+        if kv_budget_bytes is None:
+            kv_budget_bytes = self.settings.kv_budget_bytes
+        if kv_budget_bytes is None:
+            kv_budget_bytes = default_budget_bytes(loaded, self.settings.kv_fraction)
+        self.kv_budget_bytes = kv_budget_bytes
+        reason = forward.packed_unsupported_reason(loaded.model) if self.settings.enable_batching else None
+        if reason is not None:
+            log.warning("continuous batching is off for this model (%s): one forward pass per sequence", reason)
+        self.batched = self.settings.enable_batching and reason is None
+        self._forward = forward.packed_forward if self.batched else forward.sequential_forward
+        self._lock = threading.Condition()
+        self._waiting = sched.WaitQueue(max_len=self.settings.max_queue_len,
+                                        max_wait_s=self.settings.max_queue_time_s)
+        self._running: list[sched.Sequence] = []
+        self._reserved_bytes = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._running: list[_Running] = []
+        self.failed: str | None = None
+        """Why the worker died (``None`` while healthy)."""
         self._inv_freq: torch.Tensor | None = None
         self._seed_source = random.SystemRandom()
         self._evictions_seen = 0
+        if metrics is not None:
+            metrics.kv_budget_bytes.set(self.kv_budget_bytes)
 
     # ------------------------------------------------------------- public API
 
@@ -272,27 +262,56 @@ class Engine:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finish nothing new; cancel running requests and join the worker."""
-        self._stopping = True
-        self._queue.put(None)
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
-        """Validate and enqueue ``request``; InvalidRequestError for an unservable prompt."""
-        self.validate(request)
-        handle = RequestHandle(request)
-        if self._thread is None:
-            raise LLMCacheError("the inference worker is not running; call Engine.start() first")
-        self._queue.put(handle)
-        return handle
+        """Validate and enqueue ``request`` (see :meth:`submit_many`)."""
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: Sequence[GenerationRequest]) -> list[RequestHandle]:
+        """Enqueue all of ``requests`` or none: InvalidRequestError (400), OverloadedError (429, queue
+        full), WorkerFailedError (the worker died)."""
+        for r in requests:
+            self.validate(r)
+        with self._lock:
+            if self.failed is not None:
+                raise WorkerFailedError(f"the inference worker failed ({self.failed}); restart the model server")
+            if self._thread is None or self._stopping:
+                raise LLMCacheError("the inference worker is not running; call Engine.start() first")
+            if self._waiting.room() < len(requests):
+                retry = self._waiting.retry_after_s(self.settings.max_num_seqs)
+                if self.metrics is not None:
+                    self.metrics.rejected.labels(reason="queue_full").inc(len(requests))
+                raise OverloadedError(
+                    f"the model server is at capacity ({len(self._running)} running, {len(self._waiting)} waiting, "
+                    f"--max-queue-len {self.settings.max_queue_len}); retry after {retry} s",
+                    retry_after_s=retry, code="queue_full")
+            handles = [RequestHandle(r) for r in requests]
+            for h in handles:
+                self._waiting.push(h)
+            self._set_queue_gauges()
+            self._lock.notify_all()
+        return handles
 
     def generate(self, request: GenerationRequest, *, timeout_s: float | None = None) -> GenerationResult:
         """Submit and block until done (tests, benchmarks, scripts)."""
         return self.submit(request).result(timeout_s)
 
+    def reservation_tokens(self, request: GenerationRequest) -> int:
+        """KV positions a request may hold at most: prompt + max_tokens, or the sink window's bound."""
+        n = len(request.prompt_ids)
+        full = n + request.sampling.max_tokens
+        if request.sink is not None:
+            return min(full, max(n, request.sink.max_tokens) + 1)
+        return full
+
     def validate(self, request: GenerationRequest) -> None:
-        """Raise InvalidRequestError (with the numbers) when the prompt cannot fit the context."""
+        """Raise InvalidRequestError (with the numbers) when the prompt cannot fit the context or the KV budget."""
         n = len(request.prompt_ids)
         ctx = self.loaded.context_tokens
         if n == 0:
@@ -319,6 +338,12 @@ class Engine:
                     param="sink_window_tokens")
             if self._inv_freq is None:
                 self._inv_freq = sink_mod.rope_inv_freq(self.loaded.model)
+        need = self.reservation_tokens(request) * self.kv_spec.bytes_per_token
+        if need > self.kv_budget_bytes:
+            raise InvalidRequestError(
+                f"this request needs {need} bytes of KV ({self.reservation_tokens(request)} tokens: prompt + "
+                f"max_tokens), more than the server's KV budget of {self.kv_budget_bytes} bytes; reduce max_tokens "
+                "or the prompt (or raise --kv-cache-bytes)", param="max_tokens", code="kv_budget_exceeded")
         vocab = int(self.loaded.model.config.vocab_size)
         if any(t < 0 or t >= vocab for t in request.prompt_ids):
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
@@ -326,197 +351,236 @@ class Engine:
     # ---------------------------------------------------------------- worker
 
     def _loop(self) -> None:
-        while not self._stopping:
-            # Block only when idle; otherwise take whatever arrived since the last round.
-            try:
-                item = self._queue.get(block=not self._running)
-            except queue.Empty:
-                item = None
-            while item is not None and not self._stopping:
-                self._admit(item)
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    item = None
-            if not self._stopping:
-                self._decode_round()
-        for st in list(self._running):
-            st.handle.cancel()
-            self._complete(st, "cancelled")
-        # Fail whatever never got admitted.
-        while True:
-            try:
-                pending = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if pending is not None:
-                pending._finish(None, LLMCacheError("the model server is shutting down; retry the request"))
-
-    def _admit(self, handle: RequestHandle) -> None:
-        req = handle.request
-        st: _Running | None = None
         try:
-            ns = cache_namespace(self.loaded, req.cache_salt)
-            match: PrefixMatch | None = None
-            use_cache = req.enable_prefix_cache and self.prefix_cache is not None
-            lookup_started = time.perf_counter()
-            if use_cache:
-                assert self.prefix_cache is not None
-                match = self.prefix_cache.match_prefix(ns, req.prompt_ids, lock=True)
-            cached = match.num_cached_tokens if match is not None else 0
-            seed = req.sampling.seed if req.sampling.seed is not None else self._seed_source.getrandbits(63)
-            try:
-                cache = _cache_from(match.kv if match is not None else None)
-            except Exception:
-                if match is not None and self.prefix_cache is not None:
-                    self.prefix_cache.release(match)
-                raise
-            if use_cache and self.metrics is not None:
-                self.metrics.prefix_op_s.labels(op="lookup").observe(time.perf_counter() - lookup_started)
-            # Keep only the pin, not the matched tensors: the request's cache has its own copy.
-            st = _Running(handle=handle, namespace=ns, match=replace(match, kv=None) if match is not None else None,
-                          cache=cache,
-                          generator=torch.Generator().manual_seed(seed),
-                          submitted_at=handle.submitted_at, cached_tokens=cached)
-            if self.metrics is not None:
-                self.metrics.running.inc()
-                self.metrics.prompt_tokens.inc(len(req.prompt_ids))
-                if use_cache:
-                    self.metrics.prefix_queried_tokens.inc(len(req.prompt_ids))
-                    self.metrics.prefix_hit_tokens.inc(cached)
-            self._running.append(st)
-            ids = torch.tensor([req.prompt_ids[cached:]], dtype=torch.long, device=self.loaded.device)
-            with torch.inference_mode():
-                logits, st.cache = _forward(self.loaded.model, ids, st.cache, logits_to_keep=1)
-            st.max_kv = st.cache.get_seq_length()
-            token = sample_token(logits[0, -1], req.sampling, st.generator)
-            now = time.monotonic()
-            st.ttft_s = now - st.submitted_at
-            st.last_token_at = now
-            if self.metrics is not None:
-                self.metrics.ttft_s.observe(st.ttft_s)
-            self._accept(st, token)
-        except Exception as exc:  # noqa: BLE001 - one bad request must not kill the worker
-            if not isinstance(exc, LLMCacheError):
-                log.exception("request failed during prefill")
-            self._fail(st, handle, exc)
+            while True:
+                with self._lock:
+                    while not (self._stopping or len(self._waiting) or self._running):
+                        self._lock.wait()
+                    if self._stopping:
+                        break
+                    self._expire_waiting()
+                    self._admit()
+                self._step()
+        except BaseException as exc:  # noqa: BLE001 - the worker must fail every request, never hang them
+            self._die(exc)
+            return
+        for seq in list(self._running):
+            self._finish(seq, "cancelled")
+        with self._lock:
+            pending = self._waiting.drain()
+        for h in pending:
+            h._finish(None, LLMCacheError("the model server is shutting down; retry the request"))
 
-    def _decode_round(self) -> None:
-        for st in list(self._running):
-            if st.finish_reason is not None:
-                continue
-            if st.handle.cancelled:
-                self._complete(st, "cancelled")
-                continue
-            try:
-                self._step(st)
-            except Exception as exc:  # noqa: BLE001
-                log.exception("request failed during decode")
-                self._fail(st, st.handle, exc)
+    def _expire_waiting(self) -> None:
+        cancelled, expired = self._waiting.take_expired(time.monotonic())
+        for h in cancelled:
+            h._finish(None, LLMCacheError("cancelled before it started"))
+        for h in expired:
+            h._finish(None, OverloadedError(
+                f"the request waited {self.settings.max_queue_time_s:g} s (--max-queue-time-s) without being "
+                "admitted; the model server is overloaded, retry later", retry_after_s=1 + int(
+                    self._waiting.retry_after_s(self.settings.max_num_seqs)), code="queue_timeout"))
+        if expired and self.metrics is not None:
+            self.metrics.rejected.labels(reason="queue_timeout").inc(len(expired))
+        if cancelled or expired:
+            self._set_queue_gauges()
 
-    def _step(self, st: _Running) -> None:
-        req = st.handle.request
-        assert st.next_token is not None
-        if req.sink is not None:
-            assert self._inv_freq is not None
-            kv, evicted = sink_mod.trim_kv(list(_kv_layers(st.cache)), req.sink, self._inv_freq)
-            if evicted:
-                st.cache = _cache_from(kv)
-                st.sink_evicted += evicted
-                if self.metrics is not None:
-                    self.metrics.sink_evicted_tokens.inc(evicted)
-        ids = torch.tensor([[st.next_token]], dtype=torch.long, device=self.loaded.device)
-        with torch.inference_mode():
-            logits, st.cache = _forward(self.loaded.model, ids, st.cache)
-        st.max_kv = max(st.max_kv, st.cache.get_seq_length())
-        token = sample_token(logits[0, -1], req.sampling, st.generator)
+    def _admit(self) -> None:
         now = time.monotonic()
-        if self.metrics is not None:
-            self.metrics.inter_token_s.observe(now - st.last_token_at)
-        st.last_token_at = now
-        self._accept(st, token)
+        while len(self._running) < self.settings.max_num_seqs and (head := self._waiting.peek()) is not None:
+            req = head.request
+            tokens = self.reservation_tokens(req)
+            need = tokens * self.kv_spec.bytes_per_token
+            if self._running and self._reserved_bytes + need > self.kv_budget_bytes:
+                break  # first come, first served: wait for KV to free up
+            self._waiting.pop()
+            seed = req.sampling.seed if req.sampling.seed is not None else self._seed_source.getrandbits(63)
+            seq = sched.Sequence(handle=head, namespace=cache_namespace(self.loaded, req.cache_salt),
+                                 generator=torch.Generator().manual_seed(seed),
+                                 text=detok.TextState(decode=self.loaded.decode, stops=req.sampling.stop),
+                                 reserved_bytes=need, reserved_tokens=tokens, admitted_at=now)
+            self._reserved_bytes += need
+            self._running.append(seq)
+            if self.metrics is not None:
+                self.metrics.queue_time_s.observe(now - head.submitted_at)
+                self.metrics.prompt_tokens.inc(len(req.prompt_ids))
+        self._set_queue_gauges()
 
-    def _accept(self, st: _Running, token: int) -> None:
+    def _step(self) -> None:
+        for seq in [s for s in self._running if s.handle.cancelled]:
+            self._finish(seq, "cancelled")
+        segments: list[forward.Segment] = []
+        sampled: list[sched.Sequence] = []
+        for seq, n in list(sched.plan_step(self._running, max_num_batched_tokens=self.settings.max_num_batched_tokens)):
+            if seq.kv is None:
+                try:
+                    self._start(seq)
+                except Exception as exc:  # noqa: BLE001 - a failed lookup costs this request only
+                    log.exception("prefix-cache lookup failed")
+                    self._fail(seq, exc)
+                    continue
+                assert seq.kv is not None
+                n = min(n, len(seq.prompt) - seq.kv.length)
+            if seq.prefilling:
+                ids = seq.prompt[seq.kv.length:seq.kv.length + n]
+                want = seq.kv.length + n == len(seq.prompt)
+            else:
+                self._trim_sink(seq)
+                ids, want = [seq.generated[-1]], True
+            segments.append(forward.Segment(kv=seq.kv, ids=ids, want_logits=want))
+            if want:
+                sampled.append(seq)
+        if not segments:
+            return
+        with torch.inference_mode():
+            logits = self._forward(self.loaded.model, segments)
+        if self.metrics is not None:
+            self.metrics.step_batch_size.observe(len(segments))
+            self.metrics.step_tokens.observe(sum(len(s.ids) for s in segments))
+        now = time.monotonic()
+        for row, seq in zip(logits, sampled):
+            assert seq.kv is not None
+            seq.max_kv = max(seq.max_kv, seq.kv.length)
+            token = sample_token(row, seq.handle.request.sampling, seq.generator)
+            if seq.prefilling:
+                seq.ttft_s = now - seq.handle.submitted_at
+                if self.metrics is not None:
+                    self.metrics.ttft_s.observe(seq.ttft_s)
+                self._insert(seq, seq.prompt)
+            elif self.metrics is not None:
+                self.metrics.inter_token_s.observe(now - seq.last_token_at)
+            seq.last_token_at = now
+            self._accept(seq, token)
+        self._set_kv_gauges()
+
+    def _start(self, seq: sched.Sequence) -> None:
+        """Allocate the sequence's KV and copy in its cached prefix (pinned until it leaves)."""
+        req = seq.handle.request
+        n = len(req.prompt_ids)
+        seq.kv = SeqKV(self.kv_spec, capacity=min(seq.reserved_tokens, n + 64), max_capacity=seq.reserved_tokens)
+        if req.enable_prefix_cache and self.prefix_cache is not None:
+            started = time.perf_counter()
+            seq.match = self.prefix_cache.match_prefix(seq.namespace, req.prompt_ids, lock=True, into=seq.kv.layers)
+            seq.cached_tokens = seq.kv.length = seq.match.num_cached_tokens
+            if self.metrics is not None:
+                self.metrics.prefix_op_s.labels(op="lookup").observe(time.perf_counter() - started)
+                self.metrics.prefix_queried_tokens.inc(n)
+                self.metrics.prefix_hit_tokens.inc(seq.cached_tokens)
+
+    def _trim_sink(self, seq: sched.Sequence) -> None:
+        sink = seq.handle.request.sink
+        if sink is None or seq.kv is None:
+            return
+        assert self._inv_freq is not None
+        kv, evicted = sink_mod.trim_kv(list(seq.kv.view()), sink, self._inv_freq)
+        if evicted:
+            seq.kv.replace(kv)
+            seq.sink_evicted += evicted
+            if self.metrics is not None:
+                self.metrics.sink_evicted_tokens.inc(evicted)
+
+    def _accept(self, seq: sched.Sequence, token: int) -> None:
         """Record a sampled token, emit safe text, finish on EOS / stop string / length."""
-        req = st.handle.request
-        st.generated.append(token)
-        st.next_token = token
+        req = seq.handle.request
+        seq.generated.append(token)
         if self.metrics is not None:
             self.metrics.generation_tokens.inc()
         finish: str | None = None
-        text_ids = st.generated
         if token in self.loaded.eos_token_ids:
             finish = "stop"
-            text_ids = st.generated[:-1]
-        text = self.loaded.decode(text_ids)
-        stops = req.sampling.stop
-        longest = max(map(len, stops), default=0)
-        if stops:
-            cut = _find_stop(text, stops, st.emitted_chars - longest)
-            if cut != -1:
-                text, finish = text[:cut], "stop"
-        if finish is None and len(st.generated) >= req.sampling.max_tokens:
+        else:
+            seq.text.push(token)
+            if seq.text.stopped:
+                finish = "stop"
+        if finish is None and len(seq.generated) >= req.sampling.max_tokens:
             finish = "length"
-        safe = len(text)
-        if finish is None:
-            if stops:
-                # Hold back a tail that could still grow into a stop string.
-                safe = max(st.emitted_chars, len(text) - (longest - 1))
-            if text.endswith("\ufffd"):
-                safe = min(safe, len(text) - 1)  # an incomplete UTF-8 sequence
-            safe = max(safe, st.emitted_chars)
-        st.text = text
-        if safe > st.emitted_chars and req.on_event is not None:
-            req.on_event(TokenDelta(text=text[st.emitted_chars:safe], token_ids=(token,)))
-        st.emitted_chars = max(st.emitted_chars, safe)
         if finish is not None:
-            self._complete(st, finish)
+            seq.text.finish()
+        delta = seq.text.take_delta(final=finish is not None)
+        if delta and req.on_event is not None:
+            req.on_event(TokenDelta(text=delta, token_ids=(token,)))
+        if finish is not None:
+            self._finish(seq, finish)
 
-    def _complete(self, st: _Running, reason: str) -> None:
-        st.finish_reason = reason
-        req = st.handle.request
-        inserted = 0
+    def _insert(self, seq: sched.Sequence, tokens: list[int]) -> None:
+        """Store ``tokens`` (KV must cover them) unless caching is off or a sink window evicted."""
+        req = seq.handle.request
+        if (self.prefix_cache is None or not req.enable_prefix_cache or req.sink is not None and tokens is seq.prompt
+                or seq.sink_evicted or seq.kv is None or not tokens):
+            return
         try:
-            if (self.prefix_cache is not None and req.enable_prefix_cache and st.sink_evicted == 0
-                    and st.cache.get_seq_length() > 0):
-                # Only positions that were fed have KV: the prompt plus all but the last sampled token.
-                kv = _kv_layers(st.cache)
-                n = kv[0][0].shape[2]
-                tokens = (req.prompt_ids + st.generated)[:n]
-                insert_started = time.perf_counter()
-                inserted = self.prefix_cache.insert(st.namespace, tokens, kv)
-                if self.metrics is not None:
-                    self.metrics.prefix_op_s.labels(op="insert").observe(time.perf_counter() - insert_started)
+            started = time.perf_counter()
+            seq.inserted_tokens += self.prefix_cache.insert(seq.namespace, tokens, seq.kv.view(len(tokens)))
+            if self.metrics is not None:
+                self.metrics.prefix_op_s.labels(op="insert").observe(time.perf_counter() - started)
+                self._update_cache_metrics()
         except Exception:  # noqa: BLE001 - a failed insert only costs future hits
             log.exception("prefix-cache insert failed")
-        finally:
-            self._release(st)
-        if self.metrics is not None:
-            self._update_cache_metrics()
+
+    def _finish(self, seq: sched.Sequence, reason: str) -> None:
+        req = seq.handle.request
+        if seq.kv is not None and seq.kv.length:
+            # Only positions that were fed have KV: the prompt plus all but the last sampled token.
+            self._insert(seq, (req.prompt_ids + seq.generated)[:seq.kv.length])
+        self._release(seq)
         result = GenerationResult(
-            token_ids=tuple(st.generated), text=st.text, finish_reason=reason,
-            prompt_tokens=len(req.prompt_ids),
-            cached_tokens=st.cached_tokens,
-            ttft_s=st.ttft_s, max_kv_tokens=st.max_kv, sink_evicted_tokens=st.sink_evicted,
-            inserted_tokens=inserted,
+            token_ids=tuple(seq.generated), text=seq.text.text, finish_reason=reason,
+            prompt_tokens=len(req.prompt_ids), cached_tokens=seq.cached_tokens, ttft_s=seq.ttft_s,
+            max_kv_tokens=seq.max_kv, sink_evicted_tokens=seq.sink_evicted, inserted_tokens=seq.inserted_tokens,
         )
-        st.handle._finish(result, None)
+        if self.metrics is not None:
+            self.metrics.finished.labels(reason=reason).inc()
+            self.metrics.e2e_s.observe(time.monotonic() - seq.handle.submitted_at)
+        with self._lock:
+            self._waiting.observe_service(time.monotonic() - seq.admitted_at)
+        seq.handle._finish(result, None)
 
-    def _fail(self, st: _Running | None, handle: RequestHandle, exc: BaseException) -> None:
-        if st is not None:
-            st.finish_reason = "error"
-            self._release(st)
-        handle._finish(None, exc)
+    def _fail(self, seq: sched.Sequence, exc: BaseException) -> None:
+        self._release(seq)
+        seq.handle._finish(None, exc)
 
-    def _release(self, st: _Running) -> None:
-        if st in self._running:
-            self._running.remove(st)
-            if self.metrics is not None:
-                self.metrics.running.dec()
-        if st.match is not None and self.prefix_cache is not None:
-            self.prefix_cache.release(st.match)
-            st.match = None
-        st.cache = DynamicCache()  # drop the request's KV promptly
+    def _release(self, seq: sched.Sequence) -> None:
+        if seq in self._running:
+            self._running.remove(seq)
+            self._reserved_bytes -= seq.reserved_bytes
+        if seq.match is not None and self.prefix_cache is not None:
+            self.prefix_cache.release(seq.match)
+            seq.match = None
+        if seq.kv is not None:
+            seq.kv.free()
+        self._set_queue_gauges()
+        self._set_kv_gauges()
+
+    def _die(self, exc: BaseException) -> None:
+        """Fatal worker error: fail everything pending, mark the engine failed, log why."""
+        with self._lock:
+            self.failed = f"{type(exc).__name__}: {exc}"
+            pending = self._waiting.drain()
+        log.error("inference worker failed; failing %d running and %d waiting requests; /healthz now reports "
+                  "not ready", len(self._running), len(pending), exc_info=exc)
+        err = WorkerFailedError(f"the inference worker failed ({self.failed}); the model server is not ready "
+                                "and needs a restart")
+        for seq in list(self._running):
+            try:
+                self._fail(seq, err)
+            except Exception:  # noqa: BLE001 - keep failing the others
+                seq.handle._finish(None, err)
+        for h in pending:
+            h._finish(None, err)
+        if self.metrics is not None:
+            self.metrics.loaded.set(0)
+
+    # ---------------------------------------------------------------- metrics
+
+    def _set_queue_gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.running.set(len(self._running))
+            self.metrics.waiting.set(len(self._waiting))
+
+    def _set_kv_gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.kv_bytes.set(sum(s.kv.nbytes for s in self._running if s.kv is not None))
+            self.metrics.kv_reserved_bytes.set(self._reserved_bytes)
 
     def _update_cache_metrics(self) -> None:
         assert self.metrics is not None

@@ -125,6 +125,12 @@ async def _errors_middleware(request: web.Request, handler: Callable[[web.Reques
         resp = _error_response(exc.status, exc.message, type_=exc.type, param=exc.param, code=exc.code)
     except gen.InvalidRequestError as exc:
         resp = _error_response(400, str(exc), type_="invalid_request_error", param=exc.param, code=exc.code)
+    except ConnectionResetError:
+        # The client went away (its requests are already cancelled); 499 as nginx logs it, for the metrics.
+        resp = web.Response(status=499)
+    except gen.OverloadedError as exc:
+        resp = _error_response(429, str(exc), type_="server_overloaded", code=exc.code)
+        resp.headers["Retry-After"] = str(exc.retry_after_s)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -163,6 +169,9 @@ def _opt_number(body: dict[str, Any], name: str, default: float, *, kind: type =
 
 
 def _engine(state: ServerState) -> gen.Engine:
+    if state.engine is not None and state.engine.failed is not None:
+        raise _HTTPError(500, f"the inference worker failed ({state.engine.failed}); the model server needs a "
+                              "restart (GET /healthz reports it)", type_="server_error", code="worker_failed")
     if state.engine is None or not state.ready.is_set():
         msg = "the model is still loading; retry when GET /healthz returns 200"
         if state.error:
@@ -303,14 +312,8 @@ class _Choices:
             reqs.append(gen.GenerationRequest(prompt_ids=prompt_ids, sampling=params,
                                               enable_prefix_cache=enable_prefix_cache, cache_salt=cache_salt,
                                               sink=sink, on_event=self._forwarder(i)))
-        for r in reqs:
-            engine.validate(r)  # all-or-nothing: a 400 before anything is queued
-        try:
-            for r in reqs:
-                self.handles.append(engine.submit(r))
-        except BaseException:
-            self.cancel()
-            raise
+        # All or nothing: a 400 or 429 before anything is queued.
+        self.handles = engine.submit_many(reqs)
 
     def _forwarder(self, index: int) -> Callable[[gen.TokenDelta | gen.GenerationResult | BaseException], None]:
         def forward(event: gen.TokenDelta | gen.GenerationResult | BaseException) -> None:
@@ -328,12 +331,35 @@ def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> di
             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
-async def _collect(choices: _Choices, n: int) -> list[gen.GenerationResult]:
+_DISCONNECT_POLL_S = 0.25
+
+
+def _gone(request: web.Request) -> bool:
+    """The client closed its connection (aiohttp does not cancel handlers for that by default)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _next_event(request: web.Request, choices: _Choices
+                      ) -> tuple[int, gen.TokenDelta | gen.GenerationResult | BaseException]:
+    """The next worker event; cancels the choices and raises ConnectionResetError once the client is gone."""
+    while True:
+        # Checked on every event too: a busy generation never lets the wait time out.
+        if _gone(request):
+            choices.cancel()  # the worker drops them at its next step
+            raise ConnectionResetError("the client disconnected")
+        try:
+            return await asyncio.wait_for(choices.events.get(), _DISCONNECT_POLL_S)
+        except TimeoutError:
+            pass
+
+
+async def _collect(request: web.Request, choices: _Choices, n: int) -> list[gen.GenerationResult]:
     results: list[gen.GenerationResult | None] = [None] * n
     remaining = n
     try:
         while remaining:
-            index, event = await choices.events.get()
+            index, event = await _next_event(request, choices)
             if isinstance(event, BaseException):
                 raise event
             if isinstance(event, gen.GenerationResult):
@@ -367,7 +393,7 @@ async def _handle_generation(request: web.Request, *, chat: bool) -> web.StreamR
     created = int(time.time())
     model = state.model_name
     if not stream:
-        results = await _collect(choices, n)
+        results = await _collect(request, choices, n)
         usage = _usage(len(prompt_ids), sum(len(r.token_ids) for r in results),
                        state.reported_cached(results[0].cached_tokens, extras["cache_salt"]))
         if chat:
@@ -399,6 +425,13 @@ async def _stream(request: web.Request, choices: _Choices, n: int, *, chat: bool
             payload["usage"] = usage
         return b"data: " + web_json_dumps(payload) + b"\n\n"
 
+    # Headers wait for the first event: an error before the first token (429 after the queue
+    # time bound, 500 when the worker failed) still gets its HTTP status.
+    first: tuple[int, gen.TokenDelta | gen.GenerationResult | BaseException] | None
+    first = await _next_event(request, choices)
+    if isinstance(first[1], BaseException):
+        choices.cancel()
+        raise first[1]
     await resp.prepare(request)
     results: list[gen.GenerationResult | None] = [None] * n
     remaining = n
@@ -407,7 +440,10 @@ async def _stream(request: web.Request, choices: _Choices, n: int, *, chat: bool
             await resp.write(chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                      "finish_reason": None} for i in range(n)]))
         while remaining:
-            index, event = await choices.events.get()
+            if first is not None:
+                (index, event), first = first, None
+            else:
+                index, event = await _next_event(request, choices)
             if isinstance(event, BaseException):
                 # Headers are gone; report the error in-band as OpenAI does, then stop.
                 err = {"error": {"message": str(event), "type": "server_error", "param": None, "code": None}}
@@ -497,6 +533,8 @@ async def models(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: 200 once the model serves, 503 while loading or after a failed load."""
     state = request.app[STATE_KEY]
+    if state.engine is not None and state.engine.failed is not None:
+        return web.json_response({"status": "failed", "error": f"inference worker: {state.engine.failed}"}, status=503)
     if state.ready.is_set():
         return web.json_response({"status": "ok", "model": state.model_name})
     if state.failed.is_set():
@@ -529,7 +567,14 @@ def _load_into(state: ServerState, preloaded: loader_mod.LoadedModel | None) -> 
             cache = radix_mod.RadixCache(budget)
             state.metrics.prefix_budget_bytes.set(budget)
             log.info("prefix cache budget %.1f MiB", budget / 2**20)
-        engine = gen.Engine(loaded, prefix_cache=cache, metrics=state.metrics)
+        kv_budget = s.batching.kv_budget_bytes
+        if kv_budget is None:
+            kv_budget = gen.default_budget_bytes(loaded, s.batching.kv_fraction)
+        engine = gen.Engine(loaded, prefix_cache=cache, metrics=state.metrics, batching=s.batching,
+                            kv_budget_bytes=kv_budget)
+        log.info("continuous batching %s: up to %d sequences, %d tokens per step, KV budget %.1f MiB",
+                 "on" if engine.batched else "off", s.batching.max_num_seqs, s.batching.max_num_batched_tokens,
+                 kv_budget / 2**20)
         engine.start()
         state.engine = engine
         state.metrics.loaded.set(1)

@@ -8,6 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 __all__ = ["ModelServerMetrics", "PROMETHEUS_CONTENT_TYPE"]
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_TOKEN_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _ITL_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 
 
@@ -44,7 +46,26 @@ class ModelServerMetrics:
                                      "Time spent in prefix-cache lookups (incl. building the request's KV) "
                                      "and inserts: the cache's own overhead", ["op"],
                                      buckets=_ITL_BUCKETS_S, registry=r)
-        self.running = Gauge("llmcache_model_running_requests", "Requests admitted to the worker", registry=r)
+        self.running = Gauge("llmcache_model_running_requests", "Requests in the running batch", registry=r)
+        self.waiting = Gauge("llmcache_model_waiting_requests", "Requests queued for admission", registry=r)
+        self.step_batch_size = Histogram("llmcache_model_step_batch_size", "Sequences in one forward step",
+                                         buckets=_BATCH_BUCKETS, registry=r)
+        self.step_tokens = Histogram("llmcache_model_step_tokens", "Tokens fed in one forward step (decode + prefill)",
+                                     buckets=_TOKEN_BUCKETS, registry=r)
+        self.kv_bytes = Gauge("llmcache_model_kv_bytes", "KV bytes allocated by running sequences", registry=r)
+        self.kv_reserved_bytes = Gauge("llmcache_model_kv_reserved_bytes",
+                                       "KV bytes reserved by running sequences (prompt + max_tokens each)", registry=r)
+        self.kv_budget_bytes = Gauge("llmcache_model_kv_budget_bytes", "KV byte budget of the running batch",
+                                     registry=r)
+        self.queue_time_s = Histogram("llmcache_model_queue_time_seconds", "Time from queueing to admission",
+                                      buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.e2e_s = Histogram("llmcache_model_e2e_request_latency_seconds", "Time from queueing to the last token",
+                               buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.finished = Counter("llmcache_model_request_finished", "Requests finished, by finish reason",
+                                ["reason"], registry=r)
+        self.rejected = Counter("llmcache_model_request_rejected",
+                                "Requests answered 429: queue_full at once, queue_timeout after waiting", ["reason"],
+                                registry=r)
         self.loaded = Gauge("llmcache_model_loaded", "1 once the model is loaded and serving", registry=r)
 
     def render(self) -> bytes:

@@ -19,7 +19,8 @@ and, for every layer, the key and value tensors of exactly those tokens
 Contract:
 
 - Stored tensors are never mutated. A split clones both halves into new tensors; a
-  match returns freshly concatenated tensors; an insert clones its slice.
+  match returns freshly concatenated tensors (or copies into the caller's buffers); an
+  insert clones its slice.
 - :meth:`RadixCache.match_prefix` matches at most ``len(tokens) - 1`` tokens, so the
   caller always has one token left to run and thus logits to sample from.
 - Side effects of ``match_prefix``: a match that ends inside an edge splits that node
@@ -131,10 +132,14 @@ class RadixCache:
 
     # ------------------------------------------------------------------ lookup
 
-    def match_prefix(self, namespace: str, tokens: Sequence[int], *, lock: bool = True) -> PrefixMatch:
+    def match_prefix(self, namespace: str, tokens: Sequence[int], *, lock: bool = True,
+                     into: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> PrefixMatch:
         """Longest cached prefix of ``tokens`` (at most ``len(tokens) - 1``) in ``namespace``.
 
-        See the module docstring for the side effects (split, access tick, pin).
+        With ``into`` (per layer ``(K, V)`` buffers ``[1, kv_heads, >= len(tokens), head_dim]``
+        owned by the caller) the matched KV is copied there, once, and ``kv`` is ``None``;
+        otherwise ``kv`` holds freshly concatenated tensors. See the module docstring for the
+        side effects (split, access tick, pin).
         """
         with self._lock:
             root = self._root(namespace)
@@ -158,7 +163,15 @@ class RadixCache:
             self.num_queried_tokens += len(tokens)
             self.num_hit_tokens += i
             kv: KVLayers | None = None
-            if path:
+            if path and into is not None:
+                pos = 0
+                for p in path:
+                    n = len(p.key)
+                    for (kb, vb), (k, v) in zip(into, p.kv):
+                        kb[:, :, pos:pos + n].copy_(k)
+                        vb[:, :, pos:pos + n].copy_(v)
+                    pos += n
+            elif path:
                 num_layers = len(path[0].kv)
                 kv = tuple(
                     (torch.cat([p.kv[layer][0] for p in path], dim=2), torch.cat([p.kv[layer][1] for p in path], dim=2))
