@@ -34,6 +34,7 @@ from typing import Any
 
 import redis.asyncio
 
+from llmcache import connection
 from llmcache.keyspace import Keyspace
 from llmcache.settings import DEFAULT_REDIS_URL, add_flag
 
@@ -159,11 +160,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _read(url: str, prefix: str) -> list[dict[str, Any]]:
-    client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    client = connection.connect(url, socket_connect_timeout=5, socket_timeout=5)
     try:
         return await read_stats(client, keyspace=Keyspace(prefix))
     except (redis.exceptions.RedisError, OSError) as exc:
-        print(f"llmcache stats: cannot read {url}: {exc}; check --redis-url", file=sys.stderr)
+        print(f"llmcache stats: cannot read {connection.redact(url)}: {exc}; check --redis-url", file=sys.stderr)
         raise SystemExit(1) from exc
     finally:
         await client.aclose()

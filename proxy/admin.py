@@ -24,8 +24,8 @@ import redis.asyncio
 import redis.exceptions
 from aiohttp import web
 
-from llmcache import keys, stats
-from llmcache.keyspace import DEFAULT_GROUP, Keyspace
+from llmcache import connection, keys, stats
+from llmcache.keyspace import DEFAULT_GROUP, Keyspace, shard_of
 from llmcache.proxy import handlers, upstream
 from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.metrics import CONTENT_TYPE_LATEST
@@ -134,7 +134,6 @@ async def invalidate(request: web.Request) -> web.Response:
 
 async def _invalidate(state: ProxyState, client: redis.asyncio.Redis, filters: Mapping[str, str]) -> int:
     ks = state.keyspace
-    prefix_len = len(ks.entry(""))
     deleted = 0
     batch: list[bytes] = []
 
@@ -144,7 +143,7 @@ async def _invalidate(state: ProxyState, client: redis.asyncio.Redis, filters: M
             return
         victims: list[bytes] = []
         if filters:
-            values = await client.mget(batch)
+            values = await connection.mget(client, batch)
             for key, value in zip(batch, values, strict=True):
                 if value is None:
                     continue
@@ -159,17 +158,18 @@ async def _invalidate(state: ProxyState, client: redis.asyncio.Redis, filters: M
             victims = list(batch)
         if victims:
             deleted += await client.unlink(*victims)
-            await _forget_bookkeeping(client, ks, [k.decode()[prefix_len:] for k in victims],
+            await _forget_bookkeeping(client, ks, [ks.key_hash_of(k) for k in victims],
                                       groups=(DEFAULT_GROUP, state.config().group))
             if state.semantic is not None:
                 for key in victims:
                     try:
-                        await state.semantic.delete(key.decode()[prefix_len:])
+                        await state.semantic.delete(ks.key_hash_of(key))
                     except Exception:  # noqa: BLE001
                         log.exception("semantic delete failed")
         batch.clear()
 
-    async for key in client.scan_iter(match=ks.entry("*"), count=1000):
+    # SCAN on an admin path (a cluster client scans every master), never on a request's path.
+    async for key in client.scan_iter(match=ks.entry_pattern, count=1000):
         batch.append(key)
         if len(batch) >= 500:
             await flush()
@@ -180,11 +180,15 @@ async def _invalidate(state: ProxyState, client: redis.asyncio.Redis, filters: M
 async def _forget_bookkeeping(client: redis.asyncio.Redis, ks: Keyspace, key_hashes: list[str], *,
                               groups: tuple[str, ...]) -> None:
     """Drop eviction rows of deleted entries in the groups this proxy writes (the operator trims the rest)."""
+    by_shard: dict[str, list[str]] = {}
+    for h in key_hashes:
+        by_shard.setdefault(shard_of(h), []).append(h)
     async with client.pipeline(transaction=False) as pipe:
         for group in set(groups):
-            for kind in ("lru", "lfu", "ctime"):
-                pipe.zrem(ks.group(group, kind), *key_hashes)
-            pipe.hdel(ks.group(group, "size"), *key_hashes)
+            for shard, members in by_shard.items():
+                for kind in ("lru", "lfu", "ctime"):
+                    pipe.zrem(ks.group(group, kind, shard), *members)
+                pipe.hdel(ks.group(group, "size", shard), *members)
         await pipe.execute()
 
 def add_routes(app: web.Application) -> None:

@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
+from llmcache import connection
 from llmcache.keyspace import Keyspace
 from llmcache.proxy import admin, handlers
 from llmcache.proxy.breaker import Breaker, CacheUnavailable, LoopLag
@@ -108,13 +109,16 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     rs = state.settings.redis
-    client = redis.asyncio.Redis.from_url(
+    cluster = connection.is_cluster_url(rs.url)
+    client = connection.connect(
         rs.url,
         # Sockets get a generous timeout of their own; the breaker's per-operation deadline
-        # (--redis-timeout-ms) is what bounds a request. No retries: a retry is the breaker's call.
+        # (--redis-timeout-ms) is what bounds a request. No retries on one Redis: a retry is the
+        # breaker's call. On a cluster one: a command that met a dead master refreshes the
+        # topology and goes to the promoted replica (MOVED/ASK are followed either way).
         socket_connect_timeout=max(1.0, rs.timeout_ms / 1000 * 4),
         socket_timeout=max(1.0, rs.timeout_ms / 1000 * 4),
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1 if cluster else 0),
         health_check_interval=0,
         # redis-py 8 would add a CLIENT MAINT_NOTIFICATIONS round trip to every new connection
         # (managed-cloud failover hints); the breaker already covers reconnects.

@@ -128,7 +128,8 @@ class Breaker:
             # A full Redis refuses writes but still answers reads: keep serving hits.
             self.num_failures_total += 1
             raise CacheUnavailable("redis is full (maxmemory reached); entry not stored") from exc
-        except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+        except (TimeoutError, redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            # RedisClusterException (no node serves a slot mid-failover) is not a RedisError.
             self._on_failure(exc, probe=probe)
             raise CacheUnavailable(f"redis operation failed: {type(exc).__name__}") from exc
         finally:

@@ -178,7 +178,7 @@ class RedisExactStore:
         ks = self._ks
         try:
             value = await self._get_and_touch(
-                keys=[ks.entry(key_hash), ks.group(group, "lru"), ks.group(group, "lfu")],
+                keys=[ks.entry(key_hash), ks.group_of(group, "lru", key_hash), ks.group_of(group, "lfu", key_hash)],
                 args=[time.time(), key_hash])
         except redis.exceptions.OutOfMemoryError:
             # A full Redis refuses the bookkeeping writes; the entry itself can still be read.
@@ -189,8 +189,8 @@ class RedisExactStore:
         blob = entry.to_json().encode()
         ks = self._ks
         await self._put_and_record(
-            keys=[ks.entry(key_hash), ks.group(group, "lru"), ks.group(group, "lfu"), ks.group(group, "ctime"),
-                  ks.group(group, "size")],
+            # All five keys carry the entry's shard tag: one slot, so the script runs on a cluster too.
+            keys=[ks.entry(key_hash), *(ks.group_of(group, kind, key_hash) for kind in ("lru", "lfu", "ctime", "size"))],
             args=[blob, ttl_s, time.time(), key_hash, len(blob)])
         return len(blob)
 

@@ -184,7 +184,6 @@ class ClientIndex:
         log.info("client vector index rebuilt: %d entries, %d bytes", len(rows), rows.memory_bytes())
 
     async def _load_into(self, rows: _Rows, keys: list[str]) -> None:
-        prefix_len = len(self._keyspace.vector_prefix)
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hmget(key, *_FIELDS)
@@ -194,7 +193,7 @@ class ClientIndex:
             doc = parse_doc(raw, dim=self._dim)
             if doc is None or doc[3] <= now:
                 continue
-            self._put(rows, key[prefix_len:], doc[0], doc[1], doc[3])
+            self._put(rows, self._keyspace.key_hash_of(key), doc[0], doc[1], doc[3])
 
     def _put(self, rows: _Rows, key_hash: str, vec: np.ndarray, scope_hash: str, exp_s: float) -> None:
         if key_hash not in rows.row_of and len(rows) >= self._max_entries:
@@ -313,19 +312,21 @@ class ClientIndex:
     async def add(self, key_hash: str, vector: np.ndarray, *, scope_hash: str, text: str, ttl_s: int) -> None:
         key = self._keyspace.vector(key_hash)
         fields = doc_fields(vector, scope_hash=scope_hash, text=text, ttl_s=ttl_s)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # Document first, then the event (two slots on a cluster, so no MULTI): a reader woken by
+        # the event always finds the document.
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, max(1, int(ttl_s)))
-            pipe.xadd(self._keyspace.vector_events, {"op": "add", "k": key_hash, "src": self._instance_id}, maxlen=EVENTS_MAXLEN, approximate=True)
             await pipe.execute()
+        await self._redis.xadd(self._keyspace.vector_events, {"op": "add", "k": key_hash, "src": self._instance_id},
+                               maxlen=EVENTS_MAXLEN, approximate=True)
         self._put(self._rows, key_hash, np.asarray(vector, dtype=np.float32), scope_hash, float(fields["exp"]))
         log.debug("client vector index: added %s", short(key_hash))
 
     async def delete(self, key_hash: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._keyspace.vector(key_hash))
-            pipe.xadd(self._keyspace.vector_events, {"op": "del", "k": key_hash, "src": self._instance_id}, maxlen=EVENTS_MAXLEN, approximate=True)
-            await pipe.execute()
+        await self._redis.delete(self._keyspace.vector(key_hash))
+        await self._redis.xadd(self._keyspace.vector_events, {"op": "del", "k": key_hash, "src": self._instance_id},
+                               maxlen=EVENTS_MAXLEN, approximate=True)
         self._rows.remove(key_hash)
 
     async def close(self) -> None:

@@ -1,24 +1,49 @@
 """Redis Query Engine backend of the semantic ``VectorIndex``: HNSW, COSINE, TAG pre-filter on the scope.
 
-One index (``Keyspace().vector_index``) over every HASH under
-``Keyspace().vector_prefix``; a query is a hybrid KNN restricted to one scope::
+One index over every HASH under ``Keyspace().vector_prefix``; a query is a
+hybrid KNN restricted to one scope::
 
     (@scope:{<scope hash>})=>[KNN k @vec $blob AS dist]     dist = 1 − cosine
 
 Works on Redis 8, Redis Stack and Valkey with the RediSearch module. Expired
 hashes leave the index with their key, so TTL needs no extra work here.
+
+On Redis Cluster (the route this backend takes there, and why)::
+
+    proxy ──FT.SEARCH {p}:vidx:{t0}──▶ master A  (its own documents only)  ─┐
+          ──FT.SEARCH {p}:vidx:{t1}──▶ master B                             ├─ top-k of each,
+          ──FT.SEARCH {p}:vidx:{t2}──▶ master C                             ─┘ merged by similarity
+
+RediSearch without a coordinator indexes only the keys of the node it runs on,
+and ``FT.*`` commands are routed by the index name's hash slot. So each master
+gets its own index, named with a hash tag ``t`` that falls into a slot it owns
+(:meth:`Keyspace.vector_index_for_slot`), and a search asks every master at
+once and merges the k best: a hit is found on whichever master its entry lives.
+The per-master layout is re-resolved when a search fails and every
+``topology_refresh_s``: an index whose name slot still belongs to its master is
+kept (a failover promotes a replica that already holds the replicated index; a
+resharding usually moves other slots), otherwise the master gets a new one
+named into its highest slot, which it fills from the documents it holds. The
+alternative, the client-side index, would hold every vector in every sidecar
+(1.5 GB per process at 1M entries of 384 dims), so it stays the fallback for a
+Redis without the module. Limitation: an index left on a master whose name slot
+moved away cannot be dropped through the cluster (the name routes elsewhere); it
+costs memory until that slot moves back or the node restarts empty.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from redis.crc import key_slot
 
+from llmcache import connection
 from llmcache.keyspace import Keyspace
 from llmcache.proxy.vector_index import Candidate, IndexError_, doc_fields
 
@@ -40,43 +65,88 @@ class SearchIndex:
 
     name = "search"
 
-    def __init__(self, redis: Any, *, keyspace: Keyspace, dim: int, ef_runtime: int) -> None:
+    def __init__(self, redis: Any, *, keyspace: Keyspace, dim: int, ef_runtime: int, hnsw_m: int = 16,
+                 topology_refresh_s: float = 10.0) -> None:
         self._redis = redis
         self._keyspace = keyspace
         self._dim = dim
         self._ef_runtime = ef_runtime
+        self._hnsw_m = hnsw_m
+        self._cluster = connection.is_cluster(redis)
+        self._topology_refresh_s = topology_refresh_s
+        self._names: list[str] = [] if self._cluster else [keyspace.vector_index]
+        self._names_at = 0.0
+        self._resolving: asyncio.Lock | None = None
         self._num_docs: int | None = None
         self._num_docs_at = 0.0
         self._refresh: asyncio.Task[None] | None = None
+        self.num_partial_searches = 0
 
     @classmethod
     async def open(cls, redis: Any, *, keyspace: Keyspace, dim: int, hnsw_m: int = 16, ef_runtime: int = 64) -> SearchIndex:
-        """Create the index if it does not exist (idempotent across pods); refuse one with another dimension."""
-        self = cls(redis, keyspace=keyspace, dim=dim, ef_runtime=ef_runtime)
-        await self._ensure_index(hnsw_m)
+        """Create the index (one per master on a cluster) if it does not exist; refuse one with another dimension."""
+        self = cls(redis, keyspace=keyspace, dim=dim, ef_runtime=ef_runtime, hnsw_m=hnsw_m)
+        if self._cluster:
+            await self._resolve()
+        else:
+            await self._ensure_index(keyspace.vector_index)
         await self._refresh_count()
         return self
 
-    async def _ensure_index(self, hnsw_m: int) -> None:
-        name = self._keyspace.vector_index
+    @property
+    def index_names(self) -> list[str]:
+        """The index names searched: one on a single Redis, one per master on a cluster."""
+        return list(self._names)
+
+    async def _resolve(self) -> None:
+        """Pick (or create) each master's index; see the module docstring."""
+        if self._resolving is None:
+            self._resolving = asyncio.Lock()
+        async with self._resolving:
+            if self._names and time.monotonic() - self._names_at < 1.0:
+                return  # another search just did it
+            owners = await connection.slot_owners(self._redis)
+            names = []
+            for node_name, node in await connection.primaries(self._redis):
+                ranges = owners.get(node_name, [])
+                if not ranges:
+                    continue  # a master without slots (being added or drained) holds no documents
+
+                def owned(slot: int, ranges: list[tuple[int, int]] = ranges) -> bool:
+                    return any(lo <= slot <= hi for lo, hi in ranges)
+                listed = await self._redis.execute_command("FT._LIST", target_nodes=node)
+                ours = sorted(n for n in (_s(x) for x in listed or [])
+                              if n.startswith(self._keyspace.vector_index + ":{") and owned(key_slot(n.encode())))
+                if ours:
+                    names.append(ours[0])
+                    continue
+                highest = max(hi for _, hi in ranges)
+                name = self._keyspace.vector_index_for_slot(_tag_for_slot(highest))
+                await self._ensure_index(name)
+                names.append(name)
+            self._names = names
+            self._names_at = time.monotonic()
+            log.info("vector index on %d master(s): %s", len(names), ", ".join(names))
+
+    async def _ensure_index(self, name: str) -> None:
         try:
             await self._redis.execute_command(
                 "FT.CREATE", name, "ON", "HASH", "PREFIX", 1, self._keyspace.vector_prefix,
                 "SCHEMA", "scope", "TAG", "vec", "VECTOR", "HNSW", 8,
-                "TYPE", "FLOAT32", "DIM", self._dim, "DISTANCE_METRIC", "COSINE", "M", hnsw_m)
+                "TYPE", "FLOAT32", "DIM", self._dim, "DISTANCE_METRIC", "COSINE", "M", self._hnsw_m)
             log.info("created vector index %s (%d dims)", name, self._dim)
         except Exception as exc:  # noqa: BLE001 - "already exists" is the normal multi-pod case
-            if "already exists" not in str(exc).lower():
+            if "already exists" not in str(exc).lower() and "duplicate" not in str(exc).lower():
                 raise IndexError_(f"FT.CREATE {name} failed: {exc}") from exc
-            existing = await self._existing_dim()
+            existing = await self._existing_dim(name)
             if existing is not None and existing != self._dim:
                 raise IndexError_(
                     f"vector index {name} was created for {existing}-dimensional vectors but the embedder gives "
                     f"{self._dim}: use another --key-prefix or drop it with `FT.DROPINDEX {name} DD`") from exc
 
-    async def _existing_dim(self) -> int | None:
+    async def _existing_dim(self, name: str) -> int | None:
         try:
-            info = await self._redis.execute_command("FT.INFO", self._keyspace.vector_index)
+            info = await self._redis.execute_command("FT.INFO", name)
         except Exception:  # noqa: BLE001 - informational only
             return None
         attrs = _get(info, "attributes") if isinstance(info, Mapping) else _pairs(info).get("attributes")
@@ -88,27 +158,52 @@ class SearchIndex:
         return None
 
     async def search(self, vector: np.ndarray, *, scope_hash: str, k: int, min_similarity: float) -> list[Candidate]:
+        """The ``k`` best of every master's ``k`` best (one master on a single Redis), asked concurrently."""
+        if self._cluster and (not self._names or time.monotonic() - self._names_at > self._topology_refresh_s):
+            try:
+                await self._resolve()
+            except Exception as exc:  # noqa: BLE001 - keep the names we have; the search says the rest
+                log.warning("vector index: topology refresh failed (%s)", type(exc).__name__)
         blob = np.asarray(vector, dtype=np.float32).tobytes()
         query = f"(@scope:{{{scope_hash}}})=>[KNN {k} @vec $blob EF_RUNTIME {self._ef_runtime} AS dist]"
-        try:
-            raw = await self._redis.execute_command(
-                "FT.SEARCH", self._keyspace.vector_index, query, "PARAMS", 2, "blob", blob,
-                "RETURN", 3, "dist", "text", "exp", "SORTBY", "dist", "LIMIT", 0, k, "DIALECT", 2)
-        except Exception as exc:
-            raise IndexError_(f"FT.SEARCH on {self._keyspace.vector_index} failed: {exc}") from exc
-        now = time.time()
-        prefix_len = len(self._keyspace.vector_prefix)
-        out = []
-        for doc_id, fields in _results(raw):
+        names = self._names
+        calls = [self._redis.execute_command(
+            "FT.SEARCH", name, query, "PARAMS", 2, "blob", blob,
+            "RETURN", 3, "dist", "text", "exp", "SORTBY", "dist", "LIMIT", 0, k, "DIALECT", 2) for name in names]
+        replies: list[Any]
+        if len(calls) == 1:  # one Redis: no gather (a task per search) on the hot path
             try:
-                similarity = 1.0 - float(_s(fields["dist"]))
-                exp = float(_s(fields.get("exp", "inf")))
-            except (KeyError, ValueError):
+                replies = [await calls[0]]
+            except Exception as exc:  # noqa: BLE001 - reported below like a cluster's
+                replies = [exc]
+        else:
+            replies = list(await asyncio.gather(*calls, return_exceptions=True))
+        failed = [(n, r) for n, r in zip(names, replies, strict=True) if isinstance(r, BaseException)]
+        if failed:
+            self._names_at = 0.0  # re-resolve the masters on the next search
+            if len(failed) == len(names):
+                name, exc = failed[0]
+                raise IndexError_(f"FT.SEARCH on {name} failed: {exc}") from exc
+            # Some masters answered: serve what they found (any hit is verified downstream),
+            # rather than none; the failed master's entries are misses until it is back.
+            self.num_partial_searches += 1
+            log.warning("FT.SEARCH failed on %d of %d masters (%s)", len(failed), len(names), type(failed[0][1]).__name__)
+        now = time.time()
+        out = []
+        for raw in replies:
+            if isinstance(raw, BaseException):
                 continue
-            if similarity < min_similarity or exp <= now or "text" not in fields:
-                continue
-            out.append(Candidate(doc_id[prefix_len:], similarity, _s(fields["text"])))
-        return out
+            for doc_id, fields in _results(raw):
+                try:
+                    similarity = 1.0 - float(_s(fields["dist"]))
+                    exp = float(_s(fields.get("exp", "inf")))
+                except (KeyError, ValueError):
+                    continue
+                if similarity < min_similarity or exp <= now or "text" not in fields:
+                    continue
+                out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity, _s(fields["text"])))
+        out.sort(key=lambda c: -c.similarity)
+        return out[:k]
 
     async def add(self, key_hash: str, vector: np.ndarray, *, scope_hash: str, text: str, ttl_s: int) -> None:
         key = self._keyspace.vector(key_hash)
@@ -122,9 +217,12 @@ class SearchIndex:
 
     async def _refresh_count(self) -> None:
         try:
-            info = await self._redis.execute_command("FT.INFO", self._keyspace.vector_index)
-            fields = info if isinstance(info, Mapping) else _pairs(info)
-            self._num_docs = int(float(_s(_get(fields, "num_docs"))))
+            total = 0
+            for name in self._names:
+                info = await self._redis.execute_command("FT.INFO", name)
+                fields = info if isinstance(info, Mapping) else _pairs(info)
+                total += int(float(_s(_get(fields, "num_docs"))))
+            self._num_docs = total
         except Exception:  # noqa: BLE001 - stats only
             pass
         self._num_docs_at = time.monotonic()
@@ -140,8 +238,18 @@ class SearchIndex:
                 self._refresh = asyncio.get_running_loop().create_task(self._refresh_count())
             except RuntimeError:
                 pass
-        return {"index_backend": self.name, "index_name": self._keyspace.vector_index,
-                "entries": self._num_docs, "index_memory_bytes": None}
+        return {"index_backend": self.name, "index_name": ",".join(self._names),
+                "entries": self._num_docs, "index_memory_bytes": None,
+                "num_partial_searches": self.num_partial_searches}
+
+
+@functools.lru_cache(maxsize=64)
+def _tag_for_slot(slot: int) -> str:
+    """The shortest decimal hash tag whose CRC16 lands in ``slot`` (found in ~16k tries, cached)."""
+    i = 0
+    while key_slot(str(i).encode()) != slot:
+        i += 1
+    return str(i)
 
 
 def _pairs(flat: Any) -> dict[str, Any]:

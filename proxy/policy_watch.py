@@ -37,6 +37,7 @@ from typing import Any, Literal, TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from llmcache import connection
 from llmcache import policy as policy_mod
 from llmcache import keyspace as keyspace_mod
 from llmcache.errors import PolicyError
@@ -63,6 +64,9 @@ _REDIS_DOWN: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
     redis.exceptions.ResponseError,
+    # A cluster mid-failover: CLUSTERDOWN, no node for a slot, a topology refresh that failed.
+    redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,
     asyncio.TimeoutError,
     OSError,
 )
@@ -506,7 +510,20 @@ class PolicyWatcher:
         backoff_s = self._settings.reconnect_min_s
         channel = self._ks.policy_events
         while not self._stopping:
-            pubsub = self._redis.pubsub()
+            # On a cluster: a plain connection to one node, picked again after every failure
+            # (PUBLISH reaches every node; see llmcache.connection.pubsub_client).
+            try:
+                node_client = connection.pubsub_client(self._redis)
+            except Exception as exc:  # noqa: BLE001 - the cluster client knows no node yet
+                node_client = None
+                log.debug("no cluster node to subscribe on yet (%s)", exc)
+            if node_client is None:
+                with contextlib.suppress(*_REDIS_DOWN):
+                    await _bounded(self._redis.ping(), self._settings.redis_timeout_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, self._settings.reconnect_max_s)
+                continue
+            pubsub = node_client.pubsub()
             try:
                 await _bounded(pubsub.subscribe(channel), self._settings.redis_timeout_s)
                 conn = pubsub.connection
@@ -545,6 +562,9 @@ class PolicyWatcher:
                     conn.deregister_connect_callback(self._on_pubsub_connect)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+                if node_client is not self._redis:
+                    with contextlib.suppress(Exception):
+                        await node_client.aclose()
 
     async def _refresh_loop(self) -> None:
         """Coalesce triggers (events, reconnects, label changes) into one HGETALL at a time."""

@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from llmcache import connection
 from llmcache.errors import DependencyError, LLMCacheError
 from llmcache.keyspace import Keyspace
 
@@ -116,12 +117,16 @@ def parse_doc(raw: Mapping[Any, Any] | list[Any], *, dim: int) -> tuple[np.ndarr
 
 async def has_search_module(redis: Any) -> bool:
     """Whether the server answers Query Engine commands (Redis 8, Redis Stack, Valkey + RediSearch)."""
-    try:
-        await redis.execute_command("FT._LIST")
-    except Exception as exc:  # noqa: BLE001 - "unknown command" is the answer we probe for
-        if "unknown command" in str(exc).lower() or "err unknown" in str(exc).lower():
-            return False
-        raise
+    for _, target in await connection.primaries(redis):  # on a cluster: every master must have it
+        try:
+            if target is None:
+                await redis.execute_command("FT._LIST")
+            else:
+                await redis.execute_command("FT._LIST", target_nodes=target)
+        except Exception as exc:  # noqa: BLE001 - "unknown command" is the answer we probe for
+            if "unknown command" in str(exc).lower() or "err unknown" in str(exc).lower():
+                return False
+            raise
     return True
 
 
@@ -140,7 +145,8 @@ async def open_index(redis: Any, *, keyspace: Keyspace, dim: int, kind: Literal[
     if kind == "search" or (kind == "auto" and search_ok):
         index: VectorIndex = await index_search.SearchIndex.open(redis, keyspace=keyspace, dim=dim,
                                                                  hnsw_m=hnsw_m, ef_runtime=hnsw_ef_runtime)
-        log.info("semantic index: search (Redis Query Engine HNSW COSINE, index %s, %d dims)", keyspace.vector_index, dim)
+        log.info("semantic index: search (Redis Query Engine HNSW COSINE, index %s, %d dims)",
+                 ",".join(index.index_names), dim)  # type: ignore[attr-defined]
     else:
         index = await index_client.ClientIndex.open(redis, keyspace=keyspace, dim=dim, max_entries=client_max_entries,
                                                     reconcile_interval_s=client_reconcile_interval_s)

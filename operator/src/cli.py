@@ -14,8 +14,7 @@ import logging
 import random
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from llmcache import connection
 from llmcache.errors import ConfigError, DependencyError
 
 try:
@@ -127,7 +126,7 @@ async def run_operator(settings: OperatorSettings, *, stop_flag: asyncio.Event |
                        ready_flag: asyncio.Event | None = None) -> None:
     """Run until ``stop_flag`` is set (or SIGINT/SIGTERM, handled by kopf)."""
     logging.getLogger("kopf.objects").addFilter(_QuietTimers())
-    redis_client = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
+    redis_client = connection.connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
                                      health_check_interval=30)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(redis_client.aclose)

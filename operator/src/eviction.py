@@ -4,17 +4,17 @@ Sidecars never evict; they only record accesses (:meth:`Keyspace.record_access`,
 pipelined with the cache read or write). Every pod applying policy ``ns/name``
 writes into the same group, so the limits hold across all of them::
 
-    {p}:g:{group}:lru    ZSET  key_hash → last access (s)   ─┐ victim order by policy:
-    {p}:g:{group}:lfu    ZSET  key_hash → access count        │ LRU → lru, LFU → lfu,
-    {p}:g:{group}:ctime  ZSET  key_hash → creation time (s)   │ TTL → ctime (oldest first,
-    {p}:g:{group}:size   HASH  key_hash → entry bytes        ─┘ i.e. nearest to expiry)
+    {p}:g:{group}:{s}:lru    ZSET  key_hash → last access (s)   ─┐ victim order by policy:
+    {p}:g:{group}:{s}:lfu    ZSET  key_hash → access count        │ LRU → lru, LFU → lfu,
+    {p}:g:{group}:{s}:ctime  ZSET  key_hash → creation time (s)   │ TTL → ctime (oldest first,
+    {p}:g:{group}:{s}:size   HASH  key_hash → entry bytes        ─┘ i.e. nearest to expiry)
 
 One :func:`enforce_limits` pass:
 
 0. *invalidate*: with ``spec.invalidateBefore``, delete the entries created
    before it (``ZRANGEBYSCORE ctime``): sidecars never serve them again;
-1. *prune*: walk the next ``prune_scan_count`` members of ``lru`` (a ``ZSCAN``
-   cursor carried between passes, never a full scan) and drop the bookkeeping of
+1. *prune*: walk the next ``prune_scan_count`` members of ``lru`` (shard by
+   shard, a cursor carried between passes, never a full scan) and drop the bookkeeping of
    members whose entry expired or was deleted (plus any leftover vector doc);
 2. *count*: if ``ZCARD lru`` > ``maxEntries``, delete that excess, taking the
    lowest-scored members of the policy's set (``ZRANGE 0 n``) batch by batch;
@@ -36,21 +36,32 @@ ordering set is exhausted. LFU ties are broken by member order, not recency.
 
 Everything here is plain ``redis.asyncio``; kopf only calls it from a timer, and
 tests call it directly.
+
+Sharding (see :mod:`llmcache.keyspace`): each of the four structures is split
+into 256 shards, ``{p}:g:{group}:{s}:lru`` …, a member living in the shard of its
+entry (same hash tag, same slot on Redis Cluster). A pass works shard by shard
+and merges: counts are summed over the shards (one pipeline), victims are the
+group-wide lowest scores (each shard's lowest few, merged, refetching deeper only
+from shards that could still hold more of them), and every delete script runs
+on one shard, i.e. one slot. The ``prune`` cursor is the next shard to sweep.
+Vector-doc deletions are returned by the script and appended to ``{p}:vevents``
+after it (a stream in its own slot; only client-side indexes read it).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from llmcache.keyspace import Keyspace
+from llmcache.keyspace import NUM_SHARDS, SHARDS, Keyspace, shard_of
 from llmcache.policy import PolicySpec
 
-__all__ = ["EvictionLimits", "EvictionResult", "delete_members", "drop_bookkeeping", "enforce_limits", "group_usage",
-           "purge_group"]
+__all__ = ["EvictionLimits", "EvictionResult", "delete_members", "drop_bookkeeping", "enforce_limits", "group_count",
+           "group_usage", "purge_group"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +107,7 @@ class EvictionResult:
     num_pruned: int
     #: Entries deleted because they were created before ``invalidateBefore``.
     num_invalidated: int
-    #: ``ZSCAN`` cursor to pass to the next call (0: the sweep wrapped around).
+    #: Next shard to prune, to pass to the next call (0: the sweep wrapped around).
     prune_cursor: int
 
 
@@ -105,22 +116,21 @@ def _s(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-# The per-member work runs inside Redis, one script call per batch: a batch of 256 costs one
-# round trip and well under a millisecond of server time, where a client pipeline of the same
-# DEL/ZREM/XADD commands spent most of a pass packing and parsing in Python.
-# KEYS: lru, lfu, ctime, size, vector-events. ARGV: entry prefix, vector prefix, events maxlen,
-# mode ("all": delete entries too, "bookkeeping": leave entries, "dead": only members whose
-# entry is gone), then the members. Returns the number of members removed.
+# The per-member work runs inside Redis, one script call per shard batch: a batch of 256 costs
+# one round trip and well under a millisecond of server time, where a client pipeline of the
+# same DEL/ZREM commands spent most of a pass packing and parsing in Python. Every key is
+# declared and carries the shard's hash tag, so the script runs on one slot of a cluster.
+# KEYS: lru, lfu, ctime, size, then entry and vector key of each member. ARGV: mode ("all":
+# delete entries too, "bookkeeping": leave entries, "dead": only members whose entry is gone),
+# then the members. Returns {members removed, members whose vector doc was deleted}.
 _REMOVE = """
-local ep, vp, maxlen, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local removed = 0
-for i = 5, #ARGV do
-  local h = ARGV[i]
-  if mode ~= 'dead' or redis.call('EXISTS', ep .. h) == 0 then
-    if mode == 'all' then redis.call('DEL', ep .. h) end
-    if redis.call('DEL', vp .. h) == 1 then
-      redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'op', 'del', 'k', h)
-    end
+local mode = ARGV[1]
+local removed, vdel = 0, {}
+for j = 2, #ARGV do
+  local h, e, v = ARGV[j], KEYS[3 + 2 * (j - 1)], KEYS[4 + 2 * (j - 1)]
+  if mode ~= 'dead' or redis.call('EXISTS', e) == 0 then
+    if mode == 'all' then redis.call('DEL', e) end
+    if redis.call('DEL', v) == 1 then vdel[#vdel + 1] = h end
     redis.call('ZREM', KEYS[1], h)
     redis.call('ZREM', KEYS[2], h)
     redis.call('ZREM', KEYS[3], h)
@@ -128,10 +138,10 @@ for i = 5, #ARGV do
     removed = removed + 1
   end
 end
-return removed
+return {removed, vdel}
 """
 
-# KEYS: lru, size. Returns {ZCARD lru, sum of size values as a string}.
+# KEYS: lru, size of one shard. Returns {ZCARD lru, sum of size values as a string}.
 _USAGE = """
 local total = 0
 local sizes = redis.call('HVALS', KEYS[2])
@@ -140,18 +150,49 @@ return {redis.call('ZCARD', KEYS[1]), tostring(total)}
 """
 
 
-async def _remove(r: aioredis.Redis, ks: Keyspace, group: str, members: Sequence[str], *, mode: str,
+def _pipe(r: Any) -> Any:
+    """A non-transactional pipeline (a cluster pipeline groups its commands by node)."""
+    return r.pipeline(transaction=False)
+
+
+def _by_shard(members: Iterable[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for m in members:
+        out.setdefault(shard_of(m), []).append(m)
+    return out
+
+
+async def _remove(r: Any, ks: Keyspace, group: str, members: Sequence[str], *, mode: str,
                   batch_size: int = 256) -> int:
-    keys = [*_bookkeeping_keys(ks, group), ks.vector_events]
-    removed = 0
-    for i in range(0, len(members), batch_size):
-        removed += int(await r.eval(_REMOVE, len(keys), *keys, ks.entry(""), ks.vector(""),
-                                    VECTOR_EVENTS_MAXLEN, mode, *members[i:i + batch_size]))
+    calls: list[tuple[list[str], list[str]]] = []
+    for shard, in_shard in _by_shard(members).items():
+        for i in range(0, len(in_shard), batch_size):
+            batch = in_shard[i:i + batch_size]
+            keys = [ks.group(group, kind, shard) for kind in _BOOKKEEPING]
+            for h in batch:
+                keys += [ks.entry(h), ks.vector(h)]
+            calls.append((keys, batch))
+    if not calls:
+        return 0
+    async with _pipe(r) as pipe:
+        for keys, batch in calls:
+            pipe.eval(_REMOVE, len(keys), *keys, mode, *batch)
+        replies = await pipe.execute()
+    removed, vdel = 0, []
+    for reply in replies:
+        removed += int(reply[0])
+        vdel.extend(_s(h) for h in reply[1] or [])
+    if vdel:
+        # Client-side vector indexes learn about the deleted docs from the stream (own slot).
+        async with _pipe(r) as pipe:
+            for h in vdel:
+                pipe.xadd(ks.vector_events, {"op": "del", "k": h}, maxlen=VECTOR_EVENTS_MAXLEN, approximate=True)
+            await pipe.execute()
     return removed
 
 
 def _bookkeeping_keys(ks: Keyspace, group: str) -> list[str]:
-    return [ks.group(group, kind) for kind in _BOOKKEEPING]
+    return [key for kind in _BOOKKEEPING for key in ks.group_keys(group, kind)]
 
 
 async def delete_members(r: aioredis.Redis, ks: Keyspace, group: str, members: Sequence[str], *,
@@ -164,39 +205,98 @@ async def delete_members(r: aioredis.Redis, ks: Keyspace, group: str, members: S
         await _remove(r, ks, group, members, mode="all" if delete_entries else "bookkeeping")
 
 
+async def group_count(r: aioredis.Redis, ks: Keyspace, group: str, kind: str = "lru") -> int:
+    """Members of the group's ``kind`` set, summed over its shards (one pipeline)."""
+    async with _pipe(r) as pipe:
+        for key in ks.group_keys(group, kind):
+            pipe.zcard(key)
+        return sum(int(n) for n in await pipe.execute())
+
+
 async def group_usage(r: aioredis.Redis, ks: Keyspace, group: str) -> tuple[int, int]:
     """``(entries, memory_bytes)`` of a group as its bookkeeping records them (sizes summed inside Redis)."""
-    count, total = await r.eval(_USAGE, 2, ks.group(group, "lru"), ks.group(group, "size"))
-    return int(count), int(float(_s(total)))
+    async with _pipe(r) as pipe:
+        for shard in SHARDS:
+            lru, size = ks.group(group, "lru", shard), ks.group(group, "size", shard)
+            pipe.eval(_USAGE, 2, lru, size)
+        replies = await pipe.execute()
+    return (sum(int(c) for c, _ in replies), sum(int(float(_s(t))) for _, t in replies))
 
 
 async def _prune(r: aioredis.Redis, ks: Keyspace, group: str, *, cursor: int, count: int) -> tuple[int, int]:
-    cursor, scored = await r.zscan(ks.group(group, "lru"), cursor=cursor, count=count)
-    members = [_s(m) for m, _ in scored]
-    pruned = await _remove(r, ks, group, members, mode="dead") if members else 0
-    return int(cursor), pruned
+    """Sweep whole shards from shard ``cursor`` until ``count`` members were looked at; next shard (0: wrapped)."""
+    shard_i = cursor if 0 <= cursor < NUM_SHARDS else 0
+    seen, pruned = 0, 0
+    window = 32
+    while shard_i < NUM_SHARDS and seen < count:
+        shards = SHARDS[shard_i:shard_i + window]
+        async with _pipe(r) as pipe:
+            for shard in shards:
+                pipe.zscan(ks.group(group, "lru", shard), cursor=0, count=count)
+            pages = await pipe.execute()
+        members: list[str] = []
+        for shard, (zcur, scored) in zip(shards, pages, strict=True):
+            members.extend(_s(m) for m, _ in scored)
+            while int(zcur) != 0:  # a big shard: finish it (bounded by the shard's size)
+                zcur, scored = await r.zscan(ks.group(group, "lru", shard), cursor=zcur, count=count)
+                members.extend(_s(m) for m, _ in scored)
+        seen += len(members)
+        if members:
+            pruned += await _remove(r, ks, group, members, mode="dead")
+        shard_i += len(shards)
+    return (shard_i if shard_i < NUM_SHARDS else 0), pruned
 
 
 async def _delete_created_before(r: aioredis.Redis, ks: Keyspace, group: str, before_s: float, *,
                                  batch_size: int) -> int:
     """Delete the members whose ``ctime`` is earlier than ``before_s`` (new writes are later: this ends)."""
     deleted = 0
+    per_shard = max(1, batch_size // 8)
     while True:
-        stale = [_s(m) for m in await r.zrangebyscore(ks.group(group, "ctime"), "-inf", f"({before_s}",
-                                                       start=0, num=batch_size)]
+        async with _pipe(r) as pipe:
+            for key in ks.group_keys(group, "ctime"):
+                pipe.zrangebyscore(key, "-inf", f"({before_s}", start=0, num=per_shard)
+            stale = [_s(m) for page in await pipe.execute() for m in page]
         if not stale:
             return deleted
         await delete_members(r, ks, group, stale)
         deleted += len(stale)
 
 
+async def _lowest(r: aioredis.Redis, ks: Keyspace, group: str, kind: str, n: int,
+                  exclude: set[str] | None = None) -> list[str]:
+    """The ``n`` group-wide lowest-scored members of ``kind`` (ties by member), not in ``exclude``.
+
+    Each shard gives its lowest few; a shard is asked again, deeper, only while all it gave
+    fall below the current n-th best: exact, and usually one pipeline.
+    """
+    exclude = exclude or set()
+    depth = {shard: max(2, -(-2 * (n + len(exclude)) // NUM_SHARDS)) for shard in SHARDS}
+    got: dict[str, list[tuple[float, str]]] = {}
+    todo = list(SHARDS)
+    while todo:
+        async with _pipe(r) as pipe:
+            for shard in todo:
+                pipe.zrange(ks.group(group, kind, shard), 0, depth[shard] - 1, withscores=True)
+            pages = await pipe.execute()
+        for shard, page in zip(todo, pages, strict=True):
+            got[shard] = [(float(score), _s(m)) for m, score in page]
+        merged = sorted(item for items in got.values() for item in items if item[1] not in exclude)
+        bound = merged[n - 1] if len(merged) >= n else None
+        todo = []
+        for shard, items in got.items():
+            full = len(items) == depth[shard]  # the shard may hold more below the bound
+            if full and (bound is None or items[-1] <= bound):
+                depth[shard] *= 2
+                todo.append(shard)
+    return [m for _, m in merged[:n]]
+
+
 async def _candidates(r: aioredis.Redis, ks: Keyspace, group: str, order: str, n: int) -> list[str]:
     """The ``n`` next victims: lowest scores of the ordering set, then of ``lru`` for members it lacks."""
-    out = [_s(m) for m in await r.zrange(ks.group(group, order), 0, n - 1)]
+    out = await _lowest(r, ks, group, order, n)
     if len(out) < n and order != "lru":
-        seen = set(out)
-        extra = [_s(m) for m in await r.zrange(ks.group(group, "lru"), 0, n - 1 + len(out))]
-        out.extend(h for h in extra if h not in seen)
+        out.extend(await _lowest(r, ks, group, "lru", n - len(out), exclude=set(out)))
     return out[:n]
 
 
@@ -221,7 +321,7 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
     if limits.max_memory_bytes is not None:
         count, memory = await group_usage(r, ks, group)
     else:
-        count, memory = int(await r.zcard(ks.group(group, "lru"))), None
+        count, memory = await group_count(r, ks, group), None
 
     # Each pass removes the excess measured at its start, then stops: with writers faster
     # than one pass, re-measuring in a loop would chase them forever.
@@ -237,7 +337,7 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
         if memory is not None:
             count, memory = await group_usage(r, ks, group)
         else:
-            count = int(await r.zcard(ks.group(group, "lru")))
+            count = await group_count(r, ks, group)
 
     if limits.max_memory_bytes is not None and memory is not None and memory > limits.max_memory_bytes:
         to_free = memory - limits.max_memory_bytes
@@ -245,7 +345,10 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
             batch = await _candidates(r, ks, group, order, batch_size)
             if not batch:
                 break
-            sizes = await r.hmget(ks.group(group, "size"), batch)
+            async with _pipe(r) as pipe:
+                for member in batch:
+                    pipe.hget(ks.group_of(group, "size", member), member)
+                sizes = await pipe.execute()
             victims = []
             for member, size in zip(batch, sizes, strict=True):
                 if to_free <= 0:
@@ -265,17 +368,20 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
 
 async def drop_bookkeeping(r: aioredis.Redis, ks: Keyspace, group: str) -> None:
     """Delete the group's four bookkeeping keys, leaving its entries to expire with their TTL."""
-    await r.delete(*_bookkeeping_keys(ks, group))
+    keys = _bookkeeping_keys(ks, group)
+    for i in range(0, len(keys), 256):
+        await r.delete(*keys[i:i + 256])  # split by slot on a cluster
 
 
 async def purge_group(r: aioredis.Redis, ks: Keyspace, group: str, *, batch_size: int = 256) -> int:
     """Delete every entry recorded in ``group`` and the group's bookkeeping; returns the entries deleted."""
     members: set[str] = set()
-    for kind in ("lru", "ctime", "lfu"):
-        async for m, _ in r.zscan_iter(ks.group(group, kind)):
-            members.add(_s(m))
-    async for h, _ in r.hscan_iter(ks.group(group, "size")):
-        members.add(_s(h))
+    for shard in SHARDS:
+        for kind in ("lru", "ctime", "lfu"):
+            async for m, _ in r.zscan_iter(ks.group(group, kind, shard)):
+                members.add(_s(m))
+        async for h, _ in r.hscan_iter(ks.group(group, "size", shard)):
+            members.add(_s(h))
     ordered = sorted(members)
     for i in range(0, len(ordered), batch_size):
         await delete_members(r, ks, group, ordered[i:i + batch_size])

@@ -115,19 +115,37 @@ async def group_counters(r: aioredis.Redis, ks: Keyspace, group: str, *, sample_
     Σ lfu is exact up to ``sample_size`` members and estimated from a uniform sample
     (``ZRANDMEMBER … WITHSCORES``) above that, so the cost never grows with the group.
     """
-    lfu = ks.group(group, "lfu")
-    num_members = int(await r.zcard(lfu))
-    if num_members <= sample_size:
-        scored: list[Any] = list(await r.zrange(lfu, 0, -1, withscores=True))
-        total = sum(float(score) for _, score in scored)
-    else:
-        sample: list[Any] = list(await r.zrandmember(lfu, sample_size, withscores=True) or [])
-        # RESP3 answers [[member, score], …], RESP2 a flat [member, score, …].
-        flat = not (sample and isinstance(sample[0], (list, tuple)))
-        pairs = list(zip(sample[::2], sample[1::2], strict=True)) if flat else sample
-        scores = [float(score) for _, score in pairs]
-        total = num_members * sum(scores) / len(scores)
-    created = int(await r.zcard(ks.group(group, "ctime")))
+    # The sets are sharded (see llmcache.keyspace): count per shard, then read or sample each.
+    lfu_keys = ks.group_keys(group, "lfu")
+    async with r.pipeline(transaction=False) as pipe:
+        for key in lfu_keys:
+            pipe.zcard(key)
+        for key in ks.group_keys(group, "ctime"):
+            pipe.zcard(key)
+        cards = [int(n) for n in await pipe.execute()]
+    sizes, created = cards[:len(lfu_keys)], sum(cards[len(lfu_keys):])
+    num_members = sum(sizes)
+    total = 0.0
+    if num_members:
+        per_shard = max(1, -(-sample_size // len(lfu_keys)))
+        sampled = num_members > sample_size
+        async with r.pipeline(transaction=False) as pipe:
+            for key, n in zip(lfu_keys, sizes, strict=True):
+                if n == 0:
+                    continue
+                if sampled:
+                    pipe.zrandmember(key, per_shard, withscores=True)
+                else:
+                    pipe.zrange(key, 0, -1, withscores=True)
+            pages = await pipe.execute()
+        for n, page in zip([n for n in sizes if n], pages, strict=True):
+            sample: list[Any] = list(page or [])
+            # RESP3 answers [[member, score], …], RESP2 a flat [member, score, …] (ZRANDMEMBER).
+            flat = sampled and not (sample and isinstance(sample[0], (list, tuple)))
+            pairs = list(zip(sample[::2], sample[1::2], strict=True)) if flat else sample
+            scores = [float(score) for _, score in pairs]
+            if scores:
+                total += n * sum(scores) / len(scores) if sampled else sum(scores)
     return Counters(num_hits=max(0, round(total) - created), num_misses=created)
 
 

@@ -104,6 +104,11 @@ def ask(proxy: Proc, prompt: str) -> str:
     return resp.headers["X-LLMCache-Status"]
 
 
+def group_count(r: redis.Redis, group: str) -> int:
+    """Members of the group's ``lru`` set over all its shards."""
+    return sum(r.zcard(key) for key in KS.group_keys(group, "lru"))
+
+
 def ack(r: redis.Redis, ns: str, policy: str, pod: str) -> dict[str, Any] | None:
     blob = r.hget(KS.acks(ns, policy), pod)
     return None if blob is None else json.loads(blob)
@@ -138,7 +143,7 @@ def test_policy_change_reaches_a_running_proxy(crds: Any, ns: str, redis_plain_u
     assert ask(proxy, "hello") == "hit"
     # The proxy writes into the policy's group. The store lands after the answer went out (the
     # second ask may be served from the finished flight in memory), so wait for it.
-    wait_for(lambda: r.zcard(KS.group(f"{ns}/chat", "lru")) == 1, what="the entry in the policy's group",
+    wait_for(lambda: group_count(r, f"{ns}/chat") == 1, what="the entry in the policy's group",
              logs=[proxy.log])
     wait_for(lambda: (c := condition(crds.get(API_VERSION, KIND, "chat", namespace=ns), "Ready"))
              and c["reason"] == "AllPodsSynced", what="status: 1/1 pods synced", logs=[op.log])
@@ -191,7 +196,7 @@ def test_eviction_holds_max_entries_while_two_proxies_write(crds: Any, ns: str, 
     group = f"{ns}/chat"
     assert ask(proxies[0], "hot question") == "miss"
     # The store lands just after the answer went out.
-    wait_for(lambda: r.zcard(KS.group(group, "lru")) == 1, what="the hot entry stored")
+    wait_for(lambda: group_count(r, group) == 1, what="the hot entry stored")
     # Both pods share entries: the same prompt through the other proxy is a hit.
     assert ask(proxies[1], "hot question") == "hit"
     num_written, peak = 1, 0
@@ -200,14 +205,14 @@ def test_eviction_holds_max_entries_while_two_proxies_write(crds: Any, ns: str, 
         assert ask(proxies[i % 2], f"question number {i}") == "miss"
         num_written += 1
         assert ask(proxies[(i + 1) % 2], "hot question") == "hit"
-        peak = max(peak, r.zcard(KS.group(group, "lru")))
+        peak = max(peak, group_count(r, group))
     # Trimmed while writing: the group never held everything that was written.
     assert peak < num_written
 
     def entries() -> int:
-        return sum(1 for _ in r.scan_iter(match=KS.entry("*"), count=1000))
+        return sum(1 for _ in r.scan_iter(match=KS.entry_pattern, count=1000))
 
-    wait_for(lambda: entries() <= max_entries and r.zcard(KS.group(group, "lru")) <= max_entries,
+    wait_for(lambda: entries() <= max_entries and group_count(r, group) <= max_entries,
              what=f"at most {max_entries} entries", logs=[op.log])
     # LRU across pods: the hot entry, read through both proxies, survived every pass.
     assert ask(proxies[0], "hot question") == "hit"

@@ -139,7 +139,7 @@ def test_create_update_status_and_delete(crds: Any, ns: str, r: redis.Redis, red
     events.wait({"namespace": ns, "name": "chat", "generation": 2})
     assert configmap_docs(crds, ns, tmp_path) == []
     assert r.exists(KS.entry("h1"))  # not purged: it expires with its TTL
-    assert not r.exists(KS.group(f"{ns}/chat", "lru"))  # but no orphaned bookkeeping is left behind
+    assert not r.exists(*KS.group_keys(f"{ns}/chat", "lru"))  # but no orphaned bookkeeping is left behind
     events.close()
 
 
@@ -164,7 +164,7 @@ def test_delete_with_purge_annotation_removes_the_entries(crds: Any, ns: str, r:
     wait_for(lambda: get_cpol(crds, ns, "purged") is None, what="deletion", logs=[op.log])
 
     assert not any(r.exists(KS.entry(f"p{i}")) or r.exists(KS.vector(f"p{i}")) for i in range(5))
-    assert not r.exists(KS.group(f"{ns}/purged", "lru"))
+    assert not r.exists(*KS.group_keys(f"{ns}/purged", "lru"))
     assert r.exists(KS.entry("k0")) and stored_doc(r, ns, "kept") is not None
 
 

@@ -40,16 +40,16 @@ async def test_store_ttl_and_eviction_bookkeeping(redis_plain_url: str) -> None:
     store = RedisExactStore(r, keyspace=ks)
     try:
         assert await store.get("abc", group="g") is None
-        assert await r.exists(ks.group("g", "lru")) == 0  # a miss records nothing
+        assert await r.exists(*ks.group_keys("g", "lru")) == 0  # a miss records nothing
         size = await store.put("abc", entry(), ttl_s=50, group="g")
         assert 0 < await r.ttl(ks.entry("abc")) <= 50
-        assert int(await r.hget(ks.group("g", "size"), "abc")) == size
-        assert await r.zscore(ks.group("g", "ctime"), "abc") is not None
-        assert await r.zscore(ks.group("g", "lru"), "abc") == await r.zscore(ks.group("g", "ctime"), "abc")
-        assert await r.zscore(ks.group("g", "lfu"), "abc") == 1
+        assert int(await r.hget(ks.group_of("g", "size", "abc"), "abc")) == size
+        assert await r.zscore(ks.group_of("g", "ctime", "abc"), "abc") is not None
+        assert await r.zscore(ks.group_of("g", "lru", "abc"), "abc") == await r.zscore(ks.group_of("g", "ctime", "abc"), "abc")
+        assert await r.zscore(ks.group_of("g", "lfu", "abc"), "abc") == 1
         blob = await store.get("abc", group="g")
         assert Entry.from_json(blob) == entry()
-        assert await r.zscore(ks.group("g", "lfu"), "abc") == 2
+        assert await r.zscore(ks.group_of("g", "lfu", "abc"), "abc") == 2
         await store.delete("abc")
         assert await store.get("abc", group="g") is None
     finally:
@@ -65,9 +65,9 @@ async def test_scripts_survive_a_script_flush(redis_plain_url: str) -> None:
         await store.put("k1", entry(), ttl_s=50, group="g")
         await r.script_flush()
         size = await store.put("k2", entry(), ttl_s=50, group="g")
-        assert int(await r.hget(ks.group("g", "size"), "k2")) == size
+        assert int(await r.hget(ks.group_of("g", "size", "k2"), "k2")) == size
         await r.script_flush()
         assert Entry.from_json(await store.get("k1", group="g")) == entry()
-        assert await r.zscore(ks.group("g", "lfu"), "k1") == 2
+        assert await r.zscore(ks.group_of("g", "lfu", "k1"), "k1") == 2
     finally:
         await r.aclose()

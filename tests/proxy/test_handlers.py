@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from llmcache.keyspace import Keyspace
+from llmcache.operator import eviction
 
 from proxy_helpers import CHAT, TOOLS, Stack
 
@@ -566,12 +567,12 @@ async def test_eviction_bookkeeping_recorded_on_write_and_hit(proxy_stack, redis
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
         key_hash = [k async for k in r.scan_iter(match="llmcache:e:*")][0].decode().split(":")[-1]
-        assert await r.zscore(ks.group("_default", "lfu"), key_hash) == 1
-        assert await r.hget(ks.group("_default", "size"), key_hash) is not None
+        assert await r.zscore(ks.group_of("_default", "lfu", key_hash), key_hash) == 1
+        assert await r.hget(ks.group_of("_default", "size", key_hash), key_hash) is not None
         await stack.post("/v1/chat/completions", CHAT)
-        assert await r.zscore(ks.group("_default", "lfu"), key_hash) == 2
+        assert await r.zscore(ks.group_of("_default", "lfu", key_hash), key_hash) == 2
         await stack.post("/v1/chat/completions", chat(seed=3), headers={"Cache-Control": "only-if-cached"})
-        assert await r.zcard(ks.group("_default", "lru")) == 1  # a miss leaves no bookkeeping
+        assert await eviction.group_count(r, ks, "_default") == 1  # a miss leaves no bookkeeping
     finally:
         await r.aclose()
 
@@ -582,13 +583,13 @@ async def test_invalidate_drops_eviction_rows(proxy_stack, redis_plain_url: str)
     r = aioredis.Redis.from_url(redis_plain_url)
     ks = Keyspace()
     try:
-        assert await r.zcard(ks.group("_default", "lru")) == 1
+        assert await eviction.group_count(r, ks, "_default") == 1
         async with stack.http.post(stack.proxy_url + "/llmcache/v1/invalidate", json={"all": True},
                                    headers={"Authorization": "Bearer admin-secret"}) as resp:
             assert (await resp.json())["deleted"] == 1
         for kind in ("lru", "lfu", "ctime"):
-            assert await r.zcard(ks.group("_default", kind)) == 0
-        assert await r.hlen(ks.group("_default", "size")) == 0
+            assert await eviction.group_count(r, ks, "_default", kind) == 0
+        assert not await r.exists(*ks.group_keys("_default", "size"))
     finally:
         await r.aclose()
 

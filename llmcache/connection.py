@@ -1,0 +1,162 @@
+"""Redis connections: one Redis or a Redis Cluster, chosen by the URL's scheme.
+
+::
+
+    redis://[user:pass@]host:port/0            one Redis (or Valkey)
+    rediss://…                                 the same over TLS
+    redis+cluster://[user:pass@]h1:p1[,h2:p2]  Redis Cluster / managed cluster mode (ElastiCache,
+    rediss+cluster://…                         Memorystore, Azure Cache); any node(s) as seed, TLS with ``ss``
+
+The proxy, the operator and ``llmcache stats`` all connect through :func:`connect`,
+so a cluster URL works everywhere a ``--redis-url`` is taken. What differs on a
+cluster is kept here, behind small helpers the rest of the code calls on
+either kind of client:
+
+- :func:`primaries` — one client per master (or the one client), for per-master
+  work: the vector index fan-out, ``SCAN`` on admin paths.
+- :func:`mget` — ``MGET`` split by slot on a cluster.
+- :func:`pubsub_client` — a plain connection to one node for classic pub/sub
+  (``PUBLISH`` is broadcast to every node of a cluster, so any node serves).
+
+MOVED/ASK redirects and topology refreshes after a failover are redis-py's
+``RedisCluster`` job; callers keep failing open through their breaker.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from llmcache.errors import ConfigError
+
+__all__ = ["CLUSTER_SCHEMES", "AnyRedis", "connect", "is_cluster", "is_cluster_url", "mget", "pubsub_client",
+           "primaries", "redact"]
+
+log = logging.getLogger(__name__)
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+AnyRedis = redis.asyncio.Redis | RedisCluster
+
+# Keyword arguments only a single-node client understands.
+_SINGLE_ONLY = ("maint_notifications_config", "health_check_interval", "db")
+
+
+def is_cluster_url(url: str) -> bool:
+    """True for ``redis+cluster://`` and ``rediss+cluster://``."""
+    return urlsplit(url).scheme.lower() in CLUSTER_SCHEMES
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()
+
+
+def _seeds(netloc: str) -> list[tuple[str, int]]:
+    hosts = netloc.rsplit("@", 1)[-1]
+    out = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host:
+            host, port = port, "6379"
+        try:
+            out.append((host.strip("[]"), int(port)))
+        except ValueError as exc:
+            raise ConfigError(f"cluster seed {item!r} is not HOST:PORT: write redis+cluster://host:port[,host:port]") from exc
+    return out
+
+
+def connect(url: str, **kwargs: Any) -> AnyRedis:
+    """A client for ``url``: ``redis.asyncio.Redis``, or ``RedisCluster`` for the ``+cluster`` schemes.
+
+    ``kwargs`` are client options (timeouts, ``retry``, …); options only a single node
+    understands are dropped for a cluster. The cluster client discovers the topology
+    on its first command (any seed that answers will do).
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in CLUSTER_SCHEMES:
+        return redis.asyncio.Redis.from_url(url, **kwargs)
+    seeds = _seeds(parts.netloc)
+    if not seeds:
+        raise ConfigError(f"{redact(url)} names no node: write redis+cluster://host:port")
+    if parts.path not in ("", "/", "/0"):
+        raise ConfigError(f"{redact(url)}: a Redis Cluster has only database 0; drop the /{parts.path.strip('/')}")
+    for key in _SINGLE_ONLY:
+        kwargs.pop(key, None)
+    if parts.username:
+        kwargs.setdefault("username", unquote(parts.username))
+    if parts.password is not None:
+        kwargs.setdefault("password", unquote(parts.password))
+    if CLUSTER_SCHEMES[scheme] == "rediss":
+        kwargs.setdefault("ssl", True)
+    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in seeds], **kwargs)
+
+
+async def primaries(client: AnyRedis) -> list[tuple[str, Any]]:
+    """``(name, target)`` per master; ``target`` is passed as ``target_nodes=`` (``None`` on one Redis)."""
+    if not is_cluster(client):
+        return [("", None)]
+    if not client.get_nodes():
+        await client.initialize()
+    return [(node.name, node) for node in client.get_primaries()]
+
+
+async def slot_owners(client: AnyRedis) -> dict[str, list[tuple[int, int]]]:
+    """Master name → its slot ranges, from ``CLUSTER SLOTS`` (empty on one Redis)."""
+    if not is_cluster(client):
+        return {}
+    reply = await client.execute_command("CLUSTER SLOTS", target_nodes=RedisCluster.RANDOM)
+    out: dict[str, list[tuple[int, int]]] = {}
+    for entry in reply if isinstance(reply, list) else _flatten_slots(reply):
+        start, end, master = int(entry[0]), int(entry[1]), entry[2]
+        host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+        out.setdefault(f"{host}:{int(master[1])}", []).append((start, end))
+    return out
+
+
+def _flatten_slots(reply: Any) -> list[Any]:
+    # redis-py parses CLUSTER SLOTS into {(start, end): {"primary": (host, port), …}}.
+    return [(s, e, v["primary"]) for (s, e), v in reply.items()]
+
+
+async def mget(client: AnyRedis, keys: Sequence[str | bytes]) -> list[Any]:
+    """``MGET`` of ``keys`` in their order; split by slot on a cluster (not atomic there)."""
+    if not keys:
+        return []
+    if is_cluster(client):
+        return list(await client.mget_nonatomic(list(keys)))
+    return list(await client.mget(list(keys)))
+
+
+def pubsub_client(client: AnyRedis, **kwargs: Any) -> redis.asyncio.Redis:
+    """A single-node client for classic pub/sub: the client itself, or one random cluster node.
+
+    ``PUBLISH`` on a cluster reaches subscribers on every node (the cluster bus
+    broadcasts it), so a subscriber may connect anywhere; after a failure the
+    caller asks again and lands on a live node. Policy changes are rare, so the
+    broadcast costs nothing worth sharded pub/sub's per-slot subscriptions.
+    """
+    if not is_cluster(client):
+        return client  # type: ignore[return-value]
+    nodes = client.get_nodes()
+    if not nodes:
+        raise ConfigError("the cluster client knows no node yet: run a command first")
+    node = random.choice(nodes)
+    conn_kwargs = dict(node.connection_kwargs)
+    conn_kwargs.pop("connection_class", None)
+    return redis.asyncio.Redis(**{**conn_kwargs, **kwargs})
