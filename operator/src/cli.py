@@ -26,7 +26,7 @@ from llmcache.keyspace import Keyspace
 from llmcache.operator import handlers, webhook
 from llmcache.operator.kube import ApiError, KubeClient, KubeConfig
 from llmcache.operator.settings import EvictionSettings, OperatorSettings, SidecarSettings, WebhookSettings
-from llmcache.settings import add_flag, parse_listen
+from llmcache.settings import add_flag, parse_bytes, parse_listen
 
 __all__ = ["configure", "run", "settings_from_args"]
 
@@ -49,6 +49,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
              help="per-namespace ConfigMap receiving policies.json")
     add_flag(parser, "--eviction-interval-seconds", default=d.eviction.interval_s, type=float,
              help="seconds between eviction passes per policy")
+    add_flag(parser, "--default-max-entries", default=d.eviction.default_max_entries, type=int,
+             help="most entries kept in groups no CachePolicy owns (_default, deleted policies); 0 = unlimited")
+    add_flag(parser, "--default-max-memory", default="",
+             help="byte budget (e.g. 512Mi) of each group no CachePolicy owns; '' = only --default-max-entries")
     add_flag(parser, "--status-interval-seconds", default=d.status_interval_s, type=float,
              help="seconds between status refreshes per policy")
     add_flag(parser, "--peering-name", default=d.peering_name,
@@ -72,7 +76,10 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         redis_retry_delay_s=base.redis_retry_delay_s,
         webhook=WebhookSettings(listen=args.webhook_listen, cert_dir=args.webhook_cert_dir,
                                 sidecar=SidecarSettings.from_env()),
-        eviction=EvictionSettings(interval_s=args.eviction_interval_seconds),
+        eviction=EvictionSettings(interval_s=args.eviction_interval_seconds,
+                                  default_max_entries=args.default_max_entries or None,
+                                  default_max_memory_bytes=(parse_bytes(args.default_max_memory) or None
+                                                            if args.default_max_memory else None)),
     )
 
 

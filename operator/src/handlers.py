@@ -8,9 +8,13 @@ create / update / resume   validate (``PermanentError`` if invalid), publish
                            to Redis + ConfigMap (``TemporaryError`` while
                            Redis or the API is away), set status
 timer ``status``           republish if Redis lost the document (restarted
-                           Redis), then count selected/synced pods, entries,
+                           Redis) or holds other content (SHA-256 of the
+                           stored bytes vs ours: a rewrite that keeps the
+                           generation is caught too), then count selected/synced pods, entries,
                            memory, hit rate; patch status only on change
 timer ``eviction``         :func:`llmcache.operator.eviction.enforce_limits`
+startup task ``sweeper``   :mod:`llmcache.operator.sweep`: ``_default`` and
+                           orphaned groups, trimmed to the default limits
 delete (finalizer)         unpublish, rebuild the ConfigMap; purge the group's
                            entries when annotated ``llmcache.io/purge-on-delete:
                            "true"``, else drop only its bookkeeping (the
@@ -24,6 +28,7 @@ the status schema is strict and would prune ``status.kopf``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,19 +42,24 @@ import redis.exceptions
 
 from llmcache.errors import PolicyError
 from llmcache.keyspace import Keyspace
-from llmcache.operator import eviction, publish
+from llmcache.operator import eviction, publish, sweep
 from llmcache.operator import status as policy_status
 from llmcache.operator.kube import ApiError, KubeClient
 from llmcache.operator.settings import PURGE_ANNOTATION, OperatorSettings
 from llmcache.policy import API_GROUP, API_VERSION, PLURAL, PolicyDocument, PolicySpec, parse_spec
 
-__all__ = ["Runtime", "build_registry", "kopf_settings", "redact_url"]
+__all__ = ["Runtime", "build_registry", "content_hash", "kopf_settings", "redact_url"]
 
 log = logging.getLogger(__name__)
 
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _STATUS_FIELDS = ("observedGeneration", "configHash", "selectedPods", "syncedPods", "entries", "memoryBytes",
                   "hitRate")
+
+
+def content_hash(document: str | bytes) -> str:
+    """SHA-256 of a published policy document's exact bytes: what :func:`refresh_status` compares."""
+    return hashlib.sha256(document.encode() if isinstance(document, str) else document).hexdigest()
 
 
 def redact_url(url: str) -> str:
@@ -69,6 +79,8 @@ class Runtime:
     kube: KubeClient
     keyspace: Keyspace = field(default_factory=Keyspace)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    #: Background tasks started with the operator (the sweeper of groups without a policy).
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def sync_configmap(self, namespace: str) -> None:
         """Rebuild the namespace's ConfigMap from Redis (serialised per namespace in this process)."""
@@ -194,9 +206,12 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             return  # the change handler reported it; nothing to count for an unpublished policy
         try:
             stored = await rt.redis.hget(rt.keyspace.policies(namespace), name)
-            if stored is None or PolicyDocument.from_json(stored).generation != doc.generation:
-                # Redis restarted without persistence, or a missed update: publish again (idempotent).
-                log.info("policy %s missing or outdated in Redis; republishing", doc.id)
+            if stored is None or content_hash(stored) != content_hash(doc.to_json()):
+                # Redis restarted without persistence, a missed update, or the document was
+                # rewritten by someone else (same generation, other content): publish ours again.
+                # Comparing the whole content, not the generation, is what catches the last case.
+                log.warning("policy %s %s in Redis; republishing", doc.id,
+                            "missing" if stored is None else "differs from the CachePolicy")
                 doc = await publish_current(spec, meta, name, namespace, status, patch)
             pods = await rt.kube.pod_names(namespace, doc.spec.selector)
             synced = await policy_status.synced_pods(rt.redis, rt.keyspace, namespace, name, doc.config_hash,
@@ -261,6 +276,23 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             else:
                 raise kopf.TemporaryError(f"cannot rewrite ConfigMap {namespace}/{settings.configmap_name}: "
                                           f"{exc}", delay=settings.redis_retry_delay_s) from exc
+
+    default_limits = eviction.EvictionLimits(max_entries=settings.eviction.default_max_entries,
+                                             max_memory_bytes=settings.eviction.default_max_memory_bytes)
+
+    @kopf.on.startup(registry=reg, id="sweeper")
+    async def start_sweeper(**_: Any) -> None:
+        # Groups without a policy have no timer of their own; one task trims them all.
+        rt.tasks.append(asyncio.create_task(sweep.run_sweeper(
+            rt.redis, rt.keyspace, default_limits, interval_s=settings.eviction.interval_s,
+            batch_size=settings.eviction.batch_size, prune_scan_count=settings.eviction.prune_scan_count)))
+
+    @kopf.on.cleanup(registry=reg, id="sweeper")
+    async def stop_sweeper(**_: Any) -> None:
+        for task in rt.tasks:
+            task.cancel()
+        await asyncio.gather(*rt.tasks, return_exceptions=True)
+        rt.tasks.clear()
 
     @kopf.on.login(registry=reg, id="kubeconfig")
     async def login(**_: Any) -> kopf.ConnectionInfo:

@@ -101,6 +101,12 @@ class EvictionSettings:
     #: Bookkeeping members checked for an expired entry per pass. Default 1000: a full sweep of a
     #: 100k-entry group takes 100 passes, without ever scanning the whole set at once.
     prune_scan_count: int = 1000
+    #: Most entries kept in a group no CachePolicy owns (``_default``: pods without a policy; or the group
+    #: of a policy deleted while the operator was down). Default 100 000: a few hundred MiB of typical
+    #: answers, and a bound, so pods without a policy cannot grow Redis until it is OOM-killed.
+    default_max_entries: int | None = 100_000
+    #: Byte budget of each such group (sum of entry sizes); ``None`` (default): only ``default_max_entries``.
+    default_max_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ def test_documented_defaults_are_pinned() -> None:
     assert s.peering_name == "llmcache" and s.standalone is False and s.peering_priority is None
     assert s.webhook == WebhookSettings()
     assert s.webhook.listen == "0.0.0.0:9443" and s.webhook.native_sidecar_min_version == (1, 29)
-    assert s.eviction == EvictionSettings(interval_s=10.0, batch_size=256, prune_scan_count=1000)
+    assert s.eviction == EvictionSettings(interval_s=10.0, batch_size=256, prune_scan_count=1000,
+                                          default_max_entries=100_000, default_max_memory_bytes=None)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

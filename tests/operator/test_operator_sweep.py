@@ -1,0 +1,58 @@
+"""``llmcache.operator.sweep`` on a real Redis: which groups it trims, and how far."""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+
+from llmcache.keyspace import Keyspace
+from llmcache.operator import eviction, sweep
+
+KS = Keyspace()
+
+
+async def fill(r: aioredis.Redis, group: str, count: int, *, tag: str) -> list[str]:
+    now = time.time()
+    hashes = [f"{tag}{i:04d}" for i in range(count)]
+    async with r.pipeline() as pipe:
+        for i, h in enumerate(hashes):
+            pipe.set(KS.entry(h), b"{}", ex=3600)
+            KS.record_access(pipe, group, h, size_bytes=10, created=True, now_s=now - count + i)
+        await pipe.execute()
+    return hashes
+
+
+async def test_unowned_groups_are_default_and_unpublished_ones(redis_plain_url: str) -> None:
+    r = aioredis.Redis.from_url(redis_plain_url, decode_responses=True)
+    try:
+        await fill(r, "_default", 3, tag="d")
+        await fill(r, "team/live", 3, tag="l")
+        await fill(r, "team/gone", 3, tag="g")
+        await r.hset(KS.policies("team"), "live", "{}")
+        assert await sweep.unowned_groups(r, KS) == ["_default", "team/gone"]
+    finally:
+        await r.aclose()
+
+
+async def test_sweep_trims_to_entries_and_memory_and_forgets_vanished_groups(redis_plain_url: str) -> None:
+    r = aioredis.Redis.from_url(redis_plain_url, decode_responses=True)
+    try:
+        default = await fill(r, "_default", 50, tag="d")
+        await fill(r, "team/live", 50, tag="l")
+        await r.hset(KS.policies("team"), "live", "{}")
+        cursors: dict[str, int] = {"old/group": 7}
+        done = await sweep.sweep_once(r, KS, eviction.EvictionLimits(max_entries=20), cursors=cursors)
+        assert done.num_entries == {"_default": 20} and done.num_evicted == 30
+        assert set(cursors) == {"_default"}  # a group that vanished drops its cursor
+        assert set(await r.zrange(KS.group("_default", "lru"), 0, -1)) == set(default[-20:])
+        assert await r.zcard(KS.group("team/live", "lru")) == 50
+
+        # 10 bytes an entry: a 55-byte budget keeps 5.
+        done = await sweep.sweep_once(r, KS, eviction.EvictionLimits(max_memory_bytes=55), cursors=cursors)
+        assert done.num_entries == {"_default": 5}
+        # Within its limits, a second pass deletes nothing.
+        again = await sweep.sweep_once(r, KS, eviction.EvictionLimits(max_memory_bytes=55), cursors=cursors)
+        assert (again.num_evicted, again.num_entries) == (0, {"_default": 5})
+    finally:
+        await r.aclose()
