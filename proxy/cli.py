@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 def configure(parser: argparse.ArgumentParser) -> None:
     d = ps.ProxySettings()
     add_flag(parser, "--listen", default="127.0.0.1:8080", help="HOST:PORT the proxy listens on")
+    add_flag(parser, "--health-listen", default="",
+             help="HOST:PORT serving only /healthz, /readyz and /metrics (kubelet probes on the pod IP); '' = none")
     add_flag(parser, "--upstream", default=d.upstream.url, help="base URL of the OpenAI-compatible upstream")
     add_flag(parser, "--redis-url", default=DEFAULT_REDIS_URL, help="Redis for entries, vectors and policies")
     add_flag(parser, "--mode", default=None, choices=ps.MODES,
@@ -94,10 +96,17 @@ def run(args: argparse.Namespace) -> int:
     from llmcache.proxy.app import create_app  # keeps `llmcache proxy --help` fast
 
     settings = settings_from_args(args)
+    health_sock = None
+    if args.health_listen:
+        from llmcache.proxy import health_port
+
+        health_sock = health_port.bind(args.health_listen)
     app = create_app(settings)
+    if health_sock is not None:
+        app.middlewares.append(health_port.health_only_middleware(health_sock.getsockname()[1]))
     print(f"llmcache proxy on http://{settings.listen_host}:{settings.listen_port} → {settings.upstream.url} "
           f"(mode {settings.cache.mode}); point OpenAI clients at "
           f"http://{settings.listen_host}:{settings.listen_port}/v1", flush=True)
     web.run_app(app, host=settings.listen_host, port=settings.listen_port, access_log=None, print=None,
-                handle_signals=True)
+                handle_signals=True, sock=health_sock)
     return 0

@@ -23,7 +23,7 @@ except ImportError as _exc:  # the operator extra is optional: say how to get it
     raise DependencyError("`llmcache operator` needs kopf: pip install 'llmcache[operator]'") from _exc
 
 from llmcache.keyspace import Keyspace
-from llmcache.operator import handlers, webhook
+from llmcache.operator import credentials, handlers, webhook
 from llmcache.operator.kube import ApiError, KubeClient, KubeConfig
 from llmcache.operator.settings import EvictionSettings, OperatorSettings, SidecarSettings, WebhookSettings
 from llmcache.settings import add_flag, parse_bytes, parse_listen
@@ -140,8 +140,10 @@ async def run_operator(settings: OperatorSettings, *, stop_flag: asyncio.Event |
         kube = await stack.enter_async_context(KubeClient(KubeConfig.load()))
         if settings.webhook.listen:
             native = await _native_sidecar_supported(kube, settings.webhook.native_sidecar_min_version)
+            mirror = (credentials.CredentialsMirror(kube, settings.webhook.sidecar)
+                      if settings.webhook.sidecar.credentials_secret else None)
             await stack.enter_async_context(webhook.serve(settings.webhook, native_sidecar=native,
-                                                          configmap_name=settings.configmap_name))
+                                                          configmap_name=settings.configmap_name, mirror=mirror))
         if not settings.standalone:
             await _ensure_peering(kube, settings)
         rt = handlers.Runtime(settings=settings, redis=redis_client, kube=kube,

@@ -1,8 +1,8 @@
 """A small async Kubernetes API client for what kopf does not do for us.
 
 kopf watches CachePolicy objects and patches them; the operator additionally
-lists pods (selected-pod counts), writes the policies ConfigMap and reads the
-server version (native sidecar support). That needs a handful of REST calls,
+lists pods (selected-pod counts), writes the policies ConfigMap and the sidecars'
+credentials Secret, and reads the server version (native sidecar support). That needs a handful of REST calls,
 so this module speaks to the API with the process's one ``aiohttp`` session
 instead of pulling in the ``kubernetes`` client.
 
@@ -235,3 +235,24 @@ class KubeClient:
                     raise
                 await self.request("PATCH", f"{path}/{name}", body={"data": dict(data)},
                                    content_type="application/merge-patch+json")
+
+    async def put_secret_data(self, namespace: str, name: str, string_data: Mapping[str, str], *,
+                              labels: Mapping[str, str] | None = None,
+                              annotations: Mapping[str, str] | None = None) -> None:
+        """Create the Opaque Secret, or merge ``string_data`` into it; never reads it.
+
+        Create first (RBAC cannot restrict ``create`` by name; an admission policy can), then on
+        409 a merge patch of this one name (``patch`` with ``resourceNames``).
+        """
+        path = f"/api/v1/namespaces/{namespace}/secrets"
+        meta = {"name": name, "namespace": namespace, "labels": dict(labels or {}),
+                "annotations": dict(annotations or {})}
+        try:
+            await self.request("POST", path, body={"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                                                   "metadata": meta, "stringData": dict(string_data)})
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            await self.request("PATCH", f"{path}/{name}", content_type="application/merge-patch+json",
+                               body={"metadata": {"annotations": dict(annotations or {})},
+                                     "stringData": dict(string_data)})

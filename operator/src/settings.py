@@ -51,8 +51,21 @@ class SidecarSettings:
     #: Name of a Secret in the *pod's* namespace whose key ``tenant-salt`` holds the salt (``optional``,
     #: so a namespace without it still starts pods, with isolated entries). Wins over :attr:`tenant_salt`.
     tenant_salt_secret: str = ""
-    #: Port the sidecar listens on inside the pod (apps point their OpenAI base URL at it). Default 8080.
+    #: Port the sidecar listens on inside the pod, on 127.0.0.1 only (apps in the pod point their OpenAI
+    #: base URL at it; nothing outside the pod can). Default 8080.
     port: int = 8080
+    #: Port of the sidecar's ``/healthz``, ``/readyz`` and ``/metrics`` on the pod IP (``--health-listen``),
+    #: for kubelet probes. Default 18081: away from the ports apps usually take.
+    health_port: int = 18081
+    #: Names of image pull secrets added to injected pods (they must exist in the pod's namespace).
+    image_pull_secrets: tuple[str, ...] = ()
+    #: Secret the operator keeps in each namespace with injected pods (keys ``redis-url``, ``tenant-salt``,
+    #: ``redis-ca.crt``); the sidecar reads them through ``secretKeyRef``, so no credential lands in a pod
+    #: spec. ``""`` (default, local use and tests): :attr:`redis_url` and :attr:`tenant_salt` are literals.
+    credentials_secret: str = ""
+    #: CA bundle (PEM file on the operator) of a TLS Redis, copied into the credentials Secret and mounted
+    #: for the sidecar at ``/etc/llmcache/redis-tls/ca.crt``. ``""`` (default): no TLS CA to hand out.
+    redis_ca_file: str = ""
     #: Where the downward-API labels file is mounted; the proxy selects its policy from it.
     podinfo_dir: str = "/etc/podinfo"
     #: Where the policies ConfigMap copy is mounted (start-up while Redis is away).
@@ -60,11 +73,14 @@ class SidecarSettings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> SidecarSettings:
-        """Build from ``LLMCACHE_SIDECAR_IMAGE``/``_UPSTREAM``/``_REDIS_URL``/``_PORT``/``_TENANT_SALT``/
-        ``_TENANT_SALT_SECRET``; unset keeps the default."""
+        """Build from ``LLMCACHE_SIDECAR_IMAGE``/``_UPSTREAM``/``_REDIS_URL``/``_PORT``/``_HEALTH_PORT``/
+        ``_TENANT_SALT``/``_TENANT_SALT_SECRET``/``_IMAGE_PULL_SECRETS`` (comma-separated)/
+        ``_CREDENTIALS_SECRET``/``_REDIS_CA_FILE``; unset keeps the default."""
         env = os.environ if environ is None else environ
         base = cls()
         port = env.get("LLMCACHE_SIDECAR_PORT")
+        health_port = env.get("LLMCACHE_SIDECAR_HEALTH_PORT")
+        pull = tuple(n.strip() for n in env.get("LLMCACHE_SIDECAR_IMAGE_PULL_SECRETS", "").split(",") if n.strip())
         return cls(
             image=env.get("LLMCACHE_SIDECAR_IMAGE") or base.image,
             upstream=env.get("LLMCACHE_SIDECAR_UPSTREAM") or base.upstream,
@@ -72,6 +88,10 @@ class SidecarSettings:
             port=int(port) if port else base.port,
             tenant_salt=env.get("LLMCACHE_SIDECAR_TENANT_SALT") or base.tenant_salt,
             tenant_salt_secret=env.get("LLMCACHE_SIDECAR_TENANT_SALT_SECRET") or base.tenant_salt_secret,
+            health_port=int(health_port) if health_port else base.health_port,
+            image_pull_secrets=pull,
+            credentials_secret=env.get("LLMCACHE_SIDECAR_CREDENTIALS_SECRET") or base.credentials_secret,
+            redis_ca_file=env.get("LLMCACHE_SIDECAR_REDIS_CA_FILE") or base.redis_ca_file,
         )
 
 

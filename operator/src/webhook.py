@@ -5,10 +5,15 @@ A pod labelled ``llmcache.io/inject: enabled`` gets, as one JSONPatch:
 - the proxy container ``llmcache-proxy``: a *native sidecar* (first init
   container with ``restartPolicy: Always``) when the API server is ≥ 1.29, else
   an ordinary container appended to ``spec.containers``;
-- its env: ``LLMCACHE_REDIS_URL``, ``LLMCACHE_UPSTREAM``, ``LLMCACHE_LISTEN``,
-  ``LLMCACHE_POD_NAME`` / ``LLMCACHE_POD_NAMESPACE`` (downward-API ``fieldRef``)
-  ``LLMCACHE_POD_LABELS_FILE``, ``LLMCACHE_POLICY_FILE`` and, when configured,
-  ``LLMCACHE_TENANT_SALT`` (literal or from a Secret in the pod's namespace);
+- its env: ``LLMCACHE_LISTEN`` (``127.0.0.1``: LLM traffic only from inside the
+  pod), ``LLMCACHE_HEALTH_LISTEN`` (``0.0.0.0:<health port>``: ``/healthz``,
+  ``/readyz``, ``/metrics`` only, for the startup/readiness/liveness probes),
+  ``LLMCACHE_REDIS_URL`` and ``LLMCACHE_TENANT_SALT`` (``secretKeyRef`` to the
+  credentials Secret the operator keeps in the pod's namespace, see
+  :mod:`llmcache.operator.credentials`; literals only without one, for local use),
+  ``LLMCACHE_UPSTREAM``, ``LLMCACHE_POD_NAME`` / ``LLMCACHE_POD_NAMESPACE``
+  (downward-API ``fieldRef``), ``LLMCACHE_POD_LABELS_FILE``, ``LLMCACHE_POLICY_FILE``;
+- the configured ``imagePullSecrets`` (for the sidecar image) added to the pod's;
 - volume ``llmcache-podinfo`` (downward API, ``labels`` → ``/etc/podinfo/labels``)
   and ``llmcache-policies`` (the policies ConfigMap, optional, for start-up
   while Redis is away);
@@ -17,8 +22,12 @@ A pod labelled ``llmcache.io/inject: enabled`` gets, as one JSONPatch:
 Idempotent: a pod that already has the annotation or a container named
 ``llmcache-proxy`` is admitted unchanged, as is every pod without the label.
 The webhook never denies a pod: on any internal error it admits without a
-patch (and the chart sets ``failurePolicy: Ignore``), so pod creation never
-blocks on llmcache.
+patch (and the chart sets ``failurePolicy: Ignore``), so admission never fails
+because of llmcache. The pod's *app* containers do wait for the native sidecar's
+startup probe (``/healthz``, at most 60 s): it passes as soon as the proxy
+process serves, whatever Redis or the model server do; if the sidecar image
+cannot be pulled the app waits like for any init container (hence the pull
+secrets above).
 
 The in-cluster ``MutatingWebhookConfiguration`` (with ``service:`` client
 config and its certificate) ships in the chart, not from here.
@@ -39,6 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from llmcache.errors import ConfigError
+from llmcache.operator import credentials
 from llmcache.operator.settings import (
     INJECT_LABEL,
     INJECT_STATUS_ANNOTATION,
@@ -54,6 +64,10 @@ log = logging.getLogger(__name__)
 
 PODINFO_VOLUME = "llmcache-podinfo"
 POLICIES_VOLUME = "llmcache-policies"
+REDIS_CA_VOLUME = "llmcache-redis-ca"
+#: Where the sidecar finds a TLS Redis's CA (the chart's sidecar URL names this file).
+REDIS_CA_DIR = "/etc/llmcache/redis-tls"
+HEALTH_PORT_NAME = "llmcache-health"
 
 
 def _escape(key: str) -> str:
@@ -78,15 +92,26 @@ def sidecar_container(sidecar: SidecarSettings, *, native: bool) -> dict[str, An
     def field_ref(path: str) -> dict[str, Any]:
         return {"fieldRef": {"fieldPath": path}}
 
+    def credential(key: str, literal: str) -> dict[str, Any]:
+        # From the operator-kept Secret of the pod's namespace when there is one: no credential
+        # in the pod spec. Optional: a missing Secret never blocks the pod (the proxy then
+        # passes traffic through uncached).
+        if sidecar.credentials_secret:
+            return {"valueFrom": {"secretKeyRef": {"name": sidecar.credentials_secret, "key": key,
+                                                   "optional": True}}}
+        return {"value": literal}
+
+    health = {"httpGet": {"path": "/healthz", "port": HEALTH_PORT_NAME}}
     container: dict[str, Any] = {
         "name": SIDECAR_CONTAINER_NAME,
         "image": sidecar.image,
         "args": ["proxy"],
-        "ports": [{"name": "llmcache", "containerPort": sidecar.port, "protocol": "TCP"}],
+        # Only the health port is reachable on the pod IP; LLM traffic stays inside the pod.
+        "ports": [{"name": HEALTH_PORT_NAME, "containerPort": sidecar.health_port, "protocol": "TCP"}],
         "env": [
-            # 0.0.0.0 so the kubelet's probes (sent to the pod IP) reach it.
-            {"name": "LLMCACHE_LISTEN", "value": f"0.0.0.0:{sidecar.port}"},
-            {"name": "LLMCACHE_REDIS_URL", "value": sidecar.redis_url},
+            {"name": "LLMCACHE_LISTEN", "value": f"127.0.0.1:{sidecar.port}"},
+            {"name": "LLMCACHE_HEALTH_LISTEN", "value": f"0.0.0.0:{sidecar.health_port}"},
+            {"name": "LLMCACHE_REDIS_URL", **credential(credentials.REDIS_URL_KEY, sidecar.redis_url)},
             {"name": "LLMCACHE_UPSTREAM", "value": sidecar.upstream},
             {"name": "LLMCACHE_POD_NAME", "valueFrom": field_ref("metadata.name")},
             {"name": "LLMCACHE_POD_NAMESPACE", "valueFrom": field_ref("metadata.namespace")},
@@ -97,10 +122,12 @@ def sidecar_container(sidecar: SidecarSettings, *, native: bool) -> dict[str, An
             {"name": PODINFO_VOLUME, "mountPath": sidecar.podinfo_dir, "readOnly": True},
             {"name": POLICIES_VOLUME, "mountPath": sidecar.policies_dir, "readOnly": True},
         ],
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": sidecar.port}, "periodSeconds": 5},
-        # For a native sidecar the kubelet starts the app containers only once this passes.
-        "startupProbe": {"httpGet": {"path": "/healthz", "port": sidecar.port},
-                         "periodSeconds": 1, "failureThreshold": 60},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": HEALTH_PORT_NAME}, "periodSeconds": 5},
+        # For a native sidecar the kubelet starts the app containers once this passes: /healthz
+        # answers as soon as the process serves, whatever Redis and the model server do.
+        "startupProbe": {**health, "periodSeconds": 1, "failureThreshold": 60},
+        # A wedged event loop (a CPU-bound request, a deadlock) stops answering: restart it.
+        "livenessProbe": {**health, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": {
             "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -111,7 +138,10 @@ def sidecar_container(sidecar: SidecarSettings, *, native: bool) -> dict[str, An
         container["env"].append({"name": "LLMCACHE_TENANT_SALT", "valueFrom": {"secretKeyRef": {
             "name": sidecar.tenant_salt_secret, "key": "tenant-salt", "optional": True}}})
     elif sidecar.tenant_salt:
-        container["env"].append({"name": "LLMCACHE_TENANT_SALT", "value": sidecar.tenant_salt})
+        container["env"].append({"name": "LLMCACHE_TENANT_SALT",
+                                 **credential(credentials.TENANT_SALT_KEY, sidecar.tenant_salt)})
+    if sidecar.redis_ca_file and sidecar.credentials_secret:
+        container["volumeMounts"].append({"name": REDIS_CA_VOLUME, "mountPath": REDIS_CA_DIR, "readOnly": True})
     if native:
         container["restartPolicy"] = "Always"
     return container
@@ -140,12 +170,24 @@ def injection_patch(pod: Mapping[str, Any], sidecar: SidecarSettings, *, native:
          "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
         {"name": POLICIES_VOLUME, "configMap": {"name": configmap_name, "optional": True}},
     ]
+    if sidecar.redis_ca_file and sidecar.credentials_secret:
+        volumes.append({"name": REDIS_CA_VOLUME, "secret": {
+            "secretName": sidecar.credentials_secret, "optional": True,
+            "items": [{"key": credentials.CA_KEY, "path": "ca.crt"}]}})
     existing = {v.get("name") for v in spec.get("volumes") or []}
     new = [v for v in volumes if v["name"] not in existing]
     if spec.get("volumes"):
         ops.extend({"op": "add", "path": "/spec/volumes/-", "value": v} for v in new)
     elif new:
         ops.append({"op": "add", "path": "/spec/volumes", "value": new})
+
+    # The sidecar image may need the pull secrets the app's own images do not.
+    have = {s.get("name") for s in spec.get("imagePullSecrets") or []}
+    pull = [{"name": n} for n in sidecar.image_pull_secrets if n not in have]
+    if pull and spec.get("imagePullSecrets"):
+        ops.extend({"op": "add", "path": "/spec/imagePullSecrets/-", "value": p} for p in pull)
+    elif pull:
+        ops.append({"op": "add", "path": "/spec/imagePullSecrets", "value": pull})
 
     if meta.get("annotations"):
         ops.append({"op": "add", "path": f"/metadata/annotations/{_escape(INJECT_STATUS_ANNOTATION)}",
@@ -179,6 +221,10 @@ def review_response(review: Mapping[str, Any], sidecar: SidecarSettings, *, nati
 _SETTINGS = web.AppKey("settings", WebhookSettings)
 _NATIVE = web.AppKey("native", bool)
 _CONFIGMAP = web.AppKey("configmap", str)
+_MIRROR = web.AppKey("mirror", object)
+#: Longest the webhook waits for the credentials Secret before answering (the API server's
+#: webhook timeout is 5 s by default; a late Secret only means an uncached sidecar).
+ENSURE_TIMEOUT_S = 2.0
 
 
 async def _mutate_pods(request: web.Request) -> web.Response:
@@ -189,20 +235,35 @@ async def _mutate_pods(request: web.Request) -> web.Response:
     except ValueError as exc:
         return web.json_response({"error": f"expected an AdmissionReview JSON body: {exc}"}, status=400)
     settings = request.app[_SETTINGS]
-    return web.json_response(review_response(review, settings.sidecar, native=request.app[_NATIVE],
-                                             configmap_name=request.app[_CONFIGMAP]))
+    answer = review_response(review, settings.sidecar, native=request.app[_NATIVE],
+                             configmap_name=request.app[_CONFIGMAP])
+    mirror = request.app.get(_MIRROR)
+    req = review["request"]
+    if isinstance(mirror, credentials.CredentialsMirror) and "patch" in answer["response"] and not req.get("dryRun"):
+        # The injected env references the Secret: make it exist in the pod's namespace first.
+        namespace = str(req.get("namespace") or "")
+        try:
+            await asyncio.wait_for(mirror.ensure(namespace), ENSURE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - admitted anyway: a pod never waits on llmcache
+            mirror.forget(namespace)
+            log.warning("cannot write credentials Secret %s/%s (%s): the sidecar starts without Redis",
+                        namespace, mirror.name, exc)
+    return web.json_response(answer)
 
 
 async def _healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def create_app(settings: WebhookSettings, *, native_sidecar: bool, configmap_name: str) -> web.Application:
+def create_app(settings: WebhookSettings, *, native_sidecar: bool, configmap_name: str,
+               mirror: credentials.CredentialsMirror | None = None) -> web.Application:
     """The webhook's aiohttp app (``POST /mutate-pods``, ``GET /healthz``)."""
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[_SETTINGS] = settings
     app[_NATIVE] = native_sidecar
     app[_CONFIGMAP] = configmap_name
+    if mirror is not None:
+        app[_MIRROR] = mirror
     app.router.add_post("/mutate-pods", _mutate_pods)
     app.router.add_get("/healthz", _healthz)
     return app
@@ -232,7 +293,8 @@ async def _reload_certs(ctx: ssl.SSLContext, cert_dir: Path, *, interval_s: floa
 
 @contextlib.asynccontextmanager
 async def serve(settings: WebhookSettings, *, native_sidecar: bool, configmap_name: str,
-                reload_interval_s: float = 60.0) -> AsyncIterator[web.AppRunner]:
+                reload_interval_s: float = 60.0,
+                mirror: credentials.CredentialsMirror | None = None) -> AsyncIterator[web.AppRunner]:
     """Serve the webhook over HTTPS on ``settings.listen`` until the context exits."""
     cert_dir = Path(settings.cert_dir)
     if not (cert_dir / "tls.crt").is_file() or not (cert_dir / "tls.key").is_file():
@@ -240,8 +302,8 @@ async def serve(settings: WebhookSettings, *, native_sidecar: bool, configmap_na
                           "there, or pass --webhook-listen '' to disable the webhook")
     ctx = _ssl_context(cert_dir)
     host, port = parse_listen(settings.listen)
-    runner = web.AppRunner(create_app(settings, native_sidecar=native_sidecar, configmap_name=configmap_name),
-                           access_log=None)
+    runner = web.AppRunner(create_app(settings, native_sidecar=native_sidecar, configmap_name=configmap_name,
+                                      mirror=mirror), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ctx)
     await site.start()

@@ -18,6 +18,7 @@ if str(_OPERATOR_TESTS) not in sys.path:
 _spec = importlib.util.spec_from_file_location("operator_tests_conftest", _OPERATOR_TESTS / "conftest.py")
 assert _spec is not None and _spec.loader is not None
 _conftest = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _conftest  # dataclasses look their module up there
 _spec.loader.exec_module(_conftest)
 
 crds = _conftest.crds

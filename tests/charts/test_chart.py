@@ -15,6 +15,7 @@ import base64
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,6 @@ def test_defaults_render_operator_webhook_redis_model_server(binaries: ControlPl
     args = c["args"]
     assert args[args.index("operator") :] == [
         "operator",
-        "--redis-url=$(LLMCACHE_REDIS_URL)",
         "--webhook-listen=0.0.0.0:9443",
         "--webhook-cert-dir=/etc/llmcache/webhook-certs",
         "--health-listen=0.0.0.0:8081",
@@ -185,11 +185,17 @@ def test_defaults_render_operator_webhook_redis_model_server(binaries: ControlPl
     env = env_of(c)
     assert env["LLMCACHE_SIDECAR_IMAGE"] == "ghcr.io/llmcache/proxy:0.1.0"
     assert env["LLMCACHE_SIDECAR_UPSTREAM"] == "http://llm-llmcache-model-server.ns1.svc:8000"
-    assert env["LLMCACHE_SIDECAR_REDIS_URL"] == {"secretKeyRef": {"name": "llm-llmcache-redis-url", "key": "url"}}
+    assert env["LLMCACHE_REDIS_URL"] == {"secretKeyRef": {"name": "llm-llmcache-redis-url", "key": "url"}}
+    assert env["LLMCACHE_SIDECAR_REDIS_URL"] == {"secretKeyRef": {"name": "llm-llmcache-redis-url",
+                                                                  "key": "sidecar-url"}}
     assert env["LLMCACHE_STANDALONE"] == "true"
     assert env["LLMCACHE_EVICTION_INTERVAL_SECONDS"] == "10"
     secret = one(objects, "Secret", "-redis-url")
-    assert secret["stringData"]["url"] == "redis://llm-llmcache-redis.ns1.svc:6379/0"
+    # One ACL user each for the operator and the sidecars, with generated passwords.
+    assert re.fullmatch(r"redis://operator:[A-Za-z0-9]{40}@llm-llmcache-redis\.ns1\.svc:6379/0",
+                        secret["stringData"]["url"])
+    assert re.fullmatch(r"redis://sidecar:[A-Za-z0-9]{40}@llm-llmcache-redis\.ns1\.svc:6379/0",
+                        secret["stringData"]["sidecar-url"])
     # The certgen Secret's cert/key become the tls.crt/tls.key the operator reads.
     certs = next(v for v in operator["volumes"] if v["name"] == "webhook-certs")["secret"]
     assert {i["path"] for i in certs["items"]} == {"tls.crt", "tls.key"}
@@ -205,6 +211,21 @@ def test_defaults_render_operator_webhook_redis_model_server(binaries: ControlPl
 
     redis = one(objects, "StatefulSet", "-redis")
     assert container(redis["spec"]["template"]["spec"], "redis")["image"].startswith("redis:8")
+    redis_args = container(redis["spec"]["template"]["spec"], "redis")["args"]
+    flags = dict(zip(redis_args[1::2], redis_args[2::2], strict=False))
+    assert "--protected-mode" not in flags and flags["--aclfile"] == "/etc/redis-acl/users.acl"
+    assert (flags["--maxmemory"], flags["--maxmemory-policy"], flags["--appendonly"]) == ("1gb", "volatile-lru", "no")
+    # Redis is fenced: only the operator, injected pods and helm test may connect.
+    policy = one(objects, "NetworkPolicy", "-redis")
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
+    peers = policy["spec"]["ingress"][0]["from"]
+    assert [p["podSelector"]["matchLabels"].get("app.kubernetes.io/component", "") for p in peers[:2]] == [
+        "operator", "test"]
+    assert peers[2]["podSelector"] == {"matchLabels": {"llmcache.io/inject": "enabled"}}
+    assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]} in \
+        peers[2]["namespaceSelector"]["matchExpressions"]
+    assert env["LLMCACHE_SIDECAR_CREDENTIALS_SECRET"] == "llmcache-sidecar"
+    assert env["LLMCACHE_DEFAULT_MAX_ENTRIES"] == "100000"
     assert redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "8Gi"
 
     model = one(objects, "Deployment", "-model-server")["spec"]["template"]["spec"]
@@ -449,7 +470,7 @@ def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_na
     assert objects["Deployment"] == {"llm-llmcache-operator", "llm-llmcache-model-server", "llm-llmcache-example-app"}
     assert objects["StatefulSet"] == {"llm-llmcache-redis"}
     assert objects["Service"] == {"llm-llmcache-webhook", "llm-llmcache-redis", "llm-llmcache-model-server"}
-    assert objects["Secret"] == {"llm-llmcache-redis-url", "llm-llmcache-tenant-salt"}
+    assert objects["Secret"] == {"llm-llmcache-redis-url", "llm-llmcache-redis-auth", "llm-llmcache-tenant-salt"}
     salt = kube.get("v1", "Secret", "llm-llmcache-tenant-salt", namespace=ns)
     assert salt is not None and len(base64.b64decode(salt["data"]["tenant-salt"])) == 48
     assert objects["ClusterRole"] == {names["ClusterRole"]}
@@ -480,10 +501,8 @@ def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_na
     assert not can(kube, operator, "get", "secrets", namespace=ns)
     assert not can(kube, operator, "update", "mutatingwebhookconfigurations", group="admissionregistration.k8s.io")
 
-    # An unlabelled pod is admitted untouched (the webhook's objectSelector skips it).
-    pod = kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
-                      "spec": {"containers": [{"name": "c", "image": "busybox"}]}}, namespace=ns)[0]
-    assert [c["name"] for c in pod["spec"]["containers"]] == ["c"]
+    # Which pods reach the webhook is tested with the chart's selectors against a live webhook
+    # in test_chart_webhook_selectors_send_only_labelled_pods (here, without hooks, it has no CA).
 
     kube.helm("upgrade", RELEASE, str(CHART), "--namespace", ns, "--no-hooks",
               "--set", "operator.replicas=2", "--set", "exampleApp.enabled=false")
@@ -558,3 +577,97 @@ def test_hook_objects_pass_api_server_validation(kube: ControlPlane, kube_namesp
             assert pod["securityContext"]["runAsNonRoot"] is True
     # Dry runs persist nothing.
     assert not kube.list_objects("batch/v1", "Job", namespace=ns)
+
+
+# -- the chart's webhook selectors, with a webhook that would inject everything ------------------
+
+
+class _AnnotateEverything:
+    """An HTTPS admission webhook that annotates *every* pod it is asked about.
+
+    Standing in for the operator, it makes the chart's objectSelector and namespaceSelector the
+    only thing between a pod and a patch: if a selector let a pod through, that pod is annotated.
+    """
+
+    def __init__(self, cert_dir: Path) -> None:
+        import http.server
+        import ssl
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                patch = [{"op": "add", "path": "/metadata/annotations", "value": {"seen-by": "webhook"}}]
+                body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
+                    "uid": review["request"]["uid"], "allowed": True, "patchType": "JSONPatch",
+                    "patch": base64.b64encode(json.dumps(patch).encode()).decode()}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert_dir / "tls.crt", cert_dir / "tls.key")
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}/mutate-pods"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _dry_run_pod(kube: ControlPlane, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    resp = kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", params={"dryRun": "All"},
+                        json={"apiVersion": "v1", "kind": "Pod",
+                              "metadata": {"generateName": "probe-", "labels": labels},
+                              "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def test_chart_webhook_selectors_send_only_labelled_pods(kube: ControlPlane, kube_namespace: str,
+                                                          tmp_path: Path) -> None:
+    """The chart's MutatingWebhookConfiguration, pointed at a webhook that patches everything."""
+    from test_chart_operator import write_self_signed
+
+    ns = kube_namespace
+    cert = write_self_signed(tmp_path / "certs")
+    server = _AnnotateEverything(tmp_path / "certs")
+    rendered = kube.helm("template", RELEASE, str(CHART), "--namespace", ns, "--no-hooks",
+                         "--show-only", "templates/webhook-configuration.yaml").stdout
+    config = yaml.safe_load(rendered)
+    name = config["metadata"]["name"]
+    # Only the transport changes: the selectors, rules and scope are the chart's own.
+    config["webhooks"][0]["clientConfig"] = {"url": server.url, "caBundle": base64.b64encode(cert.read_bytes()).decode()}
+    config["webhooks"][0]["failurePolicy"] = "Fail"  # an unreachable webhook fails the test, not hides it
+    kube.apply(config)
+    try:
+        labelled = {"app": "web", "llmcache.io/inject": "enabled"}
+
+        def seen(pod: dict[str, Any]) -> bool:
+            return (pod["metadata"].get("annotations") or {}).get("seen-by") == "webhook"
+
+        deadline = time.monotonic() + 60
+        while not seen(_dry_run_pod(kube, ns, labelled)):  # the API server loads new configs asynchronously
+            assert time.monotonic() < deadline, "the chart's webhook configuration never called the webhook"
+            time.sleep(0.2)
+        # The selectors are all that keeps these pods from the (patch-everything) webhook.
+        assert not seen(_dry_run_pod(kube, ns, {"app": "web"}))
+        assert not seen(_dry_run_pod(kube, ns, {"app": "web", "llmcache.io/inject": "disabled"}))
+        # No controller-manager here makes kube-system's default ServiceAccount: the ServiceAccount
+        # admission plugin needs it for any pod there.
+        if kube.get("v1", "ServiceAccount", "default", namespace="kube-system") is None:
+            kube.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}},
+                       namespace="kube-system")
+        assert not seen(_dry_run_pod(kube, "kube-system", labelled))
+        assert seen(_dry_run_pod(kube, ns, labelled))
+    finally:
+        kube.delete("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", name)
+        server.close()

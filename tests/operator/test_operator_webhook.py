@@ -25,6 +25,7 @@ from opkit import apply_json_patch, pod_manifest, wait_for, write_self_signed_ce
 
 SIDECAR = SidecarSettings(image="example.test/llmcache-proxy:1", upstream="http://model:8000",
                           redis_url="redis://redis:6379/0")
+CREDENTIALS = "llmcache-sidecar"
 
 
 def labelled_pod(**extra: Any) -> dict[str, Any]:
@@ -98,6 +99,48 @@ def test_patch_is_idempotent() -> None:
     assert webhook.injection_patch(once, SIDECAR, native=True, configmap_name="cm") == []
 
 
+def test_llm_traffic_stays_in_the_pod_and_probes_use_the_health_port() -> None:
+    sidecar = webhook.sidecar_container(SidecarSettings(port=8080, health_port=18081), native=True)
+    env = env_of(sidecar)
+    assert env["LLMCACHE_LISTEN"] == "127.0.0.1:8080"  # never the pod IP
+    assert env["LLMCACHE_HEALTH_LISTEN"] == "0.0.0.0:18081"
+    assert sidecar["ports"] == [{"name": "llmcache-health", "containerPort": 18081, "protocol": "TCP"}]
+    for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert sidecar[probe]["httpGet"] == {"path": path, "port": "llmcache-health"}, probe
+    # A wedged event loop is restarted: liveness fails after a bounded time.
+    live = sidecar["livenessProbe"]
+    assert live["timeoutSeconds"] * live["failureThreshold"] <= 30
+
+
+def test_credentials_come_from_the_namespace_secret_never_as_literals() -> None:
+    sidecar = SidecarSettings(redis_url="redis://sidecar:s3cret@redis:6379/0", tenant_salt="salty",
+                              credentials_secret="llmcache-sidecar", redis_ca_file="/etc/ca.crt")
+    pod = labelled_pod()
+    out = apply_json_patch(pod, webhook.injection_patch(pod, sidecar, native=True, configmap_name="cm"))
+    container = out["spec"]["initContainers"][0]
+    env = env_of(container)
+    assert env["LLMCACHE_REDIS_URL"] == {"secretKeyRef": {"name": "llmcache-sidecar", "key": "redis-url",
+                                                          "optional": True}}
+    assert env["LLMCACHE_TENANT_SALT"] == {"secretKeyRef": {"name": "llmcache-sidecar", "key": "tenant-salt",
+                                                            "optional": True}}
+    assert "s3cret" not in json.dumps(out) and "salty" not in json.dumps(out)
+    ca = next(v for v in out["spec"]["volumes"] if v["name"] == "llmcache-redis-ca")
+    assert ca["secret"] == {"secretName": "llmcache-sidecar", "optional": True,
+                            "items": [{"key": "redis-ca.crt", "path": "ca.crt"}]}
+    assert {"name": "llmcache-redis-ca", "mountPath": "/etc/llmcache/redis-tls", "readOnly": True} in \
+        container["volumeMounts"]
+
+
+def test_sidecar_pull_secrets_are_added_once() -> None:
+    sidecar = SidecarSettings(image_pull_secrets=("regcred", "mirror"))
+    pod = labelled_pod()
+    out = apply_json_patch(pod, webhook.injection_patch(pod, sidecar, native=True, configmap_name="cm"))
+    assert out["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    pod = labelled_pod(imagePullSecrets=[{"name": "app-cred"}, {"name": "mirror"}])
+    out = apply_json_patch(pod, webhook.injection_patch(pod, sidecar, native=True, configmap_name="cm"))
+    assert out["spec"]["imagePullSecrets"] == [{"name": "app-cred"}, {"name": "mirror"}, {"name": "regcred"}]
+
+
 def test_tenant_salt_from_a_secret_wins_over_a_literal() -> None:
     sidecar = SidecarSettings(tenant_salt="literal", tenant_salt_secret="llmcache-salt")
     env = env_of(webhook.sidecar_container(sidecar, native=True))
@@ -133,7 +176,8 @@ def webhook_operator(crds: Any, ns: str, redis_plain_url: str, start_operator: C
     port = free_port()
     op = start_operator(ns, redis_plain_url, webhook_listen=f"127.0.0.1:{port}", cert_dir=tmp_path / "certs",
                         env={"LLMCACHE_SIDECAR_IMAGE": SIDECAR.image, "LLMCACHE_SIDECAR_UPSTREAM": SIDECAR.upstream,
-                             "LLMCACHE_SIDECAR_REDIS_URL": SIDECAR.redis_url})
+                             "LLMCACHE_SIDECAR_REDIS_URL": SIDECAR.redis_url,
+                             "LLMCACHE_SIDECAR_CREDENTIALS_SECRET": CREDENTIALS})
     (tmp_path / "ca.pem").write_bytes(cert_pem)
     under_test = WebhookUnderTest(url=f"https://127.0.0.1:{port}", ca=str(tmp_path / "ca.pem"), log=op.log)
     name = f"llmcache-test-{uuid.uuid4().hex[:8]}"
@@ -151,7 +195,8 @@ def webhook_operator(crds: Any, ns: str, redis_plain_url: str, start_operator: C
                              "caBundle": base64.b64encode(cert_pem).decode()},
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-            "objectSelector": {"matchLabels": {"llmcache.io/inject": "enabled"}},
+            # No objectSelector: every pod of the namespace reaches the webhook, so leaving
+            # unlabelled pods alone is the webhook's own decision, and a test of it can fail.
         }],
     })
     yield under_test
@@ -180,15 +225,22 @@ def test_api_server_injects_labelled_pods_and_leaves_others_alone(crds: Any, ns:
     assert sidecar["name"] == "llmcache-proxy" and sidecar["restartPolicy"] == "Always"
     assert sidecar["image"] == SIDECAR.image
     env = {e["name"]: e for e in sidecar["env"]}
-    assert env["LLMCACHE_REDIS_URL"]["value"] == SIDECAR.redis_url
+    # The URL is referenced from the Secret the operator wrote into this namespace before answering.
+    assert env["LLMCACHE_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == CREDENTIALS
+    secret = crds.get("v1", "Secret", CREDENTIALS, namespace=ns)
+    assert secret is not None
+    assert base64.b64decode(secret["data"]["redis-url"]).decode() == SIDECAR.redis_url
     assert env["LLMCACHE_UPSTREAM"]["value"] == SIDECAR.upstream
     assert env["LLMCACHE_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["llmcache-podinfo"]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] == "metadata.labels"
     assert [c["name"] for c in pod["spec"]["containers"]] == ["app"]
 
+    # The webhook was called for this pod too (no objectSelector) and left it alone.
+    calls_before = webhook_operator.log.read_text().count("injecting")
     crds.apply(pod_manifest("plain", {"app": "web"}), namespace=ns)
     plain = crds.get("v1", "Pod", "plain", namespace=ns)
+    assert webhook_operator.log.read_text().count("injecting") == calls_before
     assert "llmcache.io/inject-status" not in (plain["metadata"].get("annotations") or {})
     assert not plain["spec"].get("initContainers")
     assert not any(v["name"].startswith("llmcache-") for v in plain["spec"].get("volumes") or [])

@@ -140,10 +140,12 @@ url
 {{- include "llmcache.componentName" (list . "tenant-salt") }}
 {{- end }}
 
-{{/* The Redis URL as the chart knows it (bundled or external.url); "" with existingSecret. */}}
+{{/* The operator's Redis URL as the chart knows it (bundled: the operator ACL user; or external.url); "" with existingSecret. */}}
 {{- define "llmcache.redisUrl" -}}
 {{- if .Values.redis.bundled.enabled }}
-{{- printf "redis://%s.%s.svc:6379/0" (include "llmcache.componentName" (list . "redis")) .Release.Namespace }}
+{{- $pw := include "llmcache.redisPasswords" . | fromJson }}
+{{- printf "%s://operator:%s@%s/0" (include "llmcache.redisScheme" .) $pw.operator (include "llmcache.redisHostPort" .) }}
+{{- if .Values.redis.bundled.tls.enabled }}?ssl_ca_certs=/etc/llmcache/redis-tls/ca.crt{{ end }}
 {{- else if .Values.redis.external.url }}
 {{- .Values.redis.external.url }}
 {{- else if not .Values.redis.external.existingSecret }}
@@ -172,4 +174,80 @@ imagePullSecrets:
 {{/* kopf peering object name: operator.peeringName, else one per release (cluster-scoped, so namespaced by name). */}}
 {{- define "llmcache.peeringName" -}}
 {{- default (include "llmcache.clusterName" (list . "operator")) .Values.operator.peeringName }}
+{{- end }}
+
+{{/* The bundled Redis's Service host:port. */}}
+{{- define "llmcache.redisHostPort" -}}
+{{- printf "%s.%s.svc:6379" (include "llmcache.componentName" (list . "redis")) .Release.Namespace }}
+{{- end }}
+
+{{/* Secret holding the bundled Redis's ACL users (passwords and the rendered users.acl). */}}
+{{- define "llmcache.redisAuthSecretName" -}}
+{{- include "llmcache.componentName" (list . "redis-auth") }}
+{{- end }}
+
+{{/*
+The bundled Redis's passwords as a dict {operator, sidecar}: read back from the
+Secret on upgrades (`lookup`), else generated. Memoised in .Values so every
+template of one render sees the same ones (the ACL hashes must match the URLs).
+*/}}
+{{- define "llmcache.redisPasswords" -}}
+{{- if not (hasKey .Values "__redisPasswords") }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "llmcache.redisAuthSecretName" .) }}
+{{- $data := ($existing | default dict).data | default dict }}
+{{- $pw := dict }}
+{{- range $user := list "operator" "sidecar" }}
+{{- $key := printf "%s-password" $user }}
+{{- if hasKey $data $key }}
+{{- $_ := set $pw $user (index $data $key | b64dec) }}
+{{- else }}
+{{- $_ := set $pw $user (randAlphaNum 40) }}
+{{- end }}
+{{- end }}
+{{- $_ := set .Values "__redisPasswords" $pw }}
+{{- end }}
+{{- toJson (index .Values "__redisPasswords") }}
+{{- end }}
+
+{{/*
+The bundled Redis's ACL file. Least privilege per user, by key pattern and command:
+- default: PING only (the probes); it reads and writes nothing;
+- operator: every key under the prefix (policies, eviction, status) and the policy
+  channel, read/write commands without the @dangerous/@admin ones (no FLUSHALL,
+  KEYS, CONFIG, DEBUG, MODULE, FUNCTION, ACL...);
+- sidecar: entries, vector docs and index, eviction bookkeeping, stats, leases and
+  acks; the policies READ-ONLY (%R~): a pod cannot rewrite anyone's policy.
+Passwords are stored as SHA-256 hashes (#...), never in clear in the ACL file.
+*/}}
+{{- define "llmcache.redisAcl" -}}
+{{- $p := .Values.operator.keyPrefix }}
+{{- $pw := include "llmcache.redisPasswords" . | fromJson }}
+user default on nopass resetkeys resetchannels -@all +ping
+user operator on #{{ sha256sum $pw.operator }} resetkeys resetchannels ~{{ $p }}:* &{{ $p }}:policies:events -@all +@read +@write +@transaction -@dangerous -@admin -@scripting -@pubsub +eval +evalsha +script|load +scan +publish +ping +hello +client|setinfo +client|setname
+user sidecar on #{{ sha256sum $pw.sidecar }} resetkeys resetchannels ~{{ $p }}:e:* ~{{ $p }}:v:* ~{{ $p }}:vevents ~{{ $p }}:vidx ~{{ $p }}:g:* ~{{ $p }}:stats:* ~{{ $p }}:lease:* ~{{ $p }}:acks:* %R~{{ $p }}:policies:* &{{ $p }}:policies:events -@all +get +set +mget +exists +del +unlink +expire +hset +hget +hgetall +hmget +hincrby +hdel +zadd +zincrby +zrem +xadd +xread +xrange +xrevrange +scan +eval +evalsha +script|load +multi +exec +discard +subscribe +unsubscribe +ping +hello +client|setinfo +client|setname +ft.search +ft.create +ft.info +ft._list
+{{- end }}
+
+{{/* redis:// or rediss:// for the bundled Redis. */}}
+{{- define "llmcache.redisScheme" -}}
+{{- if .Values.redis.bundled.tls.enabled }}rediss{{ else }}redis{{ end }}
+{{- end }}
+
+{{/* The sidecars' Redis URL as the chart knows it (bundled: the sidecar ACL user; external: sidecarUrl, else url). */}}
+{{- define "llmcache.sidecarRedisUrl" -}}
+{{- if .Values.redis.bundled.enabled }}
+{{- $pw := include "llmcache.redisPasswords" . | fromJson }}
+{{- printf "%s://sidecar:%s@%s/0" (include "llmcache.redisScheme" .) $pw.sidecar (include "llmcache.redisHostPort" .) }}
+{{- if .Values.redis.bundled.tls.enabled }}?ssl_ca_certs=/etc/llmcache/redis-tls/ca.crt{{ end }}
+{{- else }}
+{{- default .Values.redis.external.url .Values.redis.external.sidecarUrl }}
+{{- end }}
+{{- end }}
+
+{{/* Key of the sidecars' URL in the Redis URL Secret. */}}
+{{- define "llmcache.sidecarRedisSecretKey" -}}
+{{- if and (not .Values.redis.bundled.enabled) .Values.redis.external.existingSecret }}
+{{- default .Values.redis.external.existingSecretKey .Values.redis.external.existingSecretSidecarKey }}
+{{- else -}}
+sidecar-url
+{{- end }}
 {{- end }}
