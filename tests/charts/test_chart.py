@@ -387,10 +387,18 @@ def test_operator_cluster_role_is_least_privilege(binaries: ControlPlaneBinaries
     granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
                for v in rule["verbs"]}
     assert not any("*" in item for item in granted)
-    assert not any(r in {"secrets", "mutatingwebhookconfigurations", "clusterkopfpeerings"} for _, r, _ in granted)
-    assert not any(r == "pods" and v not in {"get", "list", "watch"} for _, r, v in granted)
+    assert not any(r in {"mutatingwebhookconfigurations", "clusterkopfpeerings"} for _, r, _ in granted)
+    assert {v for _, r, v in granted if r == "pods"} == {"list"}
     assert ("llmcache.io", "cachepolicies/status", "patch") in granted
-    assert ("llmcache.io", "cachepolicies/finalizers", "update") in granted
+    # ConfigMaps and Secrets: create (narrowed by the admission policy) and patch of one name only.
+    for resource, name in (("configmaps", "llmcache-policies"), ("secrets", "llmcache-sidecar")):
+        rules = [r for r in role["rules"] if resource in r["resources"]]
+        assert sorted((tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in rules) == [
+            (("create",), ()), (("patch",), (name,))], rules
+    policy = one(objects, "ValidatingAdmissionPolicy")
+    assert policy["spec"]["matchConditions"][0]["expression"] == (
+        "request.userInfo.username == 'system:serviceaccount:ns1:llm-llmcache-operator'")
+    assert one(objects, "ValidatingAdmissionPolicyBinding")["spec"]["validationActions"] == ["Deny"]
     # Peering only with more than one replica: the chart makes the peering
     # object, the operator may read and patch that kind but not create it.
     assert not find(objects, "ClusterKopfPeering") and not find(objects, "Role", "-operator")
@@ -496,9 +504,16 @@ def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_na
     assert can(kube, operator, "watch", "cachepolicies", group="llmcache.io")
     assert can(kube, operator, "patch", "cachepolicies", group="llmcache.io", namespace="any", subresource="status")
     assert can(kube, operator, "list", "pods", namespace="any")
+    assert not can(kube, operator, "watch", "pods", namespace="any")
     assert can(kube, operator, "create", "configmaps", namespace="any")
+    assert can(kube, operator, "patch", "configmaps", namespace="any", name="llmcache-policies")
+    assert not can(kube, operator, "patch", "configmaps", namespace="kube-system", name="kube-proxy")
+    for verb in ("get", "list", "watch", "delete", "update"):
+        assert not can(kube, operator, verb, "configmaps", namespace="any"), verb
+        assert not can(kube, operator, verb, "secrets", namespace=ns), verb
+    assert can(kube, operator, "patch", "secrets", namespace="any", name="llmcache-sidecar")
+    assert not can(kube, operator, "patch", "secrets", namespace=ns, name="llm-llmcache-redis-auth")
     assert not can(kube, operator, "create", "pods", namespace="any")
-    assert not can(kube, operator, "get", "secrets", namespace=ns)
     assert not can(kube, operator, "update", "mutatingwebhookconfigurations", group="admissionregistration.k8s.io")
 
     # Which pods reach the webhook is tested with the chart's selectors against a live webhook

@@ -204,6 +204,12 @@ def test_operator_runs_with_the_charts_command_env_and_rbac(kube: ControlPlane, 
         patch = base64.b64decode(answer["patch"]).decode()
         assert "registry.example/llmcache-proxy:9.9.9" in patch
         assert f"http://llm-llmcache-model-server.{ns}.svc:8000" in patch
+        # The Redis URL (a credential) is referenced, never inlined: the operator wrote it, under the
+        # chart's RBAC and admission policy, into the credentials Secret of the pod's namespace.
+        assert redis_plain_url not in patch and '"name": "llmcache-sidecar", "key": "redis-url"' in patch
+        secret = kube.get("v1", "Secret", "llmcache-sidecar", namespace=ns)
+        assert secret is not None, operator.log.read_text()[-3000:]
+        assert base64.b64decode(secret["data"]["redis-url"]).decode() == redis_plain_url
 
         # Delete goes through the finalizer while the operator runs.
         kube.delete("llmcache.io/v1alpha1", "CachePolicy", "chat", namespace=ns)
