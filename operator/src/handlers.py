@@ -32,7 +32,7 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,6 +52,8 @@ __all__ = ["Runtime", "build_registry", "content_hash", "kopf_settings", "redact
 
 log = logging.getLogger(__name__)
 
+#: How long kopf may use a token read from a file before logging in again (re-reading it).
+TOKEN_RELOGIN = timedelta(seconds=60)
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _STATUS_FIELDS = ("observedGeneration", "configHash", "selectedPods", "syncedPods", "entries", "memoryBytes",
                   "hitRate")
@@ -298,10 +300,16 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     async def login(**_: Any) -> kopf.ConnectionInfo:
         # The same credentials as our own API calls ($KUBECONFIG or the service account);
         # a custom registry does not get kopf's default login handlers.
+        # A token from a file (projected service-account tokens expire; the kubelet rewrites the
+        # file) is re-read here, and given a short expiration so kopf asks again well before the
+        # old one stops working (kopf also asks again on any 401).
         cfg = rt.kube.config
+        token = cfg.current_token()
+        expiration = datetime.now(UTC) + TOKEN_RELOGIN if cfg.token_file else None
         return kopf.ConnectionInfo(server=cfg.server, ca_path=cfg.ca_file, insecure=cfg.insecure,
-                                   token=cfg.token, certificate_path=cfg.cert_file,
-                                   private_key_path=cfg.key_file, scheme="Bearer" if cfg.token else None)
+                                   token=token, certificate_path=cfg.cert_file,
+                                   private_key_path=cfg.key_file, scheme="Bearer" if token else None,
+                                   expiration=expiration)
 
     @kopf.on.probe(registry=reg, id="redis")
     async def redis_probe(**_: Any) -> bool:

@@ -59,6 +59,10 @@ class KubeConfig:
 
     server: str
     token: str | None = None
+    #: Where the token lives when it is a file (the in-cluster service-account token, a kubeconfig
+    #: ``tokenFile``). Projected tokens expire and the kubelet rewrites the file: every request
+    #: reads the current one (:meth:`current_token`), so a long-running operator never holds a stale one.
+    token_file: str | None = None
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -80,7 +84,7 @@ class KubeConfig:
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         host = f"[{host}]" if ":" in host else host
         return cls(server=f"https://{host}:{port}", token=(_SA_DIR / "token").read_text().strip(),
-                   ca_file=str(_SA_DIR / "ca.crt"))
+                   token_file=str(_SA_DIR / "token"), ca_file=str(_SA_DIR / "ca.crt"))
 
     @classmethod
     def from_kubeconfig(cls, path: str) -> KubeConfig:
@@ -116,16 +120,28 @@ class KubeConfig:
             return None
 
         token = user.get("token")
+        token_file = None
         if not token and user.get("tokenFile"):
-            token = (base / user["tokenFile"]).read_text().strip()
+            token_file = str(base / user["tokenFile"])
+            token = Path(token_file).read_text().strip()
         return cls(
             server=str(cluster["server"]).rstrip("/"),
             token=token,
+            token_file=token_file,
             ca_file=file_or_data(cluster, "certificate-authority"),
             cert_file=file_or_data(user, "client-certificate"),
             key_file=file_or_data(user, "client-key"),
             insecure=bool(cluster.get("insecure-skip-tls-verify")),
         )
+
+    def current_token(self) -> str | None:
+        """The token to send now: the file's current content when there is a file, else :attr:`token`."""
+        if self.token_file:
+            try:
+                return Path(self.token_file).read_text().strip() or self.token
+            except OSError as exc:
+                log.warning("cannot re-read the token file %s (%s); using the last token", self.token_file, exc)
+        return self.token
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.server.startswith("https"):
@@ -169,11 +185,27 @@ class KubeClient:
         self.config = config
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._token_value = config.token
+        self._token_stamp: tuple[int, int] | None = None
+
+    def _token(self) -> str | None:
+        """The current bearer token, re-read from its file whenever the file changed."""
+        path = self.config.token_file
+        if not path:
+            return self._token_value
+        try:
+            st = os.stat(path)  # follows the kubelet's ..data symlink swap
+        except OSError:
+            return self._token_value
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if stamp != self._token_stamp:
+            self._token_value = self.config.current_token()
+            self._token_stamp = stamp
+        return self._token_value
 
     async def __aenter__(self) -> KubeClient:
+        # No Authorization here: request() sends the current token each time (tokens rotate).
         headers = {"Accept": "application/json"}
-        if self.config.token:
-            headers["Authorization"] = f"Bearer {self.config.token}"
         self._session = aiohttp.ClientSession(
             base_url=self.config.server, headers=headers, timeout=self._timeout,
             connector=aiohttp.TCPConnector(ssl=self.config.ssl_context()))
@@ -194,6 +226,9 @@ class KubeClient:
             raise RuntimeError("KubeClient used outside `async with`")
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
+        token = self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         async with self._session.request(method, path, data=data, params=params, headers=headers) as resp:
             text = await resp.text()
             if resp.status >= 400:

@@ -59,3 +59,20 @@ def test_kubeconfig_errors_name_the_problem(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(ConfigError, match="set KUBECONFIG"):
         kube.KubeConfig.load()
+
+
+def test_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    path = tmp_path / "config"
+    path.write_text(yaml.safe_dump({
+        "current-context": "c", "clusters": [{"name": "c", "cluster": {"server": "https://a:6443"}}],
+        "users": [{"name": "u", "user": {"tokenFile": "token"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    cfg = kube.KubeConfig.from_kubeconfig(str(path))
+    client = kube.KubeClient(cfg)
+    assert (cfg.token_file, client._token()) == (str(token), "first")
+    replacement = tmp_path / "token.new"  # the kubelet swaps projected tokens atomically
+    replacement.write_text("second\n")
+    replacement.replace(token)
+    assert cfg.current_token() == "second" and client._token() == "second"
