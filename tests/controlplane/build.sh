@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # Build the test control plane (etcd, kube-apiserver) and helm from Go modules.
+# With --node, also the rest of a single-node cluster (tests/cluster/):
+# kubelet, kube-controller-manager, kube-scheduler, kube-proxy (same
+# k8s.io/kubernetes module) and CoreDNS (tests/cluster/coredns), listed in
+# node.env next to controlplane.env.
 #
 # Binaries go to ${LLMCACHE_CACHE_DIR:-$HOME/.cache/llmcache}/bin/<name>-<version>/<name>
 # and are only built when missing, so each machine builds each version once.
@@ -78,6 +82,26 @@ build helm "$helm_version" "$here/helm" helm.sh/helm/v3/cmd/helm \
     "-X helm.sh/helm/v3/internal/version.version=$helm_version \
      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$helm_k8s_minor \
      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$helm_k8s_minor"
+
+if [[ "${1:-}" == --node ]]; then
+    coredns_dir="$here/../cluster/coredns"
+    coredns_version="$(module_version "$coredns_dir" github.com/coredns/coredns)"
+    k8s_ldflags="-X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor"
+    for component in kubelet kube-controller-manager kube-scheduler kube-proxy; do
+        build "$component" "$k8s_version" "$here" "./cmd/$component" "$k8s_ldflags"
+    done
+    build coredns "$coredns_version" "$coredns_dir" . \
+        "-X github.com/coredns/coredns/coremain.GitCommit=$coredns_version"
+    node_manifest="$bin_dir/node.env"
+    {
+        for component in kubelet kube-controller-manager kube-scheduler kube-proxy; do
+            echo "$(echo "$component" | tr 'a-z-' 'A-Z_')=$bin_dir/$component-$k8s_version/$component"
+        done
+        echo "COREDNS=$bin_dir/coredns-$coredns_version/coredns"
+    } >"$node_manifest.partial"
+    mv "$node_manifest.partial" "$node_manifest"
+    echo "build.sh: node ready: kubelet, kube-controller-manager, kube-scheduler, kube-proxy $k8s_version, coredns $coredns_version (listed in $node_manifest)"
+fi
 
 # The fixture reads this file to find the binaries for the versions pinned here.
 manifest="$bin_dir/controlplane.env"
