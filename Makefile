@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast controlplane bench lint clean
+.PHONY: venv demo test test-fast controlplane bench lint clean cluster-deps cluster-bins images test-cluster
 
 venv: $(STAMP)
 
@@ -34,8 +34,25 @@ controlplane:
 demo: venv
 	$(VENV)/bin/llmcache demo
 
+# tests/cluster (a real single-node cluster, root needed) runs from `make test-cluster`.
 test: venv controlplane
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/cluster $(PYTEST_ARGS)
+
+# The local single-node cluster (tests/cluster/README.md): Debian packages
+# (containerd, runc, CNI plugins, docker.io to build images, mmdebstrap), the
+# node's Go binaries (kubelet, controller-manager, scheduler, kube-proxy,
+# CoreDNS) and the images, each cached by version or content hash.
+cluster-deps:
+	bash tests/cluster/install-deps.sh
+
+cluster-bins: controlplane
+	bash tests/controlplane/build.sh --node
+
+images: cluster-deps
+	bash tests/cluster/images.sh
+
+test-cluster: venv cluster-deps cluster-bins images
+	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
 
 # Everything except the slow model and control-plane suites, for quick iteration.
 test-fast: venv
