@@ -51,6 +51,11 @@ class SidecarSettings:
     #: Name of a Secret in the *pod's* namespace whose key ``tenant-salt`` holds the salt (``optional``,
     #: so a namespace without it still starts pods, with isolated entries). Wins over :attr:`tenant_salt`.
     tenant_salt_secret: str = ""
+    #: OpenAI-compatible base URL of the embedder the sidecar's semantic cache calls (``--embedder remote
+    #: --embedder-url``). The proxy image carries no torch, so without it a sidecar runs exact-only even
+    #: under ``mode: Both``. Default ``""`` (no remote embedder); the chart sets its model server, whose
+    #: ``/v1/embeddings`` serves the bundled all-MiniLM-L6-v2.
+    embedder_url: str = ""
     #: Port the sidecar listens on inside the pod, on 127.0.0.1 only (apps in the pod point their OpenAI
     #: base URL at it; nothing outside the pod can). Default 8080.
     port: int = 8080
@@ -75,7 +80,7 @@ class SidecarSettings:
     def from_env(cls, environ: dict[str, str] | None = None) -> SidecarSettings:
         """Build from ``LLMCACHE_SIDECAR_IMAGE``/``_UPSTREAM``/``_REDIS_URL``/``_PORT``/``_HEALTH_PORT``/
         ``_TENANT_SALT``/``_TENANT_SALT_SECRET``/``_IMAGE_PULL_SECRETS`` (comma-separated)/
-        ``_CREDENTIALS_SECRET``/``_REDIS_CA_FILE``; unset keeps the default."""
+        ``_CREDENTIALS_SECRET``/``_REDIS_CA_FILE``/``_EMBEDDER_URL``; unset keeps the default."""
         env = os.environ if environ is None else environ
         base = cls()
         port = env.get("LLMCACHE_SIDECAR_PORT")
@@ -92,6 +97,7 @@ class SidecarSettings:
             image_pull_secrets=pull,
             credentials_secret=env.get("LLMCACHE_SIDECAR_CREDENTIALS_SECRET") or base.credentials_secret,
             redis_ca_file=env.get("LLMCACHE_SIDECAR_REDIS_CA_FILE") or base.redis_ca_file,
+            embedder_url=env.get("LLMCACHE_SIDECAR_EMBEDDER_URL") or base.embedder_url,
         )
 
 

@@ -142,6 +142,10 @@ def sidecar_container(sidecar: SidecarSettings, *, native: bool) -> dict[str, An
                                  **credential(credentials.TENANT_SALT_KEY, sidecar.tenant_salt)})
     if sidecar.redis_ca_file and sidecar.credentials_secret:
         container["volumeMounts"].append({"name": REDIS_CA_VOLUME, "mountPath": REDIS_CA_DIR, "readOnly": True})
+    if sidecar.embedder_url:
+        # The semantic cache embeds over HTTP: the proxy image has no torch.
+        container["env"] += [{"name": "LLMCACHE_EMBEDDER", "value": "remote"},
+                             {"name": "LLMCACHE_EMBEDDER_URL", "value": sidecar.embedder_url}]
     if native:
         container["restartPolicy"] = "Always"
     return container

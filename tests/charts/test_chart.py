@@ -364,6 +364,21 @@ def test_model_server_gpu_scheduling_and_volume_are_configurable(binaries: Contr
     assert env_of(container(operator, "operator"))["LLMCACHE_SIDECAR_UPSTREAM"] == "http://vllm.ai:8000"
 
 
+def test_sidecar_embedder_defaults_to_the_model_server_and_can_be_overridden(
+        binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+    def embedder_env(*sets: str) -> str | None:
+        operator = one(render(binaries, helm_home, *sets), "Deployment", "-operator")["spec"]["template"]["spec"]
+        return env_of(container(operator, "operator")).get("LLMCACHE_SIDECAR_EMBEDDER_URL")
+
+    # Semantic caching works in pods: the chart's model server serves /v1/embeddings.
+    assert embedder_env() == "http://llm-llmcache-model-server.ns1.svc:8000"
+    assert embedder_env("sidecar.embedderUrl=http://embed.ai:9000") == "http://embed.ai:9000"
+    # No model server and no URL: no remote embedder (the sidecars run exact-only).
+    assert embedder_env("modelServer.enabled=false", "sidecar.upstream=http://vllm.ai:8000") is None
+    proc = run_helm(binaries, helm_home, "template", RELEASE, str(CHART), "--set", "sidecar.embedderUrl=embed.ai")
+    assert proc.returncode != 0 and "embedderUrl" in proc.stderr
+
+
 def test_long_release_names_stay_within_63_characters(binaries: ControlPlaneBinaries,
                                                         helm_home: dict[str, str]) -> None:
     release = "a-very-long-release-name-for-a-platform-team-x"  # 53: the most helm allows

@@ -300,3 +300,17 @@ async def test_server_without_certificates_says_how_to_fix_it(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="--webhook-listen ''"):
         async with webhook.serve(settings, native_sidecar=True, configmap_name="cm"):
             pass
+
+
+def test_embedder_url_makes_the_sidecar_embed_remotely() -> None:
+    env = env_of(webhook.sidecar_container(SidecarSettings(embedder_url="http://ms.llm.svc:8000"), native=True))
+    assert env["LLMCACHE_EMBEDDER"] == "remote"
+    assert env["LLMCACHE_EMBEDDER_URL"] == "http://ms.llm.svc:8000"
+    # Without one the sidecar is not told to embed remotely (exact-only in a torch-free image).
+    env = env_of(webhook.sidecar_container(SidecarSettings(), native=True))
+    assert "LLMCACHE_EMBEDDER" not in env and "LLMCACHE_EMBEDDER_URL" not in env
+
+
+def test_sidecar_embedder_url_is_read_from_the_env() -> None:
+    assert SidecarSettings.from_env({"LLMCACHE_SIDECAR_EMBEDDER_URL": "http://e:1"}).embedder_url == "http://e:1"
+    assert SidecarSettings.from_env({}).embedder_url == ""
