@@ -73,5 +73,8 @@ def exec_in(kube: ControlPlane, namespace: str, pod: str, command: list[str], *,
             resp.close()
             raise AssertionError(f"exec {command} in {namespace}/{pod} ran past {timeout_s:.0f} s: {''.join(output)}")
     resp.close()
-    code = resp.returncode
+    try:
+        code = resp.returncode
+    except ValueError as exc:  # the runtime could not start the command at all
+        return 126, f"{''.join(output)}{exc}"
     return (0 if code is None else int(code)), "".join(output)

@@ -170,6 +170,9 @@ build_image() {  # name
             -f "$ctx/$dockerfile" -t "$r" "$ctx" >/dev/null
         log "built $r in $((SECONDS - start)) s"
     fi
+    # Drop this image's older tags from Docker's store (its layers stay cached).
+    docker image ls --format '{{.Repository}}:{{.Tag}}' "llmcache.local/$name" | grep -vx "$r" \
+        | xargs -r docker image rm >/dev/null 2>&1 || true
     docker save "$r" >"$(tarfile "$name").partial"
     mv "$(tarfile "$name").partial" "$(tarfile "$name")"
 }
@@ -189,6 +192,13 @@ if ((${#todo[@]})); then
     done
     stop_dockerd
 fi
+
+# Older builds of each image: only the current one is kept (disk stays bounded).
+for name in "${!spec[@]}"; do
+    for old in "$out/$name"-*.tar; do
+        [[ -e "$old" && "$old" != "$(tarfile "$name")" ]] && rm -f "$old"
+    done
+done
 
 manifest="$out/images.env"
 {

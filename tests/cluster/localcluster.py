@@ -12,7 +12,7 @@
 
 Every process runs inside one set of new network, mount and PID namespaces
 made by ``unshare``; the namespace's PID 1 is a reaper (``nsinit``). The node
-address 10.250.0.1 lives on a dummy interface in that namespace, so pod and
+address 10.250.0.1 lives on a veth interface in that namespace, so pod and
 Service addresses never appear on the machine's own interfaces. /run, /var/log,
 /var/lib/kubelet, /var/lib/cni and /etc/cni are private mounts there. Stopping
 ends PID 1, which makes the kernel kill every process of the cluster (pods
@@ -246,6 +246,7 @@ class LocalCluster:
     _unshare: subprocess.Popen[bytes] | None = None
     _forwarder: subprocess.Popen[bytes] | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _lock_fd: int | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -302,7 +303,27 @@ class LocalCluster:
 
     # -- start ------------------------------------------------------------------
 
+    def _lock(self, *, timeout_s: float = 1800.0) -> None:
+        """One cluster per cache dir at a time: they share containerd's image store."""
+        import fcntl
+
+        path = cache_dir() / "cluster" / ".lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise RuntimeError(f"another test cluster holds {path} for more than {timeout_s:.0f} s") from None
+                time.sleep(1)
+        self._lock_fd = fd
+
     def start(self) -> LocalCluster:
+        self._lock()
         deadline = time.monotonic() + START_TIMEOUT_S
         t0 = time.monotonic()
         for sub in ("logs", "pki", "etcd", "kubelet", "varlog", "cni-net", "cni-state", "cfg"):
@@ -336,7 +357,7 @@ class LocalCluster:
             # --kill-child + the death signal: a killed pytest still ends the cluster.
             ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child=SIGTERM", "--propagation", "private",
              "--mount-proc",
-             sys.executable, str(HERE / "nsinit.py"), json.dumps({"binds": binds, "node_ip": NODE_IP})],
+             sys.executable, str(HERE / "nsinit.py"), json.dumps({"binds": binds, "node_ip": NODE_IP, "service_cidr": SERVICE_CIDR})],
             stdout=(self.workdir / "logs" / "nsinit.log").open("wb"), stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 30
@@ -394,7 +415,7 @@ class LocalCluster:
             str(b.kube_controller_manager), f"--kubeconfig={inner}", "--leader-elect=false",
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
             "--use-service-account-credentials=false", f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--controllers=*,-nodeipam,-cloud-node-lifecycle", "--bind-address=127.0.0.1", "--v=1"])
+            "--controllers=*,-node-ipam-controller", "--bind-address=127.0.0.1", "--v=1"])
         self._spawn("kube-scheduler", [str(b.kube_scheduler), f"--kubeconfig={inner}", "--leader-elect=false",
                                        "--bind-address=127.0.0.1", "--v=1"])
 
@@ -465,8 +486,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             self.ctr("images", "import", str(self.images.tars[name]))
         self.timings_s["image_import"] = time.monotonic() - t0
 
+    def _make_cgroup_root(self) -> None:
+        """The kubelet wants its cgroupRoot to exist in every hierarchy; v1 cpuset needs cpus/mems set."""
+        base = Path("/sys/fs/cgroup")
+        for hierarchy in base.iterdir():
+            if not hierarchy.is_dir() or not (hierarchy / "cgroup.procs").exists():
+                continue
+            target = hierarchy / self.cgroup_root
+            target.mkdir(exist_ok=True)
+            for knob in ("cpuset.cpus", "cpuset.mems"):
+                if (hierarchy / knob).exists():
+                    (target / knob).write_text((hierarchy / knob).read_text())
+
     def _start_node(self, deadline: float) -> None:
         b, w = self.binaries, self.workdir
+        self._make_cgroup_root()
         pki = w / "pki"
         inner = w / "kubeconfig.inner"
         (w / "cfg" / "resolv.conf").write_text(f"nameserver {NODE_IP}\n")
@@ -506,23 +540,27 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         }))
         self._spawn("kube-proxy", [str(b.kube_proxy), f"--config={proxy_cfg}", "--v=1"])
         corefile = w / "cfg" / "Corefile"
-        corefile.write_text(f""".:53 {{
+        # Cluster zones from the API; every other name does not exist (no upstream
+        # resolver is reachable from the cluster). Separate blocks: the most specific zone wins.
+        corefile.write_text(f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
     errors
-    health 127.0.0.1:18080
     ready 127.0.0.1:18181
     kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
         kubeconfig {inner} local
         pods insecure
-        fallthrough in-addr.arpa ip6.arpa
-    }}
-    # No upstream resolver is reachable from the cluster: other names do not exist.
-    template ANY ANY {{
-        rcode NXDOMAIN
     }}
     cache 10
     loadbalance
 }}
+.:53 {{
+    errors
+    health 127.0.0.1:18080
+    template ANY ANY {{
+        rcode NXDOMAIN
+    }}
+}}
 """)
+
         self._spawn("coredns", [str(b.coredns), "-conf", str(corefile)])
         headers = {"Authorization": f"Bearer {self.token}"}
 
@@ -569,16 +607,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 proc.wait(timeout=30)
         self._procs.clear()
         self._remove_cgroups()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def _cgroup_dirs(self) -> list[Path]:
-        found = []
-        for controller in Path("/sys/fs/cgroup").iterdir():
-            candidate = controller / self.cgroup_root
-            if candidate.is_dir():
-                found.append(candidate)
-        if (Path("/sys/fs/cgroup") / self.cgroup_root).is_dir():
-            found.append(Path("/sys/fs/cgroup") / self.cgroup_root)
-        return found
+        base = Path("/sys/fs/cgroup")
+        candidates = [base / self.cgroup_root] + [h / self.cgroup_root for h in base.iterdir() if h.is_dir()]
+        return [c for c in candidates if c.is_dir()]
 
     def _remove_cgroups(self, *, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -612,7 +648,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
         for line in links.splitlines():
             name = line.split(":")[1].strip().split("@")[0]
-            if name in ("cni0", "llmnode0") or name.startswith("veth"):
+            if name in ("cni0", "llmnode0", "llmnode1") or name.startswith("veth"):
                 found.append(f"interface on the host: {name}")
         addrs = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=False).stdout
         for net in (POD_CIDR, SERVICE_CIDR, f"{NODE_IP}/32"):

@@ -1,15 +1,16 @@
 """PID 1 of the test cluster's namespaces (started by ``unshare`` from localcluster.py).
 
 Runs in fresh network, mount and PID namespaces (``/proc`` already remounted).
-Sets up the node side of the network (loopback, a dummy interface holding the
-node address, forwarding on), remounts ``/sys`` so it shows this network
+Sets up the node side of the network (loopback, a veth holding the node
+address, a route for Service addresses, forwarding on), remounts ``/sys`` so it shows this network
 namespace (the CNI bridge plugin reads it) with the machine's cgroup
 hierarchies bound back under it, puts a tmpfs on ``/run`` and binds the
 cluster's private directories over the well-known paths. Prints
 ``nsinit: ready``, then reaps orphans until SIGTERM; its exit makes the kernel
 kill every process left in the namespace.
 
-argv[1]: JSON ``{"binds": {host_dir: path_inside}, "node_ip": "10.250.0.1"}``.
+argv[1]: JSON ``{"binds": {host_dir: path_inside}, "node_ip": "10.250.0.1",
+"service_cidr": "10.96.0.0/16"}``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ def sh(*cmd: str) -> None:
 def main() -> None:
     config = json.loads(sys.argv[1])
     sh("ip", "link", "set", "lo", "up")
-    sh("ip", "link", "add", "llmnode0", "type", "dummy")
-    sh("ip", "addr", "add", f"{config['node_ip']}/32", "dev", "llmnode0")
+    # The node address lives on one end of a veth pair that never leaves this
+    # namespace (this kernel has no `dummy` link type).
+    sh("ip", "link", "add", "llmnode0", "type", "veth", "peer", "name", "llmnode1")
     sh("ip", "link", "set", "llmnode0", "up")
-    # Unknown destinations go nowhere (nothing outside is reachable), but
-    # components that look for a default route find one.
-    sh("ip", "route", "add", "default", "dev", "llmnode0")
+    sh("ip", "link", "set", "llmnode1", "up")
+    sh("ip", "addr", "add", f"{config['node_ip']}/32", "dev", "llmnode0")
+    # Locally made connections to a Service address need a route before
+    # kube-proxy's OUTPUT rules rewrite them to an endpoint.
+    sh("ip", "route", "add", config["service_cidr"], "dev", "llmnode0")
     with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
         f.write("1")
     # /sys of this network namespace, with the cgroup mounts carried over.

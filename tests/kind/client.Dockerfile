@@ -8,5 +8,6 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 RUN python -m venv /opt/client && /opt/client/bin/pip install --no-compile 'openai>=1.30'
 ENV PATH=/opt/client/bin:$PATH
 COPY tests/kind/client_job.py /client_job.py
+COPY tests/cluster/images/app_client.py /app_client.py
 USER 10001:10001
 ENTRYPOINT ["python", "/client_job.py"]

@@ -1,0 +1,340 @@
+"""The product as users run it, on a real node: helm install → injected sidecars → an OpenAI client.
+
+One release for the module (``release`` fixture: ``helm install --wait`` with the
+offline images, hooks and all), one app namespace with a labelled 2-replica
+Deployment running an unmodified ``openai`` client (tests/cluster/images/
+app_client.py) and an unlabelled one. The tests run in file order and build on
+each other's state the way an operator's day would: install, inject, cache,
+change policy, evict, lose Redis, helm test / upgrade / uninstall.
+
+Every wait has a deadline; nothing asserts on wall-clock time (the benchmark
+measures time: benchmarks/cluster_bench.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import localcluster
+from controlplane.fixtures import ControlPlane
+from helpers import exec_in, pods, wait_for, wait_ready
+
+pytestmark = pytest.mark.cluster
+
+RELEASE = "llm"
+RELEASE_NS = "llmcache-system"
+APP_NS = "app"
+CHART = localcluster.REPO / "charts" / "llmcache"
+SIDECAR = "llmcache-proxy"
+
+# Semantic pairs: a paraphrase of QUESTION that must hit, and a hard negative
+# (same shape, another entity) that must not.
+QUESTION = "What is the capital city of France?"
+PARAPHRASE = "What's the capital city of France?"
+HARD_NEGATIVE = "What is the capital city of Germany?"
+
+
+def helm_image_values(images: dict[str, str]) -> list[str]:
+    """``--set`` pairs that point every image of the chart at the offline builds."""
+    def split(ref: str) -> tuple[str, str]:
+        repo, _, tag = ref.rpartition(":")
+        return repo, tag
+
+    pairs = {"operator.image": "operator", "sidecar.image": "proxy", "modelServer.image": "model-server",
+             "redis.bundled.image": "redis", "webhook.certificate.certgen.image": "certgen",
+             "tests.image": "tools"}
+    args: list[str] = []
+    for key, name in pairs.items():
+        repo, tag = split(images[name])
+        args += ["--set", f"{key}.repository={repo}", "--set", f"{key}.tag={tag}"]
+    return args
+
+
+def install_args(images: dict[str, str], *extra: str) -> list[str]:
+    return [
+        *helm_image_values(images),
+        # A CPU node: no GPU limit or toleration, small requests (two shared cores).
+        "--set", "modelServer.device=cpu",
+        "--set-json", 'modelServer.resources={"requests":{"cpu":"100m","memory":"512Mi"},"limits":{"memory":"6Gi"}}',
+        "--set-json", "modelServer.tolerations=[]",
+        # No storage provisioner on the node.
+        "--set", "redis.bundled.persistence.enabled=false",
+        "--set", "operator.evictionIntervalSeconds=2", "--set", "operator.statusIntervalSeconds=2",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def release(cluster: localcluster.LocalCluster, kube_cluster: ControlPlane) -> Iterator[ControlPlane]:
+    kube = kube_cluster
+    kube.helm("upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
+              *install_args(cluster.images.refs), "--wait", "--timeout", "12m", timeout_s=900)
+    yield kube
+    # Normally test_uninstall_leaves_nothing did it already.
+    kube.helm("uninstall", RELEASE, "--namespace", RELEASE_NS, "--wait", check=False, timeout_s=300)
+
+
+def app_manifest(image: str, *, name: str, replicas: int, inject: bool) -> str:
+    inject_label = "\n        llmcache.io/inject: enabled" if inject else ""
+    return f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata:
+      labels:
+        app: {name}{inject_label}
+    spec:
+      containers:
+        - name: app
+          image: {image}
+          imagePullPolicy: Never
+          command: ["python", "-c", "import time; time.sleep(86400)"]
+          env:
+            - {{name: OPENAI_BASE_URL, value: "http://localhost:8080/v1"}}
+"""
+
+
+POLICY = {
+    "apiVersion": "llmcache.io/v1alpha1", "kind": "CachePolicy",
+    "metadata": {"name": "chat", "annotations": {"llmcache.io/purge-on-delete": "true"}},
+    "spec": {"selector": {"matchLabels": {"app": "chat"}}, "priority": 10, "mode": "Both", "ttlSeconds": 3600,
+             "semantic": {"similarityThreshold": 0.85}},
+}
+
+
+@pytest.fixture(scope="module")
+def app(release: ControlPlane, cluster: localcluster.LocalCluster) -> list[str]:
+    """The labelled 2-replica app (and an unlabelled one); returns the chat pod names."""
+    kube = release
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": APP_NS}})
+    kube.apply(POLICY, namespace=APP_NS)
+    image = cluster.images.refs["client"]
+    kube.apply(app_manifest(image, name="chat", replicas=2, inject=True), namespace=APP_NS)
+    kube.apply(app_manifest(image, name="plain", replicas=1, inject=False), namespace=APP_NS)
+    wait_ready(kube, APP_NS, "app=plain", timeout_s=300)
+    chat = wait_ready(kube, APP_NS, "app=chat", count=2, timeout_s=300)
+    return sorted(p["metadata"]["name"] for p in chat)
+
+
+def ask(kube: ControlPlane, pod: str, *prompts: str, key: str = "tenant-a", max_tokens: int = 16) -> list[dict[str, Any]]:
+    code, out = exec_in(kube, APP_NS, pod, ["env", f"OPENAI_API_KEY={key}", "python", "/app_client.py", "ask",
+                                            "--max-tokens", str(max_tokens), *prompts], container="app",
+                        timeout_s=300)
+    assert code == 0, out
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def policy_status(kube: ControlPlane) -> dict[str, Any]:
+    obj = kube.get("llmcache.io/v1alpha1", "CachePolicy", "chat", namespace=APP_NS) or {}
+    return obj.get("status") or {}
+
+
+# -- install -------------------------------------------------------------------
+
+
+def test_install_ran_the_certgen_hooks_and_every_pod_is_ready(release: ControlPlane) -> None:
+    kube = release
+    secret = kube.get("v1", "Secret", f"{RELEASE}-llmcache-webhook-tls", namespace=RELEASE_NS)
+    assert secret is not None, "the certgen create hook did not write the webhook certificate"
+    assert {"ca", "cert", "key"} <= set(secret["data"])
+    conf = kube.get("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration",
+                    f"{RELEASE}-llmcache-sidecar-injector")
+    assert conf is not None
+    ca_bundles = {h["clientConfig"].get("caBundle") for h in conf["webhooks"]}
+    assert ca_bundles == {secret["data"]["ca"]}, "the certgen patch hook did not set the caBundle"
+    assert b"BEGIN CERTIFICATE" in base64.b64decode(secret["data"]["ca"])
+    all_pods = kube.list_objects("v1", "Pod", namespace=RELEASE_NS)
+    running = [p for p in all_pods if (p.get("status") or {}).get("phase") != "Succeeded"]
+    assert running and all((p["status"].get("conditions") or []) and
+                           {c["type"]: c["status"] for c in p["status"]["conditions"]}.get("Ready") == "True"
+                           for p in running), [(p["metadata"]["name"], p["status"].get("phase")) for p in running]
+    names = " ".join(p["metadata"]["name"] for p in running)
+    for component in ("operator", "redis", "model-server"):
+        assert f"-{component}-" in names, names
+
+
+def test_webhook_injects_only_labelled_pods(app: list[str], release: ControlPlane) -> None:
+    kube = release
+    for pod in pods(kube, APP_NS, "app=chat"):
+        inits = {c["name"]: c for c in pod["spec"].get("initContainers") or []}
+        assert SIDECAR in inits and inits[SIDECAR].get("restartPolicy") == "Always", "native sidecar expected"
+        assert pod["metadata"]["annotations"].get("llmcache.io/inject-status") == "injected"
+        env = {e["name"]: e.get("value") for e in inits[SIDECAR]["env"]}
+        assert env.get("LLMCACHE_EMBEDDER") == "remote" and env.get("LLMCACHE_EMBEDDER_URL", "").startswith("http")
+    for pod in pods(kube, APP_NS, "app=plain"):
+        names = [c["name"] for c in (pod["spec"].get("initContainers") or []) + pod["spec"]["containers"]]
+        assert SIDECAR not in names
+    for pod in kube.list_objects("v1", "Pod", namespace=RELEASE_NS):
+        assert SIDECAR not in [c["name"] for c in pod["spec"].get("initContainers") or []]
+
+
+# -- caching through the sidecars ------------------------------------------------
+
+
+def test_openai_client_miss_hit_semantic_hit_hard_negative(app: list[str], release: ControlPlane) -> None:
+    kube = release
+    first, second = app
+    miss, hit = ask(kube, first, QUESTION, QUESTION)
+    assert (miss["http"], miss["status"]) == (200, "miss"), miss
+    assert (hit["http"], hit["status"]) == (200, "hit"), hit
+    assert hit["content"] == miss["content"]
+
+    # The semantic entry is indexed in the background after the miss: wait for it.
+    def paraphrase_hits() -> dict[str, Any] | None:
+        (r,) = ask(kube, first, PARAPHRASE)
+        assert r["http"] == 200, r
+        return r if r["status"] == "semantic-hit" else None
+
+    sem = wait_for("a semantic hit for the paraphrase", paraphrase_hits, timeout_s=120, interval_s=2)
+    assert sem["content"] == miss["content"] and float(sem["similarity"]) >= 0.85
+    (negative,) = ask(kube, first, HARD_NEGATIVE)
+    assert (negative["http"], negative["status"]) == (200, "miss"), negative
+
+    # The other replica shares the cache: an exact hit with the same answer.
+    (other,) = ask(kube, second, QUESTION)
+    assert (other["http"], other["status"]) == (200, "hit"), other
+    assert other["content"] == miss["content"]
+    # Tenants stay apart: another API key misses.
+    (stranger,) = ask(kube, second, QUESTION, key="tenant-b")
+    assert stranger["status"] == "miss", stranger
+
+
+def test_policy_change_reaches_both_sidecars(app: list[str], release: ControlPlane) -> None:
+    kube = release
+    before = policy_status(kube).get("configHash")
+    suspended = json.loads(json.dumps(POLICY))
+    suspended["spec"]["suspend"] = True
+    kube.apply(suspended, namespace=APP_NS)
+
+    def synced() -> dict[str, Any] | None:
+        s = policy_status(kube)
+        ok = s.get("configHash") not in (None, before) and s.get("selectedPods") == 2 and s.get("syncedPods") == 2
+        return s if ok else None
+
+    wait_for("both sidecars to acknowledge the new policy", synced, timeout_s=120)
+    # Applied, not just acknowledged: both replicas now bypass the cache.
+    for pod in app:
+        (r,) = ask(kube, pod, QUESTION)
+        assert (r["http"], r["status"]) == (200, "bypass"), (pod, r)
+    kube.apply(POLICY, namespace=APP_NS)
+    wait_for("both sidecars back on the active policy",
+             lambda: policy_status(kube).get("syncedPods") == 2 and all(
+                 ask(kube, pod, QUESTION)[0]["status"] == "hit" for pod in app), timeout_s=120, interval_s=2)
+
+
+def test_eviction_keeps_the_policy_within_max_entries(app: list[str], release: ControlPlane) -> None:
+    kube = release
+    bounded = json.loads(json.dumps(POLICY))
+    bounded["spec"]["eviction"] = {"maxEntries": 3}
+    kube.apply(bounded, namespace=APP_NS)
+    wait_for("policy synced", lambda: policy_status(kube).get("syncedPods") == 2, timeout_s=120)
+    prompts = [f"Give one word for the number {n}." for n in range(8)]
+    for i, prompt in enumerate(prompts):
+        (r,) = ask(kube, app[i % 2], prompt, max_tokens=4)
+        assert r["http"] == 200, r
+    wait_for("eviction down to maxEntries=3",
+             lambda: 0 < int(policy_status(kube).get("entries") or 0) <= 3, timeout_s=120, interval_s=2)
+    kube.apply(POLICY, namespace=APP_NS)
+
+
+def test_redis_pod_deleted_mid_load_fails_open_then_hits_again(app: list[str], release: ControlPlane) -> None:
+    kube = release
+    pod = app[0]
+    out = f"/tmp/load-{uuid.uuid4().hex[:6]}.json"
+    code, text = exec_in(kube, APP_NS, pod, ["sh", "-c", f"nohup python /app_client.py load --seconds 40 --out {out} "
+                                                         f"'{QUESTION}' > /dev/null 2>&1 &"], container="app")
+    assert code == 0, text
+    time.sleep(5)  # let the load start hitting the cache before Redis goes away
+    redis_pods = pods(kube, RELEASE_NS, "app.kubernetes.io/component=redis")
+    assert redis_pods
+    kube.delete("v1", "Pod", redis_pods[0]["metadata"]["name"], namespace=RELEASE_NS)
+    wait_for("the load run to finish", lambda: exec_in(kube, APP_NS, pod, ["test", "-s", out], container="app")[0] == 0,
+             timeout_s=180, interval_s=3)
+    _, raw = exec_in(kube, APP_NS, pod, ["cat", out], container="app")
+    results = json.loads(raw)
+    failed = [r for r in results if r["http"] != 200]
+    assert not failed, failed[:5]
+    statuses = {r["status"] for r in results}
+    assert "hit" in statuses and "bypass" in statuses, statuses
+    wait_ready(kube, RELEASE_NS, "app.kubernetes.io/component=redis", timeout_s=180)
+    # Redis is back (empty: no persistence here): a miss stores again, then hits.
+    wait_for("hits after Redis is back", lambda: ask(kube, pod, QUESTION)[0]["status"] == "hit", timeout_s=180,
+             interval_s=3)
+
+
+# -- helm lifecycle ----------------------------------------------------------------
+
+
+def test_helm_test_passes(release: ControlPlane) -> None:
+    proc = release.helm("test", RELEASE, "--namespace", RELEASE_NS, "--timeout", "5m", timeout_s=400)
+    assert "Phase:          Succeeded" in proc.stdout or "Succeeded" in proc.stdout, proc.stdout
+
+
+def test_helm_upgrade_rolls_out_without_a_failed_request(app: list[str], release: ControlPlane,
+                                                          cluster: localcluster.LocalCluster) -> None:
+    kube = release
+    pod = app[1]
+    out = f"/tmp/upgrade-{uuid.uuid4().hex[:6]}.json"
+    exec_in(kube, APP_NS, pod, ["sh", "-c", f"nohup python /app_client.py load --seconds 45 --out {out} "
+                                            f"'{QUESTION}' '{PARAPHRASE}' > /dev/null 2>&1 &"], container="app")
+    before = {p["metadata"]["name"] for p in pods(kube, RELEASE_NS, "app.kubernetes.io/component=operator")}
+    kube.helm("upgrade", RELEASE, str(CHART), "--namespace", RELEASE_NS,
+              *install_args(cluster.images.refs, "--set", "operator.logLevel=debug"), "--wait", "--timeout", "8m",
+              timeout_s=600)
+    after = {p["metadata"]["name"] for p in pods(kube, RELEASE_NS, "app.kubernetes.io/component=operator")}
+    assert after and not (after & before), "the operator did not roll out"
+    wait_for("the load run to finish", lambda: exec_in(kube, APP_NS, pod, ["test", "-s", out], container="app")[0] == 0,
+             timeout_s=180, interval_s=3)
+    _, raw = exec_in(kube, APP_NS, pod, ["cat", out], container="app")
+    results = json.loads(raw)
+    assert results and all(r["http"] == 200 for r in results), [r for r in results if r["http"] != 200][:5]
+
+
+def test_purge_on_delete_then_uninstall_leaves_nothing(app: list[str], release: ControlPlane) -> None:
+    kube = release
+    (r,) = ask(kube, app[0], QUESTION)
+    assert r["status"] in ("hit", "miss")
+    wait_for("entries counted", lambda: int(policy_status(kube).get("entries") or 0) > 0, timeout_s=60)
+    kube.delete("llmcache.io/v1alpha1", "CachePolicy", "chat", namespace=APP_NS)
+    wait_for("the policy (and its finalizer) gone",
+             lambda: kube.get("llmcache.io/v1alpha1", "CachePolicy", "chat", namespace=APP_NS) is None, timeout_s=120)
+    # Purged: the same question is a miss now (no policy → the sidecar's default, still cached per request).
+    (after,) = ask(kube, app[0], QUESTION)
+    assert after["status"] != "hit", after
+    kube.delete("apps/v1", "Deployment", "chat", namespace=APP_NS)
+    kube.delete("apps/v1", "Deployment", "plain", namespace=APP_NS)
+    kube.helm("uninstall", RELEASE, "--namespace", RELEASE_NS, "--wait", "--timeout", "5m", timeout_s=400)
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    left: list[str] = []
+    for api_version, kind, namespaced in [
+        ("v1", "Pod", True), ("v1", "Service", True), ("v1", "Secret", True), ("v1", "ConfigMap", True),
+        ("v1", "ServiceAccount", True), ("apps/v1", "Deployment", True), ("apps/v1", "StatefulSet", True),
+        ("batch/v1", "Job", True), ("rbac.authorization.k8s.io/v1", "ClusterRole", False),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", False),
+        ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", False),
+    ]:
+        ns = RELEASE_NS if namespaced else None
+
+        def remaining() -> list[str]:
+            return [f"{kind}/{o['metadata']['name']}" for o in
+                    kube.list_objects(api_version, kind, namespace=ns, label_selector=selector)]
+
+        try:
+            wait_for(f"no {kind} of the release", lambda: not remaining(), timeout_s=120)
+        except AssertionError:
+            left += remaining()
+    assert not left, left
+    stuck = [o["metadata"]["name"] for o in kube.list_objects("llmcache.io/v1alpha1", "CachePolicy")
+             if o["metadata"].get("finalizers")]
+    assert not stuck, stuck
