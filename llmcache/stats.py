@@ -38,12 +38,17 @@ from llmcache import connection
 from llmcache.keyspace import Keyspace
 from llmcache.settings import DEFAULT_REDIS_URL, add_flag
 
-__all__ = ["FIELDS", "DEFAULT_NAMESPACE", "OVERFLOW_NAMESPACE", "ns_hash", "StatsBuffer", "read_stats", "configure", "run"]
+__all__ = ["FIELDS", "DEFAULT_NAMESPACE", "OVERFLOW_NAMESPACE", "STATS_TTL_S", "ns_hash", "StatsBuffer", "read_stats", "configure", "run"]
 
 FIELDS = ("hit", "semantic_hit", "miss", "bypass", "tokens_saved", "bytes_saved")
 DEFAULT_NAMESPACE = "default"
 #: Where counts go once a buffer holds ``max_namespaces`` distinct namespaces.
 OVERFLOW_NAMESPACE = "_other"
+#: Lifetime of a stats hash after its last write (s), refreshed on every flush. Default 7 days:
+#: weekly reports still see every active namespace, and the hash of a namespace nobody uses any
+#: more (each ``X-LLMCache-Namespace`` value makes one) does not stay forever. The operator also
+#: caps how many exist (``llmcache.operator.sweep``).
+STATS_TTL_S = 7 * 86_400
 
 
 def ns_hash(namespace: str, *, policy: str | None = None) -> str:
@@ -105,6 +110,7 @@ class StatsBuffer:
                         pipe.hset(key, mapping={"namespace": namespace, "policy": policy})
                     for field_name, n in counts.items():
                         pipe.hincrby(key, field_name, n)
+                    pipe.expire(key, STATS_TTL_S)
                 await pipe.execute()
         except BaseException:
             for slot, counts in pending.items():

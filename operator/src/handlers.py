@@ -287,7 +287,8 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         # Groups without a policy have no timer of their own; one task trims them all.
         rt.tasks.append(asyncio.create_task(sweep.run_sweeper(
             rt.redis, rt.keyspace, default_limits, interval_s=settings.eviction.interval_s,
-            batch_size=settings.eviction.batch_size, prune_scan_count=settings.eviction.prune_scan_count)))
+            batch_size=settings.eviction.batch_size, prune_scan_count=settings.eviction.prune_scan_count,
+            max_stats_keys=settings.eviction.max_stats_keys)))
 
     @kopf.on.cleanup(registry=reg, id="sweeper")
     async def stop_sweeper(**_: Any) -> None:

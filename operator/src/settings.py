@@ -133,6 +133,9 @@ class EvictionSettings:
     default_max_entries: int | None = 100_000
     #: Byte budget of each such group (sum of entry sizes); ``None`` (default): only ``default_max_entries``.
     default_max_memory_bytes: int | None = None
+    #: Most stats hashes kept in Redis (one per ``X-LLMCache-Namespace`` value and policy, which clients
+    #: choose); the least recently written go first. Default 10 000, as the proxy's in-memory bound.
+    max_stats_keys: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -205,7 +205,7 @@ def test_defaults_render_operator_webhook_redis_model_server(binaries: ControlPl
         "service": {"name": "llm-llmcache-webhook", "namespace": "ns1", "path": "/mutate-pods", "port": 443}
     }
     assert hook["objectSelector"] == {"matchLabels": {"llmcache.io/inject": "enabled"}}
-    assert (hook["failurePolicy"], hook["sideEffects"]) == ("Ignore", "None")
+    assert (hook["failurePolicy"], hook["sideEffects"]) == ("Ignore", "NoneOnDryRun")
     service = one(objects, "Service", "-webhook")
     assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {"https": "webhook", "health": "health"}
 
@@ -308,6 +308,36 @@ def test_external_redis_by_url_or_existing_secret(binaries: ControlPlaneBinaries
     proc = run_helm(binaries, helm_home, "template", RELEASE, str(CHART), "--set", "redis.bundled.enabled=false")
     assert proc.returncode != 0
     assert "set redis.external.url or redis.external.existingSecret" in proc.stderr
+
+
+def test_redis_tls_serves_rediss_only_and_hands_out_its_ca(binaries: ControlPlaneBinaries,
+                                                          helm_home: dict[str, str]) -> None:
+    objects = render(binaries, helm_home, "redis.bundled.tls.enabled=true",
+                     "redis.bundled.tls.existingSecret=redis-tls")
+    urls = one(objects, "Secret", "-redis-url")["stringData"]
+    for key in ("url", "sidecar-url"):
+        assert urls[key].startswith("rediss://") and urls[key].endswith("?ssl_ca_certs=/etc/llmcache/redis-tls/ca.crt")
+    redis_args = container(one(objects, "StatefulSet", "-redis")["spec"]["template"]["spec"], "redis")["args"]
+    flags = dict(zip(redis_args[1::2], redis_args[2::2], strict=False))
+    assert (flags["--port"], flags["--tls-port"]) == ("0", "6379")  # no plaintext port at all
+    operator = one(objects, "Deployment", "-operator")["spec"]["template"]["spec"]
+    assert env_of(container(operator, "operator"))["LLMCACHE_SIDECAR_REDIS_CA_FILE"] == \
+        "/etc/llmcache/redis-tls/ca.crt"
+    proc = run_helm(binaries, helm_home, "template", RELEASE, str(CHART), "--set", "redis.bundled.tls.enabled=true")
+    assert proc.returncode != 0 and "redis.bundled.tls.existingSecret" in proc.stderr
+
+
+def test_no_credential_in_any_argv_or_literal_env(binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+    """Redis passwords (bundled or external) reach pods through secretKeyRef only."""
+    for sets in ([], ["redis.bundled.enabled=false", "redis.external.url=rediss://:hunter2pw@cache.internal:6380/1"]):
+        objects = render(binaries, helm_home, *sets)
+        urls = one(objects, "Secret", "-redis-url")["stringData"]
+        secrets = {u.split("@")[0].rpartition(":")[2] for u in urls.values()}
+        assert all(len(s) >= 8 for s in secrets), secrets
+        for name, spec in pod_specs(objects):
+            for c in spec["containers"] + spec.get("initContainers", []):
+                text = json.dumps([c.get("command"), c.get("args"), [e.get("value") for e in c.get("env", [])]])
+                assert not any(s in text for s in secrets), (name, c["name"])
 
 
 def test_sidecars_share_one_tenant_salt_generated_or_from_existing_secret(binaries: ControlPlaneBinaries,

@@ -19,7 +19,8 @@ def test_documented_defaults_are_pinned() -> None:
     assert s.webhook == WebhookSettings()
     assert s.webhook.listen == "0.0.0.0:9443" and s.webhook.native_sidecar_min_version == (1, 29)
     assert s.eviction == EvictionSettings(interval_s=10.0, batch_size=256, prune_scan_count=1000,
-                                          default_max_entries=100_000, default_max_memory_bytes=None)
+                                          default_max_entries=100_000, default_max_memory_bytes=None,
+                                          max_stats_keys=10_000)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -23,6 +23,13 @@ async def fill(r: aioredis.Redis, group: str, count: int, *, tag: str) -> list[s
     return hashes
 
 
+async def members(r: aioredis.Redis, group: str) -> set[str]:
+    out: set[str] = set()
+    for key in KS.group_keys(group, "lru"):
+        out.update(await r.zrange(key, 0, -1))
+    return out
+
+
 async def test_unowned_groups_are_default_and_unpublished_ones(redis_plain_url: str) -> None:
     r = aioredis.Redis.from_url(redis_plain_url, decode_responses=True)
     try:
@@ -45,8 +52,8 @@ async def test_sweep_trims_to_entries_and_memory_and_forgets_vanished_groups(red
         done = await sweep.sweep_once(r, KS, eviction.EvictionLimits(max_entries=20), cursors=cursors)
         assert done.num_entries == {"_default": 20} and done.num_evicted == 30
         assert set(cursors) == {"_default"}  # a group that vanished drops its cursor
-        assert set(await r.zrange(KS.group("_default", "lru"), 0, -1)) == set(default[-20:])
-        assert await r.zcard(KS.group("team/live", "lru")) == 50
+        assert await members(r, "_default") == set(default[-20:])
+        assert await eviction.group_count(r, KS, "team/live") == 50
 
         # 10 bytes an entry: a 55-byte budget keeps 5.
         done = await sweep.sweep_once(r, KS, eviction.EvictionLimits(max_memory_bytes=55), cursors=cursors)
@@ -54,5 +61,44 @@ async def test_sweep_trims_to_entries_and_memory_and_forgets_vanished_groups(red
         # Within its limits, a second pass deletes nothing.
         again = await sweep.sweep_once(r, KS, eviction.EvictionLimits(max_memory_bytes=55), cursors=cursors)
         assert (again.num_evicted, again.num_entries) == (0, {"_default": 5})
+    finally:
+        await r.aclose()
+
+
+async def test_known_groups_are_rechecked_so_a_new_policy_keeps_its_group(redis_plain_url: str) -> None:
+    r = aioredis.Redis.from_url(redis_plain_url, decode_responses=True)
+    try:
+        await fill(r, "team/new", 30, tag="n")
+        await fill(r, "_default", 30, tag="d")
+        known = await sweep.unowned_groups(r, KS)
+        assert known == ["_default", "team/new"]
+        await r.hset(KS.policies("team"), "new", "{}")  # published after the discovery
+        done = await sweep.sweep_once(r, KS, eviction.EvictionLimits(max_entries=10), cursors={}, groups=known)
+        assert done.num_entries == {"_default": 10}
+        assert await eviction.group_count(r, KS, "team/new") == 30
+    finally:
+        await r.aclose()
+
+
+async def test_stats_hashes_are_capped_oldest_first_and_carry_a_ttl(redis_plain_url: str) -> None:
+    from llmcache import stats
+
+    r = aioredis.Redis.from_url(redis_plain_url, decode_responses=True)
+    try:
+        buffer = stats.StatsBuffer()
+        for i in range(12):  # each client-chosen namespace value makes a hash
+            buffer.add(f"ns-{i}", "miss")
+        await buffer.flush(r, keyspace=KS)
+        keys = [k async for k in r.scan_iter(match=KS.stats_pattern)]
+        assert len(keys) == 12
+        ttls = [await r.ttl(k) for k in keys]
+        assert all(0 < t <= stats.STATS_TTL_S for t in ttls), ttls
+        old = KS.stats("written-long-ago")
+        await r.hset(old, mapping={"namespace": "old", "miss": 1})
+        await r.expire(old, 60)  # least time left: written longest ago
+        assert await sweep.cap_stats_keys(r, KS, max_keys=10) == 3
+        assert not await r.exists(old)
+        assert len([k async for k in r.scan_iter(match=KS.stats_pattern)]) == 10
+        assert await sweep.cap_stats_keys(r, KS, max_keys=10) == 0
     finally:
         await r.aclose()

@@ -187,7 +187,7 @@ def webhook_operator(crds: Any, ns: str, redis_plain_url: str, start_operator: C
         "webhooks": [{
             "name": "inject.llmcache.io",
             "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
+            "sideEffects": "NoneOnDryRun",  # as the chart's: the Secret is written on real admissions
             # Fail (not the chart's Ignore) so a broken webhook fails the test instead of hiding.
             "failurePolicy": "Fail",
             "timeoutSeconds": 10,
