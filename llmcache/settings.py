@@ -26,6 +26,11 @@ __all__ = [
     "parse_listen",
     "parse_bool",
     "parse_bytes",
+    "listen_address",
+    "redis_url",
+    "upstream_url",
+    "log_level",
+    "UPSTREAM_HELP",
 ]
 
 ENV_PREFIX = "LLMCACHE_"
@@ -74,16 +79,96 @@ def parse_bytes(value: str | int) -> int:
     return int(n * _UNITS[unit])
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[::1]:8080`` for IPv6) into ``(host, port)``."""
+def parse_listen(value: str, *, flag: str = "--listen") -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[::1]:8080`` for IPv6) into ``(host, port)``; ``flag`` names it in errors."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
-        raise ConfigError(f"--listen expects HOST:PORT (for example 127.0.0.1:8080), got {value!r}")
+        raise ConfigError(f"{flag} expects HOST:PORT (for example 127.0.0.1:8080), got {value!r}")
     host = host.strip("[]") or "0.0.0.0"
     p = int(port)
     if not 0 <= p <= 65535:
-        raise ConfigError(f"port out of range in {value!r}")
+        raise ConfigError(f"{flag}: port out of range (0-65535) in {value!r}")
     return host, p
+
+
+def listen_address(value: str) -> str:
+    """Flag type of every ``--*listen``: a valid ``HOST:PORT``, returned unchanged."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expects HOST:PORT with a port in 0-65535 (for example 127.0.0.1:8080), got {value!r}")
+    return value
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def redis_url(value: str) -> str:
+    """Flag type of ``--redis-url``: ``redis://``, ``rediss://`` (TLS) or ``unix://``, returned unchanged.
+
+    A bare ``localhost:6379`` is refused with the corrected URL, not left to a traceback inside
+    the Redis client.
+    """
+    v = value.strip()
+    if not v.startswith(_REDIS_SCHEMES):
+        fix = f"redis://{v}" if v and "://" not in v else "redis://HOST:PORT/0"
+        raise ConfigError(f"expects a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS), "
+                          f"got {value!r}; write {fix}")
+    if v.startswith(("redis://", "rediss://")):
+        hostport = v.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+        host, sep, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
+        if not hostport or (sep and not port.isdigit()):
+            raise ConfigError(f"expects a Redis URL such as redis://127.0.0.1:6379/0, got {value!r}: "
+                              "the host or port is not valid")
+    return v
+
+
+#: How every command describes ``--upstream`` (the same words in each ``--help``).
+UPSTREAM_HELP = ("URL of the OpenAI-compatible upstream: its root (http://127.0.0.1:8000) or its OpenAI "
+                 "base URL (http://127.0.0.1:8000/v1); both mean the same server")
+
+
+def upstream_url(value: str) -> str:
+    """Flag type of ``--upstream``: an http(s) URL, normalised to the server's root URL.
+
+    OpenAI clients write a *base URL* ending in ``/v1``; the proxy forwards each request's
+    own path (``/v1/chat/completions``), so a trailing ``/v1`` (and ``/``) is dropped:
+    ``http://h:8000/v1`` and ``http://h:8000`` name the same upstream, and so do
+    ``https://api.openai.com/v1`` and ``https://api.openai.com``.
+    """
+    v = value.strip()
+    if not v.startswith(("http://", "https://")):
+        fix = f"http://{v}" if v and "://" not in v else "http://HOST:PORT"
+        raise ConfigError(f"expects an http(s) URL such as http://127.0.0.1:8000/v1, got {value!r}; write {fix}")
+    if not v.split("://", 1)[1].split("/", 1)[0]:
+        raise ConfigError(f"expects an http(s) URL with a host, got {value!r}")
+    v = v.rstrip("/")
+    if v.endswith("/v1"):
+        v = v[: -len("/v1")]
+    return v
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(value: str) -> str:
+    """Flag type of ``--log-level``: a logging level name, any case."""
+    v = value.strip().upper()
+    if v not in _LOG_LEVELS:
+        raise ConfigError(f"expects one of {', '.join(_LOG_LEVELS)}, got {value!r}")
+    return v
+
+
+def _type_for(flag: str) -> Callable[[str], Any] | None:
+    """The checked type of a flag that means the same in every command (see :func:`add_flag`)."""
+    if flag == "--redis-url":
+        return redis_url
+    if flag == "--upstream":
+        return upstream_url
+    if flag == "--log-level":
+        return log_level
+    if flag.endswith("-listen") or flag == "--listen":
+        return listen_address
+    return None
 
 
 def add_flag(
@@ -98,28 +183,82 @@ def add_flag(
 ) -> None:
     """Add ``flag`` to ``parser`` with its default read from ``LLMCACHE_<FLAG>``.
 
-    The env var is parsed with ``type`` (or as a boolean for ``store_true`` flags);
-    a bad env value fails at start-up with the variable's name in the message.
+    The env var is parsed with ``type`` (or as a boolean for ``store_true`` and ``switch``
+    flags); a bad env value fails at start-up with the variable's name in the message.
+    A bad value on the command line fails in one line that names the flag and its env var.
+    Flags that mean the same in every command get their checked type from the name when
+    ``type`` is not given: ``--redis-url``, ``--upstream``, ``--log-level`` and ``--*listen``.
+    ``action="switch"`` makes ``--flag`` / ``--no-flag`` (a boolean without a value; ``--flag false``
+    still works, so scripts written for the older value form keep running).
+    ``default=None`` is shown as nothing rather than ``default: None``.
     """
     env = env_name(flag)
+    if type is None and action is None:
+        type = _type_for(flag)  # noqa: A001
     raw = os.environ.get(env)
     if raw is not None:
         try:
-            if action == "store_true":
+            if action in ("store_true", "switch"):
                 default = parse_bool(raw)
             else:
                 default = type(raw) if type is not None else raw
         except (ValueError, ConfigError) as exc:
-            raise ConfigError(f"invalid value {raw!r} in ${env}: {exc}") from exc
+            raise ConfigError(f"invalid value {raw!r} in ${env} ({flag}): {exc}") from exc
         if choices is not None and default not in choices:
-            raise ConfigError(f"invalid value {raw!r} in ${env}: choose from {', '.join(map(str, choices))}")
-    shown = f" (env {env}; default: {default})" if action != "store_true" else f" (env {env})"
+            raise ConfigError(f"invalid value {raw!r} in ${env} ({flag}): choose from "
+                              f"{', '.join(map(str, choices))}")
+    if action in ("store_true", "switch") or default is None:
+        shown = f" (env {env})"
+    else:
+        shown = f" (env {env}; default: {default})"
+    if action == "switch":
+        shown = f" (env {env}=true|false; default: {'on' if default else 'off'})"
     kwargs: dict[str, Any] = {"default": default, "help": help + shown}
+    if action == "switch":
+        parser.add_argument(flag, "--no-" + flag[2:], action=_Switch, **kwargs)
+        return
     if action is not None:
         kwargs["action"] = action
     else:
         if type is not None:
-            kwargs["type"] = type
+            kwargs["type"] = _with_env_hint(type, env)
         if choices is not None:
             kwargs["choices"] = choices
     parser.add_argument(flag, **kwargs)
+
+
+class _Switch(argparse.Action):
+    """``--enable-x`` → True, ``--no-enable-x`` → False, ``--enable-x false`` → False (the old form)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", metavar="true|false", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if option_string is not None and option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+            return
+        try:
+            setattr(namespace, self.dest, True if values is None else parse_bool(values))
+        except ConfigError as exc:
+            parser.error(f"argument {option_string}: {exc}")
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
+def _with_env_hint(convert: Callable[[str], Any], env: str) -> Callable[[str], Any]:
+    """Wrap a flag type so argparse reports its :class:`ConfigError` as ``argument --flag: … (env …)``."""
+
+    def checked(value: str) -> Any:
+        try:
+            return convert(value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (env {env})") from exc
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"invalid value {value!r}: {exc} (env {env})") from exc
+
+    checked.__name__ = getattr(convert, "__name__", "value")
+    return checked

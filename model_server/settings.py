@@ -181,18 +181,20 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="weights and KV dtype (auto: float32 on CPU, bfloat16 on CUDA)")
     add(parser, "--served-model-name", default=None, type=_names, action="append",
         help="name clients send as `model` (repeatable; env: comma-separated); others get 404 model_not_found")
-    add(parser, "--num-threads", default=0, type=int, help="torch CPU threads (0 = one per core)")
+    add(parser, "--num-threads", default=0, type=int,
+        help="torch CPU threads (0 = torch's default: OMP_NUM_THREADS if set, else one per physical core)")
     add(parser, "--default-max-tokens", default=512, type=int, help="max_tokens when a request omits it")
-    add(parser, "--enable-prefix-cache", default=True, type=core_settings.parse_bool,
-        help="reuse KV of previously seen prompt prefixes (true/false)")
+    add(parser, "--enable-prefix-cache", default=True, action="switch",
+        help="reuse KV of previously seen prompt prefixes; --no-enable-prefix-cache turns it off")
     add(parser, "--prefix-cache-bytes", default=None, type=_optional_bytes,
         help="byte budget of the prefix KV cache, e.g. 2Gi (auto: a fraction of free memory)")
     add(parser, "--prefix-cache-fraction", default=0.2, type=float,
         help="fraction of free device memory for the prefix cache when --prefix-cache-bytes is auto")
     add(parser, "--report-cached-tokens", default="salted", choices=["salted", "always", "never"],
         help="report usage cached_tokens: salted = only for requests with a cache_salt")
-    add(parser, "--enable-batching", default=True, type=core_settings.parse_bool,
-        help="continuous batching: one forward pass per step over all running sequences (true/false)")
+    add(parser, "--enable-batching", default=True, action="switch",
+        help="continuous batching: one forward pass per step over all running sequences; "
+             "--no-enable-batching turns it off")
     add(parser, "--max-num-seqs", default=16, type=int, help="most sequences running at once")
     add(parser, "--max-num-batched-tokens", default=256, type=int,
         help="token budget per step (decode tokens + prefill chunks)")
@@ -205,8 +207,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add(parser, "--sink-tokens", default=4, type=int, help="attention-sink tokens kept by the sliding window")
     add(parser, "--sink-window-tokens", default=0, type=int,
         help="recent tokens kept by the attention-sink window (0 = off unless a request asks)")
-    add(parser, "--enable-embeddings", default=True, type=core_settings.parse_bool,
-        help="serve /v1/embeddings with the bundled all-MiniLM-L6-v2")
+    add(parser, "--enable-embeddings", default=True, action="switch",
+        help="serve /v1/embeddings with the bundled all-MiniLM-L6-v2; --no-enable-embeddings turns it off")
 
 
 def from_args(args: argparse.Namespace) -> ModelServerSettings:

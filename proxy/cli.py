@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 
 from aiohttp import web
 
 from llmcache.errors import ConfigError
 from llmcache.proxy import settings as ps
-from llmcache.settings import DEFAULT_REDIS_URL, add_flag, parse_bytes, parse_listen
+from llmcache.settings import DEFAULT_REDIS_URL, UPSTREAM_HELP, add_flag, parse_bytes, parse_listen, upstream_url
 
 __all__ = ["configure", "run", "settings_from_args"]
 
@@ -21,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--listen", default="127.0.0.1:8080", help="HOST:PORT the proxy listens on")
     add_flag(parser, "--health-listen", default="",
              help="HOST:PORT serving only /healthz, /readyz and /metrics (kubelet probes on the pod IP); '' = none")
-    add_flag(parser, "--upstream", default=d.upstream.url, help="base URL of the OpenAI-compatible upstream")
+    add_flag(parser, "--upstream", default=d.upstream.url, help=UPSTREAM_HELP)
     add_flag(parser, "--redis-url", default=DEFAULT_REDIS_URL, help="Redis for entries, vectors and policies")
     add_flag(parser, "--mode", default=None, choices=ps.MODES,
              help="exact | semantic | both (both when an embedder is available, else exact)")
@@ -82,7 +84,7 @@ def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
                                tenant_salt=salt, key_prefix=args.key_prefix,
                                single_flight_lease=bool(args.single_flight_lease)),
         redis=ps.RedisSettings(url=args.redis_url, timeout_ms=args.redis_timeout_ms),
-        upstream=ps.UpstreamSettings(url=args.upstream, timeout_s=args.upstream_timeout_seconds),
+        upstream=ps.UpstreamSettings(url=upstream_url(args.upstream), timeout_s=args.upstream_timeout_seconds),
         semantic=semantic,
         policy=ps.PolicySource(pod_labels_file=args.pod_labels_file, pod_namespace=args.pod_namespace,
                                pod_name=args.pod_name, policy_file=args.policy_file),
@@ -92,21 +94,48 @@ def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
     )
 
 
+def bind_listen_socket(host: str, port: int, *, flag: str = "--listen") -> socket.socket:
+    """Bind ``host:port`` now (not listening yet), or raise :class:`ConfigError` naming ``flag``.
+
+    Binding before anything slow (loading the embedder) makes a taken port fail at once and
+    in one line; serving on this same socket later leaves no window for another process.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        env = "LLMCACHE_" + flag.lstrip("-").replace("-", "_").upper()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use: stop what runs there "
+                              f"(`ss -ltnp 'sport = :{port}'` shows it) or choose another port with "
+                              f"{flag} HOST:PORT (env {env})") from exc
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another address with "
+                          f"{flag} HOST:PORT (env {env})") from exc
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
     from llmcache.proxy.app import create_app  # keeps `llmcache proxy --help` fast
 
     settings = settings_from_args(args)
-    health_sock = None
+    sock = bind_listen_socket(settings.listen_host, settings.listen_port)
+    port = sock.getsockname()[1]
+    socks = [sock]
     if args.health_listen:
         from llmcache.proxy import health_port
 
-        health_sock = health_port.bind(args.health_listen)
+        socks.append(health_port.bind(args.health_listen))
     app = create_app(settings)
-    if health_sock is not None:
-        app.middlewares.append(health_port.health_only_middleware(health_sock.getsockname()[1]))
-    print(f"llmcache proxy on http://{settings.listen_host}:{settings.listen_port} → {settings.upstream.url} "
-          f"(mode {settings.cache.mode}); point OpenAI clients at "
-          f"http://{settings.listen_host}:{settings.listen_port}/v1", flush=True)
-    web.run_app(app, host=settings.listen_host, port=settings.listen_port, access_log=None, print=None,
-                handle_signals=True, sock=health_sock)
+    if len(socks) > 1:
+        app.middlewares.append(health_port.health_only_middleware(socks[1].getsockname()[1]))
+
+    def announce(_aiohttp_banner: str) -> None:  # called by run_app once the sockets accept connections
+        print(f"llmcache proxy on http://{settings.listen_host}:{port} → {settings.upstream.url} "
+              f"(mode {settings.cache.mode}); point OpenAI clients at "
+              f"http://{settings.listen_host}:{port}/v1", flush=True)
+
+    web.run_app(app, sock=socks, access_log=None, print=announce, handle_signals=True)
     return 0

@@ -21,5 +21,6 @@ def test_no_subcommand_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_bad_env_value_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("LLMCACHE_LISTEN", "nonsense")
-    assert cli.main(["redis"]) == 1
-    assert "--listen expects HOST:PORT" in capsys.readouterr().err
+    assert cli.main(["redis"]) == 2  # a usage error, found before anything starts
+    err = capsys.readouterr().err
+    assert "$LLMCACHE_LISTEN (--listen): expects HOST:PORT" in err and len(err.strip().splitlines()) == 1
