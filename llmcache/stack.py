@@ -30,8 +30,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -47,7 +49,7 @@ from pathlib import Path
 
 from llmcache.errors import ConfigError, LLMCacheError
 from llmcache.redis_server import EmbeddedRedis, free_port
-from llmcache.settings import add_flag, parse_listen
+from llmcache.settings import UPSTREAM_HELP, add_flag, parse_listen
 
 __all__ = ["StackConfig", "Stack", "StackError", "default_cpu_threads", "configure", "run"]
 
@@ -220,13 +222,26 @@ class _Child:
         return self.proc is not None and self.proc.poll() is None
 
     def tail(self, *, num_lines: int = 25) -> str:
+        """The last ``num_lines`` meaningful lines of the child's log (progress bars left out)."""
         if self._pump is not None:
             self._pump.join(timeout=1.0)
         try:
-            lines = self.logfile.read_text(errors="replace").splitlines()
+            text = self.logfile.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(lines[-num_lines:])
+        return "\n".join(meaningful_lines(text)[-num_lines:])
+
+    def exit_description(self) -> str:
+        """``exited with code 3`` or ``was killed by SIGKILL`` (``None`` while running: ``is running``)."""
+        code = self.proc.poll() if self.proc is not None else None
+        if code is None:
+            return "is running"
+        if code < 0:
+            try:
+                return f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"was killed by signal {-code}"
+        return f"exited with code {code}"
 
     def last_line(self, *, max_chars: int = 90) -> str:
         """The child's latest log line (progress bars reduced to their last state), shortened."""
@@ -341,9 +356,28 @@ class Stack:
             raise
         return self
 
+    def _check_existing(self) -> None:
+        """Refuse to start when ``--redis-url`` or ``--upstream`` names something that does not answer."""
+        cfg = self.config
+        if cfg.redis_url is not None:
+            reason = redis_problem(cfg.redis_url)
+            if reason is not None:
+                raise StackError(
+                    f"Redis at {_redact(cfg.redis_url)} (--redis-url, env LLMCACHE_REDIS_URL) is unreachable: "
+                    f"{reason}. Start it (`llmcache redis` runs one with vector search), fix the URL, or leave "
+                    "--redis-url out and `up` starts its own.")
+        if cfg.upstream is not None:
+            reason = upstream_problem(cfg.upstream)
+            if reason is not None:
+                raise StackError(
+                    f"the upstream at {cfg.upstream} (--upstream, env LLMCACHE_UPSTREAM) is unreachable: "
+                    f"{reason}. Start it, fix the URL, or leave --upstream out and `up` starts the bundled "
+                    "model server.")
+
     def _start(self) -> None:
         cfg = self.config
         proxy_addr, model_addr, redis_addr = self._resolve_ports()
+        self._check_existing()
         if cfg.log_dir is None:
             self._tmp_log_dir = Path(tempfile.mkdtemp(prefix="llmcache-up-"))
         else:
@@ -419,8 +453,7 @@ class Stack:
         next_note = started + 5.0
         while True:
             if not child.alive():
-                code = child.proc.returncode if child.proc else None
-                raise StackError(f"{child.name} exited with code {code} before it was ready; "
+                raise StackError(f"{child.name} {child.exit_description()} before it was ready; "
                                  f"last lines of {child.logfile}:\n{child.tail()}")
             if child.is_ready():
                 self._progress(f"{child.name}: ready after {time.monotonic() - started:.1f}s")
@@ -447,8 +480,7 @@ class Stack:
         """Exit code and log tail of the child called ``name``."""
         for child in self._children:
             if child.name == name and child.proc is not None:
-                return f"{name} exited with code {child.proc.returncode}; last lines of {child.logfile}:\n" \
-                       f"{child.tail()}"
+                return f"{name} {child.exit_description()}; last lines of {child.logfile}:\n{child.tail()}"
         return f"{name} exited"
 
     def stop(self) -> None:
@@ -483,9 +515,10 @@ def add_stack_flags(parser: argparse.ArgumentParser, *, any_port: bool = False) 
     add_flag(parser, "--model-listen", default=ports[1], help="HOST:PORT of the model server")
     add_flag(parser, "--redis-listen", default=ports[2], help="HOST:PORT of the embedded Redis")
     add_flag(parser, "--redis-url", default=None,
-             help="use this Redis (with the search module for vector KNN) instead of starting one")
+             help="use this Redis (redis://HOST:PORT/0, with the search module for vector KNN) instead of "
+                  "starting one; checked before start")
     add_flag(parser, "--upstream", default=None,
-             help="use this OpenAI-compatible server (root URL) instead of starting the model server")
+             help="use this server instead of starting the model server; checked before start. " + UPSTREAM_HELP)
     add_flag(parser, "--model", default="default",
              help="model for the model server: 'default' (bundled SmolLM2-135M-Instruct) or a local directory")
     add_flag(parser, "--device", default="auto", help="model server device: auto | cpu | cuda | cuda:N")
@@ -529,6 +562,55 @@ def _banner(stack: Stack) -> str:
     )
 
 
+class HealthReporter:
+    """Watches the proxy's ``/readyz`` while ``up`` runs and prints each change in one line.
+
+    ``up`` checks Redis and the upstream before it says it is up; this keeps saying so when
+    one of them goes away later (or comes back), instead of leaving it to ``proxy.log``.
+    """
+
+    def __init__(self, stack: Stack, *, interval_s: float = 2.0) -> None:
+        self.stack = stack
+        self.interval_s = interval_s
+        self._next_s = time.monotonic() + interval_s
+        self.last: dict[str, str] = {"redis": "ok", "upstream": "ok"}
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        if now < self._next_s:
+            return
+        self._next_s = now + self.interval_s
+        report = _readyz(f"{self.stack.proxy_url}/readyz")
+        if report is None:
+            return  # the proxy itself not answering is the dead-child check's business
+        for part, where in (("redis", _redact(self.stack.redis_url)), ("upstream", self.stack.upstream_url)):
+            state = str(report.get(part, "ok"))
+            was_ok, is_ok = self.last.get(part) == "ok", state == "ok"
+            if was_ok and not is_ok:
+                effect = ("requests bypass the cache until it is back" if part == "redis" else
+                          "only cache hits can be answered until it is back")
+                print(f"llmcache: warning: {part} at {where} is {state}; {effect}", file=sys.stderr, flush=True)
+            elif is_ok and not was_ok:
+                print(f"llmcache: {part} at {where} is reachable again", flush=True)
+            self.last[part] = state
+
+
+def _readyz(url: str, *, timeout_s: float = 3.0) -> dict[str, object] | None:
+    """The proxy's ``/readyz`` JSON (whatever its HTTP status), or ``None`` when it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - our own proxy
+            body = resp.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    except (OSError, ValueError):
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class _Interrupted(BaseException):
     """Raised by the signal handler while the stack starts, so start() unwinds and cleans up."""
 
@@ -555,12 +637,14 @@ def run(args: argparse.Namespace) -> int:
         for sig in previous:
             signal.signal(sig, request_stop)
         print(_banner(stack), flush=True)
+        health = HealthReporter(stack)
         while not stop.wait(0.5):
             dead = stack.dead_child()
             if dead is not None:
                 print(f"llmcache: error: {stack.describe_death(dead)}", file=sys.stderr, flush=True)
                 print("stopping the rest of the stack …", flush=True)
                 return 1
+            health.poll()
         print("\nstopping …", flush=True)
         return 0
     finally:
@@ -581,3 +665,52 @@ def _redis_ping(host: str, port: int) -> bool:
             return s.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def meaningful_lines(text: str) -> list[str]:
+    """Log lines worth showing: blank lines and progress bars dropped.
+
+    tqdm-style bars (``Loading weights:  40%|████      | 2/5``) redraw with carriage returns
+    (``splitlines`` splits on those too) and say nothing about why a part died; the lines
+    before them do.
+    """
+    return [line.rstrip() for line in text.splitlines() if line.strip() and not _PROGRESS.search(line)]
+
+
+#: A progress bar: ``40%|████  |``, a run of block characters, or a rate like ``3.2it/s]``.
+_PROGRESS = re.compile(r"\d+%\|[^|]*\||[█▉▊▋▌▍▎▏]{2,}|\d+(\.\d+)?\s*(it|s|B|kB|MB)/s\]")
+
+
+def redis_problem(url: str, *, timeout_s: float = 3.0) -> str | None:
+    """``None`` when the Redis at ``url`` answers PING; otherwise why not, in a few words."""
+    import redis  # noqa: PLC0415 - only `up`/`demo` with --redis-url need it here
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    except ValueError as exc:
+        return f"not a usable Redis URL ({exc})"
+    try:
+        client.ping()
+        return None
+    except redis.exceptions.AuthenticationError as exc:
+        return f"it refused the credentials ({exc}); put user and password in the URL: redis://USER:PASSWORD@HOST:PORT/0"
+    except (redis.exceptions.RedisError, OSError) as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        client.close()
+
+
+def upstream_problem(root_url: str, *, timeout_s: float = 5.0) -> str | None:
+    """``None`` when ``GET {root_url}/v1/models`` gets any HTTP answer (401 from a hosted provider
+    without a key counts: the server is there); otherwise why not."""
+    url = f"{root_url.rstrip('/')}/v1/models"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s):  # noqa: S310 - the user's own upstream
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        return getattr(reason, "strerror", None) or str(reason)
+    except (OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
