@@ -14,15 +14,20 @@ pipeline (lookup, single flight, store) is :mod:`llmcache.proxy.handlers`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import os
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio
 import redis.exceptions
 from aiohttp import web
+from yarl import URL
 
 from llmcache import connection, keys, stats
 from llmcache.keyspace import DEFAULT_GROUP, Keyspace, shard_of
@@ -42,12 +47,94 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+#: How long one upstream reachability answer is reused (s): ``/readyz`` is unauthenticated, so
+#: a flood of probes must not turn into a flood of connections to the upstream.
+_UPSTREAM_PROBE_TTL_S = 1.0
+#: Deadline of one upstream TCP connect and of one Redis PING made for ``/readyz`` (s).
+_PROBE_TIMEOUT_S = 1.0
+
+
+@dataclass(slots=True)
+class UpstreamProbe:
+    """The last answer to "does the upstream accept connections?", shared by concurrent probes."""
+
+    checked_at: float = float("-inf")
+    problem: str | None = None
+    """``None`` when the last connect succeeded, else why it failed (``connection refused``)."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+UPSTREAM_PROBE = web.AppKey("llmcache_upstream_probe", UpstreamProbe)
+
+
+async def _upstream_problem(state: ProxyState, probe: UpstreamProbe) -> str | None:
+    """``None`` when a TCP connection to the upstream opens within the deadline, else the reason."""
+    async with probe.lock:
+        now = time.monotonic()
+        if now - probe.checked_at < _UPSTREAM_PROBE_TTL_S:
+            return probe.problem
+        url = URL(state.settings.upstream.url)
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                _reader, writer = await asyncio.open_connection(url.host, url.port)
+            writer.close()
+            probe.problem = None
+        except TimeoutError:
+            probe.problem = f"no connection within {_PROBE_TIMEOUT_S:.0f} s"
+        except OSError as exc:
+            probe.problem = (os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__).lower()
+        probe.checked_at = time.monotonic()
+        return probe.problem
+
+
+async def _redis_problem(state: ProxyState) -> str | None:
+    """``None`` when Redis answers a PING (through the breaker, so it counts like any operation)."""
+    client = state.redis
+    if client is None:
+        return "not configured"
+    if state.breaker.is_open:  # no network while the breaker is open: its own probe decides
+        return "circuit breaker open after repeated failures"
+    try:
+        await state.breaker.call(client.ping, timeout_s=_PROBE_TIMEOUT_S)
+    except CacheUnavailable as exc:
+        return str(exc)
+    return None
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """200 once Redis answered or the breaker settled on bypass: either way requests get answers."""
+    """Readiness in plain words; the HTTP status is what a Kubernetes readiness probe acts on.
+
+    ==========================================================  ====  ===============================
+    ``status``                                                  HTTP  meaning
+    ==========================================================  ====  ===============================
+    ``ok``                                                      200   Redis and the upstream answer
+    ``degraded: redis unreachable, serving without cache``      200   every request is a ``bypass``
+                                                                      to the upstream (fail open)
+    ``upstream unreachable``                                    503   only cache hits could be
+                                                                      answered; take the pod out of
+                                                                      Service endpoints until it is back
+    ``starting: connecting to redis``                           503   the first Redis PING is pending
+    ==========================================================  ====  ===============================
+
+    ``redis`` and ``upstream`` say ``ok``, ``unreachable: <why>`` or ``connecting``. Each call
+    checks both (a Redis PING under the breaker, a TCP connect to the upstream reused for 1 s),
+    so the answer follows a part that goes away or comes back. Liveness is ``/healthz``: none
+    of these states is fixed by restarting the proxy.
+    """
     state = request.app[STATE]
     if not state.breaker.settled:
-        return web.json_response({"status": "starting", "redis": "connecting"}, status=503)
-    return web.json_response({"status": "ready", "redis": state.breaker.state})
+        return web.json_response({"status": "starting: connecting to redis", "redis": "connecting",
+                                  "upstream": "not checked yet"}, status=503)
+    redis_problem, upstream_problem = await asyncio.gather(
+        _redis_problem(state), _upstream_problem(state, request.app[UPSTREAM_PROBE]))
+    body = {"redis": "ok" if redis_problem is None else f"unreachable: {redis_problem}",
+            "upstream": "ok" if upstream_problem is None else f"unreachable: {upstream_problem}"}
+    if upstream_problem is not None:
+        status = "upstream unreachable" + ("" if redis_problem is None else "; redis unreachable too")
+        return web.json_response({"status": status, **body}, status=503)
+    if redis_problem is not None:
+        return web.json_response({"status": "degraded: redis unreachable, serving without cache", **body})
+    return web.json_response({"status": "ok", **body})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -89,11 +176,70 @@ def _admin_ok(request: web.Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-async def invalidate(request: web.Request) -> web.Response:
-    """Delete entries by ``tenant`` (credential as sent) / ``tenant_id`` / ``namespace`` / ``model``, or ``all``.
+#: The body of ``POST /llmcache/v1/invalidate``: field → (JSON type, what it matches).
+INVALIDATE_FIELDS: dict[str, tuple[type, str]] = {
+    "tenant": (str, "the tenant credential as clients send it in the tenant header "
+                    "('Bearer sk-…' for Authorization; a bare 'sk-…' is read as 'Bearer sk-…' too)"),
+    "tenant_id": (str, "the salted tenant id (32 hex digits, as /llmcache/v1/stats and logs show it)"),
+    "namespace": (str, "the X-LLMCache-Namespace the entries were stored under ('' = none)"),
+    "model": (str, "the model name stored with the answer"),
+    "all": (bool, "true deletes every entry under this proxy's --key-prefix (no other field allowed)"),
+}
 
-    Filters combine with AND; ``{"all": true}`` deletes every entry under the key prefix.
+
+class InvalidRequest(ValueError):
+    """The invalidation body does not follow :data:`INVALIDATE_FIELDS`; the message says how."""
+
+
+def parse_invalidate(spec: Any, *, tenant_header: str, salt: bytes) -> dict[str, frozenset[str]]:
+    """Turn an invalidation body into entry-field filters (field → accepted values, combined with AND).
+
+    An empty result means ``{"all": true}``. Raises :class:`InvalidRequest` for anything else:
+    not an object, unknown fields, wrong types, nothing named, or ``all`` mixed with filters.
+    """
+    example = '{"namespace": "docs"}, {"tenant": "Bearer sk-…", "model": "gpt-4o"} or {"all": true}'
+    if not isinstance(spec, dict):
+        raise InvalidRequest(f"body must be a JSON object such as {example}")
+    unknown = sorted(set(spec) - set(INVALIDATE_FIELDS))
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are "
+                             f"{', '.join(INVALIDATE_FIELDS)}")
+    for name, value in spec.items():
+        kind = INVALIDATE_FIELDS[name][0]
+        if not isinstance(value, kind) or (kind is str and not value and name != "namespace"):
+            want = "true" if kind is bool else "a non-empty string" if name != "namespace" else "a string"
+            raise InvalidRequest(f"field {name!r} must be {want}: {INVALIDATE_FIELDS[name][1]}")
+    if "all" in spec:
+        if spec["all"] is not True or len(spec) > 1:
+            raise InvalidRequest('{"all": true} deletes everything and takes no other field; '
+                                 "to delete selectively, name tenant, tenant_id, namespace and/or model")
+        return {}
+    if not spec:
+        raise InvalidRequest(f"name what to invalidate, for example {example}")
+    if "tenant" in spec and "tenant_id" in spec:
+        raise InvalidRequest("give tenant or tenant_id, not both")
+    filters: dict[str, frozenset[str]] = {}
+    if "tenant" in spec:
+        credential = spec["tenant"]
+        candidates = {credential}
+        if tenant_header.lower() == "authorization" and not credential.lower().startswith("bearer "):
+            candidates.add(f"Bearer {credential}")
+        filters["tenant"] = frozenset(keys.tenant_id(c, salt) for c in candidates)
+    if "tenant_id" in spec:
+        filters["tenant"] = frozenset({spec["tenant_id"]})
+    for name in ("namespace", "model"):
+        if name in spec:
+            filters[name] = frozenset({spec[name]})
+    return filters
+
+
+async def invalidate(request: web.Request) -> web.Response:
+    """Delete the entries that match every field of the body (:data:`INVALIDATE_FIELDS`), or all.
+
     Requires the admin token (``Authorization: Bearer …`` or ``X-LLMCache-Admin-Token``).
+    Answers ``{"deleted": N, "scanned": M, "matched": {...}}`` where ``matched`` shows the
+    filters as applied (tenants as their salted ids, never the credential); 400 names the
+    field that is wrong.
     """
     state = request.app[STATE]
     token = state.settings.observability.admin_token
@@ -107,38 +253,34 @@ async def invalidate(request: web.Request) -> web.Response:
         spec = await request.json()
     except ValueError:
         spec = None
-    if not isinstance(spec, dict):
-        return upstream.error_response(400, "body must be a JSON object such as {\"namespace\": \"docs\"} "
-                                            "or {\"all\": true}", type_="invalid_request_error")
-    filters: dict[str, str] = {}
-    if isinstance(spec.get("tenant"), str):
-        filters["tenant"] = keys.tenant_id(spec["tenant"], state.tenant_salt)
-    if isinstance(spec.get("tenant_id"), str):
-        filters["tenant"] = spec["tenant_id"]
-    for name in ("namespace", "model"):
-        if isinstance(spec.get(name), str):
-            filters[name] = spec[name]
-    if not filters and spec.get("all") is not True:
-        return upstream.error_response(400, "name what to invalidate: tenant, tenant_id, namespace, model, "
-                                            "or {\"all\": true}", type_="invalid_request_error")
+    try:
+        filters = parse_invalidate(spec, tenant_header=state.config().tenant_header, salt=state.tenant_salt)
+    except InvalidRequest as exc:
+        return upstream.error_response(400, str(exc), type_="invalid_request_error")
     if state.redis is None:
         return upstream.error_response(503, "redis is not configured", type_="unavailable")
     try:
-        deleted = await _invalidate(state, state.redis, filters)
+        deleted, scanned = await _invalidate(state, state.redis, filters)
     except (redis.exceptions.RedisError, OSError) as exc:
         return upstream.error_response(503, f"redis unavailable ({type(exc).__name__}); retry when it is back",
                                        type_="unavailable")
-    log.info("invalidated %d entries (filters: %s)", deleted, sorted(filters))
-    return web.json_response({"deleted": deleted, "filters": sorted(filters)})
+    log.info("invalidated %d of %d entries (filters: %s)", deleted, scanned, sorted(filters) or "all")
+    matched: dict[str, Any] = {"all": True} if not filters else {
+        ("tenant_id" if k == "tenant" else k): sorted(v) if k == "tenant" else next(iter(v))
+        for k, v in sorted(filters.items())}
+    return web.json_response({"deleted": deleted, "scanned": scanned, "matched": matched})
 
 
-async def _invalidate(state: ProxyState, client: redis.asyncio.Redis, filters: Mapping[str, str]) -> int:
+async def _invalidate(state: ProxyState, client: redis.asyncio.Redis,
+                      filters: Mapping[str, frozenset[str]]) -> tuple[int, int]:
+    """Delete matching entries; returns (deleted, entries scanned)."""
     ks = state.keyspace
-    deleted = 0
+    deleted = scanned = 0
     batch: list[bytes] = []
 
     async def flush() -> None:
-        nonlocal deleted
+        nonlocal deleted, scanned
+        scanned += len(batch)
         if not batch:
             return
         victims: list[bytes] = []
@@ -152,7 +294,7 @@ async def _invalidate(state: ProxyState, client: redis.asyncio.Redis, filters: M
                 except ValueError:
                     victims.append(key)  # unreadable entries are garbage anyway
                     continue
-                if all(str(meta.get(k, "")) == v for k, v in filters.items()):
+                if isinstance(meta, dict) and all(str(meta.get(k, "")) in v for k, v in filters.items()):
                     victims.append(key)
         else:
             victims = list(batch)
@@ -174,7 +316,7 @@ async def _invalidate(state: ProxyState, client: redis.asyncio.Redis, filters: M
         if len(batch) >= 500:
             await flush()
     await flush()
-    return deleted
+    return deleted, scanned
 
 
 async def _forget_bookkeeping(client: redis.asyncio.Redis, ks: Keyspace, key_hashes: list[str], *,
@@ -191,8 +333,10 @@ async def _forget_bookkeeping(client: redis.asyncio.Redis, ks: Keyspace, key_has
                 pipe.hdel(ks.group(group, "size", shard), *members)
         await pipe.execute()
 
+
 def add_routes(app: web.Application) -> None:
     """Register the own endpoints; call before :func:`llmcache.proxy.handlers.add_routes` (its catch-all)."""
+    app[UPSTREAM_PROBE] = UpstreamProbe()
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)

@@ -8,7 +8,8 @@
 ``only-if-cached`` never call the upstream: a miss answers 504
 =================  =====================================================================
 
-Unknown directives are ignored (RFC 9111 §5.2). A malformed ``max-age`` is ignored too.
+Unknown directives are ignored (RFC 9111 §5.2). A ``max-age`` that is not a whole number of
+seconds raises :class:`ValueError` (the proxy answers 400, see :mod:`llmcache.proxy.controls`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ _NONE = RequestDirectives()
 
 
 def parse_request(header: str | None) -> RequestDirectives:
-    """Parse a request's ``Cache-Control`` header value (``None`` → no directives)."""
+    """Parse a request's ``Cache-Control`` header value (``None`` → no directives).
+
+    Raises :class:`ValueError` when ``max-age`` is not a whole number of seconds.
+    """
     if not header:
         return _NONE
     no_cache = no_store = only = False
@@ -50,8 +54,9 @@ def parse_request(header: str | None) -> RequestDirectives:
             only = True
         elif name == "max-age":
             v = value.strip().strip('"')
-            if v.isdigit():
-                max_age = int(v)
+            if not (v.isascii() and v.isdigit()):
+                raise ValueError(f"max-age must be a whole number of seconds such as max-age=600, got {part.strip()!r}")
+            max_age = int(v)
     return RequestDirectives(no_cache=no_cache, no_store=no_store, max_age_s=max_age, only_if_cached=only)
 
 

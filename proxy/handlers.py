@@ -39,7 +39,7 @@ from aiohttp import web
 from llmcache import keys, stats
 from llmcache.keyspace import DEFAULT_GROUP, Keyspace
 from llmcache.policy import PolicyDocument
-from llmcache.proxy import cachecontrol, streaming, upstream
+from llmcache.proxy import cachecontrol, controls, streaming, upstream
 from llmcache.proxy.breaker import Breaker, CacheUnavailable
 from llmcache.proxy.exact import Entry, ExactStore, InvalidEntry, validate_answer
 from llmcache.proxy.metrics import ProxyMetrics
@@ -53,9 +53,8 @@ log = logging.getLogger(__name__)
 
 STATUS_HEADER = "X-LLMCache-Status"
 SIMILARITY_HEADER = "X-LLMCache-Similarity"
-THRESHOLD_HEADER = "X-LLMCache-Similarity-Threshold"
-NAMESPACE_HEADER = "X-LLMCache-Namespace"
-_MAX_NAMESPACE_CHARS = 256
+THRESHOLD_HEADER = controls.THRESHOLD_HEADER
+NAMESPACE_HEADER = controls.NAMESPACE_HEADER
 _JSON = "application/json"
 _SSE = "text/event-stream"
 
@@ -231,6 +230,8 @@ class _Call:
     stream: bool
     include_usage: bool
     stream_shape: str | None
+    asked_threshold: float | None = None
+    """``X-LLMCache-Similarity-Threshold`` (checked by :mod:`llmcache.proxy.controls`), or ``None``."""
     redis_ok: bool = True
     status: str = "miss"
     similarity: float | None = None
@@ -277,10 +278,13 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
 
 async def _cacheable(request: web.Request, state: ProxyState, route: str,
                      span: Any) -> tuple[web.StreamResponse, str]:
-    namespace = request.headers.get(NAMESPACE_HEADER, "")
-    if len(namespace) > _MAX_NAMESPACE_CHARS or not namespace.isprintable():
-        return upstream.error_response(400, f"{NAMESPACE_HEADER} must be at most {_MAX_NAMESPACE_CHARS} "
-                                            "printable characters", type_="invalid_request_error"), "error"
+    try:
+        asked = controls.parse(request.headers)
+    except controls.InvalidControl as exc:
+        state.metrics.count(route, "error")
+        return upstream.error_response(400, str(exc), type_="invalid_request_error",
+                                       code="invalid_control_header"), "error"
+    namespace = asked.namespace
     limit = state.settings.cache.max_body_bytes
     raw = await _read_body(request, limit)
     if raw is None:
@@ -309,7 +313,7 @@ async def _cacheable(request: web.Request, state: ProxyState, route: str,
     shape = json.dumps(opts, sort_keys=True) if stream else None
     call = _Call(request=request, state=state, cfg=cfg, route=route, raw=raw, body=body, key=key,
                  tenant=tenant, namespace=namespace,
-                 directives=cachecontrol.parse_request(request.headers.get("Cache-Control")),
+                 directives=asked.directives, asked_threshold=asked.similarity_threshold,
                  stream=stream, include_usage=include_usage, stream_shape=shape)
     span.set_attribute("llmcache.key", call.log_key)
     response = await _lookup_or_fetch(call)
@@ -403,12 +407,8 @@ async def _semantic_lookup(call: _Call) -> web.StreamResponse | None:
     if parts is None:
         return None
     threshold = call.cfg.similarity_threshold
-    asked = call.request.headers.get(THRESHOLD_HEADER)
-    if asked is not None:
-        try:
-            threshold = max(threshold, min(1.0, float(asked)))  # a request may only tighten it
-        except ValueError:
-            pass
+    if call.asked_threshold is not None:
+        threshold = max(threshold, call.asked_threshold)  # a request may only tighten it
     t0 = time.perf_counter()
     try:
         match = await state.semantic.lookup(parts, threshold=threshold,

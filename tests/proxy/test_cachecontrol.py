@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from llmcache.proxy.cachecontrol import RequestDirectives, entry_ttl_s, parse_request
 
 
@@ -9,8 +11,10 @@ def test_parse_request_directives() -> None:
     assert parse_request(None) == RequestDirectives()
     d = parse_request('No-Cache, no-store, max-age="30", only-if-cached, private, x-unknown=1')
     assert (d.no_cache, d.no_store, d.max_age_s, d.only_if_cached) == (True, True, 30, True)
-    assert parse_request("max-age=abc").max_age_s is None
-    assert parse_request("max-age=-5").max_age_s is None
+    # A max-age the proxy cannot read is refused (the proxy answers 400), never silently dropped.
+    for bad in ("max-age=abc", "max-age=-5", "max-age=1.5", "max-age="):
+        with pytest.raises(ValueError, match="max-age must be a whole number"):
+            parse_request(bad)
 
 
 def test_accepts_age_and_ttl_bound() -> None:

@@ -1,0 +1,70 @@
+"""Request control headers: parsed and checked once, before anything else happens to a request.
+
+==================================  ========================================================
+``Cache-Control``                   ``no-cache``, ``no-store``, ``max-age=N``,
+                                    ``only-if-cached`` (:mod:`llmcache.proxy.cachecontrol`)
+``X-LLMCache-Namespace``            partitions entries inside a tenant; at most 256
+                                    printable characters
+``X-LLMCache-Similarity-Threshold`` a cosine similarity in [0, 1]; a request may only
+                                    tighten the policy's threshold, never loosen it
+==================================  ========================================================
+
+One rule for all of them: a control the proxy acts on with a value it cannot read is
+refused with 400 ``invalid_control_header`` naming the header (a typo must not silently
+change what is cached). Directives of ``Cache-Control`` that the proxy does not act on
+(``no-transform``, ``max-stale``, …) are ignored, as RFC 9111 §5.2 asks of every cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from llmcache.proxy import cachecontrol
+
+__all__ = ["NAMESPACE_HEADER", "THRESHOLD_HEADER", "InvalidControl", "RequestControls", "parse"]
+
+NAMESPACE_HEADER = "X-LLMCache-Namespace"
+THRESHOLD_HEADER = "X-LLMCache-Similarity-Threshold"
+MAX_NAMESPACE_CHARS = 256
+
+
+class InvalidControl(ValueError):
+    """A control header has a value the proxy cannot act on; ``header`` names it."""
+
+    def __init__(self, header: str, message: str) -> None:
+        super().__init__(f"{header}: {message}")
+        self.header = header
+
+
+@dataclass(frozen=True, slots=True)
+class RequestControls:
+    """What a request's headers ask of the cache."""
+
+    namespace: str = ""
+    directives: cachecontrol.RequestDirectives = cachecontrol.RequestDirectives()
+    similarity_threshold: float | None = None
+    """The threshold the request asks for, or ``None``; applied as ``max(policy, asked)``."""
+
+
+def parse(headers: Mapping[str, str]) -> RequestControls:
+    """Read every control header; raise :class:`InvalidControl` for the first unreadable one."""
+    namespace = headers.get(NAMESPACE_HEADER, "")
+    if len(namespace) > MAX_NAMESPACE_CHARS or not namespace.isprintable():
+        raise InvalidControl(NAMESPACE_HEADER, f"must be at most {MAX_NAMESPACE_CHARS} printable characters")
+    try:
+        directives = cachecontrol.parse_request(headers.get("Cache-Control"))
+    except ValueError as exc:
+        raise InvalidControl("Cache-Control", str(exc)) from exc
+    threshold: float | None = None
+    asked = headers.get(THRESHOLD_HEADER)
+    if asked is not None:
+        try:
+            threshold = float(asked)
+        except ValueError:
+            threshold = math.nan
+        if not 0.0 <= threshold <= 1.0:  # also refuses nan and inf
+            raise InvalidControl(THRESHOLD_HEADER, f"must be a cosine similarity between 0 and 1 such as 0.95, "
+                                                   f"got {asked!r}")
+    return RequestControls(namespace=namespace, directives=directives, similarity_threshold=threshold)
