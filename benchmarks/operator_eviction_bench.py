@@ -117,6 +117,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="directory for the JSON and PNG (default benchmarks/results, the committed figures)")
     args = parser.parse_args()
     with EmbeddedRedis(with_search=False) as server:
         rows = [asyncio.run(bench_size(server.url, n, args.repeats)) for n in args.sizes]
@@ -126,12 +128,12 @@ def main() -> int:
         print(" | ".join(f"{v:>13}" for v in (r["entries"], r["evicted_per_trim"], r["idle_pass_ms_median"],
                                                r["trim_10pct_ms_median"], r["trim_memory_ms_median"],
                                                r["usage_ms_median"], r["hit_estimate_ms_median"])))
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": "operator_eviction", "machine": platform.platform(), "python": platform.python_version(),
            "entry_bytes": ENTRY_BYTES, "repeats": args.repeats, "rows": rows}
-    (RESULTS / "operator_eviction_bench.json").write_text(json.dumps(out, indent=2))
-    plot(rows, RESULTS / "operator_eviction_bench.png")
-    print(f"wrote {RESULTS / 'operator_eviction_bench.json'} and .png")
+    (args.out / "operator_eviction_bench.json").write_text(json.dumps(out, indent=2))
+    plot(rows, args.out / "operator_eviction_bench.png")
+    print(f"wrote {args.out / 'operator_eviction_bench.json'} and .png")
     return 0
 
 

@@ -169,12 +169,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proxies", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--changes", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="directory for the JSON and PNG (default benchmarks/results, the committed figures)")
+    parser.add_argument("--crd-dir", type=Path, default=REPO / "charts" / "llmcache" / "crds",
+                        help="the chart's CRDs (default: charts/llmcache/crds of this checkout)")
     args = parser.parse_args()
+    crds = sorted(args.crd_dir.glob("*.yaml"))
+    if not crds:
+        parser.error(f"no CRD YAML in {args.crd_dir}: run from a checkout with charts/ or pass --crd-dir")
     workdir = Path(tempfile.mkdtemp(prefix="llmcache-propbench-"))
     kube = start_control_plane(workdir / "cp")
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for crd in sorted((REPO / "charts" / "llmcache" / "crds").glob("*.yaml")):
+        for crd in crds:
             kube.apply(crd.read_text())
         wait(lambda: kube.request("GET", "/apis/llmcache.io/v1alpha1/cachepolicies").status_code == 200,
              "CachePolicy storage", interval_s=0.2)
@@ -209,12 +216,12 @@ def main() -> int:
     for rnd in rounds:
         cols = [f"{rnd[k]['p50_ms']}/{rnd[k]['p95_ms']}/{rnd[k]['max_ms']}" for k in ("event", "first", "all")]
         print(f"{rnd['proxies']:>8} | {rnd['changes']:>7} | {cols[0]:>22} | {cols[1]:>22} | {cols[2]:>22}")
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": "operator_propagation", "machine": platform.platform(), "cpus": os.cpu_count(),
            "load_avg_1m": os.getloadavg()[0], "rounds": rounds}
-    (RESULTS / "operator_propagation_bench.json").write_text(json.dumps(out, indent=2))
-    plot(rounds, RESULTS / "operator_propagation_bench.png")
-    print(f"wrote {RESULTS / 'operator_propagation_bench.json'} and .png")
+    (args.out / "operator_propagation_bench.json").write_text(json.dumps(out, indent=2))
+    plot(rounds, args.out / "operator_propagation_bench.png")
+    print(f"wrote {args.out / 'operator_propagation_bench.json'} and .png")
     return 0
 
 
