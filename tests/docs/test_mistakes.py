@@ -264,6 +264,8 @@ def test_model_server_switches_take_no_value() -> None:
     assert parser.parse_args(["--enable-prefix-cache"]).enable_prefix_cache is True
     assert parser.parse_args([]).enable_prefix_cache is True
     assert parser.parse_args(["--no-enable-embeddings"]).enable_embeddings is False
+    assert parser.parse_args(["--enable-prefix-cache", "false"]).enable_prefix_cache is False  # the old form
+    assert parser.parse_args(["--no-enable-batching"]).enable_batching is False
 
 
 def test_a_part_killed_by_a_signal_is_reported_with_its_meaningful_log_lines(tmp_path: Path) -> None:
