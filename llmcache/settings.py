@@ -99,11 +99,12 @@ def listen_address(value: str) -> str:
     return value
 
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
 def redis_url(value: str) -> str:
-    """Flag type of ``--redis-url``: ``redis://``, ``rediss://`` (TLS) or ``unix://``, returned unchanged.
+    """Flag type of ``--redis-url``: ``redis://``, ``rediss://`` (TLS), ``unix://`` or a cluster URL
+    (``redis+cluster://``, see :mod:`llmcache.connection`), returned unchanged.
 
     A bare ``localhost:6379`` is refused with the corrected URL, not left to a traceback inside
     the Redis client.
@@ -111,8 +112,8 @@ def redis_url(value: str) -> str:
     v = value.strip()
     if not v.startswith(_REDIS_SCHEMES):
         fix = f"redis://{v}" if v and "://" not in v else "redis://HOST:PORT/0"
-        raise ConfigError(f"expects a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS), "
-                          f"got {value!r}; write {fix}")
+        raise ConfigError(f"expects a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS, "
+                          f"redis+cluster:// for a cluster), got {value!r}; write {fix}")
     if v.startswith(("redis://", "rediss://")):
         hostport = v.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
         host, sep, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")

@@ -683,21 +683,32 @@ _PROGRESS = re.compile(r"\d+%\|[^|]*\||[█▉▊▋▌▍▎▏]{2,}|\d+(\.\d+)
 
 def redis_problem(url: str, *, timeout_s: float = 3.0) -> str | None:
     """``None`` when the Redis at ``url`` answers PING; otherwise why not, in a few words."""
-    import redis  # noqa: PLC0415 - only `up`/`demo` with --redis-url need it here
+    import asyncio  # noqa: PLC0415 - only `up`/`demo` with --redis-url need these here
 
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-    except ValueError as exc:
-        return f"not a usable Redis URL ({exc})"
-    try:
-        client.ping()
-        return None
-    except redis.exceptions.AuthenticationError as exc:
-        return f"it refused the credentials ({exc}); put user and password in the URL: redis://USER:PASSWORD@HOST:PORT/0"
-    except (redis.exceptions.RedisError, OSError) as exc:
-        return str(exc) or type(exc).__name__
-    finally:
-        client.close()
+    import redis.exceptions  # noqa: PLC0415
+
+    from llmcache import connection  # noqa: PLC0415
+
+    async def ping() -> str | None:
+        try:
+            client = connection.connect(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        except (ValueError, LLMCacheError) as exc:
+            return f"not a usable Redis URL ({exc})"
+        try:
+            async with asyncio.timeout(timeout_s * 2):
+                await client.ping()
+            return None
+        except redis.exceptions.AuthenticationError as exc:
+            return (f"it refused the credentials ({exc}); put user and password in the URL: "
+                    "redis://USER:PASSWORD@HOST:PORT/0")
+        except TimeoutError:
+            return f"no answer within {timeout_s * 2:.0f} s"
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            return str(exc) or type(exc).__name__
+        finally:
+            await client.aclose()
+
+    return asyncio.run(ping())
 
 
 def upstream_problem(root_url: str, *, timeout_s: float = 5.0) -> str | None:
