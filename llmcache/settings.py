@@ -92,7 +92,12 @@ def parse_listen(value: str, *, flag: str = "--listen") -> tuple[str, int]:
 
 
 def listen_address(value: str) -> str:
-    """Flag type of every ``--*listen``: a valid ``HOST:PORT``, returned unchanged."""
+    """Flag type of every ``--*listen``: a valid ``HOST:PORT``, returned unchanged.
+
+    ``''`` passes too: optional addresses (``--health-listen``, ``--webhook-listen``) use it for "off".
+    """
+    if value == "":
+        return value
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"expects HOST:PORT with a port in 0-65535 (for example 127.0.0.1:8080), got {value!r}")
