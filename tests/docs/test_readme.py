@@ -268,3 +268,27 @@ def _run_until_shown(command: str, expected: list[str], *, env: dict[str, str], 
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.5)
+
+
+def _shape(line: str) -> str:
+    """A report line with its figures replaced by ``N`` (the README shows one run's numbers)."""
+    line = re.sub(r"\d[\d,]*(\.\d+)?", "N", line)
+    return " ".join("N" if word == "-" else word for word in line.split())
+
+
+def test_demo_report_has_the_shape_the_readme_shows() -> None:
+    """`llmcache demo` prints the lines the README shows, in that order (figures aside)."""
+    from llmcache import demo
+
+    shown = next(b for b in blocks() if b.lang == "" and "cache status" in b.text)
+    workload = demo.load_workload()
+    results = [demo.RequestResult(
+        index=i, id=r.id, tenant=r.tenant, kind=r.kind, expect=r.expect, stream=False,
+        status="miss" if r.expect == "no-hit" else r.expect, latency_ms=10.0 + i, ttft_ms=None, similarity=None,
+        prompt_tokens=100, completion_tokens=10, cached_tokens=50, finish_reason="stop", false_hit=False,
+        t_s=float(i)) for i, r in enumerate(workload.requests)]
+    summary = demo.summarize(results)
+    summary["prefix_cache"]["metrics"] = {"hit_tokens": 1.0, "queried_tokens": 2.0}
+    printed = demo.format_report(summary)
+    assert [_shape(x) for x in shown.text.splitlines() if x.strip()] == \
+           [_shape(x) for x in printed.splitlines() if x.strip()]
