@@ -50,7 +50,7 @@ async def test_policy_overrides_ttl_suspend_and_invalidate_before(proxy_stack, r
         key = [k async for k in r.scan_iter(match="llmcache:e:*")][0]
         assert 0 < await r.ttl(key) <= 42  # the policy's TTL, not the CLI's hour
         key_hash = key.decode().rsplit(":", 1)[1]
-        assert await r.zscore(KS.group(f"{NS}/chat-cache", "lfu"), key_hash) == 1  # eviction group = policy
+        assert await r.zscore(KS.group_of(f"{NS}/chat-cache", "lfu", key_hash), key_hash) == 1  # eviction group = policy
         # The policy's ttlSeconds also bounds max-age.
         await stack.post("/v1/chat/completions", {**CHAT, "n": 1}, headers={"Cache-Control": "max-age=100000"})
         assert max([await r.ttl(k) async for k in r.scan_iter(match="llmcache:e:*")]) <= 42
