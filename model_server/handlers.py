@@ -33,6 +33,7 @@ from aiohttp import web
 from llmcache.errors import LLMCacheError
 from llmcache.model_server import generate as gen
 from llmcache.model_server import loader as loader_mod
+from llmcache.model_server import parsing
 from llmcache.model_server import radix as radix_mod
 from llmcache.model_server import sink as sink_mod
 from llmcache.model_server.embeddings import EMBEDDING_MODEL_NAME, Embedder
@@ -43,8 +44,6 @@ __all__ = ["ServerState", "STATE_KEY", "create_app"]
 
 log = logging.getLogger(__name__)
 
-_MAX_N = 8
-_MAX_STOP = 4
 
 
 @dataclass(slots=True, eq=False)
@@ -92,20 +91,13 @@ class ServerState:
         known = (EMBEDDING_MODEL_NAME, f"sentence-transformers/{EMBEDDING_MODEL_NAME}") if embeddings else self.model_names
         if not isinstance(name, str) or name not in known:
             shown = name if isinstance(name, str) else json.dumps(name)
-            raise _HTTPError(404, f"The model `{shown[:200]}` does not exist on this server; it serves "
+            raise parsing.HTTPError(404, f"The model `{shown[:200]}` does not exist on this server; it serves "
                                   f"{', '.join(known)} (GET /v1/models). Send one of those, or start the "
                                   "server with --served-model-name NAME (repeatable) to accept NAME as an alias.",
                              param="model", code="model_not_found")
 
 
 STATE_KEY = web.AppKey("llmcache_model_server_state", ServerState)
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
 
 def _error_response(status: int, message: str, *, type_: str, param: str | None = None,
@@ -121,7 +113,7 @@ async def _errors_middleware(request: web.Request, handler: Callable[[web.Reques
     endpoint = request.match_info.route.resource.canonical if request.match_info.route.resource else "unknown"
     try:
         resp = await handler(request)
-    except _HTTPError as exc:
+    except parsing.HTTPError as exc:
         resp = _error_response(exc.status, exc.message, type_=exc.type, param=exc.param, code=exc.code)
     except gen.InvalidRequestError as exc:
         resp = _error_response(400, str(exc), type_="invalid_request_error", param=exc.param, code=exc.code)
@@ -146,155 +138,20 @@ async def _errors_middleware(request: web.Request, handler: Callable[[web.Reques
     return resp
 
 
-# ------------------------------------------------------------------- parsing
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except Exception as exc:  # noqa: BLE001 - any decode failure is the client's
-        raise _HTTPError(400, f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise _HTTPError(400, "request body must be a JSON object")
-    return body
-
-
-def _opt_number(body: dict[str, Any], name: str, default: float, *, kind: type = float) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
-        raise _HTTPError(400, f"{name} must be {'an integer' if kind is int else 'a number'}", param=name)
-    return value
-
+# ------------------------------------------------------------------ running
 
 def _engine(state: ServerState) -> gen.Engine:
     if state.engine is not None and state.engine.failed is not None:
-        raise _HTTPError(500, f"the inference worker failed ({state.engine.failed}); the model server needs a "
+        raise parsing.HTTPError(500, f"the inference worker failed ({state.engine.failed}); the model server needs a "
                               "restart (GET /healthz reports it)", type_="server_error", code="worker_failed")
     if state.engine is None or not state.ready.is_set():
         msg = "the model is still loading; retry when GET /healthz returns 200"
         if state.error:
             msg = f"the model failed to load: {state.error}"
-        raise _HTTPError(503, msg, type_="server_error", code="model_not_ready")
+        raise parsing.HTTPError(503, msg, type_="server_error", code="model_not_ready")
     return state.engine
 
 
-def _sampling(state: ServerState, body: dict[str, Any]) -> gen.SamplingParams:
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is None:
-        max_tokens = state.settings.model.default_max_tokens
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-        raise _HTTPError(400, "max_tokens must be an integer", param="max_tokens")
-    stop = body.get("stop")
-    if stop is None:
-        stops: tuple[str, ...] = ()
-    elif isinstance(stop, str):
-        stops = (stop,)
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= _MAX_STOP:
-        stops = tuple(stop)
-    else:
-        raise _HTTPError(400, f"stop must be a string or a list of at most {_MAX_STOP} strings", param="stop")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise _HTTPError(400, "seed must be an integer", param="seed")
-    return gen.SamplingParams(
-        max_tokens=max_tokens,
-        temperature=float(_opt_number(body, "temperature", 1.0)),
-        top_p=float(_opt_number(body, "top_p", 1.0)),
-        seed=seed,
-        stop=stops,
-    )
-
-
-def _sink(state: ServerState, body: dict[str, Any]) -> sink_mod.SinkWindow | None:
-    window = int(_opt_number(body, "sink_window_tokens", state.settings.sink.window_tokens, kind=int))
-    sinks = int(_opt_number(body, "sink_tokens", state.settings.sink.sink_tokens, kind=int))
-    if window <= 0:
-        return None
-    try:
-        return sink_mod.SinkWindow(sink_tokens=sinks, window_tokens=window)
-    except LLMCacheError as exc:
-        raise _HTTPError(400, str(exc), param="sink_window_tokens") from exc
-
-
-def _common(state: ServerState, body: dict[str, Any]) -> tuple[int, bool, dict[str, Any]]:
-    n = int(_opt_number(body, "n", 1, kind=int))
-    if not 1 <= n <= _MAX_N:
-        raise _HTTPError(400, f"n must be between 1 and {_MAX_N}", param="n")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _HTTPError(400, "stream must be a boolean", param="stream")
-    salt = body.get("cache_salt")
-    if salt is not None and not isinstance(salt, str):
-        raise _HTTPError(400, "cache_salt must be a string", param="cache_salt")
-    use_prefix = body.get("prefix_cache", True)
-    if not isinstance(use_prefix, bool):
-        raise _HTTPError(400, "prefix_cache must be a boolean", param="prefix_cache")
-    for unsupported in ("logprobs", "top_logprobs", "echo", "best_of", "tools", "functions", "logit_bias"):
-        if body.get(unsupported) not in (None, False, 0, [], {}) and not (unsupported == "best_of" and body.get(unsupported) == 1):
-            raise _HTTPError(400, f"{unsupported} is not supported by the llmcache model server; remove it",
-                             param=unsupported, code="unsupported_parameter")
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise _HTTPError(400, "stream_options must be an object", param="stream_options")
-    extras = {"cache_salt": salt, "enable_prefix_cache": use_prefix and state.settings.prefix_cache.enable_prefix_cache,
-              "include_usage": bool(stream_options.get("include_usage", False))}
-    return n, stream, extras
-
-
-def _message_text(content: Any, index: int) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise _HTTPError(400, f"messages[{index}].content: only text parts are supported",
-                                 param=f"messages[{index}].content")
-            parts.append(part["text"])
-        return "".join(parts)
-    if content is None:
-        return ""
-    raise _HTTPError(400, f"messages[{index}].content must be a string or a list of text parts",
-                     param=f"messages[{index}].content")
-
-
-def _chat_prompt_ids(loaded: loader_mod.LoadedModel, body: dict[str, Any]) -> list[int]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _HTTPError(400, "messages must be a non-empty list", param="messages")
-    clean: list[dict[str, str]] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in {"system", "developer", "user", "assistant", "tool"}:
-            raise _HTTPError(400, f"messages[{i}] needs a role of system, developer, user, assistant or tool",
-                             param=f"messages[{i}].role")
-        role = "system" if m["role"] == "developer" else m["role"]
-        clean.append({"role": role, "content": _message_text(m.get("content"), i)})
-    tok = loaded.tokenizer
-    if tok is None:
-        raise _HTTPError(400, "this model has no tokenizer; use /v1/completions with token ids", param="messages")
-    # Render the template to text, then tokenize the whole prompt once: tokenizing pieces
-    # separately would give different ids at the seams (BPE merges) and break prefix reuse.
-    text = tok.apply_chat_template(clean, add_generation_prompt=True, tokenize=False)
-    return list(tok(text, add_special_tokens=False)["input_ids"])
-
-
-def _completion_prompt_ids(loaded: loader_mod.LoadedModel, body: dict[str, Any]) -> list[int]:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-        prompt = prompt[0]
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return list(prompt)
-    if not isinstance(prompt, str):
-        raise _HTTPError(400, "prompt must be a string, a list with one string, or a list of token ids "
-                              "(batches of prompts are not supported; send one request per prompt)", param="prompt")
-    if loaded.tokenizer is None:
-        raise _HTTPError(400, "this model has no tokenizer; send the prompt as token ids", param="prompt")
-    return list(loaded.tokenizer(prompt)["input_ids"])
-
-
-# ------------------------------------------------------------------ running
 
 
 class _Choices:
@@ -375,13 +232,13 @@ async def _handle_generation(request: web.Request, *, chat: bool) -> web.StreamR
     state = request.app[STATE_KEY]
     engine = _engine(state)
     assert state.loaded is not None
-    body = await _json_body(request)
+    body = await parsing.json_body(request)
     state.check_model(body)
-    n, stream, extras = _common(state, body)
-    sampling = _sampling(state, body)
-    sink = _sink(state, body)
+    n, stream, extras = parsing.common(state.settings, body)
+    sampling = parsing.sampling(state.settings, body)
+    sink = parsing.sink(state.settings, body)
     # Tokenizing a long prompt takes milliseconds: keep it off the event loop too.
-    prompt_ids = await asyncio.to_thread(_chat_prompt_ids if chat else _completion_prompt_ids, state.loaded, body)
+    prompt_ids = await asyncio.to_thread(parsing.chat_prompt_ids if chat else parsing.completion_prompt_ids, state.loaded, body)
     try:
         choices = _Choices(engine, prompt_ids, sampling, n, enable_prefix_cache=extras["enable_prefix_cache"],
                            cache_salt=extras["cache_salt"], sink=sink)
@@ -500,17 +357,17 @@ async def embeddings(request: web.Request) -> web.Response:
     """``POST /v1/embeddings`` with the bundled all-MiniLM-L6-v2."""
     state = request.app[STATE_KEY]
     if state.embedder is None:
-        raise _HTTPError(404, "embeddings are disabled on this server (--enable-embeddings false)",
+        raise parsing.HTTPError(404, "embeddings are disabled on this server (--enable-embeddings false)",
                          code="embeddings_disabled")
-    body = await _json_body(request)
+    body = await parsing.json_body(request)
     state.check_model(body, embeddings=True)
     raw = body.get("input")
     texts = [raw] if isinstance(raw, str) else raw
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise _HTTPError(400, "input must be a string or a non-empty list of strings", param="input")
+        raise parsing.HTTPError(400, "input must be a string or a non-empty list of strings", param="input")
     fmt = body.get("encoding_format", "float")
     if fmt not in {"float", "base64"}:
-        raise _HTTPError(400, "encoding_format must be float or base64", param="encoding_format")
+        raise parsing.HTTPError(400, "encoding_format must be float or base64", param="encoding_format")
     vectors, num_tokens = await state.embedder.aembed(texts)
     data = []
     for i, v in enumerate(vectors):
