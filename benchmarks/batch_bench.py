@@ -4,7 +4,7 @@ The same streamed, greedy OpenAI chat requests go to each server, one server at 
 in one run, on the same machine:
 
 - ``ours-batched``   — ``llmcache model-server`` (continuous batching, radix prefix cache);
-- ``ours-unbatched`` — the same with ``--enable-batching false`` (one forward pass per
+- ``ours-unbatched`` — the same with ``--no-enable-batching`` (one forward pass per
   sequence per step: the server before batching);
 - ``transformers``   — ``transformers serve --continuous-batching`` (paged attention),
   serving the same dequantised SmolLM2 weights, saved to a temporary directory because
@@ -34,6 +34,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -192,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     py = [sys.executable, "-m", "llmcache", "model-server", "--model", "default", "--device", "cpu",
           "--dtype", "float32", "--served-model-name", "bench", "--report-cached-tokens", "always"]
     commands = {
-        "ours-batched": py + ["--enable-batching", "true", "--max-num-seqs", str(args.concurrency)],
-        "ours-unbatched": py + ["--enable-batching", "false", "--max-num-seqs", str(args.concurrency)],
+        "ours-batched": py + ["--enable-batching", "--max-num-seqs", str(args.concurrency)],
+        "ours-unbatched": py + ["--no-enable-batching", "--max-num-seqs", str(args.concurrency)],
         "transformers": [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve",
                          "--continuous-batching", "--device", "cpu", "--dtype", "float32", "--host", "127.0.0.1"],
     }
@@ -236,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:15s} {wname:14s} {r['output_tokens_per_s']:8.1f} {fmt_ms(r['ttft_p50_s']):>9s} "
                   f"{fmt_ms(r['ttft_p99_s']):>9s} {fmt_ms(r['itl_p50_s']):>8s} {fmt_ms(r['itl_p99_s']):>8s} "
                   f"{share:>7s} {r['ok']:>3d}/{r['requests']}")
+    shutil.rmtree(weights, ignore_errors=True)  # 540 MB of fp32 weights; the servers' logs stay in workdir
+    print(f"server logs: {workdir}")
     derived = ratios(results)
     print()
     for k, v in derived.items():
