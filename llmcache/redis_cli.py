@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import threading
 
+from llmcache.errors import ConfigError
 from llmcache.redis_server import EmbeddedRedis
 from llmcache.settings import add_flag, parse_listen
 
@@ -19,6 +21,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
+    if port and _in_use(host, port):
+        raise ConfigError(f"port {port} on {host} is already in use: stop what runs there, choose another port "
+                          "with --listen HOST:PORT (env LLMCACHE_LISTEN), or point --redis-url of the other "
+                          "commands at that server")
     server = EmbeddedRedis(host=host, port=port, with_search=not args.no_search, maxmemory=args.maxmemory)
     server.start()
     print(f"redis ready at {server.url} (vector search: {'off' if args.no_search else 'on'}); Ctrl-C to stop",
@@ -34,3 +40,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
+
+
+def _in_use(host: str, port: int) -> bool:
+    """True when binding ``host:port`` fails, i.e. something else holds it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False

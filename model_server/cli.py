@@ -15,7 +15,7 @@ import signal
 
 from aiohttp import web
 
-from llmcache.errors import LLMCacheError
+from llmcache.errors import ConfigError, LLMCacheError
 from llmcache.model_server import settings as settings_mod
 
 __all__ = ["configure", "run", "serve"]
@@ -48,7 +48,8 @@ async def serve(settings: settings_mod.ModelServerSettings) -> int:
         try:
             await site.start()
         except OSError as exc:
-            raise LLMCacheError(f"cannot listen on {settings.listen}: {exc.strerror}; pick another --listen") from exc
+            raise ConfigError(f"cannot listen on {settings.listen} ({exc.strerror}): stop what runs there or "
+                              "choose another address with --listen HOST:PORT (env LLMCACHE_LISTEN)") from exc
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

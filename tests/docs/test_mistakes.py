@@ -205,6 +205,21 @@ def test_proxy_on_a_taken_port_fails_first_in_one_line(redis_plain_url: str) -> 
     assert line.endswith("choose another port with --listen HOST:PORT (env LLMCACHE_LISTEN)")
 
 
+@pytest.mark.parametrize("command", ["redis", "model-server"])
+def test_other_servers_on_a_taken_port_fail_in_one_line_naming_flag_and_env_var(command: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        # model-server binds before it loads anything; random-tiny keeps this fast if it ever did not.
+        extra = ["--model", "random-tiny"] if command == "model-server" else []
+        result = run(command, "--listen", f"127.0.0.1:{taken}", *extra, timeout_s=120)
+    assert result.returncode == 2, result.stderr
+    line = [x for x in result.stderr.splitlines() if x.startswith("llmcache: error:")]
+    assert len(line) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{taken}" in line[0] and "--listen HOST:PORT (env LLMCACHE_LISTEN)" in line[0], line[0]
+
+
 @pytest.mark.parametrize(("argv", "says"), [
     (["proxy", "--listen", "8080"], "argument --listen: expects HOST:PORT"),
     (["up", "--model-listen", "localhost"], "argument --model-listen: expects HOST:PORT"),
@@ -250,6 +265,7 @@ def test_no_command_help_shows_default_none(command: str) -> None:
     result = run(command, "--help")
     assert result.returncode == 0, result.stderr
     assert "default: None" not in " ".join(result.stdout.split())
+    assert not re.search(r"``|:mod:|:class:|:func:", result.stdout), result.stdout
     assert "--log-level" in result.stdout
 
 

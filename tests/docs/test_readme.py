@@ -292,3 +292,10 @@ def test_demo_report_has_the_shape_the_readme_shows() -> None:
     printed = demo.format_report(summary)
     assert [_shape(x) for x in shown.text.splitlines() if x.strip()] == \
            [_shape(x) for x in printed.splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "benchmarks").glob("*.py")), ids=lambda p: p.name)
+def test_every_benchmark_takes_out(script: Path) -> None:
+    """A benchmark run must be able to write elsewhere than the committed benchmarks/results/."""
+    assert re.search(r"add_argument\(\s*\"--out\"", script.read_text()), \
+        f"{script.name}: add --out (where the JSON and PNG go; default benchmarks/results/)"
