@@ -82,9 +82,10 @@ class SemanticSettings:
     verify: bool = True
     """Run the verifier on candidates. Default on; off only to measure the plain-cosine baseline."""
 
-    word_similarity: float = 0.80
-    """Cosine similarity at which two differing non-entity words count as synonyms in verification.
-    Default 0.80: synonyms of MiniLM sit above it, most co-hyponyms (France/Germany 0.75) below."""
+    verify_max_chars: int = 2000
+    """Longest text the verifier analyses; a longer query or stored text never matches by meaning (fails closed).
+    Default 2000 characters: MiniLM reads only the first 256 word pieces (≈ 1,000 characters), so a
+    difference further on would be invisible to the similarity; the bound also caps the verifier's work."""
 
     client_index_max_entries: int = 200_000
     """Client backend: most vectors held per process (≈ 1.6 KiB each at 384 dims). Default 200 000 ≈ 330 MiB."""
@@ -101,8 +102,8 @@ class SemanticSettings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"semantic threshold is a cosine similarity in [0, 1] (1 = identical), got {self.threshold}")
-        if not 0.0 <= self.word_similarity <= 1.0:
-            raise ConfigError(f"word_similarity must be in [0, 1], got {self.word_similarity}")
+        if self.verify_max_chars < 1:
+            raise ConfigError(f"verify_max_chars must be >= 1, got {self.verify_max_chars}")
         if self.embedder not in ("local", "remote"):
             raise ConfigError(f"--embedder must be local or remote, got {self.embedder!r}")
         if self.embedder == "remote" and not self.embedder_url:
@@ -146,7 +147,7 @@ class SemanticCache:
         self._embedder = embedder
         self._index = index
         self._owns_embedder = owns_embedder
-        self._verifier = Verifier(word_embed=embedder.embed, word_similarity=settings.word_similarity)
+        self._verifier = Verifier(word_embed=embedder.embed, max_chars=settings.verify_max_chars)
         self._counters = _Counters()
         self._owned_redis: Any | None = None  # a non-decoding twin of the caller's client, closed with us
 
@@ -222,11 +223,17 @@ class SemanticCache:
         if not ranked:
             return None
         if self._settings.verify:
-            verdicts = await self._verifier.check_many(parts.text, [c.text for c in ranked])
+            verdicts = await self._verifier.check_many(parts.text, [c.text for c in ranked],
+                                                       similarities=[c.similarity for c in ranked])
         for i, cand in enumerate(ranked):
             if self._settings.verify:
-                if not verdicts[i].ok:
-                    self._counters.rejected[verdicts[i].reason] += 1
+                verdict = verdicts[i]
+                if not verdict.ok:
+                    self._counters.rejected[verdict.reason] += 1
+                    # The reason only: verdict.detail may quote the texts.
+                    log.debug("semantic candidate %s refused: %s (similarity %.3f%s)", short(cand.key_hash),
+                              verdict.reason, cand.similarity,
+                              "" if verdict.score is None else f", pair model {verdict.score:.2f}")
                     continue
             return SemanticMatch(cand.key_hash, min(1.0, max(0.0, cand.similarity)))
         return None

@@ -1,0 +1,352 @@
+"""Closed word classes and small lexicons the verifier reads (English; data, no logic beyond building maps).
+
+Kept apart from :mod:`llmcache.proxy.verify` so the checks read as checks. Every list
+is general English (function words, polar pairs, units, modal and quantifier classes,
+answer-shape words), never words picked from one benchmark pair.
+"""
+
+from __future__ import annotations
+
+STOPWORDS = frozenset("""
+a an the this that these those there here it its it's i me my mine we us our you your yours he him his she her
+they them their is are was were be been being am do does did doing done have has had having will would shall
+should can could may might must of at as and or but if then than so such too very just also only even
+about which what whats who whom whose where when why how whether while any some each every all both either
+one ones thing things something anything someone anybody somebody please pls kindly hi hello hey thanks thank
+tell give show let lets help need want wanted like would i'd i'm im i've ive you're youre know
+way ways best good great possible simple simply quick quickly easy easily exactly actually really basically
+generally typically usually properly correctly go get got sure many much question answer
+mean means meaning between among via per using use used s t
+role purpose main primary key basic command effectively efficiently take city
+wondering wonder bother sorry cheers advance curious anyone ok okay right now currently current exactly roughly
+approximately actual actually bit lot lots true definition definitions located location situated
+shortcut press keyboard tip tips advice local mechanism
+""".split())
+
+# Words that carry polarity: kept out of the stop-list so the antonym check sees them.
+ANTONYM_PAIRS = """
+on off|up down|in out|inside outside|into out|above below|over under|before after|with without|for against
+more less|most least|more fewer|increase decrease|increase reduce|raise lower|rise fall|higher lower|high low
+max min|maximum minimum|maximize minimize|largest smallest|biggest smallest|big small|large small|long short
+longest shortest|tall short|wide narrow|thick thin|heavy light|fast slow|faster slower|fastest slowest|quick slow
+early late|earlier later|first last|start stop|start end|begin end|beginning end|open close|opened closed
+enable disable|enabled disabled|activate deactivate|turn_on turn_off|show hide|lock unlock|connect disconnect
+mount unmount|install uninstall|add remove|add delete|insert delete|create delete|create destroy|include exclude
+import export|upload download|encrypt decrypt|encode decode|compress decompress|zip unzip|push pull|send receive
+buy sell|import export|lend borrow|give take|win lose|won lost|winner loser|pass fail|accept reject|allow deny
+allow block|allow forbid|legal illegal|valid invalid|true false|right wrong|correct incorrect|positive negative
+pros cons|advantage disadvantage|advantages disadvantages|benefit risk|benefits risks|best worst|better worse
+good bad|hot cold|warm cool|warm cold|heat cool|wet dry|full empty|rich poor|cheap expensive|cheaper pricier
+safe dangerous|safe unsafe|healthy unhealthy|strong weak|hard soft|hard easy|difficult easy|simple complex
+light dark|bright dark|black white|day night|north south|east west|left right|top bottom|front back|upper lower
+inner outer|internal external|public private|local remote|local global|input output|read write|get set
+horizontal vertical|ascending descending|asc desc|increasing decreasing|forward backward|forwards backwards
+import export|love hate|like dislike|agree disagree|always never|all none|everything nothing|present absent
+male female|men women|man woman|boy girl|husband wife|father mother|son daughter|brother sister|king queen
+alive dead|live die|birth death|born died|young old|new old|newer older|newest oldest|modern ancient
+past future|yesterday tomorrow|before after|previous next|old new|odd even|major minor|plus minus|add subtract
+multiply divide|sum difference|profit loss|gain loss|credit debit|income expense|asset liability|bull bear
+bullish bearish|inhale exhale|sunrise sunset|freeze melt|freezing boiling|upstream downstream|uppercase lowercase
+upper lower|client server|sender receiver|encrypting decrypting|compile decompile|serialize deserialize|mute unmute
+follow unfollow|subscribe unsubscribe|like unlike|pin unpin|archive unarchive|block unblock|approve deny|approve reject
+""".replace("\n", "|").split("|")
+
+ANTONYMS: dict[str, set[str]] = {}
+for _pair in ANTONYM_PAIRS:
+    _words = _pair.split()
+    if len(_words) == 2:
+        _a, _b = _words
+        ANTONYMS.setdefault(_a, set()).add(_b)
+        ANTONYMS.setdefault(_b, set()).add(_a)
+
+# Polar function words: compared by the antonym check only, never as content (their presence varies freely).
+FUNCTION_POLAR = frozenset("on off up down in out into inside outside above below over under before after with "
+                            "without for against more less most least fewer".split())
+
+NEGATIONS = frozenset("not no never none nobody nothing neither nor without cannot nowhere n't except excluding".split())
+
+# Operations a prompt asks for; only the class matters ("summarise" ≡ "tl;dr", "explain" ≡ a plain question).
+TASK_CLASSES: dict[str, str] = {}
+for _cls, _words_s in {
+    "explain": "explain explanation describe description define definition clarify elaborate overview "
+               "understand list enumerate name",
+    "summarize": "summarize summary summarization tldr recap condense gist abstract synopsis",
+    "translate": "translate translation",
+    "analyze": "analyze analysis evaluate evaluation assess assessment examine critique interpret breakdown",
+    "review": "review feedback proofread grade score rate",
+    "write": "write compose draft generate create produce",
+    "rewrite": "rewrite rephrase paraphrase reword shorten simplify expand lengthen edit",
+    "compare": "compare comparison contrast versus vs",
+    "classify": "classify categorize categorise label tag",
+    "extract": "extract pull",
+    "fix": "fix debug troubleshoot repair resolve solve",
+    "optimize": "optimize optimise improve",
+    "test": "test tests unittest",
+    "outline": "outline plan",
+    "calculate": "calculate compute count",
+    "pronounce": "pronounce pronunciation spell",
+    "predict": "predict forecast",
+    "recommend": "recommend suggest suggestion recommendation",
+}.items():
+    for _w in _words_s.split():
+        TASK_CLASSES[_w] = _cls
+# Plain questions are explanations: removing this class makes "What is X?" ≡ "Explain X".
+DEFAULT_TASK = "explain"
+
+# Groups of interchangeable content words (stems), for paraphrases the embedding alone is unsure about.
+SYNONYM_GROUPS = [
+    "car automobile vehicle", "movie film", "kid child children", "buy purchase", "begin start commence", "make create build", "read load", "check see view", "stop quit halt",
+    "big large huge", "small little tiny", "fast quick rapid speedy", "doctor physician", "job work occupation",
+    "error bug issue problem", "function method", "remove delete erase", "learn study",
+    "find locate search", "choose pick select", "use utilize employ", "need require",
+    "cost price", "rich wealthy", "happy glad", "sad unhappy", "smart intelligent clever", 
+    "house home", "shop store", "phone smartphone mobile", "picture photo image", "laptop notebook",
+    "folder directory", "program application app software", "website site webpage", "internet web online",
+    "email mail", "password passcode", "sick ill", "reason cause why", "purpose goal aim",
+    "benefit advantage", "drawback disadvantage downside", "step instruction", "idea suggestion tip",
+    "guide tutorial", "correct right", "begin beginner novice", "talk speak", "say said", "book novel",
+    "author writer", "song track", "beautiful pretty", "difficult hard tough", "easy simple",
+    "mistake error", "fix repair", "check verify", "copy duplicate", "convert change transform turn",
+    "recipe instructions", "cook prepare", "meal dish", "exercise workout", "ache pain hurt",
+    "physician doctor", "medicine medication drug", "weight mass", "speed velocity", "assist help",
+    "attempt try", "obtain get acquire", "enough sufficient", "often frequently", "maybe perhaps",
+    "whole entire", "entire whole", "car auto", "ocean sea", "street road", "couch sofa", "trash garbage rubbish",
+    "vacation holiday", "film cinema", "large big", "happen occur", "work function operate", "run execute",
+    "setup configure configuration config setting", "install setup", "join merge combine concatenate",
+    "split divide separate", "sort order", "reverse invert flip", "string text", "number integer int",
+    "dictionary dict map hashmap", "array list", "variable var", "repository repo", "database db",
+    "documentation docs", "javascript js", "typescript ts", "python py", "kubernetes k8s",  "photograph photo", "television tv", "refrigerator fridge", "examples example instance", "fall autumn", "us usa america",
+]
+SYNONYM: dict[str, str] = {}
+
+GAZETTEER = frozenset("""
+monday tuesday wednesday thursday friday saturday sunday january february march april may june july august
+september october november december spring summer autumn fall winter red orange yellow green blue purple
+violet pink brown black white gray grey mercury venus earth mars jupiter saturn uranus neptune pluto
+python java javascript typescript rust go golang ruby php perl swift kotlin scala haskell c c++ cpp csharp
+sql bash powershell html css react vue angular svelte django flask rails spring node nodejs linux windows macos
+mac ios android ubuntu debian fedora chrome firefox safari edge excel word powerpoint aws azure gcp docker
+kubernetes postgres postgresql mysql sqlite mongodb redis kafka england france germany spain italy china
+japan india russia brazil canada mexico usa america australia paris london berlin madrid rome tokyo beijing
+moscow english french german spanish italian chinese japanese russian portuguese arabic hindi korean dutch
+today tomorrow yesterday tonight morning afternoon evening night weekend weekday
+""".split())
+
+# Yes/no questions open with a modal; its force matters ("Can I…?" ≠ "Should I…?"), in how-questions it does not.
+MODAL_CLASS = {"can": "can", "could": "can", "should": "should", "ought": "should", "must": "must",
+                "will": "will", "would": "will", "may": "may", "might": "may", "shall": "should"}
+
+
+def stem(word: str) -> str:
+    """A light, consistent suffix stripper (both texts pass through the same one)."""
+    w = word
+    if w.endswith("'s"):
+        w = w[:-2]
+    for british, american in (("isation", "ization"), ("ising", "izing"), ("ised", "ized"), ("ise", "ize"),
+                              ("yse", "yze"), ("ysing", "yzing"), ("ysed", "yzed"), ("our", "or")):
+        if w.endswith(british) and len(w) > len(british) + 2:
+            w = w[: -len(british)] + american
+            break
+    if len(w) <= 3:
+        return w
+    if w.endswith("ies") and len(w) > 4:
+        return w[:-3] + "y"
+    if w.endswith(("sses", "xes", "ches", "shes", "zes")):
+        w = w[:-2]
+    elif w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        w = w[:-1]
+    for suffix in ("ing", "ed"):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            w = w[: -len(suffix)]
+            if len(w) > 2 and w[-1] == w[-2] and w[-1] not in "lsz":
+                w = w[:-1]
+            elif w.endswith(("at", "iz", "yz", "bl", "ag", "uc", "os", "lv", "rv", "rg", "ak", "tiv", "ur", "it", "ot", "id", "ov", "pl")) and suffix:
+                w = w + "e"
+            break
+    if w.endswith("e") and len(w) > 4 and not w.endswith(("ee", "ie")):
+        w = w[:-1]
+    return w
+
+
+# Question frames: words that ask for the same attribute or relation of a thing are one key ("Who wrote X?" =
+# "Who is the author of X?"). Attribute frames are exclusive: "How tall is X?" ≠ "How old is X?".
+FRAMES: dict[str, str] = {
+    "author": "write wrote written writes writer writers author authors authored penned",
+    "illustrator": "illustrated illustrator illustrators", "translator": "translated translator",
+    "inventor": "invent invented inventor inventors", "discoverer": "discovered discoverer",
+    "founder": "founded founder founders", "director": "directed director", "painter": "painted painter",
+    "composer": "composed composer", "architect": "designed architect", "birth": "born birth birthday birthdate",
+    "death": "die died death dead", "population": "population populous inhabitants inhabitant residents resident",
+    "height": "tall height high elevation", "width": "wide width broad", "length": "length", "depth": "deep depth",
+    "weight": "heavy weight weigh weighs", "age": "old age", "distance": "far distance",
+    "temperature": "temperature hot", "price": "cost costs price prices priced expensive pay afford fee fees",
+    "capital": "capital", "currency": "currency currencies", "language": "speak spoken",
+    "area": "area", "symptom": "symptom symptoms sign signs", "treatment": "treat treated treatment cure remedy",
+    "prevention": "prevent prevention", "similarity": "common similar similarity similarities alike",
+    "difference": "difference differences differ different distinguish distinguishes distinction",
+    "history": "history origin originate originated", "pronunciation": "pronounce pronunciation",
+    "timezone": "zone", "acronym": "stand abbreviation abbreviate abbreviated acronym expand expansion",
+    "make": "make makes made create build built cook prepare recipe recipes",
+    "exit": "exit quit leave", "work": "work works worked working function functions operate operates", "opposite": "opposite opposites antonym antonyms", "synonym": "synonym synonyms",
+    "spouse": "married marry spouse wife husband", "rhyme": "rhyme rhymes",
+}
+EXCLUSIVE_FRAMES = frozenset(FRAMES) - {"make", "exit", "acronym", "work"}
+for _frame, _ws in FRAMES.items():
+    for _w in _ws.split():
+        SYNONYM.setdefault(stem(_w), "frame:" + _frame)
+        SYNONYM.setdefault(_w, "frame:" + _frame)
+for _group in SYNONYM_GROUPS:
+    _members = _group.split()
+    for _m in _members:
+        SYNONYM.setdefault(stem(_m), "syn:" + stem(_members[0]))
+
+STOP_STEMS = frozenset(stem(w) for w in STOPWORDS)
+TASK_STEMS = {stem(w): c for w, c in TASK_CLASSES.items()}
+ANTONYM_STEMS: dict[str, set[str]] = {}
+for _w, _opposites in ANTONYMS.items():
+    ANTONYM_STEMS.setdefault(stem(_w), set()).update(stem(o) for o in _opposites)
+NEG_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "anti")
+
+# Numbers written as words.
+NUM_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split())}
+NUM_WORDS.update({w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())})
+NUM_WORDS.update({"dozen": 12, "half": 0.5, "quarter": 0.25, "twice": 2, "double": 2, "triple": 3, "hundred": 100,
+                   "thousand": 1000, "million": 1e6, "billion": 1e9, "trillion": 1e12, "k": 1000})
+MULTIPLIERS = {"hundred": 100, "thousand": 1000, "million": 1e6, "billion": 1e9, "trillion": 1e12, "k": 1000,
+                "m": 1e6, "bn": 1e9}
+ORDINALS = {w: i + 1 for i, w in enumerate(
+    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth".split())}
+
+# Units and currencies → canonical unit; order of appearance matters for direction ("USD to EUR").
+UNITS: dict[str, str] = {}
+for _canon, _names in {
+    "km": "km kilometer kilometers kilometre kilometres", "mile": "mi mile miles", "m": "meter meters metre metres",
+    "cm": "cm centimeter centimeters centimetre centimetres", "mm": "mm millimeter millimeters",
+    "ft": "ft foot feet", "inch": "inch inches", "yard": "yd yard yards", "kg": "kg kilogram kilograms kilo kilos",
+    "g": "gram grams", "lb": "lb lbs pound pounds", "oz": "oz ounce ounces", "ton": "ton tons tonne tonnes",
+    "l": "liter liters litre litres", "ml": "ml milliliter milliliters millilitre", "gallon": "gallon gallons gal",
+    "cup": "cup cups", "tbsp": "tbsp tablespoon tablespoons", "tsp": "tsp teaspoon teaspoons",
+    "celsius": "celsius °c centigrade", "fahrenheit": "fahrenheit °f", "kelvin": "kelvin",
+    "percent": "% percent percentage pct", "usd": "$ usd dollar dollars", "eur": "€ eur euro euros",
+    "gbp": "£ gbp sterling", "jpy": "¥ jpy yen", "cny": "cny yuan rmb", "inr": "inr rupee rupees",
+    "chf": "chf franc francs", "cad": "cad", "aud": "aud", "btc": "btc bitcoin", "eth": "eth ether ethereum",
+    "hour": "h hr hrs hour hours", "minute": "min mins minute minutes", "sec": "sec secs seconds",
+    "ms": "ms millisecond milliseconds", "day": "day days", "week": "week weeks", "month": "month months",
+    "year": "yr yrs year years", "decade": "decade decades", "century": "century centuries",
+    "mph": "mph", "kph": "kph kmh km/h", "gb": "gb gigabyte gigabytes", "mb": "mb megabyte megabytes",
+    "kb": "kb kilobyte kilobytes", "tb": "tb terabyte terabytes", "byte": "byte bytes", "bit": "bit bits",
+    "hz": "hz hertz", "ghz": "ghz", "mhz": "mhz", "watt": "w watt watts", "kw": "kw kilowatt kilowatts",
+    "kwh": "kwh", "volt": "v volt volts", "amp": "amp amps ampere amperes", "calorie": "calorie calories kcal cal",
+    "degree": "degree degrees °", "radian": "radian radians", "acre": "acre acres", "hectare": "hectare hectares",
+    "psi": "psi", "bar": "bar", "pixel": "px pixel pixels", "dpi": "dpi",
+}.items():
+    for _n in _names.split():
+        UNITS[_n] = _canon
+# Short unit spellings that are ordinary words elsewhere count only right after a number.
+UNIT_NEEDS_NUMBER = frozenset({"m", "g", "h", "w", "v", "l", "s", "in", "min", "sec", "cal", "bar", "gal", "k", "ms", "mi", "eth",
+                               # Time words are units only with a number ("3 years"); "what year" asks a date.
+                               "year", "years", "yr", "yrs", "month", "months", "week", "weeks", "day", "days", "hour",
+                               "hours", "hr", "hrs", "minute", "minutes", "mins", "seconds", "secs", "decade", "decades",
+                               "century", "centuries"})
+
+CONTRACTIONS = {
+    "can't": "can not", "cannot": "can not", "won't": "will not", "shan't": "shall not", "ain't": "is not",
+    "what's": "what is", "it's": "it is", "that's": "that is", "there's": "there is", "how's": "how is",
+    "where's": "where is", "who's": "who is", "let's": "let us", "i'm": "i am", "you're": "you are",
+    "we're": "we are", "they're": "they are", "i've": "i have", "you've": "you have", "i'd": "i would",
+    "i'll": "i will", "you'll": "you will",
+}
+
+
+# Quantifiers by class; "any" reads as existential ("Do any birds fly?" = "Do some birds fly?").
+QUANTIFIERS: dict[str, str] = {}
+for _cls, _qs in {"all": "all every each always everyone everybody everything everywhere",
+                  "some": "some several sometimes someone somebody something any anyone anybody anything",
+                  "most": "most majority mostly usually generally",
+                  "few": "few rarely seldom hardly"}.items():
+    for _q in _qs.split():
+        QUANTIFIERS[_q] = _cls
+#: Quantifier classes that constrain the answer even when the other side has none ("Do all birds fly?" ≠ "Do birds fly?").
+STRONG_QUANTIFIERS = frozenset({"all", "most", "few"})
+#: Fixed phrases where a quantifier word is not one: (word, next word) or (previous word, word).
+QUANTIFIER_IDIOMS = frozenset({("at", "all"), ("all", "right"), ("after", "all"), ("all", "in"),
+                               ("the", "most"), ("at", "most"), ("most", "likely"), ("a", "few"), ("any", "more"),
+                               ("any", "way"), ("anyway", ""), ("all", "the"), ("any", "tips"), ("any", "suggestions"),
+                               ("any", "ideas"), ("any", "advice"), ("any", "recommendations")})
+
+# Modal force by class (yes/no and declarative use; "how can I" / "can you" are ignored by the checker).
+MODALS: dict[str, str] = {
+    "can": "can", "could": "can", "able": "can", "possible": "can", "allowed": "can", "permitted": "can",
+    "may": "can", "might": "can", "ok": "can", "okay": "can", "fine": "can",
+    "should": "should", "ought": "should", "advisable": "should", "recommended": "should", "wise": "should",
+    "must": "must", "need": "must", "needs": "must", "required": "must", "necessary": "must", "mandatory": "must",
+    "obligatory": "must", "have_to": "must", "has_to": "must", "got_to": "must", "supposed": "should",
+}
+
+#: Prefixes of hyphenated ordinary words ("re-read", "e-mail", "well-known"); other hyphenated tokens are names/ids.
+COMPOUND_PREFIXES = frozenset("re pre co non un e self well anti multi sub over under post semi mid ex half".split())
+# "What year…" asks when, "Which country…" where, "Which person…" who.
+WH_NOUNS = {**{w: "when" for w in "year years time date day month century decade era".split()},
+            **{w: "where" for w in "country countries city cities place places continent state location town region".split()},
+            **{w: "who" for w in "person people man woman author writer scientist player".split()}}
+PRONOUNS_I = frozenset({"i", "we", "you", "one"})
+
+# Question words; the ones whose answers are of different kinds never paraphrase each other.
+WH_WORDS = frozenset("what which who whom whose where when why how".split())
+WH_EXCLUSIVE = {"who": "who", "whom": "who", "whose": "who", "where": "where", "when": "when", "why": "why"}
+AUXILIARIES = frozenset("is are am was were do does did can could should would will shall may might must has have had "
+                        "isn't aren't wasn't weren't don't doesn't didn't".split())
+# Perfect forms ("has sent") are left out: "Has X sent…?" and "Did X send…?" ask the same.
+TENSE = {"is": "present", "are": "present", "am": "present", "do": "present", "does": "present",
+         "was": "past", "were": "past", "did": "past", "will": "future", "shall": "future"}
+# Lead-ins that make the rest the real question ("Can you tell me who…", "Do you know when…").
+REQUEST_LEADS = frozenset("you tell me explain know wondering wonder please kindly let us i was want to like would "
+                          "curious quick question hey hi hello sorry bother but".split())
+
+# Answer-shape constraints: length, format, audience. Language targets are read from "in/into <language>".
+SHAPE_WORDS: dict[str, str] = {}
+for _tag, _ws in {"len:short": "short brief briefly concise concisely succinct succinctly nutshell tldr oneliner",
+                  "len:long": "detailed detail details thorough thoroughly comprehensive comprehensively elaborate "
+                              "extensive extensively depth lengthy long",
+                  "fmt:json": "json", "fmt:yaml": "yaml", "fmt:xml": "xml", "fmt:csv": "csv", "fmt:markdown": "markdown",
+                  "fmt:table": "table tabular", "fmt:bullets": "bullet bullets bulleted bullet-point bullet-points",
+                  "fmt:numbered": "numbered", "fmt:steps": "step-by-step", "fmt:code": "code snippet snippets",
+                  "fmt:example": "example examples", "fmt:alpha": "alphabetical alphabetically",
+                  "aud:child": "eli5 child children kid kids five-year-old toddler", "aud:expert": "expert experts technical",
+                  "aud:beginner": "beginner beginners layman laymen dummies novice"}.items():
+    for _w in _ws.split():
+        SHAPE_WORDS[_w] = _tag
+LANGUAGES = frozenset("""english french german spanish italian chinese mandarin cantonese japanese russian portuguese arabic
+hindi korean dutch swedish norwegian danish finnish polish turkish greek hebrew latin vietnamese thai indonesian
+swahili ukrainian czech hungarian romanian persian farsi bengali urdu tagalog malay""".split())
+
+# Tasks that produce a different kind of output; a mismatch in these is a different request. Other task classes
+# (explain, calculate, recommend, list, compare…) are ways of asking the same question.
+GENERATIVE_TASKS = frozenset({"pronounce", "summarize", "translate", "write", "rewrite", "classify", "extract", "fix", "test",
+                              "outline", "review", "analyze", "predict"})
+# Arithmetic operations: "12 times 7" ≠ "12 plus 7".
+ARITHMETIC: dict[str, str] = {}
+for _op, _ws in {"mul": "times multiply multiplied product", "div": "divide divided quotient",
+                 "add": "plus sum added", "sub": "minus subtract subtracted"}.items():
+    for _w in _ws.split():
+        ARITHMETIC[_w] = _op
+
+# Proper names written in lower case often enough ("weather in tokyo"): places and languages.
+GAZETTEER = GAZETTEER | LANGUAGES | frozenset("""
+afghanistan albania algeria angola argentina armenia austria azerbaijan bangladesh belarus belgium bolivia bosnia
+botswana bulgaria cambodia cameroon chad colombia congo croatia cuba cyprus czechia denmark ecuador egypt estonia
+ethiopia fiji finland georgia ghana greece guatemala haiti honduras hungary iceland indonesia iran iraq ireland israel
+jamaica jordan kazakhstan kenya kuwait laos latvia lebanon libya lithuania luxembourg madagascar malaysia mali malta
+mongolia morocco mozambique myanmar namibia nepal netherlands holland nicaragua niger nigeria norway oman pakistan
+panama paraguay peru philippines poland portugal qatar romania rwanda senegal serbia singapore slovakia slovenia somalia
+sudan sweden switzerland syria taiwan tanzania thailand tunisia turkey uganda ukraine uruguay uzbekistan venezuela
+vietnam yemen zambia zimbabwe scotland wales korea chile cuba uk
+tokyo osaka kyoto seoul shanghai hong kong delhi mumbai bangalore karachi lahore dhaka jakarta manila bangkok hanoi
+singapore sydney melbourne auckland toronto vancouver montreal chicago boston seattle miami dallas houston denver
+atlanta phoenix philadelphia detroit nairobi lagos cairo johannesburg lima bogota santiago caracas havana dublin
+lisbon barcelona vienna prague budapest warsaw amsterdam brussels copenhagen stockholm oslo helsinki athens istanbul
+dubai riyadh tehran baghdad jerusalem munich hamburg milan naples venice florence geneva zurich edinburgh manchester
+liverpool glasgow quebec
+""".split())
