@@ -489,7 +489,8 @@ def cluster_names(kube: ControlPlane, namespace: str) -> dict[str, str]:
     """Kind -> name of the chart's cluster-scoped objects for a release in ``namespace`` (as rendered)."""
     proc = kube.helm("template", RELEASE, str(CHART), "--namespace", namespace, "--no-hooks")
     return {d["kind"]: d["metadata"]["name"] for d in yaml.safe_load_all(proc.stdout)
-            if d and d["kind"] in {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}}
+            if d and d["kind"] in {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
+                                   "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}}
 
 
 def release_objects(kube: ControlPlane, namespace: str) -> dict[str, set[str]]:
@@ -500,6 +501,9 @@ def release_objects(kube: ControlPlane, namespace: str) -> dict[str, set[str]]:
     for api_version, kind, namespaced in [
         ("apps/v1", "Deployment", True), ("apps/v1", "StatefulSet", True), ("v1", "Service", True),
         ("v1", "Secret", True), ("v1", "ServiceAccount", True), ("rbac.authorization.k8s.io/v1", "Role", True),
+        ("networking.k8s.io/v1", "NetworkPolicy", True),
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy", False),
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding", False),
         ("rbac.authorization.k8s.io/v1", "ClusterRole", False),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", False),
         ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", False),
@@ -529,6 +533,10 @@ def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_na
     assert objects["ClusterRole"] == {names["ClusterRole"]}
     assert objects["ClusterRoleBinding"] == {names["ClusterRoleBinding"]}
     assert objects["MutatingWebhookConfiguration"] == {names["MutatingWebhookConfiguration"]}
+    # Redis's NetworkPolicy and the operator's admission policy passed the API server's validation.
+    assert objects["NetworkPolicy"] == {"llm-llmcache-redis"}
+    assert objects["ValidatingAdmissionPolicy"] == {names["ValidatingAdmissionPolicy"]}
+    assert objects["ValidatingAdmissionPolicyBinding"] == {names["ValidatingAdmissionPolicyBinding"]}
     assert "Role" not in objects  # one replica: no peering RBAC
     # The CRD comes from crds/ with the install.
     crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "cachepolicies.llmcache.io")
