@@ -29,10 +29,11 @@ import logging
 import random
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
 
 from llmcache.errors import ConfigError
 
@@ -101,13 +102,16 @@ def connect(url: str, **kwargs: Any) -> AnyRedis:
         raise ConfigError(f"{redact(url)}: a Redis Cluster has only database 0; drop the /{parts.path.strip('/')}")
     for key in _SINGLE_ONLY:
         kwargs.pop(key, None)
-    if parts.username:
-        kwargs.setdefault("username", unquote(parts.username))
-    if parts.password is not None:
-        kwargs.setdefault("password", unquote(parts.password))
-    if CLUSTER_SCHEMES[scheme] == "rediss":
-        kwargs.setdefault("ssl", True)
-    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in seeds], **kwargs)
+    # The rest of the URL (credentials, ?ssl_ca_certs=… and other query options) means what it
+    # means in a redis:// URL: let redis-py parse it for the first seed.
+    first = f"{CLUSTER_SCHEMES[scheme]}://{parts.netloc.rsplit('@', 1)[0] + '@' if '@' in parts.netloc else ''}" \
+            f"{seeds[0][0]}:{seeds[0][1]}/0" + (f"?{parts.query}" if parts.query else "")
+    options = parse_url(first)
+    for key in ("host", "port", "db"):
+        options.pop(key, None)
+    if issubclass(options.pop("connection_class", redis.asyncio.Connection), redis.asyncio.SSLConnection):
+        options["ssl"] = True
+    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in seeds], **{**options, **kwargs})
 
 
 async def primaries(client: AnyRedis) -> list[tuple[str, Any]]:

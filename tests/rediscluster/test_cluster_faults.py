@@ -83,13 +83,16 @@ async def all_hit_again(stack: Any, *, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     pending = set(range(NUM_PROMPTS))
     while pending:
+        seen: Counter[str] = Counter()
         for i in sorted(pending):
             status, headers, _ = await stack.post("/v1/chat/completions", chat(i))
             assert status == 200
+            seen[headers["X-LLMCache-Status"]] += 1
             if headers["X-LLMCache-Status"] == "hit":
                 pending.discard(i)
         if pending:
-            assert time.monotonic() < deadline, f"{len(pending)} prompts never hit again"
+            assert time.monotonic() < deadline, (f"{len(pending)} prompts never hit again: last round {dict(seen)}, "
+                                                 f"breaker {stack.state.breaker.state}")
             await asyncio.sleep(0.2)
 
 

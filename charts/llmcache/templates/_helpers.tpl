@@ -146,11 +146,39 @@ url
 {{- $pw := include "llmcache.redisPasswords" . | fromJson }}
 {{- printf "%s://operator:%s@%s/0" (include "llmcache.redisScheme" .) $pw.operator (include "llmcache.redisHostPort" .) }}
 {{- if .Values.redis.bundled.tls.enabled }}?ssl_ca_certs=/etc/llmcache/redis-tls/ca.crt{{ end }}
+{{- else if .Values.redis.external.cluster.endpoints }}
+{{- include "llmcache.clusterRedisUrl" (list . "operator") }}
 {{- else if .Values.redis.external.url }}
 {{- .Values.redis.external.url }}
 {{- else if not .Values.redis.external.existingSecret }}
-{{- fail "redis.bundled.enabled is false: set redis.external.url or redis.external.existingSecret" }}
+{{- fail "redis.bundled.enabled is false: set redis.external.url or redis.external.existingSecret (or redis.external.cluster.endpoints for a Redis Cluster)" }}
 {{- end }}
+{{- end }}
+
+{{/*
+URL of the external Redis Cluster for (list . "operator"|"sidecar"):
+redis+cluster:// (rediss+cluster:// with tls), user and password from
+redis.external.cluster.credentialsSecret (lookup: read at install/upgrade; the
+sidecar keys fall back to the operator's), every seed endpoint.
+*/}}
+{{- define "llmcache.clusterRedisUrl" -}}
+{{- $ctx := index . 0 }}{{- $who := index . 1 }}
+{{- $c := $ctx.Values.redis.external.cluster }}
+{{- $user := "" }}{{- $pw := "" }}
+{{- if $c.credentialsSecret }}
+{{- $secret := lookup "v1" "Secret" $ctx.Release.Namespace $c.credentialsSecret }}
+{{- $data := (get (default dict $secret) "data") | default dict }}
+{{- $user = get $data $c.usernameKey | b64dec }}
+{{- $pw = get $data $c.passwordKey | b64dec }}
+{{- if eq $who "sidecar" }}
+{{- $user = get $data $c.sidecarUsernameKey | b64dec | default $user }}
+{{- $pw = get $data $c.sidecarPasswordKey | b64dec | default $pw }}
+{{- end }}
+{{- end }}
+{{- $auth := "" }}
+{{- if $pw }}{{ $auth = printf "%s:%s@" ($user | urlquery) ($pw | urlquery) }}
+{{- else if $user }}{{ $auth = printf "%s@" ($user | urlquery) }}{{ end }}
+{{- printf "%s://%s%s" (ternary "rediss+cluster" "redis+cluster" $c.tls) $auth (join "," $c.endpoints) }}
 {{- end }}
 
 {{/* Where sidecars send misses: sidecar.upstream, else the chart's model server (FQDN: sidecars run in other namespaces). */}}
@@ -238,6 +266,8 @@ user sidecar on #{{ sha256sum $pw.sidecar }} resetkeys resetchannels ~{{ $p }}:e
 {{- $pw := include "llmcache.redisPasswords" . | fromJson }}
 {{- printf "%s://sidecar:%s@%s/0" (include "llmcache.redisScheme" .) $pw.sidecar (include "llmcache.redisHostPort" .) }}
 {{- if .Values.redis.bundled.tls.enabled }}?ssl_ca_certs=/etc/llmcache/redis-tls/ca.crt{{ end }}
+{{- else if .Values.redis.external.cluster.endpoints }}
+{{- include "llmcache.clusterRedisUrl" (list . "sidecar") }}
 {{- else }}
 {{- default .Values.redis.external.url .Values.redis.external.sidecarUrl }}
 {{- end }}
