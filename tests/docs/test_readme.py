@@ -19,6 +19,7 @@ import argparse
 import importlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,6 +208,8 @@ def _python_expected(code: str) -> list[str]:
 
 @pytest.mark.slow
 def test_readme_blocks_run(tmp_path: Path) -> None:
+    # The README's examples use curl, as a user would; say so instead of failing obscurely without it.
+    assert shutil.which("curl") and shutil.which("bash"), "tests/docs needs curl and bash (apt-get install curl)"
     ports = {part: f"127.0.0.1:{free_port()}" for part in DEFAULT_ADDRESSES}
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LLMCACHE_")},
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
