@@ -240,3 +240,38 @@ async def _search_until(index: SearchIndex, v: np.ndarray, *, timeout_s: float =
         if found or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.05)
+
+
+PAIRS = [("How do I reverse a linked list in Python?", "How can I reverse a linked list in Python?"),
+         ("What is the capital city of France?", "Which city is the capital of France?"),
+         ("How do I sort a dictionary by value in Python?", "How can I sort a Python dictionary by its values?"),
+         ("What does HTTP status code 404 mean?", "What is the meaning of the HTTP 404 status code?"),
+         ("How many bytes are in a kilobyte?", "How many bytes does a kilobyte have?"),
+         ("How do I undo the last git commit?", "How can I undo my last commit in git?")]
+
+
+async def test_semantic_hits_through_a_proxy_on_a_cluster(cluster: EmbeddedCluster, cluster_proxy: Any,
+                                                          prefix: str) -> None:
+    """The real embedder and verifier; each paraphrase must find its original on whichever master holds it."""
+    stack = await cluster_proxy(cluster.url, cache_mode="both", semantic_timeout_ms=5000)
+    if stack.state.semantic is None:
+        pytest.fail("the semantic cache did not start on the cluster (see the log)")
+    for original, _ in PAIRS:
+        _, headers, _ = await stack.post("/v1/chat/completions", {**CHAT, "messages": [
+            {"role": "user", "content": original}]})
+        assert headers["X-LLMCache-Status"] == "miss"
+    client = connection.connect(cluster.url)
+    try:
+        docs = [k.decode() async for k in client.scan_iter(match=f"{prefix}:v:*")]
+        assert len(docs) == len(PAIRS)
+        assert len(masters_of(cluster, docs)) >= 2  # the entries live on more than one master
+    finally:
+        await client.aclose()
+    statuses = []
+    for _, paraphrase in PAIRS:
+        status, headers, _ = await stack.post("/v1/chat/completions", {**CHAT, "messages": [
+            {"role": "user", "content": paraphrase}]})
+        assert status == 200
+        statuses.append(headers["X-LLMCache-Status"])
+    assert statuses == ["semantic-hit"] * len(PAIRS), statuses
+    assert stack.state.semantic.stats()["index_backend"] == "search"
