@@ -12,8 +12,8 @@ so a cluster URL works everywhere a ``--redis-url`` is taken. What differs on a
 cluster is kept here, behind small helpers the rest of the code calls on
 either kind of client:
 
-- :func:`primaries` — one client per master (or the one client), for per-master
-  work: the vector index fan-out, ``SCAN`` on admin paths.
+- :func:`primaries` / :func:`slot_owners` — the masters and their slots, for per-master
+  work: the vector index fan-out.
 - :func:`mget` — ``MGET`` split by slot on a cluster.
 - :func:`pubsub_client` — a plain connection to one node for classic pub/sub
   (``PUBLISH`` is broadcast to every node of a cluster, so any node serves).
@@ -38,7 +38,7 @@ from redis.asyncio.connection import parse_url
 from llmcache.errors import ConfigError
 
 __all__ = ["CLUSTER_SCHEMES", "AnyRedis", "connect", "is_cluster", "is_cluster_url", "mget", "pubsub_client",
-           "primaries", "redact"]
+           "primaries", "redact", "slot_owners"]
 
 log = logging.getLogger(__name__)
 

@@ -121,10 +121,6 @@ class EmbeddedCluster:
                     info = c.info("replication")
                     if info.get("role") == "slave" and info.get("master_link_status") != "up":
                         return False
-                    # Every node agrees on the epoch-view of slots: all slots assigned.
-                    slots = c.execute_command("CLUSTER", "SHARDS")
-                    if not slots:
-                        return False
             return True
         except (redis.RedisError, OSError):
             return False
@@ -142,22 +138,6 @@ class EmbeddedCluster:
             except (redis.RedisError, OSError):
                 continue
         return out
-
-    def node_for_slot(self, slot: int) -> int:
-        """Index of the live master serving ``slot``."""
-        for i in self.master_indexes():
-            with self._client(i) as c:
-                for start, end, *_ in c.execute_command("CLUSTER", "SLOTS"):
-                    pass
-                myself = c.execute_command("CLUSTER", "MYID")
-                for entry in c.execute_command("CLUSTER", "SLOTS"):
-                    if entry[0] <= slot <= entry[1]:
-                        host, port = entry[2][0], entry[2][1]
-                        for j, n in enumerate(self.nodes):
-                            if n.port == int(port) and n.pid is not None:
-                                return j
-                del myself
-        raise LookupError(f"no live master serves slot {slot}")
 
     def kill(self, i: int) -> None:
         """SIGKILL node ``i`` (its replica takes over after ``node_timeout_ms``)."""

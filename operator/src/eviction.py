@@ -224,26 +224,39 @@ async def group_usage(r: aioredis.Redis, ks: Keyspace, group: str) -> tuple[int,
 
 
 async def _prune(r: aioredis.Redis, ks: Keyspace, group: str, *, cursor: int, count: int) -> tuple[int, int]:
-    """Sweep whole shards from shard ``cursor`` until ``count`` members were looked at; next shard (0: wrapped)."""
+    """Sweep whole shards from shard ``cursor`` until about ``count`` members were looked at; next shard (0: wrapped).
+
+    The sizes of the next shards are read first (one pipeline), so a pass takes as many
+    shards as make ``count`` (at least one): small groups sweep many shards per pass, big
+    ones one or a few, and no pass reads more than ``count`` plus one shard.
+    """
     shard_i = cursor if 0 <= cursor < NUM_SHARDS else 0
     seen, pruned = 0, 0
-    window = 32
     while shard_i < NUM_SHARDS and seen < count:
-        shards = SHARDS[shard_i:shard_i + window]
+        ahead = SHARDS[shard_i:shard_i + 64]
         async with _pipe(r) as pipe:
+            for shard in ahead:
+                pipe.zcard(ks.group(group, "lru", shard))
+            sizes = [int(n) for n in await pipe.execute()]
+        take, budget = 0, count - seen
+        while take < len(ahead) and (take == 0 or budget > 0):
+            budget -= sizes[take]
+            take += 1
+        shards = [sh for sh, n in zip(ahead[:take], sizes[:take], strict=True) if n]
+        members: list[str] = []
+        async with _pipe(r) as pipe:  # first pages together: small shards end there
             for shard in shards:
                 pipe.zscan(ks.group(group, "lru", shard), cursor=0, count=count)
             pages = await pipe.execute()
-        members: list[str] = []
         for shard, (zcur, scored) in zip(shards, pages, strict=True):
             members.extend(_s(m) for m, _ in scored)
-            while int(zcur) != 0:  # a big shard: finish it (bounded by the shard's size)
+            while int(zcur) != 0:  # a big shard: the rest of it (bounded by its size)
                 zcur, scored = await r.zscan(ks.group(group, "lru", shard), cursor=zcur, count=count)
                 members.extend(_s(m) for m, _ in scored)
-        seen += len(members)
+        seen += sum(sizes[:take])
         if members:
             pruned += await _remove(r, ks, group, members, mode="dead")
-        shard_i += len(shards)
+        shard_i += take
     return (shard_i if shard_i < NUM_SHARDS else 0), pruned
 
 
