@@ -41,6 +41,8 @@ def test_schema_defaults_equal_the_documented_defaults(crds: Any, ns: str) -> No
     assert spec["semantic"]["index"] == policy.DEFAULTS["index"]
     assert spec["eviction"] == {"policy": policy.DEFAULTS["eviction_policy"]}
     assert spec["scope"]["tenantHeader"] == policy.DEFAULTS["tenant_header"]
+    # Requests without the tenant header are not cached unless a policy opts in (issue 14 item 2).
+    assert spec["scope"]["anonymous"] == "Bypass"
     assert spec["nonDeterministic"] == policy.DEFAULTS["non_deterministic"]
     assert spec["suspend"] is policy.DEFAULTS["suspend"]
     # What the API server stored parses to exactly the defaulted model.
