@@ -90,6 +90,8 @@ class Analysis:
     marker_objects: list[tuple[str, str]] = field(default_factory=list)
     """``(marker, object)``: the first content word or unit within 3 tokens after to/into/from/than/by/against
     ("send money to Bob" → ``("to", "bob")``; "5 km in miles" → ``("to", "u:mile")``)."""
+    times: frozenset[str] = frozenset()
+    """Time references by class (:data:`lexicon.TIME_WORDS`)."""
     quantities: Counter[tuple[str, str]] = field(default_factory=Counter)
     """``(number, unit)`` written together ("5 km"): compared exactly, so "5 miles to km" ≠ "5 km to miles"."""
     than: int = 0
@@ -252,6 +254,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
     quantifiers: set[str] = set()
     modals: set[str] = set()
     shape: set[str] = set()
+    times: set[str] = set()
     last_seq_token = -1
     prev_number = False
     pending: tuple[str, int] | None = None  # the last role marker seen and where
@@ -285,7 +288,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             if w == "one" and j == i + 1:
                 # "one mile" = "a mile"; "which one", "the one" are pronouns; "one of" picks some.
                 if nxt == "of":
-                    quantifiers.add("some")
+                    quantifiers.add("one")
                 value = None
             if value is not None:
                 a.numbers[value] += 1
@@ -339,6 +342,8 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
         elif (w in _MODAL_ADJ_BEFORE_TO and nxt in ("to", "for")) or (w in ("have", "has", "need", "needs", "got") and nxt == "to"):
             if not (i >= 2 and words[i - 2] in lx.WH_WORDS or prev in lx.WH_WORDS):
                 modals.add(lx.MODALS.get(w, "must"))
+        if w in lx.TIME_WORDS and not (w == "last" and nxt in ("name", "names", "step", "one")):
+            times.add(lx.TIME_WORDS[w])
         if w in lx.TENSE and a.tense is None:
             a.tense = lx.TENSE[w]
         if w == "than":
@@ -401,6 +406,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
         tasks.add("translate")
     if a.qtype not in (None, "yesno"):
         modals.clear()  # "How can I…", "What should I…", "how hot does it have to be": the wh-word sets the question
+    a.times = frozenset(times)
     a.tasks, a.arithmetic, a.quantifiers, a.modals, a.shape = (frozenset(tasks), frozenset(arithmetic),
                                                                frozenset(quantifiers), frozenset(modals), frozenset(shape))
 

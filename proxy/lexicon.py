@@ -49,6 +49,9 @@ multiply divide|sum difference|profit loss|gain loss|credit debit|income expense
 bullish bearish|inhale exhale|sunrise sunset|freeze melt|freezing boiling|upstream downstream|uppercase lowercase
 upper lower|client server|sender receiver|encrypting decrypting|compile decompile|serialize deserialize|mute unmute
 follow unfollow|subscribe unsubscribe|like unlike|pin unpin|archive unarchive|block unblock|approve deny|approve reject
+bigger smaller|larger smaller|older younger|taller shorter|longer shorter|heavier lighter|harder easier|stronger weaker
+hotter colder|warmer cooler|richer poorer|fast slowly|quickly slowly|fast slow|safer riskier|better worse|more less
+cheapest priciest|oldest youngest|tallest shortest|heaviest lightest|strongest weakest|hottest coldest|easiest hardest
 """.replace("\n", "|").split("|")
 
 ANTONYMS: dict[str, set[str]] = {}
@@ -115,7 +118,7 @@ SYNONYM_GROUPS = [
     "setup configure configuration config setting", "install setup", "join merge combine concatenate",
     "split divide separate", "sort order", "reverse invert flip", "string text", "number integer int",
     "dictionary dict map hashmap", "array list", "variable var", "repository repo", "database db",
-    "documentation docs", "javascript js", "typescript ts", "python py", "kubernetes k8s",  "photograph photo", "television tv", "refrigerator fridge", "examples example instance", "fall autumn", "us usa america",
+    "documentation docs", "javascript js", "typescript ts", "python py", "kubernetes k8s",  "photograph photo", "television tv", "refrigerator fridge", "examples example instance", "fall autumn", "us usa america", "mac macos osx", "healthy nutritious wholesome",
 ]
 SYNONYM: dict[str, str] = {}
 
@@ -174,13 +177,13 @@ FRAMES: dict[str, str] = {
     "author": "write wrote written writes writer writers author authors authored penned",
     "illustrator": "illustrated illustrator illustrators", "translator": "translated translator",
     "inventor": "invent invented inventor inventors", "discoverer": "discovered discoverer",
-    "founder": "founded founder founders", "director": "directed director", "painter": "painted painter",
+    "founder": "founded founder founders", "director": "directed director", "painter": "painted painter artist",
     "composer": "composed composer", "architect": "designed architect", "birth": "born birth birthday birthdate",
     "death": "die died death dead", "population": "population populous inhabitants inhabitant residents resident",
     "height": "tall height high elevation", "width": "wide width broad", "length": "length", "depth": "deep depth",
     "weight": "heavy weight weigh weighs", "age": "old age", "distance": "far distance",
-    "temperature": "temperature hot", "price": "cost costs price prices priced expensive pay afford fee fees",
-    "capital": "capital", "currency": "currency currencies", "language": "speak spoken",
+    "temperature": "temperature temp hot", "price": "cost costs price prices priced expensive pay afford fee fees",
+    "capital": "capital", "currency": "currency currencies", "language": "speak spoken official",
     "area": "area", "symptom": "symptom symptoms sign signs", "treatment": "treat treated treatment cure remedy",
     "prevention": "prevent prevention", "similarity": "common similar similarity similarities alike",
     "difference": "difference differences differ different distinguish distinguishes distinction",
@@ -199,6 +202,7 @@ for _group in SYNONYM_GROUPS:
     _members = _group.split()
     for _m in _members:
         SYNONYM.setdefault(stem(_m), "syn:" + stem(_members[0]))
+        SYNONYM.setdefault(_m, "syn:" + stem(_members[0]))
 
 STOP_STEMS = frozenset(stem(w) for w in STOPWORDS)
 TASK_STEMS = {stem(w): c for w, c in TASK_CLASSES.items()}
@@ -269,12 +273,15 @@ for _cls, _qs in {"all": "all every each always everyone everybody everything ev
     for _q in _qs.split():
         QUANTIFIERS[_q] = _cls
 #: Quantifier classes that constrain the answer even when the other side has none ("Do all birds fly?" ≠ "Do birds fly?").
-STRONG_QUANTIFIERS = frozenset({"all", "most", "few"})
+STRONG_QUANTIFIERS = frozenset({"all", "most", "few", "one"})
 #: Fixed phrases where a quantifier word is not one: (word, next word) or (previous word, word).
 QUANTIFIER_IDIOMS = frozenset({("at", "all"), ("all", "right"), ("after", "all"), ("all", "in"),
                                ("the", "most"), ("at", "most"), ("most", "likely"), ("a", "few"), ("any", "more"),
                                ("any", "way"), ("anyway", ""), ("all", "the"), ("any", "tips"), ("any", "suggestions"),
-                               ("any", "ideas"), ("any", "advice"), ("any", "recommendations")})
+                               ("any", "ideas"), ("any", "advice"), ("any", "recommendations")}
+                              # "most" before an adjective is a superlative ("most recent commit"), not "most of".
+                              | {("most", w) for w in "recent recently common popular important famous effective efficient "
+                                 "expensive beautiful powerful used visited dangerous successful valuable likely".split()})
 
 # Modal force by class (yes/no and declarative use; "how can I" / "can you" are ignored by the checker).
 MODALS: dict[str, str] = {
@@ -287,10 +294,19 @@ MODALS: dict[str, str] = {
 
 #: Prefixes of hyphenated ordinary words ("re-read", "e-mail", "well-known"); other hyphenated tokens are names/ids.
 COMPOUND_PREFIXES = frozenset("re pre co non un e self well anti multi sub over under post semi mid ex half".split())
-# "What year…" asks when, "Which country…" where, "Which person…" who.
+# "What year…" asks when, "Which person…" who. ("Which country won…?" asks who, so places are not mapped.)
 WH_NOUNS = {**{w: "when" for w in "year years time date day month century decade era".split()},
-            **{w: "where" for w in "country countries city cities place places continent state location town region".split()},
             **{w: "who" for w in "person people man woman author writer scientist player".split()}}
+# Time references that change the answer ("last year", "next week", "in the past"); "now"/"currently" are the
+# default and carry nothing. Synonyms share a class ("last"/"latest"/"most recent").
+TIME_WORDS: dict[str, str] = {}
+for _cls, _ws in {"latest": "last latest recent recently newest", "next": "next upcoming coming",
+                  "past": "past ago former formerly previously historically ancient", "future": "future soon later eventually",
+                  "earlier": "earlier", "yesterday": "yesterday", "today": "today", "tonight": "tonight",
+                  "tomorrow": "tomorrow", "weekend": "weekend weekends", "morning": "morning mornings",
+                  "afternoon": "afternoon", "evening": "evening evenings", "night": "night nights overnight"}.items():
+    for _w in _ws.split():
+        TIME_WORDS[_w] = _cls
 PRONOUNS_I = frozenset({"i", "we", "you", "one"})
 
 # Question words; the ones whose answers are of different kinds never paraphrase each other.

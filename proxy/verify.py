@@ -46,7 +46,7 @@ __all__ = ["Verdict", "Verifier", "PairModel", "analyse", "Analysis", "REASONS",
 
 #: Every reason a verdict can carry (metrics label values).
 REASONS = ("ok", "identical", "unreadable", "symbol", "negation", "antonym", "number", "unit", "quantifier",
-           "modality", "comparison", "question", "task", "shape", "direction", "topic", "tense", "entity", "content")
+           "modality", "comparison", "time", "question", "task", "shape", "direction", "topic", "tense", "entity", "content")
 
 WordEmbed = Callable[[Sequence[str]], Awaitable[np.ndarray]]
 MODEL_PATH = Path(__file__).with_name("data") / "verify_model.json"
@@ -111,6 +111,10 @@ class _Pending:
     all_b: list[str]
     substitution: bool
     aligned_frac: float
+    modifier: str = ""
+    """A word on one side only, right before a word both sides share ("vegan recipe" / "recipe")."""
+    generative: bool = False
+    """A generative task (write, summarise…): what it is about is never reworded freely."""
 
 
 # --------------------------------------------------------------------------- evidence checks
@@ -364,6 +368,7 @@ def _evidence(a: Analysis, b: Analysis) -> Verdict | None:
         ("quantifier", _quantifier_clash),
         ("modality", _modal_clash),
         ("comparison", _comparison_clash),
+        ("time", lambda x, y: f"{sorted(x.times)} vs {sorted(y.times)}" if x.times != y.times else None),
         ("question", _question_clash),
         ("task", _task_clash),
         ("shape", _shape_clash),
@@ -471,6 +476,23 @@ def _align(a: Analysis, b: Analysis) -> Verdict | tuple[dict[str, Token], dict[s
     return only_a, only_b
 
 
+def _added_modifier(a: Analysis, b: Analysis, only_a: dict[str, Token], only_b: dict[str, Token]) -> str:
+    """A word only one side has, directly before a content word both share: it narrows the question."""
+    if only_a and only_b:
+        return ""
+    side, own, other = (a, only_a, b) if only_a else (b, only_b, a)
+    for tok in own.values():  # "largest city", "older brother": a degree on one side only
+        if tok.text.endswith(("est", "er")) and tok.stem in lx.ANTONYM_STEMS:
+            return tok.text
+    keys = [lx.SYNONYM.get(t.stem, t.stem) for t in side.tokens]
+    for i in range(len(side.tokens) - 1):
+        if i and side.tokens[i - 1].text in lx.WH_WORDS:  # "which country won": the question word's noun
+            continue
+        if keys[i] in own and keys[i + 1] in other.content and keys[i + 1] not in own:
+            return side.tokens[i].text
+    return ""
+
+
 def _substitution(a: Analysis, b: Analysis) -> bool:
     """The content sequences differ in one contiguous span on each side (a controlled edit)."""
     sa = [x for x in a.sequence if _is_anchor(x)]
@@ -548,7 +570,9 @@ class Verifier:
                 float(p.substitution), float(not p.only_a or not p.only_b), p.aligned_frac]
 
     def _judge(self, p: _Pending, cosine: float, vectors: dict[str, np.ndarray]) -> Verdict:
-        if p.substitution and len(p.only_a) == len(p.only_b) == 1 and cosine < _SUBSTITUTE_COSINE:
+        if p.modifier:
+            return Verdict(False, "content", f"added modifier {p.modifier}")
+        if p.substitution and len(p.only_a) == len(p.only_b) == 1 and (cosine < _SUBSTITUTE_COSINE or p.generative):
             # One word swapped in the same sentence ("sort a dictionary" / "sort a list"): only a synonym may pass.
             sim = float(vectors[p.only_a[0]] @ vectors[p.only_b[0]])
             if sim < _SUBSTITUTE_SIMILARITY:
@@ -591,5 +615,7 @@ class Verifier:
             pending.append(_Pending(
                 i, [t.text for t in only_a.values()], [t.text for t in only_b.values()],
                 [t.text for t in a.content.values()], [t.text for t in b.content.values()],
-                _substitution(a, b), 1.0 - (len(only_a) + len(only_b)) / total if total else 1.0))
+                _substitution(a, b), 1.0 - (len(only_a) + len(only_b)) / total if total else 1.0,
+                modifier=_added_modifier(a, b, only_a, only_b),
+                generative=bool((a.tasks | b.tasks) & lx.GENERATIVE_TASKS)))
         return results, pending
