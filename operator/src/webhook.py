@@ -21,6 +21,9 @@ A pod labelled ``llmcache.io/inject: enabled`` gets, as one JSONPatch:
 
 Idempotent: a pod that already has the annotation or a container named
 ``llmcache-proxy`` is admitted unchanged, as is every pod without the label.
+A pod one of whose containers declares the sidecar's port or health port is
+admitted without the sidecar and annotated ``skipped: <why>`` (the sidecar
+could not bind, and would hold the app back forever).
 The webhook never denies a pod: on any internal error it admits without a
 patch (and the chart sets ``failurePolicy: Ignore``), so admission never fails
 because of llmcache. The pod's *app* containers do wait for the native sidecar's
@@ -58,7 +61,8 @@ from llmcache.operator.settings import (
 )
 from llmcache.settings import parse_listen
 
-__all__ = ["create_app", "injection_patch", "review_response", "serve", "sidecar_container", "wants_injection"]
+__all__ = ["create_app", "injection_patch", "port_conflict", "review_response", "serve", "sidecar_container",
+           "wants_injection"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +163,13 @@ def injection_patch(pod: Mapping[str, Any], sidecar: SidecarSettings, *, native:
     spec = pod.get("spec") or {}
     meta = pod.get("metadata") or {}
     ops: list[dict[str, Any]] = []
+    clash = port_conflict(pod, sidecar)
+    if clash:
+        # Containers of a pod share one network namespace: a sidecar that cannot bind its port
+        # would crash-loop and, as a native sidecar, keep the app from ever starting. Admit the
+        # pod unchanged, saying why on the pod itself.
+        log.warning("not injecting into a pod in %s: %s", meta.get("namespace"), clash)
+        return [_annotate(meta, f"skipped: {clash}")]
     container = sidecar_container(sidecar, native=native)
     if native:
         # First, so that other init containers can already use the cache.
@@ -193,12 +204,27 @@ def injection_patch(pod: Mapping[str, Any], sidecar: SidecarSettings, *, native:
     elif pull:
         ops.append({"op": "add", "path": "/spec/imagePullSecrets", "value": pull})
 
-    if meta.get("annotations"):
-        ops.append({"op": "add", "path": f"/metadata/annotations/{_escape(INJECT_STATUS_ANNOTATION)}",
-                    "value": "injected"})
-    else:
-        ops.append({"op": "add", "path": "/metadata/annotations", "value": {INJECT_STATUS_ANNOTATION: "injected"}})
+    ops.append(_annotate(meta, "injected"))
     return ops
+
+
+def _annotate(meta: Mapping[str, Any], status: str) -> dict[str, Any]:
+    """The patch op that sets the inject-status annotation to ``status``."""
+    if meta.get("annotations"):
+        return {"op": "add", "path": f"/metadata/annotations/{_escape(INJECT_STATUS_ANNOTATION)}", "value": status}
+    return {"op": "add", "path": "/metadata/annotations", "value": {INJECT_STATUS_ANNOTATION: status}}
+
+
+def port_conflict(pod: Mapping[str, Any], sidecar: SidecarSettings) -> str | None:
+    """Why the sidecar's ports clash with a port a container of ``pod`` declares, or ``None``."""
+    spec = pod.get("spec") or {}
+    ours = {sidecar.port: "sidecar.port", sidecar.health_port: "sidecar.healthPort"}
+    for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        for p in c.get("ports") or []:
+            if p.get("containerPort") in ours and (p.get("protocol") or "TCP") == "TCP":
+                return (f"container {c.get('name')!r} uses port {p['containerPort']}, the llmcache sidecar's "
+                        f"{ours[p['containerPort']]}; change one of them")
+    return None
 
 
 def review_response(review: Mapping[str, Any], sidecar: SidecarSettings, *, native: bool,
@@ -215,6 +241,7 @@ def review_response(review: Mapping[str, Any], sidecar: SidecarSettings, *, nati
     if ops:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(ops).encode()).decode()
+    if any(op["path"].startswith(("/spec/initContainers", "/spec/containers")) for op in ops):
         log.info("injecting %s sidecar into pod %s/%s", "native" if native else "classic",
                  request.get("namespace"), (pod.get("metadata") or {}).get("name")
                  or (pod.get("metadata") or {}).get("generateName"))
@@ -243,7 +270,8 @@ async def _mutate_pods(request: web.Request) -> web.Response:
                              configmap_name=request.app[_CONFIGMAP])
     mirror = request.app.get(_MIRROR)
     req = review["request"]
-    if isinstance(mirror, credentials.CredentialsMirror) and "patch" in answer["response"] and not req.get("dryRun"):
+    injected = "patch" in answer["response"] and port_conflict(req.get("object") or {}, settings.sidecar) is None
+    if isinstance(mirror, credentials.CredentialsMirror) and injected and not req.get("dryRun"):
         # The injected env references the Secret: make it exist in the pod's namespace first.
         namespace = str(req.get("namespace") or "")
         try:

@@ -141,6 +141,20 @@ def test_sidecar_pull_secrets_are_added_once() -> None:
     assert out["spec"]["imagePullSecrets"] == [{"name": "app-cred"}, {"name": "mirror"}, {"name": "regcred"}]
 
 
+@pytest.mark.parametrize("port", [8080, 18081])
+def test_a_port_clash_admits_the_pod_without_the_sidecar_and_says_why(port: int) -> None:
+    pod = labelled_pod()
+    pod["spec"]["containers"][0]["ports"] = [{"containerPort": port}]
+    out = apply_json_patch(pod, webhook.injection_patch(pod, SidecarSettings(port=8080, health_port=18081),
+                                                        native=True, configmap_name="cm"))
+    assert "initContainers" not in out["spec"] and out["spec"]["containers"] == pod["spec"]["containers"]
+    status = out["metadata"]["annotations"]["llmcache.io/inject-status"]
+    assert status.startswith("skipped:") and f"port {port}" in status and "'app'" in status
+    # Other ports (and UDP on ours) are no clash.
+    pod["spec"]["containers"][0]["ports"] = [{"containerPort": 9000}, {"containerPort": port, "protocol": "UDP"}]
+    assert webhook.port_conflict(pod, SidecarSettings(port=8080, health_port=18081)) is None
+
+
 def test_tenant_salt_from_a_secret_wins_over_a_literal() -> None:
     sidecar = SidecarSettings(tenant_salt="literal", tenant_salt_secret="llmcache-salt")
     env = env_of(webhook.sidecar_container(sidecar, native=True))
