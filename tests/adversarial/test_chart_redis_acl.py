@@ -224,3 +224,14 @@ async def test_proxy_and_operator_do_their_work_under_their_users(acl_redis: Acl
         assert acl_redis.acl_log() == [], "a command was denied to the proxy or the operator"
     finally:
         await op.aclose()
+
+
+@pytest.mark.parametrize("credentials", ["", "sidecar:wrong-password@"], ids=["no-password", "wrong-password"])
+async def test_a_sidecar_without_valid_credentials_fails_open(acl_redis: AclRedis, proxy_stack: Any,
+                                                              credentials: str) -> None:
+    """An old or misconfigured sidecar is refused by Redis, and answers anyway (uncached), never a 5xx."""
+    stack = await proxy_stack(redis_url=f"redis://{credentials}127.0.0.1:{acl_redis.server.port}/0")
+    for _ in range(2):
+        status, headers, body = await stack.post("/v1/chat/completions", CHAT)
+        assert status == 200 and headers["X-LLMCache-Status"] in ("miss", "bypass"), (status, headers, body)
+    assert await stack.upstream_count() == 2  # nothing was served from (or stored in) the cache
