@@ -8,7 +8,9 @@ live on :data:`llmcache.proxy.handlers.STATE`:
    the exact store and the optional cross-pod lease; a first PING settles
    ``/readyz`` (reached, or breaker open → bypass);
 3. the policy watcher, when a policy source is configured;
-4. the semantic cache, when the mode wants it and the module is installed;
+4. the semantic cache, when the mode wants it and the module is installed; when Redis (or a
+   remote embedder) is not there yet, it keeps starting in the background with backoff
+   (0.5 s doubling to 30 s) and the proxy serves exact-only meanwhile;
 5. the stats flusher (pending counters → Redis once a second).
 """
 
@@ -29,10 +31,12 @@ from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from llmcache import connection
+from llmcache.errors import DependencyError
 from llmcache.keyspace import Keyspace
 from llmcache.proxy import admin, handlers
 from llmcache.proxy.breaker import Breaker, CacheUnavailable, LoopLag
 from llmcache.proxy.exact import RedisExactStore
+from llmcache.proxy.limits import BodyBudget
 from llmcache.proxy.metrics import ProxyMetrics
 from llmcache.proxy.settings import ProxySettings, generated_salt
 from llmcache.proxy.singleflight import RedisLease
@@ -53,6 +57,10 @@ _SHUTDOWN_GRACE_S = 1.0
 
 #: How often pending stats counters are written to Redis (s).
 STATS_FLUSH_INTERVAL_S = 1.0
+
+#: First and longest wait between attempts to start the semantic cache (s).
+SEMANTIC_RETRY_MIN_S = 0.5
+SEMANTIC_RETRY_MAX_S = 30.0
 
 
 def create_app(settings: ProxySettings) -> web.Application:
@@ -76,6 +84,7 @@ def create_app(settings: ProxySettings) -> web.Application:
         telemetry=Telemetry(otlp_endpoint=obs.otlp_endpoint),
         breaker=Breaker(timeout_s=settings.redis.timeout_ms / 1000, failure_threshold=settings.redis.breaker_failures,
                         cooldown_s=settings.redis.breaker_cooldown_s, lag=LoopLag()),
+        body_budget=BodyBudget(settings.cache.max_inflight_body_bytes),
     )
     # The body limit is enforced by the cacheable handler (413 with an OpenAI error body);
     # pass-through bodies are streamed and never held, so aiohttp's own limit is lifted.
@@ -230,20 +239,86 @@ async def _semantic_ctx(app: web.Application) -> AsyncIterator[None]:
                     "exact cache only", settings.cache.mode)
         yield
         return
-    try:
-        sem_settings = _semantic_settings(module, settings)
-        state.semantic = await module.SemanticCache.create(state.redis, settings=sem_settings,
-                                                           keyspace=state.keyspace)
-    except Exception:  # noqa: BLE001 - the semantic cache is optional: fail open to exact only
-        log.exception("semantic cache failed to start: exact cache only")
-        state.semantic = None
+    starter = _SemanticStarter(state, module)
+    # One attempt before serving (a healthy start has the semantic cache from the first request);
+    # if Redis or the embedder is not there yet, keep trying in the background.
+    if not await starter.attempt():
+        starter.task = asyncio.get_running_loop().create_task(starter.run(), name="semantic-start")
     try:
         yield
     finally:
-        sem, state.semantic = state.semantic, None
+        await starter.close()
+
+
+class _SemanticStarter:
+    """Start the semantic cache, retrying with backoff until it works (exact-only meanwhile).
+
+    A sidecar often starts before Redis; the semantic cache must come up when Redis does, not
+    stay off for the life of the process. The embedder is loaded once and reused by every attempt.
+    """
+
+    def __init__(self, state: handlers.ProxyState, module: Any) -> None:
+        self.state = state
+        self.module = module
+        self.embedder: Any | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.num_attempts = 0
+        self._give_up = False
+
+    async def attempt(self) -> bool:
+        """One try; True when the semantic cache is running (or cannot ever run: no point retrying)."""
+        state, module = self.state, self.module
+        self.num_attempts += 1
+        try:
+            sem_settings = _semantic_settings(module, state.settings)
+        except Exception:  # noqa: BLE001 - a configuration error does not heal by waiting
+            log.exception("semantic cache settings are invalid: exact cache only")
+            return True
+        try:
+            if self.embedder is None:
+                self.embedder = await module.make_embedder(sem_settings)
+        except DependencyError as exc:
+            log.error("semantic cache cannot start: %s; exact cache only", exc)
+            return True
+        except Exception as exc:  # noqa: BLE001 - a remote embedder may come up later
+            self._warn("embedder", exc)
+            return False
+        try:
+            state.semantic = await module.SemanticCache.create(state.redis, settings=sem_settings,
+                                                               keyspace=state.keyspace, embedder=self.embedder)
+        except Exception as exc:  # noqa: BLE001 - Redis away, index not creatable yet: retry
+            self._warn("vector index", exc)
+            return False
+        if self.num_attempts > 1:
+            log.warning("semantic cache started after %d attempts", self.num_attempts)
+        return True
+
+    def _warn(self, part: str, exc: BaseException) -> None:
+        # First failure loudly, then quietly: a long outage must not flood the log.
+        level = logging.WARNING if self.num_attempts == 1 else logging.DEBUG
+        log.log(level, "semantic cache not started yet (%s: %s: %s): exact cache only; retrying with backoff",
+                part, type(exc).__name__, exc)
+
+    async def run(self) -> None:
+        delay_s = SEMANTIC_RETRY_MIN_S
+        while True:
+            await asyncio.sleep(delay_s)
+            if await self.attempt():
+                return
+            delay_s = min(delay_s * 2, SEMANTIC_RETRY_MAX_S)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        sem, self.state.semantic = self.state.semantic, None
         if sem is not None:
             with contextlib.suppress(Exception):
                 await sem.close()
+        if self.embedder is not None:
+            with contextlib.suppress(Exception):
+                await self.embedder.close()
 
 
 def _semantic_settings(module: Any, settings: ProxySettings) -> Any:

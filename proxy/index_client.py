@@ -5,6 +5,7 @@ any pod can rebuild; each pod keeps an in-process numpy copy to search::
 
     start:    id₀ = last id of {p}:vevents;  SCAN {p}:v:* → rows
     steady:   XREAD {p}:vevents from id₀ every poll_interval_s → add / delete rows (other pods' writes)
+    a read fails, or Redis's run_id changed (it restarted): full rebuild, new id₀
     every reconcile_interval_s: full SCAN rebuild, swapped in (repairs a trimmed stream, lost events)
     lookup:   dot products over the scope's live rows → top k → HMGET their documents
               (a missing or expired document drops the row: TTL needs no event)
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Approximate length the event stream is trimmed to; a pod that falls further behind reconciles.
 EVENTS_MAXLEN = 100_000
+#: How often the follower asks Redis for its run_id (s): a changed one means a restart, so rebuild.
+RUN_ID_CHECK_INTERVAL_S = 5.0
 #: Above this many rows the dot products run in a worker thread instead of on the event loop.
 _THREAD_ABOVE_ROWS = 20_000
 _FIELDS = ("vec", "scope", "text", "exp", "v")
@@ -210,15 +213,36 @@ class ClientIndex:
     async def _follow(self) -> None:
         # Short non-blocking reads and an interruptible wait: cancelling a blocking XREAD inside
         # redis-py can leave the task stuck, so close() asks this loop to stop instead.
+        # After a failed read Redis may have restarted (empty, or from an older snapshot): events
+        # were lost and the stream position may point past the new stream's ids, so the first
+        # read that works again is a full rebuild, which also resets the position.
+        # The pool reconnects silently, so a restart is also recognised by the server's run_id,
+        # checked every RUN_ID_CHECK_INTERVAL_S.
         stream = self._keyspace.vector_events
+        stale = False
+        run_id: str | None = None
+        checked_at = time.monotonic()
         while not self._stop.is_set():
             try:
+                if run_id is None or time.monotonic() - checked_at >= RUN_ID_CHECK_INTERVAL_S:
+                    checked_at = time.monotonic()
+                    now_id = str((await self._redis.info("server")).get("run_id", ""))
+                    if run_id is not None and now_id != run_id:
+                        log.warning("client vector index: Redis restarted (new run_id); rebuilding")
+                        stale = True
+                    run_id = now_id
+                if stale:
+                    await self.rebuild()
+                    stale = False
                 reply = await self._redis.xread({stream: self._last_event_id}, count=500)
                 await self._apply(reply)
                 if reply:
                     continue
-            except Exception as exc:  # noqa: BLE001 - keep following; reconciliation repairs gaps
-                log.warning("client vector index: event stream read failed (%s); retrying", type(exc).__name__)
+            except Exception as exc:  # noqa: BLE001 - keep following; the rebuild repairs gaps
+                if not stale:
+                    log.warning("client vector index: event stream read failed (%s); rebuilding when Redis "
+                                "answers again", type(exc).__name__)
+                stale = True
                 await self._sleep(1.0)
                 continue
             await self._sleep(self._poll_interval_s)

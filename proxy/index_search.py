@@ -29,6 +29,12 @@ alternative, the client-side index, would hold every vector in every sidecar
 Redis without the module. Limitation: an index left on a master whose name slot
 moved away cannot be dropped through the cluster (the name routes elsewhere); it
 costs memory until that slot moves back or the node restarts empty.
+
+Indexes are recreated on demand: a Redis (or master) that restarted without
+persistence, or had the index dropped, answers ``no such index``;
+:meth:`SearchIndex.search` then runs ``FT.CREATE`` again for those names (at most
+once per :data:`RECREATE_INTERVAL_S`) and retries once. The documents written
+meanwhile are plain HASHes under the prefix, so the new index picks them up.
 """
 
 from __future__ import annotations
@@ -50,6 +56,15 @@ from llmcache.proxy.vector_index import Candidate, IndexError_, doc_fields
 __all__ = ["SearchIndex"]
 
 log = logging.getLogger(__name__)
+
+#: Least time between two on-demand ``FT.CREATE`` rounds (s): a Redis without the index must not
+#: receive one per lookup.
+RECREATE_INTERVAL_S = 1.0
+
+
+def _index_missing(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "no such index" in text or "unknown index name" in text
 
 
 def _s(value: Any) -> str:
@@ -77,6 +92,8 @@ class SearchIndex:
         self._names: list[str] = [] if self._cluster else [keyspace.vector_index]
         self._names_at = 0.0
         self._resolving: asyncio.Lock | None = None
+        self._recreated_at = -RECREATE_INTERVAL_S
+        self.num_recreated = 0
         self._num_docs: int | None = None
         self._num_docs_at = 0.0
         self._refresh: asyncio.Task[None] | None = None
@@ -157,6 +174,37 @@ class SearchIndex:
                 return int(_s(fields["dim"]))
         return None
 
+    async def _query(self, names: list[str], args: tuple[Any, ...]) -> list[Any]:
+        """``FT.SEARCH name *args`` on every name; the reply or the exception it raised, per name."""
+        if not self._cluster:  # one Redis: no gather (a task per search) on the hot path
+            try:
+                return [await self._redis.execute_command("FT.SEARCH", names[0], *args)]
+            except Exception as exc:  # noqa: BLE001 - reported by the caller like a cluster's
+                return [exc]
+        # target_nodes: the slot of the name is known here; without it redis-py asks the server
+        # for the keys of every module command (COMMAND GETKEYS, one more round trip).
+        return list(await asyncio.gather(*(self._redis.execute_command(
+            "FT.SEARCH", name, *args, target_nodes=self._redis.get_node_from_key(name)) for name in names),
+            return_exceptions=True))
+
+    async def _recreate(self, names: list[str]) -> bool:
+        """Run ``FT.CREATE`` again for ``names`` after they vanished (Redis restarted); False when
+        rate-limited or when it failed (the lookup then fails open and a later one tries again)."""
+        now = time.monotonic()
+        if now - self._recreated_at < RECREATE_INTERVAL_S:
+            return False
+        self._recreated_at = now
+        try:
+            for name in names:
+                await self._ensure_index(name)
+        except Exception as exc:  # noqa: BLE001 - reported by the caller as a failed lookup
+            log.warning("vector index %s is missing and could not be recreated (%s)", ",".join(names),
+                        type(exc).__name__)
+            return False
+        self.num_recreated += 1
+        log.warning("vector index %s was missing (Redis restarted?): recreated it", ",".join(names))
+        return True
+
     async def search(self, vector: np.ndarray, *, scope_hash: str, k: int, min_similarity: float) -> list[Candidate]:
         """The ``k`` best of every master's ``k`` best (one master on a single Redis), asked concurrently."""
         if self._cluster and (not self._names or time.monotonic() - self._names_at > self._topology_refresh_s):
@@ -170,18 +218,10 @@ class SearchIndex:
         # On a cluster only the distance comes back (see _fetch); one Redis returns the fields too.
         fields = ("RETURN", 1, "dist") if self._cluster else ("RETURN", 3, "dist", "text", "exp")
         args = (query, "PARAMS", 2, "blob", blob, *fields, "SORTBY", "dist", "LIMIT", 0, k, "DIALECT", 2)
-        replies: list[Any]
-        if not self._cluster:  # one Redis: no gather (a task per search) on the hot path
-            try:
-                replies = [await self._redis.execute_command("FT.SEARCH", names[0], *args)]
-            except Exception as exc:  # noqa: BLE001 - reported below like a cluster's
-                replies = [exc]
-        else:
-            # target_nodes: the slot of the name is known here; without it redis-py asks the server
-            # for the keys of every module command (COMMAND GETKEYS, one more round trip).
-            replies = list(await asyncio.gather(*(self._redis.execute_command(
-                "FT.SEARCH", name, *args, target_nodes=self._redis.get_node_from_key(name)) for name in names),
-                return_exceptions=True))
+        replies = await self._query(names, args)
+        missing = [n for n, r in zip(names, replies, strict=True) if isinstance(r, BaseException) and _index_missing(r)]
+        if missing and await self._recreate(missing):
+            replies = await self._query(names, args)
         failed = [(n, r) for n, r in zip(names, replies, strict=True) if isinstance(r, BaseException)]
         if failed:
             self._names_at = 0.0  # re-resolve the masters on the next search
@@ -272,7 +312,7 @@ class SearchIndex:
                 pass
         return {"index_backend": self.name, "index_name": ",".join(self._names),
                 "entries": self._num_docs, "index_memory_bytes": None,
-                "num_partial_searches": self.num_partial_searches}
+                "num_partial_searches": self.num_partial_searches, "index_recreated": self.num_recreated}
 
 
 @functools.lru_cache(maxsize=64)

@@ -34,7 +34,7 @@ from llmcache.proxy import embedder as embedder_mod
 from llmcache.proxy import vector_index
 from llmcache.proxy.verify import Verifier
 
-__all__ = ["DEFAULT_THRESHOLD", "SemanticSettings", "SemanticMatch", "SemanticCache"]
+__all__ = ["DEFAULT_THRESHOLD", "SemanticSettings", "SemanticMatch", "SemanticCache", "make_embedder"]
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class SemanticCache:
         redis = binary
         owns = embedder is None
         if embedder is None:
-            embedder = await _make_embedder(settings)
+            embedder = await make_embedder(settings)
         try:
             index = await vector_index.open_index(
                 redis, keyspace=keyspace, dim=embedder.dim, kind=settings.index,
@@ -278,7 +278,12 @@ class SemanticCache:
         }
 
 
-async def _make_embedder(settings: SemanticSettings) -> embedder_mod.Embedder:
+async def make_embedder(settings: SemanticSettings) -> embedder_mod.Embedder:
+    """The embedder ``settings`` name (local model or remote endpoint); needs no Redis.
+
+    The proxy loads it once and passes it to every :meth:`SemanticCache.create` attempt, so
+    retrying while Redis is away does not reload the model.
+    """
     if settings.embedder == "remote":
         assert settings.embedder_url is not None
         return await embedder_mod.RemoteEmbedder.connect(
