@@ -1,7 +1,16 @@
 """Cache keys: canonical JSON of everything that shapes an answer, hashed.
 
-The exact key of a request is ``SHA-256(canonical JSON of {v, route, tenant,
-namespace, body minus transport-only fields})``. Transport-only fields
+The exact key of a request is ``SHA-256(canonical JSON of {v, route, query,
+partition, tenant, namespace, body minus transport-only fields})``:
+
+- ``partition`` — the pod's Kubernetes namespace (or the applied policy's), so two
+  namespaces never share an entry even for the same tenant;
+- ``tenant`` — the salted hash of the credential (:func:`tenant_id`); a request
+  without one is cached only when a policy opts in (``anonymous: PerNamespace``),
+  and then per partition;
+- ``namespace`` — the client-chosen ``X-LLMCache-Namespace``;
+- ``query`` — the URL query string, forwarded upstream, so it may shape the answer.
+ Transport-only fields
 (:data:`NOT_IN_KEY`: ``stream``, ``stream_options``, ``user``) are left out so a
 stored answer serves streaming and non-streaming callers alike. Unknown fields
 are kept: if an upstream honours a field we do not know, it may shape the output.
@@ -31,13 +40,15 @@ __all__ = [
     "canonical_json",
     "tenant_id",
     "exact_key",
+    "cache_salt",
     "SemanticParts",
     "semantic_parts",
     "short",
 ]
 
 #: Bump when the key material changes so old entries are never served.
-KEY_SCHEMA_VERSION = 1
+#: 2: partition (pod namespace / policy) and query string joined the material.
+KEY_SCHEMA_VERSION = 2
 
 CACHEABLE_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
@@ -88,19 +99,37 @@ def tenant_id(credential: str | None, salt: bytes) -> str:
     return hmac.new(salt, credential.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def _key_material(route: str, body: Mapping[str, Any], tenant: str, namespace: str) -> dict[str, Any]:
+def _key_material(route: str, body: Mapping[str, Any], tenant: str, namespace: str, partition: str,
+                  query: str) -> dict[str, Any]:
     return {
         "v": KEY_SCHEMA_VERSION,
         "route": route,
+        "query": query,
+        "partition": partition,
         "tenant": tenant,
         "namespace": namespace,
         "body": {k: v for k, v in body.items() if k not in NOT_IN_KEY},
     }
 
 
-def exact_key(route: str, body: Mapping[str, Any], *, tenant: str, namespace: str = "") -> str:
-    """SHA-256 hex digest addressing the exact cache entry of this request."""
-    return hashlib.sha256(canonical_json(_key_material(route, body, tenant, namespace))).hexdigest()
+def exact_key(route: str, body: Mapping[str, Any], *, tenant: str, namespace: str = "", partition: str = "",
+              query: str = "") -> str:
+    """SHA-256 hex digest addressing the exact cache entry of this request.
+
+    ``partition`` is the pod's Kubernetes namespace (or policy id), ``query`` the URL query string.
+    """
+    material = _key_material(route, body, tenant, namespace, partition, query)
+    return hashlib.sha256(canonical_json(material)).hexdigest()
+
+
+def cache_salt(tenant: str, salt: bytes, *, partition: str = "", client_salt: str | None = None) -> str:
+    """The ``cache_salt`` sent upstream with a request: isolates its prefix KV cache per tenant and partition.
+
+    HMAC under the tenant salt, so no caller can compute another tenant's value; a client's
+    own ``cache_salt`` is folded in (it may narrow its isolation, never widen it).
+    """
+    material = f"{partition}\x00{tenant}\x00{client_salt or ''}".encode()
+    return hmac.new(salt, b"cache-salt\x00" + material, hashlib.sha256).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +137,7 @@ class SemanticParts:
     """What the semantic cache needs: the exact-match scope and the text compared by meaning."""
 
     scope_hash: str
-    """SHA-256 of everything but the compared text (tenant, namespace, model, params, history)."""
+    """SHA-256 of everything but the compared text (partition, tenant, namespace, query, model, params, history)."""
     text: str
     """The last user message (chat) or the prompt (completions)."""
     model: str
@@ -128,7 +157,8 @@ def _message_text(content: Any) -> str | None:
     return None
 
 
-def semantic_parts(route: str, body: Mapping[str, Any], *, tenant: str, namespace: str = "") -> SemanticParts | None:
+def semantic_parts(route: str, body: Mapping[str, Any], *, tenant: str, namespace: str = "", partition: str = "",
+                   query: str = "") -> SemanticParts | None:
     """Split a request for the semantic cache, or ``None`` when it cannot be compared by meaning.
 
     Only chat requests whose last message is a user text message, and completions
@@ -158,7 +188,7 @@ def semantic_parts(route: str, body: Mapping[str, Any], *, tenant: str, namespac
         scoped_body = {k: v for k, v in body.items() if k != "prompt"}
     else:
         return None
-    material = _key_material(route, scoped_body, tenant, namespace)
+    material = _key_material(route, scoped_body, tenant, namespace, partition, query)
     material["semantic"] = True
     return SemanticParts(hashlib.sha256(canonical_json(material)).hexdigest(), text, model)
 

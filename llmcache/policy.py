@@ -58,6 +58,7 @@ _NONDET = ("bypass", "cache", "cache-if-seeded")
 _PROVIDERS = ("local", "remote")
 _INDEX = ("auto", "search", "client")
 _OPS = ("In", "NotIn", "Exists", "DoesNotExist")
+_ANONYMOUS = ("Bypass", "PerNamespace")
 
 #: Documented defaults (a test pins them). Units in the names.
 DEFAULTS: dict[str, Any] = {
@@ -77,6 +78,9 @@ DEFAULTS: dict[str, Any] = {
     "max_entries": None,
     "max_memory_bytes": None,
     "tenant_header": "Authorization",
+    # Requests without a credential (no tenant header): Bypass (default) is never cached, since
+    # every such caller would otherwise share one tenant; PerNamespace caches them per namespace.
+    "anonymous": "Bypass",
     "non_deterministic": "bypass",
     "suspend": False,
     "invalidate_before_s": None,
@@ -166,6 +170,10 @@ class PolicySpec:
     max_entries: int | None = DEFAULTS["max_entries"]
     max_memory_bytes: int | None = DEFAULTS["max_memory_bytes"]
     tenant_header: str = DEFAULTS["tenant_header"]
+    """Header whose salted hash is the tenant. Trusted input: whoever can set it picks the tenant,
+    so name a header only a gateway in front of the app sets (the default is the API key)."""
+    anonymous: str = DEFAULTS["anonymous"]
+    """``spec.scope.anonymous``: ``Bypass`` (default) or ``PerNamespace`` for requests without the tenant header."""
     non_deterministic: str = DEFAULTS["non_deterministic"]
     suspend: bool = DEFAULTS["suspend"]
     invalidate_before_s: float | None = DEFAULTS["invalidate_before_s"]
@@ -194,7 +202,7 @@ class PolicySpec:
             "eviction": {"policy": self.eviction_policy,
                          **({"maxEntries": self.max_entries} if self.max_entries is not None else {}),
                          **({"maxMemory": str(self.max_memory_bytes)} if self.max_memory_bytes is not None else {})},
-            "scope": {"tenantHeader": self.tenant_header},
+            "scope": {"tenantHeader": self.tenant_header, "anonymous": self.anonymous},
             "nonDeterministic": self.non_deterministic,
             "suspend": self.suspend,
         }
@@ -285,6 +293,8 @@ def parse_spec(raw: Mapping[str, Any] | None) -> PolicySpec:
         if not re.fullmatch(r"[A-Za-z0-9-]{1,128}", th):
             raise PolicyError(f"spec.scope.tenantHeader: {th!r} is not an HTTP header name")
         d["tenant_header"] = th
+    if (an := sc.get("anonymous")) is not None:
+        d["anonymous"] = _choice(an, _ANONYMOUS, "spec.scope.anonymous")
     if (nd := raw.get("nonDeterministic")) is not None:
         d["non_deterministic"] = _choice(nd, _NONDET, "spec.nonDeterministic")
     if (sp := _get(raw, "suspend", "spec", bool)) is not None:

@@ -7,7 +7,7 @@ pipeline (lookup, single flight, store) is :mod:`llmcache.proxy.handlers`.
 ``GET /healthz``               the process answers (liveness)
 ``GET /readyz``                readiness for a Kubernetes probe
 ``GET /metrics``               Prometheus text format
-``GET /llmcache/v1/stats``     per-namespace counters from Redis plus this process's view
+``GET /llmcache/v1/stats``     per-namespace counters from Redis plus this process's view (admin token)
 ``POST /llmcache/v1/invalidate``  delete entries (needs ``--admin-token``)
 =============================  ==========================================================
 """
@@ -32,7 +32,6 @@ from yarl import URL
 from llmcache import connection, keys, stats
 from llmcache.keyspace import DEFAULT_GROUP, Keyspace, shard_of
 from llmcache.proxy import handlers, upstream
-from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.metrics import CONTENT_TYPE_LATEST
 
 __all__ = ["add_routes", "healthz", "readyz", "metrics", "stats_endpoint", "invalidate"]
@@ -143,12 +142,25 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+#: Deadline of the admin endpoints' Redis reads (s); they run outside the breaker.
+ADMIN_REDIS_TIMEOUT_S = 2.0
+
+
 async def stats_endpoint(request: web.Request) -> web.Response:
-    """Per-namespace counters from Redis (all proxies) plus this process's view."""
+    """Per-namespace counters from Redis (all proxies) plus this process's view; needs the admin token.
+
+    The reads scan Redis, so they run outside the breaker with their own deadline: a slow scan
+    must not count as a Redis failure and open the breaker for the cache traffic.
+    """
     state = request.app[STATE]
+    refused = _admin_refusal(request, state, what="stats")
+    if refused is not None:
+        return refused
     out: dict[str, Any] = {"process": {"breaker": state.breaker.state, "in_flight": len(state.flights),
                                        "coalesced": state.flights.num_coalesced_total,
-                                       "policy": state.config().policy_id}}
+                                       "policy": state.config().policy_id,
+                                       "body_bytes_in_flight": state.body_budget.used_bytes,
+                                       "shed": state.body_budget.num_shed_total}}
     if state.semantic is not None:
         try:
             out["semantic"] = state.semantic.stats()
@@ -158,14 +170,30 @@ async def stats_endpoint(request: web.Request) -> web.Response:
     if client is None:
         out["namespaces"] = None
         return web.json_response(out)
-    try:
-        await state.breaker.call(lambda: state.stats.flush(client, keyspace=state.keyspace), timeout_s=2.0)
-        out["namespaces"] = await state.breaker.call(lambda: stats.read_stats(client, keyspace=state.keyspace),
-                                                     timeout_s=2.0)
-    except CacheUnavailable:
+    if state.breaker.is_open:
         out["namespaces"] = None
-        out["error"] = "redis unavailable; counters are kept in memory until it is back"
+        out["error"] = "redis unavailable (circuit breaker open); counters are kept in memory until it is back"
+        return web.json_response(out)
+    try:
+        async with asyncio.timeout(ADMIN_REDIS_TIMEOUT_S):
+            await state.stats.flush(client, keyspace=state.keyspace)
+            out["namespaces"] = await stats.read_stats(client, keyspace=state.keyspace)
+    except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+        out["namespaces"] = None
+        out["error"] = f"redis unavailable ({type(exc).__name__}); counters are kept in memory until it is back"
     return web.json_response(out)
+
+
+def _admin_refusal(request: web.Request, state: ProxyState, *, what: str) -> web.Response | None:
+    """``None`` when the request carries the admin token; else the 403 (no token set) or 401 to send."""
+    token = state.settings.observability.admin_token
+    if not token:
+        return upstream.error_response(403, f"{what} is disabled: start the proxy with --admin-token "
+                                            "(or LLMCACHE_ADMIN_TOKEN)", type_="permission_error")
+    if not _admin_ok(request, token):
+        return upstream.error_response(401, f"{what} needs the admin token as 'Authorization: Bearer …' "
+                                            "or X-LLMCache-Admin-Token", type_="authentication_error")
+    return None
 
 
 def _admin_ok(request: web.Request, token: str) -> bool:
@@ -242,13 +270,9 @@ async def invalidate(request: web.Request) -> web.Response:
     field that is wrong.
     """
     state = request.app[STATE]
-    token = state.settings.observability.admin_token
-    if not token:
-        return upstream.error_response(403, "invalidation is disabled: start the proxy with --admin-token "
-                                            "(or LLMCACHE_ADMIN_TOKEN)", type_="permission_error")
-    if not _admin_ok(request, token):
-        return upstream.error_response(401, "invalidation needs the admin token as 'Authorization: Bearer …'",
-                                       type_="authentication_error")
+    refused = _admin_refusal(request, state, what="invalidation")
+    if refused is not None:
+        return refused
     try:
         spec = await request.json()
     except ValueError:

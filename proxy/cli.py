@@ -29,8 +29,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
              help="exact | semantic | both (both when an embedder is available, else exact)")
     add_flag(parser, "--ttl-seconds", default=d.cache.ttl_s, type=int,
              help="entry lifetime, fixed at write; also the upper bound of a request's max-age")
-    add_flag(parser, "--max-body-bytes", default="16Mi", type=parse_bytes,
+    add_flag(parser, "--max-body-bytes", default="2Mi", type=parse_bytes,
              help="largest cacheable request body (larger → 413)")
+    add_flag(parser, "--max-inflight-body-bytes", default="32Mi", type=parse_bytes,
+             help="request-body bytes all cacheable requests in progress may hold (more → 429)")
+    add_flag(parser, "--body-timeout-seconds", default=d.cache.body_timeout_s, type=float,
+             help="deadline for reading a request body (slower → 408)")
+    add_flag(parser, "--anonymous", default=d.cache.anonymous, choices=ps.ANONYMOUS,
+             help="requests without the tenant header: bypass (never cached) | per-namespace")
+    add_flag(parser, "--upstream-cache-salt", default="on", choices=("on", "off"),
+             help="send a per-tenant cache_salt upstream (prefix-cache isolation); off for OpenAI itself")
     add_flag(parser, "--redis-timeout-ms", default=d.redis.timeout_ms, type=float,
              help="deadline of each Redis operation; slower means bypass")
     add_flag(parser, "--upstream-timeout-seconds", default=d.upstream.timeout_s, type=float,
@@ -41,7 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
              help="header whose salted hash is the tenant")
     add_flag(parser, "--tenant-salt", default=None,
              help="HMAC salt for tenant ids; the same on every pod sharing Redis (random when unset)")
-    add_flag(parser, "--admin-token", default=None, help="bearer token for POST /llmcache/v1/invalidate")
+    add_flag(parser, "--admin-token", default=None,
+             help="bearer token for /llmcache/v1/stats and POST /llmcache/v1/invalidate (both off when unset)")
     add_flag(parser, "--key-prefix", default=d.cache.key_prefix, help="prefix of every Redis key")
     add_flag(parser, "--price-input-per-1k", default=0.0, type=float,
              help="USD per 1000 prompt tokens, for the money-saved metric")
@@ -80,11 +89,14 @@ def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
     return ps.ProxySettings(
         listen_host=host, listen_port=port,
         cache=ps.CacheSettings(mode=mode, ttl_s=args.ttl_seconds, max_body_bytes=args.max_body_bytes,
+                               max_inflight_body_bytes=args.max_inflight_body_bytes,
+                               body_timeout_s=args.body_timeout_seconds, anonymous=args.anonymous,
                                non_deterministic=args.non_deterministic, tenant_header=args.tenant_header,
                                tenant_salt=salt, key_prefix=args.key_prefix,
                                single_flight_lease=bool(args.single_flight_lease)),
         redis=ps.RedisSettings(url=args.redis_url, timeout_ms=args.redis_timeout_ms),
-        upstream=ps.UpstreamSettings(url=upstream_url(args.upstream), timeout_s=args.upstream_timeout_seconds),
+        upstream=ps.UpstreamSettings(url=upstream_url(args.upstream), timeout_s=args.upstream_timeout_seconds,
+                                     enable_cache_salt=args.upstream_cache_salt == "on"),
         semantic=semantic,
         policy=ps.PolicySource(pod_labels_file=args.pod_labels_file, pod_namespace=args.pod_namespace,
                                pod_name=args.pod_name, policy_file=args.policy_file),

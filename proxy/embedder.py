@@ -2,7 +2,10 @@
 
 Both backends share one micro-batcher: concurrent ``embed()`` calls queue their
 texts; one worker drains the queue in batches of up to ``max_batch`` texts,
-so 32 concurrent lookups cost a few model calls, not 32. There is no batching
+so 32 concurrent lookups cost a few model calls, not 32. The queue is bounded
+(``max_pending`` texts; a full queue fails the call at once, and the lookup fails
+open) and sheds expired work: a text whose caller already gave up (its lookup
+deadline passed, cancelling the wait) is dropped before it reaches the model. There is no batching
 window: while a batch runs, new requests pile up and form the next batch, so an
 idle embedder adds no wait. Identical texts are served from an in-memory LRU
 (keyed by a SHA-256 of the text, so prompt text is not kept as a dict key)::
@@ -101,10 +104,13 @@ class _BatchingEmbedder:
     name: str
     dim: int
 
-    def __init__(self, *, max_batch: int, cache_entries: int) -> None:
+    def __init__(self, *, max_batch: int, cache_entries: int, max_pending: int = 1024) -> None:
         if max_batch < 1:
             raise ConfigError(f"embedder max_batch must be >= 1, got {max_batch}")
         self._max_batch = max_batch
+        self._max_pending = max_pending
+        self.num_rejected_full = 0
+        self.num_dropped_expired = 0
         self._cache_entries = cache_entries
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._pending: list[tuple[bytes, str, asyncio.Future[np.ndarray]]] = []
@@ -125,6 +131,12 @@ class _BatchingEmbedder:
             raise EmbedderError("embedder is closed")
         out: list[np.ndarray | asyncio.Future[np.ndarray]] = []
         loop = asyncio.get_running_loop()
+        if len(self._pending) + len(texts) > self._max_pending:
+            self._pending = [p for p in self._pending if not p[2].done()]
+            if len(self._pending) + len(texts) > self._max_pending:
+                self.num_rejected_full += 1
+                raise EmbedderError(f"embedder queue is full ({len(self._pending)} texts pending); "
+                                    "the semantic cache is skipped for this request")
         for text in texts:
             digest = _text_digest(text)
             cached = self._cache.get(digest)
@@ -141,7 +153,13 @@ class _BatchingEmbedder:
             self._ensure_worker()
             assert self._wakeup is not None
             self._wakeup.set()
-        rows = [await item if isinstance(item, asyncio.Future) else item for item in out]
+        try:
+            rows = [await item if isinstance(item, asyncio.Future) else item for item in out]
+        except asyncio.CancelledError:
+            for item in out:  # the caller gave up: none of its texts is worth embedding any more
+                if isinstance(item, asyncio.Future):
+                    item.cancel()
+            raise
         if not rows:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack(rows)
@@ -186,6 +204,9 @@ class _BatchingEmbedder:
         """Pop pending requests until ``max_batch`` distinct texts are collected."""
         unique: dict[bytes, tuple[str, None]] = {}
         taken = 0
+        live = [p for p in self._pending if not p[2].done()]  # callers that gave up (deadline) are shed
+        self.num_dropped_expired += len(self._pending) - len(live)
+        self._pending = live
         for digest, text, _ in self._pending:
             if digest not in unique:
                 if len(unique) == self._max_batch:
@@ -226,6 +247,8 @@ class _BatchingEmbedder:
             "embed_cache_misses": self.num_cache_misses,
             "embed_batches": self.num_batches,
             "embed_texts": self.num_texts_embedded,
+            "embed_rejected_full": self.num_rejected_full,
+            "embed_dropped_expired": self.num_dropped_expired,
         }
 
 

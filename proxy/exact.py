@@ -103,10 +103,47 @@ class Entry:
         return entry
 
 
+#: Chat message fields an entry may carry with a value (what :mod:`llmcache.proxy.streaming` replays).
+_MESSAGE_FIELDS = frozenset({"role", "content", "refusal", "tool_calls", "reasoning_content"})
+
+
+def _opt_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _validate_message(message: Any) -> None:
+    if not isinstance(message, dict):
+        raise InvalidEntry("chat answer choice has no message")
+    extra = [k for k, v in message.items() if k not in _MESSAGE_FIELDS and v not in (None, "", [], {})]
+    if extra:
+        raise InvalidEntry(f"chat message carries fields a replay would drop: {sorted(extra)}")
+    for name in ("role", "content", "refusal", "reasoning_content"):
+        if not _opt_str(message.get(name)):
+            raise InvalidEntry(f"chat message {name} is not a string")
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise InvalidEntry("chat message tool_calls is not a list")
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(
+                    fn.get("arguments"), str) or not _opt_str(call.get("id")) or not _opt_str(call.get("type")):
+                raise InvalidEntry("chat message tool call lacks a string function name/arguments")
+    if message.get("content") is None and not calls and message.get("refusal") is None:
+        raise InvalidEntry("chat message has no content, tool calls or refusal")
+
+
 def validate_answer(route: str, answer: Any) -> None:
-    """Raise :class:`InvalidEntry` unless ``answer`` is a complete OpenAI answer for ``route``."""
+    """Raise :class:`InvalidEntry` unless ``answer`` is a complete, well-typed OpenAI answer for ``route``.
+
+    Everything a hit serves or replays is type-checked here (content and arguments are strings,
+    nothing a replay would drop), so a stored answer can never turn into a 500 or a partial answer.
+    """
     if not isinstance(answer, dict):
         raise InvalidEntry("answer is not a JSON object")
+    usage = answer.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise InvalidEntry("answer usage is not an object")
     if route == "/v1/embeddings":
         data = answer.get("data")
         if not isinstance(data, list) or not data or not all(
@@ -119,8 +156,15 @@ def validate_answer(route: str, answer: Any) -> None:
     for choice in choices:
         if not isinstance(choice, dict) or not choice.get("finish_reason"):
             raise InvalidEntry("answer has a choice without finish_reason (incomplete)")
-        if route == "/v1/chat/completions" and not isinstance(choice.get("message"), dict):
-            raise InvalidEntry("chat answer choice has no message")
+        if not isinstance(choice["finish_reason"], str):
+            raise InvalidEntry("answer finish_reason is not a string")
+        index = choice.get("index", 0)
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise InvalidEntry("answer choice index is not an integer")
+        if choice.get("logprobs") is not None and not isinstance(choice["logprobs"], dict):
+            raise InvalidEntry("answer logprobs is not an object")
+        if route == "/v1/chat/completions":
+            _validate_message(choice.get("message"))
         if route == "/v1/completions" and not isinstance(choice.get("text"), str):
             raise InvalidEntry("completion answer choice has no text")
 

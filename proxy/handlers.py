@@ -2,10 +2,11 @@
 
 A cacheable request (``POST`` on :data:`llmcache.keys.CACHEABLE_ROUTES`)::
 
-    body ≤ max_body_bytes? ─no─▶ 413
-    JSON object? ─no─▶ forward untouched (bypass)
+    body ≤ max_body_bytes? ─no─▶ 413    body budget free? ─no─▶ 429    body read in time? ─no─▶ 408
+    JSON object? ─no─▶ forward untouched (bypass)        nested past the parser? ─▶ 400
     policy suspended / non-deterministic / cache off ─▶ forward (bypass)
-    key = exact_key(route, body, tenant, namespace)
+    no tenant credential and anonymous: Bypass ─▶ forward (bypass)
+    key = exact_key(route, query, body, partition (pod namespace), tenant, namespace)
     Cache-Control no-cache? ─────────────────────────────────────────┐
     exact GET (deadline, breaker) ─hit─▶ serve (Age, X-LLMCache-Status: hit)
     identical call in flight here ─▶ its chunks / its entry (hit)     │
@@ -14,6 +15,10 @@ A cacheable request (``POST`` on :data:`llmcache.keys.CACHEABLE_ROUTES`)::
     join in-flight call for key ─▶ its chunks / its entry (hit)       ◀┘
     [--single-flight-lease: another pod owns the miss → poll for its entry]
     lead: upstream ─▶ relay chunks while recording ─▶ complete? store (TTL fixed) + semantic add
+
+Every body forwarded upstream on chat/completions carries a ``cache_salt`` derived from the
+tenant and partition (``--upstream-cache-salt``), so the model server's prefix cache, and
+the ``cached_tokens`` it reports, never cross tenants.
 
 Redis trouble anywhere turns into ``bypass`` (the answer still comes from the
 upstream); it never causes a 5xx. Logs carry the first 12 hex digits of the key
@@ -39,7 +44,7 @@ from aiohttp import web
 from llmcache import keys, stats
 from llmcache.keyspace import DEFAULT_GROUP, Keyspace
 from llmcache.policy import PolicyDocument
-from llmcache.proxy import cachecontrol, controls, streaming, upstream
+from llmcache.proxy import cachecontrol, controls, limits, streaming, upstream
 from llmcache.proxy.breaker import Breaker, CacheUnavailable
 from llmcache.proxy.exact import Entry, ExactStore, InvalidEntry, validate_answer
 from llmcache.proxy.metrics import ProxyMetrics
@@ -73,6 +78,11 @@ class EffectiveConfig:
     invalidate_before_s: float | None
     group: str
     """Eviction group: the policy id, or :data:`llmcache.keyspace.DEFAULT_GROUP`."""
+    partition: str = ""
+    """What every key includes besides the tenant: the pod's Kubernetes namespace (``--pod-namespace``),
+    else the applied policy's namespace, else empty (a proxy outside Kubernetes)."""
+    cache_anonymous: bool = False
+    """Cache requests without the tenant header (per partition)? ``anonymous: PerNamespace``."""
     policy_id: str | None = None
     """The applied CachePolicy's id (``namespace/name``) that tags the stats counters; ``None`` without one."""
 
@@ -88,14 +98,16 @@ def effective_config(settings: ProxySettings, doc: PolicyDocument | None, *,
             semantic=semantic_ready and c.mode in ("semantic", "both"),
             ttl_s=c.ttl_s, similarity_threshold=settings.semantic.similarity_threshold,
             tenant_header=c.tenant_header, non_deterministic=c.non_deterministic, suspend=False,
-            invalidate_before_s=None, group=DEFAULT_GROUP)
+            invalidate_before_s=None, group=DEFAULT_GROUP, partition=settings.policy.pod_namespace or "",
+            cache_anonymous=c.anonymous == "per-namespace")
     s = doc.spec
     return EffectiveConfig(
         exact=s.exact_enabled or (not s.suspend and not semantic_ready),
         semantic=semantic_ready and s.semantic_enabled, ttl_s=s.ttl_seconds,
         similarity_threshold=s.similarity_threshold, tenant_header=s.tenant_header,
         non_deterministic=s.non_deterministic, suspend=s.suspend, invalidate_before_s=s.invalidate_before_s,
-        group=doc.id, policy_id=doc.id)
+        group=doc.id, partition=settings.policy.pod_namespace or doc.namespace,
+        cache_anonymous=s.anonymous == "PerNamespace", policy_id=doc.id)
 
 
 @dataclass(slots=True)
@@ -109,6 +121,7 @@ class ProxyState:
     metrics: ProxyMetrics
     telemetry: Telemetry
     breaker: Breaker
+    body_budget: limits.BodyBudget
     flights: FlightGroup = field(default_factory=FlightGroup)
     stats: stats.StatsBuffer = field(default_factory=stats.StatsBuffer)
     upstream: upstream.Upstream | None = None
@@ -120,6 +133,8 @@ class ProxyState:
     policy_watcher: Any | None = None
     """``llmcache.proxy.policy_watch.PolicyWatcher`` or ``None`` (no policy source configured)."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    num_pending_adds: int = 0
+    """Background semantic adds in progress (capped by ``SemanticOptions.max_pending_adds``)."""
     _config: tuple[PolicyDocument | None, bool, EffectiveConfig] | None = None
     """The last effective config with the (policy document, semantic ready) it was computed for."""
 
@@ -164,7 +179,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
 
 async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, *,
                           route: str, namespace: str) -> web.StreamResponse:
-    """Forward a cacheable-route request without caching it (status ``bypass``)."""
+    """Forward a cacheable-route request without caching it (status ``bypass``); ``body`` as sent upstream."""
     assert state.upstream is not None
     state.metrics.count(route, "bypass")
     state.stats.add(namespace, "bypass", policy=state.config().policy_id)
@@ -183,18 +198,22 @@ async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, 
 # cacheable routes
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole request body, or ``None`` when it exceeds ``limit`` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    chunks = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _upstream_body(state: ProxyState, cfg: EffectiveConfig, route: str, raw: bytes, body: dict[str, Any],
+                   tenant: str) -> bytes:
+    """``raw`` with the tenant's ``cache_salt`` (chat/completions, when enabled); otherwise ``raw`` itself.
+
+    The salt is spliced in after the opening brace, so the client's JSON travels byte for byte;
+    a client's own ``cache_salt`` is folded into ours and replaced.
+    """
+    if route == "/v1/embeddings" or not state.settings.upstream.enable_cache_salt:
+        return raw
+    client_salt = body.get("cache_salt")
+    salt = keys.cache_salt(tenant, state.tenant_salt, partition=cfg.partition,
+                           client_salt=client_salt if isinstance(client_salt, str) else None)
+    head = raw.lstrip()
+    if "cache_salt" in body or not body or not head.startswith(b"{"):
+        return json.dumps({**body, "cache_salt": salt}, ensure_ascii=False).encode()
+    return b'{"cache_salt":"' + salt.encode() + b'",' + head[1:]
 
 
 def _deterministic(route: str, body: Mapping[str, Any], policy: str) -> bool:
@@ -222,10 +241,12 @@ class _Call:
     cfg: EffectiveConfig
     route: str
     raw: bytes
+    """The body as forwarded upstream (with ``cache_salt`` when enabled)."""
     body: dict[str, Any]
     key: str
     tenant: str
     namespace: str
+    query: str
     directives: cachecontrol.RequestDirectives
     stream: bool
     include_usage: bool
@@ -245,7 +266,11 @@ class _Call:
     def semantic_parts(self) -> keys.SemanticParts | None:
         """:func:`llmcache.keys.semantic_parts` of this request (canonical JSON + SHA-256, done once)."""
         if self._parts is _UNSET:
-            self._parts = keys.semantic_parts(self.route, self.body, tenant=self.tenant, namespace=self.namespace)
+            try:
+                self._parts = keys.semantic_parts(self.route, self.body, tenant=self.tenant, namespace=self.namespace,
+                                                  partition=self.cfg.partition, query=self.query)
+            except (ValueError, TypeError, RecursionError):
+                self._parts = None
         return self._parts
 
     @property
@@ -284,35 +309,79 @@ async def _cacheable(request: web.Request, state: ProxyState, route: str,
         state.metrics.count(route, "error")
         return upstream.error_response(400, str(exc), type_="invalid_request_error",
                                        code="invalid_control_header"), "error"
-    namespace = asked.namespace
-    limit = state.settings.cache.max_body_bytes
-    raw = await _read_body(request, limit)
-    if raw is None:
+    cache = state.settings.cache
+    limit = cache.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
         state.metrics.count(route, "error")
-        return upstream.error_response(413, f"request body exceeds {limit} bytes (--max-body-bytes)",
-                                       type_="invalid_request_error", code="request_too_large"), "error"
+        return _too_large(limit), "error"
+    # Reserve the body's bytes for the whole request (held raw, parsed, forwarded, stored).
+    reserved = request.content_length if request.content_length is not None else limit
+    if not state.body_budget.try_take(reserved):
+        state.metrics.count(route, "error")
+        state.metrics.shed.inc()
+        return upstream.error_response(
+            429, f"the proxy holds {state.body_budget.used_bytes} bytes of request bodies already "
+                 f"(--max-inflight-body-bytes {cache.max_inflight_body_bytes}); retry shortly",
+            type_="rate_limit_error", code="overloaded", headers={"Retry-After": "1"}), "error"
+    try:
+        return await _admitted(request, state, route, span, asked)
+    finally:
+        state.body_budget.give(reserved)
+
+
+def _too_large(limit: int) -> web.Response:
+    return upstream.error_response(413, f"request body exceeds {limit} bytes (--max-body-bytes)",
+                                   type_="invalid_request_error", code="request_too_large")
+
+
+async def _admitted(request: web.Request, state: ProxyState, route: str, span: Any,
+                    asked: controls.RequestControls) -> tuple[web.StreamResponse, str]:
+    cache = state.settings.cache
+    namespace = asked.namespace
+    read = await limits.read_body(request, limit_bytes=cache.max_body_bytes, timeout_s=cache.body_timeout_s)
+    if read.body is None:
+        state.metrics.count(route, "error")
+        if read.status == 413:
+            return _too_large(cache.max_body_bytes), "error"
+        return upstream.error_response(408, f"request body not received within {cache.body_timeout_s:g} s "
+                                            "(--body-timeout-seconds)", type_="invalid_request_error",
+                                       code="request_timeout", headers={"Connection": "close"}), "error"
+    raw = read.body
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         body = None
+    except RecursionError:
+        state.metrics.count(route, "error")
+        return _too_deep(), "error"
     if not isinstance(body, dict):
         # Not ours to judge: the upstream answers with its own error, byte for byte.
         return await _forward_bypass(request, state, raw, route=route, namespace=namespace), "bypass"
     cfg = state.config()
+    credential = request.headers.get(cfg.tenant_header)
+    tenant = keys.tenant_id(credential, state.tenant_salt)
+    forwarded = _upstream_body(state, cfg, route, raw, body, tenant)
     if cfg.suspend or not (cfg.exact or cfg.semantic) or not _deterministic(route, body, cfg.non_deterministic):
-        return await _forward_bypass(request, state, raw, route=route, namespace=namespace), "bypass"
-    tenant = keys.tenant_id(request.headers.get(cfg.tenant_header), state.tenant_salt)
+        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace), "bypass"
+    if not credential and not cfg.cache_anonymous:
+        # Without a credential every caller would share one tenant: never cached unless a policy
+        # opts in (spec.scope.anonymous: PerNamespace, or --anonymous per-namespace).
+        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace), "bypass"
+    query = request.query_string
     try:
-        key = keys.exact_key(route, body, tenant=tenant, namespace=namespace)
+        key = keys.exact_key(route, body, tenant=tenant, namespace=namespace, partition=cfg.partition, query=query)
     except (ValueError, TypeError):  # NaN/Infinity are not JSON; let the upstream reject them
-        return await _forward_bypass(request, state, raw, route=route, namespace=namespace), "bypass"
+        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace), "bypass"
+    except RecursionError:
+        state.metrics.count(route, "error")
+        return _too_deep(), "error"
     stream = route != "/v1/embeddings" and body.get("stream") is True
     opts = body.get("stream_options")
     include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
     # Followers share the leader's raw chunks only when they asked for the same stream options.
     shape = json.dumps(opts, sort_keys=True) if stream else None
-    call = _Call(request=request, state=state, cfg=cfg, route=route, raw=raw, body=body, key=key,
-                 tenant=tenant, namespace=namespace,
+    call = _Call(request=request, state=state, cfg=cfg, route=route, raw=forwarded, body=body, key=key,
+                 tenant=tenant, namespace=namespace, query=query,
                  directives=asked.directives, asked_threshold=asked.similarity_threshold,
                  stream=stream, include_usage=include_usage, stream_shape=shape)
     span.set_attribute("llmcache.key", call.log_key)
@@ -322,6 +391,11 @@ async def _cacheable(request: web.Request, state: ProxyState, route: str,
     if call.coalesced:
         span.set_attribute("llmcache.coalesced", True)
     return response, call.status
+
+
+def _too_deep() -> web.Response:
+    return upstream.error_response(400, "request JSON is nested too deeply to parse; flatten it",
+                                   type_="invalid_request_error", code="json_too_deep")
 
 
 async def _lookup_or_fetch(call: _Call) -> web.StreamResponse:
@@ -366,7 +440,12 @@ async def _load(call: _Call, key_hash: str, *, kind: str) -> Entry | None:
     if blob is None:
         return None
     try:
+        # A stored entry is the answer (≤ max_entry_bytes) escaped once inside the entry JSON.
+        if len(blob) > 2 * state.settings.cache.max_entry_bytes + 4096:
+            raise InvalidEntry(f"entry of {len(blob)} bytes exceeds what the proxy stores")
         entry = Entry.from_json(blob, route=call.route)
+        if entry.tenant != call.tenant:
+            raise InvalidEntry("entry belongs to another tenant")
     except InvalidEntry as exc:
         log.warning("dropping invalid cache entry %s: %s", keys.short(key_hash), exc)
         state.spawn(_guarded(state, lambda: store.delete(key_hash)))
@@ -476,7 +555,8 @@ async def _miss(call: _Call, *, join: bool) -> web.StreamResponse:
     # Lead in-process first, so identical requests here join this flight while it waits for
     # another pod's lease.
     flight = state.flights.lead(call.key, stream_shape=call.stream_shape,
-                                with_usage=not call.stream or call.include_usage)
+                                with_usage=not call.stream or call.include_usage,
+                                max_bytes=state.settings.cache.max_entry_bytes)
     try:
         if state.lease is not None and call.redis_ok and not call.directives.no_store:
             waited = await _cross_pod_wait(call)
@@ -553,11 +633,13 @@ async def _follow(call: _Call, flight: Flight) -> web.StreamResponse | None:
         except ConnectionResetError:
             flight.num_followers -= 1  # one reader fewer for the leader to keep the upstream open for
             return out or web.Response(status=499)
-        if out is None:  # the flight ended without a streamed byte
+        if out is None:  # the flight ended (or overflowed) without a streamed byte
+            if flight.overflowed:
+                return None  # too long to share: go upstream ourselves
             if flight.entry is not None and _can_serve(call, flight.entry):
                 return _serve(call, flight.entry, status="hit")
             return None  # go upstream ourselves
-        if flight.failed:
+        if flight.failed or flight.overflowed:
             upstream.abort(call.request)
             return out
         call.status = "hit"
@@ -715,15 +797,29 @@ async def _store(call: _Call, entry: Entry) -> None:
         return
     if call.cfg.semantic and state.semantic is not None:
         parts = call.semantic_parts()
-        if parts is not None:
-            state.spawn(_semantic_add(state, parts, call.key, ttl_s))
+        if parts is None:
+            return
+        if state.num_pending_adds >= state.settings.semantic.max_pending_adds:
+            # The embedder is behind: skip indexing rather than queue without bound.
+            state.metrics.semantic_adds_skipped.inc()
+            log.info("semantic add for %s skipped: %d adds pending", call.log_key, state.num_pending_adds)
+            return
+        state.num_pending_adds += 1
+        state.spawn(_semantic_add(state, state.semantic, parts, call.key, ttl_s))
 
 
-async def _semantic_add(state: ProxyState, parts: keys.SemanticParts, key_hash: str, ttl_s: int) -> None:
+async def _semantic_add(state: ProxyState, semantic: Any, parts: keys.SemanticParts, key_hash: str,
+                        ttl_s: int) -> None:
+    """Index the stored entry by meaning, within ``SemanticOptions.add_timeout_ms``; failures only log."""
     try:
-        await state.semantic.add(parts, key_hash, ttl_s=ttl_s)
-    except Exception:  # noqa: BLE001 - indexing is best effort; the exact entry is stored
-        log.exception("semantic add failed for %s", keys.short(key_hash))
+        async with asyncio.timeout(state.settings.semantic.add_timeout_ms / 1000):
+            await semantic.add(parts, key_hash, ttl_s=ttl_s)
+    except TimeoutError:
+        log.info("semantic add for %s timed out; the exact entry is stored", keys.short(key_hash))
+    except Exception as exc:  # noqa: BLE001 - indexing is best effort; the exact entry is stored
+        log.info("semantic add failed for %s (%s: %s)", keys.short(key_hash), type(exc).__name__, exc)
+    finally:
+        state.num_pending_adds -= 1
 
 
 def add_routes(app: web.Application) -> None:

@@ -52,6 +52,10 @@ class ProxyMetrics:
                                  registry=r)
         self.redis_failures = Counter("llmcache_redis_failures", "Redis operations that failed, timed out or met an open breaker",
                                       registry=r)
+        self.semantic_adds_skipped = Counter(
+            "llmcache_semantic_adds_skipped", "Semantic index adds skipped because too many were pending", registry=r)
+        self.shed = Counter("llmcache_shed", "Requests refused with 429 because the body budget was full",
+                            registry=r)
         self._request_children: dict[tuple[str, str], Any] = {}
         self._lookup_children: dict[str, Any] = {}
         self._upstream_children: dict[str, Any] = {}

@@ -29,6 +29,7 @@ __all__ = [
     "ProxySettings",
     "MODES",
     "NON_DETERMINISTIC",
+    "ANONYMOUS",
     "generated_salt",
     "semantic_available",
 ]
@@ -40,6 +41,7 @@ NonDeterministic = Literal["bypass", "cache", "cache-if-seeded"]
 
 MODES: tuple[CacheMode, ...] = ("exact", "semantic", "both")
 NON_DETERMINISTIC: tuple[NonDeterministic, ...] = ("bypass", "cache", "cache-if-seeded")
+ANONYMOUS: tuple[str, ...] = ("bypass", "per-namespace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +53,21 @@ class CacheSettings:
     ttl_s: int = 3600
     """Entry lifetime (s), fixed at write time and not refreshed on hits; also the upper bound
     of a request's ``Cache-Control: max-age``. Default one hour (as the CachePolicy default)."""
-    max_body_bytes: int = 16 * 1024**2
-    """Largest cacheable request body (bytes); larger ones get 413. Default 16 MiB: far above any
-    prompt that fits a context window, small enough to bound the proxy's memory per request."""
+    max_body_bytes: int = 2 * 1024**2
+    """Largest cacheable request body (bytes); larger ones get 413. Default 2 MiB (was 16 MiB):
+    above a 128k-token prompt as JSON text, and parsing peaks at ~15× the body, so two 16 MiB
+    requests could exceed a 512 Mi sidecar."""
+    max_inflight_body_bytes: int = 32 * 1024**2
+    """Request-body bytes all cacheable requests in progress may hold together; past it new ones
+    are shed with 429 (``Retry-After: 1``) before their body is read. Default 32 MiB: sixteen
+    maximal bodies, well inside a 512 Mi sidecar with parsing overhead."""
+    body_timeout_s: float = 30.0
+    """Deadline for reading a cacheable request's whole body (s); a slower client gets 408.
+    Default 30 s: a 2 MiB body over a slow link, not a client trickling bytes to hold memory."""
+    anonymous: Literal["bypass", "per-namespace"] = "bypass"
+    """Requests without the tenant header: ``bypass`` (default, never cached: every such caller
+    would otherwise share one tenant) or ``per-namespace`` (cached per pod namespace). A
+    CachePolicy's ``spec.scope.anonymous`` (``Bypass`` | ``PerNamespace``) overrides it."""
     max_entry_bytes: int = 8 * 1024**2
     """Largest answer that is stored (bytes); larger answers are relayed but not cached. Default 8 MiB."""
     non_deterministic: NonDeterministic = "bypass"
@@ -94,8 +108,16 @@ class UpstreamSettings:
     """Longest wait for the upstream's next byte (s): connect, first byte and between stream chunks.
     Default 5 min, as long generations on a busy GPU are normal."""
     connect_timeout_s: float = 10.0
+    """Deadline for getting an upstream connection (s): waiting for a free one in the pool plus
+    connecting. Past it the client gets 503 with ``Retry-After`` (overload is shed, never queued
+    forever). Default 10 s."""
     pool_size: int = 256
     """Pooled upstream connections (keep-alive). Default 256."""
+    enable_cache_salt: bool = True
+    """Send ``cache_salt`` (an HMAC of the tenant and the pod namespace) with every chat/completions
+    request forwarded upstream, so a prefix-caching server (the bundled one, vLLM) keeps tenants'
+    KV caches apart and ``cached_tokens`` tells nobody about another tenant's prompts. Default on;
+    turn off (``--upstream-cache-salt off``) for upstreams that reject unknown fields (OpenAI)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +132,11 @@ class SemanticOptions:
     index: Literal["auto", "search", "client"] = "auto"
     timeout_ms: float = 100.0
     """Deadline of one semantic lookup (embedding + KNN), ms. Default 100 ms."""
+    add_timeout_ms: float = 5000.0
+    """Deadline of one background semantic add (embedding + HSET), ms. Default 5 s."""
+    max_pending_adds: int = 256
+    """Background semantic adds in progress at most; more are skipped (the exact entry is still
+    stored). Default 256: bounds memory when the embedder falls behind."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +186,12 @@ class ProxySettings:
             raise ConfigError(f"--non-deterministic must be one of {', '.join(NON_DETERMINISTIC)}")
         if self.cache.ttl_s < 1:
             raise ConfigError(f"--ttl-seconds must be >= 1, got {self.cache.ttl_s}")
+        if self.cache.anonymous not in ANONYMOUS:
+            raise ConfigError(f"--anonymous must be one of {', '.join(ANONYMOUS)}, got {self.cache.anonymous!r}")
+        if self.cache.max_body_bytes <= 0 or self.cache.max_inflight_body_bytes < self.cache.max_body_bytes:
+            raise ConfigError("--max-body-bytes must be > 0 and --max-inflight-body-bytes at least as large")
+        if self.cache.body_timeout_s <= 0:
+            raise ConfigError("--body-timeout-seconds must be > 0")
         if self.redis.timeout_ms <= 0:
             raise ConfigError("--redis-timeout-ms must be > 0")
         if not 0.0 <= self.semantic.similarity_threshold <= 1.0:

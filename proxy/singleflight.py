@@ -11,6 +11,12 @@ A follower that joined a flight which then fails (upstream error, truncated
 stream, leader's client gone) calls the upstream itself, unless it has already
 relayed bytes, in which case its connection ends like the leader's did.
 
+Memory is bounded: a flight keeps at most ``max_bytes`` of chunks (the proxy
+passes ``max_entry_bytes``, past which the answer is not stored either). A
+longer answer *overflows*: no further chunks are kept, no new follower joins,
+and streaming followers end as on a failure (nothing relayed yet: they call the
+upstream themselves).
+
 Across pods, :class:`RedisLease` (``SET {p}:lease:{key} NX PX``) lets one pod
 own a miss while the others poll for the entry for at most the lease time.
 """
@@ -38,9 +44,10 @@ class Flight:
     """One in-progress upstream call that followers can subscribe to."""
 
     __slots__ = ("key_hash", "stream_shape", "with_usage", "chunks", "entry", "failed", "finished",
-                 "_changed", "num_followers")
+                 "_changed", "num_followers", "max_bytes", "num_bytes", "overflowed")
 
-    def __init__(self, key_hash: str, *, stream_shape: str | None, with_usage: bool = True) -> None:
+    def __init__(self, key_hash: str, *, stream_shape: str | None, with_usage: bool = True,
+                 max_bytes: int = 8 * 1024**2) -> None:
         self.key_hash = key_hash
         self.stream_shape = stream_shape
         """``None`` for a non-streaming leader, else a tag of its stream options; followers with the
@@ -52,6 +59,10 @@ class Flight:
         self.failed = False
         self.finished = False
         self.num_followers = 0
+        self.max_bytes = max_bytes
+        """Most chunk bytes kept for followers; past it the flight overflows."""
+        self.num_bytes = 0
+        self.overflowed = False
         self._changed = asyncio.Event()
 
     def _wake(self) -> None:
@@ -59,8 +70,15 @@ class Flight:
         self._changed = asyncio.Event()
 
     def push(self, chunk: bytes) -> None:
-        """The leader relayed ``chunk``; streaming followers get it next."""
-        self.chunks.append(chunk)
+        """The leader relayed ``chunk``; streaming followers get it next (unless the flight overflowed)."""
+        if self.overflowed:
+            return
+        self.num_bytes += len(chunk)
+        if self.num_bytes > self.max_bytes:
+            self.overflowed = True
+            self.chunks = []  # followers stop at their next wake-up; the memory goes now
+        else:
+            self.chunks.append(chunk)
         self._wake()
 
     def finish(self, entry: Entry | None) -> None:
@@ -88,6 +106,8 @@ class Flight:
         i = 0
         while True:
             changed = self._changed
+            if self.overflowed:
+                return
             while i < len(self.chunks):
                 yield self.chunks[i]
                 i += 1
@@ -112,16 +132,17 @@ class FlightGroup:
         could not serve this request, and waiting for it would only delay the request's own call.
         """
         flight = self._flights.get(key_hash)
-        if flight is not None and needs_usage and not flight.with_usage:
+        if flight is not None and (flight.overflowed or needs_usage and not flight.with_usage):
             return None
         if flight is not None:
             flight.num_followers += 1
             self.num_coalesced_total += 1
         return flight
 
-    def lead(self, key_hash: str, *, stream_shape: str | None, with_usage: bool = True) -> Flight:
+    def lead(self, key_hash: str, *, stream_shape: str | None, with_usage: bool = True,
+             max_bytes: int = 8 * 1024**2) -> Flight:
         """Open a flight for ``key_hash``; the caller must :meth:`land` it in a ``finally``."""
-        flight = Flight(key_hash, stream_shape=stream_shape, with_usage=with_usage)
+        flight = Flight(key_hash, stream_shape=stream_shape, with_usage=with_usage, max_bytes=max_bytes)
         self._flights[key_hash] = flight
         return flight
 

@@ -4,13 +4,16 @@ Recording never delays the relay: the proxy writes each upstream chunk to the
 client first-come, and feeds the same bytes to :class:`SSERecorder`, which
 splits events on blank lines (chunks may cut an event anywhere) and folds the
 ``data:`` payloads into the non-streaming answer. A stream is complete only
-after ``data: [DONE]`` with a ``finish_reason`` on every choice.
+after ``data: [DONE]`` with a ``finish_reason`` on every choice, and only if every
+delta field was understood: a delta carrying anything but :data:`CHAT_DELTA_FIELDS`
+(``function_call``, ``audio``, ``annotations``, …) makes the stream *not storable*,
+since an answer folded without it would be served incomplete.
 
 Replay (:func:`replay_chat` / :func:`replay_completion`) produces what the
 OpenAI API sends::
 
-    role chunk ─▶ content chunks | tool-call chunks ─▶ finish chunk ─▶ [usage chunk] ─▶ data: [DONE]
-    (per choice)                                                      (include_usage)
+    role chunk ─▶ reasoning chunks ─▶ content chunks | tool-call chunks ─▶ finish chunk ─▶ [usage] ─▶ [DONE]
+    (per choice)                                                                  (include_usage)
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ import json
 import re
 from typing import Any
 
-__all__ = ["SSERecorder", "replay_chat", "replay_completion", "replay", "split_text", "DONE"]
+__all__ = ["SSERecorder", "replay_chat", "replay_completion", "replay", "split_text", "DONE", "CHAT_DELTA_FIELDS"]
 
 DONE = b"data: [DONE]\n\n"
+
+#: Chat delta fields the recorder folds into the answer (and replay reproduces). A delta with any
+#: other non-empty field is not storable.
+CHAT_DELTA_FIELDS = frozenset({"role", "content", "refusal", "tool_calls", "reasoning_content"})
 
 #: Characters per replayed content chunk: several chunks per answer, like a real model, without
 #: paying one write per token on the hit path.
@@ -96,7 +103,8 @@ class SSERecorder:
         for c in chunk.get("choices") or ():
             idx = int(c.get("index", 0))
             acc = self._choices.setdefault(idx, {"index": idx, "content": [], "tool_calls": {}, "role": None,
-                                                 "refusal": [], "logprobs": None, "finish_reason": None})
+                                                 "refusal": [], "reasoning": [], "logprobs": None,
+                                                 "finish_reason": None})
             if c.get("finish_reason"):
                 acc["finish_reason"] = c["finish_reason"]
             if c.get("logprobs"):
@@ -109,27 +117,32 @@ class SSERecorder:
                 acc["logprobs"] = lp
             if self.route == "/v1/completions":
                 if c.get("text"):
-                    acc["content"].append(c["text"])
+                    acc["content"].append(_text(c["text"]))
                 continue
             delta = c.get("delta") or {}
+            unknown = [k for k, v in delta.items() if k not in CHAT_DELTA_FIELDS and v not in (None, "", [], {})]
+            if unknown:
+                raise ValueError(f"delta fields this recorder cannot store: {sorted(unknown)}")
             if delta.get("role"):
-                acc["role"] = delta["role"]
+                acc["role"] = _text(delta["role"])
             if delta.get("content"):
-                acc["content"].append(delta["content"])
+                acc["content"].append(_text(delta["content"]))
             if delta.get("refusal"):
-                acc["refusal"].append(delta["refusal"])
+                acc["refusal"].append(_text(delta["refusal"]))
+            if delta.get("reasoning_content"):
+                acc["reasoning"].append(_text(delta["reasoning_content"]))
             for tc in delta.get("tool_calls") or ():
                 slot = acc["tool_calls"].setdefault(int(tc.get("index", 0)),
                                                     {"id": None, "type": "function", "name": [], "arguments": []})
                 if tc.get("id"):
-                    slot["id"] = tc["id"]
+                    slot["id"] = _text(tc["id"])
                 if tc.get("type"):
-                    slot["type"] = tc["type"]
+                    slot["type"] = _text(tc["type"])
                 fn = tc.get("function") or {}
                 if fn.get("name"):
-                    slot["name"].append(fn["name"])
+                    slot["name"].append(_text(fn["name"]))
                 if fn.get("arguments"):
-                    slot["arguments"].append(fn["arguments"])
+                    slot["arguments"].append(_text(fn["arguments"]))
 
     @property
     def complete(self) -> bool:
@@ -153,6 +166,8 @@ class SSERecorder:
             message: dict[str, Any] = {"role": acc["role"] or "assistant",
                                        "content": "".join(acc["content"]) if acc["content"] else None,
                                        "refusal": "".join(acc["refusal"]) if acc["refusal"] else None}
+            if acc["reasoning"]:
+                message["reasoning_content"] = "".join(acc["reasoning"])
             if acc["tool_calls"]:
                 message["tool_calls"] = [
                     {"id": t["id"], "type": t["type"],
@@ -168,6 +183,13 @@ class SSERecorder:
         if self._usage is not None:
             answer["usage"] = self._usage
         return answer
+
+
+def _text(value: Any) -> str:
+    """``value`` if it is a string; a stream with another type there is malformed (not storable)."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string in the stream, got {type(value).__name__}")
+    return value
 
 
 def split_text(text: str, *, max_chars: int = _PIECE_CHARS) -> list[str]:
@@ -222,6 +244,10 @@ def replay_chat(answer: dict[str, Any], *, include_usage: bool) -> bytes:
         idx = choice.get("index", 0)
         message = choice.get("message") or {}
         chunk(idx, {"role": message.get("role", "assistant"), "content": ""})
+        reasoning = message.get("reasoning_content")
+        if reasoning:
+            for piece in split_text(reasoning):
+                chunk(idx, {"reasoning_content": piece})
         content = message.get("content")
         # Logprobs travel whole on the first content chunk: the client concatenates them per choice.
         logprobs = choice.get("logprobs")

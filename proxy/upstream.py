@@ -8,7 +8,8 @@ ways. Compressed answers pass through still compressed (``auto_decompress`` is
 off); cacheable requests ask for ``identity`` so the proxy can read them.
 
 When no answer arrives: connection refused / reset before headers → 502,
-no byte within the timeout → 504, both with an OpenAI-style error body.
+no pooled connection free and no new one within ``connect_timeout_s`` → 503
+(``Retry-After``), no byte within the timeout → 504, all with an OpenAI-style error body.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class UpstreamError(Exception):
 
 def error_response(status: int, message: str, *, type_: str = "llmcache_error", code: str | None = None,
                    headers: Mapping[str, str] | None = None) -> web.Response:
-    """An OpenAI-style error JSON response."""
+    """An OpenAI-style error JSON response; 429 and 503 carry ``Retry-After: 1`` unless ``headers`` set one."""
+    if status in (429, 503) and not (headers and "Retry-After" in headers):
+        headers = {**(headers or {}), "Retry-After": "1"}
     return web.json_response({"error": {"message": message, "type": type_, "param": None, "code": code}},
                              status=status, headers=headers)
 
@@ -72,7 +75,11 @@ class Upstream:
                  connect_timeout_s: float = 10.0) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=timeout_s)
+        # ``connect`` bounds the wait for a free pooled connection plus connecting: once every
+        # pooled connection is busy, a request must not queue forever.
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_connect=connect_timeout_s,
+                                             sock_read=timeout_s)
+        self.connect_timeout_s = connect_timeout_s
 
     @staticmethod
     def make_session(*, pool_size: int) -> aiohttp.ClientSession:
@@ -93,6 +100,10 @@ class Upstream:
         try:
             return await self.session.request(method, url, headers=headers, data=body, timeout=self.timeout,
                                               allow_redirects=False, compress=None)
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamError(503, f"no connection to upstream {self.base_url} within {self.connect_timeout_s:g} s "
+                                     "(all pooled connections busy, or it does not accept connections); retry "
+                                     "shortly") from exc
         except (TimeoutError, asyncio.TimeoutError) as exc:
             raise UpstreamError(504, f"upstream {self.base_url} did not answer in time") from exc
         except aiohttp.ClientError as exc:

@@ -18,6 +18,9 @@ from llmcache.proxy.handlers import STATE, ProxyState
 from llmcache.proxy.stub_upstream import StubConfig
 
 SALT = b"test-salt-0123456789"
+ADMIN_TOKEN = "admin-secret"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+"""Headers of an admin request (``/llmcache/v1/stats``, ``/llmcache/v1/invalidate``)."""
 
 
 @dataclass
@@ -72,7 +75,7 @@ def proxy_settings(redis_url: str, stub_url: str, **overrides: Any) -> ps.ProxyS
         # slow; the deadline itself is tested with explicit short timeouts (test_failopen).
         redis=dataclasses.replace(ps.RedisSettings(url=redis_url, timeout_ms=500), **redis_kw),
         upstream=dataclasses.replace(ps.UpstreamSettings(url=stub_url, timeout_s=5.0), **up_kw),
-        observability=dataclasses.replace(ps.ObservabilitySettings(admin_token="admin-secret"), **obs_kw),
+        observability=dataclasses.replace(ps.ObservabilitySettings(admin_token=ADMIN_TOKEN), **obs_kw),
         policy=ps.PolicySource(**policy_kw),
         semantic=ps.SemanticOptions(**sem_kw),
     )

@@ -117,6 +117,7 @@ def test_documented_defaults() -> None:
 
     s = ps.ProxySettings()
     assert (s.listen_host, s.listen_port) == ("127.0.0.1", 8080)
-    assert s.cache.ttl_s == 3600 and s.cache.max_body_bytes == 16 * 1024**2
+    assert s.cache.ttl_s == 3600 and s.cache.max_body_bytes == 2 * 1024**2  # 2 MiB since issue 14 (was 16)
+    assert s.cache.anonymous == "bypass" and s.upstream.enable_cache_salt
     assert s.redis.timeout_ms == 50 and s.cache.non_deterministic == "bypass"
     assert s.cache.tenant_header == "Authorization" and s.observability.otlp_endpoint is None

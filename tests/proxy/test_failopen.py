@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
-from proxy_helpers import CHAT, Stack
+from proxy_helpers import ADMIN, CHAT, Stack
 
 
 def body(i: int) -> dict:
@@ -79,7 +79,7 @@ async def test_unreachable_redis_at_start(proxy_stack, unused_port: int) -> None
     for _ in range(3):
         status, headers, _ = await stack.post("/v1/chat/completions", CHAT)
         assert status == 200 and headers["X-LLMCache-Status"] == "bypass"
-    async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats") as r:
+    async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats", headers=ADMIN) as r:
         data = await r.json()
         assert r.status == 200 and data["namespaces"] is None and "unavailable" in data["error"]
 

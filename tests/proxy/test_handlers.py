@@ -6,6 +6,7 @@ import asyncio
 import copy
 import json
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -16,7 +17,7 @@ import redis.asyncio as aioredis
 from llmcache.keyspace import Keyspace
 from llmcache.operator import eviction
 
-from proxy_helpers import CHAT, TOOLS, Stack
+from proxy_helpers import ADMIN, CHAT, TOOLS, Stack
 
 
 def chat(**changes: Any) -> dict[str, Any]:
@@ -311,11 +312,15 @@ async def test_client_disconnect_mid_stream_is_not_cached(proxy_stack) -> None:
     stack.stub.chunk_delay_ms = 100
     body = chat(stream=True, max_tokens=20)
     async with aiohttp.ClientSession() as s:
-        async with s.post(stack.proxy_url + "/v1/chat/completions", json=body) as r:
+        async with s.post(stack.proxy_url + "/v1/chat/completions", json=body,
+                          headers={"Authorization": "Bearer sk-test-tenant-a"}) as r:
             assert r.headers["X-LLMCache-Status"] == "miss"
             await r.content.readline()  # first event arrived; now hang up
         # leaving the block closes the connection mid-stream
-    await asyncio.sleep(0.5)  # let the proxy notice (liveness, not a latency assertion)
+    deadline = time.monotonic() + 30  # wait for the proxy to notice (liveness, not a latency assertion)
+    while len(stack.state.flights) or stack.state.background:
+        assert time.monotonic() < deadline, "the proxy never ended the abandoned upstream call"
+        await asyncio.sleep(0.02)
     stack.stub.chunk_delay_ms = 0
     status, headers, _ = await stack.post("/v1/chat/completions", body)
     assert headers["X-LLMCache-Status"] == "miss"
@@ -488,7 +493,7 @@ async def test_health_metrics_and_stats(proxy_stack) -> None:
     assert saved and float(saved[0].split()[-1]) > 0
     served = [line for line in text.splitlines() if line.startswith("llmcache_served_bytes_total")]
     assert float(served[0].split()[-1]) > 0
-    async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats") as r:
+    async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats", headers=ADMIN) as r:
         data = await r.json()
     rows = {row["namespace"]: row for row in data["namespaces"]}
     assert rows["docs"]["hit"] == 1 and rows["docs"]["miss"] == 1 and rows["docs"]["tokens_saved"] > 0

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from proxy_helpers import Stack
+from proxy_helpers import ADMIN, Stack
 
 BASE = {"model": "stub-model", "temperature": 0, "messages": [
     {"role": "system", "content": "You answer questions about data structures."},
@@ -44,7 +44,7 @@ async def test_paraphrase_is_a_semantic_hit_and_is_promoted(semantic_stack: Stac
     _, headers, again = await stack.post("/v1/chat/completions", PARAPHRASE)
     assert headers["X-LLMCache-Status"] == "hit" and again == original
     assert await stack.upstream_count() == 1
-    async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats") as r:
+    async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats", headers=ADMIN) as r:
         await r.json()
     async with stack.http.get(stack.proxy_url + "/metrics") as r:
         assert 'cache_status="semantic-hit"' in await r.text()
@@ -57,7 +57,18 @@ async def test_threshold_header_only_tightens_and_scope_is_exact(semantic_stack:
     _, headers, _ = await stack.post("/v1/chat/completions", PARAPHRASE,
                                      headers={"X-LLMCache-Similarity-Threshold": "0.99999"})
     assert headers["X-LLMCache-Status"] == "miss"  # tightened past the pair's similarity
-    other_tenant = {"Authorization": "Bearer sk-someone-else"}
+    # Only the tenant changes: a semantic match across tenants would be a leak, at any threshold.
+    other_tenant = {"Authorization": "Bearer sk-someone-else", "Cache-Control": "no-store"}
+    for body in (BASE, PARAPHRASE):
+        _, headers, _ = await stack.post("/v1/chat/completions", body,
+                                         headers={**other_tenant, "X-LLMCache-Similarity-Threshold": "0.1"})
+        assert headers["X-LLMCache-Status"] == "miss"
+    # Only the parameters change (same tenant): not a semantic match either.
     _, headers, _ = await stack.post("/v1/chat/completions", {**PARAPHRASE, "max_tokens": 3},
-                                     headers={**other_tenant, "X-LLMCache-Similarity-Threshold": "0.1"})
-    assert headers["X-LLMCache-Status"] == "miss"  # other tenant, other params: never a semantic match
+                                     headers={"X-LLMCache-Similarity-Threshold": "0.1"})
+    assert headers["X-LLMCache-Status"] == "miss"
+    # Control: the same tenant with the same parameters does match (a paraphrase not sent before).
+    fresh = {**BASE, "messages": [BASE["messages"][0],
+                                  {"role": "user", "content": "In Python, how do I reverse a linked list?"}]}
+    _, headers, _ = await stack.post("/v1/chat/completions", fresh)
+    assert headers["X-LLMCache-Status"] == "semantic-hit"

@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timezone
 
 import redis.asyncio as aioredis
-from proxy_helpers import CHAT, Stack
+from proxy_helpers import ADMIN, CHAT, Stack
 
 from llmcache import policy
 from llmcache.keyspace import Keyspace
@@ -73,7 +73,7 @@ async def test_policy_overrides_ttl_suspend_and_invalidate_before(proxy_stack, r
         assert (await stack.post("/v1/chat/completions", hot, headers={"X-Team": "a"}))[1]["X-LLMCache-Status"] == "miss"
         assert (await stack.post("/v1/chat/completions", hot, headers={"X-Team": "b"}))[1]["X-LLMCache-Status"] == "miss"
         assert (await stack.post("/v1/chat/completions", hot, headers={"X-Team": "a"}))[1]["X-LLMCache-Status"] == "hit"
-        async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats") as resp:
+        async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats", headers=ADMIN) as resp:
             assert (await resp.json())["process"]["policy"] == f"{NS}/chat-cache"
     finally:
         await r.aclose()
@@ -106,7 +106,7 @@ async def test_stats_are_tagged_with_the_applied_policy(proxy_stack, redis_plain
         await wait_generation(stack, 1)
         for want in ("miss", "hit", "hit"):
             assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == want
-        async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats") as resp:
+        async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats", headers=ADMIN) as resp:
             rows = (await resp.json())["namespaces"]  # flushes this proxy's counts first
         assert len(rows) == 1
         assert (rows[0]["namespace"], rows[0]["hit"], rows[0]["miss"]) == ("default", 2, 2)

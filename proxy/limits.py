@@ -1,0 +1,72 @@
+"""Admission limits of the request pipeline: a shared body-byte budget and a deadline-bound body read.
+
+Memory per cacheable request is dominated by its body (held raw for forwarding and
+storing, parsed for the key; parsing peaks at ~15× the body). Two bounds keep the
+sidecar inside its memory limit whatever the clients do::
+
+    Content-Length > max_body_bytes ─────────────────────────▶ 413
+    budget.try_take(Content-Length or max_body_bytes) fails ─▶ 429 Retry-After: 1 (shed, never queued)
+    read body within body_timeout_s ─────────── too slow ────▶ 408 (slowloris)
+    … request runs …  budget.give(n) when it ends
+
+Back-pressure is a value (:class:`BodyRead`), not an exception, as in vLLM's block pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiohttp import web
+
+__all__ = ["BodyBudget", "BodyRead", "read_body"]
+
+
+class BodyBudget:
+    """Bytes of request bodies held by requests in progress, capped at ``capacity_bytes``."""
+
+    __slots__ = ("capacity_bytes", "used_bytes", "num_shed_total")
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        self.num_shed_total = 0
+
+    def try_take(self, num_bytes: int) -> bool:
+        """Reserve ``num_bytes``; False (and counted as shed) when that would exceed the capacity."""
+        if self.used_bytes + num_bytes > self.capacity_bytes:
+            self.num_shed_total += 1
+            return False
+        self.used_bytes += num_bytes
+        return True
+
+    def give(self, num_bytes: int) -> None:
+        """Return bytes taken with :meth:`try_take`."""
+        self.used_bytes = max(0, self.used_bytes - num_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyRead:
+    """Outcome of :func:`read_body`: the body, or the HTTP status that refuses it."""
+
+    body: bytes | None
+    status: int = 200
+    """200 (``body`` is set), 413 (too large) or 408 (not received in time)."""
+
+
+async def read_body(request: web.Request, *, limit_bytes: int, timeout_s: float) -> BodyRead:
+    """The whole request body if it is at most ``limit_bytes`` and arrives within ``timeout_s``."""
+    if request.content_length is not None and request.content_length > limit_bytes:
+        return BodyRead(None, 413)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit_bytes:
+                    return BodyRead(None, 413)
+                chunks.append(chunk)
+    except TimeoutError:
+        return BodyRead(None, 408)
+    return BodyRead(b"".join(chunks))
