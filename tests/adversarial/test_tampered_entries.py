@@ -74,7 +74,7 @@ async def test_tampered_entry_is_never_served(proxy_stack, tamper: str, stream: 
     assert status == 200 and headers["X-LLMCache-Status"] == "miss"
     r = aioredis.Redis.from_url(stack.state.settings.redis.url)
     try:
-        keys = [k async for k in r.scan_iter(match=Keyspace(stack.state.settings.cache.key_prefix).entry("*"))]
+        keys = [k async for k in r.scan_iter(match=Keyspace(stack.state.settings.cache.key_prefix).entry_pattern)]
         assert len(keys) == 1
         good = json.loads(await r.get(keys[0]))
         value = TAMPERED[tamper]

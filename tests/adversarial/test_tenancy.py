@@ -173,19 +173,22 @@ async def test_prefix_cache_probe_by_another_tenant_sees_no_cached_tokens(proxy_
     stack = Stack(proxy_url=f"http://127.0.0.1:{port}", upstream_url=model_server_url, app=app, stub=None,
                   http=(await proxy_stack()).http)
     try:
+        async with stack.http.get(model_server_url.rstrip("/") + "/v1/models") as r:
+            model = (await r.json())["data"][0]["id"]
         secret = list(range(10, 74))  # the victim's "system prompt", as token ids
-        body = {"model": "random-tiny", "prompt": secret + [1], "max_tokens": 2, "temperature": 0}
-        _, headers, _ = await post(stack, body, auth="sk-victim", path="/v1/completions")
-        assert headers["X-LLMCache-Status"] == "miss"
+        body = {"model": model, "prompt": secret + [1], "max_tokens": 2, "temperature": 0}
+        status, headers, _ = await post(stack, body, auth="sk-victim", path="/v1/completions")
+        assert status == 200 and headers["X-LLMCache-Status"] == "miss"
 
         def cached(payload: bytes) -> int:
             usage = json.loads(payload).get("usage") or {}
             return int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
 
         probe = {**body, "prompt": secret + [2]}
-        _, headers, attacker = await post(stack, probe, auth="sk-attacker", path="/v1/completions")
-        assert headers["X-LLMCache-Status"] == "miss" and cached(attacker) == 0
-        _, _, victim = await post(stack, {**probe, "prompt": secret + [3]}, auth="sk-victim", path="/v1/completions")
-        assert cached(victim) >= len(secret)  # control: the victim's own prefix is reused (and reported)
+        status, headers, attacker = await post(stack, probe, auth="sk-attacker", path="/v1/completions")
+        assert status == 200 and headers["X-LLMCache-Status"] == "miss" and cached(attacker) == 0
+        status, _, victim = await post(stack, {**probe, "prompt": secret + [3]}, auth="sk-victim",
+                                       path="/v1/completions")
+        assert status == 200 and cached(victim) >= len(secret)  # control: the victim's own prefix is reused (and reported)
     finally:
         await runner.cleanup()

@@ -50,7 +50,10 @@ def test_proxy_process_with_env_and_flags(processes, redis_plain_url: str, tmp_p
          "--latency-ms", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     log_path = tmp_path / "proxy.log"
     env = {**os.environ, "LLMCACHE_REDIS_URL": redis_plain_url, "LLMCACHE_TENANT_SALT": "s3cret",
-           "LLMCACHE_ADMIN_TOKEN": "tok", "LLMCACHE_MODE": "exact"}
+           "LLMCACHE_ADMIN_TOKEN": "tok", "LLMCACHE_MODE": "exact",
+           # A CLI process on a shared 2-core box: not the 50 ms sidecar deadline, since this test
+           # asserts an exact miss/hit sequence (the deadline itself: tests/proxy/test_failopen.py).
+           "LLMCACHE_REDIS_TIMEOUT_MS": "2000"}
     with open(log_path, "wb") as log:
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "llmcache", "--log-level=debug", "proxy", "--listen",
