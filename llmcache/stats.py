@@ -29,6 +29,8 @@ import asyncio
 import hashlib
 import json
 import sys
+import urllib.error
+import urllib.request
 from collections import defaultdict
 from typing import Any
 
@@ -147,10 +149,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--redis-url", default=DEFAULT_REDIS_URL, help="Redis the proxies write to")
     add_flag(parser, "--key-prefix", default="llmcache", help="key prefix the proxies use")
     add_flag(parser, "--json", action="store_true", help="print JSON instead of a table")
+    add_flag(parser, "--proxy-url", default=None,
+             help="read GET /llmcache/v1/stats of this proxy (http://HOST:PORT) instead of Redis")
+    add_flag(parser, "--admin-token", default=None, help="the proxy's --admin-token (sent with --proxy-url)")
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = asyncio.run(_read(args.redis_url, args.key_prefix))
+    if args.proxy_url:
+        rows = _read_proxy(args.proxy_url, args.admin_token)
+    else:
+        rows = asyncio.run(_read(args.redis_url, args.key_prefix))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -163,6 +171,31 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
     return 0
+
+
+def _read_proxy(url: str, token: str | None) -> list[dict[str, Any]]:
+    """The ``namespaces`` rows of a proxy's stats endpoint, which needs the admin token."""
+    if not token:
+        print("llmcache stats: --proxy-url needs the proxy's admin token: --admin-token or LLMCACHE_ADMIN_TOKEN",
+              file=sys.stderr)
+        raise SystemExit(2)
+    req = urllib.request.Request(url.rstrip("/") + "/llmcache/v1/stats",
+                                 headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            data = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        hint = "; check --admin-token" if exc.code in (401, 403) else ""
+        print(f"llmcache stats: {url} answered HTTP {exc.code}{hint}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"llmcache stats: cannot read {url}: {exc}; check --proxy-url", file=sys.stderr)
+        raise SystemExit(1) from exc
+    if data.get("namespaces") is None:
+        print(f"llmcache stats: the proxy has no counters from Redis: {data.get('error', 'unknown reason')}",
+              file=sys.stderr)
+        raise SystemExit(1)
+    return list(data["namespaces"])
 
 
 async def _read(url: str, prefix: str) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from yarl import URL
 from llmcache import connection, keys, stats
 from llmcache.keyspace import DEFAULT_GROUP, Keyspace, shard_of
 from llmcache.proxy import handlers, upstream
+from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.metrics import CONTENT_TYPE_LATEST
 
 __all__ = ["add_routes", "healthz", "readyz", "metrics", "stats_endpoint", "invalidate"]

@@ -1,0 +1,154 @@
+"""Mutation check for the proxy hardening (issue 14): break one guarded line, expect its test to fail.
+
+Each mutation replaces one exact snippet in one file, runs the tests that guard it, and restores the
+file (always, also on Ctrl-C). A mutation that no test catches is a guarantee no test would defend.
+
+    .venv/bin/python tests/adversarial/mutation_check_proxy.py [--only NAME ...] [--list]
+
+Prints one line per mutation (caught / SURVIVED) and exits 1 if any survived. Never run it while
+other test runs use the same tree: the files are mutated in place while a mutation runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ADV = "tests/adversarial/"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    before: str
+    after: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = [
+    Mutation("incomplete stream stored", "proxy/handlers.py",
+             "            if not recorder.complete:\n", "            if False:\n",
+             (ADV + "test_streams.py::test_badly_ended_streams_are_relayed_but_never_stored",)),
+    Mutation("unknown delta fields folded away", "proxy/streaming.py",
+             "            if unknown:\n", "            if False:\n",
+             (ADV + "test_streams.py::test_deltas_the_recorder_cannot_fold_are_not_stored",)),
+    Mutation("reasoning_content not replayed", "proxy/streaming.py",
+             "        if reasoning:\n", "        if False:\n",
+             (ADV + "test_streams.py::test_reasoning_content_is_recorded_and_replayed",)),
+    Mutation("semantic scope ignores the tenant", "llmcache/keys.py",
+             "    material = _key_material(route, scoped_body, tenant, namespace, partition, query)",
+             "    material = _key_material(route, scoped_body, '', namespace, partition, query)",
+             ("tests/proxy/test_handlers_semantic.py::test_threshold_header_only_tightens_and_scope_is_exact",)),
+    Mutation("requests without a credential cached", "proxy/handlers.py",
+             "    if not credential and not cfg.cache_anonymous:", "    if False:",
+             (ADV + "test_tenancy.py::test_requests_without_a_credential_are_not_cached_by_default",)),
+    Mutation("key without the pod namespace", "llmcache/keys.py",
+             '        "partition": partition,', '        "partition": "",',
+             (ADV + "test_tenancy.py::test_the_same_tenant_in_two_namespaces_shares_nothing",
+              ADV + "test_tenancy.py::test_anonymous_per_namespace_never_crosses_namespaces")),
+    Mutation("query string not in the key", "llmcache/keys.py",
+             '        "query": query,', '        "query": "",',
+             (ADV + "test_tenancy.py::test_the_query_string_is_part_of_the_key",)),
+    Mutation("no cache_salt upstream", "proxy/handlers.py",
+             'if route == "/v1/embeddings" or not state.settings.upstream.enable_cache_salt:', "if True:",
+             (ADV + "test_tenancy.py::test_prefix_cache_probe_by_another_tenant_sees_no_cached_tokens",)),
+    Mutation("stored content not type-checked", "proxy/exact.py",
+             '    for name in ("role", "content", "refusal", "reasoning_content"):', "    for name in ():",
+             (ADV + "test_tampered_entries.py::test_tampered_entry_is_never_served[content-list-of-60-stream]",)),
+    Mutation("another tenant's entry served", "proxy/handlers.py",
+             "        if entry.tenant != call.tenant:", "        if False:",
+             (ADV + "test_tampered_entries.py::test_tampered_entry_is_never_served[other-tenant-json]",)),
+    Mutation("stats without the admin token", "proxy/admin.py",
+             '    refused = _admin_refusal(request, state, what="stats")', "    refused = None",
+             (ADV + "test_stats_auth.py::test_stats_need_the_admin_token",)),
+    Mutation("stats reads under the breaker", "proxy/admin.py",
+             "            out[\"namespaces\"] = await stats.read_stats(client, keyspace=state.keyspace)",
+             "            out[\"namespaces\"] = await state.breaker.call(\n"
+             "                lambda: stats.read_stats(client, keyspace=state.keyspace), timeout_s=0.5)",
+             (ADV + "test_stats_auth.py::test_slow_stats_reads_do_not_open_the_breaker",)),
+    Mutation("body budget not enforced", "proxy/handlers.py",
+             "    if not state.body_budget.try_take(reserved):", "    if not state.body_budget.try_take(0):",
+             (ADV + "test_limits.py::test_bodies_in_flight_are_capped_and_shed_with_429",)),
+    Mutation("body read without a deadline", "proxy/limits.py",
+             "        async with asyncio.timeout(timeout_s):", "        async with asyncio.timeout(None):",
+             (ADV + "test_limits.py::test_slowloris_body_gets_408",)),
+    Mutation("nested JSON ends as a 500", "proxy/handlers.py",
+             "    except RecursionError:\n        state.metrics.count(route, \"error\")\n        return _too_deep(), \"error\"\n"
+             "    if not isinstance(body, dict):",
+             "    except ZeroDivisionError:\n        state.metrics.count(route, \"error\")\n        return _too_deep(), \"error\"\n"
+             "    if not isinstance(body, dict):",
+             (ADV + "test_limits.py::test_deeply_nested_json_is_a_clear_400",)),
+    Mutation("upstream pool wait unbounded", "proxy/upstream.py",
+             "aiohttp.ClientTimeout(total=None, connect=connect_timeout_s,",
+             "aiohttp.ClientTimeout(total=None, connect=None,",
+             (ADV + "test_limits.py::test_busy_upstream_pool_is_a_503_with_retry_after_not_a_hang",)),
+    Mutation("flight buffers without a cap", "proxy/singleflight.py",
+             "        if self.num_bytes > self.max_bytes:", "        if False:",
+             (ADV + "test_limits.py::test_a_streamed_answer_longer_than_the_entry_limit_is_not_buffered",)),
+    Mutation("embedder embeds texts nobody waits for", "proxy/embedder.py",
+             "        live = [p for p in self._pending if not p[2].done()]", "        live = list(self._pending)",
+             (ADV + "test_limits.py::test_embedder_queue_is_bounded_and_sheds_expired_work",)),
+    Mutation("semantic cache never retried after a failed start", "proxy/app.py",
+             '        starter.task = asyncio.get_running_loop().create_task(starter.run(), name="semantic-start")',
+             "        pass",
+             (ADV + "test_semantic_recovery.py::test_semantic_cache_starts_when_redis_comes_up_after_the_proxy",)),
+    Mutation("vanished Query Engine index not recreated", "proxy/index_search.py",
+             "        if missing and await self._recreate(missing):", "        if False:",
+             (ADV + "test_semantic_recovery.py::test_query_engine_index_is_recreated_after_a_redis_restart",)),
+    Mutation("client index never resyncs after a Redis restart", "proxy/index_client.py",
+             "                    if run_id is not None and now_id != run_id:", "                    if False:",
+             (ADV + "test_semantic_recovery.py::test_client_index_follows_other_pods_after_a_redis_restart",)),
+]
+
+
+def run(m: Mutation, *, timeout_s: float) -> tuple[bool, float, str]:
+    """Apply ``m``, run its tests, restore. True when the tests failed (the mutation was caught)."""
+    path = REPO / m.path
+    original = path.read_text()
+    if original.count(m.before) != 1:
+        raise SystemExit(f"{m.name}: the snippet to mutate occurs {original.count(m.before)} times in {m.path}; "
+                         "update this script to the code")
+    t0 = time.monotonic()
+    try:
+        path.write_text(original.replace(m.before, m.after))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                   "--timeout", "120", *m.tests], cwd=REPO, capture_output=True, text=True,
+                                  timeout=timeout_s, check=False)
+            caught, tail = proc.returncode != 0, (proc.stdout.strip().splitlines() or [""])[-1]
+        except subprocess.TimeoutExpired:
+            caught, tail = True, f"tests did not finish within {timeout_s:.0f} s (a hang counts as caught)"
+    finally:
+        path.write_text(original)
+    return caught, time.monotonic() - t0, tail
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="names (substrings) of the mutations to run")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--timeout-seconds", type=float, default=400.0, help="per mutation")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or any(o in m.name for o in args.only)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}: {m.path} -> {' '.join(m.tests)}")
+        return 0
+    survived = []
+    for m in chosen:
+        caught, took_s, tail = run(m, timeout_s=args.timeout_seconds)
+        print(f"{'caught  ' if caught else 'SURVIVED'}  {m.name:<52} {took_s:6.1f} s  {tail}", flush=True)
+        if not caught:
+            survived.append(m.name)
+    print(f"{len(chosen) - len(survived)} of {len(chosen)} mutations caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
