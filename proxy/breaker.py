@@ -132,6 +132,14 @@ class Breaker:
             # RedisClusterException (no node serves a slot mid-failover) is not a RedisError.
             self._on_failure(exc, probe=probe)
             raise CacheUnavailable(f"redis operation failed: {type(exc).__name__}") from exc
+        except Exception as exc:
+            # Fail open on anything else too: redis-py's cluster client can raise AttributeError on a
+            # connection torn down by a failover mid-command. Logged with its traceback, since it may
+            # also be a bug of ours; the request still turns into a bypass, never a 500.
+            log.warning("redis operation raised %s: treating it as a cache failure", type(exc).__name__,
+                        exc_info=True)
+            self._on_failure(exc, probe=probe)
+            raise CacheUnavailable(f"redis operation failed: {type(exc).__name__}") from exc
         finally:
             if probe:
                 self._probing = False

@@ -169,3 +169,16 @@ async def test_op_runs_in_the_callers_task_and_cancellation_is_not_a_redis_failu
         await probe
     assert b.num_failures_total == 1  # only the real failure
     assert await b.call(ok) == "ok" and b.state == "closed"  # the slot was freed: a new probe ran
+
+
+async def test_an_unexpected_client_exception_fails_open_and_counts() -> None:
+    # redis-py's cluster client raised AttributeError ('NoneType' has no 'writelines') on a connection a
+    # failover tore down mid-command; that must become a bypass, not a 500.
+    async def torn() -> str:
+        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+    b = Breaker(timeout_s=1, failure_threshold=2)
+    for _ in range(2):
+        with pytest.raises(CacheUnavailable):
+            await b.call(torn)
+    assert b.num_failures_total == 2 and b.state == "open"
