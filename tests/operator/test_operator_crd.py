@@ -42,7 +42,7 @@ def test_schema_defaults_equal_the_documented_defaults(crds: Any, ns: str) -> No
     assert spec["eviction"] == {"policy": policy.DEFAULTS["eviction_policy"]}
     assert spec["scope"]["tenantHeader"] == policy.DEFAULTS["tenant_header"]
     # Requests without the tenant header are not cached unless a policy opts in (issue 14 item 2).
-    assert spec["scope"]["anonymous"] == "Bypass"
+    assert spec["scope"]["anonymous"] == policy.DEFAULTS["anonymous"] == "Bypass"
     assert spec["nonDeterministic"] == policy.DEFAULTS["non_deterministic"]
     assert spec["suspend"] is policy.DEFAULTS["suspend"]
     # What the API server stored parses to exactly the defaulted model.
@@ -58,7 +58,8 @@ def test_full_valid_policy_is_accepted_and_parses_identically(crds: Any, ns: str
         "semantic": {"similarityThreshold": 0.85, "index": "client",
                      "embedding": {"provider": "remote", "model": "e5", "url": "http://embed:8000/v1"}},
         "eviction": {"policy": "LFU", "maxEntries": 100, "maxMemory": "64Mi"},
-        "scope": {"tenantHeader": "X-Team"}, "nonDeterministic": "cache-if-seeded", "suspend": True,
+        "scope": {"tenantHeader": "X-Team", "anonymous": "PerNamespace"}, "nonDeterministic": "cache-if-seeded",
+        "suspend": True,
         "invalidateBefore": "2026-01-01T00:00:00Z",
     }
     (stored,) = crds.apply(cachepolicy("full", raw), namespace=ns)
@@ -95,6 +96,8 @@ INVALID = [
     pytest.param({"selector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}},
                  "operators Exists and DoesNotExist take no values", id="selector-exists-with-values-cel"),
     pytest.param({"scope": {"tenantHeader": "bad header"}}, "spec.scope.tenantHeader", id="tenant-header"),
+    pytest.param({"scope": {"anonymous": "Everyone"}}, 'spec.scope.anonymous: Unsupported value: "Everyone"',
+                 id="anonymous-enum"),
     pytest.param({"nonDeterministic": "always"}, "spec.nonDeterministic", id="non-deterministic-enum"),
     pytest.param({"invalidateBefore": "yesterday"}, "spec.invalidateBefore", id="invalidate-before-format"),
     pytest.param({"ttlSeconds": "60"}, "spec.ttlSeconds", id="ttl-wrong-type"),
