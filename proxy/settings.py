@@ -124,8 +124,8 @@ class UpstreamSettings:
 class SemanticOptions:
     """Flags passed to the semantic cache facade (``llmcache.proxy.semantic``)."""
 
-    similarity_threshold: float = 0.85
-    """Cosine similarity in [0, 1] a semantic candidate needs before verification. Default 0.85,
+    similarity_threshold: float = 0.80
+    """Cosine similarity in [0, 1] a semantic candidate needs before verification. Default 0.80,
     the same as the CachePolicy default (see llmcache.policy.DEFAULTS for why)."""
     embedder: Literal["local", "remote"] = "local"
     embedder_url: str | None = None
