@@ -72,3 +72,27 @@ async def test_threshold_header_only_tightens_and_scope_is_exact(semantic_stack:
                                   {"role": "user", "content": "In Python, how do I reverse a linked list?"}]}
     _, headers, _ = await stack.post("/v1/chat/completions", fresh)
     assert headers["X-LLMCache-Status"] == "semantic-hit"
+
+
+async def test_promoted_entry_expires_and_is_invalidated_with_its_source(semantic_stack: Stack) -> None:
+    """A semantic hit's promoted exact entry never outlives its source, and goes when its source is invalidated."""
+    stack = semantic_stack
+    redis = stack.state.redis
+    pattern = stack.state.keyspace.entry_pattern
+    await stack.post("/v1/chat/completions", BASE)
+    await wait_indexed(stack)
+    [source] = [k async for k in redis.scan_iter(match=pattern)]
+    _, headers, _ = await stack.post("/v1/chat/completions", PARAPHRASE)
+    assert headers["X-LLMCache-Status"] == "semantic-hit"
+    await stack.flush()
+    keys = [k async for k in redis.scan_iter(match=pattern)]
+    assert len(keys) == 2, keys
+    [promoted] = [k for k in keys if k != source]
+    source_ttl, promoted_ttl = await redis.pttl(source), await redis.pttl(promoted)
+    assert 0 < promoted_ttl <= source_ttl  # expires no later than the answer it copies
+    async with stack.http.post(stack.proxy_url + "/llmcache/v1/invalidate", json={"model": "stub-model"},
+                               headers={"Authorization": "Bearer admin-secret"}) as r:
+        assert r.status == 200 and (await r.json())["deleted"] == 2
+    assert [k async for k in redis.scan_iter(match=pattern)] == []
+    _, headers, _ = await stack.post("/v1/chat/completions", PARAPHRASE)
+    assert headers["X-LLMCache-Status"] == "miss"  # neither the copy nor the source's vector serves it
