@@ -253,7 +253,7 @@ def _direction_clash(a: Analysis, b: Analysis) -> str | None:
             return f"{marker} {sorted(oa)} / {sorted(ob)}"
     # 2. "x … y" with the same words between them becomes "y … x" ("Alice paid Bob" / "Bob paid Alice").
     #    The verb between them may be worded differently ("did Sam employ Yuki" / "has Yuki hired Sam").
-    pairs_a, pairs_b = _ordered_pairs(a.sequence), _ordered_pairs(b.sequence)
+    pairs_a, pairs_b = _ordered_pairs(a.sequence, shared), _ordered_pairs(b.sequence, shared)
     for (x, y), middle in pairs_a.items():
         if x not in shared or y not in shared or (x, y) in pairs_b:
             continue
@@ -305,15 +305,16 @@ def _directed(middle: list[str]) -> bool:
     return any(_is_anchor(m) or m in ("d:to", "d:from", "d:than", "d:into", "d:over", "d:against") for m in middle)
 
 
-def _ordered_pairs(seq: list[str]) -> dict[tuple[str, str], tuple[str, ...]]:
-    """``(x, y) → items between`` for anchors at most :data:`_SWAP_WINDOW` apart, when the middle is directional."""
+def _ordered_pairs(seq: list[str], shared: set[str]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """``(x, y) → items between`` for shared anchors at most :data:`_SWAP_WINDOW` apart, when the middle is
+    directional. O(len(seq) · window)."""
     out: dict[tuple[str, str], tuple[str, ...]] = {}
     for i, x in enumerate(seq):
-        if not _is_anchor(x):
+        if x not in shared:
             continue
         for j in range(i + 1, min(len(seq), i + 1 + _SWAP_WINDOW)):
             y = seq[j]
-            if not _is_anchor(y) or y == x:
+            if y not in shared or y == x:
                 continue
             middle = tuple(seq[i + 1:j])
             # Coordination is symmetric ("Compare Python and Go"): only a verb or marker between them gives direction.
@@ -431,6 +432,10 @@ def _align(a: Analysis, b: Analysis) -> Verdict | tuple[dict[str, Token], dict[s
     only_b = {k: t for k, t in b.content.items() if k not in a.content}
     if not only_a and not only_b:
         return only_a, only_b
+    # Each alignment below scans the other side once per unaligned word: cap those words first so the
+    # whole stage stays linear in the text (a long, unrelated pair is simply different).
+    if len(only_a) > 2 * _MAX_UNALIGNED or len(only_b) > 2 * _MAX_UNALIGNED:
+        return Verdict(False, "content", f"{len(only_a)}/{len(only_b)} words unaligned")
     # Acronyms and compounds: "ai" ↔ "artificial intelligence", "darkmode" ↔ "dark mode".
     for side, other_all, other_only in ((only_a, b, only_b), (only_b, a, only_a)):
         words = [t.text for t in other_all.tokens]
