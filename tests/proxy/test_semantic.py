@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 import os
 import subprocess
@@ -94,7 +95,8 @@ HARD_NEGATIVES = [
 
 @pytest.mark.parametrize(("category", "stored", "query"), HARD_NEGATIVES, ids=[c for c, _, _ in HARD_NEGATIVES])
 async def test_hard_negatives_miss_although_cosine_would_hit(open_cache: Callable[..., Any], category: str,
-                                                            stored: str, query: str) -> None:
+                                                            stored: str, query: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     cache: SemanticCache = await open_cache()
     plain: SemanticCache = await open_cache(verify=False)
     await cache.add(chat_parts(stored), KEY, ttl_s=60)
@@ -108,8 +110,14 @@ async def test_hard_negatives_miss_although_cosine_would_hit(open_cache: Callabl
             break
         await asyncio.sleep(0.02)
     assert served is not None
-    assert await cache.lookup(chat_parts(query), threshold=threshold) is None
+    with caplog.at_level(logging.DEBUG, logger="llmcache.proxy.semantic"):
+        assert await cache.lookup(chat_parts(query), threshold=threshold) is None
     assert sum(cache.stats()["rejected_by_verifier"].values()) == 1
+    # The refusal is logged with its reason, never with the texts.
+    [refusal] = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    [reason] = cache.stats()["rejected_by_verifier"]
+    assert f"refused: {reason}" in refusal
+    assert all(w not in refusal for w in (stored + " " + query).split() if len(w) > 3)
 
 
 async def test_the_best_verified_candidate_wins(open_cache: Callable[..., Any]) -> None:
