@@ -4,7 +4,8 @@ Embedding similarity says two texts are *about* the same thing; it does not noti
 that "turn on dark mode" and "turn off dark mode", or "Did Alice pay Bob?" and
 "Did Bob pay Alice?", want different answers. Every KNN candidate above the
 threshold passes through these checks against the stored text (an
-:class:`~llmcache.proxy.analysis.Analysis` of each side, linear in the text)::
+:class:`~llmcache.proxy.analysis.Analysis` of each side, linear in the text; the evidence
+checks live in :mod:`llmcache.proxy.evidence`, the alignment and pair model here)::
 
     query ─┐ analyse (bounded, Unicode-aware; unreadable → refuse: fail closed)
     stored ┘   │
@@ -31,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from llmcache.errors import ConfigError
+from llmcache.proxy import evidence
 from llmcache.proxy import lexicon as lx
 from llmcache.proxy.analysis import DEFAULT_MAX_CHARS, Analysis, Token, analyse
 
@@ -117,271 +118,12 @@ class _Pending:
     """A generative task (write, summarise…): what it is about is never reworded freely."""
 
 
-# --------------------------------------------------------------------------- evidence checks
-
-
-def _antonym_clash(a: Analysis, b: Analysis) -> str | None:
-    """A polar word on one side and its opposite on the other; O(words) with set look-ups."""
-    only_a, only_b = a.polar - b.polar, b.polar - a.polar
-    for x in only_a:
-        opposites = {"turn_off" if x == "turn_on" else "turn_on"} if x.startswith("turn_") else lx.ANTONYM_STEMS.get(x, set())
-        hit = opposites & only_b
-        if hit:
-            return f"{x}/{sorted(hit)[0]}"
-    # A negated polar word on one side only ("Is it fine to…?" / "Is it unsafe to…?").
-    for x in only_a ^ only_b:
-        for prefix in lx.NEG_PREFIXES:
-            if x.startswith(prefix) and len(x) - len(prefix) >= 3 and x[len(prefix):] in lx.ANTONYM_STEMS:
-                return f"{x} on one side"
-    # Negative prefixes: "possible" / "impossible", "like" / "dislike" — each word tried against the other side's set.
-    words_a = {t.text for t in a.tokens}
-    words_b = {t.text for t in b.tokens}
-    for side, other in ((words_a, words_b), (words_b, words_a)):
-        for x in side:
-            if x in other or len(x) < 4:
-                continue
-            for prefix in lx.NEG_PREFIXES:
-                if (prefix + x) in other and (prefix + x) not in side:
-                    return f"{x}/{prefix + x}"
-    return None
-
-
-def _quantifier_clash(a: Analysis, b: Analysis) -> str | None:
-    qa, qb = a.quantifiers, b.quantifiers
-    if qa == qb:
-        return None
-    if qa and qb:
-        return f"{sorted(qa)} vs {sorted(qb)}"
-    one = qa or qb
-    strong = one & lx.STRONG_QUANTIFIERS
-    return f"{sorted(strong)} vs none" if strong else None
-
-
-def _modal_clash(a: Analysis, b: Analysis) -> str | None:
-    ma, mb = a.modals, b.modals
-    if ma == mb:
-        return None
-    if ma and mb:
-        return f"{sorted(ma)} vs {sorted(mb)}"
-    one = ma or mb
-    return f"{sorted(one)} vs none" if one - {"can"} else None
-
-
-def _comparison_clash(a: Analysis, b: Analysis) -> str | None:
-    if (a.than and b.as_as and not b.than) or (b.than and a.as_as and not a.than):
-        return "than / as…as"
-    if a.than and b.than and a.less != b.less:
-        return "less / more"
-    return None
-
-
-def _question_clash(a: Analysis, b: Analysis) -> str | None:
-    qa, qb = a.qtype, b.qtype
-    if qa is None or qb is None or qa == qb:
-        return None
-    exclusive = {"who", "where", "when", "why"}
-    if qa in exclusive and qb in exclusive:
-        return f"{qa}/{qb}"
-    if "yesno" in (qa, qb):
-        return f"{qa}/{qb}"
-    return None
-
-
-def _task_clash(a: Analysis, b: Analysis) -> str | None:
-    if a.arithmetic != b.arithmetic:
-        return f"arithmetic {sorted(a.arithmetic)} vs {sorted(b.arithmetic)}"
-    diff = a.tasks ^ b.tasks
-    if diff & lx.GENERATIVE_TASKS:
-        return f"{sorted(a.tasks)} vs {sorted(b.tasks)}"
-    return None
-
-
-def _shape_clash(a: Analysis, b: Analysis) -> str | None:
-    for side, other in ((a, b), (b, a)):
-        for tag in side.shape - other.shape:
-            # A target language named on the other side in another way ("the Spanish for") is no new constraint.
-            if tag.startswith("lang:") and tag[5:] in other.content:
-                continue
-            return tag
-    return None
-
-
-def _symbol_clash(a: Analysis, b: Analysis) -> str | None:
-    if a.symbols == b.symbols:
-        return None
-    for side, other, other_norm in ((a.symbols, b.symbols, b.norm), (b.symbols, a.symbols, a.norm)):
-        for sym, count in side.items():
-            if other.get(sym, 0) >= count:
-                continue
-            # An identifier written another way ("node.js" / "nodejs", "e-mail" / "email") is still there.
-            if sym.startswith("id:") and sym[3:] in other_norm:
-                continue
-            return sym
-    return None
-
-
-def _frame_clash(a: Analysis, b: Analysis) -> str | None:
-    """A side asks for an attribute the other does not ("How tall is X?" / "How old is X?")."""
-    # A frame word inside a name ("Language Centre") asks for nothing.
-    fa = {k for k, t in a.content.items() if k.startswith("frame:") and not t.capital}
-    fb = {k for k, t in b.content.items() if k.startswith("frame:") and not t.capital}
-    only_a = {k for k in fa - fb if k[6:] in lx.EXCLUSIVE_FRAMES}
-    only_b = {k for k in fb - fa if k[6:] in lx.EXCLUSIVE_FRAMES}
-    if only_a or only_b:
-        # On one side only it is still a question about another attribute ("Where is X?" / "How old is X?").
-        return f"{sorted(only_a)} / {sorted(only_b)}"
-    return None
-
-
-def _is_anchor(item: str) -> bool:
-    return not item.startswith(("d:", "#"))
-
-
-_SWAP_WINDOW = 6
-
-
-def _direction_clash(a: Analysis, b: Analysis) -> str | None:
-    """Arguments swapped while the words stay the same: around a marker, a verb, or a wh-question."""
-    shared = (({x for x in a.sequence if _is_anchor(x)} | a.content.keys())
-              & ({x for x in b.sequence if _is_anchor(x)} | b.content.keys()))
-    # 1. A role marker's object becomes another shared word ("send money to Bob/Alice", "km to miles");
-    #    an extra object on one side ("formula to convert C to F") is no swap.
-    for marker in {m for m, _ in a.marker_objects}:
-        oa = {o for m, o in a.marker_objects if m == marker and o in shared}
-        ob = {o for m, o in b.marker_objects if m == marker and o in shared}
-        if oa and ob and not oa <= ob and not ob <= oa:
-            return f"{marker} {sorted(oa)} / {sorted(ob)}"
-    # 2. "x … y" with the same words between them becomes "y … x" ("Alice paid Bob" / "Bob paid Alice").
-    #    The verb between them may be worded differently ("did Sam employ Yuki" / "has Yuki hired Sam").
-    pairs_a, pairs_b = _ordered_pairs(a.sequence, shared), _ordered_pairs(b.sequence, shared)
-    for (x, y), middle in pairs_a.items():
-        if x not in shared or y not in shared or (x, y) in pairs_b:
-            continue
-        other = pairs_b.get((y, x))
-        if other is not None and (other == middle or _same_frame(middle, other, shared)):
-            return f"{x} {' '.join(middle)} {y}"
-    # 3. Two names in the opposite order with a verb between them, no passive "by" ("Did Lena beat Tom?" /
-    #    "Has Tom beaten Lena?"); coordination ("between A and B") carries no direction.
-    clash = _name_order_clash(a, b, shared)
-    if clash:
-        return clash
-    # 4. "who beat X" (subject) vs "who did X beat" (object).
-    ra, rb = _wh_role(a), _wh_role(b)
-    if ra and rb and ra != rb and a.tokens[0].text == b.tokens[0].text:
-        return f"wh {ra}/{rb}"
-    return None
-
-
-def _same_frame(m1: tuple[str, ...], m2: tuple[str, ...], shared: set[str]) -> bool:
-    """Two middles with the same markers and one verb each that neither side shares (a reworded verb)."""
-    v1 = [m for m in m1 if _is_anchor(m)]
-    v2 = [m for m in m2 if _is_anchor(m)]
-    return (len(v1) == len(v2) == 1 and v1[0] not in shared and v2[0] not in shared
-            and [m for m in m1 if not _is_anchor(m)] == [m for m in m2 if not _is_anchor(m)])
-
-
-def _names_in_order(a: Analysis, shared: set[str]) -> list[tuple[int, str]]:
-    return [(i, x) for i, x in enumerate(a.sequence)
-            if x in shared and x in a.content and a.content[x].capital]
-
-
-def _name_order_clash(a: Analysis, b: Analysis, shared: set[str]) -> str | None:
-    if "d:by" in a.sequence or "d:by" in b.sequence:
-        return None
-    na, nb = _names_in_order(a, shared), _names_in_order(b, shared)
-    if len(na) < 2 or len(nb) < 2:
-        return None
-    (ia, x), (ja, y) = na[0], na[1]
-    pos_b = {name: i for i, name in reversed(nb)}
-    if x not in pos_b or y not in pos_b or pos_b[y] > pos_b[x]:
-        return None
-    ib, jb = pos_b[y], pos_b[x]
-    if _directed(a.sequence[ia + 1:ja]) and _directed(b.sequence[ib + 1:jb]):
-        return f"{x} … {y} reversed"
-    return None
-
-
-def _directed(middle: list[str]) -> bool:
-    return any(_is_anchor(m) or m in ("d:to", "d:from", "d:than", "d:into", "d:over", "d:against") for m in middle)
-
-
-def _ordered_pairs(seq: list[str], shared: set[str]) -> dict[tuple[str, str], tuple[str, ...]]:
-    """``(x, y) → items between`` for shared anchors at most :data:`_SWAP_WINDOW` apart, when the middle is
-    directional. O(len(seq) · window)."""
-    out: dict[tuple[str, str], tuple[str, ...]] = {}
-    for i, x in enumerate(seq):
-        if x not in shared:
-            continue
-        for j in range(i + 1, min(len(seq), i + 1 + _SWAP_WINDOW)):
-            y = seq[j]
-            if y not in shared or y == x:
-                continue
-            middle = tuple(seq[i + 1:j])
-            # Coordination is symmetric ("Compare Python and Go"): only a verb or marker between them gives direction.
-            if middle and _directed(list(middle)):
-                out.setdefault((x, y), middle)
-    return out
-
-
-_DO = frozenset({"do", "does", "did"})
-
-
 def _transposed(x: str, y: str) -> bool:
     """``waetr`` ↔ ``water``: one swap of neighbouring letters (a typo), in words of ≥ 5 letters."""
     if len(x) != len(y) or len(x) < 5 or x == y:
         return False
     diff = [i for i in range(len(x)) if x[i] != y[i]]
     return len(diff) == 2 and diff[1] == diff[0] + 1 and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]]
-
-
-def _wh_role(a: Analysis) -> str | None:
-    """Whether a wh-question asks for the subject ("who beat X") or the object ("who did X beat")."""
-    toks = [t.text for t in a.tokens[:4]]
-    if not toks or toks[0] not in ("who", "whom", "which", "what"):
-        return None
-    nxt = 2 if toks[0] == "which" and len(toks) > 2 and toks[1] not in _DO else 1
-    if nxt >= len(toks):
-        return None
-    if toks[nxt] in _DO:
-        return "object"
-    if toks[nxt] in lx.STOPWORDS or toks[nxt] in ("to", "of", "in", "on", "at", "with", "for", "from", "by"):
-        return None
-    return "subject"
-
-
-def _repeat_clash(a: Analysis, b: Analysis) -> str | None:
-    """A clause repeated on one side ("does A pay B" / "does B pay A or does A pay B")."""
-    ca = Counter(x for x in a.sequence if _is_anchor(x))
-    cb = Counter(x for x in b.sequence if _is_anchor(x))
-    extra = sum(abs(ca[k] - cb[k]) for k in ca.keys() & cb.keys())
-    return f"{extra} repeated words" if extra >= 2 else None
-
-
-def _evidence(a: Analysis, b: Analysis) -> Verdict | None:
-    """The first check that finds a different meaning, else ``None``."""
-    checks = (
-        ("symbol", _symbol_clash),
-        ("negation", lambda x, y: f"{x.negations} vs {y.negations}" if x.negations != y.negations else None),
-        ("antonym", _antonym_clash),
-        ("number", lambda x, y: f"{dict(x.numbers)} vs {dict(y.numbers)}" if x.numbers != y.numbers else None),
-        ("unit", lambda x, y: f"{x.units} vs {y.units}" if Counter(x.units) != Counter(y.units) else None),
-        ("direction", lambda x, y: f"{dict(x.quantities)} vs {dict(y.quantities)}" if x.quantities != y.quantities else None),
-        ("quantifier", _quantifier_clash),
-        ("modality", _modal_clash),
-        ("comparison", _comparison_clash),
-        ("time", lambda x, y: f"{sorted(x.times)} vs {sorted(y.times)}" if x.times != y.times else None),
-        ("question", _question_clash),
-        ("task", _task_clash),
-        ("shape", _shape_clash),
-        ("direction", _direction_clash),
-        ("direction", _repeat_clash),
-        ("topic", _frame_clash),
-    )
-    for reason, check in checks:
-        detail = check(a, b)
-        if detail:
-            return Verdict(False, reason, detail)
-    return None
 
 
 # --------------------------------------------------------------------------- alignment
@@ -500,8 +242,8 @@ def _added_modifier(a: Analysis, b: Analysis, only_a: dict[str, Token], only_b: 
 
 def _substitution(a: Analysis, b: Analysis) -> bool:
     """The content sequences differ in one contiguous span on each side (a controlled edit)."""
-    sa = [x for x in a.sequence if _is_anchor(x)]
-    sb = [x for x in b.sequence if _is_anchor(x)]
+    sa = [x for x in a.sequence if evidence.is_anchor(x)]
+    sb = [x for x in b.sequence if evidence.is_anchor(x)]
     i = 0
     while i < min(len(sa), len(sb)) and sa[i] == sb[i]:
         i += 1
@@ -601,9 +343,9 @@ class Verifier:
             if a.unreadable or b.unreadable:
                 results[i] = Verdict(False, "unreadable", a.unreadable or b.unreadable or "")
                 continue
-            verdict = _evidence(a, b)
-            if verdict is not None:
-                results[i] = verdict
+            difference = evidence.first_difference(a, b)
+            if difference is not None:
+                results[i] = Verdict(False, *difference)
                 continue
             aligned = _align(a, b)
             if isinstance(aligned, Verdict):
