@@ -57,8 +57,10 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -90,6 +92,8 @@ class Outcome:
     status: str | None = None
     verdict: str = "ok"
     """``ok``, ``wrong``, ``cross-tenant``, ``client-error``, ``expected-error``, ``shed``."""
+    anonymous: bool = False
+    """Sent without a credential (never cached by default: always ``bypass``)."""
 
 
 @dataclass
@@ -105,7 +109,15 @@ def start_stub() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    return proc, f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return proc, f"http://127.0.0.1:{port}"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the stub upstream did not start within 60 s")
 
 
 def start_up(stub_url: str, redis_url: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -145,9 +157,12 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
-async def wait_ready(session: aiohttp.ClientSession, url: str, *, timeout_s: float) -> None:
+async def wait_ready(session: aiohttp.ClientSession, url: str, *, timeout_s: float,
+                     proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"`llmcache up` exited with {proc.returncode} before it was ready (see its log)")
         with contextlib.suppress(aiohttp.ClientError, OSError):
             async with session.get(url) as r:
                 if r.status == 200:
@@ -196,7 +211,7 @@ async def normal(session: aiohttp.ClientSession, url: str, rng: random.Random, s
     headers = {"Authorization": credential} if credential else {}
     if fault:
         headers["X-Stub-Fault"] = fault
-    out = Outcome(seg, "fault" if fault else "normal")
+    out = Outcome(seg, "fault" if fault else "normal", anonymous=credential is None)
     try:
         async with session.post(url + ROUTE, json={**body, "stream": stream}, headers=headers) as r:
             out.http, out.status = r.status, r.headers.get("X-LLMCache-Status")
@@ -255,7 +270,7 @@ async def abuse(session: aiohttp.ClientSession, url: str, rng: random.Random, se
 
 
 async def drive(url: str, redis: EmbeddedRedis, run: Run, *, num_requests: int, concurrency: int, num_prompts: int,
-                max_seconds: float, seed: int) -> float:
+                max_seconds: float, min_segment_s: float, seed: int) -> float:
     rng = random.Random(seed)
     per_segment = max(1, num_requests // NUM_SEGMENTS)
     next_index = 0
@@ -265,10 +280,17 @@ async def drive(url: str, redis: EmbeddedRedis, run: Run, *, num_requests: int, 
     timeout = aiohttp.ClientTimeout(total=60)
     connector = aiohttp.TCPConnector(limit=concurrency + 16)
 
+    entered_at = [time.monotonic()]
+
     async def enter_segment(seg: int) -> None:
         async with lock:
             if seg <= segment_started[0]:
                 return
+            # A segment lasts at least min_segment_s, so a fault and its recovery (the breaker's
+            # probe after its cool-down) play out in time, not only in request counts.
+            if segment_started[0] >= 0:
+                await asyncio.sleep(max(0.0, entered_at[0] + min_segment_s - time.monotonic()))
+            entered_at[0] = time.monotonic()
             segment_started[0] = seg
             if seg in (1, 7):
                 print(f"  segment {seg}: killing Redis", flush=True)
@@ -314,7 +336,9 @@ def sample_rss(pid: int, run: Run, stop: threading.Event) -> None:
 
 
 def hit_rate(outcomes: list[Outcome], seg: int) -> float | None:
-    looked = [o for o in outcomes if o.segment == seg and o.kind == "normal" and o.status in ("hit", "miss")]
+    """Hits over the answered cacheable requests of segment ``seg`` (a bypass during an outage is no hit)."""
+    looked = [o for o in outcomes if o.segment == seg and o.kind == "normal" and not o.anonymous
+              and o.status in ("hit", "miss", "bypass")]
     return round(sum(o.status == "hit" for o in looked) / len(looked), 4) if looked else None
 
 
@@ -393,26 +417,29 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=20_000, help="requests in all (default 20000)")
     ap.add_argument("--concurrency", type=int, default=100, help="requests in flight (default 100)")
-    ap.add_argument("--prompts", type=int, default=2000, help="distinct prompts (default 2000)")
+    ap.add_argument("--prompts", type=int, default=500, help="distinct prompts per tenant (default 500)")
     ap.add_argument("--max-seconds", type=float, default=1800, help="stop issuing requests after this (default 1800)")
+    ap.add_argument("--min-segment-seconds", type=float, default=5.0,
+                    help="shortest segment, so outages and recoveries take real time (default 5)")
     ap.add_argument("--rss-bound-mib", type=float, default=512, help="the sidecar's memory limit (default 512)")
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/soak.json"), help="result JSON")
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    log_dir = args.out.parent / "soak-logs"
-    log_dir.mkdir(exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="llmcache-soak-"))
+    print(f"logs of `llmcache up` and its proxy: {log_dir}")
     redis = EmbeddedRedis(with_search=False).start()
     stub, stub_url = start_stub()
     up = None
     run = Run()
     stop = threading.Event()
+    elapsed = 0.0
     try:
         up, url = start_up(stub_url, redis.url, log_dir)
 
         async def ready() -> None:
             async with aiohttp.ClientSession() as s:
-                await wait_ready(s, url + "/readyz", timeout_s=120)
+                await wait_ready(s, url + "/readyz", timeout_s=120, proc=up)
         asyncio.run(ready())
         pid = proxy_pid(up.pid)
         if pid is None:
@@ -422,7 +449,8 @@ def main() -> int:
         print(f"llmcache up at {url} (proxy pid {pid}), stub {stub_url}, Redis {redis.url}: "
               f"{args.requests} requests at {args.concurrency} concurrent", flush=True)
         elapsed = asyncio.run(drive(url, redis, run, num_requests=args.requests, concurrency=args.concurrency,
-                                    num_prompts=args.prompts, max_seconds=args.max_seconds, seed=args.seed))
+                                    num_prompts=args.prompts, max_seconds=args.max_seconds,
+                                    min_segment_s=args.min_segment_seconds, seed=args.seed))
         stop.set()
         sampler.join()
         if up.poll() is not None:
@@ -436,7 +464,11 @@ def main() -> int:
             if up.poll() is None:
                 up.kill()
         stub.terminate()
-        stub.wait(timeout=10)
+        try:
+            stub.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # answers held by the timeout fault keep it busy
+            stub.kill()
+            stub.wait()
         redis.stop()
     doc = report(run, elapsed_s=elapsed, rss_bound_mib=args.rss_bound_mib, args=args)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
