@@ -78,7 +78,7 @@ async def warm(stack: Any) -> None:
         assert status == 200 and headers["X-LLMCache-Status"] == "miss"
 
 
-async def all_hit_again(stack: Any, *, timeout_s: float = 60) -> None:
+async def all_hit_again(stack: Any, *, timeout_s: float = 120) -> None:
     """Every prompt is a hit (bounded wait: the breaker half-opens, the client learns the topology)."""
     deadline = time.monotonic() + timeout_s
     pending = set(range(NUM_PROMPTS))
