@@ -150,6 +150,11 @@ return {redis.call('ZCARD', KEYS[1]), tostring(total)}
 """
 
 
+#: Victims chosen per round, in batches: one round asks every shard for its lowest members (a
+#: pipeline of 256) and deletes with one script per shard, so it pays to take many at once.
+_ROUND_BATCHES = 16
+
+
 def _pipe(r: Any) -> Any:
     """A non-transactional pipeline (a cluster pipeline groups its commands by node)."""
     return r.pipeline(transaction=False)
@@ -341,7 +346,7 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
     if limits.max_entries is not None and count > limits.max_entries:
         excess = count - limits.max_entries
         while excess > 0:
-            victims = await _candidates(r, ks, group, order, min(batch_size, excess))
+            victims = await _candidates(r, ks, group, order, min(batch_size * _ROUND_BATCHES, excess))
             if not victims:
                 break
             await delete_members(r, ks, group, victims)
@@ -355,7 +360,7 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
     if limits.max_memory_bytes is not None and memory is not None and memory > limits.max_memory_bytes:
         to_free = memory - limits.max_memory_bytes
         while to_free > 0:
-            batch = await _candidates(r, ks, group, order, batch_size)
+            batch = await _candidates(r, ks, group, order, batch_size * _ROUND_BATCHES)
             if not batch:
                 break
             async with _pipe(r) as pipe:
