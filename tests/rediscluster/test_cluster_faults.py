@@ -27,7 +27,7 @@ from llmcache.redis_cluster import EmbeddedCluster, find_valkey_cli
 
 from test_cluster_cache import chat, masters_of
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.slow]
 
 NUM_PROMPTS = 60
 
