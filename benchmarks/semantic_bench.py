@@ -83,7 +83,9 @@ async def bench_lookups(url: str, embedder: LocalEmbedder, *, num_lookups: int, 
                                        embedder=embedder)
     pairs = questions()
     stored = pairs[:num_stored]
-    vecs = await embedder.embed([s for s, _ in stored])
+    # In chunks: the embedder's queue is bounded (it sheds a request's texts past the bound).
+    texts = [s for s, _ in stored]
+    vecs = [v for i in range(0, len(texts), 256) for v in await embedder.embed(texts[i:i + 256])]
     for i, ((text, _), vec) in enumerate(zip(stored, vecs)):
         await cache._index.add(f"{i:064x}", vec, scope_hash=parts(text).scope_hash, text=text, ttl_s=3600)  # noqa: SLF001
     # Every lookup text is new to the embedder: half paraphrases of stored questions, half unseen questions.

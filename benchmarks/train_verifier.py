@@ -1,6 +1,6 @@
 """Fit the verifier's pair model on the ``train`` split only; write ``proxy/data/verify_model.json``.
 
-    .venv/bin/python benchmarks/train_verifier.py [--threshold 0.80] [--dry-run]
+    .venv/bin/python benchmarks/train_verifier.py [--threshold 0.80] [--dry-run] [--out PATH]
 
 Only pairs that pass every evidence check and still have unaligned words reach the
 pair model; this script collects those from ``benchmarks/data/semantic_pairs_gen.jsonl``
@@ -91,8 +91,8 @@ async def main_async(args: argparse.Namespace) -> int:
         "trained_on": f"benchmarks/data/semantic_pairs_gen.jsonl split=train ({len(pending)} pairs at the content stage)",
         "cosine_gate": args.threshold}
     if not args.dry_run:
-        MODEL_PATH.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"wrote {MODEL_PATH}")
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -100,6 +100,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--out", type=Path, default=MODEL_PATH,
+                        help=f"where the fitted model's JSON goes (default: {MODEL_PATH}, what the proxy loads)")
     return asyncio.run(main_async(parser.parse_args()))
 
 
