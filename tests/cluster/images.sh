@@ -63,26 +63,24 @@ ca_hash="$( ((${#extra_cas[@]})) && cat "${extra_cas[@]}" | sha)"
 base_hash="$(echo "v2 $suite $base_pkgs $ca_hash" | sha)"
 torch_hash="$(echo "v2 $suite $torch_pkgs $ca_hash" | sha)"
 
-# name -> "dockerfile|base-name|uses-src"
+# name -> "dockerfile|base-name|uses-src|other files it copies (hashed too)"
+d=tests/cluster/images
 declare -A spec=(
-    [proxy]="proxy/Dockerfile|base|1"
-    [operator]="operator/Dockerfile|base|1"
-    [model-server]="tests/kind/model-server.Dockerfile|base-torch|1"
-    [redis]="tests/cluster/images/redis.Dockerfile|base|0"
-    [certgen]="tests/cluster/images/certgen.Dockerfile|base|0"
-    [client]="tests/kind/client.Dockerfile|base|0"
-    [tools]="tests/cluster/images/tools.Dockerfile|base|0"
-    [pause]="tests/cluster/images/pause.Dockerfile|none|0"
+    [proxy]="proxy/Dockerfile|base|1|"
+    [operator]="operator/Dockerfile|base|1|"
+    [model-server]="tests/kind/model-server.Dockerfile|base-torch|1|"
+    [redis]="$d/redis.Dockerfile|base|0|$d/redis-entrypoint.sh"
+    [certgen]="$d/certgen.Dockerfile|base|0|$d/certgen.py"
+    [client]="tests/kind/client.Dockerfile|base|0|tests/kind/client_job.py $d/app_client.py"
+    [tools]="$d/tools.Dockerfile|base|0|"
+    [pause]="$d/pause.Dockerfile|none|0|$d/pause.c"
 )
 declare -A hash=([base]="$base_hash" [base-torch]="$torch_hash")
 for name in "${!spec[@]}"; do
-    IFS='|' read -r dockerfile basename uses_src <<<"${spec[$name]}"
+    IFS='|' read -r dockerfile basename uses_src files <<<"${spec[$name]}"
     h="$(cat "$ctx/$dockerfile") ${hash[$basename]:-none}"
-    if [[ "$uses_src" == 1 ]]; then
-        h+=" $src_hash"
-    else  # the small images copy files from these two places only
-        h+=" $(cd "$ctx" && find tests/cluster/images tests/kind/client_job.py -type f -print0 | sort -z | xargs -0 sha256sum)"
-    fi
+    [[ "$uses_src" == 1 ]] && h+=" $src_hash"
+    for f in $files; do h+=" $(sha256sum <"$ctx/$f")"; done
     hash[$name]="$(echo "$h" | sha)"
 done
 
@@ -158,7 +156,7 @@ build_base() {  # name packages
 
 build_image() {  # name
     local name="$1" dockerfile basename r args=()
-    IFS='|' read -r dockerfile basename _ <<<"${spec[$name]}"
+    IFS='|' read -r dockerfile basename _ _ <<<"${spec[$name]}"
     r="$(ref "$name")"
     if ! have_image "$r"; then
         [[ "$basename" != none ]] && args+=(--build-arg "BASE_IMAGE=$(ref "$basename")")

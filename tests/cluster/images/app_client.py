@@ -5,6 +5,7 @@ the injected sidecar at ``http://localhost:8080/v1`` like any app would and
 prints one JSON line per request so the test can assert on cache statuses.
 
   ask PROMPT [PROMPT ...]          one chat completion per prompt, in order
+      [--only-if-cached]           ... answered from the cache or 504, never stored
   load --seconds S --out FILE P..  round-robin requests for S seconds; writes a
                                    JSON summary (every status code and cache status)
 """
@@ -29,11 +30,14 @@ def client() -> openai.OpenAI:
     return openai.OpenAI(base_url=BASE_URL, api_key=API_KEY, max_retries=0, timeout=120)
 
 
-def ask(c: openai.OpenAI, prompt: str, *, max_tokens: int) -> dict[str, object]:
+def ask(c: openai.OpenAI, prompt: str, *, max_tokens: int, only_if_cached: bool = False) -> dict[str, object]:
     started = time.perf_counter()
+    # only-if-cached: a miss answers 504 and stores nothing (probing the cache without filling it).
+    headers = {"Cache-Control": "only-if-cached"} if only_if_cached else None
     try:
         raw = c.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0)
+            model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
+            extra_headers=headers)
     except openai.APIStatusError as exc:
         return {"http": exc.status_code, "status": exc.response.headers.get("x-llmcache-status", "absent"),
                 "error": str(exc)[:300], "ms": (time.perf_counter() - started) * 1000}
@@ -51,6 +55,7 @@ def main() -> int:
     a = sub.add_parser("ask")
     a.add_argument("prompts", nargs="+")
     a.add_argument("--max-tokens", type=int, default=16)
+    a.add_argument("--only-if-cached", action="store_true")
     load = sub.add_parser("load")
     load.add_argument("prompts", nargs="+")
     load.add_argument("--seconds", type=float, required=True)
@@ -60,7 +65,8 @@ def main() -> int:
     c = client()
     if args.cmd == "ask":
         for prompt in args.prompts:
-            print(json.dumps(ask(c, prompt, max_tokens=args.max_tokens)), flush=True)
+            print(json.dumps(ask(c, prompt, max_tokens=args.max_tokens, only_if_cached=args.only_if_cached)),
+                  flush=True)
         return 0
     results = []
     deadline = time.monotonic() + args.seconds
