@@ -57,8 +57,21 @@ def exec_in(kube: ControlPlane, namespace: str, pod: str, command: list[str], *,
     import kubernetes.client
     from kubernetes.stream import stream
 
-    core = kubernetes.client.CoreV1Api(kube.api_client)
+    # stream() patches the request method of the ApiClient it is given while it runs: a client
+    # of its own, so other threads' ordinary calls on kube.api_client stay plain HTTP.
+    api = kubernetes.client.ApiClient(kube.api_client.configuration)
+    core = kubernetes.client.CoreV1Api(api)
     kwargs = {"container": container} if container else {}
+    try:
+        return _exec(core, namespace, pod, command, kwargs, timeout_s=timeout_s)
+    finally:
+        api.close()
+
+
+def _exec(core: Any, namespace: str, pod: str, command: list[str], kwargs: dict[str, str], *,
+          timeout_s: float) -> tuple[int, str]:
+    from kubernetes.stream import stream
+
     resp = stream(core.connect_get_namespaced_pod_exec, pod, namespace, command=command, stderr=True, stdin=False,
                   stdout=True, tty=False, _preload_content=False, **kwargs)
     output: list[str] = []

@@ -77,6 +77,8 @@ def main() -> int:
         r["t"] = time.time()
         results.append(r)
         i += 1
+        with open(args.out + ".count", "w") as f:  # progress, for a test that waits on it
+            f.write(str(i))
     with open(args.out + ".partial", "w") as f:
         json.dump(results, f)
     os.replace(args.out + ".partial", args.out)
