@@ -126,17 +126,17 @@ def app(release: ControlPlane, cluster: localcluster.LocalCluster) -> list[str]:
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": APP_NS}})
     kube.apply(POLICY, namespace=APP_NS)
     image = cluster.images.refs["client"]
-    kube.apply(app_manifest(image, name="chat", replicas=2, inject=True), namespace=APP_NS)
     kube.apply(app_manifest(image, name="plain", replicas=1, inject=False), namespace=APP_NS)
     plain = wait_ready(kube, APP_NS, "app=plain", timeout_s=300)[0]["metadata"]["name"]
-    # The model server loads its embedder on the first /v1/embeddings call; a sidecar probing it
-    # meanwhile starts exact-only (and retries). Warm it once, from a pod like any client.
+    # The model server loads its embedder on the first /v1/embeddings call; a sidecar whose
+    # probe times out meanwhile starts exact-only. Warm it first, from a pod like any client.
     url = f"http://{RELEASE}-llmcache-model-server.{RELEASE_NS}.svc:8000/v1/embeddings"
     warm = ("import json,urllib.request;r=urllib.request.Request(%r,data=json.dumps({'model':'all-MiniLM-L6-v2',"
             "'input':['warm up']}).encode(),headers={'Content-Type':'application/json'});"
             "print(urllib.request.urlopen(r,timeout=60).status)") % url
     wait_for("the model server's embedder", lambda: exec_in(kube, APP_NS, plain, ["python", "-c", warm],
                                                              container="app")[0] == 0, timeout_s=240, interval_s=3)
+    kube.apply(app_manifest(image, name="chat", replicas=2, inject=True), namespace=APP_NS)
     chat = wait_ready(kube, APP_NS, "app=chat", count=2, timeout_s=300)
     return sorted(p["metadata"]["name"] for p in chat)
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The full-cluster scenario: a kind cluster, the llmcache images built and
-# loaded, `helm install` of the chart (hooks and all: the certificate Jobs run
-# here), a CachePolicy, and an unmodified OpenAI client Job whose pod gets the
-# sidecar injected and must see cache hits. Then `helm test`.
+# The cluster scenario of tests/cluster/test_scenario.py, on kind.
 #
-# Needs Docker, kind, kubectl and helm on PATH (see README.md). It cannot run
-# on the development machines of this project (no Docker engine there); CI runs
-# it from .github/workflows/kind.yml.
+# The same pytest code that runs on the local single-node cluster in
+# `make test-cluster` runs here against a kind cluster: helm install with its
+# hooks, sidecar injection, an unmodified openai client (miss, hit, semantic
+# hit, hard negative, the other replica), a policy change on both sidecars,
+# eviction, Redis deleted mid-load, helm test / upgrade / uninstall, purge.
+#
+# Needs Docker, kind, kubectl, mmdebstrap (the images are built from Debian
+# packages by tests/cluster/images.sh, here with your Docker) and the repo's
+# venv (`make venv`); helm is the one `make controlplane` builds unless
+# LLMCACHE_HELM names another.
 #
 #   tests/kind/run.sh            # create, test, delete the cluster
 #   KEEP_CLUSTER=1 tests/kind/run.sh
@@ -14,103 +18,51 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 cluster="${KIND_CLUSTER:-llmcache-e2e}"
-tag="${IMAGE_TAG:-e2e}"
-ns=llmcache
-app_ns=kind-app
+ctx="kind-$cluster"
 
-for tool in docker kind kubectl helm; do
+for tool in docker kind kubectl mmdebstrap; do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool is not on PATH (see tests/kind/README.md)" >&2; exit 2; }
 done
+[[ -x .venv/bin/python ]] || { echo "run.sh: run \`make venv\` first" >&2; exit 2; }
 
+workdir="$(mktemp -d /tmp/llmcache-kind.XXXXXX)"
 cleanup() {
     local rc=$?
     if [[ $rc -ne 0 ]]; then
         echo "run.sh: failed (exit $rc); cluster state:" >&2
-        kubectl get pods -A -o wide >&2 || true
-        kubectl -n "$ns" logs deploy/llmcache-operator --tail=100 >&2 || true
-        kubectl -n "$app_ns" logs job/openai-client --all-containers --tail=100 >&2 || true
+        kubectl --context "$ctx" get pods -A -o wide >&2 || true
     fi
     if [[ -z "${KEEP_CLUSTER:-}" ]]; then
         kind delete cluster --name "$cluster" || true
     fi
+    rm -rf "$workdir"
 }
 trap cleanup EXIT
 
 echo "== kind cluster $cluster"
 kind get clusters | grep -qx "$cluster" || kind create cluster --name "$cluster" --wait 120s
 
-echo "== images (tag $tag)"
-docker build -f proxy/Dockerfile -t "ghcr.io/llmcache/proxy:$tag" .
-docker build -f operator/Dockerfile -t "ghcr.io/llmcache/operator:$tag" .
-docker build -f tests/kind/model-server.Dockerfile -t "ghcr.io/llmcache/model-server:$tag" .
-docker build -f tests/kind/client.Dockerfile -t "llmcache-kind-client:$tag" .
-for image in proxy operator model-server; do
-    kind load docker-image --name "$cluster" "ghcr.io/llmcache/$image:$tag"
+echo "== images (tests/cluster/images.sh with this machine's Docker)"
+manifest="$(LLMCACHE_DOCKER=system bash tests/cluster/images.sh)"
+# shellcheck disable=SC1090
+source "$manifest"
+for ref in "$OPERATOR_IMAGE" "$PROXY_IMAGE" "$MODEL_SERVER_IMAGE" "$REDIS_IMAGE" "$CERTGEN_IMAGE" \
+           "$CLIENT_IMAGE" "$TOOLS_IMAGE"; do
+    kind load docker-image --name "$cluster" "$ref"
 done
-kind load docker-image --name "$cluster" "llmcache-kind-client:$tag"
 
-echo "== helm install"
-# No GPU in kind: the model server runs on CPU without the GPU limit/toleration.
-helm upgrade --install llmcache charts/llmcache --namespace "$ns" --create-namespace \
-    --set operator.image.tag="$tag" --set operator.image.pullPolicy=Never \
-    --set sidecar.image.tag="$tag" \
-    --set modelServer.image.tag="$tag" --set modelServer.image.pullPolicy=Never \
-    --set modelServer.device=cpu \
-    --set-json 'modelServer.resources={"requests":{"cpu":"500m","memory":"1Gi"},"limits":{"memory":"4Gi"}}' \
-    --set-json 'modelServer.tolerations=[]' \
-    --set redis.bundled.persistence.enabled=false \
-    --wait --timeout 15m
-kubectl -n "$ns" get pods -o wide
-kubectl get crd cachepolicies.llmcache.io
+echo "== a cluster-admin token for the suite"
+kubectl --context "$ctx" -n kube-system create serviceaccount llmcache-e2e --dry-run=client -o yaml \
+    | kubectl --context "$ctx" apply -f -
+kubectl --context "$ctx" create clusterrolebinding llmcache-e2e --clusterrole=cluster-admin \
+    --serviceaccount=kube-system:llmcache-e2e --dry-run=client -o yaml | kubectl --context "$ctx" apply -f -
+export LLMCACHE_CLUSTER_TOKEN="$(kubectl --context "$ctx" -n kube-system create token llmcache-e2e --duration=2h)"
+export LLMCACHE_CLUSTER_SERVER="$(kubectl config view --raw -o jsonpath="{.clusters[?(@.name==\"$ctx\")].cluster.server}")"
+kubectl config view --raw -o jsonpath="{.clusters[?(@.name==\"$ctx\")].cluster.certificate-authority-data}" \
+    | base64 -d >"$workdir/ca.crt"
+export LLMCACHE_CLUSTER_CA="$workdir/ca.crt"
+export LLMCACHE_CLUSTER_WORKDIR="$workdir"
 
-echo "== a CachePolicy and the client Job"
-kubectl create namespace "$app_ns" --dry-run=client -o yaml | kubectl apply -f -
-kubectl apply -n "$app_ns" -f - <<'YAML'
-apiVersion: llmcache.io/v1alpha1
-kind: CachePolicy
-metadata:
-  name: kind-exact
-spec:
-  selector:
-    matchLabels: {app: openai-client}
-  priority: 10
-  mode: Exact
-  ttlSeconds: 600
-YAML
-kubectl -n "$app_ns" delete job openai-client --ignore-not-found
-kubectl apply -n "$app_ns" -f - <<YAML
-apiVersion: batch/v1
-kind: Job
-metadata:
-  name: openai-client
-spec:
-  backoffLimit: 0
-  template:
-    metadata:
-      labels:
-        app: openai-client
-        llmcache.io/inject: enabled
-    spec:
-      restartPolicy: Never
-      containers:
-        - name: client
-          image: llmcache-kind-client:$tag
-          imagePullPolicy: Never
-YAML
-
-# The webhook must have injected the sidecar.
-for _ in $(seq 60); do
-    pod="$(kubectl -n "$app_ns" get pods -l job-name=openai-client -o name | head -1)"
-    [[ -n "$pod" ]] && break
-    sleep 2
-done
-status="$(kubectl -n "$app_ns" get "$pod" -o jsonpath='{.metadata.annotations.llmcache\.io/inject-status}')"
-[[ "$status" == injected ]] || { echo "run.sh: $pod was not injected (inject-status='$status')" >&2; exit 1; }
-
-kubectl -n "$app_ns" wait --for=condition=complete job/openai-client --timeout=15m
-kubectl -n "$app_ns" logs job/openai-client -c client
-kubectl -n "$app_ns" get cachepolicy kind-exact -o wide
-
-echo "== helm test"
-helm test llmcache --namespace "$ns" --logs --timeout 5m
+echo "== the scenario (tests/cluster/test_scenario.py)"
+.venv/bin/python -m pytest tests/cluster/test_scenario.py -v
 echo "kind scenario passed"
