@@ -140,6 +140,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.metrics.breaker_open.set(1 if state.breaker.is_open else 0)
+    state.metrics.observe_semantic(wanted=state.settings.cache.mode in ("semantic", "both"),
+                                   stats=state.semantic.stats() if state.semantic is not None else None)
     return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

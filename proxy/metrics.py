@@ -12,6 +12,10 @@
 ``llmcache_redis_failures_total``          Redis operations that failed, timed out or were skipped
                                            because the breaker was open
 ``llmcache_breaker_open``                  1 while the Redis circuit breaker is open
+``llmcache_semantic_up``                   1 while the semantic cache runs; 0 while the mode wants it but
+                                           it is not running (embedder or vector index unreachable)
+``llmcache_semantic_failures_total``       semantic lookups that failed open (embedder/index error or
+                                           deadline): those requests were served exact-only
 =========================================  ==========================================================
 """
 
@@ -61,6 +65,13 @@ class ProxyMetrics:
         self._upstream_children: dict[str, Any] = {}
         self.breaker_open = Gauge("llmcache_breaker_open", "1 while the Redis circuit breaker is open",
                                   registry=r)
+        self.semantic_up = Gauge("llmcache_semantic_up",
+                                 "1 while the semantic cache runs, 0 while the mode wants it but it is down",
+                                 registry=r)
+        self.semantic_failures = Counter(
+            "llmcache_semantic_failures", "Semantic lookups that failed open (embedder/index error or deadline)",
+            registry=r)
+        self._semantic_failures_seen = 0
 
     def count(self, route: str, cache_status: str) -> None:
         """Count one request (label children are cached: ``labels()`` is a lock and a dict per call)."""
@@ -91,6 +102,15 @@ class ProxyMetrics:
         saved = (prompt_tokens * self.price_input_per_1k + completion_tokens * self.price_output_per_1k) / 1000
         if saved:
             self.saved_usd.inc(saved)
+
+    def observe_semantic(self, *, wanted: bool, stats: dict[str, Any] | None) -> None:
+        """Refresh the semantic gauges from the cache's own counters (``stats``; None: not running)."""
+        self.semantic_up.set(1 if stats is not None else (0 if wanted else 1))
+        if stats is not None:
+            failed = int(stats.get("errors") or 0) + int(stats.get("timeouts") or 0)
+            if failed > self._semantic_failures_seen:
+                self.semantic_failures.inc(failed - self._semantic_failures_seen)
+            self._semantic_failures_seen = failed
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
