@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import threading
@@ -200,6 +201,8 @@ def main() -> int:
     finally:
         cluster.stop()
     leftovers = cluster.leftovers()
+    if not leftovers:
+        shutil.rmtree(cluster.workdir, ignore_errors=True)
 
     summary = {
         "latency": {k: stats(v) for k, v in latency.items()},
