@@ -1,6 +1,6 @@
 # llmcache — developer entry points.
 #   make demo   fresh clone → venv → embedded stack → workload report + plot
-#   make test   fresh clone → venv → test control plane binaries → pytest
+#   make test   fresh clone → venv → control plane + node binaries, images → pytest
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -34,9 +34,10 @@ controlplane:
 demo: venv
 	$(VENV)/bin/llmcache demo
 
-# tests/cluster (a real single-node cluster, root needed) runs from `make test-cluster`.
-test: venv controlplane
-	$(PY) -m pytest --ignore=tests/cluster $(PYTEST_ARGS)
+# Everything, the real single-node cluster in tests/cluster included (root needed; its
+# packages, binaries and images are built once per machine and cached).
+test: venv controlplane cluster-deps cluster-bins images
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The local single-node cluster (tests/cluster/README.md): Debian packages
 # (containerd, runc, CNI plugins, docker.io to build images, mmdebstrap), the

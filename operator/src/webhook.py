@@ -126,7 +126,10 @@ def sidecar_container(sidecar: SidecarSettings, *, native: bool) -> dict[str, An
             {"name": PODINFO_VOLUME, "mountPath": sidecar.podinfo_dir, "readOnly": True},
             {"name": POLICIES_VOLUME, "mountPath": sidecar.policies_dir, "readOnly": True},
         ],
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": HEALTH_PORT_NAME}, "periodSeconds": 5},
+        # /healthz, not /readyz: the sidecar only serves its own pod over loopback, so a shared
+        # dependency (the model server, Redis) being down must not take every app pod out of its
+        # Services at once; /readyz still says what is wrong, and the metrics count it.
+        "readinessProbe": {**health, "periodSeconds": 5},
         # For a native sidecar the kubelet starts the app containers once this passes: /healthz
         # answers as soon as the process serves, whatever Redis and the model server do.
         "startupProbe": {**health, "periodSeconds": 1, "failureThreshold": 60},

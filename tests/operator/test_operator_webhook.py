@@ -105,7 +105,7 @@ def test_llm_traffic_stays_in_the_pod_and_probes_use_the_health_port() -> None:
     assert env["LLMCACHE_LISTEN"] == "127.0.0.1:8080"  # never the pod IP
     assert env["LLMCACHE_HEALTH_LISTEN"] == "0.0.0.0:18081"
     assert sidecar["ports"] == [{"name": "llmcache-health", "containerPort": 18081, "protocol": "TCP"}]
-    for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+    for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/healthz"), ("livenessProbe", "/healthz")):
         assert sidecar[probe]["httpGet"] == {"path": path, "port": "llmcache-health"}, probe
     # A wedged event loop is restarted: liveness fails after a bounded time.
     live = sidecar["livenessProbe"]
