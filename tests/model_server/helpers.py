@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from llmcache.model_server import threaded
+from llmcache.model_server import loader, threaded
 from llmcache.model_server.generate import Engine
 from llmcache.model_server.handlers import STATE_KEY, ServerState
 
@@ -26,3 +27,12 @@ class RunningServer:
 def serve_in_thread(app: web.Application) -> Iterator[RunningServer]:
     with threaded.serve_in_thread(app) as url:
         yield RunningServer(url=url, state=app[STATE_KEY])
+
+
+def never_stops(model: loader.LoadedModel) -> loader.LoadedModel:
+    """The same model with no EOS token: a request runs to ``max_tokens`` whatever it samples.
+
+    A request meant to hold the running set (a "hog") must not end early because the random
+    tiny model happened to sample its EOS token.
+    """
+    return dataclasses.replace(model, eos_token_ids=frozenset())

@@ -19,7 +19,7 @@ import pytest
 from llmcache.model_server import handlers, loader
 from llmcache.model_server.settings import BatchingSettings, ModelServerSettings, PrefixCacheSettings
 
-from .helpers import RunningServer, serve_in_thread
+from .helpers import RunningServer, never_stops, serve_in_thread
 
 PROMPT = list(range(10, 40))
 
@@ -70,7 +70,7 @@ def test_burst_of_600_gets_answers_or_429_with_retry_after(tiny_model: loader.Lo
 
 
 def test_queue_timeout_is_429_for_streams_too(tiny_model: loader.LoadedModel) -> None:
-    with server_with(tiny_model, max_num_seqs=1, max_queue_time_s=0.3) as server:
+    with server_with(never_stops(tiny_model), max_num_seqs=1, max_queue_time_s=0.3) as server:
         engine = server.state.engine
         assert engine is not None
 

@@ -17,6 +17,7 @@ from llmcache.model_server.metrics import ModelServerMetrics
 from llmcache.model_server.radix import RadixCache
 from llmcache.model_server.settings import BatchingSettings
 
+from .helpers import never_stops
 from .test_generate import rand_tokens, reference
 
 
@@ -47,8 +48,8 @@ class Recorder:
 def engine_with(tiny_model: loader.LoadedModel):  # noqa: ANN201
     engines: list[gen.Engine] = []
 
-    def make(**batching: object) -> gen.Engine:
-        e = gen.Engine(tiny_model, prefix_cache=RadixCache(1 << 26), metrics=ModelServerMetrics(),
+    def make(*, model: loader.LoadedModel | None = None, **batching: object) -> gen.Engine:
+        e = gen.Engine(model or tiny_model, prefix_cache=RadixCache(1 << 26), metrics=ModelServerMetrics(),
                        batching=BatchingSettings(**batching))  # type: ignore[arg-type]
         e.start()
         engines.append(e)
@@ -140,8 +141,8 @@ def test_full_queue_is_refused_with_retry_after(engine_with) -> None:  # noqa: A
     assert all(h.result(120).finish_reason == "length" for h in queued)
 
 
-def test_queue_time_is_bounded(engine_with) -> None:  # noqa: ANN001
-    engine = engine_with(max_num_seqs=1, max_queue_time_s=0.2)
+def test_queue_time_is_bounded(engine_with, tiny_model: loader.LoadedModel) -> None:  # noqa: ANN001
+    engine = engine_with(model=never_stops(tiny_model), max_num_seqs=1, max_queue_time_s=0.2)
     rng = random.Random(15)
     rec = Recorder()
     running = engine.submit(req(rand_tokens(rng, 10), 900, rec, "run"))
