@@ -100,6 +100,10 @@ stop_dockerd() {
         # dockerd stops its own containerd; wait so no process outlives us.
         for _ in $(seq 100); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.1; done
         dockerd_pid=""
+        # dockerd bind-mounts the host's network namespace under its exec root and leaves it
+        # there on exit: unmount whatever it left, so a build leaves no mount behind.
+        awk '$2 ~ "^/run/llmcache-docker/" {print $2}' /proc/self/mounts | sort -r |
+            while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
     fi
 }
 start_docker() {
