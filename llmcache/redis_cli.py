@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import threading
 
 from llmcache.errors import ConfigError
 from llmcache.redis_server import EmbeddedRedis
-from llmcache.settings import add_flag, parse_listen
+from llmcache.settings import add_flag, parse_listen, port_in_use
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
-    if port and _in_use(host, port):
+    if port and port_in_use(host, port):
         raise ConfigError(f"port {port} on {host} is already in use: stop what runs there, choose another port "
                           "with --listen HOST:PORT (env LLMCACHE_LISTEN), or point --redis-url of the other "
                           "commands at that server")
@@ -41,14 +40,3 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
     return 0
 
-
-def _in_use(host: str, port: int) -> bool:
-    """True when binding ``host:port`` fails, i.e. something else holds it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False

@@ -12,7 +12,9 @@ holds only what they share.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +91,38 @@ def parse_listen(value: str, *, flag: str = "--listen") -> tuple[str, int]:
     if not 0 <= p <= 65535:
         raise ConfigError(f"{flag}: port out of range (0-65535) in {value!r}")
     return host, p
+
+
+def bind_listen_socket(host: str, port: int, *, flag: str = "--listen") -> socket.socket:
+    """Bind ``host:port`` now (not listening yet), or raise :class:`ConfigError` naming ``flag``.
+
+    Binding before anything slow (loading the embedder) makes a taken port fail at once and
+    in one line; serving on this same socket later leaves no window for another process.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        env = "LLMCACHE_" + flag.lstrip("-").replace("-", "_").upper()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use: stop what runs there "
+                              f"(`ss -ltnp 'sport = :{port}'` shows it) or choose another port with "
+                              f"{flag} HOST:PORT (env {env})") from exc
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another address with "
+                          f"{flag} HOST:PORT (env {env})") from exc
+    return sock
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True if something listens on (or holds) ``host:port``: try to bind it like a server would."""
+    try:
+        bind_listen_socket(host, port).close()
+    except ConfigError:
+        return True
+    return False
 
 
 def listen_address(value: str) -> str:

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from llmcache.errors import ConfigError, LLMCacheError
 from llmcache.redis_server import EmbeddedRedis, free_port
-from llmcache.settings import UPSTREAM_HELP, add_flag, parse_listen
+from llmcache.settings import UPSTREAM_HELP, add_flag, parse_listen, port_in_use
 
 __all__ = ["StackConfig", "Stack", "StackError", "default_cpu_threads", "configure", "run"]
 
@@ -138,18 +138,6 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
             os._exit(1)
 
     return preexec
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    """True if something listens on (or holds) ``host:port``: try to bind it like a server would."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def _http_status(url: str, *, timeout_s: float = 2.0) -> int | None:
@@ -337,7 +325,7 @@ class Stack:
             elif (host, port) in taken:
                 raise ConfigError(f"{flag} {value} is the same address as another part of the stack; "
                                   "give the proxy, model server and Redis different ports")
-            elif _port_in_use(host, port):
+            elif port_in_use(host, port):
                 raise ConfigError(
                     f"port {port} on {host} is already in use, so the {what} cannot listen there: stop what "
                     f"runs there (`ss -ltnp 'sport = :{port}'` shows it) or choose another port with "

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
-import socket
 
 from aiohttp import web
 
 from llmcache.errors import ConfigError
 from llmcache.proxy import settings as ps
-from llmcache.settings import DEFAULT_REDIS_URL, UPSTREAM_HELP, add_flag, parse_bytes, parse_listen, upstream_url
+from llmcache.settings import (DEFAULT_REDIS_URL, UPSTREAM_HELP, add_flag, bind_listen_socket, parse_bytes,
+                               parse_listen, upstream_url)
 
 __all__ = ["configure", "run", "settings_from_args"]
 
@@ -104,29 +103,6 @@ def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
                                                price_output_per_1k=args.price_output_per_1k,
                                                otlp_endpoint=args.otlp_endpoint, admin_token=args.admin_token),
     )
-
-
-def bind_listen_socket(host: str, port: int, *, flag: str = "--listen") -> socket.socket:
-    """Bind ``host:port`` now (not listening yet), or raise :class:`ConfigError` naming ``flag``.
-
-    Binding before anything slow (loading the embedder) makes a taken port fail at once and
-    in one line; serving on this same socket later leaves no window for another process.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        env = "LLMCACHE_" + flag.lstrip("-").replace("-", "_").upper()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"port {port} on {host} is already in use: stop what runs there "
-                              f"(`ss -ltnp 'sport = :{port}'` shows it) or choose another port with "
-                              f"{flag} HOST:PORT (env {env})") from exc
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another address with "
-                          f"{flag} HOST:PORT (env {env})") from exc
-    return sock
 
 
 def run(args: argparse.Namespace) -> int:

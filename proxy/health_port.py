@@ -21,8 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from llmcache.errors import ConfigError
-from llmcache.settings import parse_listen
+from llmcache.settings import bind_listen_socket, parse_listen
 
 __all__ = ["HEALTH_PATHS", "bind", "health_only_middleware"]
 
@@ -34,15 +33,8 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def bind(listen: str) -> socket.socket:
     """A listening TCP socket on ``HOST:PORT`` (``run_app(sock=…)`` serves it); raises :class:`ConfigError`."""
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"--health-listen {listen}: cannot bind ({exc}); pick a free port") from exc
+    host, port = parse_listen(listen, flag="--health-listen")
+    sock = bind_listen_socket(host, port, flag="--health-listen")
     sock.listen(128)
     sock.setblocking(False)
     return sock
