@@ -30,6 +30,17 @@ Redis without the module. Limitation: an index left on a master whose name slot
 moved away cannot be dropped through the cluster (the name routes elsewhere); it
 costs memory until that slot moves back or the node restarts empty.
 
+The hybrid policy is chosen per query and per index from the scope's size there,
+not left to RediSearch's estimate: at 200k documents in 16 scopes it picked the
+exhaustive scan (ADHOC_BF, 14 ms here) where walking the HNSW graph in batches
+and dropping other scopes' hits (BATCHES) took 1.5 ms. Measured here on 100k
+384-d documents, a scan costs about 1 µs per document of the scope and a batched
+walk about 1 ms + 28 µs × (index size / scope size) (a rare scope needs ever larger
+batches: 26 ms for a scope of 0.1 %). :func:`hybrid_policy` picks the cheaper by
+that model. Sizes are counted with ``FT.SEARCH … LIMIT 0 0`` (the TAG list's
+length) and ``FT.INFO`` and kept :data:`SCOPE_SIZE_TTL_S`; an unknown size leaves
+the choice to RediSearch.
+
 Indexes are recreated on demand: a Redis (or master) that restarted without
 persistence, or had the index dropped, answers ``no such index``;
 :meth:`SearchIndex.search` then runs ``FT.CREATE`` again for those names (at most
@@ -43,15 +54,16 @@ import asyncio
 import functools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from llmcache.proxy.vector_index import Candidate, IndexError_, doc_fields
 from redis.crc import key_slot
 
 from llmcache import connection
 from llmcache.keyspace import Keyspace
-from llmcache.proxy.vector_index import Candidate, IndexError_, doc_fields
 
 __all__ = ["SearchIndex"]
 
@@ -60,6 +72,21 @@ log = logging.getLogger(__name__)
 #: Least time between two on-demand ``FT.CREATE`` rounds (s): a Redis without the index must not
 #: receive one per lookup.
 RECREATE_INTERVAL_S = 1.0
+
+#: HNSW candidate list size per query. Measured here on 100k random 384-d vectors (a worst case:
+#: real embeddings cluster), the own document of a near-duplicate query was found 88-95 % of the
+#: time at 64, 96-99 % at 128 and ~100 % at 256, for 1.1, 1.6 and 2.5 ms: a missed neighbour
+#: costs an upstream call, half a millisecond does not.
+EF_RUNTIME = 128
+
+#: Cost model of the two hybrid policies (ms; see the module docstring): a scan of the scope,
+#: per document, and a batched HNSW walk, fixed + per unit of (index size / scope size).
+ADHOC_MS_PER_DOC = 0.001
+BATCHES_MS = 1.0
+BATCHES_MS_PER_RATIO = 0.028
+#: How long a counted scope size is used before it is counted again (s), and how many are kept.
+SCOPE_SIZE_TTL_S = 30.0
+SCOPE_SIZE_CACHE = 4096
 
 
 def _index_missing(exc: BaseException) -> bool:
@@ -98,9 +125,12 @@ class SearchIndex:
         self._num_docs_at = 0.0
         self._refresh: asyncio.Task[None] | None = None
         self.num_partial_searches = 0
+        self._scope_sizes: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+        self._index_sizes: dict[str, tuple[int, float]] = {}
 
     @classmethod
-    async def open(cls, redis: Any, *, keyspace: Keyspace, dim: int, hnsw_m: int = 16, ef_runtime: int = 64) -> SearchIndex:
+    async def open(cls, redis: Any, *, keyspace: Keyspace, dim: int, hnsw_m: int = 16,
+                   ef_runtime: int = EF_RUNTIME) -> SearchIndex:
         """Create the index (one per master on a cluster) if it does not exist; refuse one with another dimension."""
         self = cls(redis, keyspace=keyspace, dim=dim, ef_runtime=ef_runtime, hnsw_m=hnsw_m)
         if self._cluster:
@@ -174,18 +204,78 @@ class SearchIndex:
                 return int(_s(fields["dim"]))
         return None
 
-    async def _query(self, names: list[str], args: tuple[Any, ...]) -> list[Any]:
-        """``FT.SEARCH name *args`` on every name; the reply or the exception it raised, per name."""
+    async def _query(self, names: list[str], args: list[tuple[Any, ...]]) -> list[Any]:
+        """``FT.SEARCH name *args`` for each name and its args; the reply or the exception it raised, per name."""
         if not self._cluster:  # one Redis: no gather (a task per search) on the hot path
             try:
-                return [await self._redis.execute_command("FT.SEARCH", names[0], *args)]
+                return [await self._redis.execute_command("FT.SEARCH", names[0], *args[0])]
             except Exception as exc:  # noqa: BLE001 - reported by the caller like a cluster's
                 return [exc]
         # target_nodes: the slot of the name is known here; without it redis-py asks the server
         # for the keys of every module command (COMMAND GETKEYS, one more round trip).
         return list(await asyncio.gather(*(self._redis.execute_command(
-            "FT.SEARCH", name, *args, target_nodes=self._redis.get_node_from_key(name)) for name in names),
-            return_exceptions=True))
+            "FT.SEARCH", name, *a, target_nodes=self._redis.get_node_from_key(name))
+            for name, a in zip(names, args, strict=True)), return_exceptions=True))
+
+    async def _sizes(self, names: list[str], scope_hash: str) -> list[tuple[int, int] | None]:
+        """(scope documents, index documents) per index, counted at most every SCOPE_SIZE_TTL_S; None if unknown."""
+        now = time.monotonic()
+
+        def fresh(got: tuple[int, float] | None) -> int | None:
+            return got[0] if got is not None and now - got[1] < SCOPE_SIZE_TTL_S else None
+
+        scope = [fresh(self._scope_sizes.get((name, scope_hash))) for name in names]
+        index = [fresh(self._index_sizes.get(name)) for name in names]
+        stale = [name for name, n in zip(names, scope, strict=True) if n is None]
+        if stale:
+            replies = await self._query(stale, [(f"@scope:{{{scope_hash}}}", "LIMIT", 0, 0, "DIALECT", 2)] * len(stale))
+            for name, raw in zip(stale, replies, strict=True):
+                total = _total(raw)
+                if total is not None:  # else the search itself reports the failed index
+                    self._scope_sizes[(name, scope_hash)] = (total, now)
+                    self._scope_sizes.move_to_end((name, scope_hash))
+            while len(self._scope_sizes) > SCOPE_SIZE_CACHE:
+                self._scope_sizes.popitem(last=False)
+        unsized = [name for name, n in zip(names, index, strict=True) if n is None]
+        if unsized:
+            for name, got in zip(unsized, await self._infos(unsized), strict=True):
+                if got is not None:
+                    self._index_sizes[name] = (got, now)
+        out: list[tuple[int, int] | None] = []
+        for name in names:
+            n, total = fresh(self._scope_sizes.get((name, scope_hash))), fresh(self._index_sizes.get(name))
+            out.append(None if n is None or total is None else (n, total))
+        return out
+
+    async def _infos(self, names: list[str]) -> list[int | None]:
+        """``num_docs`` of each index from ``FT.INFO``; None where it failed."""
+        async def one(name: str) -> int | None:
+            try:
+                if self._cluster:
+                    info = await self._redis.execute_command(
+                        "FT.INFO", name, target_nodes=self._redis.get_node_from_key(name))
+                else:
+                    info = await self._redis.execute_command("FT.INFO", name)
+                fields = info if isinstance(info, Mapping) else _pairs(info)
+                return int(float(_s(_get(fields, "num_docs"))))
+            except Exception:  # noqa: BLE001 - the policy is then left to RediSearch
+                return None
+        if len(names) == 1:
+            return [await one(names[0])]
+        return list(await asyncio.gather(*(one(name) for name in names)))
+
+    def _knn_args(self, blob: bytes, *, scope_hash: str, k: int, size: tuple[int, int] | None) -> tuple[Any, ...]:
+        chosen = None if size is None else hybrid_policy(*size)
+        if chosen is None:
+            policy = f"EF_RUNTIME {self._ef_runtime}"  # RediSearch picks
+        elif chosen == "ADHOC_BF":
+            policy = "HYBRID_POLICY ADHOC_BF"
+        else:
+            policy = f"HYBRID_POLICY BATCHES EF_RUNTIME {self._ef_runtime}"
+        query = f"(@scope:{{{scope_hash}}})=>[KNN {k} @vec $blob {policy} AS dist]"
+        # On a cluster only the distance comes back (see _fetch); one Redis returns the fields too.
+        fields = ("RETURN", 1, "dist") if self._cluster else ("RETURN", 3, "dist", "text", "exp")
+        return (query, "PARAMS", 2, "blob", blob, *fields, "SORTBY", "dist", "LIMIT", 0, k, "DIALECT", 2)
 
     async def _recreate(self, names: list[str]) -> bool:
         """Run ``FT.CREATE`` again for ``names`` after they vanished (Redis restarted); False when
@@ -213,11 +303,9 @@ class SearchIndex:
             except Exception as exc:  # noqa: BLE001 - keep the names we have; the search says the rest
                 log.warning("vector index: topology refresh failed (%s)", type(exc).__name__)
         blob = np.asarray(vector, dtype=np.float32).tobytes()
-        query = f"(@scope:{{{scope_hash}}})=>[KNN {k} @vec $blob EF_RUNTIME {self._ef_runtime} AS dist]"
         names = self._names
-        # On a cluster only the distance comes back (see _fetch); one Redis returns the fields too.
-        fields = ("RETURN", 1, "dist") if self._cluster else ("RETURN", 3, "dist", "text", "exp")
-        args = (query, "PARAMS", 2, "blob", blob, *fields, "SORTBY", "dist", "LIMIT", 0, k, "DIALECT", 2)
+        sizes = await self._sizes(names, scope_hash)
+        args = [self._knn_args(blob, scope_hash=scope_hash, k=k, size=size) for size in sizes]
         replies = await self._query(names, args)
         missing = [n for n, r in zip(names, replies, strict=True) if isinstance(r, BaseException) and _index_missing(r)]
         if missing and await self._recreate(missing):
@@ -327,6 +415,25 @@ def _tag_for_slot(slot: int) -> str:
 def _pairs(flat: Any) -> dict[str, Any]:
     items = list(flat or [])
     return {_s(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+
+
+def hybrid_policy(scope_docs: int, index_docs: int) -> str:
+    """``ADHOC_BF`` or ``BATCHES``, whichever the cost model above expects to be cheaper."""
+    scan_ms = ADHOC_MS_PER_DOC * scope_docs
+    walk_ms = BATCHES_MS + BATCHES_MS_PER_RATIO * max(index_docs, scope_docs) / max(1, scope_docs)
+    return "ADHOC_BF" if scan_ms <= walk_ms else "BATCHES"
+
+
+def _total(raw: Any) -> int | None:
+    """The result count of an FT.SEARCH reply (RESP2 or RESP3); None for an error or an odd reply."""
+    try:
+        if isinstance(raw, Mapping):
+            return int(_get(raw, "total_results"))
+        if isinstance(raw, list | tuple) and raw:
+            return int(raw[0])
+    except (TypeError, ValueError):
+        pass
+    return None
 
 
 def _results(raw: Any) -> list[tuple[str, dict[str, Any]]]:

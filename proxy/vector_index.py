@@ -132,7 +132,7 @@ async def has_search_module(redis: Any) -> bool:
 
 async def open_index(redis: Any, *, keyspace: Keyspace, dim: int, kind: Literal["auto", "search", "client"],
                      client_max_entries: int, client_reconcile_interval_s: float,
-                     hnsw_m: int = 16, hnsw_ef_runtime: int = 64) -> VectorIndex:
+                     hnsw_m: int = 16, hnsw_ef_runtime: int = 128) -> VectorIndex:
     """Open the configured backend; ``auto`` prefers the Query Engine. Logs the choice once."""
     from llmcache.proxy import index_client, index_search
 

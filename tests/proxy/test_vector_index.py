@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from llmcache.proxy import index_client, index_search, vector_index
+from llmcache.proxy.index_search import SearchIndex
 
 from llmcache.errors import DependencyError
 from llmcache.keyspace import Keyspace
-from llmcache.proxy import index_client, vector_index
-from llmcache.proxy.index_search import SearchIndex
 
 DIM = 8
 KS = Keyspace(prefix="t")
@@ -178,3 +179,51 @@ async def test_foreign_or_corrupt_documents_are_ignored(redis_plain_url: str) ->
     finally:
         await idx.close()
         await r.aclose()
+
+
+async def test_hybrid_policy_follows_the_scope_size(redis_search_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small scope is scanned (ADHOC_BF), a large one walked in HNSW batches; each finds its own
+    scope's true nearest documents and no other scope's, and a scope is counted once per TTL."""
+    # Scans made dear, so that 5 documents are scanned and 115 of 120 walked in batches.
+    monkeypatch.setattr(index_search, "ADHOC_MS_PER_DOC", 0.1)
+    r = aioredis.Redis.from_url(redis_search_url)
+    idx = await SearchIndex.open(r, keyspace=Keyspace(prefix="hybrid"), dim=DIM)
+    rng = np.random.default_rng(3)
+    docs: dict[str, tuple[str, np.ndarray]] = {}
+    for i in range(120):
+        v = rng.normal(size=DIM).astype(np.float32)
+        docs[f"k{i}"] = ("small" if i < 5 else "big", v / np.linalg.norm(v))
+        await idx.add(f"k{i}", docs[f"k{i}"][1], scope_hash=docs[f"k{i}"][0], text=f"t{i}", ttl_s=60)
+    sent: list[tuple[Any, ...]] = []
+    query = idx._query
+
+    async def recording(names: list[str], args: list[tuple[Any, ...]]) -> list[Any]:
+        sent.extend(args)
+        return await query(names, args)
+
+    monkeypatch.setattr(idx, "_query", recording)
+    try:
+        for scope in ("small", "big"):
+            for _ in range(4):
+                q = rng.normal(size=DIM).astype(np.float32)
+                got = await idx.search(q / np.linalg.norm(q), scope_hash=scope, k=3, min_similarity=-1.0)
+                want = sorted((k for k, (s, _) in docs.items() if s == scope),
+                              key=lambda k: -float(docs[k][1] @ (q / np.linalg.norm(q))))[:3]
+                assert [c.key_hash for c in got] == want
+    finally:
+        await idx.close()
+        await r.aclose()
+    knn = [str(a[0]) for a in sent if "KNN" in str(a[0])]
+    assert len(knn) == 8
+    assert all("ADHOC_BF" in q for q in knn if "{small}" in q)
+    assert all("BATCHES" in q for q in knn if "{big}" in q)
+    counts = [a for a in sent if "LIMIT" in a and "KNN" not in str(a[0])]
+    assert len(counts) == 2  # one count per scope, reused within SCOPE_SIZE_TTL_S
+
+
+def test_hybrid_policy_cost_model() -> None:
+    assert index_search.hybrid_policy(100, 1_000_000) == "ADHOC_BF"  # a rare scope: batches would be huge
+    assert index_search.hybrid_policy(62_500, 1_000_000) == "BATCHES"  # a scan would read 62,500 vectors
+    assert index_search.hybrid_policy(2_000, 100_000) == "ADHOC_BF"  # measured: scan 2.6 ms, batches 2.8 ms
+    assert index_search.hybrid_policy(5_000, 100_000) == "BATCHES"  # measured: scan 6.4 ms, batches 1.5 ms
+    assert index_search.hybrid_policy(0, 0) == "ADHOC_BF"
