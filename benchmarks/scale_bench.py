@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -48,12 +49,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from llmcache import connection
-from llmcache.keyspace import DEFAULT_GROUP, Keyspace
 from llmcache.proxy.exact import Entry, RedisExactStore
 from llmcache.proxy.index_search import SearchIndex
 from llmcache.proxy.vector_index import doc_fields
+
+from llmcache import connection
+from llmcache.keyspace import DEFAULT_GROUP, Keyspace
 from llmcache.redis_cluster import EmbeddedCluster
 from llmcache.redis_server import EmbeddedRedis, _die_with_parent, free_port
 
@@ -114,34 +115,56 @@ def vectors(n: int, dim: int, seed: int) -> np.ndarray:
     return v
 
 
-async def load(t: Target, *, entries: int, dim: int, scopes: int, batch: int = 500) -> dict[str, Any]:
-    """Write ``entries`` exact entries with bookkeeping and vector docs, as the proxy stores them."""
+async def load(t: Target, *, entries: int, dim: int, scopes: int, batch: int = 500,
+               in_flight: int = 3) -> dict[str, Any]:
+    """Write ``entries`` exact entries with bookkeeping and vector docs, as the proxy stores them.
+
+    ``in_flight`` pipelines at a time, so Redis indexes one batch while the next is built (and
+    a cluster's masters index theirs side by side).
+    """
     client = connection.connect(t.url)
     ks = Keyspace(PREFIX)
     await SearchIndex.open(client, keyspace=ks, dim=dim)  # the index exists before the docs, as in a sidecar
     before = await used_memory(t)
     started = time.perf_counter()
     now = time.time()
+    slots = asyncio.Semaphore(in_flight)
+    report_every = max(batch, entries // 20 // batch * batch)
+
+    async def write(start: int) -> None:
+        try:
+            n = min(batch, entries - start)
+            vecs = vectors(n, dim, seed=start)
+            async with client.pipeline(transaction=False) as pipe:
+                for j in range(n):
+                    i = start + j
+                    h = f"{i:064x}"
+                    blob = Entry(route="/v1/chat/completions", model="bench", created_s=now, body=_answer(i)).to_json()
+                    pipe.set(ks.entry(h), blob, ex=86400)
+                    ks.record_access(pipe, DEFAULT_GROUP, h, size_bytes=len(blob), created=True, now_s=now)
+                    pipe.hset(ks.vector(h), mapping=doc_fields(vecs[j], scope_hash=f"s{i % scopes}",
+                                                               text=f"question {i}", ttl_s=86400, now_s=now))
+                    pipe.expire(ks.vector(h), 86400)
+                await pipe.execute()
+            if start and start % report_every == 0:
+                spent = time.perf_counter() - started
+                print(f"  {t.name}: {start:,}/{entries:,} loaded ({spent:.0f} s, {start / spent:.0f}/s)", flush=True)
+        finally:
+            slots.release()
+
+    tasks = []
     for start in range(0, entries, batch):
-        n = min(batch, entries - start)
-        vecs = vectors(n, dim, seed=start)
-        async with client.pipeline(transaction=False) as pipe:
-            for j in range(n):
-                i = start + j
-                h = f"{i:064x}"
-                blob = Entry(route="/v1/chat/completions", model="bench", created_s=now, body=_answer(i)).to_json()
-                pipe.set(ks.entry(h), blob, ex=86400)
-                ks.record_access(pipe, DEFAULT_GROUP, h, size_bytes=len(blob), created=True, now_s=now)
-                pipe.hset(ks.vector(h), mapping=doc_fields(vecs[j], scope_hash=f"s{i % scopes}",
-                                                           text=f"question {i}", ttl_s=86400, now_s=now))
-                pipe.expire(ks.vector(h), 86400)
-            await pipe.execute()
-        if start and start % (batch * 100) == 0:
-            print(f"  {t.name}: {start}/{entries} loaded ({time.perf_counter() - started:.0f}s)", flush=True)
+        await slots.acquire()
+        tasks.append(asyncio.create_task(write(start)))
+        done = [x for x in tasks if x.done()]
+        for x in done:
+            x.result()  # raise a failed batch's error now
+            tasks.remove(x)
+    await asyncio.gather(*tasks)
     load_s = time.perf_counter() - started
     after = await used_memory(t)
     await client.aclose()
-    return {"entries": entries, "load_s": load_s, "memory_bytes": after - before,
+    return {"entries": entries, "load_s": load_s, "entries_per_s": entries / load_s, "memory_bytes": after - before,
             "memory_per_entry_bytes": (after - before) / entries}
 
 
@@ -233,8 +256,67 @@ def body(text: str) -> dict[str, Any]:
     return {"model": "bench", "temperature": 0, "messages": [{"role": "user", "content": text}]}
 
 
-async def scale(t: Target, *, procs: list[int], step_s: float, hit_share: float, pool: int, concurrency: int,
-                workdir: Path) -> list[dict[str, Any]]:
+LOAD_MODELS = {
+    "per-proc": "each proxy process has its own --clients-per-proc clients (sidecars: each app brings its own)",
+    "fixed": "--clients in all, split over the processes (the same load spread ever thinner)",
+}
+
+
+def wrk_round(ports: list[int], *, connections: int, seconds: float, tag: str, hit_share: float,
+              pool: int) -> dict[str, Any]:
+    """One wrk run: thread i drives proxy i (``scale_mix.lua``); returns its SCALE_RESULT counts."""
+    env = {**os.environ, "SCALE_PORTS": ",".join(map(str, ports)), "SCALE_TAG": tag,
+           "SCALE_HIT_SHARE": str(hit_share), "SCALE_POOL": str(pool)}
+    cmd = ["wrk", f"-t{len(ports)}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+           "-s", str(REPO / "benchmarks" / "scale_mix.lua"), f"http://127.0.0.1:{ports[0]}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("SCALE_RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed (exit {done.returncode}): {done.stderr.strip() or done.stdout[-500:]}")
+    return json.loads(line.split(" ", 1)[1])
+
+
+async def rounds(name: str, t: Target | None, ports: list[int], pids: list[int], *, procs: list[int],
+                 models: list[str], step_s: float, hit_share: float, pool: int, clients_per_proc: int,
+                 clients: int, prime: Any = None) -> list[dict[str, Any]]:
+    """For each load model and P: (prime the pool,) one wrk round over the first P servers, CPU measured."""
+    rows = []
+    for model in models:
+        for n in procs:
+            tag = f"{name}-{model}-{n}-{time.time_ns()}"
+            if prime is not None:
+                await prime(tag)
+            conns = clients_per_proc * n if model == "per-proc" else max(n, clients)
+            cpu0, rcpu0, t0 = cpu_s(pids[:n]), (await redis_cpu_s(t) if t else 0.0), time.perf_counter()
+            got = await asyncio.to_thread(wrk_round, ports[:n], connections=conns, seconds=step_s, tag=tag,
+                                          hit_share=hit_share, pool=pool)
+            wall = time.perf_counter() - t0
+            proxy_cpu, redis_cpu = cpu_s(pids[:n]) - cpu0, (await redis_cpu_s(t) - rcpu0 if t else 0.0)
+            total = got["hits"] + got["misses"] + got["other"]
+            cpu = max(1e-9, proxy_cpu + redis_cpu)
+            row = {"target": name, "load_model": model, "processes": n, "clients": conns, "requests": total,
+                   "hits": got["hits"], "errors": got["errors"] + got["socket_errors"],
+                   "hit_rate": got["hits"] / max(1, total), "hits_per_s": got["hits"] / wall,
+                   "requests_per_s": total / wall,
+                   "latency_p50_ms": got["latency_p50_ms"], "latency_p99_ms": got["latency_p99_ms"],
+                   "proxy_cpu_s": proxy_cpu, "redis_cpu_s": redis_cpu,
+                   "proxy_cpu_ms_per_request": proxy_cpu / max(1, total) * 1000,
+                   "hits_per_cpu_s": got["hits"] / cpu, "requests_per_cpu_s": total / cpu}
+            rows.append(row)
+            print(f"  {name} {model:8s} P={n:2d} ({conns:3d} clients): {row['requests_per_s']:6.0f} req/s "
+                  f"{row['hits_per_s']:6.0f} hits/s  {row['requests_per_cpu_s']:6.0f} req/CPU-s "
+                  f"{row['hits_per_cpu_s']:6.0f} hits/CPU-s  hit rate {row['hit_rate']:.3f}  errors {row['errors']}",
+                  flush=True)
+    return rows
+
+
+async def scale(t: Target, *, procs: list[int], workdir: Path, **load: Any) -> list[dict[str, Any]]:
+    """P = 1 … 16 proxy processes sharing ``t``; wrk (C, one thread per proxy) drives them.
+
+    The load generator must not be what saturates: a Python client tops out near the proxies'
+    own rate, so each proxy then holds one or two requests at a time and every request pays a
+    wake-up of its own. wrk's CPU is not counted in hits per CPU-second (proxies + Redis are).
+    """
     import aiohttp
 
     stub_port = free_port()
@@ -246,57 +328,51 @@ async def scale(t: Target, *, procs: list[int], step_s: float, hit_share: float,
                       "--key-prefix", PREFIX + "p", "--redis-timeout-ms", "500"],
                      workdir / f"proxy-{t.name}-{i}.log") for i, p in enumerate(ports)]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-    rows = []
     headers = {"Authorization": "Bearer sk-bench"}
     try:
-        conn = aiohttp.TCPConnector(limit=concurrency * 2)
-        async with aiohttp.ClientSession(connector=conn) as session:
+        async with aiohttp.ClientSession() as session:
             await wait_ready(session, urls)
-            for n in procs:
-                tag = f"{t.name}-{n}-{time.time_ns()}"
-                # Prime the pool through proxy #1 only: other processes can hit only via the shared cache.
-                for j in range(pool):
+
+            async def prime(tag: str) -> None:
+                # The pool goes in through proxy #1 only: the others can hit only via the shared cache.
+                for j in range(load["pool"]):
                     async with session.post(urls[0] + "/v1/chat/completions", json=body(f"{tag} pool {j}"),
                                             headers=headers) as r:
                         await r.read()
-                active = urls[:n]
-                pids = [p.pid for p in proxies[:n]]
-                counts = {"hit": 0, "miss": 0, "other": 0, "errors": 0}
-                cpu0, rcpu0, t0 = cpu_s(pids), await redis_cpu_s(t), time.perf_counter()
-                stop_at = t0 + step_s
-                seq = iter(range(10**9))
 
-                async def worker(w: int) -> None:
-                    rng = random.Random(w)
-                    while time.perf_counter() < stop_at:
-                        i = next(seq)
-                        text = (f"{tag} pool {rng.randrange(pool)}" if rng.random() < hit_share
-                                else f"{tag} unique {i}")
-                        try:
-                            async with session.post(active[i % n] + "/v1/chat/completions", json=body(text),
-                                                    headers=headers) as r:
-                                await r.read()
-                                status = r.headers.get("X-LLMCache-Status", "")
-                                if r.status != 200:
-                                    counts["errors"] += 1
-                                counts[status if status in ("hit", "miss") else "other"] += 1
-                        except aiohttp.ClientError:
-                            counts["errors"] += 1
-
-                await asyncio.gather(*(worker(w) for w in range(concurrency)))
-                wall = time.perf_counter() - t0
-                proxy_cpu, redis_cpu = cpu_s(pids) - cpu0, await redis_cpu_s(t) - rcpu0
-                total = counts["hit"] + counts["miss"] + counts["other"]
-                row = {"target": t.name, "processes": n, "requests": total, "hits": counts["hit"],
-                       "errors": counts["errors"], "hit_rate": counts["hit"] / max(1, total),
-                       "hits_per_s": counts["hit"] / wall, "proxy_cpu_s": proxy_cpu, "redis_cpu_s": redis_cpu,
-                       "hits_per_cpu_s": counts["hit"] / max(1e-9, proxy_cpu + redis_cpu)}
-                rows.append(row)
-                print(f"  {t.name} P={n:2d}: {row['hits_per_s']:7.0f} hits/s  {row['hits_per_cpu_s']:6.0f} "
-                      f"hits/CPU-s  hit rate {row['hit_rate']:.3f}  errors {row['errors']}", flush=True)
+            return await rounds(t.name, t, ports, [p.pid for p in proxies], procs=procs, prime=prime, **load)
     finally:
         stop(proxies + [upstream])
-    return rows
+
+
+async def control(*, procs: list[int], workdir: Path, **load: Any) -> list[dict[str, Any]]:
+    """The same rounds against P bare aiohttp JSON servers (the stub upstream, no delay, no cache).
+
+    Its requests per CPU-second show what running P Python event loops on this machine costs by
+    itself; llmcache's curve is read against it.
+    """
+    import aiohttp
+
+    ports = [free_port() for _ in range(max(procs))]
+    servers = [spawn(["-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{p}", "--latency-ms", "0"],
+                     workdir / f"control-{i}.log") for i, p in enumerate(ports)]
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 60
+            for port in ports:
+                while True:
+                    try:
+                        async with session.get(f"http://127.0.0.1:{port}/v1/models") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"control server on port {port} did not start")
+                    await asyncio.sleep(0.2)
+        return await rounds("control", None, ports, [s.pid for s in servers], procs=procs, **load)
+    finally:
+        stop(servers)
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -304,6 +380,8 @@ async def scale(t: Target, *, procs: list[int], step_s: float, hit_share: float,
 
 def report(result: dict[str, Any], out: Path) -> None:
     names = [n for n in ("single", "cluster") if n in result["targets"]]
+    for r in result.get("scale", []):  # rows written before the control and load models existed
+        r.setdefault("load_model", "fixed")
     print()
     print(f"entries {result['entries']:,} · dim {result['dim']} · {result['machine']}")
     print(f"{'':28s}" + "".join(f"{n:>16s}" for n in names) + f"{'cluster/single':>16s}")
@@ -322,10 +400,32 @@ def report(result: dict[str, Any], out: Path) -> None:
     line("KNN recall@1", lambda t: t["knn"]["recall_at_1"])
     if result.get("scale"):
         print()
-        print(f"{'target':8s} {'P':>3s} {'hits/s':>9s} {'hits/CPU-s':>11s} {'hit rate':>9s} {'errors':>7s}")
+        print(f"{'target':8s} {'load':8s} {'P':>3s} {'clients':>7s} {'hits/s':>8s} {'hits/CPU-s':>11s} "
+              f"{'proxy ms/req':>12s} {'hit rate':>9s} {'p50 ms':>7s} {'errors':>7s}")
         for r in result["scale"]:
-            print(f"{r['target']:8s} {r['processes']:3d} {r['hits_per_s']:9.0f} {r['hits_per_cpu_s']:11.0f} "
-                  f"{r['hit_rate']:9.3f} {r['errors']:7d}")
+            print(f"{r['target']:8s} {r['load_model']:8s} {r['processes']:3d} {r['clients']:7d} {r['hits_per_s']:8.0f} "
+                  f"{r['hits_per_cpu_s']:11.0f} {r['proxy_cpu_ms_per_request']:12.3f} {r['hit_rate']:9.3f} "
+                  f"{r['latency_p50_ms']:7.2f} {r['errors']:7d}")
+        ctrl = {(r["load_model"], r["processes"]): r for r in result["scale"] if r["target"] == "control"}
+        for n in names:
+            for model in LOAD_MODELS:
+                rows = [r for r in result["scale"] if r["target"] == n and r["load_model"] == model]
+                if len(rows) < 2:
+                    continue
+                first, last = rows[0], rows[-1]
+                line = (f"{n} {model}: hits/CPU-s P={last['processes']} / P=1 = "
+                        f"{last['hits_per_cpu_s'] / first['hits_per_cpu_s']:.2f}; hit rate "
+                        f"{min(r['hit_rate'] for r in rows):.3f}-{max(r['hit_rate'] for r in rows):.3f}")
+                c0, c1 = ctrl.get((model, first["processes"])), ctrl.get((model, last["processes"]))
+                if c0 and c1:
+                    # Each side's requests per CPU-second over the control's at the same P: flat
+                    # when llmcache adds the same work per request however many processes share.
+                    rel = [r["requests_per_cpu_s"] / ctrl[(model, r["processes"])]["requests_per_cpu_s"]
+                           for r in rows if (model, r["processes"]) in ctrl]
+                    line += (f"; control req/CPU-s P={last['processes']} / P=1 = "
+                             f"{c1['requests_per_cpu_s'] / c0['requests_per_cpu_s']:.2f}; llmcache / control "
+                             + " ".join(f"{x:.2f}" for x in rel))
+                print(line)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale_bench.json").write_text(json.dumps(result, indent=2))
     try:
@@ -344,20 +444,28 @@ def report(result: dict[str, Any], out: Path) -> None:
         ax.set_xticks(x, names)
         ax.set_title(f"{title}, {result['entries']:,} entries")
         ax.legend()
-    for n in names:
-        rows = [r for r in result.get("scale", []) if r["target"] == n]
-        if rows:
-            axes[2].plot([r["processes"] for r in rows], [r["hits_per_s"] for r in rows], "o-", label=f"{n} hits/s")
-            axes[2].plot([r["processes"] for r in rows], [r["hits_per_cpu_s"] for r in rows], "s--",
-                         label=f"{n} hits/CPU-s")
+    styles = {"per-proc": "o-", "fixed": "s--"}
+    for n in [*names, "control"]:
+        for model in LOAD_MODELS:
+            rows = [r for r in result.get("scale", []) if r["target"] == n and r["load_model"] == model]
+            if rows and "requests_per_cpu_s" in rows[0]:
+                axes[2].plot([r["processes"] for r in rows], [r["requests_per_cpu_s"] for r in rows], styles[model],
+                             label=f"{n}, {model} load")
     if result.get("scale"):
         axes[2].set_xscale("log", base=2)
         axes[2].set_xlabel("proxy processes")
+        axes[2].set_ylabel("requests per CPU-second (servers + Redis)")
+        axes[2].set_ylim(bottom=0)
         axes[2].set_title("shared cache, mixed load")
         axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "scale_bench.png", dpi=110)
     print(f"wrote {out / 'scale_bench.json'} and {out / 'scale_bench.png'}")
+
+
+def load_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"models": args.load_models, "step_s": args.step_seconds, "hit_share": args.hit_share, "pool": args.pool,
+            "clients_per_proc": args.clients_per_proc, "clients": args.clients}
 
 
 async def run_target(t: Target, args: argparse.Namespace, procs: list[int], workdir: Path) -> dict[str, Any]:
@@ -370,8 +478,7 @@ async def run_target(t: Target, args: argparse.Namespace, procs: list[int], work
     out = {"load": loaded, "exact": exact, "knn": knn}
     if procs:
         print(f"[{t.name}] proxy processes {procs}", flush=True)
-        out["scale"] = await scale(t, procs=procs, step_s=args.step_seconds, hit_share=args.hit_share,
-                                   pool=args.pool, concurrency=args.concurrency, workdir=workdir)
+        out["scale"] = await scale(t, procs=procs, workdir=workdir, **load_args(args))
     return out
 
 
@@ -387,12 +494,23 @@ def main() -> int:
     p.add_argument("--step-seconds", type=float, default=4.0)
     p.add_argument("--hit-share", type=float, default=0.8)
     p.add_argument("--pool", type=int, default=200)
-    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--clients-per-proc", type=int, default=16, help="'per-proc' load: clients per proxy process")
+    p.add_argument("--clients", type=int, default=32, help="'fixed' load: clients in all, split over the processes")
+    p.add_argument("--no-control", dest="control", action="store_false",
+                   help="skip the control rounds (P bare aiohttp servers under the same load)")
+    p.add_argument("--load-models", default="per-proc,fixed",
+                   help="; ".join(f"{k}: {v}" for k, v in LOAD_MODELS.items()))
     p.add_argument("--replicas", type=int, default=0, help="replicas per master in the cluster (default 0)")
     p.add_argument("--targets", default="single,cluster")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args()
     procs = [int(x) for x in args.procs.split(",") if x.strip()]
+    args.load_models = [m.strip() for m in args.load_models.split(",") if m.strip()]
+    if unknown := [m for m in args.load_models if m not in LOAD_MODELS]:
+        p.error(f"--load-models: unknown {', '.join(unknown)}; choose from {', '.join(LOAD_MODELS)}")
+    if procs and shutil.which("wrk") is None:
+        p.error("the proxy-process phase drives the proxies with wrk, which is not installed: "
+                "apt-get install wrk (or pass --procs '' to skip the phase)")
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"scale-bench-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"entries": args.entries, "dim": args.dim, "args": {k: str(v) for k, v in vars(args).items()},
@@ -411,6 +529,9 @@ def main() -> int:
         else:
             raise SystemExit(f"unknown target {name!r}: use single and/or cluster")
         result["scale"].extend(result["targets"][name].pop("scale", []))
+    if procs and args.control:
+        print("[control] bare aiohttp servers (the stub upstream, no cache), same load", flush=True)
+        result["scale"].extend(asyncio.run(control(procs=procs, workdir=workdir, **load_args(args))))
     report(result, args.out)
     return 0
 
