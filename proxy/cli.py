@@ -33,7 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--max-inflight-body-bytes", default="32Mi", type=parse_bytes,
              help="request-body bytes all cacheable requests in progress may hold (more → 429)")
     add_flag(parser, "--body-timeout-seconds", default=d.cache.body_timeout_s, type=float,
-             help="deadline for reading a request body (slower → 408)")
+             help="deadline for reading a cached route's request body, and the longest silence "
+                  "while streaming a pass-through body upstream (slower → 408)")
     add_flag(parser, "--anonymous", default=d.cache.anonymous, choices=ps.ANONYMOUS,
              help="requests without the tenant header: bypass (never cached) | per-namespace")
     add_flag(parser, "--upstream-cache-salt", default="on", choices=("on", "off"),

@@ -167,12 +167,18 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     assert state.upstream is not None
     headers = upstream.filter_headers(request.headers)
-    body = request.content if request.body_exists else None
+    idle_s = state.settings.cache.body_timeout_s
+    body = limits.StreamedBody(request, idle_s=idle_s) if request.body_exists else None
     if body is not None and request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)  # stream it, but not re-chunked
     try:
         resp = await state.upstream.open(request.method, request.raw_path, headers, body)
-    except upstream.UpstreamError as exc:
+    except (upstream.UpstreamError, limits.BodyStalled) as exc:
+        if isinstance(exc, limits.BodyStalled) or (body is not None and body.stalled):
+            # (aiohttp reports the stall as a failed write upstream)
+            return upstream.error_response(408, f"request body stalled: no bytes for {idle_s:g} s "
+                                                "(--body-timeout-seconds)", type_="invalid_request_error",
+                                           code="request_timeout", headers={"Connection": "close"})
         return upstream.error_response(exc.status, exc.message, type_="upstream_error")
     return await upstream.relay(request, resp)
 

@@ -15,6 +15,7 @@ Back-pressure is a value (:class:`BodyRead`), not an exception, as in vLLM's blo
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -70,3 +71,33 @@ async def read_body(request: web.Request, *, limit_bytes: int, timeout_s: float)
     except TimeoutError:
         return BodyRead(None, 408)
     return BodyRead(b"".join(chunks))
+
+
+class BodyStalled(Exception):
+    """A streamed request body sent nothing for longer than its idle deadline."""
+
+
+class StreamedBody:
+    """A pass-through request body, streamed upstream as it arrives, each chunk awaited at most ``idle_s``.
+
+    Pass-through bodies (file and audio uploads …) have no size limit and can take long, so the
+    deadline is on silence, not on the whole body: a client that stops sending releases its
+    upstream connection after ``idle_s`` instead of holding it for as long as it likes.
+    """
+
+    def __init__(self, request: web.Request, *, idle_s: float) -> None:
+        self._request = request
+        self._idle_s = idle_s
+        self.stalled = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_s):
+                    chunk = await self._request.content.readany()
+            except TimeoutError:
+                self.stalled = True
+                raise BodyStalled(f"no request body bytes for {self._idle_s:g} s") from None
+            if not chunk:
+                return
+            yield chunk

@@ -75,6 +75,39 @@ async def test_slowloris_body_gets_408(proxy_stack) -> None:
     await _until("the reservation is returned", lambda: stack.state.body_budget.used_bytes == 0)
 
 
+async def test_stalled_pass_through_body_gets_408_and_a_slow_one_still_passes(proxy_stack) -> None:
+    """Pass-through bodies are streamed upstream with a deadline on silence, not on the whole body."""
+    stack: Stack = await proxy_stack(cache_body_timeout_s=0.5)
+    port = int(stack.proxy_url.rsplit(":", 1)[1])
+    head = (f"POST /stub/echo/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: 3000\r\n\r\n").encode()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + b"x" * 1000)  # then silence
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 30)  # liveness bound
+        assert status_line.split()[1] == b"408"
+        rest = await asyncio.wait_for(reader.read(), 30)
+        assert b"request_timeout" in rest and b"--body-timeout-seconds" in rest
+    finally:
+        writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.replace(b"Host: x", b"Host: x\r\nConnection: close"))
+        for _ in range(3):  # 3 pieces, 0.25 s apart: longer than the deadline in all, never silent for it
+            writer.write(b"y" * 1000)
+            await writer.drain()
+            await asyncio.sleep(0.25)
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        assert status_line.split()[1] == b"200"
+        rest = await asyncio.wait_for(reader.read(), 30)
+        assert b'"body_bytes": 3000' in rest or b'"body_bytes":3000' in rest
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize("depth", [900, 100_000])
 async def test_deeply_nested_json_is_a_clear_400(proxy_stack, depth: int) -> None:
     stack: Stack = await proxy_stack()
