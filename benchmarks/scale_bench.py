@@ -40,7 +40,6 @@ import platform
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -345,17 +344,20 @@ async def scale(t: Target, *, procs: list[int], workdir: Path, **load: Any) -> l
         stop(proxies + [upstream])
 
 
-async def control(*, procs: list[int], workdir: Path, **load: Any) -> list[dict[str, Any]]:
-    """The same rounds against P bare aiohttp JSON servers (the stub upstream, no delay, no cache).
-
-    Its requests per CPU-second show what running P Python event loops on this machine costs by
-    itself; llmcache's curve is read against it.
+async def control(t: Target | None, *, procs: list[int], workdir: Path, **load: Any) -> list[dict[str, Any]]:
+    """The same rounds against P control servers (``scale_control.py``): bare aiohttp answering
+    JSON (``t`` None, row target ``control``), or the same awaiting one Redis GET on ``t`` per
+    request (``<t>+get``), as a cache hit waits on Redis once. They show what running P Python
+    event loops, with and without a Redis wait, costs on this machine by itself; llmcache's
+    curve is read against them.
     """
     import aiohttp
 
+    name = "control" if t is None else f"{t.name}+get"
     ports = [free_port() for _ in range(max(procs))]
-    servers = [spawn(["-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{p}", "--latency-ms", "0"],
-                     workdir / f"control-{i}.log") for i, p in enumerate(ports)]
+    extra = [] if t is None else ["--redis-url", t.url]
+    servers = [spawn([str(REPO / "benchmarks" / "scale_control.py"), "--listen", f"127.0.0.1:{p}", *extra],
+                     workdir / f"{name}-{i}.log") for i, p in enumerate(ports)]
     try:
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 60
@@ -370,12 +372,16 @@ async def control(*, procs: list[int], workdir: Path, **load: Any) -> list[dict[
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"control server on port {port} did not start")
                     await asyncio.sleep(0.2)
-        return await rounds("control", None, ports, [s.pid for s in servers], procs=procs, **load)
+        return await rounds(name, t, ports, [s.pid for s in servers], procs=procs, **load)
     finally:
         stop(servers)
 
 
 # ---- report -------------------------------------------------------------------------------
+
+
+def procs_of(result: dict[str, Any]) -> list[int]:
+    return sorted({r["processes"] for r in result.get("scale", [])}) or [1]
 
 
 def report(result: dict[str, Any], out: Path) -> None:
@@ -400,32 +406,29 @@ def report(result: dict[str, Any], out: Path) -> None:
     line("KNN recall@1", lambda t: t["knn"]["recall_at_1"])
     if result.get("scale"):
         print()
-        print(f"{'target':8s} {'load':8s} {'P':>3s} {'clients':>7s} {'hits/s':>8s} {'hits/CPU-s':>11s} "
+        print(f"{'target':12s} {'load':8s} {'P':>3s} {'clients':>7s} {'hits/s':>8s} {'hits/CPU-s':>11s} "
               f"{'proxy ms/req':>12s} {'hit rate':>9s} {'p50 ms':>7s} {'errors':>7s}")
         for r in result["scale"]:
-            print(f"{r['target']:8s} {r['load_model']:8s} {r['processes']:3d} {r['clients']:7d} {r['hits_per_s']:8.0f} "
+            print(f"{r['target']:12s} {r['load_model']:8s} {r['processes']:3d} {r['clients']:7d} {r['hits_per_s']:8.0f} "
                   f"{r['hits_per_cpu_s']:11.0f} {r['proxy_cpu_ms_per_request']:12.3f} {r['hit_rate']:9.3f} "
                   f"{r['latency_p50_ms']:7.2f} {r['errors']:7d}")
-        ctrl = {(r["load_model"], r["processes"]): r for r in result["scale"] if r["target"] == "control"}
-        for n in names:
-            for model in LOAD_MODELS:
-                rows = [r for r in result["scale"] if r["target"] == n and r["load_model"] == model]
-                if len(rows) < 2:
-                    continue
-                first, last = rows[0], rows[-1]
-                line = (f"{n} {model}: hits/CPU-s P={last['processes']} / P=1 = "
-                        f"{last['hits_per_cpu_s'] / first['hits_per_cpu_s']:.2f}; hit rate "
-                        f"{min(r['hit_rate'] for r in rows):.3f}-{max(r['hit_rate'] for r in rows):.3f}")
-                c0, c1 = ctrl.get((model, first["processes"])), ctrl.get((model, last["processes"]))
-                if c0 and c1:
-                    # Each side's requests per CPU-second over the control's at the same P: flat
-                    # when llmcache adds the same work per request however many processes share.
-                    rel = [r["requests_per_cpu_s"] / ctrl[(model, r["processes"])]["requests_per_cpu_s"]
-                           for r in rows if (model, r["processes"]) in ctrl]
-                    line += (f"; control req/CPU-s P={last['processes']} / P=1 = "
-                             f"{c1['requests_per_cpu_s'] / c0['requests_per_cpu_s']:.2f}; llmcache / control "
-                             + " ".join(f"{x:.2f}" for x in rel))
-                print(line)
+        def curve(target: str, model: str, key: str) -> list[tuple[int, float]]:
+            return [(r["processes"], r[key]) for r in result["scale"]
+                    if r["target"] == target and r["load_model"] == model]
+
+        for model in LOAD_MODELS:
+            for n in names:
+                parts = []
+                for target, key, label in ((n, "hits_per_cpu_s", "llmcache hits"),
+                                           (f"{n}+get", "requests_per_cpu_s", "aiohttp+GET requests"),
+                                           ("control", "requests_per_cpu_s", "bare aiohttp requests")):
+                    c = curve(target, model, key)
+                    if len(c) > 1:
+                        parts.append(f"{label} {c[-1][1] / c[0][1]:.2f}")
+                rates = [r["hit_rate"] for r in result["scale"] if r["target"] == n and r["load_model"] == model]
+                if parts:
+                    print(f"{n}, {model} load, per CPU-second at P={max(procs_of(result))} over P=1: "
+                          + ", ".join(parts) + f"; llmcache hit rate {min(rates):.3f}-{max(rates):.3f}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale_bench.json").write_text(json.dumps(result, indent=2))
     try:
@@ -445,7 +448,7 @@ def report(result: dict[str, Any], out: Path) -> None:
         ax.set_title(f"{title}, {result['entries']:,} entries")
         ax.legend()
     styles = {"per-proc": "o-", "fixed": "s--"}
-    for n in [*names, "control"]:
+    for n in [*names, *(f"{x}+get" for x in names), "control"]:
         for model in LOAD_MODELS:
             rows = [r for r in result.get("scale", []) if r["target"] == n and r["load_model"] == model]
             if rows and "requests_per_cpu_s" in rows[0]:
@@ -479,6 +482,9 @@ async def run_target(t: Target, args: argparse.Namespace, procs: list[int], work
     if procs:
         print(f"[{t.name}] proxy processes {procs}", flush=True)
         out["scale"] = await scale(t, procs=procs, workdir=workdir, **load_args(args))
+        if args.control:
+            print(f"[{t.name}] control: aiohttp + one Redis GET per request, same load", flush=True)
+            out["scale"] += await control(t, procs=procs, workdir=workdir, **load_args(args))
     return out
 
 
@@ -497,7 +503,7 @@ def main() -> int:
     p.add_argument("--clients-per-proc", type=int, default=16, help="'per-proc' load: clients per proxy process")
     p.add_argument("--clients", type=int, default=32, help="'fixed' load: clients in all, split over the processes")
     p.add_argument("--no-control", dest="control", action="store_false",
-                   help="skip the control rounds (P bare aiohttp servers under the same load)")
+                   help="skip the control rounds (P aiohttp servers, bare and with one Redis GET, same load)")
     p.add_argument("--load-models", default="per-proc,fixed",
                    help="; ".join(f"{k}: {v}" for k, v in LOAD_MODELS.items()))
     p.add_argument("--replicas", type=int, default=0, help="replicas per master in the cluster (default 0)")
@@ -531,7 +537,7 @@ def main() -> int:
         result["scale"].extend(result["targets"][name].pop("scale", []))
     if procs and args.control:
         print("[control] bare aiohttp servers (the stub upstream, no cache), same load", flush=True)
-        result["scale"].extend(asyncio.run(control(procs=procs, workdir=workdir, **load_args(args))))
+        result["scale"].extend(asyncio.run(control(None, procs=procs, workdir=workdir, **load_args(args))))
     report(result, args.out)
     return 0
 
