@@ -78,6 +78,15 @@ MUTATIONS = [
     Mutation("body read without a deadline", "proxy/limits.py",
              "        async with asyncio.timeout(timeout_s):", "        async with asyncio.timeout(None):",
              (ADV + "test_limits.py::test_slowloris_body_gets_408",)),
+    Mutation("pass-through body streamed without a deadline", "proxy/limits.py",
+             "                async with asyncio.timeout(self._idle_s):",
+             "                async with asyncio.timeout(None):",
+             (ADV + "test_limits.py::test_stalled_pass_through_body_gets_408_and_a_slow_one_still_passes",)),
+    Mutation("pass-through deadline on the whole body", "proxy/limits.py",
+             "                async with asyncio.timeout(self._idle_s):",
+             "                async with asyncio.timeout(max(0.0, self._idle_s - (asyncio.get_running_loop().time()"
+             " - self.__dict__.setdefault('t0', asyncio.get_running_loop().time())))):",
+             (ADV + "test_limits.py::test_stalled_pass_through_body_gets_408_and_a_slow_one_still_passes",)),
     Mutation("nested JSON ends as a 500", "proxy/handlers.py",
              "    except RecursionError:\n        state.metrics.count(route, \"error\")\n        return _too_deep(), \"error\"\n"
              "    if not isinstance(body, dict):",
