@@ -41,6 +41,30 @@ def test_cluster_endpoints_render_a_cluster_url_and_no_bundled_redis(binaries: C
     assert "cluster" not in url_secret(render(binaries, helm_home))["url"]
 
 
+def test_external_tls_ca_is_mounted_named_in_the_url_and_handed_to_sidecars(binaries: ControlPlaneBinaries,
+                                                                           helm_home: dict[str, str]) -> None:
+    """A managed service with its own server CA (Memorystore): the operator mounts it, both URLs
+    verify against it, and the operator is told to copy it to every sidecar."""
+    objects = render(binaries, helm_home, *CLUSTER, "redis.external.cluster.tls=true",
+                     "redis.external.tls.caSecret=memorystore-ca", "redis.external.tls.caKey=server-ca.pem")
+    ca = "?ssl_ca_certs=/etc/llmcache/redis-tls/ca.crt"
+    assert url_secret(objects) == {"url": "rediss+cluster://r1.example:6379,r2.example:7000" + ca,
+                                   "sidecar-url": "rediss+cluster://r1.example:6379,r2.example:7000" + ca}
+    [operator] = [d for d in find(objects, "Deployment") if d["metadata"]["name"].endswith("operator")]
+    pod = operator["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "redis-tls"]
+    assert volume["secret"] == {"secretName": "memorystore-ca", "items": [{"key": "server-ca.pem", "path": "ca.crt"}]}
+    [container] = [c for c in pod["containers"] if c["name"] == "operator"]
+    assert {"name": "redis-tls", "mountPath": "/etc/llmcache/redis-tls", "readOnly": True} in container["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LLMCACHE_SIDECAR_REDIS_CA_FILE"] == "/etc/llmcache/redis-tls/ca.crt"
+    # Without a CA Secret the system CAs are used: nothing mounted, nothing named.
+    plain = render(binaries, helm_home, *CLUSTER, "redis.external.cluster.tls=true")
+    [operator] = [d for d in find(plain, "Deployment") if d["metadata"]["name"].endswith("operator")]
+    assert all(v["name"] != "redis-tls" for v in operator["spec"]["template"]["spec"]["volumes"])
+    assert "ssl_ca_certs" not in url_secret(plain)["url"]
+
+
 @pytest.mark.parametrize("setting", ["redis.external.cluster.endpoints={r1.example}",
                                      "redis.external.cluster.endpoints={a:1,b}",
                                      "redis.external.cluster.tls=yes-please",

@@ -179,6 +179,21 @@ sidecar keys fall back to the operator's), every seed endpoint.
 {{- if $pw }}{{ $auth = printf "%s:%s@" ($user | urlquery) ($pw | urlquery) }}
 {{- else if $user }}{{ $auth = printf "%s@" ($user | urlquery) }}{{ end }}
 {{- printf "%s://%s%s" (ternary "rediss+cluster" "redis+cluster" $c.tls) $auth (join "," $c.endpoints) }}
+{{- if and $c.tls $ctx.Values.redis.external.tls.caSecret }}?ssl_ca_certs=/etc/llmcache/redis-tls/ca.crt{{ end }}
+{{- end }}
+
+{{/*
+The Secret and key of the Redis CA the operator mounts at /etc/llmcache/redis-tls/ca.crt
+and hands to sidecars, as JSON {"secret": …, "key": …}; {} when there is none.
+*/}}
+{{- define "llmcache.redisCa" -}}
+{{- if and .Values.redis.bundled.enabled .Values.redis.bundled.tls.enabled }}
+{{- dict "secret" .Values.redis.bundled.tls.existingSecret "key" "ca.crt" | toJson }}
+{{- else if and (not .Values.redis.bundled.enabled) .Values.redis.external.tls.caSecret }}
+{{- dict "secret" .Values.redis.external.tls.caSecret "key" .Values.redis.external.tls.caKey | toJson }}
+{{- else }}
+{{- dict | toJson }}
+{{- end }}
 {{- end }}
 
 {{/* Where sidecars send misses: sidecar.upstream, else the chart's model server (FQDN: sidecars run in other namespaces). */}}
