@@ -1,4 +1,4 @@
-"""Request handling: pass-through, exact and semantic lookup, single-flight misses (own endpoints: ``admin``).
+"""Request handling: pass-through, exact and semantic lookup (misses: ``misses``; own endpoints: ``admin``).
 
 A cacheable request (``POST`` on :data:`llmcache.keys.CACHEABLE_ROUTES`)::
 
@@ -20,6 +20,9 @@ Every body forwarded upstream on chat/completions carries a ``cache_salt`` deriv
 tenant and partition (``--upstream-cache-salt``), so the model server's prefix cache, and
 the ``cached_tokens`` it reports, never cross tenants.
 
+The request in progress and the steps every path shares (load, serve, count) are in
+:mod:`llmcache.proxy.call`; the single-flight miss path is :mod:`llmcache.proxy.misses`.
+
 Redis trouble anywhere turns into ``bypass`` (the answer still comes from the
 upstream); it never causes a 5xx. Logs carry the first 12 hex digits of the key
 hash, never prompt text or credentials.
@@ -28,40 +31,42 @@ hash, never prompt text or credentials.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import redis.asyncio
 from aiohttp import web
+from llmcache.proxy import controls, limits, misses, upstream
+from llmcache.proxy.breaker import Breaker
+from llmcache.proxy.call import (
+    STATUS_HEADER,
+    Call,
+    count_answer,
+    guarded,
+    load_entry,
+    serve,
+)
+from llmcache.proxy.exact import ExactStore
+from llmcache.proxy.metrics import ProxyMetrics
+from llmcache.proxy.settings import ProxySettings
+from llmcache.proxy.singleflight import FlightGroup, RedisLease
+from llmcache.proxy.telemetry import Telemetry
 
 from llmcache import keys, stats
 from llmcache.keyspace import DEFAULT_GROUP, Keyspace
 from llmcache.policy import PolicyDocument
-from llmcache.proxy import cachecontrol, controls, limits, streaming, upstream
-from llmcache.proxy.breaker import Breaker, CacheUnavailable
-from llmcache.proxy.exact import Entry, ExactStore, InvalidEntry, validate_answer
-from llmcache.proxy.metrics import ProxyMetrics
-from llmcache.proxy.settings import ProxySettings
-from llmcache.proxy.singleflight import Flight, FlightGroup, RedisLease
-from llmcache.proxy.telemetry import Telemetry
 
 __all__ = ["ProxyState", "STATE", "EffectiveConfig", "effective_config", "add_routes"]
 
 log = logging.getLogger(__name__)
 
-STATUS_HEADER = "X-LLMCache-Status"
-SIMILARITY_HEADER = "X-LLMCache-Similarity"
 THRESHOLD_HEADER = controls.THRESHOLD_HEADER
 NAMESPACE_HEADER = controls.NAMESPACE_HEADER
-_JSON = "application/json"
-_SSE = "text/event-stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,60 +240,6 @@ def _deterministic(route: str, body: Mapping[str, Any], policy: str) -> bool:
         body.get("seed"), bool)
 
 
-_UNSET: Any = object()
-
-
-@dataclass(slots=True)
-class _Call:
-    """One cacheable request in progress."""
-
-    request: web.Request
-    state: ProxyState
-    cfg: EffectiveConfig
-    route: str
-    raw: bytes
-    """The body as forwarded upstream (with ``cache_salt`` when enabled)."""
-    body: dict[str, Any]
-    key: str
-    tenant: str
-    namespace: str
-    query: str
-    directives: cachecontrol.RequestDirectives
-    stream: bool
-    include_usage: bool
-    stream_shape: str | None
-    asked_threshold: float | None = None
-    """``X-LLMCache-Similarity-Threshold`` (checked by :mod:`llmcache.proxy.controls`), or ``None``."""
-    redis_ok: bool = True
-    status: str = "miss"
-    similarity: float | None = None
-    coalesced: bool = False
-    lease_key: str | None = None
-    handed_off: bool = False
-    """True once landing the flight is the background store's job."""
-    _parts: Any = _UNSET
-    """The request's semantic split, computed at most once (lookup, then store)."""
-
-    def semantic_parts(self) -> keys.SemanticParts | None:
-        """:func:`llmcache.keys.semantic_parts` of this request (canonical JSON + SHA-256, done once)."""
-        if self._parts is _UNSET:
-            try:
-                self._parts = keys.semantic_parts(self.route, self.body, tenant=self.tenant, namespace=self.namespace,
-                                                  partition=self.cfg.partition, query=self.query)
-            except (ValueError, TypeError, RecursionError):
-                self._parts = None
-        return self._parts
-
-    @property
-    def log_key(self) -> str:
-        return keys.short(self.key)
-
-    @property
-    def wants_usage(self) -> bool:
-        """A JSON answer always carries usage; a stream only with ``include_usage``."""
-        return self.route != "/v1/embeddings" and (not self.stream or self.include_usage)
-
-
 async def cacheable(request: web.Request) -> web.StreamResponse:
     """Entry point for ``POST`` on a cacheable route."""
     state = request.app[STATE]
@@ -386,7 +337,7 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
     include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
     # Followers share the leader's raw chunks only when they asked for the same stream options.
     shape = json.dumps(opts, sort_keys=True) if stream else None
-    call = _Call(request=request, state=state, cfg=cfg, route=route, raw=forwarded, body=body, key=key,
+    call = Call(request=request, state=state, cfg=cfg, route=route, raw=forwarded, body=body, key=key,
                  tenant=tenant, namespace=namespace, query=query,
                  directives=asked.directives, asked_threshold=asked.similarity_threshold,
                  stream=stream, include_usage=include_usage, stream_shape=shape)
@@ -404,15 +355,15 @@ def _too_deep() -> web.Response:
                                    type_="invalid_request_error", code="json_too_deep")
 
 
-async def _lookup_or_fetch(call: _Call) -> web.StreamResponse:
+async def _lookup_or_fetch(call: Call) -> web.StreamResponse:
     state = call.state
     if not call.directives.no_cache:
         if call.cfg.exact:
-            entry = await _load(call, call.key, kind="exact")
+            entry = await load_entry(call, call.key, kind="exact")
             if entry is not None:
-                return _serve(call, entry, status="hit")
+                return serve(call, entry, status="hit")
         # An identical request in flight beats a semantic neighbour (and saves the embedding).
-        served = await _join(call)
+        served = await misses.join_flight(call)
         if served is not None:
             return served
         if call.cfg.semantic and state.semantic is not None and call.redis_ok:
@@ -421,72 +372,13 @@ async def _lookup_or_fetch(call: _Call) -> web.StreamResponse:
                 return served
     if call.directives.only_if_cached:
         call.status = "miss"
-        _count(call, "miss")
+        count_answer(call, "miss")
         return upstream.error_response(504, "not in the cache and the request says only-if-cached",
                                        type_="cache_miss", code="only_if_cached", headers={STATUS_HEADER: "miss"})
-    return await _miss(call, join=True)
+    return await misses.miss(call, join=True)
 
 
-async def _load(call: _Call, key_hash: str, *, kind: str) -> Entry | None:
-    """Fetch and validate the entry at ``key_hash``; ``None`` on miss, invalid, stale or Redis trouble."""
-    state = call.state
-    if state.store is None:
-        call.redis_ok = False
-        return None
-    store = state.store
-    t0 = time.perf_counter()
-    try:
-        blob = await state.breaker.call(lambda: store.get(key_hash, group=call.cfg.group))
-    except CacheUnavailable:
-        call.redis_ok = False
-        _note_redis_failure(state)
-        return None
-    finally:
-        state.metrics.observe_lookup(kind, time.perf_counter() - t0)
-    if blob is None:
-        return None
-    try:
-        # A stored entry is the answer (≤ max_entry_bytes) escaped once inside the entry JSON.
-        if len(blob) > 2 * state.settings.cache.max_entry_bytes + 4096:
-            raise InvalidEntry(f"entry of {len(blob)} bytes exceeds what the proxy stores")
-        entry = Entry.from_json(blob, route=call.route)
-        if entry.tenant != call.tenant:
-            raise InvalidEntry("entry belongs to another tenant")
-    except InvalidEntry as exc:
-        log.warning("dropping invalid cache entry %s: %s", keys.short(key_hash), exc)
-        state.spawn(_guarded(state, lambda: store.delete(key_hash)))
-        return None
-    if call.cfg.invalidate_before_s is not None and entry.created_s < call.cfg.invalidate_before_s:
-        return None
-    if not call.directives.accepts_age(entry.age_s()):
-        return None
-    if not _can_serve(call, entry):
-        return None
-    return entry
-
-
-def _count(call: _Call, status: str, *, tokens_saved: int = 0, bytes_saved: int = 0) -> None:
-    """Count one answer with cache ``status`` in the metrics and the per-namespace stats."""
-    call.state.metrics.count(call.route, status)
-    call.state.stats.add(call.namespace, status, policy=call.cfg.policy_id, tokens_saved=tokens_saved,
-                         bytes_saved=bytes_saved)
-
-
-def _note_redis_failure(state: ProxyState) -> None:
-    state.metrics.redis_failures.inc()
-    state.metrics.breaker_open.set(1 if state.breaker.is_open else 0)
-
-
-async def _guarded(state: ProxyState, op: Callable[[], Awaitable[Any]]) -> Any:
-    """Run a Redis operation under the breaker in the background; failures only count."""
-    try:
-        return await state.breaker.call(op)
-    except CacheUnavailable:
-        _note_redis_failure(state)
-        return None
-
-
-async def _semantic_lookup(call: _Call) -> web.StreamResponse | None:
+async def _semantic_lookup(call: Call) -> web.StreamResponse | None:
     state = call.state
     parts = call.semantic_parts()
     if parts is None:
@@ -504,7 +396,7 @@ async def _semantic_lookup(call: _Call) -> web.StreamResponse | None:
     state.metrics.observe_lookup("semantic", time.perf_counter() - t0)
     if match is None:
         return None
-    entry = await _load(call, match.key_hash, kind="exact")
+    entry = await load_entry(call, match.key_hash, kind="exact")
     if entry is None:
         return None
     call.similarity = float(match.similarity)
@@ -514,318 +406,8 @@ async def _semantic_lookup(call: _Call) -> web.StreamResponse | None:
     remaining_s = int(call.cfg.ttl_s - entry.age_s())
     if remaining_s >= 1 and state.store is not None:
         store = state.store
-        state.spawn(_guarded(state, lambda: store.put(call.key, entry, ttl_s=remaining_s, group=call.cfg.group)))
-    return _serve(call, entry, status="semantic-hit")
-
-
-def _serve(call: _Call, entry: Entry, *, status: str) -> web.Response:
-    """Answer from ``entry`` in the shape the request asked for (JSON or SSE)."""
-    state = call.state
-    call.status = status
-    headers = {STATUS_HEADER: status, "Age": str(int(entry.age_s()))}
-    if call.similarity is not None:
-        headers[SIMILARITY_HEADER] = f"{call.similarity:.4f}"
-    if call.stream:
-        payload = streaming.replay(call.route, entry.answer(), include_usage=call.include_usage)
-        headers["Cache-Control"] = "no-cache"
-        resp = web.Response(body=payload, headers=headers, content_type=_SSE)
-    else:
-        payload = entry.body.encode()
-        resp = web.Response(body=payload, headers=headers, content_type=_JSON)
-    _count(call, status, tokens_saved=entry.prompt_tokens + entry.completion_tokens, bytes_saved=len(payload))
-    state.metrics.served_from_cache(num_bytes=len(payload), prompt_tokens=entry.prompt_tokens,
-                                    completion_tokens=entry.completion_tokens)
-    log.debug("%s %s age=%ss", status, call.log_key, headers["Age"])
-    return resp
-
-
-# ---------------------------------------------------------------------------------------------
-# misses
-
-
-async def _join(call: _Call) -> web.StreamResponse | None:
-    """Serve from an identical request's upstream call in this process, if one is running."""
-    flight = call.state.flights.join(call.key, needs_usage=call.wants_usage)
-    if flight is None:
-        return None
-    call.state.metrics.coalesced.inc()
-    return await _follow(call, flight)
-
-
-async def _miss(call: _Call, *, join: bool) -> web.StreamResponse:
-    state = call.state
-    if join:
-        served = await _join(call)
-        if served is not None:
-            return served
-    # Lead in-process first, so identical requests here join this flight while it waits for
-    # another pod's lease.
-    flight = state.flights.lead(call.key, stream_shape=call.stream_shape,
-                                with_usage=not call.stream or call.include_usage,
-                                max_bytes=state.settings.cache.max_entry_bytes)
-    try:
-        if state.lease is not None and call.redis_ok and not call.directives.no_store:
-            waited = await _cross_pod_wait(call)
-            if isinstance(waited, Entry):
-                flight.finish(waited)
-                call.coalesced = True
-                return _serve(call, waited, status="hit")
-            call.lease_key = waited
-        return await _lead(call, flight)
-    finally:
-        if not call.handed_off:
-            _land(call, flight)
-
-
-def _land(call: _Call, flight: Flight) -> None:
-    """End ``flight`` (later requests read Redis again) and give up the cross-pod lease."""
-    state = call.state
-    state.flights.land(flight)
-    if call.lease_key is not None and state.lease is not None:
-        lease, lease_key = state.lease, call.lease_key
-        state.spawn(_guarded(state, lambda: lease.release(lease_key)))
-
-
-async def _store_then_land(call: _Call, flight: Flight, entry: Entry) -> None:
-    """Store after the answer went out, then land: until the entry is in Redis, identical
-    requests join the finished flight and are served its entry from memory (no gap, no repeat
-    upstream call), and the client's next request on the connection does not wait for Redis."""
-    try:
-        await _store(call, entry)
-    finally:
-        _land(call, flight)
-
-
-async def _cross_pod_wait(call: _Call) -> Entry | str | None:
-    """Own the miss across pods (return the lease key), or wait for the owner's entry (return it).
-
-    ``None``: no lease (Redis trouble, or the owner gave up without storing): call the upstream.
-    """
-    state = call.state
-    assert state.lease is not None
-    lease = state.lease
-    ttl_s = min(state.settings.upstream.timeout_s, 60.0)
-    try:
-        if await state.breaker.call(lambda: lease.acquire(call.key, ttl_s=ttl_s)):
-            return call.key
-    except CacheUnavailable:
-        return None
-    deadline = time.monotonic() + ttl_s
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.025)
-        entry = await _load(call, call.key, kind="exact")
-        if entry is not None:
-            return entry
-        try:
-            if not await state.breaker.call(lambda: lease.held(call.key)):
-                break
-        except CacheUnavailable:
-            break
-    return None
-
-
-async def _follow(call: _Call, flight: Flight) -> web.StreamResponse | None:
-    """Serve from another request's upstream call; ``None`` when it failed before sending anything."""
-    call.coalesced = True
-    if call.stream and flight.stream_shape == call.stream_shape:
-        out: web.StreamResponse | None = None
-        try:
-            async for chunk in flight.follow():
-                if out is None:
-                    out = web.StreamResponse(status=200, headers={STATUS_HEADER: "hit", "Age": "0",
-                                                                  "Content-Type": _SSE, "Cache-Control": "no-cache"})
-                    await out.prepare(call.request)
-                await out.write(chunk)
-        except ConnectionResetError:
-            flight.num_followers -= 1  # one reader fewer for the leader to keep the upstream open for
-            return out or web.Response(status=499)
-        if out is None:  # the flight ended (or overflowed) without a streamed byte
-            if flight.overflowed:
-                return None  # too long to share: go upstream ourselves
-            if flight.entry is not None and _can_serve(call, flight.entry):
-                return _serve(call, flight.entry, status="hit")
-            return None  # go upstream ourselves
-        if flight.failed or flight.overflowed:
-            upstream.abort(call.request)
-            return out
-        call.status = "hit"
-        state = call.state
-        state.metrics.count(call.route, "hit")
-        entry = flight.entry
-        if entry is not None:
-            state.metrics.served_from_cache(num_bytes=0, prompt_tokens=entry.prompt_tokens,
-                                            completion_tokens=entry.completion_tokens)
-            state.stats.add(call.namespace, "hit", policy=call.cfg.policy_id,
-                            tokens_saved=entry.prompt_tokens + entry.completion_tokens)
-        await out.write_eof()
-        return out
-    entry = await flight.wait()
-    if entry is None or not _can_serve(call, entry):
-        return None
-    return _serve(call, entry, status="hit")
-
-
-def _can_serve(call: _Call, entry: Entry) -> bool:
-    """False when the request wants usage (a JSON answer, or a stream with ``include_usage``) and
-    ``entry`` was recorded from a stream without it.
-
-    Clients read usage, so such a request is fetched once; its answer (with usage) then replaces
-    the entry and serves every shape.
-    """
-    return not call.wants_usage or entry.has_usage or entry.origin != "sse"
-
-
-async def _lead(call: _Call, flight: Flight) -> web.StreamResponse:
-    """Call the upstream, relay its answer as it arrives, store it when complete."""
-    state = call.state
-    assert state.upstream is not None
-    request = call.request
-    call.status = "miss" if call.redis_ok else "bypass"
-    headers = upstream.filter_headers(request.headers, drop=frozenset({"accept-encoding"}))
-    headers["Accept-Encoding"] = "identity"  # we must be able to read what we store
-    t0 = time.perf_counter()
-    try:
-        resp = await state.upstream.open("POST", request.raw_path, headers, call.raw)
-    except upstream.UpstreamError as exc:
-        flight.fail()
-        _count(call, call.status)
-        log.info("upstream failed for %s: %s", call.log_key, exc.message)
-        return upstream.error_response(exc.status, exc.message, type_="upstream_error",
-                                       headers={STATUS_HEADER: call.status})
-    state.metrics.observe_upstream(call.route, time.perf_counter() - t0)
-    _count(call, call.status)
-    ctype = resp.headers.get("Content-Type", "")
-    is_sse = ctype.startswith(_SSE)
-    encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
-    recording = resp.status == 200 and not encoded and (is_sse or ctype.startswith(_JSON))
-    push = recording and is_sse and flight.stream_shape is not None
-    max_bytes = state.settings.cache.max_entry_bytes
-    recorder = streaming.SSERecorder(call.route, max_bytes=max_bytes) if recording and is_sse else None
-    parts: list[bytes] = []
-    size = 0
-
-    out = upstream.response_for(resp, extra_headers={STATUS_HEADER: call.status})
-    client_gone = False
-    try:
-        try:
-            await out.prepare(request)
-        except ConnectionResetError:
-            client_gone = True
-        async for chunk in resp.content.iter_any():
-            if push:
-                flight.push(chunk)
-            if recorder is not None:
-                recorder.feed(chunk)
-            elif recording:
-                size += len(chunk)
-                if size > max_bytes:
-                    recording = False
-                    parts.clear()
-                else:
-                    parts.append(chunk)
-            if not client_gone:
-                try:
-                    await out.write(chunk)
-                except ConnectionResetError:
-                    client_gone = True
-            # Keep reading for requests that joined this call; with none left, stop the upstream.
-            if client_gone and flight.num_followers == 0:
-                break
-        else:
-            if not client_gone:
-                with contextlib.suppress(ConnectionResetError):
-                    await out.write_eof()
-    except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
-        log.info("upstream broke off the answer for %s (%s); not stored", call.log_key, type(exc).__name__)
-        flight.fail()
-        upstream.abort(request)
-        return out
-    finally:
-        resp.release()
-    if client_gone:
-        # A cancelled request is never stored; requests that joined it still get the answer.
-        log.info("client left before the answer for %s was complete; not stored", call.log_key)
-        entry = _entry_from(call, recorder, parts) if recording and flight.num_followers else None
-        if entry is None:
-            flight.fail()
-        else:
-            flight.finish(entry)
-        return out
-    entry = _entry_from(call, recorder, parts) if recording else None
-    flight.finish(entry)
-    if entry is not None and not call.directives.no_store and call.redis_ok:
-        call.handed_off = True
-        state.spawn(_store_then_land(call, flight, entry))
-    return out
-
-
-def _entry_from(call: _Call, recorder: streaming.SSERecorder | None, parts: list[bytes]) -> Entry | None:
-    """The storable entry of a complete answer, or ``None`` (incomplete, error body, not parseable)."""
-    try:
-        if recorder is not None:
-            if not recorder.complete:
-                log.info("stream for %s ended without [DONE]/finish_reason; not stored", call.log_key)
-                return None
-            answer = recorder.answer()
-            text = json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
-            origin = "sse"
-        else:
-            text = b"".join(parts).decode()
-            answer = json.loads(text)
-            origin = "json"
-        validate_answer(call.route, answer)
-    except (ValueError, UnicodeDecodeError) as exc:  # InvalidEntry is a ValueError
-        log.info("answer for %s is not storable: %s", call.log_key, exc)
-        return None
-    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
-    model = answer.get("model") if isinstance(answer.get("model"), str) else str(call.body.get("model", ""))
-    return Entry(route=call.route, model=model, created_s=time.time(), body=text, tenant=call.tenant,
-                 namespace=call.namespace, origin=origin,
-                 prompt_tokens=_int(usage.get("prompt_tokens")), completion_tokens=_int(usage.get("completion_tokens")))
-
-
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
-
-
-async def _store(call: _Call, entry: Entry) -> None:
-    """Write the entry (fixed TTL) and register it with the semantic index; failures only count."""
-    state = call.state
-    store = state.store
-    if store is None:
-        return
-    ttl_s = cachecontrol.entry_ttl_s(call.directives, ttl_bound_s=call.cfg.ttl_s)
-    try:
-        await state.breaker.call(lambda: store.put(call.key, entry, ttl_s=ttl_s, group=call.cfg.group))
-    except CacheUnavailable:
-        _note_redis_failure(state)
-        log.info("could not store %s (redis unavailable); served uncached", call.log_key)
-        return
-    if call.cfg.semantic and state.semantic is not None:
-        parts = call.semantic_parts()
-        if parts is None:
-            return
-        if state.num_pending_adds >= state.settings.semantic.max_pending_adds:
-            # The embedder is behind: skip indexing rather than queue without bound.
-            state.metrics.semantic_adds_skipped.inc()
-            log.info("semantic add for %s skipped: %d adds pending", call.log_key, state.num_pending_adds)
-            return
-        state.num_pending_adds += 1
-        state.spawn(_semantic_add(state, state.semantic, parts, call.key, ttl_s))
-
-
-async def _semantic_add(state: ProxyState, semantic: Any, parts: keys.SemanticParts, key_hash: str,
-                        ttl_s: int) -> None:
-    """Index the stored entry by meaning, within ``SemanticOptions.add_timeout_ms``; failures only log."""
-    try:
-        async with asyncio.timeout(state.settings.semantic.add_timeout_ms / 1000):
-            await semantic.add(parts, key_hash, ttl_s=ttl_s)
-    except TimeoutError:
-        log.info("semantic add for %s timed out; the exact entry is stored", keys.short(key_hash))
-    except Exception as exc:  # noqa: BLE001 - indexing is best effort; the exact entry is stored
-        log.info("semantic add failed for %s (%s: %s)", keys.short(key_hash), type(exc).__name__, exc)
-    finally:
-        state.num_pending_adds -= 1
+        state.spawn(guarded(state, lambda: store.put(call.key, entry, ttl_s=remaining_s, group=call.cfg.group)))
+    return serve(call, entry, status="semantic-hit")
 
 
 def add_routes(app: web.Application) -> None:

@@ -32,7 +32,7 @@ class Mutation:
 
 
 MUTATIONS = [
-    Mutation("incomplete stream stored", "proxy/handlers.py",
+    Mutation("incomplete stream stored", "proxy/misses.py",
              "            if not recorder.complete:\n", "            if False:\n",
              (ADV + "test_streams.py::test_badly_ended_streams_are_relayed_but_never_stored",)),
     Mutation("unknown delta fields folded away", "proxy/streaming.py",
@@ -61,7 +61,7 @@ MUTATIONS = [
     Mutation("stored content not type-checked", "proxy/exact.py",
              '    for name in ("role", "content", "refusal", "reasoning_content"):', "    for name in ():",
              (ADV + "test_tampered_entries.py::test_tampered_entry_is_never_served[content-list-of-60-stream]",)),
-    Mutation("another tenant's entry served", "proxy/handlers.py",
+    Mutation("another tenant's entry served", "proxy/call.py",
              "        if entry.tenant != call.tenant:", "        if False:",
              (ADV + "test_tampered_entries.py::test_tampered_entry_is_never_served[other-tenant-json]",)),
     Mutation("stats without the admin token", "proxy/admin.py",

@@ -1,0 +1,181 @@
+"""One cacheable request in progress (:class:`Call`) and the steps every path of it shares.
+
+::
+
+    handlers: admit ─▶ exact lookup ─▶ semantic lookup ─┐
+                                                        ├─ Call ─▶ load_entry (validate, tenant, age)
+    misses:   join a flight · lead the upstream call ───┘          serve (JSON or SSE replay)
+                                                                   count_answer · guarded Redis writes
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from llmcache.proxy import cachecontrol, streaming
+from llmcache.proxy.breaker import CacheUnavailable
+from llmcache.proxy.exact import Entry, InvalidEntry
+
+from llmcache import keys
+
+if TYPE_CHECKING:
+    from llmcache.proxy.handlers import EffectiveConfig, ProxyState
+
+__all__ = ["JSON_TYPE", "SIMILARITY_HEADER", "SSE_TYPE", "STATUS_HEADER", "Call", "can_serve", "count_answer",
+           "guarded", "load_entry", "note_redis_failure", "serve"]
+
+log = logging.getLogger(__name__)
+
+STATUS_HEADER = "X-LLMCache-Status"
+SIMILARITY_HEADER = "X-LLMCache-Similarity"
+JSON_TYPE = "application/json"
+SSE_TYPE = "text/event-stream"
+
+
+_UNSET: Any = object()
+
+
+@dataclass(slots=True)
+class Call:
+    """One cacheable request in progress."""
+
+    request: web.Request
+    state: ProxyState
+    cfg: EffectiveConfig
+    route: str
+    raw: bytes
+    """The body as forwarded upstream (with ``cache_salt`` when enabled)."""
+    body: dict[str, Any]
+    key: str
+    tenant: str
+    namespace: str
+    query: str
+    directives: cachecontrol.RequestDirectives
+    stream: bool
+    include_usage: bool
+    stream_shape: str | None
+    asked_threshold: float | None = None
+    """``X-LLMCache-Similarity-Threshold`` (checked by :mod:`llmcache.proxy.controls`), or ``None``."""
+    redis_ok: bool = True
+    status: str = "miss"
+    similarity: float | None = None
+    coalesced: bool = False
+    lease_key: str | None = None
+    handed_off: bool = False
+    """True once landing the flight is the background store's job."""
+    _parts: Any = _UNSET
+    """The request's semantic split, computed at most once (lookup, then store)."""
+
+    def semantic_parts(self) -> keys.SemanticParts | None:
+        """:func:`llmcache.keys.semantic_parts` of this request (canonical JSON + SHA-256, done once)."""
+        if self._parts is _UNSET:
+            try:
+                self._parts = keys.semantic_parts(self.route, self.body, tenant=self.tenant, namespace=self.namespace,
+                                                  partition=self.cfg.partition, query=self.query)
+            except (ValueError, TypeError, RecursionError):
+                self._parts = None
+        return self._parts
+
+    @property
+    def log_key(self) -> str:
+        return keys.short(self.key)
+
+    @property
+    def wants_usage(self) -> bool:
+        """A JSON answer always carries usage; a stream only with ``include_usage``."""
+        return self.route != "/v1/embeddings" and (not self.stream or self.include_usage)
+
+
+async def load_entry(call: Call, key_hash: str, *, kind: str) -> Entry | None:
+    """Fetch and validate the entry at ``key_hash``; ``None`` on miss, invalid, stale or Redis trouble."""
+    state = call.state
+    if state.store is None:
+        call.redis_ok = False
+        return None
+    store = state.store
+    t0 = time.perf_counter()
+    try:
+        blob = await state.breaker.call(lambda: store.get(key_hash, group=call.cfg.group))
+    except CacheUnavailable:
+        call.redis_ok = False
+        note_redis_failure(state)
+        return None
+    finally:
+        state.metrics.observe_lookup(kind, time.perf_counter() - t0)
+    if blob is None:
+        return None
+    try:
+        # A stored entry is the answer (≤ max_entry_bytes) escaped once inside the entry JSON.
+        if len(blob) > 2 * state.settings.cache.max_entry_bytes + 4096:
+            raise InvalidEntry(f"entry of {len(blob)} bytes exceeds what the proxy stores")
+        entry = Entry.from_json(blob, route=call.route)
+        if entry.tenant != call.tenant:
+            raise InvalidEntry("entry belongs to another tenant")
+    except InvalidEntry as exc:
+        log.warning("dropping invalid cache entry %s: %s", keys.short(key_hash), exc)
+        state.spawn(guarded(state, lambda: store.delete(key_hash)))
+        return None
+    if call.cfg.invalidate_before_s is not None and entry.created_s < call.cfg.invalidate_before_s:
+        return None
+    if not call.directives.accepts_age(entry.age_s()):
+        return None
+    if not can_serve(call, entry):
+        return None
+    return entry
+
+
+def can_serve(call: Call, entry: Entry) -> bool:
+    """False when the request wants usage (a JSON answer, or a stream with ``include_usage``) and
+    ``entry`` was recorded from a stream without it.
+
+    Clients read usage, so such a request is fetched once; its answer (with usage) then replaces
+    the entry and serves every shape.
+    """
+    return not call.wants_usage or entry.has_usage or entry.origin != "sse"
+
+
+def count_answer(call: Call, status: str, *, tokens_saved: int = 0, bytes_saved: int = 0) -> None:
+    """Count one answer with cache ``status`` in the metrics and the per-namespace stats."""
+    call.state.metrics.count(call.route, status)
+    call.state.stats.add(call.namespace, status, policy=call.cfg.policy_id, tokens_saved=tokens_saved,
+                         bytes_saved=bytes_saved)
+
+
+def note_redis_failure(state: ProxyState) -> None:
+    state.metrics.redis_failures.inc()
+    state.metrics.breaker_open.set(1 if state.breaker.is_open else 0)
+
+
+async def guarded(state: ProxyState, op: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a Redis operation under the breaker in the background; failures only count."""
+    try:
+        return await state.breaker.call(op)
+    except CacheUnavailable:
+        note_redis_failure(state)
+        return None
+
+
+def serve(call: Call, entry: Entry, *, status: str) -> web.Response:
+    """Answer from ``entry`` in the shape the request asked for (JSON or SSE)."""
+    state = call.state
+    call.status = status
+    headers = {STATUS_HEADER: status, "Age": str(int(entry.age_s()))}
+    if call.similarity is not None:
+        headers[SIMILARITY_HEADER] = f"{call.similarity:.4f}"
+    if call.stream:
+        payload = streaming.replay(call.route, entry.answer(), include_usage=call.include_usage)
+        headers["Cache-Control"] = "no-cache"
+        resp = web.Response(body=payload, headers=headers, content_type=SSE_TYPE)
+    else:
+        payload = entry.body.encode()
+        resp = web.Response(body=payload, headers=headers, content_type=JSON_TYPE)
+    count_answer(call, status, tokens_saved=entry.prompt_tokens + entry.completion_tokens, bytes_saved=len(payload))
+    state.metrics.served_from_cache(num_bytes=len(payload), prompt_tokens=entry.prompt_tokens,
+                                    completion_tokens=entry.completion_tokens)
+    log.debug("%s %s age=%ss", status, call.log_key, headers["Age"])
+    return resp

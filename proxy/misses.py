@@ -1,0 +1,326 @@
+"""Misses: one upstream call per key, shared by every identical request (single-flight).
+
+::
+
+    miss ─▶ join a flight running here? ─yes─▶ follow: its chunks as they come / its entry
+         └▶ [--single-flight-lease] another pod leads? ─▶ poll for its entry, else lead
+         └▶ lead: upstream ─▶ relay chunks while recording ─▶ complete and valid?
+                     ─▶ store (fixed TTL) + semantic add in the background ─▶ land the flight
+
+A follower never waits longer than its leader's upstream call; Redis trouble while storing
+only costs the entry (the answer was already relayed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from llmcache.proxy import cachecontrol, streaming, upstream
+from llmcache.proxy.breaker import CacheUnavailable
+from llmcache.proxy.exact import Entry, validate_answer
+from llmcache.proxy.singleflight import Flight
+
+from llmcache import keys
+
+if TYPE_CHECKING:
+    from llmcache.proxy.handlers import ProxyState
+
+__all__ = ["join_flight", "miss"]
+
+log = logging.getLogger(__name__)
+from llmcache.proxy.call import (
+    JSON_TYPE,
+    SSE_TYPE,
+    STATUS_HEADER,
+    Call,
+    can_serve,
+    count_answer,
+    guarded,
+    load_entry,
+    note_redis_failure,
+    serve,
+)
+
+
+async def join_flight(call: Call) -> web.StreamResponse | None:
+    """Serve from an identical request's upstream call in this process, if one is running."""
+    flight = call.state.flights.join(call.key, needs_usage=call.wants_usage)
+    if flight is None:
+        return None
+    call.state.metrics.coalesced.inc()
+    return await _follow(call, flight)
+
+
+async def miss(call: Call, *, join: bool) -> web.StreamResponse:
+    state = call.state
+    if join:
+        served = await join_flight(call)
+        if served is not None:
+            return served
+    # Lead in-process first, so identical requests here join this flight while it waits for
+    # another pod's lease.
+    flight = state.flights.lead(call.key, stream_shape=call.stream_shape,
+                                with_usage=not call.stream or call.include_usage,
+                                max_bytes=state.settings.cache.max_entry_bytes)
+    try:
+        if state.lease is not None and call.redis_ok and not call.directives.no_store:
+            waited = await _cross_pod_wait(call)
+            if isinstance(waited, Entry):
+                flight.finish(waited)
+                call.coalesced = True
+                return serve(call, waited, status="hit")
+            call.lease_key = waited
+        return await _lead(call, flight)
+    finally:
+        if not call.handed_off:
+            _land(call, flight)
+
+
+def _land(call: Call, flight: Flight) -> None:
+    """End ``flight`` (later requests read Redis again) and give up the cross-pod lease."""
+    state = call.state
+    state.flights.land(flight)
+    if call.lease_key is not None and state.lease is not None:
+        lease, lease_key = state.lease, call.lease_key
+        state.spawn(guarded(state, lambda: lease.release(lease_key)))
+
+
+async def _store_then_land(call: Call, flight: Flight, entry: Entry) -> None:
+    """Store after the answer went out, then land: until the entry is in Redis, identical
+    requests join the finished flight and are served its entry from memory (no gap, no repeat
+    upstream call), and the client's next request on the connection does not wait for Redis."""
+    try:
+        await _store(call, entry)
+    finally:
+        _land(call, flight)
+
+
+async def _cross_pod_wait(call: Call) -> Entry | str | None:
+    """Own the miss across pods (return the lease key), or wait for the owner's entry (return it).
+
+    ``None``: no lease (Redis trouble, or the owner gave up without storing): call the upstream.
+    """
+    state = call.state
+    assert state.lease is not None
+    lease = state.lease
+    ttl_s = min(state.settings.upstream.timeout_s, 60.0)
+    try:
+        if await state.breaker.call(lambda: lease.acquire(call.key, ttl_s=ttl_s)):
+            return call.key
+    except CacheUnavailable:
+        return None
+    deadline = time.monotonic() + ttl_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.025)
+        entry = await load_entry(call, call.key, kind="exact")
+        if entry is not None:
+            return entry
+        try:
+            if not await state.breaker.call(lambda: lease.held(call.key)):
+                break
+        except CacheUnavailable:
+            break
+    return None
+
+
+async def _follow(call: Call, flight: Flight) -> web.StreamResponse | None:
+    """Serve from another request's upstream call; ``None`` when it failed before sending anything."""
+    call.coalesced = True
+    if call.stream and flight.stream_shape == call.stream_shape:
+        out: web.StreamResponse | None = None
+        try:
+            async for chunk in flight.follow():
+                if out is None:
+                    out = web.StreamResponse(status=200, headers={STATUS_HEADER: "hit", "Age": "0",
+                                                                  "Content-Type": SSE_TYPE, "Cache-Control": "no-cache"})
+                    await out.prepare(call.request)
+                await out.write(chunk)
+        except ConnectionResetError:
+            flight.num_followers -= 1  # one reader fewer for the leader to keep the upstream open for
+            return out or web.Response(status=499)
+        if out is None:  # the flight ended (or overflowed) without a streamed byte
+            if flight.overflowed:
+                return None  # too long to share: go upstream ourselves
+            if flight.entry is not None and can_serve(call, flight.entry):
+                return serve(call, flight.entry, status="hit")
+            return None  # go upstream ourselves
+        if flight.failed or flight.overflowed:
+            upstream.abort(call.request)
+            return out
+        call.status = "hit"
+        state = call.state
+        state.metrics.count(call.route, "hit")
+        entry = flight.entry
+        if entry is not None:
+            state.metrics.served_from_cache(num_bytes=0, prompt_tokens=entry.prompt_tokens,
+                                            completion_tokens=entry.completion_tokens)
+            state.stats.add(call.namespace, "hit", policy=call.cfg.policy_id,
+                            tokens_saved=entry.prompt_tokens + entry.completion_tokens)
+        await out.write_eof()
+        return out
+    entry = await flight.wait()
+    if entry is None or not can_serve(call, entry):
+        return None
+    return serve(call, entry, status="hit")
+
+
+
+
+async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
+    """Call the upstream, relay its answer as it arrives, store it when complete."""
+    state = call.state
+    assert state.upstream is not None
+    request = call.request
+    call.status = "miss" if call.redis_ok else "bypass"
+    headers = upstream.filter_headers(request.headers, drop=frozenset({"accept-encoding"}))
+    headers["Accept-Encoding"] = "identity"  # we must be able to read what we store
+    t0 = time.perf_counter()
+    try:
+        resp = await state.upstream.open("POST", request.raw_path, headers, call.raw)
+    except upstream.UpstreamError as exc:
+        flight.fail()
+        count_answer(call, call.status)
+        log.info("upstream failed for %s: %s", call.log_key, exc.message)
+        return upstream.error_response(exc.status, exc.message, type_="upstream_error",
+                                       headers={STATUS_HEADER: call.status})
+    state.metrics.observe_upstream(call.route, time.perf_counter() - t0)
+    count_answer(call, call.status)
+    ctype = resp.headers.get("Content-Type", "")
+    is_sse = ctype.startswith(SSE_TYPE)
+    encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+    recording = resp.status == 200 and not encoded and (is_sse or ctype.startswith(JSON_TYPE))
+    push = recording and is_sse and flight.stream_shape is not None
+    max_bytes = state.settings.cache.max_entry_bytes
+    recorder = streaming.SSERecorder(call.route, max_bytes=max_bytes) if recording and is_sse else None
+    parts: list[bytes] = []
+    size = 0
+
+    out = upstream.response_for(resp, extra_headers={STATUS_HEADER: call.status})
+    client_gone = False
+    try:
+        try:
+            await out.prepare(request)
+        except ConnectionResetError:
+            client_gone = True
+        async for chunk in resp.content.iter_any():
+            if push:
+                flight.push(chunk)
+            if recorder is not None:
+                recorder.feed(chunk)
+            elif recording:
+                size += len(chunk)
+                if size > max_bytes:
+                    recording = False
+                    parts.clear()
+                else:
+                    parts.append(chunk)
+            if not client_gone:
+                try:
+                    await out.write(chunk)
+                except ConnectionResetError:
+                    client_gone = True
+            # Keep reading for requests that joined this call; with none left, stop the upstream.
+            if client_gone and flight.num_followers == 0:
+                break
+        else:
+            if not client_gone:
+                with contextlib.suppress(ConnectionResetError):
+                    await out.write_eof()
+    except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+        log.info("upstream broke off the answer for %s (%s); not stored", call.log_key, type(exc).__name__)
+        flight.fail()
+        upstream.abort(request)
+        return out
+    finally:
+        resp.release()
+    if client_gone:
+        # A cancelled request is never stored; requests that joined it still get the answer.
+        log.info("client left before the answer for %s was complete; not stored", call.log_key)
+        entry = _entry_from(call, recorder, parts) if recording and flight.num_followers else None
+        if entry is None:
+            flight.fail()
+        else:
+            flight.finish(entry)
+        return out
+    entry = _entry_from(call, recorder, parts) if recording else None
+    flight.finish(entry)
+    if entry is not None and not call.directives.no_store and call.redis_ok:
+        call.handed_off = True
+        state.spawn(_store_then_land(call, flight, entry))
+    return out
+
+
+def _entry_from(call: Call, recorder: streaming.SSERecorder | None, parts: list[bytes]) -> Entry | None:
+    """The storable entry of a complete answer, or ``None`` (incomplete, error body, not parseable)."""
+    try:
+        if recorder is not None:
+            if not recorder.complete:
+                log.info("stream for %s ended without [DONE]/finish_reason; not stored", call.log_key)
+                return None
+            answer = recorder.answer()
+            text = json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
+            origin = "sse"
+        else:
+            text = b"".join(parts).decode()
+            answer = json.loads(text)
+            origin = "json"
+        validate_answer(call.route, answer)
+    except (ValueError, UnicodeDecodeError) as exc:  # InvalidEntry is a ValueError
+        log.info("answer for %s is not storable: %s", call.log_key, exc)
+        return None
+    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+    model = answer.get("model") if isinstance(answer.get("model"), str) else str(call.body.get("model", ""))
+    return Entry(route=call.route, model=model, created_s=time.time(), body=text, tenant=call.tenant,
+                 namespace=call.namespace, origin=origin,
+                 prompt_tokens=_int(usage.get("prompt_tokens")), completion_tokens=_int(usage.get("completion_tokens")))
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+async def _store(call: Call, entry: Entry) -> None:
+    """Write the entry (fixed TTL) and register it with the semantic index; failures only count."""
+    state = call.state
+    store = state.store
+    if store is None:
+        return
+    ttl_s = cachecontrol.entry_ttl_s(call.directives, ttl_bound_s=call.cfg.ttl_s)
+    try:
+        await state.breaker.call(lambda: store.put(call.key, entry, ttl_s=ttl_s, group=call.cfg.group))
+    except CacheUnavailable:
+        note_redis_failure(state)
+        log.info("could not store %s (redis unavailable); served uncached", call.log_key)
+        return
+    if call.cfg.semantic and state.semantic is not None:
+        parts = call.semantic_parts()
+        if parts is None:
+            return
+        if state.num_pending_adds >= state.settings.semantic.max_pending_adds:
+            # The embedder is behind: skip indexing rather than queue without bound.
+            state.metrics.semantic_adds_skipped.inc()
+            log.info("semantic add for %s skipped: %d adds pending", call.log_key, state.num_pending_adds)
+            return
+        state.num_pending_adds += 1
+        state.spawn(_semantic_add(state, state.semantic, parts, call.key, ttl_s))
+
+
+async def _semantic_add(state: ProxyState, semantic: Any, parts: keys.SemanticParts, key_hash: str,
+                        ttl_s: int) -> None:
+    """Index the stored entry by meaning, within ``SemanticOptions.add_timeout_ms``; failures only log."""
+    try:
+        async with asyncio.timeout(state.settings.semantic.add_timeout_ms / 1000):
+            await semantic.add(parts, key_hash, ttl_s=ttl_s)
+    except TimeoutError:
+        log.info("semantic add for %s timed out; the exact entry is stored", keys.short(key_hash))
+    except Exception as exc:  # noqa: BLE001 - indexing is best effort; the exact entry is stored
+        log.info("semantic add failed for %s (%s: %s)", keys.short(key_hash), type(exc).__name__, exc)
+    finally:
+        state.num_pending_adds -= 1
