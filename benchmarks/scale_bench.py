@@ -8,9 +8,13 @@ create``), and every phase runs the same load against each::
     load ── N entries (exact JSON + bookkeeping + 384-d vector doc) ──▶ target
     exact hit   RedisExactStore.get (the proxy's script) × --exact-gets, concurrency 1
     KNN         SearchIndex.search (the proxy's backend; on the cluster: every master, top-k merged)
-    scale       P = 1 … 16 `llmcache proxy` processes sharing the target, a mixed load
-                (--hit-share of requests from a pool primed through proxy #1 only, the rest unique),
-                hits/s, hits per CPU-second (proxies + Redis), hit rate per P
+    scale       P = 1 … 16 `llmcache proxy` processes sharing the target, driven by wrk (one
+                thread per proxy): --hit-share of requests from a pool primed through proxy #1
+                only, the rest unique; 'per-proc' load gives every proxy its own clients,
+                'fixed' spreads --clients over them; hits/s, hits per CPU-second (proxies +
+                Redis), hit rate per P
+    control     the same rounds against P scale_control.py servers: aiohttp awaiting one Redis
+                GET per request on the target, and bare aiohttp (what P event loops cost here)
 
 Reported per target: memory per entry (``used_memory`` delta over all masters / N),
 exact-hit and KNN p50/p99, and the scale table. Goals (issue 13): KNN p50 ≤ 10 ms at
@@ -23,8 +27,11 @@ index is built as entries are loaded).
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/scale_bench.py --entries 20000            # quick, ~4 min
-    .venv/bin/python benchmarks/scale_bench.py --entries 1000000          # the issue's size
+    .venv/bin/python benchmarks/scale_bench.py --entries 20000            # processes + controls, ~8 min
+    .venv/bin/python benchmarks/scale_bench.py --entries 1000000 --procs '' --out benchmarks/results/scale_1m
+                                                                          # the issue's size, ~1 h here
+
+The process phase needs ``wrk`` (``apt-get install wrk``).
 
 Writes ``<out>/scale_bench.json`` and ``scale_bench.png`` (``--out``, default
 ``benchmarks/results``).
@@ -442,7 +449,8 @@ def report(result: dict[str, Any], out: Path) -> None:
     except ImportError:
         print("matplotlib missing: no plot written")
         return
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = 3 if result.get("scale") else 2
+    fig, axes = plt.subplots(1, panels, figsize=(14 if panels == 3 else 9.5, 4))
     x = np.arange(len(names))
     for ax, key, title in ((axes[0], "exact", "exact hit (ms)"), (axes[1], "knn", "KNN (ms)")):
         ax.bar(x - 0.2, [result["targets"][n][key]["p50_ms"] for n in names], 0.4, label="p50")
@@ -541,7 +549,7 @@ def main() -> int:
             raise SystemExit(f"unknown target {name!r}: use single and/or cluster")
         result["scale"].extend(result["targets"][name].pop("scale", []))
     if procs and args.control:
-        print("[control] bare aiohttp servers (the stub upstream, no cache), same load", flush=True)
+        print("[control] bare aiohttp servers (scale_control.py, no Redis), same load", flush=True)
         result["scale"].extend(asyncio.run(control(None, procs=procs, workdir=workdir, **load_args(args))))
     report(result, args.out)
     return 0
