@@ -13,7 +13,7 @@ create``), and every phase runs the same load against each::
                 only, the rest unique; 'per-proc' load gives every proxy its own clients,
                 'fixed' spreads --clients over them; hits/s, hits per CPU-second (proxies +
                 Redis), hit rate per P
-    control     the same rounds against P scale_control.py servers: aiohttp awaiting one Redis
+    control     the same rounds against P helpers/scale_control.py servers: aiohttp awaiting one Redis
                 GET per request on the target, and bare aiohttp (what P event loops cost here)
 
 Reported per target: memory per entry (``used_memory`` delta over all masters / N),
@@ -352,7 +352,7 @@ async def scale(t: Target, *, procs: list[int], workdir: Path, **load: Any) -> l
 
 
 async def control(t: Target | None, *, procs: list[int], workdir: Path, **load: Any) -> list[dict[str, Any]]:
-    """The same rounds against P control servers (``scale_control.py``): bare aiohttp answering
+    """The same rounds against P control servers (``helpers/scale_control.py``): bare aiohttp answering
     JSON (``t`` None, row target ``control``), or the same awaiting one Redis GET on ``t`` per
     request (``<t>+get``), as a cache hit waits on Redis once. They show what running P Python
     event loops, with and without a Redis wait, costs on this machine by itself; llmcache's
@@ -363,7 +363,7 @@ async def control(t: Target | None, *, procs: list[int], workdir: Path, **load: 
     name = "control" if t is None else f"{t.name}+get"
     ports = [free_port() for _ in range(max(procs))]
     extra = [] if t is None else ["--redis-url", t.url]
-    servers = [spawn([str(REPO / "benchmarks" / "scale_control.py"), "--listen", f"127.0.0.1:{p}", *extra],
+    servers = [spawn([str(REPO / "benchmarks" / "helpers" / "scale_control.py"), "--listen", f"127.0.0.1:{p}", *extra],
                      workdir / f"{name}-{i}.log") for i, p in enumerate(ports)]
     try:
         async with aiohttp.ClientSession() as session:
@@ -416,7 +416,8 @@ def report(result: dict[str, Any], out: Path) -> None:
         print(f"{'target':12s} {'load':8s} {'P':>3s} {'clients':>7s} {'hits/s':>8s} {'hits/CPU-s':>11s} "
               f"{'proxy ms/req':>12s} {'hit rate':>9s} {'p50 ms':>7s} {'errors':>7s}")
         for r in result["scale"]:
-            print(f"{r['target']:12s} {r['load_model']:8s} {r['processes']:3d} {r['clients']:7d} {r['hits_per_s']:8.0f} "
+            print(f"{r['target']:12s} {r['load_model']:8s} {r['processes']:3d} {r['clients']:7d} "
+                  f"{r['hits_per_s']:8.0f} "
                   f"{r['hits_per_cpu_s']:11.0f} {r['proxy_cpu_ms_per_request']:12.3f} {r['hit_rate']:9.3f} "
                   f"{r['latency_p50_ms']:7.2f} {r['errors']:7d}")
         def curve(target: str, model: str, key: str) -> list[tuple[int, float]]:

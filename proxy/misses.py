@@ -138,8 +138,8 @@ async def _follow(call: Call, flight: Flight) -> web.StreamResponse | None:
         try:
             async for chunk in flight.follow():
                 if out is None:
-                    out = web.StreamResponse(status=200, headers={STATUS_HEADER: "hit", "Age": "0",
-                                                                  "Content-Type": SSE_TYPE, "Cache-Control": "no-cache"})
+                    out = web.StreamResponse(status=200, headers={
+                        STATUS_HEADER: "hit", "Age": "0", "Content-Type": SSE_TYPE, "Cache-Control": "no-cache"})
                     await out.prepare(call.request)
                 await out.write(chunk)
         except ConnectionResetError:

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Control servers for ``scale_bench.py``: what P Python event loops cost here without llmcache.
 
-    python benchmarks/scale_control.py --listen 127.0.0.1:PORT                  # parse JSON, answer JSON
-    python benchmarks/scale_control.py --listen 127.0.0.1:PORT --redis-url URL  # the same + one Redis GET
+    python benchmarks/helpers/scale_control.py --listen 127.0.0.1:PORT                  # parse JSON, answer JSON
+    python benchmarks/helpers/scale_control.py --listen 127.0.0.1:PORT --redis-url URL  # the same + one Redis GET
 
 Both answer ``POST /v1/chat/completions`` with a fixed chat completion of the size the cache
 serves; the second first awaits one ``GET`` on the target (a cluster with ``redis+cluster://``),
 so each request waits on Redis once, as a cache hit does. Read llmcache's curve against them.
+A server for the benchmark to start, not a benchmark: it writes no results (hence no ``--out``).
 """
 
 from __future__ import annotations
