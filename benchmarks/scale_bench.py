@@ -243,18 +243,18 @@ def cpu_s(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-async def wait_ready(session: Any, urls: list[str], *, timeout_s: float = 120) -> None:
+async def wait_ready(session: Any, urls: list[str], *, path: str = "/readyz", timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     for url in urls:
         while True:
             try:
-                async with session.get(url + "/readyz") as r:
+                async with session.get(url + path) as r:
                     if r.status == 200:
                         break
             except Exception:  # noqa: BLE001 - not listening yet
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"proxy {url} not ready within {timeout_s}s")
+                raise RuntimeError(f"{url} not ready ({path}) within {timeout_s}s")
             await asyncio.sleep(0.2)
 
 
@@ -367,18 +367,7 @@ async def control(t: Target | None, *, procs: list[int], workdir: Path, **load: 
                      workdir / f"{name}-{i}.log") for i, p in enumerate(ports)]
     try:
         async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 60
-            for port in ports:
-                while True:
-                    try:
-                        async with session.get(f"http://127.0.0.1:{port}/v1/models") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"control server on port {port} did not start")
-                    await asyncio.sleep(0.2)
+            await wait_ready(session, [f"http://127.0.0.1:{p}" for p in ports], path="/v1/models", timeout_s=60)
         return await rounds(name, t, ports, [s.pid for s in servers], procs=procs, **load)
     finally:
         stop(servers)

@@ -376,15 +376,9 @@ class SearchIndex:
         await self._redis.delete(self._keyspace.vector(key_hash))
 
     async def _refresh_count(self) -> None:
-        try:
-            total = 0
-            for name in self._names:
-                info = await self._redis.execute_command("FT.INFO", name)
-                fields = info if isinstance(info, Mapping) else _pairs(info)
-                total += int(float(_s(_get(fields, "num_docs"))))
-            self._num_docs = total
-        except Exception:  # noqa: BLE001 - stats only
-            pass
+        counts = await self._infos(self._names)
+        if counts and None not in counts:  # stats only: keep the last count when a master failed
+            self._num_docs = sum(c for c in counts if c is not None)
         self._num_docs_at = time.monotonic()
 
     async def close(self) -> None:
