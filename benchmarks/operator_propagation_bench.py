@@ -191,7 +191,7 @@ def main() -> int:
         with EmbeddedRedis(with_search=False) as server:
             r = redis.Redis.from_url(server.url)
             up_port, health_port = free_port(), free_port()
-            procs.append(spawn([sys.executable, "-m", "llmcache.proxy.stub_upstream", "--listen",
+            procs.append(spawn([sys.executable, "-m", "llmcache.testing.stub_upstream", "--listen",
                                 f"127.0.0.1:{up_port}"], workdir / "upstream.log", env))
             procs.append(spawn([sys.executable, "-m", "llmcache", "operator", "--redis-url", server.url,
                                 "--namespace", NS, "--standalone", "--webhook-listen", "",

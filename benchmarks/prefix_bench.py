@@ -46,7 +46,7 @@ from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from llmcache.model_server import handlers, loader  # noqa: E402
 from llmcache.model_server.settings import ModelServerSettings, ModelSettings, PrefixCacheSettings  # noqa: E402
-from llmcache.model_server.threaded import serve_in_thread  # noqa: E402
+from llmcache.testing.threaded import serve_in_thread  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

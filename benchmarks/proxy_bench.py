@@ -687,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with EmbeddedRedis(with_search=False) as redis_server:
         stub_port, ours_port, lite_port = free_port(), free_port(), free_port()
         stub = f"http://127.0.0.1:{stub_port}"
-        with _process([sys.executable, "-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{stub_port}",
+        with _process([sys.executable, "-m", "llmcache.testing.stub_upstream", "--listen", f"127.0.0.1:{stub_port}",
                        "--latency-ms", f"{args.upstream_latency_ms:g}"], log=work / "stub.log", env=env, cwd=work) as sp:
             _wait_http(stub + "/v1/models", timeout_s=60, proc=sp, log=work / "stub.log")
             for i in range(5):

@@ -61,7 +61,7 @@ from llmcache.proxy.vector_index import doc_fields
 
 from llmcache import connection
 from llmcache.keyspace import DEFAULT_GROUP, Keyspace
-from llmcache.redis_cluster import EmbeddedCluster
+from llmcache.testing.redis_cluster import EmbeddedCluster
 from llmcache.redis_server import EmbeddedRedis, _die_with_parent, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -326,7 +326,7 @@ async def scale(t: Target, *, procs: list[int], workdir: Path, **load: Any) -> l
     import aiohttp
 
     stub_port = free_port()
-    upstream = spawn(["-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{stub_port}",
+    upstream = spawn(["-m", "llmcache.testing.stub_upstream", "--listen", f"127.0.0.1:{stub_port}",
                       "--latency-ms", "2"], workdir / f"stub-{t.name}.log")
     ports = [free_port() for _ in range(max(procs))]
     proxies = [spawn(["-m", "llmcache", "proxy", "--listen", f"127.0.0.1:{p}", "--redis-url", t.url,

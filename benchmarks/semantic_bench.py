@@ -174,7 +174,7 @@ async def bench_exact_path(url: str, *, num_requests: int) -> dict[str, Any] | N
 
         from llmcache.proxy import settings as ps
         from llmcache.proxy.app import create_app
-        from llmcache.proxy.stub_upstream import StubConfig, create_stub_app
+        from llmcache.testing.stub_upstream import StubConfig, create_stub_app
     except ImportError as exc:
         print(f"proxy not available ({exc}): exact-path comparison skipped", file=sys.stderr)
         return None

@@ -71,7 +71,7 @@ from typing import Any
 import aiohttp
 
 from llmcache import keys
-from llmcache.proxy.stub_upstream import answer_text
+from llmcache.testing.stub_upstream import answer_text
 from llmcache.redis_server import EmbeddedRedis, free_port
 
 ROUTE = "/v1/chat/completions"
@@ -107,7 +107,7 @@ class Run:
 
 def start_stub() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{port}"],
+    proc = subprocess.Popen([sys.executable, "-m", "llmcache.testing.stub_upstream", "--listen", f"127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -15,5 +15,4 @@ Modules (import them directly; this package imports nothing so ``llmcache proxy 
 - :mod:`~llmcache.proxy.controls` — every request control header, checked once (400 names the header)
 - :mod:`~llmcache.proxy.metrics`, :mod:`~llmcache.proxy.telemetry` — Prometheus, OpenTelemetry
 - :mod:`~llmcache.proxy.semantic`, :mod:`~llmcache.proxy.policy_watch` — semantic cache, CachePolicy
-- :mod:`~llmcache.proxy.stub_upstream` — an OpenAI-speaking upstream for tests, benchmarks and demos
 """

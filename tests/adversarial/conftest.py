@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from llmcache.proxy.app import create_app
-from llmcache.proxy.stub_upstream import StubConfig
+from llmcache.testing.stub_upstream import StubConfig
 from llmcache.redis_server import free_port
 
 _PROXY_TESTS = Path(__file__).resolve().parent.parent / "proxy"

@@ -147,7 +147,8 @@ def model_server_url():
     import torch
 
     from llmcache.model_server import handlers as ms_handlers
-    from llmcache.model_server import loader, threaded
+    from llmcache.model_server import loader
+    from llmcache.testing import threaded
     from llmcache.model_server.settings import ModelServerSettings
 
     torch.set_num_threads(1)

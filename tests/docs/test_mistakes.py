@@ -57,7 +57,7 @@ def wait_until(predicate, *, timeout_s: float, what: str) -> None:  # type: igno
 def stub_upstream() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The OpenAI-speaking stub as a process on a free port: (root URL, process)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{port}"],
+    proc = subprocess.Popen([sys.executable, "-m", "llmcache.testing.stub_upstream", "--listen", f"127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     url = f"http://127.0.0.1:{port}"
     try:

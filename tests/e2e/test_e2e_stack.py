@@ -149,7 +149,7 @@ def start_up(*extra: str, log_dir: Path, with_model: bool = True, cwd: Path | No
 def stub_upstream() -> Iterator[str]:
     """The proxy package's OpenAI-speaking stub on a free port (root URL)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{port}"],
+    proc = subprocess.Popen([sys.executable, "-m", "llmcache.testing.stub_upstream", "--listen", f"127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:
         wait_until(lambda: not port_free(port), timeout_s=30, what="the stub upstream")
@@ -368,7 +368,7 @@ def test_up_passes_component_env_vars_through(tmp_path: Path, stub_upstream: str
 
 def test_demo_reports_a_failing_upstream_clearly_and_stops_the_stack(tmp_path: Path) -> None:
     port = free_port()
-    stub = subprocess.Popen([sys.executable, "-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{port}",
+    stub = subprocess.Popen([sys.executable, "-m", "llmcache.testing.stub_upstream", "--listen", f"127.0.0.1:{port}",
                              "--fault", "500"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:
         wait_until(lambda: not port_free(port), timeout_s=30, what="the stub upstream")

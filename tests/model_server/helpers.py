@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from llmcache.model_server import loader, threaded
+from llmcache.model_server import loader
+from llmcache.testing import threaded
 from llmcache.model_server.generate import Engine
 from llmcache.model_server.handlers import STATE_KEY, ServerState
 

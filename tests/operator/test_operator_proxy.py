@@ -75,7 +75,7 @@ def processes(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         port = free_port()
         log = tmp_path / f"{kind}-{name or port}.log"
         if kind == "upstream":
-            args = [sys.executable, "-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{port}"]
+            args = [sys.executable, "-m", "llmcache.testing.stub_upstream", "--listen", f"127.0.0.1:{port}"]
             probe = "/v1/models"
         else:
             args = [sys.executable, "-m", "llmcache", "proxy", "--listen", f"127.0.0.1:{port}",

@@ -1,6 +1,6 @@
 """Proxy fixtures: the stub upstream and the proxy as real HTTP servers on 127.0.0.1 free ports.
 
-``proxy_stack(**overrides)`` starts a stub upstream (:mod:`llmcache.proxy.stub_upstream`)
+``proxy_stack(**overrides)`` starts a stub upstream (:mod:`llmcache.testing.stub_upstream`)
 and a proxy (``create_app``) in front of it on a real Redis, and returns a
 :class:`proxy_helpers.Stack` with both URLs, the proxy state and an ``openai.AsyncOpenAI``
 factory. Everything is torn down at the end of the test.
@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from proxy_helpers import Stack, proxy_settings
 
 from llmcache.proxy.app import create_app
-from llmcache.proxy.stub_upstream import StubConfig, create_stub_app
+from llmcache.testing.stub_upstream import StubConfig, create_stub_app
 from llmcache.redis_server import free_port
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from llmcache.proxy import settings as ps
 from llmcache.proxy.handlers import STATE, ProxyState
-from llmcache.proxy.stub_upstream import StubConfig
+from llmcache.testing.stub_upstream import StubConfig
 
 SALT = b"test-salt-0123456789"
 ADMIN_TOKEN = "admin-secret"

@@ -46,7 +46,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 def test_proxy_process_with_env_and_flags(processes, redis_plain_url: str, tmp_path) -> None:
     stub_port, proxy_port = free_port(), free_port()
     processes.append(subprocess.Popen(
-        [sys.executable, "-m", "llmcache.proxy.stub_upstream", "--listen", f"127.0.0.1:{stub_port}",
+        [sys.executable, "-m", "llmcache.testing.stub_upstream", "--listen", f"127.0.0.1:{stub_port}",
          "--latency-ms", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     log_path = tmp_path / "proxy.log"
     env = {**os.environ, "LLMCACHE_REDIS_URL": redis_plain_url, "LLMCACHE_TENANT_SALT": "s3cret",

@@ -13,7 +13,7 @@ from proxy_helpers import CHAT, TOOLS
 
 from llmcache.proxy import streaming
 from llmcache.proxy.exact import InvalidEntry, validate_answer
-from llmcache.proxy.stub_upstream import create_stub_app
+from llmcache.testing.stub_upstream import create_stub_app
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from proxy_helpers import CHAT, TOOLS
 
-from llmcache.proxy.stub_upstream import StubConfig, create_stub_app
+from llmcache.testing.stub_upstream import StubConfig, create_stub_app
 
 
 @pytest.fixture

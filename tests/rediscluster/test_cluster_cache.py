@@ -26,7 +26,7 @@ from llmcache.proxy.exact import Entry, RedisExactStore
 from llmcache.proxy.index_search import SearchIndex
 from llmcache.proxy.policy_watch import PolicyWatcher, WatchSettings
 from llmcache.proxy.singleflight import RedisLease
-from llmcache.redis_cluster import EmbeddedCluster
+from llmcache.testing.redis_cluster import EmbeddedCluster
 
 from proxy_helpers import CHAT
 

@@ -23,7 +23,7 @@ import redis
 from llmcache import connection
 from llmcache.keyspace import Keyspace
 from llmcache.proxy.index_search import SearchIndex
-from llmcache.redis_cluster import EmbeddedCluster, find_valkey_cli
+from llmcache.testing.redis_cluster import EmbeddedCluster, find_valkey_cli
 
 from test_cluster_cache import chat, masters_of
 

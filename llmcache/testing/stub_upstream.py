@@ -25,7 +25,7 @@ and faults), ``POST /stub/config {"latency_ms", "chunk_delay_ms", "fault"}``,
 ``* /stub/echo/…`` (describes the request it got: method, path, query,
 headers, body SHA-256 and size: what pass-through tests compare).
 
-Run: ``python -m llmcache.proxy.stub_upstream --listen 127.0.0.1:9000 --latency-ms 20``.
+Run: ``python -m llmcache.testing.stub_upstream --listen 127.0.0.1:9000 --latency-ms 20``.
 """
 
 from __future__ import annotations
@@ -395,7 +395,7 @@ def create_stub_app(config: StubConfig | None = None) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmcache.proxy.stub_upstream", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m llmcache.testing.stub_upstream", description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:9000", help="HOST:PORT (default 127.0.0.1:9000)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="fixed delay before each answer (ms)")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between SSE chunks (ms)")
