@@ -59,5 +59,9 @@ test-cluster: venv cluster-deps cluster-bins images
 test-fast: venv
 	$(PY) -m pytest -m 'not slow and not controlplane' $(PYTEST_ARGS)
 
+# Static checks: ruff with the rule set in pyproject.toml ([tool.ruff]); CI-clean means no output.
+lint: venv
+	$(VENV)/bin/ruff check .
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

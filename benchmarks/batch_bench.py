@@ -52,12 +52,12 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import aiohttp  # noqa: E402
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prefix_bench import pct, system_prompt  # noqa: E402
+from prefix_bench import pct, system_prompt
 
-from llmcache.redis_server import free_port  # noqa: E402
+from llmcache.redis_server import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _SUBJECTS = ["a lighthouse keeper", "a lost robot", "a desert caravan", "a mountain village", "a deep-sea diver",

@@ -40,13 +40,13 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import openai  # noqa: E402
-import torch  # noqa: E402
-from transformers.generation.streamers import BaseStreamer  # noqa: E402
+import openai
+import torch
+from transformers.generation.streamers import BaseStreamer
 
-from llmcache.model_server import handlers, loader  # noqa: E402
-from llmcache.model_server.settings import ModelServerSettings, ModelSettings, PrefixCacheSettings  # noqa: E402
-from llmcache.testing.threaded import serve_in_thread  # noqa: E402
+from llmcache.model_server import handlers, loader
+from llmcache.model_server.settings import ModelServerSettings, ModelSettings, PrefixCacheSettings
+from llmcache.testing.threaded import serve_in_thread
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

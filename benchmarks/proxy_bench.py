@@ -84,7 +84,6 @@ UPSTREAM_KEY = "sk-stub-upstream-ignores-this"
 
 from llmcache.redis_server import EmbeddedRedis, free_port  # noqa: E402  (installed: `make venv`)
 
-
 # --------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------

@@ -55,14 +55,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from llmcache.proxy.exact import Entry, RedisExactStore
-from llmcache.proxy.index_search import SearchIndex
-from llmcache.proxy.vector_index import doc_fields
 
 from llmcache import connection
 from llmcache.keyspace import DEFAULT_GROUP, Keyspace
-from llmcache.testing.redis_cluster import EmbeddedCluster
+from llmcache.proxy.exact import Entry, RedisExactStore
+from llmcache.proxy.index_search import SearchIndex
+from llmcache.proxy.vector_index import doc_fields
 from llmcache.redis_server import EmbeddedRedis, _die_with_parent, free_port
+from llmcache.testing.redis_cluster import EmbeddedCluster
 
 REPO = Path(__file__).resolve().parent.parent
 

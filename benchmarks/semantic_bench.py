@@ -32,15 +32,15 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import redis.asyncio as aioredis  # noqa: E402
+import redis.asyncio as aioredis
 
-from llmcache.keys import semantic_parts  # noqa: E402
-from llmcache.keyspace import Keyspace  # noqa: E402
-from llmcache.proxy import index_client, vector_index  # noqa: E402
-from llmcache.proxy.embedder import LocalEmbedder  # noqa: E402
-from llmcache.proxy.index_search import SearchIndex  # noqa: E402
-from llmcache.proxy.semantic import SemanticCache, SemanticSettings  # noqa: E402
-from llmcache.redis_server import EmbeddedRedis  # noqa: E402
+from llmcache.keys import semantic_parts
+from llmcache.keyspace import Keyspace
+from llmcache.proxy import index_client, vector_index
+from llmcache.proxy.embedder import LocalEmbedder
+from llmcache.proxy.index_search import SearchIndex
+from llmcache.proxy.semantic import SemanticCache, SemanticSettings
+from llmcache.redis_server import EmbeddedRedis
 
 HERE = Path(__file__).resolve().parent
 CHAT = "/v1/chat/completions"

@@ -43,9 +43,9 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from llmcache.proxy.embedder import LocalEmbedder  # noqa: E402
-from llmcache.proxy.semantic import DEFAULT_THRESHOLD  # noqa: E402
-from llmcache.proxy.verify import PairModel, Verdict, Verifier  # noqa: E402
+from llmcache.proxy.embedder import LocalEmbedder
+from llmcache.proxy.semantic import DEFAULT_THRESHOLD
+from llmcache.proxy.verify import PairModel, Verdict, Verifier
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"

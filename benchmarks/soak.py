@@ -71,8 +71,8 @@ from typing import Any
 import aiohttp
 
 from llmcache import keys
-from llmcache.testing.stub_upstream import answer_text
 from llmcache.redis_server import EmbeddedRedis, free_port
+from llmcache.testing.stub_upstream import answer_text
 
 ROUTE = "/v1/chat/completions"
 SALT = "soak-tenant-salt"
@@ -216,7 +216,7 @@ async def normal(session: aiohttp.ClientSession, url: str, rng: random.Random, s
         async with session.post(url + ROUTE, json={**body, "stream": stream}, headers=headers) as r:
             out.http, out.status = r.status, r.headers.get("X-LLMCache-Status")
             payload = await r.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         out.verdict = "expected-error" if fault else "client-error"
         out.status = type(exc).__name__
         return out
@@ -261,7 +261,7 @@ async def abuse(session: aiohttp.ClientSession, url: str, rng: random.Random, se
             async with session.post(url + ROUTE, json=body, headers=auth) as r:
                 out.http = r.status
                 await r.content.readline()  # first event, then hang up
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         out.status = type(exc).__name__
     return out
 

@@ -25,9 +25,9 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from llmcache.proxy.embedder import LocalEmbedder  # noqa: E402
-from llmcache.proxy.semantic import DEFAULT_THRESHOLD  # noqa: E402
-from llmcache.proxy.verify import MODEL_PATH, PairModel, Verifier  # noqa: E402
+from llmcache.proxy.embedder import LocalEmbedder
+from llmcache.proxy.semantic import DEFAULT_THRESHOLD
+from llmcache.proxy.verify import MODEL_PATH, PairModel, Verifier
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

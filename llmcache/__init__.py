@@ -14,4 +14,4 @@ from llmcache.errors import ConfigError, DependencyError, LLMCacheError, PolicyE
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "LLMCacheError", "ConfigError", "DependencyError", "PolicyError"]
+__all__ = ["ConfigError", "DependencyError", "LLMCacheError", "PolicyError", "__version__"]

@@ -22,7 +22,7 @@ from llmcache import __version__
 from llmcache.errors import ConfigError, LLMCacheError
 from llmcache.settings import add_flag, log_level
 
-__all__ = ["main", "SUBCOMMANDS"]
+__all__ = ["SUBCOMMANDS", "main"]
 
 #: subcommand → (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {

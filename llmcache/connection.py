@@ -37,8 +37,18 @@ from redis.asyncio.connection import parse_url
 
 from llmcache.errors import ConfigError
 
-__all__ = ["CLUSTER_SCHEMES", "AnyRedis", "connect", "is_cluster", "is_cluster_url", "mget", "pubsub_client",
-           "primaries", "redact", "slot_owners"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "AnyRedis",
+    "connect",
+    "is_cluster",
+    "is_cluster_url",
+    "mget",
+    "primaries",
+    "pubsub_client",
+    "redact",
+    "slot_owners",
+]
 
 log = logging.getLogger(__name__)
 

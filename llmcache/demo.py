@@ -41,17 +41,17 @@ from llmcache.errors import ConfigError, DependencyError
 from llmcache.settings import add_flag
 
 __all__ = [
-    "WorkloadRequest",
-    "Workload",
-    "RequestResult",
     "Prices",
+    "RequestResult",
+    "Workload",
+    "WorkloadRequest",
+    "configure",
+    "format_report",
     "load_workload",
     "replay",
-    "summarize",
-    "format_report",
-    "write_plot",
-    "configure",
     "run",
+    "summarize",
+    "write_plot",
 ]
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,7 @@ def scrape_counters(metrics_url: str, names: Sequence[str], *, timeout_s: float 
             text = resp.read().decode("utf-8", errors="replace")
     except (OSError, ValueError):
         return None
-    totals = {name: 0.0 for name in names}
+    totals = dict.fromkeys(names, 0.0)
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
@@ -368,7 +368,7 @@ def summarize(results: Sequence[RequestResult], *, prices: Prices | None = None)
         by_status[status] = {"requests": len(lat), "p50_ms": _percentile(lat, 50), "p95_ms": _percentile(lat, 95)}
     by_kind: dict[str, dict[str, int]] = {}
     for r in results:
-        by_kind.setdefault(r.kind, {s: 0 for s in STATUSES})
+        by_kind.setdefault(r.kind, dict.fromkeys(STATUSES, 0))
         by_kind[r.kind][r.status] = by_kind[r.kind].get(r.status, 0) + 1
     upstream = [r for r in results if r.status not in HIT_STATUSES]
     upstream_prompt = sum(r.prompt_tokens for r in upstream)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LLMCacheError", "ConfigError", "DependencyError", "PolicyError"]
+__all__ = ["ConfigError", "DependencyError", "LLMCacheError", "PolicyError"]
 
 
 class LLMCacheError(Exception):

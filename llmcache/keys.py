@@ -34,16 +34,16 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "KEY_SCHEMA_VERSION",
     "CACHEABLE_ROUTES",
+    "KEY_SCHEMA_VERSION",
     "NOT_IN_KEY",
-    "canonical_json",
-    "tenant_id",
-    "exact_key",
-    "cache_salt",
     "SemanticParts",
+    "cache_salt",
+    "canonical_json",
+    "exact_key",
     "semantic_parts",
     "short",
+    "tenant_id",
 ]
 
 #: Bump when the key material changes so old entries are never served.

@@ -46,7 +46,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_PREFIX", "DEFAULT_GROUP", "NUM_SHARDS", "Keyspace", "shard_of"]
+__all__ = ["DEFAULT_GROUP", "DEFAULT_PREFIX", "NUM_SHARDS", "Keyspace", "shard_of"]
 
 DEFAULT_PREFIX = "llmcache"
 DEFAULT_GROUP = "_default"

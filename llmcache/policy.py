@@ -35,15 +35,15 @@ from llmcache.settings import parse_bytes
 __all__ = [
     "API_GROUP",
     "API_VERSION",
-    "KIND",
     "DEFAULTS",
-    "Mode",
+    "KIND",
     "LabelSelector",
-    "PolicySpec",
+    "Mode",
     "PolicyDocument",
+    "PolicySpec",
+    "config_hash",
     "parse_spec",
     "select_policy",
-    "config_hash",
 ]
 
 API_GROUP = "llmcache.io"
@@ -285,7 +285,7 @@ def parse_spec(raw: Mapping[str, Any] | None) -> PolicySpec:
     if (mm := ev.get("maxMemory")) is not None:
         try:
             d["max_memory_bytes"] = parse_bytes(mm if isinstance(mm, (str, int)) else str(mm))
-        except Exception as exc:  # noqa: BLE001 - re-raised with the field path
+        except Exception as exc:
             raise PolicyError(f"spec.eviction.maxMemory: {exc}") from exc
         if d["max_memory_bytes"] < 1:
             raise PolicyError("spec.eviction.maxMemory: must be > 0")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from llmcache.errors import DependencyError
 
-__all__ = ["EmbeddedRedis", "find_valkey_server", "find_search_module", "free_port"]
+__all__ = ["EmbeddedRedis", "find_search_module", "find_valkey_server", "free_port"]
 
 log = logging.getLogger(__name__)
 

@@ -21,18 +21,18 @@ from typing import Any
 from llmcache.errors import ConfigError
 
 __all__ = [
-    "ENV_PREFIX",
     "DEFAULT_REDIS_URL",
-    "env_name",
+    "ENV_PREFIX",
+    "UPSTREAM_HELP",
     "add_flag",
-    "parse_listen",
+    "env_name",
+    "listen_address",
+    "log_level",
     "parse_bool",
     "parse_bytes",
-    "listen_address",
+    "parse_listen",
     "redis_url",
     "upstream_url",
-    "log_level",
-    "UPSTREAM_HELP",
 ]
 
 ENV_PREFIX = "LLMCACHE_"

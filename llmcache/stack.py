@@ -51,7 +51,7 @@ from llmcache.errors import ConfigError, LLMCacheError
 from llmcache.redis_server import EmbeddedRedis, free_port
 from llmcache.settings import UPSTREAM_HELP, add_flag, parse_listen, port_in_use
 
-__all__ = ["StackConfig", "Stack", "StackError", "default_cpu_threads", "configure", "run"]
+__all__ = ["Stack", "StackConfig", "StackError", "configure", "default_cpu_threads", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class _Child:
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.env)
         log.debug("starting %s: %s (log: %s)", self.name, " ".join(self.argv), self.logfile)
-        self.proc = subprocess.Popen(  # noqa: S603 - argv built from our own flags
+        self.proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=env, cwd=self.cwd,
             # Own session = own process group: a terminal Ctrl-C reaches only `up`, which
@@ -671,11 +671,11 @@ _PROGRESS = re.compile(r"\d+%\|[^|]*\||[█▉▊▋▌▍▎▏]{2,}|\d+(\.\d+)
 
 def redis_problem(url: str, *, timeout_s: float = 3.0) -> str | None:
     """``None`` when the Redis at ``url`` answers PING; otherwise why not, in a few words."""
-    import asyncio  # noqa: PLC0415 - only `up`/`demo` with --redis-url need these here
+    import asyncio
 
-    import redis.exceptions  # noqa: PLC0415
+    import redis.exceptions
 
-    from llmcache import connection  # noqa: PLC0415
+    from llmcache import connection
 
     async def ping() -> str | None:
         try:

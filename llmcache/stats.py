@@ -40,7 +40,7 @@ from llmcache import connection
 from llmcache.keyspace import Keyspace
 from llmcache.settings import DEFAULT_REDIS_URL, add_flag
 
-__all__ = ["FIELDS", "DEFAULT_NAMESPACE", "OVERFLOW_NAMESPACE", "STATS_TTL_S", "ns_hash", "StatsBuffer", "read_stats", "configure", "run"]
+__all__ = ["DEFAULT_NAMESPACE", "FIELDS", "OVERFLOW_NAMESPACE", "STATS_TTL_S", "StatsBuffer", "configure", "ns_hash", "read_stats", "run"]
 
 FIELDS = ("hit", "semantic_hit", "miss", "bypass", "tokens_saved", "bytes_saved")
 DEFAULT_NAMESPACE = "default"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["create_app", "ModelServerSettings", "Engine", "RadixCache"]
+__all__ = ["Engine", "ModelServerSettings", "RadixCache", "create_app"]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ import signal
 
 from aiohttp import web
 
-from llmcache.errors import ConfigError, LLMCacheError
+from llmcache.errors import ConfigError
 from llmcache.model_server import settings as settings_mod
 
 __all__ = ["configure", "run", "serve"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from llmcache.errors import DependencyError
 
-__all__ = ["EMBEDDING_MODEL_NAME", "find_minilm_dir", "Embedder"]
+__all__ = ["EMBEDDING_MODEL_NAME", "Embedder", "find_minilm_dir"]
 
 EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
 

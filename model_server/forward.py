@@ -35,7 +35,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llmcache.model_server.kv_buffer import SeqKV
 
-__all__ = ["Segment", "packed_unsupported_reason", "packed_forward", "sequential_forward", "cache_from"]
+__all__ = ["Segment", "cache_from", "packed_forward", "packed_unsupported_reason", "sequential_forward"]
 
 # transformers 5.2x renamed the forward argument and output field ``past_key_values`` → ``cache``;
 # earlier 5.x releases (e.g. the 5.17 on our CUDA image) only know the old name.

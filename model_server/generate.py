@@ -61,18 +61,18 @@ from llmcache.model_server.request import (
 from llmcache.model_server.settings import BatchingSettings
 
 __all__ = [
+    "Engine",
+    "GenerationRequest",
+    "GenerationResult",
     "InvalidRequestError",
     "OverloadedError",
-    "WorkerFailedError",
-    "SamplingParams",
-    "GenerationRequest",
-    "TokenDelta",
-    "GenerationResult",
     "RequestHandle",
-    "Engine",
-    "sample_token",
+    "SamplingParams",
+    "TokenDelta",
+    "WorkerFailedError",
     "cache_namespace",
     "default_budget_bytes",
+    "sample_token",
 ]
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ class Engine:
             if seq.kv is None:
                 try:
                     self._start(seq)
-                except Exception as exc:  # noqa: BLE001 - a failed lookup costs this request only
+                except Exception as exc:
                     log.exception("prefix-cache lookup failed")
                     self._fail(seq, exc)
                     continue
@@ -375,7 +375,7 @@ class Engine:
     def _insert(self, seq: sched.Sequence, tokens: list[int]) -> None:
         """Store ``tokens`` (KV must cover them) unless caching is off or a sink window evicted."""
         req = seq.handle.request
-        if (self.prefix_cache is None or not req.enable_prefix_cache or req.sink is not None and tokens is seq.prompt
+        if (self.prefix_cache is None or not req.enable_prefix_cache or (req.sink is not None and tokens is seq.prompt)
                 or seq.sink_evicted or seq.kv is None or not tokens):
             return
         try:
@@ -384,7 +384,7 @@ class Engine:
             if self.metrics is not None:
                 self.metrics.prefix_op_s.labels(op="insert").observe(time.perf_counter() - started)
                 self._update_cache_metrics()
-        except Exception:  # noqa: BLE001 - a failed insert only costs future hits
+        except Exception:
             log.exception("prefix-cache insert failed")
 
     def _finish(self, seq: sched.Sequence, reason: str) -> None:
@@ -478,4 +478,4 @@ def default_budget_bytes(loaded: LoadedModel, fraction: float) -> int:
                     return int(int(line.split()[1]) * 1024 * fraction)
     except OSError:
         pass
-    return int(1 << 30)  # 1 GiB when the OS will not say
+    return 1 << 30  # 1 GiB when the OS will not say

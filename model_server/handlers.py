@@ -40,7 +40,7 @@ from llmcache.model_server.embeddings import EMBEDDING_MODEL_NAME, Embedder
 from llmcache.model_server.metrics import PROMETHEUS_CONTENT_TYPE, ModelServerMetrics
 from llmcache.model_server.settings import ModelServerSettings
 
-__all__ = ["ServerState", "STATE_KEY", "create_app"]
+__all__ = ["STATE_KEY", "ServerState", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ async def _errors_middleware(request: web.Request, handler: Callable[[web.Reques
     except LLMCacheError as exc:
         log.warning("request failed: %s", exc)
         resp = _error_response(500, str(exc), type_="server_error")
-    except Exception:  # noqa: BLE001 - turn into an OpenAI error, keep the server up
+    except Exception:
         log.exception("unhandled error in %s", endpoint)
         resp = _error_response(500, "internal error in the model server; see its log", type_="server_error")
     state.metrics.requests.labels(endpoint=endpoint, status=str(resp.status)).inc()
@@ -436,7 +436,7 @@ def _load_into(state: ServerState, preloaded: loader_mod.LoadedModel | None) -> 
         state.engine = engine
         state.metrics.loaded.set(1)
         state.ready.set()
-    except Exception as exc:  # noqa: BLE001 - reported via /healthz and the CLI
+    except Exception as exc:
         log.exception("model load failed")
         state.error = str(exc)
         state.failed.set()

@@ -57,7 +57,7 @@ class KVSpec:
 class SeqKV:
     """The KV of one running sequence; ``length`` positions are valid, ``capacity`` allocated."""
 
-    __slots__ = ("spec", "layers", "length", "capacity", "max_capacity")
+    __slots__ = ("capacity", "layers", "length", "max_capacity", "spec")
 
     def __init__(self, spec: KVSpec, *, capacity: int, max_capacity: int) -> None:
         self.spec = spec

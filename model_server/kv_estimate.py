@@ -16,7 +16,7 @@ from typing import Any
 from llmcache.errors import ConfigError
 from llmcache.settings import add_flag
 
-__all__ = ["KVShape", "DTYPE_BYTES", "kv_shape", "kv_cache_bytes", "configure", "run"]
+__all__ = ["DTYPE_BYTES", "KVShape", "configure", "kv_cache_bytes", "kv_shape", "run"]
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1, "int8": 1}
 

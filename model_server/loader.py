@@ -29,16 +29,16 @@ import torch
 from llmcache.errors import ConfigError, DependencyError
 
 __all__ = [
-    "DEFAULT_GGUF_PACKAGE",
     "DEFAULT_GGUF_FILE",
+    "DEFAULT_GGUF_PACKAGE",
     "LoadedModel",
     "find_default_gguf",
+    "load_config",
+    "load_model",
+    "random_1b_config",
     "resolve_device",
     "resolve_dtype",
     "tiny_llama_config",
-    "random_1b_config",
-    "load_model",
-    "load_config",
 ]
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from llmcache.model_server import request as req_mod
 from llmcache.model_server import sink as sink_mod
 from llmcache.model_server.settings import ModelServerSettings
 
-__all__ = ["HTTPError", "MAX_N", "json_body", "sampling", "sink", "common", "chat_prompt_ids", "completion_prompt_ids"]
+__all__ = ["MAX_N", "HTTPError", "chat_prompt_ids", "common", "completion_prompt_ids", "json_body", "sampling", "sink"]
 
 MAX_N = 8
 _MAX_STOP = 4
@@ -37,7 +37,7 @@ class HTTPError(Exception):
 async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except Exception as exc:  # noqa: BLE001 - any decode failure is the client's
+    except Exception as exc:
         raise HTTPError(400, f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise HTTPError(400, "request body must be a JSON object")

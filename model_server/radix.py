@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["KVLayers", "RadixNode", "PrefixMatch", "RadixCache", "kv_bytes_per_token"]
+__all__ = ["KVLayers", "PrefixMatch", "RadixCache", "RadixNode", "kv_bytes_per_token"]
 
 #: Per layer ``(key, value)``, each ``[1, kv_heads, tokens, head_dim]``.
 KVLayers = tuple[tuple[torch.Tensor, torch.Tensor], ...]

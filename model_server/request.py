@@ -22,16 +22,16 @@ from llmcache.model_server import sink as sink_mod
 from llmcache.model_server.loader import LoadedModel
 
 __all__ = [
+    "GenerationRequest",
+    "GenerationResult",
     "InvalidRequestError",
     "OverloadedError",
-    "WorkerFailedError",
-    "SamplingParams",
-    "GenerationRequest",
-    "TokenDelta",
-    "GenerationResult",
     "RequestHandle",
-    "sample_token",
+    "SamplingParams",
+    "TokenDelta",
+    "WorkerFailedError",
     "cache_namespace",
+    "sample_token",
 ]
 
 

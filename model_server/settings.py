@@ -15,11 +15,11 @@ from llmcache.errors import ConfigError
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "BatchingSettings",
+    "ModelServerSettings",
     "ModelSettings",
     "PrefixCacheSettings",
     "SinkSettings",
-    "BatchingSettings",
-    "ModelServerSettings",
     "add_flags",
     "from_args",
 ]

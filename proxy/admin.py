@@ -35,7 +35,7 @@ from llmcache.proxy import handlers, upstream
 from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.metrics import CONTENT_TYPE_LATEST
 
-__all__ = ["add_routes", "healthz", "readyz", "metrics", "stats_endpoint", "invalidate"]
+__all__ = ["add_routes", "healthz", "invalidate", "metrics", "readyz", "stats_endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ async def _invalidate(state: ProxyState, client: redis.asyncio.Redis,
                 for key in victims:
                     try:
                         await state.semantic.delete(ks.key_hash_of(key))
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.exception("semantic delete failed")
         batch.clear()
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from llmcache.proxy import lexicon as lx
 
-__all__ = ["Analysis", "Token", "analyse", "DEFAULT_MAX_CHARS"]
+__all__ = ["DEFAULT_MAX_CHARS", "Analysis", "Token", "analyse"]
 
 #: Longest text analysed; longer ones fail closed (MiniLM also stops reading after 256 word pieces).
 DEFAULT_MAX_CHARS = 2000
@@ -37,18 +37,17 @@ _TOKEN_RE = re.compile(r"""
 | (?P<other>[^\w\s.,;:?!'"()\[\]{}\-`])
 """, re.VERBOSE)
 _QUOTED_RE = re.compile(r"(?:^|\W)'[^']{1,200}'(?:\W|$)|\"[^\"]{1,200}\"")
-_DIRECTIONAL = frozenset("to into from than by over against toward towards onto for per after before under".split())
+_DIRECTIONAL = frozenset(["to", "into", "from", "than", "by", "over", "against", "toward", "towards", "onto", "for", "per", "after", "before", "under"])
 # Markers kept in the sequence for the direction checks (never content).
 _MARKERS = _DIRECTIONAL | {"in", "of", "at", "on", "with"}
 # Words before a task verb that make it a request ("can you summarise", "please translate").
-_REQUESTERS = frozenset("you please me us like want wanna".split())
-_ASKERS = frozenset("how i we what why where when who which whom whose".split())
+_REQUESTERS = frozenset(["you", "please", "me", "us", "like", "want", "wanna"])
+_ASKERS = frozenset(["how", "i", "we", "what", "why", "where", "when", "who", "which", "whom", "whose"])
 # Role markers and the class they belong to: the target of "to", "into" and (before a unit) "in" is one role.
 _ROLE_MARKERS = {"to": "to", "into": "to", "onto": "to", "toward": "to", "towards": "to", "in": "to", "from": "from",
                  "than": "than", "by": "by", "against": "against"}
-_MODAL_WORDS = frozenset("can could may might should ought must".split())
-_MODAL_ADJ_BEFORE_TO = frozenset("able allowed permitted possible ok okay fine advisable recommended wise necessary "
-                                 "required mandatory obligatory supposed".split())
+_MODAL_WORDS = frozenset(["can", "could", "may", "might", "should", "ought", "must"])
+_MODAL_ADJ_BEFORE_TO = frozenset(["able", "allowed", "permitted", "possible", "ok", "okay", "fine", "advisable", "recommended", "wise", "necessary", "required", "mandatory", "obligatory", "supposed"])
 
 
 @dataclass(slots=True)
@@ -340,7 +339,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             if nxt != "you" and prev not in lx.WH_WORDS and not (prev in lx.PRONOUNS_I and i >= 2 and words[i - 2] in lx.WH_WORDS):
                 modals.add(lx.MODALS[w])
         elif (w in _MODAL_ADJ_BEFORE_TO and nxt in ("to", "for")) or (w in ("have", "has", "need", "needs", "got") and nxt == "to"):
-            if not (i >= 2 and words[i - 2] in lx.WH_WORDS or prev in lx.WH_WORDS):
+            if not ((i >= 2 and words[i - 2] in lx.WH_WORDS) or prev in lx.WH_WORDS):
                 modals.add(lx.MODALS.get(w, "must"))
         if w in lx.TIME_WORDS and not (w == "last" and nxt in ("name", "names", "step", "one")):
             times.add(lx.TIME_WORDS[w])
@@ -364,7 +363,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
         if tag is not None and _is_shape(w, prev, nxt):
             shape.add(tag)
         if w in ("sentence", "sentences", "paragraph", "paragraphs", "line", "lines", "words") and (
-                prev in ("one", "a", "single", "few", "couple", "two", "three") or a.sequence[-1:] and a.sequence[-1][:1] == "#"):
+                prev in ("one", "a", "single", "few", "couple", "two", "three") or (a.sequence[-1:] and a.sequence[-1][:1] == "#")):
             shape.add("len:units")
         if w == "step" and nxt == "by" and i + 2 < n and words[i + 2] == "step":
             shape.add("fmt:steps")

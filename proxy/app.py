@@ -43,7 +43,7 @@ from llmcache.proxy.singleflight import RedisLease
 from llmcache.proxy.telemetry import Telemetry
 from llmcache.proxy.upstream import Upstream
 
-__all__ = ["create_app", "STATE"]
+__all__ = ["STATE", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class _SemanticStarter:
         self.num_attempts += 1
         try:
             sem_settings = _semantic_settings(module, state.settings)
-        except Exception:  # noqa: BLE001 - a configuration error does not heal by waiting
+        except Exception:
             log.exception("semantic cache settings are invalid: exact cache only")
             return True
         try:

@@ -29,7 +29,7 @@ from typing import TypeVar
 
 import redis.exceptions
 
-__all__ = ["CacheUnavailable", "Breaker", "LoopLag"]
+__all__ = ["Breaker", "CacheUnavailable", "LoopLag"]
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,20 @@ class CacheUnavailable(Exception):
 class Breaker:
     """Per-process breaker; :meth:`call` runs one Redis operation under a deadline."""
 
-    __slots__ = ("timeout_s", "failure_threshold", "base_cooldown_s", "_failures", "_open_until",
-                 "_cooldown_s", "_probing", "num_failures_total", "num_opened_total", "settled",
-                 "_clock", "lag")
+    __slots__ = (
+        "_clock",
+        "_cooldown_s",
+        "_failures",
+        "_open_until",
+        "_probing",
+        "base_cooldown_s",
+        "failure_threshold",
+        "lag",
+        "num_failures_total",
+        "num_opened_total",
+        "settled",
+        "timeout_s",
+    )
 
     def __init__(self, *, timeout_s: float = 0.05, failure_threshold: int = 3, cooldown_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, lag: LoopLag | None = None) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["RequestDirectives", "parse_request", "entry_ttl_s"]
+__all__ = ["RequestDirectives", "entry_ttl_s", "parse_request"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from llmcache import keys
 from llmcache.proxy import cachecontrol, streaming
 from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.exact import Entry, InvalidEntry
-
-from llmcache import keys
 
 if TYPE_CHECKING:
     from llmcache.proxy.handlers import EffectiveConfig, ProxyState

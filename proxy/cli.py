@@ -9,8 +9,15 @@ from aiohttp import web
 
 from llmcache.errors import ConfigError
 from llmcache.proxy import settings as ps
-from llmcache.settings import (DEFAULT_REDIS_URL, UPSTREAM_HELP, add_flag, bind_listen_socket, parse_bytes,
-                               parse_listen, upstream_url)
+from llmcache.settings import (
+    DEFAULT_REDIS_URL,
+    UPSTREAM_HELP,
+    add_flag,
+    bind_listen_socket,
+    parse_bytes,
+    parse_listen,
+    upstream_url,
+)
 
 __all__ = ["configure", "run", "settings_from_args"]
 

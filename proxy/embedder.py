@@ -41,8 +41,8 @@ from llmcache.errors import ConfigError, DependencyError, LLMCacheError
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
-    "EmbedderError",
     "Embedder",
+    "EmbedderError",
     "LocalEmbedder",
     "RemoteEmbedder",
     "find_local_model_dir",
@@ -351,7 +351,7 @@ class RemoteEmbedder(_BatchingEmbedder):
                 if resp.status != 200:
                     raise EmbedderError(f"embedding server {self._endpoint} answered HTTP {resp.status}")
                 payload = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise EmbedderError(f"embedding server {self._endpoint} unusable: {type(exc).__name__}: {exc}") from exc
         try:
             data = sorted(payload["data"], key=lambda d: d.get("index", 0))

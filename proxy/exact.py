@@ -27,7 +27,7 @@ import redis.exceptions
 
 from llmcache.keyspace import Keyspace
 
-__all__ = ["ENTRY_SCHEMA_VERSION", "Entry", "InvalidEntry", "ExactStore", "RedisExactStore", "validate_answer"]
+__all__ = ["ENTRY_SCHEMA_VERSION", "Entry", "ExactStore", "InvalidEntry", "RedisExactStore", "validate_answer"]
 
 log = logging.getLogger(__name__)
 

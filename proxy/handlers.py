@@ -41,6 +41,10 @@ from typing import Any
 
 import redis.asyncio
 from aiohttp import web
+
+from llmcache import keys, stats
+from llmcache.keyspace import DEFAULT_GROUP, Keyspace
+from llmcache.policy import PolicyDocument
 from llmcache.proxy import controls, limits, misses, upstream
 from llmcache.proxy.breaker import Breaker
 from llmcache.proxy.call import (
@@ -57,11 +61,7 @@ from llmcache.proxy.settings import ProxySettings
 from llmcache.proxy.singleflight import FlightGroup, RedisLease
 from llmcache.proxy.telemetry import Telemetry
 
-from llmcache import keys, stats
-from llmcache.keyspace import DEFAULT_GROUP, Keyspace
-from llmcache.policy import PolicyDocument
-
-__all__ = ["ProxyState", "STATE", "EffectiveConfig", "effective_config", "add_routes"]
+__all__ = ["STATE", "EffectiveConfig", "ProxyState", "add_routes", "effective_config"]
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ async def _semantic_lookup(call: Call) -> web.StreamResponse | None:
     try:
         match = await state.semantic.lookup(parts, threshold=threshold,
                                             timeout_s=state.settings.semantic.timeout_ms / 1000)
-    except Exception:  # noqa: BLE001 - the facade promises not to raise; fail open if it does
+    except Exception:
         log.exception("semantic lookup failed for %s", call.log_key)
         match = None
     state.metrics.observe_lookup("semantic", time.perf_counter() - t0)

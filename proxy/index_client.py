@@ -29,7 +29,7 @@ from llmcache.keys import short
 from llmcache.keyspace import Keyspace
 from llmcache.proxy.vector_index import Candidate, IndexError_, doc_fields, parse_doc
 
-__all__ = ["ClientIndex", "EVENTS_MAXLEN"]
+__all__ = ["EVENTS_MAXLEN", "ClientIndex"]
 
 log = logging.getLogger(__name__)
 

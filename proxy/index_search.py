@@ -59,11 +59,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from llmcache.proxy.vector_index import Candidate, IndexError_, doc_fields
 from redis.crc import key_slot
 
 from llmcache import connection
 from llmcache.keyspace import Keyspace
+from llmcache.proxy.vector_index import Candidate, IndexError_, doc_fields
 
 __all__ = ["SearchIndex"]
 
@@ -182,7 +182,7 @@ class SearchIndex:
                 "SCHEMA", "scope", "TAG", "vec", "VECTOR", "HNSW", 8,
                 "TYPE", "FLOAT32", "DIM", self._dim, "DISTANCE_METRIC", "COSINE", "M", self._hnsw_m)
             log.info("created vector index %s (%d dims)", name, self._dim)
-        except Exception as exc:  # noqa: BLE001 - "already exists" is the normal multi-pod case
+        except Exception as exc:
             if "already exists" not in str(exc).lower() and "duplicate" not in str(exc).lower():
                 raise IndexError_(f"FT.CREATE {name} failed: {exc}") from exc
             existing = await self._existing_dim(name)

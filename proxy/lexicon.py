@@ -7,21 +7,7 @@ answer-shape words), never words picked from one benchmark pair.
 
 from __future__ import annotations
 
-STOPWORDS = frozenset("""
-a an the this that these those there here it its it's i me my mine we us our you your yours he him his she her
-they them their is are was were be been being am do does did doing done have has had having will would shall
-should can could may might must of at as and or but if then than so such too very just also only even
-about which what whats who whom whose where when why how whether while any some each every all both either
-one ones thing things something anything someone anybody somebody please pls kindly hi hello hey thanks thank
-tell give show let lets help need want wanted like would i'd i'm im i've ive you're youre know
-way ways best good great possible simple simply quick quickly easy easily exactly actually really basically
-generally typically usually properly correctly go get got sure many much question answer
-mean means meaning between among via per using use used s t
-role purpose main primary key basic command effectively efficiently take city
-wondering wonder bother sorry cheers advance curious anyone ok okay right now currently current exactly roughly
-approximately actual actually bit lot lots true definition definitions located location situated
-shortcut press keyboard tip tips advice local mechanism
-""".split())
+STOPWORDS = frozenset(["a", "an", "the", "this", "that", "these", "those", "there", "here", "it", "its", "it's", "i", "me", "my", "mine", "we", "us", "our", "you", "your", "yours", "he", "him", "his", "she", "her", "they", "them", "their", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "doing", "done", "have", "has", "had", "having", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "of", "at", "as", "and", "or", "but", "if", "then", "than", "so", "such", "too", "very", "just", "also", "only", "even", "about", "which", "what", "whats", "who", "whom", "whose", "where", "when", "why", "how", "whether", "while", "any", "some", "each", "every", "all", "both", "either", "one", "ones", "thing", "things", "something", "anything", "someone", "anybody", "somebody", "please", "pls", "kindly", "hi", "hello", "hey", "thanks", "thank", "tell", "give", "show", "let", "lets", "help", "need", "want", "wanted", "like", "would", "i'd", "i'm", "im", "i've", "ive", "you're", "youre", "know", "way", "ways", "best", "good", "great", "possible", "simple", "simply", "quick", "quickly", "easy", "easily", "exactly", "actually", "really", "basically", "generally", "typically", "usually", "properly", "correctly", "go", "get", "got", "sure", "many", "much", "question", "answer", "mean", "means", "meaning", "between", "among", "via", "per", "using", "use", "used", "s", "t", "role", "purpose", "main", "primary", "key", "basic", "command", "effectively", "efficiently", "take", "city", "wondering", "wonder", "bother", "sorry", "cheers", "advance", "curious", "anyone", "ok", "okay", "right", "now", "currently", "current", "exactly", "roughly", "approximately", "actual", "actually", "bit", "lot", "lots", "true", "definition", "definitions", "located", "location", "situated", "shortcut", "press", "keyboard", "tip", "tips", "advice", "local", "mechanism"])
 
 # Words that carry polarity: kept out of the stop-list so the antonym check sees them.
 ANTONYM_PAIRS = """
@@ -63,10 +49,9 @@ for _pair in ANTONYM_PAIRS:
         ANTONYMS.setdefault(_b, set()).add(_a)
 
 # Polar function words: compared by the antonym check only, never as content (their presence varies freely).
-FUNCTION_POLAR = frozenset("on off up down in out into inside outside above below over under before after with "
-                            "without for against more less most least fewer".split())
+FUNCTION_POLAR = frozenset(["on", "off", "up", "down", "in", "out", "into", "inside", "outside", "above", "below", "over", "under", "before", "after", "with", "without", "for", "against", "more", "less", "most", "least", "fewer"])
 
-NEGATIONS = frozenset("not no never none nobody nothing neither nor without cannot nowhere n't except excluding".split())
+NEGATIONS = frozenset(["not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "cannot", "nowhere", "n't", "except", "excluding"])
 
 # Operations a prompt asks for; only the class matters ("summarise" ≡ "tl;dr", "explain" ≡ a plain question).
 TASK_CLASSES: dict[str, str] = {}
@@ -102,7 +87,7 @@ SYNONYM_GROUPS = [
     "big large huge", "small little tiny", "fast quick rapid speedy", "doctor physician", "job work occupation",
     "error bug issue problem", "function method", "remove delete erase", "learn study",
     "find locate search", "choose pick select", "use utilize employ", "need require",
-    "cost price", "rich wealthy", "happy glad", "sad unhappy", "smart intelligent clever", 
+    "cost price", "rich wealthy", "happy glad", "sad unhappy", "smart intelligent clever",
     "house home", "shop store", "phone smartphone mobile", "picture photo image", "laptop notebook",
     "folder directory", "program application app software", "website site webpage", "internet web online",
     "email mail", "password passcode", "sick ill", "reason cause why", "purpose goal aim",
@@ -122,18 +107,7 @@ SYNONYM_GROUPS = [
 ]
 SYNONYM: dict[str, str] = {}
 
-GAZETTEER = frozenset("""
-monday tuesday wednesday thursday friday saturday sunday january february march april may june july august
-september october november december spring summer autumn fall winter red orange yellow green blue purple
-violet pink brown black white gray grey mercury venus earth mars jupiter saturn uranus neptune pluto
-python java javascript typescript rust go golang ruby php perl swift kotlin scala haskell c c++ cpp csharp
-sql bash powershell html css react vue angular svelte django flask rails spring node nodejs linux windows macos
-mac ios android ubuntu debian fedora chrome firefox safari edge excel word powerpoint aws azure gcp docker
-kubernetes postgres postgresql mysql sqlite mongodb redis kafka england france germany spain italy china
-japan india russia brazil canada mexico usa america australia paris london berlin madrid rome tokyo beijing
-moscow english french german spanish italian chinese japanese russian portuguese arabic hindi korean dutch
-today tomorrow yesterday tonight morning afternoon evening night weekend weekday
-""".split())
+GAZETTEER = frozenset(["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december", "spring", "summer", "autumn", "fall", "winter", "red", "orange", "yellow", "green", "blue", "purple", "violet", "pink", "brown", "black", "white", "gray", "grey", "mercury", "venus", "earth", "mars", "jupiter", "saturn", "uranus", "neptune", "pluto", "python", "java", "javascript", "typescript", "rust", "go", "golang", "ruby", "php", "perl", "swift", "kotlin", "scala", "haskell", "c", "c++", "cpp", "csharp", "sql", "bash", "powershell", "html", "css", "react", "vue", "angular", "svelte", "django", "flask", "rails", "spring", "node", "nodejs", "linux", "windows", "macos", "mac", "ios", "android", "ubuntu", "debian", "fedora", "chrome", "firefox", "safari", "edge", "excel", "word", "powerpoint", "aws", "azure", "gcp", "docker", "kubernetes", "postgres", "postgresql", "mysql", "sqlite", "mongodb", "redis", "kafka", "england", "france", "germany", "spain", "italy", "china", "japan", "india", "russia", "brazil", "canada", "mexico", "usa", "america", "australia", "paris", "london", "berlin", "madrid", "rome", "tokyo", "beijing", "moscow", "english", "french", "german", "spanish", "italian", "chinese", "japanese", "russian", "portuguese", "arabic", "hindi", "korean", "dutch", "today", "tomorrow", "yesterday", "tonight", "morning", "afternoon", "evening", "night", "weekend", "weekday"])
 
 # Yes/no questions open with a modal; its force matters ("Can I…?" ≠ "Should I…?"), in how-questions it does not.
 MODAL_CLASS = {"can": "can", "could": "can", "should": "should", "ought": "should", "must": "must",
@@ -213,15 +187,14 @@ NEG_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "anti")
 
 # Numbers written as words.
 NUM_WORDS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen".split())}
-NUM_WORDS.update({w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())})
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"])}
+NUM_WORDS.update({w: 10 * (i + 2) for i, w in enumerate(["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"])})
 NUM_WORDS.update({"dozen": 12, "half": 0.5, "quarter": 0.25, "twice": 2, "double": 2, "triple": 3, "hundred": 100,
                    "thousand": 1000, "million": 1e6, "billion": 1e9, "trillion": 1e12, "k": 1000})
 MULTIPLIERS = {"hundred": 100, "thousand": 1000, "million": 1e6, "billion": 1e9, "trillion": 1e12, "k": 1000,
                 "m": 1e6, "bn": 1e9}
 ORDINALS = {w: i + 1 for i, w in enumerate(
-    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth".split())}
+    ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh", "twelfth"])}
 
 # Units and currencies → canonical unit; order of appearance matters for direction ("USD to EUR").
 UNITS: dict[str, str] = {}
@@ -280,8 +253,7 @@ QUANTIFIER_IDIOMS = frozenset({("at", "all"), ("all", "right"), ("after", "all")
                                ("any", "way"), ("anyway", ""), ("all", "the"), ("any", "tips"), ("any", "suggestions"),
                                ("any", "ideas"), ("any", "advice"), ("any", "recommendations")}
                               # "most" before an adjective is a superlative ("most recent commit"), not "most of".
-                              | {("most", w) for w in "recent recently common popular important famous effective efficient "
-                                 "expensive beautiful powerful used visited dangerous successful valuable likely".split()})
+                              | {("most", w) for w in ["recent", "recently", "common", "popular", "important", "famous", "effective", "efficient", "expensive", "beautiful", "powerful", "used", "visited", "dangerous", "successful", "valuable", "likely"]})
 
 # Modal force by class (yes/no and declarative use; "how can I" / "can you" are ignored by the checker).
 MODALS: dict[str, str] = {
@@ -293,10 +265,10 @@ MODALS: dict[str, str] = {
 }
 
 #: Prefixes of hyphenated ordinary words ("re-read", "e-mail", "well-known"); other hyphenated tokens are names/ids.
-COMPOUND_PREFIXES = frozenset("re pre co non un e self well anti multi sub over under post semi mid ex half".split())
+COMPOUND_PREFIXES = frozenset(["re", "pre", "co", "non", "un", "e", "self", "well", "anti", "multi", "sub", "over", "under", "post", "semi", "mid", "ex", "half"])
 # "What year…" asks when, "Which person…" who. ("Which country won…?" asks who, so places are not mapped.)
-WH_NOUNS = {**{w: "when" for w in "year years time date day month century decade era".split()},
-            **{w: "who" for w in "person people man woman author writer scientist player".split()}}
+WH_NOUNS = {**dict.fromkeys(["year", "years", "time", "date", "day", "month", "century", "decade", "era"], "when"),
+            **dict.fromkeys(["person", "people", "man", "woman", "author", "writer", "scientist", "player"], "who")}
 # Time references that change the answer ("last year", "next week", "in the past"); "now"/"currently" are the
 # default and carry nothing. Synonyms share a class ("last"/"latest"/"most recent").
 TIME_WORDS: dict[str, str] = {}
@@ -310,16 +282,14 @@ for _cls, _ws in {"latest": "last latest recent recently newest", "next": "next 
 PRONOUNS_I = frozenset({"i", "we", "you", "one"})
 
 # Question words; the ones whose answers are of different kinds never paraphrase each other.
-WH_WORDS = frozenset("what which who whom whose where when why how".split())
+WH_WORDS = frozenset(["what", "which", "who", "whom", "whose", "where", "when", "why", "how"])
 WH_EXCLUSIVE = {"who": "who", "whom": "who", "whose": "who", "where": "where", "when": "when", "why": "why"}
-AUXILIARIES = frozenset("is are am was were do does did can could should would will shall may might must has have had "
-                        "isn't aren't wasn't weren't don't doesn't didn't".split())
+AUXILIARIES = frozenset(["is", "are", "am", "was", "were", "do", "does", "did", "can", "could", "should", "would", "will", "shall", "may", "might", "must", "has", "have", "had", "isn't", "aren't", "wasn't", "weren't", "don't", "doesn't", "didn't"])
 # Perfect forms ("has sent") are left out: "Has X sent…?" and "Did X send…?" ask the same.
 TENSE = {"is": "present", "are": "present", "am": "present", "do": "present", "does": "present",
          "was": "past", "were": "past", "did": "past", "will": "future", "shall": "future"}
 # Lead-ins that make the rest the real question ("Can you tell me who…", "Do you know when…").
-REQUEST_LEADS = frozenset("you tell me explain know wondering wonder please kindly let us i was want to like would "
-                          "curious quick question hey hi hello sorry bother but".split())
+REQUEST_LEADS = frozenset(["you", "tell", "me", "explain", "know", "wondering", "wonder", "please", "kindly", "let", "us", "i", "was", "want", "to", "like", "would", "curious", "quick", "question", "hey", "hi", "hello", "sorry", "bother", "but"])
 
 # Answer-shape constraints: length, format, audience. Language targets are read from "in/into <language>".
 SHAPE_WORDS: dict[str, str] = {}
@@ -334,9 +304,7 @@ for _tag, _ws in {"len:short": "short brief briefly concise concisely succinct s
                   "aud:beginner": "beginner beginners layman laymen dummies novice"}.items():
     for _w in _ws.split():
         SHAPE_WORDS[_w] = _tag
-LANGUAGES = frozenset("""english french german spanish italian chinese mandarin cantonese japanese russian portuguese arabic
-hindi korean dutch swedish norwegian danish finnish polish turkish greek hebrew latin vietnamese thai indonesian
-swahili ukrainian czech hungarian romanian persian farsi bengali urdu tagalog malay""".split())
+LANGUAGES = frozenset(["english", "french", "german", "spanish", "italian", "chinese", "mandarin", "cantonese", "japanese", "russian", "portuguese", "arabic", "hindi", "korean", "dutch", "swedish", "norwegian", "danish", "finnish", "polish", "turkish", "greek", "hebrew", "latin", "vietnamese", "thai", "indonesian", "swahili", "ukrainian", "czech", "hungarian", "romanian", "persian", "farsi", "bengali", "urdu", "tagalog", "malay"])
 
 # Tasks that produce a different kind of output; a mismatch in these is a different request. Other task classes
 # (explain, calculate, recommend, list, compare…) are ways of asking the same question.
@@ -350,19 +318,4 @@ for _op, _ws in {"mul": "times multiply multiplied product", "div": "divide divi
         ARITHMETIC[_w] = _op
 
 # Proper names written in lower case often enough ("weather in tokyo"): places and languages.
-GAZETTEER = GAZETTEER | LANGUAGES | frozenset("""
-afghanistan albania algeria angola argentina armenia austria azerbaijan bangladesh belarus belgium bolivia bosnia
-botswana bulgaria cambodia cameroon chad colombia congo croatia cuba cyprus czechia denmark ecuador egypt estonia
-ethiopia fiji finland georgia ghana greece guatemala haiti honduras hungary iceland indonesia iran iraq ireland israel
-jamaica jordan kazakhstan kenya kuwait laos latvia lebanon libya lithuania luxembourg madagascar malaysia mali malta
-mongolia morocco mozambique myanmar namibia nepal netherlands holland nicaragua niger nigeria norway oman pakistan
-panama paraguay peru philippines poland portugal qatar romania rwanda senegal serbia singapore slovakia slovenia somalia
-sudan sweden switzerland syria taiwan tanzania thailand tunisia turkey uganda ukraine uruguay uzbekistan venezuela
-vietnam yemen zambia zimbabwe scotland wales korea chile cuba uk
-tokyo osaka kyoto seoul shanghai hong kong delhi mumbai bangalore karachi lahore dhaka jakarta manila bangkok hanoi
-singapore sydney melbourne auckland toronto vancouver montreal chicago boston seattle miami dallas houston denver
-atlanta phoenix philadelphia detroit nairobi lagos cairo johannesburg lima bogota santiago caracas havana dublin
-lisbon barcelona vienna prague budapest warsaw amsterdam brussels copenhagen stockholm oslo helsinki athens istanbul
-dubai riyadh tehran baghdad jerusalem munich hamburg milan naples venice florence geneva zurich edinburgh manchester
-liverpool glasgow quebec
-""".split())
+GAZETTEER = GAZETTEER | LANGUAGES | frozenset(["afghanistan", "albania", "algeria", "angola", "argentina", "armenia", "austria", "azerbaijan", "bangladesh", "belarus", "belgium", "bolivia", "bosnia", "botswana", "bulgaria", "cambodia", "cameroon", "chad", "colombia", "congo", "croatia", "cuba", "cyprus", "czechia", "denmark", "ecuador", "egypt", "estonia", "ethiopia", "fiji", "finland", "georgia", "ghana", "greece", "guatemala", "haiti", "honduras", "hungary", "iceland", "indonesia", "iran", "iraq", "ireland", "israel", "jamaica", "jordan", "kazakhstan", "kenya", "kuwait", "laos", "latvia", "lebanon", "libya", "lithuania", "luxembourg", "madagascar", "malaysia", "mali", "malta", "mongolia", "morocco", "mozambique", "myanmar", "namibia", "nepal", "netherlands", "holland", "nicaragua", "niger", "nigeria", "norway", "oman", "pakistan", "panama", "paraguay", "peru", "philippines", "poland", "portugal", "qatar", "romania", "rwanda", "senegal", "serbia", "singapore", "slovakia", "slovenia", "somalia", "sudan", "sweden", "switzerland", "syria", "taiwan", "tanzania", "thailand", "tunisia", "turkey", "uganda", "ukraine", "uruguay", "uzbekistan", "venezuela", "vietnam", "yemen", "zambia", "zimbabwe", "scotland", "wales", "korea", "chile", "cuba", "uk", "tokyo", "osaka", "kyoto", "seoul", "shanghai", "hong", "kong", "delhi", "mumbai", "bangalore", "karachi", "lahore", "dhaka", "jakarta", "manila", "bangkok", "hanoi", "singapore", "sydney", "melbourne", "auckland", "toronto", "vancouver", "montreal", "chicago", "boston", "seattle", "miami", "dallas", "houston", "denver", "atlanta", "phoenix", "philadelphia", "detroit", "nairobi", "lagos", "cairo", "johannesburg", "lima", "bogota", "santiago", "caracas", "havana", "dublin", "lisbon", "barcelona", "vienna", "prague", "budapest", "warsaw", "amsterdam", "brussels", "copenhagen", "stockholm", "oslo", "helsinki", "athens", "istanbul", "dubai", "riyadh", "tehran", "baghdad", "jerusalem", "munich", "hamburg", "milan", "naples", "venice", "florence", "geneva", "zurich", "edinburgh", "manchester", "liverpool", "glasgow", "quebec"])

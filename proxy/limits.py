@@ -26,7 +26,7 @@ __all__ = ["BodyBudget", "BodyRead", "read_body"]
 class BodyBudget:
     """Bytes of request bodies held by requests in progress, capped at ``capacity_bytes``."""
 
-    __slots__ = ("capacity_bytes", "used_bytes", "num_shed_total")
+    __slots__ = ("capacity_bytes", "num_shed_total", "used_bytes")
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes

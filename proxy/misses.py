@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+
+from llmcache import keys
 from llmcache.proxy import cachecontrol, streaming, upstream
 from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.exact import Entry, validate_answer
 from llmcache.proxy.singleflight import Flight
-
-from llmcache import keys
 
 if TYPE_CHECKING:
     from llmcache.proxy.handlers import ProxyState
@@ -233,7 +233,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
             if not client_gone:
                 with contextlib.suppress(ConnectionResetError):
                     await out.write_eof()
-    except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         log.info("upstream broke off the answer for %s (%s); not stored", call.log_key, type(exc).__name__)
         flight.fail()
         upstream.abort(request)

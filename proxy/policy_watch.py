@@ -38,18 +38,18 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from llmcache import connection
-from llmcache import policy as policy_mod
 from llmcache import keyspace as keyspace_mod
+from llmcache import policy as policy_mod
 from llmcache.errors import PolicyError
 
 __all__ = [
     "PolicySource",
-    "WatchSettings",
     "PolicyWatcher",
-    "parse_labels",
-    "read_labels_file",
+    "WatchSettings",
     "load_policy_file",
+    "parse_labels",
     "parse_policy_documents",
+    "read_labels_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -452,7 +452,7 @@ class PolicyWatcher:
                 result = self._on_change(chosen)
                 if inspect.isawaitable(result):
                     await result
-            except Exception:  # noqa: BLE001 - a callback bug must not stop policy updates
+            except Exception:
                 log.exception("policy on_change callback failed")
         if previous is not None and (chosen is None or previous.name != chosen.name):
             await self._drop_ack(previous.name)
@@ -583,7 +583,7 @@ class PolicyWatcher:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._settings.reconnect_max_s)
                 self._dirty.set()
-            except Exception:  # noqa: BLE001 - never let the watcher die
+            except Exception:
                 log.exception("unexpected error while re-reading policies")
 
     def _reload_labels(self, *, force: bool = False) -> bool:
@@ -623,5 +623,5 @@ class PolicyWatcher:
                     await self._write_ack(force=True)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - never let the watcher die
+            except Exception:
                 log.exception("policy watcher poll failed")

@@ -34,7 +34,7 @@ from llmcache.proxy import embedder as embedder_mod
 from llmcache.proxy import vector_index
 from llmcache.proxy.verify import Verifier
 
-__all__ = ["DEFAULT_THRESHOLD", "SemanticSettings", "SemanticMatch", "SemanticCache", "make_embedder"]
+__all__ = ["DEFAULT_THRESHOLD", "SemanticCache", "SemanticMatch", "SemanticSettings", "make_embedder"]
 
 log = logging.getLogger(__name__)
 

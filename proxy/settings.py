@@ -18,18 +18,18 @@ from llmcache.errors import ConfigError
 from llmcache.settings import DEFAULT_REDIS_URL
 
 __all__ = [
-    "CacheMode",
-    "NonDeterministic",
-    "CacheSettings",
-    "RedisSettings",
-    "UpstreamSettings",
-    "SemanticOptions",
-    "PolicySource",
-    "ObservabilitySettings",
-    "ProxySettings",
+    "ANONYMOUS",
     "MODES",
     "NON_DETERMINISTIC",
-    "ANONYMOUS",
+    "CacheMode",
+    "CacheSettings",
+    "NonDeterministic",
+    "ObservabilitySettings",
+    "PolicySource",
+    "ProxySettings",
+    "RedisSettings",
+    "SemanticOptions",
+    "UpstreamSettings",
     "generated_salt",
     "semantic_available",
 ]

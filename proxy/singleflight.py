@@ -43,8 +43,20 @@ log = logging.getLogger(__name__)
 class Flight:
     """One in-progress upstream call that followers can subscribe to."""
 
-    __slots__ = ("key_hash", "stream_shape", "with_usage", "chunks", "entry", "failed", "finished",
-                 "_changed", "num_followers", "max_bytes", "num_bytes", "overflowed")
+    __slots__ = (
+        "_changed",
+        "chunks",
+        "entry",
+        "failed",
+        "finished",
+        "key_hash",
+        "max_bytes",
+        "num_bytes",
+        "num_followers",
+        "overflowed",
+        "stream_shape",
+        "with_usage",
+    )
 
     def __init__(self, key_hash: str, *, stream_shape: str | None, with_usage: bool = True,
                  max_bytes: int = 8 * 1024**2) -> None:
@@ -132,7 +144,7 @@ class FlightGroup:
         could not serve this request, and waiting for it would only delay the request's own call.
         """
         flight = self._flights.get(key_hash)
-        if flight is not None and (flight.overflowed or needs_usage and not flight.with_usage):
+        if flight is not None and (flight.overflowed or (needs_usage and not flight.with_usage)):
             return None
         if flight is not None:
             flight.num_followers += 1

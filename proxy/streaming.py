@@ -22,7 +22,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["SSERecorder", "replay_chat", "replay_completion", "replay", "split_text", "DONE", "CHAT_DELTA_FIELDS"]
+__all__ = ["CHAT_DELTA_FIELDS", "DONE", "SSERecorder", "replay", "replay_chat", "replay_completion", "split_text"]
 
 DONE = b"data: [DONE]\n\n"
 
@@ -44,7 +44,7 @@ class SSERecorder:
     (``ok`` is False), because the bytes were relayed to the client untouched anyway.
     """
 
-    __slots__ = ("route", "_buf", "ok", "done", "_base", "_choices", "_usage", "_size", "_max_bytes")
+    __slots__ = ("_base", "_buf", "_choices", "_max_bytes", "_size", "_usage", "done", "ok", "route")
 
     def __init__(self, route: str, *, max_bytes: int = 8 * 1024**2) -> None:
         self.route = route
@@ -61,7 +61,7 @@ class SSERecorder:
         if not self.ok:
             return
         self._size += len(data)
-        if self._size > self._max_bytes or self.done and data.strip():
+        if self._size > self._max_bytes or (self.done and data.strip()):
             self.ok = False
             return
         self._buf += data

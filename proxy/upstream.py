@@ -14,7 +14,6 @@ no pooled connection free and no new one within ``connect_timeout_s`` → 503
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterable, Mapping
 from typing import Any
@@ -24,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-__all__ = ["HOP_BY_HOP", "UpstreamError", "Upstream", "error_response", "filter_headers", "relay", "response_for"]
+__all__ = ["HOP_BY_HOP", "Upstream", "UpstreamError", "error_response", "filter_headers", "relay", "response_for"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ class Upstream:
             raise UpstreamError(503, f"no connection to upstream {self.base_url} within {self.connect_timeout_s:g} s "
                                      "(all pooled connections busy, or it does not accept connections); retry "
                                      "shortly") from exc
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamError(504, f"upstream {self.base_url} did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(502, f"upstream {self.base_url} is unreachable or closed the connection "
@@ -136,7 +135,7 @@ async def relay(request: web.Request, resp: aiohttp.ClientResponse, *,
     except ConnectionResetError:
         # First: aiohttp's ClientConnectionResetError (the *client* left) is also a ClientError.
         return out
-    except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         log.info("upstream broke off a pass-through answer (%s)", type(exc).__name__)
         abort(request)
         return out

@@ -31,12 +31,12 @@ from llmcache.keyspace import Keyspace
 
 __all__ = [
     "DOC_SCHEMA_VERSION",
-    "IndexError_",
     "Candidate",
+    "IndexError_",
     "VectorIndex",
+    "doc_fields",
     "has_search_module",
     "open_index",
-    "doc_fields",
     "parse_doc",
 ]
 
@@ -123,7 +123,7 @@ async def has_search_module(redis: Any) -> bool:
                 await redis.execute_command("FT._LIST")
             else:
                 await redis.execute_command("FT._LIST", target_nodes=target)
-        except Exception as exc:  # noqa: BLE001 - "unknown command" is the answer we probe for
+        except Exception as exc:
             if "unknown command" in str(exc).lower() or "err unknown" in str(exc).lower():
                 return False
             raise

@@ -43,7 +43,7 @@ from llmcache.proxy import evidence
 from llmcache.proxy import lexicon as lx
 from llmcache.proxy.analysis import DEFAULT_MAX_CHARS, Analysis, Token, analyse
 
-__all__ = ["Verdict", "Verifier", "PairModel", "analyse", "Analysis", "REASONS", "MODEL_PATH"]
+__all__ = ["MODEL_PATH", "REASONS", "Analysis", "PairModel", "Verdict", "Verifier", "analyse"]
 
 #: Every reason a verdict can carry (metrics label values).
 REASONS = ("ok", "identical", "unreadable", "symbol", "negation", "antonym", "number", "unit", "quantifier",

@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ TEST_EDITS = frozenset({"time", "quantifier", "comparison"})
 BOOKS = [("Pride and Prejudice",), ("1984",), ("Hamlet",), ("Moby-Dick",), ("The Great Gatsby",), ("War and Peace",),
          ("Don Quixote",), ("Dracula",), ("Frankenstein",), ("The Hobbit",), ("Jane Eyre",), ("Middlemarch",),
          ("Les Misérables",), ("The Odyssey",), ("Brave New World",), ("Wuthering Heights",)]
-ACRONYMS = [(a,) for a in "HTTP NASA DNA CPU GPU SQL JSON URL HTML RAM PDF LED ATM GDP VPN API SCUBA UNESCO CEO DSLR".split()]
+ACRONYMS = [(a,) for a in ["HTTP", "NASA", "DNA", "CPU", "GPU", "SQL", "JSON", "URL", "HTML", "RAM", "PDF", "LED", "ATM", "GDP", "VPN", "API", "SCUBA", "UNESCO", "CEO", "DSLR"]]
 CITIES = [(c,) for c in ["Tokyo", "Paris", "Lagos", "Cairo", "Lima", "Oslo", "Mumbai", "Toronto", "Sydney", "Berlin",
                          "Madrid", "Seoul", "Nairobi", "Istanbul", "Chicago", "Jakarta", "Osaka", "Lisbon", "Dublin", "Hanoi"]]
 COUNTRIES = [(c,) for c in ["France", "Japan", "Brazil", "Kenya", "Canada", "Egypt", "Peru", "Norway", "India", "Mexico",

@@ -43,7 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["StubConfig", "create_stub_app", "answer_text", "main"]
+__all__ = ["StubConfig", "answer_text", "create_stub_app", "main"]
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from llmcache.operator.kube import KubeClient
 from llmcache.operator.settings import SidecarSettings
 
-__all__ = ["CA_KEY", "CredentialsMirror", "REDIS_URL_KEY", "TENANT_SALT_KEY", "secret_data"]
+__all__ = ["CA_KEY", "REDIS_URL_KEY", "TENANT_SALT_KEY", "CredentialsMirror", "secret_data"]
 
 log = logging.getLogger(__name__)
 

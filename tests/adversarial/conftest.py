@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 
 from llmcache.proxy.app import create_app
-from llmcache.testing.stub_upstream import StubConfig
 from llmcache.redis_server import free_port
+from llmcache.testing.stub_upstream import StubConfig
 
 _PROXY_TESTS = Path(__file__).resolve().parent.parent / "proxy"
 if str(_PROXY_TESTS) not in sys.path:
@@ -33,7 +33,6 @@ _spec.loader.exec_module(_proxy_conftest)
 proxy_stack = _proxy_conftest.proxy_stack
 
 from proxy_helpers import Stack, proxy_settings  # noqa: E402 - importable once the path is set
-
 
 # --- a scripted upstream: fault injection where the stub upstream is too well-behaved ------------
 

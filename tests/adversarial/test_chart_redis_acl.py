@@ -26,14 +26,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 import yaml
-
+from chart_kit import proxy_stack  # noqa: F401 - fixture
 from controlplane.fixtures import ControlPlaneMissing, find_binaries
+
 from llmcache.keyspace import Keyspace
 from llmcache.operator import eviction, publish, status, sweep
 from llmcache.policy import PolicyDocument, parse_spec
 from llmcache.redis_server import EmbeddedRedis
-
-from chart_kit import proxy_stack  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.controlplane  # helm comes from `make controlplane`
 

@@ -17,19 +17,19 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import operator_kit  # noqa: F401 - puts tests/operator on sys.path for opkit
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 import yaml
-
-import operator_kit  # noqa: F401 - puts tests/operator on sys.path for opkit
 from chart_kit import proxy_stack  # noqa: F401 - fixture
 from controlplane.fixtures import ControlPlaneMissing, find_binaries
+from opkit import write_self_signed_cert
+
 from llmcache.keyspace import Keyspace
 from llmcache.operator import publish
 from llmcache.policy import PolicyDocument, parse_spec
 from llmcache.redis_server import EmbeddedRedis
-from opkit import write_self_signed_cert
 
 pytestmark = pytest.mark.controlplane  # helm comes from `make controlplane`
 

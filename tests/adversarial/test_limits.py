@@ -79,8 +79,8 @@ async def test_stalled_pass_through_body_gets_408_and_a_slow_one_still_passes(pr
     """Pass-through bodies are streamed upstream with a deadline on silence, not on the whole body."""
     stack: Stack = await proxy_stack(cache_body_timeout_s=0.5)
     port = int(stack.proxy_url.rsplit(":", 1)[1])
-    head = (f"POST /stub/echo/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
-            f"Content-Type: application/octet-stream\r\nContent-Length: 3000\r\n\r\n").encode()
+    head = (b"POST /stub/echo/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: 3000\r\n\r\n")
 
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import redis
-
-from llmcache.keyspace import Keyspace
 from operator_kit import crds, ns, start_operator  # noqa: F401 - fixtures
 from opkit import cachepolicy, wait_for
+
+from llmcache.keyspace import Keyspace
 
 pytestmark = pytest.mark.controlplane
 

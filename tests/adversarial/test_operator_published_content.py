@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import redis
-
 from operator_kit import crds, ns, start_operator  # noqa: F401 - fixtures
 from opkit import cachepolicy, wait_for
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from controlplane.fixtures import ControlPlane
 
 pytestmark = pytest.mark.controlplane

@@ -19,7 +19,6 @@ import pytest
 import redis
 import requests
 import yaml
-
 from operator_kit import crds, ns, start_operator  # noqa: F401 - fixtures
 from opkit import API_VERSION, KIND, cachepolicy, wait_for
 

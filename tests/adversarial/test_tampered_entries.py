@@ -8,7 +8,7 @@ Real proxy, real Redis, the stub upstream; the entry is overwritten between two 
 from __future__ import annotations
 
 import json
-import pickle  # noqa: S403 - only to write a pickle into Redis and show it is refused
+import pickle
 from typing import Any
 
 import pytest

@@ -148,8 +148,8 @@ def model_server_url():
 
     from llmcache.model_server import handlers as ms_handlers
     from llmcache.model_server import loader
-    from llmcache.testing import threaded
     from llmcache.model_server.settings import ModelServerSettings
+    from llmcache.testing import threaded
 
     torch.set_num_threads(1)
     loaded = loader.load_model("random-tiny", device="cpu", dtype="float32", seed=0)

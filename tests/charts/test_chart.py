@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from controlplane.fixtures import ControlPlane, ControlPlaneBinaries, ControlPlaneMissing, find_binaries
 
 pytestmark = pytest.mark.controlplane
@@ -663,7 +662,7 @@ class _AnnotateEverything:
         import threading
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 patch = [{"op": "add", "path": "/metadata/annotations", "value": {"seen-by": "webhook"}}]
                 body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {

@@ -13,9 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-
 from controlplane.fixtures import ControlPlane, ControlPlaneBinaries
-
 from test_chart import CHART, RELEASE, binaries, find, helm_home, render, run_helm  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.controlplane

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 import requests
-
 from controlplane.fixtures import ControlPlane
+
 from llmcache.redis_server import free_port
 
 pytestmark = pytest.mark.controlplane
@@ -46,7 +46,7 @@ def write_self_signed(directory: Path) -> Path:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llm-llmcache-webhook")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))

@@ -23,16 +23,16 @@ import os
 import shutil
 import sys
 import uuid
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import localcluster  # noqa: E402
-from controlplane.fixtures import ControlPlane, ControlPlaneBinaries  # noqa: E402
+import localcluster
+from controlplane.fixtures import ControlPlane, ControlPlaneBinaries
 
 pytestmark = pytest.mark.cluster
 

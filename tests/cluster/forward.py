@@ -39,7 +39,7 @@ async def serve(sock: socket.socket, host: str, port: int) -> None:
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
             up_r, up_w = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             client_w.close()
             return
         await asyncio.gather(pipe(client_r, up_w), pipe(up_r, client_w))

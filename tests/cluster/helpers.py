@@ -55,7 +55,6 @@ def exec_in(kube: ControlPlane, namespace: str, pod: str, command: list[str], *,
             timeout_s: float = 120.0) -> tuple[int, str]:
     """Run ``command`` in a container through the API server (kubelet exec); return (exit code, output)."""
     import kubernetes.client
-    from kubernetes.stream import stream
 
     # stream() patches the request method of the ApiClient it is given while it runs: a client
     # of its own, so other threads' ordinary calls on kube.api_client stay plain HTTP.

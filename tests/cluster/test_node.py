@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import subprocess
 
-import pytest
-
 import localcluster
+import pytest
 from helpers import exec_in, wait_ready
 
 pytestmark = pytest.mark.cluster

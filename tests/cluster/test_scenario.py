@@ -22,9 +22,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 import localcluster
+import pytest
 from controlplane.fixtures import ControlPlane
 from helpers import exec_in, pods, wait_for, wait_ready
 

@@ -48,7 +48,7 @@ def test_every_staging_module_is_replaced_with_the_matching_release(kubernetes_g
     assert len(staging) > 20  # api, apimachinery, apiserver, client-go, ...
     _, replaces = _module_versions((HERE / "go.mod").read_text())
     expected = "v0." + version.removeprefix("v1.")  # v1.37.2 -> v0.37.2
-    assert {m: replaces.get(m) for m in staging} == {m: expected for m in staging}
+    assert {m: replaces.get(m) for m in staging} == dict.fromkeys(staging, expected)
 
 
 def test_etcd_is_the_version_kubernetes_was_released_with(kubernetes_gomod: tuple[str, str]) -> None:

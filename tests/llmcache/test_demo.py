@@ -139,7 +139,7 @@ def test_scrape_counters_sums_labelled_samples() -> None:
             b"llmcache_model_requests_created 1.7e9\n")
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
+        def do_GET(self) -> None:
             self.send_response(200)
             self.end_headers()
             self.wfile.write(body)

@@ -13,7 +13,6 @@ from llmcache.model_server.radix import RadixCache
 
 from .helpers import EngineFactory
 
-
 # The CI box is small and shared: one intra-op thread avoids OpenMP spin contention,
 # which otherwise slows decoding about tenfold. Servers started as subprocesses get
 # LLMCACHE_NUM_THREADS=1 for the same reason.

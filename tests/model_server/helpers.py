@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-import dataclasses
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from llmcache.model_server import loader
-from llmcache.testing import threaded
 from llmcache.model_server.generate import Engine
 from llmcache.model_server.handlers import STATE_KEY, ServerState
+from llmcache.testing import threaded
 
 #: ``make_engine(model, *, budget_bytes=…, enable_prefix_cache=…)`` (fixture in conftest.py).
 EngineFactory = Callable[..., Engine]

@@ -29,7 +29,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
 
-    def on(self, name: str):  # noqa: ANN201 - the engine's callback type
+    def on(self, name: str):
         def cb(event: object) -> None:
             with self.cond:
                 self.log.append((name, event))
@@ -39,13 +39,13 @@ class Recorder:
     def count(self, name: str) -> int:
         return sum(1 for n, e in self.log if n == name and isinstance(e, gen.TokenDelta))
 
-    def wait(self, pred, timeout_s: float = 120) -> None:  # noqa: ANN001
+    def wait(self, pred, timeout_s: float = 120) -> None:
         with self.cond:
             assert self.cond.wait_for(lambda: pred(), timeout_s), "condition not reached in time"
 
 
 @pytest.fixture
-def engine_with(tiny_model: loader.LoadedModel):  # noqa: ANN201
+def engine_with(tiny_model: loader.LoadedModel):
     engines: list[gen.Engine] = []
 
     def make(*, model: loader.LoadedModel | None = None, **batching: object) -> gen.Engine:
@@ -65,12 +65,12 @@ def req(prompt: list[int], max_tokens: int, rec: Recorder, name: str, **kw: obje
                                  on_event=rec.on(name), **kw)  # type: ignore[arg-type]
 
 
-def test_the_tiny_model_runs_the_packed_forward(engine_with) -> None:  # noqa: ANN001
+def test_the_tiny_model_runs_the_packed_forward(engine_with) -> None:
     assert engine_with().batched
     assert not engine_with(enable_batching=False).batched
 
 
-def test_join_and_leave_between_steps(tiny_model: loader.LoadedModel, engine_with) -> None:  # noqa: ANN001
+def test_join_and_leave_between_steps(tiny_model: loader.LoadedModel, engine_with) -> None:
     engine = engine_with()
     rng = random.Random(11)
     pa, pb = rand_tokens(rng, 30), rand_tokens(rng, 12)
@@ -91,7 +91,7 @@ def test_join_and_leave_between_steps(tiny_model: loader.LoadedModel, engine_wit
     assert sizes._buckets[1].get() > 0  # some steps ran 2 sequences at once (bucket le=2 minus le=1)
 
 
-def test_long_prefill_is_chunked_while_others_decode(tiny_model: loader.LoadedModel, engine_with) -> None:  # noqa: ANN001
+def test_long_prefill_is_chunked_while_others_decode(tiny_model: loader.LoadedModel, engine_with) -> None:
     engine = engine_with(max_num_batched_tokens=16)
     rng = random.Random(12)
     pa, long_prompt = rand_tokens(rng, 10), rand_tokens(rng, 300)
@@ -108,7 +108,7 @@ def test_long_prefill_is_chunked_while_others_decode(tiny_model: loader.LoadedMo
     assert list(a.result(120).token_ids) == reference(tiny_model, pa, 60)
 
 
-def test_cancel_mid_batch_frees_the_sequence(tiny_model: loader.LoadedModel, engine_with) -> None:  # noqa: ANN001
+def test_cancel_mid_batch_frees_the_sequence(tiny_model: loader.LoadedModel, engine_with) -> None:
     engine = engine_with()
     rng = random.Random(13)
     pa, pb = rand_tokens(rng, 20), rand_tokens(rng, 20)
@@ -125,7 +125,7 @@ def test_cancel_mid_batch_frees_the_sequence(tiny_model: loader.LoadedModel, eng
     assert engine._reserved_bytes == 0 and not engine._running
 
 
-def test_full_queue_is_refused_with_retry_after(engine_with) -> None:  # noqa: ANN001
+def test_full_queue_is_refused_with_retry_after(engine_with) -> None:
     engine = engine_with(max_num_seqs=1, max_queue_len=2)
     rng = random.Random(14)
     rec = Recorder()
@@ -141,7 +141,7 @@ def test_full_queue_is_refused_with_retry_after(engine_with) -> None:  # noqa: A
     assert all(h.result(120).finish_reason == "length" for h in queued)
 
 
-def test_queue_time_is_bounded(engine_with, tiny_model: loader.LoadedModel) -> None:  # noqa: ANN001
+def test_queue_time_is_bounded(engine_with, tiny_model: loader.LoadedModel) -> None:
     engine = engine_with(model=never_stops(tiny_model), max_num_seqs=1, max_queue_time_s=0.2)
     rng = random.Random(15)
     rec = Recorder()
@@ -183,7 +183,7 @@ def test_kv_budget_bounds_the_running_set(tiny_model: loader.LoadedModel) -> Non
         engine.stop()
 
 
-def test_worker_fault_fails_every_pending_request(tiny_model: loader.LoadedModel, engine_with) -> None:  # noqa: ANN001
+def test_worker_fault_fails_every_pending_request(tiny_model: loader.LoadedModel, engine_with) -> None:
     engine = engine_with(max_num_seqs=2)
     rng = random.Random(17)
     rec = Recorder()

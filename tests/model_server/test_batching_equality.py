@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 MAX_TOKENS = 16
 
 
-def _prefix_bench():  # noqa: ANN202 - the benchmark module
+def _prefix_bench():
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "prefix_bench.py"
     spec = importlib.util.spec_from_file_location("prefix_bench_for_tests", path)
     assert spec is not None and spec.loader is not None

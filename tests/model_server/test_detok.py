@@ -23,7 +23,7 @@ def tok() -> Any:
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
-def decode_fn(tok: Any):  # noqa: ANN201
+def decode_fn(tok: Any):
     return lambda ids: tok.decode(ids, skip_special_tokens=True)
 
 

@@ -9,6 +9,7 @@ import torch
 
 from llmcache.model_server import generate as gen
 from llmcache.model_server import loader
+
 from .helpers import EngineFactory
 
 GREEDY = gen.SamplingParams(max_tokens=12, temperature=0.0)

@@ -13,6 +13,7 @@ import pytest
 from llmcache.model_server import generate as gen
 from llmcache.model_server import handlers, loader
 from llmcache.model_server.settings import ModelServerSettings, ModelSettings, PrefixCacheSettings, SinkSettings
+
 from .helpers import RunningServer, serve_in_thread
 
 PROMPT = list(range(10, 60))

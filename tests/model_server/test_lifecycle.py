@@ -14,6 +14,7 @@ import pytest
 from llmcache.model_server import handlers, loader
 from llmcache.model_server.settings import ModelServerSettings, ModelSettings, PrefixCacheSettings
 from llmcache.redis_server import free_port
+
 from .helpers import serve_in_thread
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from llmcache.model_server import handlers, loader
 from llmcache.model_server.settings import ModelServerSettings, PrefixCacheSettings
+
 from .helpers import RunningServer, serve_in_thread
 
 pytestmark = pytest.mark.slow

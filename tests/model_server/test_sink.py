@@ -11,6 +11,7 @@ from transformers import DynamicCache
 from llmcache.errors import ConfigError
 from llmcache.model_server import generate as gen
 from llmcache.model_server import loader, sink
+
 from .helpers import EngineFactory
 
 

@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 import requests
+from opkit import API_VERSION, CRD_DIR, KIND, wait_for
 
 from llmcache.redis_server import free_port
-
-from opkit import API_VERSION, CRD_DIR, KIND, wait_for
 
 
 @pytest.fixture(scope="session")

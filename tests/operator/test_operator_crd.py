@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from opkit import API_VERSION, KIND, cachepolicy
 
 from llmcache import policy
-
-from opkit import API_VERSION, KIND, cachepolicy
 
 pytestmark = pytest.mark.controlplane
 

@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 import redis
 import requests
+from opkit import API_VERSION, KIND, cachepolicy, condition, pod_manifest, wait_for
 
 from llmcache.keyspace import Keyspace
 from llmcache.redis_server import free_port
-
-from opkit import API_VERSION, KIND, cachepolicy, condition, pod_manifest, wait_for
 
 pytestmark = pytest.mark.controlplane
 

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import redis
 import yaml
-
 from opkit import API_VERSION, KIND, REPO, cachepolicy, condition, pod_manifest, wait_for
 
 pytestmark = pytest.mark.controlplane

@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 import redis
+from opkit import API_VERSION, KIND, cachepolicy, condition, pod_manifest, wait_for
 
 from llmcache.keyspace import Keyspace
 from llmcache.policy import PolicyDocument, parse_spec
 from llmcache.proxy.policy_watch import load_policy_file
-
-from opkit import API_VERSION, KIND, cachepolicy, condition, pod_manifest, wait_for
 
 pytestmark = pytest.mark.controlplane
 

@@ -15,13 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 import requests
+from opkit import apply_json_patch, pod_manifest, wait_for, write_self_signed_cert
 
 from llmcache.errors import ConfigError
 from llmcache.operator import webhook
 from llmcache.operator.settings import SidecarSettings, WebhookSettings
 from llmcache.redis_server import free_port
-
-from opkit import apply_json_patch, pod_manifest, wait_for, write_self_signed_cert
 
 SIDECAR = SidecarSettings(image="example.test/llmcache-proxy:1", upstream="http://model:8000",
                           redis_url="redis://redis:6379/0")

@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestServer
 from proxy_helpers import Stack, proxy_settings
 
 from llmcache.proxy.app import create_app
-from llmcache.testing.stub_upstream import StubConfig, create_stub_app
 from llmcache.redis_server import free_port
+from llmcache.testing.stub_upstream import StubConfig, create_stub_app
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import openai
 import pytest
-import urllib.request
 
 from llmcache.proxy import cli
 from llmcache.redis_server import free_port

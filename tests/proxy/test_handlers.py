@@ -13,11 +13,10 @@ import aiohttp
 import openai
 import pytest
 import redis.asyncio as aioredis
+from proxy_helpers import ADMIN, CHAT, TOOLS, Stack
 
 from llmcache.keyspace import Keyspace
 from llmcache.operator import eviction
-
-from proxy_helpers import ADMIN, CHAT, TOOLS, Stack
 
 
 def chat(**changes: Any) -> dict[str, Any]:
@@ -303,7 +302,7 @@ async def test_unreachable_upstream_is_502(proxy_stack, unused_port: int) -> Non
 async def test_truncated_stream_reaches_the_openai_client_as_an_error(proxy_stack) -> None:
     stack = await proxy_stack()
     client = stack.openai()
-    with pytest.raises((openai.APIError, aiohttp.ClientError, Exception)):  # noqa: B017 - httpx error types vary
+    with pytest.raises((openai.APIError, aiohttp.ClientError, Exception)):
         await collect_stream(await client.chat.completions.create(
             **CHAT, stream=True, extra_headers={"X-Stub-Fault": "truncate"}))
     assert (await stack.post("/v1/chat/completions", chat(stream=True)))[1]["X-LLMCache-Status"] == "miss"
@@ -313,11 +312,10 @@ async def test_client_disconnect_mid_stream_is_not_cached(proxy_stack) -> None:
     stack = await proxy_stack()
     stack.stub.chunk_delay_ms = 100
     body = chat(stream=True, max_tokens=20)
-    async with aiohttp.ClientSession() as s:
-        async with s.post(stack.proxy_url + "/v1/chat/completions", json=body,
-                          headers={"Authorization": "Bearer sk-test-tenant-a"}) as r:
-            assert r.headers["X-LLMCache-Status"] == "miss"
-            await r.content.readline()  # first event arrived; now hang up
+    async with aiohttp.ClientSession() as s, s.post(stack.proxy_url + "/v1/chat/completions", json=body,
+                      headers={"Authorization": "Bearer sk-test-tenant-a"}) as r:
+        assert r.headers["X-LLMCache-Status"] == "miss"
+        await r.content.readline()  # first event arrived; now hang up
         # leaving the block closes the connection mid-stream
     deadline = time.monotonic() + 30  # wait for the proxy to notice (liveness, not a latency assertion)
     while len(stack.state.flights) or stack.state.background:
@@ -608,10 +606,10 @@ def test_stats_buffer_caps_namespaces() -> None:
     for ns in ("a", "b", "c", "d", "a"):
         buf.add(ns, "hit")
     buf.add("e", "miss", policy="ns/p")  # overflow keeps the policy, so its hitRate stays exact
-    assert dict(buf._counts[("a", None)]) == {"hit": 2}  # noqa: SLF001
-    assert dict(buf._counts[(stats.OVERFLOW_NAMESPACE, None)]) == {"hit": 2}  # noqa: SLF001
-    assert dict(buf._counts[(stats.OVERFLOW_NAMESPACE, "ns/p")]) == {"miss": 1}  # noqa: SLF001
-    assert len(buf._counts) == 4  # noqa: SLF001
+    assert dict(buf._counts[("a", None)]) == {"hit": 2}
+    assert dict(buf._counts[(stats.OVERFLOW_NAMESPACE, None)]) == {"hit": 2}
+    assert dict(buf._counts[(stats.OVERFLOW_NAMESPACE, "ns/p")]) == {"miss": 1}
+    assert len(buf._counts) == 4
 
 
 async def test_streaming_miss_relays_chunks_before_the_upstream_finishes(proxy_stack) -> None:
@@ -688,12 +686,11 @@ async def test_followers_keep_streaming_when_the_leader_hangs_up(proxy_stack) ->
         async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=auth) as r:
             return await r.read()
 
-    async with aiohttp.ClientSession() as leader:
-        async with leader.post(url, json=body, headers=auth) as r:
-            await r.content.readuntil(b"\n\n")
-            follower = asyncio.ensure_future(follow())
-            while stack.state.flights.num_coalesced_total == 0:  # until the follower has joined
-                await asyncio.sleep(0.01)
+    async with aiohttp.ClientSession() as leader, leader.post(url, json=body, headers=auth) as r:
+        await r.content.readuntil(b"\n\n")
+        follower = asyncio.ensure_future(follow())
+        while stack.state.flights.num_coalesced_total == 0:  # until the follower has joined
+            await asyncio.sleep(0.01)
         # leaving the blocks closes the leader's connection mid-stream
     recorder = SSERecorder("/v1/chat/completions")
     recorder.feed(await follower)

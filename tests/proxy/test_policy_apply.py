@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 from proxy_helpers import ADMIN, CHAT, Stack
@@ -59,7 +59,7 @@ async def test_policy_overrides_ttl_suspend_and_invalidate_before(proxy_stack, r
         await wait_generation(stack, 2)
         assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "bypass"
 
-        later = datetime.now(timezone.utc).isoformat()
+        later = datetime.now(UTC).isoformat()
         await publish(r, {"selector": selector, "mode": "Exact", "ttlSeconds": 42, "invalidateBefore": later}, generation=3)
         await wait_generation(stack, 3)
         assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "miss"

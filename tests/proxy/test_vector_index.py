@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
-from llmcache.proxy import index_client, index_search, vector_index
-from llmcache.proxy.index_search import SearchIndex
 
 from llmcache.errors import DependencyError
 from llmcache.keyspace import Keyspace
+from llmcache.proxy import index_client, index_search, vector_index
+from llmcache.proxy.index_search import SearchIndex
 
 DIM = 8
 KS = Keyspace(prefix="t")

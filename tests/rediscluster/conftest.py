@@ -24,14 +24,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from llmcache.testing.redis_cluster import EmbeddedCluster
 from llmcache.redis_server import free_port
+from llmcache.testing.redis_cluster import EmbeddedCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "proxy"))
-from proxy_helpers import Stack, proxy_settings  # noqa: E402
+from proxy_helpers import Stack, proxy_settings
 
-from llmcache.proxy.app import create_app  # noqa: E402
-from llmcache.testing.stub_upstream import StubConfig, create_stub_app  # noqa: E402
+from llmcache.proxy.app import create_app
+from llmcache.testing.stub_upstream import StubConfig, create_stub_app
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from proxy_helpers import CHAT
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -27,8 +28,6 @@ from llmcache.proxy.index_search import SearchIndex
 from llmcache.proxy.policy_watch import PolicyWatcher, WatchSettings
 from llmcache.proxy.singleflight import RedisLease
 from llmcache.testing.redis_cluster import EmbeddedCluster
-
-from proxy_helpers import CHAT
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from test_cluster_cache import chat, masters_of
 
 from llmcache import connection
 from llmcache.keyspace import Keyspace
 from llmcache.proxy.index_search import SearchIndex
 from llmcache.testing.redis_cluster import EmbeddedCluster, find_valkey_cli
-
-from test_cluster_cache import chat, masters_of
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.slow]
 

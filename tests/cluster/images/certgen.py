@@ -60,7 +60,7 @@ def pem(cert: x509.Certificate) -> bytes:
 
 def make_certificates(hosts: list[str]) -> dict[str, bytes]:
     """A CA (10 years) and a serving certificate for ``hosts`` signed by it."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llmcache-webhook-ca")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
