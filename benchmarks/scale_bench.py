@@ -59,8 +59,8 @@ import numpy as np
 from llmcache import connection
 from llmcache.keyspace import DEFAULT_GROUP, Keyspace
 from llmcache.proxy.exact import Entry, RedisExactStore
-from llmcache.proxy.index_search import SearchIndex
-from llmcache.proxy.vector_index import doc_fields
+from llmcache.proxy.semantic.index_search import SearchIndex
+from llmcache.proxy.semantic.vector_index import doc_fields
 from llmcache.redis_server import EmbeddedRedis, _die_with_parent, free_port
 from llmcache.testing.redis_cluster import EmbeddedCluster
 

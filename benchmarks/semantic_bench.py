@@ -36,10 +36,11 @@ import redis.asyncio as aioredis
 
 from llmcache.keys import semantic_parts
 from llmcache.keyspace import Keyspace
-from llmcache.proxy import index_client, vector_index
-from llmcache.proxy.embedder import LocalEmbedder
-from llmcache.proxy.index_search import SearchIndex
-from llmcache.proxy.semantic import SemanticCache, SemanticSettings
+from llmcache.proxy.semantic import index_client, vector_index
+from llmcache.proxy.semantic.embedder import LocalEmbedder
+from llmcache.proxy.semantic.index_search import SearchIndex
+from llmcache.proxy.semantic import SemanticCache
+from llmcache.proxy.settings import SemanticSettings
 from llmcache.redis_server import EmbeddedRedis
 
 HERE = Path(__file__).resolve().parent
@@ -191,7 +192,7 @@ async def bench_exact_path(url: str, *, num_requests: int) -> dict[str, Any] | N
                 cache=ps.CacheSettings(mode=mode, tenant_salt=b"bench-salt"),
                 redis=ps.RedisSettings(url=url, timeout_ms=2000),
                 upstream=ps.UpstreamSettings(url=str(up.make_url("")).rstrip("/"), timeout_s=30.0),
-                semantic=ps.SemanticOptions(timeout_ms=10_000))
+                semantic=ps.SemanticSettings(timeout_s=10.0))
             px = TestServer(create_app(settings), host="127.0.0.1")
             await px.start_server()
             try:

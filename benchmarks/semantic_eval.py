@@ -14,7 +14,7 @@ Data (``benchmarks/data/``):
 
 Methods, all on the same all-MiniLM-L6-v2 embeddings from the wheel:
 
-- ``ours``: cosine ≥ the default threshold AND :class:`llmcache.proxy.verify.Verifier` accepts;
+- ``ours``: cosine ≥ the default threshold AND :class:`llmcache.proxy.semantic.verify.Verifier` accepts;
 - ``cosine``: cosine ≥ its best threshold (chosen on ``train``: most recall at precision ≥ 0.98,
   else best F1) — what most semantic caches do;
 - ``gptcache``: GPTCache's default similarity evaluation (``init_similar_cache``:
@@ -43,9 +43,9 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from llmcache.proxy.embedder import LocalEmbedder
-from llmcache.proxy.semantic import DEFAULT_THRESHOLD
-from llmcache.proxy.verify import PairModel, Verdict, Verifier
+from llmcache.proxy.semantic.embedder import LocalEmbedder
+from llmcache.policy import DEFAULT_SIMILARITY_THRESHOLD
+from llmcache.proxy.semantic.verify import PairModel, Verdict, Verifier
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -347,8 +347,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--name", default="semantic_eval")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help=f"cosine gate before the verifier (default: the cache's, {DEFAULT_THRESHOLD})")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_SIMILARITY_THRESHOLD,
+                        help=f"cosine gate before the verifier (default: the cache's, {DEFAULT_SIMILARITY_THRESHOLD})")
     parser.add_argument("--embed-cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "llmcache_eval_vectors.npz"),
                         help="on-disk vector cache (npz, no pickle) so reruns skip the model")
     parser.add_argument("--final", action="store_true", help="also evaluate the fresh held-out file (the headline)")

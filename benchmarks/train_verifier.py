@@ -1,11 +1,11 @@
-"""Fit the verifier's pair model on the ``train`` split only; write ``proxy/data/verify_model.json``.
+"""Fit the verifier's pair model on the ``train`` split only; write ``proxy/semantic/data/verify_model.json``.
 
     .venv/bin/python benchmarks/train_verifier.py [--threshold 0.80] [--dry-run] [--out PATH]
 
 Only pairs that pass every evidence check and still have unaligned words reach the
 pair model; this script collects those from ``benchmarks/data/semantic_pairs_gen.jsonl``
 (``split == "train"``: held-out families and edit types are never read), computes
-:attr:`llmcache.proxy.verify.PairModel.FEATURES`, fits an L2-regularised logistic
+:attr:`llmcache.proxy.semantic.verify.PairModel.FEATURES`, fits an L2-regularised logistic
 regression with numpy and picks the decision threshold with the most train recall
 at precision ≥ 0.985 and every category ≥ 0.96 refused (cosine gate at ``--threshold``).
 JSON, schema version 1; no pickle.
@@ -25,9 +25,9 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from llmcache.proxy.embedder import LocalEmbedder
-from llmcache.proxy.semantic import DEFAULT_THRESHOLD
-from llmcache.proxy.verify import MODEL_PATH, PairModel, Verifier
+from llmcache.proxy.semantic.embedder import LocalEmbedder
+from llmcache.policy import DEFAULT_SIMILARITY_THRESHOLD
+from llmcache.proxy.semantic.verify import MODEL_PATH, PairModel, Verifier
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -98,7 +98,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--threshold", type=float, default=DEFAULT_SIMILARITY_THRESHOLD)
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--out", type=Path, default=MODEL_PATH,
                         help=f"where the fitted model's JSON goes (default: {MODEL_PATH}, what the proxy loads)")

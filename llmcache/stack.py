@@ -47,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmcache import connection
 from llmcache.errors import ConfigError, LLMCacheError
 from llmcache.redis_server import EmbeddedRedis, free_port
 from llmcache.settings import UPSTREAM_HELP, add_flag, parse_listen, port_in_use
@@ -351,7 +352,7 @@ class Stack:
             reason = redis_problem(cfg.redis_url)
             if reason is not None:
                 raise StackError(
-                    f"Redis at {_redact(cfg.redis_url)} (--redis-url, env LLMCACHE_REDIS_URL) is unreachable: "
+                    f"Redis at {connection.redact(cfg.redis_url)} (--redis-url, env LLMCACHE_REDIS_URL) is unreachable: "
                     f"{reason}. Start it (`llmcache redis` runs one with vector search), fix the URL, or leave "
                     "--redis-url out and `up` starts its own.")
         if cfg.upstream is not None:
@@ -383,7 +384,7 @@ class Stack:
         # parent-death handling as the other parts.
         if cfg.redis_url is not None:
             self.redis_url = cfg.redis_url
-            self._progress(f"redis: using {_redact(cfg.redis_url)}")
+            self._progress(f"redis: using {connection.redact(cfg.redis_url)}")
         else:
             assert redis_addr is not None
             host, port = redis_addr
@@ -483,16 +484,6 @@ class Stack:
         self.stop()
 
 
-def _redact(url: str) -> str:
-    """``redis://user:secret@host`` → ``redis://user:***@host`` for messages."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    cred, _, host = rest.rpartition("@")
-    user = cred.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
-
-
 # -- CLI ------------------------------------------------------------------------------------
 def add_stack_flags(parser: argparse.ArgumentParser, *, any_port: bool = False) -> None:
     """The flags of ``up``; ``demo`` reuses them with ``any_port`` (free ports by default,
@@ -540,7 +531,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _banner(stack: Stack) -> str:
     return (
         f"\nllmcache is up: {stack.base_url}\n"
-        f"  redis        {_redact(stack.redis_url)}\n"
+        f"  redis        {connection.redact(stack.redis_url)}\n"
         f"  model server {stack.upstream_url}\n"
         f"  logs         {stack.log_dir}\n\n"
         "Point any OpenAI client at it:\n"
@@ -571,7 +562,7 @@ class HealthReporter:
         report = _readyz(f"{self.stack.proxy_url}/readyz")
         if report is None:
             return  # the proxy itself not answering is the dead-child check's business
-        for part, where in (("redis", _redact(self.stack.redis_url)), ("upstream", self.stack.upstream_url)):
+        for part, where in (("redis", connection.redact(self.stack.redis_url)), ("upstream", self.stack.upstream_url)):
             state = str(report.get(part, "ok"))
             was_ok, is_ok = self.last.get(part) == "ok", state == "ok"
             if was_ok and not is_ok:

@@ -127,12 +127,12 @@ async def read_stats(client: redis.asyncio.Redis, *, keyspace: Keyspace) -> list
     rows: dict[str, dict[str, Any]] = {}
     async for key in client.scan_iter(match=keyspace.stats_pattern, count=500):
         raw = await client.hgetall(key)
-        namespace = _s(raw.get(b"namespace", b"?"))
+        namespace = connection.as_text(raw.get(b"namespace", b"?"))
         row = rows.setdefault(namespace, {"namespace": namespace, **dict.fromkeys(FIELDS, 0), "policies": []})
         for f in FIELDS:
             row[f] += int(raw.get(f.encode(), 0))
         if b"policy" in raw:
-            row["policies"].append(_s(raw[b"policy"]))
+            row["policies"].append(connection.as_text(raw[b"policy"]))
     for row in rows.values():
         hits = row["hit"] + row["semantic_hit"]
         looked = hits + row["miss"]
@@ -141,8 +141,6 @@ async def read_stats(client: redis.asyncio.Redis, *, keyspace: Keyspace) -> list
     return sorted(rows.values(), key=lambda r: r["namespace"])
 
 
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

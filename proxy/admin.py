@@ -1,7 +1,7 @@
 """The proxy's own endpoints: health, readiness, metrics, stats and invalidation.
 
 These answer about the proxy itself and never reach the upstream; the request
-pipeline (lookup, single flight, store) is :mod:`llmcache.proxy.handlers`.
+pipeline is :mod:`llmcache.proxy.handlers` (lookup), :mod:`~llmcache.proxy.misses` (single flight, store).
 
 =============================  ==========================================================
 ``GET /healthz``               the process answers (liveness)
@@ -30,18 +30,15 @@ from aiohttp import web
 from yarl import URL
 
 from llmcache import connection, keys, stats
-from llmcache.keyspace import DEFAULT_GROUP, Keyspace, shard_of
-from llmcache.proxy import handlers, upstream
+from llmcache.keyspace import DEFAULT_GROUP, ORDER_KINDS, Keyspace, by_shard
+from llmcache.proxy import upstream
 from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.metrics import CONTENT_TYPE_LATEST
+from llmcache.proxy.state import STATE, ProxyState
 
 __all__ = ["add_routes", "healthz", "invalidate", "metrics", "readyz", "stats_endpoint"]
 
 log = logging.getLogger(__name__)
-
-STATE = handlers.STATE
-ProxyState = handlers.ProxyState
-
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
@@ -166,7 +163,8 @@ async def stats_endpoint(request: web.Request) -> web.Response:
                                        "shed": state.body_budget.num_shed_total}}
     if state.semantic is not None:
         try:
-            out["semantic"] = state.semantic.stats()
+            # The threshold in effect: the applied CachePolicy's, else the flag's.
+            out["semantic"] = {**state.semantic.stats(), "threshold": state.config().similarity_threshold}
         except Exception:  # noqa: BLE001
             out["semantic"] = None
     client = state.redis
@@ -349,13 +347,11 @@ async def _invalidate(state: ProxyState, client: redis.asyncio.Redis,
 async def _forget_bookkeeping(client: redis.asyncio.Redis, ks: Keyspace, key_hashes: list[str], *,
                               groups: tuple[str, ...]) -> None:
     """Drop eviction rows of deleted entries in the groups this proxy writes (the operator trims the rest)."""
-    by_shard: dict[str, list[str]] = {}
-    for h in key_hashes:
-        by_shard.setdefault(shard_of(h), []).append(h)
+    shards = by_shard(key_hashes)
     async with client.pipeline(transaction=False) as pipe:
         for group in set(groups):
-            for shard, members in by_shard.items():
-                for kind in ("lru", "lfu", "ctime"):
+            for shard, members in shards.items():
+                for kind in ORDER_KINDS:
                     pipe.zrem(ks.group(group, kind, shard), *members)
                 pipe.hdel(ks.group(group, "size", shard), *members)
         await pipe.execute()

@@ -1,7 +1,7 @@
 """The proxy application factory: ``create_app(settings)``.
 
 Resources open and close with the app (``cleanup_ctx``), in this order, and
-live on :data:`llmcache.proxy.handlers.STATE`:
+live on :data:`llmcache.proxy.state.STATE`:
 
 1. one pooled ``aiohttp.ClientSession`` to the upstream;
 2. one ``redis.asyncio`` client (no client-side retries: the breaker decides),
@@ -26,20 +26,23 @@ from typing import Any
 
 import redis.asyncio
 from aiohttp import web
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
-from redis.retry import Retry
 
 from llmcache import connection
 from llmcache.errors import DependencyError
 from llmcache.keyspace import Keyspace
-from llmcache.proxy import admin, handlers
+from llmcache.proxy import admin, handlers, semantic
 from llmcache.proxy.breaker import Breaker, CacheUnavailable, LoopLag
 from llmcache.proxy.exact import RedisExactStore
 from llmcache.proxy.limits import BodyBudget
 from llmcache.proxy.metrics import ProxyMetrics
+from llmcache.proxy.policy_watch import PolicyWatcher
+from llmcache.proxy.semantic.embedder import Embedder
 from llmcache.proxy.settings import ProxySettings, generated_salt
 from llmcache.proxy.singleflight import RedisLease
+from llmcache.proxy.state import STATE, ProxyState
 from llmcache.proxy.telemetry import Telemetry
 from llmcache.proxy.upstream import Upstream
 
@@ -47,7 +50,6 @@ __all__ = ["STATE", "create_app"]
 
 log = logging.getLogger(__name__)
 
-STATE = handlers.STATE
 
 #: Redis connections opened at start-up (a first burst of requests finds them ready).
 _WARM_CONNECTIONS = 16
@@ -76,7 +78,7 @@ def create_app(settings: ProxySettings) -> web.Application:
         log.warning("no --tenant-salt set: generated a random one, so cache entries are private to this "
                     "process; set the same LLMCACHE_TENANT_SALT on every pod that shares this Redis")
     obs = settings.observability
-    state = handlers.ProxyState(
+    state = ProxyState(
         settings=settings,
         keyspace=Keyspace(settings.cache.key_prefix),
         tenant_salt=salt,
@@ -153,7 +155,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
             await client.aclose()
 
 
-async def _cancel_background(state: handlers.ProxyState) -> None:
+async def _cancel_background(state: ProxyState) -> None:
     for task in list(state.background):
         task.cancel()
     with contextlib.suppress(Exception):
@@ -169,13 +171,13 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     await _cancel_background(state)
 
 
-async def _first_ping(state: handlers.ProxyState, client: redis.asyncio.Redis) -> None:
+async def _first_ping(state: ProxyState, client: redis.asyncio.Redis) -> None:
     """Settle readiness: Redis answered, or the breaker opened (the proxy then bypasses)."""
     # A first connect may take longer than a cached GET; give it 1 s per try.
     for _ in range(state.breaker.failure_threshold):
         try:
             await state.breaker.call(client.ping, timeout_s=1.0)
-            log.info("redis reachable at %s", _safe_url(state.settings.redis.url))
+            log.info("redis reachable at %s", connection.redact(state.settings.redis.url))
             # Open a few pooled connections now: a burst of first requests would otherwise each pay
             # a connection handshake inside the per-operation deadline and could trip the breaker.
             with contextlib.suppress(Exception):
@@ -184,16 +186,8 @@ async def _first_ping(state: handlers.ProxyState, client: redis.asyncio.Redis) -
         except CacheUnavailable:
             await asyncio.sleep(0.05)
     log.warning("redis at %s is unreachable: serving in bypass mode until it answers",
-                _safe_url(state.settings.redis.url))
+                connection.redact(state.settings.redis.url))
     state.breaker.settled = True
-
-
-def _safe_url(url: str) -> str:
-    """The Redis URL without a password (logs never carry credentials)."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
 
 
 async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -202,12 +196,7 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
     if not source.enabled:
         yield
         return
-    module = handlers.optional_module("llmcache.proxy.policy_watch")
-    if module is None:
-        log.warning("policy flags are set but llmcache.proxy.policy_watch is not installed; CLI settings apply")
-        yield
-        return
-    watcher = module.PolicyWatcher(
+    watcher = PolicyWatcher(
         state.redis, keyspace=state.keyspace, namespace=source.pod_namespace or "default",
         pod_name=source.pod_name or socket.gethostname(), labels_file=source.pod_labels_file,
         policy_file=source.policy_file, on_change=_policy_changed)
@@ -233,13 +222,7 @@ async def _semantic_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.cache.mode == "exact" and not settings.policy.enabled:
         yield
         return
-    module = handlers.optional_module("llmcache.proxy.semantic")
-    if module is None:
-        log.warning("--mode %s wants the semantic cache, but llmcache.proxy.semantic is not installed: "
-                    "exact cache only", settings.cache.mode)
-        yield
-        return
-    starter = _SemanticStarter(state, module)
+    starter = _SemanticStarter(state)
     # One attempt before serving (a healthy start has the semantic cache from the first request);
     # if Redis or the embedder is not there yet, keep trying in the background.
     if not await starter.attempt():
@@ -257,26 +240,21 @@ class _SemanticStarter:
     stay off for the life of the process. The embedder is loaded once and reused by every attempt.
     """
 
-    def __init__(self, state: handlers.ProxyState, module: Any) -> None:
+    def __init__(self, state: ProxyState) -> None:
         self.state = state
-        self.module = module
-        self.embedder: Any | None = None
+        self.embedder: Embedder | None = None
         self.task: asyncio.Task[None] | None = None
         self.num_attempts = 0
         self._give_up = False
 
     async def attempt(self) -> bool:
         """One try; True when the semantic cache is running (or cannot ever run: no point retrying)."""
-        state, module = self.state, self.module
+        state = self.state
+        sem_settings = state.settings.semantic
         self.num_attempts += 1
         try:
-            sem_settings = _semantic_settings(module, state.settings)
-        except Exception:
-            log.exception("semantic cache settings are invalid: exact cache only")
-            return True
-        try:
             if self.embedder is None:
-                self.embedder = await module.make_embedder(sem_settings)
+                self.embedder = await semantic.make_embedder(sem_settings)
         except DependencyError as exc:
             log.error("semantic cache cannot start: %s; exact cache only", exc)
             return True
@@ -284,7 +262,7 @@ class _SemanticStarter:
             self._warn("embedder", exc)
             return False
         try:
-            state.semantic = await module.SemanticCache.create(state.redis, settings=sem_settings,
+            state.semantic = await semantic.SemanticCache.create(state.redis, settings=sem_settings,
                                                                keyspace=state.keyspace, embedder=self.embedder)
         except Exception as exc:  # noqa: BLE001 - Redis away, index not creatable yet: retry
             self._warn("vector index", exc)
@@ -321,13 +299,6 @@ class _SemanticStarter:
                 await self.embedder.close()
 
 
-def _semantic_settings(module: Any, settings: ProxySettings) -> Any:
-    """Build the facade's ``SemanticSettings`` from our flags."""
-    s = settings.semantic
-    return module.SemanticSettings(threshold=s.similarity_threshold, embedder=s.embedder,
-                                   embedder_url=s.embedder_url, index=s.index, timeout_s=s.timeout_ms / 1000)
-
-
 async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     task = asyncio.get_running_loop().create_task(_flush_stats_forever(state))
@@ -343,7 +314,7 @@ async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
                 await state.breaker.call(lambda: state.stats.flush(client, keyspace=state.keyspace), timeout_s=1.0)
 
 
-async def _flush_stats_forever(state: handlers.ProxyState) -> None:
+async def _flush_stats_forever(state: ProxyState) -> None:
     while True:
         await asyncio.sleep(STATS_FLUSH_INTERVAL_S)
         client = state.redis

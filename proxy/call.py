@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -22,9 +22,7 @@ from llmcache import keys
 from llmcache.proxy import cachecontrol, streaming
 from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.exact import Entry, InvalidEntry
-
-if TYPE_CHECKING:
-    from llmcache.proxy.handlers import EffectiveConfig, ProxyState
+from llmcache.proxy.state import EffectiveConfig, ProxyState
 
 __all__ = ["JSON_TYPE", "SIMILARITY_HEADER", "SSE_TYPE", "STATUS_HEADER", "Call", "can_serve", "count_answer",
            "guarded", "load_entry", "note_redis_failure", "serve"]

@@ -73,7 +73,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--embedder-url", default=None, help="base URL of the remote embedder")
     add_flag(parser, "--semantic-index", default=d.semantic.index, choices=("auto", "search", "client"),
              help="vector index: RediSearch, client-side, or auto-detect")
-    add_flag(parser, "--semantic-timeout-ms", default=d.semantic.timeout_ms, type=float,
+    add_flag(parser, "--semantic-timeout-ms", default=d.semantic.timeout_s * 1000, type=float,
              help="deadline of one semantic lookup")
     add_flag(parser, "--pod-labels-file", default=None, help="downward-API labels file of this pod")
     add_flag(parser, "--pod-namespace", default=None, help="Kubernetes namespace of this pod (policy lookup)")
@@ -84,9 +84,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
     """Turn parsed flags into settings; raise :class:`ConfigError` naming the flag on bad values."""
     host, port = parse_listen(args.listen)
-    semantic = ps.SemanticOptions(similarity_threshold=args.similarity_threshold, embedder=args.embedder,
-                                  embedder_url=args.embedder_url, index=args.semantic_index,
-                                  timeout_ms=args.semantic_timeout_ms)
+    semantic = ps.SemanticSettings(similarity_threshold=args.similarity_threshold, embedder=args.embedder,
+                                   embedder_url=args.embedder_url, index=args.semantic_index,
+                                   timeout_s=args.semantic_timeout_ms / 1000)
     mode = args.mode
     if mode is None:
         mode = "both" if ps.semantic_available(semantic) else "exact"

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import redis.asyncio
 import redis.exceptions
 
-from llmcache.keyspace import Keyspace
+from llmcache.keyspace import Keyspace, shard_of
 
 __all__ = ["ENTRY_SCHEMA_VERSION", "Entry", "ExactStore", "InvalidEntry", "RedisExactStore", "validate_answer"]
 
@@ -195,7 +195,8 @@ return v
 
 
 # SET the entry with its TTL and queue its eviction bookkeeping, as
-# :meth:`llmcache.keyspace.Keyspace.record_access` does for a created entry (lru, lfu, ctime, size),
+# :meth:`llmcache.keyspace.Keyspace.record_access` does for a created entry (KEYS[2..5]: the group
+# shard's rows in :data:`llmcache.keyspace.BOOKKEEPING_KINDS` order),
 # in one script call: a 5-command pipeline cost ~2x the CPU and wall time on the miss path. The
 # SET comes first, so a full Redis (OOM) refuses the script before it writes anything.
 _PUT_AND_RECORD = """
@@ -234,7 +235,7 @@ class RedisExactStore:
         ks = self._ks
         await self._put_and_record(
             # All five keys carry the entry's shard tag: one slot, so the script runs on a cluster too.
-            keys=[ks.entry(key_hash), *(ks.group_of(group, kind, key_hash) for kind in ("lru", "lfu", "ctime", "size"))],
+            keys=[ks.entry(key_hash), *ks.bookkeeping(group, shard_of(key_hash))],
             args=[blob, ttl_s, time.time(), key_hash, len(blob)])
         return len(blob)
 

@@ -30,23 +30,16 @@ hash, never prompt text or credentials.
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio
 from aiohttp import web
 
-from llmcache import keys, stats
-from llmcache.keyspace import DEFAULT_GROUP, Keyspace
-from llmcache.policy import PolicyDocument
+from llmcache import keys
 from llmcache.proxy import controls, limits, misses, upstream
-from llmcache.proxy.breaker import Breaker
 from llmcache.proxy.call import (
     STATUS_HEADER,
     Call,
@@ -55,112 +48,14 @@ from llmcache.proxy.call import (
     load_entry,
     serve,
 )
-from llmcache.proxy.exact import ExactStore
-from llmcache.proxy.metrics import ProxyMetrics
-from llmcache.proxy.settings import ProxySettings
-from llmcache.proxy.singleflight import FlightGroup, RedisLease
-from llmcache.proxy.telemetry import Telemetry
+from llmcache.proxy.state import STATE, EffectiveConfig, ProxyState
 
-__all__ = ["STATE", "EffectiveConfig", "ProxyState", "add_routes", "effective_config"]
+__all__ = ["add_routes", "cacheable", "passthrough"]
 
 log = logging.getLogger(__name__)
 
 THRESHOLD_HEADER = controls.THRESHOLD_HEADER
 NAMESPACE_HEADER = controls.NAMESPACE_HEADER
-
-
-@dataclass(frozen=True, slots=True)
-class EffectiveConfig:
-    """What applies to a request right now: CLI settings overridden by the current CachePolicy."""
-
-    exact: bool
-    semantic: bool
-    ttl_s: int
-    similarity_threshold: float
-    tenant_header: str
-    non_deterministic: str
-    suspend: bool
-    invalidate_before_s: float | None
-    group: str
-    """Eviction group: the policy id, or :data:`llmcache.keyspace.DEFAULT_GROUP`."""
-    partition: str = ""
-    """What every key includes besides the tenant: the pod's Kubernetes namespace (``--pod-namespace``),
-    else the applied policy's namespace, else empty (a proxy outside Kubernetes)."""
-    cache_anonymous: bool = False
-    """Cache requests without the tenant header (per partition)? ``anonymous: PerNamespace``."""
-    policy_id: str | None = None
-    """The applied CachePolicy's id (``namespace/name``) that tags the stats counters; ``None`` without one."""
-
-
-def effective_config(settings: ProxySettings, doc: PolicyDocument | None, *,
-                     semantic_ready: bool) -> EffectiveConfig:
-    """Merge ``settings`` with the policy ``doc`` (the policy wins for every field it carries)."""
-    c = settings.cache
-    if doc is None:
-        # Semantic-only without a semantic engine falls back to exact rather than caching nothing.
-        return EffectiveConfig(
-            exact=c.mode in ("exact", "both") or not semantic_ready,
-            semantic=semantic_ready and c.mode in ("semantic", "both"),
-            ttl_s=c.ttl_s, similarity_threshold=settings.semantic.similarity_threshold,
-            tenant_header=c.tenant_header, non_deterministic=c.non_deterministic, suspend=False,
-            invalidate_before_s=None, group=DEFAULT_GROUP, partition=settings.policy.pod_namespace or "",
-            cache_anonymous=c.anonymous == "per-namespace")
-    s = doc.spec
-    return EffectiveConfig(
-        exact=s.exact_enabled or (not s.suspend and not semantic_ready),
-        semantic=semantic_ready and s.semantic_enabled, ttl_s=s.ttl_seconds,
-        similarity_threshold=s.similarity_threshold, tenant_header=s.tenant_header,
-        non_deterministic=s.non_deterministic, suspend=s.suspend, invalidate_before_s=s.invalidate_before_s,
-        group=doc.id, partition=settings.policy.pod_namespace or doc.namespace,
-        cache_anonymous=s.anonymous == "PerNamespace", policy_id=doc.id)
-
-
-@dataclass(slots=True)
-class ProxyState:
-    """Everything a handler needs; created by :func:`llmcache.proxy.app.create_app`, filled by its
-    ``cleanup_ctx`` (so resources open and close with the app)."""
-
-    settings: ProxySettings
-    keyspace: Keyspace
-    tenant_salt: bytes
-    metrics: ProxyMetrics
-    telemetry: Telemetry
-    breaker: Breaker
-    body_budget: limits.BodyBudget
-    flights: FlightGroup = field(default_factory=FlightGroup)
-    stats: stats.StatsBuffer = field(default_factory=stats.StatsBuffer)
-    upstream: upstream.Upstream | None = None
-    redis: redis.asyncio.Redis | None = None
-    store: ExactStore | None = None
-    lease: RedisLease | None = None
-    semantic: Any | None = None
-    """The semantic cache facade (``llmcache.proxy.semantic.SemanticCache``) or ``None``."""
-    policy_watcher: Any | None = None
-    """``llmcache.proxy.policy_watch.PolicyWatcher`` or ``None`` (no policy source configured)."""
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
-    num_pending_adds: int = 0
-    """Background semantic adds in progress (capped by ``SemanticOptions.max_pending_adds``)."""
-    _config: tuple[PolicyDocument | None, bool, EffectiveConfig] | None = None
-    """The last effective config with the (policy document, semantic ready) it was computed for."""
-
-    def config(self) -> EffectiveConfig:
-        """The effective config, recomputed only when the policy document or semantic engine changes."""
-        doc = self.policy_watcher.current if self.policy_watcher is not None else None
-        semantic_ready = self.semantic is not None
-        cached = self._config
-        if cached is None or cached[0] is not doc or cached[1] != semantic_ready:
-            cached = self._config = (doc, semantic_ready,
-                                     effective_config(self.settings, doc, semantic_ready=semantic_ready))
-        return cached[2]
-
-    def spawn(self, coro: Any) -> None:
-        """Run ``coro`` in the background, keeping a reference until it ends."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-
-
-STATE = web.AppKey("llmcache_proxy_state", ProxyState)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,8 +283,7 @@ async def _semantic_lookup(call: Call) -> web.StreamResponse | None:
         threshold = max(threshold, call.asked_threshold)  # a request may only tighten it
     t0 = time.perf_counter()
     try:
-        match = await state.semantic.lookup(parts, threshold=threshold,
-                                            timeout_s=state.settings.semantic.timeout_ms / 1000)
+        match = await state.semantic.lookup(parts, threshold=threshold)
     except Exception:
         log.exception("semantic lookup failed for %s", call.log_key)
         match = None
@@ -416,13 +310,3 @@ def add_routes(app: web.Application) -> None:
     for route in keys.CACHEABLE_ROUTES:
         r.add_post(route, cacheable)
     r.add_route("*", "/{tail:.*}", passthrough)
-
-
-def optional_module(name: str) -> Any | None:
-    """Import an optional proxy module (semantic cache, policy watcher), ``None`` when absent."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        return None

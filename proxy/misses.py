@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -26,15 +26,6 @@ from aiohttp import web
 from llmcache import keys
 from llmcache.proxy import cachecontrol, streaming, upstream
 from llmcache.proxy.breaker import CacheUnavailable
-from llmcache.proxy.exact import Entry, validate_answer
-from llmcache.proxy.singleflight import Flight
-
-if TYPE_CHECKING:
-    from llmcache.proxy.handlers import ProxyState
-
-__all__ = ["join_flight", "miss"]
-
-log = logging.getLogger(__name__)
 from llmcache.proxy.call import (
     JSON_TYPE,
     SSE_TYPE,
@@ -47,6 +38,13 @@ from llmcache.proxy.call import (
     note_redis_failure,
     serve,
 )
+from llmcache.proxy.exact import Entry, validate_answer
+from llmcache.proxy.singleflight import Flight
+from llmcache.proxy.state import ProxyState
+
+__all__ = ["join_flight", "miss"]
+
+log = logging.getLogger(__name__)
 
 
 async def join_flight(call: Call) -> web.StreamResponse | None:
@@ -314,9 +312,9 @@ async def _store(call: Call, entry: Entry) -> None:
 
 async def _semantic_add(state: ProxyState, semantic: Any, parts: keys.SemanticParts, key_hash: str,
                         ttl_s: int) -> None:
-    """Index the stored entry by meaning, within ``SemanticOptions.add_timeout_ms``; failures only log."""
+    """Index the stored entry by meaning, within ``SemanticSettings.add_timeout_s``; failures only log."""
     try:
-        async with asyncio.timeout(state.settings.semantic.add_timeout_ms / 1000):
+        async with asyncio.timeout(state.settings.semantic.add_timeout_s):
             await semantic.add(parts, key_hash, ttl_s=ttl_s)
     except TimeoutError:
         log.info("semantic add for %s timed out; the exact entry is stored", keys.short(key_hash))

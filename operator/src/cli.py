@@ -165,7 +165,7 @@ async def run_operator(settings: OperatorSettings, *, stop_flag: asyncio.Event |
             host, port = parse_listen(settings.health_listen)
             kwargs["liveness_endpoint"] = f"http://{host}:{port}/healthz"
         log.info("operator starting: redis %s, namespace %s, eviction every %ss",
-                 handlers.redact_url(settings.redis_url), settings.namespace or "(all)",
+                 connection.redact(settings.redis_url), settings.namespace or "(all)",
                  settings.eviction.interval_s)
         await kopf.operator(registry=handlers.build_registry(rt), settings=handlers.kopf_settings(settings),
                             stop_flag=stop_flag, ready_flag=ready_flag, **kwargs)

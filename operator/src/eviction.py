@@ -51,13 +51,14 @@ after it (a stream in its own slot; only client-side indexes read it).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from llmcache.keyspace import NUM_SHARDS, SHARDS, Keyspace, shard_of
+from llmcache.connection import as_text
+from llmcache.keyspace import BOOKKEEPING_KINDS, NUM_SHARDS, ORDER_KINDS, SHARDS, Keyspace, by_shard
 from llmcache.policy import PolicySpec
 
 __all__ = ["EvictionLimits", "EvictionResult", "delete_members", "drop_bookkeeping", "enforce_limits", "group_count",
@@ -66,8 +67,6 @@ __all__ = ["EvictionLimits", "EvictionResult", "delete_members", "drop_bookkeepi
 log = logging.getLogger(__name__)
 
 _ORDER_SET = {"LRU": "lru", "LFU": "lfu", "TTL": "ctime"}
-#: The group's bookkeeping structures, in the KEYS order the ``_REMOVE`` script expects.
-_BOOKKEEPING = ("lru", "lfu", "ctime", "size")
 #: Approximate cap of the vector-events stream; the proxy trims it to the same length.
 VECTOR_EVENTS_MAXLEN = 100_000
 
@@ -111,9 +110,6 @@ class EvictionResult:
     prune_cursor: int
 
 
-def _s(v: object) -> str:
-    """A Redis reply item as text (replies are bytes without ``decode_responses``)."""
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 # The per-member work runs inside Redis, one script call per shard batch: a batch of 256 costs
@@ -160,20 +156,13 @@ def _pipe(r: Any) -> Any:
     return r.pipeline(transaction=False)
 
 
-def _by_shard(members: Iterable[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for m in members:
-        out.setdefault(shard_of(m), []).append(m)
-    return out
-
-
 async def _remove(r: Any, ks: Keyspace, group: str, members: Sequence[str], *, mode: str,
                   batch_size: int = 256) -> int:
     calls: list[tuple[list[str], list[str]]] = []
-    for shard, in_shard in _by_shard(members).items():
+    for shard, in_shard in by_shard(members).items():
         for i in range(0, len(in_shard), batch_size):
             batch = in_shard[i:i + batch_size]
-            keys = [ks.group(group, kind, shard) for kind in _BOOKKEEPING]
+            keys = ks.bookkeeping(group, shard)
             for h in batch:
                 keys += [ks.entry(h), ks.vector(h)]
             calls.append((keys, batch))
@@ -186,7 +175,7 @@ async def _remove(r: Any, ks: Keyspace, group: str, members: Sequence[str], *, m
     removed, vdel = 0, []
     for reply in replies:
         removed += int(reply[0])
-        vdel.extend(_s(h) for h in reply[1] or [])
+        vdel.extend(as_text(h) for h in reply[1] or [])
     if vdel:
         # Client-side vector indexes learn about the deleted docs from the stream (own slot).
         async with _pipe(r) as pipe:
@@ -197,7 +186,7 @@ async def _remove(r: Any, ks: Keyspace, group: str, members: Sequence[str], *, m
 
 
 def _bookkeeping_keys(ks: Keyspace, group: str) -> list[str]:
-    return [key for kind in _BOOKKEEPING for key in ks.group_keys(group, kind)]
+    return [key for kind in BOOKKEEPING_KINDS for key in ks.group_keys(group, kind)]
 
 
 async def delete_members(r: aioredis.Redis, ks: Keyspace, group: str, members: Sequence[str], *,
@@ -225,7 +214,7 @@ async def group_usage(r: aioredis.Redis, ks: Keyspace, group: str) -> tuple[int,
             lru, size = ks.group(group, "lru", shard), ks.group(group, "size", shard)
             pipe.eval(_USAGE, 2, lru, size)
         replies = await pipe.execute()
-    return (sum(int(c) for c, _ in replies), sum(int(float(_s(t))) for _, t in replies))
+    return (sum(int(c) for c, _ in replies), sum(int(float(as_text(t))) for _, t in replies))
 
 
 async def _prune(r: aioredis.Redis, ks: Keyspace, group: str, *, cursor: int, count: int) -> tuple[int, int]:
@@ -254,10 +243,10 @@ async def _prune(r: aioredis.Redis, ks: Keyspace, group: str, *, cursor: int, co
                 pipe.zscan(ks.group(group, "lru", shard), cursor=0, count=count)
             pages = await pipe.execute()
         for shard, (zcur, scored) in zip(shards, pages, strict=True):
-            members.extend(_s(m) for m, _ in scored)
+            members.extend(as_text(m) for m, _ in scored)
             while int(zcur) != 0:  # a big shard: the rest of it (bounded by its size)
                 zcur, scored = await r.zscan(ks.group(group, "lru", shard), cursor=zcur, count=count)
-                members.extend(_s(m) for m, _ in scored)
+                members.extend(as_text(m) for m, _ in scored)
         seen += sum(sizes[:take])
         if members:
             pruned += await _remove(r, ks, group, members, mode="dead")
@@ -274,7 +263,7 @@ async def _delete_created_before(r: aioredis.Redis, ks: Keyspace, group: str, be
         async with _pipe(r) as pipe:
             for key in ks.group_keys(group, "ctime"):
                 pipe.zrangebyscore(key, "-inf", f"({before_s}", start=0, num=per_shard)
-            stale = [_s(m) for page in await pipe.execute() for m in page]
+            stale = [as_text(m) for page in await pipe.execute() for m in page]
         if not stale:
             return deleted
         await delete_members(r, ks, group, stale)
@@ -298,7 +287,7 @@ async def _lowest(r: aioredis.Redis, ks: Keyspace, group: str, kind: str, n: int
                 pipe.zrange(ks.group(group, kind, shard), 0, depth[shard] - 1, withscores=True)
             pages = await pipe.execute()
         for shard, page in zip(todo, pages, strict=True):
-            got[shard] = [(float(score), _s(m)) for m, score in page]
+            got[shard] = [(float(score), as_text(m)) for m, score in page]
         merged = sorted(item for items in got.values() for item in items if item[1] not in exclude)
         bound = merged[n - 1] if len(merged) >= n else None
         todo = []
@@ -395,11 +384,11 @@ async def purge_group(r: aioredis.Redis, ks: Keyspace, group: str, *, batch_size
     """Delete every entry recorded in ``group`` and the group's bookkeeping; returns the entries deleted."""
     members: set[str] = set()
     for shard in SHARDS:
-        for kind in ("lru", "ctime", "lfu"):
+        for kind in ORDER_KINDS:
             async for m, _ in r.zscan_iter(ks.group(group, kind, shard)):
-                members.add(_s(m))
+                members.add(as_text(m))
         async for h, _ in r.hscan_iter(ks.group(group, "size", shard)):
-            members.add(_s(h))
+            members.add(as_text(h))
     ordered = sorted(members)
     for i in range(0, len(ordered), batch_size):
         await delete_members(r, ks, group, ordered[i:i + batch_size])

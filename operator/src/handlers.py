@@ -34,12 +34,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import kopf
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from llmcache import connection
 from llmcache.errors import PolicyError
 from llmcache.keyspace import Keyspace
 from llmcache.operator import eviction, publish, sweep
@@ -48,7 +48,7 @@ from llmcache.operator.kube import ApiError, KubeClient
 from llmcache.operator.settings import PURGE_ANNOTATION, OperatorSettings
 from llmcache.policy import API_GROUP, API_VERSION, PLURAL, PolicyDocument, PolicySpec, parse_spec
 
-__all__ = ["Runtime", "build_registry", "content_hash", "kopf_settings", "redact_url"]
+__all__ = ["Runtime", "build_registry", "content_hash", "kopf_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,6 @@ _STATUS_FIELDS = ("observedGeneration", "configHash", "selectedPods", "syncedPod
 def content_hash(document: str | bytes) -> str:
     """SHA-256 of a published policy document's exact bytes: what :func:`refresh_status` compares."""
     return hashlib.sha256(document.encode() if isinstance(document, str) else document).hexdigest()
-
-
-def redact_url(url: str) -> str:
-    """``redis://:secret@host`` → ``redis://***@host``: URLs in logs and status never carry passwords."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 @dataclass(slots=True)
@@ -95,7 +87,7 @@ class Runtime:
 
     def redis_down(self, exc: BaseException) -> kopf.TemporaryError:
         return kopf.TemporaryError(
-            f"Redis at {redact_url(self.settings.redis_url)} is unreachable ({exc}); retrying in "
+            f"Redis at {connection.redact(self.settings.redis_url)} is unreachable ({exc}); retrying in "
             f"{self.settings.redis_retry_delay_s:g}s — check the Redis pod/Service or --redis-url",
             delay=self.settings.redis_retry_delay_s)
 

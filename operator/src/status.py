@@ -26,6 +26,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from llmcache.connection import as_text
 from llmcache.keyspace import Keyspace
 
 __all__ = [
@@ -62,13 +63,11 @@ class Counters:
         return None if total == 0 else self.num_hits / total
 
 
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def _int(v: bytes | str | None) -> int:
     try:
-        return int(float(_s(v))) if v is not None else 0
+        return int(float(as_text(v))) if v is not None else 0
     except ValueError:
         return 0
 
@@ -79,12 +78,12 @@ async def synced_pods(r: aioredis.Redis, ks: Keyspace, namespace: str, name: str
     acks: Mapping[bytes | str, bytes | str] = await r.hgetall(ks.acks(namespace, name))
     n = 0
     for pod, blob in acks.items():
-        if pods is not None and _s(pod) not in pods:
+        if pods is not None and as_text(pod) not in pods:
             continue
         try:
             ack = json.loads(blob)
         except ValueError:
-            log.warning("ignoring malformed ack of pod %s for %s/%s", _s(pod), namespace, name)
+            log.warning("ignoring malformed ack of pod %s for %s/%s", as_text(pod), namespace, name)
             continue
         if isinstance(ack, dict) and ack.get("configHash") == config_hash:
             n += 1
@@ -98,8 +97,8 @@ async def hit_counters(r: aioredis.Redis, ks: Keyspace, policy_id: str, *, scan_
     """
     hits = misses = 0
     async for key in r.scan_iter(match=ks.stats_pattern, count=scan_count, _type="HASH"):
-        fields = {_s(k): v for k, v in (await r.hgetall(key)).items()}
-        if not any(_s(fields[f]) == policy_id for f in POLICY_FIELDS if f in fields):
+        fields = {as_text(k): v for k, v in (await r.hgetall(key)).items()}
+        if not any(as_text(fields[f]) == policy_id for f in POLICY_FIELDS if f in fields):
             continue
         hits += sum(_int(fields.get(f)) for f in HIT_FIELDS)
         misses += sum(_int(fields.get(f)) for f in MISS_FIELDS)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from llmcache.connection import as_text
 from llmcache.keyspace import DEFAULT_GROUP, Keyspace
 from llmcache.operator import eviction
 
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
-def _s(v: object) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 @dataclass(slots=True)
@@ -66,9 +65,9 @@ async def published_groups(r: aioredis.Redis, ks: Keyspace) -> set[str]:
     out: set[str] = set()
     prefix = ks.policies("")
     async for key in r.scan_iter(match=f"{prefix}*", count=500, _type="HASH"):
-        namespace = _s(key)[len(prefix):]
+        namespace = as_text(key)[len(prefix):]
         for name in await r.hkeys(key):
-            out.add(f"{namespace}/{_s(name)}")
+            out.add(f"{namespace}/{as_text(name)}")
     return out
 
 
@@ -79,7 +78,7 @@ async def unowned_groups(r: aioredis.Redis, ks: Keyspace) -> list[str]:
     tag_open, kind_tail = rest.split("\1")
     groups = set()
     async for key in r.scan_iter(match=f"{head}*{kind_tail}", count=1000):
-        name = _s(key)[len(head):-len(kind_tail)].rpartition(tag_open)[0]
+        name = as_text(key)[len(head):-len(kind_tail)].rpartition(tag_open)[0]
         if name:
             groups.add(name)
     return sorted(groups - await published_groups(r, ks))

@@ -186,7 +186,7 @@ async def test_proxy_and_operator_do_their_work_under_their_users(acl_redis: Acl
 
         labels = tmp_path / "labels"
         labels.write_text('app="chat"\n')
-        stack = await proxy_stack(redis_url=acl_redis.sidecar_url, cache_mode="both", semantic_timeout_ms=5000,
+        stack = await proxy_stack(redis_url=acl_redis.sidecar_url, cache_mode="both", semantic_timeout_s=5.0,
                                   cache_single_flight_lease=True, policy_pod_namespace="team",
                                   policy_pod_name="chat-0", policy_pod_labels_file=str(labels))
         assert stack.state.semantic is not None, "the semantic cache did not start under the sidecar user"

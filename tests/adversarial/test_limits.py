@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from proxy_helpers import CHAT, Stack
 
-from llmcache.proxy.embedder import EmbedderError, _BatchingEmbedder
+from llmcache.proxy.semantic.embedder import EmbedderError, _BatchingEmbedder
 
 ROUTE = "/v1/chat/completions"
 

@@ -56,7 +56,7 @@ async def _semantic_hit(stack: Stack) -> bool:
 async def test_semantic_cache_starts_when_redis_comes_up_after_the_proxy(proxy_stack) -> None:
     port = free_port()
     stack: Stack = await proxy_stack(redis_url=f"redis://127.0.0.1:{port}/0", cache_mode="both",
-                                     semantic_timeout_ms=5000, redis_breaker_cooldown_s=0.1)
+                                     semantic_timeout_s=5.0, redis_breaker_cooldown_s=0.1)
     assert stack.state.semantic is None  # Redis is not there: exact-only (bypass) for now
     status, headers, _ = await stack.post("/v1/chat/completions", BASE)
     assert status == 200 and headers["X-LLMCache-Status"] == "bypass"
@@ -75,7 +75,7 @@ async def test_semantic_cache_starts_when_redis_comes_up_after_the_proxy(proxy_s
 async def test_query_engine_index_is_recreated_after_a_redis_restart(proxy_stack, redis_factory) -> None:
     server = redis_factory(with_search=True)
     stack: Stack = await proxy_stack(redis_url=server.url, cache_mode="both", semantic_index="search",
-                                     semantic_timeout_ms=5000, redis_breaker_cooldown_s=0.1)
+                                     semantic_timeout_s=5.0, redis_breaker_cooldown_s=0.1)
     assert stack.state.semantic is not None
     await _until("exact entry stored", lambda: _stored(stack, BASE))
     await _until("semantic hit before the restart", lambda: _semantic_hit(stack))
@@ -89,9 +89,9 @@ async def test_query_engine_index_is_recreated_after_a_redis_restart(proxy_stack
 async def test_client_index_follows_other_pods_after_a_redis_restart(proxy_stack, redis_factory) -> None:
     server = redis_factory(with_search=False)
     stack: Stack = await proxy_stack(redis_url=server.url, cache_mode="both", semantic_index="client",
-                                     semantic_timeout_ms=5000, redis_breaker_cooldown_s=0.1)
+                                     semantic_timeout_s=5.0, redis_breaker_cooldown_s=0.1)
     other: Stack = await proxy_stack(redis_url=server.url, cache_mode="both", semantic_index="client",
-                                     semantic_timeout_ms=5000, redis_breaker_cooldown_s=0.1)
+                                     semantic_timeout_s=5.0, redis_breaker_cooldown_s=0.1)
     assert stack.state.semantic is not None and other.state.semantic is not None
     server.kill()
     server.restart()

@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from llmcache.proxy.verify import Verifier
+from llmcache.proxy.semantic.verify import Verifier
 
 
 def _words(n: int, *, seed: int, noun: str = "item") -> str:

@@ -14,7 +14,7 @@ import openai
 from aiohttp import web
 
 from llmcache.proxy import settings as ps
-from llmcache.proxy.handlers import STATE, ProxyState
+from llmcache.proxy.state import STATE, ProxyState
 from llmcache.testing.stub_upstream import StubConfig
 
 SALT = b"test-salt-0123456789"
@@ -77,7 +77,7 @@ def proxy_settings(redis_url: str, stub_url: str, **overrides: Any) -> ps.ProxyS
         upstream=dataclasses.replace(ps.UpstreamSettings(url=stub_url, timeout_s=5.0), **up_kw),
         observability=dataclasses.replace(ps.ObservabilitySettings(admin_token=ADMIN_TOKEN), **obs_kw),
         policy=ps.PolicySource(**policy_kw),
-        semantic=ps.SemanticOptions(**sem_kw),
+        semantic=ps.SemanticSettings(**sem_kw),
     )
 
 

@@ -6,7 +6,7 @@ import functools
 from typing import Any
 
 from llmcache.keys import SemanticParts, semantic_parts
-from llmcache.proxy.embedder import LocalEmbedder, find_local_model_dir
+from llmcache.proxy.semantic.embedder import LocalEmbedder, find_local_model_dir
 
 CHAT = "/v1/chat/completions"
 

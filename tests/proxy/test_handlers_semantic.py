@@ -17,7 +17,7 @@ PARAPHRASE = {**BASE, "messages": [BASE["messages"][0],
 
 @pytest.fixture
 async def semantic_stack(proxy_stack, redis_search_url: str) -> Stack:
-    stack = await proxy_stack(redis_url=redis_search_url, cache_mode="both", semantic_timeout_ms=5000)
+    stack = await proxy_stack(redis_url=redis_search_url, cache_mode="both", semantic_timeout_s=5.0)
     if stack.state.semantic is None:
         pytest.fail("the semantic cache did not start (see the log): the proxy fell back to exact only")
     return stack
@@ -96,3 +96,42 @@ async def test_promoted_entry_expires_and_is_invalidated_with_its_source(semanti
     assert [k async for k in redis.scan_iter(match=pattern)] == []
     _, headers, _ = await stack.post("/v1/chat/completions", PARAPHRASE)
     assert headers["X-LLMCache-Status"] == "miss"  # neither the copy nor the source's vector serves it
+
+
+async def test_stats_report_the_threshold_in_effect(proxy_stack, redis_search_url: str, tmp_path) -> None:
+    """``/llmcache/v1/stats`` reports the similarity threshold requests get: the flag's, then the
+    applied CachePolicy's (it reported the start-up flag even under a policy)."""
+    import json
+
+    import redis.asyncio as aioredis
+
+    from llmcache import policy
+    from llmcache.keyspace import Keyspace
+
+    labels = tmp_path / "labels"
+    labels.write_text('app="chat"\n')
+    stack = await proxy_stack(redis_url=redis_search_url, cache_mode="both", semantic_timeout_s=5.0,
+                              semantic_similarity_threshold=0.85, policy_pod_namespace="team-t",
+                              policy_pod_name="chat-0", policy_pod_labels_file=str(labels))
+    if stack.state.semantic is None:
+        pytest.fail("the semantic cache did not start (see the log)")
+
+    async def threshold() -> float:
+        async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats", headers=ADMIN) as r:
+            return (await r.json())["semantic"]["threshold"]
+
+    assert await threshold() == 0.85
+    doc = policy.PolicyDocument("team-t", "sem", 1, policy.parse_spec(
+        {"selector": {"matchLabels": {"app": "chat"}}, "mode": "Both", "semantic": {"similarityThreshold": 0.93}}))
+    ks = Keyspace()
+    r = aioredis.Redis.from_url(redis_search_url)
+    try:
+        await r.hset(ks.policies("team-t"), doc.name, doc.to_json())
+        await r.publish(ks.policy_events, json.dumps({"namespace": "team-t", "name": doc.name, "generation": 1}))
+        deadline = time.monotonic() + 15  # liveness bound for pub/sub delivery
+        while (w := stack.state.policy_watcher) is None or w.current is None:
+            assert time.monotonic() < deadline, "policy never applied"
+            await asyncio.sleep(0.02)
+    finally:
+        await r.aclose()
+    assert await threshold() == 0.93

@@ -21,8 +21,10 @@ from semantic_helpers import chat_parts, local_embedder
 
 from llmcache.errors import ConfigError
 from llmcache.keyspace import Keyspace
-from llmcache.proxy.embedder import EmbedderError, LocalEmbedder
-from llmcache.proxy.semantic import DEFAULT_THRESHOLD, SemanticCache, SemanticMatch, SemanticSettings
+from llmcache.proxy.semantic.embedder import EmbedderError, LocalEmbedder
+from llmcache.policy import DEFAULT_SIMILARITY_THRESHOLD
+from llmcache.proxy.semantic import SemanticCache, SemanticMatch
+from llmcache.proxy.settings import SemanticSettings
 
 KS = Keyspace()
 # Generous deadline: tests run on a shared 2-core machine; the 100 ms default is for production.
@@ -68,13 +70,13 @@ async def test_paraphrase_hits_with_the_stored_key(open_cache: Callable[..., Any
     cache: SemanticCache = await open_cache()
     assert cache.stats()["index_backend"] == redis_url[1]
     await cache.add(chat_parts(STORED), KEY, ttl_s=60)
-    match = await cache.lookup(chat_parts("How can I reverse a list in Python?"), threshold=DEFAULT_THRESHOLD)
+    match = await cache.lookup(chat_parts("How can I reverse a list in Python?"), threshold=DEFAULT_SIMILARITY_THRESHOLD)
     assert isinstance(match, SemanticMatch) and match.key_hash == KEY
-    assert DEFAULT_THRESHOLD <= match.similarity <= 1.0
+    assert DEFAULT_SIMILARITY_THRESHOLD <= match.similarity <= 1.0
     stats = cache.stats()
     assert stats["hits"] == 1 and stats["adds"] == 1 and stats["embed_cache_misses"] >= 2  # both texts embedded
     # The same query again reuses its embedding (the LRU), and finds the same entry.
-    again = await cache.lookup(chat_parts("How can I reverse a list in Python?"), threshold=DEFAULT_THRESHOLD)
+    again = await cache.lookup(chat_parts("How can I reverse a list in Python?"), threshold=DEFAULT_SIMILARITY_THRESHOLD)
     assert again is not None and again.key_hash == KEY
     assert cache.stats()["embed_cache_hits"] > stats["embed_cache_hits"]
 
@@ -161,7 +163,7 @@ async def test_index_survives_a_restart(open_cache: Callable[..., Any]) -> None:
     await first.add(chat_parts(STORED), KEY, ttl_s=60)
     await first.close()
     second: SemanticCache = await open_cache()
-    match = await second.lookup(chat_parts("How can I reverse a list in Python?"), threshold=DEFAULT_THRESHOLD)
+    match = await second.lookup(chat_parts("How can I reverse a list in Python?"), threshold=DEFAULT_SIMILARITY_THRESHOLD)
     assert match is not None and match.key_hash == KEY
 
 
@@ -171,7 +173,8 @@ _CHILD = textwrap.dedent("""
     sys.path.insert(0, sys.argv[4])
     from semantic_helpers import chat_parts
     from llmcache.keyspace import Keyspace
-    from llmcache.proxy.semantic import SemanticCache, SemanticSettings
+    from llmcache.proxy.semantic import SemanticCache
+    from llmcache.proxy.settings import SemanticSettings
 
     async def main():
         url, action, text = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -289,12 +292,12 @@ async def test_a_decoding_redis_client_is_accepted(redis_plain_url: str, embedde
 
 def test_documented_defaults() -> None:
     s = SemanticSettings()
-    assert (s.threshold, s.embedder, s.index, s.timeout_s, s.max_batch, s.num_candidates) == \
+    assert (s.similarity_threshold, s.embedder, s.index, s.timeout_s, s.max_batch, s.num_candidates) == \
         (0.80, "local", "auto", 0.1, 64, 5)
     assert s.client_index_max_entries == 200_000 and s.verify is True
 
 
-@pytest.mark.parametrize("bad", [{"threshold": 1.5}, {"threshold": -0.1}, {"embedder": "remote"},
+@pytest.mark.parametrize("bad", [{"similarity_threshold": 1.5}, {"similarity_threshold": -0.1}, {"embedder": "remote"},
                                  {"index": "faiss"}, {"timeout_s": 0}, {"max_batch": 0}])
 def test_bad_settings_say_what_is_wrong(bad: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):

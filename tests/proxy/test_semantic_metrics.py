@@ -56,7 +56,7 @@ async def test_embedder_failing_later_fails_open_and_counts(proxy_stack, redis_s
                                                             flaky_embedder) -> None:
     url, state = flaky_embedder
     stack = await proxy_stack(redis_url=redis_search_url, cache_mode="both", semantic_embedder="remote",
-                              semantic_embedder_url=url, semantic_timeout_ms=5000)
+                              semantic_embedder_url=url, semantic_timeout_s=5.0)
     assert stack.state.semantic is not None
     async with stack.http.get(stack.proxy_url + "/metrics") as r:
         text = await r.text()

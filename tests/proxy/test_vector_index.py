@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 
 from llmcache.errors import DependencyError
 from llmcache.keyspace import Keyspace
-from llmcache.proxy import index_client, index_search, vector_index
-from llmcache.proxy.index_search import SearchIndex
+from llmcache.proxy.semantic import cache, index_client, index_search, vector_index
+from llmcache.proxy.semantic.index_search import SearchIndex
 
 DIM = 8
 KS = Keyspace(prefix="t")
@@ -30,8 +30,8 @@ def unit(*values: float) -> np.ndarray:
 async def index(request: pytest.FixtureRequest, redis_search_url: str, redis_plain_url: str) -> AsyncIterator[vector_index.VectorIndex]:
     url = redis_search_url if request.param == "search" else redis_plain_url
     r = aioredis.Redis.from_url(url)
-    idx = await vector_index.open_index(r, keyspace=KS, dim=DIM, kind="auto", client_max_entries=1000,
-                                        client_reconcile_interval_s=0)
+    idx = await cache.open_index(r, keyspace=KS, dim=DIM, kind="auto", client_max_entries=1000,
+                                 client_reconcile_interval_s=0)
     assert idx.name == request.param  # auto picks search exactly when the module is there
     yield idx
     await idx.close()
@@ -73,22 +73,22 @@ async def test_forced_search_backend_on_plain_redis_says_what_to_do(redis_plain_
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
         with pytest.raises(DependencyError, match="--semantic-index client"):
-            await vector_index.open_index(r, keyspace=KS, dim=DIM, kind="search", client_max_entries=10,
-                                          client_reconcile_interval_s=0)
+            await cache.open_index(r, keyspace=KS, dim=DIM, kind="search", client_max_entries=10,
+                                   client_reconcile_interval_s=0)
     finally:
         await r.aclose()
 
 
 async def test_choice_is_logged_once(redis_search_url: str, caplog: pytest.LogCaptureFixture) -> None:
     r = aioredis.Redis.from_url(redis_search_url)
-    caplog.set_level(logging.INFO, logger="llmcache.proxy.vector_index")
+    caplog.set_level(logging.INFO, logger="llmcache.proxy.semantic.cache")
     try:
-        idx = await vector_index.open_index(r, keyspace=KS, dim=DIM, kind="client", client_max_entries=10,
-                                            client_reconcile_interval_s=0)
+        idx = await cache.open_index(r, keyspace=KS, dim=DIM, kind="client", client_max_entries=10,
+                                     client_reconcile_interval_s=0)
         await idx.close()
     finally:
         await r.aclose()
-    lines = [rec.getMessage() for rec in caplog.records if rec.name == "llmcache.proxy.vector_index"]
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "llmcache.proxy.semantic.cache"]
     assert len(lines) == 1 and lines[0].startswith("semantic index: client (requested")
 
 

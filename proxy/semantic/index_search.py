@@ -63,7 +63,7 @@ from redis.crc import key_slot
 
 from llmcache import connection
 from llmcache.keyspace import Keyspace
-from llmcache.proxy.vector_index import Candidate, IndexError_, doc_fields
+from llmcache.proxy.semantic.vector_index import Candidate, IndexError_, doc_fields
 
 __all__ = ["SearchIndex"]
 
@@ -94,8 +94,6 @@ def _index_missing(exc: BaseException) -> bool:
     return "no such index" in text or "unknown index name" in text
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
 
 
 def _get(mapping: Mapping[Any, Any], key: str) -> Any:
@@ -162,7 +160,7 @@ class SearchIndex:
                 def owned(slot: int, ranges: list[tuple[int, int]] = ranges) -> bool:
                     return any(lo <= slot <= hi for lo, hi in ranges)
                 listed = await self._redis.execute_command("FT._LIST", target_nodes=node)
-                ours = sorted(n for n in (_s(x) for x in listed or [])
+                ours = sorted(n for n in (connection.as_text(x) for x in listed or [])
                               if n.startswith(self._keyspace.vector_index + ":{") and owned(key_slot(n.encode())))
                 if ours:
                     names.append(ours[0])
@@ -199,9 +197,9 @@ class SearchIndex:
         attrs = _get(info, "attributes") if isinstance(info, Mapping) else _pairs(info).get("attributes")
         for attr in attrs or []:
             fields = attr if isinstance(attr, Mapping) else _pairs(attr)
-            fields = {_s(k).lower(): v for k, v in fields.items()}
+            fields = {connection.as_text(k).lower(): v for k, v in fields.items()}
             if "dim" in fields:
-                return int(_s(fields["dim"]))
+                return int(connection.as_text(fields["dim"]))
         return None
 
     async def _query(self, names: list[str], args: list[tuple[Any, ...]]) -> list[Any]:
@@ -257,7 +255,7 @@ class SearchIndex:
                 else:
                     info = await self._redis.execute_command("FT.INFO", name)
                 fields = info if isinstance(info, Mapping) else _pairs(info)
-                return int(float(_s(_get(fields, "num_docs"))))
+                return int(float(connection.as_text(_get(fields, "num_docs"))))
             except Exception:  # noqa: BLE001 - the policy is then left to RediSearch
                 return None
         if len(names) == 1:
@@ -328,7 +326,7 @@ class SearchIndex:
                 continue
             for doc_id, got in _results(raw):
                 try:
-                    similarity = 1.0 - float(_s(got["dist"]))
+                    similarity = 1.0 - float(connection.as_text(got["dist"]))
                 except (KeyError, ValueError):
                     continue
                 if similarity < min_similarity:
@@ -337,11 +335,11 @@ class SearchIndex:
                     bare.append((similarity, doc_id))
                     continue
                 try:
-                    exp = float(_s(got.get("exp", "inf")))
+                    exp = float(connection.as_text(got.get("exp", "inf")))
                 except ValueError:
                     continue
                 if exp > now:
-                    out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity, _s(got["text"])))
+                    out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity, connection.as_text(got["text"])))
         if bare:
             bare.sort(key=lambda item: -item[0])
             out.extend(await self._fetch(bare[:k], scope_hash=scope_hash, now_s=now))
@@ -358,11 +356,11 @@ class SearchIndex:
         rows = await asyncio.gather(*(self._redis.hmget(doc_id, "text", "exp", "scope") for _, doc_id in best))
         out = []
         for (similarity, doc_id), (text, exp, scope) in zip(best, rows, strict=True):
-            if text is None or exp is None or float(_s(exp)) <= now_s:
+            if text is None or exp is None or float(connection.as_text(exp)) <= now_s:
                 continue  # expired or deleted since the search
-            if scope is None or _s(scope) != scope_hash:
+            if scope is None or connection.as_text(scope) != scope_hash:
                 continue  # rewritten meanwhile: never serve across scopes
-            out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity, _s(text)))
+            out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity, connection.as_text(text)))
         return out
 
     async def add(self, key_hash: str, vector: np.ndarray, *, scope_hash: str, text: str, ttl_s: int) -> None:
@@ -408,7 +406,7 @@ def _tag_for_slot(slot: int) -> str:
 
 def _pairs(flat: Any) -> dict[str, Any]:
     items = list(flat or [])
-    return {_s(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+    return {connection.as_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
 
 
 def hybrid_policy(scope_docs: int, index_docs: int) -> str:
@@ -436,9 +434,9 @@ def _results(raw: Any) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(raw, Mapping):
         for item in _get(raw, "results") or []:
             attrs = _get(item, "extra_attributes") or {}
-            out.append((_s(_get(item, "id")), {_s(k): v for k, v in attrs.items()}))
+            out.append((connection.as_text(_get(item, "id")), {connection.as_text(k): v for k, v in attrs.items()}))
         return out
     items = list(raw or [])[1:]
     for i in range(0, len(items) - 1, 2):
-        out.append((_s(items[i]), _pairs(items[i + 1])))
+        out.append((connection.as_text(items[i]), _pairs(items[i + 1])))
     return out

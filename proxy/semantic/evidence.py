@@ -1,17 +1,17 @@
 """Evidence that two questions mean different things: one check per kind, each linear in the texts.
 
-Each check compares two :class:`~llmcache.proxy.analysis.Analysis` and returns a short
+Each check compares two :class:`~llmcache.proxy.semantic.analysis.Analysis` and returns a short
 detail when it finds a difference; :func:`first_difference` runs them in the order of
-:data:`llmcache.proxy.verify.REASONS`. Lexical variety is never evidence here: words that
-merely differ are left to the alignment and pair model in :mod:`llmcache.proxy.verify`.
+:data:`llmcache.proxy.semantic.verify.REASONS`. Lexical variety is never evidence here: words that
+merely differ are left to the alignment and pair model in :mod:`llmcache.proxy.semantic.verify`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from llmcache.proxy import lexicon as lx
-from llmcache.proxy.analysis import Analysis
+from llmcache.proxy.semantic import lexicon as lx
+from llmcache.proxy.semantic.analysis import Analysis
 
 __all__ = ["first_difference", "is_anchor"]
 

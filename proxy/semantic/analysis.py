@@ -20,7 +20,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from llmcache.proxy import lexicon as lx
+from llmcache.proxy.semantic import lexicon as lx
 
 __all__ = ["DEFAULT_MAX_CHARS", "Analysis", "Token", "analyse"]
 

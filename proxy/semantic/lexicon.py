@@ -1,6 +1,6 @@
 """Closed word classes and small lexicons the verifier reads (English; data, no logic beyond building maps).
 
-Kept apart from :mod:`llmcache.proxy.verify` so the checks read as checks. Every list
+Kept apart from :mod:`llmcache.proxy.semantic.verify` so the checks read as checks. Every list
 is general English (function words, polar pairs, units, modal and quantifier classes,
 answer-shape words), never words picked from one benchmark pair.
 """

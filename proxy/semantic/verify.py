@@ -4,8 +4,8 @@ Embedding similarity says two texts are *about* the same thing; it does not noti
 that "turn on dark mode" and "turn off dark mode", or "Did Alice pay Bob?" and
 "Did Bob pay Alice?", want different answers. Every KNN candidate above the
 threshold passes through these checks against the stored text (an
-:class:`~llmcache.proxy.analysis.Analysis` of each side, linear in the text; the evidence
-checks live in :mod:`llmcache.proxy.evidence`, the alignment and pair model here)::
+:class:`~llmcache.proxy.semantic.analysis.Analysis` of each side, linear in the text; the evidence
+checks live in :mod:`llmcache.proxy.semantic.evidence`, the alignment and pair model here)::
 
     query ─┐ analyse (bounded, Unicode-aware; unreadable → refuse: fail closed)
     stored ┘   │
@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from llmcache.errors import ConfigError
-from llmcache.proxy import evidence
-from llmcache.proxy import lexicon as lx
-from llmcache.proxy.analysis import DEFAULT_MAX_CHARS, Analysis, Token, analyse
+from llmcache.proxy.semantic import evidence
+from llmcache.proxy.semantic import lexicon as lx
+from llmcache.proxy.semantic.analysis import DEFAULT_MAX_CHARS, Analysis, Token, analyse
 
 __all__ = ["MODEL_PATH", "REASONS", "Analysis", "PairModel", "Verdict", "Verifier", "analyse"]
 
