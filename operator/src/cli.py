@@ -1,6 +1,6 @@
 """``llmcache operator``: the CachePolicy operator (kopf) and the sidecar-injection webhook in one process.
 
-Credentials come from ``$KUBECONFIG`` or the pod's service account. The webhook
+Credentials come from kopf's login handlers: ``$KUBECONFIG`` or the pod's service account. The webhook
 keeps serving while this replica waits for peering leadership, so several
 replicas can back the webhook Service while one reconciles.
 """
@@ -13,6 +13,8 @@ import contextlib
 import logging
 import random
 from typing import Any
+
+import aiohttp
 
 from llmcache import connection
 from llmcache.errors import ConfigError, DependencyError
@@ -86,7 +88,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
 async def _native_sidecar_supported(kube: KubeClient, minimum: tuple[int, int]) -> bool:
     try:
         version = await kube.version()
-    except Exception as exc:
+    except (ApiError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
         log.warning("cannot read the API server version (%s); injecting classic sidecars", exc)
         return False
     return version >= minimum
@@ -167,8 +169,9 @@ async def run_operator(settings: OperatorSettings, *, stop_flag: asyncio.Event |
         log.info("operator starting: redis %s, namespace %s, eviction every %ss",
                  connection.redact(settings.redis_url), settings.namespace or "(all)",
                  settings.eviction.interval_s)
-        await kopf.operator(registry=handlers.build_registry(rt), settings=handlers.kopf_settings(settings),
-                            stop_flag=stop_flag, ready_flag=ready_flag, **kwargs)
+        await kopf.operator(registry=handlers.build_registry(settings), memo=handlers.memo_for(rt),
+                            settings=handlers.kopf_settings(settings), stop_flag=stop_flag, ready_flag=ready_flag,
+                            **kwargs)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """kopf handlers for ``CachePolicy``: publish, status, eviction and clean-up.
 
-Built per process by :func:`build_registry` (no module-level registry), so tests
-and the CLI each get their own handlers bound to their own :class:`Runtime`.
+Top-level handlers; :func:`build_registry` puts them in a fresh registry per
+process (no module-level registry), and the process's connections reach them
+as ``memo.runtime`` (:func:`memo_for`, kopf's ``memo``), not through a closure.
 
 =========================  ===============================================
 create / update / resume   validate (``PermanentError`` if invalid), publish
@@ -32,7 +33,7 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -48,12 +49,10 @@ from llmcache.operator.kube import ApiError, KubeClient
 from llmcache.operator.settings import PURGE_ANNOTATION, OperatorSettings
 from llmcache.policy import API_GROUP, API_VERSION, PLURAL, PolicyDocument, PolicySpec, parse_spec
 
-__all__ = ["Runtime", "build_registry", "content_hash", "kopf_settings"]
+__all__ = ["Runtime", "build_registry", "content_hash", "kopf_settings", "memo_for"]
 
 log = logging.getLogger(__name__)
 
-#: How long kopf may use a token read from a file before logging in again (re-reading it).
-TOKEN_RELOGIN = timedelta(seconds=60)
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _STATUS_FIELDS = ("observedGeneration", "configHash", "selectedPods", "syncedPods", "entries", "memoryBytes",
                   "hitRate")
@@ -151,165 +150,186 @@ def _status_with(current: Mapping[str, Any], *, generation: int, published: bool
     return desired
 
 
-def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
-    """All CachePolicy handlers, bound to ``rt``, in a fresh registry."""
+def memo_for(rt: Runtime) -> kopf.Memo:
+    """The operator's root memo. kopf hands every handler a shallow copy (one per CachePolicy, the
+    root itself to startup/login/probe handlers), so ``memo.runtime`` is this process's one
+    :class:`Runtime` everywhere, while keys a handler sets (the eviction cursor) stay per object."""
+    return kopf.Memo(runtime=rt)
+
+
+def _runtime(memo: Any) -> Runtime:
+    rt = memo.runtime
+    assert isinstance(rt, Runtime), "kopf.operator() was started without memo=memo_for(runtime)"
+    return rt
+
+
+async def _publish_current(rt: Runtime, spec: Mapping[str, Any], meta: Mapping[str, Any], name: str,
+                           namespace: str, st: Mapping[str, Any], patch: kopf.Patch) -> PolicyDocument:
+    """Validate and publish the policy (Redis + ConfigMap), or report why not on its status and raise."""
+    generation = _generation(meta)
+    try:
+        doc = _document(spec, meta, name, namespace)
+    except PolicyError as exc:
+        _patch_status(patch, st, _status_with(st, generation=generation, published=False, problem=str(exc),
+                                              reason="InvalidSpec"))
+        raise kopf.PermanentError(f"invalid CachePolicy {namespace}/{name}: {exc}") from exc
+    try:
+        await publish.publish_policy(rt.redis, rt.keyspace, doc)
+        await rt.sync_configmap(namespace)
+    except _REDIS_ERRORS as exc:
+        _patch_status(patch, st, _status_with(st, generation=generation, published=False,
+                                              problem=f"Redis unreachable: {exc}", reason="RedisUnavailable"))
+        raise rt.redis_down(exc) from exc
+    except ApiError as exc:
+        raise kopf.TemporaryError(f"cannot write ConfigMap {namespace}/{rt.settings.configmap_name}: {exc}",
+                                  delay=rt.settings.redis_retry_delay_s) from exc
+    return doc
+
+
+async def on_change(*, spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str | None,
+                    status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """create / update / resume: publish, then record the generation and config hash."""
+    namespace = _namespaced(namespace)
+    doc = await _publish_current(_runtime(memo), spec, meta, name, namespace, status, patch)
+    _patch_status(patch, status, _status_with(status, generation=doc.generation, published=True, extra={
+        "observedGeneration": doc.generation, "configHash": doc.config_hash}))
+
+
+async def refresh_status(*, spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str | None,
+                         status: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Timer: republish a lost or rewritten document, then count pods, entries, memory, hit rate."""
+    rt = _runtime(memo)
+    namespace = _namespaced(namespace)
+    try:
+        doc = _document(spec, meta, name, namespace)
+    except PolicyError:
+        return  # the change handler reported it; nothing to count for an unpublished policy
+    try:
+        stored = await rt.redis.hget(rt.keyspace.policies(namespace), name)
+        if stored is None or content_hash(stored) != content_hash(doc.to_json()):
+            # Redis restarted without persistence, a missed update, or the document was
+            # rewritten by someone else (same generation, other content): publish ours again.
+            # Comparing the whole content, not the generation, is what catches the last case.
+            log.warning("policy %s %s in Redis; republishing", doc.id,
+                        "missing" if stored is None else "differs from the CachePolicy")
+            doc = await _publish_current(rt, spec, meta, name, namespace, status, patch)
+        pods = await rt.kube.pod_names(namespace, doc.spec.selector)
+        synced = await policy_status.synced_pods(rt.redis, rt.keyspace, namespace, name, doc.config_hash,
+                                                 pods=pods)
+        entries, memory = await eviction.group_usage(rt.redis, rt.keyspace, doc.id)
+        counters = await policy_status.policy_counters(rt.redis, rt.keyspace, doc.id)
+    except _REDIS_ERRORS as exc:
+        _patch_status(patch, status, _status_with(status, generation=doc.generation, published=False,
+                                                  problem=f"Redis unreachable: {exc}", reason="RedisUnavailable"))
+        raise rt.redis_down(exc) from exc
+    except PolicyError as exc:  # a hand-edited document: overwrite it with ours
+        log.warning("policy document of %s in Redis is invalid (%s); republishing", doc.id, exc)
+        await _publish_current(rt, spec, meta, name, namespace, status, patch)
+        return
+    extra: dict[str, Any] = {
+        "observedGeneration": doc.generation, "configHash": doc.config_hash,
+        "selectedPods": len(pods), "syncedPods": synced, "entries": entries, "memoryBytes": memory,
+    }
+    if counters.hit_rate is not None:
+        extra["hitRate"] = round(counters.hit_rate, 4)
+    _patch_status(patch, status, _status_with(status, generation=doc.generation, published=True, extra=extra))
+
+
+async def evict(*, spec: Mapping[str, Any], name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Timer: keep the policy's group inside its limits; the prune cursor lives in this object's memo."""
+    rt = _runtime(memo)
+    namespace = _namespaced(namespace)
+    try:
+        parsed: PolicySpec = parse_spec(dict(spec))
+    except PolicyError:
+        return
+    ev = rt.settings.eviction
+    try:
+        result = await eviction.enforce_limits(
+            rt.redis, rt.keyspace, f"{namespace}/{name}", eviction.EvictionLimits.from_spec(parsed),
+            batch_size=ev.batch_size, prune_cursor=int(memo.get("prune_cursor", 0)),
+            prune_scan_count=ev.prune_scan_count)
+    except _REDIS_ERRORS as exc:
+        raise rt.redis_down(exc) from exc
+    memo["prune_cursor"] = result.prune_cursor
+
+
+async def on_delete(*, meta: Mapping[str, Any], name: str, namespace: str | None, memo: kopf.Memo,
+                    **_: Any) -> None:
+    """Finalizer: unpublish, purge or drop the group's bookkeeping, rebuild the ConfigMap."""
+    rt = _runtime(memo)
+    namespace = _namespaced(namespace)
+    generation = _generation(meta)
+    purge = str((meta.get("annotations") or {}).get(PURGE_ANNOTATION, "")).lower() == "true"
+    try:
+        await publish.unpublish_policy(rt.redis, rt.keyspace, namespace, name, generation=generation)
+        if purge:
+            await eviction.purge_group(rt.redis, rt.keyspace, f"{namespace}/{name}",
+                                       batch_size=rt.settings.eviction.batch_size)
+        else:
+            # No timer trims this group any more: drop its bookkeeping so it cannot leak.
+            # The entries stay and expire with their TTL (a hit from another policy's pod
+            # records them in that policy's group).
+            await eviction.drop_bookkeeping(rt.redis, rt.keyspace, f"{namespace}/{name}")
+    except _REDIS_ERRORS as exc:
+        raise rt.redis_down(exc) from exc
+    try:
+        await rt.sync_configmap(namespace)
+    except ApiError as exc:
+        if exc.status in (403, 404):  # namespace being deleted: its ConfigMap goes with it
+            log.info("not rewriting ConfigMap in %s: %s", namespace, exc)
+        else:
+            raise kopf.TemporaryError(f"cannot rewrite ConfigMap {namespace}/{rt.settings.configmap_name}: "
+                                      f"{exc}", delay=rt.settings.redis_retry_delay_s) from exc
+
+
+async def start_sweeper(*, memo: kopf.Memo, **_: Any) -> None:
+    """Startup: groups without a policy have no timer of their own; one task trims them all."""
+    rt = _runtime(memo)
+    ev = rt.settings.eviction
+    limits = eviction.EvictionLimits(max_entries=ev.default_max_entries, max_memory_bytes=ev.default_max_memory_bytes)
+    rt.tasks.append(asyncio.create_task(sweep.run_sweeper(
+        rt.redis, rt.keyspace, limits, interval_s=ev.interval_s, batch_size=ev.batch_size,
+        prune_scan_count=ev.prune_scan_count, max_stats_keys=ev.max_stats_keys)))
+
+
+async def stop_sweeper(*, memo: kopf.Memo, **_: Any) -> None:
+    rt = _runtime(memo)
+    for task in rt.tasks:
+        task.cancel()
+    await asyncio.gather(*rt.tasks, return_exceptions=True)
+    rt.tasks.clear()
+
+
+async def login(*, memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials: the same as our own API calls (kopf's login handlers, see
+    :class:`~llmcache.operator.kube.KubeConfig`), with a token read from its file now.
+    A custom registry does not get kopf's default login handlers, hence this one."""
+    return _runtime(memo).kube.config.connection_info()
+
+
+async def redis_probe(*, memo: kopf.Memo, **_: Any) -> bool:
+    # Reported, never raised: restarting the operator would not bring Redis back.
+    try:
+        return bool(await _runtime(memo).redis.ping())
+    except _REDIS_ERRORS:
+        return False
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """The handlers above in a fresh registry (timer intervals from ``settings``); run it with
+    ``kopf.operator(registry=…, memo=memo_for(runtime))``."""
     reg = kopf.OperatorRegistry()
     res = (API_GROUP, API_VERSION, PLURAL)
-    settings = rt.settings
-
-    async def publish_current(spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str,
-                              st: Mapping[str, Any], patch: kopf.Patch) -> PolicyDocument:
-        generation = _generation(meta)
-        try:
-            doc = _document(spec, meta, name, namespace)
-        except PolicyError as exc:
-            _patch_status(patch, st, _status_with(st, generation=generation, published=False, problem=str(exc),
-                                                  reason="InvalidSpec"))
-            raise kopf.PermanentError(f"invalid CachePolicy {namespace}/{name}: {exc}") from exc
-        try:
-            await publish.publish_policy(rt.redis, rt.keyspace, doc)
-            await rt.sync_configmap(namespace)
-        except _REDIS_ERRORS as exc:
-            _patch_status(patch, st, _status_with(st, generation=generation, published=False,
-                                                  problem=f"Redis unreachable: {exc}", reason="RedisUnavailable"))
-            raise rt.redis_down(exc) from exc
-        except ApiError as exc:
-            raise kopf.TemporaryError(f"cannot write ConfigMap {namespace}/{settings.configmap_name}: {exc}",
-                                      delay=settings.redis_retry_delay_s) from exc
-        return doc
-
-    @kopf.on.resume(*res, registry=reg, id="publish")
-    @kopf.on.create(*res, registry=reg, id="publish")
-    @kopf.on.update(*res, registry=reg, id="publish", field="spec")
-    async def on_change(*, spec: Mapping[str, Any], meta: Mapping[str, Any], name: str, namespace: str | None,
-                        status: Mapping[str, Any], patch: kopf.Patch, **_: Any) -> None:
-        namespace = _namespaced(namespace)
-        doc = await publish_current(spec, meta, name, namespace, status, patch)
-        _patch_status(patch, status, _status_with(status, generation=doc.generation, published=True, extra={
-            "observedGeneration": doc.generation, "configHash": doc.config_hash}))
-
-    @kopf.timer(*res, registry=reg, id="status", interval=settings.status_interval_s,
-                initial_delay=min(1.0, settings.status_interval_s))
-    async def refresh_status(*, spec: Mapping[str, Any], meta: Mapping[str, Any], name: str,
-                             namespace: str | None, status: Mapping[str, Any], patch: kopf.Patch,
-                             **_: Any) -> None:
-        namespace = _namespaced(namespace)
-        try:
-            doc = _document(spec, meta, name, namespace)
-        except PolicyError:
-            return  # the change handler reported it; nothing to count for an unpublished policy
-        try:
-            stored = await rt.redis.hget(rt.keyspace.policies(namespace), name)
-            if stored is None or content_hash(stored) != content_hash(doc.to_json()):
-                # Redis restarted without persistence, a missed update, or the document was
-                # rewritten by someone else (same generation, other content): publish ours again.
-                # Comparing the whole content, not the generation, is what catches the last case.
-                log.warning("policy %s %s in Redis; republishing", doc.id,
-                            "missing" if stored is None else "differs from the CachePolicy")
-                doc = await publish_current(spec, meta, name, namespace, status, patch)
-            pods = await rt.kube.pod_names(namespace, doc.spec.selector)
-            synced = await policy_status.synced_pods(rt.redis, rt.keyspace, namespace, name, doc.config_hash,
-                                                     pods=pods)
-            entries, memory = await eviction.group_usage(rt.redis, rt.keyspace, doc.id)
-            counters = await policy_status.policy_counters(rt.redis, rt.keyspace, doc.id)
-        except _REDIS_ERRORS as exc:
-            _patch_status(patch, status, _status_with(status, generation=doc.generation, published=False,
-                                                      problem=f"Redis unreachable: {exc}",
-                                                      reason="RedisUnavailable"))
-            raise rt.redis_down(exc) from exc
-        except PolicyError as exc:  # a hand-edited document: overwrite it with ours
-            log.warning("policy document of %s in Redis is invalid (%s); republishing", doc.id, exc)
-            await publish_current(spec, meta, name, namespace, status, patch)
-            return
-        extra: dict[str, Any] = {
-            "observedGeneration": doc.generation, "configHash": doc.config_hash,
-            "selectedPods": len(pods), "syncedPods": synced, "entries": entries, "memoryBytes": memory,
-        }
-        if counters.hit_rate is not None:
-            extra["hitRate"] = round(counters.hit_rate, 4)
-        _patch_status(patch, status, _status_with(status, generation=doc.generation, published=True, extra=extra))
-
-    @kopf.timer(*res, registry=reg, id="eviction", interval=settings.eviction.interval_s)
-    async def evict(*, spec: Mapping[str, Any], name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-        namespace = _namespaced(namespace)
-        try:
-            parsed: PolicySpec = parse_spec(dict(spec))
-        except PolicyError:
-            return
-        try:
-            result = await eviction.enforce_limits(
-                rt.redis, rt.keyspace, f"{namespace}/{name}", eviction.EvictionLimits.from_spec(parsed),
-                batch_size=settings.eviction.batch_size, prune_cursor=int(memo.get("prune_cursor", 0)),
-                prune_scan_count=settings.eviction.prune_scan_count)
-        except _REDIS_ERRORS as exc:
-            raise rt.redis_down(exc) from exc
-        memo["prune_cursor"] = result.prune_cursor
-
-    @kopf.on.delete(*res, registry=reg, id="cleanup")
-    async def on_delete(*, meta: Mapping[str, Any], name: str, namespace: str | None, **_: Any) -> None:
-        namespace = _namespaced(namespace)
-        generation = _generation(meta)
-        purge = str((meta.get("annotations") or {}).get(PURGE_ANNOTATION, "")).lower() == "true"
-        try:
-            await publish.unpublish_policy(rt.redis, rt.keyspace, namespace, name, generation=generation)
-            if purge:
-                await eviction.purge_group(rt.redis, rt.keyspace, f"{namespace}/{name}",
-                                           batch_size=settings.eviction.batch_size)
-            else:
-                # No timer trims this group any more: drop its bookkeeping so it cannot leak.
-                # The entries stay and expire with their TTL (a hit from another policy's pod
-                # records them in that policy's group).
-                await eviction.drop_bookkeeping(rt.redis, rt.keyspace, f"{namespace}/{name}")
-        except _REDIS_ERRORS as exc:
-            raise rt.redis_down(exc) from exc
-        try:
-            await rt.sync_configmap(namespace)
-        except ApiError as exc:
-            if exc.status in (403, 404):  # namespace being deleted: its ConfigMap goes with it
-                log.info("not rewriting ConfigMap in %s: %s", namespace, exc)
-            else:
-                raise kopf.TemporaryError(f"cannot rewrite ConfigMap {namespace}/{settings.configmap_name}: "
-                                          f"{exc}", delay=settings.redis_retry_delay_s) from exc
-
-    default_limits = eviction.EvictionLimits(max_entries=settings.eviction.default_max_entries,
-                                             max_memory_bytes=settings.eviction.default_max_memory_bytes)
-
-    @kopf.on.startup(registry=reg, id="sweeper")
-    async def start_sweeper(**_: Any) -> None:
-        # Groups without a policy have no timer of their own; one task trims them all.
-        rt.tasks.append(asyncio.create_task(sweep.run_sweeper(
-            rt.redis, rt.keyspace, default_limits, interval_s=settings.eviction.interval_s,
-            batch_size=settings.eviction.batch_size, prune_scan_count=settings.eviction.prune_scan_count,
-            max_stats_keys=settings.eviction.max_stats_keys)))
-
-    @kopf.on.cleanup(registry=reg, id="sweeper")
-    async def stop_sweeper(**_: Any) -> None:
-        for task in rt.tasks:
-            task.cancel()
-        await asyncio.gather(*rt.tasks, return_exceptions=True)
-        rt.tasks.clear()
-
-    @kopf.on.login(registry=reg, id="kubeconfig")
-    async def login(**_: Any) -> kopf.ConnectionInfo:
-        # The same credentials as our own API calls ($KUBECONFIG or the service account);
-        # a custom registry does not get kopf's default login handlers.
-        # A token from a file (projected service-account tokens expire; the kubelet rewrites the
-        # file) is re-read here, and given a short expiration so kopf asks again well before the
-        # old one stops working (kopf also asks again on any 401).
-        cfg = rt.kube.config
-        token = cfg.current_token()
-        expiration = datetime.now(UTC) + TOKEN_RELOGIN if cfg.token_file else None
-        return kopf.ConnectionInfo(server=cfg.server, ca_path=cfg.ca_file, insecure=cfg.insecure,
-                                   token=token, certificate_path=cfg.cert_file,
-                                   private_key_path=cfg.key_file, scheme="Bearer" if token else None,
-                                   expiration=expiration)
-
-    @kopf.on.probe(registry=reg, id="redis")
-    async def redis_probe(**_: Any) -> bool:
-        # Reported, never raised: restarting the operator would not bring Redis back.
-        try:
-            return bool(await rt.redis.ping())
-        except _REDIS_ERRORS:
-            return False
-
+    for on in (kopf.on.resume, kopf.on.create):
+        on(*res, registry=reg, id="publish")(on_change)
+    kopf.on.update(*res, registry=reg, id="publish", field="spec")(on_change)
+    kopf.timer(*res, registry=reg, id="status", interval=settings.status_interval_s,
+               initial_delay=min(1.0, settings.status_interval_s))(refresh_status)
+    kopf.timer(*res, registry=reg, id="eviction", interval=settings.eviction.interval_s)(evict)
+    kopf.on.delete(*res, registry=reg, id="cleanup")(on_delete)
+    kopf.on.startup(registry=reg, id="sweeper")(start_sweeper)
+    kopf.on.cleanup(registry=reg, id="sweeper")(stop_sweeper)
+    kopf.on.login(registry=reg, id="kubeconfig")(login)
+    kopf.on.probe(registry=reg, id="redis")(redis_probe)
     return reg

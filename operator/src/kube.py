@@ -2,48 +2,55 @@
 
 kopf watches CachePolicy objects and patches them; the operator additionally
 lists pods (selected-pod counts), writes the policies ConfigMap and the sidecars'
-credentials Secret, and reads the server version (native sidecar support). That needs a handful of REST calls,
-so this module speaks to the API with the process's one ``aiohttp`` session
-instead of pulling in the ``kubernetes`` client.
+credentials Secret, and reads the server version (native sidecar support). That
+needs a handful of REST calls, so this module speaks to the API with the
+process's one ``aiohttp`` session instead of pulling in the ``kubernetes`` client.
 
-Credentials come from ``$KUBECONFIG`` (first file, current context: token,
-client certificate or CA as files or inline data) or, inside a pod, from the
-service-account token and CA.
+Credentials come from kopf's own login handlers, so kopf's watches and our calls
+always authenticate the same way (:meth:`KubeConfig.load`, also what the
+operator's ``@kopf.on.login`` handler returns): ``kopf.login_with_kubeconfig``
+when ``$KUBECONFIG`` (or ``~/.kube/config``) names a file, else
+``kopf.login_with_service_account`` inside a pod. kopf's handlers are minimal
+on purpose; three things a kubeconfig or a pod may rely on are added here:
+
+- a ``tokenFile`` (kopf reads ``token`` only), re-read whenever the file changes,
+  as is the service-account token (projected tokens expire and the kubelet
+  rewrites them);
+- file paths relative to the kubeconfig, resolved as kubectl does;
+- in a pod, the API server's address from ``KUBERNETES_SERVICE_HOST``/``_PORT``
+  (what the kubelet sets; kopf's ``kubernetes.default.svc`` needs cluster DNS,
+  which may not answer yet while the cluster starts).
 """
 
 from __future__ import annotations
 
-import atexit
-import base64
-import contextlib
+import dataclasses
 import json
 import logging
 import os
 import re
 import ssl
-import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kopf
 import yaml
 
 from llmcache.errors import ConfigError, DependencyError
 from llmcache.policy import LabelSelector
 
-__all__ = ["ApiError", "KubeClient", "KubeConfig", "parse_version", "selector_string"]
+__all__ = ["TOKEN_RELOGIN", "ApiError", "KubeClient", "KubeConfig", "parse_version", "selector_string"]
 
 log = logging.getLogger(__name__)
 
 _SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+#: How long kopf may use a token read from a file before logging in again (re-reading it); kopf
+#: also logs in again on any 401.
+TOKEN_RELOGIN = timedelta(seconds=60)
 
-
-
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 class ApiError(DependencyError):
     """The API server answered with an error status; ``status`` is the HTTP code."""
@@ -53,106 +60,97 @@ class ApiError(DependencyError):
         self.status = status
 
 
-@dataclass(frozen=True, slots=True)
-class KubeConfig:
-    """Where the API server is and how to authenticate (a resolved kubeconfig context)."""
+def _kubeconfig_path() -> Path | None:
+    """The first ``$KUBECONFIG`` file, else ``~/.kube/config``, when it is a file."""
+    first = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    path = Path(first).expanduser() if first else Path.home() / ".kube" / "config"
+    return path if path.is_file() else None
 
-    server: str
-    token: str | None = None
-    #: Where the token lives when it is a file (the in-cluster service-account token, a kubeconfig
-    #: ``tokenFile``). Projected tokens expire and the kubelet rewrites the file: every request
-    #: reads the current one (:meth:`current_token`), so a long-running operator never holds a stale one.
+
+def _kubeconfig_extras(path: Path, info: kopf.ConnectionInfo) -> tuple[kopf.ConnectionInfo, str | None]:
+    """``info`` with its file paths made relative to ``path``'s folder, and the current user's ``tokenFile``."""
+    base = path.parent
+
+    def absolute(value: Any) -> Any:
+        return str(base / os.fsdecode(value)) if value and not Path(os.fsdecode(value)).is_absolute() else value
+
+    info = dataclasses.replace(info, ca_path=absolute(info.ca_path),
+                               certificate_path=absolute(info.certificate_path),
+                               private_key_path=absolute(info.private_key_path))
+    if info.token or info.certificate_path or info.certificate_data:
+        return info, None
+    raw = yaml.safe_load(path.read_text()) or {}
+    contexts = {c.get("name"): c.get("context") or {} for c in raw.get("contexts") or []}
+    users = {u.get("name"): u.get("user") or {} for u in raw.get("users") or []}
+    token_file = users.get(contexts.get(raw.get("current-context"), {}).get("user"), {}).get("tokenFile")
+    return info, absolute(token_file) if token_file else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KubeConfig:
+    """Where the API server is and how to authenticate: what kopf's login handlers found."""
+
+    info: kopf.ConnectionInfo
+    #: Where the bearer token lives when it is a file (the in-cluster service-account token, a kubeconfig
+    #: ``tokenFile``). Every request reads the current one (:meth:`current_token`), so a long-running
+    #: operator never holds a stale one.
     token_file: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False
+
+    @property
+    def server(self) -> str:
+        return self.info.server.rstrip("/")
 
     @classmethod
-    def load(cls) -> KubeConfig:
+    def load(cls, settings: kopf.OperatorSettings | None = None) -> KubeConfig:
         """From ``$KUBECONFIG`` (or ``~/.kube/config``) when present, else the in-cluster service account."""
-        path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
-        if Path(path).is_file():
-            return cls.from_kubeconfig(path)
-        if (_SA_DIR / "token").is_file() and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            return cls.in_cluster()
+        settings = settings if settings is not None else kopf.OperatorSettings()
+        path = _kubeconfig_path()
+        if path is not None:
+            try:
+                info = kopf.login_with_kubeconfig(settings=settings)
+                if info is None:
+                    raise kopf.LoginError("no kubeconfig found")
+                info, token_file = _kubeconfig_extras(path, info)
+            except KeyError as exc:
+                raise ConfigError(f"kubeconfig {path}: {exc} not found (check current-context and its context's "
+                                  "cluster and user)") from exc
+            except (OSError, ValueError, yaml.YAMLError, kopf.LoginError) as exc:
+                raise ConfigError(f"cannot use kubeconfig {path}: {exc}") from exc
+            if token_file:
+                info = dataclasses.replace(info, token=Path(token_file).read_text().strip())
+            return cls(info=info, token_file=token_file)
+        host = os.environ.get("KUBERNETES_SERVICE_HOST")
+        if host and (_SA_DIR / "token").is_file():
+            info = kopf.login_with_service_account(settings=settings)
+            if info is not None:
+                host = f"[{host}]" if ":" in host else host
+                port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+                return cls(info=dataclasses.replace(info, server=f"https://{host}:{port}"),
+                           token_file=str(_SA_DIR / "token"))
         raise ConfigError("no Kubernetes credentials: set KUBECONFIG to a kubeconfig file or run inside a pod")
 
-    @classmethod
-    def in_cluster(cls) -> KubeConfig:
-        host = os.environ["KUBERNETES_SERVICE_HOST"]
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        host = f"[{host}]" if ":" in host else host
-        return cls(server=f"https://{host}:{port}", token=(_SA_DIR / "token").read_text().strip(),
-                   token_file=str(_SA_DIR / "token"), ca_file=str(_SA_DIR / "ca.crt"))
-
-    @classmethod
-    def from_kubeconfig(cls, path: str) -> KubeConfig:
-        """Resolve the current context of the kubeconfig at ``path``; inline ``*-data`` goes to temp files."""
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read kubeconfig {path}: {exc}") from exc
-        base = Path(path).parent
-
-        def pick(kind: str, name: str | None) -> dict[str, Any]:
-            items = raw.get(kind + "s") or []
-            for item in items:
-                if name is None or item.get("name") == name:
-                    return dict(item.get(kind) or {})
-            raise ConfigError(f"kubeconfig {path}: no {kind} named {name!r}")
-
-        ctx = pick("context", raw.get("current-context"))
-        cluster = pick("cluster", ctx.get("cluster"))
-        user = pick("user", ctx.get("user")) if ctx.get("user") else {}
-
-        def file_or_data(section: Mapping[str, Any], key: str) -> str | None:
-            if section.get(f"{key}-data"):
-                # ssl needs a path; mkstemp makes it 0600, and it is removed at exit so key
-                # material does not outlive the process in /tmp.
-                fd, name = tempfile.mkstemp(prefix="llmcache-kube-")
-                atexit.register(_remove_quietly, name)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(base64.b64decode(section[f"{key}-data"]))
-                return name
-            if section.get(key):
-                return str(base / section[key])
-            return None
-
-        token = user.get("token")
-        token_file = None
-        if not token and user.get("tokenFile"):
-            token_file = str(base / user["tokenFile"])
-            token = Path(token_file).read_text().strip()
-        return cls(
-            server=str(cluster["server"]).rstrip("/"),
-            token=token,
-            token_file=token_file,
-            ca_file=file_or_data(cluster, "certificate-authority"),
-            cert_file=file_or_data(user, "client-certificate"),
-            key_file=file_or_data(user, "client-key"),
-            insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        )
-
     def current_token(self) -> str | None:
-        """The token to send now: the file's current content when there is a file, else :attr:`token`."""
+        """The token to send now: the file's current content when there is a file, else the login's."""
         if self.token_file:
             try:
-                return Path(self.token_file).read_text().strip() or self.token
+                return Path(self.token_file).read_text().strip() or self.info.token
             except OSError as exc:
                 log.warning("cannot re-read the token file %s (%s); using the last token", self.token_file, exc)
-        return self.token
+        return self.info.token
+
+    def connection_info(self) -> kopf.ConnectionInfo:
+        """What kopf's login handler returns: the current token, and a short expiration when it comes
+        from a file, so kopf logs in again (re-reading it) well before the old one stops working."""
+        if not self.token_file:
+            return self.info
+        return dataclasses.replace(self.info, token=self.current_token(),
+                                   expiration=datetime.now(UTC) + TOKEN_RELOGIN)
 
     def ssl_context(self) -> ssl.SSLContext | bool:
+        """kopf's own SSL context for these credentials (CA, client certificate, insecure flag)."""
         if not self.server.startswith("https"):
             return False
-        ctx = ssl.create_default_context(cafile=self.ca_file)
-        if self.insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if self.cert_file and self.key_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-        return ctx
+        return self.info.as_ssl_context()
 
 
 def selector_string(selector: LabelSelector) -> str:
@@ -185,7 +183,7 @@ class KubeClient:
         self.config = config
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
-        self._token_value = config.token
+        self._token_value = config.info.token
         self._token_stamp: tuple[int, int] | None = None
 
     def _token(self) -> str | None:
@@ -229,6 +227,8 @@ class KubeClient:
         token = self._token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        else:
+            headers.update(self.config.info.as_http_headers())  # basic auth, or nothing (client certificate)
         async with self._session.request(method, path, data=data, params=params, headers=headers) as resp:
             text = await resp.text()
             if resp.status >= 400:
