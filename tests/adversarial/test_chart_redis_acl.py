@@ -1,6 +1,6 @@
 """Issue 14, item 1: the chart's Redis is no longer open. Its ACL users, applied to a real Redis.
 
-The chart renders ``users.acl`` (templates/_helpers.tpl ``llmcache.redisAcl``) and the
+The chart renders ``users.acl`` (templates/_redis.tpl ``llmcache.redisAcl``) and the
 passwords into a Secret. Here that file is loaded by a real Valkey with the search module
 (``--aclfile``), and:
 

@@ -1,0 +1,12 @@
+{{/* What the webhook injects: values the operator hands to every sidecar. */}}
+
+{{/* Where sidecars send misses: sidecar.upstream, else the chart's model server (FQDN: sidecars run in other namespaces). */}}
+{{- define "llmcache.sidecarUpstream" -}}
+{{- if .Values.sidecar.upstream }}
+{{- .Values.sidecar.upstream }}
+{{- else if .Values.modelServer.enabled }}
+{{- printf "http://%s.%s.svc:%d" (include "llmcache.componentName" (list . "model-server")) .Release.Namespace (int .Values.modelServer.port) }}
+{{- else }}
+{{- fail "modelServer.enabled is false: set sidecar.upstream to your OpenAI-compatible server's URL" }}
+{{- end }}
+{{- end }}
