@@ -14,7 +14,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast controlplane bench lint clean cluster-deps cluster-bins images test-cluster
+.PHONY: venv demo test test-fast controlplane bench lint clean cluster-deps cluster-bins images test-cluster \
+	release-images
 
 venv: $(STAMP)
 
@@ -51,6 +52,25 @@ cluster-bins: controlplane
 
 images: cluster-deps
 	bash tests/cluster/images.sh
+
+# The images the chart pulls, from the Dockerfiles as they are, on their public bases
+# (python:3.12-slim; CUDA for the model server): Docker and the internet needed. Tagged
+# $(IMAGE_REGISTRY)/proxy, /operator, /model-server at $(IMAGE_TAG) (the chart's appVersion),
+# the chart's defaults; PUSH=1 pushes them. MODEL_SERVER_DOCKERFILE=tests/kind/model-server.Dockerfile
+# builds the CPU model server instead (kind, nodes without a GPU). `make images` is another
+# thing: the offline test images of tests/cluster, on bases built here from Debian packages.
+IMAGE_REGISTRY ?= ghcr.io/llmcache
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/llmcache/Chart.yaml)
+MODEL_SERVER_DOCKERFILE ?= model_server/Dockerfile
+DOCKER ?= docker
+
+release-images:
+	$(DOCKER) build -f proxy/Dockerfile -t $(IMAGE_REGISTRY)/proxy:$(IMAGE_TAG) .
+	$(DOCKER) build -f operator/Dockerfile -t $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) .
+	$(DOCKER) build -f $(MODEL_SERVER_DOCKERFILE) -t $(IMAGE_REGISTRY)/model-server:$(IMAGE_TAG) .
+ifeq ($(PUSH),1)
+	for name in proxy operator model-server; do $(DOCKER) push $(IMAGE_REGISTRY)/$$name:$(IMAGE_TAG) || exit 1; done
+endif
 
 test-cluster: venv cluster-deps cluster-bins images
 	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)

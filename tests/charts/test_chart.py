@@ -56,7 +56,8 @@ def helm_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def run_helm(binaries: ControlPlaneBinaries, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(binaries.helm), *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run([str(binaries.helm), *args], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
 
 
 def render(binaries: ControlPlaneBinaries, env: dict[str, str], *sets: str, namespace: str = "ns1",
@@ -99,7 +100,8 @@ def env_of(c: dict[str, Any]) -> dict[str, Any]:
 # -- lint, schema, documentation -----------------------------------------------
 
 
-def test_helm_lint_is_clean_with_defaults_and_options(binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+def test_helm_lint_is_clean_with_defaults_and_options(binaries: ControlPlaneBinaries,
+                                                       helm_home: dict[str, str]) -> None:
     for sets in ([], ["webhook.certificate.provider=cert-manager", "exampleApp.enabled=true"],
                  ["redis.bundled.enabled=false", "redis.external.url=redis://redis.example:6379/0"]):
         args = ["lint", "--strict", str(CHART)]
@@ -121,6 +123,8 @@ def test_helm_lint_is_clean_with_defaults_and_options(binaries: ControlPlaneBina
         ("sidecarr.port=1", "'sidecarr' not allowed"),
         ("sidecar.tenantSalt.secret=x", "'secret' not allowed"),  # typo of existingSecret
         ("sidecar.tenantSalt.existingSecret=Not_A_Name", "existingSecret"),
+        ("global.imageRegistry=https://registry.example.com", "imageRegistry"),  # a registry, not a URL
+        ("global.imageRegistri=registry.example.com", "'imageRegistri' not allowed"),
     ],
 )
 def test_schema_rejects_bad_values(binaries: ControlPlaneBinaries, helm_home: dict[str, str], setting: str,
@@ -235,10 +239,34 @@ def test_defaults_render_operator_webhook_redis_model_server(binaries: ControlPl
     assert not find(objects, "Deployment", "-example-app")
 
 
+def test_global_image_registry_moves_llmcaches_own_images_only(binaries: ControlPlaneBinaries,
+                                                               helm_home: dict[str, str]) -> None:
+    """What the README's "images" steps rely on: one value points the chart at your registry."""
+    def images(*sets: str) -> tuple[str, str, str, str, str]:
+        objects = render(binaries, helm_home, *sets)
+        operator = container(one(objects, "Deployment", "-operator")["spec"]["template"]["spec"], "operator")
+        model = container(one(objects, "Deployment", "-model-server")["spec"]["template"]["spec"], "model-server")
+        redis = container(one(objects, "StatefulSet", "-redis")["spec"]["template"]["spec"], "redis")
+        certgen = one(objects, "Job", "-certgen-create")["spec"]["template"]["spec"]["containers"][0]
+        return (operator["image"], env_of(operator)["LLMCACHE_SIDECAR_IMAGE"], model["image"], redis["image"],
+                certgen["image"])
+
+    default = images()
+    assert default[:3] == ("ghcr.io/llmcache/operator:0.1.0", "ghcr.io/llmcache/proxy:0.1.0",
+                           "ghcr.io/llmcache/model-server:0.1.0")
+    moved = images("global.imageRegistry=registry.example.com:5000/team/", "modelServer.image.tag=0.1.0-cpu")
+    assert moved[:3] == ("registry.example.com:5000/team/operator:0.1.0", "registry.example.com:5000/team/proxy:0.1.0",
+                         "registry.example.com:5000/team/model-server:0.1.0-cpu")
+    assert moved[3:] == default[3:]  # Redis and the certgen hook are public images: untouched
+    # Per image, without the global value: the repository as given.
+    assert images("operator.image.repository=mirror.example/llmcache-operator")[0] == \
+        "mirror.example/llmcache-operator:0.1.0"
+
+
 def test_every_pod_runs_with_secure_defaults(binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
     objects = render(binaries, helm_home, "exampleApp.enabled=true")
     specs = dict(pod_specs(objects))
-    assert {n for n in specs} >= {"llm-llmcache-operator", "llm-llmcache-redis", "llm-llmcache-model-server",
+    assert set(specs) >= {"llm-llmcache-operator", "llm-llmcache-redis", "llm-llmcache-model-server",
                                   "llm-llmcache-example-app", "llm-llmcache-test", "llm-llmcache-certgen-create"}
     for name, spec in specs.items():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
@@ -450,7 +478,8 @@ def test_operator_cluster_role_is_least_privilege(binaries: ControlPlaneBinaries
     peering = one(peered, "ClusterKopfPeering")
     env = env_of(container(one(peered, "Deployment", "-operator")["spec"]["template"]["spec"], "operator"))
     assert (env["LLMCACHE_STANDALONE"], env["LLMCACHE_PEERING_NAME"]) == ("false", peering["metadata"]["name"])
-    peer_rules = [r for r in one(peered, "ClusterRole", "-operator")["rules"] if "clusterkopfpeerings" in r["resources"]]
+    peer_rules = [r for r in one(peered, "ClusterRole", "-operator")["rules"]
+                  if "clusterkopfpeerings" in r["resources"]]
     assert peer_rules == [{"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
                            "verbs": ["get", "list", "watch", "patch"]}]
     # An operator watching one namespace meets in a KopfPeering there, with a Role there.
@@ -712,7 +741,8 @@ def test_chart_webhook_selectors_send_only_labelled_pods(kube: ControlPlane, kub
     config = yaml.safe_load(rendered)
     name = config["metadata"]["name"]
     # Only the transport changes: the selectors, rules and scope are the chart's own.
-    config["webhooks"][0]["clientConfig"] = {"url": server.url, "caBundle": base64.b64encode(cert.read_bytes()).decode()}
+    config["webhooks"][0]["clientConfig"] = {"url": server.url,
+                                             "caBundle": base64.b64encode(cert.read_bytes()).decode()}
     config["webhooks"][0]["failurePolicy"] = "Fail"  # an unreachable webhook fails the test, not hides it
     kube.apply(config)
     try:

@@ -43,16 +43,23 @@ HARD_NEGATIVE = "What is the capital city of Germany?"
 
 
 def helm_image_values(images: dict[str, str]) -> list[str]:
-    """``--set`` pairs that point every image of the chart at the offline builds."""
+    """``--set`` pairs that point every image of the chart at the offline builds.
+
+    llmcache's own three move with ``global.imageRegistry`` (what the README tells users to
+    set after pushing them), each keeping only its own tag; the others are set per image.
+    """
     def split(ref: str) -> tuple[str, str]:
         repo, _, tag = ref.rpartition(":")
         return repo, tag
 
-    pairs = {"operator.image": "operator", "sidecar.image": "proxy", "modelServer.image": "model-server",
-             "redis.bundled.image": "redis", "webhook.certificate.certgen.image": "certgen",
-             "tests.image": "tools"}
-    args: list[str] = []
-    for key, name in pairs.items():
+    own = {"operator.image": "operator", "sidecar.image": "proxy", "modelServer.image": "model-server"}
+    registries = {split(images[name])[0].rpartition("/")[0] for name in own.values()}
+    assert len(registries) == 1, registries
+    args = ["--set", f"global.imageRegistry={registries.pop()}"]
+    for key, name in own.items():
+        args += ["--set", f"{key}.tag={split(images[name])[1]}"]
+    others = {"redis.bundled.image": "redis", "webhook.certificate.certgen.image": "certgen", "tests.image": "tools"}
+    for key, name in others.items():
         repo, tag = split(images[name])
         args += ["--set", f"{key}.repository={repo}", "--set", f"{key}.tag={tag}"]
     return args
@@ -130,9 +137,9 @@ def app(release: ControlPlane, cluster: localcluster.LocalCluster) -> list[str]:
     # The model server loads its embedder on the first /v1/embeddings call; a sidecar whose
     # probe times out meanwhile starts exact-only. Warm it first, from a pod like any client.
     url = f"http://{RELEASE}-llmcache-model-server.{RELEASE_NS}.svc:8000/v1/embeddings"
-    warm = ("import json,urllib.request;r=urllib.request.Request(%r,data=json.dumps({'model':'all-MiniLM-L6-v2',"
-            "'input':['warm up']}).encode(),headers={'Content-Type':'application/json'});"
-            "print(urllib.request.urlopen(r,timeout=60).status)") % url
+    warm = (f"import json,urllib.request;r=urllib.request.Request({url!r},data=json.dumps("
+            "{'model':'all-MiniLM-L6-v2','input':['warm up']}).encode(),"
+            "headers={'Content-Type':'application/json'});print(urllib.request.urlopen(r,timeout=60).status)")
     wait_for("the model server's embedder", lambda: exec_in(kube, APP_NS, plain, ["python", "-c", warm],
                                                              container="app")[0] == 0, timeout_s=240, interval_s=3)
     kube.apply(app_manifest(image, name="chat", replicas=2, inject=True), namespace=APP_NS)
@@ -364,7 +371,7 @@ def test_purge_on_delete_then_uninstall_leaves_nothing(app: list[str], release: 
     ]:
         ns = RELEASE_NS if namespaced else None
 
-        def remaining() -> list[str]:
+        def remaining(api_version: str = api_version, kind: str = kind, ns: str | None = ns) -> list[str]:
             return [f"{kind}/{o['metadata']['name']}" for o in
                     kube.list_objects(api_version, kind, namespace=ns, label_selector=selector)]
 

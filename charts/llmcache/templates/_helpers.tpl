@@ -72,11 +72,20 @@ app.kubernetes.io/component: {{ index . 1 }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 
-{{/* An image reference; an empty tag means the chart's appVersion. Usage: include "llmcache.image" (list . .Values.operator.image) */}}
+{{/*
+A reference to one of llmcache's own images (operator, proxy, model server): with
+global.imageRegistry, "<imageRegistry>/<last part of image.repository>", else the
+repository as it is; an empty tag means the chart's appVersion.
+Usage: include "llmcache.image" (list . .Values.operator.image)
+*/}}
 {{- define "llmcache.image" -}}
 {{- $ctx := index . 0 }}
 {{- $image := index . 1 }}
-{{- printf "%s:%s" $image.repository (default $ctx.Chart.AppVersion $image.tag) }}
+{{- $repository := $image.repository }}
+{{- with ($ctx.Values.global | default dict).imageRegistry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) (last (splitList "/" $image.repository)) }}
+{{- end }}
+{{- printf "%s:%s" $repository (default $ctx.Chart.AppVersion $image.tag) }}
 {{- end }}
 
 {{- define "llmcache.operatorServiceAccount" -}}
