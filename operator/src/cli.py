@@ -45,6 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
              help="HOST:PORT of the HTTPS injection webhook; '' disables it")
     add_flag(parser, "--webhook-cert-dir", default=d.webhook.cert_dir,
              help="directory with the webhook's tls.crt and tls.key")
+    add_flag(parser, "--webhook-failure-policy", default=d.webhook.failure_policy, choices=("Fail", "Ignore"),
+             help="the webhook configuration's failurePolicy, also followed when injection fails inside the "
+                  "webhook: Fail refuses the labelled pod (it is retried), Ignore admits it without the sidecar")
     add_flag(parser, "--health-listen", default=d.health_listen,
              help="HOST:PORT of GET /healthz (liveness); '' disables it")
     add_flag(parser, "--configmap-name", default=d.configmap_name,
@@ -77,7 +80,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         standalone=bool(args.standalone), peering_priority=args.peering_priority,
         redis_retry_delay_s=base.redis_retry_delay_s,
         webhook=WebhookSettings(listen=args.webhook_listen, cert_dir=args.webhook_cert_dir,
-                                sidecar=SidecarSettings.from_env()),
+                                failure_policy=args.webhook_failure_policy, sidecar=SidecarSettings.from_env()),
         eviction=EvictionSettings(interval_s=args.eviction_interval_seconds,
                                   default_max_entries=args.default_max_entries or None,
                                   default_max_memory_bytes=(parse_bytes(args.default_max_memory) or None

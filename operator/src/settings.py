@@ -107,8 +107,13 @@ class WebhookSettings:
 
     #: ``HOST:PORT`` of the HTTPS server; ``""`` disables it. Default ``0.0.0.0:9443`` (the chart's Service targets it).
     listen: str = "0.0.0.0:9443"
-    #: Directory holding ``tls.crt`` and ``tls.key`` (a mounted kubernetes.io/tls Secret).
-    cert_dir: str = "/tmp/k8s-webhook-server/serving-certs"
+    #: Directory holding ``tls.crt`` and ``tls.key`` (a mounted kubernetes.io/tls Secret). Default: where
+    #: controller-runtime webhooks look (only read, never written).
+    cert_dir: str = "/tmp/k8s-webhook-server/serving-certs"  # noqa: S108 - a mount point we read
+    #: The ``failurePolicy`` of the chart's webhook configuration, which the webhook follows itself when it
+    #: cannot build a patch (an internal error): ``Fail`` (default) refuses such a pod, so a pod that asked
+    #: for the sidecar never runs without it (its Deployment retries); ``Ignore`` admits it unchanged.
+    failure_policy: str = "Fail"
     #: Inject a native sidecar (init container, ``restartPolicy: Always``) when the API server is at least this.
     #: 1.29: native sidecars are beta and on by default from that release.
     native_sidecar_min_version: tuple[int, int] = (1, 29)

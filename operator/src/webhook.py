@@ -24,13 +24,19 @@ Idempotent: a pod that already has the annotation or a container named
 A pod one of whose containers declares the sidecar's port or health port is
 admitted without the sidecar and annotated ``skipped: <why>`` (the sidecar
 could not bind, and would hold the app back forever).
-The webhook never denies a pod: on any internal error it admits without a
-patch (and the chart sets ``failurePolicy: Ignore``), so admission never fails
-because of llmcache. The pod's *app* containers do wait for the native sidecar's
-startup probe (``/healthz``, at most 60 s): it passes as soon as the proxy
-process serves, whatever Redis or the model server do; if the sidecar image
-cannot be pulled the app waits like for any init container (hence the pull
-secrets above).
+Failing closed, for the pods that asked only: the chart's configuration sends
+the webhook only pods labelled ``llmcache.io/inject: enabled`` (``objectSelector``)
+with ``failurePolicy: Fail``, so while the operator is down such a pod is not
+created (its Deployment's ReplicaSet retries until the webhook is back) instead
+of running its whole life without the sidecar its app talks to; unlabelled pods
+never reach the webhook and are never affected. The webhook follows the same
+policy when it cannot build a patch itself (an internal error): it refuses the
+pod under ``Fail`` (:attr:`WebhookSettings.failure_policy`), admits it unchanged
+under ``Ignore``. It never refuses a pod for any other reason. The pod's *app*
+containers do wait for the native sidecar's startup probe (``/healthz``, at most
+60 s): it passes as soon as the proxy process serves, whatever Redis or the
+model server do; if the sidecar image cannot be pulled the app waits like for
+any init container (hence the pull secrets above).
 
 The in-cluster ``MutatingWebhookConfiguration`` (with ``service:`` client
 config and its certificate) ships in the chart, not from here.
@@ -231,15 +237,22 @@ def port_conflict(pod: Mapping[str, Any], sidecar: SidecarSettings) -> str | Non
 
 
 def review_response(review: Mapping[str, Any], sidecar: SidecarSettings, *, native: bool,
-                    configmap_name: str) -> dict[str, Any]:
-    """The ``AdmissionReview`` answer to ``review``: always allowed, with a patch when injecting."""
+                    configmap_name: str, fail_closed: bool = True) -> dict[str, Any]:
+    """The ``AdmissionReview`` answer to ``review``: allowed, with a patch when injecting; refused only
+    when building the patch failed and ``fail_closed`` (the configured ``failurePolicy`` is ``Fail``)."""
     request = review.get("request") or {}
     response: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": True}
     pod = request.get("object") or {}
     try:
         ops = injection_patch(pod, sidecar, native=native, configmap_name=configmap_name)
-    except Exception:
-        log.exception("sidecar injection failed for a pod in %s; admitting unchanged", request.get("namespace"))
+    except Exception as exc:
+        log.exception("sidecar injection failed for a pod in %s; %s", request.get("namespace"),
+                      "refusing it (failurePolicy Fail)" if fail_closed else "admitting it unchanged")
+        if fail_closed:
+            response.update(allowed=False, status={"code": 500, "message": (
+                f"the llmcache webhook could not inject the sidecar this pod asked for ({type(exc).__name__}); "
+                "the pod is refused rather than run without it and will be retried by its controller: "
+                "see the llmcache operator's log")})
         ops = []
     if ops:
         response["patchType"] = "JSONPatch"
@@ -270,7 +283,7 @@ async def _mutate_pods(request: web.Request) -> web.Response:
         return web.json_response({"error": f"expected an AdmissionReview JSON body: {exc}"}, status=400)
     settings = request.app[_SETTINGS]
     answer = review_response(review, settings.sidecar, native=request.app[_NATIVE],
-                             configmap_name=request.app[_CONFIGMAP])
+                             configmap_name=request.app[_CONFIGMAP], fail_closed=settings.failure_policy == "Fail")
     mirror = request.app.get(_MIRROR)
     req = review["request"]
     injected = "patch" in answer["response"] and port_conflict(req.get("object") or {}, settings.sidecar) is None

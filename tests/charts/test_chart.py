@@ -182,6 +182,7 @@ def test_defaults_render_operator_webhook_redis_model_server(binaries: ControlPl
         "operator",
         "--webhook-listen=0.0.0.0:9443",
         "--webhook-cert-dir=/etc/llmcache/webhook-certs",
+        "--webhook-failure-policy=Fail",
         "--health-listen=0.0.0.0:8081",
         "--namespace=",
     ]
@@ -208,7 +209,8 @@ def test_defaults_render_operator_webhook_redis_model_server(binaries: ControlPl
         "service": {"name": "llm-llmcache-webhook", "namespace": "ns1", "path": "/mutate-pods", "port": 443}
     }
     assert hook["objectSelector"] == {"matchLabels": {"llmcache.io/inject": "enabled"}}
-    assert (hook["failurePolicy"], hook["sideEffects"]) == ("Ignore", "NoneOnDryRun")
+    # Fail closed, for the labelled pods only: they asked for the sidecar, no other pod is sent here.
+    assert (hook["failurePolicy"], hook["sideEffects"]) == ("Fail", "NoneOnDryRun")
     service = one(objects, "Service", "-webhook")
     assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {"https": "webhook", "health": "health"}
 
@@ -290,7 +292,7 @@ def test_hooks_make_the_certificate_and_test_the_release(binaries: ControlPlaneB
     assert "--secret-name=llm-llmcache-webhook-tls" in create_args
     patch_args = patch["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--webhook-name=ns1-llm-llmcache-sidecar-injector" in patch_args
-    assert "--patch-failure-policy=Ignore" in patch_args
+    assert "--patch-failure-policy=Fail" in patch_args
     test_pod = one(objects, "Pod", "-test")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     commands = [" ".join(c["command"]) for c in test_pod["spec"]["containers"]]
@@ -390,6 +392,9 @@ def test_example_app_is_labelled_for_injection(binaries: ControlPlaneBinaries, h
     objects = render(binaries, helm_home, "exampleApp.enabled=true")
     app = one(objects, "Deployment", "-example-app")
     assert app["spec"]["template"]["metadata"]["labels"]["llmcache.io/inject"] == "enabled"
+    # Refused until the webhook answers (failurePolicy Fail, certificate from a post-install hook):
+    # `helm install --wait` must not wait for it, or it would wait for the hook that runs after.
+    assert app["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == app["spec"]["replicas"] == 1
     script = container(app["spec"]["template"]["spec"], "client")["args"][0]
     assert "http://localhost:8080/v1/chat/completions" in script
     # Its CachePolicy selects exactly its pods, with the CRD's field names.

@@ -323,6 +323,54 @@ def test_redis_pod_deleted_mid_load_fails_open_then_hits_again(app: list[str], r
              interval_s=3)
 
 
+def _scale(kube: ControlPlane, deployment: str, replicas: int) -> None:
+    resp = kube.request("PATCH", f"/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/{deployment}/scale",
+                        json={"spec": {"replicas": replicas}},
+                        headers={"Content-Type": "application/merge-patch+json"})
+    assert resp.status_code == 200, resp.text
+
+
+def _bare_pod(name: str, image: str, *, inject: bool) -> dict[str, Any]:
+    labels = {"app": name, **({"llmcache.io/inject": "enabled"} if inject else {})}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+            "spec": {"terminationGracePeriodSeconds": 0, "containers": [
+                {"name": "app", "image": image, "imagePullPolicy": "Never",
+                 "command": ["python", "-c", "import time; time.sleep(86400)"]}]}}
+
+
+def test_webhook_down_refuses_labelled_pods_only(app: list[str], release: ControlPlane,
+                                                 cluster: localcluster.LocalCluster) -> None:
+    """Issue 18 item 8: with the operator (the webhook's only backend) scaled to 0, a pod that asked
+    for the sidecar is not created (failurePolicy Fail: its controller retries until the webhook is
+    back, instead of the app running its whole life without its localhost:8080); a pod that did not
+    ask is created as usual (the objectSelector never sends it to the webhook)."""
+    kube = release
+    operator = f"{RELEASE}-llmcache-operator"
+    image = cluster.images.refs["client"]
+    pods_path = f"/api/v1/namespaces/{APP_NS}/pods"
+    _scale(kube, operator, 0)
+    try:
+        wait_for("the operator's pods to be gone",
+                 lambda: not pods(kube, RELEASE_NS, "app.kubernetes.io/component=operator"), timeout_s=120)
+        refused = kube.request("POST", pods_path, json=_bare_pod("asked-for-sidecar", image, inject=True))
+        assert refused.status_code >= 400 and "sidecar-injector.llmcache.io" in refused.text, refused.text
+        assert kube.get("v1", "Pod", "asked-for-sidecar", namespace=APP_NS) is None
+        created = kube.request("POST", pods_path, json=_bare_pod("no-sidecar", image, inject=False))
+        assert created.status_code == 201, created.text
+        kube.delete("v1", "Pod", "no-sidecar", namespace=APP_NS)
+    finally:
+        _scale(kube, operator, 1)
+    wait_ready(kube, RELEASE_NS, "app.kubernetes.io/component=operator", timeout_s=300)
+
+    # Back: the same labelled pod is admitted again, with its sidecar (server-side dry run: nothing runs).
+    def admitted() -> bool:
+        resp = kube.request("POST", pods_path, params={"dryRun": "All"},
+                            json=_bare_pod("asked-for-sidecar", image, inject=True))
+        return resp.status_code == 201 and any(c["name"] == SIDECAR
+                                               for c in resp.json()["spec"].get("initContainers") or [])
+    wait_for("the webhook to inject again", admitted, timeout_s=120)
+
+
 # -- helm lifecycle ----------------------------------------------------------------
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import requests
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from opkit import API_VERSION, CRD_DIR, KIND, wait_for
 
 from llmcache.redis_server import free_port
@@ -47,7 +49,7 @@ def _kind_served(kube: Any) -> bool:
         kube.dynamic.resources.invalidate_cache()
         kube.dynamic.resources.get(api_version=API_VERSION, kind=KIND)
         return True
-    except Exception:
+    except (ResourceNotFoundError, ApiException):
         return False
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 import requests
+from aiohttp.test_utils import TestClient, TestServer
 from opkit import apply_json_patch, pod_manifest, wait_for, write_self_signed_cert
 
 from llmcache.errors import ConfigError
@@ -170,6 +171,29 @@ def test_review_response_echoes_uid_and_base64_patch() -> None:
     assert resp["uid"] == "u-1" and resp["allowed"] is True and resp["patchType"] == "JSONPatch"
     ops = json.loads(base64.b64decode(resp["patch"]))
     assert ops == webhook.injection_patch(labelled_pod(), SIDECAR, native=True, configmap_name="cm")
+
+
+@pytest.mark.parametrize("policy", ["Fail", "Ignore"])
+async def test_an_injection_fault_follows_the_failure_policy(policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A labelled pod the webhook cannot patch is refused under Fail (its controller retries) rather
+    than run without the sidecar it asked for; admitted unchanged under Ignore. Through the server."""
+    def broken(*_: Any, **__: Any) -> dict[str, Any]:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(webhook, "sidecar_container", broken)  # the fault: an internal error mid-patch
+    settings = WebhookSettings(sidecar=SIDECAR, failure_policy=policy)
+    app = webhook.create_app(settings, native_sidecar=True, configmap_name="cm")
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+              "request": {"uid": "u-2", "namespace": "ns", "object": labelled_pod()}}
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.post("/mutate-pods", json=review)
+        answer = (await resp.json())["response"]
+    assert resp.status == 200 and answer["uid"] == "u-2" and "patch" not in answer
+    if policy == "Fail":
+        assert answer["allowed"] is False
+        assert "retried" in answer["status"]["message"] and "injected fault" not in answer["status"]["message"]
+    else:
+        assert answer["allowed"] is True and "status" not in answer
 
 
 # -- a real kube-apiserver calling the webhook ------------------------------------------------
