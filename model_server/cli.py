@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _url_host(host: str) -> str:
-    if host in {"0.0.0.0", ""}:
+    if host in {"0.0.0.0", ""}:  # noqa: S104 - maps a wildcard listen address to a URL; binds nothing
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 
@@ -64,7 +64,7 @@ async def serve(settings: settings_mod.ModelServerSettings) -> int:
         if state.ready.is_set():
             loaded = state.loaded
             assert loaded is not None
-            bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port
+            bound = runner.addresses[0][1] if runner.addresses else port
             print(f"llmcache model-server ready: http://{_url_host(host)}:{bound}/v1 "
                   f"(model {state.model_name}, {loaded.device}, {str(loaded.dtype).removeprefix('torch.')})",
                   flush=True)

@@ -1,13 +1,21 @@
-"""The inference worker: continuous batching over the radix prefix cache, with admission control.
+"""The inference engine: one worker thread running ``schedule → execute → update`` over the radix prefix cache.
 
 One dedicated thread owns the model. Nothing here runs on the event loop: handlers get
 events through ``on_event`` (called from the worker thread; the HTTP layer forwards them
-with ``call_soon_threadsafe``). Every step of the worker::
+with ``call_soon_threadsafe``). Every step of the worker (vLLM v1's engine-core loop)::
 
-    expire/cancel waiting ─▶ admit (scheduler.WaitQueue → running) ─▶ drop cancelled running
-      ─▶ plan (every decode + prompt chunks within the token budget, scheduler.plan_step)
-      ─▶ ONE forward pass over all of them (forward.packed_forward) ─▶ sample, detokenize
-      ─▶ finished sequences leave: prompt + generated KV inserted into the radix tree
+    schedule  Scheduler.schedule() → SchedulerOutput: expired/cancelled waiting leave,
+              what fits is admitted, every decode + prompt chunks within the token budget
+    execute   new sequences get their KV buffer and their cached prefix (radix lookup);
+              ONE forward pass over every scheduled segment (forward.packed_forward)
+    update    sample, detokenize, stream deltas; finished sequences leave the scheduler
+              and their prompt + generated KV goes into the radix tree
+    record    IterationStats + SchedulerStats + PrefixCacheStats → every StatLogger,
+              then the step's results are handed to their requests
+
+Admission, the running set and KV reservations belong to
+:class:`~llmcache.model_server.scheduler.Scheduler`; the engine owns the model, the
+prefix cache and the worker thread.
 
 Life of a request, for prompt ``P`` with a cached prefix of ``c`` tokens::
 
@@ -17,12 +25,13 @@ Life of a request, for prompt ``P`` with a cached prefix of ``c`` tokens::
     insert:  P once its prefill is done (later requests hit it while this one decodes),
              P + g0 … g_{last-1} when it finishes (exactly the positions that have KV)
 
-The prefix lookup happens when a sequence's first chunk is scheduled, not when it is
+The prefix lookup happens when a sequence's first chunk is executed, not when it is
 queued, so a burst sharing a system prompt hits the KV of the first one to finish its
 prefill. KV layout: see :mod:`llmcache.model_server.kv_buffer` (ragged per-sequence
 buffers, and why not padded or paged). A fatal error in the worker (the forward pass
-raised) fails every running and waiting request with :class:`WorkerFailedError`, marks the
-engine ``failed`` (``/healthz`` turns 503) and stops the worker.
+raised) fails every running and waiting request with
+:class:`~llmcache.model_server.request.WorkerFailedError`, marks the engine ``failed``
+(``/healthz`` turns 503) and stops the worker.
 
 Why not ``model.generate``: it appends to the cache it is given (it would mutate stored
 prefix tensors) and hides TTFT, streaming and the sink window from us.
@@ -35,92 +44,90 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from llmcache.errors import LLMCacheError
 from llmcache.model_server import detok, forward, kv_estimate
-from llmcache.model_server import scheduler as sched
 from llmcache.model_server import sink as sink_mod
-from llmcache.model_server.kv_buffer import KVSpec, SeqKV
+from llmcache.model_server.kv_buffer import SeqKV
 from llmcache.model_server.loader import LoadedModel
-from llmcache.model_server.metrics import ModelServerMetrics
-from llmcache.model_server.radix import RadixCache
+from llmcache.model_server.radix import RadixCache, RadixKey
 from llmcache.model_server.request import (
     GenerationRequest,
     GenerationResult,
     InvalidRequestError,
     OverloadedError,
     RequestHandle,
-    SamplingParams,
     TokenDelta,
     WorkerFailedError,
     cache_namespace,
     sample_token,
 )
+from llmcache.model_server.scheduler import Scheduler, SchedulerOutput, reservation_tokens
+from llmcache.model_server.scheduler import Sequence as Seq
 from llmcache.model_server.settings import BatchingSettings
+from llmcache.model_server.stats import FinishedRequestStats, IterationStats, SchedulerStats, StatLogger
 
-__all__ = [
-    "Engine",
-    "GenerationRequest",
-    "GenerationResult",
-    "InvalidRequestError",
-    "OverloadedError",
-    "RequestHandle",
-    "SamplingParams",
-    "TokenDelta",
-    "WorkerFailedError",
-    "cache_namespace",
-    "default_budget_bytes",
-    "sample_token",
-]
+__all__ = ["Engine", "default_budget_bytes"]
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class _Step:
+    """One worker step in progress: its stats, and the results handed out once they are recorded."""
+
+    stats: IterationStats = field(default_factory=IterationStats)
+    outcomes: list[tuple[RequestHandle, GenerationResult | BaseException]] = field(default_factory=list)
+
 
 class Engine:
-    """Owns the model, the prefix cache and the running batch; runs on one worker thread.
+    """Owns the model, the prefix cache and the scheduler; runs them on one worker thread.
 
     ``start()`` launches the worker, ``submit()``/``submit_many()`` enqueue (any thread,
-    never blocking: a full queue raises :class:`OverloadedError`), ``stop()`` joins.
-    ``failed`` is set (with the reason) once the worker died; every later submit fails.
+    never blocking: a full queue raises :class:`~llmcache.model_server.request.OverloadedError`),
+    ``stop()`` joins. ``failed`` is set (with the reason) once the worker died; every later
+    submit fails. ``metrics`` (when given) receives every step's stats.
     """
 
     def __init__(self, loaded: LoadedModel, *, prefix_cache: RadixCache | None,
-                 metrics: ModelServerMetrics | None = None, batching: BatchingSettings | None = None,
+                 metrics: StatLogger | None = None, batching: BatchingSettings | None = None,
                  kv_budget_bytes: int | None = None) -> None:
         self.loaded = loaded
         self.prefix_cache = prefix_cache
         self.metrics = metrics
+        self._stat_loggers: tuple[StatLogger, ...] = (metrics,) if metrics is not None else ()
         self.settings = batching if batching is not None else BatchingSettings()
-        shape = kv_estimate.kv_shape(loaded.model.config)
-        self.kv_spec = KVSpec(num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
-                              head_dim=shape.head_dim, dtype=loaded.dtype, device=loaded.device)
+        self.kv_shape = kv_estimate.kv_shape(loaded.model.config)
+        self.kv_bytes_per_token = self.kv_shape.bytes_per_token(loaded.dtype.itemsize)
+        """K and V bytes of one token across all layers."""
         if kv_budget_bytes is None:
             kv_budget_bytes = self.settings.kv_budget_bytes
         if kv_budget_bytes is None:
             kv_budget_bytes = default_budget_bytes(loaded, self.settings.kv_fraction)
-        self.kv_budget_bytes = kv_budget_bytes
+        self.scheduler = Scheduler(self.settings, kv_budget_bytes=kv_budget_bytes,
+                                   kv_bytes_per_token=self.kv_bytes_per_token)
         reason = forward.packed_unsupported_reason(loaded.model) if self.settings.enable_batching else None
         if reason is not None:
             log.warning("continuous batching is off for this model (%s): one forward pass per sequence", reason)
         self.batched = self.settings.enable_batching and reason is None
-        self._forward = forward.packed_forward if self.batched else forward.sequential_forward
+        self.forward = forward.packed_forward if self.batched else forward.sequential_forward
+        """The forward pass over one step's segments (tests replace it to inject device faults)."""
         self._lock = threading.Condition()
-        self._waiting = sched.WaitQueue(max_len=self.settings.max_queue_len,
-                                        max_wait_s=self.settings.max_queue_time_s)
-        self._running: list[sched.Sequence] = []
-        self._reserved_bytes = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.failed: str | None = None
         """Why the worker died (``None`` while healthy)."""
         self._inv_freq: torch.Tensor | None = None
         self._seed_source = random.SystemRandom()
-        self._evictions_seen = 0
-        if metrics is not None:
-            metrics.kv_budget_bytes.set(self.kv_budget_bytes)
+        self._record(self.scheduler.stats())
+
+    @property
+    def kv_budget_bytes(self) -> int:
+        """Bytes of KV the running set may reserve."""
+        return self.scheduler.kv_budget_bytes
 
     # ------------------------------------------------------------- public API
 
@@ -148,37 +155,32 @@ class Engine:
         full), WorkerFailedError (the worker died)."""
         for r in requests:
             self.validate(r)
+        seqs = [self._sequence(RequestHandle(r)) for r in requests]
         with self._lock:
             if self.failed is not None:
                 raise WorkerFailedError(f"the inference worker failed ({self.failed}); restart the model server")
             if self._thread is None or self._stopping:
                 raise LLMCacheError("the inference worker is not running; call Engine.start() first")
-            if self._waiting.room() < len(requests):
-                retry = self._waiting.retry_after_s(self.settings.max_num_seqs)
-                if self.metrics is not None:
-                    self.metrics.rejected.labels(reason="queue_full").inc(len(requests))
+            if not self.scheduler.add_requests(seqs):
+                retry = self.scheduler.retry_after_s()
+                stats = self.scheduler.stats()
+                self._record(stats, IterationStats(num_rejected={"queue_full": len(requests)}))
                 raise OverloadedError(
-                    f"the model server is at capacity ({len(self._running)} running, {len(self._waiting)} waiting, "
+                    f"the model server is at capacity ({stats.num_running} running, {stats.num_waiting} waiting, "
                     f"--max-queue-len {self.settings.max_queue_len}); retry after {retry} s",
                     retry_after_s=retry, code="queue_full")
-            handles = [RequestHandle(r) for r in requests]
-            for h in handles:
-                self._waiting.push(h)
-            self._set_queue_gauges()
+            self._record(self.scheduler.stats())
             self._lock.notify_all()
-        return handles
+        return [s.handle for s in seqs]
 
     def generate(self, request: GenerationRequest, *, timeout_s: float | None = None) -> GenerationResult:
         """Submit and block until done (tests, benchmarks, scripts)."""
         return self.submit(request).result(timeout_s)
 
-    def reservation_tokens(self, request: GenerationRequest) -> int:
-        """KV positions a request may hold at most: prompt + max_tokens, or the sink window's bound."""
-        n = len(request.prompt_ids)
-        full = n + request.sampling.max_tokens
-        if request.sink is not None:
-            return min(full, max(n, request.sink.max_tokens) + 1)
-        return full
+    def stats(self) -> SchedulerStats:
+        """The scheduler's levels right now (running, waiting, KV reserved)."""
+        with self._lock:
+            return self.scheduler.stats()
 
     def validate(self, request: GenerationRequest) -> None:
         """Raise InvalidRequestError (with the numbers) when the prompt cannot fit the context or the KV budget."""
@@ -208,10 +210,10 @@ class Engine:
                     param="sink_window_tokens")
             if self._inv_freq is None:
                 self._inv_freq = sink_mod.rope_inv_freq(self.loaded.model)
-        need = self.reservation_tokens(request) * self.kv_spec.bytes_per_token
+        need = self.scheduler.reservation_bytes(request)
         if need > self.kv_budget_bytes:
             raise InvalidRequestError(
-                f"this request needs {need} bytes of KV ({self.reservation_tokens(request)} tokens: prompt + "
+                f"this request needs {need} bytes of KV ({reservation_tokens(request)} tokens: prompt + "
                 f"max_tokens), more than the server's KV budget of {self.kv_budget_bytes} bytes; reduce max_tokens "
                 "or the prompt (or raise --kv-cache-bytes)", param="max_tokens", code="kv_budget_exceeded")
         vocab = int(self.loaded.model.config.vocab_size)
@@ -220,125 +222,126 @@ class Engine:
 
     # ---------------------------------------------------------------- worker
 
+    def _sequence(self, handle: RequestHandle) -> Seq:
+        req = handle.request
+        seed = req.sampling.seed if req.sampling.seed is not None else self._seed_source.getrandbits(63)
+        return Seq(handle=handle, key=RadixKey(cache_namespace(self.loaded, req.cache_salt), req.prompt_ids),
+                   generator=torch.Generator().manual_seed(seed),
+                   text=detok.TextState(decode=self.loaded.decode, stops=req.sampling.stop))
+
     def _loop(self) -> None:
+        step: _Step | None = None
         try:
             while True:
                 with self._lock:
-                    while not (self._stopping or len(self._waiting) or self._running):
+                    while not (self._stopping or self.scheduler.has_work()):
                         self._lock.wait()
                     if self._stopping:
                         break
-                    self._expire_waiting()
-                    self._admit()
-                self._step()
+                    out = self.scheduler.schedule(time.monotonic())
+                step = _Step()
+                self._run(out, step)
+                self._end(step)
+                step = None
         except BaseException as exc:  # noqa: BLE001 - the worker must fail every request, never hang them
-            self._die(exc)
+            self._die(exc, step)
             return
-        for seq in list(self._running):
-            self._finish(seq, "cancelled")
-        with self._lock:
-            pending = self._waiting.drain()
-        for h in pending:
-            h._finish(None, LLMCacheError("the model server is shutting down; retry the request"))
+        self._shutdown()
 
-    def _expire_waiting(self) -> None:
-        cancelled, expired = self._waiting.take_expired(time.monotonic())
-        for h in cancelled:
-            h._finish(None, LLMCacheError("cancelled before it started"))
-        for h in expired:
-            h._finish(None, OverloadedError(
+    def _run(self, out: SchedulerOutput, step: _Step) -> None:
+        """Execute and update one scheduled step."""
+        stats = step.stats
+        for seq in out.cancelled_waiting:
+            step.outcomes.append((seq.handle, LLMCacheError("cancelled before it started")))
+        for seq in out.expired_waiting:
+            step.outcomes.append((seq.handle, OverloadedError(
                 f"the request waited {self.settings.max_queue_time_s:g} s (--max-queue-time-s) without being "
-                "admitted; the model server is overloaded, retry later", retry_after_s=1 + int(
-                    self._waiting.retry_after_s(self.settings.max_num_seqs)), code="queue_timeout"))
-        if expired and self.metrics is not None:
-            self.metrics.rejected.labels(reason="queue_timeout").inc(len(expired))
-        if cancelled or expired:
-            self._set_queue_gauges()
+                "admitted; the model server is overloaded, retry later", retry_after_s=out.retry_after_s,
+                code="queue_timeout")))
+        if out.expired_waiting:
+            stats.num_rejected["queue_timeout"] = len(out.expired_waiting)
+        for seq in out.admitted:
+            stats.queue_times_s.append(seq.admitted_at - seq.handle.submitted_at)
+            stats.num_prompt_tokens += len(seq.prompt)
+        for seq in out.cancelled_running:
+            self._finish(seq, "cancelled", step)
+        segments, sampled = self._prepare(out.scheduled, step)
+        if not segments:
+            return
+        with torch.inference_mode():
+            logits = self.forward(self.loaded.model, segments)
+        stats.batch_size = len(segments)
+        stats.num_batched_tokens = sum(len(s.ids) for s in segments)
+        self._update(sampled, logits, step)
 
-    def _admit(self) -> None:
-        now = time.monotonic()
-        while len(self._running) < self.settings.max_num_seqs and (head := self._waiting.peek()) is not None:
-            req = head.request
-            tokens = self.reservation_tokens(req)
-            need = tokens * self.kv_spec.bytes_per_token
-            if self._running and self._reserved_bytes + need > self.kv_budget_bytes:
-                break  # first come, first served: wait for KV to free up
-            self._waiting.pop()
-            seed = req.sampling.seed if req.sampling.seed is not None else self._seed_source.getrandbits(63)
-            seq = sched.Sequence(handle=head, namespace=cache_namespace(self.loaded, req.cache_salt),
-                                 generator=torch.Generator().manual_seed(seed),
-                                 text=detok.TextState(decode=self.loaded.decode, stops=req.sampling.stop),
-                                 reserved_bytes=need, reserved_tokens=tokens, admitted_at=now)
-            self._reserved_bytes += need
-            self._running.append(seq)
-            if self.metrics is not None:
-                self.metrics.queue_time_s.observe(now - head.submitted_at)
-                self.metrics.prompt_tokens.inc(len(req.prompt_ids))
-        self._set_queue_gauges()
-
-    def _step(self) -> None:
-        for seq in [s for s in self._running if s.handle.cancelled]:
-            self._finish(seq, "cancelled")
+    def _prepare(self, scheduled: list[tuple[Seq, int]], step: _Step
+                 ) -> tuple[list[forward.Segment], list[Seq]]:
+        """The step's segments (new sequences get their KV and cached prefix first) and who samples."""
         segments: list[forward.Segment] = []
-        sampled: list[sched.Sequence] = []
-        for seq, n in list(sched.plan_step(self._running, max_num_batched_tokens=self.settings.max_num_batched_tokens)):
+        sampled: list[Seq] = []
+        for seq, planned in scheduled:
             if seq.kv is None:
                 try:
-                    self._start(seq)
+                    self._start(seq, step.stats)
                 except Exception as exc:
                     log.exception("prefix-cache lookup failed")
-                    self._fail(seq, exc)
+                    self._fail(seq, exc, step)
                     continue
-                assert seq.kv is not None
-                n = min(n, len(seq.prompt) - seq.kv.length)
+            assert seq.kv is not None
             if seq.prefilling:
+                n = min(planned, len(seq.prompt) - seq.kv.length)
                 ids = seq.prompt[seq.kv.length:seq.kv.length + n]
                 want = seq.kv.length + n == len(seq.prompt)
             else:
-                self._trim_sink(seq)
+                self._trim_sink(seq, step.stats)
                 ids, want = [seq.generated[-1]], True
             segments.append(forward.Segment(kv=seq.kv, ids=ids, want_logits=want))
             if want:
                 sampled.append(seq)
-        if not segments:
-            return
-        with torch.inference_mode():
-            logits = self._forward(self.loaded.model, segments)
-        if self.metrics is not None:
-            self.metrics.step_batch_size.observe(len(segments))
-            self.metrics.step_tokens.observe(sum(len(s.ids) for s in segments))
+        return segments, sampled
+
+    def _update(self, sampled: list[Seq], logits: torch.Tensor, step: _Step) -> None:
+        """Sample one token per sampling sequence; stream, insert and finish."""
         now = time.monotonic()
         for row, seq in zip(logits, sampled):
             assert seq.kv is not None
             seq.max_kv = max(seq.max_kv, seq.kv.length)
-            token = sample_token(row, seq.handle.request.sampling, seq.generator)
+            token = sample_token(row, seq.request.sampling, seq.generator)
             if seq.prefilling:
                 seq.ttft_s = now - seq.handle.submitted_at
-                if self.metrics is not None:
-                    self.metrics.ttft_s.observe(seq.ttft_s)
-                self._insert(seq, seq.prompt)
-            elif self.metrics is not None:
-                self.metrics.inter_token_s.observe(now - seq.last_token_at)
+                step.stats.ttfts_s.append(seq.ttft_s)
+                self._insert(seq, seq.prompt, step.stats)
+            else:
+                step.stats.inter_token_latencies_s.append(now - seq.last_token_at)
             seq.last_token_at = now
-            self._accept(seq, token)
-        self._set_kv_gauges()
+            self._accept(seq, token, step)
 
-    def _start(self, seq: sched.Sequence) -> None:
+    def _end(self, step: _Step) -> None:
+        """Record the step's stats, then hand out its results (a client that has its answer sees it counted)."""
+        with self._lock:
+            self._record(self.scheduler.stats(), step.stats)
+        for handle, outcome in step.outcomes:
+            if isinstance(outcome, BaseException):
+                handle.set_exception(outcome)
+            else:
+                handle.set_result(outcome)
+
+    def _start(self, seq: Seq, stats: IterationStats) -> None:
         """Allocate the sequence's KV and copy in its cached prefix (pinned until it leaves)."""
-        req = seq.handle.request
+        req = seq.request
         n = len(req.prompt_ids)
-        seq.kv = SeqKV(self.kv_spec, capacity=min(seq.reserved_tokens, n + 64), max_capacity=seq.reserved_tokens)
+        seq.kv = SeqKV(self.kv_shape, dtype=self.loaded.dtype, device=self.loaded.device,
+                       capacity=min(seq.reserved_tokens, n + 64), max_capacity=seq.reserved_tokens)
         if req.enable_prefix_cache and self.prefix_cache is not None:
             started = time.perf_counter()
-            seq.match = self.prefix_cache.match_prefix(seq.namespace, req.prompt_ids, lock=True, into=seq.kv.layers)
+            seq.match = self.prefix_cache.match_prefix(seq.key, lock=True, into=seq.kv.layers)
             seq.cached_tokens = seq.kv.length = seq.match.num_cached_tokens
-            if self.metrics is not None:
-                self.metrics.prefix_op_s.labels(op="lookup").observe(time.perf_counter() - started)
-                self.metrics.prefix_queried_tokens.inc(n)
-                self.metrics.prefix_hit_tokens.inc(seq.cached_tokens)
+            stats.prefix_lookup_s.append(time.perf_counter() - started)
+            stats.num_prefix_queried_tokens += n
+            stats.num_prefix_hit_tokens += seq.cached_tokens
 
-    def _trim_sink(self, seq: sched.Sequence) -> None:
-        sink = seq.handle.request.sink
+    def _trim_sink(self, seq: Seq, stats: IterationStats) -> None:
+        sink = seq.request.sink
         if sink is None or seq.kv is None:
             return
         assert self._inv_freq is not None
@@ -346,15 +349,13 @@ class Engine:
         if evicted:
             seq.kv.replace(kv)
             seq.sink_evicted += evicted
-            if self.metrics is not None:
-                self.metrics.sink_evicted_tokens.inc(evicted)
+            stats.num_sink_evicted_tokens += evicted
 
-    def _accept(self, seq: sched.Sequence, token: int) -> None:
+    def _accept(self, seq: Seq, token: int, step: _Step) -> None:
         """Record a sampled token, emit safe text, finish on EOS / stop string / length."""
-        req = seq.handle.request
+        req = seq.request
         seq.generated.append(token)
-        if self.metrics is not None:
-            self.metrics.generation_tokens.inc()
+        step.stats.num_generation_tokens += 1
         finish: str | None = None
         if token in self.loaded.eos_token_ids:
             finish = "stop"
@@ -370,100 +371,90 @@ class Engine:
         if delta and req.on_event is not None:
             req.on_event(TokenDelta(text=delta, token_ids=(token,)))
         if finish is not None:
-            self._finish(seq, finish)
+            self._finish(seq, finish, step)
 
-    def _insert(self, seq: sched.Sequence, tokens: list[int]) -> None:
+    def _insert(self, seq: Seq, tokens: list[int], stats: IterationStats) -> None:
         """Store ``tokens`` (KV must cover them) unless caching is off or a sink window evicted."""
-        req = seq.handle.request
+        req = seq.request
         if (self.prefix_cache is None or not req.enable_prefix_cache or (req.sink is not None and tokens is seq.prompt)
                 or seq.sink_evicted or seq.kv is None or not tokens):
             return
         try:
             started = time.perf_counter()
-            seq.inserted_tokens += self.prefix_cache.insert(seq.namespace, tokens, seq.kv.view(len(tokens)))
-            if self.metrics is not None:
-                self.metrics.prefix_op_s.labels(op="insert").observe(time.perf_counter() - started)
-                self._update_cache_metrics()
+            stored = self.prefix_cache.insert(RadixKey(seq.key.namespace, tokens), seq.kv.view(len(tokens)))
+            seq.inserted_tokens += stored.num_new_tokens
+            stats.prefix_insert_s.append(time.perf_counter() - started)
         except Exception:
             log.exception("prefix-cache insert failed")
 
-    def _finish(self, seq: sched.Sequence, reason: str) -> None:
-        req = seq.handle.request
+    def _finish(self, seq: Seq, reason: str, step: _Step) -> None:
+        req = seq.request
         if seq.kv is not None and seq.kv.length:
             # Only positions that were fed have KV: the prompt plus all but the last sampled token.
-            self._insert(seq, (req.prompt_ids + seq.generated)[:seq.kv.length])
-        self._release(seq)
-        result = GenerationResult(
+            self._insert(seq, (req.prompt_ids + seq.generated)[:seq.kv.length], step.stats)
+        now = time.monotonic()
+        self._release(seq, now, served=True)
+        step.stats.finished.append(FinishedRequestStats(finish_reason=reason,
+                                                        e2e_latency_s=now - seq.handle.submitted_at))
+        step.outcomes.append((seq.handle, GenerationResult(
             token_ids=tuple(seq.generated), text=seq.text.text, finish_reason=reason,
             prompt_tokens=len(req.prompt_ids), cached_tokens=seq.cached_tokens, ttft_s=seq.ttft_s,
             max_kv_tokens=seq.max_kv, sink_evicted_tokens=seq.sink_evicted, inserted_tokens=seq.inserted_tokens,
-        )
-        if self.metrics is not None:
-            self.metrics.finished.labels(reason=reason).inc()
-            self.metrics.e2e_s.observe(time.monotonic() - seq.handle.submitted_at)
+        )))
+
+    def _fail(self, seq: Seq, exc: BaseException, step: _Step) -> None:
+        self._release(seq, time.monotonic(), served=False)
+        step.outcomes.append((seq.handle, exc))
+
+    def _release(self, seq: Seq, now: float, *, served: bool) -> None:
         with self._lock:
-            self._waiting.observe_service(time.monotonic() - seq.admitted_at)
-        seq.handle._finish(result, None)
-
-    def _fail(self, seq: sched.Sequence, exc: BaseException) -> None:
-        self._release(seq)
-        seq.handle._finish(None, exc)
-
-    def _release(self, seq: sched.Sequence) -> None:
-        if seq in self._running:
-            self._running.remove(seq)
-            self._reserved_bytes -= seq.reserved_bytes
+            self.scheduler.finish(seq, now, served=served)
         if seq.match is not None and self.prefix_cache is not None:
             self.prefix_cache.release(seq.match)
             seq.match = None
         if seq.kv is not None:
             seq.kv.free()
-        self._set_queue_gauges()
-        self._set_kv_gauges()
 
-    def _die(self, exc: BaseException) -> None:
-        """Fatal worker error: fail everything pending, mark the engine failed, log why."""
+    def _shutdown(self) -> None:
+        """Stopped: running requests end ``cancelled`` (their KV is kept), waiting ones get an error."""
+        step = _Step()
+        for seq in list(self.scheduler.running):
+            self._finish(seq, "cancelled", step)
+        with self._lock:
+            pending = self.scheduler.drain_waiting()
+        for seq in pending:
+            step.outcomes.append((seq.handle, LLMCacheError("the model server is shutting down; retry the request")))
+        self._end(step)
+
+    def _die(self, exc: BaseException, interrupted: _Step | None) -> None:
+        """Fatal worker error: fail everything pending, mark the engine failed, log why.
+
+        ``interrupted`` is the step the error cut short: the results it already made are handed out.
+        """
         with self._lock:
             self.failed = f"{type(exc).__name__}: {exc}"
-            pending = self._waiting.drain()
+            pending = self.scheduler.drain_waiting()
+            running = list(self.scheduler.running)
         log.error("inference worker failed; failing %d running and %d waiting requests; /healthz now reports "
-                  "not ready", len(self._running), len(pending), exc_info=exc)
+                  "not ready", len(running), len(pending), exc_info=exc)
         err = WorkerFailedError(f"the inference worker failed ({self.failed}); the model server is not ready "
                                 "and needs a restart")
-        for seq in list(self._running):
+        step = interrupted if interrupted is not None else _Step()
+        for seq in running:
             try:
-                self._fail(seq, err)
+                self._fail(seq, err, step)
             except Exception:  # noqa: BLE001 - keep failing the others
-                seq.handle._finish(None, err)
-        for h in pending:
-            h._finish(None, err)
-        if self.metrics is not None:
-            self.metrics.loaded.set(0)
+                seq.handle.set_exception(err)
+        for seq in pending:
+            step.outcomes.append((seq.handle, err))
+        self._end(step)
 
-    # ---------------------------------------------------------------- metrics
+    # ---------------------------------------------------------------- stats
 
-    def _set_queue_gauges(self) -> None:
-        if self.metrics is not None:
-            self.metrics.running.set(len(self._running))
-            self.metrics.waiting.set(len(self._waiting))
-
-    def _set_kv_gauges(self) -> None:
-        if self.metrics is not None:
-            self.metrics.kv_bytes.set(sum(s.kv.nbytes for s in self._running if s.kv is not None))
-            self.metrics.kv_reserved_bytes.set(self._reserved_bytes)
-
-    def _update_cache_metrics(self) -> None:
-        assert self.metrics is not None
-        pc = self.prefix_cache
-        if pc is None:
-            return
-        self.metrics.prefix_bytes.set(pc.total_bytes)
-        self.metrics.prefix_budget_bytes.set(pc.budget_bytes)
-        self.metrics.prefix_nodes.set(pc.num_nodes)
-        delta = pc.num_evictions - self._evictions_seen
-        if delta > 0:
-            self.metrics.prefix_evictions.inc(delta)
-            self._evictions_seen = pc.num_evictions
+    def _record(self, scheduler: SchedulerStats, iteration: IterationStats | None = None) -> None:
+        prefix = self.prefix_cache.stats() if self.prefix_cache is not None else None
+        for logger in self._stat_loggers:
+            logger.record(scheduler, iteration, prefix)
 
 
 def default_budget_bytes(loaded: LoadedModel, fraction: float) -> int:

@@ -35,6 +35,7 @@ from llmcache.model_server import generate as gen
 from llmcache.model_server import loader as loader_mod
 from llmcache.model_server import parsing
 from llmcache.model_server import radix as radix_mod
+from llmcache.model_server import request as rq
 from llmcache.model_server import sink as sink_mod
 from llmcache.model_server.embeddings import EMBEDDING_MODEL_NAME, Embedder
 from llmcache.model_server.metrics import PROMETHEUS_CONTENT_TYPE, ModelServerMetrics
@@ -88,7 +89,8 @@ class ServerState:
         name = body.get("model")
         if name is None:
             return
-        known = (EMBEDDING_MODEL_NAME, f"sentence-transformers/{EMBEDDING_MODEL_NAME}") if embeddings else self.model_names
+        known = ((EMBEDDING_MODEL_NAME, f"sentence-transformers/{EMBEDDING_MODEL_NAME}") if embeddings
+                 else self.model_names)
         if not isinstance(name, str) or name not in known:
             shown = name if isinstance(name, str) else json.dumps(name)
             raise parsing.HTTPError(404, f"The model `{shown[:200]}` does not exist on this server; it serves "
@@ -115,12 +117,12 @@ async def _errors_middleware(request: web.Request, handler: Callable[[web.Reques
         resp = await handler(request)
     except parsing.HTTPError as exc:
         resp = _error_response(exc.status, exc.message, type_=exc.type, param=exc.param, code=exc.code)
-    except gen.InvalidRequestError as exc:
+    except rq.InvalidRequestError as exc:
         resp = _error_response(400, str(exc), type_="invalid_request_error", param=exc.param, code=exc.code)
     except ConnectionResetError:
         # The client went away (its requests are already cancelled); 499 as nginx logs it, for the metrics.
         resp = web.Response(status=499)
-    except gen.OverloadedError as exc:
+    except rq.OverloadedError as exc:
         resp = _error_response(429, str(exc), type_="server_overloaded", code=exc.code)
         resp.headers["Retry-After"] = str(exc.retry_after_s)
     except web.HTTPException as exc:
@@ -157,23 +159,23 @@ def _engine(state: ServerState) -> gen.Engine:
 class _Choices:
     """Submits ``n`` generation requests and funnels their worker-thread events to the loop."""
 
-    def __init__(self, engine: gen.Engine, prompt_ids: list[int], sampling: gen.SamplingParams, n: int,
+    def __init__(self, engine: gen.Engine, prompt_ids: list[int], sampling: rq.SamplingParams, n: int,
                  *, enable_prefix_cache: bool, cache_salt: str | None, sink: sink_mod.SinkWindow | None) -> None:
         self._loop = asyncio.get_running_loop()
-        self.events: asyncio.Queue[tuple[int, gen.TokenDelta | gen.GenerationResult | BaseException]] = asyncio.Queue()
-        self.handles: list[gen.RequestHandle] = []
+        self.events: asyncio.Queue[tuple[int, rq.TokenDelta | rq.GenerationResult | BaseException]] = asyncio.Queue()
+        self.handles: list[rq.RequestHandle] = []
         reqs = []
         for i in range(n):
             # Choice i gets seed + i so that n seeded choices differ yet stay reproducible.
             params = replace(sampling, seed=sampling.seed + i) if sampling.seed is not None else sampling
-            reqs.append(gen.GenerationRequest(prompt_ids=prompt_ids, sampling=params,
+            reqs.append(rq.GenerationRequest(prompt_ids=prompt_ids, sampling=params,
                                               enable_prefix_cache=enable_prefix_cache, cache_salt=cache_salt,
                                               sink=sink, on_event=self._forwarder(i)))
         # All or nothing: a 400 or 429 before anything is queued.
         self.handles = engine.submit_many(reqs)
 
-    def _forwarder(self, index: int) -> Callable[[gen.TokenDelta | gen.GenerationResult | BaseException], None]:
-        def forward(event: gen.TokenDelta | gen.GenerationResult | BaseException) -> None:
+    def _forwarder(self, index: int) -> Callable[[rq.TokenDelta | rq.GenerationResult | BaseException], None]:
+        def forward(event: rq.TokenDelta | rq.GenerationResult | BaseException) -> None:
             self._loop.call_soon_threadsafe(self.events.put_nowait, (index, event))
         return forward
 
@@ -198,7 +200,7 @@ def _gone(request: web.Request) -> bool:
 
 
 async def _next_event(request: web.Request, choices: _Choices
-                      ) -> tuple[int, gen.TokenDelta | gen.GenerationResult | BaseException]:
+                      ) -> tuple[int, rq.TokenDelta | rq.GenerationResult | BaseException]:
     """The next worker event; cancels the choices and raises ConnectionResetError once the client is gone."""
     while True:
         # Checked on every event too: a busy generation never lets the wait time out.
@@ -211,15 +213,15 @@ async def _next_event(request: web.Request, choices: _Choices
             pass
 
 
-async def _collect(request: web.Request, choices: _Choices, n: int) -> list[gen.GenerationResult]:
-    results: list[gen.GenerationResult | None] = [None] * n
+async def _collect(request: web.Request, choices: _Choices, n: int) -> list[rq.GenerationResult]:
+    results: list[rq.GenerationResult | None] = [None] * n
     remaining = n
     try:
         while remaining:
             index, event = await _next_event(request, choices)
             if isinstance(event, BaseException):
                 raise event
-            if isinstance(event, gen.GenerationResult):
+            if isinstance(event, rq.GenerationResult):
                 results[index] = event
                 remaining -= 1
     except BaseException:
@@ -238,11 +240,12 @@ async def _handle_generation(request: web.Request, *, chat: bool) -> web.StreamR
     sampling = parsing.sampling(state.settings, body)
     sink = parsing.sink(state.settings, body)
     # Tokenizing a long prompt takes milliseconds: keep it off the event loop too.
-    prompt_ids = await asyncio.to_thread(parsing.chat_prompt_ids if chat else parsing.completion_prompt_ids, state.loaded, body)
+    to_ids = parsing.chat_prompt_ids if chat else parsing.completion_prompt_ids
+    prompt_ids = await asyncio.to_thread(to_ids, state.loaded, body)
     try:
         choices = _Choices(engine, prompt_ids, sampling, n, enable_prefix_cache=extras["enable_prefix_cache"],
                            cache_salt=extras["cache_salt"], sink=sink)
-    except gen.InvalidRequestError as exc:
+    except rq.InvalidRequestError as exc:
         if not chat and exc.param == "messages":
             exc.param = "prompt"
         raise
@@ -284,13 +287,13 @@ async def _stream(request: web.Request, choices: _Choices, n: int, *, chat: bool
 
     # Headers wait for the first event: an error before the first token (429 after the queue
     # time bound, 500 when the worker failed) still gets its HTTP status.
-    first: tuple[int, gen.TokenDelta | gen.GenerationResult | BaseException] | None
+    first: tuple[int, rq.TokenDelta | rq.GenerationResult | BaseException] | None
     first = await _next_event(request, choices)
     if isinstance(first[1], BaseException):
         choices.cancel()
         raise first[1]
     await resp.prepare(request)
-    results: list[gen.GenerationResult | None] = [None] * n
+    results: list[rq.GenerationResult | None] = [None] * n
     remaining = n
     try:
         if chat:
@@ -307,7 +310,7 @@ async def _stream(request: web.Request, choices: _Choices, n: int, *, chat: bool
                 await resp.write(b"data: " + web_json_dumps(err) + b"\n\n")
                 choices.cancel()
                 break
-            if isinstance(event, gen.TokenDelta):
+            if isinstance(event, rq.TokenDelta):
                 if not event.text:
                     continue
                 if chat:
@@ -402,6 +405,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics`` in Prometheus text format."""
     state = request.app[STATE_KEY]
+    serving = state.ready.is_set() and state.engine is not None and state.engine.failed is None
+    state.metrics.loaded.set(1 if serving else 0)
     return web.Response(body=state.metrics.render(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
 
@@ -422,7 +427,6 @@ def _load_into(state: ServerState, preloaded: loader_mod.LoadedModel | None) -> 
             if budget is None:
                 budget = gen.default_budget_bytes(loaded, s.prefix_cache.budget_fraction)
             cache = radix_mod.RadixCache(budget)
-            state.metrics.prefix_budget_bytes.set(budget)
             log.info("prefix cache budget %.1f MiB", budget / 2**20)
         kv_budget = s.batching.kv_budget_bytes
         if kv_budget is None:
@@ -434,7 +438,6 @@ def _load_into(state: ServerState, preloaded: loader_mod.LoadedModel | None) -> 
                  kv_budget / 2**20)
         engine.start()
         state.engine = engine
-        state.metrics.loaded.set(1)
         state.ready.set()
     except Exception as exc:
         log.exception("model load failed")

@@ -27,40 +27,27 @@ clones out (see :mod:`llmcache.model_server.radix`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from llmcache.model_server.kv_estimate import KVShape
 from llmcache.model_server.radix import KVLayers
 
-__all__ = ["KVSpec", "SeqKV"]
+__all__ = ["SeqKV"]
 
 _ROUND = 64
-
-
-@dataclass(frozen=True, slots=True)
-class KVSpec:
-    """Shape and dtype of one model's KV: enough to allocate buffers and count bytes."""
-
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    dtype: torch.dtype
-    device: torch.device
-
-    @property
-    def bytes_per_token(self) -> int:
-        """K and V bytes of one token across all layers."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
 
 
 class SeqKV:
     """The KV of one running sequence; ``length`` positions are valid, ``capacity`` allocated."""
 
-    __slots__ = ("capacity", "layers", "length", "max_capacity", "spec")
+    __slots__ = ("bytes_per_token", "capacity", "device", "dtype", "layers", "length", "max_capacity", "shape")
 
-    def __init__(self, spec: KVSpec, *, capacity: int, max_capacity: int) -> None:
-        self.spec = spec
+    def __init__(self, shape: KVShape, *, dtype: torch.dtype, device: torch.device, capacity: int,
+                 max_capacity: int) -> None:
+        self.shape = shape
+        self.dtype = dtype
+        self.device = device
+        self.bytes_per_token = shape.bytes_per_token(dtype.itemsize)
         self.max_capacity = max_capacity
         self.capacity = 0
         self.length = 0
@@ -70,7 +57,7 @@ class SeqKV:
     @property
     def nbytes(self) -> int:
         """Bytes allocated (capacity, not length)."""
-        return self.capacity * self.spec.bytes_per_token
+        return self.capacity * self.bytes_per_token
 
     def ensure(self, needed: int) -> None:
         """Make room for ``needed`` positions (grows by 1.5×, rounded, capped at ``max_capacity``)."""
@@ -80,12 +67,12 @@ class SeqKV:
             raise ValueError(f"sequence needs {needed} KV positions, more than its reservation of {self.max_capacity}")
         grown = max(needed, self.capacity * 3 // 2)
         new_cap = min(self.max_capacity, -(-grown // _ROUND) * _ROUND)
-        s = self.spec
-        shape = (1, s.num_kv_heads, new_cap, s.head_dim)
+        s = self.shape
+        size = (1, s.num_kv_heads, new_cap, s.head_dim)
         layers = []
         for i in range(s.num_layers):
-            k = torch.empty(shape, dtype=s.dtype, device=s.device)
-            v = torch.empty(shape, dtype=s.dtype, device=s.device)
+            k = torch.empty(size, dtype=self.dtype, device=self.device)
+            v = torch.empty(size, dtype=self.dtype, device=self.device)
             if self.length:
                 k[:, :, :self.length].copy_(self.layers[i][0][:, :, :self.length])
                 v[:, :, :self.length].copy_(self.layers[i][1][:, :, :self.length])

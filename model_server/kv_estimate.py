@@ -23,7 +23,12 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1, "int8": 1
 
 @dataclass(frozen=True, slots=True)
 class KVShape:
-    """What determines KV size, read from a model config."""
+    """What determines KV size, read from a model config: the one KV spec of the model server.
+
+    The KV buffers of running sequences (:class:`~llmcache.model_server.kv_buffer.SeqKV`)
+    are allocated from it, and the scheduler's reservations and ``llmcache kv-estimate``
+    count bytes with :meth:`bytes_per_token`.
+    """
 
     num_layers: int
     num_kv_heads: int
@@ -32,7 +37,7 @@ class KVShape:
     hidden_size: int
 
     def bytes_per_token(self, dtype_bytes: int) -> int:
-        """KV bytes of one token of one sequence across all layers."""
+        """KV bytes of one token of one sequence across all layers (``dtype_bytes``: 4 for float32)."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
 
     def naive_bytes_per_token(self, dtype_bytes: int) -> int:

@@ -191,7 +191,8 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", name: st
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise DependencyError("the model server needs torch and transformers: pip install 'llmcache[model-server]'") from exc
+        raise DependencyError("the model server needs torch and transformers: "
+                              "pip install 'llmcache[model-server]'") from exc
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

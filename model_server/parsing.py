@@ -105,7 +105,8 @@ def common(settings: ModelServerSettings, body: dict[str, Any]) -> tuple[int, bo
     if not isinstance(use_prefix, bool):
         raise HTTPError(400, "prefix_cache must be a boolean", param="prefix_cache")
     for unsupported in ("logprobs", "top_logprobs", "echo", "best_of", "tools", "functions", "logit_bias"):
-        if body.get(unsupported) not in (None, False, 0, [], {}) and not (unsupported == "best_of" and body.get(unsupported) == 1):
+        value = body.get(unsupported)
+        if value not in (None, False, 0, [], {}) and not (unsupported == "best_of" and value == 1):
             raise HTTPError(400, f"{unsupported} is not supported by the llmcache model server; remove it",
                              param=unsupported, code="unsupported_parameter")
     stream_options = body.get("stream_options") or {}

@@ -1,39 +1,48 @@
 """Token radix tree of immutable KV slices: the automatic prefix cache.
 
-Why a radix tree and not hashed blocks (vLLM)? Blocks pay off when the KV already lives
-in a paged block pool that attention kernels read directly; here the KV lives in
-transformers' contiguous per-layer tensors, so blocks would only add a block-size
-granularity (a 1,000-token prefix followed by a 15-token seam loses up to a block) and
-a hash chain to maintain. A radix tree (SGLang's RadixAttention, TGI v3) matches to the
-exact token, shares any common prefix automatically, and its leaves are the natural LRU
-eviction unit.
+Why a radix tree and not hashed blocks (vLLM)? Blocks pay off when the running KV lives
+in a paged block pool that the attention kernel reads directly. Here a running sequence
+owns one contiguous buffer per layer (:mod:`llmcache.model_server.kv_buffer`: ragged, not
+paged, because CPU torch has no paged-attention kernel), and the cache only has to hand
+it a prefix once, at admission. Blocks would add a block-size granularity (a 1,000-token
+prefix followed by a 15-token seam loses up to a block) for nothing; a radix tree
+(SGLang's RadixAttention, TGI v3) matches to the exact token, shares any common prefix
+automatically, and its leaves are the natural LRU eviction unit.
 
-Layout: one tree per *namespace* (model revision + dtype + optional ``cache_salt``), so
-two models, two dtypes or two salted tenants never share KV. Each edge holds token ids
-and, for every layer, the key and value tensors of exactly those tokens
-(``[1, kv_heads, len(edge), head_dim]``)::
+Layout: one tree per *namespace* (``RadixKey.namespace``: model revision + dtype, plus a
+hash of the request's ``cache_salt``), so two models, two dtypes or two salted tenants
+never share KV. Each edge holds token ids and, for every layer, the key and value tensors
+of exactly those tokens (``[1, kv_heads, len(edge), head_dim]``)::
 
     root ──[1 9690 198 …  (system prompt, 1000 tokens)]──┬──[4093 198 1780 … (question A)]
                                                           └──[4093 198 2683 … (question B)]
 
+Interface (in SGLang's ``radix_cache.py`` manner; every call returns a named result):
+
+- :meth:`RadixCache.match_prefix` → :class:`MatchResult` (tokens matched, their KV, the
+  pinned node). Side effects: a match that ends inside an edge *splits* that node (so a
+  later insert branches there); every node on the path gets a fresh access tick (LRU);
+  with ``lock=True`` the path is pinned until :meth:`RadixCache.release`. It matches at
+  most ``len(tokens) - 1`` tokens, so the caller always has one token left to run and
+  thus logits to sample from.
+- :meth:`RadixCache.insert` → :class:`InsertResult` (already cached, newly stored, left
+  out because the budget could not be met, and what eviction it caused).
+- :meth:`RadixCache.evict` → :class:`EvictResult`; :meth:`RadixCache.stats` →
+  :class:`~llmcache.model_server.stats.PrefixCacheStats`.
+
 Contract:
 
 - Stored tensors are never mutated. A split clones both halves into new tensors; a
-  match returns freshly concatenated tensors (or copies into the caller's buffers); an
+  match copies into the caller's buffers (or returns freshly concatenated tensors); an
   insert clones its slice.
-- :meth:`RadixCache.match_prefix` matches at most ``len(tokens) - 1`` tokens, so the
-  caller always has one token left to run and thus logits to sample from.
-- Side effects of ``match_prefix``: a match that ends inside an edge splits that node
-  (so a later insert branches there), every node on the path gets a fresh access tick,
-  and with ``lock=True`` the path is pinned until :meth:`RadixCache.release`.
 - Byte budget: ``total_bytes <= budget_bytes`` after every call. Eviction removes
   unreferenced leaves in least-recently-used order (a heap with lazy invalidation, never
   a full scan); pinned nodes and their ancestors are never evicted. When the budget
   cannot be met because everything is pinned, an insert stores only what fits
-  (back-pressure as a return value, not an exception).
+  (back-pressure as a return value, ``InsertResult.num_dropped_tokens``, not an exception).
 
-Thread safety: every public method takes the cache's lock; the server calls it from its
-single inference worker anyway.
+Thread safety: every public method takes the cache's lock (the server calls it from its
+single inference worker; ``/metrics`` and tests read it from other threads).
 """
 
 from __future__ import annotations
@@ -46,10 +55,37 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["KVLayers", "PrefixMatch", "RadixCache", "RadixNode", "kv_bytes_per_token"]
+from llmcache.model_server.stats import PrefixCacheStats
+
+__all__ = [
+    "EvictResult",
+    "InsertResult",
+    "KVLayers",
+    "MatchResult",
+    "RadixCache",
+    "RadixKey",
+    "RadixNode",
+    "kv_bytes_per_token",
+]
 
 #: Per layer ``(key, value)``, each ``[1, kv_heads, tokens, head_dim]``.
 KVLayers = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RadixKey:
+    """What the cache is keyed by: token ids within a namespace (SGLang's ``RadixKey`` with its extra key).
+
+    ``namespace`` is model revision + dtype, plus a hash of the request's ``cache_salt``
+    (:func:`llmcache.model_server.request.cache_namespace`): keys in different namespaces
+    never share a node.
+    """
+
+    namespace: str
+    token_ids: Sequence[int]
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
 
 
 @dataclass(eq=False, slots=True)
@@ -71,18 +107,45 @@ class RadixNode:
 
 
 @dataclass(frozen=True, slots=True)
-class PrefixMatch:
+class MatchResult:
     """Result of :meth:`RadixCache.match_prefix`.
 
     ``kv`` holds new tensors (the caller may extend them) covering
-    ``tokens[:num_cached_tokens]``; ``None`` when nothing matched. Pass the match to
-    :meth:`RadixCache.release` when the request ends (also when nothing matched).
+    ``token_ids[:num_cached_tokens]``; ``None`` when nothing matched or when the KV was
+    copied into the caller's buffers. Pass the result to :meth:`RadixCache.release` when
+    the request ends (also when nothing matched).
     """
 
     num_cached_tokens: int
     kv: KVLayers | None
     last_node: RadixNode
+    """Deepest matched node (the root when nothing matched): what ``lock=True`` pinned."""
     locked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EvictResult:
+    """What one eviction removed."""
+
+    num_evicted_nodes: int = 0
+    num_freed_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    """What one :meth:`RadixCache.insert` did with ``key``'s tokens.
+
+    ``num_matched_tokens + num_new_tokens + num_dropped_tokens == len(key)``::
+
+        key:  [ matched (already cached) | new (stored now) | dropped (no room) ]
+    """
+
+    num_matched_tokens: int
+    num_new_tokens: int
+    num_dropped_tokens: int
+    """Tokens left out because the budget could not be met (everything else pinned)."""
+    evicted: EvictResult = EvictResult()
+    """What this insert evicted to make room."""
 
 
 def kv_bytes_per_token(kv: KVLayers) -> int:
@@ -132,17 +195,21 @@ class RadixCache:
 
     # ------------------------------------------------------------------ lookup
 
-    def match_prefix(self, namespace: str, tokens: Sequence[int], *, lock: bool = True,
-                     into: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> PrefixMatch:
-        """Longest cached prefix of ``tokens`` (at most ``len(tokens) - 1``) in ``namespace``.
+    def match_prefix(self, key: RadixKey, *, lock: bool = True,
+                     into: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> MatchResult:
+        """Longest cached prefix of ``key`` (at most ``len(key) - 1`` tokens).
 
-        With ``into`` (per layer ``(K, V)`` buffers ``[1, kv_heads, >= len(tokens), head_dim]``
+        With ``into`` (per layer ``(K, V)`` buffers ``[1, kv_heads, >= len(key), head_dim]``
         owned by the caller) the matched KV is copied there, once, and ``kv`` is ``None``;
-        otherwise ``kv`` holds freshly concatenated tensors. See the module docstring for the
-        side effects (split, access tick, pin).
+        otherwise ``kv`` holds freshly concatenated tensors.
+
+        Side effects: splits the node where the match ends inside an edge; refreshes the
+        access tick of every node on the path; with ``lock`` pins the path until
+        :meth:`release`; adds to ``num_queried_tokens`` / ``num_hit_tokens``.
         """
+        tokens = key.token_ids
         with self._lock:
-            root = self._root(namespace)
+            root = self._root(key.namespace)
             cap = len(tokens) - 1
             node, i = root, 0
             path: list[RadixNode] = []
@@ -177,9 +244,9 @@ class RadixCache:
                     (torch.cat([p.kv[layer][0] for p in path], dim=2), torch.cat([p.kv[layer][1] for p in path], dim=2))
                     for layer in range(num_layers)
                 )
-            return PrefixMatch(num_cached_tokens=i, kv=kv, last_node=node, locked=lock)
+            return MatchResult(num_cached_tokens=i, kv=kv, last_node=node, locked=lock)
 
-    def release(self, match: PrefixMatch) -> None:
+    def release(self, match: MatchResult) -> None:
         """Unpin the path pinned by ``match_prefix(lock=True)``; a no-op for unlocked matches."""
         if not match.locked:
             return
@@ -188,16 +255,19 @@ class RadixCache:
 
     # ------------------------------------------------------------------ insert
 
-    def insert(self, namespace: str, tokens: Sequence[int], kv: KVLayers) -> int:
-        """Store ``tokens`` with their KV (``kv`` covers at least ``len(tokens)`` positions).
+    def insert(self, key: RadixKey, kv: KVLayers) -> InsertResult:
+        """Store ``key``'s tokens with their KV (``kv`` covers at least ``len(key)`` positions).
 
-        Only the part not already cached is copied in. Returns the number of new tokens
-        stored, which is smaller than the uncached part when the budget cannot be met.
+        Only the part not already cached is copied in; when the budget cannot be met even
+        after evicting every unpinned leaf, only what fits is stored (see
+        :class:`InsertResult`). Side effects: splits the node where the cached part ends
+        inside an edge; refreshes the access tick of the matched path.
         """
+        tokens = key.token_ids
         if kv and kv[0][0].shape[2] < len(tokens):
             raise ValueError(f"kv covers {kv[0][0].shape[2]} tokens, fewer than the {len(tokens)} to insert")
         with self._lock:
-            root = self._root(namespace)
+            root = self._root(key.namespace)
             node, i = root, 0
             tick = next(self._clock)
             while i < len(tokens):
@@ -211,32 +281,34 @@ class RadixCache:
                 node, i = child, i + n
             remaining = len(tokens) - i
             if remaining == 0 or not kv:
-                return 0
+                return InsertResult(num_matched_tokens=i, num_new_tokens=0, num_dropped_tokens=remaining)
             per_token = kv_bytes_per_token(kv)
             need = remaining * per_token
+            evicted = EvictResult()
             if self.total_bytes + need > self.budget_bytes:
                 # Pin the attach point so eviction cannot pull the branch out from under us.
                 self._inc_lock(node)
                 try:
-                    self._evict_locked(self.total_bytes + need - self.budget_bytes)
+                    evicted = self._evict_locked(self.total_bytes + need - self.budget_bytes)
                 finally:
                     self._dec_lock(node)
-            fit = min(remaining, max(0, (self.budget_bytes - self.total_bytes) // per_token) if per_token else remaining)
-            if fit == 0:
-                return 0
-            new_kv = _slice(kv, i, i + fit)
-            leaf = RadixNode(namespace=namespace, key=tuple(tokens[i:i + fit]), kv=new_kv, parent=node,
-                             last_access=tick, nbytes=_nbytes(new_kv))
-            node.children[leaf.key[0]] = leaf
-            self.total_bytes += leaf.nbytes
-            self.num_nodes += 1
-            self._push(leaf)
-            return fit
+            room = max(0, (self.budget_bytes - self.total_bytes) // per_token) if per_token else remaining
+            fit = min(remaining, room)
+            if fit:
+                new_kv = _slice(kv, i, i + fit)
+                leaf = RadixNode(namespace=key.namespace, key=tuple(tokens[i:i + fit]), kv=new_kv, parent=node,
+                                 last_access=tick, nbytes=_nbytes(new_kv))
+                node.children[leaf.key[0]] = leaf
+                self.total_bytes += leaf.nbytes
+                self.num_nodes += 1
+                self._push(leaf)
+            return InsertResult(num_matched_tokens=i, num_new_tokens=fit, num_dropped_tokens=remaining - fit,
+                                evicted=evicted)
 
     # ---------------------------------------------------------------- eviction
 
-    def evict(self, num_bytes: int) -> int:
-        """Evict unpinned leaves, least recently used first, until ``num_bytes`` are freed; returns bytes freed."""
+    def evict(self, num_bytes: int) -> EvictResult:
+        """Evict unpinned leaves, least recently used first, until ``num_bytes`` are freed (or none is left)."""
         with self._lock:
             return self._evict_locked(num_bytes)
 
@@ -248,6 +320,13 @@ class RadixCache:
                 self._evict_locked(self.total_bytes - budget_bytes)
 
     # --------------------------------------------------------------- inspection
+
+    def stats(self) -> PrefixCacheStats:
+        """Size and counters right now."""
+        with self._lock:
+            return PrefixCacheStats(total_bytes=self.total_bytes, budget_bytes=self.budget_bytes,
+                                    num_nodes=self.num_nodes, num_evictions=self.num_evictions,
+                                    num_queried_tokens=self.num_queried_tokens, num_hit_tokens=self.num_hit_tokens)
 
     def iter_nodes(self) -> Iterator[RadixNode]:
         """Every non-root node (for tests and stats; hold no reference across requests)."""
@@ -323,8 +402,8 @@ class RadixCache:
     def _attached(self, node: RadixNode) -> bool:
         return node.parent is not None and node.parent.children.get(node.key[0]) is node
 
-    def _evict_locked(self, num_bytes: int) -> int:
-        freed = 0
+    def _evict_locked(self, num_bytes: int) -> EvictResult:
+        freed = nodes = 0
         while freed < num_bytes and self._heap:
             access, _, node = heapq.heappop(self._heap)
             if (access != node.last_access or node.children or node.lock_ref > 0
@@ -339,10 +418,11 @@ class RadixCache:
             self.num_nodes -= 1
             self.num_evictions += 1
             self.num_evicted_bytes += node.nbytes
+            nodes += 1
             node.kv = ()
             if not parent.is_root and not parent.children and parent.lock_ref == 0:
                 self._push(parent)
-        return freed
+        return EvictResult(num_evicted_nodes=nodes, num_freed_bytes=freed)
 
     def _inc_lock(self, node: RadixNode) -> None:
         while node.parent is not None:

@@ -122,7 +122,7 @@ class GenerationResult:
 
 
 class RequestHandle:
-    """Ties a submitted request to its result; thread-safe."""
+    """Ties a submitted request to its result, like a ``concurrent.futures.Future``; thread-safe."""
 
     def __init__(self, request: GenerationRequest) -> None:
         self.request = request
@@ -146,7 +146,19 @@ class RequestHandle:
         assert self._result is not None
         return self._result
 
-    def _finish(self, result: GenerationResult | None, error: BaseException | None) -> None:
+    def set_result(self, result: GenerationResult) -> None:
+        """Complete the request with ``result`` (the engine calls this once; later calls are ignored)."""
+        self._complete(result, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        """Complete the request with ``error`` (re-raised by :meth:`result`; later calls are ignored)."""
+        self._complete(None, error)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _complete(self, result: GenerationResult | None, error: BaseException | None) -> None:
         if self._done.is_set():
             return
         self._result, self._error = result, error

@@ -1,67 +1,78 @@
-"""Continuous-batching bookkeeping: the bounded wait queue, running sequences, and each step's plan.
+"""The scheduler: owns the waiting queue, the running set and their KV reservations, and plans each step.
 
-Admission control::
+vLLM v1's shape. The engine loop is ``schedule → execute → update``; only the scheduler
+decides who waits, who runs and how many tokens each feeds::
 
-    submit ──▶ waiting (≤ max_queue_len, each ≤ max_queue_time_s) ──▶ running (≤ max_num_seqs,
-      │                     │                                           Σ reserved KV ≤ kv budget)
-      └ full: 429 at once   └ waited too long: 429; cancelled: dropped
+    Engine.submit_many ──▶ Scheduler.add_requests ──▶ waiting (≤ max_queue_len; full: False → 429 at once)
+                                                          │ each waits ≤ max_queue_time_s (then 429)
+    Engine worker, every step:                            ▼
+      Scheduler.schedule() ─▶ SchedulerOutput   admit: running ≤ max_num_seqs, Σ reserved KV ≤ budget
+                               │                plan:  every decode + prompt chunks within the token budget
+      execute (forward pass) ◀─┘
+      update (sample, finish) ─▶ Scheduler.finish(seq): the reservation is released
 
-A sequence reserves ``(prompt + max_tokens) × bytes/token`` of KV when it is admitted
-(first come, first served: a large head of the queue is never overtaken), so an admitted
-sequence can never run out of KV mid-generation and no preemption is needed.
+A sequence reserves ``reservation_tokens × bytes/token`` of KV when it is admitted
+(prompt + max_tokens, or the sink window's bound; first come, first served: a large head
+of the queue is never overtaken), so an admitted sequence can never run out of KV
+mid-generation and no preemption is needed.
 
-Each step (:func:`plan_step`) takes one decode token from every decoding sequence, then
-fills the rest of the token budget with prompt chunks, oldest sequence first::
+Each step's plan (:func:`plan_step`) takes one decode token from every decoding sequence,
+then fills the rest of the token budget with prompt chunks, oldest sequence first::
 
     budget 256:  [d d d d d d d d | c c c c c … (248 prompt tokens of the oldest prefill) ]
 
 so a long prompt is prefilled over several steps while the others keep decoding.
+
+Not thread-safe: the engine calls every method under its lock.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from llmcache.model_server import detok
 from llmcache.model_server.kv_buffer import SeqKV
-from llmcache.model_server.radix import PrefixMatch
+from llmcache.model_server.radix import MatchResult, RadixKey
+from llmcache.model_server.request import GenerationRequest, RequestHandle
+from llmcache.model_server.settings import BatchingSettings
+from llmcache.model_server.stats import SchedulerStats
 
-if TYPE_CHECKING:
-    from llmcache.model_server.generate import RequestHandle
-
-__all__ = ["Sequence", "WaitQueue", "plan_step"]
+__all__ = ["Scheduler", "SchedulerOutput", "Sequence", "WaitQueue", "plan_step", "reservation_tokens"]
 
 
 @dataclass(slots=True, eq=False)
 class Sequence:
-    """A running request: its KV, what it generated, its timings."""
+    """One request inside the engine: its KV, what it generated, its timings (identity-compared)."""
 
     handle: RequestHandle
-    namespace: str
+    key: RadixKey
+    """The prompt in its prefix-cache namespace (model revision + dtype + salt hash)."""
     generator: torch.Generator
     text: detok.TextState
-    reserved_bytes: int
-    reserved_tokens: int
-    admitted_at: float
+    reserved_bytes: int = 0
+    """KV bytes reserved while running (set at admission)."""
+    reserved_tokens: int = 0
+    admitted_at: float = 0.0
     kv: SeqKV | None = None
     """Allocated when its first prompt chunk is scheduled (the prefix-cache lookup happens then)."""
-    match: PrefixMatch | None = None
+    match: MatchResult | None = None
     """The pinned radix path (released when the sequence leaves)."""
     generated: list[int] = field(default_factory=list)
     cached_tokens: int = 0
-    prompt_inserted: bool = False
     ttft_s: float = 0.0
     last_token_at: float = 0.0
     sink_evicted: int = 0
     max_kv: int = 0
     inserted_tokens: int = 0
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.handle.request
 
     @property
     def prompt(self) -> list[int]:
@@ -73,13 +84,40 @@ class Sequence:
         return not self.generated
 
 
+def reservation_tokens(request: GenerationRequest) -> int:
+    """KV positions a request may hold at most: prompt + max_tokens, or the sink window's bound."""
+    n = len(request.prompt_ids)
+    full = n + request.sampling.max_tokens
+    if request.sink is not None:
+        return min(full, max(n, request.sink.max_tokens) + 1)
+    return full
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """What one step runs, and who left the queue or the running set without running."""
+
+    scheduled: list[tuple[Sequence, int]] = field(default_factory=list)
+    """``(sequence, tokens to feed)``: every decode first, then prompt chunks (see :func:`plan_step`)."""
+    admitted: list[Sequence] = field(default_factory=list)
+    """Joined the running set in this step (their KV is allocated when first executed)."""
+    cancelled_running: list[Sequence] = field(default_factory=list)
+    """Running, cancelled by their client: the engine finishes them (``cancelled``); not in ``scheduled``."""
+    cancelled_waiting: list[Sequence] = field(default_factory=list)
+    """Left the queue before they ran (cancelled by their client)."""
+    expired_waiting: list[Sequence] = field(default_factory=list)
+    """Left the queue after waiting longer than ``max_queue_time_s`` (429 ``queue_timeout``)."""
+    retry_after_s: int = 1
+    """What to tell the expired ones."""
+
+
 def plan_step(running: list[Sequence], *, max_num_batched_tokens: int) -> Iterator[tuple[Sequence, int]]:
     """``(sequence, tokens to feed)`` for one step: every decode, then prompt chunks within the budget.
 
     Decodes always run (the budget is at least ``max_num_seqs`` by construction); prompt
     chunks get what is left, but at least a quarter of the budget so prefills never starve.
     Sequences whose KV is not allocated yet yield their whole remaining prompt as the
-    chunk bound; the caller allocates and looks up the prefix first, then trims.
+    chunk bound; the engine allocates and looks up the prefix first, then trims.
     """
     decoding = [s for s in running if not s.prefilling]
     for s in decoding:
@@ -97,12 +135,12 @@ def plan_step(running: list[Sequence], *, max_num_batched_tokens: int) -> Iterat
 
 
 class WaitQueue:
-    """FIFO of submitted requests with a length bound and a wait-time bound; not thread-safe (engine lock)."""
+    """FIFO of submitted sequences with a length bound and a wait-time bound."""
 
     def __init__(self, *, max_len: int, max_wait_s: float) -> None:
         self.max_len = max_len
         self.max_wait_s = max_wait_s
-        self._q: deque[RequestHandle] = deque()
+        self._q: deque[Sequence] = deque()
         self._service_s = 0.0
         """Moving average of admitted-to-finished time: the basis of ``Retry-After``."""
 
@@ -112,27 +150,27 @@ class WaitQueue:
     def room(self) -> int:
         return self.max_len - len(self._q)
 
-    def push(self, handle: RequestHandle) -> None:
-        self._q.append(handle)
+    def push(self, seq: Sequence) -> None:
+        self._q.append(seq)
 
-    def peek(self) -> RequestHandle | None:
+    def peek(self) -> Sequence | None:
         return self._q[0] if self._q else None
 
-    def pop(self) -> RequestHandle:
+    def pop(self) -> Sequence:
         return self._q.popleft()
 
-    def drain(self) -> list[RequestHandle]:
+    def drain(self) -> list[Sequence]:
         out = list(self._q)
         self._q.clear()
         return out
 
-    def take_expired(self, now: float) -> tuple[list[RequestHandle], list[RequestHandle]]:
-        """Remove and return ``(cancelled, waited too long)`` handles."""
-        cancelled = [h for h in self._q if h.cancelled]
-        expired = [h for h in self._q if not h.cancelled and now - h.submitted_at > self.max_wait_s]
+    def take_expired(self, now: float) -> tuple[list[Sequence], list[Sequence]]:
+        """Remove and return ``(cancelled, waited too long)`` sequences."""
+        cancelled = [s for s in self._q if s.handle.cancelled]
+        expired = [s for s in self._q if not s.handle.cancelled and now - s.handle.submitted_at > self.max_wait_s]
         if cancelled or expired:
-            gone = {id(h) for h in cancelled + expired}
-            self._q = deque(h for h in self._q if id(h) not in gone)
+            gone = {id(s) for s in cancelled + expired}
+            self._q = deque(s for s in self._q if id(s) not in gone)
         return cancelled, expired
 
     def observe_service(self, seconds: float) -> None:
@@ -144,6 +182,76 @@ class WaitQueue:
         guess = waves * (self._service_s or 1.0)
         return int(min(max(1.0, math.ceil(guess)), max(1.0, self.max_wait_s)))
 
-    @staticmethod
-    def now() -> float:
-        return time.monotonic()
+
+class Scheduler:
+    """Waiting queue, running set and KV reservations; :meth:`schedule` plans one step."""
+
+    def __init__(self, settings: BatchingSettings, *, kv_budget_bytes: int, kv_bytes_per_token: int) -> None:
+        self.settings = settings
+        self.kv_budget_bytes = kv_budget_bytes
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.waiting = WaitQueue(max_len=settings.max_queue_len, max_wait_s=settings.max_queue_time_s)
+        self.running: list[Sequence] = []
+        self.reserved_bytes = 0
+
+    # ------------------------------------------------------------------ queue
+
+    def reservation_bytes(self, request: GenerationRequest) -> int:
+        """KV bytes ``request`` reserves while it runs."""
+        return reservation_tokens(request) * self.kv_bytes_per_token
+
+    def add_requests(self, seqs: Iterable[Sequence]) -> bool:
+        """Queue all of ``seqs`` or none; ``False`` when the queue lacks room (back-pressure as a value)."""
+        batch = list(seqs)
+        if self.waiting.room() < len(batch):
+            return False
+        for s in batch:
+            self.waiting.push(s)
+        return True
+
+    def retry_after_s(self) -> int:
+        """What a refused request should wait before retrying (seconds, ≥ 1)."""
+        return self.waiting.retry_after_s(self.settings.max_num_seqs)
+
+    def has_work(self) -> bool:
+        return bool(self.running) or len(self.waiting) > 0
+
+    def drain_waiting(self) -> list[Sequence]:
+        """Empty the queue (shutdown, worker failure) and return what it held."""
+        return self.waiting.drain()
+
+    # ------------------------------------------------------------------- step
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        """Expire the queue, admit what fits, and plan one step over the running set."""
+        out = SchedulerOutput()
+        out.cancelled_waiting, out.expired_waiting = self.waiting.take_expired(now)
+        if out.expired_waiting:
+            out.retry_after_s = 1 + self.retry_after_s()
+        while len(self.running) < self.settings.max_num_seqs and (head := self.waiting.peek()) is not None:
+            tokens = reservation_tokens(head.request)
+            need = tokens * self.kv_bytes_per_token
+            if self.running and self.reserved_bytes + need > self.kv_budget_bytes:
+                break  # first come, first served: wait for KV to free up
+            self.waiting.pop()
+            head.reserved_bytes, head.reserved_tokens, head.admitted_at = need, tokens, now
+            self.reserved_bytes += need
+            self.running.append(head)
+            out.admitted.append(head)
+        out.cancelled_running = [s for s in self.running if s.handle.cancelled]
+        live = [s for s in self.running if not s.handle.cancelled] if out.cancelled_running else self.running
+        out.scheduled = list(plan_step(live, max_num_batched_tokens=self.settings.max_num_batched_tokens))
+        return out
+
+    def finish(self, seq: Sequence, now: float, *, served: bool = True) -> None:
+        """``seq`` left the running set: release its reservation; learn its service time when it was ``served``."""
+        if seq in self.running:
+            self.running.remove(seq)
+            self.reserved_bytes -= seq.reserved_bytes
+            if served:
+                self.waiting.observe_service(now - seq.admitted_at)
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(num_running=len(self.running), num_waiting=len(self.waiting),
+                              kv_allocated_bytes=sum(s.kv.nbytes for s in self.running if s.kv is not None),
+                              kv_reserved_bytes=self.reserved_bytes, kv_budget_bytes=self.kv_budget_bytes)

@@ -76,9 +76,10 @@ def test_queue_timeout_is_429_for_streams_too(tiny_model: loader.LoadedModel) ->
 
         async def scenario() -> tuple[int, str | None, dict[str, Any]]:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
-                hog = asyncio.ensure_future(http.post(server.url + "/v1/completions",
-                                                      json={"prompt": PROMPT, "max_tokens": 10**7, "sink_window_tokens": 64}))
-                await asyncio.to_thread(wait_for, lambda: len(engine._running) == 1)
+                hog = asyncio.ensure_future(http.post(
+                    server.url + "/v1/completions",
+                    json={"prompt": PROMPT, "max_tokens": 10**7, "sink_window_tokens": 64}))
+                await asyncio.to_thread(wait_for, lambda: engine.stats().num_running == 1)
                 async with http.post(server.url + "/v1/completions",
                                      json={"prompt": PROMPT, "max_tokens": 2, "stream": True}) as r:
                     out = r.status, r.headers.get("Retry-After"), await r.json()
@@ -112,7 +113,7 @@ def test_client_disconnect_stops_compute(tiny_model: loader.LoadedModel, stream:
         sock.close()
         wait_for(lambda: counter(server, metrics.finished, reason="cancelled") == 1)
         assert counter(server, metrics.finished, reason="length") == 0
-        assert not engine._running and engine._reserved_bytes == 0
+        assert engine.stats().num_running == 0 and engine.stats().kv_reserved_bytes == 0
 
 
 def test_worker_fault_is_500_and_not_ready(tiny_model: loader.LoadedModel) -> None:
@@ -123,10 +124,11 @@ def test_worker_fault_is_500_and_not_ready(tiny_model: loader.LoadedModel) -> No
         def broken(model: object, segments: object) -> object:  # fault injection
             raise RuntimeError("injected: CUDA error: an illegal memory access")
 
-        engine._forward = broken  # type: ignore[method-assign]
+        engine.forward = broken
         for stream in (False, True):
+            body = json.dumps({"prompt": PROMPT, "max_tokens": 4, "stream": stream}).encode()
             req = urllib.request.Request(server.url + "/v1/completions", headers={"Content-Type": "application/json"},
-                                         data=json.dumps({"prompt": PROMPT, "max_tokens": 4, "stream": stream}).encode())
+                                         data=body)
             with pytest.raises(urllib.error.HTTPError) as exc:
                 urllib.request.urlopen(req, timeout=60)
             assert exc.value.code == 500

@@ -13,6 +13,7 @@ import pytest
 
 from llmcache.model_server import generate as gen
 from llmcache.model_server import loader
+from llmcache.model_server import request as rq
 from llmcache.model_server.metrics import ModelServerMetrics
 from llmcache.model_server.radix import RadixCache
 from llmcache.model_server.settings import BatchingSettings
@@ -37,11 +38,11 @@ class Recorder:
         return cb
 
     def count(self, name: str) -> int:
-        return sum(1 for n, e in self.log if n == name and isinstance(e, gen.TokenDelta))
+        return sum(1 for n, e in self.log if n == name and isinstance(e, rq.TokenDelta))
 
     def wait(self, pred, timeout_s: float = 120) -> None:
         with self.cond:
-            assert self.cond.wait_for(lambda: pred(), timeout_s), "condition not reached in time"
+            assert self.cond.wait_for(pred, timeout_s), "condition not reached in time"
 
 
 @pytest.fixture
@@ -60,8 +61,8 @@ def engine_with(tiny_model: loader.LoadedModel):
         e.stop()
 
 
-def req(prompt: list[int], max_tokens: int, rec: Recorder, name: str, **kw: object) -> gen.GenerationRequest:
-    return gen.GenerationRequest(prompt_ids=prompt, sampling=gen.SamplingParams(max_tokens=max_tokens, temperature=0.0),
+def req(prompt: list[int], max_tokens: int, rec: Recorder, name: str, **kw: object) -> rq.GenerationRequest:
+    return rq.GenerationRequest(prompt_ids=prompt, sampling=rq.SamplingParams(max_tokens=max_tokens, temperature=0.0),
                                  on_event=rec.on(name), **kw)  # type: ignore[arg-type]
 
 
@@ -84,7 +85,7 @@ def test_join_and_leave_between_steps(tiny_model: loader.LoadedModel, engine_wit
     assert ra_count_when_b_done < 40  # b left while a kept decoding
     assert list(rb.token_ids) == reference(tiny_model, pb, 5)
     assert list(ra.token_ids) == reference(tiny_model, pa, 40)
-    names = [n for n, e in rec.log if isinstance(e, gen.TokenDelta)]
+    names = [n for n, e in rec.log if isinstance(e, rq.TokenDelta)]
     first_b, last_b = names.index("b"), len(names) - 1 - names[::-1].index("b")
     assert "a" in names[first_b:last_b]  # interleaved: both advanced in the same steps
     sizes = engine.metrics.step_batch_size  # type: ignore[union-attr]
@@ -122,7 +123,7 @@ def test_cancel_mid_batch_frees_the_sequence(tiny_model: loader.LoadedModel, eng
     assert list(ra.token_ids) == reference(tiny_model, pa, 200)[:len(ra.token_ids)]
     assert list(b.result(120).token_ids) == reference(tiny_model, pb, 30)
     assert engine.metrics.finished.labels(reason="cancelled")._value.get() == 1  # type: ignore[union-attr]
-    assert engine._reserved_bytes == 0 and not engine._running
+    assert engine.stats().kv_reserved_bytes == 0 and engine.stats().num_running == 0
 
 
 def test_full_queue_is_refused_with_retry_after(engine_with) -> None:
@@ -132,10 +133,10 @@ def test_full_queue_is_refused_with_retry_after(engine_with) -> None:
     running = engine.submit(req(rand_tokens(rng, 10), 300, rec, "run"))
     rec.wait(lambda: rec.count("run") >= 1)
     queued = engine.submit_many([req(rand_tokens(rng, 10), 2, rec, f"q{i}") for i in range(2)])
-    with pytest.raises(gen.OverloadedError) as exc:
+    with pytest.raises(rq.OverloadedError) as exc:
         engine.submit(req(rand_tokens(rng, 10), 2, rec, "over"))
     assert exc.value.code == "queue_full" and exc.value.retry_after_s >= 1
-    with pytest.raises(gen.OverloadedError):  # all or nothing: two do not fit either
+    with pytest.raises(rq.OverloadedError):  # all or nothing: two do not fit either
         engine.submit_many([req(rand_tokens(rng, 5), 2, rec, "x"), req(rand_tokens(rng, 5), 2, rec, "y")])
     running.cancel()
     assert all(h.result(120).finish_reason == "length" for h in queued)
@@ -148,7 +149,7 @@ def test_queue_time_is_bounded(engine_with, tiny_model: loader.LoadedModel) -> N
     running = engine.submit(req(rand_tokens(rng, 10), 900, rec, "run"))
     rec.wait(lambda: rec.count("run") >= 1)
     waiting = engine.submit(req(rand_tokens(rng, 10), 2, rec, "wait"))
-    with pytest.raises(gen.OverloadedError) as exc:
+    with pytest.raises(rq.OverloadedError) as exc:
         waiting.result(120)
     assert exc.value.code == "queue_timeout"
     running.cancel()
@@ -157,7 +158,7 @@ def test_queue_time_is_bounded(engine_with, tiny_model: loader.LoadedModel) -> N
 
 def test_kv_budget_bounds_the_running_set(tiny_model: loader.LoadedModel) -> None:
     probe = gen.Engine(tiny_model, prefix_cache=None, kv_budget_bytes=1 << 30)
-    per_req = 30 * probe.kv_spec.bytes_per_token  # 20 prompt + 10 max_tokens
+    per_req = 30 * probe.kv_bytes_per_token  # 20 prompt + 10 max_tokens
     engine = gen.Engine(tiny_model, prefix_cache=None, batching=BatchingSettings(max_num_seqs=8),
                         kv_budget_bytes=2 * per_req)
     engine.start()
@@ -168,17 +169,17 @@ def test_kv_budget_bounds_the_running_set(tiny_model: loader.LoadedModel) -> Non
 
         def watch(_event: object) -> None:
             nonlocal peak
-            peak = max(peak, len(engine._running))
+            peak = max(peak, engine.stats().num_running)
             seen.set()
 
-        handles = engine.submit_many([gen.GenerationRequest(
-            prompt_ids=rand_tokens(rng, 20), sampling=gen.SamplingParams(max_tokens=10, temperature=0.0),
+        handles = engine.submit_many([rq.GenerationRequest(
+            prompt_ids=rand_tokens(rng, 20), sampling=rq.SamplingParams(max_tokens=10, temperature=0.0),
             on_event=watch) for _ in range(6)])
         assert all(h.result(120).finish_reason == "length" for h in handles)
         assert seen.is_set() and peak == 2
-        with pytest.raises(gen.InvalidRequestError, match="KV budget"):
-            engine.submit(gen.GenerationRequest(prompt_ids=rand_tokens(rng, 50),
-                                                sampling=gen.SamplingParams(max_tokens=20)))
+        with pytest.raises(rq.InvalidRequestError, match="KV budget"):
+            engine.submit(rq.GenerationRequest(prompt_ids=rand_tokens(rng, 50),
+                                                sampling=rq.SamplingParams(max_tokens=20)))
     finally:
         engine.stop()
 
@@ -187,7 +188,7 @@ def test_worker_fault_fails_every_pending_request(tiny_model: loader.LoadedModel
     engine = engine_with(max_num_seqs=2)
     rng = random.Random(17)
     rec = Recorder()
-    real = engine._forward
+    real = engine.forward
     calls = 0
 
     def faulty(model: object, segments: object) -> object:  # fault injection: the forward pass blows up
@@ -197,11 +198,11 @@ def test_worker_fault_fails_every_pending_request(tiny_model: loader.LoadedModel
             raise RuntimeError("injected: device lost")
         return real(model, segments)  # type: ignore[arg-type]
 
-    engine._forward = faulty  # type: ignore[method-assign]
+    engine.forward = faulty
     handles = engine.submit_many([req(rand_tokens(rng, 10), 50, rec, f"r{i}") for i in range(5)])
     for h in handles:
-        with pytest.raises(gen.WorkerFailedError, match="device lost"):
+        with pytest.raises(rq.WorkerFailedError, match="device lost"):
             h.result(120)
     assert engine.failed is not None and "device lost" in engine.failed
-    with pytest.raises(gen.WorkerFailedError):
+    with pytest.raises(rq.WorkerFailedError):
         engine.submit(req(rand_tokens(rng, 10), 2, rec, "late"))

@@ -19,6 +19,7 @@ import torch
 
 from llmcache.model_server import generate as gen
 from llmcache.model_server import loader
+from llmcache.model_server import request as rq
 from llmcache.model_server.radix import RadixCache
 from llmcache.model_server.settings import BatchingSettings
 
@@ -54,14 +55,14 @@ def test_batched_greedy_equals_one_at_a_time(default_model: loader.LoadedModel) 
         text = tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": q}],
                                        add_generation_prompt=True, tokenize=False)
         prompts.append(list(tok(text, add_special_tokens=False)["input_ids"]))
-    greedy = gen.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
+    greedy = rq.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
 
     sequential = gen.Engine(default_model, prefix_cache=RadixCache(1 << 30),
                             batching=BatchingSettings(enable_batching=False))
     sequential.start()
     try:
         assert not sequential.batched
-        one_by_one = [sequential.generate(gen.GenerationRequest(prompt_ids=p, sampling=greedy), timeout_s=600)
+        one_by_one = [sequential.generate(rq.GenerationRequest(prompt_ids=p, sampling=greedy), timeout_s=600)
                       for p in prompts]
     finally:
         sequential.stop()
@@ -70,7 +71,7 @@ def test_batched_greedy_equals_one_at_a_time(default_model: loader.LoadedModel) 
     batched.start()
     try:
         assert batched.batched
-        handles = batched.submit_many([gen.GenerationRequest(prompt_ids=p, sampling=greedy) for p in prompts])
+        handles = batched.submit_many([rq.GenerationRequest(prompt_ids=p, sampling=greedy) for p in prompts])
         together = [h.result(900) for h in handles]
     finally:
         batched.stop()

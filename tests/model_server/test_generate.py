@@ -9,19 +9,20 @@ import torch
 
 from llmcache.model_server import generate as gen
 from llmcache.model_server import loader
+from llmcache.model_server import request as rq
 
 from .helpers import EngineFactory
 
-GREEDY = gen.SamplingParams(max_tokens=12, temperature=0.0)
+GREEDY = rq.SamplingParams(max_tokens=12, temperature=0.0)
 
 
 def rand_tokens(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(3, 512) for _ in range(n)]  # 0-2 are pad/bos/eos
 
 
-def run(engine: gen.Engine, prompt: list[int], *, cache: bool = True, params: gen.SamplingParams = GREEDY,
-        salt: str | None = None) -> gen.GenerationResult:
-    return engine.generate(gen.GenerationRequest(prompt_ids=prompt, sampling=params, enable_prefix_cache=cache,
+def run(engine: gen.Engine, prompt: list[int], *, cache: bool = True, params: rq.SamplingParams = GREEDY,
+        salt: str | None = None) -> rq.GenerationResult:
+    return engine.generate(rq.GenerationRequest(prompt_ids=prompt, sampling=params, enable_prefix_cache=cache,
                                                  cache_salt=salt), timeout_s=120)
 
 
@@ -125,7 +126,7 @@ def test_stored_tensors_unchanged_after_many_requests(tiny_model: loader.LoadedM
     for i in range(40):
         base = bases[i % 3]
         prompt = base[: rng.randrange(5, 30)] + rand_tokens(rng, rng.randrange(1, 6))
-        run(engine, prompt, params=gen.SamplingParams(max_tokens=6, temperature=0.9, seed=i))
+        run(engine, prompt, params=rq.SamplingParams(max_tokens=6, temperature=0.9, seed=i))
         assert cache.total_bytes <= cache.budget_bytes
         if i % 8 == 0:
             for node in cache.iter_nodes():
@@ -142,7 +143,7 @@ def test_concurrent_requests_are_correct(tiny_model: loader.LoadedModel, make_en
     system = rand_tokens(rng, 50)
     prompts = [system + rand_tokens(rng, 5) for _ in range(6)]
     expected = [tuple(reference(tiny_model, p, 12)) for p in prompts]
-    results: list[gen.GenerationResult | None] = [None] * len(prompts)
+    results: list[rq.GenerationResult | None] = [None] * len(prompts)
     start = threading.Barrier(len(prompts))
 
     def worker(i: int) -> None:
@@ -161,11 +162,11 @@ def test_seeded_sampling_is_reproducible_and_top_p_tiny_is_greedy(tiny_model: lo
                                                                   make_engine: EngineFactory) -> None:
     engine = make_engine(tiny_model)
     prompt = rand_tokens(random.Random(7), 15)
-    hot = gen.SamplingParams(max_tokens=20, temperature=1.5, seed=123)
+    hot = rq.SamplingParams(max_tokens=20, temperature=1.5, seed=123)
     assert run(engine, prompt, params=hot).token_ids == run(engine, prompt, params=hot).token_ids
-    other = run(engine, prompt, params=gen.SamplingParams(max_tokens=20, temperature=1.5, seed=124))
+    other = run(engine, prompt, params=rq.SamplingParams(max_tokens=20, temperature=1.5, seed=124))
     assert other.token_ids != run(engine, prompt, params=hot).token_ids
-    nucleus = gen.SamplingParams(max_tokens=12, temperature=1.0, top_p=1e-6, seed=1)
+    nucleus = rq.SamplingParams(max_tokens=12, temperature=1.0, top_p=1e-6, seed=1)
     assert run(engine, prompt, params=nucleus).token_ids == run(engine, prompt).token_ids
 
 
@@ -176,7 +177,7 @@ def test_stop_string_and_length_finish(tiny_model: loader.LoadedModel, make_engi
     assert full.finish_reason == "length" and len(full.token_ids) == 12
     # The tiny model has no tokenizer: text is the ids joined by spaces.
     third = f" {full.token_ids[2]}"
-    stopped = run(engine, prompt, params=gen.SamplingParams(max_tokens=12, temperature=0.0, stop=(third,)))
+    stopped = run(engine, prompt, params=rq.SamplingParams(max_tokens=12, temperature=0.0, stop=(third,)))
     assert stopped.finish_reason == "stop"
     assert third not in stopped.text
     assert full.text.startswith(stopped.text)
@@ -185,8 +186,8 @@ def test_stop_string_and_length_finish(tiny_model: loader.LoadedModel, make_engi
 def test_too_long_prompt_is_rejected_with_numbers(tiny_model: loader.LoadedModel, make_engine: EngineFactory) -> None:
     engine = make_engine(tiny_model)
     try:
-        engine.submit(gen.GenerationRequest(prompt_ids=[5] * 1020, sampling=GREEDY))
-    except gen.InvalidRequestError as exc:
+        engine.submit(rq.GenerationRequest(prompt_ids=[5] * 1020, sampling=GREEDY))
+    except rq.InvalidRequestError as exc:
         assert "1024" in str(exc) and "1032" in str(exc) and "1020" in str(exc)
         assert exc.code == "context_length_exceeded"
     else:

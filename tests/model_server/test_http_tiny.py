@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from llmcache.model_server import generate as gen
 from llmcache.model_server import handlers, loader
+from llmcache.model_server import request as rq
 from llmcache.model_server.settings import ModelServerSettings, ModelSettings, PrefixCacheSettings, SinkSettings
 
 from .helpers import RunningServer, serve_in_thread
@@ -74,7 +74,7 @@ def test_per_request_sink_window(server: RunningServer) -> None:
     assert engine is not None and engine.prefix_cache is not None
     # 8 + 100 tokens through a 4 + 16 window: the window evicted, so nothing was stored.
     assert json.loads(raw)["usage"]["completion_tokens"] > 20
-    assert engine.prefix_cache.cached_tokens(gen.cache_namespace(engine.loaded, "sink")) == []
+    assert engine.prefix_cache.cached_tokens(rq.cache_namespace(engine.loaded, "sink")) == []
 
 
 @pytest.mark.parametrize(("path", "payload", "status", "param"), [
@@ -108,8 +108,9 @@ def test_unknown_route_is_json_404(server: RunningServer) -> None:
 
 
 def test_unknown_model_is_404_model_not_found(server: RunningServer) -> None:
+    chat_body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}
     for path, payload in (("/v1/completions", {"model": "gpt-4o", "prompt": PROMPT, "max_tokens": 2}),
-                          ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})):
+                          ("/v1/chat/completions", chat_body)):
         status, raw = post(server, path, payload)
         assert status == 404, raw
         err = json.loads(raw)["error"]

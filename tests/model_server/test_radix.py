@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from llmcache.model_server.radix import RadixCache, kv_bytes_per_token
+from llmcache.model_server.radix import EvictResult, InsertResult, RadixCache, RadixKey, kv_bytes_per_token
 
 LAYERS, HEADS, DIM = 2, 2, 4
 PER_TOKEN = 2 * LAYERS * HEADS * DIM * 4  # K and V, float32
@@ -26,20 +26,20 @@ def test_bytes_per_token_matches_layout() -> None:
 
 def test_match_is_capped_one_below_prompt_length() -> None:
     cache = RadixCache(10**6)
-    cache.insert("ns", [1, 2, 3, 4], make_kv([1, 2, 3, 4]))
-    m = cache.match_prefix("ns", [1, 2, 3, 4])
+    cache.insert(RadixKey("ns", [1, 2, 3, 4]), make_kv([1, 2, 3, 4]))
+    m = cache.match_prefix(RadixKey("ns", [1, 2, 3, 4]))
     assert m.num_cached_tokens == 3  # one token left so logits exist
     assert m.kv is not None and tokens_of(m.kv) == [1, 2, 3]
     cache.release(m)
-    longer = cache.match_prefix("ns", [1, 2, 3, 4, 5], lock=False)
+    longer = cache.match_prefix(RadixKey("ns", [1, 2, 3, 4, 5]), lock=False)
     assert longer.num_cached_tokens == 4
 
 
 def test_returned_kv_holds_each_layer_for_the_matched_tokens() -> None:
     cache = RadixCache(10**6)
-    cache.insert("ns", [5, 6, 7, 8, 9], make_kv([5, 6, 7, 8, 9]))
-    cache.insert("ns", [5, 6, 1, 2], make_kv([5, 6, 1, 2]))
-    m = cache.match_prefix("ns", [5, 6, 1, 2, 3], lock=False)
+    cache.insert(RadixKey("ns", [5, 6, 7, 8, 9]), make_kv([5, 6, 7, 8, 9]))
+    cache.insert(RadixKey("ns", [5, 6, 1, 2]), make_kv([5, 6, 1, 2]))
+    m = cache.match_prefix(RadixKey("ns", [5, 6, 1, 2, 3]), lock=False)
     assert m.num_cached_tokens == 4
     assert m.kv is not None
     for layer, (k, v) in enumerate(m.kv):
@@ -49,33 +49,35 @@ def test_returned_kv_holds_each_layer_for_the_matched_tokens() -> None:
 
 def test_split_in_the_middle_of_an_edge() -> None:
     cache = RadixCache(10**6)
-    cache.insert("ns", list(range(10, 20)), make_kv(list(range(10, 20))))
+    cache.insert(RadixKey("ns", list(range(10, 20))), make_kv(list(range(10, 20))))
     assert cache.num_nodes == 1
-    m = cache.match_prefix("ns", [10, 11, 12, 13, 99, 98], lock=False)
+    m = cache.match_prefix(RadixKey("ns", [10, 11, 12, 13, 99, 98]), lock=False)
     # The match stops inside the edge: the node is split there (documented side effect).
     assert m.num_cached_tokens == 4
     assert cache.num_nodes == 2
     assert cache.total_bytes == 10 * PER_TOKEN  # splitting moves bytes, it does not add any
-    cache.insert("ns", [10, 11, 12, 13, 99, 98], make_kv([10, 11, 12, 13, 99, 98]))
+    cache.insert(RadixKey("ns", [10, 11, 12, 13, 99, 98]), make_kv([10, 11, 12, 13, 99, 98]))
     assert cache.cached_tokens("ns") == [(10, 11, 12, 13, 14, 15, 16, 17, 18, 19), (10, 11, 12, 13, 99, 98)]
     assert cache.total_bytes == 12 * PER_TOKEN
-    full = cache.match_prefix("ns", list(range(10, 20)) + [0], lock=False)
+    full = cache.match_prefix(RadixKey("ns", list(range(10, 20)) + [0]), lock=False)
     assert full.kv is not None and tokens_of(full.kv) == list(range(10, 20))
 
 
 def test_namespaces_never_share() -> None:
     cache = RadixCache(10**6)
-    cache.insert("model-a:float32", [1, 2, 3], make_kv([1, 2, 3]))
-    assert cache.match_prefix("model-a:float32:salt", [1, 2, 3, 4], lock=False).num_cached_tokens == 0
-    assert cache.match_prefix("model-b:float32", [1, 2, 3, 4], lock=False).num_cached_tokens == 0
-    assert cache.match_prefix("model-a:float32", [1, 2, 3, 4], lock=False).num_cached_tokens == 3
+    cache.insert(RadixKey("model-a:float32", [1, 2, 3]), make_kv([1, 2, 3]))
+    assert cache.match_prefix(RadixKey("model-a:float32:salt", [1, 2, 3, 4]), lock=False).num_cached_tokens == 0
+    assert cache.match_prefix(RadixKey("model-b:float32", [1, 2, 3, 4]), lock=False).num_cached_tokens == 0
+    assert cache.match_prefix(RadixKey("model-a:float32", [1, 2, 3, 4]), lock=False).num_cached_tokens == 3
 
 
 def test_insert_stores_only_the_new_suffix() -> None:
     cache = RadixCache(10**6)
-    assert cache.insert("ns", [1, 2, 3], make_kv([1, 2, 3])) == 3
-    assert cache.insert("ns", [1, 2, 3], make_kv([1, 2, 3])) == 0
-    assert cache.insert("ns", [1, 2, 3, 4, 5], make_kv([1, 2, 3, 4, 5])) == 2
+    assert cache.insert(RadixKey("ns", [1, 2, 3]), make_kv([1, 2, 3])) == InsertResult(
+        num_matched_tokens=0, num_new_tokens=3, num_dropped_tokens=0)
+    assert cache.insert(RadixKey("ns", [1, 2, 3]), make_kv([1, 2, 3])).num_new_tokens == 0
+    stored = cache.insert(RadixKey("ns", [1, 2, 3, 4, 5]), make_kv([1, 2, 3, 4, 5]))
+    assert (stored.num_matched_tokens, stored.num_new_tokens) == (3, 2)
     assert cache.total_bytes == 5 * PER_TOKEN
 
 
@@ -84,9 +86,9 @@ def test_hit_counters_equal_hand_computed_values() -> None:
     prompts = [[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 9], [7, 8], [1, 2, 3, 4, 5, 6]]
     expected_hits = [0, 3, 2, 0, 4]
     for p, hit in zip(prompts, expected_hits):
-        m = cache.match_prefix("ns", p)
+        m = cache.match_prefix(RadixKey("ns", p))
         assert m.num_cached_tokens == hit
-        cache.insert("ns", p, make_kv(p))
+        cache.insert(RadixKey("ns", p), make_kv(p))
         cache.release(m)
     assert cache.num_queried_tokens == 4 + 4 + 3 + 2 + 6
     assert cache.num_hit_tokens == sum(expected_hits)
@@ -96,17 +98,17 @@ def test_budget_is_never_exceeded_and_eviction_is_lru() -> None:
     cache = RadixCache(12 * PER_TOKEN)
     a, b, c = [1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3]
     for p in (a, b, c):
-        cache.insert("ns", p, make_kv(p))
+        cache.insert(RadixKey("ns", p), make_kv(p))
         assert cache.total_bytes <= cache.budget_bytes
     # Touch a: b is now the least recently used.
-    cache.release(cache.match_prefix("ns", a + [0]))
+    cache.release(cache.match_prefix(RadixKey("ns", a + [0])))
     d = [4, 4, 4, 4]
-    cache.insert("ns", d, make_kv(d))
+    cache.insert(RadixKey("ns", d), make_kv(d))
     assert cache.total_bytes <= cache.budget_bytes
     assert cache.num_evictions == 1
     assert cache.cached_tokens("ns") == [tuple(a), tuple(c), tuple(d)]
     e = [5, 5, 5, 5, 5, 5, 5, 5]
-    cache.insert("ns", e, make_kv(e))
+    cache.insert(RadixKey("ns", e), make_kv(e))
     # Needs two leaves: c (oldest) then a.
     assert cache.cached_tokens("ns") == [tuple(d), tuple(e)]
     assert cache.num_evictions == 3
@@ -116,28 +118,29 @@ def test_budget_is_never_exceeded_and_eviction_is_lru() -> None:
 def test_in_use_nodes_survive_eviction() -> None:
     cache = RadixCache(8 * PER_TOKEN)
     a, b = [1, 2, 3, 4], [5, 6, 7, 8]
-    cache.insert("ns", a, make_kv(a))
-    pinned = cache.match_prefix("ns", a + [9])  # a is in use by a running request
-    cache.insert("ns", b, make_kv(b))
+    cache.insert(RadixKey("ns", a), make_kv(a))
+    pinned = cache.match_prefix(RadixKey("ns", a + [9]))  # a is in use by a running request
+    cache.insert(RadixKey("ns", b), make_kv(b))
     big = [7] * 6
-    stored = cache.insert("ns", big, make_kv(big))
+    stored = cache.insert(RadixKey("ns", big), make_kv(big))
     # b (unpinned) went; a stayed; only what fits of `big` was stored (back-pressure as a value).
     assert tuple(a) in cache.cached_tokens("ns")
     assert tuple(b) not in [t[:4] for t in cache.cached_tokens("ns")]
-    assert stored == 4
+    assert (stored.num_new_tokens, stored.num_dropped_tokens) == (4, 2)
+    assert stored.evicted == EvictResult(num_evicted_nodes=1, num_freed_bytes=4 * PER_TOKEN)
     assert cache.total_bytes <= cache.budget_bytes
     cache.release(pinned)
-    cache.insert("ns", [8] * 8, make_kv([8] * 8))
+    cache.insert(RadixKey("ns", [8] * 8), make_kv([8] * 8))
     assert cache.cached_tokens("ns") == [(8,) * 8]
 
 
 def test_parent_becomes_evictable_after_its_children_go() -> None:
     cache = RadixCache(10**6)
-    cache.insert("ns", [1, 2, 3, 4], make_kv([1, 2, 3, 4]))
-    cache.insert("ns", [1, 2, 5, 6], make_kv([1, 2, 5, 6]))  # splits: [1 2] -> {[3 4], [5 6]}
+    cache.insert(RadixKey("ns", [1, 2, 3, 4]), make_kv([1, 2, 3, 4]))
+    cache.insert(RadixKey("ns", [1, 2, 5, 6]), make_kv([1, 2, 5, 6]))  # splits: [1 2] -> {[3 4], [5 6]}
     assert cache.num_nodes == 3
     freed = cache.evict(cache.total_bytes)
-    assert freed == 6 * PER_TOKEN
+    assert freed == EvictResult(num_evicted_nodes=3, num_freed_bytes=6 * PER_TOKEN)
     assert cache.num_nodes == 0 and cache.total_bytes == 0
 
 
@@ -155,11 +158,11 @@ def test_stored_tensors_are_never_mutated() -> None:
     for i in range(200):
         n = int(torch.randint(2, 12, (1,), generator=g))
         p = [int(t) for t in torch.randint(0, 4, (n,), generator=g)]
-        m = cache.match_prefix("ns", p)
+        m = cache.match_prefix(RadixKey("ns", p))
         if m.kv is not None:
             for k, _v in m.kv:
                 k.add_(1.0)  # the caller owns returned tensors: writing them must not reach the tree
-        cache.insert("ns", p, make_kv(p))
+        cache.insert(RadixKey("ns", p), make_kv(p))
         cache.release(m)
         assert cache.total_bytes <= cache.budget_bytes
         if i % 20 == 0:

@@ -55,7 +55,8 @@ def test_chat_reports_hand_computed_cached_tokens(client: openai.OpenAI, default
     assert first.usage is not None and first.usage.prompt_tokens_details is not None
     assert first.usage.prompt_tokens_details.cached_tokens == 0
     second = chat(client, "What is the capital of Italy?", extra_body={"cache_salt": salt})
-    a, b = prompt_ids(default_model, "What is the capital of France?"), prompt_ids(default_model, "What is the capital of Italy?")
+    a = prompt_ids(default_model, "What is the capital of France?")
+    b = prompt_ids(default_model, "What is the capital of Italy?")
     common = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
     assert second.usage is not None and second.usage.prompt_tokens == len(b)
     assert second.usage.prompt_tokens_details.cached_tokens == common  # type: ignore[union-attr]
@@ -99,7 +100,8 @@ def test_completions_stop_and_n(client: openai.OpenAI) -> None:
     assert [c.text for c in many.choices] == [c.text for c in again.choices]  # seeded: reproducible
 
 
-def test_prompt_longer_than_context_is_400_with_numbers(client: openai.OpenAI, default_model: loader.LoadedModel) -> None:
+def test_prompt_longer_than_context_is_400_with_numbers(client: openai.OpenAI,
+                                                        default_model: loader.LoadedModel) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         client.completions.create(model="default", prompt="hello " * 9000, max_tokens=4)
     body = exc.value.body

@@ -9,8 +9,8 @@ import torch
 from transformers import DynamicCache
 
 from llmcache.errors import ConfigError
-from llmcache.model_server import generate as gen
 from llmcache.model_server import loader, sink
+from llmcache.model_server import request as rq
 
 from .helpers import EngineFactory
 
@@ -61,17 +61,17 @@ def test_kv_stays_bounded_past_four_windows_and_is_not_cached(tiny_model: loader
     window = sink.SinkWindow(sink_tokens=4, window_tokens=32)
     prompt = [random.Random(1).randrange(3, 512) for _ in range(20)]
     # The tiny model has no EOS in its random argmax path only by chance; sample away from it.
-    params = gen.SamplingParams(max_tokens=5 * 32, temperature=0.7, seed=3)
-    res = engine.generate(gen.GenerationRequest(prompt_ids=prompt, sampling=params, sink=window), timeout_s=300)
+    params = rq.SamplingParams(max_tokens=5 * 32, temperature=0.7, seed=3)
+    res = engine.generate(rq.GenerationRequest(prompt_ids=prompt, sampling=params, sink=window), timeout_s=300)
     if res.finish_reason == "stop":  # hit EOS early: pick another seed deterministically
-        params = gen.SamplingParams(max_tokens=5 * 32, temperature=0.7, seed=4)
-        res = engine.generate(gen.GenerationRequest(prompt_ids=prompt, sampling=params, sink=window), timeout_s=300)
+        params = rq.SamplingParams(max_tokens=5 * 32, temperature=0.7, seed=4)
+        res = engine.generate(rq.GenerationRequest(prompt_ids=prompt, sampling=params, sink=window), timeout_s=300)
     assert len(res.token_ids) == 5 * 32 > 4 * window.window_tokens
     assert res.max_kv_tokens <= window.max_tokens
     assert res.sink_evicted_tokens > 0
     assert res.inserted_tokens == 0 and cache.total_bytes == 0  # sink states never enter the prefix cache
     # Without a window the same request would have grown far past k + W.
-    plain = engine.generate(gen.GenerationRequest(prompt_ids=prompt, sampling=params, enable_prefix_cache=False))
+    plain = engine.generate(rq.GenerationRequest(prompt_ids=prompt, sampling=params, enable_prefix_cache=False))
     assert plain.max_kv_tokens > 4 * window.window_tokens
 
 
@@ -79,8 +79,8 @@ def test_sink_requests_still_read_the_prefix_cache(tiny_model: loader.LoadedMode
                                                    make_engine: EngineFactory) -> None:
     engine = make_engine(tiny_model)
     prompt = [random.Random(2).randrange(3, 512) for _ in range(30)]
-    greedy = gen.SamplingParams(max_tokens=4, temperature=0.0)
-    engine.generate(gen.GenerationRequest(prompt_ids=prompt, sampling=greedy))
-    res = engine.generate(gen.GenerationRequest(prompt_ids=prompt, sampling=greedy,
+    greedy = rq.SamplingParams(max_tokens=4, temperature=0.0)
+    engine.generate(rq.GenerationRequest(prompt_ids=prompt, sampling=greedy))
+    res = engine.generate(rq.GenerationRequest(prompt_ids=prompt, sampling=greedy,
                                                 sink=sink.SinkWindow(sink_tokens=4, window_tokens=64)))
     assert res.cached_tokens == len(prompt) - 1
