@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llmcache.errors import DependencyError
+from llmcache.model_server.request import InvalidRequestError
 
 __all__ = ["EMBEDDING_MODEL_NAME", "Embedder", "find_minilm_dir"]
 
@@ -52,14 +53,23 @@ class Embedder:
                 self._model = SentenceTransformer(str(find_minilm_dir()), device=self._device)
             return self._model
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """Normalised embeddings of ``texts`` and the number of tokens they used (blocking)."""
+    def embed(self, texts: list[str], *, max_tokens: int | None = None) -> tuple[list[list[float]], int]:
+        """Normalised embeddings of ``texts`` and the number of tokens they used (blocking).
+
+        The tokens are counted first (before the encoder truncates each input): more than
+        ``max_tokens`` raises InvalidRequestError (400) and nothing is encoded.
+        """
         model = self._load()
         with self._encode_lock:
-            vectors = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
             tokens = sum(len(ids) for ids in model.tokenizer(texts)["input_ids"])
+            if max_tokens is not None and tokens > max_tokens:
+                raise InvalidRequestError(
+                    f"the input has {tokens} tokens, more than this server's limit of {max_tokens} per request "
+                    "(--embeddings-max-tokens, env LLMCACHE_EMBEDDINGS_MAX_TOKENS); split it across requests",
+                    param="input", code="too_many_tokens")
+            vectors = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
         return [v.astype("float32").tolist() for v in vectors], int(tokens)
 
-    async def aembed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def aembed(self, texts: list[str], *, max_tokens: int | None = None) -> tuple[list[list[float]], int]:
         """:meth:`embed` in a worker thread."""
-        return await asyncio.to_thread(self.embed, texts)
+        return await asyncio.to_thread(self.embed, texts, max_tokens=max_tokens)

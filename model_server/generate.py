@@ -67,7 +67,7 @@ from llmcache.model_server.request import (
 )
 from llmcache.model_server.scheduler import Scheduler, SchedulerOutput, reservation_tokens
 from llmcache.model_server.scheduler import Sequence as Seq
-from llmcache.model_server.settings import BatchingSettings
+from llmcache.model_server.settings import MAX_TOKENS_CONTEXT_MULTIPLE, BatchingSettings
 from llmcache.model_server.stats import FinishedRequestStats, IterationStats, SchedulerStats, StatLogger
 
 __all__ = ["Engine", "default_budget_bytes"]
@@ -94,8 +94,11 @@ class Engine:
 
     def __init__(self, loaded: LoadedModel, *, prefix_cache: RadixCache | None,
                  metrics: StatLogger | None = None, batching: BatchingSettings | None = None,
-                 kv_budget_bytes: int | None = None) -> None:
+                 kv_budget_bytes: int | None = None, max_tokens_limit: int | None = None) -> None:
         self.loaded = loaded
+        self.max_tokens_limit = (max_tokens_limit if max_tokens_limit is not None
+                                 else MAX_TOKENS_CONTEXT_MULTIPLE * loaded.context_tokens)
+        """Largest ``max_tokens`` a request may ask for (``--max-tokens-limit``; sink windows included)."""
         self.prefix_cache = prefix_cache
         self.metrics = metrics
         self._stat_loggers: tuple[StatLogger, ...] = (metrics,) if metrics is not None else ()
@@ -183,11 +186,17 @@ class Engine:
             return self.scheduler.stats()
 
     def validate(self, request: GenerationRequest) -> None:
-        """Raise InvalidRequestError (with the numbers) when the prompt cannot fit the context or the KV budget."""
+        """Raise InvalidRequestError (with the numbers) when ``max_tokens`` is over the server's limit or the
+        request cannot fit the context or the KV budget."""
         n = len(request.prompt_ids)
         ctx = self.loaded.context_tokens
         if n == 0:
             raise InvalidRequestError("the prompt is empty after tokenization", param="messages")
+        if request.sampling.max_tokens > self.max_tokens_limit:
+            raise InvalidRequestError(
+                f"max_tokens is {request.sampling.max_tokens}, more than this server's limit of "
+                f"{self.max_tokens_limit} tokens (--max-tokens-limit, env LLMCACHE_MAX_TOKENS_LIMIT); ask for at "
+                f"most {self.max_tokens_limit}", param="max_tokens", code="max_tokens_exceeded")
         if request.sink is None and n + request.sampling.max_tokens > ctx:
             if n >= ctx:
                 msg = (f"This model's maximum context length is {ctx} tokens. However, your prompt has "

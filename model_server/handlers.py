@@ -37,6 +37,7 @@ from llmcache.model_server import parsing
 from llmcache.model_server import radix as radix_mod
 from llmcache.model_server import request as rq
 from llmcache.model_server import sink as sink_mod
+from llmcache.model_server.admission import Admission
 from llmcache.model_server.embeddings import EMBEDDING_MODEL_NAME, Embedder
 from llmcache.model_server.metrics import PROMETHEUS_CONTENT_TYPE, ModelServerMetrics
 from llmcache.model_server.settings import ModelServerSettings
@@ -53,6 +54,8 @@ class ServerState:
 
     settings: ModelServerSettings
     metrics: ModelServerMetrics
+    embedding_admission: Admission
+    """One encode at a time (the encoder is not re-entrant); queue bounds from the batching settings."""
     loaded: loader_mod.LoadedModel | None = None
     engine: gen.Engine | None = None
     embedder: Embedder | None = None
@@ -357,7 +360,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    """``POST /v1/embeddings`` with the bundled all-MiniLM-L6-v2."""
+    """``POST /v1/embeddings`` with the bundled all-MiniLM-L6-v2, admitted like generation (429 when full)."""
     state = request.app[STATE_KEY]
     if state.embedder is None:
         raise parsing.HTTPError(404, "embeddings are disabled on this server (--enable-embeddings false)",
@@ -368,10 +371,17 @@ async def embeddings(request: web.Request) -> web.Response:
     texts = [raw] if isinstance(raw, str) else raw
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise parsing.HTTPError(400, "input must be a string or a non-empty list of strings", param="input")
+    limits = state.settings.embeddings
+    if len(texts) > limits.max_inputs:
+        raise parsing.HTTPError(400, f"input has {len(texts)} items, more than this server's limit of "
+                                f"{limits.max_inputs} per request (--embeddings-max-inputs, env "
+                                "LLMCACHE_EMBEDDINGS_MAX_INPUTS); split it across requests",
+                                param="input", code="too_many_inputs")
     fmt = body.get("encoding_format", "float")
     if fmt not in {"float", "base64"}:
         raise parsing.HTTPError(400, "encoding_format must be float or base64", param="encoding_format")
-    vectors, num_tokens = await state.embedder.aembed(texts)
+    async with state.embedding_admission.slot():
+        vectors, num_tokens = await state.embedder.aembed(texts, max_tokens=limits.max_tokens)
     data = []
     for i, v in enumerate(vectors):
         emb: Any = v if fmt == "float" else base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
@@ -432,7 +442,7 @@ def _load_into(state: ServerState, preloaded: loader_mod.LoadedModel | None) -> 
         if kv_budget is None:
             kv_budget = gen.default_budget_bytes(loaded, s.batching.kv_fraction)
         engine = gen.Engine(loaded, prefix_cache=cache, metrics=state.metrics, batching=s.batching,
-                            kv_budget_bytes=kv_budget)
+                            kv_budget_bytes=kv_budget, max_tokens_limit=s.model.max_tokens_limit)
         log.info("continuous batching %s: up to %d sequences, %d tokens per step, KV budget %.1f MiB",
                  "on" if engine.batched else "off", s.batching.max_num_seqs, s.batching.max_num_batched_tokens,
                  kv_budget / 2**20)
@@ -453,7 +463,10 @@ def create_app(settings: ModelServerSettings, *, loaded: loader_mod.LoadedModel 
     """
     app = web.Application(middlewares=[_errors_middleware], client_max_size=16 * 2**20)
     state = ServerState(settings=settings, metrics=ModelServerMetrics(),
-                        embedder=Embedder() if settings.enable_embeddings else None)
+                        embedder=Embedder() if settings.enable_embeddings else None,
+                        embedding_admission=Admission(num_slots=1, max_waiting=settings.batching.max_queue_len,
+                                                      max_wait_s=settings.batching.max_queue_time_s,
+                                                      what="embeddings"))
     app[STATE_KEY] = state
 
     async def lifecycle(_app: web.Application) -> Any:

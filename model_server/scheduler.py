@@ -28,14 +28,13 @@ Not thread-safe: the engine calls every method under its lock.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
-from llmcache.model_server import detok
+from llmcache.model_server import admission, detok
 from llmcache.model_server.kv_buffer import SeqKV
 from llmcache.model_server.radix import MatchResult, RadixKey
 from llmcache.model_server.request import GenerationRequest, RequestHandle
@@ -178,9 +177,8 @@ class WaitQueue:
 
     def retry_after_s(self, max_num_seqs: int) -> int:
         """Seconds until the queue has likely drained enough to take one more (1 … max wait)."""
-        waves = (len(self._q) + 1) / max(1, max_num_seqs)
-        guess = waves * (self._service_s or 1.0)
-        return int(min(max(1.0, math.ceil(guess)), max(1.0, self.max_wait_s)))
+        return admission.retry_after_s(num_waiting=len(self._q), num_slots=max_num_seqs, service_s=self._service_s,
+                                       max_wait_s=self.max_wait_s)
 
 
 class Scheduler:

@@ -15,7 +15,9 @@ from llmcache.errors import ConfigError
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "MAX_TOKENS_CONTEXT_MULTIPLE",
     "BatchingSettings",
+    "EmbeddingSettings",
     "ModelServerSettings",
     "ModelSettings",
     "PrefixCacheSettings",
@@ -26,6 +28,9 @@ __all__ = [
 
 #: Where the model server listens unless told otherwise (the proxy's default upstream).
 DEFAULT_LISTEN = "127.0.0.1:8000"
+
+#: ``--max-tokens-limit auto`` is this many times the model's context (see ``ModelSettings.max_tokens_limit``).
+MAX_TOKENS_CONTEXT_MULTIPLE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,15 @@ class ModelSettings:
     default_max_tokens: int = 512
     """``max_tokens`` when a request leaves it out (tokens). OpenAI's "until the context is
     full" would let one request hold the worker for minutes on CPU."""
+
+    max_tokens_limit: int | None = None
+    """Largest ``max_tokens`` a request may ask for (tokens); more gets ``400`` naming this
+    limit. ``None`` (``auto``) = ``MAX_TOKENS_CONTEXT_MULTIPLE`` (4) × the model's context
+    (32,768 for SmolLM2's 8,192). Without an attention-sink window the context already bounds
+    prompt + ``max_tokens``; with one (``sink_window_tokens`` or ``--sink-window-tokens``)
+    nothing else does, and a model that never samples EOS would hold a running slot forever.
+    Four contexts let a sink-window generation run several windows past the context (what the
+    window is for) while every slot's worst case stays bounded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +133,23 @@ class BatchingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddingSettings:
+    """Bounds of ``POST /v1/embeddings`` (served when ``ModelServerSettings.enable_embeddings``).
+
+    Admission is generation's: at most ``BatchingSettings.max_queue_len`` requests wait, each
+    at most ``max_queue_time_s``, one encodes at a time; beyond that ``429`` with ``Retry-After``."""
+
+    max_inputs: int = 2048
+    """Most inputs in one request (OpenAI's limit, so clients written for it keep working);
+    more gets ``400`` naming this limit."""
+
+    max_tokens: int = 300_000
+    """Most tokens across all inputs of one request, counted before the encoder truncates each
+    input (OpenAI's per-request limit); more gets ``400`` naming this limit. It bounds the
+    tokenizer's work; the encoder reads at most 256 tokens of each input."""
+
+
+@dataclass(frozen=True, slots=True)
 class SinkSettings:
     """Attention-sink sliding window (StreamingLLM) for generations longer than the window."""
 
@@ -141,6 +172,7 @@ class ModelServerSettings:
     prefix_cache: PrefixCacheSettings = field(default_factory=PrefixCacheSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
+    embeddings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
 
     enable_embeddings: bool = True
     """Serve ``POST /v1/embeddings`` with the bundled all-MiniLM-L6-v2 (loaded on first use)."""
@@ -154,6 +186,12 @@ def _optional_bytes(value: str) -> int | None:
     if value.strip().lower() in {"", "auto"}:
         return None
     return core_settings.parse_bytes(value)
+
+
+def _optional_int(value: str) -> int | None:
+    if value.strip().lower() in {"", "auto"}:
+        return None
+    return int(value)
 
 
 def _names(value: str) -> list[str]:
@@ -184,6 +222,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add(parser, "--num-threads", default=0, type=int,
         help="torch CPU threads (0 = torch's default: OMP_NUM_THREADS if set, else one per physical core)")
     add(parser, "--default-max-tokens", default=512, type=int, help="max_tokens when a request omits it")
+    add(parser, "--max-tokens-limit", default=None, type=_optional_int,
+        help=f"largest max_tokens a request may ask for; more gets 400 (auto: {MAX_TOKENS_CONTEXT_MULTIPLE} x the "
+             "model's context; bounds sink-window generations)")
     add(parser, "--enable-prefix-cache", default=True, action="switch",
         help="reuse KV of previously seen prompt prefixes; --no-enable-prefix-cache turns it off")
     add(parser, "--prefix-cache-bytes", default=None, type=_optional_bytes,
@@ -209,6 +250,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="recent tokens kept by the attention-sink window (0 = off unless a request asks)")
     add(parser, "--enable-embeddings", default=True, action="switch",
         help="serve /v1/embeddings with the bundled all-MiniLM-L6-v2; --no-enable-embeddings turns it off")
+    add(parser, "--embeddings-max-inputs", default=2048, type=int,
+        help="most inputs in one /v1/embeddings request; more gets 400")
+    add(parser, "--embeddings-max-tokens", default=300_000, type=int,
+        help="most tokens across the inputs of one /v1/embeddings request; more gets 400")
 
 
 def from_args(args: argparse.Namespace) -> ModelServerSettings:
@@ -221,6 +266,12 @@ def from_args(args: argparse.Namespace) -> ModelServerSettings:
         raise ConfigError("--num-threads must be >= 0 (0 = torch's default)")
     if args.default_max_tokens < 1:
         raise ConfigError("--default-max-tokens must be >= 1")
+    if args.max_tokens_limit is not None and args.max_tokens_limit < args.default_max_tokens:
+        raise ConfigError(f"--max-tokens-limit ({args.max_tokens_limit}) must be >= --default-max-tokens "
+                          f"({args.default_max_tokens}): a request that leaves max_tokens out would be refused")
+    for flag in ("embeddings_max_inputs", "embeddings_max_tokens"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1")
     for flag in ("max_num_seqs", "max_num_batched_tokens", "max_queue_len"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1")
@@ -238,6 +289,7 @@ def from_args(args: argparse.Namespace) -> ModelServerSettings:
             served_model_name=_flatten_names(args.served_model_name),
             num_threads=args.num_threads,
             default_max_tokens=args.default_max_tokens,
+            max_tokens_limit=args.max_tokens_limit,
         ),
         prefix_cache=PrefixCacheSettings(
             enable_prefix_cache=args.enable_prefix_cache,
@@ -255,5 +307,6 @@ def from_args(args: argparse.Namespace) -> ModelServerSettings:
             kv_fraction=args.kv_cache_fraction,
         ),
         sink=SinkSettings(sink_tokens=args.sink_tokens, window_tokens=args.sink_window_tokens),
+        embeddings=EmbeddingSettings(max_inputs=args.embeddings_max_inputs, max_tokens=args.embeddings_max_tokens),
         enable_embeddings=args.enable_embeddings,
     )

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from llmcache.model_server import handlers, loader
-from llmcache.model_server.settings import BatchingSettings, ModelServerSettings, PrefixCacheSettings
+from llmcache.model_server.settings import BatchingSettings, ModelServerSettings, ModelSettings, PrefixCacheSettings
 
 from .helpers import RunningServer, never_stops, serve_in_thread
 
@@ -26,7 +26,9 @@ PROMPT = list(range(10, 40))
 
 @contextmanager
 def server_with(model: loader.LoadedModel, **batching: Any) -> Iterator[RunningServer]:
+    # Hogs ask for 10**7 tokens with a sink window: far more than the default --max-tokens-limit.
     settings = ModelServerSettings(enable_embeddings=False, prefix_cache=PrefixCacheSettings(budget_bytes=8 << 20),
+                                   model=ModelSettings(model="random-tiny", max_tokens_limit=10**7),
                                    batching=BatchingSettings(**batching))
     with serve_in_thread(handlers.create_app(settings, loaded=model)) as running:
         assert running.state.ready.wait(60)

@@ -62,3 +62,18 @@ def test_served_model_name_repeats_and_reads_a_comma_list(monkeypatch: pytest.Mo
     monkeypatch.setenv("LLMCACHE_SERVED_MODEL_NAME", "x, y")
     assert parse([]).model.served_model_name == ("x", "y")
     assert parse(["--served-model-name", "z"]).model.served_model_name == ("x", "y", "z")
+
+
+def test_request_size_limits_defaults_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = parse([])
+    assert s.model.max_tokens_limit is None and settings.MAX_TOKENS_CONTEXT_MULTIPLE == 4  # auto: 4 x context
+    assert (s.embeddings.max_inputs, s.embeddings.max_tokens) == (2048, 300_000)
+    monkeypatch.setenv("LLMCACHE_MAX_TOKENS_LIMIT", "4096")
+    monkeypatch.setenv("LLMCACHE_EMBEDDINGS_MAX_INPUTS", "16")
+    s = parse(["--embeddings-max-tokens", "1000"])
+    assert (s.model.max_tokens_limit, s.embeddings.max_inputs, s.embeddings.max_tokens) == (4096, 16, 1000)
+    assert parse(["--max-tokens-limit", "auto"]).model.max_tokens_limit is None
+    with pytest.raises(ConfigError, match="--max-tokens-limit"):
+        parse(["--max-tokens-limit", "100"])  # below --default-max-tokens 512
+    with pytest.raises(ConfigError, match="--embeddings-max-inputs"):
+        parse(["--embeddings-max-inputs", "0"])
