@@ -52,7 +52,8 @@ from llmcache.errors import ConfigError, LLMCacheError
 from llmcache.redis_server import EmbeddedRedis, free_port
 from llmcache.settings import UPSTREAM_HELP, add_flag, parse_listen, port_in_use
 
-__all__ = ["Stack", "StackConfig", "StackError", "configure", "default_cpu_threads", "run"]
+__all__ = ["Cancellation", "Stack", "StackConfig", "StackError", "StackInterrupted", "configure",
+           "default_cpu_threads", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,42 @@ LOCAL_SEMANTIC_TIMEOUT_MS = 1000
 
 class StackError(LLMCacheError):
     """A part of the stack failed to start or died; the message carries its log tail."""
+
+
+class StackInterrupted(LLMCacheError):
+    """:meth:`Stack.start` stopped because its :class:`Cancellation` was requested (Ctrl-C, SIGTERM)."""
+
+
+class Cancellation:
+    """A stop request that a signal handler may make: one attribute write, nothing else.
+
+    A handler that raised, or that took a lock, would run wherever the main thread happened to
+    be: an exception raised inside ``subprocess.Popen``'s after-fork hooks is printed as
+    ``Exception ignored in: <function _releaseLock …>`` and dropped (the Ctrl-C is lost and
+    ``up`` goes on starting), and a lock the interrupted code holds would deadlock. So the
+    handler only sets :attr:`requested`, and the start-up loops look at it between steps.
+    """
+
+    __slots__ = ("requested",)
+
+    #: How often :meth:`wait` looks at the flag (s): the most a request waits to be noticed.
+    POLL_S = 0.05
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self) -> None:
+        self.requested = True
+
+    def wait(self, timeout_s: float) -> bool:
+        """Sleep up to ``timeout_s``; True as soon as a stop is requested (False: time is up)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.requested:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, self.POLL_S))
+        return True
 
 
 @dataclass(slots=True)
@@ -276,9 +313,10 @@ class Stack:
     """
 
     def __init__(self, config: StackConfig | None = None, *,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, cancel: Cancellation | None = None) -> None:
         self.config = config or StackConfig()
         self._progress = progress or (lambda line: log.info("%s", line))
+        self._cancel = cancel or Cancellation()
         self._children: list[_Child] = []
         self._tmp_log_dir: Path | None = None
         self.redis_url: str = ""
@@ -337,7 +375,12 @@ class Stack:
         return resolved["--listen"], resolved.get("--model-listen"), resolved.get("--redis-listen")
 
     def start(self) -> Stack:
-        """Start every part and wait until each is ready; on any failure stop what started and raise."""
+        """Start every part and wait until each is ready; on any failure stop what started and raise.
+
+        Raises :class:`StackInterrupted` (after stopping what started) when the ``cancel`` given
+        to the constructor is requested meanwhile; it is checked before each part and while each
+        part loads.
+        """
         try:
             self._start()
         except BaseException:
@@ -434,7 +477,12 @@ class Stack:
         )
         self._launch(proxy, f"proxy: starting on {host}:{port}")
 
+    def _check_cancelled(self) -> None:
+        if self._cancel.requested:
+            raise StackInterrupted("start-up interrupted")
+
     def _launch(self, child: _Child, what: str) -> None:
+        self._check_cancelled()
         self._progress(f"{what} … (log: {child.logfile})")
         child.start(verbose=self.config.verbose)
         self._children.append(child)
@@ -456,7 +504,8 @@ class Stack:
                 latest = child.last_line()
                 self._progress(f"{child.name}: starting ({now - started:.0f}s)" + (f": {latest}" if latest else " …"))
                 next_note = now + 5.0
-            time.sleep(0.25)
+            if self._cancel.wait(0.25):
+                self._check_cancelled()
 
     def dead_child(self) -> str | None:
         """Name of a part that has exited (``None`` while all are alive)."""
@@ -590,31 +639,24 @@ def _readyz(url: str, *, timeout_s: float = 3.0) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-class _Interrupted(BaseException):
-    """Raised by the signal handler while the stack starts, so start() unwinds and cleans up."""
-
-
 def run(args: argparse.Namespace) -> int:
     # Start in the main thread: PR_SET_PDEATHSIG fires when the *thread* that forked a
     # child exits, so a helper thread would take the children down with it.
-    stop = threading.Event()
-
-    def interrupt_start(_signum: int, _frame: object) -> None:
-        raise _Interrupted
+    # Ctrl-C and SIGTERM only request the stop (see Cancellation): start-up notices it between
+    # steps and while a part loads, the running loop within half a second.
+    stop = Cancellation()
 
     def request_stop(_signum: int, _frame: object) -> None:
         stop.set()
 
-    previous = {sig: signal.signal(sig, interrupt_start) for sig in (signal.SIGINT, signal.SIGTERM)}
-    stack = Stack(config_from_args(args), progress=lambda line: print(line, flush=True))
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stack = Stack(config_from_args(args), progress=lambda line: print(line, flush=True), cancel=stop)
     try:
         try:
             stack.start()
-        except _Interrupted:
+        except StackInterrupted:
             print("\ninterrupted during start-up; stopped everything that had started.", flush=True)
             return 130
-        for sig in previous:
-            signal.signal(sig, request_stop)
         print(_banner(stack), flush=True)
         health = HealthReporter(stack)
         while not stop.wait(0.5):
