@@ -35,6 +35,7 @@ CHAT_DELTA_FIELDS = frozenset({"role", "content", "refusal", "tool_calls", "reas
 _PIECE_CHARS = 48
 
 _EVENT_SPLIT = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_MAX_SEPARATOR_BYTES = 4
 
 
 class SSERecorder:
@@ -48,7 +49,7 @@ class SSERecorder:
 
     def __init__(self, route: str, *, max_bytes: int = 8 * 1024**2) -> None:
         self.route = route
-        self._buf = b""
+        self._buf = bytearray()
         self.ok = True
         self.done = False
         self._base: dict[str, Any] = {}
@@ -64,11 +65,18 @@ class SSERecorder:
         if self._size > self._max_bytes or (self.done and data.strip()):
             self.ok = False
             return
-        self._buf += data
-        parts = _EVENT_SPLIT.split(self._buf)
-        self._buf = parts.pop()
-        for event in parts:
-            self._event(event)
+        buf = self._buf
+        # Only the new bytes need scanning, plus the last 3 of the old ones (a 4-byte separator may
+        # straddle two chunks): each byte is scanned about once however the stream is cut, where
+        # rescanning the whole buffer on every chunk was quadratic in a long event.
+        start = max(0, len(buf) - _MAX_SEPARATOR_BYTES + 1)
+        buf += data
+        end = 0
+        for match in _EVENT_SPLIT.finditer(buf, start):
+            self._event(bytes(buf[end:match.start()]))
+            end = match.end()
+        if end:
+            del buf[:end]  # O(1) amortised: a bytearray drops its head in place
 
     def _event(self, event: bytes) -> None:
         payload = []
