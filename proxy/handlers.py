@@ -166,19 +166,24 @@ async def _cacheable(request: web.Request, state: ProxyState, route: str,
     if request.content_length is not None and request.content_length > limit:
         state.metrics.count(route, "error")
         return _too_large(limit), "error"
-    # Reserve the body's bytes for the whole request (held raw, parsed, forwarded, stored).
-    reserved = request.content_length if request.content_length is not None else limit
-    if not state.body_budget.try_take(reserved):
+    # Reserve the body's bytes for the whole request (held raw, parsed, forwarded, stored): all of
+    # Content-Length now, or a chunked body's bytes as they arrive (limits.read_body).
+    reservation = limits.Reservation(state.body_budget)
+    if request.content_length and not reservation.grow_to(request.content_length):
         state.metrics.count(route, "error")
         state.metrics.shed.inc()
-        return upstream.error_response(
-            429, f"the proxy holds {state.body_budget.used_bytes} bytes of request bodies already "
-                 f"(--max-inflight-body-bytes {cache.max_inflight_body_bytes}); retry shortly",
-            type_="rate_limit_error", code="overloaded", headers={"Retry-After": "1"}), "error"
+        return _overloaded(state), "error"
     try:
-        return await _admitted(request, state, route, span, asked)
+        return await _admitted(request, state, route, span, asked, reservation)
     finally:
-        state.body_budget.give(reserved)
+        reservation.release()
+
+
+def _overloaded(state: ProxyState, *, headers: Mapping[str, str] | None = None) -> web.Response:
+    return upstream.error_response(
+        429, f"the proxy holds {state.body_budget.used_bytes} bytes of request bodies already "
+             f"(--max-inflight-body-bytes {state.settings.cache.max_inflight_body_bytes}); retry shortly",
+        type_="rate_limit_error", code="overloaded", headers={"Retry-After": "1", **(headers or {})})
 
 
 def _too_large(limit: int) -> web.Response:
@@ -187,14 +192,20 @@ def _too_large(limit: int) -> web.Response:
 
 
 async def _admitted(request: web.Request, state: ProxyState, route: str, span: Any,
-                    asked: controls.RequestControls) -> tuple[web.StreamResponse, str]:
+                    asked: controls.RequestControls, reservation: limits.Reservation) -> tuple[web.StreamResponse, str]:
     cache = state.settings.cache
     namespace = asked.namespace
-    read = await limits.read_body(request, limit_bytes=cache.max_body_bytes, timeout_s=cache.body_timeout_s)
+    read = await limits.read_body(request, limit_bytes=cache.max_body_bytes, timeout_s=cache.body_timeout_s,
+                                  reservation=reservation)
     if read.body is None:
         state.metrics.count(route, "error")
         if read.status == 413:
             return _too_large(cache.max_body_bytes), "error"
+        if read.status == 429:
+            state.metrics.shed.inc()
+            return _overloaded(state, headers={"Connection": "close"}), "error"  # the rest of the body is unread
+        if read.status == 499:
+            return web.Response(status=499), "error"  # nobody to send it to: ends the handler quietly
         return upstream.error_response(408, f"request body not received within {cache.body_timeout_s:g} s "
                                             "(--body-timeout-seconds)", type_="invalid_request_error",
                                        code="request_timeout", headers={"Connection": "close"}), "error"

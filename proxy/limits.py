@@ -4,10 +4,15 @@ Memory per cacheable request is dominated by its body (held raw for forwarding a
 storing, parsed for the key; parsing peaks at ~15× the body). Two bounds keep the
 sidecar inside its memory limit whatever the clients do::
 
-    Content-Length > max_body_bytes ─────────────────────────▶ 413
-    budget.try_take(Content-Length or max_body_bytes) fails ─▶ 429 Retry-After: 1 (shed, never queued)
-    read body within body_timeout_s ─────────── too slow ────▶ 408 (slowloris)
-    … request runs …  budget.give(n) when it ends
+    Content-Length > max_body_bytes ─────────────────────────────▶ 413
+    Content-Length: budget.try_take(Content-Length) fails ────────▶ 429 Retry-After: 1 (shed, never queued)
+    chunked (no Content-Length): the reservation grows with each
+      chunk received; no room for the next chunk ────────────────▶ 429 Retry-After: 1, connection closed
+    read body within body_timeout_s ─────────── too slow ────────▶ 408 (slowloris)
+    … request runs …  reservation.release() when it ends
+
+A body without ``Content-Length`` costs what it has sent so far, not ``max_body_bytes``: idle
+chunked uploads cannot reserve the budget away from everyone else.
 
 Back-pressure is a value (:class:`BodyRead`), not an exception, as in vLLM's block pool.
 """
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["BodyBudget", "BodyRead", "read_body"]
+__all__ = ["BodyBudget", "BodyRead", "Reservation", "read_body"]
 
 
 class BodyBudget:
@@ -46,19 +51,51 @@ class BodyBudget:
         self.used_bytes = max(0, self.used_bytes - num_bytes)
 
 
+class Reservation:
+    """The bytes one request holds in a :class:`BodyBudget`: taken up front (``Content-Length``) or
+    grown as a chunked body arrives, and given back once with :meth:`release`."""
+
+    __slots__ = ("_budget", "num_bytes")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.num_bytes = 0
+
+    def grow_to(self, num_bytes: int) -> bool:
+        """Hold ``num_bytes`` in all; False (nothing more taken, counted as shed) when the budget lacks room."""
+        more = num_bytes - self.num_bytes
+        if more <= 0:
+            return True
+        if not self._budget.try_take(more):
+            return False
+        self.num_bytes = num_bytes
+        return True
+
+    def release(self) -> None:
+        self._budget.give(self.num_bytes)
+        self.num_bytes = 0
+
+
 @dataclass(frozen=True, slots=True)
 class BodyRead:
     """Outcome of :func:`read_body`: the body, or the HTTP status that refuses it."""
 
     body: bytes | None
     status: int = 200
-    """200 (``body`` is set), 413 (too large) or 408 (not received in time)."""
+    """200 (``body`` is set), 413 (too large), 408 (not received in time), 429 (a chunked body
+    outgrew what the body budget had left) or 499 (the client closed the connection mid-body)."""
 
 
-async def read_body(request: web.Request, *, limit_bytes: int, timeout_s: float) -> BodyRead:
-    """The whole request body if it is at most ``limit_bytes`` and arrives within ``timeout_s``."""
+async def read_body(request: web.Request, *, limit_bytes: int, timeout_s: float,
+                    reservation: Reservation | None = None) -> BodyRead:
+    """The whole request body if it is at most ``limit_bytes`` and arrives within ``timeout_s``.
+
+    Without ``Content-Length``, ``reservation`` (when given) grows with the bytes received; a
+    body with one was reserved whole before reading.
+    """
     if request.content_length is not None and request.content_length > limit_bytes:
         return BodyRead(None, 413)
+    grow = reservation.grow_to if reservation is not None and request.content_length is None else None
     chunks: list[bytes] = []
     size = 0
     try:
@@ -67,9 +104,13 @@ async def read_body(request: web.Request, *, limit_bytes: int, timeout_s: float)
                 size += len(chunk)
                 if size > limit_bytes:
                     return BodyRead(None, 413)
+                if grow is not None and not grow(size):
+                    return BodyRead(None, 429)
                 chunks.append(chunk)
     except TimeoutError:
         return BodyRead(None, 408)
+    except ConnectionResetError:  # the client left mid-body: nobody to answer
+        return BodyRead(None, 499)
     return BodyRead(b"".join(chunks))
 
 

@@ -60,8 +60,10 @@ class CacheSettings:
     requests could exceed a 512 Mi sidecar."""
     max_inflight_body_bytes: int = 32 * 1024**2
     """Request-body bytes all cacheable requests in progress may hold together; past it new ones
-    are shed with 429 (``Retry-After: 1``) before their body is read. Default 32 MiB: sixteen
-    maximal bodies, well inside a 512 Mi sidecar with parsing overhead."""
+    are shed with 429 (``Retry-After: 1``): before their body is read when they declare
+    ``Content-Length``, else as soon as their received bytes no longer fit (a chunked body holds
+    what it has sent, so idle uploads cost nothing). Default 32 MiB: sixteen maximal bodies, well
+    inside a 512 Mi sidecar with parsing overhead."""
     body_timeout_s: float = 30.0
     """Deadline for reading a cacheable request's whole body (s); a slower client gets 408.
     Default 30 s: a 2 MiB body over a slow link, not a client trickling bytes to hold memory."""

@@ -63,6 +63,64 @@ async def test_bodies_in_flight_are_capped_and_shed_with_429(proxy_stack) -> Non
     assert status == 200
 
 
+async def _chunked_upload(port: int, *, sent: bytes) -> asyncio.StreamWriter:
+    """Open a ``Transfer-Encoding: chunked`` upload (no Content-Length) that sends one chunk, then idles."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write((f"POST {ROUTE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
+                  "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+                 + f"{len(sent):x}\r\n".encode() + sent + b"\r\n")
+    await writer.drain()
+    return writer
+
+
+async def test_idle_chunked_uploads_hold_only_what_they_sent(proxy_stack) -> None:
+    """Issue 18 item 4: bodies without Content-Length reserved the whole --max-body-bytes for their life,
+    so a handful of idle chunked uploads pushed every other client to 429."""
+    stack: Stack = await proxy_stack(cache_max_body_bytes=64_000, cache_max_inflight_body_bytes=256_000,
+                                     cache_body_timeout_s=60.0)
+    port = int(stack.proxy_url.rsplit(":", 1)[1])
+    budget = stack.state.body_budget
+    idle = [await _chunked_upload(port, sent=b'{"model"') for _ in range(8)]  # 8 × 64 kB > the 256 kB budget
+    try:
+        # Every upload is admitted and holding its reservation (8 bytes each, or 64 kB each before the fix).
+        await _until("the idle uploads are being read", lambda: budget.used_bytes >= 8 * 8)
+        body = json.dumps({**CHAT, "pad": "x" * 50_000}).encode()
+        status, _, payload = await stack.post(ROUTE, None, raw=body, headers={"Content-Type": "application/json"})
+        assert status == 200, payload
+        assert budget.used_bytes == 8 * 8
+    finally:
+        for writer in idle:
+            writer.close()
+    await _until("the reservations are returned", lambda: budget.used_bytes == 0)
+
+
+async def test_a_chunked_body_that_outgrows_the_budget_gets_429(proxy_stack) -> None:
+    """What the reservation grows into is still bounded: past the in-flight budget, 429 and the
+    connection closed (the rest of the body is never read)."""
+    stack: Stack = await proxy_stack(cache_max_body_bytes=100_000, cache_max_inflight_body_bytes=150_000)
+    port = int(stack.proxy_url.rsplit(":", 1)[1])
+    budget = stack.state.body_budget
+    holder = await _chunked_upload(port, sent=b"{" + b" " * 89_999)  # holds 90 kB, then idles
+    try:
+        await _until("the first upload holds its 90 kB", lambda: budget.used_bytes == 90_000)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write((f"POST {ROUTE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
+                          "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+            for _ in range(8):  # 8 × 10 kB: fits until 60 kB, then the budget is full
+                writer.write(f"{10_000:x}\r\n".encode() + b" " * 10_000 + b"\r\n")
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 30)  # liveness bound
+            assert status_line.split()[1] == b"429"
+            rest = await asyncio.wait_for(reader.read(), 30)
+            assert b"--max-inflight-body-bytes" in rest and b"Retry-After: 1" in rest
+        finally:
+            writer.close()
+    finally:
+        holder.close()
+    await _until("the reservations are returned", lambda: budget.used_bytes == 0)
+
+
 async def test_slowloris_body_gets_408(proxy_stack) -> None:
     stack: Stack = await proxy_stack(cache_body_timeout_s=0.5)
     port = int(stack.proxy_url.rsplit(":", 1)[1])
