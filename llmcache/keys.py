@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import json
 import math
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "SemanticParts",
     "cache_salt",
     "canonical_json",
+    "canonical_route",
     "exact_key",
     "semantic_parts",
     "short",
@@ -51,6 +53,41 @@ __all__ = [
 KEY_SCHEMA_VERSION = 2
 
 CACHEABLE_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+#: How many times :func:`canonical_route` percent-decodes a path (``%252F`` → ``%2F`` → ``/``).
+_MAX_DECODES = 3
+
+
+def canonical_route(raw_path: str) -> str | None:
+    """The cacheable route a non-canonical path names, or ``None``.
+
+    Upstreams normalise paths before routing (uvicorn decodes ``%2F``, frameworks redirect or
+    strip a trailing slash, front proxies merge slashes), so ``/v1/chat/completions/``,
+    ``//v1/chat/completions``, ``/v1/chat%2Fcompletions``, ``/v1/./chat/completions``,
+    ``/v1/chat/completions;x`` or ``/V1/Chat/Completions`` may all reach the same handler
+    upstream. Each is read here as the route it may mean: percent-decoded (up to three times),
+    backslashes as slashes, empty and ``.`` segments dropped, ``..`` applied, ``;params`` and
+    surrounding whitespace removed, lower-cased. Only paths that miss the exact routes get here.
+    """
+    path = raw_path.partition("?")[0]
+    for _ in range(_MAX_DECODES):
+        decoded = urllib.parse.unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    segments: list[str] = []
+    for spelled in path.replace("\\", "/").split("/"):
+        segment = spelled.partition(";")[0].strip(" \t\r\n\x00").lower()
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    route = "/" + "/".join(segments)
+    return route if route in CACHEABLE_ROUTES else None
+
 
 #: Request fields that do not change the answer (transport / accounting only).
 NOT_IN_KEY = frozenset({"stream", "stream_options", "user"})

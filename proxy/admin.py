@@ -31,7 +31,7 @@ from yarl import URL
 
 from llmcache import connection, keys, stats
 from llmcache.keyspace import DEFAULT_GROUP, ORDER_KINDS, Keyspace, by_shard
-from llmcache.proxy import upstream
+from llmcache.proxy import controls, upstream
 from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.metrics import CONTENT_TYPE_LATEST
 from llmcache.proxy.state import STATE, ProxyState
@@ -187,6 +187,10 @@ async def stats_endpoint(request: web.Request) -> web.Response:
 
 def _admin_refusal(request: web.Request, state: ProxyState, *, what: str) -> web.Response | None:
     """``None`` when the request carries the admin token; else the 403 (no token set) or 401 to send."""
+    try:
+        controls.check_encoding(request.headers)  # the token is compared as UTF-8 bytes
+    except controls.InvalidControl as exc:
+        return upstream.error_response(400, str(exc), type_="invalid_request_error", code=exc.code)
     token = state.settings.observability.admin_token
     if not token:
         return upstream.error_response(403, f"{what} is disabled: start the proxy with --admin-token "

@@ -53,6 +53,9 @@ class Call:
     tenant: str
     namespace: str
     query: str
+    upstream_path: str
+    """Path and query the upstream gets: the client's, or the canonical route a non-canonical
+    path was read as (:func:`llmcache.keys.canonical_route`)."""
     directives: cachecontrol.RequestDirectives
     stream: bool
     include_usage: bool

@@ -13,6 +13,10 @@ One rule for all of them: a control the proxy acts on with a value it cannot rea
 refused with 400 ``invalid_control_header`` naming the header (a typo must not silently
 change what is cached). Directives of ``Cache-Control`` that the proxy does not act on
 (``no-transform``, ``max-stale``, …) are ignored, as RFC 9111 §5.2 asks of every cache.
+
+Every header value must be UTF-8 (:func:`check_encoding`): aiohttp hands other bytes over as
+surrogates, which no hash, comparison or forwarded header can use. Such a request gets 400
+``invalid_header`` naming the header, on every route, before anything reads its headers.
 """
 
 from __future__ import annotations
@@ -23,19 +27,24 @@ from dataclasses import dataclass
 
 from llmcache.proxy import cachecontrol
 
-__all__ = ["NAMESPACE_HEADER", "THRESHOLD_HEADER", "InvalidControl", "RequestControls", "parse"]
+__all__ = ["CONTROL_PREFIX", "NAMESPACE_HEADER", "THRESHOLD_HEADER", "InvalidControl", "RequestControls",
+           "check_encoding", "parse"]
 
+#: Every request header of the proxy's own starts with it; none of them is forwarded upstream.
+CONTROL_PREFIX = "x-llmcache-"
 NAMESPACE_HEADER = "X-LLMCache-Namespace"
 THRESHOLD_HEADER = "X-LLMCache-Similarity-Threshold"
 MAX_NAMESPACE_CHARS = 256
 
 
 class InvalidControl(ValueError):
-    """A control header has a value the proxy cannot act on; ``header`` names it."""
+    """A control header has a value the proxy cannot act on; ``header`` names it, ``code`` is the
+    error code of the 400 (``invalid_control_header``, or ``invalid_header`` for an undecodable value)."""
 
-    def __init__(self, header: str, message: str) -> None:
+    def __init__(self, header: str, message: str, *, code: str = "invalid_control_header") -> None:
         super().__init__(f"{header}: {message}")
         self.header = header
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +57,23 @@ class RequestControls:
     """The threshold the request asks for, or ``None``; applied as ``max(policy, asked)``."""
 
 
+def check_encoding(headers: Mapping[str, str]) -> None:
+    """Raise :class:`InvalidControl` naming the first header whose value is not valid UTF-8."""
+    for name, value in headers.items():
+        if not value.isascii():  # the common case ends here, in C
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise InvalidControl(name, "the value is not valid UTF-8; send ASCII (or UTF-8) header "
+                                           "values", code="invalid_header") from None
+
+
 def parse(headers: Mapping[str, str]) -> RequestControls:
-    """Read every control header; raise :class:`InvalidControl` for the first unreadable one."""
+    """Read every control header; raise :class:`InvalidControl` for the first unreadable one.
+
+    Checks first that every header (the tenant header too) is UTF-8 (:func:`check_encoding`).
+    """
+    check_encoding(headers)
     namespace = headers.get(NAMESPACE_HEADER, "")
     if len(namespace) > MAX_NAMESPACE_CHARS or not namespace.isprintable():
         raise InvalidControl(NAMESPACE_HEADER, f"must be at most {MAX_NAMESPACE_CHARS} printable characters")

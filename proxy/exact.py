@@ -27,7 +27,8 @@ import redis.exceptions
 
 from llmcache.keyspace import Keyspace, shard_of
 
-__all__ = ["ENTRY_SCHEMA_VERSION", "Entry", "ExactStore", "InvalidEntry", "RedisExactStore", "validate_answer"]
+__all__ = ["ENTRY_SCHEMA_VERSION", "STORED_FINISH_REASONS", "Entry", "ExactStore", "InvalidEntry", "RedisExactStore",
+           "validate_answer"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,12 @@ class Entry:
         return entry
 
 
+#: The finish reasons of an answer that is stored: a normal end (``stop``), a tool call, or the
+#: ``max_tokens`` cut (``length``: the same limit is in the key, so the same request gets the same
+#: cut). Anything else (``content_filter``, ``function_call``, an upstream's own ``abort`` or
+#: ``error``, a reason this proxy does not know) is relayed, never stored or served from the cache.
+STORED_FINISH_REASONS = frozenset({"stop", "tool_calls", "length"})
+
 #: Chat message fields an entry may carry with a value (what :mod:`llmcache.proxy.streaming` replays).
 _MESSAGE_FIELDS = frozenset({"role", "content", "refusal", "tool_calls", "reasoning_content"})
 
@@ -129,8 +136,9 @@ def _validate_message(message: Any) -> None:
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(
                     fn.get("arguments"), str) or not _opt_str(call.get("id")) or not _opt_str(call.get("type")):
                 raise InvalidEntry("chat message tool call lacks a string function name/arguments")
-    if message.get("content") is None and not calls and message.get("refusal") is None:
-        raise InvalidEntry("chat message has no content, tool calls or refusal")
+    content, refusal = message.get("content"), message.get("refusal")
+    if not calls and not (content and content.strip()) and not (refusal and refusal.strip()):
+        raise InvalidEntry("chat message has no content, tool calls or refusal (an empty answer is not stored)")
 
 
 def validate_answer(route: str, answer: Any) -> None:
@@ -158,6 +166,9 @@ def validate_answer(route: str, answer: Any) -> None:
             raise InvalidEntry("answer has a choice without finish_reason (incomplete)")
         if not isinstance(choice["finish_reason"], str):
             raise InvalidEntry("answer finish_reason is not a string")
+        if choice["finish_reason"] not in STORED_FINISH_REASONS:
+            raise InvalidEntry(f"answer finished with {choice['finish_reason']!r}, not a normal end "
+                               f"({', '.join(sorted(STORED_FINISH_REASONS))})")
         index = choice.get("index", 0)
         if not isinstance(index, int) or isinstance(index, bool):
             raise InvalidEntry("answer choice index is not an integer")
@@ -165,8 +176,8 @@ def validate_answer(route: str, answer: Any) -> None:
             raise InvalidEntry("answer logprobs is not an object")
         if route == "/v1/chat/completions":
             _validate_message(choice.get("message"))
-        if route == "/v1/completions" and not isinstance(choice.get("text"), str):
-            raise InvalidEntry("completion answer choice has no text")
+        if route == "/v1/completions" and not (isinstance(choice.get("text"), str) and choice["text"].strip()):
+            raise InvalidEntry("completion answer choice has no text (an empty answer is not stored)")
 
 
 class ExactStore(Protocol):

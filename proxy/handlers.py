@@ -2,8 +2,10 @@
 
 A cacheable request (``POST`` on :data:`llmcache.keys.CACHEABLE_ROUTES`)::
 
+    every header value UTF-8 and every control readable? ─no─▶ 400
     body ≤ max_body_bytes? ─no─▶ 413    body budget free? ─no─▶ 429    body read in time? ─no─▶ 408
-    JSON object? ─no─▶ forward untouched (bypass)        nested past the parser? ─▶ 400
+    JSON object? ─no─▶ 400 on chat/completions (the salt needs one); forward untouched on embeddings
+    nested past the parser? ─▶ 400
     policy suspended / non-deterministic / cache off ─▶ forward (bypass)
     no tenant credential and anonymous: Bypass ─▶ forward (bypass)
     key = exact_key(route, query, body, partition (pod namespace), tenant, namespace)
@@ -18,7 +20,10 @@ A cacheable request (``POST`` on :data:`llmcache.keys.CACHEABLE_ROUTES`)::
 
 Every body forwarded upstream on chat/completions carries a ``cache_salt`` derived from the
 tenant and partition (``--upstream-cache-salt``), so the model server's prefix cache, and
-the ``cached_tokens`` it reports, never cross tenants.
+the ``cached_tokens`` it reports, never cross tenants. A ``POST`` whose path an upstream may
+normalise into a cacheable route (``/v1/chat/completions/``, ``//v1/chat/completions``,
+``/v1/chat%2Fcompletions``, …: :func:`llmcache.keys.canonical_route`) is served as that route.
+``X-LLMCache-*`` request headers are the proxy's and never forwarded.
 
 The request in progress and the steps every path shares (load, serve, count) are in
 :mod:`llmcache.proxy.call`; the single-flight miss path is :mod:`llmcache.proxy.misses`.
@@ -50,7 +55,7 @@ from llmcache.proxy.call import (
 )
 from llmcache.proxy.state import STATE, EffectiveConfig, ProxyState
 
-__all__ = ["add_routes", "cacheable", "passthrough"]
+__all__ = ["add_routes", "cacheable", "invalid_header", "passthrough"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,18 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     """Forward any request untouched, streaming the body both ways."""
     state = request.app[STATE]
     assert state.upstream is not None
-    headers = upstream.filter_headers(request.headers)
+    if request.method == "POST":
+        route = keys.canonical_route(request.raw_path)
+        if route is not None:
+            # A cacheable route spelled another way: served as that route (cached, salted, and
+            # forwarded to the canonical path), never passed through without the tenant's salt.
+            _, sep, query = request.raw_path.partition("?")
+            return await serve_cacheable(request, route, upstream_path=route + sep + query)
+    try:
+        controls.check_encoding(request.headers)
+    except controls.InvalidControl as exc:
+        return invalid_header(exc)
+    headers = upstream.filter_headers(request.headers, to_upstream=True)
     idle_s = state.settings.cache.body_timeout_s
     body = limits.StreamedBody(request, idle_s=idle_s) if request.body_exists else None
     if body is not None and request.content_length is not None:
@@ -83,16 +99,21 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     return await upstream.relay(request, resp)
 
 
+def invalid_header(exc: controls.InvalidControl) -> web.Response:
+    """The 400 for a header the proxy cannot read (a control's value, or any value that is not UTF-8)."""
+    return upstream.error_response(400, str(exc), type_="invalid_request_error", code=exc.code)
+
+
 async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, *,
-                          route: str, namespace: str) -> web.StreamResponse:
+                          route: str, namespace: str, upstream_path: str) -> web.StreamResponse:
     """Forward a cacheable-route request without caching it (status ``bypass``); ``body`` as sent upstream."""
     assert state.upstream is not None
     state.metrics.count(route, "bypass")
     state.stats.add(namespace, "bypass", policy=state.config().policy_id)
-    headers = upstream.filter_headers(request.headers)
+    headers = upstream.filter_headers(request.headers, to_upstream=True)
     t0 = time.perf_counter()
     try:
-        resp = await state.upstream.open("POST", request.raw_path, headers, body)
+        resp = await state.upstream.open("POST", upstream_path, headers, body)
     except upstream.UpstreamError as exc:
         return upstream.error_response(exc.status, exc.message, type_="upstream_error",
                                        headers={STATUS_HEADER: "bypass"})
@@ -104,6 +125,11 @@ async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, 
 # cacheable routes
 
 
+def _salted(state: ProxyState, route: str) -> bool:
+    """Does every body forwarded on ``route`` carry the tenant's ``cache_salt``? (chat/completions, when enabled)"""
+    return route != "/v1/embeddings" and state.settings.upstream.enable_cache_salt
+
+
 def _upstream_body(state: ProxyState, cfg: EffectiveConfig, route: str, raw: bytes, body: dict[str, Any],
                    tenant: str) -> bytes:
     """``raw`` with the tenant's ``cache_salt`` (chat/completions, when enabled); otherwise ``raw`` itself.
@@ -111,7 +137,7 @@ def _upstream_body(state: ProxyState, cfg: EffectiveConfig, route: str, raw: byt
     The salt is spliced in after the opening brace, so the client's JSON travels byte for byte;
     a client's own ``cache_salt`` is folded into ours and replaced.
     """
-    if route == "/v1/embeddings" or not state.settings.upstream.enable_cache_salt:
+    if not _salted(state, route):
         return raw
     client_salt = body.get("cache_salt")
     salt = keys.cache_salt(tenant, state.tenant_salt, partition=cfg.partition,
@@ -137,14 +163,18 @@ def _deterministic(route: str, body: Mapping[str, Any], policy: str) -> bool:
 
 async def cacheable(request: web.Request) -> web.StreamResponse:
     """Entry point for ``POST`` on a cacheable route."""
+    return await serve_cacheable(request, request.path, upstream_path=request.raw_path)
+
+
+async def serve_cacheable(request: web.Request, route: str, *, upstream_path: str) -> web.StreamResponse:
+    """Serve ``request`` as a ``POST`` on the cacheable ``route``, forwarding misses to ``upstream_path``."""
     state = request.app[STATE]
-    route = request.path
     span = state.telemetry.tracer.start_span("llmcache.request", attributes={
         "http.request.method": request.method, "url.path": route})
     status = "error"
     http_status = 500
     try:
-        response, status = await _cacheable(request, state, route, span)
+        response, status = await _cacheable(request, state, route, span, upstream_path)
         http_status = response.status
         return response
     finally:
@@ -153,14 +183,13 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
         span.end()
 
 
-async def _cacheable(request: web.Request, state: ProxyState, route: str,
-                     span: Any) -> tuple[web.StreamResponse, str]:
+async def _cacheable(request: web.Request, state: ProxyState, route: str, span: Any,
+                     upstream_path: str) -> tuple[web.StreamResponse, str]:
     try:
         asked = controls.parse(request.headers)
     except controls.InvalidControl as exc:
         state.metrics.count(route, "error")
-        return upstream.error_response(400, str(exc), type_="invalid_request_error",
-                                       code="invalid_control_header"), "error"
+        return invalid_header(exc), "error"
     cache = state.settings.cache
     limit = cache.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -174,7 +203,7 @@ async def _cacheable(request: web.Request, state: ProxyState, route: str,
         state.metrics.shed.inc()
         return _overloaded(state), "error"
     try:
-        return await _admitted(request, state, route, span, asked, reservation)
+        return await _admitted(request, state, route, span, asked, reservation, upstream_path)
     finally:
         reservation.release()
 
@@ -192,7 +221,8 @@ def _too_large(limit: int) -> web.Response:
 
 
 async def _admitted(request: web.Request, state: ProxyState, route: str, span: Any,
-                    asked: controls.RequestControls, reservation: limits.Reservation) -> tuple[web.StreamResponse, str]:
+                    asked: controls.RequestControls, reservation: limits.Reservation,
+                    upstream_path: str) -> tuple[web.StreamResponse, str]:
     cache = state.settings.cache
     namespace = asked.namespace
     read = await limits.read_body(request, limit_bytes=cache.max_body_bytes, timeout_s=cache.body_timeout_s,
@@ -218,23 +248,33 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
         state.metrics.count(route, "error")
         return _too_deep(), "error"
     if not isinstance(body, dict):
+        if _salted(state, route):
+            # The tenant's cache_salt goes into a JSON object; without one, nothing goes upstream.
+            state.metrics.count(route, "error")
+            what = "is not valid JSON (UTF-8)" if body is None else "is JSON but not an object"
+            return upstream.error_response(400, f"the request body {what}; send a JSON object as the OpenAI API "
+                                                "expects", type_="invalid_request_error", code="invalid_json"), "error"
         # Not ours to judge: the upstream answers with its own error, byte for byte.
-        return await _forward_bypass(request, state, raw, route=route, namespace=namespace), "bypass"
+        return await _forward_bypass(request, state, raw, route=route, namespace=namespace,
+                                     upstream_path=upstream_path), "bypass"
     cfg = state.config()
     credential = request.headers.get(cfg.tenant_header)
     tenant = keys.tenant_id(credential, state.tenant_salt)
     forwarded = _upstream_body(state, cfg, route, raw, body, tenant)
     if cfg.suspend or not (cfg.exact or cfg.semantic) or not _deterministic(route, body, cfg.non_deterministic):
-        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace), "bypass"
+        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace,
+                                     upstream_path=upstream_path), "bypass"
     if not credential and not cfg.cache_anonymous:
         # Without a credential every caller would share one tenant: never cached unless a policy
         # opts in (spec.scope.anonymous: PerNamespace, or --anonymous per-namespace).
-        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace), "bypass"
+        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace,
+                                     upstream_path=upstream_path), "bypass"
     query = request.query_string
     try:
         key = keys.exact_key(route, body, tenant=tenant, namespace=namespace, partition=cfg.partition, query=query)
     except (ValueError, TypeError):  # NaN/Infinity are not JSON; let the upstream reject them
-        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace), "bypass"
+        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace,
+                                     upstream_path=upstream_path), "bypass"
     except RecursionError:
         state.metrics.count(route, "error")
         return _too_deep(), "error"
@@ -244,7 +284,7 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
     # Followers share the leader's raw chunks only when they asked for the same stream options.
     shape = json.dumps(opts, sort_keys=True) if stream else None
     call = Call(request=request, state=state, cfg=cfg, route=route, raw=forwarded, body=body, key=key,
-                 tenant=tenant, namespace=namespace, query=query,
+                 tenant=tenant, namespace=namespace, query=query, upstream_path=upstream_path,
                  directives=asked.directives, asked_threshold=asked.similarity_threshold,
                  stream=stream, include_usage=include_usage, stream_shape=shape)
     span.set_attribute("llmcache.key", call.log_key)

@@ -177,11 +177,11 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
     assert state.upstream is not None
     request = call.request
     call.status = "miss" if call.redis_ok else "bypass"
-    headers = upstream.filter_headers(request.headers, drop=frozenset({"accept-encoding"}))
+    headers = upstream.filter_headers(request.headers, drop=frozenset({"accept-encoding"}), to_upstream=True)
     headers["Accept-Encoding"] = "identity"  # we must be able to read what we store
     t0 = time.perf_counter()
     try:
-        resp = await state.upstream.open("POST", request.raw_path, headers, call.raw)
+        resp = await state.upstream.open("POST", call.upstream_path, headers, call.raw)
     except upstream.UpstreamError as exc:
         flight.fail()
         count_answer(call, call.status)

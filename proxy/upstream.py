@@ -23,6 +23,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from llmcache.proxy import controls
+
 __all__ = ["HOP_BY_HOP", "Upstream", "UpstreamError", "error_response", "filter_headers", "relay", "response_for"]
 
 log = logging.getLogger(__name__)
@@ -54,14 +56,17 @@ def error_response(status: int, message: str, *, type_: str = "llmcache_error", 
 
 
 def filter_headers(headers: Mapping[str, str] | CIMultiDictProxy[str], *,
-                   drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
-    """Copy ``headers`` without hop-by-hop ones, those named in ``Connection``, and ``drop``."""
+                   drop: frozenset[str] = frozenset(), to_upstream: bool = False) -> CIMultiDict[str]:
+    """Copy ``headers`` without hop-by-hop ones, those named in ``Connection``, and ``drop``;
+    ``to_upstream`` (a request being forwarded) also drops every ``X-LLMCache-*`` header: those are
+    addressed to the proxy (controls, the admin token), and a hosted upstream must never see them."""
     named = {t.strip().lower() for v in headers.getall("Connection", ())  # type: ignore[union-attr]
              for t in v.split(",")} if isinstance(headers, (CIMultiDictProxy, CIMultiDict)) else set()
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in headers.items():
         lk = k.lower()
-        if lk in HOP_BY_HOP or lk in _RECOMPUTED or lk in named or lk in drop:
+        if lk in HOP_BY_HOP or lk in _RECOMPUTED or lk in named or lk in drop or (
+                to_upstream and lk.startswith(controls.CONTROL_PREFIX)):
             continue
         out.add(k, v)
     return out

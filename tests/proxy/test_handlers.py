@@ -387,9 +387,19 @@ async def test_max_age_rejects_older_entries(proxy_stack, redis_plain_url: str) 
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2, 3]", b"\"a string\"", b""])
-async def test_malformed_bodies_are_forwarded_untouched(proxy_stack, raw: bytes) -> None:
+async def test_malformed_bodies_are_refused_on_salted_routes(proxy_stack, raw: bytes) -> None:
+    """The tenant's cache_salt needs a JSON object: on chat/completions nothing else goes upstream."""
     stack = await proxy_stack()
-    status, headers, payload = await stack.post("/v1/chat/completions", None, raw=raw,
+    status, _, payload = await stack.post("/v1/chat/completions", None, raw=raw,
+                                          headers={"Content-Type": "application/json"})
+    assert status == 400 and json.loads(payload)["error"]["code"] == "invalid_json"
+    assert await stack.upstream_count() == 0
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2, 3]"])
+async def test_malformed_bodies_are_forwarded_untouched_where_nothing_is_added(proxy_stack, raw: bytes) -> None:
+    stack = await proxy_stack()
+    status, headers, payload = await stack.post("/v1/embeddings", None, raw=raw,
                                                 headers={"Content-Type": "application/json"})
     assert headers["X-LLMCache-Status"] == "bypass"
     assert status == 400 and "error" in json.loads(payload)  # the upstream's own answer
