@@ -87,13 +87,23 @@ class Call:
         return keys.short(self.key)
 
     @property
+    def similarity_threshold(self) -> float:
+        """The similarity a match must reach for this request: the policy's, or the tighter one it asked for."""
+        threshold = self.cfg.similarity_threshold
+        if self.asked_threshold is not None and self.asked_threshold > threshold:
+            threshold = self.asked_threshold  # a request may only tighten it
+        return threshold
+
+    @property
     def wants_usage(self) -> bool:
         """A JSON answer always carries usage; a stream only with ``include_usage``."""
         return self.route != "/v1/embeddings" and (not self.stream or self.include_usage)
 
 
 async def load_entry(call: Call, key_hash: str, *, kind: str) -> Entry | None:
-    """Fetch and validate the entry at ``key_hash``; ``None`` on miss, invalid, stale or Redis trouble."""
+    """Fetch and validate the entry at ``key_hash``; ``None`` on miss, invalid, stale or Redis trouble,
+    and for a promoted semantic match (:attr:`Entry.similarity`) below the request's threshold or
+    with the semantic cache off for it."""
     state = call.state
     if state.store is None:
         call.redis_ok = False
@@ -125,6 +135,8 @@ async def load_entry(call: Call, key_hash: str, *, kind: str) -> Entry | None:
         return None
     if not call.directives.accepts_age(entry.age_s()):
         return None
+    if entry.similarity is not None and not (call.cfg.semantic and entry.similarity >= call.similarity_threshold):
+        return None  # a promoted semantic match: only where this request would accept that match
     if not can_serve(call, entry):
         return None
     return entry
@@ -166,6 +178,8 @@ def serve(call: Call, entry: Entry, *, status: str) -> web.Response:
     state = call.state
     call.status = status
     headers = {STATUS_HEADER: status, "Age": str(int(entry.age_s()))}
+    if call.similarity is None and entry.similarity is not None:
+        call.similarity = entry.similarity  # an exact hit on a promoted match: say how close it was
     if call.similarity is not None:
         headers[SIMILARITY_HEADER] = f"{call.similarity:.4f}"
     if call.stream:

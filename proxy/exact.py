@@ -12,6 +12,14 @@ hand-edited, truncated or foreign value in Redis is a miss, not a crash::
     {"v": 1, "route": "/v1/chat/completions", "model": "…", "created_s": 1.7e9,
      "tenant": "<salted hash>", "namespace": "…", "origin": "json" | "sse",
      "prompt_tokens": 12, "completion_tokens": 30, "body": "<upstream JSON text>"}
+
+    {"v": 2, …the same…, "similarity": 0.93}     a semantic hit promoted under the new text
+
+Version 2 marks an entry that answers its key only by meaning: the similarity of the match it
+was promoted from. It is served as an exact hit only to a request whose threshold that
+similarity meets (:func:`llmcache.proxy.call.load_entry`). An entry that came from the upstream
+is still written as version 1, so a proxy that predates version 2 keeps serving those and
+refuses (deletes) promoted ones, whose thresholds it could not honour.
 """
 
 from __future__ import annotations
@@ -27,12 +35,14 @@ import redis.exceptions
 
 from llmcache.keyspace import Keyspace, shard_of
 
-__all__ = ["ENTRY_SCHEMA_VERSION", "STORED_FINISH_REASONS", "Entry", "ExactStore", "InvalidEntry", "RedisExactStore",
-           "validate_answer"]
+__all__ = ["ENTRY_SCHEMA_VERSION", "READABLE_SCHEMA_VERSIONS", "STORED_FINISH_REASONS", "Entry", "ExactStore",
+           "InvalidEntry", "RedisExactStore", "validate_answer"]
 
 log = logging.getLogger(__name__)
 
-ENTRY_SCHEMA_VERSION = 1
+ENTRY_SCHEMA_VERSION = 2
+"""The newest entry schema; :data:`READABLE_SCHEMA_VERSIONS` are served."""
+READABLE_SCHEMA_VERSIONS = frozenset({1, 2})
 
 
 class InvalidEntry(ValueError):
@@ -54,6 +64,9 @@ class Entry:
     """``json`` (recorded from a JSON answer) or ``sse`` (assembled from a stream)."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    similarity: float | None = None
+    """``None``: the upstream's answer to this key. A number in [0, 1]: a semantic hit promoted
+    under this key, with the similarity of that match (schema version 2)."""
 
     @property
     def has_usage(self) -> bool:
@@ -64,12 +77,16 @@ class Entry:
         return max(0.0, (time.time() if now_s is None else now_s) - self.created_s)
 
     def to_json(self) -> str:
-        return json.dumps({
-            "v": ENTRY_SCHEMA_VERSION, "route": self.route, "model": self.model, "created_s": self.created_s,
+        fields: dict[str, Any] = {
+            "v": 1, "route": self.route, "model": self.model, "created_s": self.created_s,
             "tenant": self.tenant, "namespace": self.namespace, "origin": self.origin,
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "body": self.body,
-        }, separators=(",", ":"), ensure_ascii=False)
+        }
+        if self.similarity is not None:
+            fields["v"] = 2
+            fields["similarity"] = self.similarity
+        fields["body"] = self.body
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
     def answer(self) -> dict[str, Any]:
         """The parsed non-streaming answer (validated when the entry was loaded)."""
@@ -82,14 +99,16 @@ class Entry:
             raw = json.loads(blob)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidEntry(f"entry is not JSON: {type(exc).__name__}") from exc
-        if not isinstance(raw, dict) or raw.get("v") != ENTRY_SCHEMA_VERSION:
+        version = raw.get("v") if isinstance(raw, dict) else None
+        if type(version) is not int or version not in READABLE_SCHEMA_VERSIONS:
             raise InvalidEntry("entry has an unknown schema version")
         try:
+            similarity = _similarity(raw["similarity"]) if version == 2 else None
             entry = cls(route=str(raw["route"]), model=str(raw["model"]), created_s=float(raw["created_s"]),
                         body=raw["body"], tenant=str(raw.get("tenant", "")),
                         namespace=str(raw.get("namespace", "")), origin=str(raw.get("origin", "json")),
                         prompt_tokens=int(raw.get("prompt_tokens") or 0),
-                        completion_tokens=int(raw.get("completion_tokens") or 0))
+                        completion_tokens=int(raw.get("completion_tokens") or 0), similarity=similarity)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidEntry(f"entry lacks or mistypes a field: {exc}") from exc
         if not isinstance(entry.body, str):
@@ -102,6 +121,13 @@ class Entry:
             raise InvalidEntry("entry body is not JSON") from exc
         validate_answer(entry.route, answer)
         return entry
+
+
+def _similarity(value: Any) -> float:
+    """A version-2 entry's similarity: a number in [0, 1] (anything else is a ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"similarity must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 #: The finish reasons of an answer that is stored: a normal end (``stop``), a tool call, or the

@@ -12,7 +12,9 @@ A cacheable request (``POST`` on :data:`llmcache.keys.CACHEABLE_ROUTES`)::
     Cache-Control no-cache? ─────────────────────────────────────────┐
     exact GET (deadline, breaker) ─hit─▶ serve (Age, X-LLMCache-Status: hit)
     identical call in flight here ─▶ its chunks / its entry (hit)     │
-    semantic lookup ─hit─▶ serve entry of the match, promote to exact key (semantic-hit)
+    semantic lookup ─hit─▶ serve entry of the match, promote to exact key with its similarity
+                           (semantic-hit; not with no-store; later served as a hit only at or
+                           below that similarity's threshold)
     only-if-cached ─▶ 504                                             │
     join in-flight call for key ─▶ its chunks / its entry (hit)       ◀┘
     [--single-flight-lease: another pod owns the miss → poll for its entry]
@@ -35,6 +37,7 @@ hash, never prompt text or credentials.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -329,12 +332,9 @@ async def _semantic_lookup(call: Call) -> web.StreamResponse | None:
     parts = call.semantic_parts()
     if parts is None:
         return None
-    threshold = call.cfg.similarity_threshold
-    if call.asked_threshold is not None:
-        threshold = max(threshold, call.asked_threshold)  # a request may only tighten it
     t0 = time.perf_counter()
     try:
-        match = await state.semantic.lookup(parts, threshold=threshold)
+        match = await state.semantic.lookup(parts, threshold=call.similarity_threshold)
     except Exception:
         log.exception("semantic lookup failed for %s", call.log_key)
         match = None
@@ -344,14 +344,17 @@ async def _semantic_lookup(call: Call) -> web.StreamResponse | None:
     entry = await load_entry(call, match.key_hash, kind="exact")
     if entry is None:
         return None
-    call.similarity = float(match.similarity)
+    # (The matched entry may itself be a promoted match: the answer is then as close as the weaker link.)
+    call.similarity = min(float(match.similarity), 1.0 if entry.similarity is None else entry.similarity)
     log.debug("semantic hit %s → %s (%.3f)", call.log_key, keys.short(match.key_hash), call.similarity)
-    # Promote: the next identical request is an exact hit. Keep the original creation time so
-    # Age and the fixed TTL stay those of the stored answer.
+    # Promote: the next identical request is an exact hit where its threshold accepts this match
+    # (the entry remembers the similarity). Keep the original creation time so Age and the fixed
+    # TTL stay those of the stored answer. no-store: nothing about this exchange is stored.
     remaining_s = int(call.cfg.ttl_s - entry.age_s())
-    if remaining_s >= 1 and state.store is not None:
+    if remaining_s >= 1 and state.store is not None and not call.directives.no_store:
         store = state.store
-        state.spawn(guarded(state, lambda: store.put(call.key, entry, ttl_s=remaining_s, group=call.cfg.group)))
+        promoted = dataclasses.replace(entry, similarity=call.similarity)
+        state.spawn(guarded(state, lambda: store.put(call.key, promoted, ttl_s=remaining_s, group=call.cfg.group)))
     return serve(call, entry, status="semantic-hit")
 
 
