@@ -33,7 +33,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from llmcache import connection
 from llmcache.errors import DependencyError
 from llmcache.keyspace import Keyspace
-from llmcache.proxy import admin, handlers, semantic
+from llmcache.proxy import admin, handlers, limits, semantic
 from llmcache.proxy.breaker import Breaker, CacheUnavailable, LoopLag
 from llmcache.proxy.exact import RedisExactStore
 from llmcache.proxy.limits import BodyBudget
@@ -93,6 +93,8 @@ def create_app(settings: ProxySettings) -> web.Application:
     app = web.Application(client_max_size=max(settings.cache.max_body_bytes, 1) * 2, handler_args={
         "max_field_size": 64 * 1024})
     app[STATE] = state
+    # Outermost: every answer a handler returns unsent goes out within the write deadline.
+    app.middlewares.append(limits.write_deadline_middleware(settings.cache.write_timeout_s))
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_policy_ctx)

@@ -42,6 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--body-timeout-seconds", default=d.cache.body_timeout_s, type=float,
              help="deadline for reading a cached route's request body, and the longest silence "
                   "while streaming a pass-through body upstream (slower → 408)")
+    add_flag(parser, "--write-timeout-seconds", default=d.cache.write_timeout_s, type=float,
+             help="deadline for a client to take each write of an answer (a chunk, or a whole answer); "
+                  "past it the connection is closed")
     add_flag(parser, "--anonymous", default=d.cache.anonymous, choices=ps.ANONYMOUS,
              help="requests without the tenant header: bypass (never cached) | per-namespace")
     add_flag(parser, "--upstream-cache-salt", default="on", choices=("on", "off"),
@@ -97,7 +100,8 @@ def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
         listen_host=host, listen_port=port,
         cache=ps.CacheSettings(mode=mode, ttl_s=args.ttl_seconds, max_body_bytes=args.max_body_bytes,
                                max_inflight_body_bytes=args.max_inflight_body_bytes,
-                               body_timeout_s=args.body_timeout_seconds, anonymous=args.anonymous,
+                               body_timeout_s=args.body_timeout_seconds,
+                               write_timeout_s=args.write_timeout_seconds, anonymous=args.anonymous,
                                non_deterministic=args.non_deterministic, tenant_header=args.tenant_header,
                                tenant_salt=salt, key_prefix=args.key_prefix,
                                single_flight_lease=bool(args.single_flight_lease)),

@@ -14,18 +14,27 @@ sidecar inside its memory limit whatever the clients do::
 A body without ``Content-Length`` costs what it has sent so far, not ``max_body_bytes``: idle
 chunked uploads cannot reserve the budget away from everyone else.
 
+The other direction has a deadline too: every write to a client (each streamed chunk via
+:func:`write`, a whole answer via :func:`write_deadline_middleware`) must be taken within
+``write_timeout_s``, or the connection is aborted and :class:`WriteStalled` (a
+``ConnectionResetError``: the client is gone) is raised. A client that stops reading therefore
+cannot hold an upstream connection, or stall the requests that joined its upstream call, for
+longer than that.
+
 Back-pressure is a value (:class:`BodyRead`), not an exception, as in vLLM's block pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-__all__ = ["BodyBudget", "BodyRead", "Reservation", "read_body"]
+__all__ = ["BodyBudget", "BodyRead", "Reservation", "WriteStalled", "finish", "read_body", "write",
+           "write_deadline_middleware"]
 
 
 class BodyBudget:
@@ -142,3 +151,60 @@ class StreamedBody:
             if not chunk:
                 return
             yield chunk
+
+
+class WriteStalled(ConnectionResetError):
+    """The client took no bytes of a response for ``write_timeout_s``; its connection was aborted.
+
+    A ``ConnectionResetError``, so every writer treats it as a client that left.
+    """
+
+
+def _abort(request: web.Request) -> None:
+    transport: Any = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+async def write(request: web.Request, out: web.StreamResponse, data: bytes, *, timeout_s: float) -> None:
+    """``out.write(data)``, taken by the client within ``timeout_s``, else abort and :class:`WriteStalled`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await out.write(data)
+    except TimeoutError:
+        _abort(request)
+        raise WriteStalled(f"the client took no bytes for {timeout_s:g} s (--write-timeout-seconds)") from None
+
+
+async def finish(request: web.Request, out: web.StreamResponse, *, timeout_s: float) -> None:
+    """``out.write_eof()`` under the same deadline as :func:`write`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await out.write_eof()
+    except TimeoutError:
+        _abort(request)
+        raise WriteStalled(f"the client took no bytes for {timeout_s:g} s (--write-timeout-seconds)") from None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def write_deadline_middleware(timeout_s: float) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Send every answer a handler returns unsent (hits, errors, the proxy's own endpoints) within
+    ``timeout_s``, aborting the connection past it; streamed answers use :func:`write`."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if not response.prepared:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await response.prepare(request)
+                    await response.write_eof()
+            except TimeoutError:
+                _abort(request)  # aiohttp's own finish then meets a closed transport and stops
+            except ConnectionResetError:
+                pass  # the client left; aiohttp's own finish sees it too
+        return response
+
+    return middleware

@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from llmcache import keys
-from llmcache.proxy import cachecontrol, streaming, upstream
+from llmcache.proxy import cachecontrol, limits, streaming, upstream
 from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.call import (
     JSON_TYPE,
@@ -133,15 +133,16 @@ async def _follow(call: Call, flight: Flight) -> web.StreamResponse | None:
     call.coalesced = True
     if call.stream and flight.stream_shape == call.stream_shape:
         out: web.StreamResponse | None = None
+        write_timeout_s = call.state.settings.cache.write_timeout_s
         try:
             async for chunk in flight.follow():
                 if out is None:
                     out = web.StreamResponse(status=200, headers={
                         STATUS_HEADER: "hit", "Age": "0", "Content-Type": SSE_TYPE, "Cache-Control": "no-cache"})
                     await out.prepare(call.request)
-                await out.write(chunk)
-        except ConnectionResetError:
-            flight.num_followers -= 1  # one reader fewer for the leader to keep the upstream open for
+                await limits.write(call.request, out, chunk, timeout_s=write_timeout_s)
+        except ConnectionResetError:  # the client left, or stopped reading (limits.WriteStalled)
+            flight.leave()  # one reader fewer for the leader to keep the upstream open for
             return out or web.Response(status=499)
         if out is None:  # the flight ended (or overflowed) without a streamed byte
             if flight.overflowed:
@@ -161,12 +162,22 @@ async def _follow(call: Call, flight: Flight) -> web.StreamResponse | None:
                                             completion_tokens=entry.completion_tokens)
             state.stats.add(call.namespace, "hit", policy=call.cfg.policy_id,
                             tokens_saved=entry.prompt_tokens + entry.completion_tokens)
-        await out.write_eof()
+        with contextlib.suppress(ConnectionResetError):
+            await limits.finish(call.request, out, timeout_s=write_timeout_s)
         return out
-    entry = await flight.wait()
+    request = call.request
+    entry = await flight.wait(abandoned=lambda: _client_gone(request))
+    if entry is None and _client_gone(request):
+        return web.Response(status=499)  # nobody to answer (and no reason to call the upstream)
     if entry is None or not can_serve(call, entry):
         return None
     return serve(call, entry, status="hit")
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Has the client closed its connection? (aiohttp drops the transport when it does.)"""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 
@@ -201,6 +212,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
     size = 0
 
     out = upstream.response_for(resp, extra_headers={STATUS_HEADER: call.status})
+    write_timeout_s = state.settings.cache.write_timeout_s
     client_gone = False
     try:
         try:
@@ -221,8 +233,8 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
                     parts.append(chunk)
             if not client_gone:
                 try:
-                    await out.write(chunk)
-                except ConnectionResetError:
+                    await limits.write(request, out, chunk, timeout_s=write_timeout_s)
+                except ConnectionResetError:  # gone, or not reading (limits.WriteStalled)
                     client_gone = True
             # Keep reading for requests that joined this call; with none left, stop the upstream.
             if client_gone and flight.num_followers == 0:
@@ -230,7 +242,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
         else:
             if not client_gone:
                 with contextlib.suppress(ConnectionResetError):
-                    await out.write_eof()
+                    await limits.finish(request, out, timeout_s=write_timeout_s)
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.info("upstream broke off the answer for %s (%s); not stored", call.log_key, type(exc).__name__)
         flight.fail()

@@ -67,6 +67,12 @@ class CacheSettings:
     body_timeout_s: float = 30.0
     """Deadline for reading a cacheable request's whole body (s); a slower client gets 408.
     Default 30 s: a 2 MiB body over a slow link, not a client trickling bytes to hold memory."""
+    write_timeout_s: float = 30.0
+    """Deadline for a client to take each write of a response (s): a streamed chunk, or a whole
+    non-streamed answer. Past it the proxy closes the connection, so a client that stops reading
+    frees its upstream connection and stops stalling the requests that joined its upstream call.
+    Default 30 s, as ``body_timeout_s``: a reading client takes a chunk at once (the kernel buffers
+    megabytes), and 30 s covers a whole 8 MiB answer at ~2 Mbit/s; a client silent that long is gone."""
     anonymous: Literal["bypass", "per-namespace"] = "bypass"
     """Requests without the tenant header: ``bypass`` (default, never cached: every such caller
     would otherwise share one tenant) or ``per-namespace`` (cached per pod namespace). A
@@ -264,6 +270,8 @@ class ProxySettings:
             raise ConfigError("--max-body-bytes must be > 0 and --max-inflight-body-bytes at least as large")
         if self.cache.body_timeout_s <= 0:
             raise ConfigError("--body-timeout-seconds must be > 0")
+        if self.cache.write_timeout_s <= 0:
+            raise ConfigError("--write-timeout-seconds must be > 0")
         if self.redis.timeout_ms <= 0:
             raise ConfigError("--redis-timeout-ms must be > 0")
         if not self.upstream.url.startswith(("http://", "https://")):

@@ -24,8 +24,9 @@ own a miss while the others poll for the entry for at most the lease time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import redis.asyncio
@@ -35,9 +36,15 @@ from llmcache.keyspace import Keyspace
 if TYPE_CHECKING:
     from llmcache.proxy.exact import Entry
 
-__all__ = ["Flight", "FlightGroup", "RedisLease"]
+__all__ = ["ABANDON_POLL_S", "Flight", "FlightGroup", "RedisLease"]
 
 log = logging.getLogger(__name__)
+
+#: How often a follower waiting for a flight's entry checks that its client is still there (s).
+#: aiohttp tells a handler nothing when its client leaves (handler cancellation is off, so that
+#: followers outlive their leader's client), so a waiting follower looks; four times a second
+#: costs nothing and frees the upstream call well within a second.
+ABANDON_POLL_S = 0.25
 
 
 class Flight:
@@ -107,10 +114,29 @@ class Flight:
             self.finished = True
             self._wake()
 
-    async def wait(self) -> Entry | None:
-        """Wait until the flight ends; the entry, or ``None`` when it failed."""
+    def leave(self) -> None:
+        """A follower stopped following (its client left): one reader fewer to keep the upstream open for."""
+        if self.num_followers > 0:
+            self.num_followers -= 1
+
+    async def wait(self, *, abandoned: Callable[[], bool] | None = None,
+                   poll_s: float = ABANDON_POLL_S) -> Entry | None:
+        """Wait until the flight ends; the entry, or ``None`` when it failed.
+
+        ``abandoned`` (asked every ``poll_s`` seconds) says the follower's client has left: the
+        follower then leaves (:meth:`leave`) and ``None`` is returned at once, so a leader whose own
+        client left stops reading the upstream when no follower is left.
+        """
         while not self.finished:
-            await self._changed.wait()
+            if abandoned is None:
+                await self._changed.wait()
+                continue
+            if abandoned():
+                self.leave()
+                return None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll_s):
+                    await self._changed.wait()
         return self.entry
 
     async def follow(self) -> AsyncIterator[bytes]:

@@ -23,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from llmcache.proxy import controls
+from llmcache.proxy import controls, limits
 
 __all__ = ["HOP_BY_HOP", "Upstream", "UpstreamError", "error_response", "filter_headers", "relay", "response_for"]
 
@@ -129,14 +129,17 @@ def response_for(resp: aiohttp.ClientResponse, *,
     return out
 
 
-async def relay(request: web.Request, resp: aiohttp.ClientResponse, *,
+async def relay(request: web.Request, resp: aiohttp.ClientResponse, *, write_timeout_s: float,
                 extra_headers: Mapping[str, str] | None = None) -> web.StreamResponse:
-    """Stream ``resp`` to the client unchanged; abort the client connection if the upstream breaks."""
+    """Stream ``resp`` to the client unchanged; abort the client connection if the upstream breaks,
+    and the upstream's (releasing the pooled connection) if the client takes no bytes for
+    ``write_timeout_s`` (:func:`llmcache.proxy.limits.write`)."""
     out = response_for(resp, extra_headers=extra_headers)
     await out.prepare(request)
     try:
         async for chunk in resp.content.iter_any():
-            await out.write(chunk)
+            await limits.write(request, out, chunk, timeout_s=write_timeout_s)
+        await limits.finish(request, out, timeout_s=write_timeout_s)
     except ConnectionResetError:
         # First: aiohttp's ClientConnectionResetError (the *client* left) is also a ClientError.
         return out
@@ -146,7 +149,6 @@ async def relay(request: web.Request, resp: aiohttp.ClientResponse, *,
         return out
     finally:
         resp.release()
-    await out.write_eof()
     return out
 
 

@@ -56,6 +56,10 @@ class SidecarSettings:
     #: under ``mode: Both``. Default ``""`` (no remote embedder); the chart sets its model server, whose
     #: ``/v1/embeddings`` serves the bundled all-MiniLM-L6-v2.
     embedder_url: str = ""
+    #: The sidecar's ``--write-timeout-seconds`` (``LLMCACHE_WRITE_TIMEOUT_SECONDS``): how long a client may
+    #: leave a write of an answer untaken before the proxy closes the connection. ``None`` (default): the
+    #: proxy's own default (30 s); the chart always sets ``sidecar.writeTimeoutSeconds``.
+    write_timeout_s: float | None = None
     #: Port the sidecar listens on inside the pod, on 127.0.0.1 only (apps in the pod point their OpenAI
     #: base URL at it; nothing outside the pod can). Default 8080.
     port: int = 8080
@@ -80,11 +84,13 @@ class SidecarSettings:
     def from_env(cls, environ: dict[str, str] | None = None) -> SidecarSettings:
         """Build from ``LLMCACHE_SIDECAR_IMAGE``/``_UPSTREAM``/``_REDIS_URL``/``_PORT``/``_HEALTH_PORT``/
         ``_TENANT_SALT``/``_TENANT_SALT_SECRET``/``_IMAGE_PULL_SECRETS`` (comma-separated)/
-        ``_CREDENTIALS_SECRET``/``_REDIS_CA_FILE``/``_EMBEDDER_URL``; unset keeps the default."""
+        ``_CREDENTIALS_SECRET``/``_REDIS_CA_FILE``/``_EMBEDDER_URL``/``_WRITE_TIMEOUT_SECONDS``; unset keeps
+        the default."""
         env = os.environ if environ is None else environ
         base = cls()
         port = env.get("LLMCACHE_SIDECAR_PORT")
         health_port = env.get("LLMCACHE_SIDECAR_HEALTH_PORT")
+        write_timeout = env.get("LLMCACHE_SIDECAR_WRITE_TIMEOUT_SECONDS")
         pull = tuple(n.strip() for n in env.get("LLMCACHE_SIDECAR_IMAGE_PULL_SECRETS", "").split(",") if n.strip())
         return cls(
             image=env.get("LLMCACHE_SIDECAR_IMAGE") or base.image,
@@ -98,6 +104,7 @@ class SidecarSettings:
             credentials_secret=env.get("LLMCACHE_SIDECAR_CREDENTIALS_SECRET") or base.credentials_secret,
             redis_ca_file=env.get("LLMCACHE_SIDECAR_REDIS_CA_FILE") or base.redis_ca_file,
             embedder_url=env.get("LLMCACHE_SIDECAR_EMBEDDER_URL") or base.embedder_url,
+            write_timeout_s=float(write_timeout) if write_timeout else base.write_timeout_s,
         )
 
 

@@ -155,6 +155,8 @@ def sidecar_container(sidecar: SidecarSettings, *, native: bool) -> dict[str, An
                                  **credential(credentials.TENANT_SALT_KEY, sidecar.tenant_salt)})
     if sidecar.redis_ca_file and sidecar.credentials_secret:
         container["volumeMounts"].append({"name": REDIS_CA_VOLUME, "mountPath": REDIS_CA_DIR, "readOnly": True})
+    if sidecar.write_timeout_s is not None:
+        container["env"].append({"name": "LLMCACHE_WRITE_TIMEOUT_SECONDS", "value": f"{sidecar.write_timeout_s:g}"})
     if sidecar.embedder_url:
         # The semantic cache embeds over HTTP: the proxy image has no torch.
         container["env"] += [{"name": "LLMCACHE_EMBEDDER", "value": "remote"},

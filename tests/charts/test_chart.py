@@ -125,6 +125,7 @@ def test_helm_lint_is_clean_with_defaults_and_options(binaries: ControlPlaneBina
         ("sidecar.tenantSalt.existingSecret=Not_A_Name", "existingSecret"),
         ("global.imageRegistry=https://registry.example.com", "imageRegistry"),  # a registry, not a URL
         ("global.imageRegistri=registry.example.com", "'imageRegistri' not allowed"),
+        ("sidecar.writeTimeoutSeconds=0", "writeTimeoutSeconds"),
     ],
 )
 def test_schema_rejects_bad_values(binaries: ControlPlaneBinaries, helm_home: dict[str, str], setting: str,
@@ -439,6 +440,15 @@ def test_sidecar_embedder_defaults_to_the_model_server_and_can_be_overridden(
     assert embedder_env("modelServer.enabled=false", "sidecar.upstream=http://vllm.ai:8000") is None
     proc = run_helm(binaries, helm_home, "template", RELEASE, str(CHART), "--set", "sidecar.embedderUrl=embed.ai")
     assert proc.returncode != 0 and "embedderUrl" in proc.stderr
+
+
+def test_sidecar_write_timeout_reaches_the_operator(binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+    def value(*sets: str) -> Any:
+        operator = one(render(binaries, helm_home, *sets), "Deployment", "-operator")["spec"]["template"]["spec"]
+        return env_of(container(operator, "operator"))["LLMCACHE_SIDECAR_WRITE_TIMEOUT_SECONDS"]
+
+    assert value() == "30"
+    assert value("sidecar.writeTimeoutSeconds=12") == "12"
 
 
 def test_long_release_names_stay_within_63_characters(binaries: ControlPlaneBinaries,

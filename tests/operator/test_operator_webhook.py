@@ -351,3 +351,10 @@ def test_embedder_url_makes_the_sidecar_embed_remotely() -> None:
 def test_sidecar_embedder_url_is_read_from_the_env() -> None:
     assert SidecarSettings.from_env({"LLMCACHE_SIDECAR_EMBEDDER_URL": "http://e:1"}).embedder_url == "http://e:1"
     assert SidecarSettings.from_env({}).embedder_url == ""
+
+
+def test_write_timeout_reaches_the_sidecar_env() -> None:
+    """``sidecar.writeTimeoutSeconds`` → ``LLMCACHE_SIDECAR_WRITE_TIMEOUT_SECONDS`` → the proxy's flag's env."""
+    settings = SidecarSettings.from_env({"LLMCACHE_SIDECAR_WRITE_TIMEOUT_SECONDS": "12.5"})
+    assert env_of(webhook.sidecar_container(settings, native=True))["LLMCACHE_WRITE_TIMEOUT_SECONDS"] == "12.5"
+    assert "LLMCACHE_WRITE_TIMEOUT_SECONDS" not in env_of(webhook.sidecar_container(SidecarSettings(), native=True))
