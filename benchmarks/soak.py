@@ -37,7 +37,12 @@ same request from every other tenant, is known. It prints:
   not get a 200 (must be 0);
 - wrong answers served (must be 0) and cross-tenant hits (another tenant's answer; must be 0);
 - the proxy's RSS maximum (bounded by its body budget, flight caps and queues: ``--rss-bound-mib``);
-- the hit rate of the segment before and after each fault.
+- the hit rate of the segment before and after each fault;
+- what Redis holds before the load, at its end, and once the last entry's TTL has passed: entries,
+  bookkeeping keys and their rows (rows beyond ``len(BOOKKEEPING_KINDS)`` per live entry are rows of
+  expired entries), vector docs, keys without a TTL. Entries live ``--ttl-seconds`` (20 s), so
+  many expire during the run; afterwards nothing of the cache may be left (must be 0 rows beyond
+  live entries and no key without a TTL), with no operator running.
 
 Run (from the repository root)::
 
@@ -69,8 +74,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis
 
 from llmcache import keys
+from llmcache.keyspace import BOOKKEEPING_KINDS, Keyspace
 from llmcache.redis_server import EmbeddedRedis, free_port
 from llmcache.testing.stub_upstream import answer_text
 
@@ -120,10 +127,11 @@ def start_stub() -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the stub upstream did not start within 60 s")
 
 
-def start_up(stub_url: str, redis_url: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_up(stub_url: str, redis_url: str, log_dir: Path, *, ttl_s: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "LLMCACHE_TENANT_SALT": SALT, "LLMCACHE_ADMIN_TOKEN": ADMIN, "LLMCACHE_MODE": "exact",
-           "LLMCACHE_UPSTREAM_TIMEOUT_SECONDS": "2", "LLMCACHE_BODY_TIMEOUT_SECONDS": "2"}
+           "LLMCACHE_UPSTREAM_TIMEOUT_SECONDS": "2", "LLMCACHE_BODY_TIMEOUT_SECONDS": "2",
+           "LLMCACHE_TTL_SECONDS": str(ttl_s)}
     log = (log_dir / "up.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "llmcache", "up", "--upstream", stub_url, "--redis-url", redis_url,
                              "--listen", f"127.0.0.1:{port}", "--log-dir", str(log_dir)],
@@ -169,6 +177,40 @@ async def wait_ready(session: aiohttp.ClientSession, url: str, *, timeout_s: flo
                     return
         await asyncio.sleep(0.2)
     raise SystemExit(f"{url} was not ready within {timeout_s:.0f} s")
+
+
+# --- what Redis holds ----------------------------------------------------------------------------
+
+
+def redis_census(url: str) -> dict[str, int]:
+    """Keys and rows in Redis by kind, and the keys without a TTL (a full SCAN: a measurement, not a hot path)."""
+    ks = Keyspace()
+    kinds = {"e": "entries", "g": "bookkeeping_keys", "v": "vector_docs", "stats": "stats_keys"}
+    out = dict.fromkeys((*kinds.values(), "bookkeeping_rows", "other_keys", "keys_without_ttl"), 0)
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        for key in client.scan_iter(count=1000):
+            text = key.decode(errors="replace")
+            head = text[len(ks.prefix) + 1:].split(":", 1)[0] if text.startswith(ks.prefix + ":") else ""
+            out[kinds.get(head, "other_keys")] += 1
+            if head == "g":
+                out["bookkeeping_rows"] += client.hlen(key) if text.endswith(":size") else client.zcard(key)
+            if client.ttl(key) == -1:
+                out["keys_without_ttl"] += 1
+    finally:
+        client.close()
+    out["rows_beyond_live_entries"] = out["bookkeeping_rows"] - len(BOOKKEEPING_KINDS) * out["entries"]
+    return out
+
+
+def settle(url: str, *, timeout_s: float) -> tuple[dict[str, int], float]:
+    """Wait until no entry and no bookkeeping is left (every TTL has passed); the census and the wait (s)."""
+    started = time.monotonic()
+    while True:
+        census = redis_census(url)
+        if (census["entries"] == 0 and census["bookkeeping_keys"] == 0) or time.monotonic() - started > timeout_s:
+            return census, time.monotonic() - started
+        time.sleep(1.0)
 
 
 # --- requests and their checks -------------------------------------------------------------------
@@ -342,7 +384,8 @@ def hit_rate(outcomes: list[Outcome], seg: int) -> float | None:
     return round(sum(o.status == "hit" for o in looked) / len(looked), 4) if looked else None
 
 
-def report(run: Run, *, elapsed_s: float, rss_bound_mib: float, args: argparse.Namespace) -> dict[str, Any]:
+def report(run: Run, *, elapsed_s: float, rss_bound_mib: float, args: argparse.Namespace,
+           redis_counts: dict[str, Any]) -> dict[str, Any]:
     verdicts = Counter(o.verdict for o in run.outcomes if o.kind == "normal")
     statuses = Counter(o.status for o in run.outcomes if o.kind == "normal")
     rss_max = max((r for _, r in run.rss_samples), default=0)
@@ -363,7 +406,7 @@ def report(run: Run, *, elapsed_s: float, rss_bound_mib: float, args: argparse.N
         "upstream_fault_requests": sum(o.kind == "fault" for o in run.outcomes),
         "abusive_requests": Counter(str(o.http) for o in run.outcomes if o.kind == "abuse"),
         "proxy_rss_max_mib": round(rss_max / 2**20, 1), "proxy_rss_bound_mib": rss_bound_mib,
-        "faults": faults,
+        "faults": faults, "ttl_s": args.ttl_seconds, "redis": redis_counts,
     }
     print()
     print(f"soak: {doc['requests']} requests at {args.concurrency} concurrent in {doc['elapsed_s']} s "
@@ -384,6 +427,14 @@ def report(run: Run, *, elapsed_s: float, rss_bound_mib: float, args: argparse.N
         print(f"{f['segment']:<4} {f['fault']:<42} {cells[0]:>15} {cells[1]:>8} {cells[2]:>8}")
     print(f"\nstatuses of checked requests: {dict(statuses)}; abusive requests by HTTP status: "
           f"{dict(doc['abusive_requests'])}")
+    stages = [k for k in ("before", "end_of_load", "after_ttl") if redis_counts.get(k)]
+    if stages:
+        print(f"\nRedis (entries live {args.ttl_seconds} s; no operator running); after_ttl waited "
+              f"{redis_counts.get('settle_s', 0):.0f} s")
+        print(f"{'':<28}" + "".join(f"{k:>14}" for k in stages))
+        for row in ("entries", "bookkeeping_keys", "bookkeeping_rows", "rows_beyond_live_entries", "vector_docs",
+                    "stats_keys", "other_keys", "keys_without_ttl"):
+            print(f"{row:<28}" + "".join(f"{redis_counts[k][row]:>14}" for k in stages))
     return doc
 
 
@@ -422,6 +473,9 @@ def main() -> int:
     ap.add_argument("--min-segment-seconds", type=float, default=5.0,
                     help="shortest segment, so outages and recoveries take real time (default 5)")
     ap.add_argument("--rss-bound-mib", type=float, default=512, help="the sidecar's memory limit (default 512)")
+    ap.add_argument("--ttl-seconds", type=int, default=20,
+                    help="entry TTL of the proxy (default 20: entries expire during the run, so the Redis "
+                         "census shows whether their bookkeeping goes too)")
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/soak.json"), help="result JSON")
     args = ap.parse_args()
@@ -434,8 +488,9 @@ def main() -> int:
     run = Run()
     stop = threading.Event()
     elapsed = 0.0
+    redis_counts: dict[str, Any] = {"before": redis_census(redis.url)}
     try:
-        up, url = start_up(stub_url, redis.url, log_dir)
+        up, url = start_up(stub_url, redis.url, log_dir, ttl_s=args.ttl_seconds)
 
         async def ready() -> None:
             async with aiohttp.ClientSession() as s:
@@ -455,6 +510,9 @@ def main() -> int:
         sampler.join()
         if up.poll() is not None:
             print(f"`llmcache up` exited with {up.returncode} during the run (see {log_dir})")
+        redis_counts["end_of_load"] = redis_census(redis.url)
+        print(f"  load done; waiting up to {args.ttl_seconds + 30} s for every TTL to pass", flush=True)
+        redis_counts["after_ttl"], redis_counts["settle_s"] = settle(redis.url, timeout_s=args.ttl_seconds + 30)
     finally:
         stop.set()
         if up is not None and up.poll() is None:
@@ -470,12 +528,14 @@ def main() -> int:
             stub.kill()
             stub.wait()
         redis.stop()
-    doc = report(run, elapsed_s=elapsed, rss_bound_mib=args.rss_bound_mib, args=args)
+    doc = report(run, elapsed_s=elapsed, rss_bound_mib=args.rss_bound_mib, args=args, redis_counts=redis_counts)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     plot(run, doc, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    after = redis_counts.get("after_ttl") or {}
+    leaked = bool(after) and (after["rows_beyond_live_entries"] > 0 or after["keys_without_ttl"] > 0)
     bad = doc["client_errors_from_cache_faults"] or doc["wrong_answers"] or doc["cross_tenant_hits"] \
-        or doc["proxy_rss_max_mib"] > args.rss_bound_mib
+        or doc["proxy_rss_max_mib"] > args.rss_bound_mib or leaked
     return 1 if bad else 0
 
 

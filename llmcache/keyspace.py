@@ -14,7 +14,8 @@ entry's *shard*, two hex digits of CRC-32(key_hash), 256 shards)::
     {p}:g:{group}:{s}:lru          ZSET    key_hash → last access time (s)      ┐ eviction
     {p}:g:{group}:{s}:lfu          ZSET    key_hash → access count              │ bookkeeping,
     {p}:g:{group}:{s}:ctime        ZSET    key_hash → creation time (s)         │ one group per
-    {p}:g:{group}:{s}:size         HASH    key_hash → entry size (bytes)        ┘ CachePolicy, 256 shards
+    {p}:g:{group}:{s}:size         HASH    key_hash → entry size (bytes)        │ CachePolicy, 256 shards;
+    {p}:g:{group}:{s}:exp          ZSET    key_hash → expiry (s, Redis clock)   ┘ EXPIRE ≥ its last entry's
     {p}:vevents                    STREAM  vector adds/deletes, keeps client-side indexes in sync
     {p}:vidx[:{tag}]               INDEX   Query Engine vector index (one per cluster master, see
                                            :meth:`Keyspace.vector_index_for_slot`)
@@ -37,6 +38,14 @@ applied, or ``_default`` without a policy. Sidecars record accesses in the
 same round trip as the read or write (:func:`record_access` on a pipeline, or
 the same writes inside the proxy's get/put scripts); the operator's eviction
 timer trims each group to its limits across all pods.
+
+Bookkeeping cleans up after itself, with or without the operator: every write of
+an entry records its expiry in ``exp``, drops the rows of a few members whose
+expiry has passed (:data:`TRIM_PER_WRITE`), and makes each row key of its shard
+live at least as long as the entry (``PEXPIRE``, only ever lengthened). Rows of
+expired entries are gone after a few later writes to the same group shard, or
+with the row keys themselves once no entry of the shard is left: an idle group
+vanishes, and under ``volatile-lru`` the rows can be evicted like entries.
 """
 
 from __future__ import annotations
@@ -47,7 +56,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_GROUP", "DEFAULT_PREFIX", "NUM_SHARDS", "Keyspace", "shard_of"]
+__all__ = ["BOOKKEEPING_KINDS", "DEFAULT_GROUP", "DEFAULT_PREFIX", "NUM_SHARDS", "ORDER_KINDS", "TRIM_PER_WRITE",
+           "ZSET_KINDS", "Keyspace", "shard_of"]
 
 DEFAULT_PREFIX = "llmcache"
 DEFAULT_GROUP = "_default"
@@ -59,10 +69,16 @@ SHARDS = tuple(f"{i:02x}" for i in range(NUM_SHARDS))
 
 #: The eviction bookkeeping rows of one group shard, in the order every script takes them as KEYS:
 #: ``lru`` (ZSET key_hash → last access s), ``lfu`` (ZSET → access count), ``ctime`` (ZSET →
-#: creation time s), ``size`` (HASH → entry bytes). Sidecars write them; the operator trims by them.
-BOOKKEEPING_KINDS: tuple[str, ...] = ("lru", "lfu", "ctime", "size")
-#: The sorted-set kinds (victim order by eviction policy); ``size`` is a hash.
+#: creation time s), ``size`` (HASH → entry bytes), ``exp`` (ZSET → expiry, s on the Redis clock).
+#: Sidecars write them; the operator trims by them; writers drop the rows of expired members.
+BOOKKEEPING_KINDS: tuple[str, ...] = ("lru", "lfu", "ctime", "size", "exp")
+#: The kinds that order eviction victims (by eviction policy).
 ORDER_KINDS: tuple[str, ...] = ("lru", "lfu", "ctime")
+#: The sorted-set kinds (every kind but ``size``, a hash): removing a member takes it out of each.
+ZSET_KINDS: tuple[str, ...] = ("lru", "lfu", "ctime", "exp")
+#: Expired members whose rows one entry write drops (at most): more than the one row it adds, so a
+#: backlog of expired rows shrinks under any write load, and a bounded cost per write.
+TRIM_PER_WRITE = 16
 
 
 def shard_of(key_hash: str) -> str:
@@ -166,7 +182,11 @@ class Keyspace:
 
     def record_access(self, pipe: Any, group: str, key_hash: str, *, size_bytes: int | None = None,
                       created: bool = False, now_s: float | None = None) -> None:
-        """Queue the eviction bookkeeping for one read (or write, with ``created``) on ``pipe``."""
+        """Queue the eviction bookkeeping for one read (or write, with ``created``) on ``pipe``.
+
+        Records no expiry (``exp``) and sets no TTL: rows written this way (tools, tests) are left to
+        the operator's prune; the proxy's get/put scripts do both.
+        """
         now = time.time() if now_s is None else now_s
         pipe.zadd(self.group_of(group, "lru", key_hash), {key_hash: now})
         pipe.zincrby(self.group_of(group, "lfu", key_hash), 1, key_hash)

@@ -30,7 +30,7 @@ from aiohttp import web
 from yarl import URL
 
 from llmcache import connection, keys, stats
-from llmcache.keyspace import DEFAULT_GROUP, ORDER_KINDS, Keyspace, by_shard
+from llmcache.keyspace import DEFAULT_GROUP, ZSET_KINDS, Keyspace, by_shard
 from llmcache.proxy import controls, upstream
 from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.metrics import CONTENT_TYPE_LATEST
@@ -355,7 +355,7 @@ async def _forget_bookkeeping(client: redis.asyncio.Redis, ks: Keyspace, key_has
     async with client.pipeline(transaction=False) as pipe:
         for group in set(groups):
             for shard, members in shards.items():
-                for kind in ORDER_KINDS:
+                for kind in ZSET_KINDS:
                     pipe.zrem(ks.group(group, kind, shard), *members)
                 pipe.hdel(ks.group(group, "size", shard), *members)
         await pipe.execute()

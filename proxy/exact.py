@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import redis.asyncio
 import redis.exceptions
 
-from llmcache.keyspace import Keyspace, shard_of
+from llmcache.keyspace import TRIM_PER_WRITE, Keyspace, shard_of
 
 __all__ = ["ENTRY_SCHEMA_VERSION", "READABLE_SCHEMA_VERSIONS", "STORED_FINISH_REASONS", "Entry", "ExactStore",
            "InvalidEntry", "RedisExactStore", "validate_answer"]
@@ -221,28 +221,59 @@ class ExactStore(Protocol):
 
 # GET the entry and, only when it exists, refresh its eviction bookkeeping: one round trip and
 # no bookkeeping rows for keys that were never stored (a miss must not leave garbage behind).
+# KEYS: entry, then the group shard's lru, lfu, exp. A first access in this group (an entry
+# another group wrote) also records the entry's expiry, and makes those row keys outlive it, so
+# rows it adds here expire with it too. (Redis's TIME is allowed in scripts since Redis 5.)
 _GET_AND_TOUCH = """
 local v = redis.call('GET', KEYS[1])
 if v then
-  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+  local first = redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
   redis.call('ZINCRBY', KEYS[3], 1, ARGV[2])
+  if first == 1 then
+    local ms = redis.call('PTTL', KEYS[1])
+    if ms > 0 then
+      local t = redis.call('TIME')
+      redis.call('ZADD', KEYS[4], tonumber(t[1]) + tonumber(t[2]) / 1e6 + ms / 1000, ARGV[2])
+      for i = 2, 4 do
+        if redis.call('PTTL', KEYS[i]) < ms then redis.call('PEXPIRE', KEYS[i], ms) end
+      end
+    end
+  end
 end
 return v
 """
 
 
-# SET the entry with its TTL and queue its eviction bookkeeping, as
-# :meth:`llmcache.keyspace.Keyspace.record_access` does for a created entry (KEYS[2..5]: the group
-# shard's rows in :data:`llmcache.keyspace.BOOKKEEPING_KINDS` order),
-# in one script call: a 5-command pipeline cost ~2x the CPU and wall time on the miss path. The
-# SET comes first, so a full Redis (OOM) refuses the script before it writes anything.
+# SET the entry with its TTL and record its eviction bookkeeping, as
+# :meth:`llmcache.keyspace.Keyspace.record_access` does for a created entry, in one script call (a
+# pipeline cost ~2x the CPU and wall time on the miss path). KEYS[2..6]: the group shard's rows in
+# :data:`llmcache.keyspace.BOOKKEEPING_KINDS` order (lru, lfu, ctime, size, exp). ARGV: blob, TTL s,
+# now (the proxy's clock, for lru/ctime), key hash, size, how many expired members to trim.
+# Then, so that bookkeeping never outlives what it describes without the operator: the rows of at
+# most ARGV[6] members whose expiry (exp, on the Redis clock, like the entry's own TTL) has passed
+# are dropped, and every row key is made to live at least as long as this entry (PEXPIRE only ever
+# lengthens: the key then lives as long as its longest-lived member). The SET comes first, so a
+# full Redis (OOM) refuses the script before it writes anything.
 _PUT_AND_RECORD = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('ZINCRBY', KEYS[3], 1, ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 redis.call('HSET', KEYS[5], ARGV[4], ARGV[5])
-return 1
+redis.call('ZADD', KEYS[6], now + tonumber(ARGV[2]), ARGV[4])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
+if #dead > 0 then
+  for i = 2, 6 do
+    if i == 5 then redis.call('HDEL', KEYS[i], unpack(dead)) else redis.call('ZREM', KEYS[i], unpack(dead)) end
+  end
+end
+local ms = tonumber(ARGV[2]) * 1000
+for i = 2, 6 do
+  if redis.call('PTTL', KEYS[i]) < ms then redis.call('PEXPIRE', KEYS[i], ms) end
+end
+return #dead
 """
 
 
@@ -258,9 +289,11 @@ class RedisExactStore:
 
     async def get(self, key_hash: str, *, group: str) -> bytes | None:
         ks = self._ks
+        shard = shard_of(key_hash)
         try:
             value = await self._get_and_touch(
-                keys=[ks.entry(key_hash), ks.group_of(group, "lru", key_hash), ks.group_of(group, "lfu", key_hash)],
+                keys=[ks.entry(key_hash), ks.group(group, "lru", shard), ks.group(group, "lfu", shard),
+                      ks.group(group, "exp", shard)],
                 args=[time.time(), key_hash])
         except redis.exceptions.OutOfMemoryError:
             # A full Redis refuses the bookkeeping writes; the entry itself can still be read.
@@ -271,9 +304,9 @@ class RedisExactStore:
         blob = entry.to_json().encode()
         ks = self._ks
         await self._put_and_record(
-            # All five keys carry the entry's shard tag: one slot, so the script runs on a cluster too.
+            # All six keys carry the entry's shard tag: one slot, so the script runs on a cluster too.
             keys=[ks.entry(key_hash), *ks.bookkeeping(group, shard_of(key_hash))],
-            args=[blob, ttl_s, time.time(), key_hash, len(blob)])
+            args=[blob, ttl_s, time.time(), key_hash, len(blob), TRIM_PER_WRITE])
         return len(blob)
 
     async def delete(self, key_hash: str) -> None:

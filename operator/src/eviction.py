@@ -8,6 +8,7 @@ writes into the same group, so the limits hold across all of them::
     {p}:g:{group}:{s}:lfu    ZSET  key_hash → access count        │ LRU → lru, LFU → lfu,
     {p}:g:{group}:{s}:ctime  ZSET  key_hash → creation time (s)   │ TTL → ctime (oldest first,
     {p}:g:{group}:{s}:size   HASH  key_hash → entry bytes        ─┘ i.e. nearest to expiry)
+    {p}:g:{group}:{s}:exp    ZSET  key_hash → expiry (s)          sidecars trim expired rows by it
 
 One :func:`enforce_limits` pass:
 
@@ -24,7 +25,7 @@ The excess is measured once per pass, so a pass always ends even while writers
 outpace it.
 
 Deleting a victim removes ``{p}:e:{h}``, ``{p}:v:{h}`` and the member from all
-four structures in one pipeline, and appends ``{op: del, k: h}`` to
+five structures in one pipeline, and appends ``{op: del, k: h}`` to
 ``{p}:vevents`` for each vector doc that existed, so sidecars with a
 client-side vector index drop it too. A pass is not atomic with concurrent writers:
 entries written meanwhile are counted by the next pass, so a group may overshoot
@@ -37,7 +38,7 @@ ordering set is exhausted. LFU ties are broken by member order, not recency.
 Everything here is plain ``redis.asyncio``; kopf only calls it from a timer, and
 tests call it directly.
 
-Sharding (see :mod:`llmcache.keyspace`): each of the four structures is split
+Sharding (see :mod:`llmcache.keyspace`): each of the five structures is split
 into 256 shards, ``{p}:g:{group}:{s}:lru`` …, a member living in the shard of its
 entry (same hash tag, same slot on Redis Cluster). A pass works shard by shard
 and merges: counts are summed over the shards (one pipeline), victims are the
@@ -116,14 +117,14 @@ class EvictionResult:
 # one round trip and well under a millisecond of server time, where a client pipeline of the
 # same DEL/ZREM commands spent most of a pass packing and parsing in Python. Every key is
 # declared and carries the shard's hash tag, so the script runs on one slot of a cluster.
-# KEYS: lru, lfu, ctime, size, then entry and vector key of each member. ARGV: mode ("all":
-# delete entries too, "bookkeeping": leave entries, "dead": only members whose entry is gone),
-# then the members. Returns {members removed, members whose vector doc was deleted}.
+# KEYS: lru, lfu, ctime, size, exp (BOOKKEEPING_KINDS order), then entry and vector key of each
+# member. ARGV: mode ("all": delete entries too, "bookkeeping": leave entries, "dead": only members
+# whose entry is gone), then the members. Returns {members removed, members whose vector doc was deleted}.
 _REMOVE = """
 local mode = ARGV[1]
 local removed, vdel = 0, {}
 for j = 2, #ARGV do
-  local h, e, v = ARGV[j], KEYS[3 + 2 * (j - 1)], KEYS[4 + 2 * (j - 1)]
+  local h, e, v = ARGV[j], KEYS[4 + 2 * (j - 1)], KEYS[5 + 2 * (j - 1)]
   if mode ~= 'dead' or redis.call('EXISTS', e) == 0 then
     if mode == 'all' then redis.call('DEL', e) end
     if redis.call('DEL', v) == 1 then vdel[#vdel + 1] = h end
@@ -131,6 +132,7 @@ for j = 2, #ARGV do
     redis.call('ZREM', KEYS[2], h)
     redis.call('ZREM', KEYS[3], h)
     redis.call('HDEL', KEYS[4], h)
+    redis.call('ZREM', KEYS[5], h)
     removed = removed + 1
   end
 end
@@ -374,7 +376,7 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
 
 
 async def drop_bookkeeping(r: aioredis.Redis, ks: Keyspace, group: str) -> None:
-    """Delete the group's four bookkeeping keys, leaving its entries to expire with their TTL."""
+    """Delete the group's bookkeeping keys (every kind), leaving its entries to expire with their TTL."""
     keys = _bookkeeping_keys(ks, group)
     for i in range(0, len(keys), 256):
         await r.delete(*keys[i:i + 256])  # split by slot on a cluster
