@@ -87,6 +87,7 @@ def create_app(settings: ProxySettings) -> web.Application:
         breaker=Breaker(timeout_s=settings.redis.timeout_ms / 1000, failure_threshold=settings.redis.breaker_failures,
                         cooldown_s=settings.redis.breaker_cooldown_s, lag=LoopLag()),
         body_budget=BodyBudget(settings.cache.max_inflight_body_bytes),
+        writes=limits.WriteDeadlines(settings.cache.write_timeout_s),
     )
     # The body limit is enforced by the cacheable handler (413 with an OpenAI error body);
     # pass-through bodies are streamed and never held, so aiohttp's own limit is lifted.
@@ -94,7 +95,8 @@ def create_app(settings: ProxySettings) -> web.Application:
         "max_field_size": 64 * 1024})
     app[STATE] = state
     # Outermost: every answer a handler returns unsent goes out within the write deadline.
-    app.middlewares.append(limits.write_deadline_middleware(settings.cache.write_timeout_s))
+    app.middlewares.append(limits.write_deadline_middleware(state.writes))
+    app.cleanup_ctx.append(_writes_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_policy_ctx)
@@ -106,6 +108,17 @@ def create_app(settings: ProxySettings) -> web.Application:
     admin.add_routes(app)  # own endpoints before the pipeline's catch-all pass-through
     handlers.add_routes(app)
     return app
+
+
+async def _writes_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The write-deadline watchdog (:class:`llmcache.proxy.limits.WriteDeadlines`)."""
+    task = asyncio.get_running_loop().create_task(app[STATE].writes.run(), name="write-deadlines")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:

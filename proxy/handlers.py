@@ -99,7 +99,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
                                                 "(--body-timeout-seconds)", type_="invalid_request_error",
                                            code="request_timeout", headers={"Connection": "close"})
         return upstream.error_response(exc.status, exc.message, type_="upstream_error")
-    return await upstream.relay(request, resp, write_timeout_s=state.settings.cache.write_timeout_s)
+    return await upstream.relay(request, resp, writes=state.writes)
 
 
 def invalid_header(exc: controls.InvalidControl) -> web.Response:
@@ -121,8 +121,7 @@ async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, 
         return upstream.error_response(exc.status, exc.message, type_="upstream_error",
                                        headers={STATUS_HEADER: "bypass"})
     state.metrics.observe_upstream(route, time.perf_counter() - t0)
-    return await upstream.relay(request, resp, write_timeout_s=state.settings.cache.write_timeout_s,
-                                extra_headers={STATUS_HEADER: "bypass"})
+    return await upstream.relay(request, resp, writes=state.writes, extra_headers={STATUS_HEADER: "bypass"})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ A body without ``Content-Length`` costs what it has sent so far, not ``max_body_
 chunked uploads cannot reserve the budget away from everyone else.
 
 The other direction has a deadline too: every write to a client (each streamed chunk via
-:func:`write`, a whole answer via :func:`write_deadline_middleware`) must be taken within
-``write_timeout_s``, or the connection is aborted and :class:`WriteStalled` (a
+:meth:`WriteDeadlines.write`, a whole answer via :func:`write_deadline_middleware`) must be taken
+within ``write_timeout_s``, or the connection is aborted and :class:`WriteStalled` (a
 ``ConnectionResetError``: the client is gone) is raised. A client that stops reading therefore
 cannot hold an upstream connection, or stall the requests that joined its upstream call, for
 longer than that.
@@ -27,13 +27,14 @@ Back-pressure is a value (:class:`BodyRead`), not an exception, as in vLLM's blo
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["BodyBudget", "BodyRead", "Reservation", "WriteStalled", "finish", "read_body", "write",
+__all__ = ["BodyBudget", "BodyRead", "Reservation", "WriteDeadlines", "WriteStalled", "read_body",
            "write_deadline_middleware"]
 
 
@@ -160,51 +161,99 @@ class WriteStalled(ConnectionResetError):
     """
 
 
-def _abort(request: web.Request) -> None:
-    transport: Any = request.transport
-    if transport is not None:
-        transport.abort()
+class WriteDeadlines:
+    """Every write to a client is taken within ``timeout_s``, or its connection is aborted.
 
+    A write registers its connection with a deadline for as long as it is pending; a watchdog
+    (:meth:`run`, one task per process) aborts the connections past theirs every ``check_s``, so
+    a client that stops reading goes after ``timeout_s`` to ``timeout_s + check_s``. This costs a
+    dict insert and delete per write instead of a timer: most writes never wait at all.
+    """
 
-async def write(request: web.Request, out: web.StreamResponse, data: bytes, *, timeout_s: float) -> None:
-    """``out.write(data)``, taken by the client within ``timeout_s``, else abort and :class:`WriteStalled`."""
-    try:
-        async with asyncio.timeout(timeout_s):
+    __slots__ = ("_pending", "check_s", "num_aborted_total", "timeout_s")
+
+    def __init__(self, timeout_s: float, *, check_s: float | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.check_s = check_s if check_s is not None else min(1.0, timeout_s / 4)
+        self.num_aborted_total = 0
+        self._pending: dict[Any, float] = {}
+        """Transport of a pending write → its deadline (``time.monotonic``)."""
+
+    async def write(self, request: web.Request, out: web.StreamResponse, data: bytes) -> None:
+        """``out.write(data)``; :class:`WriteStalled` if the client did not take it in time."""
+        transport = self._enter(request)
+        try:
             await out.write(data)
-    except TimeoutError:
-        _abort(request)
-        raise WriteStalled(f"the client took no bytes for {timeout_s:g} s (--write-timeout-seconds)") from None
+        finally:
+            self._pending.pop(transport, None)
+        self._check(transport)
 
-
-async def finish(request: web.Request, out: web.StreamResponse, *, timeout_s: float) -> None:
-    """``out.write_eof()`` under the same deadline as :func:`write`."""
-    try:
-        async with asyncio.timeout(timeout_s):
+    async def finish(self, request: web.Request, out: web.StreamResponse) -> None:
+        """``out.write_eof()`` under the same deadline as :meth:`write`."""
+        transport = self._enter(request)
+        try:
             await out.write_eof()
-    except TimeoutError:
-        _abort(request)
-        raise WriteStalled(f"the client took no bytes for {timeout_s:g} s (--write-timeout-seconds)") from None
+        finally:
+            self._pending.pop(transport, None)
+        self._check(transport)
+
+    async def send(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Send a whole answer a handler returned unsent (hits, errors, own endpoints) under the deadline."""
+        try:
+            transport = self._enter(request)
+        except ConnectionResetError:
+            return  # nobody to send it to; aiohttp's own finish stops at once too
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client left (or was cut off): aiohttp's own finish then stops at once
+        finally:
+            self._pending.pop(transport, None)
+
+    def _enter(self, request: web.Request) -> Any:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        self._pending[transport] = time.monotonic() + self.timeout_s
+        return transport
+
+    def _check(self, transport: Any) -> None:
+        # An aborted connection wakes its pending write without an error (aiohttp resolves the
+        # drain on connection loss): the closed transport is what tells.
+        if transport.is_closing():
+            raise WriteStalled(f"the client took no bytes for {self.timeout_s:g} s (--write-timeout-seconds)")
+
+    def sweep(self, now_s: float | None = None) -> int:
+        """Abort every connection whose pending write is past its deadline; how many."""
+        now = time.monotonic() if now_s is None else now_s
+        late = [t for t, deadline in self._pending.items() if deadline <= now]
+        for transport in late:
+            del self._pending[transport]
+            transport.abort()
+        self.num_aborted_total += len(late)
+        return len(late)
+
+    async def run(self) -> None:
+        """The watchdog: :meth:`sweep` every ``check_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.check_s)
+            self.sweep()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def write_deadline_middleware(timeout_s: float) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Send every answer a handler returns unsent (hits, errors, the proxy's own endpoints) within
-    ``timeout_s``, aborting the connection past it; streamed answers use :func:`write`."""
+def write_deadline_middleware(deadlines: WriteDeadlines) -> Callable[[web.Request, Handler],
+                                                                      Awaitable[web.StreamResponse]]:
+    """Send every answer a handler returns unsent (hits, errors, the proxy's own endpoints) under
+    ``deadlines``; streamed answers use :meth:`WriteDeadlines.write` themselves."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         if not response.prepared:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await response.prepare(request)
-                    await response.write_eof()
-            except TimeoutError:
-                _abort(request)  # aiohttp's own finish then meets a closed transport and stops
-            except ConnectionResetError:
-                pass  # the client left; aiohttp's own finish sees it too
+            await deadlines.send(request, response)
         return response
 
     return middleware

@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from llmcache import keys
-from llmcache.proxy import cachecontrol, limits, streaming, upstream
+from llmcache.proxy import cachecontrol, streaming, upstream
 from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.call import (
     JSON_TYPE,
@@ -133,14 +133,14 @@ async def _follow(call: Call, flight: Flight) -> web.StreamResponse | None:
     call.coalesced = True
     if call.stream and flight.stream_shape == call.stream_shape:
         out: web.StreamResponse | None = None
-        write_timeout_s = call.state.settings.cache.write_timeout_s
+        writes = call.state.writes
         try:
             async for chunk in flight.follow():
                 if out is None:
                     out = web.StreamResponse(status=200, headers={
                         STATUS_HEADER: "hit", "Age": "0", "Content-Type": SSE_TYPE, "Cache-Control": "no-cache"})
                     await out.prepare(call.request)
-                await limits.write(call.request, out, chunk, timeout_s=write_timeout_s)
+                await writes.write(call.request, out, chunk)
         except ConnectionResetError:  # the client left, or stopped reading (limits.WriteStalled)
             flight.leave()  # one reader fewer for the leader to keep the upstream open for
             return out or web.Response(status=499)
@@ -163,7 +163,7 @@ async def _follow(call: Call, flight: Flight) -> web.StreamResponse | None:
             state.stats.add(call.namespace, "hit", policy=call.cfg.policy_id,
                             tokens_saved=entry.prompt_tokens + entry.completion_tokens)
         with contextlib.suppress(ConnectionResetError):
-            await limits.finish(call.request, out, timeout_s=write_timeout_s)
+            await writes.finish(call.request, out)
         return out
     request = call.request
     entry = await flight.wait(abandoned=lambda: _client_gone(request))
@@ -212,7 +212,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
     size = 0
 
     out = upstream.response_for(resp, extra_headers={STATUS_HEADER: call.status})
-    write_timeout_s = state.settings.cache.write_timeout_s
+    writes = state.writes
     client_gone = False
     try:
         try:
@@ -233,7 +233,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
                     parts.append(chunk)
             if not client_gone:
                 try:
-                    await limits.write(request, out, chunk, timeout_s=write_timeout_s)
+                    await writes.write(request, out, chunk)
                 except ConnectionResetError:  # gone, or not reading (limits.WriteStalled)
                     client_gone = True
             # Keep reading for requests that joined this call; with none left, stop the upstream.
@@ -242,7 +242,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
         else:
             if not client_gone:
                 with contextlib.suppress(ConnectionResetError):
-                    await limits.finish(request, out, timeout_s=write_timeout_s)
+                    await writes.finish(request, out)
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.info("upstream broke off the answer for %s (%s); not stored", call.log_key, type(exc).__name__)
         flight.fail()

@@ -95,6 +95,8 @@ class ProxyState:
     telemetry: Telemetry
     breaker: Breaker
     body_budget: limits.BodyBudget
+    writes: limits.WriteDeadlines
+    """The write deadline of every answer (``--write-timeout-seconds``); its watchdog runs with the app."""
     flights: FlightGroup = field(default_factory=FlightGroup)
     stats: stats.StatsBuffer = field(default_factory=stats.StatsBuffer)
     upstream: upstream.Upstream | None = None

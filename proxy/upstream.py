@@ -129,17 +129,17 @@ def response_for(resp: aiohttp.ClientResponse, *,
     return out
 
 
-async def relay(request: web.Request, resp: aiohttp.ClientResponse, *, write_timeout_s: float,
+async def relay(request: web.Request, resp: aiohttp.ClientResponse, *, writes: limits.WriteDeadlines,
                 extra_headers: Mapping[str, str] | None = None) -> web.StreamResponse:
     """Stream ``resp`` to the client unchanged; abort the client connection if the upstream breaks,
-    and the upstream's (releasing the pooled connection) if the client takes no bytes for
-    ``write_timeout_s`` (:func:`llmcache.proxy.limits.write`)."""
+    and the upstream's (releasing the pooled connection) if the client leaves a write untaken past
+    its deadline (``writes``)."""
     out = response_for(resp, extra_headers=extra_headers)
     await out.prepare(request)
     try:
         async for chunk in resp.content.iter_any():
-            await limits.write(request, out, chunk, timeout_s=write_timeout_s)
-        await limits.finish(request, out, timeout_s=write_timeout_s)
+            await writes.write(request, out, chunk)
+        await writes.finish(request, out)
     except ConnectionResetError:
         # First: aiohttp's ClientConnectionResetError (the *client* left) is also a ClientError.
         return out
