@@ -127,7 +127,7 @@ Passwords are stored as SHA-256 hashes (#...), never in clear in the ACL file.
 {{- $pw := include "llmcache.redisPasswords" . | fromJson }}
 user default on nopass resetkeys resetchannels -@all +ping
 user operator on #{{ sha256sum $pw.operator }} resetkeys resetchannels ~{{ $p }}:* &{{ $p }}:policies:events -@all +@read +@write +@transaction -@dangerous -@admin -@scripting -@pubsub +eval +evalsha +script|load +scan +publish +ping +hello +client|setinfo +client|setname
-user sidecar on #{{ sha256sum $pw.sidecar }} resetkeys resetchannels ~{{ $p }}:e:* ~{{ $p }}:v:* ~{{ $p }}:vevents ~{{ $p }}:vidx* ~{{ $p }}:g:* ~{{ $p }}:stats:* ~{{ $p }}:lease:* ~{{ $p }}:acks:* %R~{{ $p }}:policies:* &{{ $p }}:policies:events -@all +get +set +mget +exists +del +unlink +expire +hset +hget +hgetall +hmget +hincrby +hdel +zadd +zincrby +zrem +xadd +xread +xrange +xrevrange +scan +eval +evalsha +script|load +multi +exec +discard +subscribe +unsubscribe +ping +hello +client|setinfo +client|setname +ft.search +ft.create +ft.info +ft._list
+user sidecar on #{{ sha256sum $pw.sidecar }} resetkeys resetchannels ~{{ $p }}:e:* ~{{ $p }}:v:* ~{{ $p }}:vevents ~{{ $p }}:vidx* ~{{ $p }}:g:* ~{{ $p }}:stats:* ~{{ $p }}:lease:* ~{{ $p }}:acks:* %R~{{ $p }}:policies:* &{{ $p }}:policies:events -@all +get +set +mget +exists +del +unlink +expire +hset +hget +hgetall +hmget +hincrby +hdel +zadd +zincrby +zrem +zrangebyscore +pttl +pexpire +time +xadd +xread +xrange +xrevrange +scan +eval +evalsha +script|load +multi +exec +discard +subscribe +unsubscribe +ping +hello +client|setinfo +client|setname +ft.search +ft.create +ft.info +ft._list
 {{- end }}
 
 {{/* redis:// or rediss:// for the bundled Redis. */}}
