@@ -43,6 +43,7 @@ __all__ = [
     "canonical_json",
     "canonical_route",
     "exact_key",
+    "parse_json",
     "semantic_parts",
     "short",
     "tenant_id",
@@ -120,9 +121,37 @@ def _normalise(value: Any) -> Any:
     raise TypeError(f"unsupported JSON value of type {type(value).__name__}")
 
 
-def canonical_json(value: Any) -> bytes:
-    """Deterministic JSON: sorted keys, no spaces, normalised numbers, UTF-8."""
-    return json.dumps(_normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def _parse_float(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+# One decoder and one encoder for every request: json.loads/dumps with options build a new one per call.
+_DECODER = json.JSONDecoder(parse_float=_parse_float)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """``json.loads`` whose numbers come out as :func:`canonical_json` normalises them (``1.0`` → ``1``).
+
+    Its result needs no second pass before hashing (``normalised=True`` below): a request body is
+    parsed once and walked once. Non-finite numbers (``NaN``, ``Infinity``, ``1e999``) parse as
+    ``json.loads`` parses them; hashing one raises ``ValueError``.
+    """
+    if not isinstance(raw, str):
+        raw = raw.decode(json.detect_encoding(raw), "surrogatepass")  # what json.loads does with bytes
+    return _DECODER.decode(raw)
+
+
+def canonical_json(value: Any, *, normalised: bool = False) -> bytes:
+    """Deterministic JSON: sorted keys, no spaces, normalised numbers, UTF-8.
+
+    ``normalised``: ``value`` came from :func:`parse_json` (numbers already normalised) and is
+    serialised as it is. A non-finite number raises ``ValueError`` either way.
+    """
+    if not normalised:
+        value = _normalise(value)
+    return _CANONICAL.encode(value).encode()
 
 
 def tenant_id(credential: str | None, salt: bytes) -> str:
@@ -133,7 +162,8 @@ def tenant_id(credential: str | None, salt: bytes) -> str:
     """
     if not credential:
         return ANONYMOUS_TENANT
-    return hmac.new(salt, credential.encode(), hashlib.sha256).hexdigest()[:32]
+    # hmac.digest: the same HMAC-SHA256 in one C call (hmac.new builds a Python object per request).
+    return hmac.digest(salt, credential.encode(), "sha256").hex()[:32]
 
 
 def _key_material(route: str, body: Mapping[str, Any], tenant: str, namespace: str, partition: str,
@@ -150,13 +180,14 @@ def _key_material(route: str, body: Mapping[str, Any], tenant: str, namespace: s
 
 
 def exact_key(route: str, body: Mapping[str, Any], *, tenant: str, namespace: str = "", partition: str = "",
-              query: str = "") -> str:
+              query: str = "", normalised: bool = False) -> str:
     """SHA-256 hex digest addressing the exact cache entry of this request.
 
-    ``partition`` is the pod's Kubernetes namespace (or policy id), ``query`` the URL query string.
+    ``partition`` is the pod's Kubernetes namespace (or policy id), ``query`` the URL query string;
+    ``normalised``: ``body`` came from :func:`parse_json` (the same key, without a second walk).
     """
     material = _key_material(route, body, tenant, namespace, partition, query)
-    return hashlib.sha256(canonical_json(material)).hexdigest()
+    return hashlib.sha256(canonical_json(material, normalised=normalised)).hexdigest()
 
 
 def cache_salt(tenant: str, salt: bytes, *, partition: str = "", client_salt: str | None = None) -> str:
@@ -166,7 +197,7 @@ def cache_salt(tenant: str, salt: bytes, *, partition: str = "", client_salt: st
     own ``cache_salt`` is folded in (it may narrow its isolation, never widen it).
     """
     material = f"{partition}\x00{tenant}\x00{client_salt or ''}".encode()
-    return hmac.new(salt, b"cache-salt\x00" + material, hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(salt, b"cache-salt\x00" + material, "sha256").hex()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +226,7 @@ def _message_text(content: Any) -> str | None:
 
 
 def semantic_parts(route: str, body: Mapping[str, Any], *, tenant: str, namespace: str = "", partition: str = "",
-                   query: str = "") -> SemanticParts | None:
+                   query: str = "", normalised: bool = False) -> SemanticParts | None:
     """Split a request for the semantic cache, or ``None`` when it cannot be compared by meaning.
 
     Only chat requests whose last message is a user text message, and completions
@@ -227,7 +258,7 @@ def semantic_parts(route: str, body: Mapping[str, Any], *, tenant: str, namespac
         return None
     material = _key_material(route, scoped_body, tenant, namespace, partition, query)
     material["semantic"] = True
-    return SemanticParts(hashlib.sha256(canonical_json(material)).hexdigest(), text, model)
+    return SemanticParts(hashlib.sha256(canonical_json(material, normalised=normalised)).hexdigest(), text, model)
 
 
 def short(key_hash: str) -> str:

@@ -6,7 +6,9 @@ live on :data:`llmcache.proxy.state.STATE`:
 1. one pooled ``aiohttp.ClientSession`` to the upstream;
 2. one ``redis.asyncio`` client (no client-side retries: the breaker decides),
    the exact store and the optional cross-pod lease; a first PING settles
-   ``/readyz`` (reached, or breaker open → bypass);
+   ``/readyz`` (reached, or breaker open → bypass). On one Redis over TCP or a Unix
+   socket the exact store's lookups and writes go through a pipelined connection of
+   their own (:mod:`~llmcache.proxy.resp`, ~15 µs of CPU per command instead of redis-py's ~100);
 3. the policy watcher, when a policy source is configured;
 4. the semantic cache, when the mode wants it and the module is installed; when Redis (or a
    remote embedder) is not there yet, it keeps starting in the background with backoff
@@ -33,7 +35,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from llmcache import connection
 from llmcache.errors import DependencyError
 from llmcache.keyspace import Keyspace
-from llmcache.proxy import admin, handlers, limits, semantic
+from llmcache.proxy import admin, handlers, limits, resp, semantic
 from llmcache.proxy.breaker import Breaker, CacheUnavailable, LoopLag
 from llmcache.proxy.exact import RedisExactStore
 from llmcache.proxy.limits import BodyBudget
@@ -151,11 +153,15 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     state.redis = client
-    state.store = RedisExactStore(client, keyspace=state.keyspace)
+    # The request path's commands (entry lookup, entry write) on a pipelined connection of their
+    # own; TLS and cluster URLs keep redis-py, which handles them.
+    fast = resp.RespClient.from_url(rs.url, connect_timeout_s=max(1.0, rs.timeout_ms / 1000 * 4),
+                                    stale_after_s=max(1.0, rs.timeout_ms / 1000 * 4)) if resp.supports(rs.url) else None
+    state.store = RedisExactStore(fast if fast is not None else client, keyspace=state.keyspace)
     if state.settings.cache.single_flight_lease:
         owner = f"{socket.gethostname()}:{os.getpid()}"
         state.lease = RedisLease(client, keyspace=state.keyspace, owner=owner)
-    state.spawn(_first_ping(state, client))
+    state.spawn(_first_ping(state, client, fast))
     lag = state.breaker.lag
     lag_task = asyncio.get_running_loop().create_task(lag.run()) if lag is not None else None
     try:
@@ -168,6 +174,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         await _cancel_background(state)
         with contextlib.suppress(Exception):
             await client.aclose()
+        if fast is not None:
+            await fast.aclose()
 
 
 async def _cancel_background(state: ProxyState) -> None:
@@ -186,7 +194,7 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     await _cancel_background(state)
 
 
-async def _first_ping(state: ProxyState, client: redis.asyncio.Redis) -> None:
+async def _first_ping(state: ProxyState, client: redis.asyncio.Redis, fast: resp.RespClient | None) -> None:
     """Settle readiness: Redis answered, or the breaker opened (the proxy then bypasses)."""
     # A first connect may take longer than a cached GET; give it 1 s per try.
     for _ in range(state.breaker.failure_threshold):
@@ -196,7 +204,8 @@ async def _first_ping(state: ProxyState, client: redis.asyncio.Redis) -> None:
             # Open a few pooled connections now: a burst of first requests would otherwise each pay
             # a connection handshake inside the per-operation deadline and could trip the breaker.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.gather(*(client.ping() for _ in range(_WARM_CONNECTIONS))), 2.0)
+                await asyncio.wait_for(asyncio.gather(*(client.ping() for _ in range(_WARM_CONNECTIONS)),
+                                                      *([fast.ping()] if fast is not None else [])), 2.0)
             return
         except CacheUnavailable:
             await asyncio.sleep(0.05)

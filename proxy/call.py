@@ -77,7 +77,7 @@ class Call:
         if self._parts is _UNSET:
             try:
                 self._parts = keys.semantic_parts(self.route, self.body, tenant=self.tenant, namespace=self.namespace,
-                                                  partition=self.cfg.partition, query=self.query)
+                                                  partition=self.cfg.partition, query=self.query, normalised=True)
             except (ValueError, TypeError, RecursionError):
                 self._parts = None
         return self._parts
@@ -111,7 +111,7 @@ async def load_entry(call: Call, key_hash: str, *, kind: str) -> Entry | None:
     store = state.store
     t0 = time.perf_counter()
     try:
-        blob = await state.breaker.call(lambda: store.get(key_hash, group=call.cfg.group))
+        blob = await state.breaker.call_bounded(lambda t: store.get(key_hash, group=call.cfg.group, timeout_s=t))
     except CacheUnavailable:
         call.redis_ok = False
         note_redis_failure(state)
@@ -124,11 +124,12 @@ async def load_entry(call: Call, key_hash: str, *, kind: str) -> Entry | None:
         # A stored entry is the answer (≤ max_entry_bytes) escaped once inside the entry JSON.
         if len(blob) > 2 * state.settings.cache.max_entry_bytes + 4096:
             raise InvalidEntry(f"entry of {len(blob)} bytes exceeds what the proxy stores")
-        entry = Entry.from_json(blob, route=call.route)
+        entry = state.parsed.parse(key_hash, blob, route=call.route)
         if entry.tenant != call.tenant:
             raise InvalidEntry("entry belongs to another tenant")
     except InvalidEntry as exc:
         log.warning("dropping invalid cache entry %s: %s", keys.short(key_hash), exc)
+        state.parsed.forget(key_hash)
         state.spawn(guarded(state, lambda: store.delete(key_hash)))
         return None
     if call.cfg.invalidate_before_s is not None and entry.created_s < call.cfg.invalidate_before_s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 
 from aiohttp import web
@@ -19,9 +20,11 @@ from llmcache.settings import (
     upstream_url,
 )
 
-__all__ = ["configure", "run", "settings_from_args"]
+__all__ = ["EVENT_LOOPS", "configure", "new_event_loop", "run", "settings_from_args"]
 
 log = logging.getLogger(__name__)
+
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +85,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--pod-namespace", default=None, help="Kubernetes namespace of this pod (policy lookup)")
     add_flag(parser, "--pod-name", default=None, help="name of this pod (policy acks)")
     add_flag(parser, "--policy-file", default=None, help="mounted ConfigMap copy of the policies (start-up)")
+    add_flag(parser, "--event-loop", default="auto", choices=EVENT_LOOPS,
+             help="asyncio | uvloop | auto (uvloop when installed: ~30%% less CPU per request)")
 
 
 def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
@@ -137,5 +142,27 @@ def run(args: argparse.Namespace) -> int:
               f"(mode {settings.cache.mode}); point OpenAI clients at "
               f"http://{settings.listen_host}:{port}/v1", flush=True)
 
-    web.run_app(app, sock=socks, access_log=None, print=announce, handle_signals=True)
+    loop = new_event_loop(args.event_loop)
+    log.info("event loop: %s", type(loop).__module__.split(".")[0])
+    web.run_app(app, sock=socks, access_log=None, print=announce, handle_signals=True, loop=loop)
     return 0
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A fresh event loop of ``kind`` (:data:`EVENT_LOOPS`); ``auto`` takes uvloop when it is installed.
+
+    uvloop (libuv, in C) runs the same aiohttp code with less interpreter work per loop turn,
+    timer and socket operation; it is part of ``llmcache[proxy]`` (Linux and macOS).
+    """
+    if kind not in EVENT_LOOPS:
+        raise ConfigError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {kind!r}")
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError as exc:
+            if kind == "uvloop":
+                raise ConfigError("--event-loop uvloop needs the uvloop package: pip install 'llmcache[proxy]' "
+                                  "(or --event-loop asyncio)") from exc
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()

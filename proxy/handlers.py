@@ -172,6 +172,8 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
 async def serve_cacheable(request: web.Request, route: str, *, upstream_path: str) -> web.StreamResponse:
     """Serve ``request`` as a ``POST`` on the cacheable ``route``, forwarding misses to ``upstream_path``."""
     state = request.app[STATE]
+    if not state.telemetry.recording:  # no exporter: not even a no-op span on the request path
+        return (await _cacheable(request, state, route, None, upstream_path))[0]
     span = state.telemetry.tracer.start_span("llmcache.request", attributes={
         "http.request.method": request.method, "url.path": route})
     status = "error"
@@ -186,7 +188,7 @@ async def serve_cacheable(request: web.Request, route: str, *, upstream_path: st
         span.end()
 
 
-async def _cacheable(request: web.Request, state: ProxyState, route: str, span: Any,
+async def _cacheable(request: web.Request, state: ProxyState, route: str, span: Any | None,
                      upstream_path: str) -> tuple[web.StreamResponse, str]:
     try:
         asked = controls.parse(request.headers)
@@ -195,13 +197,14 @@ async def _cacheable(request: web.Request, state: ProxyState, route: str, span: 
         return invalid_header(exc), "error"
     cache = state.settings.cache
     limit = cache.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length  # (a property that parses the header on every read)
+    if length is not None and length > limit:
         state.metrics.count(route, "error")
         return _too_large(limit), "error"
     # Reserve the body's bytes for the whole request (held raw, parsed, forwarded, stored): all of
     # Content-Length now, or a chunked body's bytes as they arrive (limits.read_body).
     reservation = limits.Reservation(state.body_budget)
-    if request.content_length and not reservation.grow_to(request.content_length):
+    if length and not reservation.grow_to(length):
         state.metrics.count(route, "error")
         state.metrics.shed.inc()
         return _overloaded(state), "error"
@@ -223,7 +226,7 @@ def _too_large(limit: int) -> web.Response:
                                    type_="invalid_request_error", code="request_too_large")
 
 
-async def _admitted(request: web.Request, state: ProxyState, route: str, span: Any,
+async def _admitted(request: web.Request, state: ProxyState, route: str, span: Any | None,
                     asked: controls.RequestControls, reservation: limits.Reservation,
                     upstream_path: str) -> tuple[web.StreamResponse, str]:
     cache = state.settings.cache
@@ -244,7 +247,7 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
                                        code="request_timeout", headers={"Connection": "close"}), "error"
     raw = read.body
     try:
-        body = json.loads(raw)
+        body = keys.parse_json(raw)  # numbers normalised while parsing: the key needs no second walk
     except (ValueError, UnicodeDecodeError):
         body = None
     except RecursionError:
@@ -274,7 +277,8 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
                                      upstream_path=upstream_path), "bypass"
     query = request.query_string
     try:
-        key = keys.exact_key(route, body, tenant=tenant, namespace=namespace, partition=cfg.partition, query=query)
+        key = keys.exact_key(route, body, tenant=tenant, namespace=namespace, partition=cfg.partition, query=query,
+                             normalised=True)
     except (ValueError, TypeError):  # NaN/Infinity are not JSON; let the upstream reject them
         return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace,
                                      upstream_path=upstream_path), "bypass"
@@ -290,12 +294,13 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
                  tenant=tenant, namespace=namespace, query=query, upstream_path=upstream_path,
                  directives=asked.directives, asked_threshold=asked.similarity_threshold,
                  stream=stream, include_usage=include_usage, stream_shape=shape)
-    span.set_attribute("llmcache.key", call.log_key)
     response = await _lookup_or_fetch(call)
-    if call.similarity is not None:
-        span.set_attribute("llmcache.similarity", call.similarity)
-    if call.coalesced:
-        span.set_attribute("llmcache.coalesced", True)
+    if span is not None:
+        span.set_attribute("llmcache.key", call.log_key)
+        if call.similarity is not None:
+            span.set_attribute("llmcache.similarity", call.similarity)
+        if call.coalesced:
+            span.set_attribute("llmcache.coalesced", True)
     return response, call.status
 
 

@@ -106,11 +106,21 @@ async def read_body(request: web.Request, *, limit_bytes: int, timeout_s: float,
     if request.content_length is not None and request.content_length > limit_bytes:
         return BodyRead(None, 413)
     grow = reservation.grow_to if reservation is not None and request.content_length is None else None
+    content = request.content
+    if content.is_eof():
+        # The whole body came with the headers (a typical API request): take it without a deadline,
+        # a timer and an async loop (~20 µs of CPU per request).
+        body = content.read_nowait()
+        if len(body) > limit_bytes:
+            return BodyRead(None, 413)
+        if grow is not None and not grow(len(body)):
+            return BodyRead(None, 429)
+        return BodyRead(body)
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.content.iter_any():
+            async for chunk in content.iter_any():
                 size += len(chunk)
                 if size > limit_bytes:
                     return BodyRead(None, 413)

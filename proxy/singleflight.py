@@ -82,11 +82,18 @@ class Flight:
         """Most chunk bytes kept for followers; past it the flight overflows."""
         self.num_bytes = 0
         self.overflowed = False
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None
+        """Set on the next change; made only once a follower waits (most flights have none)."""
+
+    def _event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
     def push(self, chunk: bytes) -> None:
         """The leader relayed ``chunk``; streaming followers get it next (unless the flight overflowed)."""
@@ -129,21 +136,21 @@ class Flight:
         """
         while not self.finished:
             if abandoned is None:
-                await self._changed.wait()
+                await self._event().wait()
                 continue
             if abandoned():
                 self.leave()
                 return None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(poll_s):
-                    await self._changed.wait()
+                    await self._event().wait()
         return self.entry
 
     async def follow(self) -> AsyncIterator[bytes]:
         """Yield the leader's chunks from the first one, live, until the flight ends."""
         i = 0
         while True:
-            changed = self._changed
+            changed = self._event()
             if self.overflowed:
                 return
             while i < len(self.chunks):

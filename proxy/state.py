@@ -26,7 +26,7 @@ from llmcache.keyspace import DEFAULT_GROUP, Keyspace
 from llmcache.policy import PolicyDocument
 from llmcache.proxy import limits, upstream
 from llmcache.proxy.breaker import Breaker
-from llmcache.proxy.exact import ExactStore
+from llmcache.proxy.exact import ExactStore, ParsedEntries
 from llmcache.proxy.metrics import ProxyMetrics
 from llmcache.proxy.policy_watch import PolicyWatcher
 from llmcache.proxy.semantic import SemanticCache
@@ -98,6 +98,8 @@ class ProxyState:
     writes: limits.WriteDeadlines
     """The write deadline of every answer (``--write-timeout-seconds``); its watchdog runs with the app."""
     flights: FlightGroup = field(default_factory=FlightGroup)
+    parsed: ParsedEntries = field(default_factory=ParsedEntries)
+    """Entries parsed and validated on earlier hits (reused while Redis returns the same bytes)."""
     stats: stats.StatsBuffer = field(default_factory=stats.StatsBuffer)
     upstream: upstream.Upstream | None = None
     redis: redis.asyncio.Redis | None = None

@@ -115,13 +115,17 @@ class Upstream:
                                      f"({type(exc).__name__})") from exc
 
 
-def response_for(resp: aiohttp.ClientResponse, *,
-                 extra_headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+def response_for(resp: aiohttp.ClientResponse, *, extra_headers: Mapping[str, str] | None = None,
+                 body: bytes | None = None) -> web.StreamResponse:
     """An unprepared response mirroring ``resp``: status, reason, end-to-end headers (``extra_headers``
-    set on top) and, unless the upstream chunked it, its Content-Length (relayed, not re-chunked)."""
+    set on top) and, unless the upstream chunked it, its Content-Length (relayed, not re-chunked).
+
+    With ``body`` (the upstream's whole answer, already read) a :class:`web.Response` sent in one write."""
     headers = filter_headers(resp.headers)
     if extra_headers:
         headers.update(extra_headers)
+    if body is not None:
+        return web.Response(body=body, status=resp.status, reason=resp.reason, headers=headers)
     out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
     if resp.headers.get("Content-Length") is not None and "chunked" not in resp.headers.get(
             "Transfer-Encoding", "").lower():

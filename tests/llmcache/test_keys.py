@@ -70,3 +70,26 @@ def test_subclassed_containers_normalise_like_plain_ones() -> None:
     from collections import OrderedDict
 
     assert keys.canonical_json(OrderedDict(b=1.0, a=[True, None])) == keys.canonical_json({"a": [True, None], "b": 1})
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model": "m", "temperature": 0.0, "top_p": 1.0, "messages": [{"role": "user", "content": "h\\u00e9 \xc3\xa9"}]}',
+    b'{"n": 3, "x": 2.5, "y": -0.0, "z": 1e3, "big": 12345678901234567890.0, "nested": {"b": [1.0, {"c": 0.1}]}}',
+    b'  {"a": true, "b": null, "c": [], "d": {}}  ',
+    '{"s": "text"}'.encode("utf-16"),
+])
+def test_parsed_bodies_hash_as_the_canonical_form_does(raw: bytes) -> None:
+    """parse_json normalises numbers while parsing, so the key needs no second walk, and is the same."""
+    import json
+
+    parsed = keys.parse_json(raw)
+    assert parsed == json.loads(raw)  # the same values (1.0 == 1)
+    assert keys.canonical_json(parsed, normalised=True) == keys.canonical_json(json.loads(raw))
+    assert keys.exact_key("/v1/chat/completions", parsed, tenant="t", normalised=True) == \
+        keys.exact_key("/v1/chat/completions", json.loads(raw), tenant="t")
+
+
+def test_non_finite_numbers_parse_but_never_hash() -> None:
+    for raw in (b'{"temperature": NaN}', b'{"x": Infinity}', b'{"x": 1e999}'):
+        with pytest.raises(ValueError):
+            keys.exact_key("/v1/completions", keys.parse_json(raw), tenant="t", normalised=True)

@@ -98,6 +98,7 @@ def test_proxy_process_with_env_and_flags(processes, redis_plain_url: str, tmp_p
     processes[1].wait(timeout=10)
     logged = log_path.read_text()
     assert "llmcache proxy on" in logged
+    assert "event loop: uvloop" in logged  # --event-loop auto, with uvloop installed by llmcache[proxy]
     assert "cli-prompt-text" not in logged and "sk-cli-secret" not in logged and "s3cret" not in logged
 
 
@@ -132,3 +133,25 @@ def test_documented_defaults() -> None:
     assert s.cache.anonymous == "bypass" and s.upstream.enable_cache_salt
     assert s.redis.timeout_ms == 50 and s.cache.non_deterministic == "bypass"
     assert s.cache.tenant_header == "Authorization" and s.observability.otlp_endpoint is None
+
+
+def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import uvloop
+
+    from llmcache.errors import ConfigError
+
+    for kind, expected in (("auto", uvloop.Loop), ("uvloop", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)):
+        loop = cli.new_event_loop(kind)
+        try:
+            assert isinstance(loop, expected)
+            assert loop.run_until_complete(asyncio.sleep(0, result=kind)) == kind
+        finally:
+            loop.close()
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on a platform without it
+    loop = cli.new_event_loop("auto")
+    assert not isinstance(loop, uvloop.Loop)
+    loop.close()
+    with pytest.raises(ConfigError, match="--event-loop asyncio"):
+        cli.new_event_loop("uvloop")

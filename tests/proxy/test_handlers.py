@@ -734,3 +734,98 @@ async def test_answer_is_sent_before_the_store_and_no_gap_follows(proxy_stack) -
     _, headers, body = await stack.post("/v1/chat/completions", CHAT, headers=auth)
     assert headers["X-LLMCache-Status"] == "hit" and body == first  # now from Redis
     assert await stack.upstream_count() == 1
+
+
+# --- the request path's Redis work -----------------------------------------------------------------
+
+
+async def _commands_during(redis_url: str, work: Any) -> list[dict[str, Any]]:
+    """Every command Redis ran while ``work()`` ran (MONITOR on the real server), scripts' own included."""
+    r = aioredis.Redis.from_url(redis_url)
+    seen: list[dict[str, Any]] = []
+    async with r.monitor() as m:
+        async def listen() -> None:
+            while True:
+                seen.append(await m.next_command())
+
+        listener = asyncio.ensure_future(listen())
+        await asyncio.sleep(0.05)  # MONITOR is on before the work starts
+        await work()
+        await r.ping()  # a marker: the monitor has seen everything before it
+        while not any(c["command"] == "PING" and c["client_type"] == "tcp" for c in seen[-3:]):
+            await asyncio.sleep(0.01)
+        listener.cancel()
+    await r.aclose()
+    return seen
+
+
+async def test_a_hit_is_one_redis_round_trip_and_a_miss_two(proxy_stack, redis_plain_url: str) -> None:
+    stack: Stack = await proxy_stack()
+    store_conn = stack.state.store._redis  # the pipelined connection (one Redis over TCP)
+    auth = {"Authorization": "Bearer k"}
+    await stack.post("/v1/chat/completions", chat(), headers=auth)
+    await stack.flush()
+    local_port = store_conn._proto.transport.get_extra_info("sockname")[1]
+
+    async def hits() -> None:
+        for _ in range(3):
+            _, headers, _ = await stack.post("/v1/chat/completions", chat(), headers=auth)
+            assert headers["X-LLMCache-Status"] == "hit"
+
+    seen = await _commands_during(redis_plain_url, hits)
+    ours = [c["command"].split()[0] for c in seen if c["client_type"] != "lua" and c["client_port"] == str(local_port)]
+    assert ours == ["EVALSHA"] * 3  # entry + bookkeeping in one script call per hit
+
+    async def misses() -> None:
+        for i in range(2):
+            _, headers, _ = await stack.post("/v1/chat/completions", chat(max_tokens=10 + i), headers=auth)
+            assert headers["X-LLMCache-Status"] == "miss"
+        await stack.flush()
+
+    seen = await _commands_during(redis_plain_url, misses)
+    ours = [c["command"].split()[0] for c in seen if c["client_type"] != "lua" and c["client_port"] == str(local_port)]
+    assert ours == ["EVALSHA"] * 4  # per miss: the lookup, then the write (entry + bookkeeping)
+
+
+async def test_a_changed_entry_is_served_as_changed(proxy_stack, redis_plain_url: str) -> None:
+    """Parsed entries are reused only while Redis returns the same bytes: a rewrite shows at once."""
+    stack: Stack = await proxy_stack()
+    auth = {"Authorization": "Bearer k"}
+    _, _, first = await stack.post("/v1/chat/completions", chat(), headers=auth)
+    await stack.flush()
+    for _ in range(2):
+        _, headers, body = await stack.post("/v1/chat/completions", chat(), headers=auth)
+        assert headers["X-LLMCache-Status"] == "hit" and body == first
+    assert stack.state.parsed.num_reused >= 1
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        (key,) = [k async for k in r.scan_iter(match=Keyspace().entry_pattern)]
+        stored = json.loads(await r.get(key))
+        answer = json.loads(stored["body"])
+        answer["choices"][0]["message"]["content"] = "rewritten by another pod"
+        stored["body"] = json.dumps(answer)
+        await r.set(key, json.dumps(stored), keepttl=True)
+        _, headers, body = await stack.post("/v1/chat/completions", chat(), headers=auth)
+        assert headers["X-LLMCache-Status"] == "hit"
+        assert json.loads(body)["choices"][0]["message"]["content"] == "rewritten by another pod"
+        await r.delete(key)  # invalidated elsewhere: a miss, never the remembered answer
+        _, headers, _ = await stack.post("/v1/chat/completions", chat(), headers=auth)
+        assert headers["X-LLMCache-Status"] == "miss"
+    finally:
+        await r.aclose()
+
+
+async def test_a_json_answer_is_not_stored_when_its_client_left(proxy_stack) -> None:
+    stack: Stack = await proxy_stack()
+    stack.stub.latency_ms = 300
+    auth = {"Authorization": "Bearer k"}
+    with pytest.raises(asyncio.TimeoutError):
+        async with stack.http.post(stack.proxy_url + "/v1/chat/completions", json=chat(), headers=auth,
+                                   timeout=aiohttp.ClientTimeout(total=0.1)) as r:
+            await r.read()
+    while await stack.upstream_count() == 0 or len(stack.state.flights):  # the proxy's call ended
+        await asyncio.sleep(0.02)
+    stack.stub.latency_ms = 0
+    _, headers, _ = await stack.post("/v1/chat/completions", chat(), headers=auth)
+    assert headers["X-LLMCache-Status"] == "miss"
+    assert await stack.upstream_count() == 2

@@ -1,0 +1,177 @@
+"""The request path's pipelined Redis connection (proxy/resp.py), against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from llmcache.keyspace import Keyspace
+from llmcache.proxy import resp
+from llmcache.proxy.exact import Entry, RedisExactStore
+
+ANSWER = ('{"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"hi"}}],'
+          '"usage":{"prompt_tokens":3,"completion_tokens":1}}')
+
+
+def test_supports_one_redis_over_tcp_or_unix_only() -> None:
+    assert resp.supports("redis://127.0.0.1:6379/0")
+    assert resp.supports("redis://user:secret@127.0.0.1:6379/2")
+    assert resp.supports("unix:///tmp/redis.sock?db=1")
+    assert not resp.supports("rediss://127.0.0.1:6379/0")  # TLS: redis-py
+    assert not resp.supports("redis+cluster://127.0.0.1:7000")  # cluster: redis-py
+
+
+async def test_concurrent_commands_get_their_own_replies(redis_plain_url: str) -> None:
+    client = resp.RespClient.from_url(redis_plain_url)
+    try:
+        await asyncio.gather(*(client.call("SET", f"k{i}", f"v{i}") for i in range(200)))
+        values = await asyncio.gather(*(client.get(f"k{i}") for i in range(200)))
+        assert values == [f"v{i}".encode() for i in range(200)]
+        assert client.num_connects == 1  # all of it pipelined on one connection
+        assert await client.get("absent") is None
+    finally:
+        await client.aclose()
+
+
+async def test_reply_errors_raise_redis_exceptions(redis_plain_url: str) -> None:
+    client = resp.RespClient.from_url(redis_plain_url)
+    try:
+        await client.call("SET", "s", "text")
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await client.call("LPUSH", "s", "x")
+        assert await client.get("s") == b"text"  # the connection stays in step after an error
+    finally:
+        await client.aclose()
+
+
+async def test_script_is_loaded_again_after_a_flush(redis_plain_url: str) -> None:
+    client = resp.RespClient.from_url(redis_plain_url)
+    plain = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        script = client.register_script("return redis.call('INCR', KEYS[1])")
+        assert await script(keys=["n"]) == 1
+        await plain.script_flush()  # a restarted Redis knows no scripts: EVALSHA says NOSCRIPT
+        assert await script(keys=["n"]) == 2
+        assert await script(keys=["n"]) == 3
+    finally:
+        await client.aclose()
+        await plain.aclose()
+
+
+async def test_a_full_redis_raises_out_of_memory(redis_factory) -> None:
+    server = redis_factory(with_search=False)
+    client = resp.RespClient.from_url(server.url)
+    plain = aioredis.Redis.from_url(server.url)
+    try:
+        await plain.config_set("maxmemory-policy", "noeviction")
+        await plain.config_set("maxmemory", "1")
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            await client.call("SET", "k", "v")
+    finally:
+        await plain.config_set("maxmemory", "0")
+        await client.aclose()
+        await plain.aclose()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, socket.socket]]:
+    """Accepts connections and never answers: a hung Redis."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    try:
+        yield f"redis://127.0.0.1:{sock.getsockname()[1]}/0", sock
+    finally:
+        sock.close()
+
+
+async def test_deadline_and_a_hung_redis_are_bounded(silent_server: tuple[str, socket.socket]) -> None:
+    url, _ = silent_server
+    client = resp.RespClient.from_url(url, stale_after_s=0.2, max_pending=5)
+    try:
+        with pytest.raises(TimeoutError):
+            await client.call("PING", timeout_s=0.05)
+        for _ in range(3):
+            with pytest.raises(TimeoutError):
+                await client.call("PING", timeout_s=0.01)
+        assert len(client.pending) == 4  # unanswered: still waiting on the connection
+        tasks = [asyncio.ensure_future(client.call("PING")) for _ in range(3)]
+        await asyncio.sleep(0)
+        # the bound: one more may wait (5 in all), the others are refused at once
+        refused = [t for t in tasks if t.done()]
+        assert len(refused) == 2 and all(isinstance(t.exception(), redis.exceptions.ConnectionError) for t in refused)
+        waiting = next(t for t in tasks if not t.done())
+        await asyncio.sleep(0.25)
+        # the oldest has waited past stale_after_s: the next call drops the connection and fails them all
+        with pytest.raises(TimeoutError):
+            await client.call("PING", timeout_s=0.05)
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await waiting
+        assert client.num_connects == 2
+    finally:
+        await client.aclose()
+
+
+async def test_a_restarted_redis_fails_pending_commands_and_is_reconnected(redis_factory) -> None:
+    server = redis_factory(with_search=False)
+    client = resp.RespClient.from_url(server.url)
+    try:
+        await client.call("SET", "k", "v")
+        server.kill()
+        with pytest.raises((redis.exceptions.ConnectionError, TimeoutError)):
+            await client.call("GET", "k", timeout_s=1.0)
+        server.restart()
+        deadline = time.monotonic() + 20  # liveness bound for the restart, not a latency claim
+        while True:
+            try:
+                assert await client.call("PING", timeout_s=1.0) == b"PONG"
+                break
+            except (redis.exceptions.ConnectionError, TimeoutError):
+                assert time.monotonic() < deadline, "never reconnected"
+                await asyncio.sleep(0.05)
+        assert client.num_connects >= 2
+    finally:
+        await client.aclose()
+
+
+async def test_authenticates_with_the_url_credentials(redis_factory) -> None:
+    server = redis_factory(with_search=False)
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        await admin.execute_command("ACL", "SETUSER", "sidecar", "on", ">s3cret", "~*", "+@all")
+        url = server.url.replace("redis://", "redis://sidecar:s3cret@")
+        client = resp.RespClient.from_url(url)
+        assert await client.call("ACL", "WHOAMI") == b"sidecar"
+        await client.aclose()
+        wrong = resp.RespClient.from_url(server.url.replace("redis://", "redis://sidecar:wrong@"))
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            await wrong.call("PING")
+        await wrong.aclose()
+    finally:
+        await admin.aclose()
+
+
+async def test_exact_store_reads_and_writes_the_same_through_either_client(redis_plain_url: str) -> None:
+    """The store's two scripts behave the same on redis-py and on the pipelined connection."""
+    ks = Keyspace()
+    fast = resp.RespClient.from_url(redis_plain_url)
+    plain = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        entry = Entry(route="/v1/chat/completions", model="m", created_s=time.time(), body=ANSWER, tenant="t")
+        await RedisExactStore(fast, keyspace=ks).put("a" * 64, entry, ttl_s=60, group="_default", timeout_s=1.0)
+        blob = await RedisExactStore(plain, keyspace=ks).get("a" * 64, group="_default", timeout_s=1.0)
+        assert Entry.from_json(blob) == entry
+        await RedisExactStore(plain, keyspace=ks).put("b" * 64, entry, ttl_s=60, group="_default")
+        blob = await RedisExactStore(fast, keyspace=ks).get("b" * 64, group="_default", timeout_s=1.0)
+        assert Entry.from_json(blob) == entry
+        assert await RedisExactStore(fast, keyspace=ks).get("c" * 64, group="_default") is None
+        assert 0 < await plain.ttl(ks.entry("a" * 64)) <= 60
+    finally:
+        await fast.aclose()
+        await plain.aclose()
