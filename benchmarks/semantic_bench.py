@@ -1,16 +1,22 @@
-"""Semantic cache performance: lookup latency under concurrency, micro-batching, KNN at 100k entries, exact path.
+"""Semantic cache performance: lookup latency under concurrency, embedder backends, the remote path, KNN, exact path.
 
-    .venv/bin/python benchmarks/semantic_bench.py [--entries 100000] [--lookups 640] [--skip-proxy]
+    .venv/bin/python benchmarks/semantic_bench.py [--entries 100000] [--lookups 640] [--skip-proxy] [--remote]
 
 Runs against embedded Redis servers (Valkey + RediSearch, and plain Valkey) it
 starts itself, with the local all-MiniLM-L6-v2 embedder. Measures:
 
-1. semantic lookup (embed + KNN + verify) latency p50/p99 at 32 concurrent callers,
-   every query a new text (cold embedding LRU), and lookups/s with micro-batching
-   (max_batch 64) versus without (max_batch 1); then the same texts again (LRU reuse);
-2. KNN alone over ``--entries`` stored vectors in one scope: p50/p99 for the Query Engine
+1. semantic lookup (embed + KNN + verify) latency p50/p99 (all lookups, and the hits alone:
+   new texts that paraphrase a stored one) at 32 concurrent callers and one at a time, every
+   query a new text (cold embedding LRU), for each local backend (``--backends``: ONNX
+   Runtime, then sentence-transformers as its peer), with lookups/s and CPU per lookup; for
+   the first backend also the client-side index, no micro-batching (max_batch 1), and the
+   same texts again (LRU reuse);
+2. with ``--remote``, the sidecar's path: a remote embedder (keep-alive, micro-batched, base64
+   vectors) against the model server's ``/v1/embeddings`` in its own process, CPU counted on
+   both sides;
+3. KNN alone over ``--entries`` stored vectors in one scope: p50/p99 for the Query Engine
    backend (HNSW) and the client-side backend (numpy), with the client index's memory;
-3. the proxy's exact-hit latency with ``--mode exact`` versus ``--mode both`` (exact is
+4. the proxy's exact-hit latency with ``--mode exact`` versus ``--mode both`` (exact is
    checked first, so it must not get slower) — needs llmcache.proxy.app.
 
 Prints a table and writes ``benchmarks/results/semantic_bench.json`` and ``semantic_bench.png``.
@@ -75,8 +81,14 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-async def bench_lookups(url: str, embedder: LocalEmbedder, *, num_lookups: int, concurrency: int,
-                        num_stored: int) -> dict[str, Any]:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_lookups(url: str, embedder: Any, *, num_lookups: int, concurrency: int,
+                        num_stored: int, peer_pid: int | None = None) -> dict[str, Any]:
     """Store ``num_stored`` real questions, then ``num_lookups`` new paraphrases from ``concurrency`` callers."""
     r = aioredis.Redis.from_url(url)
     await r.flushall()
@@ -93,6 +105,7 @@ async def bench_lookups(url: str, embedder: LocalEmbedder, *, num_lookups: int, 
     queries = [q for _, q in pairs[: num_lookups // 2]] + [f"{q} Please be brief." for _, q in pairs[num_stored:num_stored + num_lookups - num_lookups // 2]]
     queries = queries[:num_lookups]
     latencies: list[float] = []
+    hit_latencies: list[float] = []
     hits = 0
     pending = list(reversed(queries))
 
@@ -103,18 +116,26 @@ async def bench_lookups(url: str, embedder: LocalEmbedder, *, num_lookups: int, 
             t0 = time.perf_counter()
             m = await cache.lookup(parts(text), threshold=0.85)
             latencies.append((time.perf_counter() - t0) * 1000)
-            hits += m is not None
+            if m is not None:
+                hits += 1
+                hit_latencies.append(latencies[-1])
 
     batches_before = embedder.stats()["embed_batches"]
+    cpu0, peer_cpu0 = time.process_time(), cpu_s(peer_pid) if peer_pid else 0.0
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - t0
+    cpu_ms = (time.process_time() - cpu0) * 1000 / max(len(latencies), 1)
+    peer_cpu_ms = (cpu_s(peer_pid) - peer_cpu0) * 1000 / max(len(latencies), 1) if peer_pid else None
     batches = embedder.stats()["embed_batches"] - batches_before
     await cache.close()
     await r.aclose()
     return {"lookups": len(latencies), "concurrency": concurrency, "hits": hits, "p50_ms": pct(latencies, 50),
-            "p99_ms": pct(latencies, 99), "lookups_per_s": len(latencies) / wall, "embed_batches": batches,
-            "backend": cache.stats()["index_backend"]}
+            "p99_ms": pct(latencies, 99), "hit_p50_ms": pct(hit_latencies, 50), "hit_p99_ms": pct(hit_latencies, 99),
+            "lookups_per_s": len(latencies) / wall, "embed_batches": batches,
+            "cpu_ms_per_lookup": cpu_ms, "embedding_server_cpu_ms_per_lookup": peer_cpu_ms,
+            "embedder": embedder.stats()["embedder"], "embedder_backend": embedder.stats().get("embedder_backend"),
+            "backend": cache.stats()["index_backend"], "load_avg_1m": os.getloadavg()[0]}
 
 
 async def bench_knn(url: str, kind: str, *, entries: int, dim: int, num_queries: int) -> dict[str, Any]:
@@ -233,7 +254,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[0].bar(x + 0.2, p99, 0.4, label="p99")
     axes[0].set_xticks(x, labels, fontsize=7)
     axes[0].set_ylabel("ms")
-    axes[0].set_title("semantic lookup, 32 concurrent")
+    axes[0].set_title("semantic lookup, new texts")
     axes[0].legend()
     knn = result["knn"]
     axes[1].bar([k["backend"] for k in knn], [k["p50_ms"] for k in knn])
@@ -243,25 +264,42 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+async def _phases(result: dict[str, Any], embedder: Any, label: str, url: str, args: argparse.Namespace, *,
+                  peer_pid: int | None = None) -> None:
+    """New texts at 32 concurrent and one at a time (cold embedding LRU each)."""
+    for concurrency, num in ((32, args.lookups), (1, args.lookups_c1)):
+        embedder._cache.clear()  # noqa: SLF001 - every run starts cold
+        name = f"{label}, c={concurrency}"
+        result["lookups"][name] = await bench_lookups(url, embedder, num_lookups=num, concurrency=concurrency,
+                                                      num_stored=args.stored, peer_pid=peer_pid)
+        print(f"  {name}: {result['lookups'][name]}", flush=True)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                           "load_avg_at_start": os.getloadavg()}, "lookups": {}, "knn": []}
     with EmbeddedRedis(with_search=True) as search_srv, EmbeddedRedis(with_search=False) as plain_srv:
-        # Every lookup text is new, so the LRU only serves the verifier's word embeddings.
-        embedder = await LocalEmbedder.load(max_batch=64)
-        try:
-            for name, url, max_batch, fresh in (("search, batched", search_srv.url, 64, True),
-                                                ("client, batched", plain_srv.url, 64, True),
-                                                ("search, max_batch=1", search_srv.url, 1, True),
-                                                ("search, repeated texts (LRU)", search_srv.url, 64, False)):
-                embedder._max_batch = max_batch  # noqa: SLF001 - same model, other batching
-                if fresh:
-                    embedder._cache.clear()  # noqa: SLF001 - every run starts cold
-                result["lookups"][name] = await bench_lookups(url, embedder, num_lookups=args.lookups,
-                                                              concurrency=32, num_stored=args.stored)
-                print(f"  {name}: {result['lookups'][name]}", flush=True)
-        finally:
-            await embedder.close()
+        # Every lookup text is new, so the LRU only serves the verifier's word embeddings. Each backend
+        # of the local embedder in turn (the first is the peer of the others), on the same data.
+        for i, backend in enumerate(args.backends.split(",")):
+            embedder = await LocalEmbedder.load(max_batch=64, backend=backend)
+            try:
+                await _phases(result, embedder, f"local {backend}", search_srv.url, args)
+                if i:
+                    continue
+                for name, url, max_batch, fresh in (("client, batched", plain_srv.url, 64, True),
+                                                    ("search, max_batch=1", search_srv.url, 1, True),
+                                                    ("search, repeated texts (LRU)", search_srv.url, 64, False)):
+                    embedder._max_batch = max_batch  # noqa: SLF001 - same model, other batching
+                    if fresh:
+                        embedder._cache.clear()  # noqa: SLF001 - every run starts cold
+                    result["lookups"][f"local {backend}, {name}"] = await bench_lookups(
+                        url, embedder, num_lookups=args.lookups, concurrency=32, num_stored=args.stored)
+                    print(f"  {name}: {result['lookups'][f'local {backend}, {name}']}", flush=True)
+            finally:
+                await embedder.close()
+        if args.remote:
+            await bench_remote(result, search_srv.url, args)
         for kind, url in (("search", search_srv.url), ("client", plain_srv.url)) if args.entries > 0 else ():
             result["knn"].append(await bench_knn(url, kind, entries=args.entries, dim=384, num_queries=args.knn_queries))
             print(f"  knn {result['knn'][-1]}", flush=True)
@@ -271,10 +309,55 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def bench_remote(result: dict[str, Any], url: str, args: argparse.Namespace) -> None:
+    """The sidecar's path: RemoteEmbedder (keep-alive, micro-batched, base64 vectors) → the model server's
+    ``/v1/embeddings`` in its own process (``--model random-tiny``: only the embedder matters here)."""
+    import subprocess
+
+    from llmcache.proxy.semantic.embedder import RemoteEmbedder
+    from llmcache.redis_server import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    server = subprocess.Popen([sys.executable, "-m", "llmcache", "model-server", "--model", "random-tiny", "--device",
+                               "cpu", "--enable-embeddings", "true", "--listen", f"127.0.0.1:{port}"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        embedder = None
+        while embedder is None:
+            try:
+                embedder = await RemoteEmbedder.connect(url=f"http://127.0.0.1:{port}", max_batch=64, timeout_s=30.0)
+            except Exception:  # noqa: BLE001 - still starting
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+        try:
+            # Warm the server's ONNX Runtime for the batch shapes measured (its first runs are slower),
+            # as the local embedder was warmed by the phases before it.
+            for n in (1, 8, 32, 1):
+                await embedder.embed([f"warm-up text {n} {i}" for i in range(n)])
+            await _phases(result, embedder, "remote (model server /v1/embeddings)", url, args, peer_pid=server.pid)
+        finally:
+            await embedder.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=100_000, help="vectors for the KNN benchmark")
-    parser.add_argument("--lookups", type=int, default=640)
+    parser.add_argument("--lookups", type=int, default=640, help="new texts looked up at 32 concurrent")
+    parser.add_argument("--lookups-c1", type=int, default=96, help="new texts looked up one at a time")
+    parser.add_argument("--backends", default="onnx,torch",
+                        help="local embedder backends to run, comma-separated; the first is the headline")
+    parser.add_argument("--remote", action="store_true",
+                        help="also the sidecar's remote path: a model server process's /v1/embeddings")
     parser.add_argument("--stored", type=int, default=1200, help="real questions stored for the lookup benchmark")
     parser.add_argument("--knn-queries", type=int, default=300)
     parser.add_argument("--exact-requests", type=int, default=300)
@@ -283,9 +366,14 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     result = asyncio.run(run(args))
-    print(f"\n{'semantic lookup (32 concurrent)':<34}{'p50 ms':>9}{'p99 ms':>9}{'lookups/s':>11}{'batches':>9}{'hits':>6}")
+    print(f"\n{'semantic lookup, new texts':<52}{'p50 ms':>8}{'p99 ms':>8}{'hit p50':>8}{'hit p99':>8}"
+          f"{'lookups/s':>10}{'CPU ms':>8}{'batches':>8}{'hits':>6}")
     for name, m in result["lookups"].items():
-        print(f"{name:<34}{m['p50_ms']:9.1f}{m['p99_ms']:9.1f}{m['lookups_per_s']:11.1f}{m['embed_batches']:9d}{m['hits']:6d}")
+        cpu = m["cpu_ms_per_lookup"] + (m["embedding_server_cpu_ms_per_lookup"] or 0.0)
+        print(f"{name:<52}{m['p50_ms']:8.1f}{m['p99_ms']:8.1f}{m['hit_p50_ms']:8.1f}{m['hit_p99_ms']:8.1f}"
+              f"{m['lookups_per_s']:10.1f}{cpu:8.2f}{m['embed_batches']:8d}{m['hits']:6d}")
+    print("(CPU ms: per lookup, this process plus the embedding server's; load avg at start "
+          f"{result['machine']['load_avg_at_start'][0]:.1f})")
     print(f"\n{'KNN top-5':<34}{'entries':>9}{'p50 ms':>9}{'p99 ms':>9}{'memory MiB':>12}")
     for k in result["knn"]:
         mem = "-" if k["index_memory_bytes"] is None else f"{k['index_memory_bytes'] / 2**20:.1f}"

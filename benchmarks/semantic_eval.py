@@ -203,7 +203,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.final:
         sets["final"] = load_pairs(FINAL, "final")
     pairs = [p for rows in sets.values() for p in rows]
-    embedder = await LocalEmbedder.load(cache_entries=200_000)
+    embedder = await LocalEmbedder.load(cache_entries=200_000, backend=args.embedder_backend)
     embed = CachedEmbed(embedder, Path(args.embed_cache))
     try:
         q, c = await embed_pairs(embed, pairs)
@@ -351,6 +351,9 @@ def main() -> int:
                         help=f"cosine gate before the verifier (default: the cache's, {DEFAULT_SIMILARITY_THRESHOLD})")
     parser.add_argument("--embed-cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "llmcache_eval_vectors.npz"),
                         help="on-disk vector cache (npz, no pickle) so reruns skip the model")
+    parser.add_argument("--embedder-backend", default="auto", choices=("auto", "onnx", "torch"),
+                        help="local MiniLM on ONNX Runtime or torch (auto: ONNX when installed); give each its own "
+                             "--embed-cache, or the cached vectors of the other are reused")
     parser.add_argument("--final", action="store_true", help="also evaluate the fresh held-out file (the headline)")
     parser.add_argument("--show-errors", nargs="*", default=[], choices=("train",),
                         help="print pairs decided wrongly in gen:train (tune on train only)")

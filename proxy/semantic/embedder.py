@@ -26,6 +26,8 @@ cosine similarity.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import concurrent.futures
 import hashlib
 import logging
@@ -373,9 +375,11 @@ class RemoteEmbedder(_BatchingEmbedder):
         import aiohttp
 
         try:
+            # base64 (OpenAI's encoding_format): 4 bytes a dimension as little-endian float32, decoded by
+            # numpy at once, instead of ~10 characters a dimension of JSON floats parsed one by one.
             async with self._session.post(
-                self._endpoint, json={"model": self._model, "input": texts}, headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                self._endpoint, json={"model": self._model, "input": texts, "encoding_format": "base64"},
+                headers=self._headers, timeout=aiohttp.ClientTimeout(total=self._timeout_s),
             ) as resp:
                 if resp.status != 200:
                     raise EmbedderError(f"embedding server {self._endpoint} answered HTTP {resp.status}")
@@ -384,8 +388,8 @@ class RemoteEmbedder(_BatchingEmbedder):
             raise EmbedderError(f"embedding server {self._endpoint} unusable: {type(exc).__name__}: {exc}") from exc
         try:
             data = sorted(payload["data"], key=lambda d: d.get("index", 0))
-            vectors = np.asarray([d["embedding"] for d in data], dtype=np.float32)
-        except (KeyError, TypeError, ValueError) as exc:
+            vectors = np.stack([_vector(d["embedding"]) for d in data]) if data else np.zeros((0, 0), np.float32)
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise EmbedderError(f"embedding server {self._endpoint} returned no usable `data[].embedding`") from exc
         if vectors.ndim != 2 or vectors.shape[0] != len(texts):
             raise EmbedderError(f"embedding server {self._endpoint} returned {vectors.shape[0]} vectors for {len(texts)} texts")
@@ -395,6 +399,14 @@ class RemoteEmbedder(_BatchingEmbedder):
         await super().close()
         if self._owns_session:
             await self._session.close()
+
+
+def _vector(embedding: Any) -> np.ndarray:
+    """One ``data[].embedding``: base64 little-endian float32, or a list of floats (servers that ignore
+    ``encoding_format``)."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding, validate=True), dtype="<f4").astype(np.float32)
+    return np.asarray(embedding, dtype=np.float32)
 
 
 def _embeddings_endpoint(url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -115,7 +116,7 @@ async def test_a_model_failure_reaches_every_waiter_as_embedder_error() -> None:
 async def embeddings_server() -> AsyncIterator[tuple[str, dict[str, int]]]:
     """A real OpenAI-compatible /v1/embeddings server on 127.0.0.1 backed by the same MiniLM model."""
     model = sentence_model()
-    state = {"calls": 0, "fail": 0}
+    state = {"calls": 0, "fail": 0, "base64": 0, "honour_base64": 1}
 
     async def handle(request: web.Request) -> web.Response:
         state["calls"] += 1
@@ -124,7 +125,11 @@ async def embeddings_server() -> AsyncIterator[tuple[str, dict[str, int]]]:
         body = await request.json()
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         vecs = await asyncio.to_thread(model.encode, inputs, normalize_embeddings=True)
-        data = [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]
+        b64 = body.get("encoding_format") == "base64" and state["honour_base64"]
+        state["base64"] += bool(b64)
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if b64 else v.tolist()}
+                for i, v in enumerate(vecs)]
         return web.json_response({"object": "list", "data": data[::-1], "model": body["model"]})
 
     app = web.Application()
@@ -145,9 +150,12 @@ async def test_remote_embedder_matches_local_vectors(embeddings_server: tuple[st
         r = await remote.embed(texts)  # the server answers out of order: ``index`` decides
         lv = await local.embed(texts)
         assert np.allclose(r, lv, atol=1e-4)
+        assert state["base64"] == state["calls"]  # vectors travel as base64 float32, not JSON floats
         calls = state["calls"]
         await asyncio.gather(*(remote.embed([f"q {i}"]) for i in range(16)))
         assert state["calls"] - calls <= 2  # micro-batched into one or two HTTP requests
+        state["honour_base64"] = 0  # a server that ignores encoding_format still works
+        assert np.allclose(await remote.embed(["Is it raining?"]), await local.embed(["Is it raining?"]), atol=1e-4)
     finally:
         await remote.close()
         await local.close()
