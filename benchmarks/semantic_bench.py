@@ -327,8 +327,9 @@ async def bench_remote(result: dict[str, Any], url: str, args: argparse.Namespac
         embedder = None
         while embedder is None:
             try:
-                embedder = await RemoteEmbedder.connect(url=f"http://127.0.0.1:{port}", max_batch=64, timeout_s=30.0)
-            except Exception:  # noqa: BLE001 - still starting
+                embedder = await RemoteEmbedder.connect(url=f"http://127.0.0.1:{port}", max_batch=64,
+                                                        timeout_s=30.0)
+            except Exception:  # still starting
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.5)
