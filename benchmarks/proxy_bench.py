@@ -587,13 +587,16 @@ def build_report(direct: LoadResult, proxies: list[ProxyResult], *,
                  + per("miss", lambda p, m: f"{m.p50_ms:.2f} / {m.p99_ms:.2f}")))
     rows.append(("miss overhead p50 / p99 (ms)", ["—"]
                  + per("miss", lambda p, m: f"{m.p50_ms - direct.p50_ms:.2f} / {m.p99_ms - direct.p99_ms:.2f}")))
-    rows.append(("CPU µs/request, miss", ["—"] + per("miss", lambda p, m: f"{p.cpu_us_per_request.get('miss', float('nan')):.0f}")))
+
+    def cpu(phase: str) -> Any:
+        return lambda p, m: f"{p.cpu_us_per_request.get(phase, float('nan')):.0f}"
+
+    rows.append(("CPU µs/request, miss", ["—"] + per("miss", cpu("miss"))))
     rows.append(("hit p50 / p99 (ms), c=1", ["—"] + per("hit", lambda p, m: f"{m.p50_ms:.3f} / {m.p99_ms:.3f}")))
-    rows.append(("CPU µs/request, hit c=1", ["—"] + per("hit", lambda p, m: f"{p.cpu_us_per_request.get('hit', float('nan')):.0f}")))
+    rows.append(("CPU µs/request, hit c=1", ["—"] + per("hit", cpu("hit"))))
     rows.append(("hit throughput c=64 (req/s)", ["—"] + per("hit_c64", lambda p, m: f"{m.rps:,.0f}")))
     rows.append(("hit p50 / p99 at c=64 (ms)", ["—"] + per("hit_c64", lambda p, m: f"{m.p50_ms:.2f} / {m.p99_ms:.2f}")))
-    rows.append(("CPU µs/request, hit c=64", ["—"]
-                 + per("hit_c64", lambda p, m: f"{p.cpu_us_per_request.get('hit_c64', float('nan')):.0f}")))
+    rows.append(("CPU µs/request, hit c=64", ["—"] + per("hit_c64", cpu("hit_c64"))))
     rows.append(("RSS idle → max under load (MiB)", ["—"] + [
         "—" if p.error is not None or p.hit_c64 is None else
         f"{_fmt(p.rss_idle_mib, digits=0)} → {_fmt(p.rss_load_max_mib, digits=0)}" for p in columns]))

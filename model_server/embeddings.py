@@ -77,10 +77,7 @@ class Embedder:
         model = self._load()
         with self._encode_lock:
             onnx = isinstance(model, minilm.OnnxMiniLM)
-            if onnx:
-                tokens = model.count_tokens(texts)
-            else:
-                tokens = sum(len(ids) for ids in model.tokenizer(texts)["input_ids"])
+            tokens = model.count_tokens(texts) if onnx else sum(len(ids) for ids in model.tokenizer(texts)["input_ids"])
             if max_tokens is not None and tokens > max_tokens:
                 raise InvalidRequestError(
                     f"the input has {tokens} tokens, more than this server's limit of {max_tokens} per request "

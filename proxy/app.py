@@ -155,8 +155,13 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     state.redis = client
     # The request path's commands (entry lookup, entry write) on a pipelined connection of their
     # own; TLS and cluster URLs keep redis-py, which handles them.
-    fast = resp.RespClient.from_url(rs.url, connect_timeout_s=max(1.0, rs.timeout_ms / 1000 * 4),
-                                    stale_after_s=max(1.0, rs.timeout_ms / 1000 * 4)) if resp.supports(rs.url) else None
+    # Each command has its own deadline (the breaker's); staleness only reclaims a hung connection, and
+    # dropping it fails every command in flight, so it waits far longer than any deadline: a reply that
+    # is merely slow on a starved machine must not take 60 requests into bypass with it.
+    fast = None
+    if resp.supports(rs.url):
+        fast = resp.RespClient.from_url(rs.url, connect_timeout_s=max(1.0, rs.timeout_ms / 1000 * 4),
+                                        stale_after_s=max(5.0, rs.timeout_ms / 1000 * 20))
     state.store = RedisExactStore(fast if fast is not None else client, keyspace=state.keyspace)
     if state.settings.cache.single_flight_lease:
         owner = f"{socket.gethostname()}:{os.getpid()}"

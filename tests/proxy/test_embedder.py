@@ -12,7 +12,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from semantic_helpers import local_embedder, sentence_model
 
-from llmcache.proxy.semantic.embedder import Embedder, EmbedderError, LocalEmbedder, RemoteEmbedder, find_local_model_dir
+from llmcache.proxy.semantic.embedder import (
+    Embedder,
+    EmbedderError,
+    LocalEmbedder,
+    RemoteEmbedder,
+    find_local_model_dir,
+)
 
 
 def test_model_directory_comes_from_the_wheel() -> None:

@@ -799,7 +799,9 @@ async def test_a_changed_entry_is_served_as_changed(proxy_stack, redis_plain_url
     assert stack.state.parsed.num_reused >= 1
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
-        (key,) = [k async for k in r.scan_iter(match=Keyspace().entry_pattern)]
+        keys_found = [k async for k in r.scan_iter(match=Keyspace().entry_pattern)]
+        assert len(keys_found) == 1
+        key = keys_found[0]
         stored = json.loads(await r.get(key))
         answer = json.loads(stored["body"])
         answer["choices"][0]["message"]["content"] = "rewritten by another pod"
