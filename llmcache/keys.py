@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,7 +141,38 @@ def parse_json(raw: bytes | str) -> Any:
     """
     if not isinstance(raw, str):
         raw = raw.decode(json.detect_encoding(raw), "surrogatepass")  # what json.loads does with bytes
+    _check_depth(raw)
     return _DECODER.decode(raw)
+
+
+MAX_JSON_DEPTH = 256
+"""Deepest nesting of arrays and objects a request body may have (tool schemas need a few dozen)."""
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+class JSONTooDeep(RecursionError):
+    """The body nests arrays/objects deeper than :data:`MAX_JSON_DEPTH`."""
+
+
+def _check_depth(text: str) -> None:
+    """Refuse bodies nested deeper than :data:`MAX_JSON_DEPTH`, whatever the interpreter's stack.
+
+    Without it, whether a body 900 levels deep parses depended on how deep the caller's stack
+    already was (the C decoder shares the recursion limit). Two ``count`` calls in C clear almost
+    every body; only one with more than ``MAX_JSON_DEPTH`` opening brackets is scanned.
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return
+    depth = 0
+    for m in _BRACKET.finditer(_STRING.sub("", text)):
+        if m.group() in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise JSONTooDeep(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        else:
+            depth -= 1
 
 
 def canonical_json(value: Any, *, normalised: bool = False) -> bytes:

@@ -654,6 +654,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             stack.start()
+            if stop.requested:  # the request came after start-up's last check, during its last step
+                raise StackInterrupted
         except StackInterrupted:
             print("\ninterrupted during start-up; stopped everything that had started.", flush=True)
             return 130

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from llmcache import keys
@@ -93,3 +95,16 @@ def test_non_finite_numbers_parse_but_never_hash() -> None:
     for raw in (b'{"temperature": NaN}', b'{"x": Infinity}', b'{"x": 1e999}'):
         with pytest.raises(ValueError):
             keys.exact_key("/v1/completions", keys.parse_json(raw), tenant="t", normalised=True)
+
+
+def test_parse_json_refuses_nesting_deeper_than_the_limit_whatever_the_stack() -> None:
+    deep = '{"x":' + "[" * (keys.MAX_JSON_DEPTH + 1) + "]" * (keys.MAX_JSON_DEPTH + 1) + "}"
+    with pytest.raises(RecursionError):
+        keys.parse_json(deep)
+    at_limit = "[" * keys.MAX_JSON_DEPTH + "]" * keys.MAX_JSON_DEPTH
+    assert keys.parse_json(at_limit) is not None
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    text = json.dumps({"content": "[" * 5000 + '\\"{' * 100, "n": [[1]]})
+    assert keys.parse_json(text)["n"] == [[1]]
