@@ -87,12 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:  # a bad LLMCACHE_* value, found while adding the flags
         print(f"llmcache: error: {exc}", file=sys.stderr)
         return 2
-    if not getattr(args, "_run", None):
+    run = getattr(args, "_run", None)
+    if not run:
         parser.print_help()
         return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return int(args._run(args) or 0)
+        return int(run(args) or 0)
     except ConfigError as exc:
         print(f"llmcache: error: {exc}", file=sys.stderr)
         return 2

@@ -467,7 +467,7 @@ def write_plot(results: Sequence[RequestResult], path: Path, *, title: str = "ll
     import matplotlib.pyplot as plt
 
     fig, (ax_lat, ax_rate) = plt.subplots(1, 2, figsize=(11, 4.2))
-    statuses = [s for s in sorted({r.status for r in results}, key=_status_order)]
+    statuses = sorted({r.status for r in results}, key=_status_order)
     for x, status in enumerate(statuses):
         lat = [r.latency_ms for r in results if r.status == status]
         ax_lat.boxplot([lat], positions=[x], widths=0.5, showfliers=False)

@@ -166,7 +166,7 @@ class EmbeddedRedis:
                                           start_new_session=True,
                                           # The death signal follows the starting *thread*: only
                                           # tie it to the main thread, which lives as long as we do.
-                                          preexec_fn=_die_with_parent if self.die_with_parent
+                                          preexec_fn=_die_with_parent if self.die_with_parent  # noqa: PLW1509 - main thread only
                                           and threading.current_thread() is threading.main_thread() else None)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -191,7 +191,7 @@ def _http_status(url: str, *, timeout_s: float = 2.0) -> int | None:
 
 def _url_host(host: str) -> str:
     """Host as it goes into a URL a client on this machine can reach."""
-    if host in ("0.0.0.0", ""):
+    if host in ("0.0.0.0", ""):  # noqa: S104 - a comparison, not a bind
         return "127.0.0.1"
     if host == "::":
         return "[::1]"
@@ -358,7 +358,7 @@ class Stack:
         for flag, value, what in wanted:
             host, port = parse_listen(value)
             if port == 0:
-                port = free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
+                port = free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")  # noqa: S104 - not a bind
                 while (host, port) in taken:
                     port = free_port("127.0.0.1")
             elif (host, port) in taken:
@@ -395,9 +395,9 @@ class Stack:
             reason = redis_problem(cfg.redis_url)
             if reason is not None:
                 raise StackError(
-                    f"Redis at {connection.redact(cfg.redis_url)} (--redis-url, env LLMCACHE_REDIS_URL) is unreachable: "
-                    f"{reason}. Start it (`llmcache redis` runs one with vector search), fix the URL, or leave "
-                    "--redis-url out and `up` starts its own.")
+                    f"Redis at {connection.redact(cfg.redis_url)} (--redis-url, env LLMCACHE_REDIS_URL) "
+                    f"is unreachable: {reason}. Start it (`llmcache redis` runs one with vector search), "
+                    "fix the URL, or leave --redis-url out and `up` starts its own.")
         if cfg.upstream is not None:
             reason = upstream_problem(cfg.upstream)
             if reason is not None:

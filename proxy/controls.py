@@ -35,6 +35,8 @@ CONTROL_PREFIX = "x-llmcache-"
 NAMESPACE_HEADER = "X-LLMCache-Namespace"
 THRESHOLD_HEADER = "X-LLMCache-Similarity-Threshold"
 MAX_NAMESPACE_CHARS = 256
+#: The directives of a request without ``Cache-Control``: frozen, so one instance serves as every default.
+_NO_DIRECTIVES = cachecontrol.RequestDirectives()
 
 
 class InvalidControl(ValueError):
@@ -52,7 +54,7 @@ class RequestControls:
     """What a request's headers ask of the cache."""
 
     namespace: str = ""
-    directives: cachecontrol.RequestDirectives = cachecontrol.RequestDirectives()
+    directives: cachecontrol.RequestDirectives = _NO_DIRECTIVES
     similarity_threshold: float | None = None
     """The threshold the request asks for, or ``None``; applied as ``max(policy, asked)``."""
 

@@ -140,17 +140,7 @@ class SSERecorder:
             if delta.get("reasoning_content"):
                 acc["reasoning"].append(_text(delta["reasoning_content"]))
             for tc in delta.get("tool_calls") or ():
-                slot = acc["tool_calls"].setdefault(int(tc.get("index", 0)),
-                                                    {"id": None, "type": "function", "name": [], "arguments": []})
-                if tc.get("id"):
-                    slot["id"] = _text(tc["id"])
-                if tc.get("type"):
-                    slot["type"] = _text(tc["type"])
-                fn = tc.get("function") or {}
-                if fn.get("name"):
-                    slot["name"].append(_text(fn["name"]))
-                if fn.get("arguments"):
-                    slot["arguments"].append(_text(fn["arguments"]))
+                _add_tool_call_delta(acc["tool_calls"], tc)
 
     @property
     def complete(self) -> bool:
@@ -198,6 +188,20 @@ def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string in the stream, got {type(value).__name__}")
     return value
+
+
+def _add_tool_call_delta(slots: dict[int, dict[str, Any]], tc: dict[str, Any]) -> None:
+    """Merge one streamed ``tool_calls[]`` delta into the call it continues (by ``index``)."""
+    slot = slots.setdefault(int(tc.get("index", 0)), {"id": None, "type": "function", "name": [], "arguments": []})
+    if tc.get("id"):
+        slot["id"] = _text(tc["id"])
+    if tc.get("type"):
+        slot["type"] = _text(tc["type"])
+    fn = tc.get("function") or {}
+    if fn.get("name"):
+        slot["name"].append(_text(fn["name"]))
+    if fn.get("arguments"):
+        slot["arguments"].append(_text(fn["arguments"]))
 
 
 def split_text(text: str, *, max_chars: int = _PIECE_CHARS) -> list[str]:

@@ -75,7 +75,8 @@ class EmbeddedCluster:
             for _ in range(total):
                 node = EmbeddedRedis(with_search=self.with_search, maxmemory=self.maxmemory, extra_args=[
                     # The bus port is picked free too: port + 10000 (the default) may be taken or > 65535.
-                    "--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file", "nodes.conf",
+                    "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                    "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(self.node_timeout_ms),
                     # A replica may be promoted however long it was cut off: tests kill masters at will.
                     "--cluster-replica-validity-factor", "0",
@@ -87,9 +88,11 @@ class EmbeddedCluster:
             addrs = [f"{n.host}:{n.port}" for n in self.nodes]
             proc = subprocess.run([find_valkey_cli(), "--cluster", "create", *addrs, "--cluster-replicas",
                                    str(self.replicas_per_master), "--cluster-yes"],
-                                  capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic()))
+                                  capture_output=True, text=True, check=False,
+                                  timeout=max(1.0, deadline - time.monotonic()))
             if proc.returncode != 0:
-                raise DependencyError(f"valkey-cli --cluster create failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+                raise DependencyError(
+                    f"valkey-cli --cluster create failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
             self.wait_healthy(timeout_s=max(1.0, deadline - time.monotonic()))
         except BaseException:
             self.stop()

@@ -29,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import os
@@ -223,10 +224,8 @@ class _BatchingEmbedder:
         self._closed = True
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await self._worker
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
         for _, _, fut in self._pending:
             if not fut.done():
                 fut.set_exception(EmbedderError("embedder closed"))
@@ -392,7 +391,8 @@ class RemoteEmbedder(_BatchingEmbedder):
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise EmbedderError(f"embedding server {self._endpoint} returned no usable `data[].embedding`") from exc
         if vectors.ndim != 2 or vectors.shape[0] != len(texts):
-            raise EmbedderError(f"embedding server {self._endpoint} returned {vectors.shape[0]} vectors for {len(texts)} texts")
+            raise EmbedderError(
+                f"embedding server {self._endpoint} returned {vectors.shape[0]} vectors for {len(texts)} texts")
         return vectors
 
     async def close(self) -> None:
