@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -70,7 +71,8 @@ _ASKS = ["Write a short story about {s}.", "Describe a day in the life of {s}.",
 
 def distinct_prompts(n: int) -> list[list[dict[str, str]]]:
     """``n`` different user prompts that each invite a long answer."""
-    return [[{"role": "user", "content": _ASKS[(i // len(_SUBJECTS)) % len(_ASKS)].format(s=_SUBJECTS[i % len(_SUBJECTS)])
+    return [[{"role": "user",
+              "content": _ASKS[(i // len(_SUBJECTS)) % len(_ASKS)].format(s=_SUBJECTS[i % len(_SUBJECTS)])
               + f" (request {i})"}] for i in range(n)]
 
 
@@ -106,7 +108,7 @@ async def one_request(http: aiohttp.ClientSession, url: str, model: str, message
     tokens = (usage or {}).get("completion_tokens") or len(stamps)
     details = (usage or {}).get("prompt_tokens_details") or {}
     return {"status": 200, "started": started, "end": end, "ttft_s": (stamps[0] - started) if stamps else end - started,
-            "itl_s": [b - a for a, b in zip(stamps, stamps[1:])], "tokens": tokens,
+            "itl_s": [b - a for a, b in itertools.pairwise(stamps)], "tokens": tokens,
             "prompt_tokens": (usage or {}).get("prompt_tokens"), "cached_tokens": details.get("cached_tokens")}
 
 
@@ -287,10 +289,12 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         return a / b if a and b else None
 
     return {
-        "distinct: tok/s batched / unbatched (goal >= 5)": ratio(get("ours-batched", "distinct", "output_tokens_per_s"),
-                                                                 get("ours-unbatched", "distinct", "output_tokens_per_s")),
+        "distinct: tok/s batched / unbatched (goal >= 5)": ratio(
+            get("ours-batched", "distinct", "output_tokens_per_s"),
+            get("ours-unbatched", "distinct", "output_tokens_per_s")),
         "distinct: tok/s batched / transformers (goal >= 1)": ratio(
-            get("ours-batched", "distinct", "output_tokens_per_s"), get("transformers", "distinct", "output_tokens_per_s")),
+            get("ours-batched", "distinct", "output_tokens_per_s"),
+            get("transformers", "distinct", "output_tokens_per_s")),
         "shared-system: TTFT p50 transformers / batched (goal >= 5)": ratio(
             get("transformers", "shared-system", "ttft_p50_s"), get("ours-batched", "shared-system", "ttft_p50_s")),
         "shared-system: tok/s batched / transformers": ratio(

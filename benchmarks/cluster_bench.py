@@ -74,7 +74,7 @@ sys.exit(1)
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def policy(name: str, app: str, *, suspend: bool) -> dict[str, Any]:
@@ -108,13 +108,13 @@ def bench_propagation(kube: ControlPlane, pods: list[str], rounds: int) -> list[
                 container="app", timeout_s=300)[0] == 0, timeout_s=300)
         flips: dict[str, float] = {}
 
-        def poll(pod: str) -> None:
+        def poll(pod: str, flips: dict[str, float]) -> None:
             code, out = exec_in(kube, APP_NS, pod, ["python", "-c", FLIP, "120", QUESTION], container="app",
                                 timeout_s=200)
             if code == 0:
                 flips[pod] = float(out.strip().splitlines()[-1])
 
-        threads = [threading.Thread(target=poll, args=(p,)) for p in pods]
+        threads = [threading.Thread(target=poll, args=(p, flips)) for p in pods]
         for t in threads:
             t.start()
         time.sleep(2)  # pollers running
@@ -148,7 +148,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, key, title in zip(axes, ("latency", "propagation", "ready"),
-                              ("request latency in the app pod (ms)", "policy propagation (ms)", "pod time to Ready (ms)")):
+                              ("request latency in the app pod (ms)", "policy propagation (ms)",
+                               "pod time to Ready (ms)")):
         groups = summary[key]
         names = list(groups)
         ax.bar([f"{n}\np50" for n in names], [groups[n]["p50"] for n in names])

@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"{model.device.type}_{Path(args.model).name if os.sep in args.model else args.model}"
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
-        "benchmark": "prefix_bench", "command": " ".join(["python", "benchmarks/prefix_bench.py", *(argv or sys.argv[1:])]),
+        "benchmark": "prefix_bench",
+        "command": " ".join(["python", "benchmarks/prefix_bench.py", *(argv or sys.argv[1:])]),
         "model": args.model, "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
         "gpu": torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else None,
@@ -294,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                      "max_tokens": args.max_tokens, "overhead_prompts": args.overhead_prompts,
                      "overhead_tokens": args.overhead_tokens},
         "summary": summary, "summary_cache_on_warm_hits": on_warm, "derived": derived,
-        "requests": {mode: [{k: v for k, v in r.items() if k != "text"} for r in rows] for mode, rows in results.items()},
+        "requests": {mode: [{k: v for k, v in r.items() if k != "text"} for r in rows]
+                     for mode, rows in results.items()},
     }
     json_path = args.out / f"prefix_bench_{tag}.json"
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -320,7 +322,8 @@ def plot(results: dict[str, list[dict[str, Any]]], summary: dict[str, dict[str, 
     ax1.set_ylabel("TTFT (ms, log)")
     ax1.set_title("Shared ~1k-token system prompt: TTFT per request")
     ax1.legend()
-    modes = [m for m in ("naive-generate", "cache-off", "cache-on", "zero-shared-off", "zero-shared-on") if m in summary]
+    modes = [m for m in ("naive-generate", "cache-off", "cache-on", "zero-shared-off", "zero-shared-on")
+             if m in summary]
     ax2.bar(modes, [summary[m]["ttft_p50_s"] * 1000 for m in modes], color="tab:blue", label="p50")
     ax2.scatter(modes, [summary[m]["ttft_p99_s"] * 1000 for m in modes], color="tab:red", zorder=3, label="p99")
     ax2.set_yscale("log")

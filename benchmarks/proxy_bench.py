@@ -797,7 +797,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stub_port, ours_port, lite_port = free_port(), free_port(), free_port()
         stub = f"http://127.0.0.1:{stub_port}"
         with _process([sys.executable, "-m", "llmcache.testing.stub_upstream", "--listen", f"127.0.0.1:{stub_port}",
-                       "--latency-ms", f"{args.upstream_latency_ms:g}"], log=work / "stub.log", env=env, cwd=work) as sp:
+                       "--latency-ms", f"{args.upstream_latency_ms:g}"],
+                      log=work / "stub.log", env=env, cwd=work) as sp:
             _wait_http(stub + "/v1/models", timeout_s=60, proc=sp, log=work / "stub.log")
             for i in range(5):
                 post_chat(stub, f"warm-direct-{i}")
@@ -857,8 +858,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cfg.write_text(litellm_config(stub, redis_server.port))
                     lenv = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
                     # Offline and quiet: no model-cost map download, no telemetry, warnings only.
-                    lenv.update({"LITELLM_MASTER_KEY": API_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
-                                 "LITELLM_TELEMETRY": "False", "PYTHONUNBUFFERED": "1"})
+                    lenv.update({"LITELLM_MASTER_KEY": API_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                                 "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "PYTHONUNBUFFERED": "1"})
                     base = f"http://127.0.0.1:{lite_port}"
                     with _process([str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(lite_port),
                                    "--num_workers", "1"], log=work / "litellm.log", env=lenv, cwd=work) as lp:

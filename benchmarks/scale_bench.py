@@ -75,7 +75,7 @@ def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
 @dataclass
@@ -522,7 +522,8 @@ def main() -> int:
                 "apt-get install wrk (or pass --procs '' to skip the phase)")
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"scale-bench-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"entries": args.entries, "dim": args.dim, "args": {k: str(v) for k, v in vars(args).items()},
+    result: dict[str, Any] = {"entries": args.entries, "dim": args.dim,
+                              "args": {k: str(v) for k, v in vars(args).items()},
                               "machine": f"{platform.machine()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
                               "command": " ".join(sys.argv), "targets": {}, "scale": []}
     for name in [n.strip() for n in args.targets.split(",") if n.strip()]:

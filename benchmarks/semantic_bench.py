@@ -42,10 +42,9 @@ import redis.asyncio as aioredis
 
 from llmcache.keys import semantic_parts
 from llmcache.keyspace import Keyspace
-from llmcache.proxy.semantic import index_client, vector_index
+from llmcache.proxy.semantic import SemanticCache, index_client, vector_index
 from llmcache.proxy.semantic.embedder import LocalEmbedder
 from llmcache.proxy.semantic.index_search import SearchIndex
-from llmcache.proxy.semantic import SemanticCache
 from llmcache.proxy.settings import SemanticSettings
 from llmcache.redis_server import EmbeddedRedis
 
@@ -102,7 +101,8 @@ async def bench_lookups(url: str, embedder: Any, *, num_lookups: int, concurrenc
     for i, ((text, _), vec) in enumerate(zip(stored, vecs)):
         await cache._index.add(f"{i:064x}", vec, scope_hash=parts(text).scope_hash, text=text, ttl_s=3600)  # noqa: SLF001
     # Every lookup text is new to the embedder: half paraphrases of stored questions, half unseen questions.
-    queries = [q for _, q in pairs[: num_lookups // 2]] + [f"{q} Please be brief." for _, q in pairs[num_stored:num_stored + num_lookups - num_lookups // 2]]
+    queries = [q for _, q in pairs[: num_lookups // 2]] + [
+        f"{q} Please be brief." for _, q in pairs[num_stored:num_stored + num_lookups - num_lookups // 2]]
     queries = queries[:num_lookups]
     latencies: list[float] = []
     hit_latencies: list[float] = []
@@ -301,7 +301,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.remote:
             await bench_remote(result, search_srv.url, args)
         for kind, url in (("search", search_srv.url), ("client", plain_srv.url)) if args.entries > 0 else ():
-            result["knn"].append(await bench_knn(url, kind, entries=args.entries, dim=384, num_queries=args.knn_queries))
+            result["knn"].append(
+                await bench_knn(url, kind, entries=args.entries, dim=384, num_queries=args.knn_queries))
             print(f"  knn {result['knn'][-1]}", flush=True)
         if not args.skip_proxy:
             result["exact_path"] = await bench_exact_path(search_srv.url, num_requests=args.exact_requests)

@@ -88,10 +88,10 @@ MUTATIONS = [
              " - self.__dict__.setdefault('t0', asyncio.get_running_loop().time())))):",
              (ADV + "test_limits.py::test_stalled_pass_through_body_gets_408_and_a_slow_one_still_passes",)),
     Mutation("nested JSON ends as a 500", "proxy/handlers.py",
-             "    except RecursionError:\n        state.metrics.count(route, \"error\")\n        return _too_deep(), \"error\"\n"
-             "    if not isinstance(body, dict):",
-             "    except ZeroDivisionError:\n        state.metrics.count(route, \"error\")\n        return _too_deep(), \"error\"\n"
-             "    if not isinstance(body, dict):",
+             "    except RecursionError:\n        state.metrics.count(route, \"error\")\n"
+             "        return _too_deep(), \"error\"\n    if not isinstance(body, dict):",
+             "    except ZeroDivisionError:\n        state.metrics.count(route, \"error\")\n"
+             "        return _too_deep(), \"error\"\n    if not isinstance(body, dict):",
              (ADV + "test_limits.py::test_deeply_nested_json_is_a_clear_400",)),
     Mutation("upstream pool wait unbounded", "proxy/upstream.py",
              "aiohttp.ClientTimeout(total=None, connect=connect_timeout_s,",

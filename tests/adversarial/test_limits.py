@@ -173,7 +173,7 @@ async def test_deeply_nested_json_is_a_clear_400(proxy_stack, depth: int) -> Non
         b"[" * depth + b"]" * depth + b"}"
     status, _, payload = await stack.post(ROUTE, None, raw=raw, headers={"Content-Type": "application/json"})
     assert status == 400 and json.loads(payload)["error"]["code"] == "json_too_deep"
-    status, headers, _ = await stack.post(ROUTE, CHAT)
+    status, _headers, _ = await stack.post(ROUTE, CHAT)
     assert status == 200  # the proxy is fine afterwards
 
 
@@ -196,7 +196,7 @@ async def test_a_streamed_answer_longer_than_the_entry_limit_is_not_buffered(pro
                  lambda: any(f.overflowed for f in stack.state.flights._flights.values()))
     flight = next(iter(stack.state.flights._flights.values()))
     assert flight.chunks == []  # nothing kept past the cap
-    status, headers, follower = await stack.post(ROUTE, body)  # cannot join: fetches its own
+    status, _headers, follower = await stack.post(ROUTE, body)  # cannot join: fetches its own
     status0, _, first = await leader
     assert (status0, status) == (200, 200) and first.endswith(b"data: [DONE]\n\n")
     assert follower.endswith(b"data: [DONE]\n\n")

@@ -101,7 +101,7 @@ async def test_a_well_formed_stream_is_stored(scripted_stack) -> None:
 ], ids=["function_call", "audio", "annotations", "unknown"])
 async def test_deltas_the_recorder_cannot_fold_are_not_stored(scripted_stack, delta: dict) -> None:
     body = b"".join([GOOD[0], chunk(delta), chunk({"content": "ok"}), GOOD[3], DONE])
-    stack, seen = await scripted_stack(scripted(body))
+    stack, _seen = await scripted_stack(scripted(body))
     assert await twice(stack) == ["miss", "miss"]
 
 
@@ -110,7 +110,7 @@ async def test_deltas_the_recorder_cannot_fold_are_not_stored(scripted_stack, de
                          ids=["content-list", "content-number", "arguments-object"])
 async def test_mistyped_deltas_are_not_stored(scripted_stack, delta: dict) -> None:
     body = b"".join([GOOD[0], chunk(delta), GOOD[3], DONE])
-    stack, seen = await scripted_stack(scripted(body))
+    stack, _seen = await scripted_stack(scripted(body))
     assert await twice(stack) == ["miss", "miss"]
 
 
@@ -120,11 +120,11 @@ async def test_reasoning_content_is_recorded_and_replayed(scripted_stack) -> Non
                      chunk({"content": "Answer"}), GOOD[3], usage, DONE])
     stack, seen = await scripted_stack(scripted(body))
     await stack.post("/v1/chat/completions", {**CHAT, "stream_options": {"include_usage": True}})
-    status, headers, payload = await stack.post("/v1/chat/completions", {**CHAT, "stream": False})
+    _status, headers, payload = await stack.post("/v1/chat/completions", {**CHAT, "stream": False})
     assert headers["X-LLMCache-Status"] == "hit"
     message = json.loads(payload)["choices"][0]["message"]
     assert message["reasoning_content"] == "Think first. Done." and message["content"] == "Answer"
-    status, headers, payload = await stack.post("/v1/chat/completions", CHAT)
+    _status, headers, payload = await stack.post("/v1/chat/completions", CHAT)
     assert headers["X-LLMCache-Status"] == "hit"
     events = [json.loads(line[6:]) for line in payload.decode().splitlines()
               if line.startswith("data: {")]

@@ -141,7 +141,7 @@ class Images:
                 refs[name] = value
             elif key.endswith("_TAR"):
                 tars[name] = Path(value)
-        for name, tar in tars.items():
+        for tar in tars.values():
             if not tar.is_file():
                 raise ClusterMissing(f"image tar {tar} is missing: run `make images` (tests/cluster/images.sh)")
         return cls(refs=refs, tars=tars)
@@ -273,7 +273,8 @@ class LocalCluster:
     def nsenter(self) -> list[str]:
         return ["nsenter", f"--target={self.holder_pid}", "--net", "--mount", "--pid", "--"]
 
-    def run_in(self, cmd: list[str], *, timeout_s: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run_in(self, cmd: list[str], *, timeout_s: float = 60.0,
+               check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a command inside the cluster's namespaces and wait for it."""
         proc = subprocess.run(self.nsenter() + cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
         if check and proc.returncode != 0:
@@ -368,7 +369,8 @@ class LocalCluster:
             # --kill-child + the death signal: a killed pytest still ends the cluster.
             ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child=SIGTERM", "--propagation", "private",
              "--mount-proc",
-             sys.executable, str(HERE / "nsinit.py"), json.dumps({"binds": binds, "node_ip": NODE_IP, "service_cidr": SERVICE_CIDR})],
+             sys.executable, str(HERE / "nsinit.py"),
+             json.dumps({"binds": binds, "node_ip": NODE_IP, "service_cidr": SERVICE_CIDR})],
             stdout=(self.workdir / "logs" / "nsinit.log").open("wb"), stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 30
@@ -666,9 +668,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             network = ipaddress.ip_network(net)
             for line in addrs.splitlines():
                 parts = line.split()
-                if len(parts) > 3 and parts[2] == "inet":
-                    if ipaddress.ip_interface(parts[3]).ip in network:
-                        found.append(f"address on the host: {line.strip()}")
+                if len(parts) > 3 and parts[2] == "inet" and ipaddress.ip_interface(parts[3]).ip in network:
+                    found.append(f"address on the host: {line.strip()}")
         found += [f"cgroup: {d}" for d in self._cgroup_dirs()]
         return found
 

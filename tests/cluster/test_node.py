@@ -50,7 +50,15 @@ spec:
         - name: web
           image: {image}
           imagePullPolicy: Never
-          command: ["python", "-c", "import http.server,socketserver,os;\\nclass H(http.server.BaseHTTPRequestHandler):\\n  def do_GET(self):\\n    b=os.environ['HOSTNAME'].encode();self.send_response(200);self.end_headers();self.wfile.write(b)\\nhttp.server.ThreadingHTTPServer(('',8000),H).serve_forever()"]
+          command:
+            - python
+            - -c
+            - |-
+              import http.server,socketserver,os;
+              class H(http.server.BaseHTTPRequestHandler):
+                def do_GET(self):
+                  b=os.environ['HOSTNAME'].encode();self.send_response(200);self.end_headers();self.wfile.write(b)
+              http.server.ThreadingHTTPServer(('',8000),H).serve_forever()
           ports: [{{containerPort: 8000}}]
           readinessProbe: {{tcpSocket: {{port: 8000}}, periodSeconds: 1}}
 ---
@@ -83,7 +91,8 @@ spec:
     assert out.strip() == web["metadata"]["name"]
     # The short name resolves through the pod's search path too.
     code, out = exec_in(kube_cluster, ns, "probe", [
-        "python", "-c", "import urllib.request; print(urllib.request.urlopen('http://web/', timeout=10).read().decode())"])
+        "python", "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://web/', timeout=10).read().decode())"])
     assert code == 0 and out.strip() == web["metadata"]["name"], out
 
 

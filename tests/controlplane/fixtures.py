@@ -218,7 +218,8 @@ class ControlPlane:
         except NotFoundError:
             return None
 
-    def list_objects(self, api_version: str, kind: str, *, namespace: str | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    def list_objects(self, api_version: str, kind: str, *, namespace: str | None = None,
+                     **kwargs: Any) -> list[dict[str, Any]]:
         """Objects of one kind (in ``namespace``, or cluster-wide), e.g. ``label_selector=``."""
         result = self._resource(api_version, kind).get(namespace=namespace, **kwargs).to_dict()
         return list(result.get("items") or [])
@@ -254,7 +255,8 @@ class ControlPlane:
                   "spec": {"expirationSeconds": expiration_s}},
         )
         if response.status_code != 201:
-            raise RuntimeError(f"TokenRequest for {namespace}/{name} failed: HTTP {response.status_code} {response.text}")
+            raise RuntimeError(
+                f"TokenRequest for {namespace}/{name} failed: HTTP {response.status_code} {response.text}")
         token = response.json()["status"]["token"]
         path = self.workdir / f"kubeconfig-sa-{namespace}-{name}"
         _write_kubeconfig(path, server=self.server, ca=self.ca, user=f"{namespace}-{name}", token=token,
@@ -315,7 +317,8 @@ def _write_kubeconfig(path: Path, *, server: str, ca: Path, user: str, token: st
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "llmcache-test", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+                "clusters": [{"name": "llmcache-test",
+                              "cluster": {"server": server, "certificate-authority": str(ca)}}],
                 "users": [{"name": user, "user": {"token": token}}],
                 "contexts": [{"name": "llmcache-test", "context": context}],
                 "current-context": "llmcache-test",

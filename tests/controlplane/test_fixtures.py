@@ -47,7 +47,8 @@ def test_pods_are_admitted_and_stay_pending(kube: ControlPlane, kube_namespace: 
     pod = kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"app": "x"}},
                       "spec": {"containers": [{"name": "c", "image": "busybox"}]}}, namespace=kube_namespace)[0]
     assert pod["status"]["phase"] == "Pending"
-    assert kube.list_objects("v1", "Pod", namespace=kube_namespace, label_selector="app=x")[0]["metadata"]["name"] == "p"
+    listed = kube.list_objects("v1", "Pod", namespace=kube_namespace, label_selector="app=x")
+    assert listed[0]["metadata"]["name"] == "p"
     # The ServiceAccount admission plugin ran: the token volume was projected in.
     assert any("projected" in v for v in pod["spec"]["volumes"])
 

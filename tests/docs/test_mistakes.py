@@ -289,7 +289,8 @@ def test_a_part_killed_by_a_signal_is_reported_with_its_meaningful_log_lines(tmp
     script = ("import sys, time\n"
               "print('loaded the model from /models/x', flush=True)\n"
               "for i in range(5):\n"
-              "    sys.stdout.write(f'\\rLoading weights: {i*20:3d}%|' + '█' * i + ' ' * (5 - i) + f'| {i}/5 [00:0{i}<00:00, 3.2it/s]')\n"
+              "    sys.stdout.write(f'\\rLoading weights: {i*20:3d}%|' + '█' * i + ' ' * (5 - i)"
+              " + f'| {i}/5 [00:0{i}<00:00, 3.2it/s]')\n"
               "sys.stdout.write('\\n'); print('ready', flush=True)\n"
               "time.sleep(60)\n")
     child = stack._Child(name="part", argv=[sys.executable, "-c", script], ready_probe="-", is_ready=lambda: False,

@@ -26,7 +26,7 @@ def wait_for_sidecar(client: openai.OpenAI, *, timeout_s: float = 300.0) -> None
             return
         except openai.APIError as exc:
             if time.monotonic() > deadline:
-                raise SystemExit(f"sidecar at {BASE_URL} not answering after {timeout_s:.0f} s: {exc}")
+                raise SystemExit(f"sidecar at {BASE_URL} not answering after {timeout_s:.0f} s: {exc}") from exc
             time.sleep(2)
 
 

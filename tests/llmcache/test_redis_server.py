@@ -65,7 +65,7 @@ def test_server_dies_with_the_process_that_started_it(tmp_path) -> None:
         "import time; time.sleep(60)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    pid, port = map(int, parent.stdout.readline().split())
+    pid, _port = map(int, parent.stdout.readline().split())
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 10

@@ -79,7 +79,8 @@ async def test_invalidate_by_bare_api_key_matches_the_bearer_header(proxy_stack)
     assert set(body["matched"]) == {"tenant_id"} and "other-key" not in str(body)
     assert all(len(t) == 32 for t in body["matched"]["tenant_id"])
     only = {"Cache-Control": "only-if-cached"}
-    assert (await stack.post("/v1/chat/completions", CHAT, headers={**only, "Authorization": "Bearer other-key"}))[0] == 504
+    other_tenant = {**only, "Authorization": "Bearer other-key"}
+    assert (await stack.post("/v1/chat/completions", CHAT, headers=other_tenant))[0] == 504
     assert (await stack.post("/v1/chat/completions", CHAT, headers={**only, "X-LLMCache-Namespace": "docs"}))[0] == 200
 
 

@@ -65,7 +65,7 @@ async def test_slow_redis_is_bypassed_within_the_deadline(proxy_stack, silent_re
     async with stack.http.get(stack.proxy_url + "/readyz") as r:
         assert r.status == 200  # the breaker settled on bypass: the stack may start
     for _ in range(5):
-        status, headers, payload = await stack.post("/v1/chat/completions", CHAT)
+        status, headers, _payload = await stack.post("/v1/chat/completions", CHAT)
         assert status == 200 and headers["X-LLMCache-Status"] == "bypass"
     assert stack.state.breaker.is_open
     async with stack.http.get(stack.proxy_url + "/metrics") as r:
@@ -94,7 +94,7 @@ async def test_full_redis_still_answers(proxy_stack, redis_factory) -> None:
         await r.config_set("maxmemory", "1")  # every write is refused with OOM
         n_keys = await r.dbsize()
         for i in range(6):
-            status, headers, payload = await stack.post("/v1/chat/completions", body(i))
+            status, headers, _payload = await stack.post("/v1/chat/completions", body(i))
             assert status == 200 and headers["X-LLMCache-Status"] == "miss"  # answered; not stored
         assert await r.dbsize() == n_keys
         assert stack.state.breaker.state == "closed"  # refused writes do not open the breaker...

@@ -23,7 +23,7 @@ async def stub():
 
 
 async def test_answers_are_deterministic_and_ids_count(stub) -> None:
-    server, cfg, client = stub
+    server, _cfg, client = stub
     a = await client.chat.completions.create(**CHAT)
     b = await client.chat.completions.create(**CHAT)
     c = await client.chat.completions.create(**{**CHAT, "max_tokens": 4})
@@ -41,7 +41,7 @@ async def test_answers_are_deterministic_and_ids_count(stub) -> None:
 
 
 async def test_faults(stub) -> None:
-    server, cfg, client = stub
+    server, _cfg, client = stub
     with pytest.raises(openai.InternalServerError):
         await client.chat.completions.create(**CHAT, extra_headers={"X-Stub-Fault": "500"})
     with pytest.raises(openai.APIConnectionError):

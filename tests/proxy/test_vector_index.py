@@ -27,7 +27,8 @@ def unit(*values: float) -> np.ndarray:
 
 
 @pytest.fixture(params=["search", "client"])
-async def index(request: pytest.FixtureRequest, redis_search_url: str, redis_plain_url: str) -> AsyncIterator[vector_index.VectorIndex]:
+async def index(request: pytest.FixtureRequest, redis_search_url: str,
+                redis_plain_url: str) -> AsyncIterator[vector_index.VectorIndex]:
     url = redis_search_url if request.param == "search" else redis_plain_url
     r = aioredis.Redis.from_url(url)
     idx = await cache.open_index(r, keyspace=KS, dim=DIM, kind="auto", client_max_entries=1000,
@@ -96,7 +97,7 @@ async def test_search_index_refuses_another_dimension(redis_search_url: str) -> 
     r = aioredis.Redis.from_url(redis_search_url)
     try:
         await SearchIndex.open(r, keyspace=KS, dim=DIM)
-        with pytest.raises(Exception, match="FT.DROPINDEX"):
+        with pytest.raises(Exception, match=r"FT\.DROPINDEX"):
             await SearchIndex.open(r, keyspace=KS, dim=DIM * 2)
     finally:
         await r.aclose()
@@ -172,7 +173,8 @@ async def test_client_index_reconciles_missed_writes(redis_plain_url: str) -> No
 async def test_foreign_or_corrupt_documents_are_ignored(redis_plain_url: str) -> None:
     r = aioredis.Redis.from_url(redis_plain_url)
     await r.hset(KS.vector("bad"), mapping={"vec": b"short", "scope": "s1", "text": "x", "exp": "9e12", "v": "1"})
-    await r.hset(KS.vector("future"), mapping={**vector_index.doc_fields(unit(1), scope_hash="s1", text="x", ttl_s=60), "v": "99"})
+    await r.hset(KS.vector("future"),
+                 mapping={**vector_index.doc_fields(unit(1), scope_hash="s1", text="x", ttl_s=60), "v": "99"})
     idx = await index_client.ClientIndex.open(r, keyspace=KS, dim=DIM, reconcile_interval_s=0)
     try:
         assert idx.stats()["entries"] == 0
