@@ -1,0 +1,130 @@
+"""The English lexicon the verifier explains differences with: lemmas, synonyms, derivations (WordNet 3.0).
+
+Reads ``data/wordnet.json.gz`` once per process (a table derived at build time from Debian's
+``wordnet-base`` by ``benchmarks/data/build_wordnet_table.py``; WordNet 3.0 licence in
+``data/WORDNET_LICENSE``). Nothing is fetched at run time. Every look-up is a dict or set
+access: :func:`lemmas` applies WordNet's own morphology (``morphy``: irregular forms, then
+suffix rules checked against the vocabulary), :meth:`Lexicon.synonyms` and
+:meth:`Lexicon.derived` compare the lemma sets of two words.
+
+Synonym sets are cut at build time to each word's three most frequent senses, so a rare sense
+("run" = "function") never makes two words the same; co-hyponyms ("Django"/"Flask",
+"grams"/"ounces") and antonyms never share a set.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmcache.errors import ConfigError
+
+__all__ = ["TABLE_PATH", "Lexicon", "lexicon"]
+
+TABLE_PATH = Path(__file__).with_name("data") / "wordnet.json.gz"
+_SCHEMA = 2
+_CACHE_ENTRIES = 50_000
+# WordNet's morphy suffix rules by part of speech: (suffix, replacement).
+_RULES = {
+    "n": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
+          ("ies", "y")),
+    "v": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")),
+    "a": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
+    "r": (),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Lexicon:
+    """WordNet-derived maps (read-only after load)."""
+
+    pos: dict[str, str]
+    """Lemma → its parts of speech (``n`` noun, ``v`` verb, ``a`` adjective, ``r`` adverb)."""
+    exceptions: dict[str, str]
+    synsets: dict[str, str]
+    """Lemma → ids (space-separated) of the frequent-sense synonym sets it belongs to."""
+    derivations: dict[str, str]
+    """Lemma → derivationally related lemmas (space-separated)."""
+    antonyms: dict[str, str]
+    cache: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Lemmas by surface form, bounded by :data:`_CACHE_ENTRIES` (a dict's item writes are atomic)."""
+
+    @classmethod
+    def load(cls, path: Path = TABLE_PATH) -> Lexicon:
+        """Read the derived table; ``ConfigError`` when it is missing or of another schema."""
+        try:
+            doc = json.loads(gzip.decompress(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"verifier lexicon {path} is unreadable ({exc}); reinstall llmcache or rebuild it with "
+                              "benchmarks/data/build_wordnet_table.py") from exc
+        if doc.get("schema_version") != _SCHEMA:
+            raise ConfigError(f"verifier lexicon {path} has schema {doc.get('schema_version')}, expected {_SCHEMA}: "
+                              "rebuild it with benchmarks/data/build_wordnet_table.py")
+        return cls(doc["pos"], doc["exc"], doc["syn"], doc["der"], doc["ant"])
+
+    def known(self, word: str) -> bool:
+        """An English word (any inflection of a WordNet lemma)."""
+        return bool(self.lemmas(word))
+
+    def lemmas(self, word: str) -> frozenset[str]:
+        """WordNet lemmas ``word`` may be an inflection of (empty when it is no English word WordNet knows)."""
+        hit = self.cache.get(word)
+        if hit is None:
+            if len(self.cache) >= _CACHE_ENTRIES:
+                self.cache.clear()  # a bound, not an LRU: the working set is small
+            hit = self.cache[word] = _morphy(self, word)
+        return hit
+
+    def parts_of_speech(self, word: str) -> str:
+        return "".join(sorted({p for lemma in self.lemmas(word) for p in self.pos.get(lemma, "")}))
+
+    def synonyms(self, x: str, y: str) -> bool:
+        """Some lemma of ``x`` and some lemma of ``y`` share a frequent-sense synonym set."""
+        sx = {s for lemma in self.lemmas(x) for s in self.synsets.get(lemma, "").split()}
+        return bool(sx) and any(s in sx for lemma in self.lemmas(y) for s in self.synsets.get(lemma, "").split())
+
+    def synonym_ids(self, word: str) -> frozenset[str]:
+        """Ids of the synonym sets any lemma of ``word`` (or a ``_``-joined collocation) belongs to."""
+        return frozenset(s for lemma in (self.lemmas(word) or {word}) for s in self.synsets.get(lemma, "").split())
+
+    def same_lemma(self, x: str, y: str) -> bool:
+        return bool(self.lemmas(x) & self.lemmas(y))
+
+    def derived(self, x: str, y: str) -> bool:
+        """``decide`` ↔ ``decision``: WordNet links the two lemmas derivationally (frequent senses only)."""
+        ly = self.lemmas(y)
+        return any(d in ly for lemma in self.lemmas(x) for d in self.derivations.get(lemma, "").split())
+
+    def opposite(self, x: str, y: str) -> bool:
+        ly = self.lemmas(y)
+        return any(d in ly for lemma in self.lemmas(x) for d in self.antonyms.get(lemma, "").split())
+
+
+def _morphy(lex: Lexicon, word: str) -> frozenset[str]:
+    out: set[str] = set()
+    if word in lex.pos:
+        out.add(word)
+    base = lex.exceptions.get(word)
+    if base is not None:
+        out.add(base)
+    for p, rules in _RULES.items():
+        for suffix, repl in rules:
+            if word.endswith(suffix) and len(word) > len(suffix) + 1:
+                cand = word[: len(word) - len(suffix)] + repl
+                if p in lex.pos.get(cand, ""):
+                    out.add(cand)
+    # Doubled consonants before -ing/-ed/-er ("running", "stopped", "bigger"): morphy misses these.
+    for suffix in ("ing", "ed", "er", "est"):
+        stem = word[: -len(suffix)]
+        if word.endswith(suffix) and len(stem) >= 3 and stem[-1] == stem[-2] and stem[:-1] in lex.pos:
+            out.add(stem[:-1])
+    return frozenset(out)
+
+
+@functools.cache
+def lexicon() -> Lexicon:
+    """The shipped table, loaded on first use (about 0.5 s once per process; a racing second load is harmless)."""
+    return Lexicon.load()
