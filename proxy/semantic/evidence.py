@@ -12,8 +12,9 @@ from collections import Counter
 
 from llmcache.proxy.semantic import lexicon as lx
 from llmcache.proxy.semantic.analysis import Analysis
+from llmcache.proxy.semantic.wordnet import Lexicon
 
-__all__ = ["first_difference", "is_anchor"]
+__all__ = ["first_difference", "is_anchor", "role_clash"]
 
 def _antonym_clash(a: Analysis, b: Analysis) -> str | None:
     """A polar word on one side and its opposite on the other; O(words) with set look-ups."""
@@ -63,7 +64,7 @@ def _modal_clash(a: Analysis, b: Analysis) -> str | None:
 
 
 def _comparison_clash(a: Analysis, b: Analysis) -> str | None:
-    if (a.than and b.as_as and not b.than) or (b.than and a.as_as and not a.than):
+    if (a.than and b.as_as and not b.than) or (b.than and a.as_as and not a.than) or a.as_as != b.as_as:
         return "than / as…as"
     if a.than and b.than and a.less != b.less:
         return "less / more"
@@ -74,8 +75,8 @@ def _question_clash(a: Analysis, b: Analysis) -> str | None:
     qa, qb = a.qtype, b.qtype
     if qa is None or qb is None or qa == qb:
         return None
-    exclusive = {"who", "where", "when", "why"}
-    if qa in exclusive and qb in exclusive:
+    exclusive = {"who", "where", "when", "why", "count"}
+    if (qa in exclusive and qb in exclusive) or {qa, qb} == {"how", "why"} or "count" in (qa, qb):
         return f"{qa}/{qb}"
     if "yesno" in (qa, qb):
         return f"{qa}/{qb}"
@@ -272,3 +273,109 @@ def first_difference(a: Analysis, b: Analysis) -> tuple[str, str] | None:
         if detail:
             return reason, detail
     return None
+
+
+# --------------------------------------------------------------------------- roles around a predicate
+
+_PERSONAL = {"i": "p1", "me": "p1", "myself": "p1", "we": "p1pl", "us": "p1pl", "he": "p3m", "him": "p3m",
+             "she": "p3f", "they": "p3pl", "them": "p3pl", "you": "p2"}
+_PREPOSITIONS = frozenset(["to", "into", "from", "by", "with", "for", "of", "in", "on", "at", "about", "as", "than",
+                           "over", "under", "against", "between", "among", "toward", "towards", "onto", "without",
+                           "through", "via", "per", "after", "before", "during", "like"])
+_DETERMINERS = frozenset(["a", "an", "the", "my", "your", "his", "her", "our", "their", "its", "this", "that",
+                          "these", "those", "some", "any", "each", "every", "no", "what", "which", "whose"])
+_AUX = frozenset(["is", "are", "was", "were", "be", "been", "am", "do", "does", "did", "have", "has", "had", "can",
+                  "could", "should", "would", "will", "shall", "may", "might", "must", "give", "gives", "gave",
+                  "get", "gets", "got", "take", "takes", "took", "tell", "told", "let", "make", "makes", "made"])
+_COPULA = frozenset(["is", "are", "was", "were", "be", "been", "am"])
+#: Two arguments farther apart than this (in tokens) are not compared: a swap is local, and the bound keeps it linear.
+_ROLE_WINDOW = 8
+
+
+def _arguments(a: Analysis, lex: Lexicon) -> list[tuple[int, int, str, bool, bool]]:
+    """``(clause, position, key, marked, verb)`` for each noun-like word, personal pronoun or verb, in order.
+
+    ``marked``: a preposition governs it ("to Bob", "of the team"), so its role does not depend on its
+    position; a bare argument's role does ("Bob paid Alice"). ``verb``: a verb, not an argument.
+    """
+    out: list[tuple[int, int, str, bool, bool]] = []
+    toks = a.tokens
+    for i, t in enumerate(toks):
+        key = _PERSONAL.get(t.text)
+        verb = False
+        if t.text == "her":  # object or possessive: no role to compare
+            continue
+        if key is None:
+            if t.text in lx.STOPWORDS or t.text in _AUX or not t.text.isalpha():
+                continue
+            key = lx.SYNONYM.get(t.stem, t.stem)
+            pos = lex.parts_of_speech(t.text)
+            if t.text.endswith(("est", "er")) and "a" in pos and t.text not in lex.pos:
+                continue  # "tallest", "bigger": a degree, not an argument
+            if pos and "n" not in pos and not t.capital:
+                if "v" not in pos:
+                    continue  # an adjective or adverb
+                verb = True
+        j = i - 1
+        while j >= 0 and i - j <= 4 and toks[j].clause == t.clause and (
+                toks[j].text in _DETERMINERS or lex.parts_of_speech(toks[j].text) in ("a", "ar")):
+            j -= 1
+        marked = j >= 0 and toks[j].text in _PREPOSITIONS and toks[j].clause == t.clause
+        out.append((t.clause, i, key, marked, verb))
+    return out
+
+
+def _passive(a: Analysis) -> bool:
+    """A passive ("was written by", "how is X calculated"): an argument may stand before its verb in any role."""
+    toks = a.tokens
+    return any(t.text in ("is", "are", "was", "were", "be", "been", "being", "get", "gets", "got")
+               and any(x.text.endswith(("ed", "en")) for x in toks[i + 1:i + 7]) for i, t in enumerate(toks)) or any(
+        t.text == "by" for t in toks)
+
+
+def _ordered_bare_pairs(a: Analysis, lex: Lexicon) -> dict[tuple[str, str], tuple[int, int, bool]]:
+    """``(x, y) → (position of x, position of y, one is a verb)``: bare words x before y in one clause."""
+    args = _arguments(a, lex)
+    out: dict[tuple[str, str], tuple[int, int, bool]] = {}
+    for n, (cx, px, x, mx, vx) in enumerate(args):
+        if mx:
+            continue
+        for cy, py, y, my, vy in args[n + 1:]:
+            if py - px > _ROLE_WINDOW or cy != cx:
+                break
+            if not my and y != x and not (vx and vy):
+                out.setdefault((x, y), (px, py, vx or vy))
+    return out
+
+
+def role_clash(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
+    """Two bare arguments of one clause in the opposite order on the other side, or one moved across its verb.
+
+    "my coworker keeps interrupting me" / "I keep interrupting my coworker", "Can my son list me as a
+    dependent?" / "Can I list my son…", "I owe him" / "he owes me", "Can children sue their parents?" /
+    "Can parents sue their children?": the same words, the roles swapped. Coordinated ("A and B"),
+    prepositional ("to B", "of B") and cross-clause pairs say nothing about roles and are skipped, and so
+    is an argument crossing its verb when either side is passive. Linear: each word is paired with those
+    at most :data:`_ROLE_WINDOW` tokens later.
+    """
+    pa, pb = _ordered_bare_pairs(a, lex), _ordered_bare_pairs(b, lex)
+    passive = None
+    for (x, y), (px, py, with_verb) in pa.items():
+        other = pb.get((y, x))
+        if other is None or (x, y) in pb:
+            continue
+        qy, qx, _ = other
+        if with_verb:
+            if passive is None:
+                passive = _passive(a) or _passive(b)
+            if not passive:
+                return f"{x} … {y}: argument moved across its verb"
+        elif _predicate_between(a, px, py, lex) or _predicate_between(b, qy, qx, lex):
+            return f"{x} … {y} reversed"
+    return None
+
+
+def _predicate_between(a: Analysis, i: int, j: int, lex: Lexicon) -> bool:
+    """A verb between two arguments (a copula alone does not count: "the tallest X" = "the X is tallest")."""
+    return any(t.text not in _COPULA and (t.text in _AUX or "v" in lex.parts_of_speech(t.text))
+               for t in a.tokens[i + 1:j])

@@ -7,7 +7,7 @@ answer-shape words), never words picked from one benchmark pair.
 
 from __future__ import annotations
 
-STOPWORDS = frozenset(["a", "an", "the", "this", "that", "these", "those", "there", "here", "it", "its", "it's", "i", "me", "my", "mine", "we", "us", "our", "you", "your", "yours", "he", "him", "his", "she", "her", "they", "them", "their", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "doing", "done", "have", "has", "had", "having", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "of", "at", "as", "and", "or", "but", "if", "then", "than", "so", "such", "too", "very", "just", "also", "only", "even", "about", "which", "what", "whats", "who", "whom", "whose", "where", "when", "why", "how", "whether", "while", "any", "some", "each", "every", "all", "both", "either", "one", "ones", "thing", "things", "something", "anything", "someone", "anybody", "somebody", "please", "pls", "kindly", "hi", "hello", "hey", "thanks", "thank", "tell", "give", "show", "let", "lets", "help", "need", "want", "wanted", "like", "would", "i'd", "i'm", "im", "i've", "ive", "you're", "youre", "know", "way", "ways", "best", "good", "great", "possible", "simple", "simply", "quick", "quickly", "easy", "easily", "exactly", "actually", "really", "basically", "generally", "typically", "usually", "properly", "correctly", "go", "get", "got", "sure", "many", "much", "question", "answer", "mean", "means", "meaning", "between", "among", "via", "per", "using", "use", "used", "s", "t", "role", "purpose", "main", "primary", "key", "basic", "command", "effectively", "efficiently", "take", "city", "wondering", "wonder", "bother", "sorry", "cheers", "advance", "curious", "anyone", "ok", "okay", "right", "now", "currently", "current", "exactly", "roughly", "approximately", "actual", "actually", "bit", "lot", "lots", "true", "definition", "definitions", "located", "location", "situated", "shortcut", "press", "keyboard", "tip", "tips", "advice", "local", "mechanism"])
+STOPWORDS = frozenset(["a", "an", "the", "this", "that", "these", "those", "there", "here", "it", "its", "it's", "i", "me", "my", "mine", "we", "us", "our", "you", "your", "yours", "he", "him", "his", "she", "her", "they", "them", "their", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "doing", "done", "have", "has", "had", "having", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "of", "at", "as", "and", "or", "but", "if", "then", "than", "so", "such", "too", "very", "just", "also", "only", "even", "about", "which", "what", "whats", "who", "whom", "whose", "where", "when", "why", "how", "whether", "while", "any", "some", "each", "every", "all", "both", "either", "one", "ones", "thing", "things", "something", "anything", "someone", "anybody", "somebody", "please", "pls", "kindly", "hi", "hello", "hey", "thanks", "thank", "tell", "give", "show", "let", "lets", "help", "need", "want", "wanted", "like", "would", "i'd", "i'm", "im", "i've", "ive", "you're", "youre", "know", "way", "ways", "best", "good", "great", "possible", "simple", "simply", "quick", "quickly", "easy", "easily", "exactly", "actually", "really", "basically", "generally", "typically", "usually", "properly", "correctly", "go", "get", "got", "sure", "many", "much", "question", "answer", "mean", "means", "meaning", "between", "among", "via", "per", "using", "use", "used", "s", "t", "role", "purpose", "main", "primary", "key", "basic", "command", "effectively", "efficiently", "take", "city", "wondering", "wonder", "bother", "sorry", "cheers", "advance", "curious", "anyone", "ok", "okay", "right", "now", "currently", "current", "exactly", "roughly", "approximately", "actual", "actually", "lot", "lots", "true", "definition", "definitions", "located", "location", "situated", "shortcut", "press", "keyboard", "tip", "tips", "advice", "local", "mechanism"])
 
 # Words that carry polarity: kept out of the stop-list so the antonym check sees them.
 ANTONYM_PAIRS = """
@@ -83,28 +83,99 @@ DEFAULT_TASK = "explain"
 
 # Groups of interchangeable content words (stems), for paraphrases the embedding alone is unsure about.
 SYNONYM_GROUPS = [
-    "car automobile vehicle", "movie film", "kid child children", "buy purchase", "begin start commence", "make create build", "read load", "check see view", "stop quit halt",
-    "big large huge", "small little tiny", "fast quick rapid speedy", "doctor physician", "job work occupation",
-    "error bug issue problem", "function method", "remove delete erase", "learn study",
+    # Curated: interchangeable in any context a prompt is likely to use them in. Co-hyponyms (array/list,
+    # function/method, integer/number, merge/join) are deliberately absent: they name different things.
+    "car automobile vehicle", "movie film", "kid child children", "buy purchase", "begin start commence", "make create build", "stop quit halt",
+    "big large huge", "small little tiny", "fast quick rapid speedy", "doctor physician", "job occupation",
+    "error bug", "issue problem", "remove delete erase", "learn study",
     "find locate search", "choose pick select", "use utilize employ", "need require",
     "cost price", "rich wealthy", "happy glad", "sad unhappy", "smart intelligent clever",
-    "house home", "shop store", "phone smartphone mobile", "picture photo image", "laptop notebook",
-    "folder directory", "program application app software", "website site webpage", "internet web online",
-    "email mail", "password passcode", "sick ill", "reason cause why", "purpose goal aim",
-    "benefit advantage", "drawback disadvantage downside", "step instruction", "idea suggestion tip",
-    "guide tutorial", "correct right", "begin beginner novice", "talk speak", "say said", "book novel",
+    "house home", "shop store", "phone smartphone cellphone cell mobile", "picture photo image pic", "laptop notebook",
+    "folder directory dir", "program application app software", "website site webpage", "internet web online",
+    "email mail e-mail", "password passcode", "sick ill", "reason cause why", "purpose goal aim",
+    "benefit advantage", "drawback disadvantage downside", "idea suggestion",
+    "guide tutorial", "correct right", "beginner novice newbie noob", "talk speak", "say said", "book novel",
     "author writer", "song track", "beautiful pretty", "difficult hard tough", "easy simple",
-    "mistake error", "fix repair", "check verify", "copy duplicate", "convert change transform turn",
-    "recipe instructions", "cook prepare", "meal dish", "exercise workout", "ache pain hurt",
-    "physician doctor", "medicine medication drug", "weight mass", "speed velocity", "assist help",
+    "mistake error", "fix repair", "check verify", "copy duplicate", "convert transform",
+    "cook prepare", "meal dish", "exercise workout", "ache pain hurt",
+    "medicine medication drug", "weight mass", "speed velocity", "assist help",
     "attempt try", "obtain get acquire", "enough sufficient", "often frequently", "maybe perhaps",
-    "whole entire", "entire whole", "car auto", "ocean sea", "street road", "couch sofa", "trash garbage rubbish",
-    "vacation holiday", "film cinema", "large big", "happen occur", "work function operate", "run execute",
-    "setup configure configuration config setting", "install setup", "join merge combine concatenate",
-    "split divide separate", "sort order", "reverse invert flip", "string text", "number integer int",
-    "dictionary dict map hashmap", "array list", "variable var", "repository repo", "database db",
-    "documentation docs", "javascript js", "typescript ts", "python py", "kubernetes k8s",  "photograph photo", "television tv", "refrigerator fridge", "examples example instance", "fall autumn", "us usa america", "mac macos osx", "healthy nutritious wholesome",
+    "whole entire", "car auto", "ocean sea", "street road", "couch sofa", "trash garbage rubbish",
+    "vacation holiday", "happen occur", "work function operate", "run execute",
+    "setup configure configuration config", "install setup", "concatenate concat", "merge combine", "integer int",
+    "check see view find_out look_up", "list show display", "read load", "gift present",
+    "split divide separate", "sort order", "reverse invert flip", "string text",
+    "dictionary dict", "hashmap hash_map", "variable var", "repository repo", "database db",
+    "documentation docs", "javascript js", "typescript ts", "python py", "kubernetes k8s", "photograph photo",
+    "television tv", "refrigerator fridge", "examples example instance", "fall autumn", "us usa america",
+    "mac macos osx", "healthy nutritious wholesome", "environment env", "information info", "message msg",
+    "administrator admin", "authentication auth", "temperature temp", "approximately approx", "maximum max",
+    "people ppl", "instagram insta", "facebook fb", "youtube yt", "direct_message dm", "wifi wi-fi",
+    "grandmother grandma gran granny nan nana", "grandfather grandpa granddad", "mom mum mother mommy mummy",
+    "dad father daddy", "tv telly", "math maths", "teenager teen", "apartment flat", "luggage baggage bags",
+    "holiday vacation", "sneakers trainers", "cookie biscuit", "fries chips", "elevator lift",
 ]
+# Spelling and abbreviation variants read as their canonical word before anything else (British ↔ American
+# spellings the stemmer does not fold, casual abbreviations). Multi-word ones are expanded in ``analysis``.
+VARIANTS_WORD = {
+    "grey": "gray", "centre": "center", "centres": "centers", "theatre": "theater", "programme": "program",
+    "programmes": "programs", "catalogue": "catalog", "dialogue": "dialog", "licence": "license", "defence": "defense",
+    "offence": "offense", "travelling": "traveling", "travelled": "traveled", "traveller": "traveler",
+    "cancelled": "canceled", "cancelling": "canceling", "modelling": "modeling", "labelled": "labeled",
+    "labelling": "labeling", "aluminium": "aluminum", "tyre": "tire", "tyres": "tires", "jewellery": "jewelry",
+    "pyjamas": "pajamas", "sceptical": "skeptical", "mould": "mold", "moustache": "mustache", "cosy": "cozy",
+    "ageing": "aging", "judgement": "judgment", "manoeuvre": "maneuver", "paediatric": "pediatric",
+    "paediatrician": "pediatrician", "anaemia": "anemia", "diarrhoea": "diarrhea", "oesophagus": "esophagus",
+    "oestrogen": "estrogen", "haemorrhage": "hemorrhage", "storey": "story", "plough": "plow", "fulfil": "fulfill",
+    "enrol": "enroll", "skilful": "skillful", "cheque": "check", "kerb": "curb", "artefact": "artifact",
+    "draught": "draft", "sulphur": "sulfur", "yoghurt": "yogurt", "practise": "practice", "practising": "practicing",
+    "favourite": "favorite", "colour": "color", "behaviour": "behavior", "neighbour": "neighbor",
+    "neighbours": "neighbors", "flavour": "flavor", "humour": "humor", "labour": "labor", "honour": "honor",
+    "u": "you", "ur": "your", "r": "are", "ya": "you", "pls": "please", "plz": "please", "thx": "thanks",
+    "wat": "what", "wats": "whats", "wut": "what", "shud": "should", "cud": "could", "wud": "would",
+    "tho": "though", "thru": "through", "nite": "night", "tmrw": "tomorrow", "coz": "because", "cuz": "because",
+    "bc": "because", "y": "why", "abt": "about", "w": "with", "diff": "difference", "recs": "recommendations",
+    "rec": "recommendation", "gonna": "going", "wanna": "want", "gotta": "have", "dont": "do not",
+    "doesnt": "does not", "isnt": "is not", "cant": "can not", "wont": "will not", "didnt": "did not",
+    "howto": "how", "k8s": "kubernetes", "vs": "versus",
+}
+# Words that frame a request without adding content ("any tips for…", "what's the process for…", "the right
+# way to…"): on one side only they change nothing the answer has to say.
+FRAMING = frozenset("""
+way ways method methods approach procedure process steps step technique techniques strategy strategies tip tips
+trick tricks hack hacks advice recommendation recommendations suggestion suggestions idea ideas option options
+guidance pointers help helpful recommended proper proper properly right correct correctly best good ideal
+syntax command commands instructions instruction guide explanation overview rundown summary
+someone anyone somebody anybody folks guys question questions wondering curious
+term terms phrase expression idiom keyword word concept lol haha lmao ty tia pls plz thx please thanks versus
+people person become credited easiest simplest bit
+actually really exactly specifically basically simply just also still ever
+""".split())
+# Structural framings of a question, explained by the other side's question form: "What causes X?" /
+# "What makes X…?" / "What is the reason…?" = "Why…?"; "Why does X happen?" = "What causes X?";
+# "How do you say X in French?" = "Translate X into French"; "the number of X" = "how many X".
+WHY_FRAME = frozenset(["cause", "causes", "caused", "reason", "reasons", "makes", "make"])
+HAPPEN_FRAME = frozenset(["happen", "happens", "happened", "occur", "occurs", "occurred"])
+# Very common English function words (the language check counts them).
+EN_FUNCTION = frozenset("""
+the a an to of in on for with is are was were be been do does did how what why when where who which i you my
+your it this that these those can could should would will and or not no be have has had if from by at as me we
+our they their there about into than then so but just any some all its he she his her him them us am
+""".split())
+# Frequent function words of other Latin-script languages that are not English words (French, German, Spanish,
+# Italian, Portuguese, Dutch); English homographs (die, was, also, den, van, per, come) are left out.
+FOREIGN_FUNCTION = frozenset("""
+le la les des du une est et pour avec dans que qui pas sur ce cette mon ma mes je tu il elle nous vous ils sont
+au aux peut comment quel quelle quels quelles pourquoi où quand peux puis faire
+der das und ist nicht ich du wir ihr sie mit ein eine einen einem einer zu dem des wie warum wo wann welche
+welcher kann können auf für sind im vom zum zur bei nach oder mein meine wird werden auch noch
+el los las es un una por para como con del lo qué cómo cuál cuándo dónde mi su sus hay está son puedo
+tengo hago cuánto cuántos
+il di che è sono non della delle dello una perché quale quanto questo questa posso fare si
+um uma não em na nas nos os da das dos com para qual são quanto quantos posso fazer meu minha
+het een en op voor met niet ik wat hoe waarom mijn zijn wordt kan moet ook naar bij
+""".split()) - EN_FUNCTION
+
 SYNONYM: dict[str, str] = {}
 
 GAZETTEER = frozenset(["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december", "spring", "summer", "autumn", "fall", "winter", "red", "orange", "yellow", "green", "blue", "purple", "violet", "pink", "brown", "black", "white", "gray", "grey", "mercury", "venus", "earth", "mars", "jupiter", "saturn", "uranus", "neptune", "pluto", "python", "java", "javascript", "typescript", "rust", "go", "golang", "ruby", "php", "perl", "swift", "kotlin", "scala", "haskell", "c", "c++", "cpp", "csharp", "sql", "bash", "powershell", "html", "css", "react", "vue", "angular", "svelte", "django", "flask", "rails", "spring", "node", "nodejs", "linux", "windows", "macos", "mac", "ios", "android", "ubuntu", "debian", "fedora", "chrome", "firefox", "safari", "edge", "excel", "word", "powerpoint", "aws", "azure", "gcp", "docker", "kubernetes", "postgres", "postgresql", "mysql", "sqlite", "mongodb", "redis", "kafka", "england", "france", "germany", "spain", "italy", "china", "japan", "india", "russia", "brazil", "canada", "mexico", "usa", "america", "australia", "paris", "london", "berlin", "madrid", "rome", "tokyo", "beijing", "moscow", "english", "french", "german", "spanish", "italian", "chinese", "japanese", "russian", "portuguese", "arabic", "hindi", "korean", "dutch", "today", "tomorrow", "yesterday", "tonight", "morning", "afternoon", "evening", "night", "weekend", "weekday"])
@@ -179,6 +250,7 @@ for _group in SYNONYM_GROUPS:
         SYNONYM.setdefault(_m, "syn:" + stem(_members[0]))
 
 STOP_STEMS = frozenset(stem(w) for w in STOPWORDS)
+FRAMING_STEMS = frozenset(stem(w) for w in FRAMING)
 TASK_STEMS = {stem(w): c for w, c in TASK_CLASSES.items()}
 ANTONYM_STEMS: dict[str, set[str]] = {}
 for _w, _opposites in ANTONYMS.items():
@@ -248,9 +320,9 @@ for _cls, _qs in {"all": "all every each always everyone everybody everything ev
 #: Quantifier classes that constrain the answer even when the other side has none ("Do all birds fly?" ≠ "Do birds fly?").
 STRONG_QUANTIFIERS = frozenset({"all", "most", "few", "one"})
 #: Fixed phrases where a quantifier word is not one: (word, next word) or (previous word, word).
-QUANTIFIER_IDIOMS = frozenset({("at", "all"), ("all", "right"), ("after", "all"), ("all", "in"),
+QUANTIFIER_IDIOMS = frozenset({("at", "all"), ("all", "over"), ("all", "right"), ("after", "all"), ("all", "in"),
                                ("the", "most"), ("at", "most"), ("most", "likely"), ("a", "few"), ("any", "more"),
-                               ("any", "way"), ("anyway", ""), ("all", "the"), ("any", "tips"), ("any", "suggestions"),
+                               ("any", "way"), ("anyway", ""), ("any", "tips"), ("any", "suggestions"),
                                ("any", "ideas"), ("any", "advice"), ("any", "recommendations")}
                               # "most" before an adjective is a superlative ("most recent commit"), not "most of".
                               | {("most", w) for w in ["recent", "recently", "common", "popular", "important", "famous", "effective", "efficient", "expensive", "beautiful", "powerful", "used", "visited", "dangerous", "successful", "valuable", "likely"]})

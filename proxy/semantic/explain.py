@@ -1,0 +1,216 @@
+"""Positive evidence of sameness: every content-word difference between two prompts must be explained.
+
+Runs after :mod:`llmcache.proxy.semantic.evidence` found no sign of a different meaning. Spelling and
+abbreviation variants ("colour", "k8s", "u") and curated synonym groups are folded into one word by
+:mod:`llmcache.proxy.semantic.analysis` already. Each content word one side has and the other lacks
+needs one explanation, tried in this order::
+
+    word only in A ─┬─ inflection   same WordNet lemma as a word of B        ("ran" / "running")
+                    ├─ acronym      initials of words of B                    ("NLP" / "natural language processing")
+                    ├─ compound     words of B written together               ("timezone" / "time zone")
+                    ├─ derivation   WordNet-related or same 5-letter root     ("decide" / "decision")
+                    ├─ synonym      a frequent-sense WordNet synonym of B     ("erase"; "get rid of" / "remove")
+                    ├─ typo         one edit from a word of B, itself no English word ("tomorow" / "tomorrow")
+                    ├─ framing      a word that frames the request, not its content ("tips", "way", "steps")
+                    ├─ reformulation  the other side's question form says it ("What causes X?" / "Why X?")
+                    └─ otherwise    unexplained → refuse (``entity`` for a name or identifier, else ``content``)
+
+Word or sentence embeddings play no part: a co-hyponym ("Django"/"Flask", "grams"/"ounces"),
+a different task ("explain"/"refactor") or an added modifier ("engineering team"/"whole
+company") is unexplained, whatever its cosine. Cost: one pass over each side to index its
+lemmas, synonym-set ids and derivations, then one look-up per unaligned word (capped), so linear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmcache.proxy.semantic import lexicon as lx
+from llmcache.proxy.semantic.analysis import Analysis, Token
+from llmcache.proxy.semantic.wordnet import Lexicon
+
+__all__ = ["EVIDENCE", "Explanation", "explain"]
+
+#: Every kind of evidence that can explain a difference (also :attr:`Verdict.evidence` values).
+EVIDENCE = ("inflection", "acronym", "compound", "derivation", "synonym", "typo", "framing", "reformulation")
+#: More unaligned words than this on one side: the texts are simply different (also bounds the work).
+MAX_UNALIGNED = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Outcome of :func:`explain`: the evidence used, or the words nothing explained."""
+
+    evidence: tuple[str, ...]
+    """One entry per explained word (kinds from :data:`EVIDENCE`), in text order."""
+    unexplained: tuple[Token, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.unexplained
+
+
+class _Side:
+    """Look-up indexes over one text's words, built once per comparison (linear in the text)."""
+
+    __slots__ = ("by_len", "collocations", "derived", "lemmas", "syn_ids")
+
+    def __init__(self, a: Analysis, lex: Lexicon) -> None:
+        words = [t.text for t in a.tokens]
+        self.lemmas: set[str] = set()
+        self.syn_ids: set[str] = set()
+        self.derived: set[str] = set()
+        self.by_len: dict[int, list[str]] = {}
+        for t in a.tokens:
+            ls = lex.lemmas(t.text) or {t.text}
+            self.lemmas.update(ls)
+            for lemma in ls:
+                self.syn_ids.update(lex.synsets.get(lemma, "").split())
+                self.derived.update(lex.derivations.get(lemma, "").split())
+            curated = lx.SYNONYM.get(t.stem, "")
+            if curated.startswith("syn:"):
+                self.syn_ids.add(curated)
+            if len(t.text) >= 4:
+                self.by_len.setdefault(len(t.text), []).append(t.text)
+        # Collocations ("get rid of", "find out", "look up"): their synonym sets explain a word on the other
+        # side, and a match explains the collocation's own words too.
+        self.collocations: list[tuple[int, int, frozenset[str]]] = []
+        for n in (2, 3):
+            for i in range(len(words) - n + 1):
+                first = lex.lemmas(words[i]) or {words[i]}
+                for f in first:
+                    key = "_".join((f, *words[i + 1:i + n]))
+                    ids = f"{lex.synsets.get(key, '')} {lx.SYNONYM.get(key, '')}".split()
+                    if ids:
+                        found = frozenset(ids)
+                        self.syn_ids.update(found)
+                        self.collocations.append((i, i + n, found))
+
+    def colloc_hit(self, pos: int, other: _Side) -> bool:
+        """The token at ``pos`` is inside a collocation that shares a synonym set with the other side."""
+        return any(start <= pos < end and ids & other.syn_ids for start, end, ids in self.collocations)
+
+
+def _one_edit(x: str, y: str) -> bool:
+    """Levenshtein distance 1, or one swap of neighbouring letters."""
+    if x == y or abs(len(x) - len(y)) > 1:
+        return False
+    if len(x) == len(y):
+        diff = [i for i in range(len(x)) if x[i] != y[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and x[diff[0]] == y[diff[1]]
+                                  and x[diff[1]] == y[diff[0]])
+    if len(x) > len(y):
+        x, y = y, x
+    i = 0
+    while i < len(x) and x[i] == y[i]:
+        i += 1
+    return x[i:] == y[i + 1:]
+
+
+def _same_root(x: str, y: str) -> bool:
+    """Morphological variants: a shared prefix of ≥ 5 letters covering ≥ 80 % of the shorter word."""
+    n = 0
+    for cx, cy in zip(x, y):
+        if cx != cy:
+            break
+        n += 1
+    return n >= 5 and n >= 0.8 * min(len(x), len(y))
+
+
+def _spans(only: list[Token], own: Analysis, other: Analysis, other_only: list[Token]) -> dict[int, str]:
+    """Words explained by a run of words on the other side, and that run's words too.
+
+    ``NLP`` ↔ ``natural language processing`` (acronym), ``airpods`` ↔ ``air pods`` (compound): the
+    one word and every word of the run are explained together. Returns ``id(token) → evidence``.
+    """
+    words = [t.text for t in other.tokens]
+    initials = "".join(w[:1] for w in words)
+    out: dict[int, str] = {}
+    for tok in only:
+        w = tok.text
+        span: list[str] | None = None
+        kind = ""
+        if 2 <= len(w) <= 6 and w.isalpha():
+            at = initials.find(w)
+            if at >= 0 and all(x not in lx.STOPWORDS for x in words[at:at + len(w)]):
+                span, kind = words[at:at + len(w)], "acronym"
+        if span is None:
+            for i in range(len(words) - 1):
+                if w.startswith(words[i]):
+                    for n in (2, 3):
+                        if "".join(words[i:i + n]) == w:
+                            span, kind = words[i:i + n], "compound"
+        if span is not None:
+            out[id(tok)] = kind
+            for o in other_only:
+                if o.text in span:
+                    out[id(o)] = kind
+    del own
+    return out
+
+
+def _why(tok: Token, other: _Side, other_a: Analysis, lex: Lexicon) -> str | None:
+    w = tok.text
+    ls = lex.lemmas(w)
+    if ls & other.lemmas or tok.stem in {t.stem for t in other_a.content.values()}:
+        return "inflection"
+    if tok.capital or tok.compound or any(ch.isdigit() for ch in w):
+        return None  # a name or identifier is never "derived" or a synonym of another ("abcxyz" / "abcxyw")
+    if ls & other.derived or any(_same_root(tok.stem, t.stem) for t in other_a.content.values()):
+        return "derivation"
+    ids = {s for lemma in (ls or {w}) for s in lex.synsets.get(lemma, "").split()}
+    ids.add(lx.SYNONYM.get(tok.stem, ""))
+    if ids & other.syn_ids:
+        return "synonym"
+    if len(w) >= 4:
+        # A misspelling: one edit from a word of the other side, one of the two no English word ("tomorow").
+        for n in (len(w) - 1, len(w), len(w) + 1):
+            for x in other.by_len.get(n, ()):
+                if _one_edit(w, x) and (not ls or not lex.lemmas(x)):
+                    return "typo"
+    if w in lx.FRAMING or tok.stem in lx.FRAMING_STEMS:
+        return "framing"
+    return None
+
+
+def _structural(tok: Token, own: Analysis, other: Analysis) -> bool:
+    """A word that only reformulates the question form the other side uses (see :data:`lexicon.WHY_FRAME`)."""
+    w = tok.text
+    if w in lx.WHY_FRAME and other.qtype == "why" and own.qtype != "why":
+        return True
+    if w in lx.HAPPEN_FRAME and own.qtype == "why":
+        return True
+    nxt = own.tokens[tok.pos + 1].text if tok.pos + 1 < len(own.tokens) else ""
+    if w == "number" and nxt == "of":
+        return True  # "the number of continents" = "how many continents"
+    # "How do you say X in French?" = "Translate X into French".
+    return w == "say" and any(x.startswith("lang:") for x in own.shape) and "translate" in other.tasks
+
+
+def explain(a: Analysis, b: Analysis, lex: Lexicon) -> Explanation:
+    """Explain each content word one side has and the other lacks; see the module docstring."""
+    only_a = [t for k, t in a.content.items() if k not in b.content]
+    only_b = [t for k, t in b.content.items() if k not in a.content]
+    # Words folded into one key by the curated synonym groups or frames ("delete"/"erase"): say so.
+    curated = tuple("synonym" for k, t in a.content.items() if k in b.content and k[:4] in ("syn:", "fram")
+                    and t.stem != b.content[k].stem)
+    if not only_a and not only_b:
+        return Explanation(curated)
+    if len(only_a) > MAX_UNALIGNED or len(only_b) > MAX_UNALIGNED:
+        return Explanation((), tuple((only_a + only_b)[:MAX_UNALIGNED]))
+    spans = _spans(only_a, a, b, only_b) | _spans(only_b, b, a, only_a)
+    side_a, side_b = _Side(a, lex), _Side(b, lex)
+    evidence: list[str] = []
+    missing: list[Token] = []
+    for toks, other, other_a, own_side in ((only_a, side_b, b, side_a), (only_b, side_a, a, side_b)):
+        for tok in toks:
+            own = a if other_a is b else b
+            why = spans.get(id(tok)) or _why(tok, other, other_a, lex) or (
+                "reformulation" if _structural(tok, own, other_a) else None)
+            if why is None and own_side.colloc_hit(tok.pos, other):
+                why = "synonym"
+            if why is None:
+                missing.append(tok)
+            else:
+                evidence.append(why)
+    return Explanation(curated + tuple(evidence), tuple(missing))
