@@ -219,14 +219,14 @@ def _question_type(words: list[str]) -> str | None:
         nxt = words[i + 1] if i + 1 < len(words) else ""
         if w in ("what", "which") and nxt in lx.WH_NOUNS:
             return lx.WH_NOUNS[nxt]
-        if (w == "how" and nxt in ("many", "much")) or (w == "what" and "number" in words[i + 1:i + 5]):
-            return "count"  # "How many X?" = "What is the number of X?" ≠ "Which are X?"
+        if w == "how" and nxt == "many":
+            return "count"  # "How many X?" ≠ "Which are X?" (see evidence._question_clash)
         return lx.WH_EXCLUSIVE.get(w, "how" if w == "how" else "what")
     if w in lx.AUXILIARIES:
         # "Is X good for you, and why?": a yes/no question that also asks a wh-question.
         return None if any(x in lx.WH_WORDS for x in words[i + 1:]) else "yesno"
     # A wh-word at the end: "X was written by whom?", "You went where?".
-    for x in words[-2:]:
+    for x in words[-6:]:
         if x in lx.WH_EXCLUSIVE:
             return lx.WH_EXCLUSIVE[x]
     # Terse questions: "Tesla birth date?" asks when, "Petra location?" where.
@@ -409,7 +409,8 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             soft_modals.add("must")  # "how hot does it have to be": a wh-question's "have to" asks nothing more
         elif w in _MODAL_ADJ_BEFORE_TO and nxt in ("to", "for", "in", "on", "at", "by", "when", "if", ".", "?", ""):
             modals.add(lx.MODALS.get(w, "must"))  # "allowed"/"required"/"possible": never a way of asking
-        if w in lx.TIME_WORDS and not (w == "last" and nxt in ("name", "names", "step", "one")):
+        if w in lx.TIME_WORDS and not (w == "last" and (nxt in ("name", "names", "step", "one", "longer", "long", "for")
+                                                        or prev in ("they", "it", "will", "to", "can", "should"))):
             times.add(lx.TIME_WORDS[w])
         if w in lx.TENSE and a.tense is None:
             a.tense = lx.TENSE[w]

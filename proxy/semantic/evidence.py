@@ -71,12 +71,28 @@ def _comparison_clash(a: Analysis, b: Analysis) -> str | None:
     return None
 
 
+_COUNT_WORDS = frozenset(["number", "population", "amount", "total", "count", "many", "much", "populous"])
+
+
 def _question_clash(a: Analysis, b: Analysis) -> str | None:
     qa, qb = a.qtype, b.qtype
-    if qa is None or qb is None or qa == qb:
+    if qa == qb:
         return None
-    exclusive = {"who", "where", "when", "why", "count"}
-    if (qa in exclusive and qb in exclusive) or {qa, qb} == {"how", "why"} or "count" in (qa, qb):
+    if "why" in (qa, qb):
+        # "Why…?" / "Explain why…" asks for a reason; the other side must too ("What causes…?", "the reason").
+        other = b if qa == "why" else a
+        if not lx.WHY_FRAME & {t.text for t in other.tokens}:
+            return f"{qa}/{qb}"
+    if "count" in (qa, qb):
+        # "How many X?" asks a number; "Which/What are X?" a list, unless it asks for the number too.
+        other = b if qa == "count" else a
+        if other.qtype in ("what", None) and not _COUNT_WORDS & {t.text for t in other.tokens}:
+            return f"{qa}/{qb}"
+        return None
+    if qa is None or qb is None:
+        return None
+    exclusive = {"who", "where", "when", "why"}
+    if (qa in exclusive and qb in exclusive) or {qa, qb} == {"how", "why"}:
         return f"{qa}/{qb}"
     if "yesno" in (qa, qb):
         return f"{qa}/{qb}"
@@ -306,11 +322,12 @@ def _arguments(a: Analysis, lex: Lexicon) -> list[tuple[int, int, str, bool, boo
         if t.text == "her":  # object or possessive: no role to compare
             continue
         if key is None:
-            if t.text in lx.STOPWORDS or t.text in _AUX or not t.text.isalpha():
+            if (t.text in lx.STOPWORDS or t.text in _AUX or t.text in _PREPOSITIONS or t.text in lx.FUNCTION_POLAR
+                    or not t.text.isalpha()):
                 continue
             key = lx.SYNONYM.get(t.stem, t.stem)
             pos = lex.parts_of_speech(t.text)
-            if t.text.endswith(("est", "er")) and "a" in pos and t.text not in lex.pos:
+            if t.text.endswith(("est", "er")) and any(x != t.text and "a" in lex.pos.get(x, "") for x in lex.lemmas(t.text)):
                 continue  # "tallest", "bigger": a degree, not an argument
             if pos and "n" not in pos and not t.capital:
                 if "v" not in pos:
