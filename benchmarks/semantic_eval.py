@@ -283,8 +283,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     t_f1, _ = best_cosine_threshold([pairs[i] for i in fit_idx], cosine[fit_idx], f1=True)
     g = gptcache_scores(cosine)
     methods: dict[str, np.ndarray] = {f"ours @{thr:.2f}": (cosine >= thr) & accepted,
-                                      f"cosine @{t_cos:.2f}": cosine >= t_cos,
-                                      f"cosine @{t_f1:.2f} (F1)": cosine >= t_f1}
+                                      f"cosine @{t_cos:.2f}": cosine >= t_cos}
+    if t_f1 != t_cos:
+        methods[f"cosine @{t_f1:.2f} (F1)"] = cosine >= t_f1
     if g is not None:
         methods[f"gptcache default @{GPTCACHE_DEFAULT_THRESHOLD}"] = g >= GPTCACHE_DEFAULT_THRESHOLD
     ours = methods[f"ours @{thr:.2f}"]
