@@ -52,13 +52,20 @@ def read_index(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def read_data(path: Path) -> dict[str, tuple[list[str], list[tuple[str, str, str, str]]]]:
-    """offset → (lemmas, pointers ``(symbol, target offset, target pos, source/target word numbers)``)."""
+def read_data(path: Path, glosses: dict[str, str] | None = None,
+              ) -> dict[str, tuple[list[str], list[tuple[str, str, str, str]]]]:
+    """offset → (lemmas, pointers ``(symbol, target offset, target pos, source/target word numbers)``).
+
+    With ``glosses``, also fills offset → the synset's definition (its gloss without the quoted examples).
+    """
     out: dict[str, tuple[list[str], list[tuple[str, str, str, str]]]] = {}
     for line in path.read_text(encoding="latin-1").splitlines():
         if line.startswith(" "):
             continue
-        f = line.split(" | ")[0].split()
+        head, _, gloss = line.partition(" | ")
+        f = head.split()
+        if glosses is not None:
+            glosses[f[0]] = gloss.split('"')[0].split(";")[0]
         offset, n_words = f[0], int(f[3], 16)
         words = [re.sub(r"\(.*\)$", "", f[4 + 2 * i]).lower() for i in range(n_words)]
         k = 4 + 2 * n_words
@@ -68,17 +75,43 @@ def read_data(path: Path) -> dict[str, tuple[list[str], list[tuple[str, str, str
     return out
 
 
+#: Senses beyond the frequent ones kept for the weaker "any sense" evidence (rank < this).
+MORE_SENSES = 10
+#: A gloss word found in more than this share of the kept definitions says nothing about one word ("make", "act").
+GLOSS_GENERIC_SHARE = 0.002
+_GLOSS_STOP = frozenset("""
+a an the of to in on for with by from at as or and but not no is are was be been being that which who whom whose
+this these those it its their his her they them he she one ones any some all each every other another such more most
+less least very especially usually often sometimes something someone somebody anything thing things used use using
+etc e g i having has have had do does did done make makes made into out up down over under than then so also
+""".split())  # noqa: SIM905 - a word list reads best as text
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
 def build(wordnet: Path, senses: int) -> dict[str, object]:  # noqa: C901 - one pass per WordNet file kind
     pos: dict[str, set[str]] = {}
     rank: dict[tuple[str, str, str], int] = {}  # (pos, offset, lemma) → sense rank of that lemma
+    order: dict[str, list[tuple[str, str]]] = {}  # lemma → [(pos, offset)] in sense order, per part of speech
     data: dict[str, dict[str, tuple[list[str], list[tuple[str, str, str, str]]]]] = {}
+    glosses: dict[str, dict[str, str]] = {}
     for p, name in POS_FILES.items():
         for lemma, offsets in read_index(wordnet / f"index.{name}").items():
             if _WORD_RE.match(lemma):
                 pos.setdefault(lemma, set()).add(p)
             for r, off in enumerate(offsets):
                 rank[(p, off, lemma)] = r
-        data[p] = read_data(wordnet / f"data.{name}")
+                order.setdefault(lemma, []).append((p, off))
+        glosses[p] = {}
+        data[p] = read_data(wordnet / f"data.{name}", glosses[p])
     exc: dict[str, str] = {}
     for name in POS_FILES.values():
         for line in (wordnet / f"{name}.exc").read_text(encoding="latin-1").splitlines():
@@ -89,19 +122,39 @@ def build(wordnet: Path, senses: int) -> dict[str, object]:  # noqa: C901 - one 
     def frequent(p: str, off: str, lemma: str) -> bool:
         return rank.get((p, off, lemma), senses) < senses
 
-    syn: list[str] = []
+    # One small id per synset, in file order (stable across rebuilds of the same WordNet).
+    ids: dict[tuple[str, str], str] = {}
+    for p, synsets in data.items():
+        for off in synsets:
+            ids[(p, off)] = _base36(len(ids))
+    sense: dict[str, list[str]] = {}
+    more: dict[str, list[str]] = {}
+    frequent_synsets: set[tuple[str, str]] = set()
+    for lemma, found in order.items():
+        for p, off in found:
+            r = rank[(p, off, lemma)]
+            if r < senses:
+                sense.setdefault(lemma, []).append(ids[(p, off)])
+                frequent_synsets.add((p, off))
+            elif r < MORE_SENSES:
+                more.setdefault(lemma, []).append(ids[(p, off)])
     der: set[tuple[str, str]] = set()
     ant: set[tuple[str, str]] = set()
+    hyper: dict[str, list[str]] = {}
+    similar: dict[str, list[str]] = {}
     for p, synsets in data.items():
-        # Adjective satellites ("s") sit in data.adj under their own offsets with pos "a" in the index.
         for off, (words, ptrs) in synsets.items():
-            keep = sorted({w for w in words if w in pos or "_" in w} & {w for w in words if frequent(p, off, w)})
-            if len(keep) >= 2:
-                syn.append(" ".join(keep))
+            me = ids[(p, off)]
             for symbol, t_off, raw_pos, nums in ptrs:
+                t_pos = "a" if raw_pos == "s" else raw_pos
+                if (t_pos, t_off) not in ids:
+                    continue
+                if symbol in ("@", "@i"):
+                    hyper.setdefault(me, []).append(ids[(t_pos, t_off)])
+                elif symbol in ("&", "^", "$"):  # similar to, also see, verb group
+                    similar.setdefault(me, []).append(ids[(t_pos, t_off)])
                 if symbol not in ("+", "!") or nums == "0000":
                     continue
-                t_pos = "a" if raw_pos == "s" else raw_pos
                 src, dst = int(nums[:2], 16) - 1, int(nums[2:], 16) - 1
                 target = data.get(t_pos, {}).get(t_off)
                 if target is None or src >= len(words) or dst >= len(target[0]):
@@ -110,10 +163,36 @@ def build(wordnet: Path, senses: int) -> dict[str, object]:  # noqa: C901 - one 
                 if a == b or not frequent(p, off, a) or not frequent(t_pos, t_off, b):
                     continue
                 (der if symbol == "+" else ant).add((min(a, b), max(a, b)))
-    syn_of: dict[str, list[int]] = {}
-    for i, group in enumerate(sorted(set(syn))):
-        for w in group.split():
-            syn_of.setdefault(w, []).append(i)
+
+    def base(word: str) -> str | None:
+        if word in pos:
+            return word
+        if word in exc:
+            return exc[word]
+        for suffix, repl in (("ies", "y"), ("es", ""), ("s", ""), ("ing", ""), ("ing", "e"), ("ed", ""), ("ed", "e")):
+            if word.endswith(suffix) and word[: -len(suffix)] + repl in pos:
+                return word[: -len(suffix)] + repl
+        return None
+
+    # Definitions: the content lemmas of each frequent sense's gloss ("ripe": "fully developed … ready to be eaten").
+    gloss_words: dict[str, list[str]] = {}
+    for p, offs in glosses.items():
+        for off, text in offs.items():
+            if (p, off) not in frequent_synsets:
+                continue
+            found = []
+            for w in re.findall(r"[a-z][a-z-]+", text.lower()):
+                b = base(w)
+                if b is not None and b not in _GLOSS_STOP and len(b) > 2 and b not in found:
+                    found.append(b)
+            if found:
+                gloss_words[ids[(p, off)]] = found
+    df: dict[str, int] = {}
+    for found in gloss_words.values():
+        for w in found:
+            df[w] = df.get(w, 0) + 1
+    generic = {w for w, n in df.items() if n > GLOSS_GENERIC_SHARE * len(gloss_words)}
+    gloss = {k: " ".join(w for w in v if w not in generic) for k, v in gloss_words.items()}
 
     def by_word(rows: set[tuple[str, str]]) -> dict[str, str]:
         out: dict[str, list[str]] = {}
@@ -124,12 +203,17 @@ def build(wordnet: Path, senses: int) -> dict[str, object]:  # noqa: C901 - one 
 
     # Values are strings split on first use, so loading the table is one JSON parse (fast start-up).
     return {
-        "schema_version": 2,
+        "schema_version": 3,
         "source": "WordNet 3.0 (Debian package wordnet-base), derived by benchmarks/data/build_wordnet_table.py",
         "licence": LICENCE, "senses": senses,
         "pos": {w: "".join(sorted(ps)) for w, ps in sorted(pos.items()) if "_" not in w},
         "exc": dict(sorted(exc.items())),
-        "syn": {w: " ".join(map(str, ids)) for w, ids in sorted(syn_of.items())},
+        "sense": {w: " ".join(v) for w, v in sorted(sense.items())},
+        "more": {w: " ".join(v) for w, v in sorted(more.items())},
+        "hyper": {k: " ".join(v) for k, v in hyper.items()},
+        "similar": {k: " ".join(v) for k, v in similar.items()},
+        "gloss": {k: v for k, v in gloss.items() if v},
+        "generic_gloss_words": sorted(generic),
         "der": by_word(der),
         "ant": by_word(ant),
     }
@@ -148,7 +232,8 @@ def main() -> int:
     raw = json.dumps(table, separators=(",", ":"), sort_keys=False).encode()
     # mtime=0: the same input gives the same bytes, so a rebuild shows no spurious diff.
     args.out.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
-    print(f"wrote {args.out}: {len(table['pos'])} words, {len(table['syn'])} words in synonym sets, "
+    print(f"wrote {args.out}: {len(table['pos'])} words, {len(table['sense'])} with frequent senses, "
+          f"{len(table['hyper'])} synsets with hypernyms, {len(table['gloss'])} definitions, "
           f"{len(table['der'])} with derivations, {len(table['ant'])} with antonyms, "
           f"{len(table['exc'])} irregular forms; "
           f"{args.out.stat().st_size / 1e6:.2f} MB gzipped ({len(raw) / 1e6:.1f} MB raw)")

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from llmcache.proxy.semantic import lexicon as lx
-from llmcache.proxy.semantic import wordnet
+from llmcache.proxy.semantic import rewrite, wordnet
 
 __all__ = ["DEFAULT_MAX_CHARS", "Analysis", "Token", "analyse"]
 
@@ -31,7 +31,8 @@ DEFAULT_MAX_CHARS = 2000
 _TOKEN_RE = re.compile(r"""
   (?P<code>`[^`\n]{1,200}`)
 | (?P<num>\d+(?:\.\d+)?(?:st|nd|rd|th)?(?![\w/:]|[._-]\w))
-| (?P<ident>(?:--?)?[^\W_][\w]*(?:(?:[_./:\\]|::)[\w]+)+/?|[^\W\d_]+(?:\+\+|\#)|\.[^\W\d_]\w*|[a-z]+[A-Z][A-Za-z]*|[A-Za-z]+\d\w*|_\w+|\w+_)
+| (?P<ident>[A-Za-z]{1,5}-\d[\w]*   # "W-2", "COVID-19": letters and digits joined by a hyphen
+           |(?:--?)?[^\W_][\w]*(?:(?:[_./:\\]|::)[\w]+)+/?|[^\W\d_]+(?:\+\+|\#)|\.[^\W\d_]\w*|[a-z]+[A-Z][A-Za-z]*|[A-Za-z]+\d\w*|_\w+|\w+_)
 | (?P<word>[^\W\d_]+(?:'[^\W\d_]+)?(?:-[^\W\d_]+)*)
 | (?P<op>==|!=|<=|>=|=>|->|<<|>>|&&|\|\||\*\*|[<>=+*/^~&|]|(?<=\s)-(?=\s))
 | (?P<sym>[%$€£¥°])
@@ -52,6 +53,7 @@ _CLAUSE_WORDS = frozenset(["that", "which", "who", "whom", "because", "if", "whe
                            "but", "although", "though", "since", "unless", "until", "so", "and", "or", "where"])
 _ONE_PRONOUN = frozenset(["which", "the", "this", "that", "each", "any", "no", "every", "no", "another", "only",
                           "a", "someone", "anyone", "everyone", "no"])
+_ONE_NOT_A_COUNT = _ONE_PRONOUN - {"a", "the", "this", "that"}  # "which one", "no one": a pronoun
 _MODAL_WORDS = frozenset(["can", "could", "may", "might", "should", "ought", "must"])
 _MODAL_ADJ_BEFORE_TO = frozenset(["able", "allowed", "permitted", "possible", "ok", "okay", "fine", "advisable", "recommended", "wise", "necessary", "required", "mandatory", "obligatory", "supposed"])
 
@@ -81,6 +83,8 @@ class Analysis:
     tasks: frozenset[str] = frozenset()
     arithmetic: frozenset[str] = frozenset()
     quantifiers: frozenset[str] = frozenset()
+    implied_all: bool = False
+    """An "all" a retrieval verb makes implicit ("list all files" = "list the files"): it still differs from "some"."""
     modals: frozenset[str] = frozenset()
     shape: frozenset[str] = frozenset()
     tense: str | None = None
@@ -98,6 +102,10 @@ class Analysis:
     ("send money to Bob" → ``("to", "bob")``; "5 km in miles" → ``("to", "u:mile")``)."""
     times: frozenset[str] = frozenset()
     """Time references by class (:data:`lexicon.TIME_WORDS`)."""
+    durations: Counter[float] = field(default_factory=Counter)
+    """Lengths of time written with a number ("14-day", "two weeks"), in seconds: compared as numbers."""
+    attached: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Polar particles and prepositions with the word they attach to (``("out", "log")``, ``("after", "donat")``)."""
     quantities: Counter[tuple[str, str]] = field(default_factory=Counter)
     """``(number, unit)`` written together ("5 km"): compared exactly, so "5 miles to km" ≠ "5 km to miles"."""
     than: int = 0
@@ -107,34 +115,24 @@ class Analysis:
     """A quoted span ('…' or "…") is present."""
     norm: str = ""
     """Lower-case text without spaces and ``-_.``: where an identifier of the other side may be found."""
-
-
-def _expand(text: str) -> str:
-    t = text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
-    t = re.sub(r"(?i)\btl;?dr\b", " tldr ", t)
-    t = re.sub(r"(?i)\b(\w+)'(s|re|ve|d|ll|m)\b", lambda m: lx.CONTRACTIONS.get(m.group(0).lower(), m.group(0)), t)
-    t = re.sub(r"(?i)\b(can't|won't|shan't|ain't|cannot)\b", lambda m: lx.CONTRACTIONS[m.group(0).lower()], t)
-    t = re.sub(r"(?i)n't\b", " not", t)
-    t = re.sub(r"(?i)\bturn(ed|ing|s)?\s+(on|off)\b", lambda m: f"turn {m.group(2)}", t)
-    t = re.sub(r"(?i)\bhow come\b", "why", t)
-    # Casual abbreviations written with a slash or standing for two words.
-    t = re.sub(r"(?i)\bw/o\b", "without", t)
-    t = re.sub(r"(?i)\bw/(?=\s)", "with", t)
-    t = re.sub(r"(?i)\bb/c\b", "because", t)
-    t = re.sub(r"(?i)\brn\b", "right now", t)
-    t = re.sub(r"(?i)\bfirst of all\b", "first", t)
-    t = re.sub(r"(?i)\bat home\b", "", t)
-    t = re.sub(r"(?i)\b(?:compared|comparing) (?:to|with)\b", "than", t)  # "Compared to X, is Y…" = "Is Y… than X"  # "make cold brew at home": where the asker is, not what is asked
-    t = re.sub(r"(?i)\bset(?:ting)? up\b", "setup", t)
-    t = re.sub(r"(?i)\b(boiling|freezing|melting) point\b", r"\1 temperature", t)
-    # "How many people live in X?" asks for X's population.
-    t = re.sub(r"(?i)\bhow many (?:people|persons|inhabitants|residents|humans) (?:live|are living|reside|are there) in\b",
-               "what is the population of", t)
-    t = re.sub(r"(\d),(\d{3})\b", r"\1\2", t)
-    t = re.sub(r"(\d)-([a-zA-Z])", r"\1 \2", t)          # "7-day" → "7 day"
-    t = re.sub(r"\b(\d+)([a-zA-Z%°$€£¥])", r"\1 \2", t)  # "5km" → "5 km", "20%" → "20 %" (not "K2", "x86")
-    t = re.sub(r"([$€£¥])\s*(\d)", r"\1 \2", t)
-    return t
+    context_modals: frozenset[str] = frozenset()
+    """Modal force in sentences other than the question ("My employer says I may…"): compared only when both
+    texts have some (a reworded context may drop "I have to give a talk" → "I'm preparing a talk")."""
+    context_quantifiers: frozenset[str] = frozenset()
+    """Quantifiers outside the question sentence, compared like :attr:`context_modals`."""
+    singular: frozenset[str] = frozenset()
+    """Stems counted as one ("one guest", "a single block"): a plural of the same word on the other side differs."""
+    plural: frozenset[str] = frozenset()
+    """Stems of nouns written in the plural."""
+    question_span: tuple[int, int] = (0, 0)
+    """Token range of the sentence that carries the question or request (the last one when none is marked)."""
+    sentence_starts: list[int] = field(default_factory=list)
+    question_ends: list[int] = field(default_factory=list)
+    """Indexes of tokens a "?" follows."""
+    clause_starts: list[int] = field(default_factory=list)
+    """Indexes of tokens that open a clause after punctuation (",", ";", ":") or a sentence."""
+    ident_at: dict[int, list[str]] = field(default_factory=dict)
+    """Identifier symbols ("id:c++") by the index of the token they precede: arguments for the direction check."""
 
 
 def _number_value(tok: str) -> float | None:
@@ -180,6 +178,34 @@ def _english(tokens: list[Token], lex: wordnet.Lexicon) -> bool:
     return not (english == 0 and total >= 3 and unknown * 2 > total)
 
 
+# Words after which a task word is a noun or a question's content, never a request.
+_NOT_BEFORE_VERB = frozenset(["is", "are", "was", "were", "be", "been", "the", "a", "an", "my", "your", "his", "her",
+                              "our", "their", "its", "this", "that", "these", "those", "of", "some", "any", "no"])
+# Nouns for a text the request hands over ("summarize the attached article"), not a topic ("summarize evolution").
+_GIVEN_TEXT = frozenset(["this", "these", "that", "those", "my", "our", "your", "his", "her", "their", "following",
+                         "attached", "above", "below", "provided", "given", "enclosed", "pasted", "here", "article",
+                         "text", "email", "paragraph", "document", "passage", "report", "transcript", "thread", "post",
+                         "essay", "letter", "message", "conversation", "notes", "paper", "abstract", "chapter",
+                         "review", "reviews", "comments", "feedback", "code", "function", "file", "log", "logs"])
+
+
+def _task_of(tok: Token, lex: wordnet.Lexicon) -> str | None:
+    """The task class of a word, read by its lemma ("planes" is no form of "plan")."""
+    task = lx.TASK_CLASSES.get(tok.text)
+    for lemma in lex.lemmas(tok.text) if task is None else ():
+        task = lx.TASK_CLASSES.get(lemma) or lx.TASK_CLASSES.get(re.sub(r"is(e|ation)$", r"iz\1", lemma))
+        if task is not None:
+            break
+    if task is None and not lex.known(tok.text):
+        task = lx.TASK_STEMS.get(tok.stem)  # forms the table lacks ("tl;dr", "summarising")
+    return task
+
+
+def _given_text(words: list[str], i: int) -> bool:
+    """The words after a task word hand over a text ("summarize the attached article", "summarize this")."""
+    return any(w in _GIVEN_TEXT for w in words[i + 1:i + 5])
+
+
 def _imperative(tokens: list[Token], i: int) -> bool:
     """A task word opening its sentence or following "you/please/me" is a request; elsewhere it is content.
 
@@ -188,8 +214,8 @@ def _imperative(tokens: list[Token], i: int) -> bool:
     """
     for j in range(i - 1, max(-1, i - 7), -1):
         word = tokens[j].text
-        if word in _ASKERS:
-            return False
+        if word in _ASKERS or word in _NOT_BEFORE_VERB:
+            return False  # "how do I summarise", "is planes safer", "his grades": no request
         if word in _REQUESTERS:
             return True
         if word not in lx.STOPWORDS and word != "to":
@@ -225,10 +251,12 @@ def _question_type(words: list[str]) -> str | None:
     if w in lx.AUXILIARIES:
         # "Is X good for you, and why?": a yes/no question that also asks a wh-question.
         return None if any(x in lx.WH_WORDS for x in words[i + 1:]) else "yesno"
-    # A wh-word at the end: "X was written by whom?", "You went where?".
+    # A wh-word at the end: "X was written by whom?", "You went where?", "dedupe a list, how?".
     for x in words[-6:]:
         if x in lx.WH_EXCLUSIVE:
             return lx.WH_EXCLUSIVE[x]
+    if words[-1] == "how":
+        return "how"
     # Terse questions: "Tesla birth date?" asks when, "Petra location?" where.
     for x in words[i:]:
         if x in ("date", "year", "when"):
@@ -238,33 +266,71 @@ def _question_type(words: list[str]) -> str | None:
     return None
 
 
-def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:
+def _question(a: Analysis, words: list[str]) -> tuple[str | None, tuple[int, int]]:
+    """The question type and the token range of the sentence that asks it.
+
+    The first sentence ending in "?" asks (long prompts put context first: "I'm 45… How can I start?"); with
+    none, the last sentence. Inside it, a question may open a later clause ("im a beginner, how shud i start").
+    """
+    starts = a.sentence_starts
+    spans = [(s, starts[k + 1] if k + 1 < len(starts) else len(words)) for k, s in enumerate(starts)]
+    spans = [(s, e) for s, e in spans if e > s] or [(0, len(words))]
+    asked = [(s, e) for s, e in spans if e - 1 in a.question_ends]
+    start, end = asked[0] if asked else spans[-1]
+    qtype = _question_type(words[start:end])
+    if qtype is None:
+        for c in a.clause_starts:
+            if start < c < end:
+                qtype = _question_type(words[c:end])
+                if qtype is not None:
+                    break
+    if qtype == "yesno" and "or" in words[start:end]:
+        at = words.index("or", start, end)
+        if at + 1 < end and words[at + 1] != "not":
+            qtype = "what"  # "Is it cheaper to buy or lease?" asks which, like "Which costs less…?"
+    if qtype == "yesno" and any(_question_type(words[s:e]) not in (None, "yesno") for s, e in asked[1:]):
+        qtype = None  # "Is X good for you? Why?": a yes/no question that also asks a wh-question
+    return qtype, (start, end)
+
+
+def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # noqa: C901 - one pass over the text
     """Tokenise and classify ``text`` (pure function; the checks only compare two analyses)."""
     if len(text) > max_chars:
         return Analysis(unreadable="too_long")
     text = unicodedata.normalize("NFKC", text)
     if not _script_ok(text):
         return Analysis(unreadable="script")
-    expanded = _expand(text)
+    expanded = rewrite.normalise(text)
     tokens: list[Token] = []
     symbols: Counter[str] = Counter()
     sentence_start = True
     last_end = 0
     clause = 0
     lex = wordnet.lexicon()
+    sentence_starts: list[int] = []
+    question_ends: list[int] = []
+    ident_at: dict[int, list[str]] = {}  # identifiers (kept as symbols) by the token they stand before
+    clause_starts: list[int] = []
     for m in _TOKEN_RE.finditer(expanded):
         kind, word, start = m.lastgroup, m.group(0), m.start()
         between = expanded[last_end:start]
-        if any(ch in between for ch in ".?!:\n"):
+        if "?" in between and tokens:
+            question_ends.append(len(tokens) - 1)
+        if any(ch in between for ch in ".?!:\n") and tokens:
             sentence_start = True
+        if not tokens or sentence_start or any(ch in between for ch in ",;:"):
+            if not clause_starts or clause_starts[-1] != len(tokens):
+                clause_starts.append(len(tokens))
+            if (not tokens or sentence_start) and (not sentence_starts or sentence_starts[-1] != len(tokens)):
+                sentence_starts.append(len(tokens))
         if any(ch in between for ch in ".?!:;,()\n") or word.lower() in _CLAUSE_WORDS:
             clause += 1
         last_end = start + len(word)
         if kind in ("code", "op", "other"):
             symbols[word if kind == "code" else word.lower()] += 1
             continue
-        if kind == "ident" and word.lower() in lx.VARIANTS_WORD:  # "k8s": a known abbreviation, read as its word
-            kind, word = "word", lx.VARIANTS_WORD[word.lower()]
+        if kind == "ident" and re.sub(r"[-_.]", "", word.lower()) in lx.VARIANTS_WORD:
+            kind, word = "word", lx.VARIANTS_WORD[re.sub(r"[-_.]", "", word.lower())]  # "k8s", "Node.js": their word
         if kind == "ident":
             lower = word.lower()
             if lower in lx.UNITS:  # "km/h"
@@ -273,6 +339,7 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:
                 tokens.append(Token(lower, lower, len(tokens), not sentence_start, sentence_start, compound=True))
             elif lower not in ("e.g", "i.e", "etc"):
                 symbols["id:" + re.sub(r"[-_.]", "", lower)] += 1
+                ident_at.setdefault(len(tokens), []).append("id:" + re.sub(r"[-_.]", "", lower))
             sentence_start = False
             continue
         lower = word.lower()
@@ -300,8 +367,12 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:
             t.capital = t.allcaps = False
     if not _english(tokens, lex):
         return Analysis(unreadable="language")
+    if "?" in expanded[last_end:] and tokens:
+        question_ends.append(len(tokens) - 1)
     a = Analysis(unreadable=None, tokens=tokens, symbols=symbols,
-                 quoted=_QUOTED_RE.search(expanded) is not None, norm=re.sub(r"[\s\-_.]", "", expanded.lower()))
+                 quoted=_QUOTED_RE.search(expanded) is not None, norm=re.sub(r"[\s\-_.]", "", expanded.lower()),
+                 sentence_starts=sentence_starts or [0], question_ends=question_ends,
+                 clause_starts=clause_starts or [0], ident_at=ident_at)
     _classify(a)
     return a
 
@@ -320,13 +391,56 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
     last_seq_token = -1
     prev_number = False
     pending: tuple[str, int] | None = None  # the last role marker seen and where
-    a.qtype = _question_type(words)
+    a.qtype, a.question_span = _question(a, words)
+    q_start, q_end = a.question_span
+    context_modals: set[str] = set()
+    context_quantifiers: set[str] = set()
+    singular: set[str] = set()
+    lex = wordnet.lexicon()
     i = 0
-    while i < n:
+    while i <= n:
+        for ident in a.ident_at.get(i, ()):  # "Is C++ safer than Rust?": identifiers are arguments too
+            if pending is not None and i - pending[1] <= 3:
+                a.marker_objects.append((_ROLE_MARKERS[pending[0]], ident))
+                pending = None
+            a.sequence.append(ident)
+        if i == n:
+            break
         tok = tokens[i]
         w = tok.text
         prev = words[i - 1] if i else ""
         nxt = words[i + 1] if i + 1 < n else ""
+        in_question = q_start <= i < q_end
+        if (w in ("one", "single") and nxt.isalpha() and nxt not in lx.STOPWORDS and nxt not in lx.NUM_WORDS
+                and nxt not in ("of", "way", "day", "thing") and prev not in _ONE_NOT_A_COUNT):
+            # "one guest", "a single block": the noun is singular, not a count to compare ("one" = "a").
+            k = i + 1  # the head of the noun phrase: "one healthy breakfast idea" → idea
+            while (k + 1 < min(n, i + 4) and words[k + 1].isalpha() and words[k + 1] not in lx.STOPWORDS
+                   and "n" in lex.parts_of_speech(words[k + 1])):
+                k += 1
+            if in_question:
+                singular.add(tokens[k].stem)
+            i += 1
+            continue
+        if (w in lx.ORDINALS or w in lx.RECENT_N or w == "next") and nxt and f"{w}_{nxt}" in lex.synsets and (
+                nxt not in lx.UNITS):
+            # "first aid", "last name", "past tense": a word of its own, not an ordinal or a time.
+            key = f"{w}_{nxt}"
+            a.content.setdefault(key, tok)
+            a.sequence.append(key)
+            i += 2
+            continue
+        if (w in lx.RECENT_N and (nxt[:1].isdigit() or nxt in lx.NUM_WORDS)) or (w == "most" and nxt == "recent"):
+            times.add("latest")  # "the last 3 commits" = "the previous three" = "the past 3 months"
+            i += 1
+            continue
+        ordinal = re.fullmatch(r"(\d+)(?:st|nd|rd|th)", w)
+        if ordinal:
+            a.numbers[1000000 + int(ordinal.group(1))] += 1  # "2nd" = "second"
+            a.sequence.append(f"#o{int(ordinal.group(1))}")
+            prev_number = False
+            i += 1
+            continue
         value = _number_value(w) if w[:1].isdigit() else None
         if value is None and w in lx.NUM_WORDS and not (w == "k" and not prev_number):
             # Combine "twenty five", "three hundred", "two thousand five hundred".
@@ -368,7 +482,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             prev_number = True
             i += 1
             continue
-        if w in lx.ORDINALS and not (w == "second" and prev_number):
+        if w in lx.ORDINALS and not (w == "second" and (prev_number or nxt in ("hand", "opinion"))):
             a.numbers[1000000 + lx.ORDINALS[w]] += 1  # ordinals: compared among themselves
             a.sequence.append(f"#o{lx.ORDINALS[w]}")
             prev_number = False
@@ -376,6 +490,19 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             continue
         unit = lx.UNITS.get(w)
         if unit is not None and (w not in lx.UNIT_NEEDS_NUMBER or prev_number or prev in ("many", "per")):
+            seconds = lx.DURATION_S.get(unit)
+            if seconds is not None and prev_number and a.sequence and a.sequence[-1][:2] not in ("#o", ""):
+                # "a 14-day trip" = "two weeks", "an hour and a half" = "90 minutes": one duration, in seconds.
+                value = float(a.sequence[-1][1:])
+                a.numbers[value] -= 1
+                a.numbers += Counter()  # drop the zero count
+                a.durations[value * seconds] += 1
+                a.units.append("duration")
+                a.sequence[-1] = f"#t{value * seconds:g}"
+                a.quantities[(a.sequence[-1], "duration")] += 1
+                prev_number = False
+                i += 1
+                continue
             a.units.append(unit)
             if prev_number and a.sequence and a.sequence[-1][:1] == "#":
                 a.quantities[(a.sequence[-1], unit)] += 1  # "5 km": the number belongs to this unit
@@ -397,20 +524,35 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             continue
         # Closed classes read before the stop-list hides them.
         q = lx.QUANTIFIERS.get(w)
-        if q is not None and (prev, w) not in lx.QUANTIFIER_IDIOMS and (w, nxt) not in lx.QUANTIFIER_IDIOMS:
-            quantifiers.add(q)
+        if (q is not None and (prev, w) not in lx.QUANTIFIER_IDIOMS and (w, nxt) not in lx.QUANTIFIER_IDIOMS
+                and not (q == "all" and in_question and _retrieves(words, i))):
+            if w == "few" and prev in ("a", "quite"):
+                q = "some"  # "a few of them" is some; "few of them" is hardly any
+            if in_question:
+                quantifiers.add(q)
+            elif w in lx.QUANTIFIER_DETERMINERS:  # "students always mix them up" / "most students confuse them"
+                context_quantifiers.add(q)
+        if q == "all" and in_question and _retrieves(words, i):
+            a.implied_all = True
+        question_modals = modals if in_question else context_modals
         if w in _MODAL_WORDS:
             # "can you…" is a request; "how can I…", "what should we…" ask how, whatever the modal (dropped
             # below in wh-questions); a modal with any other subject ("what a landlord may include") counts.
             if nxt != "you":
-                (soft_modals if nxt in lx.PRONOUNS_I or prev in lx.WH_WORDS or
-                 (prev in lx.PRONOUNS_I and i >= 2 and words[i - 2] in lx.WH_WORDS) else modals).add(lx.MODALS[w])
+                if not in_question:
+                    context_modals.add(lx.MODALS[w])
+                elif nxt in lx.PRONOUNS_I or prev in lx.WH_WORDS or (
+                        prev in lx.PRONOUNS_I and i >= 2 and words[i - 2] in lx.WH_WORDS):
+                    soft_modals.add(lx.MODALS[w])
+                else:
+                    modals.add(lx.MODALS[w])
         elif w in ("have", "has", "need", "needs", "got") and nxt == "to":
-            soft_modals.add("must")  # "how hot does it have to be": a wh-question's "have to" asks nothing more
+            # "how hot does it have to be": a wh-question's "have to" asks nothing more; "I need to thaw
+            # chicken": the asker's goal, said before the question.
+            (soft_modals if in_question else context_modals).add("must")
         elif w in _MODAL_ADJ_BEFORE_TO and nxt in ("to", "for", "in", "on", "at", "by", "when", "if", ".", "?", ""):
-            modals.add(lx.MODALS.get(w, "must"))  # "allowed"/"required"/"possible": never a way of asking
-        if w in lx.TIME_WORDS and not (w == "last" and (nxt in ("name", "names", "step", "one", "longer", "long", "for")
-                                                        or prev in ("they", "it", "will", "to", "can", "should"))):
+            question_modals.add(lx.MODALS.get(w, "must"))  # "allowed"/"required"/"possible": never a way of asking
+        if w in lx.TIME_WORDS and not _time_word_is_other(w, prev, nxt):
             times.add(lx.TIME_WORDS[w])
         if w in lx.TENSE and a.tense is None:
             a.tense = lx.TENSE[w]
@@ -429,9 +571,14 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             i += 1
             continue
         tag = lx.SHAPE_WORDS.get(w)
+        if tag is not None and tag.startswith("fmt:") and w in lx.FILE_FORMATS and not (
+                prev in ("as", "in", "into", "to", "output", "return", "returns") or nxt in ("format", "output")):
+            tag = None  # "read a JSON file": what is read, not the shape of the answer
         if tag is not None and _is_shape(w, prev, nxt):
             shape.add(tag)
-        if w in ("sentence", "sentences", "paragraph", "paragraphs", "line", "lines", "words") and (
+        if w in ("sentences", "lines") and prev in ("few", "couple"):
+            shape.add("len:short")  # "in a few sentences" = "briefly"
+        elif w in ("sentence", "sentences", "paragraph", "paragraphs", "line", "lines", "words") and (
                 prev in ("one", "a", "single", "few", "couple", "two", "three") or (a.sequence[-1:] and a.sequence[-1][:1] == "#")):
             shape.add("len:units")
         if w == "step" and nxt == "by" and i + 2 < n and words[i + 2] == "step":
@@ -440,13 +587,18 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             continue
         if w in lx.LANGUAGES and prev in ("in", "into", "to"):
             shape.add("lang:" + w)
-        if tok.stem in lx.ANTONYM_STEMS or w in lx.ANTONYMS:
+        if w in lx.FUNCTION_POLAR:
+            _attach(a, i)
+        elif tok.stem in lx.ANTONYM_STEMS or w in lx.ANTONYMS:
             a.polar.add(tok.stem)
         if w in _MARKERS:
             a.sequence.append(f"d:{w}")
         if w in _ROLE_MARKERS:
             pending = (w, i)
-        task = lx.TASK_STEMS.get(tok.stem)
+        task = _task_of(tok, lex)
+        if task in ("summarize", "outline") and not _given_text(words, i):
+            task = lx.DEFAULT_TASK  # "Summarize the theory of evolution" asks to explain it, briefly
+            shape.add("len:short")
         if task is not None and _imperative(tokens, i):
             tasks.add(task)
             i += 1
@@ -475,8 +627,45 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
     if a.qtype in (None, "yesno"):
         modals |= soft_modals  # "Can I…?" ≠ "Should I…?"; in a wh-question "how can I" = "how do I"
     a.times = frozenset(times)
+    a.context_modals, a.context_quantifiers = frozenset(context_modals), frozenset(context_quantifiers)
+    a.singular = frozenset(singular)
+    a.plural = frozenset(t.stem for t in tokens[q_start:q_end] if t.text != t.stem and t.text.endswith("s")
+                         and not t.capital and t.text not in lx.STOPWORDS and "n" in lex.parts_of_speech(t.text)
+                         and t.text not in lex.pos)
     a.tasks, a.arithmetic, a.quantifiers, a.modals, a.shape = (frozenset(tasks), frozenset(arithmetic),
                                                                frozenset(quantifiers), frozenset(modals), frozenset(shape))
+
+
+def _time_word_is_other(w: str, prev: str, nxt: str) -> bool:
+    """"last" as a verb ("so they last") or an order ("last step"); "next"/"coming" without a time ("keep coming")."""
+    if w == "last" and (nxt in ("name", "names", "step", "one", "longer", "long", "for")
+                        or prev in ("they", "it", "will", "to", "can", "should")):
+        return True
+    return w in ("coming", "upcoming", "next") and nxt not in lx.TIME_NOUNS and prev not in ("the", "this")
+
+
+def _attach(a: Analysis, i: int) -> None:
+    """Record a polar particle or preposition with the content words before and after it (3 tokens at most)."""
+    w = a.tokens[i].text
+    for rng in (range(i - 1, max(-1, i - 4), -1), range(i + 1, min(len(a.tokens), i + 4))):
+        for j in rng:
+            t = a.tokens[j]
+            if t.text.isalpha() and t.text not in lx.STOPWORDS and t.text not in lx.FUNCTION_POLAR:
+                a.attached[(w, lx.SYNONYM.get(t.stem, t.stem))] += 1
+                break
+
+
+#: Verbs whose "all" is implied ("list all running containers" = "list the running containers").
+_RETRIEVE = frozenset(["list", "show", "find", "get", "print", "display", "see", "view", "delete", "remove", "select",
+                       "return", "fetch", "kill", "stop", "count", "search", "grep", "copy", "move", "download"])
+
+
+def _retrieves(words: list[str], i: int) -> bool:
+    """``all`` right after a retrieval verb (or "… all the/of the"): the set asked for, not a claim about it."""
+    j = i - 1
+    while j >= 0 and words[j] in ("me", "us", "of", "the"):
+        j -= 1
+    return j >= 0 and words[j] in _RETRIEVE
 
 
 def _is_shape(w: str, prev: str, nxt: str) -> bool:

@@ -9,6 +9,7 @@ merely differ are left to the alignment and pair model in :mod:`llmcache.proxy.s
 from __future__ import annotations
 
 from collections import Counter
+from difflib import SequenceMatcher
 
 from llmcache.proxy.semantic import lexicon as lx
 from llmcache.proxy.semantic.analysis import Analysis
@@ -24,11 +25,14 @@ def _antonym_clash(a: Analysis, b: Analysis) -> str | None:
         hit = opposites & only_b
         if hit:
             return f"{x}/{sorted(hit)[0]}"
-    # A negated polar word on one side only ("Is it fine to…?" / "Is it unsafe to…?").
-    for x in only_a ^ only_b:
-        for prefix in lx.NEG_PREFIXES:
-            if x.startswith(prefix) and len(x) - len(prefix) >= 3 and x[len(prefix):] in lx.ANTONYM_STEMS:
-                return f"{x} on one side"
+    # Particles and prepositions ("log in" / "log out", "after" / "before donating"): opposites attached to
+    # the same word; "turns out" and an unrelated "majoring in" elsewhere are no pair.
+    for (w, head), n in a.attached.items():
+        if b.attached[(w, head)] >= n:
+            continue
+        for o in lx.ANTONYMS.get(w, ()):
+            if b.attached[(o, head)] > a.attached[(o, head)]:
+                return f"{w}/{o} ({head})"
     # Negative prefixes: "possible" / "impossible", "like" / "dislike" — each word tried against the other side's set.
     words_a = {t.text for t in a.tokens}
     words_b = {t.text for t in b.tokens}
@@ -44,23 +48,51 @@ def _antonym_clash(a: Analysis, b: Analysis) -> str | None:
 
 def _quantifier_clash(a: Analysis, b: Analysis) -> str | None:
     qa, qb = a.quantifiers, b.quantifiers
-    if qa == qb:
-        return None
-    if qa and qb:
-        return f"{sorted(qa)} vs {sorted(qb)}"
-    one = qa or qb
-    strong = one & lx.STRONG_QUANTIFIERS
-    return f"{sorted(strong)} vs none" if strong else None
+    # "List all files" = "list the files", but not "list some files".
+    if a.implied_all and qb:
+        qa = qa | {"all"}
+    if b.implied_all and qa:
+        qb = qb | {"all"}
+    if qa != qb:
+        if qa and qb:
+            return f"{sorted(qa)} vs {sorted(qb)}"
+        one = qa or qb
+        strong = one & lx.STRONG_QUANTIFIERS
+        if strong:
+            return f"{sorted(strong)} vs none"
+    ca, cb = a.context_quantifiers, b.context_quantifiers
+    if ca and cb and ca != cb:  # as for modals: compared when both contexts quantify
+        return f"context {sorted(ca)} vs {sorted(cb)}"
+    return None
 
 
 def _modal_clash(a: Analysis, b: Analysis) -> str | None:
     ma, mb = a.modals, b.modals
-    if ma == mb:
-        return None
-    if ma and mb:
-        return f"{sorted(ma)} vs {sorted(mb)}"
-    one = ma or mb
-    return f"{sorted(one)} vs none" if one - {"can"} else None
+    if ma != mb:
+        if ma and mb:
+            return f"{sorted(ma)} vs {sorted(mb)}"
+        one = ma or mb
+        if one - {"can"}:
+            return f"{sorted(one)} vs none"
+    # Context sentences: "My employer says I may…" / "…I must…" differ; a modal the other side's reworded
+    # context simply lacks ("I have to give a talk" / "I'm preparing a talk") is no evidence either way.
+    ca, cb = a.context_modals, b.context_modals
+    if ca and cb and ca != cb:
+        return f"context {sorted(ca)} vs {sorted(cb)}"
+    return None
+
+
+def _number_clash(a: Analysis, b: Analysis) -> str | None:
+    if a.numbers != b.numbers:
+        return f"{dict(a.numbers)} vs {dict(b.numbers)}"
+    if a.durations != b.durations:
+        return f"durations {dict(a.durations)} vs {dict(b.durations)} s"
+    # "one healthy breakfast idea" / "breakfast ideas": one thing against several.
+    for one, other in ((a, b), (b, a)):
+        several = (one.singular & other.plural) - other.singular
+        if several:
+            return f"one vs several {sorted(several)}"
+    return None
 
 
 def _comparison_clash(a: Analysis, b: Analysis) -> str | None:
@@ -102,9 +134,13 @@ def _question_clash(a: Analysis, b: Analysis) -> str | None:
 def _task_clash(a: Analysis, b: Analysis) -> str | None:
     if a.arithmetic != b.arithmetic:
         return f"arithmetic {sorted(a.arithmetic)} vs {sorted(b.arithmetic)}"
-    diff = a.tasks ^ b.tasks
-    if diff & lx.GENERATIVE_TASKS:
-        return f"{sorted(a.tasks)} vs {sorted(b.tasks)}"
+    for side, other in ((a, b), (b, a)):
+        for task in (side.tasks - other.tasks) & lx.GENERATIVE_TASKS:
+            # "Help me draft a complaint" / "How do I write a complaint": the other side names the same
+            # operation, only not as a request to the model.
+            if any(lx.TASK_CLASSES.get(t.text) == task or lx.TASK_STEMS.get(t.stem) == task for t in other.tokens):
+                continue
+            return f"{sorted(a.tasks)} vs {sorted(b.tasks)}"
     return None
 
 
@@ -113,6 +149,9 @@ def _shape_clash(a: Analysis, b: Analysis) -> str | None:
         for tag in side.shape - other.shape:
             # A target language named on the other side in another way ("the Spanish for") is no new constraint.
             if tag.startswith("lang:") and tag[5:] in other.content:
+                continue
+            # "in brief" / "Summarize…": a summary is brief by definition.
+            if tag == "len:short" and "summarize" in other.tasks | {lx.TASK_STEMS.get(t.stem) for t in other.tokens}:
                 continue
             return tag
     return None
@@ -139,8 +178,9 @@ def _frame_clash(a: Analysis, b: Analysis) -> str | None:
     fb = {k for k, t in b.content.items() if k.startswith("frame:") and not t.capital}
     only_a = {k for k in fa - fb if k[6:] in lx.EXCLUSIVE_FRAMES}
     only_b = {k for k in fb - fa if k[6:] in lx.EXCLUSIVE_FRAMES}
-    if only_a or only_b:
-        # On one side only it is still a question about another attribute ("Where is X?" / "How old is X?").
+    if only_a and only_b:
+        # Another attribute asked on each side. On one side only ("What currency does Japan use?" / "What's the
+        # money called in Japan?") the frame word is a difference like any other: explained or refused later.
         return f"{sorted(only_a)} / {sorted(only_b)}"
     return None
 
@@ -253,8 +293,14 @@ def _wh_role(a: Analysis) -> str | None:
     return "subject"
 
 
+#: Longer texts name their topic more than once: the repeat check reads short questions only.
+_REPEAT_MAX_TOKENS = 25
+
+
 def _repeat_clash(a: Analysis, b: Analysis) -> str | None:
-    """A clause repeated on one side ("does A pay B" / "does B pay A or does A pay B")."""
+    """A clause repeated on one side ("does A pay B" / "does B pay A or does A pay B"), in a short question."""
+    if len(a.tokens) > _REPEAT_MAX_TOKENS or len(b.tokens) > _REPEAT_MAX_TOKENS:
+        return None
     ca = Counter(x for x in a.sequence if is_anchor(x))
     cb = Counter(x for x in b.sequence if is_anchor(x))
     extra = sum(abs(ca[k] - cb[k]) for k in ca.keys() & cb.keys())
@@ -270,7 +316,7 @@ def first_difference(a: Analysis, b: Analysis) -> tuple[str, str] | None:
         ("symbol", _symbol_clash),
         ("negation", lambda x, y: f"{x.negations} vs {y.negations}" if x.negations != y.negations else None),
         ("antonym", _antonym_clash),
-        ("number", lambda x, y: f"{dict(x.numbers)} vs {dict(y.numbers)}" if x.numbers != y.numbers else None),
+        ("number", _number_clash),
         ("unit", lambda x, y: f"{x.units} vs {y.units}" if Counter(x.units) != Counter(y.units) else None),
         ("direction", lambda x, y: f"{dict(x.quantities)} vs {dict(y.quantities)}" if x.quantities != y.quantities else None),
         ("quantifier", _quantifier_clash),
@@ -377,18 +423,47 @@ def role_clash(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
     """
     pa, pb = _ordered_bare_pairs(a, lex), _ordered_bare_pairs(b, lex)
     passive = None
-    for (x, y), (px, py, with_verb) in pa.items():
-        other = pb.get((y, x))
-        if other is None or (x, y) in pb:
+    for (one, pairs, other_pairs, other) in ((a, pa, pb, b), (b, pb, pa, a)):
+        for (x, y), (px, py, with_verb) in pairs.items():
+            found = other_pairs.get((y, x))
+            if found is None or (x, y) in other_pairs:
+                continue
+            qy, qx, _ = found
+            if with_verb:
+                if passive is None:
+                    passive = _passive(a) or _passive(b)
+                if not passive:
+                    return f"{x} … {y}: argument moved across its verb"
+            elif _predicate_between(one, px, py, lex) or _predicate_between(other, qy, qx, lex):
+                return f"{x} … {y} reversed"
+    return _pronoun_swap(a, b)
+
+
+#: Personal pronouns by person (case does not matter for a swap: "she … my" / "I … her").
+_PERSON = {"i": "1", "me": "1", "my": "1", "mine": "1", "myself": "1", "we": "1p", "us": "1p", "our": "1p",
+           "he": "3m", "him": "3m", "his": "3m", "she": "3f", "her": "3f", "hers": "3f", "they": "3p", "them": "3p",
+           "their": "3p"}
+
+
+def _pronoun_swap(a: Analysis, b: Analysis) -> str | None:
+    """Two people trade places while every other word stays: "She ignores my ideas" / "I ignore her ideas".
+
+    Each edited place that puts one person's pronoun where the other text has another's is a move from one
+    person to the other; a move and its reverse are a swap of roles. Shifting who is addressed ("my" →
+    "your" throughout) moves one way only and passes.
+    """
+    ta = [t.text for t in a.tokens]
+    tb = [t.text for t in b.tokens]
+    moves: set[tuple[str, str]] = set()
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, ta, tb, autojunk=False).get_opcodes():
+        if tag != "replace":
             continue
-        qy, qx, _ = other
-        if with_verb:
-            if passive is None:
-                passive = _passive(a) or _passive(b)
-            if not passive:
-                return f"{x} … {y}: argument moved across its verb"
-        elif _predicate_between(a, px, py, lex) or _predicate_between(b, qy, qx, lex):
-            return f"{x} … {y} reversed"
+        pa = [_PERSON[w] for w in ta[i1:i2] if w in _PERSON]
+        pb = [_PERSON[w] for w in tb[j1:j2] if w in _PERSON]
+        if len(pa) == 1 and len(pb) == 1 and pa != pb:
+            if (pb[0], pa[0]) in moves:
+                return f"persons {pa[0]}/{pb[0]} swapped"
+            moves.add((pa[0], pb[0]))
     return None
 
 

@@ -13,7 +13,16 @@ needs one explanation, tried in this order::
                     ├─ typo         one edit from a word of B, itself no English word ("tomorow" / "tomorrow")
                     ├─ framing      a word that frames the request, not its content ("tips", "way", "steps")
                     ├─ reformulation  the other side's question form says it ("What causes X?" / "Why X?")
-                    └─ otherwise    unexplained → refuse (``entity`` for a name or identifier, else ``content``)
+                    ├─ abbreviation a clipped form of a word of B, itself no English word ("mech" / "mechanical")
+                    ├─ light        a word that adds nothing to what is asked ("super", "actually", "appear")
+                    └─ otherwise    unexplained ──┐
+                                                  │ where are the unexplained words? (token alignment)
+      one edited place, the rest the same ◀──────┤ (a substitution or insertion: "avoid"/"eat", "roof"/"home",
+        → refuse (``entity`` / ``content``)       │  "the first chapter of"): only the strong evidence above counts
+      the texts are reworded in several places ◀──┘ (frames, order, words differ): a weaker WordNet link to a word of
+        the other side explains a word too: ``hypernym`` ("pan"/"skillet"), ``similar`` ("courteous"/"polite"),
+        ``sense`` (a rarer shared sense), ``definition`` (its definition names it: "ripe" … "ready to eat");
+        never for a name or identifier, whatever the texts
 
 Word or sentence embeddings play no part: a co-hyponym ("Django"/"Flask", "grams"/"ounces"),
 a different task ("explain"/"refactor") or an added modifier ("engineering team"/"whole
@@ -24,6 +33,7 @@ lemmas, synonym-set ids and derivations, then one look-up per unaligned word (ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 
 from llmcache.proxy.semantic import lexicon as lx
 from llmcache.proxy.semantic.analysis import Analysis, Token
@@ -32,7 +42,8 @@ from llmcache.proxy.semantic.wordnet import Lexicon
 __all__ = ["EVIDENCE", "Explanation", "explain"]
 
 #: Every kind of evidence that can explain a difference (also :attr:`Verdict.evidence` values).
-EVIDENCE = ("inflection", "acronym", "compound", "derivation", "synonym", "typo", "framing", "reformulation")
+EVIDENCE = ("inflection", "acronym", "compound", "derivation", "synonym", "typo", "framing", "reformulation",
+            "abbreviation", "light", "hypernym", "similar", "sense", "definition")
 #: More unaligned words than this on one side: the texts are simply different (also bounds the work).
 MAX_UNALIGNED = 12
 
@@ -74,21 +85,30 @@ class _Side:
                 self.by_len.setdefault(len(t.text), []).append(t.text)
         # Collocations ("get rid of", "find out", "look up"): their synonym sets explain a word on the other
         # side, and a match explains the collocation's own words too.
-        self.collocations: list[tuple[int, int, frozenset[str]]] = []
-        for n in (2, 3):
-            for i in range(len(words) - n + 1):
-                first = lex.lemmas(words[i]) or {words[i]}
-                for f in first:
-                    key = "_".join((f, *words[i + 1:i + n]))
-                    ids = f"{lex.synsets.get(key, '')} {lx.SYNONYM.get(key, '')}".split()
-                    if ids:
-                        found = frozenset(ids)
-                        self.syn_ids.update(found)
-                        self.collocations.append((i, i + n, found))
+        self.collocations: list[tuple[frozenset[int], frozenset[str]]] = []
+        for i in range(len(words)):
+            first = lex.lemmas(words[i]) or {words[i]}
+            for f in first:
+                for n in (2, 3):
+                    if i + n <= len(words):
+                        self._add(lex, "_".join((f, *words[i + 1:i + n])), range(i, i + n))
+                # A phrasal verb around its object: "get the wax off" = "remove", "throw the box away".
+                for j in range(i + 2, min(len(words), i + 5)):
+                    if words[j] in lx.PARTICLES:
+                        self._add(lex, f"{f}_{words[j]}", (i, j), discontinuous=True)
+                        break
+
+    def _add(self, lex: Lexicon, key: str, positions: range | tuple[int, int], *, discontinuous: bool = False) -> None:
+        curated = lx.PHRASAL.get(key, "") if discontinuous else lx.SYNONYM.get(key, "")
+        ids = f"{lex.synsets.get(key, '')} {curated}".split()
+        if ids:
+            found = frozenset(ids)
+            self.syn_ids.update(found)
+            self.collocations.append((frozenset(positions), found))
 
     def colloc_hit(self, pos: int, other: _Side) -> bool:
         """The token at ``pos`` is inside a collocation that shares a synonym set with the other side."""
-        return any(start <= pos < end and ids & other.syn_ids for start, end, ids in self.collocations)
+        return any(pos in where and ids & other.syn_ids for where, ids in self.collocations)
 
 
 def _one_edit(x: str, y: str) -> bool:
@@ -154,7 +174,7 @@ def _why(tok: Token, other: _Side, other_a: Analysis, lex: Lexicon) -> str | Non
     ls = lex.lemmas(w)
     if ls & other.lemmas or tok.stem in {t.stem for t in other_a.content.values()}:
         return "inflection"
-    if tok.capital or tok.compound or any(ch.isdigit() for ch in w):
+    if _is_name(tok):
         return None  # a name or identifier is never "derived" or a synonym of another ("abcxyz" / "abcxyw")
     if ls & other.derived or any(_same_root(tok.stem, t.stem) for t in other_a.content.values()):
         return "derivation"
@@ -187,6 +207,46 @@ def _structural(tok: Token, own: Analysis, other: Analysis) -> bool:
     return w == "say" and any(x.startswith("lang:") for x in own.shape) and "translate" in other.tasks
 
 
+def _is_name(tok: Token) -> bool:
+    """A name or identifier: compared as itself, never explained by a related word."""
+    return (tok.capital or tok.compound or tok.allcaps or any(ch.isdigit() for ch in tok.text)
+            or tok.text in lx.GAZETTEER)
+
+
+def _clipped(short: str, full: str, lex: Lexicon) -> bool:
+    """``mech`` / ``mechanical``, ``args`` / ``arguments``: a clipped form that is no English word of its own."""
+    w = short[:-1] if len(short) > 4 and short.endswith("s") else short
+    return (len(w) >= 3 and w.isalpha() and not lex.known(short) and len(full) >= len(w) + 2 and full.startswith(w)
+            and lex.known(full))
+
+
+def _abbreviation(tok: Token, other_a: Analysis, lex: Lexicon) -> bool:
+    """Either word clipped to the other ("mech" / "mechanical"): both are explained."""
+    if tok.capital:
+        return False
+    return any(_clipped(tok.text, t.text, lex) or _clipped(t.text, tok.text, lex) for t in other_a.content.values()
+               if not t.capital)
+
+
+def _light(tok: Token, own: Analysis, other_a: Analysis, lex: Lexicon) -> bool:
+    """A word that adds nothing asked for: see :data:`lexicon.LIGHT`, a tool naming the other side's platform
+    ("kubectl" / "Kubernetes"), or a verb of becoming before an adjective ("going yellow" / "turning yellow")."""
+    w = tok.text
+    if w in lx.LIGHT or tok.stem in lx.LIGHT_STEMS:
+        return True
+    if lx.IMPLIES.get(w) in {t.text for t in other_a.content.values()} | set(other_a.content):
+        return True
+    nxt = own.tokens[tok.pos + 1].text if tok.pos + 1 < len(own.tokens) else ""
+    return bool(lex.lemmas(w) & lx.BECOME_VERBS) and "a" in lex.parts_of_speech(nxt)
+
+
+def _edited_places(a: Analysis, b: Analysis) -> int:
+    """How many places (diff hunks over all tokens, function words included) the two texts differ in."""
+    ka = [lx.SYNONYM.get(t.stem, t.stem) for t in a.tokens]
+    kb = [lx.SYNONYM.get(t.stem, t.stem) for t in b.tokens]
+    return sum(op[0] != "equal" for op in SequenceMatcher(None, ka, kb, autojunk=False).get_opcodes())
+
+
 def explain(a: Analysis, b: Analysis, lex: Lexicon) -> Explanation:
     """Explain each content word one side has and the other lacks; see the module docstring."""
     only_a = [t for k, t in a.content.items() if k not in b.content]
@@ -201,16 +261,40 @@ def explain(a: Analysis, b: Analysis, lex: Lexicon) -> Explanation:
     spans = _spans(only_a, a, b, only_b) | _spans(only_b, b, a, only_a)
     side_a, side_b = _Side(a, lex), _Side(b, lex)
     evidence: list[str] = []
-    missing: list[Token] = []
+    missing: list[tuple[Token, Analysis, Analysis]] = []
     for toks, other, other_a, own_side in ((only_a, side_b, b, side_a), (only_b, side_a, a, side_b)):
+        own = a if other_a is b else b
         for tok in toks:
-            own = a if other_a is b else b
             why = spans.get(id(tok)) or _why(tok, other, other_a, lex) or (
                 "reformulation" if _structural(tok, own, other_a) else None)
-            if why is None and own_side.colloc_hit(tok.pos, other):
+            if why is None and not _is_name(tok) and own_side.colloc_hit(tok.pos, other):
                 why = "synonym"
+            if why is None and _abbreviation(tok, other_a, lex):
+                why = "abbreviation"
+            if why is None and _light(tok, own, other_a, lex):
+                why = "light"
             if why is None:
-                missing.append(tok)
+                missing.append((tok, own, other_a))
             else:
                 evidence.append(why)
-    return Explanation(curated + tuple(evidence), tuple(missing))
+    if not missing:
+        return Explanation(curated + tuple(evidence))
+    # Where do the unexplained words lie? All in one edited place of otherwise aligned texts: a substitution or
+    # an insertion, which only the strong evidence above may explain. Spread over a reworded text: a weaker
+    # WordNet link to a word of the other side explains a word too (never a name).
+    if _edited_places(a, b) <= 1:
+        return Explanation(curated + tuple(evidence), tuple(t for t, _, _ in missing))
+    unexplained: list[Token] = []
+    for tok, _own, other_a in missing:
+        kind = None
+        if not _is_name(tok):
+            for o in other_a.content.values():
+                if not _is_name(o) and o.text != tok.text:
+                    kind = lex.relation(tok.text, o.text)
+                    if kind is not None:
+                        break
+        if kind is None:
+            unexplained.append(tok)
+        else:
+            evidence.append(kind)
+    return Explanation(curated + tuple(evidence), tuple(unexplained))

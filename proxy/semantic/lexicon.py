@@ -87,7 +87,8 @@ SYNONYM_GROUPS = [
     # function/method, integer/number, merge/join) are deliberately absent: they name different things.
     "car automobile vehicle", "movie film", "kid child children", "buy purchase", "begin start commence", "make create build", "stop quit halt",
     "big large huge", "small little tiny", "fast quick rapid speedy", "doctor physician", "job occupation",
-    "error bug", "issue problem", "remove delete erase", "learn study",
+    "error bug", "issue problem", "remove delete erase", "cheap inexpensive affordable budget",
+    "boss manager supervisor", "learn study",
     "find locate search", "choose pick select", "use utilize employ", "need require",
     "cost price", "rich wealthy", "happy glad", "sad unhappy", "smart intelligent clever",
     "house home", "shop store", "phone smartphone cellphone cell mobile", "picture photo image pic", "laptop notebook",
@@ -96,7 +97,7 @@ SYNONYM_GROUPS = [
     "benefit advantage", "drawback disadvantage downside", "idea suggestion",
     "guide tutorial", "correct right", "beginner novice newbie noob", "talk speak", "say said", "book novel",
     "author writer", "song track", "beautiful pretty", "difficult hard tough", "easy simple",
-    "mistake error", "fix repair", "check verify", "copy duplicate", "convert transform",
+    "mistake error", "fix repair resolve", "check verify", "copy duplicate", "convert transform",
     "cook prepare", "meal dish", "exercise workout", "ache pain hurt",
     "medicine medication drug", "weight mass", "speed velocity", "assist help",
     "attempt try", "obtain get acquire", "enough sufficient", "often frequently", "maybe perhaps",
@@ -131,6 +132,7 @@ VARIANTS_WORD = {
     "draught": "draft", "sulphur": "sulfur", "yoghurt": "yogurt", "practise": "practice", "practising": "practicing",
     "favourite": "favorite", "colour": "color", "behaviour": "behavior", "neighbour": "neighbor",
     "neighbours": "neighbors", "flavour": "flavor", "humour": "humor", "labour": "labor", "honour": "honor",
+    "im": "i", "ive": "i", "youre": "you", "theyre": "they", "shes": "she",
     "u": "you", "ur": "your", "r": "are", "ya": "you", "pls": "please", "plz": "please", "thx": "thanks",
     "wat": "what", "wats": "whats", "wut": "what", "shud": "should", "cud": "could", "wud": "would",
     "tho": "though", "thru": "through", "nite": "night", "tmrw": "tomorrow", "coz": "because", "cuz": "because",
@@ -138,7 +140,22 @@ VARIANTS_WORD = {
     "rec": "recommendation", "gonna": "going", "wanna": "want", "gotta": "have", "dont": "do not",
     "doesnt": "does not", "isnt": "is not", "cant": "can not", "wont": "will not", "didnt": "did not",
     "howto": "how", "k8s": "kubernetes", "vs": "versus",
+    "shouldnt": "should not", "wouldnt": "would not", "couldnt": "could not", "wasnt": "was not",
+    "werent": "were not", "arent": "are not", "havent": "have not", "hasnt": "has not", "hadnt": "had not",
+    "mustnt": "must not", "neednt": "need not", "aint": "is not", "bday": "birthday", "gf": "girlfriend",
+    "bf": "boyfriend", "convo": "conversation", "b4": "before", "ppl": "people", "msg": "message",
+    "pic": "picture", "pics": "pictures", "nodejs": "node", "postgresql": "postgres",
 }
+# Contractions written without an apostrophe: two words, expanded in the text before it is read.
+CONTRACTIONS_BARE = {k: v for k, v in VARIANTS_WORD.items() if " " in v}
+for _k in CONTRACTIONS_BARE:
+    del VARIANTS_WORD[_k]
+# Tools that name their platform: one side's "kubectl" is restated by the other side's "Kubernetes".
+IMPLIES = {"kubectl": "kubernetes", "helm": "kubernetes", "minikube": "kubernetes", "pip": "python",
+           "venv": "python", "pytest": "python", "npm": "node", "npx": "node", "yarn": "node", "cargo": "rust",
+           "rustc": "rust", "gcc": "c", "javac": "java", "maven": "java", "gradle": "java", "psql": "postgres",
+           "dockerfile": "docker", "brew": "macos", "homebrew": "macos", "apt": "linux", "systemctl": "linux",
+           "bash": "linux", "powershell": "windows", "git": "github", "gh": "github"}
 # Words that frame a request without adding content ("any tips for…", "what's the process for…", "the right
 # way to…"): on one side only they change nothing the answer has to say.
 FRAMING = frozenset("""
@@ -151,6 +168,23 @@ term terms phrase expression idiom keyword word concept lol haha lmao ty tia pls
 people person become credited easiest simplest bit
 actually really exactly specifically basically simply just also still ever
 """.split())
+# Words that add nothing to what is asked, on one side only: intensifiers and hedges ("super laggy", "a complete
+# beginner"), evaluative words a request adds ("a meaningful present"), verbs of seeming ("why does the sky
+# appear blue"). Scope words (whole, entire, only, just, all) are not among them: they change the set asked about.
+LIGHT = frozenset("""
+super very really so pretty quite extremely totally completely absolutely fully truly seriously literally
+complete total absolute utter real actual genuine overall general specific particular certain
+appear appears appeared seem seems seemed look looks
+currently presently nowadays these days anymore nice lovely piece pieces experience experiencing experiences
+""".split())  # noqa: SIM905 - a word list reads best as text
+# Verbs of becoming: before an adjective they only link it ("leaves going yellow" = "turning yellow").
+BECOME_VERBS = frozenset(["go", "turn", "become", "get", "grow"])
+# Particles a phrasal verb may put after its object ("get the wax off", "throw the box away").
+PARTICLES = frozenset(["out", "off", "up", "down", "back", "away", "over", "into", "together", "rid"])
+# Phrasal verbs around an object whose meaning WordNet files under another sense: "get X off/out" removes X,
+# "turn X into Y" converts it.
+PHRASAL = {"get_off": "syn:remov", "get_out": "syn:remov", "take_off": "syn:remov", "take_out": "syn:remov",
+           "turn_into": "syn:convert", "make_into": "syn:convert", "put_together": "syn:make", "set_up": "syn:setup"}
 # Structural framings of a question, explained by the other side's question form: "What causes X?" /
 # "What makes X…?" / "What is the reason…?" = "Why…?"; "Why does X happen?" = "What causes X?";
 # "How do you say X in French?" = "Translate X into French"; "the number of X" = "how many X".
@@ -250,6 +284,7 @@ for _group in SYNONYM_GROUPS:
         SYNONYM.setdefault(_m, "syn:" + stem(_members[0]))
 
 STOP_STEMS = frozenset(stem(w) for w in STOPWORDS)
+LIGHT_STEMS = frozenset(stem(w) for w in LIGHT)
 FRAMING_STEMS = frozenset(stem(w) for w in FRAMING)
 TASK_STEMS = {stem(w): c for w, c in TASK_CLASSES.items()}
 ANTONYM_STEMS: dict[str, set[str]] = {}
@@ -266,7 +301,13 @@ NUM_WORDS.update({"dozen": 12, "half": 0.5, "quarter": 0.25, "twice": 2, "double
 MULTIPLIERS = {"hundred": 100, "thousand": 1000, "million": 1e6, "billion": 1e9, "trillion": 1e12, "k": 1000,
                 "m": 1e6, "bn": 1e9}
 ORDINALS = {w: i + 1 for i, w in enumerate(
-    ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh", "twelfth"])}
+    ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "eleventh",
+     "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth", "seventeenth", "eighteenth", "nineteenth"])}
+ORDINALS.update({w: 10 * (i + 2) for i, w in enumerate(
+    ["twentieth", "thirtieth", "fortieth", "fiftieth", "sixtieth", "seventieth", "eightieth", "ninetieth"])})
+ORDINALS.update({"hundredth": 100, "thousandth": 1000})
+# Words that select the most recent N ("the last 3 commits" = "the previous three" = "the past 3 months").
+RECENT_N = frozenset(["last", "previous", "past", "latest", "recent", "final"])
 
 # Units and currencies → canonical unit; order of appearance matters for direction ("USD to EUR").
 UNITS: dict[str, str] = {}
@@ -317,11 +358,23 @@ for _cls, _qs in {"all": "all every each always everyone everybody everything ev
                   "few": "few rarely seldom hardly"}.items():
     for _q in _qs.split():
         QUANTIFIERS[_q] = _cls
+#: Quantifiers that pick part of a set named next ("most of them", "a few students"): compared in context sentences.
+QUANTIFIER_DETERMINERS = frozenset(["all", "every", "each", "most", "some", "few", "several", "any", "none"])
+#: Nouns after which "next"/"coming" name a time ("next week", "the coming months"), not an order ("next step").
+TIME_NOUNS = frozenset(["day", "days", "week", "weeks", "weekend", "month", "months", "year", "years", "decade",
+                        "century", "time", "season", "summer", "winter", "spring", "fall", "autumn", "semester",
+                        "quarter", "morning", "evening", "night", "monday", "tuesday", "wednesday", "thursday",
+                        "friday", "saturday", "sunday", "hour", "hours", "minute", "minutes", "generation"])
+#: Seconds per unit of time: a number with one of these is a duration ("14 days" = "2 weeks").
+DURATION_S = {"sec": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "week": 604800.0, "month": 2629800.0,
+              "year": 31557600.0, "decade": 315576000.0, "century": 3155760000.0}
+#: Data formats that name a file as often as the shape of an answer ("a JSON file" / "answer in JSON").
+FILE_FORMATS = frozenset(["json", "yaml", "xml", "csv", "markdown"])
 #: Quantifier classes that constrain the answer even when the other side has none ("Do all birds fly?" ≠ "Do birds fly?").
 STRONG_QUANTIFIERS = frozenset({"all", "most", "few", "one"})
 #: Fixed phrases where a quantifier word is not one: (word, next word) or (previous word, word).
 QUANTIFIER_IDIOMS = frozenset({("at", "all"), ("all", "over"), ("all", "right"), ("after", "all"), ("all", "in"),
-                               ("the", "most"), ("at", "most"), ("most", "likely"), ("a", "few"), ("any", "more"),
+                               ("the", "most"), ("at", "most"), ("most", "likely"), ("any", "more"),
                                ("any", "way"), ("anyway", ""), ("any", "tips"), ("any", "suggestions"),
                                ("any", "ideas"), ("any", "advice"), ("any", "recommendations")}
                               # "most" before an adjective is a superlative ("most recent commit"), not "most of".
@@ -380,8 +433,8 @@ LANGUAGES = frozenset(["english", "french", "german", "spanish", "italian", "chi
 
 # Tasks that produce a different kind of output; a mismatch in these is a different request. Other task classes
 # (explain, calculate, recommend, list, compare…) are ways of asking the same question.
-GENERATIVE_TASKS = frozenset({"pronounce", "summarize", "translate", "write", "rewrite", "classify", "extract", "fix", "test",
-                              "outline", "review", "analyze", "predict"})
+GENERATIVE_TASKS = frozenset({"pronounce", "summarize", "translate", "write", "rewrite", "classify", "extract", "fix",
+                              "test", "outline", "review", "analyze", "predict", "optimize"})
 # Arithmetic operations: "12 times 7" ≠ "12 plus 7".
 ARITHMETIC: dict[str, str] = {}
 for _op, _ws in {"mul": "times multiply multiplied product", "div": "divide divided quotient",

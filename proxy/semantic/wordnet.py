@@ -9,7 +9,9 @@ suffix rules checked against the vocabulary), :meth:`Lexicon.synonyms` and
 
 Synonym sets are cut at build time to each word's three most frequent senses, so a rare sense
 ("run" = "function") never makes two words the same; co-hyponyms ("Django"/"Flask",
-"grams"/"ounces") and antonyms never share a set.
+"grams"/"ounces") and antonyms never share a set. :meth:`Lexicon.relation` reads the weaker
+links (a hypernym, a similar adjective, a rarer shared sense, a definition that names the other
+word) that the verifier accepts only inside a reworded passage, never for a one-word substitution.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from llmcache.errors import ConfigError
 __all__ = ["TABLE_PATH", "Lexicon", "lexicon"]
 
 TABLE_PATH = Path(__file__).with_name("data") / "wordnet.json.gz"
-_SCHEMA = 2
+_SCHEMA = 3
+#: Hypernym steps a weaker relation may climb ("skillet" → "pan" is one, "tablecloth" → "linen" two).
+HYPERNYM_DEPTH = 2
 _CACHE_ENTRIES = 50_000
 # WordNet's morphy suffix rules by part of speech: (suffix, replacement).
 _RULES = {
@@ -45,10 +49,18 @@ class Lexicon:
     """Lemma → its parts of speech (``n`` noun, ``v`` verb, ``a`` adjective, ``r`` adverb)."""
     exceptions: dict[str, str]
     synsets: dict[str, str]
-    """Lemma → ids (space-separated) of the frequent-sense synonym sets it belongs to."""
+    """Lemma → ids (space-separated) of the synsets of its frequent senses: two words sharing one are synonyms."""
     derivations: dict[str, str]
     """Lemma → derivationally related lemmas (space-separated)."""
     antonyms: dict[str, str]
+    more: dict[str, str] = field(default_factory=dict)
+    """Lemma → ids of its rarer senses (ranks 3 to 9): weaker evidence than :attr:`synsets`."""
+    hyper: dict[str, str] = field(default_factory=dict)
+    """Synset id → hypernym synset ids (instances included: "Glasgow" → "city")."""
+    similar: dict[str, str] = field(default_factory=dict)
+    """Synset id → similar-to, also-see and verb-group synset ids ("courteous" ↔ "polite")."""
+    gloss: dict[str, str] = field(default_factory=dict)
+    """Synset id → the content lemmas of its definition, generic words left out ("ripe": … "ready" "eat")."""
     cache: dict[str, frozenset[str]] = field(default_factory=dict)
     """Lemmas by surface form, bounded by :data:`_CACHE_ENTRIES` (a dict's item writes are atomic)."""
 
@@ -63,7 +75,8 @@ class Lexicon:
         if doc.get("schema_version") != _SCHEMA:
             raise ConfigError(f"verifier lexicon {path} has schema {doc.get('schema_version')}, expected {_SCHEMA}: "
                               "rebuild it with benchmarks/data/build_wordnet_table.py")
-        return cls(doc["pos"], doc["exc"], doc["syn"], doc["der"], doc["ant"])
+        return cls(doc["pos"], doc["exc"], doc["sense"], doc["der"], doc["ant"], doc["more"], doc["hyper"],
+                   doc["similar"], doc["gloss"])
 
     def known(self, word: str) -> bool:
         """An English word (any inflection of a WordNet lemma)."""
@@ -97,6 +110,50 @@ class Lexicon:
         """``decide`` ↔ ``decision``: WordNet links the two lemmas derivationally (frequent senses only)."""
         ly = self.lemmas(y)
         return any(d in ly for lemma in self.lemmas(x) for d in self.derivations.get(lemma, "").split())
+
+    def sense_ids(self, word: str, *, rare: bool = False) -> set[str]:
+        """Synset ids of ``word``'s frequent senses (and with ``rare`` its rarer ones too)."""
+        out: set[str] = set()
+        for lemma in self.lemmas(word) or {word}:
+            out.update(self.synsets.get(lemma, "").split())
+            if rare:
+                out.update(self.more.get(lemma, "").split())
+        return out
+
+    def _up(self, ids: set[str], depth: int) -> set[str]:
+        seen, frontier = set(ids), set(ids)
+        for _ in range(depth):
+            frontier = {h for i in frontier for h in self.hyper.get(i, "").split()} - seen
+            seen |= frontier
+        return seen
+
+    def is_hypernym(self, general: str, specific: str, *, depth: int = HYPERNYM_DEPTH) -> bool:
+        """A frequent sense of ``general`` is at most ``depth`` hypernym steps above one of ``specific``."""
+        g = self.sense_ids(general)
+        return bool(g) and bool(self._up(self.sense_ids(specific), depth) & g)
+
+    def relation(self, x: str, y: str) -> str | None:
+        """The weaker lexical link between two different words, or ``None``.
+
+        ``hypernym`` (one is a kind of the other, frequent senses, ≤ :data:`HYPERNYM_DEPTH` steps),
+        ``similar`` (similar-to / also-see / verb group), ``sense`` (a shared synset among rarer
+        senses), ``definition`` (one's frequent-sense definition names the other). Co-hyponyms
+        ("Glasgow"/"Edinburgh", "grams"/"ounces") have none of these.
+        """
+        sx, sy = self.sense_ids(x), self.sense_ids(y)
+        if not sx or not sy:
+            return None
+        if self._up(sx, HYPERNYM_DEPTH) & sy or self._up(sy, HYPERNYM_DEPTH) & sx:
+            return "hypernym"
+        if any(set(self.similar.get(i, "").split()) & sy for i in sx):
+            return "similar"
+        if self.sense_ids(x, rare=True) & self.sense_ids(y, rare=True):
+            return "sense"
+        lx, ly = self.lemmas(x) or {x}, self.lemmas(y) or {y}
+        if any(ly & set(self.gloss.get(i, "").split()) for i in sx) or any(
+                lx & set(self.gloss.get(i, "").split()) for i in sy):
+            return "definition"
+        return None
 
     def opposite(self, x: str, y: str) -> bool:
         ly = self.lemmas(y)

@@ -42,7 +42,7 @@ def verifier(embedder: LocalEmbedder) -> Verifier:
 REJECT = [
     ("negation", "Can I run this script as root?", "Can I not run this script as root?"),
     ("negation", "Why won't my car start?", "Why will my car start?"),
-    ("antonym", "Is it fine to store bread in the fridge?", "Is it unhealthy to store bread in the fridge?"),
+    ("antonym", "Is it healthy to store bread in the fridge?", "Is it unhealthy to store bread in the fridge?"),
     ("antonym", "Switch on the hallway light.", "Switch off the hallway light."),
     ("antonym", "How do I maximize a window in Ubuntu?", "How do I minimize a window in Ubuntu?"),
     ("number", "What is 40% of 90?", "What is 45% of 90?"),
