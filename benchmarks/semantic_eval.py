@@ -9,6 +9,9 @@ Data (``benchmarks/data/``), all tuning data unless said otherwise:
   non-English rows). Split by a hash of each ``id`` (:func:`tune_split`): ``tune:fit`` (≈70 %)
   is what the rules are tuned on; ``tune:check`` (≈30 %) is a held-out check that is only ever
   printed in aggregate (``--show-errors`` refuses it);
+- ``semantic_pairs_tune2.jsonl`` — 615 pairs written blind by a second author (6 styles, 17 negative
+  kinds), copied untouched from the author's file; split the same way into ``tune2:fit`` and
+  ``tune2:check`` (held out, aggregates only), a second check that the rules generalise;
 - ``semantic_pairs_gen.jsonl`` — ≥ 2,000 pairs from ``gen_semantic_pairs.py``: paraphrase
   families × writing styles, hard negatives by controlled edits (``split`` train/test);
 - ``semantic_pairs.jsonl`` (366), ``semantic_pairs_holdout.jsonl`` (68), ``semantic_pairs_final.jsonl``
@@ -61,7 +64,8 @@ from llmcache.proxy.semantic.verify import Verdict, Verifier
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 #: Tuning data evaluated by default (``--sets`` picks some). The blind set is never among them.
-SETS = {"tune": DATA / "semantic_pairs_tune.jsonl", "gen": DATA / "semantic_pairs_gen.jsonl",
+SETS = {"tune": DATA / "semantic_pairs_tune.jsonl", "tune2": DATA / "semantic_pairs_tune2.jsonl",
+        "gen": DATA / "semantic_pairs_gen.jsonl",
         "legacy": DATA / "semantic_pairs.jsonl", "legacy_holdout": DATA / "semantic_pairs_holdout.jsonl",
         "final": DATA / "semantic_pairs_final.jsonl"}
 THRESHOLDS = [round(t, 2) for t in np.arange(0.50, 1.0001, 0.01)]
@@ -239,6 +243,8 @@ def group_pairs(sets: dict[str, list[dict[str, Any]]], eval_files: list[Path]) -
 
     add("tune:fit", lambda p: p["source"] == "tune" and p["split"] == "fit")
     add("tune:check (held out, aggregates only)", lambda p: p["source"] == "tune" and p["split"] == "check")
+    add("tune2:fit", lambda p: p["source"] == "tune2" and p["split"] == "fit")
+    add("tune2:check (held out, aggregates only)", lambda p: p["source"] == "tune2" and p["split"] == "check")
     add("gen:train", lambda p: p["source"] == "gen" and p["split"] == "train")
     add("gen:test", lambda p: p["source"] == "gen" and p["split"] == "test")
     add("legacy (366)", lambda p: p["source"] == "legacy")
@@ -256,7 +262,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     wanted = ["tune"] if eval_files and args.sets is None else (args.sets or list(SETS))
     for name in dict.fromkeys(["tune", *wanted]):
         rows = load_pairs(SETS[name], name)
-        if name == "tune":
+        if name in ("tune", "tune2"):
             for r in rows:
                 r["split"] = tune_split(r["id"])
         sets[name] = rows
@@ -330,7 +336,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 #: Groups whose wrongly decided pairs ``--show-errors`` may print: tuning data only, never a held-out group.
-_SHOWABLE = {"fit": "tune:fit", "gen": "gen:train", "gen_test": "gen:test", "legacy": "legacy (366)",
+_SHOWABLE = {"fit": "tune:fit", "fit2": "tune2:fit",
+             "gen": "gen:train", "gen_test": "gen:test", "legacy": "legacy (366)",
              "final": "final (135)",
              "legacy_holdout": "legacy holdout (68)"}
 

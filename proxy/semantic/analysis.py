@@ -34,7 +34,7 @@ _TOKEN_RE = re.compile(r"""
 | (?P<ident>[A-Za-z]{1,5}-\d[\w]*   # "W-2", "COVID-19": letters and digits joined by a hyphen
            |(?:--?)?[^\W_][\w]*(?:(?:[_./:\\]|::)[\w]+)+/?|[^\W\d_]+(?:\+\+|\#)|\.[^\W\d_]\w*|[a-z]+[A-Z][A-Za-z]*|[A-Za-z]+\d\w*|_\w+|\w+_)
 | (?P<word>[^\W\d_]+(?:'[^\W\d_]+)?(?:-[^\W\d_]+)*)
-| (?P<op>==|!=|<=|>=|=>|->|<<|>>|&&|\|\||\*\*|[<>=+*/^~&|]|(?<=\s)-(?=\s))
+| (?P<op>==|!=|<=|>=|=>|->|<<|>>|&&|\|\||\*\*|[<>=+*/^~&|]|(?<=(?:\b\w|\d)\s)-(?=\s(?:\w\b|\d)))
 | (?P<sym>[%$€£¥°])
 | (?P<other>[^\w\s.,;:?!'"()\[\]{}\-`])
 """, re.VERBOSE)
@@ -55,7 +55,9 @@ _ONE_PRONOUN = frozenset(["which", "the", "this", "that", "each", "any", "no", "
                           "a", "someone", "anyone", "everyone", "no"])
 _ONE_NOT_A_COUNT = _ONE_PRONOUN - {"a", "the", "this", "that"}  # "which one", "no one": a pronoun
 _MODAL_WORDS = frozenset(["can", "could", "may", "might", "should", "ought", "must"])
-_MODAL_ADJ_BEFORE_TO = frozenset(["able", "allowed", "permitted", "possible", "ok", "okay", "fine", "advisable", "recommended", "wise", "necessary", "required", "mandatory", "obligatory", "supposed"])
+_MODAL_ADJ_BEFORE_TO = frozenset(["able", "allowed", "permitted", "possible", "ok", "okay", "fine", "advisable",
+                                  "recommended", "wise", "necessary", "required", "mandatory", "obligatory", "supposed",
+                                  "legal", "illegal", "obligated", "obliged", "forbidden", "prohibited", "banned"])
 
 
 @dataclass(slots=True)
@@ -120,10 +122,13 @@ class Analysis:
     texts have some (a reworded context may drop "I have to give a talk" → "I'm preparing a talk")."""
     context_quantifiers: frozenset[str] = frozenset()
     """Quantifiers outside the question sentence, compared like :attr:`context_modals`."""
-    singular: frozenset[str] = frozenset()
-    """Stems counted as one ("one guest", "a single block"): a plural of the same word on the other side differs."""
-    plural: frozenset[str] = frozenset()
-    """Stems of nouns written in the plural."""
+    singular: frozenset[tuple[str, bool]] = frozenset()
+    """``(stem, in the question)`` counted as one ("one guest", "a single block"): a plural of the same word on
+    the other side differs."""
+    plural: frozenset[tuple[str, bool]] = frozenset()
+    """``(stem, in the question)`` of nouns written in the plural."""
+    all_of: frozenset[str] = frozenset()
+    """Stems of the nouns a retrieval verb's implicit "all" covers ("name all the noble gases" → gas)."""
     question_span: tuple[int, int] = (0, 0)
     """Token range of the sentence that carries the question or request (the last one when none is marked)."""
     sentence_starts: list[int] = field(default_factory=list)
@@ -189,8 +194,20 @@ _GIVEN_TEXT = frozenset(["this", "these", "that", "those", "my", "our", "your", 
                          "review", "reviews", "comments", "feedback", "code", "function", "file", "log", "logs"])
 
 
+_TASK_OF: dict[str, str | None] = {}
+
+
 def _task_of(tok: Token, lex: wordnet.Lexicon) -> str | None:
-    """The task class of a word, read by its lemma ("planes" is no form of "plan")."""
+    """The task class of a word, read by its lemma ("planes" is no form of "plan"); memoised, bounded."""
+    if tok.text in _TASK_OF:
+        return _TASK_OF[tok.text]
+    if len(_TASK_OF) >= 50_000:
+        _TASK_OF.clear()
+    task = _TASK_OF[tok.text] = _task_lookup(tok, lex)
+    return task
+
+
+def _task_lookup(tok: Token, lex: wordnet.Lexicon) -> str | None:
     task = lx.TASK_CLASSES.get(tok.text)
     for lemma in lex.lemmas(tok.text) if task is None else ():
         task = lx.TASK_CLASSES.get(lemma) or lx.TASK_CLASSES.get(re.sub(r"is(e|ation)$", r"iz\1", lemma))
@@ -212,8 +229,12 @@ def _imperative(tokens: list[Token], i: int) -> bool:
     "Summarise this", "Can you summarise this" → request; "How do I summarise a table in pandas",
     "Explain quantum computing" (``computing``) → content. Looks back at most 6 tokens.
     """
+    if i and tokens[i - 1].clause != tokens[i].clause and not tokens[i].starts_sentence:
+        return tokens[i - 1].text not in _ASKERS  # opening a clause: "process vs thread, explain the difference"
     for j in range(i - 1, max(-1, i - 7), -1):
         word = tokens[j].text
+        if word.endswith("ly") or lx.SHAPE_WORDS.get(word) == "len:short":
+            continue  # "Briefly explain…", "quickly summarise…": an adverb before the request
         if word in _ASKERS or word in _NOT_BEFORE_VERB:
             return False  # "how do I summarise", "is planes safer", "his grades": no request
         if word in _REQUESTERS:
@@ -266,6 +287,13 @@ def _question_type(words: list[str]) -> str | None:
     return None
 
 
+_MAX_CLAUSES = 8  # clauses of the asking sentence tried for a question word (bounds the work)
+_PUNCT = frozenset(".?!:;,()\n")
+_SENTENCE_END = frozenset(".?!:\n")
+_CLAUSE_MARKS = frozenset(",;:")
+_NO_MARKS: frozenset[str] = frozenset()
+
+
 def _question(a: Analysis, words: list[str]) -> tuple[str | None, tuple[int, int]]:
     """The question type and the token range of the sentence that asks it.
 
@@ -279,11 +307,10 @@ def _question(a: Analysis, words: list[str]) -> tuple[str | None, tuple[int, int
     start, end = asked[0] if asked else spans[-1]
     qtype = _question_type(words[start:end])
     if qtype is None:
-        for c in a.clause_starts:
-            if start < c < end:
-                qtype = _question_type(words[c:end])
-                if qtype is not None:
-                    break
+        for c in [c for c in a.clause_starts if start < c < end][:_MAX_CLAUSES]:
+            qtype = _question_type(words[c:end])
+            if qtype is not None:
+                break
     if qtype == "yesno" and "or" in words[start:end]:
         at = words.index("or", start, end)
         if at + 1 < end and words[at + 1] != "not":
@@ -314,16 +341,17 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
     for m in _TOKEN_RE.finditer(expanded):
         kind, word, start = m.lastgroup, m.group(0), m.start()
         between = expanded[last_end:start]
-        if "?" in between and tokens:
+        marks = _PUNCT & set(between) if between != " " else _NO_MARKS  # one space between most words
+        if "?" in marks and tokens:
             question_ends.append(len(tokens) - 1)
-        if any(ch in between for ch in ".?!:\n") and tokens:
+        if marks & _SENTENCE_END and tokens:
             sentence_start = True
-        if not tokens or sentence_start or any(ch in between for ch in ",;:"):
+        if not tokens or sentence_start or marks & _CLAUSE_MARKS:
             if not clause_starts or clause_starts[-1] != len(tokens):
                 clause_starts.append(len(tokens))
             if (not tokens or sentence_start) and (not sentence_starts or sentence_starts[-1] != len(tokens)):
                 sentence_starts.append(len(tokens))
-        if any(ch in between for ch in ".?!:;,()\n") or word.lower() in _CLAUSE_WORDS:
+        if marks or word.lower() in _CLAUSE_WORDS:
             clause += 1
         last_end = start + len(word)
         if kind in ("code", "op", "other"):
@@ -347,7 +375,8 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
         compound = "-" in lower and kind == "word"
         if compound:
             parts = lower.split("-")
-            if all(lex.known(x) or x in lx.STOPWORDS for x in parts) and parts[0] not in lx.COMPOUND_PREFIXES:
+            if all(lex.known(x) or x in lx.STOPWORDS for x in parts) and (
+                    parts[0] not in lx.COMPOUND_PREFIXES or parts[-1] in lx.UNITS):  # "half-hour" is half an hour
                 # "chemical-free", "soft-boiled": ordinary words joined, read as words; "abc-xyz" stays one id.
                 for x in parts:
                     tokens.append(Token(x, lx.stem(x), len(tokens), capital, sentence_start, clause=clause))
@@ -395,7 +424,8 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
     q_start, q_end = a.question_span
     context_modals: set[str] = set()
     context_quantifiers: set[str] = set()
-    singular: set[str] = set()
+    singular: set[tuple[str, bool]] = set()
+    all_of: set[str] = set()
     lex = wordnet.lexicon()
     i = 0
     while i <= n:
@@ -411,15 +441,14 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
         prev = words[i - 1] if i else ""
         nxt = words[i + 1] if i + 1 < n else ""
         in_question = q_start <= i < q_end
-        if (w in ("one", "single") and nxt.isalpha() and nxt not in lx.STOPWORDS and nxt not in lx.NUM_WORDS
-                and nxt not in ("of", "way", "day", "thing") and prev not in _ONE_NOT_A_COUNT):
+        if (w in ("one", "single") and nxt.isalpha() and nxt not in lx.EN_FUNCTION and nxt not in lx.NUM_WORDS
+                and nxt not in ("of", "way", "day", "thing") and prev not in _ONE_NOT_A_COUNT and nxt not in lx.UNITS):
             # "one guest", "a single block": the noun is singular, not a count to compare ("one" = "a").
             k = i + 1  # the head of the noun phrase: "one healthy breakfast idea" → idea
-            while (k + 1 < min(n, i + 4) and words[k + 1].isalpha() and words[k + 1] not in lx.STOPWORDS
-                   and "n" in lex.parts_of_speech(words[k + 1])):
+            while (k + 1 < min(n, i + 4) and words[k + 1].isalpha() and words[k + 1] not in lx.EN_FUNCTION
+                   and words[k + 1] not in _MARKERS and "n" in lex.parts_of_speech(words[k + 1])):
                 k += 1
-            if in_question:
-                singular.add(tokens[k].stem)
+            singular.add((tokens[k].stem, in_question))
             i += 1
             continue
         if (w in lx.ORDINALS or w in lx.RECENT_N or w == "next") and nxt and f"{w}_{nxt}" in lex.synsets and (
@@ -430,8 +459,14 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             a.sequence.append(key)
             i += 2
             continue
-        if (w in lx.RECENT_N and (nxt[:1].isdigit() or nxt in lx.NUM_WORDS)) or (w == "most" and nxt == "recent"):
+        if ((w in lx.RECENT_N and (nxt[:1].isdigit() or nxt in lx.NUM_WORDS or nxt in ("few", "couple", "several")))
+                or (w == "most" and nxt == "recent")):
             times.add("latest")  # "the last 3 commits" = "the previous three" = "the past 3 months"
+            i += 2 if w == "most" else 1
+            continue
+        if w in ("disable", "disabled", "deactivate", "deactivated", "enable", "enabled", "activate", "activated"):
+            # "disable location tracking" = "turn off location services": one polar pair, not a content word.
+            a.polar.add("turn_off" if w.startswith(("dis", "de")) else "turn_on")
             i += 1
             continue
         ordinal = re.fullmatch(r"(\d+)(?:st|nd|rd|th)", w)
@@ -489,6 +524,12 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             i += 1
             continue
         unit = lx.UNITS.get(w)
+        if unit is not None and prev in ("a", "an") and not prev_number and (
+                w not in lx.UNIT_NEEDS_NUMBER) and a.sequence[-1:] != ["#1"]:
+            # "walk a mile" = "walk 1 mile", "in a week" = "in 7 days": the article counts one.
+            a.numbers[1.0] += 1
+            a.sequence.append("#1")
+            prev_number = True
         if unit is not None and (w not in lx.UNIT_NEEDS_NUMBER or prev_number or prev in ("many", "per")):
             seconds = lx.DURATION_S.get(unit)
             if seconds is not None and prev_number and a.sequence and a.sequence[-1][:2] not in ("#o", ""):
@@ -534,6 +575,14 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
                 context_quantifiers.add(q)
         if q == "all" and in_question and _retrieves(words, i):
             a.implied_all = True
+            k = i + 1
+            while k < n and k < i + 5 and (words[k] in ("the", "of", "my", "your", "our", "these", "those")
+                                          or "n" not in lex.parts_of_speech(words[k])):
+                k += 1
+            while k + 1 < n and words[k + 1] not in lx.STOPWORDS and "n" in lex.parts_of_speech(words[k + 1]):
+                k += 1  # the head of "all running Docker containers" is "containers"
+            if k < n:
+                all_of.add(tokens[k].stem)
         question_modals = modals if in_question else context_modals
         if w in _MODAL_WORDS:
             # "can you…" is a request; "how can I…", "what should we…" ask how, whatever the modal (dropped
@@ -593,7 +642,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             a.polar.add(tok.stem)
         if w in _MARKERS:
             a.sequence.append(f"d:{w}")
-        if w in _ROLE_MARKERS:
+        if w in _ROLE_MARKERS and not (w == "to" and _infinitive(tokens, i, lex)):
             pending = (w, i)
         task = _task_of(tok, lex)
         if task in ("summarize", "outline") and not _given_text(words, i):
@@ -624,30 +673,48 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
     # "What is 'hola' in English?", "How do you say 'thanks' in Korean?": a translation request.
     if a.quoted and any(t.startswith("lang:") for t in shape):
         tasks.add("translate")
-    if a.qtype in (None, "yesno"):
-        modals |= soft_modals  # "Can I…?" ≠ "Should I…?"; in a wh-question "how can I" = "how do I"
+    if a.qtype not in ("how", "what"):
+        # "Can I…?" ≠ "Should I…?", "When must I file?" ≠ "When can I file?"; but "how can I" = "how do I",
+        # "what should I do" = "what can I do".
+        modals |= soft_modals
     a.times = frozenset(times)
     a.context_modals, a.context_quantifiers = frozenset(context_modals), frozenset(context_quantifiers)
-    a.singular = frozenset(singular)
-    a.plural = frozenset(t.stem for t in tokens[q_start:q_end] if t.text != t.stem and t.text.endswith("s")
-                         and not t.capital and t.text not in lx.STOPWORDS and "n" in lex.parts_of_speech(t.text)
-                         and t.text not in lex.pos)
+    a.singular, a.all_of = frozenset(singular), frozenset(all_of)
+    a.plural = frozenset((t.stem, q_start <= t.pos < q_end) for t in tokens
+                         if t.text != t.stem and t.text.endswith("s") and not t.capital and t.text not in lx.EN_FUNCTION
+                         and "n" in lex.parts_of_speech(t.text) and t.text not in lex.pos)
     a.tasks, a.arithmetic, a.quantifiers, a.modals, a.shape = (frozenset(tasks), frozenset(arithmetic),
                                                                frozenset(quantifiers), frozenset(modals), frozenset(shape))
 
 
+_INFINITIVE_AFTER = frozenset(["way", "ways", "how", "want", "wants", "need", "needs", "able", "trying", "try", "going",
+                               "have", "has", "had", "used", "best", "easiest", "fastest", "tips", "steps", "time",
+                               "order", "like", "love", "started", "start", "learn", "planning", "plan", "hoping",
+                               "decided", "safe", "possible", "ok", "okay", "allowed", "required", "supposed", "what"])
+
+
+def _infinitive(tokens: list[Token], i: int, lex: wordnet.Lexicon) -> bool:
+    """ "to" before a verb ("the way to load a file"): no direction, unlike "read it into a dict"."""
+    prev = tokens[i - 1].text if i else ""
+    nxt = tokens[i + 1].text if i + 1 < len(tokens) else ""
+    return prev in _INFINITIVE_AFTER or lex.parts_of_speech(nxt) == "v"
+
+
 def _time_word_is_other(w: str, prev: str, nxt: str) -> bool:
     """"last" as a verb ("so they last") or an order ("last step"); "next"/"coming" without a time ("keep coming")."""
-    if w == "last" and (nxt in ("name", "names", "step", "one", "longer", "long", "for")
-                        or prev in ("they", "it", "will", "to", "can", "should")):
-        return True
+    if w == "last" and (nxt in ("name", "names", "step", "one", "longer", "long", "for", "")
+                        or prev in ("they", "it", "will", "to", "can", "should") or nxt in lx.STOPWORDS):
+        return True  # a verb ("how long do leftovers last in the fridge") or an order
     return w in ("coming", "upcoming", "next") and nxt not in lx.TIME_NOUNS and prev not in ("the", "this")
 
 
 def _attach(a: Analysis, i: int) -> None:
-    """Record a polar particle or preposition with the content words before and after it (3 tokens at most)."""
+    """Record a polar particle with the word before it ("log in") and a preposition with the one after it
+    ("before donating"), 3 tokens at most away."""
     w = a.tokens[i].text
-    for rng in (range(i - 1, max(-1, i - 4), -1), range(i + 1, min(len(a.tokens), i + 4))):
+    before = range(i - 1, max(-1, i - 4), -1)
+    after = range(i + 1, min(len(a.tokens), i + 4))
+    for rng in ((before,) if w in lx.PARTICLE_POLAR else (after, before)):
         for j in rng:
             t = a.tokens[j]
             if t.text.isalpha() and t.text not in lx.STOPWORDS and t.text not in lx.FUNCTION_POLAR:
@@ -657,13 +724,14 @@ def _attach(a: Analysis, i: int) -> None:
 
 #: Verbs whose "all" is implied ("list all running containers" = "list the running containers").
 _RETRIEVE = frozenset(["list", "show", "find", "get", "print", "display", "see", "view", "delete", "remove", "select",
-                       "return", "fetch", "kill", "stop", "count", "search", "grep", "copy", "move", "download"])
+                       "return", "fetch", "kill", "stop", "count", "search", "grep", "copy", "move", "download",
+                       "locate", "explain", "describe", "name", "cover", "walk", "go"])
 
 
 def _retrieves(words: list[str], i: int) -> bool:
     """``all`` right after a retrieval verb (or "… all the/of the"): the set asked for, not a claim about it."""
     j = i - 1
-    while j >= 0 and words[j] in ("me", "us", "of", "the"):
+    while j >= 0 and words[j] in ("me", "us", "of", "the", "through", "over"):
         j -= 1
     return j >= 0 and words[j] in _RETRIEVE
 

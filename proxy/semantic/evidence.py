@@ -8,10 +8,13 @@ merely differ are left to the alignment and pair model in :mod:`llmcache.proxy.s
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 from llmcache.proxy.semantic import lexicon as lx
+from llmcache.proxy.semantic import wordnet
 from llmcache.proxy.semantic.analysis import Analysis
 from llmcache.proxy.semantic.wordnet import Lexicon
 
@@ -46,8 +49,10 @@ def _antonym_clash(a: Analysis, b: Analysis) -> str | None:
     return None
 
 
-def _quantifier_clash(a: Analysis, b: Analysis) -> str | None:
+def _quantifier_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     qa, qb = a.quantifiers, b.quantifiers
+    if aligned:  # one edited place: "One outlet isn't working" / "None of the outlets are working"
+        qa, qb = qa | a.context_quantifiers, qb | b.context_quantifiers
     # "List all files" = "list the files", but not "list some files".
     if a.implied_all and qb:
         qa = qa | {"all"}
@@ -66,8 +71,10 @@ def _quantifier_clash(a: Analysis, b: Analysis) -> str | None:
     return None
 
 
-def _modal_clash(a: Analysis, b: Analysis) -> str | None:
+def _modal_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     ma, mb = a.modals, b.modals
+    if aligned:  # one edited place: a modal in the context differs like one in the question
+        ma, mb = ma | a.context_modals, mb | b.context_modals
     if ma != mb:
         if ma and mb:
             return f"{sorted(ma)} vs {sorted(mb)}"
@@ -82,16 +89,25 @@ def _modal_clash(a: Analysis, b: Analysis) -> str | None:
     return None
 
 
-def _number_clash(a: Analysis, b: Analysis) -> str | None:
+def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     if a.numbers != b.numbers:
         return f"{dict(a.numbers)} vs {dict(b.numbers)}"
     if a.durations != b.durations:
         return f"durations {dict(a.durations)} vs {dict(b.durations)} s"
     # "one healthy breakfast idea" / "breakfast ideas": one thing against several.
+    # In a reworded context "one guest … two are vegan" / "two guests … one has" name other referents.
     for one, other in ((a, b), (b, a)):
-        several = (one.singular & other.plural) - other.singular
-        if several:
-            return f"one vs several {sorted(several)}"
+        single = {s for s, q in one.singular if q or aligned}
+        several = {s for s, q in other.plural if q or aligned} - {s for s, _ in other.singular}
+        if single & several:
+            return f"one vs several {sorted(single & several)}"
+        # "Name all the noble gases" / "Name a noble gas".
+        if one.all_of - other.all_of:
+            toks = other.tokens
+            one_of = {t.stem for t in toks if not t.text.endswith("s")
+                      and any(x.text in ("a", "an", "one", "single") for x in toks[max(0, t.pos - 3):t.pos])}
+            if (one.all_of - other.all_of) & one_of:
+                return f"all vs one {sorted((one.all_of - other.all_of) & one_of)}"
     return None
 
 
@@ -167,6 +183,9 @@ def _symbol_clash(a: Analysis, b: Analysis) -> str | None:
             # An identifier written another way ("node.js" / "nodejs", "e-mail" / "email") is still there.
             if sym.startswith("id:") and sym[3:] in other_norm:
                 continue
+            # Code the other side writes without backticks ("`git stash`" / "git stash").
+            if sym[:1] == "`" and re.sub(r"[\s\-_.`]", "", sym.lower()) in other_norm:
+                continue
             return sym
     return None
 
@@ -217,11 +236,36 @@ def _direction_clash(a: Analysis, b: Analysis) -> str | None:
     clash = _name_order_clash(a, b, shared)
     if clash:
         return clash
-    # 4. "who beat X" (subject) vs "who did X beat" (object).
+    # 4. The same words in another order around a direction word ("rebase main onto my branch" / "rebase my branch
+    #    onto main"), stop-words included: what follows the marker changed.
+    clash = _marker_swap(a, b)
+    if clash:
+        return clash
+    # 5. "who beat X" (subject) vs "who did X beat" (object).
     ra, rb = _wh_role(a), _wh_role(b)
-    if ra and rb and ra != rb and a.tokens[0].text == b.tokens[0].text:
+    if ra and rb and ra != rb and lx.WH_EXCLUSIVE.get(a.tokens[0].text, a.tokens[0].text) == lx.WH_EXCLUSIVE.get(
+            b.tokens[0].text, b.tokens[0].text):  # "Who killed Cain?" / "Whom did Cain kill?"
         return f"wh {ra}/{rb}"
     return None
+
+
+def _marker_swap(a: Analysis, b: Analysis) -> str | None:
+    ta = [t.text for t in a.tokens]
+    tb = [t.text for t in b.tokens]
+    if ta == tb or sorted(ta) != sorted(tb):
+        return None
+    counts = Counter(ta)
+    for i, w in enumerate(ta):
+        if w in _ROLE_SWAP_MARKERS and counts[w] == 1:
+            j = tb.index(w)
+            na = [x for x in ta[i + 1:i + 4] if x not in _DETERMINERS]
+            nb = [x for x in tb[j + 1:j + 4] if x not in _DETERMINERS]
+            if na[:1] != nb[:1]:
+                return f"{w} {na[:1]} / {nb[:1]}"
+    return None
+
+
+_ROLE_SWAP_MARKERS = frozenset(["to", "into", "onto", "from", "than", "by", "over", "against", "toward", "towards"])
 
 
 def _same_frame(m1: tuple[str, ...], m2: tuple[str, ...], shared: set[str]) -> bool:
@@ -303,24 +347,79 @@ def _repeat_clash(a: Analysis, b: Analysis) -> str | None:
         return None
     ca = Counter(x for x in a.sequence if is_anchor(x))
     cb = Counter(x for x in b.sequence if is_anchor(x))
-    extra = sum(abs(ca[k] - cb[k]) for k in ca.keys() & cb.keys())
-    return f"{extra} repeated words" if extra >= 2 else None
+    repeated = [k for k in ca.keys() & cb.keys() if ca[k] != cb[k]]
+    extra = sum(abs(ca[k] - cb[k]) for k in repeated)
+    # A clause says who does what: a repeated verb, not a noun phrase said twice ("science fiction").
+    lex = wordnet.lexicon()
+    verbs = [k for k in repeated if "v" in lex.parts_of_speech(k)
+             or any("v" in lex.parts_of_speech(t.text) for t in a.tokens + b.tokens if t.stem == k)]
+    return f"{extra} repeated words" if extra >= 2 and verbs else None
 
 
-def first_difference(a: Analysis, b: Analysis) -> tuple[str, str] | None:
+#: Texts that differ in at most this many places are one edit apart (a substitution, an insertion, a swap):
+#: everything they share, context sentences included, is compared as strictly as the question.
+ALIGNED_PLACES = 2
+#: A single edited place at most this many tokens wide on each side is a substitution or an insertion
+#: ("smallest" / "largest", "the first chapter of"); a wider one rewrites the question's frame too.
+SUBSTITUTION_WIDTH = 3
+
+
+#: Longer texts are not diffed (a sequence diff is quadratic on repeated words): they count as reworded
+#: everywhere, and the checks that read the diff (substitutions, moved words, swapped persons) skip them.
+#: The verifier's input bound (2,000 characters) stays below it.
+DIFF_MAX_TOKENS = 600
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Where two texts differ: diff hunks over all tokens (function words included), by synonym key."""
+
+    places: int
+    """How many places (hunks) differ."""
+    widest: int
+    """Tokens on the wider side of the widest hunk."""
+    ops: tuple[tuple[str, int, int, int, int], ...] = ()
+    """The hunks, ``(tag, i1, i2, j1, j2)`` as :meth:`difflib.SequenceMatcher.get_opcodes` gives them."""
+
+    @property
+    def aligned(self) -> bool:
+        return self.places <= ALIGNED_PLACES
+
+    @property
+    def substitution(self) -> bool:
+        """One narrow edited place: only strong evidence may explain it (see :mod:`explain`)."""
+        return self.places <= 1 and self.widest <= SUBSTITUTION_WIDTH
+
+
+def edit_of(a: Analysis, b: Analysis) -> Edit:
+    """The :class:`Edit` between two analyses: one sequence diff of at most :data:`DIFF_MAX_TOKENS` per side."""
+    if len(a.tokens) > DIFF_MAX_TOKENS or len(b.tokens) > DIFF_MAX_TOKENS:
+        return Edit(DIFF_MAX_TOKENS, DIFF_MAX_TOKENS)
+    ops = tuple(op for op in SequenceMatcher(None, keys(a), keys(b), autojunk=False).get_opcodes() if op[0] != "equal")
+    return Edit(len(ops), max((max(i2 - i1, j2 - j1) for _, i1, i2, j1, j2 in ops), default=0), ops)
+
+
+def keys(a: Analysis) -> list[str]:
+    """Each token's synonym key (``"syn:remov"`` for "delete"), the unit the diff compares."""
+    return [lx.SYNONYM.get(t.stem, t.stem) for t in a.tokens]
+
+
+def first_difference(a: Analysis, b: Analysis, *, edit: Edit | None = None) -> tuple[str, str] | None:
     """``(reason, detail)`` of the first check that finds a different meaning, else ``None``.
 
-    ``detail`` may quote words of the texts: for the benchmark's eyes, never for logs.
+    ``edit``: :func:`edit_of` the pair (computed when not given). ``detail`` may quote words of the texts:
+    for the benchmark's eyes, never for logs.
     """
+    aligned = (edit_of(a, b) if edit is None else edit).aligned
     checks = (
         ("symbol", _symbol_clash),
         ("negation", lambda x, y: f"{x.negations} vs {y.negations}" if x.negations != y.negations else None),
         ("antonym", _antonym_clash),
-        ("number", _number_clash),
+        ("number", lambda x, y: _number_clash(x, y, aligned)),
         ("unit", lambda x, y: f"{x.units} vs {y.units}" if Counter(x.units) != Counter(y.units) else None),
         ("direction", lambda x, y: f"{dict(x.quantities)} vs {dict(y.quantities)}" if x.quantities != y.quantities else None),
-        ("quantifier", _quantifier_clash),
-        ("modality", _modal_clash),
+        ("quantifier", lambda x, y: _quantifier_clash(x, y, aligned)),
+        ("modality", lambda x, y: _modal_clash(x, y, aligned)),
         ("comparison", _comparison_clash),
         ("time", lambda x, y: f"{sorted(x.times)} vs {sorted(y.times)}" if x.times != y.times else None),
         ("question", _question_clash),
@@ -372,6 +471,8 @@ def _arguments(a: Analysis, lex: Lexicon) -> list[tuple[int, int, str, bool, boo
                     or not t.text.isalpha()):
                 continue
             key = lx.SYNONYM.get(t.stem, t.stem)
+            if key.startswith("frame:"):
+                continue  # "Telephone inventor?" / "Who invented the telephone?": the attribute asked, no argument
             pos = lex.parts_of_speech(t.text)
             if t.text.endswith(("est", "er")) and any(x != t.text and "a" in lex.pos.get(x, "") for x in lex.lemmas(t.text)):
                 continue  # "tallest", "bigger": a degree, not an argument
@@ -411,7 +512,7 @@ def _ordered_bare_pairs(a: Analysis, lex: Lexicon) -> dict[tuple[str, str], tupl
     return out
 
 
-def role_clash(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
+def role_clash(a: Analysis, b: Analysis, lex: Lexicon, *, edit: Edit | None = None) -> str | None:
     """Two bare arguments of one clause in the opposite order on the other side, or one moved across its verb.
 
     "my coworker keeps interrupting me" / "I keep interrupting my coworker", "Can my son list me as a
@@ -421,6 +522,13 @@ def role_clash(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
     is an argument crossing its verb when either side is passive. Linear: each word is paired with those
     at most :data:`_ROLE_WINDOW` tokens later.
     """
+    edit = edit_of(a, b) if edit is None else edit
+    if _keywords_only(a) or _keywords_only(b):
+        return _pronoun_swap(a, b, edit)  # "Chess board square count?": word order in a keyword query says no role
+    edit = edit_of(a, b) if edit is None else edit
+    moved = _moved_noun(a, b, lex, edit)
+    if moved:
+        return moved
     pa, pb = _ordered_bare_pairs(a, lex), _ordered_bare_pairs(b, lex)
     passive = None
     for (one, pairs, other_pairs, other) in ((a, pa, pb, b), (b, pb, pa, a)):
@@ -436,8 +544,44 @@ def role_clash(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
                     return f"{x} … {y}: argument moved across its verb"
             elif _predicate_between(one, px, py, lex) or _predicate_between(other, qy, qx, lex):
                 return f"{x} … {y} reversed"
-    return _pronoun_swap(a, b)
+    return _pronoun_swap(a, b, edit)
 
+
+def _moved_noun(a: Analysis, b: Analysis, lex: Lexicon, edit: Edit) -> str | None:
+    """The same words, one noun moved to another argument ("my neighbour's tree falls on my car" / "my tree falls
+    on my neighbour's car", "tell my mom I don't like her boyfriend" / "tell my mom's boyfriend I don't like her").
+
+    Only between texts of the same words (a move, nothing else edited); a moved prepositional phrase ("In Python,
+    how…" / "how… in Python"), a time word or a swap across "and"/"or" changes no role.
+    """
+    ka, kb = keys(a), keys(b)
+    if ka == kb or sorted(ka) != sorted(kb):
+        return None
+    for tag, i1, i2, _j1, _j2 in edit.ops:
+        if tag not in ("delete", "replace") or i2 - i1 > 4:
+            continue
+        block = a.tokens[i1:i2]
+        if block[0].text in _PREPOSITIONS or any(t.text in ("and", "or") for t in block):
+            continue
+        nouns = [t for t in block if t.stem.isalpha() and t.text not in lx.STOPWORDS and t.text not in lx.TIME_WORDS
+                 and t.text not in lx.TIME_NOUNS and "n" in lex.parts_of_speech(t.stem)]
+        if nouns and not _coordinated(a, i1, i2):
+            return f"{nouns[0].text} moved to another argument"
+    return None
+
+
+def _coordinated(a: Analysis, i1: int, i2: int) -> bool:
+    """The span stands next to "and"/"or"/"," (one item of a list moved)."""
+    near = [t.text for t in a.tokens[max(0, i1 - 2):i1] + a.tokens[i2:i2 + 2]]
+    return any(w in ("and", "or", "nor", "versus", "vs") for w in near)
+
+
+def _keywords_only(a: Analysis) -> bool:
+    """A query of content words alone, no function word at all ("Chess board square count?")."""
+    return len(a.tokens) <= _KEYWORD_MAX_TOKENS and not any(t.text in lx.EN_FUNCTION for t in a.tokens)
+
+
+_KEYWORD_MAX_TOKENS = 8
 
 #: Personal pronouns by person (case does not matter for a swap: "she … my" / "I … her").
 _PERSON = {"i": "1", "me": "1", "my": "1", "mine": "1", "myself": "1", "we": "1p", "us": "1p", "our": "1p",
@@ -445,7 +589,7 @@ _PERSON = {"i": "1", "me": "1", "my": "1", "mine": "1", "myself": "1", "we": "1p
            "their": "3p"}
 
 
-def _pronoun_swap(a: Analysis, b: Analysis) -> str | None:
+def _pronoun_swap(a: Analysis, b: Analysis, edit: Edit) -> str | None:
     """Two people trade places while every other word stays: "She ignores my ideas" / "I ignore her ideas".
 
     Each edited place that puts one person's pronoun where the other text has another's is a move from one
@@ -455,7 +599,7 @@ def _pronoun_swap(a: Analysis, b: Analysis) -> str | None:
     ta = [t.text for t in a.tokens]
     tb = [t.text for t in b.tokens]
     moves: set[tuple[str, str]] = set()
-    for tag, i1, i2, j1, j2 in SequenceMatcher(None, ta, tb, autojunk=False).get_opcodes():
+    for tag, i1, i2, j1, j2 in edit.ops:  # pronouns are their own keys
         if tag != "replace":
             continue
         pa = [_PERSON[w] for w in ta[i1:i2] if w in _PERSON]

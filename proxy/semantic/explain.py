@@ -33,9 +33,10 @@ lemmas, synonym-set ids and derivations, then one look-up per unaligned word (ca
 from __future__ import annotations
 
 from dataclasses import dataclass
-from difflib import SequenceMatcher
 
+from llmcache.proxy.semantic import evidence as evidence_mod
 from llmcache.proxy.semantic import lexicon as lx
+from llmcache.proxy.semantic import wordnet as wordnet_mod
 from llmcache.proxy.semantic.analysis import Analysis, Token
 from llmcache.proxy.semantic.wordnet import Lexicon
 
@@ -43,9 +44,11 @@ __all__ = ["EVIDENCE", "Explanation", "explain"]
 
 #: Every kind of evidence that can explain a difference (also :attr:`Verdict.evidence` values).
 EVIDENCE = ("inflection", "acronym", "compound", "derivation", "synonym", "typo", "framing", "reformulation",
-            "abbreviation", "light", "hypernym", "similar", "sense", "definition")
+            "abbreviation", "light", "verbatim", "hypernym", "similar", "sense", "definition")
 #: More unaligned words than this on one side: the texts are simply different (also bounds the work).
-MAX_UNALIGNED = 12
+MAX_UNALIGNED = 8
+#: More words left for the weaker links than this: a rewritten text, not a reworded question (bounds the work).
+MAX_WEAK = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,7 @@ class _Side:
             curated = lx.SYNONYM.get(t.stem, "")
             if curated.startswith("syn:"):
                 self.syn_ids.add(curated)
-            if len(t.text) >= 4:
+            if len(t.text) >= 3:
                 self.by_len.setdefault(len(t.text), []).append(t.text)
         # Collocations ("get rid of", "find out", "look up"): their synonym sets explain a word on the other
         # side, and a match explains the collocation's own words too.
@@ -93,7 +96,7 @@ class _Side:
                     if i + n <= len(words):
                         self._add(lex, "_".join((f, *words[i + 1:i + n])), range(i, i + n))
                 # A phrasal verb around its object: "get the wax off" = "remove", "throw the box away".
-                for j in range(i + 2, min(len(words), i + 5)):
+                for j in range(i + 2, min(len(words), i + 7)):
                     if words[j] in lx.PARTICLES:
                         self._add(lex, f"{f}_{words[j]}", (i, j), discontinuous=True)
                         break
@@ -109,6 +112,13 @@ class _Side:
     def colloc_hit(self, pos: int, other: _Side) -> bool:
         """The token at ``pos`` is inside a collocation that shares a synonym set with the other side."""
         return any(pos in where and ids & other.syn_ids for where, ids in self.collocations)
+
+
+def _doubled(x: str, y: str) -> bool:
+    """The two words differ by one doubled letter ("egs" / "eggs", "adress" / "address")."""
+    short, long_ = (x, y) if len(x) < len(y) else (y, x)
+    return len(long_) == len(short) + 1 and any(
+        long_[i] == long_[i + 1] and long_[:i] + long_[i + 1:] == short for i in range(len(long_) - 1))
 
 
 def _one_edit(x: str, y: str) -> bool:
@@ -174,6 +184,8 @@ def _why(tok: Token, other: _Side, other_a: Analysis, lex: Lexicon) -> str | Non
     ls = lex.lemmas(w)
     if ls & other.lemmas or tok.stem in {t.stem for t in other_a.content.values()}:
         return "inflection"
+    if any(w in sym.lower() for sym in other_a.symbols if sym[:1] == "`" or sym[:3] == "id:"):
+        return "verbatim"  # "git stash" / "`git stash`", "CSV file" / ".csv": the other side's code names it
     if _is_name(tok):
         return None  # a name or identifier is never "derived" or a synonym of another ("abcxyz" / "abcxyw")
     if ls & other.derived or any(_same_root(tok.stem, t.stem) for t in other_a.content.values()):
@@ -182,11 +194,17 @@ def _why(tok: Token, other: _Side, other_a: Analysis, lex: Lexicon) -> str | Non
     ids.add(lx.SYNONYM.get(tok.stem, ""))
     if ids & other.syn_ids:
         return "synonym"
-    if len(w) >= 4:
-        # A misspelling: one edit from a word of the other side, one of the two no English word ("tomorow").
+    if lx.UNITS.get(w) in other_a.units:
+        return "inflection"  # "Minutes in one day?" / "How many minutes are in a day?": the same unit asked
+    task = lx.TASK_CLASSES.get(w)
+    if task in lx.SYNONYM_TASKS and any(task in (lx.TASK_CLASSES.get(t.text), *other_a.tasks) for t in other_a.tokens):
+        return "synonym"  # "How do I write a letter?" / "Help me draft a letter": one operation, two words
+    if len(w) >= 3:
+        # A misspelling: one edit from a word of the other side, one of the two no English word ("tomorow");
+        # a three-letter word only by a doubled letter ("egs" / "eggs").
         for n in (len(w) - 1, len(w), len(w) + 1):
             for x in other.by_len.get(n, ()):
-                if _one_edit(w, x) and (not ls or not lex.lemmas(x)):
+                if _one_edit(w, x) and (not ls or not lex.lemmas(x)) and (min(len(w), len(x)) >= 4 or _doubled(w, x)):
                     return "typo"
     if w in lx.FRAMING or tok.stem in lx.FRAMING_STEMS:
         return "framing"
@@ -198,8 +216,12 @@ def _structural(tok: Token, own: Analysis, other: Analysis) -> bool:
     w = tok.text
     if w in lx.WHY_FRAME and other.qtype == "why" and own.qtype != "why":
         return True
-    if w in lx.HAPPEN_FRAME and own.qtype == "why":
-        return True
+    if w in lx.HAPPEN_FRAME and (own.qtype == "why" or "why" in {t.text for t in own.tokens}):
+        return True  # "Explain why it happens" = "what causes it"
+    if w in ("count", "number") and other.qtype == "count":
+        return True  # "Violin string count?" = "How many strings does a violin have?"
+    if w in ("name", "names") and other.qtype == "who":
+        return True  # "Greek sea god's name?" = "Who is the Greek god of the sea?"
     nxt = own.tokens[tok.pos + 1].text if tok.pos + 1 < len(own.tokens) else ""
     if w == "number" and nxt == "of":
         return True  # "the number of continents" = "how many continents"
@@ -234,28 +256,83 @@ def _light(tok: Token, own: Analysis, other_a: Analysis, lex: Lexicon) -> bool:
     w = tok.text
     if w in lx.LIGHT or tok.stem in lx.LIGHT_STEMS:
         return True
-    if lx.IMPLIES.get(w) in {t.text for t in other_a.content.values()} | set(other_a.content):
-        return True
     nxt = own.tokens[tok.pos + 1].text if tok.pos + 1 < len(own.tokens) else ""
+    if "keep" in lex.lemmas(w) and (nxt.endswith("ing") or nxt in lx.WH_WORDS or not nxt):
+        return True  # "keeps disconnecting" = "disconnects"; "hiccups keep, how do I…"
+    if w in ("work", "works", "worked", "working", "function", "functions") and "how" in {
+            t.text for t in own.tokens[max(0, tok.pos - 6):tok.pos]}:
+        return True  # "how compound interest works" = "compound interest"
     return bool(lex.lemmas(w) & lx.BECOME_VERBS) and "a" in lex.parts_of_speech(nxt)
 
 
-def _edited_places(a: Analysis, b: Analysis) -> int:
-    """How many places (diff hunks over all tokens, function words included) the two texts differ in."""
-    ka = [lx.SYNONYM.get(t.stem, t.stem) for t in a.tokens]
-    kb = [lx.SYNONYM.get(t.stem, t.stem) for t in b.tokens]
-    return sum(op[0] != "equal" for op in SequenceMatcher(None, ka, kb, autojunk=False).get_opcodes())
+def _strongly_same(x: Token, y: Token, lex: Lexicon) -> bool:
+    """The same word for the purpose of a substitution: key, lemma, frequent-sense synonym, derivation, typo."""
+    kx, ky = lx.SYNONYM.get(x.stem, x.stem), lx.SYNONYM.get(y.stem, y.stem)
+    return (kx == ky or lex.same_lemma(x.text, y.text) or lex.synonyms(x.text, y.text) or lex.derived(x.text, y.text)
+            or _one_edit(x.text, y.text) or _clipped(x.text, y.text, lex) or _clipped(y.text, x.text, lex))
 
 
-def explain(a: Analysis, b: Analysis, lex: Lexicon) -> Explanation:
-    """Explain each content word one side has and the other lacks; see the module docstring."""
+def _replaced_unexplained(a: Analysis, b: Analysis, lex: Lexicon, edit: evidence_mod.Edit) -> tuple[Token, ...]:
+    """Words of a replaced span, present elsewhere in the other text, that the span replacing them does not explain.
+
+    The explanation compares whole texts, so a word the other text also uses elsewhere counts as shared:
+    "Should the buyer or the seller pay? I'm the buyer." / "…I'm the seller." share every word, yet one
+    edited place puts "seller" where "buyer" was.
+    """
+    content_a = {t.pos for t in a.tokens if _is_content(t)}
+    content_b = {t.pos for t in b.tokens if _is_content(t)}
+    ka, kb = evidence_mod.keys(a), evidence_mod.keys(b)
+    if sorted(ka) == sorted(kb):
+        return ()  # the same words reordered: the direction and role checks read word order
+    for tag, i1, i2, j1, j2 in edit.ops:
+        if tag != "replace":
+            continue
+        xs = [a.tokens[i] for i in range(i1, i2) if i in content_a]
+        ys = [b.tokens[j] for j in range(j1, j2) if j in content_b]
+        if not xs or not ys:
+            continue
+        ka_all, kb_all = set(a.content), set(b.content)
+        left = [x for x in xs if ka[x.pos] in kb_all and not any(_strongly_same(x, y, lex) for y in ys)]
+        right = [y for y in ys if kb[y.pos] in ka_all and not any(_strongly_same(x, y, lex) for x in xs)]
+        if left and right:
+            return tuple(left + right)
+    return ()
+
+
+def _is_content(t: Token) -> bool:
+    return (t.text.isalpha() and t.text not in lx.STOPWORDS and t.stem not in lx.STOP_STEMS and t.text not in lx.LIGHT
+            and t.text not in lx.FRAMING and t.text not in lx.FUNCTION_POLAR)
+
+
+def _colloc_keys(a: Analysis) -> list[str]:
+    """Two-word WordNet collocations of a text ("take_in", "cut_down"), for the weaker links."""
+    words = [t.text for t in a.tokens]
+    lex = wordnet_mod.lexicon()
+    out = []
+    for i in range(len(words) - 1):
+        for lemma in lex.lemmas(words[i]) or {words[i]}:
+            key = f"{lemma}_{words[i + 1]}"
+            if key in lex.synsets:
+                out.append(key)
+    return out
+
+
+def explain(a: Analysis, b: Analysis, lex: Lexicon, *, edit: evidence_mod.Edit | None = None) -> Explanation:
+    """Explain each content word one side has and the other lacks; see the module docstring.
+
+    ``edit``: :func:`evidence.edit_of` the pair (computed when not given).
+    """
     only_a = [t for k, t in a.content.items() if k not in b.content]
     only_b = [t for k, t in b.content.items() if k not in a.content]
     # Words folded into one key by the curated synonym groups or frames ("delete"/"erase"): say so.
     curated = tuple("synonym" for k, t in a.content.items() if k in b.content and k[:4] in ("syn:", "fram")
                     and t.stem != b.content[k].stem)
+    if edit is None:
+        edit = evidence_mod.edit_of(a, b)
+    aligned = edit.aligned
     if not only_a and not only_b:
-        return Explanation(curated)
+        swapped = _replaced_unexplained(a, b, lex, edit) if aligned else ()
+        return Explanation((), swapped) if swapped else Explanation(curated)
     if len(only_a) > MAX_UNALIGNED or len(only_b) > MAX_UNALIGNED:
         return Explanation((), tuple((only_a + only_b)[:MAX_UNALIGNED]))
     spans = _spans(only_a, a, b, only_b) | _spans(only_b, b, a, only_a)
@@ -278,21 +355,28 @@ def explain(a: Analysis, b: Analysis, lex: Lexicon) -> Explanation:
             else:
                 evidence.append(why)
     if not missing:
+        # One edited place: also each replaced word against what replaced it, not against the whole other
+        # text ("…pay for it? I'm the buyer." / "…I'm the seller." names both buyer and seller twice).
+        if aligned:
+            swapped = _replaced_unexplained(a, b, lex, edit)
+            if swapped:
+                return Explanation((), swapped)
         return Explanation(curated + tuple(evidence))
     # Where do the unexplained words lie? All in one edited place of otherwise aligned texts: a substitution or
     # an insertion, which only the strong evidence above may explain. Spread over a reworded text: a weaker
     # WordNet link to a word of the other side explains a word too (never a name).
-    if _edited_places(a, b) <= 1:
+    if edit.substitution:
+        return Explanation(curated + tuple(evidence), tuple(t for t, _, _ in missing))
+    if len(missing) > MAX_WEAK:
         return Explanation(curated + tuple(evidence), tuple(t for t, _, _ in missing))
     unexplained: list[Token] = []
+    near = {id(x): lex.neighbourhood([o.text for o in x.content.values() if not _is_name(o)] + _colloc_keys(x))
+            for x in {id(o): o for _, _, o in missing}.values()}
     for tok, _own, other_a in missing:
-        kind = None
-        if not _is_name(tok):
-            for o in other_a.content.values():
-                if not _is_name(o) and o.text != tok.text:
-                    kind = lex.relation(tok.text, o.text)
-                    if kind is not None:
-                        break
+        kind = None if _is_name(tok) else near[id(other_a)].relation(tok.text)  # "absorb" / "take in" too
+        named = {t.text for t in other_a.content.values()} | set(other_a.content)
+        if kind is None and lx.IMPLIES.get(tok.text) in named:
+            kind = "light"  # "kubectl" / "Kubernetes": the tool names its platform (not instead of another tool)
         if kind is None:
             unexplained.append(tok)
         else:

@@ -7,6 +7,8 @@ answer-shape words), never words picked from one benchmark pair.
 
 from __future__ import annotations
 
+import functools
+
 STOPWORDS = frozenset(["a", "an", "the", "this", "that", "these", "those", "there", "here", "it", "its", "it's", "i", "me", "my", "mine", "we", "us", "our", "you", "your", "yours", "he", "him", "his", "she", "her", "they", "them", "their", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "doing", "done", "have", "has", "had", "having", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "of", "at", "as", "and", "or", "but", "if", "then", "than", "so", "such", "too", "very", "just", "also", "only", "even", "about", "which", "what", "whats", "who", "whom", "whose", "where", "when", "why", "how", "whether", "while", "any", "some", "each", "every", "all", "both", "either", "one", "ones", "thing", "things", "something", "anything", "someone", "anybody", "somebody", "please", "pls", "kindly", "hi", "hello", "hey", "thanks", "thank", "tell", "give", "show", "let", "lets", "help", "need", "want", "wanted", "like", "would", "i'd", "i'm", "im", "i've", "ive", "you're", "youre", "know", "way", "ways", "best", "good", "great", "possible", "simple", "simply", "quick", "quickly", "easy", "easily", "exactly", "actually", "really", "basically", "generally", "typically", "usually", "properly", "correctly", "go", "get", "got", "sure", "many", "much", "question", "answer", "mean", "means", "meaning", "between", "among", "via", "per", "using", "use", "used", "s", "t", "role", "purpose", "main", "primary", "key", "basic", "command", "effectively", "efficiently", "take", "city", "wondering", "wonder", "bother", "sorry", "cheers", "advance", "curious", "anyone", "ok", "okay", "right", "now", "currently", "current", "exactly", "roughly", "approximately", "actual", "actually", "lot", "lots", "true", "definition", "definitions", "located", "location", "situated", "shortcut", "press", "keyboard", "tip", "tips", "advice", "local", "mechanism"])
 
 # Words that carry polarity: kept out of the stop-list so the antonym check sees them.
@@ -85,10 +87,11 @@ DEFAULT_TASK = "explain"
 SYNONYM_GROUPS = [
     # Curated: interchangeable in any context a prompt is likely to use them in. Co-hyponyms (array/list,
     # function/method, integer/number, merge/join) are deliberately absent: they name different things.
-    "car automobile vehicle", "movie film", "kid child children", "buy purchase", "begin start commence", "make create build", "stop quit halt",
+    "car automobile vehicle", "movie film", "kid child children", "buy purchase",
+    "begin start commence", "make create build", "stop quit halt cancel abort",
     "big large huge", "small little tiny", "fast quick rapid speedy", "doctor physician", "job occupation",
     "error bug", "issue problem", "remove delete erase", "cheap inexpensive affordable budget",
-    "boss manager supervisor", "learn study",
+    "boss manager supervisor", "slogan tagline motto catchphrase", "recover retrieve get_back", "learn study",
     "find locate search", "choose pick select", "use utilize employ", "need require",
     "cost price", "rich wealthy", "happy glad", "sad unhappy", "smart intelligent clever",
     "house home", "shop store", "phone smartphone cellphone cell mobile", "picture photo image pic", "laptop notebook",
@@ -144,7 +147,8 @@ VARIANTS_WORD = {
     "werent": "were not", "arent": "are not", "havent": "have not", "hasnt": "has not", "hadnt": "had not",
     "mustnt": "must not", "neednt": "need not", "aint": "is not", "bday": "birthday", "gf": "girlfriend",
     "bf": "boyfriend", "convo": "conversation", "b4": "before", "ppl": "people", "msg": "message",
-    "pic": "picture", "pics": "pictures", "nodejs": "node", "postgresql": "postgres",
+    "pic": "picture", "pics": "pictures", "mongo": "mongodb",
+    "wen": "when", "til": "until", "till": "until", "em": "them", "nodejs": "node", "postgresql": "postgres",
 }
 # Contractions written without an apostrophe: two words, expanded in the text before it is read.
 CONTRACTIONS_BARE = {k: v for k, v in VARIANTS_WORD.items() if " " in v}
@@ -176,19 +180,23 @@ super very really so pretty quite extremely totally completely absolutely fully 
 complete total absolute utter real actual genuine overall general specific particular certain
 appear appears appeared seem seems seemed look looks
 currently presently nowadays these days anymore nice lovely piece pieces experience experiencing experiences
+provide share considered existing standard typical normal equal equals nah em called named
 """.split())  # noqa: SIM905 - a word list reads best as text
 # Verbs of becoming: before an adjective they only link it ("leaves going yellow" = "turning yellow").
 BECOME_VERBS = frozenset(["go", "turn", "become", "get", "grow"])
+# Polar words that are particles of the verb before them ("log in"/"log out", "went up"/"went down").
+PARTICLE_POLAR = frozenset(["in", "out", "on", "off", "up", "down"])
 # Particles a phrasal verb may put after its object ("get the wax off", "throw the box away").
 PARTICLES = frozenset(["out", "off", "up", "down", "back", "away", "over", "into", "together", "rid"])
 # Phrasal verbs around an object whose meaning WordNet files under another sense: "get X off/out" removes X,
 # "turn X into Y" converts it.
-PHRASAL = {"get_off": "syn:remov", "get_out": "syn:remov", "take_off": "syn:remov", "take_out": "syn:remov",
+PHRASAL = {"get_back": "syn:recov",
+           "get_off": "syn:remov", "get_out": "syn:remov", "take_off": "syn:remov", "take_out": "syn:remov",
            "turn_into": "syn:convert", "make_into": "syn:convert", "put_together": "syn:make", "set_up": "syn:setup"}
 # Structural framings of a question, explained by the other side's question form: "What causes X?" /
 # "What makes X…?" / "What is the reason…?" = "Why…?"; "Why does X happen?" = "What causes X?";
 # "How do you say X in French?" = "Translate X into French"; "the number of X" = "how many X".
-WHY_FRAME = frozenset(["cause", "causes", "caused", "reason", "reasons", "makes", "make"])
+WHY_FRAME = frozenset(["cause", "causes", "caused", "causing", "reason", "reasons", "makes", "make"])
 HAPPEN_FRAME = frozenset(["happen", "happens", "happened", "occur", "occurs", "occurred"])
 # Very common English function words (the language check counts them).
 EN_FUNCTION = frozenset("""
@@ -219,6 +227,7 @@ MODAL_CLASS = {"can": "can", "could": "can", "should": "should", "ought": "shoul
                 "will": "will", "would": "will", "may": "may", "might": "may", "shall": "should"}
 
 
+@functools.lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     """A light, consistent suffix stripper (both texts pass through the same one)."""
     w = word
@@ -335,7 +344,9 @@ for _canon, _names in {
     for _n in _names.split():
         UNITS[_n] = _canon
 # Short unit spellings that are ordinary words elsewhere count only right after a number.
-UNIT_NEEDS_NUMBER = frozenset({"m", "g", "h", "w", "v", "l", "s", "in", "min", "sec", "cal", "bar", "gal", "k", "ms", "mi", "eth",
+UNIT_NEEDS_NUMBER = frozenset({"m", "g", "h", "w", "v", "l", "s", "in", "min", "sec", "cal", "bar", "gal", "k", "ms",
+                               "mi",
+                               "eth", "bit", "bits",
                                # Time words are units only with a number ("3 years"); "what year" asks a date.
                                "year", "years", "yr", "yrs", "month", "months", "week", "weeks", "day", "days", "hour",
                                "hours", "hr", "hrs", "minute", "minutes", "mins", "seconds", "secs", "decade", "decades",
@@ -352,14 +363,16 @@ CONTRACTIONS = {
 
 # Quantifiers by class; "any" reads as existential ("Do any birds fly?" = "Do some birds fly?").
 QUANTIFIERS: dict[str, str] = {}
-for _cls, _qs in {"all": "all every each always everyone everybody everything everywhere",
-                  "some": "some several sometimes someone somebody something any anyone anybody anything",
+for _cls, _qs in {"all": "all every each always everyone everybody everything everywhere both",
+                  "some": "some several sometimes someone somebody something any anyone anybody anything either",
+                  "many": "many numerous lots plenty",
                   "most": "most majority mostly usually generally",
                   "few": "few rarely seldom hardly"}.items():
     for _q in _qs.split():
         QUANTIFIERS[_q] = _cls
 #: Quantifiers that pick part of a set named next ("most of them", "a few students"): compared in context sentences.
-QUANTIFIER_DETERMINERS = frozenset(["all", "every", "each", "most", "some", "few", "several", "any", "none"])
+QUANTIFIER_DETERMINERS = frozenset(["all", "every", "each", "most", "some", "few", "several", "any", "none", "both",
+                                    "either", "many"])
 #: Nouns after which "next"/"coming" name a time ("next week", "the coming months"), not an order ("next step").
 TIME_NOUNS = frozenset(["day", "days", "week", "weeks", "weekend", "month", "months", "year", "years", "decade",
                         "century", "time", "season", "summer", "winter", "spring", "fall", "autumn", "semester",
@@ -387,6 +400,8 @@ MODALS: dict[str, str] = {
     "should": "should", "ought": "should", "advisable": "should", "recommended": "should", "wise": "should",
     "must": "must", "need": "must", "needs": "must", "required": "must", "necessary": "must", "mandatory": "must",
     "obligatory": "must", "have_to": "must", "has_to": "must", "got_to": "must", "supposed": "should",
+    "legal": "can", "obligated": "must", "obliged": "must", "expected": "should", "illegal": "must_not",
+    "forbidden": "must_not", "prohibited": "must_not", "banned": "must_not",
 }
 
 #: Prefixes of hyphenated ordinary words ("re-read", "e-mail", "well-known"); other hyphenated tokens are names/ids.
@@ -398,7 +413,7 @@ WH_NOUNS = {**dict.fromkeys(["year", "years", "time", "date", "day", "month", "c
 # default and carry nothing. Synonyms share a class ("last"/"latest"/"most recent").
 TIME_WORDS: dict[str, str] = {}
 for _cls, _ws in {"latest": "last latest recent recently newest", "next": "next upcoming coming",
-                  "past": "past ago former formerly previously historically ancient", "future": "future soon later eventually",
+                  "past": "past ago former formerly previously ancient", "future": "future soon later eventually",
                   "earlier": "earlier", "yesterday": "yesterday", "today": "today", "tonight": "tonight",
                   "tomorrow": "tomorrow", "weekend": "weekend weekends", "morning": "morning mornings",
                   "afternoon": "afternoon", "evening": "evening evenings", "night": "night nights overnight"}.items():
@@ -431,6 +446,8 @@ for _tag, _ws in {"len:short": "short brief briefly concise concisely succinct s
         SHAPE_WORDS[_w] = _tag
 LANGUAGES = frozenset(["english", "french", "german", "spanish", "italian", "chinese", "mandarin", "cantonese", "japanese", "russian", "portuguese", "arabic", "hindi", "korean", "dutch", "swedish", "norwegian", "danish", "finnish", "polish", "turkish", "greek", "hebrew", "latin", "vietnamese", "thai", "indonesian", "swahili", "ukrainian", "czech", "hungarian", "romanian", "persian", "farsi", "bengali", "urdu", "tagalog", "malay"])
 
+# Task classes whose words name one operation ("write"/"draft"/"compose"): as content words they are synonyms.
+SYNONYM_TASKS = frozenset({"write", "summarize", "translate"})
 # Tasks that produce a different kind of output; a mismatch in these is a different request. Other task classes
 # (explain, calculate, recommend, list, compare…) are ways of asking the same question.
 GENERATIVE_TASKS = frozenset({"pronounce", "summarize", "translate", "write", "rewrite", "classify", "extract", "fix",

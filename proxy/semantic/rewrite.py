@@ -29,82 +29,151 @@ def _half(m: re.Match[str]) -> str:
     return str(lx.NUM_WORDS[m.group(1).lower()] + 0.5)
 
 
+def _dropped_g(m: re.Match[str]) -> str:
+    """"eatin" → "eating" when only the latter is an English word."""
+    from llmcache.proxy.semantic import wordnet  # the table loads on first use, not at import
+
+    word = m.group(0)
+    lex = wordnet.lexicon()
+    return word + "g" if not lex.known(word.lower()) and lex.known(word.lower() + "g") else word
+
+
 def _ly(m: re.Match[str]) -> str:
     unit = m.group(1).lower()
     return "per " + ("day" if unit == "dai" else unit)
 
 
+#: Needle meaning "the text holds a digit".
+_DIGIT: tuple[str, ...] = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
 _CONTRACTION = r"(?i)\b(?:" + "|".join(lx.CONTRACTIONS_BARE) + r")\b"
-_NUMBER_OR_TIME = r"\d+(?:\.\d+)?k?|once|twice|times|hours?|hrs?|minutes?|mins?|days?"
+_NUMBER_OR_TIME = (r"(?:\d+(?:\.\d+)?k?|one|two|three|four|five|six|seven|eight|nine|ten|twelve|twenty|once|twice)"
+                   r"(?:\s+(?!(?:for|in|on|at|to|of|the|with|by|enough|within|about|over|under|than)\b)[a-z]+){0,2}?")
+# ↑ "3 coffees a day", "twice a week", "six hours a day" (not "$2,500 enough for a week")
 
 #: ``(pattern, replacement)`` in the order applied; the comment above each says why.
-_RULES: list[tuple[str, _Repl]] = [
-    (r"(?i)\btl;?dr\b", " tldr "),
-    (r"(?i)\b(\w+)'(s|re|ve|d|ll|m)\b", lambda m: lx.CONTRACTIONS.get(m.group(0).lower(), m.group(0))),
-    (r"(?i)\b(can't|won't|shan't|ain't|cannot)\b", lambda m: lx.CONTRACTIONS[m.group(0).lower()]),
-    (r"(?i)n't\b", " not"),
-    (_CONTRACTION, lambda m: lx.CONTRACTIONS_BARE[m.group(0).lower()]),  # "dont" → "do not"
-    (r"(?i)\bturn(ed|ing|s)?\s+(on|off)\b", lambda m: f"turn {m.group(2)}"),
-    (r"(?i)\bhow come\b", "why"),
+_RULES: list[tuple[str, _Repl, tuple[str, ...] | None]] = [
+    (r"(?i)\btl;?dr\b", " tldr ", ('tl',)),
+    (r"(?i)\b(\w+)'(s|re|ve|d|ll|m)\b", lambda m: lx.CONTRACTIONS.get(m.group(0).lower(), m.group(0)), ("'",)),
+    (r"(?i)\b(can't|won't|shan't|ain't|cannot)\b", lambda m: lx.CONTRACTIONS[m.group(0).lower()], ("'", 'cannot')),
+    (r"(?i)n't\b", " not", ("n't",)),
+    (_CONTRACTION, lambda m: lx.CONTRACTIONS_BARE[m.group(0).lower()], ('nt',)),  # "dont" → "do not"
+    (r"(?i)\bturn(ed|ing|s)?\s+(on|off)\b", lambda m: f"turn {m.group(2)}", ('turn',)),
+    (r"(?i)\bhow come\b", "why", ('how come',)),
+    (r"(?i)\bthank you\b", "thanks", ('thank you',)),  # a fixed phrase: its "you" is nobody's role
+    (r"(?i)([a-z])\1{2,}", r"\1", None),  # "sooo", "pleeease": a letter held for emphasis
+    (r"(?i)\b([a-z]{3,})in\b(?=\s+[a-z])", _dropped_g, ('in ',)),  # "eatin grass" = "eating grass"
+    (r"(?i)\bwi[- ]fi\b", "wifi", ('wi',)),
+    # "World's biggest desert" = "the biggest desert"
+    (r"(?i)\b(?:the )?world's\b(?=\s+\w+est\b)", "the",
+     ("world's",)),
+    (r"(?i)\bwalk (?:me|us) through\b", "explain", ('walk',)),
+    (r"(?i)\bon a (regular|daily|weekly|monthly) basis\b", lambda m: {"regular": "regularly"}.get(
+        m.group(1).lower(), "per " + m.group(1).lower()[:-2].replace("dai", "day")), ('basis',)),
+    (r"(?i)\bin (?:plain|simple|layman'?s|non-?technical|easy) (?:terms|language|english|words)\b|\bsimply put\b",
+     "for a beginner", ('terms', 'language', 'english', 'words', 'simply')),
+    # "over 100 MB" = "larger than 100MB": a bound, however it is worded.
+    (r"(?i)\b(?:larger|bigger|greater|more|higher|longer|heavier) than (?=\$?\d)|\babove (?=\$?\d)", "over ",
+     ('than', 'above')),
+    (r"(?i)\b(?:smaller|less|fewer|lower|shorter|lighter) than (?=\$?\d)|\bbelow (?=\$?\d)", "under ",
+     ('than', 'below')),
     # Casual abbreviations written with a slash or standing for two words.
-    (r"(?i)\bw/o\b", "without"),
-    (r"(?i)\bw/(?=\s)", "with"),
-    (r"(?i)\bb/c\b", "because"),
-    (r"(?i)\brn\b", "right now"),
-    (r"(?i)\bsci-?fi\b", "science fiction"),
-    # Casual "2" for "to" between words ("how 2 tie a tie", "need 2 know").
-    (r"(?i)\b(how|want|need|going|have|got|able|used|ways?|time|trying|easiest|best) 2 (?=[a-z])", r"\1 to "),
-    (r"(?i)\bfirst of all\b", "first"),
-    (r"(?i)\ball of a sudden\b", "suddenly"),
-    (r"(?i)\bno longer\b", "not anymore"),
+    (r"(?i)\bw/o\b", "without", ('w/',)),
+    (r"(?i)\bw/(?=\s)", "with", ('w/',)),
+    (r"(?i)\bb/c\b", "because", ('b/c',)),
+    (r"(?i)\brn\b", "right now", ('rn',)),
+    (r"(?i)\bsci-?fi\b", "science fiction", ('sci',)),
+    # Casual "2" and "4" for "to" and "for" between words ("how 2 tie a tie", "bad 4 u", "a name 4 my dog").
+    (r"(?i)\b(how|want|need|going|have|got|able|used|ways?|time|trying|easiest|best|long) 2 (?=[a-z])", r"\1 to ",
+     (' 2 ',)),
+    (r"(?i)(?<=[a-z]) 2 (?=(?:the|a|an|my|ur|your|his|her|their|our|me|u|you|him|them|us)\b)", " to ", (' 2 ',)),
+    (r"(?i)(?<=[a-z]) 4 (?=(?:the|a|an|my|ur|your|his|her|their|our|me|u|you|him|them|us|this|that|it|[a-z]+ing)\b)",
+     " for ", (' 4 ',)),
+    (r"\bA/C\b", "air conditioning", ('a/c',)),
+    (r"(?i)\bthe u\.?s\.?a?\.?(?![\w.])", "the usa", ('the u',)),  # "in the US": the country, never the pronoun
+    # A superlative's own domain: "the tallest mountain on Earth" = "the tallest mountain".
+    (r"(?i)\b(?:on (?:the )?(?:earth|planet|globe)|in the (?:whole )?world)\b", "",
+     ('earth', 'planet', 'globe', 'world')),
+    # "Is there a way to X?" asks how to X; "X or not?" asks whether X.
+    (r"(?i)\bis there (?:any|a|some) (?:way|method) (?:to|of)\b", "how do i", ('is there',)),
+    (r"(?i)\s+or (?:not|nah|no)(?=\s*(?:anymore)?\s*[?.!]*\s*$)", "", ('or n',)),
+    # "won't stop running" = "keeps running".
+    (r"(?i)\b(?:will|does|do|did|can) ?not stop\b", "keeps", ('not stop',)),
+    (r"(?i)\b(?:i am|i'm|im) (?:completely |totally |pretty |fairly )?new to\b", "i am a beginner at", ('new to',)),
+    (r"(?i)\bsomeone (?:who is )?just starting out\b", "a beginner", ('starting out',)),
+    (r"(?i)\btell (me|us) (?:a|an|one)\b(?=[^.?!]{0,30}\b(?:story|stories|joke|jokes|poem|riddle|limerick|haiku)\b)",
+     "write a", ('tell',)),
+    (r"(?i)\bhalf an? (hour|day|year|minute|mile)\b", r"0.5 \1", ('half',)),
+    (r"(?i)\bfirst of all\b", "first", ('first of all',)),
+    (r"(?i)\ball of a sudden\b", "suddenly", ('sudden',)),
+    (r"(?i)\bno longer\b", "not anymore", ('no longer',)),
     # "must-read", "must-have": praise, no obligation.
-    (r"(?i)\bmust-(?:read|have|see|try|visit|do|watch|know|listen)s?\b", "best"),
-    (r"(\w)-(?:type|style|based)\b", r"\1"),  # "a LoadBalancer-type Service"
+    (r"(?i)\bmust-(?:read|have|see|try|visit|do|watch|know|listen)s?\b", "best", ('must-',)),
+    (r"(\w)-(?:type|style|based)\b", r"\1", ('-type', '-style', '-based')),  # "a LoadBalancer-type Service"
     # Asking for another wording says nothing about what is asked: "Reword X in a different way".
-    (r"(?i)\b(?:in (?:a )?(?:different|another|other) (?:way|words|manner)|differently)\b", " "),
+    (r"(?i)\b(?:in (?:a )?(?:different|another|other) (?:way|words|manner)|differently)\b", " ",
+     ('differen', 'another way', 'other words', 'other way', 'other manner')),
     # Requests to write, rewrite and proofread said in other words.
-    (r"(?i)\bcome up with\b|\bbrainstorm\b|\bthink up\b", "write"),
-    (r"(?i)\bsum(s|med|ming)? up\b", "summarize"),
+    (r"(?i)\bcome up with\b|\bbrainstorm\b|\bthink up\b", "write", ('come up', 'brainstorm', 'think up')),
+    (r"(?i)\bsum(s|med|ming)? up\b", "summarize", ('sum',)),
     (r"(?i)\bmake\s+('[^']{1,200}'|\"[^\"]{1,200}\"|it|this|that|them|these|my \w+)\s+sound\b",
-     r"rewrite \1 to sound"),
-    (r"(?i)\bcheck\b(?=[^.?!]{0,120}\bfor (?:spelling|grammar|grammatical|typos?|errors|mistakes)\b)", "proofread"),
+     r"rewrite \1 to sound", ('sound',)),
+    (r"(?i)\bcheck\b(?=[^.?!]{0,120}\bfor (?:spelling|grammar|grammatical|typos?|errors|mistakes)\b)", "proofread",
+     ('check',)),
     # "chemical-free" = "without chemicals": the polarity is the proposition's, not the spelling's.
-    (r"(?i)\b([a-z]{3,})-free\b", r"without \1"),
+    (r"(?i)\b([a-z]{3,})-free\b", r"without \1", ('-free',)),
     # Temperature scales and rates written as symbols: "°F", "$1,400/month", "6 hours a day", "daily".
-    (r"°\s*F\b|\bdeg(?:rees?)? F\b", " fahrenheit"),
-    (r"°\s*C\b|\bdeg(?:rees?)? C\b", " celsius"),
-    (r"(?i)\bdegrees? (fahrenheit|celsius)\b", r"\1"),
-    (r"(?i)(\d)\s*/\s*(month|mo|year|yr|week|wk|day|hour|hr)\b", r"\1 per \2"),
-    (rf"(?i)\b({_NUMBER_OR_TIME})(\s+)(?:a|an|each|every)\s+(day|week|month|year|hour|night)\b", r"\1\2per \3"),
-    (r"(?i)\b(?:every|each) (day|week|month|year|hour|night|morning|evening)\b", r"per \1"),
-    (r"(?i)\b(dai|week|month|year|hour)ly\b", _ly),
-    (r"(?i)\bannually\b", "per year"),
+    (r"°\s*F\b|\bdeg(?:rees?)? F\b", " fahrenheit", ('°', 'deg')),
+    (r"°\s*C\b|\bdeg(?:rees?)? C\b", " celsius", ('°', 'deg')),
+    (r"(?i)\bdegrees? (fahrenheit|celsius)\b", r"\1", ('degree',)),
+    (r"(?i)(\d)\s*/\s*(month|mo|year|yr|week|wk|day|hour|hr)\b", r"\1 per \2", ('/',)),
+    (rf"(?i)\b({_NUMBER_OR_TIME})(\s+)(?:a|an|each|every|per)\s+(day|week|month|year|hour|night)\b", r"\1\2per \3",
+     ('a day', 'a week', 'a month', 'a year', 'an hour', 'a night', 'each', 'every')),
+    (r"(?i)\b(?:every|each) (day|week|month|year|hour|night|morning|evening)\b", r"per \1", ('every', 'each')),
+    (r"(?i)\b(dai|week|month|year|hour)ly\b", _ly, ('ly',)),
+    (r"(?i)\bannually\b", "per year", ('annually',)),
     # "How many minutes does it take…" asks a duration, like "How long…" ("how many minutes in an hour" does not).
     (r"(?i)\bhow many (?:seconds|secs|minutes|mins|hours|hrs|days|weeks|months|years)"
-     r"(?= (?:to|does|do|did|is|are|should|will|can|until|before|after|for|would|could)\b)", "how long"),
+     r"(?= (?:to|does|do|did|should|will|can|until|before|after|for|would|could)\b| (?:is|are) (?!in\b|there\b))",
+     "how long", ("how many",)),
     # "two and a half", "an hour and a half": the half belongs to the number.
-    (r"(?i)\b(\d+) and a half\b", r"\1.5"),
-    (r"(?i)\ban? (hour|year|day|week|month|minute|mile|cup|pound|kilo|liter|litre)s? and a half\b", r"1.5 \1s"),
-    (r"(?i)\b(one|two|three|four|five|six|seven|eight|nine|ten) and a half\b", _half),
+    (r"(?i)\b(\d+) and a half\b", r"\1.5", ('and a half',)),
+    (r"(?i)\ban? (hour|year|day|week|month|minute|mile|cup|pound|kilo|liter|litre)s? and a half\b", r"1.5 \1s",
+     ('and a half',)),
+    (r"(?i)\b(one|two|three|four|five|six|seven|eight|nine|ten) and a half\b", _half, ('and a half',)),
     # "make cold brew at home": where the asker is, not what is asked.
-    (r"(?i)\bat home\b", ""),
-    (r"(?i)\b(?:compared|comparing) (?:to|with)\b", "than"),  # "Compared to X, is Y…" = "Is Y… than X"
-    (r"(?i)\bset(?:ting)? up\b", "setup"),
-    (r"(?i)\b(boiling|freezing|melting) point\b", r"\1 temperature"),
+    (r"(?i)\bat home\b", "", ('at home',)),
+    (r"(?i)\b(?:compared|comparing) (?:to|with)\b", "than", ('compar',)),  # "Compared to X, is Y…" = "Is Y… than X"
+    (r"(?i)\bset(?:ting)? up\b", "setup", ('set',)),
+    (r"(?i)\b(boiling|freezing|melting) point\b", r"\1 temperature", ('point',)),
     # "How many people live in X?" asks for X's population.
     (r"(?i)\bhow many (?:people|persons|inhabitants|residents|humans) (?:live|are living|reside|are there) in\b",
-     "what is the population of"),
-    (r"(\d),(\d{3})\b", r"\1\2"),
-    (r"(\d)-([a-zA-Z])", r"\1 \2"),  # "7-day" → "7 day"
-    (r"\b(\d+)(?!(?:st|nd|rd|th)\b)([a-zA-Z%°$€£¥])", r"\1 \2"),  # "5km" → "5 km" (not "2nd", "K2")
-    (r"([$€£¥])\s*(\d)", r"\1 \2"),
+     "what is the population of", ('how many',)),
+    (r"(\d),(\d{3})\b", r"\1\2", _DIGIT),
+    (r"(\d)-([a-zA-Z])", r"\1 \2", _DIGIT),  # "7-day" → "7 day"
+    (r"\b(\d+)(?!(?:st|nd|rd|th)\b)([a-zA-Z%°$€£¥])", r"\1 \2", _DIGIT),  # "5km" → "5 km" (not "2nd", "K2")
+    # "$15,000" = "15000 dollars": the number first, so its unit follows it as in words.
+    (r"([$€£¥])\s*(\d+(?:\.\d+)?(?:\s*(?:k|m|bn|million|billion|thousand)\b)?)", r"\2 \1", ('$', '€', '£', '¥')),
 ]
-_COMPILED = [(re.compile(p), r) for p, r in _RULES]
+_COMPILED = [(re.compile(p), r, needles) for p, r, needles in _RULES]
 
 
 def normalise(text: str) -> str:
-    """``text`` with every rule applied in order (typographic quotes made plain first)."""
+    """``text`` with every rule applied in order (typographic quotes made plain first).
+
+    A rule runs only when one of its needles (lower-case literals it cannot match without) occurs in the
+    text, so most rules cost one substring test.
+    """
     t = text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
-    for pattern, repl in _COMPILED:
-        t = pattern.sub(repl, t)
+    low = t.lower()
+    digits = any(ch.isdigit() for ch in t)
+    for pattern, repl, needles in _COMPILED:
+        if needles is _DIGIT:
+            if not digits:
+                continue
+        elif needles is not None and not any(n in low for n in needles):
+            continue
+        new = pattern.sub(repl, t)
+        if new != t:
+            t, low = new, new.lower()
+            digits = any(ch.isdigit() for ch in t)
     return t

@@ -120,17 +120,18 @@ class Verifier:
     def _compare(self, a: Analysis, b: Analysis) -> Verdict:
         if a.unreadable or b.unreadable:
             return Verdict(False, "unreadable", a.unreadable or b.unreadable or "")
-        difference = evidence.first_difference(a, b)
+        edit = evidence.edit_of(a, b)
+        difference = evidence.first_difference(a, b, edit=edit)
         if difference is not None:
             return Verdict(False, *difference)
-        found = explain(a, b, self._lex)
+        found = explain(a, b, self._lex, edit=edit)
         if not found.ok:
             names = [t.text for t in found.unexplained if t.capital or t.compound or t.allcaps
                      or any(ch.isdigit() for ch in t.text) or t.text in lx.GAZETTEER]
             if names:
                 return Verdict(False, "entity", f"{names}")
             return Verdict(False, "content", f"unexplained {[t.text for t in found.unexplained]}")
-        role = evidence.role_clash(a, b, self._lex)
+        role = evidence.role_clash(a, b, self._lex, edit=edit)
         if role is not None:
             return Verdict(False, "role", role)
         if a.tense and b.tense and a.tense != b.tense:

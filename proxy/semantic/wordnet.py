@@ -62,6 +62,7 @@ class Lexicon:
     gloss: dict[str, str] = field(default_factory=dict)
     """Synset id → the content lemmas of its definition, generic words left out ("ripe": … "ready" "eat")."""
     cache: dict[str, frozenset[str]] = field(default_factory=dict)
+    pos_cache: dict[str, str] = field(default_factory=dict)
     """Lemmas by surface form, bounded by :data:`_CACHE_ENTRIES` (a dict's item writes are atomic)."""
 
     @classmethod
@@ -92,7 +93,15 @@ class Lexicon:
         return hit
 
     def parts_of_speech(self, word: str) -> str:
-        return "".join(sorted({p for lemma in self.lemmas(word) for p in self.pos.get(lemma, "")}))
+        """``"nv"``…: every part of speech of any lemma of ``word`` (memoised with :meth:`lemmas`)."""
+        key = "\x00" + word  # one bounded cache for lemmas and parts of speech
+        hit = self.pos_cache.get(key)
+        if hit is None:
+            if len(self.pos_cache) >= _CACHE_ENTRIES:
+                self.pos_cache.clear()
+            parts = {p for lemma in self.lemmas(word) for p in self.pos.get(lemma, "")}
+            hit = self.pos_cache[key] = "".join(sorted(parts))
+        return hit
 
     def synonyms(self, x: str, y: str) -> bool:
         """Some lemma of ``x`` and some lemma of ``y`` share a frequent-sense synonym set."""
@@ -120,7 +129,8 @@ class Lexicon:
                 out.update(self.more.get(lemma, "").split())
         return out
 
-    def _up(self, ids: set[str], depth: int) -> set[str]:
+    def up(self, ids: set[str], depth: int) -> set[str]:
+        """``ids`` and every synset at most ``depth`` hypernym steps above them."""
         seen, frontier = set(ids), set(ids)
         for _ in range(depth):
             frontier = {h for i in frontier for h in self.hyper.get(i, "").split()} - seen
@@ -130,7 +140,7 @@ class Lexicon:
     def is_hypernym(self, general: str, specific: str, *, depth: int = HYPERNYM_DEPTH) -> bool:
         """A frequent sense of ``general`` is at most ``depth`` hypernym steps above one of ``specific``."""
         g = self.sense_ids(general)
-        return bool(g) and bool(self._up(self.sense_ids(specific), depth) & g)
+        return bool(g) and bool(self.up(self.sense_ids(specific), depth) & g)
 
     def relation(self, x: str, y: str) -> str | None:
         """The weaker lexical link between two different words, or ``None``.
@@ -143,7 +153,7 @@ class Lexicon:
         sx, sy = self.sense_ids(x), self.sense_ids(y)
         if not sx or not sy:
             return None
-        if self._up(sx, HYPERNYM_DEPTH) & sy or self._up(sy, HYPERNYM_DEPTH) & sx:
+        if self.up(sx, HYPERNYM_DEPTH) & sy or self.up(sy, HYPERNYM_DEPTH) & sx:
             return "hypernym"
         if any(set(self.similar.get(i, "").split()) & sy for i in sx):
             return "similar"
@@ -155,9 +165,55 @@ class Lexicon:
             return "definition"
         return None
 
+    def neighbourhood(self, words: list[str]) -> Neighbourhood:
+        """The weaker links of several words at once: :meth:`relation` against any of them, in set look-ups."""
+        nb = Neighbourhood(self)
+        for w in words:
+            ids = self.sense_ids(w)
+            nb.ids |= ids
+            nb.up |= self.up(ids, HYPERNYM_DEPTH)
+            nb.rare |= self.sense_ids(w, rare=True)
+            nb.lemmas |= self.lemmas(w) or {w}
+            for i in ids:
+                nb.similar.update(self.similar.get(i, "").split())
+                nb.gloss.update(self.gloss.get(i, "").split())
+        return nb
+
     def opposite(self, x: str, y: str) -> bool:
         ly = self.lemmas(y)
         return any(d in ly for lemma in self.lemmas(x) for d in self.antonyms.get(lemma, "").split())
+
+
+@dataclass(slots=True)
+class Neighbourhood:
+    """Unions of several words' senses, hypernyms, similar senses, rarer senses, lemmas and definitions."""
+
+    lex: Lexicon
+    ids: set[str] = field(default_factory=set)
+    up: set[str] = field(default_factory=set)
+    similar: set[str] = field(default_factory=set)
+    rare: set[str] = field(default_factory=set)
+    lemmas: set[str] = field(default_factory=set)
+    gloss: set[str] = field(default_factory=set)
+
+    def relation(self, x: str) -> str | None:
+        """:meth:`Lexicon.relation` of ``x`` with some word of the neighbourhood (the first kind found)."""
+        lex = self.lex
+        sx = lex.sense_ids(x)
+        if not sx and x.endswith("ly"):
+            x = x[:-2]  # an adverb by its adjective: "courteously" → "courteous"
+            sx = lex.sense_ids(x)
+        if not sx:
+            return None
+        if lex.up(sx, HYPERNYM_DEPTH) & self.ids or sx & self.up:
+            return "hypernym"
+        if sx & self.similar or any(set(lex.similar.get(i, "").split()) & self.ids for i in sx):
+            return "similar"
+        if lex.sense_ids(x, rare=True) & self.rare:
+            return "sense"
+        if (lex.lemmas(x) or {x}) & self.gloss or any(self.lemmas & set(lex.gloss.get(i, "").split()) for i in sx):
+            return "definition"
+        return None
 
 
 def _morphy(lex: Lexicon, word: str) -> frozenset[str]:

@@ -21,9 +21,9 @@ from semantic_helpers import chat_parts, local_embedder
 
 from llmcache.errors import ConfigError
 from llmcache.keyspace import Keyspace
-from llmcache.proxy.semantic.embedder import EmbedderError, LocalEmbedder
 from llmcache.policy import DEFAULT_SIMILARITY_THRESHOLD
 from llmcache.proxy.semantic import SemanticCache, SemanticMatch
+from llmcache.proxy.semantic.embedder import EmbedderError, LocalEmbedder
 from llmcache.proxy.settings import SemanticSettings
 
 KS = Keyspace()

@@ -1,0 +1,299 @@
+"""Each rule of the verifier with a pair it must accept and a pair it must refuse, both ways round.
+
+Pairs here are written for these tests (not taken from any benchmark file). A rule that compares
+meaning rather than spelling must let a harmless rewording through ("3rd" / "third") and still refuse
+the difference it exists to catch ("3rd" / "fourth").
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from llmcache.proxy.semantic import rewrite
+from llmcache.proxy.semantic.analysis import analyse
+from llmcache.proxy.semantic.evidence import edit_of
+from llmcache.proxy.semantic.explain import EVIDENCE
+from llmcache.proxy.semantic.verify import REASONS, Verifier
+
+# (rule, query, stored): the same question asked in another way.
+SAME = [
+    ('ordinal', "What's the 3rd largest lake in Africa?", "What's the third largest lake in Africa?"),
+    ('one', 'Write one limerick about a sleepy owl.', 'Write a limerick about a sleepy owl.'),
+    ('duration', 'Plan a 21-day trip to Vietnam.', 'Plan a three-week trip to Vietnam.'),
+    ('half', 'Is an hour and a half enough to see the Louvre?', 'Is 90 minutes enough to see the Louvre?'),
+    ('ident', 'How should I fill in a W-4 form?', 'How do I fill in a W-4 form?'),
+    ('free', 'Suggest a gluten-free pancake recipe.', 'Suggest a pancake recipe without gluten.'),
+    ('rate', 'Is drinking 3 coffees daily too much?', 'Is drinking three coffees a day too much?'),
+    ('degree', 'Convert 20 °C to °F.', 'Convert 20 degrees Celsius to Fahrenheit.'),
+    ('listall', 'List all the files in a folder with Python.', 'List the files in a folder with Python.'),
+    ('lastn', 'Show the last 5 commits in git.', 'Show the previous five commits in git.'),
+    ('questionsentence',
+     "I'm calling fetch in a loop and the page freezes. Why?",
+     "Why does the page freeze when I'm calling fetch in a loop?"),
+    ('altq', 'Which is healthier, brown rice or white rice?', 'Is brown rice or white rice healthier?'),
+    ('taskclass', 'Help me draft a resignation letter.', 'How do I write a resignation letter?'),
+    ('summarize',
+     'Summarize the causes of the French Revolution.',
+     'Briefly explain the causes of the French Revolution.'),
+    ('pronounshift', 'How do I reset my router?', 'How do you reset your router?'),
+    ('weak',
+     "What's a polite way to decline a wedding invitation?",
+     'How do I courteously turn down a wedding invitation?'),
+    ('abbrev', 'How do I set up my dev environment for Rust?', 'How do I set up my development environment for Rust?'),
+    ('light', 'Why is my laptop super slow?', 'Why is my laptop slow?'),
+    ('implies', "What's the kubectl command to list pods in Kubernetes?", 'How do I list pods in Kubernetes?'),
+    ('phrasal', 'How do I get chewing gum out of my jeans?', 'How do I remove chewing gum from my jeans?'),
+    ('verbatim', 'What does `git fetch` do?', 'What does git fetch do?'),
+    ('typo', 'how do i boil egs', 'how do i boil eggs'),
+    ('casual4', 'good snacks 4 my toddler?', 'good snacks for my toddler?'),
+    ('letters', 'why is my cat sooo lazy', 'why is my cat so lazy'),
+    ('ornot', 'is coffee bad for you or not', 'is coffee bad for you?'),
+    ('dollar', 'Is $2,500 enough for a week in Japan?', 'Is 2500 dollars enough for a week in Japan?'),
+    ('worlds', "What is the world's longest river?", 'What is the longest river in the world?'),
+    ('frame', "What's the money used in Peru called?", 'What currency does Peru use?'),
+    ('howmany', 'How many minutes should I steam broccoli?', 'How long should I steam broccoli?'),
+    ('infinitive', "What's the way to load a CSV into a dataframe?", 'How do I read a CSV into a dataframe?'),
+    ('walk', 'Walk me through how a bill becomes a law.', 'Explain how a bill becomes a law.'),
+    ('keep', 'My printer keeps jamming, how do I fix it?', 'My printer jams, how do I fix it?'),
+    ('thanks', 'how do u say thx in italian', 'how do you say thank you in italian?'),
+    ('wont', "My faucet won't stop dripping. How do I fix it?", 'My faucet keeps dripping. How do I fix it?'),
+    ('newto',
+     "I'm new to knitting. What should my first project be?",
+     'What should my first knitting project be as a beginner?'),
+    ('over', 'Find files over 2 GB on my Mac.', 'Find files larger than 2 GB on my Mac.'),
+    ('disable', 'How do I disable notifications on my Pixel?', 'How do I turn off notifications on my Pixel?'),
+    ('count', 'Chess board square count?', 'How many squares are on a chess board?'),
+]
+
+# (reason, query, stored): the rule's own difference, refused for that reason.
+DIFFERENT = [
+    ('number', "What's the 3rd largest lake in Africa?", "What's the fourth largest lake in Africa?"),
+    ('number', 'Give me one packing tip for Iceland.', 'Give me some packing tips for Iceland.'),
+    ('number', 'Plan a 10-day trip to Vietnam.', 'Plan a two-week trip to Vietnam.'),
+    ('number', 'Is an hour and a half enough to see the Louvre?', 'Is 60 minutes enough to see the Louvre?'),
+    ('symbol', 'How do I fill in a W-4 form?', 'How do I fill in a W-9 form?'),
+    ('negation', 'Suggest a gluten-free pancake recipe.', 'Suggest a pancake recipe with gluten.'),
+    ('unit', 'Is drinking 3 coffees daily too much?', 'Is drinking three coffees a week too much?'),
+    ('direction', 'Convert 20 °C to °F.', 'Convert 20 °F to °C.'),
+    ('modality',
+     'My landlord says I may paint the walls. Is that normal?',
+     'My landlord says I must paint the walls. Is that normal?'),
+    ('quantifier', 'List all the files in a folder with Python.', 'List some of the files in a folder with Python.'),
+    ('time', 'Show the commits from the last 5 days in git.', 'Show the commits from more than 5 days ago in git.'),
+    ('antonym', 'How do I sign in to Slack on my phone?', 'How do I sign out of Slack on my phone?'),
+    ('task', 'Help me draft a resignation letter.', 'Proofread my resignation letter.'),
+    ('shape',
+     'Summarize the causes of the French Revolution.',
+     'Explain the causes of the French Revolution in detail.'),
+    ('role', 'She never answers my emails. What should I do?', 'I never answer her emails. What should I do?'),
+    ('direction', 'git: merge main into my feature branch', 'git: merge my feature branch into main'),
+    ('direction', 'Who betrayed Caesar?', 'Whom did Caesar betray?'),
+    ('number', 'Name all the primary colors.', 'Name a primary color.'),
+    ('content', 'How do I grill salmon?', 'How do I cook salmon?'),
+    ('content', 'How do I set up my dev environment for Rust?', 'How do I set up my test environment for Rust?'),
+    ('content', 'Why is my laptop so slow?', 'Why is my laptop so loud?'),
+    ('content',
+     "What's the helm command to list pods in Kubernetes?",
+     "What's the kubectl command to list pods in Kubernetes?"),
+    ('antonym', 'How do I get wax off the carpet?', 'How do I put wax on the carpet?'),
+    ('symbol', 'What does `git fetch` do?', 'What does `git pull` do?'),
+    ('content', 'how do i boil egs', 'how do i boil figs'),
+    ('number', 'buy 4 tickets for the concert', 'buy 2 tickets for the concert'),
+    ('number', 'Is $2,500 enough for a week in Japan?', 'Is $1,500 enough for a week in Japan?'),
+    ('content', "What is the world's longest river?", "What is the world's widest river?"),
+    ('topic', 'How tall is the Burj Khalifa?', 'How old is the Burj Khalifa?'),
+    ('unit', 'How many minutes are in a week?', 'How many hours are in a week?'),
+    ('direction',
+     'How do I copy a file from my laptop to my phone?',
+     'How do I copy a file from my phone to my laptop?'),
+    ('number', 'Find files over 2 GB on my Mac.', 'Find files over 5 GB on my Mac.'),
+    ('antonym', 'How do I disable notifications on my Pixel?', 'How do I turn on notifications on my Pixel?'),
+]
+
+# (kind, query, stored): hard negatives of every kind, written independently of the rules above.
+NEGATIVES = [
+    ('role', 'Can a tenant sue a landlord for mold?', 'Can a landlord sue a tenant for mold?'),
+    ('role',
+     'My sister owes me $300 and keeps dodging the topic. How do I ask for it back?',
+     'I owe my sister $300 and keep dodging the topic. How do I ask for it back?'),
+    ('role',
+     "Does the employer pay the employee's travel costs?",
+     "Does the employee pay the employer's travel costs?"),
+    ('role',
+     'My cat keeps chasing my dog around the house, what should I do?',
+     'My dog keeps chasing my cat around the house, what should I do?'),
+    ('role',
+     "I'm 30 and my manager is 25. She keeps ignoring my suggestions. How do I handle it?",
+     "I'm 30 and my manager is 25. I keep ignoring her suggestions. How do I handle it?"),
+    ('role',
+     "Should parents pay for their adult kids' phone bills?",
+     "Should adult kids pay for their parents' phone bills?"),
+    ('role', 'how do i tell my boss my coworker is bullying me', 'how do i tell my boss im bullying my coworker'),
+    ('role',
+     "Can a pharmacist refuse to fill a doctor's prescription?",
+     "Can a doctor refuse to fill a pharmacist's prescription?"),
+    ('quantifier',
+     'List all the files in this folder that are older than a week.',
+     'List some of the files in this folder that are older than a week.'),
+    ('quantifier', 'Do all banks charge overdraft fees?', 'Do most banks charge overdraft fees?'),
+    ('quantifier', 'Are any of the Marvel movies on Disney+?', 'Are all of the Marvel movies on Disney+?'),
+    ('quantifier', 'Delete all rows where status is null.', 'Delete one row where status is null.'),
+    ('quantifier',
+     'I volunteer at a food bank. Most of our donors give canned goods. How can we get more fresh produce?',
+     'I volunteer at a food bank. Some of our donors give canned goods. How can we get more fresh produce?'),
+    ('quantifier', 'does every state require car insurance', 'do some states require car insurance'),
+    ('antonym', 'How do I increase the volume on my TV?', 'How do I decrease the volume on my TV?'),
+    ('antonym', 'Why is my dough too wet?', 'Why is my dough too dry?'),
+    ('antonym', 'how to make my phone charge faster', 'how to make my phone charge slower'),
+    ('antonym', 'Our sales went up after we raised prices. Why?', 'Our sales went down after we raised prices. Why?'),
+    ('antonym', 'How do I log in to Netflix on my TV?', 'How do I log out of Netflix on my TV?'),
+    ('antonym', 'What are the benefits of intermittent fasting?', 'What are the risks of intermittent fasting?'),
+    ('antonym',
+     'Is it better to stretch before or after running? I usually stretch before.',
+     'Is it better to stretch before or after running? I usually stretch after.'),
+    ('antonym', 'Which foods raise blood pressure?', 'Which foods lower blood pressure?'),
+    ('antonym', 'How do I zoom in on a PDF?', 'How do I zoom out on a PDF?'),
+    ('modality',
+     'Do I have to file a tax return if I earned under $10k?',
+     'Can I file a tax return if I earned under $10k?'),
+    ('modality', 'Should I tell my landlord about a leak?', 'Must I tell my landlord about a leak?'),
+    ('modality', 'Are dogs allowed in Yosemite?', 'Are dogs required in Yosemite?'),
+    ('negation', 'How do I get my toddler to eat vegetables?', 'How do I get my toddler to not eat vegetables?'),
+    ('negation', "Which apps don't work offline?", 'Which apps work offline?'),
+    ('negation', 'Explain why the experiment failed.', "Explain why the experiment didn't fail."),
+    ('number', 'Plan a 3-day itinerary for Rome.', 'Plan a 5-day itinerary for Rome.'),
+    ('number',
+     "I'm 35 weeks pregnant and have back pain. What helps?",
+     "I'm 25 weeks pregnant and have back pain. What helps?"),
+    ('number', 'Write a haiku with two stanzas.', 'Write a haiku with three stanzas.'),
+    ('time', 'What was the weather like in Paris yesterday?', 'What will the weather be like in Paris tomorrow?'),
+    ('time', 'Who won the Super Bowl last year?', 'Who won the Super Bowl this year?'),
+    ('time', 'How do I see the commits from last week in git?', 'How do I see the commits from next week in git?'),
+    ('unit', 'How many cups are in a liter?', 'How many cups are in a gallon?'),
+    ('unit', 'Convert 30 miles per hour to km per hour.', 'Convert 30 miles per hour to meters per second.'),
+    ('entity', 'How do I reset my Gmail password?', 'How do I reset my Outlook password?'),
+    ('entity', "What's the best way to get from Rome to Florence?", "What's the best way to get from Rome to Venice?"),
+    ('entity', 'How do I install numpy with pip?', 'How do I install pandas with pip?'),
+    ('entity', 'Give me a recipe for chicken curry.', 'Give me a recipe for lamb curry.'),
+    ('scope', "How do I clean my car's interior?", 'How do I clean my whole car?'),
+    ('scope', 'Summarize chapter 3 of the report.', 'Summarize the whole report.'),
+    ('scope', 'How do I delete one message on WhatsApp?', 'How do I delete a whole chat on WhatsApp?'),
+    ('task', 'Translate this email into French.', 'Proofread this email.'),
+    ('task', 'Write a cover letter for a nursing job.', 'Review my cover letter for a nursing job.'),
+    ('task', 'Explain this SQL query.', 'Optimize this SQL query.'),
+    ('shape', 'Explain black holes in one paragraph.', 'Explain black holes in detail.'),
+    ('shape', 'List the planets as a table.', 'List the planets as JSON.'),
+    ('attribute', 'How tall is the Eiffel Tower?', 'How old is the Eiffel Tower?'),
+    ('attribute', "What's the population of Canada?", "What's the area of Canada?"),
+    ('attribute', "What's the boiling point of water at sea level?", "What's the density of water at sea level?"),
+    ('direction', 'How do I move photos from my Android to my PC?', 'How do I move photos from my PC to my Android?'),
+    ('direction', 'Convert 100 USD to EUR.', 'Convert 100 EUR to USD.'),
+    ('comparison', 'Is a cheetah faster than a lion?', 'Is a lion faster than a cheetah?'),
+    ('comparison', 'Is coffee healthier than tea?', 'Is coffee as healthy as tea?'),
+    ('version', 'How do I enable dark mode in Windows 10?', 'How do I enable dark mode in Windows 11?'),
+    ('version', "What's new in Python 3.12?", "What's new in Python 3.11?"),
+    ('content', 'How do I season a cast iron skillet?', 'How do I clean a cast iron skillet?'),
+    ('content', "What's the best way to store cut basil?", "What's the best way to grow basil?"),
+    ('content', 'How do I paint a wooden fence?', 'How do I stain a wooden fence?'),
+    ('content', 'Tips to stop my puppy from biting?', 'Tips to stop my puppy from barking?'),
+    ('content',
+     'Can you recommend a good book about the Roman Empire?',
+     'Can you recommend a good documentary about the Roman Empire?'),
+    ('content', 'How do I freeze fresh spinach?', 'How do I cook fresh spinach?'),
+    ('content',
+     "My car makes a grinding noise when braking. What's wrong?",
+     "My car makes a squealing noise when braking. What's wrong?"),
+    ('quantifier',
+     'Do both parents need to sign the passport form?',
+     'Does either parent need to sign the passport form?'),
+    ('quantifier', 'Do many cats get hairballs?', 'Do some cats get hairballs?'),
+    ('quantifier', 'Can either of us claim the child tax credit?', 'Can both of us claim the child tax credit?'),
+    ('modality', 'Is it legal to record a phone call in Texas?', 'Is it mandatory to record a phone call in Texas?'),
+    ('modality', 'Am I obligated to tip at a buffet?', 'Am I allowed to tip at a buffet?'),
+    ('modality', 'Is it illegal to drive barefoot in Ohio?', 'Is it legal to drive barefoot in Ohio?'),
+    ('modality', 'Do employers have to give a reference?', 'Are employers allowed to give a reference?'),
+    ('modality', 'When must I file my taxes?', 'When can I file my taxes?'),
+    ('role',
+     "Can a landlord keep the tenant's deposit for cleaning?",
+     "Can a tenant keep the landlord's deposit for cleaning?"),
+    ('role',
+     "Should the buyer or the seller pay for the home inspection? I'm the buyer.",
+     "Should the buyer or the seller pay for the home inspection? I'm the seller."),
+    ('role',
+     "What should I do if my neighbor's tree falls on my car?",
+     "What should I do if my tree falls on my neighbor's car?"),
+    ('role', "How do I tell my mom I don't like her boyfriend?", "How do I tell my mom's boyfriend I don't like her?"),
+    ('role',
+     'Is it rude if guests bring their own wine to the host?',
+     'Is it rude if the host brings their own wine to the guests?'),
+    ('role',
+     "Does the groom's family pay for the rehearsal dinner?",
+     "Does the bride's family pay for the rehearsal dinner?"),
+    ('role',
+     'My daughter keeps hitting her brother. How do I stop it?',
+     'My son keeps hitting his sister. How do I stop it?'),
+    ('role', 'Why does my dog bark at my cat?', 'Why does my cat hiss at my dog?'),
+    ('antonym', 'Why do my cookies spread too much?', 'Why do my cookies spread too little?'),
+    ('antonym',
+     'My heart rate is too high after coffee. Is that normal?',
+     'My heart rate is too low after coffee. Is that normal?'),
+    ('antonym', 'How do I make my resume longer?', 'How do I make my resume shorter?'),
+    ('antonym', 'What makes bread dense?', 'What makes bread airy?'),
+    ('antonym', 'How can I gain muscle while losing fat?', 'How can I lose muscle while gaining fat?'),
+    ('antonym',
+     'Is it better to buy a house when rates are rising?',
+     'Is it better to buy a house when rates are falling?'),
+    ('antonym', 'Why does my car pull to the left when I brake?', 'Why does my car pull to the right when I brake?'),
+]
+
+
+@pytest.fixture(scope="module")
+def verifier() -> Verifier:
+    return Verifier()
+
+
+@pytest.mark.parametrize(("rule", "query", "stored"), SAME, ids=[f"{r[0]}-{i}" for i, r in enumerate(SAME)])
+def test_a_rewording_the_rule_covers_is_accepted(verifier: Verifier, rule: str, query: str, stored: str) -> None:
+    for q, s in ((query, stored), (stored, query)):
+        [verdict] = verifier.check_sync(q, [s])
+        assert verdict.ok, (rule, verdict)
+        assert set(verdict.evidence) <= set(EVIDENCE)
+
+
+@pytest.mark.parametrize(("reason", "query", "stored"), DIFFERENT,
+                         ids=[f"{r[0]}-{i}" for i, r in enumerate(DIFFERENT)])
+def test_the_difference_the_rule_exists_for_is_refused(verifier: Verifier, reason: str, query: str,
+                                                        stored: str) -> None:
+    for q, s in ((query, stored), (stored, query)):
+        [verdict] = verifier.check_sync(q, [s])
+        assert not verdict.ok and verdict.reason == reason, verdict
+        assert verdict.reason in REASONS
+
+
+@pytest.mark.parametrize(("kind", "query", "stored"), NEGATIVES, ids=[f"{r[0]}-{i}" for i, r in enumerate(NEGATIVES)])
+def test_hard_negatives_of_every_kind_are_refused(verifier: Verifier, kind: str, query: str, stored: str) -> None:
+    for q, s in ((query, stored), (stored, query)):
+        [verdict] = verifier.check_sync(q, [s])
+        assert not verdict.ok, (kind, verdict)
+
+
+def test_surface_rewrites_give_one_spelling() -> None:
+    assert rewrite.normalise("a gluten-free cake") == "a without gluten cake"
+    assert rewrite.normalise("rent is $1,400/month") == "rent is 1400 $ per month"
+    assert rewrite.normalise("how 2 tie a tie") == "how to tie a tie"
+    assert rewrite.normalise("i dont know") == "i do not know"
+    assert rewrite.normalise("Is $2,500 enough for a week?") == "Is 2500 $ enough for a week?"
+
+
+def test_edits_are_measured_on_all_tokens() -> None:
+    one = edit_of(analyse("Which foods should I eat with a cold?"), analyse("Which foods should I avoid with a cold?"))
+    assert one.places == 1 and one.substitution
+    framed = edit_of(analyse("What's a good way to wash a wool coat?"), analyse("How do I clean a wool coat?"))
+    assert not framed.substitution  # the question's frame changed too: a rewording
+
+
+def test_context_quantifiers_and_modals_are_read_apart_from_the_question() -> None:
+    a = analyse("Most of my tomatoes split. What should I do?")
+    assert a.context_quantifiers == {"most"} and not a.quantifiers
+    b = analyse("My landlord says I must repaint. Is that legal?")
+    assert "must" in b.context_modals and b.modals == {"can"}
