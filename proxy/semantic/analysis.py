@@ -246,12 +246,16 @@ def _imperative(tokens: list[Token], i: int) -> bool:
     return True
 
 
+# Who a request is put to: "can you…", "could someone…", "can anyone explain…".
+_ADDRESSEES = frozenset(["you", "someone", "anyone", "somebody", "anybody", "u"])
+
+
 def _question_type(words: list[str]) -> str | None:
     """The kind of answer asked for, after request lead-ins ("could you tell me who…" → ``who``)."""
     i, n = 0, min(len(words), 12)
     while i < n:
         w = words[i]
-        if w in ("can", "could", "would", "will", "do") and i + 1 < n and words[i + 1] == "you":
+        if w in ("can", "could", "would", "will", "do") and i + 1 < n and words[i + 1] in _ADDRESSEES:
             i += 2
         elif w in lx.REQUEST_LEADS:
             i += 1
@@ -278,6 +282,8 @@ def _question_type(words: list[str]) -> str | None:
             return lx.WH_EXCLUSIVE[x]
     if words[-1] == "how":
         return "how"
+    if words[i] in lx.UNITS and i + 1 < len(words) and words[i + 1] in ("in", "per"):
+        return "count"  # "Ounces in a cup?" = "How many ounces are in a cup?"
     # Terse questions: "Tesla birth date?" asks when, "Petra location?" where.
     for x in words[i:]:
         if x in ("date", "year", "when"):
@@ -385,6 +391,8 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
             compound = parts[0] not in lx.COMPOUND_PREFIXES
             lower = lower.replace("-", "")
         lower = lx.VARIANTS_WORD.get(lower, lower)
+        if lower.endswith("'s") and lower[:-2] in lx.VARIANTS_WORD:
+            lower = lx.VARIANTS_WORD[lower[:-2]] + "'s"  # "my gf's birthday" = "my girlfriend's birthday"
         # Acronyms keep their letters: HTTPS is not the plural of HTTP.
         stem = lower if len(word) > 1 and word.isupper() else lx.stem(lower)
         tokens.append(Token(lower, stem, len(tokens), capital, sentence_start, compound,
@@ -524,6 +532,8 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             i += 1
             continue
         unit = lx.UNITS.get(w)
+        if unit is not None and w in lx.UNIT_NEEDS_NUMBER and i == q_start and nxt in ("in", "per"):
+            prev = "many"  # "Minutes in one day?" = "How many minutes are in a day?"
         if unit is not None and prev in ("a", "an") and not prev_number and (
                 w not in lx.UNIT_NEEDS_NUMBER) and a.sequence[-1:] != ["#1"]:
             # "walk a mile" = "walk 1 mile", "in a week" = "in 7 days": the article counts one.
@@ -625,8 +635,9 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             tag = None  # "read a JSON file": what is read, not the shape of the answer
         if tag is not None and _is_shape(w, prev, nxt):
             shape.add(tag)
-        if w in ("sentences", "lines") and prev in ("few", "couple"):
-            shape.add("len:short")  # "in a few sentences" = "briefly"
+        if (w in ("sentences", "lines") and prev in ("few", "couple")) or (
+                w in ("overview", "rundown", "recap") and prev in ("an", "a", "quick", "brief", "short")):
+            shape.add("len:short")  # "in a few sentences" = "briefly", "give me an overview of X" = "summarize X"
         elif w in ("sentence", "sentences", "paragraph", "paragraphs", "line", "lines", "words") and (
                 prev in ("one", "a", "single", "few", "couple", "two", "three") or (a.sequence[-1:] and a.sequence[-1][:1] == "#")):
             shape.add("len:units")
@@ -645,10 +656,10 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
         if w in _ROLE_MARKERS and not (w == "to" and _infinitive(tokens, i, lex)):
             pending = (w, i)
         task = _task_of(tok, lex)
-        if task in ("summarize", "outline") and not _given_text(words, i):
-            task = lx.DEFAULT_TASK  # "Summarize the theory of evolution" asks to explain it, briefly
-            shape.add("len:short")
         if task is not None and _imperative(tokens, i):
+            if task in ("summarize", "outline") and not _given_text(words, i):
+                task = lx.DEFAULT_TASK  # "Summarize the theory of evolution" asks to explain it, briefly
+                shape.add("len:short")
             tasks.add(task)
             i += 1
             continue

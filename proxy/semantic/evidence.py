@@ -15,7 +15,7 @@ from difflib import SequenceMatcher
 
 from llmcache.proxy.semantic import lexicon as lx
 from llmcache.proxy.semantic import wordnet
-from llmcache.proxy.semantic.analysis import Analysis
+from llmcache.proxy.semantic.analysis import Analysis, Token
 from llmcache.proxy.semantic.wordnet import Lexicon
 
 __all__ = ["first_difference", "is_anchor", "role_clash"]
@@ -359,6 +359,8 @@ def _repeat_clash(a: Analysis, b: Analysis) -> str | None:
 #: Texts that differ in at most this many places are one edit apart (a substitution, an insertion, a swap):
 #: everything they share, context sentences included, is compared as strictly as the question.
 ALIGNED_PLACES = 2
+#: …each at most this many tokens wide on either side.
+ALIGNED_WIDTH = 4
 #: A single edited place at most this many tokens wide on each side is a substitution or an insertion
 #: ("smallest" / "largest", "the first chapter of"); a wider one rewrites the question's frame too.
 SUBSTITUTION_WIDTH = 3
@@ -383,7 +385,8 @@ class Edit:
 
     @property
     def aligned(self) -> bool:
-        return self.places <= ALIGNED_PLACES
+        """One edit apart: few places, each narrow ("One outlet isn't working" / "None of the outlets are")."""
+        return self.places <= ALIGNED_PLACES and self.widest <= ALIGNED_WIDTH
 
     @property
     def substitution(self) -> bool:
@@ -466,6 +469,8 @@ def _arguments(a: Analysis, lex: Lexicon) -> list[tuple[int, int, str, bool, boo
         verb = False
         if t.text == "her":  # object or possessive: no role to compare
             continue
+        if key is not None and _asker(toks, i):
+            continue  # "how do I …", "can I …": who asks, not an argument of what is asked
         if key is None:
             if (t.text in lx.STOPWORDS or t.text in _AUX or t.text in _PREPOSITIONS or t.text in lx.FUNCTION_POLAR
                     or not t.text.isalpha()):
@@ -487,6 +492,18 @@ def _arguments(a: Analysis, lex: Lexicon) -> list[tuple[int, int, str, bool, boo
         marked = j >= 0 and toks[j].text in _PREPOSITIONS and toks[j].clause == t.clause
         out.append((t.clause, i, key, marked, verb))
     return out
+
+
+_ASKING_AUX = frozenset(["do", "does", "did", "can", "could", "should", "would", "will", "shall", "may", "might",
+                         "must", "am", "is", "are"])
+
+
+def _asker(toks: list[Token], i: int) -> bool:
+    """A pronoun in a question's frame: after an auxiliary that opens the question ("how do I", "can we")."""
+    j = i - 1
+    if j < 0 or toks[j].text not in _ASKING_AUX:
+        return False
+    return j == 0 or toks[j].starts_sentence or toks[j - 1].text in lx.WH_WORDS or toks[j - 1].clause != toks[j].clause
 
 
 def _passive(a: Analysis) -> bool:

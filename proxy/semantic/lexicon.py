@@ -156,7 +156,8 @@ for _k in CONTRACTIONS_BARE:
     del VARIANTS_WORD[_k]
 # Tools that name their platform: one side's "kubectl" is restated by the other side's "Kubernetes".
 IMPLIES = {"kubectl": "kubernetes", "helm": "kubernetes", "minikube": "kubernetes", "pip": "python",
-           "venv": "python", "pytest": "python", "npm": "node", "npx": "node", "yarn": "node", "cargo": "rust",
+           "venv": "python", "pytest": "python",
+           "dataframe": "pandas", "npm": "node", "npx": "node", "yarn": "node", "cargo": "rust",
            "rustc": "rust", "gcc": "c", "javac": "java", "maven": "java", "gradle": "java", "psql": "postgres",
            "dockerfile": "docker", "brew": "macos", "homebrew": "macos", "apt": "linux", "systemctl": "linux",
            "bash": "linux", "powershell": "windows", "git": "github", "gh": "github"}
@@ -357,7 +358,9 @@ CONTRACTIONS = {
     "what's": "what is", "it's": "it is", "that's": "that is", "there's": "there is", "how's": "how is",
     "where's": "where is", "who's": "who is", "let's": "let us", "i'm": "i am", "you're": "you are",
     "we're": "we are", "they're": "they are", "i've": "i have", "you've": "you have", "i'd": "i would",
-    "i'll": "i will", "you'll": "you will",
+    "i'll": "i will", "you'll": "you will", "you'd": "you would", "we'd": "we would", "they'd": "they would",
+    "he'd": "he would", "she'd": "she would", "we'll": "we will", "they'll": "they will",
+    "we've": "we have", "they've": "they have", "he's": "he is", "she's": "she is",
 }
 
 

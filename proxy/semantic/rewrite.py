@@ -89,7 +89,8 @@ _RULES: list[tuple[str, _Repl, tuple[str, ...] | None]] = [
     (r"(?i)(?<=[a-z]) 4 (?=(?:the|a|an|my|ur|your|his|her|their|our|me|u|you|him|them|us|this|that|it|[a-z]+ing)\b)",
      " for ", (' 4 ',)),
     (r"\bA/C\b", "air conditioning", ('a/c',)),
-    (r"(?i)\bthe u\.?s\.?a?\.?(?![\w.])", "the usa", ('the u',)),  # "in the US": the country, never the pronoun
+    # "in the US", "a US visa": the country, never the pronoun.
+    (r"(?i)\b(the|a|an) u\.?s\.?a?\.?(?![\w.])", r"\1 usa", ("the u", "a u", "an u")),
     # A superlative's own domain: "the tallest mountain on Earth" = "the tallest mountain".
     (r"(?i)\b(?:on (?:the )?(?:earth|planet|globe)|in the (?:whole )?world)\b", "",
      ('earth', 'planet', 'globe', 'world')),

@@ -63,6 +63,12 @@ SAME = [
     ('over', 'Find files over 2 GB on my Mac.', 'Find files larger than 2 GB on my Mac.'),
     ('disable', 'How do I disable notifications on my Pixel?', 'How do I turn off notifications on my Pixel?'),
     ('count', 'Chess board square count?', 'How many squares are on a chess board?'),
+    ('asker', 'Is there any way to get back a voice memo I deleted?', 'How do I recover a deleted voice memo?'),
+    ('possessive', "whats a good gift for my bf's graduation", "whats a good gift for my boyfriend's graduation"),
+    ('usa', 'how long does a us visa take to process', 'how long does it take to process a visa for the US?'),
+    ('overview', 'Give me an overview of the Cold War.', 'Summarize the Cold War.'),
+    ('terseunit', 'Ounces in a cup?', 'How many ounces are in a cup?'),
+    ('addressee', 'Can someone explain the `ls -la` command?', 'Can you explain the `ls -la` command?'),
 ]
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
@@ -108,6 +114,9 @@ DIFFERENT = [
      'How do I copy a file from my phone to my laptop?'),
     ('number', 'Find files over 2 GB on my Mac.', 'Find files over 5 GB on my Mac.'),
     ('antonym', 'How do I disable notifications on my Pixel?', 'How do I turn on notifications on my Pixel?'),
+    ('role', 'how do i tell my teacher my classmate is copying me', 'how do i tell my teacher im copying my classmate'),
+    ('shape', 'Give me an overview of the Cold War.', 'Explain the Cold War in detail.'),
+    ('unit', 'Ounces in a cup?', 'How many grams are in a cup?'),
 ]
 
 # (kind, query, stored): hard negatives of every kind, written independently of the rules above.
