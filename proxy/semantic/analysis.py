@@ -728,7 +728,8 @@ def _attach(a: Analysis, i: int) -> None:
     for rng in ((before,) if w in lx.PARTICLE_POLAR else (after, before)):
         for j in rng:
             t = a.tokens[j]
-            if t.text.isalpha() and t.text not in lx.STOPWORDS and t.text not in lx.FUNCTION_POLAR:
+            if (t.text.isalpha() and t.text not in lx.STOPWORDS and t.text not in lx.FUNCTION_POLAR
+                    and t.text not in lx.NUM_WORDS):  # "for a 4-day week" / "against a four-day week": the week
                 a.attached[(w, lx.SYNONYM.get(t.stem, t.stem))] += 1
                 break
 

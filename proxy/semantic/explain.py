@@ -225,6 +225,10 @@ def _structural(tok: Token, own: Analysis, other: Analysis) -> bool:
     nxt = own.tokens[tok.pos + 1].text if tok.pos + 1 < len(own.tokens) else ""
     if w == "number" and nxt == "of":
         return True  # "the number of continents" = "how many continents"
+    if w in ("time", "times") and other.qtype == "when" and own.qtype in ("when", "what", None):
+        return True  # "When is the best time to see X?" / "What time does it open?" = "When …?"
+    if w in lx.GIVEN_TEXT_NOUNS and own.quoted and other.quoted:
+        return True  # "Paraphrase the sentence 'X'" = "Reword 'X'": the quote is the text either way
     # "How do you say X in French?" = "Translate X into French".
     return w == "say" and any(x.startswith("lang:") for x in own.shape) and "translate" in other.tasks
 
@@ -262,6 +266,13 @@ def _light(tok: Token, own: Analysis, other_a: Analysis, lex: Lexicon) -> bool:
     if w in ("work", "works", "worked", "working", "function", "functions") and "how" in {
             t.text for t in own.tokens[max(0, tok.pos - 6):tok.pos]}:
         return True  # "how compound interest works" = "compound interest"
+    prev = own.tokens[tok.pos - 1].text if tok.pos > 0 else ""
+    if w in lx.BEGIN_VERBS and (nxt == "to" or (nxt.endswith("ing") and "v" in lex.parts_of_speech(nxt))):
+        return True  # "how should I start learning Python" = "how do I learn Python"
+    if w in lx.ATTACHING and nxt in ("to", "with") and prev and prev not in lx.STOPWORDS:
+        return True  # "the billing address linked to my account" = "the billing address on my account"
+    if w in ("file", "files") and prev in lx.FILE_TYPES:
+        return True  # "a CSV file" = "a .csv"
     return bool(lex.lemmas(w) & lx.BECOME_VERBS) and "a" in lex.parts_of_speech(nxt)
 
 

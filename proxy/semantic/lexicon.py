@@ -117,7 +117,8 @@ SYNONYM_GROUPS = [
     "people ppl", "instagram insta", "facebook fb", "youtube yt", "direct_message dm", "wifi wi-fi",
     "grandmother grandma gran granny nan nana", "grandfather grandpa granddad", "mom mum mother mommy mummy",
     "dad father daddy", "tv telly", "math maths", "teenager teen", "apartment flat", "luggage baggage bags",
-    "holiday vacation", "sneakers trainers", "cookie biscuit", "fries chips", "elevator lift",
+    "holiday vacation", "sneakers trainers", "formal professional", "catchy memorable",
+    "inspirational motivational inspiring", "cookie biscuit", "fries chips", "elevator lift",
 ]
 # Spelling and abbreviation variants read as their canonical word before anything else (British ↔ American
 # spellings the stemmer does not fold, casual abbreviations). Multi-word ones are expanded in ``analysis``.
@@ -386,6 +387,17 @@ DURATION_S = {"sec": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "week"
               "year": 31557600.0, "decade": 315576000.0, "century": 3155760000.0}
 #: Data formats that name a file as often as the shape of an answer ("a JSON file" / "answer in JSON").
 FILE_FORMATS = frozenset(["json", "yaml", "xml", "csv", "markdown"])
+#: File types whose name says "file" already: "a CSV file" = "a CSV", "a .pdf" (the word "file" adds nothing).
+FILE_TYPES = FILE_FORMATS | frozenset(["pdf", "txt", "excel", "xlsx", "xls", "docx", "zip", "tar", "png", "jpg",
+                                       "jpeg", "gif", "svg", "mp3", "mp4", "html", "parquet", "sqlite", "log", "text",
+                                       "config", "env", "dockerfile", "yml", "tsv", "ini", "toml"])
+#: Nouns that only name a quoted text the request is about ("Paraphrase the sentence 'X'" = "Reword 'X'").
+GIVEN_TEXT_NOUNS = frozenset(["sentence", "text", "paragraph", "passage", "phrase", "statement", "line", "quote",
+                              "message", "snippet", "sentences"])
+#: Participles that only attach a thing to its owner ("the address linked to my account" = "on my account").
+ATTACHING = frozenset(["linked", "associated", "attached", "tied", "connected"])
+#: Verbs of beginning: before a gerund or "to" they add nothing asked ("start learning X" = "learn X").
+BEGIN_VERBS = frozenset(["start", "begin", "starting", "beginning", "started", "began", "begun", "starts", "begins"])
 #: Quantifier classes that constrain the answer even when the other side has none ("Do all birds fly?" ≠ "Do birds fly?").
 STRONG_QUANTIFIERS = frozenset({"all", "most", "few", "one"})
 #: Fixed phrases where a quantifier word is not one: (word, next word) or (previous word, word).

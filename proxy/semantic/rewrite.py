@@ -88,6 +88,7 @@ _RULES: list[tuple[str, _Repl, tuple[str, ...] | None]] = [
     (r"(?i)(?<=[a-z]) 2 (?=(?:the|a|an|my|ur|your|his|her|their|our|me|u|you|him|them|us)\b)", " to ", (' 2 ',)),
     (r"(?i)(?<=[a-z]) 4 (?=(?:the|a|an|my|ur|your|his|her|their|our|me|u|you|him|them|us|this|that|it|[a-z]+ing)\b)",
      " for ", (' 4 ',)),
+    (r"(?i)\b2 (much|many)\b", r"too \1", ('2 m',)),  # "is 3 coffees 2 much" = "too much"
     (r"\bA/C\b", "air conditioning", ('a/c',)),
     # "in the US", "a US visa": the country, never the pronoun.
     (r"(?i)\b(the|a|an) u\.?s\.?a?\.?(?![\w.])", r"\1 usa", ("the u", "a u", "an u")),
@@ -120,6 +121,14 @@ _RULES: list[tuple[str, _Repl, tuple[str, ...] | None]] = [
      r"rewrite \1 to sound", ('sound',)),
     (r"(?i)\bcheck\b(?=[^.?!]{0,120}\bfor (?:spelling|grammar|grammatical|typos?|errors|mistakes)\b)", "proofread",
      ('check',)),
+    # A topic named in other words: "a haiku whose subject is X", "an essay on the topic of X" = "… about X".
+    (r"(?i)\b(?:whose|with the|with a) (?:main )?(?:subject|topic|theme) (?:is|being)\b"
+     r"|\bon the (?:subject|topic|theme) of\b", "about", ('subject', 'topic', 'theme')),
+    # "reasons supporting X", "arguments in favour of X" = "reasons for X" ("against" stays itself).
+    (r"(?i)\b(reasons?|arguments?|points?|case) (?:supporting|in favou?r of)\b", r"\1 for", ('support', 'favo')),
+    (r"(?i)\bnaturally occurring\b", "natural", ('occurring',)),
+    # "How long until/before X" asks how long X takes.
+    (r"(?i)\bhow long (?:until|till|til|before)\b", "how long", ('how long',)),
     # "chemical-free" = "without chemicals": the polarity is the proposition's, not the spelling's.
     (r"(?i)\b([a-z]{3,})-free\b", r"without \1", ('-free',)),
     # Temperature scales and rates written as symbols: "°F", "$1,400/month", "6 hours a day", "daily".

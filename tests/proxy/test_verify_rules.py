@@ -69,6 +69,20 @@ SAME = [
     ('overview', 'Give me an overview of the Cold War.', 'Summarize the Cold War.'),
     ('terseunit', 'Ounces in a cup?', 'How many ounces are in a cup?'),
     ('addressee', 'Can someone explain the `ls -la` command?', 'Can you explain the `ls -la` command?'),
+    ('topic', 'Write a sonnet whose theme is the sea at night.', 'Write a sonnet about the sea at night.'),
+    ('infavour', 'Give two arguments in favour of school uniforms.', 'Give two arguments for school uniforms.'),
+    ('natural', 'Is quartz a naturally occurring crystal?', 'Is quartz a natural crystal?'),
+    ('howlonguntil', 'how long till my sourdough starter is ready',
+     'how long does a sourdough starter take to be ready?'),
+    ('whattime', 'What time do pharmacies usually open on Sundays?', 'When do pharmacies usually open on Sundays?'),
+    ('giventext', "Translate the phrase 'good morning' into Spanish.", "Translate 'good morning' into Spanish."),
+    ('begin', 'How do I start learning the guitar?', 'How do I learn the guitar?'),
+    ('attached', 'How do I change the phone number linked to my bank account?',
+     'How do I change the phone number on my bank account?'),
+    ('filetype', 'How do I read a YAML file in Go?', 'How do I read YAML in Go?'),
+    ('tone', "Rewrite 'send me the report' to sound more professional.",
+     "Rewrite 'send me the report' to sound more formal."),
+    ('too', 'is 4 hours of gaming a day 2 much for a kid', 'is 4 hours of gaming a day too much for a kid?'),
 ]
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
@@ -117,6 +131,19 @@ DIFFERENT = [
     ('role', 'how do i tell my teacher my classmate is copying me', 'how do i tell my teacher im copying my classmate'),
     ('shape', 'Give me an overview of the Cold War.', 'Explain the Cold War in detail.'),
     ('unit', 'Ounces in a cup?', 'How many grams are in a cup?'),
+    ('content', 'Write a sonnet whose theme is the sea at night.', 'Write a sonnet about the forest at night.'),
+    ('antonym', 'Give two arguments in favour of school uniforms.', 'Give two arguments against school uniforms.'),
+    ('antonym', 'List 2 reasons for a three-day weekend.', 'List 2 reasons against a 3-day weekend.'),
+    ('content', 'Is quartz a naturally occurring crystal?', 'Is quartz a synthetic crystal?'),
+    ('content', 'how long till my sourdough starter is ready', 'how long till my sourdough starter dies'),
+    ('time', "Translate the phrase 'good morning' into Spanish.", "Translate 'good night' into Spanish."),
+    ('content', 'How do I start a podcast?', 'How do I grow a podcast?'),
+    ('content', 'How do I change the phone number linked to my bank account?',
+     'How do I change the email linked to my bank account?'),
+    ('antonym', 'How do I read a YAML file in Go?', 'How do I write a YAML file in Go?'),
+    ('content', "Rewrite 'send me the report' to sound more casual.",
+     "Rewrite 'send me the report' to sound more formal."),
+    ('content', 'is 4 hours of gaming a day 2 much for a kid', 'is 4 hours of gaming a day enough for a kid?'),
 ]
 
 # (kind, query, stored): hard negatives of every kind, written independently of the rules above.
