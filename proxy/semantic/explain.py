@@ -225,8 +225,8 @@ def _structural(tok: Token, own: Analysis, other: Analysis) -> bool:
     nxt = own.tokens[tok.pos + 1].text if tok.pos + 1 < len(own.tokens) else ""
     if w == "number" and nxt == "of":
         return True  # "the number of continents" = "how many continents"
-    if w in ("time", "times") and other.qtype == "when" and own.qtype in ("when", "what", None):
-        return True  # "When is the best time to see X?" / "What time does it open?" = "When …?"
+    if w in ("time", "times", "year", "date") and other.qtype == "when" and own.qtype in ("when", "what", None):
+        return True  # "When is the best time to see X?", "In what year did X?" = "When …?"
     if w in lx.GIVEN_TEXT_NOUNS and own.quoted and other.quoted:
         return True  # "Paraphrase the sentence 'X'" = "Reword 'X'": the quote is the text either way
     # "How do you say X in French?" = "Translate X into French".

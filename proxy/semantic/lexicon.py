@@ -64,7 +64,7 @@ for _cls, _words_s in {
     "translate": "translate translation",
     "analyze": "analyze analysis evaluate evaluation assess assessment examine critique interpret breakdown",
     "review": "review feedback proofread grade score rate",
-    "write": "write compose draft generate create produce",
+    "write": "write compose draft generate create produce design devise",
     "rewrite": "rewrite rephrase paraphrase reword shorten simplify expand lengthen edit",
     "compare": "compare comparison contrast versus vs",
     "classify": "classify categorize categorise label tag",

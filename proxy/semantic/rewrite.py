@@ -96,7 +96,17 @@ _RULES: list[tuple[str, _Repl, tuple[str, ...] | None]] = [
     (r"(?i)\b(?:on (?:the )?(?:earth|planet|globe)|in the (?:whole )?world)\b", "",
      ('earth', 'planet', 'globe', 'world')),
     # "Is there a way to X?" asks how to X; "X or not?" asks whether X.
-    (r"(?i)\bis there (?:any|a|some) (?:way|method) (?:to|of)\b", "how do i", ('is there',)),
+    # (a word before the tool stays: "Is there a free tool to X" is not "Is there a paid tool to X").
+    (r"(?i)\bis there (?:any|a|an|some) ([a-z]+ )?(?:way|method|tool|command|function|option|setting) (?:to|of|that)\b",
+     r"\1how do i", ('is there',)),
+    # "Big-O of binary search" = "the time complexity of binary search" (not its space complexity).
+    (r"(?i)\bbig[- ]?o\b(?: (?:runtime|running time|time complexity|complexity|notation))?(?! space)",
+     "time complexity", ('big',)),
+    (r"(?i)\b(?:a )?quarter (?:of an )?hour\b", "15 minutes", ('quarter',)),
+    (r"(?i)\b(?:world war (?:ii|2|two)|ww ?(?:ii|2))\b", "the second world war", ('world war', 'ww')),
+    (r"(?i)\b(?:world war (?:i|1|one)|ww ?(?:i|1))\b", "the first world war", ('world war', 'ww')),
+    # "the opening paragraph" = "the first paragraph".
+    (r"(?i)\bopening (line|sentence|paragraph|scene|chapter|verse|lines|sentences)\b", r"first \1", ('opening',)),
     (r"(?i)\s+or (?:not|nah|no)(?=\s*(?:anymore)?\s*[?.!]*\s*$)", "", ('or n',)),
     # "won't stop running" = "keeps running".
     (r"(?i)\b(?:will|does|do|did|can) ?not stop\b", "keeps", ('not stop',)),

@@ -83,6 +83,14 @@ SAME = [
     ('tone', "Rewrite 'send me the report' to sound more professional.",
      "Rewrite 'send me the report' to sound more formal."),
     ('too', 'is 4 hours of gaming a day 2 much for a kid', 'is 4 hours of gaming a day too much for a kid?'),
+    ('whatyear', 'In what year did the Suez Canal open?', 'When did the Suez Canal open?'),
+    ('worldwar', 'In what year did WWII end?', 'When did World War II end?'),
+    ('istheretool', 'Is there a git tool to find the commit that broke the build?',
+     'How do I find the commit that broke the build in git?'),
+    ('bigo', 'Big-O of merge sort?', 'What is the time complexity of merge sort?'),
+    ('quarterhour', 'How do I run a cron job every quarter of an hour?', 'How do I run a cron job every 15 minutes?'),
+    ('opening', 'Write the opening paragraph of a wedding speech.', 'Write the first paragraph of a wedding speech.'),
+    ('design', 'Design a beginner yoga routine.', 'Create a beginner yoga routine.'),
 ]
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
@@ -144,6 +152,13 @@ DIFFERENT = [
     ('content', "Rewrite 'send me the report' to sound more casual.",
      "Rewrite 'send me the report' to sound more formal."),
     ('content', 'is 4 hours of gaming a day 2 much for a kid', 'is 4 hours of gaming a day enough for a kid?'),
+    ('question', 'In what year did the Suez Canal open?', 'Where did the Suez Canal open?'),
+    ('number', 'In what year did WW1 end?', 'When did World War II end?'),
+    ('content', 'Is there a free tool to merge PDFs?', 'Is there a paid tool to merge PDFs?'),
+    ('entity', 'What is the Big-O space complexity of merge sort?', 'What is the time complexity of merge sort?'),
+    ('number', 'How do I run a cron job every quarter of an hour?', 'How do I run a cron job every 30 minutes?'),
+    ('number', 'Write the opening paragraph of a wedding speech.', 'Write the last paragraph of a wedding speech.'),
+    ('task', 'Design a beginner yoga routine.', 'Review my beginner yoga routine.'),
 ]
 
 # (kind, query, stored): hard negatives of every kind, written independently of the rules above.
