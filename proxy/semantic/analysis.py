@@ -326,6 +326,12 @@ def _question(a: Analysis, words: list[str]) -> tuple[str | None, tuple[int, int
     return qtype, (start, end)
 
 
+def noun_keys(tok: Token, lex: wordnet.Lexicon) -> frozenset[str]:
+    """Keys shared by a noun's singular and plural: its stem and WordNet lemmas ("gases" and "gas" share "gas",
+    which the stemmer splits into "gase" / "gas")."""
+    return lex.lemmas(tok.text) | {tok.stem}
+
+
 def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # noqa: C901 - one pass over the text
     """Tokenise and classify ``text`` (pure function; the checks only compare two analyses)."""
     if len(text) > max_chars:
@@ -592,7 +598,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             while k + 1 < n and words[k + 1] not in lx.STOPWORDS and "n" in lex.parts_of_speech(words[k + 1]):
                 k += 1  # the head of "all running Docker containers" is "containers"
             if k < n:
-                all_of.add(tokens[k].stem)
+                all_of.update(noun_keys(tokens[k], lex))
         question_modals = modals if in_question else context_modals
         if w in _MODAL_WORDS:
             # "can you…" is a request; "how can I…", "what should we…" ask how, whatever the modal (dropped

@@ -15,7 +15,7 @@ from difflib import SequenceMatcher
 
 from llmcache.proxy.semantic import lexicon as lx
 from llmcache.proxy.semantic import wordnet
-from llmcache.proxy.semantic.analysis import Analysis, Token
+from llmcache.proxy.semantic.analysis import Analysis, Token, noun_keys
 from llmcache.proxy.semantic.wordnet import Lexicon
 
 __all__ = ["first_difference", "is_anchor", "role_clash"]
@@ -103,9 +103,9 @@ def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
             return f"one vs several {sorted(single & several)}"
         # "Name all the noble gases" / "Name a noble gas".
         if one.all_of - other.all_of:
-            toks = other.tokens
-            one_of = {t.stem for t in toks if not t.text.endswith("s")
-                      and any(x.text in ("a", "an", "one", "single") for x in toks[max(0, t.pos - 3):t.pos])}
+            toks, lex = other.tokens, wordnet.lexicon()
+            one_of = {k for t in toks if any(x.text in ("a", "an", "one", "single") for x in toks[max(0, t.pos - 3):t.pos])
+                      for k in noun_keys(t, lex)}
             if (one.all_of - other.all_of) & one_of:
                 return f"all vs one {sorted((one.all_of - other.all_of) & one_of)}"
     return None

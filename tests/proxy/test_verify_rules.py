@@ -91,6 +91,7 @@ SAME = [
     ('quarterhour', 'How do I run a cron job every quarter of an hour?', 'How do I run a cron job every 15 minutes?'),
     ('opening', 'Write the opening paragraph of a wedding speech.', 'Write the first paragraph of a wedding speech.'),
     ('design', 'Design a beginner yoga routine.', 'Create a beginner yoga routine.'),
+    ('allgases', 'List all the greenhouse gases.', 'List the greenhouse gases.'),
 ]
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
@@ -159,6 +160,7 @@ DIFFERENT = [
     ('number', 'How do I run a cron job every quarter of an hour?', 'How do I run a cron job every 30 minutes?'),
     ('number', 'Write the opening paragraph of a wedding speech.', 'Write the last paragraph of a wedding speech.'),
     ('task', 'Design a beginner yoga routine.', 'Review my beginner yoga routine.'),
+    ('number', 'List all the greenhouse gases.', 'Name a greenhouse gas.'),  # "gas" ends in s, yet is singular
 ]
 
 # (kind, query, stored): hard negatives of every kind, written independently of the rules above.
