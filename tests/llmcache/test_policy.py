@@ -12,7 +12,7 @@ def test_documented_defaults_are_pinned() -> None:
     spec = policy.parse_spec({})
     assert spec.mode == "Both"
     assert spec.ttl_seconds == 3600
-    assert spec.similarity_threshold == 0.80
+    assert spec.similarity_threshold == 0.70
     assert spec.non_deterministic == "bypass"
     assert spec.tenant_header == "Authorization"
     assert spec.eviction_policy == "LRU"

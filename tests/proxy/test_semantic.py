@@ -293,7 +293,7 @@ async def test_a_decoding_redis_client_is_accepted(redis_plain_url: str, embedde
 def test_documented_defaults() -> None:
     s = SemanticSettings()
     assert (s.similarity_threshold, s.embedder, s.index, s.timeout_s, s.max_batch, s.num_candidates) == \
-        (0.80, "local", "auto", 0.1, 64, 5)
+        (0.70, "local", "auto", 0.1, 64, 5)
     assert s.client_index_max_entries == 200_000 and s.verify is True
 
 
