@@ -571,7 +571,8 @@ def _moved_noun(a: Analysis, b: Analysis, lex: Lexicon, edit: Edit) -> str | Non
     Only between texts of the same words (a move, nothing else edited); a moved prepositional phrase ("In Python,
     how…" / "how… in Python"), a time word or a swap across "and"/"or" changes no role.
     """
-    ka, kb = keys(a), keys(b)
+    # A pronoun counts as its person ("I"/"me"/"my"): "Can I list my son…" / "Can my son list me…" moves "son".
+    ka, kb = [_PERSON.get(k, k) for k in keys(a)], [_PERSON.get(k, k) for k in keys(b)]
     if ka == kb or sorted(ka) != sorted(kb):
         return None
     for tag, i1, i2, _j1, _j2 in edit.ops:
