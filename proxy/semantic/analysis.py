@@ -39,7 +39,8 @@ _TOKEN_RE = re.compile(r"""
 | (?P<other>[^\w\s.,;:?!'"()\[\]{}\-`])
 """, re.VERBOSE)
 _QUOTED_RE = re.compile(r"(?:^|\W)'[^']{1,200}'(?:\W|$)|\"[^\"]{1,200}\"")
-_DIRECTIONAL = frozenset(["to", "into", "from", "than", "by", "over", "against", "toward", "towards", "onto", "for", "per", "after", "before", "under"])
+_DIRECTIONAL = frozenset(["to", "into", "from", "than", "by", "over", "against", "toward", "towards", "onto", "for",
+                          "per", "after", "before", "under"])
 # Markers kept in the sequence for the direction checks (never content).
 _MARKERS = _DIRECTIONAL | {"in", "of", "at", "on", "with"}
 # Words before a task verb that make it a request ("can you summarise", "please translate").
@@ -77,7 +78,8 @@ class Analysis:
     """What the checks compare, extracted from one text."""
 
     unreadable: str | None
-    """``None`` when analysed; else why not (``too_long``, ``script``, ``language``): such text never matches by meaning."""
+    """``None`` when analysed; else why not (``too_long``, ``script``, ``language``): such text never matches by
+    meaning."""
     tokens: list[Token] = field(default_factory=list)
     negations: int = 0
     numbers: Counter[float] = field(default_factory=Counter)
@@ -91,7 +93,8 @@ class Analysis:
     shape: frozenset[str] = frozenset()
     tense: str | None = None
     qtype: str | None = None
-    """``yesno``, a wh-word class (``who``/``where``/``when``/``why``/``how``/``what``) or ``None`` (imperative, terse)."""
+    """``yesno``, a wh-word class (``who``/``where``/``when``/``why``/``how``/``what``) or ``None`` (imperative,
+    terse)."""
     symbols: Counter[str] = field(default_factory=Counter)
     """Operators, identifiers, code and other symbols: compared exactly."""
     content: dict[str, Token] = field(default_factory=dict)
@@ -153,10 +156,7 @@ def _script_ok(text: str) -> bool:
     """Only Latin letters (any accents): the lexicons and the stemmer know nothing else."""
     if text.isascii():
         return True
-    for ch in text:
-        if ord(ch) > 127 and ch.isalpha() and not unicodedata.name(ch, "").startswith("LATIN"):
-            return False
-    return True
+    return all(ord(ch) <= 127 or not ch.isalpha() or unicodedata.name(ch, "").startswith("LATIN") for ch in text)
 
 
 def _english(tokens: list[Token], lex: wordnet.Lexicon) -> bool:
@@ -645,7 +645,8 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
                 w in ("overview", "rundown", "recap") and prev in ("an", "a", "quick", "brief", "short")):
             shape.add("len:short")  # "in a few sentences" = "briefly", "give me an overview of X" = "summarize X"
         elif w in ("sentence", "sentences", "paragraph", "paragraphs", "line", "lines", "words") and (
-                prev in ("one", "a", "single", "few", "couple", "two", "three") or (a.sequence[-1:] and a.sequence[-1][:1] == "#")):
+                prev in ("one", "a", "single", "few", "couple", "two", "three")
+                or (a.sequence[-1:] and a.sequence[-1][:1] == "#")):
             shape.add("len:units")
         if w == "step" and nxt == "by" and i + 2 < n and words[i + 2] == "step":
             shape.add("fmt:steps")
@@ -669,8 +670,9 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             tasks.add(task)
             i += 1
             continue
-        if not tok.allcaps and (w in lx.STOPWORDS or tok.stem in lx.STOP_STEMS or w in _MARKERS or w in lx.FUNCTION_POLAR
-                or w in lx.QUANTIFIERS or w in lx.MODALS or w in lx.SHAPE_WORDS or op is not None):
+        if not tok.allcaps and (w in lx.STOPWORDS or tok.stem in lx.STOP_STEMS or w in _MARKERS
+                or w in lx.FUNCTION_POLAR or w in lx.QUANTIFIERS or w in lx.MODALS or w in lx.SHAPE_WORDS
+                or op is not None):
             i += 1
             continue
         key = lx.SYNONYM.get(tok.stem, tok.stem)
@@ -700,8 +702,8 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
     a.plural = frozenset((t.stem, q_start <= t.pos < q_end) for t in tokens
                          if t.text != t.stem and t.text.endswith("s") and not t.capital and t.text not in lx.EN_FUNCTION
                          and "n" in lex.parts_of_speech(t.text) and t.text not in lex.pos)
-    a.tasks, a.arithmetic, a.quantifiers, a.modals, a.shape = (frozenset(tasks), frozenset(arithmetic),
-                                                               frozenset(quantifiers), frozenset(modals), frozenset(shape))
+    a.tasks, a.arithmetic, a.quantifiers = frozenset(tasks), frozenset(arithmetic), frozenset(quantifiers)
+    a.modals, a.shape = frozenset(modals), frozenset(shape)
 
 
 _INFINITIVE_AFTER = frozenset(["way", "ways", "how", "want", "wants", "need", "needs", "able", "trying", "try", "going",
@@ -763,7 +765,8 @@ def _is_shape(w: str, prev: str, nxt: str) -> bool:
     if w in ("example", "examples") and prev == "for":
         return False
     if w in ("code", "snippet", "snippets"):
-        return prev in ("with", "include", "including", "show", "some", "in") or nxt in ("example", "examples", "sample", "samples", "snippet")
+        return prev in ("with", "include", "including", "show", "some", "in") or nxt in (
+            "example", "examples", "sample", "samples", "snippet")
     if w in ("child", "children", "kid", "kids", "expert", "experts", "technical", "beginner", "beginners"):
         return prev in ("a", "for", "to", "like") or nxt in ("terms", "friendly")
     if w in ("table", "detail", "details"):

@@ -24,7 +24,8 @@ def _antonym_clash(a: Analysis, b: Analysis) -> str | None:
     """A polar word on one side and its opposite on the other; O(words) with set look-ups."""
     only_a, only_b = a.polar - b.polar, b.polar - a.polar
     for x in only_a:
-        opposites = {"turn_off" if x == "turn_on" else "turn_on"} if x.startswith("turn_") else lx.ANTONYM_STEMS.get(x, set())
+        opposites = ({"turn_off" if x == "turn_on" else "turn_on"} if x.startswith("turn_")
+                     else lx.ANTONYM_STEMS.get(x, set()))
         hit = opposites & only_b
         if hit:
             return f"{x}/{sorted(hit)[0]}"
@@ -104,7 +105,8 @@ def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
         # "Name all the noble gases" / "Name a noble gas".
         if one.all_of - other.all_of:
             toks, lex = other.tokens, wordnet.lexicon()
-            one_of = {k for t in toks if any(x.text in ("a", "an", "one", "single") for x in toks[max(0, t.pos - 3):t.pos])
+            one_of = {k for t in toks
+                      if any(x.text in ("a", "an", "one", "single") for x in toks[max(0, t.pos - 3):t.pos])
                       for k in noun_keys(t, lex)}
             if (one.all_of - other.all_of) & one_of:
                 return f"all vs one {sorted((one.all_of - other.all_of) & one_of)}"
@@ -420,7 +422,8 @@ def first_difference(a: Analysis, b: Analysis, *, edit: Edit | None = None) -> t
         ("antonym", _antonym_clash),
         ("number", lambda x, y: _number_clash(x, y, aligned)),
         ("unit", lambda x, y: f"{x.units} vs {y.units}" if Counter(x.units) != Counter(y.units) else None),
-        ("direction", lambda x, y: f"{dict(x.quantities)} vs {dict(y.quantities)}" if x.quantities != y.quantities else None),
+        ("direction",
+         lambda x, y: f"{dict(x.quantities)} vs {dict(y.quantities)}" if x.quantities != y.quantities else None),
         ("quantifier", lambda x, y: _quantifier_clash(x, y, aligned)),
         ("modality", lambda x, y: _modal_clash(x, y, aligned)),
         ("comparison", _comparison_clash),
@@ -479,7 +482,8 @@ def _arguments(a: Analysis, lex: Lexicon) -> list[tuple[int, int, str, bool, boo
             if key.startswith("frame:"):
                 continue  # "Telephone inventor?" / "Who invented the telephone?": the attribute asked, no argument
             pos = lex.parts_of_speech(t.text)
-            if t.text.endswith(("est", "er")) and any(x != t.text and "a" in lex.pos.get(x, "") for x in lex.lemmas(t.text)):
+            if t.text.endswith(("est", "er")) and any(x != t.text and "a" in lex.pos.get(x, "")
+                                                       for x in lex.lemmas(t.text)):
                 continue  # "tallest", "bigger": a degree, not an argument
             if pos and "n" not in pos and not t.capital:
                 if "v" not in pos:

@@ -183,7 +183,7 @@ complete total absolute utter real actual genuine overall general specific parti
 appear appears appeared seem seems seemed look looks
 currently presently nowadays these days anymore nice lovely piece pieces experience experiencing experiences
 provide share considered existing standard typical normal equal equals nah em called named
-""".split())  # noqa: SIM905 - a word list reads best as text
+""".split())
 # Verbs of becoming: before an adjective they only link it ("leaves going yellow" = "turning yellow").
 BECOME_VERBS = frozenset(["go", "turn", "become", "get", "grow"])
 # Polar words that are particles of the verb before them ("log in"/"log out", "went up"/"went down").

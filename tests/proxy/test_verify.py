@@ -93,7 +93,8 @@ ACCEPT = [
 
 
 @pytest.mark.parametrize(("reason", "query", "stored"), REJECT, ids=[f"{r[0]}-{i}" for i, r in enumerate(REJECT)])
-async def test_hard_negatives_are_refused_for_their_reason(verifier: Verifier, reason: str, query: str, stored: str) -> None:
+async def test_hard_negatives_are_refused_for_their_reason(verifier: Verifier, reason: str, query: str,
+                                                           stored: str) -> None:
     verdict = await verifier.check(query, stored)
     assert not verdict.ok and verdict.reason == reason, verdict
     assert verdict.reason in REASONS
@@ -163,7 +164,8 @@ UNEXPLAINED = [
     ("How do I mock a function with pytest?", "How do I mock a function with unittest?"),
     ("Explain this function to me.", "Refactor this function for me."),
     ("What's the average complexity of quicksort?", "What's the worst-case complexity of quicksort?"),
-    ("What's the safest route from the airport to downtown?", "What's the quickest route from the airport to downtown?"),
+    ("What's the safest route from the airport to downtown?",
+     "What's the quickest route from the airport to downtown?"),
     ("Write a class for a bank account.", "Write documentation for a class for a bank account."),
     ("Draft the announcement email for the engineering team.", "Draft the announcement email for the whole company."),
     ("Which plants should I prune in winter?", "Which plants should I avoid pruning in winter?"),
