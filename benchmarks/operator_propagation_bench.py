@@ -109,7 +109,7 @@ def run_round(kube: Any, r: redis.Redis, num_proxies: int, num_changes: int, wor
 
         wait(lambda: acks(1), "all proxies on generation 1")
         sub = r.pubsub(ignore_subscribe_messages=True)
-        sub.subscribe(KS.policy_events)
+        sub.subscribe(KS.policy_channel(NS))
         rows = []
         for generation in range(2, num_changes + 2):
             t0 = time.time()

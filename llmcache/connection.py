@@ -42,6 +42,7 @@ __all__ = [
     "AnyRedis",
     "as_text",
     "connect",
+    "execute_on_every_node",
     "is_cluster",
     "is_cluster_url",
     "mget",
@@ -98,7 +99,8 @@ def _seeds(netloc: str) -> list[tuple[str, int]]:
         try:
             out.append((host.strip("[]"), int(port)))
         except ValueError as exc:
-            raise ConfigError(f"cluster seed {item!r} is not HOST:PORT: write redis+cluster://host:port[,host:port]") from exc
+            raise ConfigError(f"cluster seed {item!r} is not HOST:PORT: write "
+                              "redis+cluster://host:port[,host:port]") from exc
     return out
 
 
@@ -181,8 +183,54 @@ def pubsub_client(client: AnyRedis, **kwargs: Any) -> redis.asyncio.Redis:
     nodes = client.get_nodes()
     if not nodes:
         raise ConfigError("the cluster client knows no node yet: run a command first")
-    node = random.choice(nodes)
+    node = random.choice(nodes)  # noqa: S311 - spreading subscribers, not a secret
+    return _plain_client(node, node.host, node.port, **kwargs)
+
+
+def _plain_client(node: Any, host: str, port: int, **kwargs: Any) -> redis.asyncio.Redis:
+    """A single-node client for ``host:port`` with ``node``'s connection settings (credentials, TLS)."""
     conn_kwargs = {k: v for k, v in node.connection_kwargs.items() if k in _PLAIN_ARGS}
     if issubclass(getattr(node, "connection_class", redis.asyncio.Connection), redis.asyncio.SSLConnection):
         conn_kwargs["ssl"] = True
-    return redis.asyncio.Redis(**{**conn_kwargs, "host": node.host, "port": node.port, **kwargs})
+    return redis.asyncio.Redis(**{**conn_kwargs, "host": host, "port": port, **kwargs})
+
+
+async def execute_on_every_node(client: AnyRedis, commands: Sequence[Sequence[Any]]) -> None:
+    """Run ``commands`` (one pipeline) on the Redis, or on every node of a cluster, replicas included.
+
+    For what each node keeps for itself, such as ACL users: a replica that is promoted later must
+    already have them. (The cluster client itself knows only the masters.) A node that cannot be
+    reached is skipped and its error raised once the others are done.
+    """
+    if not is_cluster(client):
+        await _pipelined(client, commands)
+        return
+    reply = await client.execute_command("CLUSTER NODES", target_nodes=RedisCluster.RANDOM)
+    if not isinstance(reply, dict):  # unparsed: one line per node, "<id> <host:port@cport> <flags> …"
+        reply = {line.split()[1].split("@")[0]: {"flags": line.split()[2]}
+                 for line in as_text(reply).splitlines() if line.strip()}
+    addresses: set[tuple[str, int]] = set()
+    for address, info in reply.items():
+        if "fail" in str(info.get("flags", "")) or "noaddr" in str(info.get("flags", "")):
+            continue  # down: it gets the commands when it is back (callers repeat them)
+        host, _, port = as_text(address).split("@")[0].rpartition(":")
+        addresses.add((host.strip("[]"), int(port)))
+    template = client.get_nodes()[0]
+    failed: list[BaseException] = []
+    for host, port in sorted(addresses):
+        node = _plain_client(template, host, port)
+        try:
+            await _pipelined(node, commands)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            failed.append(exc)  # the other nodes still get them
+        finally:
+            await node.aclose()
+    if failed:
+        raise failed[0]
+
+
+async def _pipelined(client: redis.asyncio.Redis, commands: Sequence[Sequence[Any]]) -> None:
+    async with client.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        await pipe.execute()

@@ -1,43 +1,62 @@
-"""Every Redis key and channel name llmcache uses, in one place.
+"""Every Redis key, channel and ACL user name llmcache uses, in one place.
 
 Keys never contain prompt text, API keys or tenant identities in clear: cache
 entries are addressed by a SHA-256 hex digest (``key_hash``), tenants by a
 salted hash. All names share a prefix (default ``llmcache``) so several
-installations can share one Redis (and one ACL key pattern ``~llmcache:*``).
+installations can share one Redis.
 
-Layout (``{p}`` = prefix, ``{s}`` = a literal Redis Cluster hash tag: the
-entry's *shard*, two hex digits of CRC-32(key_hash), 256 shards)::
+Everything the sidecars of one Kubernetes namespace own lives under that
+namespace's *partition* ``{p}:n:{ns}:`` (``{ns}`` = the pod namespace; a proxy
+outside Kubernetes uses :data:`LOCAL_PARTITION`, ``_local``, which no namespace
+can be called). One Redis ACL key pattern, ``~{p}:n:{ns}:*``, therefore covers
+exactly what a namespace may touch: the operator gives each namespace its own
+ACL user with that pattern (:mod:`llmcache.operator.partitions`), and nothing a
+pod holds reaches another namespace's entries, vectors, bookkeeping or stats.
 
-    {p}:e:{s}:{key_hash}           STRING  exact cache entry (versioned JSON), EXPIRE = TTL
-    {p}:v:{s}:{key_hash}           HASH    semantic vector document for the same entry
-    {p}:lease:{s}:{key_hash}       STRING  cross-pod single-flight lease (SET NX PX)
-    {p}:g:{group}:{s}:lru          ZSET    key_hash → last access time (s)      ┐ eviction
-    {p}:g:{group}:{s}:lfu          ZSET    key_hash → access count              │ bookkeeping,
-    {p}:g:{group}:{s}:ctime        ZSET    key_hash → creation time (s)         │ one group per
-    {p}:g:{group}:{s}:size         HASH    key_hash → entry size (bytes)        │ CachePolicy, 256 shards;
-    {p}:g:{group}:{s}:exp          ZSET    key_hash → expiry (s, Redis clock)   ┘ EXPIRE ≥ its last entry's
-    {p}:vevents                    STREAM  vector adds/deletes, keeps client-side indexes in sync
-    {p}:vidx[:{tag}]               INDEX   Query Engine vector index (one per cluster master, see
-                                           :meth:`Keyspace.vector_index_for_slot`)
-    {p}:stats:{ns_hash}            HASH    counters per cache namespace (hits, misses, …)
-    {p}:policies:{k8s_namespace}   HASH    policy name → PolicyDocument JSON
-    {p}:policies:events            CHANNEL {"namespace", "name", "generation"} on any change
-    {p}:acks:{k8s_ns}:{policy}     HASH    pod name → {"configHash", "appliedAt"}
+Layout (``{p}`` = prefix, ``{n}`` = ``{p}:n:{ns}``, ``{s}`` = a literal Redis
+Cluster hash tag: the entry's *shard*, two hex digits of CRC-32(key_hash), 256 shards)::
+
+    {n}:e:{s}:{key_hash}           STRING  exact cache entry (versioned JSON), EXPIRE = TTL
+    {n}:v:{s}:{key_hash}           HASH    semantic vector document for the same entry
+    {n}:lease:{s}:{key_hash}       STRING  cross-pod single-flight lease (SET NX PX)
+    {n}:g:{group}:{s}:lru          ZSET    key_hash → last access time (s)      ┐ eviction
+    {n}:g:{group}:{s}:lfu          ZSET    key_hash → access count              │ bookkeeping,
+    {n}:g:{group}:{s}:ctime        ZSET    key_hash → creation time (s)         │ one group per
+    {n}:g:{group}:{s}:size         HASH    key_hash → entry size (bytes)        │ CachePolicy, 256 shards;
+    {n}:g:{group}:{s}:exp          ZSET    key_hash → expiry (s, Redis clock)   ┘ EXPIRE ≥ its last entry's
+    {n}:vevents                    STREAM  vector adds/deletes, keeps client-side indexes in sync
+    {n}:vidx[:{tag}]               INDEX   Query Engine vector index over {n}:v: (one per cluster
+                                           master, see :meth:`Keyspace.vector_index_for_slot`)
+    {n}:vspec                      HASH    dim, m: the index the sidecars ask the operator to create
+    {n}:stats:{ns_hash}            HASH    counters per cache namespace (hits, misses, …)
+    {n}:statsidx                   ZSET    ns_hash → last flush (s): the stats hashes, listed without SCAN
+    {n}:acks:{policy}              HASH    pod name → {"configHash", "appliedAt"}
+    {p}:policies:{ns}              HASH    policy name → PolicyDocument JSON (sidecars: read only)
+    {p}:policies:events:{ns}       CHANNEL {"namespace", "name", "generation"} on any change in {ns}
+    user {p}-ns-{ns}               ACL     the namespace's sidecars' Redis user
+    {p}:operator:namespaces        HASH    namespace → last seen with injected pods (operator only)
 
 Why the shard tag: on Redis Cluster every Lua script and multi-key command must
 touch one hash slot. An entry, its vector document, its lease and its
-bookkeeping rows in every group carry the same ``{s}``, so the proxy's get/put
-scripts and the operator's delete script each run on one slot. The bookkeeping
-of one group is split over the same 256 shards, so a big policy spreads over
-every master instead of piling onto the one owning its ZSETs; the operator
-walks a group shard by shard (:mod:`llmcache.operator.eviction`). On a single
-Redis the same layout costs nothing (a few hundred small ZSETs per group).
+bookkeeping rows in every group carry the same ``{s}`` (the partition part of
+a name has no braces), so the proxy's get/put scripts and the operator's delete
+script each run on one slot. The bookkeeping of one group is split over the
+same 256 shards, so a big policy spreads over every master instead of piling
+onto the one owning its ZSETs; the operator walks a group shard by shard
+(:mod:`llmcache.operator.eviction`). On a single Redis the same layout costs
+nothing (a few hundred small ZSETs per group).
 
 ``group`` is the policy id ``namespace/name`` of the policy the writing sidecar
-applied, or ``_default`` without a policy. Sidecars record accesses in the
-same round trip as the read or write (:func:`record_access` on a pipeline, or
-the same writes inside the proxy's get/put scripts); the operator's eviction
-timer trims each group to its limits across all pods.
+applied, or ``_default`` without a policy; a group lives in the partition of
+the pods that write it. Sidecars record accesses in the same round trip as the
+read or write (:func:`record_access` on a pipeline, or the same writes inside
+the proxy's get/put scripts); the operator's eviction timer trims each group to
+its limits across all pods.
+
+A :class:`Keyspace` is the view of one partition (``Keyspace(prefix,
+partition)``; :meth:`Keyspace.for_partition` gives another's): the per-partition
+names above come from its partition, the global ones (policies, their channel,
+acks, ACL users) take the namespace as an argument.
 
 Bookkeeping cleans up after itself, with or without the operator: every write of
 an entry records its expiry in ``exp``, drops the rows of a few members whose
@@ -50,17 +69,26 @@ vanishes, and under ``volatile-lru`` the rows can be evicted like entries.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BOOKKEEPING_KINDS", "DEFAULT_GROUP", "DEFAULT_PREFIX", "NUM_SHARDS", "ORDER_KINDS", "TRIM_PER_WRITE",
-           "ZSET_KINDS", "Keyspace", "shard_of"]
+__all__ = ["BOOKKEEPING_KINDS", "DEFAULT_GROUP", "DEFAULT_PREFIX", "LOCAL_PARTITION", "NUM_SHARDS", "ORDER_KINDS",
+           "TRIM_PER_WRITE", "ZSET_KINDS", "Keyspace", "check_partition", "shard_of"]
 
 DEFAULT_PREFIX = "llmcache"
 DEFAULT_GROUP = "_default"
+#: The partition of a proxy outside Kubernetes (no pod namespace). Kubernetes namespace names are DNS
+#: labels (``[a-z0-9-]``), so no namespace can ever share it.
+LOCAL_PARTITION = "_local"
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+#: Characters a prefix must not hold: braces are cluster hash tags, the rest glob syntax in ACL key
+#: patterns and ``SCAN MATCH``, and whitespace would split an ACL rule.
+_PREFIX_FORBIDDEN = re.compile(r"[{}*?\[\]\\\s]")
 #: Shards (hash tags) entries and bookkeeping are spread over. 256 tags land within ±10 % of an
 #: even share on 3 masters and keep one slot migration small (1/256 of the cache); every pod
 #: and the operator must agree on it, so it is a constant, not a setting.
@@ -94,31 +122,62 @@ def by_shard(key_hashes: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
+def check_partition(name: str) -> str:
+    """``name`` when it is a partition (a Kubernetes namespace name or :data:`LOCAL_PARTITION`), else ValueError."""
+    if name != LOCAL_PARTITION and not _NAMESPACE.fullmatch(name):
+        raise ValueError(f"partition {name!r} is not a Kubernetes namespace name (lowercase letters, digits and "
+                         f"'-', at most 63) nor {LOCAL_PARTITION!r}")
+    return name
+
+
 @dataclass(frozen=True, slots=True)
 class Keyspace:
-    """Key and channel names under one prefix."""
+    """Key and channel names under one prefix, seen from one partition (see the module docstring)."""
 
     prefix: str = DEFAULT_PREFIX
+    partition: str = LOCAL_PARTITION
+    """Whose keys the per-partition names are: the pod's Kubernetes namespace, or ``_local``."""
 
     def __post_init__(self) -> None:
-        if "{" in self.prefix or "}" in self.prefix:
-            raise ValueError(f"key prefix {self.prefix!r} must not contain braces: they are Redis Cluster hash tags")
+        if not self.prefix or _PREFIX_FORBIDDEN.search(self.prefix):
+            raise ValueError(f"key prefix {self.prefix!r} must be non-empty, without braces (Redis Cluster hash "
+                             "tags), glob characters (* ? [ ] \\) or whitespace (ACL key patterns)")
+        check_partition(self.partition)
+
+    def for_partition(self, partition: str) -> Keyspace:
+        """The same prefix seen from ``partition`` (a namespace name or ``_local``)."""
+        return dataclasses.replace(self, partition=partition)
+
+    @property
+    def partition_prefix(self) -> str:
+        """What every key of this partition starts with: ``{p}:n:{ns}:``."""
+        return f"{self.prefix}:n:{self.partition}:"
+
+    @property
+    def partition_pattern(self) -> str:
+        """Every key of this partition: the key pattern of its ACL user (``~`` this)."""
+        return self.partition_prefix + "*"
+
+    @property
+    def all_partitions_prefix(self) -> str:
+        """What the keys of every partition start with (the operator's scans)."""
+        return f"{self.prefix}:n:"
 
     def entry(self, key_hash: str) -> str:
-        return f"{self.prefix}:e:{{{shard_of(key_hash)}}}:{key_hash}"
+        return f"{self.partition_prefix}e:{{{shard_of(key_hash)}}}:{key_hash}"
 
     @property
     def entry_pattern(self) -> str:
-        """``SCAN MATCH`` pattern of every entry (admin paths only: invalidation)."""
-        return f"{self.prefix}:e:*"
+        """``SCAN MATCH`` pattern of this partition's entries."""
+        return f"{self.partition_prefix}e:*"
 
     def vector(self, key_hash: str) -> str:
-        return f"{self.prefix}:v:{{{shard_of(key_hash)}}}:{key_hash}"
+        return f"{self.partition_prefix}v:{{{shard_of(key_hash)}}}:{key_hash}"
 
     @property
     def vector_prefix(self) -> str:
         """Prefix for ``FT.CREATE … PREFIX 1 <this>`` (and ``SCAN MATCH <this>*``)."""
-        return f"{self.prefix}:v:"
+        return f"{self.partition_prefix}v:"
 
     @staticmethod
     def key_hash_of(key: str | bytes) -> str:
@@ -128,25 +187,33 @@ class Keyspace:
 
     @property
     def vector_index(self) -> str:
-        """Name of the vector index on a single Redis."""
-        return f"{self.prefix}:vidx"
+        """Name of this partition's vector index on a single Redis."""
+        return f"{self.partition_prefix}vidx"
 
     def vector_index_for_slot(self, tag: str) -> str:
         """Name of one cluster master's vector index: ``tag`` is chosen to hash to a slot that master owns.
 
         RediSearch without a coordinator indexes only the keys of the node it runs on, and routes
-        ``FT.*`` by the index name's slot: one index per master, named into its own slots.
+        ``FT.*`` by the index name's slot: one index per master, named into its own slots. Redis ACL
+        treats an index name as a key, so a partition's user reaches only its own indexes.
         """
-        return f"{self.prefix}:vidx:{{{tag}}}"
+        return f"{self.partition_prefix}vidx:{{{tag}}}"
+
+    @property
+    def vector_index_spec(self) -> str:
+        """HASH ``dim``, ``m`` of the vector index this partition's sidecars ask for: the operator creates
+        it (a sidecar may not: ``FT.CREATE`` takes any key prefix, its own partition's or not)."""
+        return f"{self.partition_prefix}vspec"
 
     @property
     def vector_events(self) -> str:
-        """Stream of ``{op: add|del, k: key_hash, src: writer id}``: client-side vector indexes tail it (not under ``vector_prefix``)."""
-        return f"{self.prefix}:vevents"
+        """Stream of ``{op: add|del, k: key_hash, src: writer id}``: client-side vector indexes tail it
+        (not under ``vector_prefix``)."""
+        return f"{self.partition_prefix}vevents"
 
     def group(self, group: str, kind: str, shard: str) -> str:
         """``kind`` is one of :data:`BOOKKEEPING_KINDS`; ``shard`` is :func:`shard_of` a member."""
-        return f"{self.prefix}:g:{group}:{{{shard}}}:{kind}"
+        return f"{self.partition_prefix}g:{group}:{{{shard}}}:{kind}"
 
     def bookkeeping(self, group: str, shard: str) -> list[str]:
         """The keys of every :data:`BOOKKEEPING_KINDS` row of one group shard, in that order."""
@@ -160,25 +227,83 @@ class Keyspace:
         """The bookkeeping keys of ``kind`` for every shard of ``group``."""
         return [self.group(group, kind, s) for s in SHARDS]
 
+    @property
+    def group_pattern(self) -> str:
+        """``SCAN MATCH`` pattern of the ``lru`` keys of every group of every partition (the operator's)."""
+        return f"{self.all_partitions_prefix}*:g:*:lru"
+
+    def parse_group_key(self, key: str | bytes) -> tuple[str, str] | None:
+        """``(partition, group)`` of a bookkeeping key under this prefix, else ``None``."""
+        text = key.decode() if isinstance(key, bytes) else key
+        head = self.all_partitions_prefix
+        if not text.startswith(head):
+            return None
+        partition, sep, rest = text[len(head):].partition(":g:")
+        group, tag_sep, _ = rest.rpartition(":{")
+        if not sep or not tag_sep or not group:
+            return None
+        try:
+            return check_partition(partition), group
+        except ValueError:
+            return None
+
     def stats(self, ns_hash: str) -> str:
-        return f"{self.prefix}:stats:{ns_hash}"
+        return f"{self.partition_prefix}stats:{ns_hash}"
 
     @property
     def stats_pattern(self) -> str:
-        return f"{self.prefix}:stats:*"
-
-    def lease(self, key_hash: str) -> str:
-        return f"{self.prefix}:lease:{{{shard_of(key_hash)}}}:{key_hash}"
-
-    def policies(self, k8s_namespace: str) -> str:
-        return f"{self.prefix}:policies:{k8s_namespace}"
+        return f"{self.partition_prefix}stats:*"
 
     @property
-    def policy_events(self) -> str:
-        return f"{self.prefix}:policies:events"
+    def all_stats_pattern(self) -> str:
+        """``SCAN MATCH`` pattern of the stats hashes of every partition (the operator's, ``llmcache stats``)."""
+        return f"{self.all_partitions_prefix}*:stats:*"
+
+    @property
+    def stats_index(self) -> str:
+        """ZSET ``ns_hash`` → last flush (s) of this partition's stats hashes: sidecars list them from it,
+        never by ``SCAN`` (which would list every partition's keys)."""
+        return f"{self.partition_prefix}statsidx"
+
+    def partition_of(self, key: str | bytes) -> str | None:
+        """The partition a key under this prefix belongs to, else ``None``."""
+        text = key.decode() if isinstance(key, bytes) else key
+        head = self.all_partitions_prefix
+        if not text.startswith(head):
+            return None
+        try:
+            return check_partition(text[len(head):].partition(":")[0])
+        except ValueError:
+            return None
+
+    def lease(self, key_hash: str) -> str:
+        return f"{self.partition_prefix}lease:{{{shard_of(key_hash)}}}:{key_hash}"
+
+    def policies(self, k8s_namespace: str) -> str:
+        """The namespace's published policies (any partition may be asked; sidecars may only read their own)."""
+        return f"{self.prefix}:policies:{k8s_namespace}"
+
+    def policy_channel(self, k8s_namespace: str) -> str:
+        """Where a change of the namespace's policies is announced (one channel per namespace)."""
+        return f"{self.prefix}:policies:events:{k8s_namespace}"
 
     def acks(self, k8s_namespace: str, policy: str) -> str:
-        return f"{self.prefix}:acks:{k8s_namespace}:{policy}"
+        """Which pods of the namespace applied which version of ``policy`` (in the namespace's partition)."""
+        return f"{self.prefix}:n:{check_partition(k8s_namespace)}:acks:{policy}"
+
+    def namespace_user(self, k8s_namespace: str) -> str:
+        """The Redis ACL user of the namespace's sidecars."""
+        return f"{self.prefix}-ns-{check_partition(k8s_namespace)}"
+
+    @property
+    def operator_namespaces(self) -> str:
+        """HASH namespace → when the operator last saw it with injected pods (operator only)."""
+        return f"{self.prefix}:operator:namespaces"
+
+    @property
+    def namespace_user_prefix(self) -> str:
+        """What every namespace user's name starts with (the operator lists them by it)."""
+        return f"{self.prefix}-ns-"
 
     def record_access(self, pipe: Any, group: str, key_hash: str, *, size_bytes: int | None = None,
                       created: bool = False, now_s: float | None = None) -> None:

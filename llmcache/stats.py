@@ -1,16 +1,21 @@
 """Per-namespace cache counters in Redis: written by every proxy, read by ``llmcache stats``.
 
 One HASH per cache namespace (the ``X-LLMCache-Namespace`` value, ``default``
-when absent) and CachePolicy at :meth:`llmcache.keyspace.Keyspace.stats`,
-addressed by a hash of both (:func:`ns_hash`) so any header value makes a safe
-key name::
+when absent) and CachePolicy at :meth:`llmcache.keyspace.Keyspace.stats`, in the
+writing proxy's partition (its pod namespace), addressed by a hash of both
+(:func:`ns_hash`) so any header value makes a safe key name::
 
-    {p}:stats:{ns_hash}  namespace  "<X-LLMCache-Namespace or default>"
+    {p}:n:{ns}:stats:{ns_hash}  namespace  "<X-LLMCache-Namespace or default>"
                          policy     "<k8s namespace>/<name>" of the policy the proxy applied
                                     (absent without a policy)
                          hit | semantic_hit | miss | bypass   request counts
                          tokens_saved                          prompt + completion tokens served from cache
                          bytes_saved                           answer bytes served from cache
+
+Each flush also records the hash in the partition's index (``{p}:n:{ns}:statsidx``,
+:attr:`llmcache.keyspace.Keyspace.stats_index`), so a proxy lists its partition's
+counters without ``SCAN``, which would list every partition's keys and which a
+namespace's Redis user may not run.
 
 The ``policy`` field is what the operator sums for a CachePolicy's
 ``status.hitRate`` (:func:`llmcache.operator.status.hit_counters`), so the rate
@@ -29,6 +34,7 @@ import asyncio
 import hashlib
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -40,7 +46,8 @@ from llmcache import connection
 from llmcache.keyspace import Keyspace
 from llmcache.settings import DEFAULT_REDIS_URL, add_flag
 
-__all__ = ["DEFAULT_NAMESPACE", "FIELDS", "OVERFLOW_NAMESPACE", "STATS_TTL_S", "StatsBuffer", "configure", "ns_hash", "read_stats", "run"]
+__all__ = ["DEFAULT_NAMESPACE", "FIELDS", "OVERFLOW_NAMESPACE", "STATS_TTL_S", "StatsBuffer", "configure", "ns_hash",
+           "read_stats", "run"]
 
 FIELDS = ("hit", "semantic_hit", "miss", "bypass", "tokens_saved", "bytes_saved")
 DEFAULT_NAMESPACE = "default"
@@ -102,6 +109,7 @@ class StatsBuffer:
         if not self._counts:
             return
         pending, self._counts = self._counts, _new_counts()
+        now = time.time()
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for (namespace, policy), counts in pending.items():
@@ -113,6 +121,10 @@ class StatsBuffer:
                     for field_name, n in counts.items():
                         pipe.hincrby(key, field_name, n)
                     pipe.expire(key, STATS_TTL_S)
+                    pipe.zadd(keyspace.stats_index, {ns_hash(namespace, policy=policy): now})
+                # The index forgets hashes that expired (no flush within their TTL).
+                pipe.zremrangebyscore(keyspace.stats_index, "-inf", f"({now - STATS_TTL_S}")
+                pipe.expire(keyspace.stats_index, STATS_TTL_S)
                 await pipe.execute()
         except BaseException:
             for slot, counts in pending.items():
@@ -121,14 +133,29 @@ class StatsBuffer:
             raise
 
 
-async def read_stats(client: redis.asyncio.Redis, *, keyspace: Keyspace) -> list[dict[str, Any]]:
-    """Every namespace's counters (summed over the policies that counted them), sorted by namespace,
-    with ``hit_rate`` over cacheable requests and ``policies``, the sorted policy ids seen."""
-    rows: dict[str, dict[str, Any]] = {}
-    async for key in client.scan_iter(match=keyspace.stats_pattern, count=500):
+async def read_stats(client: redis.asyncio.Redis, *, keyspace: Keyspace,
+                     all_partitions: bool = False) -> list[dict[str, Any]]:
+    """Counters per (partition, namespace), summed over the policies that counted them, sorted, with
+    ``hit_rate`` over cacheable requests and ``policies``, the sorted policy ids seen.
+
+    By default those of ``keyspace``'s partition only, listed from its stats index (what a proxy
+    may read); ``all_partitions`` scans every partition's hashes (``llmcache stats``, an admin's
+    Redis user).
+    """
+    if all_partitions:
+        found = [connection.as_text(k) async for k in client.scan_iter(match=keyspace.all_stats_pattern, count=500)]
+        keys = [(keyspace.partition_of(k) or "?", k) for k in found]
+    else:
+        members = await client.zrangebyscore(keyspace.stats_index, f"({time.time() - STATS_TTL_S}", "+inf")
+        keys = [(keyspace.partition, keyspace.stats(connection.as_text(m))) for m in members]
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for partition, key in keys:
         raw = await client.hgetall(key)
+        if not raw:
+            continue  # expired since it was listed
         namespace = connection.as_text(raw.get(b"namespace", b"?"))
-        row = rows.setdefault(namespace, {"namespace": namespace, **dict.fromkeys(FIELDS, 0), "policies": []})
+        row = rows.setdefault((partition, namespace), {"partition": partition, "namespace": namespace,
+                                                       **dict.fromkeys(FIELDS, 0), "policies": []})
         for f in FIELDS:
             row[f] += int(raw.get(f.encode(), 0))
         if b"policy" in raw:
@@ -138,9 +165,7 @@ async def read_stats(client: redis.asyncio.Redis, *, keyspace: Keyspace) -> list
         looked = hits + row["miss"]
         row["hit_rate"] = round(hits / looked, 4) if looked else 0.0
         row["policies"].sort()
-    return sorted(rows.values(), key=lambda r: r["namespace"])
-
-
+    return [rows[k] for k in sorted(rows)]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -163,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print("no counters yet (no proxy has flushed stats to this Redis under this --key-prefix)")
         return 0
-    cols = ("namespace", *FIELDS, "hit_rate")
+    cols = ("partition", "namespace", *FIELDS, "hit_rate")
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
@@ -177,10 +202,13 @@ def _read_proxy(url: str, token: str | None) -> list[dict[str, Any]]:
         print("llmcache stats: --proxy-url needs the proxy's admin token: --admin-token or LLMCACHE_ADMIN_TOKEN",
               file=sys.stderr)
         raise SystemExit(2)
-    req = urllib.request.Request(url.rstrip("/") + "/llmcache/v1/stats",
+    if not url.startswith(("http://", "https://")):
+        print(f"llmcache stats: --proxy-url {url!r} is not http(s)://HOST:PORT", file=sys.stderr)
+        raise SystemExit(2)
+    req = urllib.request.Request(url.rstrip("/") + "/llmcache/v1/stats",  # noqa: S310 - http(s) checked above
                                  headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http(s) checked above
             data = json.load(resp)
     except urllib.error.HTTPError as exc:
         hint = "; check --admin-token" if exc.code in (401, 403) else ""
@@ -199,7 +227,7 @@ def _read_proxy(url: str, token: str | None) -> list[dict[str, Any]]:
 async def _read(url: str, prefix: str) -> list[dict[str, Any]]:
     client = connection.connect(url, socket_connect_timeout=5, socket_timeout=5)
     try:
-        return await read_stats(client, keyspace=Keyspace(prefix))
+        return await read_stats(client, keyspace=Keyspace(prefix), all_partitions=True)
     except (redis.exceptions.RedisError, OSError) as exc:
         print(f"llmcache stats: cannot read {connection.redact(url)}: {exc}; check --redis-url", file=sys.stderr)
         raise SystemExit(1) from exc

@@ -10,6 +10,10 @@ pipeline is :mod:`llmcache.proxy.handlers` (lookup), :mod:`~llmcache.proxy.misse
 ``GET /llmcache/v1/stats``     per-namespace counters from Redis plus this process's view (admin token)
 ``POST /llmcache/v1/invalidate``  delete entries (needs ``--admin-token``)
 =============================  ==========================================================
+
+Both act on this proxy's partition only (its pod namespace, :attr:`llmcache.keyspace.Keyspace.partition`):
+a proxy can neither count nor delete another namespace's entries, and ``{"all": true}`` means all of
+its own. Purges across namespaces belong to the operator (a CachePolicy's purge-on-delete).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from aiohttp import web
 from yarl import URL
 
 from llmcache import connection, keys, stats
-from llmcache.keyspace import DEFAULT_GROUP, ZSET_KINDS, Keyspace, by_shard
+from llmcache.keyspace import DEFAULT_GROUP, LOCAL_PARTITION, SHARDS, ZSET_KINDS, Keyspace, by_shard
 from llmcache.proxy import controls, upstream
 from llmcache.proxy.breaker import CacheUnavailable
 from llmcache.proxy.metrics import CONTENT_TYPE_LATEST
@@ -216,7 +220,7 @@ INVALIDATE_FIELDS: dict[str, tuple[type, str]] = {
     "tenant_id": (str, "the salted tenant id (32 hex digits, as /llmcache/v1/stats and logs show it)"),
     "namespace": (str, "the X-LLMCache-Namespace the entries were stored under ('' = none)"),
     "model": (str, "the model name stored with the answer"),
-    "all": (bool, "true deletes every entry under this proxy's --key-prefix (no other field allowed)"),
+    "all": (bool, "true deletes every entry of this proxy's partition, its pod namespace (no other field allowed)"),
 }
 
 
@@ -270,6 +274,7 @@ async def invalidate(request: web.Request) -> web.Response:
     """Delete the entries that match every field of the body (:data:`INVALIDATE_FIELDS`), or all.
 
     Requires the admin token (``Authorization: Bearer …`` or ``X-LLMCache-Admin-Token``).
+    Acts on this proxy's partition only (see the module docstring).
     Answers ``{"deleted": N, "scanned": M, "matched": {...}}`` where ``matched`` shows the
     filters as applied (tenants as their salted ids, never the credential); 400 names the
     field that is wrong.
@@ -300,52 +305,77 @@ async def invalidate(request: web.Request) -> web.Response:
     return web.json_response({"deleted": deleted, "scanned": scanned, "matched": matched})
 
 
+async def _partition_groups(state: ProxyState, client: redis.asyncio.Redis) -> list[str]:
+    """The eviction groups this proxy's partition writes: ``_default``, the one in effect, and every policy
+    published for its namespace (pods of one namespace apply only that namespace's policies)."""
+    groups = {DEFAULT_GROUP, state.config().group}
+    partition = state.keyspace.partition
+    if partition != LOCAL_PARTITION:
+        names = await client.hkeys(state.keyspace.policies(partition))
+        groups.update(f"{partition}/{connection.as_text(n)}" for n in names)
+    return sorted(groups)
+
+
 async def _invalidate(state: ProxyState, client: redis.asyncio.Redis,
                       filters: Mapping[str, frozenset[str]]) -> tuple[int, int]:
-    """Delete matching entries; returns (deleted, entries scanned)."""
+    """Delete this partition's entries that match; returns (deleted, entries looked at).
+
+    The entries are listed from the partition's eviction bookkeeping (the ``lru`` rows of each of
+    :func:`_partition_groups`, shard by shard), never by ``SCAN``: that would list every
+    partition's keys, and a namespace's Redis user may not run it. Each entry must also say it
+    belongs to this partition. Entries whose bookkeeping is gone (a CachePolicy deleted without
+    purge-on-delete drops it) are not listed; they expire with their TTL.
+    """
     ks = state.keyspace
-    deleted = scanned = 0
-    batch: list[bytes] = []
+    groups = await _partition_groups(state, client)
+    deleted = looked = 0
+    seen: set[str] = set()
+    batch: list[str] = []
 
     async def flush() -> None:
-        nonlocal deleted, scanned
-        scanned += len(batch)
+        nonlocal deleted, looked
         if not batch:
             return
-        victims: list[bytes] = []
-        if filters:
-            values = await connection.mget(client, batch)
-            for key, value in zip(batch, values, strict=True):
-                if value is None:
-                    continue
-                try:
-                    meta = json.loads(value)
-                except ValueError:
-                    victims.append(key)  # unreadable entries are garbage anyway
-                    continue
-                if isinstance(meta, dict) and all(str(meta.get(k, "")) in v for k, v in filters.items()):
-                    victims.append(key)
-        else:
-            victims = list(batch)
+        values = await connection.mget(client, [ks.entry(h) for h in batch])
+        victims: list[str] = []
+        for key_hash, value in zip(batch, values, strict=True):
+            if value is None:
+                continue  # expired: the operator prunes its rows
+            looked += 1
+            try:
+                meta = json.loads(value)
+            except ValueError:
+                victims.append(key_hash)  # unreadable entries are garbage anyway
+                continue
+            if not isinstance(meta, dict) or meta.get("partition") != ks.partition:
+                continue  # not an entry this partition stored: never ours to delete
+            if all(str(meta.get(k, "")) in v for k, v in filters.items()):
+                victims.append(key_hash)
         if victims:
-            deleted += await client.unlink(*victims)
-            await _forget_bookkeeping(client, ks, [ks.key_hash_of(k) for k in victims],
-                                      groups=(DEFAULT_GROUP, state.config().group))
+            deleted += await client.unlink(*[ks.entry(h) for h in victims])
+            await _forget_bookkeeping(client, ks, victims, groups=tuple(groups))
             if state.semantic is not None:
-                for key in victims:
+                for key_hash in victims:
                     try:
-                        await state.semantic.delete(ks.key_hash_of(key))
+                        await state.semantic.delete(key_hash)
                     except Exception:
                         log.exception("semantic delete failed")
         batch.clear()
 
-    # SCAN on an admin path (a cluster client scans every master), never on a request's path.
-    async for key in client.scan_iter(match=ks.entry_pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            await flush()
+    # Shard by shard (a member is in the same shard in every group): ``seen`` holds one shard's worth.
+    for shard in SHARDS:
+        seen.clear()
+        for group in groups:
+            async for member, _score in client.zscan_iter(ks.group(group, "lru", shard), count=1000):
+                key_hash = connection.as_text(member)
+                if key_hash in seen:
+                    continue
+                seen.add(key_hash)
+                batch.append(key_hash)
+                if len(batch) >= 500:
+                    await flush()
     await flush()
-    return deleted, scanned
+    return deleted, looked
 
 
 async def _forget_bookkeeping(client: redis.asyncio.Redis, ks: Keyspace, key_hashes: list[str], *,

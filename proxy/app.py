@@ -82,7 +82,7 @@ def create_app(settings: ProxySettings) -> web.Application:
     obs = settings.observability
     state = ProxyState(
         settings=settings,
-        keyspace=Keyspace(settings.cache.key_prefix),
+        keyspace=Keyspace(settings.cache.key_prefix, partition=settings.policy.partition),
         tenant_salt=salt,
         metrics=ProxyMetrics(price_input_per_1k=obs.price_input_per_1k, price_output_per_1k=obs.price_output_per_1k),
         telemetry=Telemetry(otlp_endpoint=obs.otlp_endpoint),

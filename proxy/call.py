@@ -127,6 +127,8 @@ async def load_entry(call: Call, key_hash: str, *, kind: str) -> Entry | None:
         entry = state.parsed.parse(key_hash, blob, route=call.route)
         if entry.tenant != call.tenant:
             raise InvalidEntry("entry belongs to another tenant")
+        if entry.partition != state.keyspace.partition:
+            raise InvalidEntry("entry belongs to another partition")
     except InvalidEntry as exc:
         log.warning("dropping invalid cache entry %s: %s", keys.short(key_hash), exc)
         state.parsed.forget(key_hash)

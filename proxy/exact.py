@@ -10,7 +10,7 @@ Entries are JSON, never pickle, and are validated before they are served: a
 hand-edited, truncated or foreign value in Redis is a miss, not a crash::
 
     {"v": 1, "route": "/v1/chat/completions", "model": "…", "created_s": 1.7e9,
-     "tenant": "<salted hash>", "namespace": "…", "origin": "json" | "sse",
+     "tenant": "<salted hash>", "namespace": "…", "partition": "<pod namespace>", "origin": "json" | "sse",
      "prompt_tokens": 12, "completion_tokens": 30, "body": "<upstream JSON text>"}
 
     {"v": 2, …the same…, "similarity": 0.93}     a semantic hit promoted under the new text
@@ -69,6 +69,9 @@ class Entry:
     """The non-streaming JSON answer as text."""
     tenant: str = ""
     namespace: str = ""
+    partition: str = ""
+    """The partition (pod namespace, :attr:`llmcache.keyspace.Keyspace.partition`) that stored it: served and
+    invalidated only there."""
     origin: str = "json"
     """``json`` (recorded from a JSON answer) or ``sse`` (assembled from a stream)."""
     prompt_tokens: int = 0
@@ -88,7 +91,7 @@ class Entry:
     def to_json(self) -> str:
         fields: dict[str, Any] = {
             "v": 1, "route": self.route, "model": self.model, "created_s": self.created_s,
-            "tenant": self.tenant, "namespace": self.namespace, "origin": self.origin,
+            "tenant": self.tenant, "namespace": self.namespace, "partition": self.partition, "origin": self.origin,
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
         }
         if self.similarity is not None:
@@ -115,7 +118,8 @@ class Entry:
             similarity = _similarity(raw["similarity"]) if version == 2 else None
             entry = cls(route=str(raw["route"]), model=str(raw["model"]), created_s=float(raw["created_s"]),
                         body=raw["body"], tenant=str(raw.get("tenant", "")),
-                        namespace=str(raw.get("namespace", "")), origin=str(raw.get("origin", "json")),
+                        namespace=str(raw.get("namespace", "")), partition=str(raw.get("partition", "")),
+                        origin=str(raw.get("origin", "json")),
                         prompt_tokens=int(raw.get("prompt_tokens") or 0),
                         completion_tokens=int(raw.get("completion_tokens") or 0), similarity=similarity)
         except (KeyError, TypeError, ValueError) as exc:

@@ -328,7 +328,7 @@ def _entry_from(call: Call, recorder: streaming.SSERecorder | None, parts: list[
     usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
     model = answer.get("model") if isinstance(answer.get("model"), str) else str(call.body.get("model", ""))
     return Entry(route=call.route, model=model, created_s=time.time(), body=text, tenant=call.tenant,
-                 namespace=call.namespace, origin=origin,
+                 namespace=call.namespace, partition=call.state.keyspace.partition, origin=origin,
                  prompt_tokens=_int(usage.get("prompt_tokens")), completion_tokens=_int(usage.get("completion_tokens")))
 
 

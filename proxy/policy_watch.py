@@ -281,7 +281,7 @@ class PolicyWatcher:
     - :meth:`start` returns once a first selection is made (from Redis, else from
       ``policy_file``, else none) and the background watch is running; it never
       raises because Redis is away or a document is bad.
-    - A ``PUBLISH`` on ``policy_events`` for ``namespace`` is applied within
+    - A ``PUBLISH`` on the namespace's ``policy_channel`` is applied within
       milliseconds (HGETALL + selection); a pub/sub reconnect always re-reads.
     - When Redis is unreachable the last good policy stays in force. When it answers, its
       hash is authoritative: an empty hash means "no policy" (the file is only for start-up
@@ -506,7 +506,7 @@ class PolicyWatcher:
 
     async def _subscribe_loop(self) -> None:
         backoff_s = self._settings.reconnect_min_s
-        channel = self._ks.policy_events
+        channel = self._ks.policy_channel(self._namespace)
         while not self._stopping:
             # On a cluster: a plain connection to one node, picked again after every failure
             # (PUBLISH reaches every node; see llmcache.connection.pubsub_client).

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Literal
 
+from llmcache import keyspace as keyspace_mod
 from llmcache.errors import ConfigError
 from llmcache.policy import DEFAULT_EMBEDDING_MODEL, DEFAULT_SIMILARITY_THRESHOLD
 from llmcache.settings import DEFAULT_REDIS_URL
@@ -233,9 +234,22 @@ class PolicySource:
     pod_name: str | None = None
     policy_file: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.pod_namespace:
+            try:
+                keyspace_mod.check_partition(self.pod_namespace)
+            except ValueError as exc:
+                raise ConfigError(f"--pod-namespace: {exc}; it names this pod's Kubernetes namespace (the "
+                                  "webhook sets it from the downward API)") from exc
+
     @property
     def enabled(self) -> bool:
         return bool(self.pod_namespace or self.policy_file)
+
+    @property
+    def partition(self) -> str:
+        """Whose Redis keys this proxy uses: its pod namespace, or ``_local`` outside Kubernetes."""
+        return self.pod_namespace or keyspace_mod.LOCAL_PARTITION
 
 
 @dataclass(frozen=True, slots=True)

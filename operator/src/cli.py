@@ -25,9 +25,16 @@ except ImportError as _exc:  # the operator extra is optional: say how to get it
     raise DependencyError("`llmcache operator` needs kopf: pip install 'llmcache[operator]'") from _exc
 
 from llmcache.keyspace import Keyspace
-from llmcache.operator import credentials, handlers, webhook
+from llmcache.operator import credentials, handlers, partitions, webhook
 from llmcache.operator.kube import ApiError, KubeClient, KubeConfig
-from llmcache.operator.settings import EvictionSettings, OperatorSettings, SidecarSettings, WebhookSettings
+from llmcache.operator.settings import (
+    REDIS_USER_MODES,
+    EvictionSettings,
+    NamespaceUserSettings,
+    OperatorSettings,
+    SidecarSettings,
+    WebhookSettings,
+)
 from llmcache.settings import add_flag, parse_bytes, parse_listen
 
 __all__ = ["configure", "run", "settings_from_args"]
@@ -65,6 +72,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--peering-priority", default=None, type=int,
              help="kopf peering priority; the highest live replica reconciles (random when unset)")
     add_flag(parser, "--standalone", action="store_true", help="run without peering (one replica, or tests)")
+    n = d.namespace_users
+    add_flag(parser, "--sidecar-redis-users", default=n.mode, choices=REDIS_USER_MODES,
+             help="namespace: one Redis ACL user per app namespace, made by the operator, reaching only that "
+                  "namespace's keys (what the chart sets); manual: you make them and write their URL into each "
+                  "namespace's credentials Secret; shared: --sidecar-redis-url for all (no isolation, local use)")
+    add_flag(parser, "--namespace-users-key", default=n.key,
+             help="secret the namespace users' passwords are derived from; set it through the env var")
+    add_flag(parser, "--namespace-users-previous-key", default=n.previous_key,
+             help="the key before a rotation: its passwords keep working until app pods restarted (env var)")
+    add_flag(parser, "--namespace-users-interval-seconds", default=n.interval_s, type=float,
+             help="seconds between re-applying every namespace's Redis user (on every node) and vector index")
+    add_flag(parser, "--namespace-users-grace-seconds", default=n.grace_s, type=float,
+             help="seconds a namespace keeps its Redis user after its last injected pod is gone")
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -73,6 +93,9 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         if getattr(args, flag):
             parse_listen(getattr(args, flag))
     base = OperatorSettings()
+    if args.sidecar_redis_users == "namespace" and not args.namespace_users_key:
+        raise ConfigError("--sidecar-redis-users namespace derives each namespace's Redis password from a key: "
+                          "set LLMCACHE_NAMESPACE_USERS_KEY (the chart makes one)")
     return OperatorSettings(
         redis_url=args.redis_url, key_prefix=args.key_prefix, namespace=args.namespace,
         health_listen=args.health_listen, configmap_name=args.configmap_name,
@@ -81,6 +104,10 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         redis_retry_delay_s=base.redis_retry_delay_s,
         webhook=WebhookSettings(listen=args.webhook_listen, cert_dir=args.webhook_cert_dir,
                                 failure_policy=args.webhook_failure_policy, sidecar=SidecarSettings.from_env()),
+        namespace_users=NamespaceUserSettings(
+            mode=args.sidecar_redis_users, key=args.namespace_users_key,
+            previous_key=args.namespace_users_previous_key, interval_s=args.namespace_users_interval_seconds,
+            grace_s=args.namespace_users_grace_seconds),
         eviction=EvictionSettings(interval_s=args.eviction_interval_seconds,
                                   default_max_entries=args.default_max_entries or None,
                                   default_max_memory_bytes=(parse_bytes(args.default_max_memory) or None
@@ -143,16 +170,29 @@ async def run_operator(settings: OperatorSettings, *, stop_flag: asyncio.Event |
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(redis_client.aclose)
         kube = await stack.enter_async_context(KubeClient(KubeConfig.load()))
+        keyspace = Keyspace(settings.key_prefix)
+        users_mode = settings.namespace_users.mode
+        if users_mode == "namespace" and settings.webhook.listen and not settings.webhook.sidecar.credentials_secret:
+            raise ConfigError("--sidecar-redis-users namespace hands each namespace its own password through its "
+                              "credentials Secret: set LLMCACHE_SIDECAR_CREDENTIALS_SECRET (a literal would put it "
+                              "in every pod spec)")
+        mirror: credentials.CredentialsMirror | None = None
+        users = None
+        if users_mode == "namespace":
+            # Sidecars reach Redis where the operator does, as their namespace's user.
+            users = partitions.NamespaceUsers(
+                redis_client, keyspace, settings.namespace_users, base_url=settings.redis_url,
+                on_forget=lambda ns: mirror.forget(ns) if mirror is not None else None)
         if settings.webhook.listen:
             native = await _native_sidecar_supported(kube, settings.webhook.native_sidecar_min_version)
-            mirror = (credentials.CredentialsMirror(kube, settings.webhook.sidecar)
-                      if settings.webhook.sidecar.credentials_secret else None)
+            if settings.webhook.sidecar.credentials_secret:
+                mirror = credentials.CredentialsMirror(kube, settings.webhook.sidecar, users=users, mode=users_mode)
             await stack.enter_async_context(webhook.serve(settings.webhook, native_sidecar=native,
                                                           configmap_name=settings.configmap_name, mirror=mirror))
         if not settings.standalone:
             await _ensure_peering(kube, settings)
-        rt = handlers.Runtime(settings=settings, redis=redis_client, kube=kube,
-                              keyspace=Keyspace(settings.key_prefix))
+        rt = handlers.Runtime(settings=settings, redis=redis_client, kube=kube, keyspace=keyspace, users=users,
+                              mirror=mirror)
         kwargs: dict[str, Any] = {}
         if settings.namespace:
             kwargs["namespaces"] = [settings.namespace]

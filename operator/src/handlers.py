@@ -15,7 +15,9 @@ timer ``status``           republish if Redis lost the document (restarted
                            memory, hit rate; patch status only on change
 timer ``eviction``         :func:`llmcache.operator.eviction.enforce_limits`
 startup task ``sweeper``   :mod:`llmcache.operator.sweep`: ``_default`` and
-                           orphaned groups, trimmed to the default limits
+                           orphaned groups, trimmed to the default limits;
+                           :mod:`llmcache.operator.partitions`: each namespace's
+                           Redis user and vector index
 delete (finalizer)         unpublish, rebuild the ConfigMap; purge the group's
                            entries when annotated ``llmcache.io/purge-on-delete:
                            "true"``, else drop only its bookkeeping (the
@@ -43,10 +45,10 @@ import redis.exceptions
 from llmcache import connection
 from llmcache.errors import PolicyError
 from llmcache.keyspace import Keyspace
-from llmcache.operator import eviction, publish, sweep
+from llmcache.operator import credentials, eviction, partitions, publish, sweep
 from llmcache.operator import status as policy_status
 from llmcache.operator.kube import ApiError, KubeClient
-from llmcache.operator.settings import PURGE_ANNOTATION, OperatorSettings
+from llmcache.operator.settings import INJECT_LABEL, PURGE_ANNOTATION, OperatorSettings
 from llmcache.policy import API_GROUP, API_VERSION, PLURAL, PolicyDocument, PolicySpec, parse_spec
 
 __all__ = ["Runtime", "build_registry", "content_hash", "kopf_settings", "memo_for"]
@@ -71,9 +73,26 @@ class Runtime:
     redis: aioredis.Redis
     kube: KubeClient
     keyspace: Keyspace = field(default_factory=Keyspace)
+    #: The namespaces' Redis users (``--sidecar-redis-users namespace``), else ``None``.
+    users: partitions.NamespaceUsers | None = None
+    #: The webhook's credentials Secret writer, when the webhook runs with one.
+    mirror: credentials.CredentialsMirror | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    #: Background tasks started with the operator (the sweeper of groups without a policy).
+    #: Background tasks started with the operator (the sweeper of groups without a policy, the
+    #: namespace users and indexes).
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def namespaces_in_use(self) -> set[str]:
+        """Namespaces with injected pods; their credentials Secrets are rewritten when due (a webhook
+        call that could not write one is repaired here)."""
+        found = await self.kube.labelled_pod_namespaces(f"{INJECT_LABEL}=enabled")
+        if self.mirror is not None:
+            for namespace in sorted(found):
+                try:
+                    await self.mirror.ensure(namespace)
+                except ApiError as exc:
+                    log.warning("cannot write credentials Secret %s/%s: %s", namespace, self.mirror.name, exc)
+        return found
 
     async def sync_configmap(self, namespace: str) -> None:
         """Rebuild the namespace's ConfigMap from Redis (serialised per namespace in this process)."""
@@ -216,8 +235,9 @@ async def refresh_status(*, spec: Mapping[str, Any], meta: Mapping[str, Any], na
         pods = await rt.kube.pod_names(namespace, doc.spec.selector)
         synced = await policy_status.synced_pods(rt.redis, rt.keyspace, namespace, name, doc.config_hash,
                                                  pods=pods)
-        entries, memory = await eviction.group_usage(rt.redis, rt.keyspace, doc.id)
-        counters = await policy_status.policy_counters(rt.redis, rt.keyspace, doc.id)
+        part = rt.keyspace.for_partition(namespace)  # a policy's group lives in its namespace's partition
+        entries, memory = await eviction.group_usage(rt.redis, part, doc.id)
+        counters = await policy_status.policy_counters(rt.redis, part, doc.id)
     except _REDIS_ERRORS as exc:
         _patch_status(patch, status, _status_with(status, generation=doc.generation, published=False,
                                                   problem=f"Redis unreachable: {exc}", reason="RedisUnavailable"))
@@ -246,7 +266,8 @@ async def evict(*, spec: Mapping[str, Any], name: str, namespace: str | None, me
     ev = rt.settings.eviction
     try:
         result = await eviction.enforce_limits(
-            rt.redis, rt.keyspace, f"{namespace}/{name}", eviction.EvictionLimits.from_spec(parsed),
+            rt.redis, rt.keyspace.for_partition(namespace), f"{namespace}/{name}",
+            eviction.EvictionLimits.from_spec(parsed),
             batch_size=ev.batch_size, prune_cursor=int(memo.get("prune_cursor", 0)),
             prune_scan_count=ev.prune_scan_count)
     except _REDIS_ERRORS as exc:
@@ -264,13 +285,13 @@ async def on_delete(*, meta: Mapping[str, Any], name: str, namespace: str | None
     try:
         await publish.unpublish_policy(rt.redis, rt.keyspace, namespace, name, generation=generation)
         if purge:
-            await eviction.purge_group(rt.redis, rt.keyspace, f"{namespace}/{name}",
+            await eviction.purge_group(rt.redis, rt.keyspace.for_partition(namespace), f"{namespace}/{name}",
                                        batch_size=rt.settings.eviction.batch_size)
         else:
             # No timer trims this group any more: drop its bookkeeping so it cannot leak.
             # The entries stay and expire with their TTL (a hit from another policy's pod
             # records them in that policy's group).
-            await eviction.drop_bookkeeping(rt.redis, rt.keyspace, f"{namespace}/{name}")
+            await eviction.drop_bookkeeping(rt.redis, rt.keyspace.for_partition(namespace), f"{namespace}/{name}")
     except _REDIS_ERRORS as exc:
         raise rt.redis_down(exc) from exc
     try:
@@ -284,13 +305,17 @@ async def on_delete(*, meta: Mapping[str, Any], name: str, namespace: str | None
 
 
 async def start_sweeper(*, memo: kopf.Memo, **_: Any) -> None:
-    """Startup: groups without a policy have no timer of their own; one task trims them all."""
+    """Startup: groups without a policy have no timer of their own; one task trims them all. Another
+    keeps every namespace with injected pods supplied with its Redis user and vector index."""
     rt = _runtime(memo)
     ev = rt.settings.eviction
     limits = eviction.EvictionLimits(max_entries=ev.default_max_entries, max_memory_bytes=ev.default_max_memory_bytes)
     rt.tasks.append(asyncio.create_task(sweep.run_sweeper(
         rt.redis, rt.keyspace, limits, interval_s=ev.interval_s, batch_size=ev.batch_size,
         prune_scan_count=ev.prune_scan_count, max_stats_keys=ev.max_stats_keys)))
+    rt.tasks.append(asyncio.create_task(partitions.run_reconciler(
+        rt.redis, rt.keyspace, rt.users, namespaces_in_use=rt.namespaces_in_use,
+        interval_s=rt.settings.namespace_users.interval_s)))
 
 
 async def stop_sweeper(*, memo: kopf.Memo, **_: Any) -> None:

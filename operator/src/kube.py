@@ -250,6 +250,19 @@ class KubeClient:
         return {p["metadata"]["name"] for p in items
                 if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")}
 
+    async def labelled_pod_namespaces(self, selector: str, *, page_size: int = 500) -> set[str]:
+        """Namespaces of the pods (any namespace, terminated ones left out) that match the label ``selector``."""
+        out: set[str] = set()
+        params = {"labelSelector": selector, "limit": str(page_size)}
+        while True:
+            page = await self.request("GET", "/api/v1/pods", params=params)
+            out.update(p["metadata"]["namespace"] for p in page.get("items", [])
+                       if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return out
+            params = {**params, "continue": token}
+
     async def put_configmap_data(self, namespace: str, name: str, data: Mapping[str, str], *,
                                  labels: Mapping[str, str] | None = None) -> None:
         """Create the ConfigMap, or merge ``data`` into the existing one."""

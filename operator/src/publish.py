@@ -3,13 +3,14 @@
 The contract with the proxy (see :mod:`llmcache.policy`)::
 
     HSET    {p}:policies:{ns}  name → PolicyDocument JSON      (authoritative)
-    PUBLISH {p}:policies:events {"namespace", "name", "generation"}   (then, after the HSET)
+    PUBLISH {p}:policies:events:{ns} {"namespace", "name", "generation"}   (then, after the HSET)
     ConfigMap {configmap_name} in {ns}, key ``policies.json``:
             {"policies": [<PolicyDocument JSON object>, …]}      (start-up fallback)
 
 On Redis Cluster a classic ``PUBLISH`` is broadcast over the cluster bus to every
 node, so sidecars subscribed on any node receive it (the receiver count returned
-is that of the node that took the command).
+is that of the node that took the command). One channel per namespace: a sidecar's
+Redis user may subscribe to its own namespace's only (:mod:`llmcache.operator.partitions`).
 
 The ConfigMap mirrors the Redis hash of its namespace exactly (the same
 documents, sorted by name), so a reader can feed each one back through
@@ -57,7 +58,8 @@ async def publish_policy(r: aioredis.Redis, ks: Keyspace, doc: PolicyDocument) -
     # Two commands, not MULTI: a cluster runs a transaction only on one slot, and PUBLISH has
     # none. Written first, announced second: a sidecar woken by the message reads the new hash.
     await r.hset(ks.policies(doc.namespace), doc.name, doc.to_json())
-    receivers = await r.publish(ks.policy_events, _event(doc.namespace, doc.name, doc.generation))
+    receivers = await r.publish(ks.policy_channel(doc.namespace),
+                                _event(doc.namespace, doc.name, doc.generation))
     log.info("published policy %s generation %s hash %s to %s sidecar connection(s)",
              doc.id, doc.generation, doc.config_hash, receivers)
     return int(receivers)
@@ -67,7 +69,7 @@ async def unpublish_policy(r: aioredis.Redis, ks: Keyspace, namespace: str, name
     """Remove a policy from its namespace hash, drop its acks and announce the removal."""
     await r.hdel(ks.policies(namespace), name)
     await r.delete(ks.acks(namespace, name))
-    await r.publish(ks.policy_events, _event(namespace, name, generation))
+    await r.publish(ks.policy_channel(namespace), _event(namespace, name, generation))
     log.info("unpublished policy %s/%s", namespace, name)
 
 

@@ -17,8 +17,10 @@ __all__ = [
     "INJECT_LABEL",
     "INJECT_STATUS_ANNOTATION",
     "PURGE_ANNOTATION",
+    "REDIS_USER_MODES",
     "SIDECAR_CONTAINER_NAME",
     "EvictionSettings",
+    "NamespaceUserSettings",
     "OperatorSettings",
     "SidecarSettings",
     "WebhookSettings",
@@ -150,6 +152,39 @@ class EvictionSettings:
     max_stats_keys: int = 10_000
 
 
+#: Ways sidecars get their Redis user (:attr:`NamespaceUserSettings.mode`).
+REDIS_USER_MODES = ("namespace", "manual", "shared")
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceUserSettings:
+    """How sidecars authenticate to Redis: one ACL user per namespace (:mod:`llmcache.operator.partitions`)."""
+
+    #: ``namespace`` (what the chart sets): the operator gives each namespace with injected pods its own Redis
+    #: user, which reaches only that namespace's keys, and writes its URL into the namespace's credentials
+    #: Secret. ``manual``: you create a user ``<prefix>-ns-<namespace>`` per namespace with the same rules and
+    #: put its URL under ``redis-url`` in each namespace's credentials Secret; the operator writes no URL.
+    #: ``shared`` (default, local use and tests): every sidecar gets :attr:`SidecarSettings.redis_url`, one
+    #: user for every namespace, so namespaces are not isolated from each other in Redis.
+    mode: str = "shared"
+    #: Secret the namespace users' passwords are derived from (HMAC-SHA256): nothing is stored, so a restarted
+    #: Redis gets the same users back. From ``LLMCACHE_NAMESPACE_USERS_KEY`` (the chart: a generated Secret).
+    key: str = field(default="", repr=False)
+    #: The key before a rotation: its passwords stay valid too until the app pods restarted. Default ``""``.
+    previous_key: str = field(default="", repr=False)
+    #: Seconds between passes that re-apply every namespace's user on every Redis node (a restarted Redis
+    #: lost them) and create the vector indexes sidecars asked for. Default 10: a restarted Redis is
+    #: usable by sidecars again within about that long.
+    interval_s: float = 10.0
+    #: Seconds a namespace keeps its user after its last injected pod is gone. Default 300: a Deployment
+    #: scaled to zero and back, or a pod being admitted while a pass runs, keeps working.
+    grace_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in REDIS_USER_MODES:
+            raise ValueError(f"sidecar Redis users must be one of {', '.join(REDIS_USER_MODES)}, not {self.mode!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class OperatorSettings:
     """Root settings of ``llmcache operator``."""
@@ -179,3 +214,4 @@ class OperatorSettings:
     peering_priority: int | None = None
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     eviction: EvictionSettings = field(default_factory=EvictionSettings)
+    namespace_users: NamespaceUserSettings = field(default_factory=NamespaceUserSettings)

@@ -109,7 +109,8 @@ class SemanticCache:
     def settings(self) -> SemanticSettings:
         return self._settings
 
-    async def lookup(self, parts: SemanticParts, *, threshold: float, timeout_s: float | None = None) -> SemanticMatch | None:
+    async def lookup(self, parts: SemanticParts, *, threshold: float,
+                     timeout_s: float | None = None) -> SemanticMatch | None:
         """Best verified stored entry of ``parts.scope_hash`` with similarity ≥ ``threshold``, else ``None``.
 
         Never raises (fails open); ``timeout_s`` defaults to ``settings.timeout_s``.
@@ -236,7 +237,7 @@ async def open_index(redis: Any, *, keyspace: Keyspace, dim: int, kind: Literal[
                      client_max_entries: int, client_reconcile_interval_s: float,
                      hnsw_m: int = 16, hnsw_ef_runtime: int = 128) -> vector_index.VectorIndex:
     """Open the configured backend; ``auto`` prefers the Query Engine. Logs the choice once."""
-    search_ok = await vector_index.has_search_module(redis)
+    search_ok = await vector_index.has_search_module(redis, index_name=keyspace.vector_index)
     if kind == "search" and not search_ok:
         raise DependencyError(
             "semantic index 'search' needs the Redis Query Engine, and this Redis has no search module: "

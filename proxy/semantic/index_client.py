@@ -18,12 +18,14 @@ document stays in Redis) and ``num_evicted_local`` counts it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from typing import Any
 
 import numpy as np
+import redis.exceptions
 
 from llmcache.connection import as_text
 from llmcache.keys import short
@@ -156,7 +158,8 @@ class ClientIndex:
     async def open(cls, redis: Any, *, keyspace: Keyspace, dim: int, max_entries: int = 200_000,
                    reconcile_interval_s: float = 300.0) -> ClientIndex:
         """Rebuild from Redis, then follow other pods' writes in the background."""
-        self = cls(redis, keyspace=keyspace, dim=dim, max_entries=max_entries, reconcile_interval_s=reconcile_interval_s)
+        self = cls(redis, keyspace=keyspace, dim=dim, max_entries=max_entries,
+                   reconcile_interval_s=reconcile_interval_s)
         await self.rebuild()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._follow(), name="client-index-follow"))
@@ -172,11 +175,16 @@ class ClientIndex:
         start_id = as_text(last[0][0]) if last else "0-0"
         rows = _Rows(self._dim)
         keys: list[str] = []
-        async for key in self._redis.scan_iter(match=self._keyspace.vector_prefix + "*", count=1000):
-            keys.append(as_text(key))
-            if len(keys) >= 1000:
-                await self._load_into(rows, keys)
-                keys = []
+        try:
+            async for key in self._redis.scan_iter(match=self._keyspace.vector_prefix + "*", count=1000):
+                keys.append(as_text(key))
+                if len(keys) >= 1000:
+                    await self._load_into(rows, keys)
+                    keys = []
+        except redis.exceptions.NoPermissionError:
+            # A namespace's Redis user may not SCAN (it would list every namespace's keys): the
+            # partition's own event stream names its documents instead, as far back as it reaches.
+            keys = await self._streamed_keys()
         if keys:
             await self._load_into(rows, keys)
         self._rows = rows
@@ -184,6 +192,22 @@ class ClientIndex:
         self._last_event_id = start_id
         self.num_rebuilds += 1
         log.info("client vector index rebuilt: %d entries, %d bytes", len(rows), rows.memory_bytes())
+
+    async def _streamed_keys(self) -> list[str]:
+        """The documents the partition's event stream says exist (added, not deleted since), oldest first."""
+        live: dict[str, None] = {}
+        start = "-"
+        while True:
+            page = await self._redis.xrange(self._keyspace.vector_events, min=start, count=1000)
+            for event_id, fields in page:
+                event = {as_text(k): as_text(v) for k, v in fields.items()}
+                if event.get("op") == "add":
+                    live[event.get("k", "")] = None
+                else:
+                    live.pop(event.get("k", ""), None)
+                start = "(" + as_text(event_id)
+            if len(page) < 1000:
+                return [self._keyspace.vector(k) for k in live if k]
 
     async def _load_into(self, rows: _Rows, keys: list[str]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -223,9 +247,12 @@ class ClientIndex:
         checked_at = time.monotonic()
         while not self._stop.is_set():
             try:
-                if run_id is None or time.monotonic() - checked_at >= RUN_ID_CHECK_INTERVAL_S:
+                if run_id != "" and (run_id is None or time.monotonic() - checked_at >= RUN_ID_CHECK_INTERVAL_S):
                     checked_at = time.monotonic()
-                    now_id = str((await self._redis.info("server")).get("run_id", ""))
+                    try:
+                        now_id = str((await self._redis.info("server")).get("run_id", ""))
+                    except redis.exceptions.NoPermissionError:
+                        now_id = ""  # a namespace's user may not run INFO: failed reads still rebuild
                     if run_id is not None and now_id != run_id:
                         log.warning("client vector index: Redis restarted (new run_id); rebuilding")
                         stale = True
@@ -247,10 +274,8 @@ class ClientIndex:
             await self._sleep(self._poll_interval_s)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):  # the wait ended: time to work again
             await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def _apply(self, reply: Any) -> None:
         entries: list[Any] = []
@@ -359,8 +384,8 @@ class ClientIndex:
                 await asyncio.wait_for(asyncio.shield(task), 5.0)
             except TimeoutError:
                 task.cancel()
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+            except (asyncio.CancelledError, Exception) as exc:  # noqa: BLE001 - shutting down
+                log.debug("client index task ended with %s while closing", type(exc).__name__)
         self._tasks.clear()
 
     def stats(self) -> dict[str, Any]:

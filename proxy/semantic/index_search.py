@@ -1,7 +1,7 @@
 """Redis Query Engine backend of the semantic ``VectorIndex``: HNSW, COSINE, TAG pre-filter on the scope.
 
-One index over every HASH under ``Keyspace().vector_prefix``; a query is a
-hybrid KNN restricted to one scope::
+One index per partition (pod namespace) over every HASH under its
+``Keyspace.vector_prefix``; a query is a hybrid KNN restricted to one scope::
 
     (@scope:{<scope hash>})=>[KNN k @vec $blob AS dist]     dist = 1 − cosine
 
@@ -20,10 +20,11 @@ gets its own index, named with a hash tag ``t`` that falls into a slot it owns
 (:meth:`Keyspace.vector_index_for_slot`), and a search asks every master at
 once and merges the k best: a hit is found on whichever master its entry lives.
 The per-master layout is re-resolved when a search fails and every
-``topology_refresh_s``: an index whose name slot still belongs to its master is
-kept (a failover promotes a replica that already holds the replicated index; a
-resharding usually moves other slots), otherwise the master gets a new one
-named into its highest slot, which it fills from the documents it holds. The
+``topology_refresh_s``: each master's index is named into its highest slot
+(:func:`llmcache.search_index.master_index_names`, the names the operator
+computes too, no ``FT._LIST``), so a failover keeps the name (the promoted
+replica holds the replicated index) and a resharding that moves a master's
+highest slot gives it a new index, which it fills from the documents it holds. The
 alternative, the client-side index, would hold every vector in every sidecar
 (1.5 GB per process at 1M entries of 384 dims), so it stays the fallback for a
 Redis without the module. Limitation: an index left on a master whose name slot
@@ -46,12 +47,18 @@ persistence, or had the index dropped, answers ``no such index``;
 :meth:`SearchIndex.search` then runs ``FT.CREATE`` again for those names (at most
 once per :data:`RECREATE_INTERVAL_S`) and retries once. The documents written
 meanwhile are plain HASHes under the prefix, so the new index picks them up.
+
+A namespace's Redis user may not run ``FT.CREATE`` (it takes any key prefix, so
+it could index another namespace's documents): such a proxy records the index
+it needs in its partition (:func:`llmcache.search_index.write_spec`) and the
+operator creates it (:mod:`llmcache.operator.partitions`); until then lookups
+fail open to the exact cache.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -59,9 +66,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from redis.crc import key_slot
+import redis.exceptions
 
-from llmcache import connection
+from llmcache import connection, search_index
 from llmcache.keyspace import Keyspace
 from llmcache.proxy.semantic.vector_index import Candidate, IndexError_, doc_fields
 
@@ -144,63 +151,42 @@ class SearchIndex:
         return list(self._names)
 
     async def _resolve(self) -> None:
-        """Pick (or create) each master's index; see the module docstring."""
+        """Name (and create, where allowed) each master's index; see the module docstring."""
         if self._resolving is None:
             self._resolving = asyncio.Lock()
         async with self._resolving:
             if self._names and time.monotonic() - self._names_at < 1.0:
                 return  # another search just did it
-            owners = await connection.slot_owners(self._redis)
             names = []
-            for node_name, node in await connection.primaries(self._redis):
-                ranges = owners.get(node_name, [])
-                if not ranges:
-                    continue  # a master without slots (being added or drained) holds no documents
-
-                def owned(slot: int, ranges: list[tuple[int, int]] = ranges) -> bool:
-                    return any(lo <= slot <= hi for lo, hi in ranges)
-                listed = await self._redis.execute_command("FT._LIST", target_nodes=node)
-                ours = sorted(n for n in (connection.as_text(x) for x in listed or [])
-                              if n.startswith(self._keyspace.vector_index + ":{") and owned(key_slot(n.encode())))
-                if ours:
-                    names.append(ours[0])
-                    continue
-                highest = max(hi for _, hi in ranges)
-                name = self._keyspace.vector_index_for_slot(_tag_for_slot(highest))
-                await self._ensure_index(name)
+            for name, node in await search_index.master_index_names(self._redis, self._keyspace):
+                await self._ensure_index(name, target=node)
                 names.append(name)
             self._names = names
             self._names_at = time.monotonic()
             log.info("vector index on %d master(s): %s", len(names), ", ".join(names))
 
-    async def _ensure_index(self, name: str) -> None:
-        try:
-            await self._redis.execute_command(
-                "FT.CREATE", name, "ON", "HASH", "PREFIX", 1, self._keyspace.vector_prefix,
-                "SCHEMA", "scope", "TAG", "vec", "VECTOR", "HNSW", 8,
-                "TYPE", "FLOAT32", "DIM", self._dim, "DISTANCE_METRIC", "COSINE", "M", self._hnsw_m)
-            log.info("created vector index %s (%d dims)", name, self._dim)
-        except Exception as exc:
-            if "already exists" not in str(exc).lower() and "duplicate" not in str(exc).lower():
-                raise IndexError_(f"FT.CREATE {name} failed: {exc}") from exc
-            existing = await self._existing_dim(name)
-            if existing is not None and existing != self._dim:
+    async def _ensure_index(self, name: str, *, target: Any = None) -> None:
+        """Make sure ``name`` exists for this dimension: create it, or ask the operator to when this
+        proxy's Redis user may not (a namespace's user never may: ``FT.CREATE`` takes any prefix)."""
+        existing = await search_index.existing_dim(self._redis, name, target=target)
+        if existing is None:
+            spec = search_index.IndexSpec(self._dim, self._hnsw_m)
+            await search_index.write_spec(self._redis, self._keyspace, spec)
+            try:
+                if await search_index.create_index(self._redis, self._keyspace, name, spec, target=target):
+                    log.info("created vector index %s (%d dims)", name, self._dim)
+                existing = await search_index.existing_dim(self._redis, name, target=target)
+            except redis.exceptions.NoPermissionError as exc:
                 raise IndexError_(
-                    f"vector index {name} was created for {existing}-dimensional vectors but the embedder gives "
-                    f"{self._dim}: use another --key-prefix or drop it with `FT.DROPINDEX {name} DD`") from exc
-
-    async def _existing_dim(self, name: str) -> int | None:
-        try:
-            info = await self._redis.execute_command("FT.INFO", name)
-        except Exception:  # noqa: BLE001 - informational only
-            return None
-        attrs = _get(info, "attributes") if isinstance(info, Mapping) else _pairs(info).get("attributes")
-        for attr in attrs or []:
-            fields = attr if isinstance(attr, Mapping) else _pairs(attr)
-            fields = {connection.as_text(k).lower(): v for k, v in fields.items()}
-            if "dim" in fields:
-                return int(connection.as_text(fields["dim"]))
-        return None
+                    f"vector index {name} does not exist yet, and this proxy's Redis user may not create one: "
+                    "the llmcache operator creates it for this namespace (it asked in "
+                    f"{self._keyspace.vector_index_spec}); semantic lookups start once it does") from exc
+            except Exception as exc:
+                raise IndexError_(f"FT.CREATE {name} failed: {exc}") from exc
+        if existing is not None and existing != self._dim:
+            raise IndexError_(
+                f"vector index {name} was created for {existing}-dimensional vectors but the embedder gives "
+                f"{self._dim}: use another --key-prefix or drop it with `FT.DROPINDEX {name} DD`")
 
     async def _query(self, names: list[str], args: list[tuple[Any, ...]]) -> list[Any]:
         """``FT.SEARCH name *args`` for each name and its args; the reply or the exception it raised, per name."""
@@ -317,7 +303,8 @@ class SearchIndex:
             # Some masters answered: serve what they found (any hit is verified downstream),
             # rather than none; the failed master's entries are misses until it is back.
             self.num_partial_searches += 1
-            log.warning("FT.SEARCH failed on %d of %d masters (%s)", len(failed), len(names), type(failed[0][1]).__name__)
+            log.warning("FT.SEARCH failed on %d of %d masters (%s)", len(failed), len(names),
+                        type(failed[0][1]).__name__)
         now = time.time()
         out: list[Candidate] = []
         bare: list[tuple[float, str]] = []
@@ -339,7 +326,8 @@ class SearchIndex:
                 except ValueError:
                     continue
                 if exp > now:
-                    out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity, connection.as_text(got["text"])))
+                    out.append(Candidate(self._keyspace.key_hash_of(doc_id), similarity,
+                                         connection.as_text(got["text"])))
         if bare:
             bare.sort(key=lambda item: -item[0])
             out.extend(await self._fetch(bare[:k], scope_hash=scope_hash, now_s=now))
@@ -386,22 +374,11 @@ class SearchIndex:
     def stats(self) -> dict[str, Any]:
         # stats() is synchronous: serve the last FT.INFO count and refresh it in the background.
         if time.monotonic() - self._num_docs_at > 5 and (self._refresh is None or self._refresh.done()):
-            try:
+            with contextlib.suppress(RuntimeError):  # no running loop: keep the last count
                 self._refresh = asyncio.get_running_loop().create_task(self._refresh_count())
-            except RuntimeError:
-                pass
         return {"index_backend": self.name, "index_name": ",".join(self._names),
                 "entries": self._num_docs, "index_memory_bytes": None,
                 "num_partial_searches": self.num_partial_searches, "index_recreated": self.num_recreated}
-
-
-@functools.lru_cache(maxsize=64)
-def _tag_for_slot(slot: int) -> str:
-    """The shortest decimal hash tag whose CRC16 lands in ``slot`` (found in ~16k tries, cached)."""
-    i = 0
-    while key_slot(str(i).encode()) != slot:
-        i += 1
-    return str(i)
 
 
 def _pairs(flat: Any) -> dict[str, Any]:

@@ -78,7 +78,8 @@ class VectorIndex(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
-def doc_fields(vector: np.ndarray, *, scope_hash: str, text: str, ttl_s: int, now_s: float | None = None) -> dict[str, Any]:
+def doc_fields(vector: np.ndarray, *, scope_hash: str, text: str, ttl_s: int,
+               now_s: float | None = None) -> dict[str, Any]:
     """The HASH fields of one vector document."""
     now = time.time() if now_s is None else now_s
     return {
@@ -106,21 +107,30 @@ def parse_doc(raw: Mapping[Any, Any] | list[Any], *, dim: int) -> tuple[np.ndarr
     if not isinstance(vec_raw, (bytes, bytearray)) or len(vec_raw) != dim * 4:
         return None
     try:
-        return np.frombuffer(vec_raw, dtype=np.float32), connection.as_text(scope), connection.as_text(text), float(connection.as_text(exp))
+        return (np.frombuffer(vec_raw, dtype=np.float32), connection.as_text(scope), connection.as_text(text),
+                float(connection.as_text(exp)))
     except ValueError:
         return None
 
 
-async def has_search_module(redis: Any) -> bool:
-    """Whether the server answers Query Engine commands (Redis 8, Redis Stack, Valkey + RediSearch)."""
+async def has_search_module(redis: Any, *, index_name: str) -> bool:
+    """Whether the server answers Query Engine commands (Redis 8, Redis Stack, Valkey + RediSearch).
+
+    Asked with ``FT.INFO`` of the partition's own index (``index_name``), not ``FT._LIST``: a
+    namespace's Redis user may run the first on its own index names only, and never the second
+    (it lists every namespace's indexes). A missing index still proves the module is there.
+    """
     for _, target in await connection.primaries(redis):  # on a cluster: every master must have it
         try:
             if target is None:
-                await redis.execute_command("FT._LIST")
+                await redis.execute_command("FT.INFO", index_name)
             else:
-                await redis.execute_command("FT._LIST", target_nodes=target)
+                await redis.execute_command("FT.INFO", index_name, target_nodes=target)
         except Exception as exc:
-            if "unknown command" in str(exc).lower() or "err unknown" in str(exc).lower():
+            text = str(exc).lower()
+            if "unknown command" in text or "err unknown" in text:
                 return False
+            if "unknown index" in text or "no such index" in text or "not found" in text:
+                continue
             raise
     return True

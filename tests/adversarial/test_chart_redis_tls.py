@@ -3,8 +3,9 @@
 The embedded Valkey has no TLS built in, so a TLS terminator (Python ``ssl``, a self-signed
 CA for ``localhost``) fronts it; the chart's ACL file, passwords and ``rediss://…?ssl_ca_certs=``
 URLs are used as rendered (only the Service host and the CA path point at this machine). The
-operator's and the sidecar's users then work through it with certificate verification on,
-and a client that does not trust the CA is refused.
+operator's user, and a namespace's user the operator creates (its URL built from the
+operator's), then work through it with certificate verification on, and a client that does
+not trust the CA is refused.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from controlplane.fixtures import ControlPlaneMissing, find_binaries
 from opkit import write_self_signed_cert
 
 from llmcache.keyspace import Keyspace
-from llmcache.operator import publish
+from llmcache.operator import partitions, publish
+from llmcache.operator.settings import NamespaceUserSettings
 from llmcache.policy import PolicyDocument, parse_spec
 from llmcache.redis_server import EmbeddedRedis
 
@@ -103,14 +105,19 @@ async def test_chart_tls_urls_work_over_tls_and_refuse_an_untrusted_server(
             assert url.startswith("rediss://") and SERVICE in url and CA_IN_POD in url, url
             return url.replace(SERVICE, f"localhost:{tls_port}").replace(CA_IN_POD, str(ca))
 
-        operator_url, sidecar_url = here(urls["stringData"]["url"]), here(urls["stringData"]["sidecar-url"])
+        operator_url = here(urls["stringData"]["url"])
         op = aioredis.Redis.from_url(operator_url)
         try:
+            users = partitions.NamespaceUsers(op, Keyspace(), NamespaceUserSettings(mode="namespace", key="k"),
+                                              base_url=operator_url)
+            await users.ensure("team")
+            sidecar_url = users.url("team")
+            assert sidecar_url.startswith("rediss://llmcache-ns-team:") and sidecar_url.endswith(str(ca))
             doc = PolicyDocument(namespace="team", name="chat", generation=1, created_s=time.time(),
                                  spec=parse_spec({"mode": "Exact"}))
             await publish.publish_policy(op, Keyspace(), doc)
 
-            stack = await proxy_stack(redis_url=sidecar_url)
+            stack = await proxy_stack(redis_url=sidecar_url, policy_pod_namespace="team")
             _, headers, first = await stack.post("/v1/chat/completions", {
                 "model": "stub-model", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]})
             assert headers["X-LLMCache-Status"] == "miss"

@@ -90,6 +90,37 @@ async def test_the_same_tenant_in_two_namespaces_shares_nothing(proxy_stack) -> 
     assert headers["X-LLMCache-Status"] == "miss" and "Age" not in headers
 
 
+async def test_a_proxys_admin_api_reaches_only_its_own_partition(proxy_stack, redis_plain_url: str) -> None:
+    """Issue 18, item 2, with the review's trigger: proxy A (pod namespace team-a) asks to invalidate
+    ``{"namespace": "payroll-team"}`` and then ``{"all": true}``; entries stored through proxy B in
+    team-b survive both, and A's stats show A's partition only. (Here Redis lets every proxy touch
+    every key, as one shared sidecar user did: the scope is the admin API's own.)"""
+    a: Stack = await proxy_stack(policy_pod_namespace="team-a", admin_token="admin-secret")
+    b: Stack = await proxy_stack(policy_pod_namespace="team-b", admin_token="admin-secret")
+    admin = {"Authorization": "Bearer admin-secret"}
+    payroll = {"X-LLMCache-Namespace": "payroll-team"}
+    for stack in (a, b):
+        for headers in (NO_AUTH, payroll):
+            assert statuses([await post(stack, CHAT, auth="sk-x", headers=headers)]) == ["miss"]
+    for body, deleted in (({"namespace": "payroll-team"}, 1), ({"all": True}, 1)):
+        async with a.http.post(a.proxy_url + "/llmcache/v1/invalidate", json=body, headers=admin) as r:
+            assert r.status == 200 and (await r.json())["deleted"] == deleted, await r.text()  # A's own only
+    for headers in (NO_AUTH, payroll):
+        assert statuses([await post(b, CHAT, auth="sk-x", headers=headers)]) == ["hit"]  # B's survived
+        assert statuses([await post(a, CHAT, auth="sk-x", headers=headers)]) == ["miss"]  # A's are gone
+    async with a.http.get(a.proxy_url + "/llmcache/v1/stats", headers=admin) as r:
+        rows = (await r.json())["namespaces"]
+    assert rows and {row["partition"] for row in rows} == {"team-a"}
+    assert sum(row["hit"] for row in rows) == 0  # B's hits are B's to count
+    # Entries say which partition stored them; B's are B's.
+    client = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        for key in [k async for k in client.scan_iter(match=Keyspace(partition="team-b").entry_pattern)]:
+            assert json.loads(await client.get(key))["partition"] == "team-b"
+    finally:
+        await client.aclose()
+
+
 async def test_the_query_string_is_part_of_the_key(proxy_stack) -> None:
     stack: Stack = await proxy_stack()
     first = await post(stack, CHAT, auth="sk-a", path=ROUTE + "?api-version=1")

@@ -191,16 +191,21 @@ def test_defaults_render_operator_webhook_redis_model_server(binaries: ControlPl
     assert env["LLMCACHE_SIDECAR_IMAGE"] == "ghcr.io/llmcache/proxy:0.1.0"
     assert env["LLMCACHE_SIDECAR_UPSTREAM"] == "http://llm-llmcache-model-server.ns1.svc:8000"
     assert env["LLMCACHE_REDIS_URL"] == {"secretKeyRef": {"name": "llm-llmcache-redis-url", "key": "url"}}
-    assert env["LLMCACHE_SIDECAR_REDIS_URL"] == {"secretKeyRef": {"name": "llm-llmcache-redis-url",
-                                                                  "key": "sidecar-url"}}
+    # No shared sidecar credential: each app namespace gets its own Redis user, its password derived
+    # from a generated key the operator reads from a Secret.
+    assert "LLMCACHE_SIDECAR_REDIS_URL" not in env and env["LLMCACHE_SIDECAR_REDIS_USERS"] == "namespace"
+    assert env["LLMCACHE_NAMESPACE_USERS_KEY"] == {"secretKeyRef": {"name": "llm-llmcache-namespace-users",
+                                                                    "key": "key"}}
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", base64.b64decode(
+        one(objects, "Secret", "-namespace-users")["data"]["key"]).decode())
     assert env["LLMCACHE_STANDALONE"] == "true"
     assert env["LLMCACHE_EVICTION_INTERVAL_SECONDS"] == "10"
     secret = one(objects, "Secret", "-redis-url")
-    # One ACL user each for the operator and the sidecars, with generated passwords.
+    # One ACL user for the operator, with a generated password; none for sidecars in any Secret.
     assert re.fullmatch(r"redis://operator:[A-Za-z0-9]{40}@llm-llmcache-redis\.ns1\.svc:6379/0",
                         secret["stringData"]["url"])
-    assert re.fullmatch(r"redis://sidecar:[A-Za-z0-9]{40}@llm-llmcache-redis\.ns1\.svc:6379/0",
-                        secret["stringData"]["sidecar-url"])
+    assert set(secret["stringData"]) == {"url"}
+    assert set(one(objects, "Secret", "-redis-auth")["stringData"]) == {"operator-password", "users.acl"}
     # The certgen Secret's cert/key become the tls.crt/tls.key the operator reads.
     certs = next(v for v in operator["volumes"] if v["name"] == "webhook-certs")["secret"]
     assert {i["path"] for i in certs["items"]} == {"tls.crt", "tls.key"}
@@ -345,8 +350,7 @@ def test_redis_tls_serves_rediss_only_and_hands_out_its_ca(binaries: ControlPlan
     objects = render(binaries, helm_home, "redis.bundled.tls.enabled=true",
                      "redis.bundled.tls.existingSecret=redis-tls")
     urls = one(objects, "Secret", "-redis-url")["stringData"]
-    for key in ("url", "sidecar-url"):
-        assert urls[key].startswith("rediss://") and urls[key].endswith("?ssl_ca_certs=/etc/llmcache/redis-tls/ca.crt")
+    assert urls["url"].startswith("rediss://") and urls["url"].endswith("?ssl_ca_certs=/etc/llmcache/redis-tls/ca.crt")
     redis_args = container(one(objects, "StatefulSet", "-redis")["spec"]["template"]["spec"], "redis")["args"]
     flags = dict(zip(redis_args[1::2], redis_args[2::2], strict=False))
     assert (flags["--port"], flags["--tls-port"]) == ("0", "6379")  # no plaintext port at all
@@ -570,9 +574,12 @@ def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_na
     assert objects["Deployment"] == {"llm-llmcache-operator", "llm-llmcache-model-server", "llm-llmcache-example-app"}
     assert objects["StatefulSet"] == {"llm-llmcache-redis"}
     assert objects["Service"] == {"llm-llmcache-webhook", "llm-llmcache-redis", "llm-llmcache-model-server"}
-    assert objects["Secret"] == {"llm-llmcache-redis-url", "llm-llmcache-redis-auth", "llm-llmcache-tenant-salt"}
+    assert objects["Secret"] == {"llm-llmcache-redis-url", "llm-llmcache-redis-auth", "llm-llmcache-tenant-salt",
+                                 "llm-llmcache-namespace-users"}
     salt = kube.get("v1", "Secret", "llm-llmcache-tenant-salt", namespace=ns)
     assert salt is not None and len(base64.b64decode(salt["data"]["tenant-salt"])) == 48
+    users_key = kube.get("v1", "Secret", "llm-llmcache-namespace-users", namespace=ns)
+    assert users_key is not None and len(base64.b64decode(users_key["data"]["key"])) == 48
     assert objects["ClusterRole"] == {names["ClusterRole"]}
     assert objects["ClusterRoleBinding"] == {names["ClusterRoleBinding"]}
     assert objects["MutatingWebhookConfiguration"] == {names["MutatingWebhookConfiguration"]}
@@ -624,6 +631,9 @@ def test_install_upgrade_uninstall_on_the_api_server(kube: ControlPlane, kube_na
     # The upgrade kept the generated salt (a new one would orphan every cached entry).
     kept = kube.get("v1", "Secret", "llm-llmcache-tenant-salt", namespace=ns)
     assert kept is not None and kept["data"]["tenant-salt"] == salt["data"]["tenant-salt"]
+    # ...and the namespace users' key (a new one would lock every running sidecar out of Redis).
+    kept = kube.get("v1", "Secret", "llm-llmcache-namespace-users", namespace=ns)
+    assert kept is not None and kept["data"] == users_key["data"]
     assert kube.get("apps/v1", "Deployment", "llm-llmcache-example-app", namespace=ns) is None
     policy = kube.get("llmcache.io/v1alpha1", "CachePolicy", "llm-llmcache-example-app", namespace=ns)
     assert policy is None or policy["metadata"].get("deletionTimestamp")  # an operator's finalizer may hold it

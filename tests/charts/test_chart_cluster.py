@@ -22,16 +22,14 @@ CLUSTER = ("redis.bundled.enabled=false", "redis.external.cluster.endpoints={r1.
 
 
 def url_secret(objects: list[dict[str, Any]]) -> dict[str, str]:
-    [secret] = [o for o in find(objects, "Secret", "redis-url")]
-    data = secret.get("stringData") or {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    return {"url": data["url"], "sidecar-url": data["sidecar-url"]}
+    [secret] = list(find(objects, "Secret", "redis-url"))
+    return secret.get("stringData") or {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
 
 
 def test_cluster_endpoints_render_a_cluster_url_and_no_bundled_redis(binaries: ControlPlaneBinaries,
                                                                        helm_home: dict[str, str]) -> None:
     objects = render(binaries, helm_home, *CLUSTER)
-    assert url_secret(objects) == {"url": "redis+cluster://r1.example:6379,r2.example:7000",
-                                   "sidecar-url": "redis+cluster://r1.example:6379,r2.example:7000"}
+    assert url_secret(objects) == {"url": "redis+cluster://r1.example:6379,r2.example:7000"}
     assert not find(objects, "StatefulSet")  # the chart's own Redis is not deployed
     tls = render(binaries, helm_home, *CLUSTER, "redis.external.cluster.tls=true")
     assert url_secret(tls)["url"] == "rediss+cluster://r1.example:6379,r2.example:7000"
@@ -41,13 +39,12 @@ def test_cluster_endpoints_render_a_cluster_url_and_no_bundled_redis(binaries: C
 
 def test_external_tls_ca_is_mounted_named_in_the_url_and_handed_to_sidecars(binaries: ControlPlaneBinaries,
                                                                            helm_home: dict[str, str]) -> None:
-    """A managed service with its own server CA (Memorystore): the operator mounts it, both URLs
-    verify against it, and the operator is told to copy it to every sidecar."""
+    """A managed service with its own server CA (Memorystore): the operator mounts it, its URL (and so
+    every namespace user's, built from it) verifies against it, and it is copied to every sidecar."""
     objects = render(binaries, helm_home, *CLUSTER, "redis.external.cluster.tls=true",
                      "redis.external.tls.caSecret=memorystore-ca", "redis.external.tls.caKey=server-ca.pem")
     ca = "?ssl_ca_certs=/etc/llmcache/redis-tls/ca.crt"
-    assert url_secret(objects) == {"url": "rediss+cluster://r1.example:6379,r2.example:7000" + ca,
-                                   "sidecar-url": "rediss+cluster://r1.example:6379,r2.example:7000" + ca}
+    assert url_secret(objects) == {"url": "rediss+cluster://r1.example:6379,r2.example:7000" + ca}
     [operator] = [d for d in find(objects, "Deployment") if d["metadata"]["name"].endswith("operator")]
     pod = operator["spec"]["template"]["spec"]
     [volume] = [v for v in pod["volumes"] if v["name"] == "redis-tls"]
@@ -77,13 +74,12 @@ def test_schema_rejects_bad_cluster_values(binaries: ControlPlaneBinaries, helm_
 def test_acl_users_come_from_a_secret(kube: ControlPlane, kube_namespace: str, tmp_path: Path) -> None:
     ns = kube_namespace
     kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cache-acl"}, "stringData": {
-        "username": "llmcache-op", "password": "p@ss/word", "sidecar-username": "llmcache-sc",
-        "sidecar-password": "s3cret"}}, namespace=ns)
+        "username": "llmcache-op", "password": "p@ss/word"}}, namespace=ns)
     proc = kube.helm("install", RELEASE, str(CHART), "--namespace", ns, "--no-hooks", "--dry-run=server",
                      *(arg for item in (*CLUSTER, "redis.external.cluster.tls=true",
-                                        "redis.external.cluster.credentialsSecret=cache-acl") for arg in ("--set", item)))
+                                        "redis.external.cluster.credentialsSecret=cache-acl")
+                       for arg in ("--set", item)))
     manifest = proc.stdout.split("MANIFEST:", 1)[1].split("NOTES:", 1)[0]
     objects = [doc for doc in yaml.safe_load_all(manifest) if doc]
     assert url_secret(objects) == {
-        "url": "rediss+cluster://llmcache-op:p%40ss%2Fword@r1.example:6379,r2.example:7000",
-        "sidecar-url": "rediss+cluster://llmcache-sc:s3cret@r1.example:6379,r2.example:7000"}
+        "url": "rediss+cluster://llmcache-op:p%40ss%2Fword@r1.example:6379,r2.example:7000"}

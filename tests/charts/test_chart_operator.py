@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 from controlplane.fixtures import ControlPlane
 
@@ -91,11 +92,16 @@ class ChartOperator:
             if "value" in item:
                 env[item["name"]] = item["value"]
             else:
-                # Secret refs: the chart's Redis URL names an in-cluster Service; use the local Redis.
+                # Secret refs: the chart's Redis URL names an in-cluster Service (use the local Redis);
+                # the others (the namespace users' key, the tenant salt) are used as the chart made them.
                 ref = item["valueFrom"]["secretKeyRef"]
                 secret = kube.get("v1", "Secret", ref["name"], namespace=namespace)
-                assert secret is not None and ref["key"] in secret["data"], ref
-                env[item["name"]] = redis_url
+                assert secret is not None, ref
+                if ref["key"] not in secret["data"]:
+                    assert ref.get("optional"), ref
+                    continue
+                env[item["name"]] = (redis_url if ref["name"].endswith("-redis-url")
+                                     else base64.b64decode(secret["data"][ref["key"]]).decode())
         self.env_from_chart = dict(env)
 
         def expand(arg: str) -> str:  # the kubelet's $(VAR) expansion
@@ -209,7 +215,13 @@ def test_operator_runs_with_the_charts_command_env_and_rbac(kube: ControlPlane, 
         assert redis_plain_url not in patch and '"name": "llmcache-sidecar", "key": "redis-url"' in patch
         secret = kube.get("v1", "Secret", "llmcache-sidecar", namespace=ns)
         assert secret is not None, operator.log.read_text()[-3000:]
-        assert base64.b64decode(secret["data"]["redis-url"]).decode() == redis_plain_url
+        # ...as this namespace's own Redis user, made by the operator: it reaches this namespace's keys only.
+        namespace_url = base64.b64decode(secret["data"]["redis-url"]).decode()
+        assert namespace_url.startswith(f"redis://llmcache-ns-{ns}:") and namespace_url != redis_plain_url
+        with redis.Redis.from_url(namespace_url) as sidecar:
+            assert sidecar.set(f"llmcache:n:{ns}:e:{{00}}:x", "1")
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                sidecar.get("llmcache:n:another-namespace:e:{00}:x")
 
         # Delete goes through the finalizer while the operator runs.
         kube.delete("llmcache.io/v1alpha1", "CachePolicy", "chat", namespace=ns)

@@ -143,8 +143,16 @@ def app(release: ControlPlane, cluster: localcluster.LocalCluster) -> list[str]:
     wait_for("the model server's embedder", lambda: exec_in(kube, APP_NS, plain, ["python", "-c", warm],
                                                              container="app")[0] == 0, timeout_s=240, interval_s=3)
     kube.apply(app_manifest(image, name="chat", replicas=2, inject=True), namespace=APP_NS)
-    chat = wait_ready(kube, APP_NS, "app=chat", count=2, timeout_s=300)
-    return sorted(p["metadata"]["name"] for p in chat)
+    chat = sorted(p["metadata"]["name"] for p in wait_ready(kube, APP_NS, "app=chat", count=2, timeout_s=300))
+    # The namespace's Redis user may not create its vector index: its sidecars ask, the operator
+    # creates it on its next pass, and their semantic caches start. Wait for that, as a client would
+    # (before it the sidecars answer from the exact cache only).
+    semantic_up = ("import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:18081/metrics',timeout=5)"
+                   ".read().decode())")
+    for pod in chat:
+        wait_for(f"{pod}'s semantic cache", lambda pod=pod: "llmcache_semantic_up 1" in exec_in(
+            kube, APP_NS, pod, ["python", "-c", semantic_up], container="app")[1], timeout_s=180, interval_s=2)
+    return chat
 
 
 def ask(kube: ControlPlane, pod: str, *prompts: str, key: str = "tenant-a", max_tokens: int = 16,
@@ -258,6 +266,78 @@ def test_openai_client_miss_hit_semantic_hit_hard_negative(app: list[str], relea
     # Tenants stay apart: another API key misses.
     (stranger,) = ask(kube, second, QUESTION, key="tenant-b")
     assert stranger["status"] == "miss", stranger
+
+
+#: Run in a sidecar container of another namespace with what that namespace holds (the sidecar's
+#: env, from its namespace's Secret): every command on the app namespace's keys, one line of JSON.
+ATTACK = """
+import json, os, urllib.parse, redis
+url = os.environ["LLMCACHE_REDIS_URL"]
+r = redis.Redis.from_url(url)
+entry, index, own = {entry!r}, {index!r}, {own!r}
+docs = entry.split(":e:")[0] + ":v:"
+out = {{"user": urllib.parse.urlsplit(url).username}}
+def attempt(name, *command):
+    try:
+        r.execute_command(*command)
+        out[name] = "allowed"
+    except redis.exceptions.NoPermissionError:
+        out[name] = "refused"
+    except redis.exceptions.ResponseError as exc:
+        out[name] = "refused" if "no permissions" in str(exc).lower() else "error: " + str(exc)
+attempt("own SET", "SET", own, "1")
+attempt("GET entry", "GET", entry)
+attempt("SET entry KEEPTTL", "SET", entry, "forged", "KEEPTTL")
+attempt("DEL entry", "DEL", entry)
+attempt("EXPIRE entry", "EXPIRE", entry, 1)
+attempt("SCAN", "SCAN", "0")
+attempt("KEYS", "KEYS", "*")
+attempt("FT._LIST", "FT._LIST")
+attempt("FT.SEARCH its index", "FT.SEARCH", index, "*")
+attempt("FT.CREATE over its documents", "FT.CREATE", own + "idx", "ON", "HASH", "PREFIX", 1, docs,
+        "SCHEMA", "t", "TEXT")
+attempt("HGETALL its policies", "HGETALL", "llmcache:policies:app")
+attempt("PUBLISH its policy channel", "PUBLISH", "llmcache:policies:events:app", "{{}}")
+print(json.dumps(out))
+"""
+
+
+def test_another_namespace_reaches_nothing_of_this_one(app: list[str], release: ControlPlane,
+                                                      cluster: localcluster.LocalCluster) -> None:
+    """Issue 18, item 1, on the real node: a pod of namespace ``other``, with what its namespace holds
+    (its sidecar's env, from ``other``'s credentials Secret), is refused on every key and the vector
+    index of namespace ``app``, and cannot make ``app``'s sidecar serve a forged answer."""
+    kube = release
+    (before,) = ask(kube, app[0], QUESTION)
+    assert before["status"] == "hit", before
+    # The app namespace's entry keys, read the way an admin would: redis-cli as the operator.
+    redis_pod = pods(kube, RELEASE_NS, "app.kubernetes.io/component=redis")[0]["metadata"]["name"]
+    auth = kube.get("v1", "Secret", f"{RELEASE}-llmcache-redis-auth", namespace=RELEASE_NS)
+    password = base64.b64decode(auth["data"]["operator-password"]).decode()
+    scan = (f"REDISCLI_AUTH={password} redis-cli --user operator --no-auth-warning --scan "
+            "--pattern 'llmcache:n:app:e:*'")
+    code, out = exec_in(kube, RELEASE_NS, redis_pod, ["sh", "-c", scan])
+    entries = [line for line in out.split() if line.startswith("llmcache:n:app:e:")]
+    assert code == 0 and entries, out
+
+    other = "other"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}})
+    try:
+        kube.apply(app_manifest(cluster.images.refs["client"], name="intruder", replicas=1, inject=True),
+                   namespace=other)
+        intruder = wait_ready(kube, other, "app=intruder", timeout_s=300)[0]["metadata"]["name"]
+        script = ATTACK.format(entry=entries[0], index="llmcache:n:app:vidx", own="llmcache:n:other:e:{00}:x")
+        code, out = exec_in(kube, other, intruder, ["python", "-c", script], container=SIDECAR)
+        assert code == 0, out
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result.pop("user") == "llmcache-ns-other"  # its namespace's own user, no shared one
+        assert result.pop("own SET") == "allowed", result  # its own partition works
+        assert set(result.values()) == {"refused"}, result
+    finally:
+        kube.delete("v1", "Namespace", other)
+    # The app namespace still serves its own answer.
+    (after,) = ask(kube, app[0], QUESTION)
+    assert after["status"] == "hit" and after["content"] == before["content"], after
 
 
 def test_policy_change_reaches_both_sidecars(app: list[str], release: ControlPlane) -> None:

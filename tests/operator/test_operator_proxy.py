@@ -108,8 +108,9 @@ def ask(proxy: Proc, prompt: str) -> str:
 
 
 def group_count(r: redis.Redis, group: str) -> int:
-    """Members of the group's ``lru`` set over all its shards."""
-    return sum(r.zcard(key) for key in KS.group_keys(group, "lru"))
+    """Members of the group's ``lru`` set over all its shards (in the partition of its namespace's pods)."""
+    part = KS.for_partition(group.partition("/")[0])
+    return sum(r.zcard(key) for key in part.group_keys(group, "lru"))
 
 
 def ack(r: redis.Redis, ns: str, policy: str, pod: str) -> dict[str, Any] | None:
@@ -213,7 +214,7 @@ def test_eviction_holds_max_entries_while_two_proxies_write(crds: Any, ns: str, 
     assert peak < num_written
 
     def entries() -> int:
-        return sum(1 for _ in r.scan_iter(match=KS.entry_pattern, count=1000))
+        return sum(1 for _ in r.scan_iter(match=KS.for_partition(ns).entry_pattern, count=1000))
 
     wait_for(lambda: entries() <= max_entries and group_count(r, group) <= max_entries,
              what=f"at most {max_entries} entries", logs=[op.log])

@@ -49,9 +49,9 @@ def configmap_docs(kube: Any, ns: str, tmp_path: Path) -> list[PolicyDocument] |
 class Events:
     """A subscriber on the policy-events channel, opened before the change it should see."""
 
-    def __init__(self, r: redis.Redis) -> None:
+    def __init__(self, r: redis.Redis, namespace: str) -> None:
         self.pubsub = r.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(KS.policy_events)
+        self.pubsub.subscribe(KS.policy_channel(namespace))
         self.seen: list[dict[str, Any]] = []
 
     def wait(self, expected: dict[str, Any]) -> None:
@@ -76,7 +76,7 @@ def status_is(kube: Any, ns: str, name: str, **fields: Any) -> Callable[[], bool
 def test_create_update_status_and_delete(crds: Any, ns: str, r: redis.Redis, redis_plain_url: str,
                                          start_operator: Callable[..., Any], tmp_path: Path) -> None:
     op = start_operator(ns, redis_plain_url)
-    events = Events(r)
+    events = Events(r, ns)
     spec = {"selector": {"matchLabels": {"app": "chat"}}, "mode": "Exact", "ttlSeconds": 600,
             "eviction": {"policy": "LRU", "maxEntries": 100}}
     crds.apply(cachepolicy("chat", spec), namespace=ns)
@@ -124,9 +124,10 @@ def test_create_update_status_and_delete(crds: Any, ns: str, r: redis.Redis, red
     wait_for(lambda: condition(get_cpol(crds, ns, "chat"), "Ready")["status"] == "True", what="Ready again")
 
     # Entries of the group show up in status; without the purge annotation they outlive the policy.
+    part = KS.for_partition(ns)  # where the namespace's pods keep them
     pipe = r.pipeline()
-    pipe.set(KS.entry("h1"), b"{}")
-    KS.record_access(pipe, f"{ns}/chat", "h1", size_bytes=321, created=True)
+    pipe.set(part.entry("h1"), b"{}")
+    part.record_access(pipe, f"{ns}/chat", "h1", size_bytes=321, created=True)
     pipe.execute()
     wait_for(status_is(crds, ns, "chat", entries=1, memoryBytes=321), what="entries in status")
 
@@ -137,8 +138,8 @@ def test_create_update_status_and_delete(crds: Any, ns: str, r: redis.Redis, red
     assert not r.exists(KS.acks(ns, "chat"))
     events.wait({"namespace": ns, "name": "chat", "generation": 2})
     assert configmap_docs(crds, ns, tmp_path) == []
-    assert r.exists(KS.entry("h1"))  # not purged: it expires with its TTL
-    assert not r.exists(*KS.group_keys(f"{ns}/chat", "lru"))  # but no orphaned bookkeeping is left behind
+    assert r.exists(part.entry("h1"))  # not purged: it expires with its TTL
+    assert not r.exists(*part.group_keys(f"{ns}/chat", "lru"))  # but no orphaned bookkeeping is left behind
     events.close()
 
 
@@ -150,21 +151,22 @@ def test_delete_with_purge_annotation_removes_the_entries(crds: Any, ns: str, r:
     crds.apply(cachepolicy("kept", {}), namespace=ns)
     wait_for(lambda: stored_doc(r, ns, "purged") and stored_doc(r, ns, "kept"), what="both policies published",
              logs=[op.log])
+    part = KS.for_partition(ns)  # where the namespace's pods keep them
     pipe = r.pipeline()
     for i in range(5):
-        pipe.set(KS.entry(f"p{i}"), b"{}")
-        pipe.hset(KS.vector(f"p{i}"), mapping={"x": 1})
-        KS.record_access(pipe, f"{ns}/purged", f"p{i}", size_bytes=10, created=True)
-    pipe.set(KS.entry("k0"), b"{}")
-    KS.record_access(pipe, f"{ns}/kept", "k0", size_bytes=10, created=True)
+        pipe.set(part.entry(f"p{i}"), b"{}")
+        pipe.hset(part.vector(f"p{i}"), mapping={"x": 1})
+        part.record_access(pipe, f"{ns}/purged", f"p{i}", size_bytes=10, created=True)
+    pipe.set(part.entry("k0"), b"{}")
+    part.record_access(pipe, f"{ns}/kept", "k0", size_bytes=10, created=True)
     pipe.execute()
 
     crds.delete(API_VERSION, KIND, "purged", namespace=ns)
     wait_for(lambda: get_cpol(crds, ns, "purged") is None, what="deletion", logs=[op.log])
 
-    assert not any(r.exists(KS.entry(f"p{i}")) or r.exists(KS.vector(f"p{i}")) for i in range(5))
-    assert not r.exists(*KS.group_keys(f"{ns}/purged", "lru"))
-    assert r.exists(KS.entry("k0")) and stored_doc(r, ns, "kept") is not None
+    assert not any(r.exists(part.entry(f"p{i}")) or r.exists(part.vector(f"p{i}")) for i in range(5))
+    assert not r.exists(*part.group_keys(f"{ns}/purged", "lru"))
+    assert r.exists(part.entry("k0")) and stored_doc(r, ns, "kept") is not None
 
 
 def test_operator_restarted_midway_resumes(crds: Any, ns: str, r: redis.Redis, redis_plain_url: str,

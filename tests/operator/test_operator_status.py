@@ -99,7 +99,7 @@ def test_conditions_and_transition_times() -> None:
 
 async def test_publish_stores_document_and_announces_it(r: aioredis.Redis) -> None:
     sub = r.pubsub(ignore_subscribe_messages=True)
-    await sub.subscribe(KS.policy_events)
+    await sub.subscribe(KS.policy_channel("ns"))
     d = doc(ttlSeconds=60)
     assert await publish.publish_policy(r, KS, d) == 1
     assert PolicyDocument.from_json(await r.hget(KS.policies("ns"), "p")) == d

@@ -199,7 +199,7 @@ async def test_tenants_never_share_entries(proxy_stack, redis_plain_url: str) ->
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
         names = b" ".join([k async for k in r.scan_iter(match="*")])
-        values = b" ".join([v for k in [k async for k in r.scan_iter(match="llmcache:e:*")]
+        values = b" ".join([v for k in [k async for k in r.scan_iter(match=Keyspace().entry_pattern)]
                             if (v := await r.get(k)) is not None])
     finally:
         await r.aclose()
@@ -345,11 +345,11 @@ async def test_cache_control_directives(proxy_stack, redis_plain_url: str) -> No
     _, _, first = await post("/v1/chat/completions", CHAT, headers={"Cache-Control": "max-age=30"})
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
-        keys = [k async for k in r.scan_iter(match="llmcache:e:*")]
+        keys = [k async for k in r.scan_iter(match=Keyspace().entry_pattern)]
         assert len(keys) == 1
         assert 0 < await r.ttl(keys[0]) <= 30
         await post("/v1/chat/completions", chat(n=1), headers={"Cache-Control": "max-age=100000"})
-        ttls = sorted([await r.ttl(k) async for k in r.scan_iter(match="llmcache:e:*")])
+        ttls = sorted([await r.ttl(k) async for k in r.scan_iter(match=Keyspace().entry_pattern)])
         assert ttls[-1] <= 100  # per-request TTL never exceeds the bound
         # The TTL is fixed at write: a hit does not refresh it.
         await r.expire(keys[0], 20)
@@ -371,7 +371,7 @@ async def test_max_age_rejects_older_entries(proxy_stack, redis_plain_url: str) 
     # Age the stored entry by rewriting its creation time (TTL kept).
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
-        key = [k async for k in r.scan_iter(match="llmcache:e:*")][0]
+        key = [k async for k in r.scan_iter(match=Keyspace().entry_pattern)][0]
         entry = json.loads(await r.get(key))
         entry["created_s"] -= 120
         await r.set(key, json.dumps(entry), keepttl=True)
@@ -434,7 +434,7 @@ async def test_invalid_entry_in_redis_is_a_miss_and_is_replaced(proxy_stack, red
     await stack.post("/v1/chat/completions", CHAT)
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
-        key = [k async for k in r.scan_iter(match="llmcache:e:*")][0]
+        key = [k async for k in r.scan_iter(match=Keyspace().entry_pattern)][0]
         for bad in (b"\x80\x04pickle", b'{"v": 99}', json.dumps({"v": 1, "route": "/v1/chat/completions",
                     "model": "m", "created_s": 0, "body": '{"choices": [{"message": {}}]}'}).encode()):
             await r.set(key, bad)
@@ -581,7 +581,7 @@ async def test_eviction_bookkeeping_recorded_on_write_and_hit(proxy_stack, redis
     await stack.post("/v1/chat/completions", CHAT)
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
-        key_hash = [k async for k in r.scan_iter(match="llmcache:e:*")][0].decode().split(":")[-1]
+        key_hash = [k async for k in r.scan_iter(match=Keyspace().entry_pattern)][0].decode().split(":")[-1]
         assert await r.zscore(ks.group_of("_default", "lfu", key_hash), key_hash) == 1
         assert await r.hget(ks.group_of("_default", "size", key_hash), key_hash) is not None
         await stack.post("/v1/chat/completions", CHAT)

@@ -127,7 +127,8 @@ async def test_stats_report_the_threshold_in_effect(proxy_stack, redis_search_ur
     r = aioredis.Redis.from_url(redis_search_url)
     try:
         await r.hset(ks.policies("team-t"), doc.name, doc.to_json())
-        await r.publish(ks.policy_events, json.dumps({"namespace": "team-t", "name": doc.name, "generation": 1}))
+        await r.publish(ks.policy_channel("team-t"),
+                        json.dumps({"namespace": "team-t", "name": doc.name, "generation": 1}))
         deadline = time.monotonic() + 15  # liveness bound for pub/sub delivery
         while (w := stack.state.policy_watcher) is None or w.current is None:
             assert time.monotonic() < deadline, "policy never applied"

@@ -13,14 +13,15 @@ from proxy_helpers import ADMIN, CHAT, Stack
 from llmcache import policy
 from llmcache.keyspace import Keyspace
 
-KS = Keyspace()
 NS = "team-a"
+#: The proxies here run in pod namespace NS: their keys are in its partition.
+KS = Keyspace(partition=NS)
 
 
 async def publish(r: aioredis.Redis, spec: dict, *, generation: int) -> policy.PolicyDocument:
     doc = policy.PolicyDocument(NS, "chat-cache", generation, policy.parse_spec(spec))
     await r.hset(KS.policies(NS), doc.name, doc.to_json())
-    await r.publish(KS.policy_events, json.dumps({"namespace": NS, "name": doc.name, "generation": generation}))
+    await r.publish(KS.policy_channel(NS), json.dumps({"namespace": NS, "name": doc.name, "generation": generation}))
     return doc
 
 
@@ -47,13 +48,13 @@ async def test_policy_overrides_ttl_suspend_and_invalidate_before(proxy_stack, r
                                   policy_pod_labels_file=str(labels), cache_ttl_s=3600)
         await wait_generation(stack, 1)
         assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "miss"
-        key = [k async for k in r.scan_iter(match="llmcache:e:*")][0]
+        key = await anext(r.scan_iter(match=KS.entry_pattern))
         assert 0 < await r.ttl(key) <= 42  # the policy's TTL, not the CLI's hour
         key_hash = key.decode().rsplit(":", 1)[1]
         assert await r.zscore(KS.group_of(f"{NS}/chat-cache", "lfu", key_hash), key_hash) == 1  # eviction group = policy
         # The policy's ttlSeconds also bounds max-age.
         await stack.post("/v1/chat/completions", {**CHAT, "n": 1}, headers={"Cache-Control": "max-age=100000"})
-        assert max([await r.ttl(k) async for k in r.scan_iter(match="llmcache:e:*")]) <= 42
+        assert max([await r.ttl(k) async for k in r.scan_iter(match=KS.entry_pattern)]) <= 42
 
         await publish(r, {"selector": selector, "mode": "Exact", "ttlSeconds": 42, "suspend": True}, generation=2)
         await wait_generation(stack, 2)

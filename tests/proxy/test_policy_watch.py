@@ -41,7 +41,7 @@ async def store(r: aioredis.Redis, doc: policy.PolicyDocument, *, publish: bool 
     if not publish:
         return 0
     event = json.dumps({"namespace": doc.namespace, "name": doc.name, "generation": doc.generation})
-    return int(await r.publish(KS.policy_events, event))
+    return int(await r.publish(KS.policy_channel(NS), event))
 
 
 async def wait_until(pred: Callable[[], bool], *, timeout_s: float = 15.0, what: str = "condition") -> None:
@@ -159,7 +159,7 @@ async def test_publish_applies_new_generation_and_calls_on_change(r: aioredis.Re
 
         # Deleting the policy (HDEL + publish) drops it: proxy defaults apply again.
         await r.hdel(KS.policies(NS), "p")
-        await r.publish(KS.policy_events, json.dumps({"namespace": NS, "name": "p", "generation": 3}))
+        await r.publish(KS.policy_channel(NS), json.dumps({"namespace": NS, "name": "p", "generation": 3}))
         await wait_until(lambda: w.current is None, what="policy removal")
         assert seen[-1] is None
     finally:
@@ -187,7 +187,7 @@ async def test_invalid_update_is_ignored_and_later_valid_one_applies(r: aioredis
         await wait_until(lambda: w.subscribed, what="subscription")
         refreshes = w.num_refreshes
         await r.hset(KS.policies(NS), "top", '{"schema": 99}')
-        await r.publish(KS.policy_events, json.dumps({"namespace": NS, "name": "top", "generation": 1}))
+        await r.publish(KS.policy_channel(NS), json.dumps({"namespace": NS, "name": "top", "generation": 1}))
         await wait_until(lambda: w.num_refreshes > refreshes, what="re-read after the bad publish")
         assert w.current is not None and w.current.name == "base"
         await store(r, make_doc("top", priority=2))

@@ -24,8 +24,8 @@ from llmcache.keyspace import Keyspace, shard_of
 from llmcache.operator import eviction, publish
 from llmcache.policy import PolicyDocument
 from llmcache.proxy.exact import Entry, RedisExactStore
-from llmcache.proxy.semantic.index_search import SearchIndex
 from llmcache.proxy.policy_watch import PolicyWatcher, WatchSettings
+from llmcache.proxy.semantic.index_search import SearchIndex
 from llmcache.proxy.singleflight import RedisLease
 from llmcache.testing.redis_cluster import EmbeddedCluster
 
@@ -68,9 +68,10 @@ async def test_cluster_url_connects_and_refuses_a_database_number(cluster: Embed
 async def test_every_key_of_an_entry_shares_one_slot() -> None:
     ks = Keyspace("x")
     for h in (f"{i:064x}" for i in range(50)):
-        slots = {key_slot(k.encode()) for k in (ks.entry(h), ks.vector(h), ks.lease(h),
-                                                 *(ks.group_of("ns/p", kind, h) for kind in ("lru", "lfu", "ctime", "size")))}
-        assert len(slots) == 1
+        for part in (ks, ks.for_partition("team-a")):  # the partition part of a name carries no hash tag
+            keys = (part.entry(h), part.vector(h), part.lease(h),
+                    *(part.group_of("ns/p", kind, h) for kind in ("lru", "lfu", "ctime", "size")))
+            assert len({key_slot(k.encode()) for k in keys}) == 1
     assert len({shard_of(f"{i:064x}") for i in range(5000)}) == 256
 
 
@@ -90,7 +91,7 @@ async def test_exact_and_streaming_hits_through_a_cluster(cluster: EmbeddedClust
     # The entries are spread over all three masters, each with its bookkeeping beside it.
     client = connection.connect(cluster.url)
     try:
-        keys = [k.decode() async for k in client.scan_iter(match=f"{prefix}:e:*")]
+        keys = [k.decode() async for k in client.scan_iter(match=Keyspace(prefix).entry_pattern)]
         assert len(keys) == 40
         assert len(masters_of(cluster, keys)) == 3
         # Streaming: the recorded JSON entry replays as SSE; a streamed miss is stored and served.
@@ -119,7 +120,7 @@ async def test_stats_and_invalidation_on_a_cluster(cluster: EmbeddedCluster, clu
         assert (await resp.json())["deleted"] == 30
     client = connection.connect(cluster.url)
     try:
-        assert [k async for k in client.scan_iter(match=f"{prefix}:e:*")] == []
+        assert [k async for k in client.scan_iter(match=Keyspace(prefix).entry_pattern)] == []
         assert await eviction.group_count(client, Keyspace(prefix), "_default") == 0
     finally:
         await client.aclose()
@@ -261,7 +262,7 @@ async def test_semantic_hits_through_a_proxy_on_a_cluster(cluster: EmbeddedClust
         assert headers["X-LLMCache-Status"] == "miss"
     client = connection.connect(cluster.url)
     try:
-        docs = [k.decode() async for k in client.scan_iter(match=f"{prefix}:v:*")]
+        docs = [k.decode() async for k in client.scan_iter(match=Keyspace(prefix).vector_prefix + "*")]
         assert len(docs) == len(PAIRS)
         assert len(masters_of(cluster, docs)) >= 2  # the entries live on more than one master
     finally:

@@ -39,10 +39,10 @@ url
 {{- end }}
 
 {{/*
-URL of the external Redis Cluster for (list . "operator"|"sidecar"):
-redis+cluster:// (rediss+cluster:// with tls), user and password from
-redis.external.cluster.credentialsSecret (lookup: read at install/upgrade; the
-sidecar keys fall back to the operator's), every seed endpoint.
+URL of the external Redis Cluster for (list . "operator"): redis+cluster://
+(rediss+cluster:// with tls), user and password from
+redis.external.cluster.credentialsSecret (lookup: read at install/upgrade),
+every seed endpoint.
 */}}
 {{- define "llmcache.clusterRedisUrl" -}}
 {{- $ctx := index . 0 }}{{- $who := index . 1 }}
@@ -53,10 +53,6 @@ sidecar keys fall back to the operator's), every seed endpoint.
 {{- $data := (get (default dict $secret) "data") | default dict }}
 {{- $user = get $data $c.usernameKey | b64dec }}
 {{- $pw = get $data $c.passwordKey | b64dec }}
-{{- if eq $who "sidecar" }}
-{{- $user = get $data $c.sidecarUsernameKey | b64dec | default $user }}
-{{- $pw = get $data $c.sidecarPasswordKey | b64dec | default $pw }}
-{{- end }}
 {{- end }}
 {{- $auth := "" }}
 {{- if $pw }}{{ $auth = printf "%s:%s@" ($user | urlquery) ($pw | urlquery) }}
@@ -90,16 +86,17 @@ and hands to sidecars, as JSON {"secret": …, "key": …}; {} when there is non
 {{- end }}
 
 {{/*
-The bundled Redis's passwords as a dict {operator, sidecar}: read back from the
-Secret on upgrades (`lookup`), else generated. Memoised in .Values so every
-template of one render sees the same ones (the ACL hashes must match the URLs).
+The bundled Redis's passwords as a dict {operator}: read back from the Secret on
+upgrades (`lookup`), else generated. Memoised in .Values so every template of one
+render sees the same ones (the ACL hashes must match the URLs). Sidecars have no
+password here: each app namespace gets its own Redis user from the operator.
 */}}
 {{- define "llmcache.redisPasswords" -}}
 {{- if not (hasKey .Values "__redisPasswords") }}
 {{- $existing := lookup "v1" "Secret" .Release.Namespace (include "llmcache.redisAuthSecretName" .) }}
 {{- $data := ($existing | default dict).data | default dict }}
 {{- $pw := dict }}
-{{- range $user := list "operator" "sidecar" }}
+{{- range $user := list "operator" }}
 {{- $key := printf "%s-password" $user }}
 {{- if hasKey $data $key }}
 {{- $_ := set $pw $user (index $data $key | b64dec) }}
@@ -115,19 +112,22 @@ template of one render sees the same ones (the ACL hashes must match the URLs).
 {{/*
 The bundled Redis's ACL file. Least privilege per user, by key pattern and command:
 - default: PING only (the probes); it reads and writes nothing;
-- operator: every key under the prefix (policies, eviction, status) and the policy
-  channel, read/write commands without the @dangerous/@admin ones (no FLUSHALL,
-  KEYS, CONFIG, DEBUG, MODULE, FUNCTION, ACL...);
-- sidecar: entries, vector docs and index, eviction bookkeeping, stats, leases and
-  acks; the policies READ-ONLY (%R~): a pod cannot rewrite anyone's policy.
+- operator: every key under the prefix (policies, every namespace's partition for
+  eviction, status and purges) and the policy channels, read/write commands without
+  the @dangerous/@admin ones (no FLUSHALL, KEYS, CONFIG, DEBUG, MODULE, FUNCTION...),
+  plus what it needs to give each app namespace its own user (ACL SETUSER, DELUSER,
+  USERS: with SETUSER it could make any user, so its password is as sensitive as an
+  admin's) and that namespace's vector index (FT.CREATE, FT.INFO; FT._LIST and
+  FT.DROPINDEX to remove the index of the layout before partitions).
+No sidecar user: the operator creates one per app namespace at run time
+(llmcache.operator.partitions), reaching only that namespace's keys.
 Passwords are stored as SHA-256 hashes (#...), never in clear in the ACL file.
 */}}
 {{- define "llmcache.redisAcl" -}}
 {{- $p := .Values.operator.keyPrefix }}
 {{- $pw := include "llmcache.redisPasswords" . | fromJson }}
 user default on nopass resetkeys resetchannels -@all +ping
-user operator on #{{ sha256sum $pw.operator }} resetkeys resetchannels ~{{ $p }}:* &{{ $p }}:policies:events -@all +@read +@write +@transaction -@dangerous -@admin -@scripting -@pubsub +eval +evalsha +script|load +scan +publish +ping +hello +client|setinfo +client|setname
-user sidecar on #{{ sha256sum $pw.sidecar }} resetkeys resetchannels ~{{ $p }}:e:* ~{{ $p }}:v:* ~{{ $p }}:vevents ~{{ $p }}:vidx* ~{{ $p }}:g:* ~{{ $p }}:stats:* ~{{ $p }}:lease:* ~{{ $p }}:acks:* %R~{{ $p }}:policies:* &{{ $p }}:policies:events -@all +get +set +mget +exists +del +unlink +expire +hset +hget +hgetall +hmget +hincrby +hdel +zadd +zincrby +zrem +zrangebyscore +pttl +pexpire +time +xadd +xread +xrange +xrevrange +scan +eval +evalsha +script|load +multi +exec +discard +subscribe +unsubscribe +ping +hello +client|setinfo +client|setname +ft.search +ft.create +ft.info +ft._list
+user operator on #{{ sha256sum $pw.operator }} resetkeys resetchannels ~{{ $p }}:* &{{ $p }}:policies:events:* -@all +@read +@write +@transaction -@dangerous -@admin -@scripting -@pubsub +eval +evalsha +script|load +scan +publish +ping +hello +client|setinfo +client|setname +acl|setuser +acl|deluser +acl|users +ft.create +ft.info +ft._list +ft.dropindex
 {{- end }}
 
 {{/* redis:// or rediss:// for the bundled Redis. */}}
@@ -135,24 +135,7 @@ user sidecar on #{{ sha256sum $pw.sidecar }} resetkeys resetchannels ~{{ $p }}:e
 {{- if .Values.redis.bundled.tls.enabled }}rediss{{ else }}redis{{ end }}
 {{- end }}
 
-{{/* The sidecars' Redis URL as the chart knows it (bundled: the sidecar ACL user; external: sidecarUrl, else url). */}}
-{{- define "llmcache.sidecarRedisUrl" -}}
-{{- if .Values.redis.bundled.enabled }}
-{{- $pw := include "llmcache.redisPasswords" . | fromJson }}
-{{- printf "%s://sidecar:%s@%s/0" (include "llmcache.redisScheme" .) $pw.sidecar (include "llmcache.redisHostPort" .) }}
-{{- if .Values.redis.bundled.tls.enabled }}?ssl_ca_certs=/etc/llmcache/redis-tls/ca.crt{{ end }}
-{{- else if .Values.redis.external.cluster.endpoints }}
-{{- include "llmcache.clusterRedisUrl" (list . "sidecar") }}
-{{- else }}
-{{- default .Values.redis.external.url .Values.redis.external.sidecarUrl }}
-{{- end }}
-{{- end }}
-
-{{/* Key of the sidecars' URL in the Redis URL Secret. */}}
-{{- define "llmcache.sidecarRedisSecretKey" -}}
-{{- if and (not .Values.redis.bundled.enabled) .Values.redis.external.existingSecret }}
-{{- default .Values.redis.external.existingSecretKey .Values.redis.external.existingSecretSidecarKey }}
-{{- else -}}
-sidecar-url
-{{- end }}
+{{/* Secret holding the key the namespace users' passwords are derived from (sidecar.redisUsers: namespace). */}}
+{{- define "llmcache.namespaceUsersSecretName" -}}
+{{- include "llmcache.componentName" (list . "namespace-users") }}
 {{- end }}
