@@ -350,4 +350,6 @@ async def _flush_stats_forever(state: ProxyState) -> None:
         if client is None or not state.stats or state.breaker.is_open:
             continue
         with contextlib.suppress(CacheUnavailable):
-            await state.breaker.call(lambda: state.stats.flush(client, keyspace=state.keyspace), timeout_s=1.0)
+            # Awaited in this iteration; bound as a default all the same (one loop variable per call).
+            await state.breaker.call(lambda client=client: state.stats.flush(client, keyspace=state.keyspace),
+                                     timeout_s=1.0)

@@ -479,11 +479,9 @@ class PolicyWatcher:
 
     async def _drop_ack(self, policy_name: str) -> None:
         self._acked = None
-        try:
+        with contextlib.suppress(*_REDIS_DOWN):  # the ack expires by itself within ack_ttl_s
             await _bounded(self._redis.hdel(self._ks.acks(self._namespace, policy_name), self._pod_name),
-                                   self._settings.redis_timeout_s)
-        except _REDIS_DOWN:
-            pass  # the ack expires by itself within ack_ttl_s
+                           self._settings.redis_timeout_s)
 
     # ---- background loops -------------------------------------------------------------------
 
@@ -548,7 +546,7 @@ class PolicyWatcher:
                 raise
             except _REDIS_DOWN as exc:
                 self._subscribed = False
-                delay_s = backoff_s * (0.5 + random.random() / 2)
+                delay_s = backoff_s * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not a secret
                 log.warning("policy subscription lost (%s); retrying in %.2fs, keeping %s",
                             type(exc).__name__, delay_s, self._current.id if self._current else "no policy")
                 await asyncio.sleep(delay_s)
@@ -613,9 +611,9 @@ class PolicyWatcher:
                 if self._reload_labels():
                     await self._reselect()  # at once, from the documents we have
                     self._dirty.set()  # and confirm against Redis (acks too)
-                if self._source != "redis" and self._policy_file:
-                    if _file_identity(self._policy_file) != self._policy_file_identity:
-                        await self._load_from_file()
+                if (self._source != "redis" and self._policy_file
+                        and _file_identity(self._policy_file) != self._policy_file_identity):
+                    await self._load_from_file()
                 if time.monotonic() - last_ack_s >= self._settings.ack_refresh_s:
                     last_ack_s = time.monotonic()
                     await self._write_ack(force=True)

@@ -221,6 +221,7 @@ async def test_prefix_cache_probe_by_another_tenant_sees_no_cached_tokens(proxy_
         assert status == 200 and headers["X-LLMCache-Status"] == "miss" and cached(attacker) == 0
         status, _, victim = await post(stack, {**probe, "prompt": secret + [3]}, auth="sk-victim",
                                        path="/v1/completions")
-        assert status == 200 and cached(victim) >= len(secret)  # control: the victim's own prefix is reused (and reported)
+        # Control: the victim's own prefix is reused (and reported).
+        assert status == 200 and cached(victim) >= len(secret)
     finally:
         await runner.cleanup()

@@ -164,7 +164,7 @@ async def test_transport_fields_and_number_spelling_do_not_change_the_key(proxy_
         assert (await stack.post("/v1/chat/completions", body))[1]["X-LLMCache-Status"] == "hit"
     # Key order and whitespace in the raw JSON do not matter either.
     raw = json.dumps(dict(reversed(list(CHAT.items()))), indent=3).encode()
-    status, headers, _ = await stack.post("/v1/chat/completions", None, raw=raw,
+    _, headers, _ = await stack.post("/v1/chat/completions", None, raw=raw,
                                           headers={"Content-Type": "application/json"})
     assert headers["X-LLMCache-Status"] == "hit"
 
@@ -322,7 +322,7 @@ async def test_client_disconnect_mid_stream_is_not_cached(proxy_stack) -> None:
         assert time.monotonic() < deadline, "the proxy never ended the abandoned upstream call"
         await asyncio.sleep(0.02)
     stack.stub.chunk_delay_ms = 0
-    status, headers, _ = await stack.post("/v1/chat/completions", body)
+    _, headers, _ = await stack.post("/v1/chat/completions", body)
     assert headers["X-LLMCache-Status"] == "miss"
     assert await stack.upstream_count() == 2
 
@@ -371,7 +371,7 @@ async def test_max_age_rejects_older_entries(proxy_stack, redis_plain_url: str) 
     # Age the stored entry by rewriting its creation time (TTL kept).
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
-        key = [k async for k in r.scan_iter(match=Keyspace().entry_pattern)][0]
+        key = await anext(r.scan_iter(match=Keyspace().entry_pattern))
         entry = json.loads(await r.get(key))
         entry["created_s"] -= 120
         await r.set(key, json.dumps(entry), keepttl=True)
@@ -434,7 +434,7 @@ async def test_invalid_entry_in_redis_is_a_miss_and_is_replaced(proxy_stack, red
     await stack.post("/v1/chat/completions", CHAT)
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
-        key = [k async for k in r.scan_iter(match=Keyspace().entry_pattern)][0]
+        key = await anext(r.scan_iter(match=Keyspace().entry_pattern))
         for bad in (b"\x80\x04pickle", b'{"v": 99}', json.dumps({"v": 1, "route": "/v1/chat/completions",
                     "model": "m", "created_s": 0, "body": '{"choices": [{"message": {}}]}'}).encode()):
             await r.set(key, bad)
@@ -581,7 +581,7 @@ async def test_eviction_bookkeeping_recorded_on_write_and_hit(proxy_stack, redis
     await stack.post("/v1/chat/completions", CHAT)
     r = aioredis.Redis.from_url(redis_plain_url)
     try:
-        key_hash = [k async for k in r.scan_iter(match=Keyspace().entry_pattern)][0].decode().split(":")[-1]
+        key_hash = (await anext(r.scan_iter(match=Keyspace().entry_pattern))).decode().split(":")[-1]
         assert await r.zscore(ks.group_of("_default", "lfu", key_hash), key_hash) == 1
         assert await r.hget(ks.group_of("_default", "size", key_hash), key_hash) is not None
         await stack.post("/v1/chat/completions", CHAT)
@@ -673,8 +673,8 @@ async def test_odd_but_parseable_bodies_never_cause_a_proxy_error(proxy_stack) -
     for raw in (b'{"model": "m", "temperature": 0, "messages": [], "top_p": NaN}',
                 b'{"model": "m", "temperature": 0, "stream": true, "stream_options": {"x": Infinity}, "messages": []}',
                 b'{"model": "m", "temperature": "0", "messages": []}',
-                '{"model": "m", "temperature": 0, "messages": [{"role": "user", "content": "\u00e9t\u00e9 \ud83d\ude00"}]}'
-                .encode("utf-8", "surrogatepass")):
+                ('{"model": "m", "temperature": 0, "messages": [{"role": "user", '
+                 '"content": "\u00e9t\u00e9 \ud83d\ude00"}]}').encode("utf-8", "surrogatepass")):
         status, headers, _ = await stack.post("/v1/chat/completions", None, raw=raw,
                                               headers={"Content-Type": "application/json"})
         seen.append((status, headers.get("X-LLMCache-Status")))
@@ -706,7 +706,7 @@ async def test_followers_keep_streaming_when_the_leader_hangs_up(proxy_stack) ->
     recorder.feed(await follower)
     assert recorder.complete  # the follower got the whole answer, [DONE] included
     assert await stack.upstream_count() == 1
-    status, headers, _ = await stack.post("/v1/chat/completions", body, headers=auth)
+    _, headers, _ = await stack.post("/v1/chat/completions", body, headers=auth)
     assert headers["X-LLMCache-Status"] == "miss"  # the leader hung up: nothing was stored
 
 

@@ -51,7 +51,8 @@ async def test_policy_overrides_ttl_suspend_and_invalidate_before(proxy_stack, r
         key = await anext(r.scan_iter(match=KS.entry_pattern))
         assert 0 < await r.ttl(key) <= 42  # the policy's TTL, not the CLI's hour
         key_hash = key.decode().rsplit(":", 1)[1]
-        assert await r.zscore(KS.group_of(f"{NS}/chat-cache", "lfu", key_hash), key_hash) == 1  # eviction group = policy
+        # The eviction group is the policy's.
+        assert await r.zscore(KS.group_of(f"{NS}/chat-cache", "lfu", key_hash), key_hash) == 1
         # The policy's ttlSeconds also bounds max-age.
         await stack.post("/v1/chat/completions", {**CHAT, "n": 1}, headers={"Cache-Control": "max-age=100000"})
         assert max([await r.ttl(k) async for k in r.scan_iter(match=KS.entry_pattern)]) <= 42
@@ -61,7 +62,8 @@ async def test_policy_overrides_ttl_suspend_and_invalidate_before(proxy_stack, r
         assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "bypass"
 
         later = datetime.now(UTC).isoformat()
-        await publish(r, {"selector": selector, "mode": "Exact", "ttlSeconds": 42, "invalidateBefore": later}, generation=3)
+        await publish(r, {"selector": selector, "mode": "Exact", "ttlSeconds": 42, "invalidateBefore": later},
+                      generation=3)
         await wait_generation(stack, 3)
         assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "miss"
         assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
@@ -71,8 +73,9 @@ async def test_policy_overrides_ttl_suspend_and_invalidate_before(proxy_stack, r
                       generation=4)
         await wait_generation(stack, 4)
         hot = {**CHAT, "temperature": 0.9}
-        assert (await stack.post("/v1/chat/completions", hot, headers={"X-Team": "a"}))[1]["X-LLMCache-Status"] == "miss"
-        assert (await stack.post("/v1/chat/completions", hot, headers={"X-Team": "b"}))[1]["X-LLMCache-Status"] == "miss"
+        for team in ("a", "b"):
+            assert (await stack.post("/v1/chat/completions", hot,
+                                     headers={"X-Team": team}))[1]["X-LLMCache-Status"] == "miss"
         assert (await stack.post("/v1/chat/completions", hot, headers={"X-Team": "a"}))[1]["X-LLMCache-Status"] == "hit"
         async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats", headers=ADMIN) as resp:
             assert (await resp.json())["process"]["policy"] == f"{NS}/chat-cache"
