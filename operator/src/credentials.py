@@ -90,13 +90,15 @@ class CredentialsMirror:
         async with lock:
             if time.monotonic() - self._done.get(namespace, float("-inf")) < self._refresh_s:
                 return
-            if self._users is not None:
-                await self._users.ensure(namespace)
             data = self.data(namespace)
             digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+            # The Secret first (its URL is derived, Redis need not answer): a pod admitted while Redis is
+            # away starts with it, and its user follows on this call or the operator's next pass.
             await self._kube.put_secret_data(namespace, self._name, data, labels={
                 "app.kubernetes.io/managed-by": "llmcache-operator"}, annotations={
                 "llmcache.io/content-sha256": digest})
+            if self._users is not None:
+                await self._users.ensure(namespace)
             self._done[namespace] = time.monotonic()
             log.info("credentials Secret %s/%s is current (sha256 %s)", namespace, self._name, digest[:12])
 

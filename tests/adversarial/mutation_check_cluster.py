@@ -43,8 +43,9 @@ MUTATIONS = [
              "PolicyDocument.from_json(stored).generation != doc.generation",
              "tests/adversarial/test_operator_published_content.py"),
     Mutation("sweeper skips _default", "operator/src/sweep.py",
-             "    for group in groups:\n        done = await eviction.enforce_limits(",
-             "    for group in [g for g in groups if g != '_default']:\n        done = await eviction.enforce_limits(",
+             "    for partition, group in groups:\n        done = await eviction.enforce_limits(",
+             "    for partition, group in [g for g in groups if g[1] != '_default']:\n"
+             "        done = await eviction.enforce_limits(",
              "tests/adversarial/test_operator_default_group.py"),
     Mutation("namespace users may write their policies", "operator/src/partitions.py",
              'f"%R~{keyspace.policies(namespace)}"', 'f"~{keyspace.policies(namespace)}"',

@@ -108,6 +108,8 @@ async def test_a_proxys_admin_api_reaches_only_its_own_partition(proxy_stack, re
     for headers in (NO_AUTH, payroll):
         assert statuses([await post(b, CHAT, auth="sk-x", headers=headers)]) == ["hit"]  # B's survived
         assert statuses([await post(a, CHAT, auth="sk-x", headers=headers)]) == ["miss"]  # A's are gone
+    async with b.http.get(b.proxy_url + "/llmcache/v1/stats", headers=admin) as r:
+        assert {row["partition"] for row in (await r.json())["namespaces"]} == {"team-b"}  # flushed B's counters
     async with a.http.get(a.proxy_url + "/llmcache/v1/stats", headers=admin) as r:
         rows = (await r.json())["namespaces"]
     assert rows and {row["partition"] for row in rows} == {"team-a"}
