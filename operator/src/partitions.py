@@ -62,10 +62,13 @@ log = logging.getLogger(__name__)
 
 #: Every command a sidecar runs (exact and semantic cache, leases, bookkeeping, stats, policy watch,
 #: admin endpoints), on one Redis or a cluster (``CLUSTER SLOTS`` and ``COMMAND`` are what a cluster
-#: client asks at start). Nothing that lists or reaches keys beyond the key patterns.
+#: client asks at start). Commands inside a Lua script run under the caller's ACL too, so this holds
+#: what the proxy's get/put scripts call (:mod:`llmcache.proxy.exact`: ``GET SET ZADD ZINCRBY HSET HDEL
+#: ZREM ZRANGEBYSCORE PTTL PEXPIRE TIME``) and the lease release's (``GET DEL``). Nothing that lists or
+#: reaches keys beyond the key patterns.
 SIDECAR_COMMANDS = (
-    "get", "set", "mget", "exists", "del", "unlink", "expire",
-    "hset", "hget", "hgetall", "hmget", "hkeys", "hincrby", "hdel",
+    "get", "set", "mget", "exists", "del", "unlink", "expire", "pexpire", "pttl", "time",
+    "hset", "hgetall", "hmget", "hkeys", "hincrby", "hdel",
     "zadd", "zincrby", "zrem", "zrangebyscore", "zremrangebyscore", "zscan",
     "xadd", "xread", "xrange", "xrevrange",
     "eval", "evalsha", "script|load", "multi", "exec", "discard",
