@@ -191,7 +191,10 @@ def redis_census(url: str) -> dict[str, int]:
     try:
         for key in client.scan_iter(count=1000):
             text = key.decode(errors="replace")
-            head = text[len(ks.prefix) + 1:].split(":", 1)[0] if text.startswith(ks.prefix + ":") else ""
+            # {p}:n:{partition}:{kind}:…: every key a sidecar writes lives in its namespace's partition
+            partition = ks.partition_of(text)
+            own = ks.for_partition(partition).partition_prefix if partition is not None else None
+            head = text[len(own):].split(":", 1)[0] if own is not None else ""
             out[kinds.get(head, "other_keys")] += 1
             if head == "g":
                 out["bookkeeping_rows"] += client.hlen(key) if text.endswith(":size") else client.zcard(key)

@@ -25,7 +25,7 @@ KS = Keyspace()
 
 async def _rows(r: aioredis.Redis, group: str = DEFAULT_GROUP) -> dict[str, Any]:
     """Bookkeeping keys of ``group`` (with their TTLs) and the rows in them, and the live entries."""
-    keys = [k async for k in r.scan_iter(match=f"{KS.prefix}:g:{group}:*")]
+    keys = [k async for k in r.scan_iter(match=f"{KS.partition_prefix}g:{group}:*")]
     rows = 0
     for key in keys:
         rows += await (r.hlen(key) if key.endswith(b":size") else r.zcard(key))
