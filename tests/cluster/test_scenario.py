@@ -468,8 +468,14 @@ def test_helm_upgrade_rolls_out_without_a_failed_request(app: list[str], release
     kube.helm("upgrade", RELEASE, str(CHART), "--namespace", RELEASE_NS,
               *install_args(cluster.images.refs, "--set", "operator.logLevel=debug"), "--wait", "--timeout", "8m",
               timeout_s=600)
-    after = {p["metadata"]["name"] for p in pods(kube, RELEASE_NS, "app.kubernetes.io/component=operator")}
-    assert after and not (after & before), "the operator did not roll out"
+
+    # `helm --wait` returns once the new operator pod is ready; the old one may still be shutting
+    # down (kopf finishes its handlers first) and is listed until it is gone: wait for that.
+    def rolled_out() -> set[str] | None:
+        after = {p["metadata"]["name"] for p in pods(kube, RELEASE_NS, "app.kubernetes.io/component=operator")}
+        return after if after and not (after & before) else None
+
+    wait_for("the operator to roll out (its old pod gone, a new one there)", rolled_out, timeout_s=120)
     results = load.results()
     assert results and all(r["http"] == 200 for r in results), [r for r in results if r["http"] != 200][:5]
 
