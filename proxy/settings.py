@@ -161,8 +161,11 @@ class SemanticSettings:
     """Deadline of one lookup (embed + KNN + verify), seconds (``--semantic-timeout-ms`` / 1000). Default
     0.1: a semantic hit must stay much cheaper than an upstream call; past it the request goes on exact-only."""
 
-    add_timeout_s: float = 5.0
-    """Deadline of one background semantic add (embedding + HSET), seconds. Default 5."""
+    add_timeout_s: float = 30.0
+    """Deadline of one background semantic add (embedding + HSET), seconds. Default 30: the add runs after
+    the answer went out, so it may wait for a remote embedder that queues behind generation (a model
+    server admits embeddings like generation); at 5 s a loaded CPU model server lost most adds, and
+    the entry was then never found by meaning. ``max_pending_adds`` bounds what waits."""
 
     max_pending_adds: int = 256
     """Background semantic adds in progress at most; more are skipped (the exact entry is still
