@@ -54,10 +54,13 @@ class ProxyMetrics:
         self.saved_usd = Counter("llmcache_saved_usd", "Estimated money saved by cache hits (USD)", registry=r)
         self.coalesced = Counter("llmcache_coalesced", "Requests that joined an in-flight upstream call",
                                  registry=r)
-        self.redis_failures = Counter("llmcache_redis_failures", "Redis operations that failed, timed out or met an open breaker",
-                                      registry=r)
+        self.redis_failures = Counter(
+            "llmcache_redis_failures", "Redis operations that failed, timed out or met an open breaker", registry=r)
         self.semantic_adds_skipped = Counter(
             "llmcache_semantic_adds_skipped", "Semantic index adds skipped because too many were pending", registry=r)
+        self.semantic_adds_failed = Counter(
+            "llmcache_semantic_adds_failed", "Semantic index adds that timed out or failed (the exact entry is stored)",
+            registry=r)
         self.shed = Counter("llmcache_shed", "Requests refused with 429 because the body budget was full",
                             registry=r)
         self._request_children: dict[tuple[str, str], Any] = {}

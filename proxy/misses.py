@@ -370,8 +370,10 @@ async def _semantic_add(state: ProxyState, semantic: Any, parts: keys.SemanticPa
         async with asyncio.timeout(state.settings.semantic.add_timeout_s):
             await semantic.add(parts, key_hash, ttl_s=ttl_s)
     except TimeoutError:
+        state.metrics.semantic_adds_failed.inc()
         log.info("semantic add for %s timed out; the exact entry is stored", keys.short(key_hash))
     except Exception as exc:  # noqa: BLE001 - indexing is best effort; the exact entry is stored
+        state.metrics.semantic_adds_failed.inc()
         log.info("semantic add failed for %s (%s: %s)", keys.short(key_hash), type(exc).__name__, exc)
     finally:
         state.num_pending_adds -= 1

@@ -6,6 +6,7 @@ one fail on cue (fault injection); everything else is the real proxy and Redis.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -67,3 +68,21 @@ async def test_embedder_failing_later_fails_open_and_counts(proxy_stack, redis_s
     assert status == 200 and headers["X-LLMCache-Status"] == "miss"  # served exact-only
     async with stack.http.get(stack.proxy_url + "/metrics") as r:
         assert metric(await r.text(), "llmcache_semantic_failures_total") >= 1
+
+
+async def test_a_failed_background_add_is_counted(proxy_stack, redis_search_url: str, flaky_embedder) -> None:
+    """The add runs after the answer went out; when the embedder fails it, /metrics says so."""
+    url, state = flaky_embedder
+    stack = await proxy_stack(redis_url=redis_search_url, cache_mode="both", semantic_embedder="remote",
+                              semantic_embedder_url=url, semantic_timeout_s=5.0)
+    state["fail"] = True
+    status, headers, _ = await stack.post("/v1/chat/completions", CHAT)
+    assert status == 200 and headers["X-LLMCache-Status"] == "miss"
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        async with stack.http.get(stack.proxy_url + "/metrics") as r:
+            failed = metric(await r.text(), "llmcache_semantic_adds_failed_total")
+        if failed >= 1 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert failed == 1
