@@ -70,25 +70,29 @@ async def test_paraphrase_hits_with_the_stored_key(open_cache: Callable[..., Any
     cache: SemanticCache = await open_cache()
     assert cache.stats()["index_backend"] == redis_url[1]
     await cache.add(chat_parts(STORED), KEY, ttl_s=60)
-    match = await cache.lookup(chat_parts("How can I reverse a list in Python?"), threshold=DEFAULT_SIMILARITY_THRESHOLD)
+    match = await cache.lookup(chat_parts("How can I reverse a list in Python?"),
+                               threshold=DEFAULT_SIMILARITY_THRESHOLD)
     assert isinstance(match, SemanticMatch) and match.key_hash == KEY
     assert DEFAULT_SIMILARITY_THRESHOLD <= match.similarity <= 1.0
     stats = cache.stats()
     assert stats["hits"] == 1 and stats["adds"] == 1 and stats["embed_cache_misses"] >= 2  # both texts embedded
     # The same query again reuses its embedding (the LRU), and finds the same entry.
-    again = await cache.lookup(chat_parts("How can I reverse a list in Python?"), threshold=DEFAULT_SIMILARITY_THRESHOLD)
+    again = await cache.lookup(chat_parts("How can I reverse a list in Python?"),
+                               threshold=DEFAULT_SIMILARITY_THRESHOLD)
     assert again is not None and again.key_hash == KEY
     assert cache.stats()["embed_cache_hits"] > stats["embed_cache_hits"]
 
 
 # (category, stored, query): cosine is high for all of them; only verification tells them apart.
 HARD_NEGATIVES = [
-    ("negation", "How do I enable two-factor authentication on GitHub?", "How do I disable two-factor authentication on GitHub?"),
+    ("negation", "How do I enable two-factor authentication on GitHub?",
+     "How do I disable two-factor authentication on GitHub?"),
     ("negation", "Why is my laptop fan loud?", "Why is my laptop fan not loud?"),
     ("numbers", "What is 30% of 250?", "What is 35% of 250?"),
     ("units", "How many calories are in 100 grams of rice?", "How many calories are in 100 ounces of rice?"),
     ("entities", "What is the population of Argentina?", "What is the population of Colombia?"),
-    ("direction", "How do I convert a dictionary to JSON in Python?", "How do I convert JSON to a dictionary in Python?"),
+    ("direction", "How do I convert a dictionary to JSON in Python?",
+     "How do I convert JSON to a dictionary in Python?"),
     ("roles", "Did Napoleon defeat Wellington?", "Did Wellington defeat Napoleon?"),
     ("task", "Summarize this customer complaint.", "Analyze this customer complaint."),
     ("related", "How do I install PostgreSQL on Ubuntu?", "How do I uninstall PostgreSQL on Ubuntu?"),
@@ -163,7 +167,8 @@ async def test_index_survives_a_restart(open_cache: Callable[..., Any]) -> None:
     await first.add(chat_parts(STORED), KEY, ttl_s=60)
     await first.close()
     second: SemanticCache = await open_cache()
-    match = await second.lookup(chat_parts("How can I reverse a list in Python?"), threshold=DEFAULT_SIMILARITY_THRESHOLD)
+    match = await second.lookup(chat_parts("How can I reverse a list in Python?"),
+                                threshold=DEFAULT_SIMILARITY_THRESHOLD)
     assert match is not None and match.key_hash == KEY
 
 
