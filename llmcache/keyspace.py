@@ -19,6 +19,8 @@ Cluster hash tag: the entry's *shard*, two hex digits of CRC-32(key_hash), 256 s
     {n}:e:{s}:{key_hash}           STRING  exact cache entry (versioned JSON), EXPIRE = TTL
     {n}:v:{s}:{key_hash}           HASH    semantic vector document for the same entry
     {n}:lease:{s}:{key_hash}       STRING  cross-pod single-flight lease (SET NX PX)
+    {n}:j:{s}:{key_hash}           HASH    judged outcomes of the entry as a semantic candidate
+                                           (error-bounded caching), EXPIRE = the entry's remaining TTL
     {n}:g:{group}:{s}:lru          ZSET    key_hash → last access time (s)      ┐ eviction
     {n}:g:{group}:{s}:lfu          ZSET    key_hash → access count              │ bookkeeping,
     {n}:g:{group}:{s}:ctime        ZSET    key_hash → creation time (s)         │ one group per
@@ -30,6 +32,8 @@ Cluster hash tag: the entry's *shard*, two hex digits of CRC-32(key_hash), 256 s
     {n}:vspec                      HASH    dim, m: the index the sidecars ask the operator to create
     {n}:stats:{ns_hash}            HASH    counters per cache namespace (hits, misses, …)
     {n}:statsidx                   ZSET    ns_hash → last flush (s): the stats hashes, listed without SCAN
+    {n}:b:{group}                  HASH    error-bound model of a policy group: per-cell counters
+                                           (:mod:`llmcache.errorbound`), a fixed set of fields per version
     {n}:acks:{policy}              HASH    pod name → {"configHash", "appliedAt"}
     {p}:policies:{ns}              HASH    policy name → PolicyDocument JSON (sidecars: read only)
     {p}:policies:events:{ns}       CHANNEL {"namespace", "name", "generation"} on any change in {ns}
@@ -278,6 +282,15 @@ class Keyspace:
 
     def lease(self, key_hash: str) -> str:
         return f"{self.partition_prefix}lease:{{{shard_of(key_hash)}}}:{key_hash}"
+
+    def judged(self, key_hash: str) -> str:
+        """Judged outcomes of one entry as a semantic candidate (same slot as the entry; expires with it)."""
+        return f"{self.partition_prefix}j:{{{shard_of(key_hash)}}}:{key_hash}"
+
+    def bound(self, group: str) -> str:
+        """The error-bound model of one policy group in this partition (:mod:`llmcache.errorbound`), shared
+        by the partition's sidecars: learning is per partition, so no namespace reads or poisons another's."""
+        return f"{self.partition_prefix}b:{group}"
 
     def policies(self, k8s_namespace: str) -> str:
         """The namespace's published policies (any partition may be asked; sidecars may only read their own)."""

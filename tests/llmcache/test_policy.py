@@ -17,6 +17,7 @@ def test_documented_defaults_are_pinned() -> None:
     assert spec.tenant_header == "Authorization"
     assert spec.eviction_policy == "LRU"
     assert spec.max_entries is None and spec.suspend is False
+    assert spec.max_error_rate is None  # no error bound: every candidate the verifier accepts is served
 
 
 def test_full_spec_round_trips() -> None:
@@ -25,13 +26,14 @@ def test_full_spec_round_trips() -> None:
                      "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]},
         "priority": 5, "mode": "Exact", "ttlSeconds": 60,
         "semantic": {"similarityThreshold": 0.85, "embedding": {"provider": "remote", "url": "http://m/v1"},
-                     "index": "client"},
+                     "index": "client", "maxErrorRate": 0.01},
         "eviction": {"policy": "LFU", "maxEntries": 100, "maxMemory": "64Mi"},
         "scope": {"tenantHeader": "X-Team"}, "nonDeterministic": "cache-if-seeded", "suspend": True,
         "invalidateBefore": "2026-01-01T00:00:00Z",
     }
     spec = policy.parse_spec(raw)
     assert spec.max_memory_bytes == 64 * 1024 * 1024
+    assert spec.max_error_rate == 0.01 and spec.to_spec_dict()["semantic"]["maxErrorRate"] == 0.01
     assert policy.parse_spec(spec.to_spec_dict()) == spec
     doc = policy.PolicyDocument("ns", "p", 3, spec)
     assert policy.PolicyDocument.from_json(doc.to_json()) == doc
@@ -48,6 +50,10 @@ def test_full_spec_round_trips() -> None:
     ({"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "values"),
     ({"nonDeterministic": "sometimes"}, "nonDeterministic"),
     ({"ttl": 5}, "unknown"),
+    ({"semantic": {"maxErrorRate": 0}}, "maxErrorRate"),
+    ({"semantic": {"maxErrorRate": 0.75}}, "maxErrorRate"),
+    ({"semantic": {"maxErrorRate": True}}, "maxErrorRate"),
+    ({"semantic": {"maxErrorRate": "0.01"}}, "maxErrorRate"),
 ])
 def test_invalid_specs_name_the_field(raw: dict, field: str) -> None:
     with pytest.raises(PolicyError, match=field):
@@ -70,3 +76,9 @@ def test_config_hash_changes_with_spec() -> None:
     b = policy.parse_spec({"ttlSeconds": 11})
     assert policy.config_hash(a) != policy.config_hash(b)
     assert policy.config_hash(a) == policy.config_hash(policy.parse_spec({"ttlSeconds": 10}))
+
+
+def test_a_bound_changes_the_config_hash_sidecars_acknowledge() -> None:
+    """Adding maxErrorRate is a new configuration (the operator waits for every pod to apply it)."""
+    assert policy.config_hash(policy.parse_spec({"semantic": {"maxErrorRate": 0.01}})) != policy.config_hash(
+        policy.parse_spec({}))

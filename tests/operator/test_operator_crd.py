@@ -44,6 +44,8 @@ def test_schema_defaults_equal_the_documented_defaults(crds: Any, ns: str) -> No
     assert spec["scope"]["anonymous"] == policy.DEFAULTS["anonymous"] == "Bypass"
     assert spec["nonDeterministic"] == policy.DEFAULTS["non_deterministic"]
     assert spec["suspend"] is policy.DEFAULTS["suspend"]
+    # No bound unless a policy states one: the schema has no default for it.
+    assert "maxErrorRate" not in spec["semantic"] and policy.DEFAULTS["max_error_rate"] is None
     # What the API server stored parses to exactly the defaulted model.
     assert policy.parse_spec(spec) == policy.parse_spec({})
 
@@ -54,7 +56,7 @@ def test_full_valid_policy_is_accepted_and_parses_identically(crds: Any, ns: str
                      "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
                                           {"key": "canary", "operator": "DoesNotExist"}]},
         "priority": 5, "mode": "Semantic", "ttlSeconds": 60,
-        "semantic": {"similarityThreshold": 0.85, "index": "client",
+        "semantic": {"similarityThreshold": 0.85, "index": "client", "maxErrorRate": 0.01,
                      "embedding": {"provider": "remote", "model": "e5", "url": "http://embed:8000/v1"}},
         "eviction": {"policy": "LFU", "maxEntries": 100, "maxMemory": "64Mi"},
         "scope": {"tenantHeader": "X-Team", "anonymous": "PerNamespace"}, "nonDeterministic": "cache-if-seeded",
@@ -75,6 +77,9 @@ INVALID = [
                  "spec.semantic.similarityThreshold", id="threshold-above-1"),
     pytest.param({"semantic": {"similarityThreshold": -0.1}},
                  "spec.semantic.similarityThreshold", id="threshold-below-0"),
+    pytest.param({"semantic": {"maxErrorRate": 0}}, "spec.semantic.maxErrorRate", id="max-error-rate-zero"),
+    pytest.param({"semantic": {"maxErrorRate": 0.6}}, "spec.semantic.maxErrorRate", id="max-error-rate-above-half"),
+    pytest.param({"semantic": {"maxErrorRate": "1%"}}, "spec.semantic.maxErrorRate", id="max-error-rate-string"),
     pytest.param({"ttlSeconds": 0}, "spec.ttlSeconds", id="ttl-zero"),
     pytest.param({"ttlSeconds": 31 * 24 * 3600}, "spec.ttlSeconds", id="ttl-over-30-days"),
     pytest.param({"semantic": {"embedding": {"provider": "remote"}}},
