@@ -171,6 +171,8 @@ async def stats_endpoint(request: web.Request) -> web.Response:
             out["semantic"] = {**state.semantic.stats(), "threshold": state.config().similarity_threshold}
         except Exception:  # noqa: BLE001
             out["semantic"] = None
+    if state.bound is not None:
+        out["error_bound"] = state.bound.stats()
     client = state.redis
     if client is None:
         out["namespaces"] = None

@@ -13,7 +13,8 @@ live on :data:`llmcache.proxy.state.STATE`:
 4. the semantic cache, when the mode wants it and the module is installed; when Redis (or a
    remote embedder) is not there yet, it keeps starting in the background with backoff
    (0.5 s doubling to 30 s) and the proxy serves exact-only meanwhile;
-5. the stats flusher (pending counters → Redis once a second).
+5. error-bounded caching (judging workers, model refresh), when the semantic cache may run;
+6. the stats flusher (pending counters → Redis once a second).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from llmcache.proxy.exact import RedisExactStore
 from llmcache.proxy.limits import BodyBudget
 from llmcache.proxy.metrics import ProxyMetrics
 from llmcache.proxy.policy_watch import PolicyWatcher
+from llmcache.proxy.semantic.bound import ErrorBound
 from llmcache.proxy.semantic.embedder import Embedder
 from llmcache.proxy.settings import ProxySettings, generated_salt
 from llmcache.proxy.singleflight import RedisLease
@@ -103,6 +105,7 @@ def create_app(settings: ProxySettings) -> web.Application:
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_policy_ctx)
     app.cleanup_ctx.append(_semantic_ctx)
+    app.cleanup_ctx.append(_bound_ctx)
     app.cleanup_ctx.append(_stats_ctx)
     # Last in, first out: background work (stores, promotions, semantic adds) ends before the
     # resources it uses close.
@@ -260,6 +263,23 @@ async def _semantic_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await starter.close()
+
+
+async def _bound_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    settings = state.settings
+    if (settings.cache.mode == "exact" and not settings.policy.enabled) or state.redis is None or state.store is None:
+        yield
+        return
+    bound = ErrorBound(redis=state.redis, store=state.store, breaker=state.breaker, keyspace=state.keyspace,
+                       settings=settings.judge, metrics=state.metrics)
+    bound.start()
+    state.bound = bound
+    try:
+        yield
+    finally:
+        state.bound = None
+        await bound.close()
 
 
 class _SemanticStarter:

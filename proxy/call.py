@@ -69,6 +69,9 @@ class Call:
     lease_key: str | None = None
     handed_off: bool = False
     """True once landing the flight is the background store's job."""
+    judgement: Any = None
+    """A semantic candidate not served under an error bound, to judge against this request's fresh
+    answer (:class:`llmcache.proxy.semantic.bound.Pending`), or ``None``."""
     _parts: Any = _UNSET
     """The request's semantic split, computed at most once (lookup, then store)."""
 

@@ -74,6 +74,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
              help="coalesce identical misses across pods with a Redis lease")
     add_flag(parser, "--similarity-threshold", default=d.semantic.similarity_threshold, type=float,
              help="cosine similarity in [0, 1] a semantic hit needs")
+    add_flag(parser, "--semantic-max-error-rate", default=None, type=float,
+             help="share of semantic hits that may be wrong, e.g. 0.01: serve a candidate only once judged "
+                  "outcomes certify it (unset: every candidate the verifier accepts)")
+    add_flag(parser, "--judge-url", default=None,
+             help="OpenAI-compatible LLM judge for the error bound (unset: compare the fresh and cached answers)")
+    add_flag(parser, "--judge-model", default=d.judge.model, help="model name sent to --judge-url")
+    add_flag(parser, "--judge-api-key", default=None, help="bearer token for --judge-url")
+    add_flag(parser, "--judge-budget", default=d.judge.budget, type=float,
+             help="extra upstream calls per minute (explorations) as a share of semantic lookups")
+    add_flag(parser, "--judge-explore-rate", default=d.judge.explore_rate, type=float,
+             help="share of would-be semantic hits sent upstream and judged instead (within --judge-budget)")
+    add_flag(parser, "--judge-max-calls-per-minute", default=d.judge.max_calls_per_minute, type=int,
+             help="LLM-judge calls per minute at most")
     add_flag(parser, "--embedder", default=d.semantic.embedder, choices=("local", "remote"),
              help="local sentence-transformers model or a remote /v1/embeddings endpoint")
     add_flag(parser, "--embedder-url", default=None, help="base URL of the remote embedder")
@@ -97,7 +110,8 @@ def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
     semantic = ps.SemanticSettings(similarity_threshold=args.similarity_threshold, embedder=args.embedder,
                                    embedder_url=args.embedder_url, embedder_backend=args.embedder_backend,
                                    index=args.semantic_index,
-                                   timeout_s=args.semantic_timeout_ms / 1000)
+                                   timeout_s=args.semantic_timeout_ms / 1000,
+                                   max_error_rate=args.semantic_max_error_rate)
     mode = args.mode
     if mode is None:
         mode = "both" if ps.semantic_available(semantic) else "exact"
@@ -117,6 +131,9 @@ def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
         upstream=ps.UpstreamSettings(url=upstream_url(args.upstream), timeout_s=args.upstream_timeout_seconds,
                                      enable_cache_salt=args.upstream_cache_salt == "on"),
         semantic=semantic,
+        judge=ps.JudgeSettings(url=args.judge_url, model=args.judge_model, api_key=args.judge_api_key,
+                               budget=args.judge_budget, explore_rate=args.judge_explore_rate,
+                               max_calls_per_minute=args.judge_max_calls_per_minute),
         policy=ps.PolicySource(pod_labels_file=args.pod_labels_file, pod_namespace=args.pod_namespace,
                                pod_name=args.pod_name, policy_file=args.policy_file),
         observability=ps.ObservabilitySettings(price_input_per_1k=args.price_input_per_1k,

@@ -344,6 +344,9 @@ async def _semantic_lookup(call: Call) -> web.StreamResponse | None:
         log.exception("semantic lookup failed for %s", call.log_key)
         match = None
     state.metrics.observe_lookup("semantic", time.perf_counter() - t0)
+    # Under a policy's error bound the verifier's consent is not enough (llmcache.proxy.semantic.bound).
+    if call.cfg.max_error_rate is not None and (state.bound is None or not await state.bound.admit(call, match)):
+        return None
     if match is None:
         return None
     entry = await load_entry(call, match.key_hash, kind="exact")

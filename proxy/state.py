@@ -30,6 +30,7 @@ from llmcache.proxy.exact import ExactStore, ParsedEntries
 from llmcache.proxy.metrics import ProxyMetrics
 from llmcache.proxy.policy_watch import PolicyWatcher
 from llmcache.proxy.semantic import SemanticCache
+from llmcache.proxy.semantic.bound import ErrorBound
 from llmcache.proxy.settings import ProxySettings
 from llmcache.proxy.singleflight import FlightGroup, RedisLease
 from llmcache.proxy.telemetry import Telemetry
@@ -58,6 +59,9 @@ class EffectiveConfig:
     """Cache requests without the tenant header (per partition)? ``anonymous: PerNamespace``."""
     policy_id: str | None = None
     """The applied CachePolicy's id (``namespace/name``) that tags the stats counters; ``None`` without one."""
+    max_error_rate: float | None = None
+    """The accepted share of wrong semantic hits (δ): ``spec.semantic.maxErrorRate``, else
+    ``--semantic-max-error-rate``; ``None``: every candidate the verifier accepts is served."""
 
 
 def effective_config(settings: ProxySettings, doc: PolicyDocument | None, *,
@@ -72,7 +76,7 @@ def effective_config(settings: ProxySettings, doc: PolicyDocument | None, *,
             ttl_s=c.ttl_s, similarity_threshold=settings.semantic.similarity_threshold,
             tenant_header=c.tenant_header, non_deterministic=c.non_deterministic, suspend=False,
             invalidate_before_s=None, group=DEFAULT_GROUP, partition=settings.policy.pod_namespace or "",
-            cache_anonymous=c.anonymous == "per-namespace")
+            cache_anonymous=c.anonymous == "per-namespace", max_error_rate=settings.semantic.max_error_rate)
     s = doc.spec
     return EffectiveConfig(
         exact=s.exact_enabled or (not s.suspend and not semantic_ready),
@@ -80,7 +84,7 @@ def effective_config(settings: ProxySettings, doc: PolicyDocument | None, *,
         similarity_threshold=s.similarity_threshold, tenant_header=s.tenant_header,
         non_deterministic=s.non_deterministic, suspend=s.suspend, invalidate_before_s=s.invalidate_before_s,
         group=doc.id, partition=settings.policy.pod_namespace or doc.namespace,
-        cache_anonymous=s.anonymous == "PerNamespace", policy_id=doc.id)
+        cache_anonymous=s.anonymous == "PerNamespace", policy_id=doc.id, max_error_rate=s.max_error_rate)
 
 
 @dataclass(slots=True)
@@ -107,6 +111,9 @@ class ProxyState:
     lease: RedisLease | None = None
     semantic: SemanticCache | None = None
     """The semantic cache, or ``None`` (exact-only mode, or not started yet: see ``app._SemanticStarter``)."""
+    bound: ErrorBound | None = None
+    """Error-bounded semantic caching (decides under a ``max_error_rate``, judges, learns); ``None`` in
+    exact-only mode. A request whose config carries a bound is never served semantically without it."""
     policy_watcher: PolicyWatcher | None = None
     """The CachePolicy watcher, or ``None`` (no policy source configured)."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)

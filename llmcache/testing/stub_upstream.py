@@ -19,6 +19,11 @@ request with ``POST /stub/config {"fault": …}``:
                (non-streaming: send half the declared Content-Length)
 =============  ==============================================================
 
+Meaning-class mode (the stream benchmark): ``answers`` maps a prompt (the last user message, or a
+completion's prompt) to its answer text; a request whose prompt is in the map gets that text, so
+paraphrases of one question share an answer and its hard negatives get theirs. Set it with
+``POST /stub/config {"answers": {…}}`` or ``--answers FILE.json``; other prompts get the hash words.
+
 Control endpoints: ``GET /stub/requests`` → ``{"total": n, "by_path": {…}}``
 (the counter single-flight tests read), ``POST /stub/reset`` (zero counters
 and faults), ``POST /stub/config {"latency_ms", "chunk_delay_ms", "fault"}``,
@@ -68,6 +73,8 @@ class StubConfig:
     timeout_s: float = 30.0
     """How long the ``timeout`` fault sleeps (s)."""
     requests: Counter[str] = field(default_factory=Counter)
+    answers: dict[str, str] = field(default_factory=dict)
+    """Prompt → answer text (meaning-class mode, see the module docstring); empty = hash words only."""
 
 
 _CONFIG = web.AppKey("stub_config", StubConfig)
@@ -87,6 +94,26 @@ def answer_text(body: dict[str, Any], *, digest: str | None = None) -> str:
     n_words = max(1, min(int(max_tokens), 64))
     words = [_WORDS[int(digest[i * 2 % 60:i * 2 % 60 + 2], 16) % len(_WORDS)] for i in range(n_words)]
     return f"[{digest[:8]}] " + " ".join(words)
+
+
+def _prompt_of(body: dict[str, Any]) -> str | None:
+    """The last user message's text (chat) or the prompt (completions)."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for m in reversed(messages):
+            if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
+                return m["content"]
+        return None
+    prompt = body.get("prompt")
+    return prompt if isinstance(prompt, str) else None
+
+
+def _text_for(cfg: StubConfig, body: dict[str, Any], digest: str) -> str:
+    if cfg.answers:
+        prompt = _prompt_of(body)
+        if prompt is not None and prompt in cfg.answers:
+            return cfg.answers[prompt]
+    return answer_text(body, digest=digest)
 
 
 def _error(status: int, message: str, *, type_: str = "server_error") -> web.Response:
@@ -199,7 +226,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return admitted
     cfg, body, fault = admitted
     digest = _digest(body)
-    text = answer_text(body, digest=digest)
+    text = _text_for(cfg, body, digest)
     calls = _tool_calls(body, digest)
     n = int(body.get("n") or 1)
     created = int(time.time())
@@ -268,7 +295,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return admitted
     cfg, body, fault = admitted
     digest = _digest(body)
-    text = answer_text(body, digest=digest)
+    text = _text_for(cfg, body, digest)
     rid = _next_id(cfg, "cmpl", digest)
     base = {"id": rid, "created": int(time.time()), "model": body["model"], "system_fingerprint": "fp_stub"}
     prompt_tokens = _prompt_tokens(body)
@@ -365,6 +392,12 @@ async def stub_config(request: web.Request) -> web.Response:
         cfg.fault = body["fault"]
     if "timeout_s" in body:
         cfg.timeout_s = float(body["timeout_s"])
+    if "answers" in body:
+        answers = body["answers"]
+        if not isinstance(answers, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in answers.items()):
+            return web.json_response({"error": "answers must map prompt strings to answer strings"}, status=400)
+        cfg.answers = dict(answers)
     return web.json_response({"latency_ms": cfg.latency_ms, "chunk_delay_ms": cfg.chunk_delay_ms,
                               "fault": cfg.fault, "timeout_s": cfg.timeout_s})
 
@@ -401,9 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between SSE chunks (ms)")
     parser.add_argument("--fault", default=None, choices=["500", "429", "timeout", "reset", "truncate"],
                         help="fault injected into every API request")
+    parser.add_argument("--answers", default=None,
+                        help="JSON file mapping prompts to answer texts (meaning-class mode)")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     cfg = StubConfig(latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms, fault=args.fault)
+    if args.answers:
+        with open(args.answers, encoding="utf-8") as fh:
+            cfg.answers = dict(json.load(fh))
     logging.basicConfig(level=logging.WARNING)
 
     async def serve() -> None:

@@ -47,6 +47,12 @@ class SemanticMatch:
     """Exact-cache key hash of the stored answer (``Keyspace().entry(key_hash)``)."""
     similarity: float
     """Cosine similarity in [0, 1] between the query and the stored text."""
+    reason: str = "ok"
+    """The verifier's verdict (``ok``, ``identical``…), or ``unverified`` with ``verify`` off."""
+    score: float | None = None
+    """The verifier's pair-model probability when its content stage decided, else ``None``."""
+    num_refused_above: int = 0
+    """Candidates more similar than this one that the verifier refused (a crowded neighbourhood)."""
 
 
 @dataclass(slots=True)
@@ -150,16 +156,19 @@ class SemanticCache:
             verdicts = await self._verifier.check_many(parts.text, [c.text for c in ranked],
                                                        similarities=[c.similarity for c in ranked])
         for i, cand in enumerate(ranked):
-            if self._settings.verify:
-                verdict = verdicts[i]
-                if not verdict.ok:
-                    self._counters.rejected[verdict.reason] += 1
-                    # The reason only: verdict.detail may quote the texts.
-                    log.debug("semantic candidate %s refused: %s (similarity %.3f%s)", short(cand.key_hash),
-                              verdict.reason, cand.similarity,
-                              "" if verdict.score is None else f", pair model {verdict.score:.2f}")
-                    continue
-            return SemanticMatch(cand.key_hash, min(1.0, max(0.0, cand.similarity)))
+            similarity = min(1.0, max(0.0, cand.similarity))
+            if not self._settings.verify:
+                return SemanticMatch(cand.key_hash, similarity, reason="unverified", num_refused_above=i)
+            verdict = verdicts[i]
+            if not verdict.ok:
+                self._counters.rejected[verdict.reason] += 1
+                # The reason only: verdict.detail may quote the texts.
+                log.debug("semantic candidate %s refused: %s (similarity %.3f%s)", short(cand.key_hash),
+                          verdict.reason, cand.similarity,
+                          "" if verdict.score is None else f", pair model {verdict.score:.2f}")
+                continue
+            return SemanticMatch(cand.key_hash, similarity, reason=verdict.reason, score=verdict.score,
+                                 num_refused_above=i)
         return None
 
     async def add(self, parts: SemanticParts, key_hash: str, *, ttl_s: int) -> None:

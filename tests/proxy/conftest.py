@@ -26,7 +26,6 @@ from llmcache.testing.stub_upstream import StubConfig, create_stub_app
 @pytest.fixture
 async def proxy_stack(redis_plain_url: str) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
     servers: list[TestServer] = []
-    runners: list[web.AppRunner] = []
     stacks: list[Stack] = []
     http = aiohttp.ClientSession()
 
@@ -41,11 +40,10 @@ async def proxy_stack(redis_plain_url: str) -> AsyncIterator[Callable[..., Await
         # handler cancellation, which production does not use.
         runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
         await runner.setup()
-        runners.append(runner)
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         stack = Stack(proxy_url=f"http://127.0.0.1:{port}", upstream_url=upstream_url, app=app,
-                      stub=stub, http=http)
+                      stub=stub, http=http, runner=runner)
         stacks.append(stack)
         # Wait for readiness like the chart's probe does.
         for _ in range(200):
@@ -59,8 +57,8 @@ async def proxy_stack(redis_plain_url: str) -> AsyncIterator[Callable[..., Await
     for stack in stacks:
         for c in stack.clients:
             await c.close()
-    for runner in reversed(runners):
-        await runner.cleanup()
+    for stack in reversed(stacks):
+        await stack.stop()
     for server in reversed(servers):
         await server.close()
     await http.close()

@@ -31,6 +31,14 @@ class Stack:
     stub: StubConfig
     http: aiohttp.ClientSession
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+    runner: web.AppRunner | None = None
+    stopped: bool = False
+
+    async def stop(self) -> None:
+        """Shut the proxy down as SIGTERM does (cleanup contexts run: pending counters are flushed)."""
+        if not self.stopped and self.runner is not None:
+            self.stopped = True
+            await self.runner.cleanup()
 
     @property
     def state(self) -> ProxyState:
@@ -69,6 +77,7 @@ def proxy_settings(redis_url: str, stub_url: str, **overrides: Any) -> ps.ProxyS
     obs_kw = {k[4:]: v for k, v in overrides.items() if k.startswith("obs_")}
     policy_kw = {k[7:]: v for k, v in overrides.items() if k.startswith("policy_")}
     sem_kw = {k[9:]: v for k, v in overrides.items() if k.startswith("semantic_")}
+    judge_kw = {k[6:]: v for k, v in overrides.items() if k.startswith("judge_")}
     return ps.ProxySettings(
         cache=dataclasses.replace(ps.CacheSettings(mode="exact", tenant_salt=SALT), **cache_kw),
         # 500 ms, not the 50 ms default: the test box is shared and a burst of new connections may be
@@ -78,6 +87,7 @@ def proxy_settings(redis_url: str, stub_url: str, **overrides: Any) -> ps.ProxyS
         observability=dataclasses.replace(ps.ObservabilitySettings(admin_token=ADMIN_TOKEN), **obs_kw),
         policy=ps.PolicySource(**policy_kw),
         semantic=ps.SemanticSettings(**sem_kw),
+        judge=ps.JudgeSettings(**judge_kw),
     )
 
 

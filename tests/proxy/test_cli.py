@@ -155,3 +155,65 @@ def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     loop.close()
     with pytest.raises(ConfigError, match="--event-loop asyncio"):
         cli.new_event_loop("uvloop")
+
+
+def test_error_bound_flags_env_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--semantic-max-error-rate ↔ LLMCACHE_SEMANTIC_MAX_ERROR_RATE ↔ spec.semantic.maxErrorRate; judge flags."""
+    import argparse
+
+    from llmcache.errors import ConfigError
+
+    monkeypatch.setenv("LLMCACHE_SEMANTIC_MAX_ERROR_RATE", "0.01")
+    monkeypatch.setenv("LLMCACHE_JUDGE_BUDGET", "0.02")
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    s = cli.settings_from_args(parser.parse_args(["--mode", "both", "--judge-url", "http://judge:8000/v1",
+                                                  "--judge-model", "qwen-0.5b", "--judge-explore-rate", "0.1"]))
+    assert s.semantic.max_error_rate == 0.01
+    assert (s.judge.url, s.judge.model, s.judge.budget, s.judge.explore_rate) == (
+        "http://judge:8000/v1", "qwen-0.5b", 0.02, 0.1)
+    for bad in ("0", "0.9", "-0.01"):
+        with pytest.raises(ConfigError, match="--semantic-max-error-rate"):
+            cli.settings_from_args(parser.parse_args(["--semantic-max-error-rate", bad]))
+    with pytest.raises(ConfigError, match="--judge-url"):
+        cli.settings_from_args(parser.parse_args(["--judge-url", "judge:8000"]))
+    with pytest.raises(ConfigError, match="--judge-budget"):
+        cli.settings_from_args(parser.parse_args(["--judge-budget", "1.5"]))
+
+
+def test_error_bound_defaults() -> None:
+    from llmcache.proxy import settings as ps
+
+    s = ps.ProxySettings()
+    assert s.semantic.max_error_rate is None and s.judge.url is None  # off; the answer judge when on
+    assert s.judge.budget == 0.05 and s.judge.explore_rate == 0.05 and s.judge.votes == 3
+    assert s.judge.queue_size == 256 and s.judge.refresh_s == 1.0
+
+
+def test_stats_cli_prints_each_policys_error_bound(redis_plain_url: str) -> None:
+    """`llmcache stats` reads the shared model and fits it at the bound the sidecars last applied."""
+    import redis
+
+    from llmcache import errorbound as eb
+    from llmcache import stats
+    from llmcache.keyspace import Keyspace
+
+    ks = Keyspace()
+    client = redis.Redis.from_url(redis_plain_url)
+    try:
+        client.hset(ks.stats(stats.ns_hash("docs", policy="team/p")),
+                    mapping={"namespace": "docs", "policy": "team/p", "miss": 5, "semantic_hit": 2})
+        b = eb.similarity_bin(0.97)
+        client.hset(ks.bound("team/p"), mapping={
+            "current": "v1", eb.total_field("v1", "delta"): "0.05", eb.cell_field("v1", "s", b, "n"): 90,
+            eb.cell_field("v1", "s", b, "j"): 70, eb.total_field("v1", "gained"): 12})
+    finally:
+        client.close()
+    out = subprocess.run([sys.executable, "-m", "llmcache", "stats", "--redis-url", redis_plain_url, "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    bound = json.loads(out)[0]["error_bound"]["team/p"]
+    assert bound["bounded"] and bound["judged"] == 70 and bound["gained"] == 12 and bound["max_error_rate"] == 0.05
+    table = subprocess.run([sys.executable, "-m", "llmcache", "stats", "--redis-url", redis_plain_url],
+                           capture_output=True, text=True, check=True).stdout
+    line = next(x for x in table.splitlines() if x.startswith("team/p"))
+    assert "bounded (error ≤" in line and " 70 " in line

@@ -1,0 +1,240 @@
+"""Error-bounded semantic caching through the proxy (real Redis with vector search, real MiniLM, the stub
+upstream in meaning-class mode: its answers say which prompts mean the same)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from proxy_helpers import ADMIN, Stack
+
+from llmcache import errorbound as eb
+from llmcache.keyspace import DEFAULT_GROUP, Keyspace
+from llmcache.testing.stub_upstream import StubConfig
+
+BASE = "How do I reverse a linked list in Python?"
+PARA = "How can I reverse a linked list in Python?"
+ANSWER = "Walk the list once, pointing each node's next at the previous node."
+OTHER = "Use a deque and call reverse() on it."
+#: δ = 0.3: a clean region passes after 7 judgements (llmcache.errorbound.min_judged), so tests stay short.
+DELTA = 0.3
+N_MIN = eb.min_judged(DELTA)
+CHAT = "/v1/chat/completions"
+
+
+def body(text: str) -> dict[str, Any]:
+    return {"model": "stub-model", "temperature": 0, "messages": [{"role": "user", "content": text}]}
+
+
+def tenant(i: int) -> dict[str, str]:
+    return {"Authorization": f"Bearer sk-tenant-{i}"}
+
+
+async def settle(stack: Stack) -> None:
+    """Background stores, then queued judgements, then a flush + re-read of the shared model."""
+    assert stack.state.bound is not None
+    await stack.flush()
+    await stack.state.bound.drain()
+    await stack.state.bound.flush_all()
+
+
+async def pair(stack: Stack, i: int, *, query: str = PARA) -> str:
+    """Tenant ``i`` asks BASE (stored), then ``query``; the status of the second request."""
+    _, h, _ = await stack.post(CHAT, body(BASE), headers=tenant(i))
+    assert h["X-LLMCache-Status"] == "miss"
+    await stack.flush()
+    _, h, _ = await stack.post(CHAT, body(query), headers=tenant(i))
+    await settle(stack)
+    return h["X-LLMCache-Status"]
+
+
+async def wait_bounded(stack: Stack, *, timeout_s: float = 30.0) -> eb.Fit:
+    """Until this proxy's model of the default group certifies something (it refreshes every refresh_s)."""
+    assert stack.state.bound is not None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        fit = stack.state.bound.fit_for(DEFAULT_GROUP)
+        if fit is not None and fit.bounded:
+            return fit
+        assert time.monotonic() < deadline, f"model never certified: {fit}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def bounded_stack(proxy_stack: Callable[..., Awaitable[Stack]],
+                  redis_search_url: str) -> Callable[..., Awaitable[Stack]]:
+    async def make(*, answers: dict[str, str] | None = None, **overrides: Any) -> Stack:
+        stub = StubConfig(answers=answers if answers is not None else {BASE: ANSWER, PARA: ANSWER})
+        overrides.setdefault("semantic_max_error_rate", DELTA)
+        overrides.setdefault("judge_refresh_s", 0.2)
+        stack = await proxy_stack(redis_url=redis_search_url, cache_mode="both", semantic_timeout_s=5.0,
+                                  stub=stub, **overrides)
+        if stack.state.semantic is None or stack.state.bound is None:
+            pytest.fail("the semantic cache or the error bound did not start (see the log)")
+        return stack
+    return make
+
+
+async def test_candidates_are_misses_until_judged_outcomes_certify_them(bounded_stack: Any) -> None:
+    stack = await bounded_stack()
+    for i in range(N_MIN):
+        # The verifier accepts the pair, but nothing is certified yet: a miss, judged afterwards.
+        assert await pair(stack, i) == "miss"
+    assert stack.state.bound is not None
+    fit = stack.state.bound.fit_for(DEFAULT_GROUP)
+    assert fit is not None and fit.bounded and fit.num_judged == N_MIN and fit.num_wrong == 0
+    assert fit.error_upper is not None and fit.error_upper <= DELTA
+    calls = await stack.upstream_count()
+    assert await pair(stack, 100) == "semantic-hit"
+    assert await stack.upstream_count() == calls + 1  # only the base went upstream
+    # A confirmed request's next identical prompt is an exact hit (its answer is under its own key).
+    _, h, _ = await stack.post(CHAT, body(PARA), headers=tenant(0))
+    assert h["X-LLMCache-Status"] == "hit"
+    async with stack.http.get(stack.proxy_url + "/metrics") as r:
+        text = await r.text()
+    assert 'llmcache_semantic_bounded{policy="_default"} 1.0' in text
+    assert f'llmcache_semantic_judged_total{{outcome="right",policy="_default"}} {float(N_MIN)}' in text
+    async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats", headers=ADMIN) as r:
+        stats = await r.json()
+    policy = stats["error_bound"]["policies"][DEFAULT_GROUP]
+    assert policy["bounded"] and policy["judged"] == N_MIN and policy["served"] >= 1
+    assert policy["state"].startswith("bounded (error ≤ ")
+    row = next(r for r in stats["namespaces"] if r["namespace"] == "default")
+    assert row["error_bound"][DEFAULT_GROUP]["judged"] == N_MIN
+
+
+async def test_wrong_answers_keep_a_policy_learning_and_veto_the_entry(bounded_stack: Any,
+                                                                       redis_search_url: str) -> None:
+    """The verifier accepts the pair, but the upstream answers it differently: never served."""
+    stack = await bounded_stack(answers={BASE: ANSWER, PARA: OTHER})
+    for i in range(N_MIN + 2):
+        assert await pair(stack, i) == "miss"
+    assert stack.state.bound is not None
+    fit = stack.state.bound.fit_for(DEFAULT_GROUP)
+    assert fit is not None and not fit.bounded and fit.num_wrong == N_MIN + 2
+    assert fit.describe().startswith(f"learning ({N_MIN + 2} judged, {N_MIN + 2} wrong")
+    # Each base entry remembers the similarity it was judged wrong at (its own veto), expiring with it.
+    client = aioredis.from_url(redis_search_url)
+    try:
+        keys = [k async for k in client.scan_iter(match="llmcache:j:*")]
+        assert len(keys) == N_MIN + 2
+        record = await client.hgetall(keys[0])
+        assert record[b"wrong"] == b"1" and 0.9 < float(record[b"veto"]) <= 1.0
+        assert 0 < await client.ttl(keys[0]) <= 3600
+    finally:
+        await client.aclose()
+
+
+async def test_learning_from_one_proxy_serves_another_sharing_redis(bounded_stack: Any) -> None:
+    a = await bounded_stack()
+    for i in range(N_MIN):
+        assert await pair(a, i) == "miss"
+    b = await bounded_stack()  # a second sidecar: same Redis, own process state
+    _, h, _ = await b.post(CHAT, body(BASE), headers=tenant(50))  # its first lookup starts reading the model
+    assert h["X-LLMCache-Status"] == "miss"
+    await wait_bounded(b)
+    await b.flush()
+    _, h, served = await b.post(CHAT, body(PARA), headers=tenant(50))
+    assert h["X-LLMCache-Status"] == "semantic-hit"
+    assert ANSWER in served.decode()
+
+
+async def test_learning_survives_a_proxy_restart(bounded_stack: Any) -> None:
+    a = await bounded_stack(judge_refresh_s=3600.0)  # nothing flushed by the timer: only at shutdown
+    for i in range(N_MIN):
+        _, _, _ = await a.post(CHAT, body(BASE), headers=tenant(i))
+        await a.flush()
+        _, h, _ = await a.post(CHAT, body(PARA), headers=tenant(i))
+        assert h["X-LLMCache-Status"] == "miss"
+        await a.flush()
+        assert a.state.bound is not None
+        await a.state.bound.drain()
+    await a.stop()  # SIGTERM: the cleanup flushes what was judged
+    c = await bounded_stack()
+    _, h, _ = await c.post(CHAT, body(BASE), headers=tenant(60))
+    await wait_bounded(c)
+    await c.flush()
+    _, h, _ = await c.post(CHAT, body(PARA), headers=tenant(60))
+    assert h["X-LLMCache-Status"] == "semantic-hit"
+
+
+async def test_explorations_stay_within_the_budget(bounded_stack: Any) -> None:
+    """Every would-be hit asks to explore; the budget (a share of semantic lookups per minute) says no."""
+    stack = await bounded_stack(judge_explore_rate=1.0, judge_budget=0.25)
+    for i in range(N_MIN):
+        await pair(stack, i)
+    await wait_bounded(stack)
+    assert stack.state.bound is not None
+    lookups_before = stack.state.bound.counters.num_admitted
+    statuses = [await pair(stack, 200 + i) for i in range(12)]
+    bound = stack.state.bound
+    explored = bound.counters.num_explored
+    # Lookups in the window: every BASE (no candidate) and every PARA of the test so far.
+    lookups = 2 * (N_MIN + 12)
+    assert 1 <= explored <= 0.25 * lookups
+    assert statuses.count("miss") == explored and statuses.count("semantic-hit") == 12 - explored
+    assert bound.counters.num_budget_denied == 12 - explored
+    assert bound.counters.num_admitted - lookups_before == 12
+    # Explored candidates were judged too (right): the estimate keeps receiving samples.
+    fit = bound.fit_for(DEFAULT_GROUP)
+    assert fit is not None and fit.num_explored == explored and fit.num_judged == N_MIN + explored
+
+
+async def test_a_failing_judge_fails_open(bounded_stack: Any, unused_port: int) -> None:
+    """An LLM judge nobody listens on: requests are answered as before, no outcome is recorded."""
+    stack = await bounded_stack(judge_url=f"http://127.0.0.1:{unused_port}", judge_timeout_s=2.0)
+    for i in range(3):
+        assert await pair(stack, i) == "miss"
+    assert stack.state.bound is not None
+    counters = stack.state.bound.counters
+    assert counters.num_failed == 3 and counters.num_judged == 0
+    async with stack.http.get(stack.proxy_url + "/metrics") as r:
+        assert 'llmcache_semantic_judge_failures_total{reason="judge"} 3.0' in await r.text()
+
+
+async def test_a_failing_upstream_is_not_judged(bounded_stack: Any) -> None:
+    stack = await bounded_stack()
+    _, h, _ = await stack.post(CHAT, body(BASE), headers=tenant(1))
+    await stack.flush()
+    status, h, _ = await stack.post(CHAT, body(PARA), headers={**tenant(1), "X-Stub-Fault": "500"})
+    assert status == 500 and h["X-LLMCache-Status"] == "miss"  # the upstream's error, as without a bound
+    await settle(stack)
+    assert stack.state.bound is not None and stack.state.bound.counters.num_judged == 0
+
+
+async def test_a_bound_without_its_machinery_serves_no_semantic_hit(bounded_stack: Any) -> None:
+    """Fail closed on serving: a request under a bound whose model cannot run is a miss, never a hit."""
+    stack = await bounded_stack(semantic_max_error_rate=None)
+    _, _, _ = await stack.post(CHAT, body(BASE), headers=tenant(1))
+    await stack.flush()
+    _, h, _ = await stack.post(CHAT, body(PARA), headers=tenant(1))
+    assert h["X-LLMCache-Status"] == "semantic-hit"  # without a bound: the verifier's word suffices
+    bounded = await bounded_stack()
+    bounded.state.bound = None
+    _, _, _ = await bounded.post(CHAT, body(BASE), headers=tenant(2))
+    await bounded.flush()
+    _, h, _ = await bounded.post(CHAT, body(PARA), headers=tenant(2))
+    assert h["X-LLMCache-Status"] == "miss"
+
+
+async def test_model_hash_is_bounded_and_versioned(bounded_stack: Any, redis_search_url: str) -> None:
+    stack = await bounded_stack()
+    for i in range(3):
+        await pair(stack, i)
+    client = aioredis.from_url(redis_search_url)
+    try:
+        raw = await client.hgetall(Keyspace().bound(DEFAULT_GROUP))
+        assert stack.state.bound is not None
+        version = stack.state.bound.version
+        assert raw[b"current"] == version.encode()
+        # Every field is one of the fixed per-version set (cells × 3 + totals + delta + t + current).
+        allowed = len(eb.CLASSES) * len(eb.SIMILARITY_EDGES) * 3 + len(eb.TOTALS) + 3
+        assert 0 < len(raw) <= allowed
+        assert all(k == b"current" or k.startswith(version.encode() + b":") for k in raw)
+        assert 0 < await client.ttl(Keyspace().bound(DEFAULT_GROUP)) <= 30 * 86_400
+    finally:
+        await client.aclose()
