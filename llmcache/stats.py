@@ -17,6 +17,12 @@ Each flush also records the hash in the partition's index (``{p}:n:{ns}:statsidx
 counters without ``SCAN``, which would list every partition's keys and which a
 namespace's Redis user may not run.
 
+With error-bounded semantic caching (a policy's ``maxErrorRate``), each row also carries
+``error_bound``: per policy, what the judged outcomes of the row's partition certify
+(:mod:`llmcache.errorbound`, read from ``{p}:n:{ns}:b:{group}``; learning is per partition):
+the state line, the estimated error rate and its upper bound, judged samples, explorations and
+hits gained over one static threshold.
+
 The ``policy`` field is what the operator sums for a CachePolicy's
 ``status.hitRate`` (:func:`llmcache.operator.status.hit_counters`), so the rate
 is exact rather than estimated from eviction bookkeeping. Readers of this
@@ -42,8 +48,8 @@ from typing import Any
 
 import redis.asyncio
 
-from llmcache import connection
-from llmcache.keyspace import Keyspace
+from llmcache import connection, errorbound
+from llmcache.keyspace import DEFAULT_GROUP, Keyspace
 from llmcache.settings import DEFAULT_REDIS_URL, add_flag
 
 __all__ = ["DEFAULT_NAMESPACE", "FIELDS", "OVERFLOW_NAMESPACE", "STATS_TTL_S", "StatsBuffer", "configure", "ns_hash",
@@ -160,12 +166,32 @@ async def read_stats(client: redis.asyncio.Redis, *, keyspace: Keyspace,
             row[f] += int(raw.get(f.encode(), 0))
         if b"policy" in raw:
             row["policies"].append(connection.as_text(raw[b"policy"]))
+    bounds: dict[tuple[str, str], dict[str, Any] | None] = {}
     for row in rows.values():
         hits = row["hit"] + row["semantic_hit"]
         looked = hits + row["miss"]
         row["hit_rate"] = round(hits / looked, 4) if looked else 0.0
         row["policies"].sort()
+        row["error_bound"] = {}
+        partition = row["partition"]
+        if partition == "?":
+            continue  # a key under the prefix whose partition does not parse: no model to name
+        for group in row["policies"] or [DEFAULT_GROUP]:
+            if (partition, group) not in bounds:
+                bounds[partition, group] = await read_bound(client, keyspace=keyspace.for_partition(partition),
+                                                            group=group)
+            if bounds[partition, group] is not None:
+                row["error_bound"][group] = bounds[partition, group]
     return [rows[k] for k in sorted(rows)]
+
+
+async def read_bound(client: redis.asyncio.Redis, *, keyspace: Keyspace, group: str) -> dict[str, Any] | None:
+    """What a policy group's error-bound model in ``keyspace``'s partition certifies at the bound its
+    sidecars last applied; ``None`` when no sidecar ever learned under a bound there."""
+    state = errorbound.parse(await client.hgetall(keyspace.bound(group)))
+    if state.max_error_rate is None:
+        return None
+    return errorbound.fit(state, state.max_error_rate).to_dict()
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -193,7 +219,22 @@ def run(args: argparse.Namespace) -> int:
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
         print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
+    bounds = {group: b for r in rows for group, b in (r.get("error_bound") or {}).items()}
+    if bounds:
+        print()
+        _print_bounds(bounds)
     return 0
+
+
+def _print_bounds(bounds: dict[str, dict[str, Any]]) -> None:
+    """One line per policy with a bound: ``policy  max_error_rate  error  upper  judged  explored  gained  state``."""
+    cols = ("policy", "max_error_rate", "error_rate", "error_rate_upper", "judged", "explored", "gained", "state")
+    table = [[group, *("—" if b.get(c) is None else str(b[c]) for c in cols[1:])]
+             for group, b in sorted(bounds.items())]
+    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
 def _read_proxy(url: str, token: str | None) -> list[dict[str, Any]]:

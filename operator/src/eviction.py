@@ -24,8 +24,8 @@ One :func:`enforce_limits` pass:
 The excess is measured once per pass, so a pass always ends even while writers
 outpace it.
 
-Deleting a victim removes ``{p}:e:{h}``, ``{p}:v:{h}`` and the member from all
-five structures in one pipeline, and appends ``{op: del, k: h}`` to
+Deleting a victim removes ``{p}:e:{h}``, ``{p}:v:{h}``, ``{p}:j:{h}`` (its judged outcomes) and
+the member from all five structures in one pipeline, and appends ``{op: del, k: h}`` to
 ``{p}:vevents`` for each vector doc that existed, so sidecars with a
 client-side vector index drop it too. A pass is not atomic with concurrent writers:
 entries written meanwhile are counted by the next pass, so a group may overshoot
@@ -117,16 +117,18 @@ class EvictionResult:
 # one round trip and well under a millisecond of server time, where a client pipeline of the
 # same DEL/ZREM commands spent most of a pass packing and parsing in Python. Every key is
 # declared and carries the shard's hash tag, so the script runs on one slot of a cluster.
-# KEYS: lru, lfu, ctime, size, exp (BOOKKEEPING_KINDS order), then entry and vector key of each
-# member. ARGV: mode ("all": delete entries too, "bookkeeping": leave entries, "dead": only members
-# whose entry is gone), then the members. Returns {members removed, members whose vector doc was deleted}.
+# KEYS: lru, lfu, ctime, size, exp (BOOKKEEPING_KINDS order), then entry, vector and judged-outcomes
+# key of each member. ARGV: mode ("all": delete entries too, "bookkeeping": leave entries, "dead": only
+# members whose entry is gone), then the members. Returns {members removed, members whose vector doc
+# was deleted}.
 _REMOVE = """
 local mode = ARGV[1]
 local removed, vdel = 0, {}
 for j = 2, #ARGV do
-  local h, e, v = ARGV[j], KEYS[4 + 2 * (j - 1)], KEYS[5 + 2 * (j - 1)]
+  local h, e, v, o = ARGV[j], KEYS[3 + 3 * (j - 1)], KEYS[4 + 3 * (j - 1)], KEYS[5 + 3 * (j - 1)]
   if mode ~= 'dead' or redis.call('EXISTS', e) == 0 then
     if mode == 'all' then redis.call('DEL', e) end
+    if mode ~= 'bookkeeping' then redis.call('DEL', o) end
     if redis.call('DEL', v) == 1 then vdel[#vdel + 1] = h end
     redis.call('ZREM', KEYS[1], h)
     redis.call('ZREM', KEYS[2], h)
@@ -166,7 +168,7 @@ async def _remove(r: Any, ks: Keyspace, group: str, members: Sequence[str], *, m
             batch = in_shard[i:i + batch_size]
             keys = ks.bookkeeping(group, shard)
             for h in batch:
-                keys += [ks.entry(h), ks.vector(h)]
+                keys += [ks.entry(h), ks.vector(h), ks.judged(h)]
             calls.append((keys, batch))
     if not calls:
         return 0
@@ -376,8 +378,9 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
 
 
 async def drop_bookkeeping(r: aioredis.Redis, ks: Keyspace, group: str) -> None:
-    """Delete the group's bookkeeping keys (every kind), leaving its entries to expire with their TTL."""
-    keys = _bookkeeping_keys(ks, group)
+    """Delete the group's bookkeeping keys (every kind) and its learned error-bound model, leaving its
+    entries to expire with their TTL."""
+    keys = [*_bookkeeping_keys(ks, group), ks.bound(group)]
     for i in range(0, len(keys), 256):
         await r.delete(*keys[i:i + 256])  # split by slot on a cluster
 

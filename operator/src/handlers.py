@@ -238,6 +238,7 @@ async def refresh_status(*, spec: Mapping[str, Any], meta: Mapping[str, Any], na
         part = rt.keyspace.for_partition(namespace)  # a policy's group lives in its namespace's partition
         entries, memory = await eviction.group_usage(rt.redis, part, doc.id)
         counters = await policy_status.policy_counters(rt.redis, part, doc.id)
+        bound = await policy_status.semantic_status(rt.redis, part, doc.id, doc.spec.max_error_rate)
     except _REDIS_ERRORS as exc:
         _patch_status(patch, status, _status_with(status, generation=doc.generation, published=False,
                                                   problem=f"Redis unreachable: {exc}", reason="RedisUnavailable"))
@@ -252,6 +253,7 @@ async def refresh_status(*, spec: Mapping[str, Any], meta: Mapping[str, Any], na
     }
     if counters.hit_rate is not None:
         extra["hitRate"] = round(counters.hit_rate, 4)
+    extra.update(bound)
     _patch_status(patch, status, _status_with(status, generation=doc.generation, published=True, extra=extra))
 
 

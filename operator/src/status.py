@@ -8,6 +8,9 @@ Status fields (the CRD's status schema is strict, nothing else is stored there):
     syncedPods          of those, pods whose ack {p}:acks:{ns}:{name}[pod].configHash == configHash
     entries/memoryBytes size of the policy's eviction group (its bookkeeping in Redis)
     hitRate             hits / lookups of this policy (see :func:`policy_counters`)
+    semantic …          with spec.semantic.maxErrorRate: "learning (N judged)" or the certified bound,
+                        errorRate / errorRateUpper, judgedSamples, explorationCalls, hitsGained
+                        (:func:`semantic_status`, from the sidecars' shared model in Redis)
     conditions          Propagated, Ready, Degraded (Kubernetes condition shape)
 
 Ready is True when the current generation is in Redis and every selected pod
@@ -26,6 +29,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from llmcache import errorbound
 from llmcache.connection import as_text
 from llmcache.keyspace import Keyspace
 
@@ -37,6 +41,7 @@ __all__ = [
     "make_condition",
     "merge_conditions",
     "policy_counters",
+    "semantic_status",
     "synced_pods",
 ]
 
@@ -155,6 +160,29 @@ async def policy_counters(r: aioredis.Redis, ks: Keyspace, policy_id: str) -> Co
     if tagged.num_hits + tagged.num_misses:
         return tagged
     return await group_counters(r, ks, policy_id)
+
+
+#: Status fields :func:`semantic_status` owns (all cleared when the policy drops its bound).
+SEMANTIC_FIELDS = ("semantic", "errorRate", "errorRateUpper", "judgedSamples", "explorationCalls", "hitsGained")
+
+
+async def semantic_status(r: aioredis.Redis, ks: Keyspace, policy_id: str,
+                          max_error_rate: float | None) -> dict[str, Any]:
+    """The error-bound status fields of a policy: what its sidecars' judged outcomes certify at its δ.
+
+    Without a bound every field is ``None`` (a merge patch removes fields a former bound left).
+    The fit is the one every sidecar computes (:func:`llmcache.errorbound.fit`) from the shared counters.
+    """
+    out: dict[str, Any] = dict.fromkeys(SEMANTIC_FIELDS)
+    if max_error_rate is None:
+        return out
+    state = errorbound.parse(await r.hgetall(ks.bound(policy_id)))
+    fit = errorbound.fit(state, max_error_rate)
+    out.update(semantic=fit.describe(), judgedSamples=fit.num_judged, explorationCalls=fit.num_explored,
+               hitsGained=fit.num_gained)
+    if fit.error_rate is not None and fit.error_upper is not None:
+        out.update(errorRate=round(fit.error_rate, 5), errorRateUpper=round(fit.error_upper, 5))
+    return out
 
 
 def _now() -> str:

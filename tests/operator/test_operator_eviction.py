@@ -244,3 +244,20 @@ def test_limits_from_spec_carry_invalidate_before() -> None:
                        "invalidateBefore": "2026-01-01T00:00:00Z"})
     assert EvictionLimits.from_spec(spec) == EvictionLimits("TTL", max_entries=5, max_memory_bytes=1024,
                                                             invalidate_before_s=1767225600.0)
+
+
+async def test_judged_outcomes_go_with_their_entries_and_the_model_with_its_group(r: aioredis.Redis) -> None:
+    """Error-bounded caching's per-entry record is evicted with the entry; a dropped group drops its model."""
+    ks = Keyspace()
+    for i in range(4):
+        await write(r, ks, i, now_s=1000 + i)
+        await r.hset(ks.judged(h(i)), mapping={"veto": "0.93", "wrong": 1})
+    await r.hset(ks.bound(GROUP), mapping={"current": "v1", "v1:a:11:j": 5})
+    await eviction.enforce_limits(r, ks, GROUP, EvictionLimits("LRU", max_entries=2))
+    assert await live(r, ks, 4) == {2, 3}
+    assert [await r.exists(ks.judged(h(i))) for i in range(4)] == [0, 0, 1, 1]
+    # Leaving entries in place (a policy deleted without purge) leaves their records to expire with them.
+    await eviction.delete_members(r, ks, GROUP, [h(2)], delete_entries=False)
+    assert await r.exists(ks.judged(h(2)))
+    await eviction.drop_bookkeeping(r, ks, GROUP)
+    assert not await r.exists(ks.bound(GROUP))

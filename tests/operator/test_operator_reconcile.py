@@ -256,3 +256,29 @@ def test_replicas_peer_and_the_standby_takes_over(crds: Any, ns: str, r: redis.R
     crds.apply(cachepolicy("p", {"ttlSeconds": 5}), namespace=ns)
     wait_for(lambda: (d := stored_doc(r, ns, "p")) is not None and d.generation == 2,
              what="the standby publishing generation 2", logs=[standby.log])
+
+
+def test_error_bound_state_reaches_status_and_leaves_with_the_bound(crds: Any, ns: str, r: redis.Redis,
+                                                                   redis_plain_url: str,
+                                                                   start_operator: Callable[..., Any]) -> None:
+    """status.semantic says "learning (N judged)" until the sidecars' judged outcomes certify the bound."""
+    from llmcache import errorbound as eb
+
+    op = start_operator(ns, redis_plain_url)
+    spec = {"mode": "Both", "semantic": {"maxErrorRate": 0.05}}
+    crds.apply(cachepolicy("bounded", spec), namespace=ns)
+    wait_for(status_is(crds, ns, "bounded", semantic="learning (0 judged)", judgedSamples=0),
+             what="status.semantic learning", logs=[op.log])
+    group, v, b = f"{ns}/bounded", "v1", eb.similarity_bin(0.95)
+    r.hset(KS.bound(group), mapping={"current": v, eb.cell_field(v, "a", b, "n"): 80,
+                                     eb.cell_field(v, "a", b, "j"): 60, eb.total_field(v, "explored"): 4,
+                                     eb.total_field(v, "gained"): 9})
+    wait_for(status_is(crds, ns, "bounded", judgedSamples=60, explorationCalls=4, hitsGained=9),
+             what="status with the judged counts", logs=[op.log])
+    st = get_cpol(crds, ns, "bounded")["status"]
+    assert st["semantic"].startswith("bounded (error ≤ ") and st["errorRateUpper"] <= 0.05
+    # Without a bound the fields go away (the status schema is strict; stale numbers would mislead).
+    crds.apply(cachepolicy("bounded", {"mode": "Both"}), namespace=ns)
+    wait_for(lambda: "semantic" not in (get_cpol(crds, ns, "bounded") or {}).get("status", {}),
+             what="status.semantic removed", logs=[op.log])
+    assert "errorRateUpper" not in get_cpol(crds, ns, "bounded")["status"]

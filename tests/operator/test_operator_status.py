@@ -126,3 +126,24 @@ async def test_configmap_copy_round_trips_through_the_proxy_loader(r: aioredis.R
     path = tmp_path / "policies.json"
     path.write_text(publish.render_configmap(stored)[publish.CONFIGMAP_KEY])
     assert load_policy_file(path, namespace="ns") == sorted(docs, key=lambda d: d.name)
+
+
+async def test_semantic_status_reads_what_the_sidecars_learned(r: aioredis.Redis) -> None:
+    """status.semantic …: the same fit every sidecar computes from the shared counters (llmcache.errorbound)."""
+    from llmcache import errorbound as eb
+
+    assert await status.semantic_status(r, KS, "ns/p", None) == dict.fromkeys(status.SEMANTIC_FIELDS)
+    learning = await status.semantic_status(r, KS, "ns/p", 0.05)
+    assert learning["semantic"] == "learning (0 judged)" and learning["judgedSamples"] == 0
+    assert learning["errorRate"] is None and learning["errorRateUpper"] is None
+    v = "v9"
+    await r.hset(KS.bound("ns/p"), mapping={
+        "current": v, eb.cell_field(v, "a", eb.similarity_bin(0.95), "n"): 60,
+        eb.cell_field(v, "a", eb.similarity_bin(0.95), "j"): 50,
+        eb.total_field(v, "explored"): 3, eb.total_field(v, "gained"): 11, eb.total_field(v, "served"): 40})
+    bounded = await status.semantic_status(r, KS, "ns/p", 0.05)
+    assert bounded["semantic"].startswith("bounded (error ≤ ") and "50 judged" in bounded["semantic"]
+    assert 0 < bounded["errorRate"] < bounded["errorRateUpper"] <= 0.05
+    assert (bounded["judgedSamples"], bounded["explorationCalls"], bounded["hitsGained"]) == (50, 3, 11)
+    # A stricter bound than the same evidence supports is still learning.
+    assert (await status.semantic_status(r, KS, "ns/p", 0.01))["semantic"].startswith("learning (50 judged")
