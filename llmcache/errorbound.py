@@ -11,10 +11,17 @@ operator has no numpy.
 "Like it" is a *cell*: the candidate's class (how the verifier accepted it) and its
 similarity bin::
 
-    class  a   every word aligned (no unexplained difference left)    ─┐ "+": a more similar
+    class  p   this very pair (request text, cached text) was judged right before, never wrong
+           x   this very pair was judged wrong before (never served; not counted elsewhere)
+           a   every word aligned (no unexplained difference left)    ─┐ "+": a more similar
            s   the verifier's pair model decided (a score)             │ neighbour was refused
            u   unverified (``verify`` off)                            ─┘ (a crowded region)
     bin    [0.80, 0.83) … [0.98, 0.99) [0.99, 1]   (SIMILARITY_EDGES)
+
+Pairs recur: the same popular question is asked by many users, and comes back after its entry
+expired. A pair judged once is the strongest evidence there is about the next time it meets,
+but it is only as good as the judge, so class ``p`` is certified like every other class (its
+candidates keep being judged, and its error rate is what it is), never trusted outright.
 
 Per cell the model counts ``seen`` (candidates that reached the decision), ``judged`` and
 ``wrong``. Each cell's error rate has a Beta posterior (Jeffreys prior, Beta(½, ½)).
@@ -57,6 +64,7 @@ from typing import Any
 __all__ = [
     "CLASSES",
     "CONFIDENCE",
+    "NEVER_SERVED",
     "SIMILARITY_EDGES",
     "CellCounts",
     "Fit",
@@ -82,7 +90,9 @@ SIMILARITY_EDGES: tuple[float, ...] = (0.0, 0.70, 0.75, 0.80, 0.83, 0.86, 0.88, 
                                        0.99)
 
 #: Candidate classes, see the module docstring.
-CLASSES: tuple[str, ...] = ("a", "a+", "s", "s+", "u", "u+")
+CLASSES: tuple[str, ...] = ("p", "x", "a", "a+", "s", "s+", "u", "u+")
+#: Classes never served, whatever their counts say.
+NEVER_SERVED = frozenset({"x"})
 
 #: Jeffreys prior of each cell's error rate.
 _PRIOR_A = 0.5
@@ -105,8 +115,13 @@ def similarity_bin(similarity: float) -> int:
     return b
 
 
-def candidate_class(*, verified: bool, scored: bool, crowded: bool) -> str:
-    """The class of a candidate: how the verifier accepted it, and whether a closer neighbour was refused."""
+def candidate_class(*, verified: bool, scored: bool, crowded: bool, pair: str | None = None) -> str:
+    """The class of a candidate: what was judged of this very pair before (``pair``: ``right`` or
+    ``wrong``), else how the verifier accepted it and whether a closer neighbour was refused."""
+    if pair == "wrong":
+        return "x"
+    if pair == "right":
+        return "p"
     base = "u" if not verified else ("s" if scored else "a")
     return base + ("+" if crowded else "")
 
@@ -379,6 +394,8 @@ def fit(state: ModelState, max_error_rate: float, *, confidence: float = CONFIDE
         p.wrong += c.wrong
     thresholds: dict[str, int] = {}
     for cls, bins in by_class.items():
+        if cls in NEVER_SERVED:
+            continue
         lowest = _walk(bins, max_error_rate, n_min, confidence)
         if lowest is not None:
             thresholds[cls] = lowest

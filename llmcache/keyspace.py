@@ -34,6 +34,8 @@ Cluster hash tag: the entry's *shard*, two hex digits of CRC-32(key_hash), 256 s
     {n}:statsidx                   ZSET    ns_hash → last flush (s): the stats hashes, listed without SCAN
     {n}:b:{group}                  HASH    error-bound model of a policy group: per-cell counters
                                            (:mod:`llmcache.errorbound`), a fixed set of fields per version
+    {n}:ap:{group}:{s}             HASH    judged (request text, cached text) pairs of a policy group:
+                                           pair hash → "right,wrong" counts; 256 shards, each capped
     {n}:acks:{policy}              HASH    pod name → {"configHash", "appliedAt"}
     {p}:policies:{ns}              HASH    policy name → PolicyDocument JSON (sidecars: read only)
     {p}:policies:events:{ns}       CHANNEL {"namespace", "name", "generation"} on any change in {ns}
@@ -291,6 +293,13 @@ class Keyspace:
         """The error-bound model of one policy group in this partition (:mod:`llmcache.errorbound`), shared
         by the partition's sidecars: learning is per partition, so no namespace reads or poisons another's."""
         return f"{self.partition_prefix}b:{group}"
+
+    def pairs(self, group: str, shard: str) -> str:
+        """One shard of a policy group's judged pairs (``shard`` is :func:`shard_of` the pair hash)."""
+        return f"{self.partition_prefix}ap:{group}:{{{shard}}}"
+
+    def pairs_of(self, group: str, pair_hash: str) -> str:
+        return self.pairs(group, shard_of(pair_hash))
 
     def policies(self, k8s_namespace: str) -> str:
         """The namespace's published policies (any partition may be asked; sidecars may only read their own)."""

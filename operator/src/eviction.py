@@ -378,9 +378,9 @@ async def enforce_limits(r: aioredis.Redis, ks: Keyspace, group: str, limits: Ev
 
 
 async def drop_bookkeeping(r: aioredis.Redis, ks: Keyspace, group: str) -> None:
-    """Delete the group's bookkeeping keys (every kind) and its learned error-bound model, leaving its
-    entries to expire with their TTL."""
-    keys = [*_bookkeeping_keys(ks, group), ks.bound(group)]
+    """Delete the group's bookkeeping keys (every kind), its learned error-bound model and its judged
+    pairs, leaving its entries to expire with their TTL."""
+    keys = [*_bookkeeping_keys(ks, group), ks.bound(group), *(ks.pairs(group, s) for s in SHARDS)]
     for i in range(0, len(keys), 256):
         await r.delete(*keys[i:i + 256])  # split by slot on a cluster
 

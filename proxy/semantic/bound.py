@@ -6,14 +6,14 @@ certify that candidates like it are wrong at most δ of the time (the model and 
 are :mod:`llmcache.errorbound`)::
 
     handlers  semantic lookup ─▶ best candidate the verifier accepted (refusals stay refusals)
-              ErrorBound.admit(call, match)
+              ErrorBound.admit(call, match)   (one round trip: this pair's record, the entry's veto)
                 ├ its cell (class × similarity bin) not certified ─────────────▶ miss, judge later
                 ├ its entry was judged wrong at this similarity or above (veto) ▶ miss, judge later
                 ├ explore: explore_rate of would-be hits, within the budget ───▶ miss, judge later
                 └ serve: semantic-hit
     misses    upstream answer relayed to the client, then ErrorBound.submit(pending, fresh entry)
-    workers   bounded queue ─▶ cached answer (Redis) ─▶ judge(fresh, cached) ─▶ counters + entry veto
-              + alias (a confirmed request whose own key holds no answer gets the cached one)
+    workers   bounded queue ─▶ cached answer (Redis) ─▶ judge(fresh, cached) ─▶ counters, pair record,
+              entry veto + alias (a confirmed request whose own key holds no answer gets the cached one)
     every refresh_s: counters ─HINCRBY─▶ {p}:b:{group} ─HGETALL─▶ fit(δ) (shared by every sidecar)
 
 Nothing here delays a client: judging runs after the answer was sent, on a bounded queue
@@ -21,6 +21,12 @@ Nothing here delays a client: judging runs after the answer was sent, on a bound
 Redis only costs judgements (fails open). Extra upstream calls are explorations only (a
 candidate not served goes upstream anyway), at most ``budget`` of the semantic lookups of
 the last minute. A request with a bound whose model cannot be read is a miss, never a hit.
+
+Pairs: a judged (request text, cached text) pair is remembered for the whole policy, by hash
+(``{p}:ap:{group}:{s}``, 256 shards of at most :data:`PAIRS_PER_SHARD`, random eviction beyond):
+the next time that request meets that cached text, in any tenant's scope or after the entry was
+stored again, the candidate is of class ``p`` (judged right before) or ``x`` (judged wrong: never
+served). Class ``p`` is certified like any other, so a judge's mistakes cannot make it unsafe.
 
 The entry layer is vCache's per-prompt threshold in its simplest form: an entry judged wrong
 for a request at similarity s serves nobody at s or below again (a handful of outcomes per
@@ -47,13 +53,14 @@ from llmcache.keyspace import Keyspace
 from llmcache.proxy.breaker import Breaker, CacheUnavailable
 from llmcache.proxy.exact import Entry, ExactStore, InvalidEntry
 from llmcache.proxy.semantic import judge as judges
+from llmcache.proxy.semantic.cache import text_hash
 from llmcache.proxy.settings import JudgeSettings
 
 if TYPE_CHECKING:
     from llmcache.proxy.metrics import ProxyMetrics
     from llmcache.proxy.semantic.cache import SemanticMatch
 
-__all__ = ["Budget", "ErrorBound", "Pending", "RateCap", "model_version"]
+__all__ = ["PAIRS_PER_SHARD", "Budget", "ErrorBound", "Pending", "RateCap", "model_version"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,28 @@ MODEL_TTL_S = 30 * 86_400
 _IDLE_GROUP_S = 600.0
 #: Groups whose model is kept in memory at most (one per applied policy; a few suffice).
 _MAX_GROUPS = 64
+#: Judged pairs kept per shard of a policy (256 shards): 1024 ≈ 262k pairs, ~20 MiB of Redis at most.
+PAIRS_PER_SHARD = 1024
+
+# KEYS[1]: a pairs shard. ARGV: pair hash, wrong (1/0), cap, ttl_s. Counts "right,wrong"; a new pair
+# beyond the cap evicts a random other one.
+_RECORD_PAIR = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+local r, w = 0, 0
+if v then
+  local i = string.find(v, ',')
+  r = tonumber(string.sub(v, 1, i - 1)) or 0
+  w = tonumber(string.sub(v, i + 1)) or 0
+end
+if ARGV[2] == '1' then w = w + 1 else r = r + 1 end
+redis.call('HSET', KEYS[1], ARGV[1], r .. ',' .. w)
+if not v and redis.call('HLEN', KEYS[1]) > tonumber(ARGV[3]) then
+  local victim = redis.call('HRANDFIELD', KEYS[1])
+  if victim and victim ~= ARGV[1] then redis.call('HDEL', KEYS[1], victim) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
 
 # KEYS[1]: the entry's judged hash. ARGV: similarity, wrong (1/0), ttl_s. A wrong judgement raises
 # the entry's veto to the similarity it was judged at (never lowers it).
@@ -78,6 +107,14 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+
+
+def _pair_hash(query_text: str, stored_text_hash: str) -> str | None:
+    """Names the pair (this request's text, the cached text) without either text: 24 hex digits."""
+    if not stored_text_hash:
+        return None
+    h = hashlib.sha256(text_hash(query_text).encode() + b"\x00" + stored_text_hash.encode())
+    return h.hexdigest()[:24]
 
 
 def model_version() -> str:
@@ -110,6 +147,8 @@ class Pending:
     query_key: str
     """The request's own exact key (the alias written when the candidate is confirmed)."""
     query_text: str
+    pair_hash: str | None
+    """Hash of (request text, cached text), or ``None`` when either is unknown."""
     route: str
     tenant: str
     ttl_s: int
@@ -225,12 +264,13 @@ class ErrorBound:
         self._calls_judge = settings.url is not None
         self.budget = Budget(settings.budget)
         self._judge_calls = RateCap(settings.max_calls_per_minute)
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # noqa: S311 - sampling explorations, not secrets
         self._groups: dict[str, _Group] = {}
         self._queue: asyncio.Queue[tuple[Pending, Entry]] = asyncio.Queue(maxsize=settings.queue_size)
         self._tasks: list[asyncio.Task[Any]] = []
         self._refreshing: set[str] = set()
         self._record_entry = redis.register_script(_RECORD_ENTRY)
+        self._record_pair = redis.register_script(_RECORD_PAIR)
         self.counters = _Counters()
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -287,13 +327,16 @@ class ErrorBound:
         if match is None:
             return False
         self.counters.num_admitted += 1
+        parts = call.semantic_parts()
+        pair_hash = _pair_hash(parts.text, match.stored_text_hash) if parts is not None else None
+        pair, vetoed = await asyncio.gather(self._pair_record(cfg.group, pair_hash), self._vetoed(match))
         cls = eb.candidate_class(verified=match.reason != "unverified", scored=match.score is not None,
-                                 crowded=match.num_refused_above > 0)
+                                 crowded=match.num_refused_above > 0, pair=pair)
         bin_ = eb.similarity_bin(match.similarity)
         g.pending[eb.cell_field(self.version, cls, bin_, "n")] += 1
         fit = g.fit
         serve = fit is not None and fit.serves(cls, bin_)
-        if serve and await self._vetoed(match):
+        if serve and vetoed:
             serve = False
             self.counters.num_vetoed += 1
         explored = False
@@ -315,13 +358,31 @@ class ErrorBound:
                 if self._metrics is not None:
                     self._metrics.bound_gained(cfg.group)
             return True
-        parts = call.semantic_parts()
         if parts is not None and call.redis_ok:
             call.judgement = Pending(
                 group=cfg.group, cls=cls, bin=bin_, key_hash=match.key_hash, similarity=match.similarity,
-                explored=explored, query_key=call.key, query_text=parts.text, route=call.route,
-                tenant=call.tenant, ttl_s=cfg.ttl_s, no_store=call.directives.no_store)
+                explored=explored, query_key=call.key, query_text=parts.text, pair_hash=pair_hash,
+                route=call.route, tenant=call.tenant, ttl_s=cfg.ttl_s, no_store=call.directives.no_store)
         return False
+
+    async def _pair_record(self, group: str, pair_hash: str | None) -> str | None:
+        """``right`` (judged right, never wrong), ``wrong`` (judged wrong at least once) or ``None``."""
+        if pair_hash is None:
+            return None
+        key = self._ks.pairs_of(group, pair_hash)
+        try:
+            raw = await self._breaker.call(lambda: self._redis.hget(key, pair_hash))
+        except CacheUnavailable:
+            return None
+        if raw is None:
+            return None
+        right, _, wrong = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition(",")
+        try:
+            if int(wrong or 0) > 0:
+                return "wrong"
+            return "right" if int(right or 0) > 0 else None
+        except ValueError:
+            return None
 
     async def _vetoed(self, match: SemanticMatch) -> bool:
         """Was this entry judged wrong for a request at least this similar? Unreadable counts as vetoed."""
@@ -354,7 +415,7 @@ class ErrorBound:
             try:
                 async with asyncio.timeout(self.settings.timeout_s):
                     await self._judge_one(pending, fresh)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - judging fails open: the client has its answer
                 self.counters.num_failed += 1
                 reason = "timeout" if isinstance(exc, TimeoutError) else (
                     "judge" if isinstance(exc, judges.JudgeUnavailable | OSError) else "error")
@@ -395,6 +456,10 @@ class ErrorBound:
             self.counters.num_undecided += 1
             return
         self._record(p, wrong=not right)
+        if p.pair_hash is not None:
+            await self._breaker.call(lambda: self._record_pair(
+                keys=[self._ks.pairs_of(p.group, p.pair_hash)],  # type: ignore[arg-type]
+                args=[p.pair_hash, 0 if right else 1, PAIRS_PER_SHARD, MODEL_TTL_S]), timeout_s=1.0)
         remaining_s = int(cached.created_s + p.ttl_s - time.time())
         if remaining_s >= 1:
             await self._breaker.call(lambda: self._record_entry(

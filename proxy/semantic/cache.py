@@ -21,6 +21,7 @@ exactly; only ``parts.text`` (the last user message) is compared by meaning.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -35,7 +36,7 @@ from llmcache.proxy.semantic import index_client, index_search, vector_index
 from llmcache.proxy.semantic.verify import Verifier
 from llmcache.proxy.settings import SemanticSettings
 
-__all__ = ["SemanticCache", "SemanticMatch", "make_embedder", "open_index"]
+__all__ = ["SemanticCache", "SemanticMatch", "make_embedder", "open_index", "text_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class SemanticMatch:
     """The verifier's pair-model probability when its content stage decided, else ``None``."""
     num_refused_above: int = 0
     """Candidates more similar than this one that the verifier refused (a crowded neighbourhood)."""
+    stored_text_hash: str = ""
+    """SHA-256 (hex, 16 digits) of the stored text: with the request's, it names the pair being judged."""
 
 
 @dataclass(slots=True)
@@ -158,7 +161,8 @@ class SemanticCache:
         for i, cand in enumerate(ranked):
             similarity = min(1.0, max(0.0, cand.similarity))
             if not self._settings.verify:
-                return SemanticMatch(cand.key_hash, similarity, reason="unverified", num_refused_above=i)
+                return SemanticMatch(cand.key_hash, similarity, reason="unverified", num_refused_above=i,
+                                     stored_text_hash=text_hash(cand.text))
             verdict = verdicts[i]
             if not verdict.ok:
                 self._counters.rejected[verdict.reason] += 1
@@ -168,7 +172,7 @@ class SemanticCache:
                           "" if verdict.score is None else f", pair model {verdict.score:.2f}")
                 continue
             return SemanticMatch(cand.key_hash, similarity, reason=verdict.reason, score=verdict.score,
-                                 num_refused_above=i)
+                                 num_refused_above=i, stored_text_hash=text_hash(cand.text))
         return None
 
     async def add(self, parts: SemanticParts, key_hash: str, *, ttl_s: int) -> None:
@@ -211,6 +215,11 @@ class SemanticCache:
             "timeouts": c.num_timeouts, "errors": c.num_errors, "adds": c.num_adds, "add_errors": c.num_add_errors,
             "rejected_by_verifier": dict(c.rejected),
         }
+
+
+def text_hash(text: str) -> str:
+    """Short SHA-256 of a compared text (pairs are remembered by hash, never by text)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 async def make_embedder(settings: SemanticSettings) -> embedder_mod.Embedder:

@@ -126,7 +126,15 @@ def test_fields_round_trip_through_parse() -> None:
     assert s.cells[("s+", 5)] == eb.CellCounts(0, 4, 1) and s.max_error_rate == 0.05
 
 
+def test_a_remembered_wrong_pair_is_never_served() -> None:
+    s = state({("x", 0.99): (5000, 5000, 0), ("p", 0.99): (300, 300, 0)})
+    fit = eb.fit(s, 0.01)
+    assert fit.thresholds == {"p": eb.similarity_bin(0.99)} and not fit.serves("x", eb.similarity_bin(0.995))
+
+
 def test_candidate_class_and_bins() -> None:
+    assert eb.candidate_class(verified=True, scored=True, crowded=True, pair="right") == "p"
+    assert eb.candidate_class(verified=True, scored=False, crowded=False, pair="wrong") == "x"
     assert eb.candidate_class(verified=True, scored=False, crowded=False) == "a"
     assert eb.candidate_class(verified=True, scored=True, crowded=True) == "s+"
     assert eb.candidate_class(verified=False, scored=False, crowded=False) == "u"

@@ -253,6 +253,7 @@ async def test_judged_outcomes_go_with_their_entries_and_the_model_with_its_grou
         await write(r, ks, i, now_s=1000 + i)
         await r.hset(ks.judged(h(i)), mapping={"veto": "0.93", "wrong": 1})
     await r.hset(ks.bound(GROUP), mapping={"current": "v1", "v1:a:11:j": 5})
+    await r.hset(ks.pairs_of(GROUP, "0123456789abcdef01234567"), "0123456789abcdef01234567", "2,0")
     await eviction.enforce_limits(r, ks, GROUP, EvictionLimits("LRU", max_entries=2))
     assert await live(r, ks, 4) == {2, 3}
     assert [await r.exists(ks.judged(h(i))) for i in range(4)] == [0, 0, 1, 1]
@@ -261,3 +262,4 @@ async def test_judged_outcomes_go_with_their_entries_and_the_model_with_its_grou
     assert await r.exists(ks.judged(h(2)))
     await eviction.drop_bookkeeping(r, ks, GROUP)
     assert not await r.exists(ks.bound(GROUP))
+    assert not await r.exists(ks.pairs_of(GROUP, "0123456789abcdef01234567"))

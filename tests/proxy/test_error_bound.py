@@ -22,6 +22,15 @@ ANSWER = "Walk the list once, pointing each node's next at the previous node."
 OTHER = "Use a deque and call reverse() on it."
 #: δ = 0.3: a clean region passes after 7 judgements (llmcache.errorbound.min_judged), so tests stay short.
 DELTA = 0.3
+
+
+def variant(i: int) -> str:
+    """PARA as another request would spell it (trailing spaces): the same embedding, verdict and similarity
+    bin, but another pair, so cell-level learning is tested without the pair memory stepping in."""
+    return PARA + " " * (i + 1)
+
+
+VARIANTS = {variant(i): ANSWER for i in range(300)}
 N_MIN = eb.min_judged(DELTA)
 CHAT = "/v1/chat/completions"
 
@@ -42,12 +51,12 @@ async def settle(stack: Stack) -> None:
     await stack.state.bound.flush_all()
 
 
-async def pair(stack: Stack, i: int, *, query: str = PARA) -> str:
-    """Tenant ``i`` asks BASE (stored), then ``query``; the status of the second request."""
+async def pair(stack: Stack, i: int, *, query: str | None = None) -> str:
+    """Tenant ``i`` asks BASE (stored), then ``query`` (default: its own variant of PARA); the second's status."""
     _, h, _ = await stack.post(CHAT, body(BASE), headers=tenant(i))
     assert h["X-LLMCache-Status"] == "miss"
     await stack.flush()
-    _, h, _ = await stack.post(CHAT, body(query), headers=tenant(i))
+    _, h, _ = await stack.post(CHAT, body(variant(i) if query is None else query), headers=tenant(i))
     await settle(stack)
     return h["X-LLMCache-Status"]
 
@@ -68,7 +77,7 @@ async def wait_bounded(stack: Stack, *, timeout_s: float = 30.0) -> eb.Fit:
 def bounded_stack(proxy_stack: Callable[..., Awaitable[Stack]],
                   redis_search_url: str) -> Callable[..., Awaitable[Stack]]:
     async def make(*, answers: dict[str, str] | None = None, **overrides: Any) -> Stack:
-        stub = StubConfig(answers=answers if answers is not None else {BASE: ANSWER, PARA: ANSWER})
+        stub = StubConfig(answers=answers if answers is not None else {BASE: ANSWER, PARA: ANSWER, **VARIANTS})
         overrides.setdefault("semantic_max_error_rate", DELTA)
         overrides.setdefault("judge_refresh_s", 0.2)
         stack = await proxy_stack(redis_url=redis_search_url, cache_mode="both", semantic_timeout_s=5.0,
@@ -92,7 +101,7 @@ async def test_candidates_are_misses_until_judged_outcomes_certify_them(bounded_
     assert await pair(stack, 100) == "semantic-hit"
     assert await stack.upstream_count() == calls + 1  # only the base went upstream
     # A confirmed request's next identical prompt is an exact hit (its answer is under its own key).
-    _, h, _ = await stack.post(CHAT, body(PARA), headers=tenant(0))
+    _, h, _ = await stack.post(CHAT, body(variant(0)), headers=tenant(0))
     assert h["X-LLMCache-Status"] == "hit"
     async with stack.http.get(stack.proxy_url + "/metrics") as r:
         text = await r.text()
@@ -112,11 +121,13 @@ async def test_wrong_answers_keep_a_policy_learning_and_veto_the_entry(bounded_s
     """The verifier accepts the pair, but the upstream answers it differently: never served."""
     stack = await bounded_stack(answers={BASE: ANSWER, PARA: OTHER})
     for i in range(N_MIN + 2):
-        assert await pair(stack, i) == "miss"
+        assert await pair(stack, i, query=PARA) == "miss"
     assert stack.state.bound is not None
     fit = stack.state.bound.fit_for(DEFAULT_GROUP)
     assert fit is not None and not fit.bounded and fit.num_wrong == N_MIN + 2
     assert fit.describe().startswith(f"learning ({N_MIN + 2} judged, {N_MIN + 2} wrong")
+    # After its first judgement the pair is remembered as wrong (class x): never served, whatever else.
+    assert stack.state.bound.counters.num_judged == N_MIN + 2
     # Each base entry remembers the similarity it was judged wrong at (its own veto), expiring with it.
     client = aioredis.from_url(redis_search_url)
     try:
@@ -125,6 +136,29 @@ async def test_wrong_answers_keep_a_policy_learning_and_veto_the_entry(bounded_s
         record = await client.hgetall(keys[0])
         assert record[b"wrong"] == b"1" and 0.9 < float(record[b"veto"]) <= 1.0
         assert 0 < await client.ttl(keys[0]) <= 3600
+    finally:
+        await client.aclose()
+
+
+async def test_a_pair_judged_right_is_remembered_for_the_whole_policy(bounded_stack: Any,
+                                                                      redis_search_url: str) -> None:
+    """The same request meeting the same cached text in other tenants' scopes: class p, certified on its own."""
+    stack = await bounded_stack()
+    statuses = [await pair(stack, i, query=PARA) for i in range(N_MIN + 1)]
+    assert statuses == ["miss"] * (N_MIN + 1)
+    assert stack.state.bound is not None
+    fit = stack.state.bound.fit_for(DEFAULT_GROUP)
+    # The first judgement went to the verifier's class; every later one to the remembered pair's.
+    assert fit is not None and set(fit.thresholds) == {"p"} and fit.num_judged == N_MIN + 1
+    assert await pair(stack, 77, query=PARA) == "semantic-hit"
+    client = aioredis.from_url(redis_search_url)
+    try:
+        # One record for the pair, by hash only: "right,wrong" counts.
+        shards = [k async for k in client.scan_iter(match="llmcache:ap:_default:*")]
+        assert len(shards) == 1
+        (field, counts), = (await client.hgetall(shards[0])).items()
+        assert counts == f"{N_MIN + 1},0".encode() and len(field) == 24
+        assert PARA.encode() not in field and b"linked" not in field
     finally:
         await client.aclose()
 
@@ -138,7 +172,7 @@ async def test_learning_from_one_proxy_serves_another_sharing_redis(bounded_stac
     assert h["X-LLMCache-Status"] == "miss"
     await wait_bounded(b)
     await b.flush()
-    _, h, served = await b.post(CHAT, body(PARA), headers=tenant(50))
+    _, h, served = await b.post(CHAT, body(variant(50)), headers=tenant(50))
     assert h["X-LLMCache-Status"] == "semantic-hit"
     assert ANSWER in served.decode()
 
@@ -148,7 +182,7 @@ async def test_learning_survives_a_proxy_restart(bounded_stack: Any) -> None:
     for i in range(N_MIN):
         _, _, _ = await a.post(CHAT, body(BASE), headers=tenant(i))
         await a.flush()
-        _, h, _ = await a.post(CHAT, body(PARA), headers=tenant(i))
+        _, h, _ = await a.post(CHAT, body(variant(i)), headers=tenant(i))
         assert h["X-LLMCache-Status"] == "miss"
         await a.flush()
         assert a.state.bound is not None
@@ -158,7 +192,7 @@ async def test_learning_survives_a_proxy_restart(bounded_stack: Any) -> None:
     _, h, _ = await c.post(CHAT, body(BASE), headers=tenant(60))
     await wait_bounded(c)
     await c.flush()
-    _, h, _ = await c.post(CHAT, body(PARA), headers=tenant(60))
+    _, h, _ = await c.post(CHAT, body(variant(60)), headers=tenant(60))
     assert h["X-LLMCache-Status"] == "semantic-hit"
 
 
@@ -200,7 +234,7 @@ async def test_a_failing_upstream_is_not_judged(bounded_stack: Any) -> None:
     stack = await bounded_stack()
     _, h, _ = await stack.post(CHAT, body(BASE), headers=tenant(1))
     await stack.flush()
-    status, h, _ = await stack.post(CHAT, body(PARA), headers={**tenant(1), "X-Stub-Fault": "500"})
+    status, h, _ = await stack.post(CHAT, body(variant(1)), headers={**tenant(1), "X-Stub-Fault": "500"})
     assert status == 500 and h["X-LLMCache-Status"] == "miss"  # the upstream's error, as without a bound
     await settle(stack)
     assert stack.state.bound is not None and stack.state.bound.counters.num_judged == 0
@@ -236,5 +270,29 @@ async def test_model_hash_is_bounded_and_versioned(bounded_stack: Any, redis_sea
         assert 0 < len(raw) <= allowed
         assert all(k == b"current" or k.startswith(version.encode() + b":") for k in raw)
         assert 0 < await client.ttl(Keyspace().bound(DEFAULT_GROUP)) <= 30 * 86_400
+    finally:
+        await client.aclose()
+
+
+async def test_judged_pairs_stay_within_their_cap(redis_plain_url: str) -> None:
+    """A policy's pair memory is bounded: past the cap a new pair evicts a random other one."""
+    from llmcache.proxy.breaker import Breaker
+    from llmcache.proxy.exact import RedisExactStore
+    from llmcache.proxy.semantic.bound import ErrorBound
+    from llmcache.proxy.settings import JudgeSettings
+
+    client = aioredis.from_url(redis_plain_url)
+    try:
+        ks = Keyspace()
+        bound = ErrorBound(redis=client, store=RedisExactStore(client, keyspace=ks), breaker=Breaker(timeout_s=1.0),
+                           keyspace=ks, settings=JudgeSettings())
+        key = ks.pairs(DEFAULT_GROUP, "00")
+        for i in range(40):
+            await bound._record_pair(keys=[key], args=[f"pair{i:03d}", int(i % 3 == 0), 25, 60])
+        assert await client.hlen(key) == 25
+        await bound._record_pair(keys=[key], args=["pair039", 1, 25, 60])  # an existing pair: counted, none evicted
+        assert await client.hlen(key) == 25 and await client.hget(key, "pair039") == b"0,2"
+        assert 0 < await client.ttl(key) <= 60
+        await bound.judge.close()
     finally:
         await client.aclose()
