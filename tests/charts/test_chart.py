@@ -410,6 +410,15 @@ def test_example_app_is_labelled_for_injection(binaries: ControlPlaneBinaries, h
     assert policy["spec"]["semantic"] == {"similarityThreshold": 0.92}
     assert not find(render(binaries, helm_home, "exampleApp.enabled=true", "exampleApp.policy.enabled=false"),
                     "CachePolicy")
+    # The error bound, under the CRD's name, only when set (a number: --set would send a string).
+    proc = run_helm(binaries, helm_home, "template", RELEASE, str(CHART), "--set", "exampleApp.enabled=true",
+                    "--set-json", "exampleApp.policy.maxErrorRate=0.01")
+    assert proc.returncode == 0, proc.stderr
+    bounded = one([d for d in yaml.safe_load_all(proc.stdout) if d], "CachePolicy")
+    assert bounded["spec"]["semantic"] == {"similarityThreshold": 0.92, "maxErrorRate": 0.01}
+    refused = run_helm(binaries, helm_home, "template", RELEASE, str(CHART), "--set", "exampleApp.enabled=true",
+                       "--set-json", "exampleApp.policy.maxErrorRate=0")
+    assert refused.returncode != 0 and "maxErrorRate" in refused.stderr
 
 
 def test_model_server_gpu_scheduling_and_volume_are_configurable(binaries: ControlPlaneBinaries,
