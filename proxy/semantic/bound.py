@@ -13,7 +13,8 @@ are :mod:`llmcache.errorbound`)::
                 └ serve: semantic-hit
     misses    upstream answer relayed to the client, then ErrorBound.submit(pending, fresh entry)
     workers   bounded queue ─▶ cached answer (Redis) ─▶ judge(fresh, cached) ─▶ counters, pair record,
-              entry veto + alias (a confirmed request whose own key holds no answer gets the cached one)
+              entry veto (the request's own answer is stored under its key as on any miss: its next
+              identical prompt is an exact hit, and the pair record makes the pair an alias everywhere)
     every refresh_s: counters ─HINCRBY─▶ {p}:b:{group} ─HGETALL─▶ fit(δ) (shared by every sidecar)
 
 Nothing here delays a client: judging runs after the answer was sent, on a bounded queue
@@ -145,7 +146,7 @@ class Pending:
     explored: bool
     """True: the candidate would have been served (an exploration, an extra upstream call)."""
     query_key: str
-    """The request's own exact key (the alias written when the candidate is confirmed)."""
+    """The request's own exact key."""
     query_text: str
     pair_hash: str | None
     """Hash of (request text, cached text), or ``None`` when either is unknown."""
@@ -240,7 +241,6 @@ class _Counters:
     num_dropped: int = 0
     num_failed: int = 0
     num_rate_limited: int = 0
-    num_aliases: int = 0
 
 
 class ErrorBound:
@@ -394,7 +394,7 @@ class ErrorBound:
         if raw is None:
             return False
         try:
-            return match.similarity <= float(raw)
+            return match.similarity <= float(raw) + 1e-9
         except ValueError:
             return False
 
@@ -463,10 +463,8 @@ class ErrorBound:
         remaining_s = int(cached.created_s + p.ttl_s - time.time())
         if remaining_s >= 1:
             await self._breaker.call(lambda: self._record_entry(
-                keys=[self._ks.judged(p.key_hash)], args=[f"{p.similarity:.6f}", 0 if right else 1, remaining_s]),
+                keys=[self._ks.judged(p.key_hash)], args=[repr(p.similarity), 0 if right else 1, remaining_s]),
                 timeout_s=1.0)
-        if right and not p.no_store and remaining_s >= 1:
-            await self._alias(p, cached, remaining_s)
 
     def _record(self, p: Pending, *, wrong: bool) -> None:
         g = self._groups.get(p.group)
@@ -479,15 +477,6 @@ class ErrorBound:
         self.counters.num_wrong += wrong
         if self._metrics is not None:
             self._metrics.bound_judged(p.group, wrong=wrong)
-
-    async def _alias(self, p: Pending, cached: Entry, remaining_s: int) -> None:
-        """A confirmed pair: the request's own key serves the cached answer if it holds none yet."""
-        store = self._store
-        if await self._breaker.call(lambda: store.get(p.query_key, group=p.group), timeout_s=1.0) is not None:
-            return  # the fresh answer was stored under it (the usual case)
-        await self._breaker.call(lambda: store.put(p.query_key, cached, ttl_s=remaining_s, group=p.group),
-                                 timeout_s=1.0)
-        self.counters.num_aliases += 1
 
     # ----------------------------------------------------------------------------- sharing
 

@@ -4,6 +4,7 @@ upstream in meaning-class mode: its answers say which prompts mean the same)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -296,3 +297,32 @@ async def test_judged_pairs_stay_within_their_cap(redis_plain_url: str) -> None:
         await bound.judge.close()
     finally:
         await client.aclose()
+
+
+async def test_an_entry_judged_wrong_serves_nobody_as_similar_again(bounded_stack: Any) -> None:
+    """The entry layer: a certified candidate is still refused by an entry judged wrong at its similarity."""
+    wrong = variant(250)
+    # Every would-be hit explored (and so judged): the cell gathers enough clean evidence that one wrong
+    # judgement later leaves it certified.
+    stack = await bounded_stack(answers={BASE: ANSWER, **VARIANTS, wrong: OTHER}, judge_explore_rate=1.0,
+                                judge_budget=1.0)
+    bound = stack.state.bound
+    assert bound is not None
+    for i in range(3 * N_MIN):
+        await pair(stack, i)
+    await wait_bounded(stack)
+    # Tenant 41 asks `wrong`, which the upstream answers differently (no-store: it must not become tenant
+    # 41's nearest entry itself).
+    _, h, _ = await stack.post(CHAT, body(BASE), headers=tenant(41))
+    await stack.flush()
+    _, h, _ = await stack.post(CHAT, body(wrong), headers={**tenant(41), "Cache-Control": "no-store"})
+    await settle(stack)
+    assert h["X-LLMCache-Status"] == "miss" and bound.counters.num_wrong == 1
+    fit = bound.fit_for(DEFAULT_GROUP)
+    assert fit is not None and fit.bounded  # one wrong in the cell does not undo its certificate …
+    bound.settings = dataclasses.replace(bound.settings, explore_rate=0.0)
+    # … but tenant 41's base entry now refuses another, certified variant at the same similarity,
+    _, h, _ = await stack.post(CHAT, body(variant(42)), headers=tenant(41))
+    assert h["X-LLMCache-Status"] == "miss" and bound.counters.num_vetoed == 1
+    # while another tenant's base entry, with no such record, serves it.
+    assert await pair(stack, 43) == "semantic-hit"
