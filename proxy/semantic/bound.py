@@ -43,7 +43,7 @@ import hashlib
 import logging
 import random
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,7 @@ from llmcache.keyspace import Keyspace
 from llmcache.proxy.breaker import Breaker, CacheUnavailable
 from llmcache.proxy.exact import Entry, ExactStore, InvalidEntry
 from llmcache.proxy.semantic import judge as judges
+from llmcache.proxy.semantic.budget import Budget, RateCap
 from llmcache.proxy.semantic.cache import text_hash
 from llmcache.proxy.settings import JudgeSettings
 
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     from llmcache.proxy.metrics import ProxyMetrics
     from llmcache.proxy.semantic.cache import SemanticMatch
 
-__all__ = ["PAIRS_PER_SHARD", "Budget", "ErrorBound", "Pending", "RateCap", "model_version"]
+__all__ = ["PAIRS_PER_SHARD", "ErrorBound", "Pending", "model_version"]
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ end
 if ARGV[2] == '1' then w = w + 1 else r = r + 1 end
 redis.call('HSET', KEYS[1], ARGV[1], r .. ',' .. w)
 if not v and redis.call('HLEN', KEYS[1]) > tonumber(ARGV[3]) then
-  local victim = redis.call('HRANDFIELD', KEYS[1])
-  if victim and victim ~= ARGV[1] then redis.call('HDEL', KEYS[1], victim) end
+  local two = redis.call('HRANDFIELD', KEYS[1], 2)
+  local victim = two[1] ~= ARGV[1] and two[1] or two[2]
+  redis.call('HDEL', KEYS[1], victim)
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
@@ -154,65 +156,6 @@ class Pending:
     tenant: str
     ttl_s: int
     no_store: bool
-
-
-class RateCap:
-    """At most ``per_minute`` events in any sliding minute (LLM-judge calls)."""
-
-    __slots__ = ("_times", "per_minute")
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._times: deque[float] = deque()
-
-    def try_take(self, n: int = 1, now_s: float | None = None) -> bool:
-        now = time.monotonic() if now_s is None else now_s
-        while self._times and self._times[0] <= now - 60.0:
-            self._times.popleft()
-        if len(self._times) + n > self.per_minute:
-            return False
-        self._times.extend([now] * n)
-        return True
-
-
-class Budget:
-    """Extra calls allowed in the last minute: at most ``share`` of the requests counted in it."""
-
-    __slots__ = ("_extra", "_requests", "share", "window_s")
-
-    def __init__(self, share: float, *, window_s: int = 60) -> None:
-        self.share = share
-        self.window_s = window_s
-        self._requests: deque[tuple[int, int]] = deque()
-        self._extra: deque[tuple[int, int]] = deque()
-
-    @staticmethod
-    def _add(q: deque[tuple[int, int]], now: int) -> None:
-        if q and q[-1][0] == now:
-            q[-1] = (now, q[-1][1] + 1)
-        else:
-            q.append((now, 1))
-
-    def _trim(self, now: int) -> None:
-        for q in (self._requests, self._extra):
-            while q and q[0][0] <= now - self.window_s:
-                q.popleft()
-
-    def note_request(self, now_s: float | None = None) -> None:
-        now = int(time.monotonic() if now_s is None else now_s)
-        self._trim(now)
-        self._add(self._requests, now)
-
-    def try_take(self, now_s: float | None = None) -> bool:
-        """Take one extra call if the window allows it (never more than ``share`` × requests)."""
-        now = int(time.monotonic() if now_s is None else now_s)
-        self._trim(now)
-        requests = sum(n for _, n in self._requests)
-        extra = sum(n for _, n in self._extra)
-        if extra + 1 > self.share * requests:
-            return False
-        self._add(self._extra, now)
-        return True
 
 
 @dataclass(slots=True)

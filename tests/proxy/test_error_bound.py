@@ -326,3 +326,19 @@ async def test_an_entry_judged_wrong_serves_nobody_as_similar_again(bounded_stac
     assert h["X-LLMCache-Status"] == "miss" and bound.counters.num_vetoed == 1
     # while another tenant's base entry, with no such record, serves it.
     assert await pair(stack, 43) == "semantic-hit"
+
+
+def test_budget_never_allows_more_than_its_share_of_the_last_minute() -> None:
+    from llmcache.proxy.semantic.budget import Budget, RateCap
+
+    budget = Budget(0.05)
+    taken = 0
+    for second in range(600):  # ten minutes at 20 lookups a second, every one asking for an extra call
+        for _ in range(20):
+            budget.note_request(now_s=second)
+            taken += budget.try_take(now_s=second)
+    assert 0.045 * 600 * 20 <= taken <= 0.05 * 600 * 20
+    assert not Budget(0.05).try_take(now_s=0)  # nothing counted yet: nothing allowed
+    cap = RateCap(3)
+    assert [cap.try_take(now_s=t) for t in (0, 1, 2, 3)] == [True, True, True, False]
+    assert cap.try_take(now_s=61) and not cap.try_take(2, now_s=61.5)
