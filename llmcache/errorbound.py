@@ -24,10 +24,13 @@ but it is only as good as the judge, so class ``p`` is certified like every othe
 candidates keep being judged, and its error rate is what it is), never trusted outright.
 
 Per cell the model counts ``seen`` (candidates that reached the decision), ``judged`` and
-``wrong``. Each cell's error rate has a Beta posterior (Jeffreys prior, Beta(½, ½)).
-Within a class a *region* is every bin at or above a threshold; its error rate is the
-traffic-weighted mean of its cells (weights = ``seen``), whose posterior is moment-matched
-to a Beta and read at :data:`CONFIDENCE`::
+``wrong``. Within a class a *region* is every bin at or above a threshold; its error rate is the
+traffic-weighted mean of its cells' rates (weights = ``seen``: cells are judged at different
+rates, all of an uncertified cell's candidates but only the explored share of a certified one's).
+Its posterior is a Beta with one Jeffreys prior, Beta(½, ½), over the weighted estimate and its
+Kish effective sample size (Σw)² / Σ(w²/judged), read at :data:`CONFIDENCE`; with every cell judged
+at the same rate that is exactly the Jeffreys posterior of the pooled counts. A cell with traffic
+but no judgement counts as all wrong::
 
     class s:  bins from the top ──▶ region ≥ b has ≥ n_min judged?  no ─▶ next bin down
                                     └ yes: upper bound ≤ δ?  yes ─▶ certified down to b, next
@@ -94,12 +97,12 @@ CLASSES: tuple[str, ...] = ("p", "x", "a", "a+", "s", "s+", "u", "u+")
 #: Classes never served, whatever their counts say.
 NEVER_SERVED = frozenset({"x"})
 
-#: Jeffreys prior of each cell's error rate.
+#: Jeffreys prior of a region's error rate.
 _PRIOR_A = 0.5
 _PRIOR_B = 0.5
 
 #: What the layout hashes to (part of every model version).
-LAYOUT = f"1|{','.join(map(str, SIMILARITY_EDGES))}|{','.join(CLASSES)}|{CONFIDENCE}"
+LAYOUT = f"2|{','.join(map(str, SIMILARITY_EDGES))}|{','.join(CLASSES)}|{CONFIDENCE}"
 
 _CELL_KINDS = {"n": "seen", "j": "judged", "w": "wrong"}
 TOTALS = ("served", "gained", "explored")
@@ -276,27 +279,29 @@ def min_judged(max_error_rate: float, *, confidence: float = CONFIDENCE) -> int:
     return math.ceil(z * z / (2 * max_error_rate))
 
 
-def _region_bound(cells: Iterable[CellCounts], confidence: float) -> tuple[float, float]:
-    """(posterior mean, upper bound) of the seen-weighted error rate of ``cells``."""
+def _region_bound(cells: Iterable[CellCounts], confidence: float) -> tuple[float, float, float]:
+    """(estimate, upper bound, effective sample size) of the seen-weighted error rate of ``cells``."""
     cells = list(cells)
     weights = [max(c.seen, c.judged) for c in cells]
     total = sum(weights)
     if total == 0:
-        return 1.0, 1.0
-    mean = var = 0.0
+        return 1.0, 1.0, 0.0
+    estimate = sum_w = sum_w2_over_n = 0.0
     for c, w in zip(cells, weights, strict=True):
-        a = _PRIOR_A + c.wrong
-        b = _PRIOR_B + max(0, c.judged - c.wrong)
         share = w / total
-        mean += share * a / (a + b)
-        var += share * share * a * b / ((a + b) ** 2 * (a + b + 1))
-    if var <= 0.0:
-        return mean, mean
-    # Moment-matched Beta(α, β) of the weighted mean.
-    common = mean * (1 - mean) / var - 1
-    if common <= 0:
-        return mean, 1.0
-    return mean, beta_ppf(confidence, mean * common, (1 - mean) * common)
+        if c.judged == 0:
+            estimate += share  # traffic nobody judged: assume the worst
+            continue
+        estimate += share * min(c.wrong, c.judged) / c.judged
+        sum_w += share
+        sum_w2_over_n += share * share / c.judged
+    if sum_w2_over_n == 0.0:
+        return 1.0, 1.0, 0.0
+    n_eff = sum_w * sum_w / sum_w2_over_n
+    estimate = min(1.0, estimate)
+    a = _PRIOR_A + estimate * n_eff
+    b = _PRIOR_B + (1.0 - estimate) * n_eff
+    return a / (a + b), beta_ppf(confidence, a, b), n_eff
 
 
 # --------------------------------------------------------------------------- fit
@@ -365,14 +370,19 @@ class Fit:
 
 
 def _walk(bins: Mapping[int, CellCounts], max_error_rate: float, n_min: int, confidence: float) -> int | None:
-    """Lowest bin whose region (that bin and every bin above) is certified, walking down from the top."""
+    """Lowest bin whose region (that bin and every bin above) is certified, walking down from the top.
+
+    A region whose effective sample size is below ``n_min`` could not pass even without an error: it is
+    skipped for its size (never for its outcome) and the walk goes on to the larger region below.
+    """
     certified = None
     region: list[CellCounts] = []
     for b in sorted(bins, reverse=True):
         region.append(bins[b])
-        if sum(c.judged for c in region) < n_min:
+        _, upper, n_eff = _region_bound(region, confidence)
+        if n_eff < n_min:
             continue
-        if _region_bound(region, confidence)[1] <= max_error_rate:
+        if upper <= max_error_rate:
             certified = b
         else:
             break
@@ -402,7 +412,7 @@ def fit(state: ModelState, max_error_rate: float, *, confidence: float = CONFIDE
     served = [c for (cls, b), c in state.cells.items() if cls in thresholds and b >= thresholds[cls]]
     error_rate = error_upper = None
     if served:
-        error_rate, error_upper = _region_bound(served, confidence)
+        error_rate, error_upper, _ = _region_bound(served, confidence)
     return Fit(max_error_rate=max_error_rate, thresholds=thresholds,
                static_bin=_walk(pooled, max_error_rate, n_min, confidence),
                error_rate=error_rate, error_upper=error_upper, num_judged=state.num_judged,

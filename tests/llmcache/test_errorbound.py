@@ -44,6 +44,22 @@ def test_min_judged_is_where_a_clean_region_first_passes() -> None:
     assert not eb.fit(fewer, 0.01).bounded
 
 
+def test_evidence_spread_over_many_bins_counts_as_much_as_in_one() -> None:
+    """One prior per region, not per cell: 200 clean judgements certify 1 % however many bins hold them."""
+    one_bin = state({("p", 0.95): (200, 200, 0)})
+    sims = (0.80, 0.83, 0.86, 0.88, 0.90, 0.92, 0.94, 0.96)
+    eight_bins = state({("p", sim): (25, 25, 0) for sim in sims})
+    assert eb.fit(one_bin, 0.01).bounded
+    fit = eb.fit(eight_bins, 0.01)
+    assert fit.threshold_similarities == {"p": 0.80}
+    assert fit.error_upper == pytest.approx(eb.fit(one_bin, 0.01).error_upper, rel=1e-6)
+
+
+def test_traffic_nobody_judged_blocks_a_region() -> None:
+    s = state({("a", 0.99): (400, 400, 0), ("a", 0.96): (400, 0, 0)})
+    assert eb.fit(s, 0.05).threshold_similarities == {"a": 0.99}
+
+
 def test_nothing_judged_is_learning_and_serves_nothing() -> None:
     fit = eb.fit(state({("s", 0.9): (50, 0, 0)}), 0.01)
     assert not fit.bounded and fit.error_rate is None
