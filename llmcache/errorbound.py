@@ -30,7 +30,9 @@ rates, all of an uncertified cell's candidates but only the explored share of a 
 Its posterior is a Beta with one Jeffreys prior, Beta(½, ½), over the weighted estimate and its
 Kish effective sample size (Σw)² / Σ(w²/judged), read at :data:`CONFIDENCE`; with every cell judged
 at the same rate that is exactly the Jeffreys posterior of the pooled counts. A cell with traffic
-but no judgement counts as all wrong::
+but no judgement yet (a bin above a certified threshold that only ever saw served hits) takes no
+weight: within a class the error rate does not grow with similarity, so it is no worse than the
+judged bins below it::
 
     class s:  bins from the top ──▶ region ≥ b has ≥ n_min judged?  no ─▶ next bin down
                                     └ yes: upper bound ≤ δ?  yes ─▶ certified down to b, next
@@ -286,18 +288,17 @@ def _region_bound(cells: Iterable[CellCounts], confidence: float) -> tuple[float
     total = sum(weights)
     if total == 0:
         return 1.0, 1.0, 0.0
-    estimate = sum_w = sum_w2_over_n = 0.0
-    for c, w in zip(cells, weights, strict=True):
-        share = w / total
-        if c.judged == 0:
-            estimate += share  # traffic nobody judged: assume the worst
-            continue
-        estimate += share * min(c.wrong, c.judged) / c.judged
-        sum_w += share
-        sum_w2_over_n += share * share / c.judged
-    if sum_w2_over_n == 0.0:
+    judged_total = sum(w for c, w in zip(cells, weights, strict=True) if c.judged > 0)
+    if judged_total == 0:
         return 1.0, 1.0, 0.0
-    n_eff = sum_w * sum_w / sum_w2_over_n
+    estimate = sum_w2_over_n = 0.0
+    for c, w in zip(cells, weights, strict=True):
+        if c.judged == 0:
+            continue  # no judgement yet: no weight (see the module docstring)
+        share = w / judged_total
+        estimate += share * min(c.wrong, c.judged) / c.judged
+        sum_w2_over_n += share * share / c.judged
+    n_eff = 1.0 / sum_w2_over_n
     estimate = min(1.0, estimate)
     a = _PRIOR_A + estimate * n_eff
     b = _PRIOR_B + (1.0 - estimate) * n_eff

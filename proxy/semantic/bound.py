@@ -147,15 +147,14 @@ class Pending:
     similarity: float
     explored: bool
     """True: the candidate would have been served (an exploration, an extra upstream call)."""
-    query_key: str
-    """The request's own exact key."""
     query_text: str
+    """The request's compared text: sent to an LLM judge, never stored or logged."""
     pair_hash: str | None
     """Hash of (request text, cached text), or ``None`` when either is unknown."""
     route: str
     tenant: str
     ttl_s: int
-    no_store: bool
+    """The entry lifetime in effect: the candidate's judged record expires with the candidate's entry."""
 
 
 @dataclass(slots=True)
@@ -304,8 +303,8 @@ class ErrorBound:
         if parts is not None and call.redis_ok:
             call.judgement = Pending(
                 group=cfg.group, cls=cls, bin=bin_, key_hash=match.key_hash, similarity=match.similarity,
-                explored=explored, query_key=call.key, query_text=parts.text, pair_hash=pair_hash,
-                route=call.route, tenant=call.tenant, ttl_s=cfg.ttl_s, no_store=call.directives.no_store)
+                explored=explored, query_text=parts.text, pair_hash=pair_hash, route=call.route,
+                tenant=call.tenant, ttl_s=cfg.ttl_s)
         return False
 
     async def _pair_record(self, group: str, pair_hash: str | None) -> str | None:

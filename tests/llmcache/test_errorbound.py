@@ -55,9 +55,12 @@ def test_evidence_spread_over_many_bins_counts_as_much_as_in_one() -> None:
     assert fit.error_upper == pytest.approx(eb.fit(one_bin, 0.01).error_upper, rel=1e-6)
 
 
-def test_traffic_nobody_judged_blocks_a_region() -> None:
-    s = state({("a", 0.99): (400, 400, 0), ("a", 0.96): (400, 0, 0)})
-    assert eb.fit(s, 0.05).threshold_similarities == {"a": 0.99}
+def test_served_bins_nobody_judged_yet_do_not_undo_the_certificate_below() -> None:
+    """Certified down to 0.90, the class also serves 0.99, where only served hits (no judgement) arrive."""
+    s = state({("p", 0.90): (300, 300, 0), ("p", 0.99): (3, 0, 0)})
+    fit = eb.fit(s, 0.01)
+    assert fit.threshold_similarities == {"p": 0.90} and fit.serves("p", eb.similarity_bin(0.995))
+    assert not eb.fit(state({("p", 0.99): (50, 0, 0)}), 0.01).bounded  # no judgement at all: nothing
 
 
 def test_nothing_judged_is_learning_and_serves_nothing() -> None:
