@@ -303,6 +303,8 @@ async def _lead_whole(call: Call, flight: Flight, resp: aiohttp.ClientResponse, 
             flight.finish(entry)
         return out
     flight.finish(entry)
+    if call.judgement is not None and entry is not None and call.state.bound is not None:
+        call.state.bound.submit(call.judgement, entry)  # queued: judged once the answer is on its way
     if entry is not None and not call.directives.no_store and call.redis_ok:
         call.handed_off = True
         call.state.spawn(_store_then_land(call, flight, entry))
