@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from proxy_helpers import ADMIN, Stack
 
 from llmcache import errorbound as eb
@@ -229,6 +231,52 @@ async def test_a_failing_judge_fails_open(bounded_stack: Any, unused_port: int) 
     assert counters.num_failed == 3 and counters.num_judged == 0
     async with stack.http.get(stack.proxy_url + "/metrics") as r:
         assert 'llmcache_semantic_judge_failures_total{reason="judge"} 3.0' in await r.text()
+
+
+class HeldJudge:
+    """An LLM judge that answers "yes" only once the test lets it (a slow judge, the fault injected)."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.asked.set()
+        await self.release.wait()
+        return web.json_response({"choices": [{"index": 0, "message": {"role": "assistant", "content": "yes"}}]})
+
+
+async def test_judging_never_delays_the_client(bounded_stack: Any) -> None:
+    """The client has its whole answer while the judge of its candidate has not even replied."""
+    held = HeldJudge()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", held.handle)
+    judge = TestServer(app, host="127.0.0.1")
+    await judge.start_server()
+    try:
+        stack = await bounded_stack(judge_url=str(judge.make_url("/v1")), judge_timeout_s=60.0)
+        bound = stack.state.bound
+        assert bound is not None
+        _, h, _ = await stack.post(CHAT, body(BASE), headers=tenant(1))
+        await stack.flush()
+
+        async def ask() -> tuple[str, bytes]:
+            async with stack.http.post(stack.proxy_url + CHAT, json=body(variant(1)),
+                                       headers={"Authorization": "Bearer sk-tenant-1"}) as r:
+                return r.headers["X-LLMCache-Status"], await r.read()
+
+        # A deadline, not a timing: were the answer held back for the judge, this would never return.
+        status, answer = await asyncio.wait_for(ask(), timeout=30)
+        assert status == "miss" and ANSWER in answer.decode()
+        await asyncio.wait_for(held.asked.wait(), timeout=30)  # the candidate is being judged …
+        assert bound.counters.num_judged == 0 and not held.release.is_set()  # … and not judged yet
+        held.release.set()
+        await settle(stack)
+        assert bound.counters.num_judged == 1 and bound.counters.num_failed == 0
+    finally:
+        held.release.set()
+        await judge.close()
 
 
 async def test_a_failing_upstream_is_not_judged(bounded_stack: Any) -> None:
