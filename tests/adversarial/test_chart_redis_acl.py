@@ -395,3 +395,44 @@ async def test_a_sidecar_without_valid_credentials_fails_open(acl_redis: AclRedi
         status_code, headers, body = await stack.post("/v1/chat/completions", CHAT)
         assert status_code == 200 and headers["X-LLMCache-Status"] in ("miss", "bypass"), (status_code, headers, body)
     assert await stack.upstream_count() == 2  # nothing was served from (or stored in) the cache
+
+
+async def test_the_error_bound_learns_and_is_dropped_under_the_chart_users(acl_redis: AclRedis,
+                                                                            proxy_stack: Any) -> None:
+    """Issue 20's learned state (an entry's judged outcomes, the policy's model, its judged pairs) is written
+    by a bounded sidecar under its user, read for status and dropped with the group under the operator's."""
+    from llmcache import errorbound
+    from llmcache.keyspace import DEFAULT_GROUP
+    from llmcache.testing.stub_upstream import StubConfig
+
+    answer = "Walk the list once, pointing each node's next at the previous node."
+    stub = StubConfig(answers={CHAT["messages"][-1]["content"]: answer,
+                               PARAPHRASE["messages"][-1]["content"]: answer})
+    stack = await proxy_stack(redis_url=acl_redis.sidecar_url, cache_mode="both", semantic_timeout_s=5.0,
+                              semantic_max_error_rate=0.3, judge_refresh_s=0.2, stub=stub)
+    bound = stack.state.bound
+    assert stack.state.semantic is not None and bound is not None, "the error bound did not start (see the log)"
+    op = aioredis.Redis.from_url(acl_redis.operator_url)
+    try:
+        _, headers, _ = await stack.post("/v1/chat/completions", CHAT)
+        assert headers["X-LLMCache-Status"] == "miss"
+        _, headers, _ = await stack.post("/v1/chat/completions", PARAPHRASE)
+        assert headers["X-LLMCache-Status"] == "miss"  # a candidate, not certified yet: judged afterwards
+        await bound.drain()
+        await bound.flush_all()
+        assert bound.counters.num_judged == 1 and bound.counters.num_failed == 0
+        assert [k async for k in op.scan_iter(match=f"{KS.prefix}:j:*")]
+        assert [k async for k in op.scan_iter(match=f"{KS.prefix}:ap:*")]
+        fields = await status.semantic_status(op, KS, DEFAULT_GROUP, 0.3)
+        assert fields["judgedSamples"] == 1 and fields["semantic"].startswith("learning (1 judged")
+        async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats",
+                                  headers={"Authorization": "Bearer admin-secret"}) as r:
+            stats = await r.json()
+        assert stats["namespaces"] is not None and stats["error_bound"]["policies"][DEFAULT_GROUP]["judged"] == 1
+        await eviction.purge_group(op, KS, DEFAULT_GROUP)
+        assert errorbound.parse(await op.hgetall(KS.bound(DEFAULT_GROUP))).num_judged == 0
+        assert [k async for k in op.scan_iter(match=f"{KS.prefix}:j:*")] == []
+        assert [k async for k in op.scan_iter(match=f"{KS.prefix}:ap:*")] == []
+        assert acl_redis.acl_log() == [], "a command was denied to the proxy or the operator"
+    finally:
+        await op.aclose()
