@@ -259,6 +259,7 @@ async def test_judging_never_delays_the_client(bounded_stack: Any) -> None:
         bound = stack.state.bound
         assert bound is not None
         _, h, _ = await stack.post(CHAT, body(BASE), headers=tenant(1))
+        assert h["X-LLMCache-Status"] == "miss"
         await stack.flush()
 
         async def ask() -> tuple[str, bytes]:
