@@ -347,7 +347,7 @@ async def echo(request: web.Request) -> web.Response:
         "method": request.method,
         "path": request.path,
         "query": request.raw_path.partition("?")[2],
-        "headers": {k: v for k, v in request.headers.items()},
+        "headers": dict(request.headers.items()),
         "body_sha256": hashlib.sha256(body).hexdigest(),
         "body_bytes": len(body),
     }, status=int(request.query.get("status", "200")), headers={"X-Stub-Echo": "1"})
@@ -428,7 +428,8 @@ def create_stub_app(config: StubConfig | None = None) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmcache.testing.stub_upstream", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m llmcache.testing.stub_upstream",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:9000", help="HOST:PORT (default 127.0.0.1:9000)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="fixed delay before each answer (ms)")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between SSE chunks (ms)")

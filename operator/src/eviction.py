@@ -246,8 +246,9 @@ async def _prune(r: aioredis.Redis, ks: Keyspace, group: str, *, cursor: int, co
             for shard in shards:
                 pipe.zscan(ks.group(group, "lru", shard), cursor=0, count=count)
             pages = await pipe.execute()
-        for shard, (zcur, scored) in zip(shards, pages, strict=True):
-            members.extend(as_text(m) for m, _ in scored)
+        for shard, (first_cursor, first_page) in zip(shards, pages, strict=True):
+            members.extend(as_text(m) for m, _ in first_page)
+            zcur = first_cursor
             while int(zcur) != 0:  # a big shard: the rest of it (bounded by its size)
                 zcur, scored = await r.zscan(ks.group(group, "lru", shard), cursor=zcur, count=count)
                 members.extend(as_text(m) for m, _ in scored)

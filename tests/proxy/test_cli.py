@@ -89,7 +89,8 @@ def test_proxy_process_with_env_and_flags(processes, redis_plain_url: str, tmp_p
     # Through the proxy's stats endpoint, which needs the admin token (sent by `llmcache stats`).
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     via_proxy = subprocess.run([sys.executable, "-m", "llmcache", "stats", "--proxy-url", proxy_url, "--json"],
-                               capture_output=True, text=True, check=True, env={**os.environ, "LLMCACHE_ADMIN_TOKEN": "tok"})
+                               capture_output=True, text=True, check=True,
+                               env={**os.environ, "LLMCACHE_ADMIN_TOKEN": "tok"})
     assert json.loads(via_proxy.stdout)[0]["hit"] == 1
     refused = subprocess.run([sys.executable, "-m", "llmcache", "stats", "--proxy-url", proxy_url, "--admin-token",
                               "wrong"], capture_output=True, text=True, check=False)
