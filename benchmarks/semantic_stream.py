@@ -419,6 +419,24 @@ def threshold_sweep(run: Config) -> list[dict[str, Any]]:
     return out
 
 
+async def answer_judge_blind_spots(clusters: list[list[Prompt]]) -> dict[str, Any]:
+    """The default answer judge on every ordered pair of different answers within a cluster (different
+    meanings, so each "equivalent" is a judge error the bound inherits): how often it says equivalent."""
+    from llmcache.proxy.semantic.judge import AnswerJudge
+
+    judge = AnswerJudge()
+    n, examples = 0, []
+    for ps in clusters:
+        answers = list(dict.fromkeys(p.answer for p in ps))
+        for a in answers:
+            for b in answers:
+                if a != b:
+                    n += 1
+                    if await judge.judge(request="", fresh=a, cached=b):
+                        examples.append([a, b])
+    return {"pairs": n, "judged_equivalent": len(examples), "examples": examples}
+
+
 def _fmt(x: float | None, spec: str = ".4f") -> str:
     return "—" if x is None else format(x, spec)
 
@@ -450,15 +468,14 @@ def plot(rows: list[dict[str, Any]], path: Path, *, deltas: list[float]) -> None
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for r in rows:
-        if r["kind"] == "static" and abs(r["threshold"] - 0.80) > 1e-9 and not r.get("best_static_for"):
-            continue
+    for i, r in enumerate(rows):
         style = "--" if r["kind"] == "static" else "-"
+        color = f"C{i}"  # the same colour for a configuration in both panels
         xs = [w["end"] for w in r["windows"]]
-        ax1.plot(xs, [w["semantic_hit_rate"] for w in r["windows"]], style, label=r["name"])
+        ax1.plot(xs, [w["semantic_hit_rate"] for w in r["windows"]], style, color=color, label=r["name"])
         pts = [(c["end"], c["error_rate"]) for c in r["cumulative_error"] if c["error_rate"] is not None]
         if pts:
-            ax2.plot([p[0] for p in pts], [p[1] for p in pts], style, label=r["name"])
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, label=r["name"])
     for d in deltas:
         ax2.axhline(d, color="grey", lw=0.8, ls=":")
     ax1.set_xlabel("request")
@@ -507,6 +524,12 @@ def report(result: dict[str, Any], *, segment: int = 4000) -> None:
             sel = [(size, rate) for end, size, rate in sized if start < end <= start + segment]
             per.append(sum(size * rate for size, rate in sel) / max(1, sum(size for size, _ in sel)))
         print(f"  {r['name']:40s} " + " ".join(f"{x:.3f}" for x in per))
+    spots = result.get("answer_judge_blind_spots")
+    if spots:
+        print(f"\nthe answer judge on the clusters' different-meaning answer pairs: {spots['judged_equivalent']} of "
+              f"{spots['pairs']} judged equivalent ({spots['judged_equivalent'] / spots['pairs']:.1%}), e.g.")
+        for a, b in spots["examples"][:4]:
+            print(f"  {a[:60]!r} ~ {b[:60]!r}")
     lat = result["latency_same_run"]
     print(f"\nclient latency p50, {lat['off']} (off) vs {lat['on']} (on), same run, one request at a time:")
     for status, v in lat["by_status"].items():
@@ -629,6 +652,7 @@ async def main_async(args: argparse.Namespace) -> int:
               "noise": args.noise, "wall_s": round(time.monotonic() - t_start), "load_average": os.getloadavg(),
               "rows": rows, "comparison": comparison,
               "static_sweep_estimate": {"from": base.name, "rows": threshold_sweep(base)} if base else None,
+              "answer_judge_blind_spots": await answer_judge_blind_spots(clusters),
               "latency_same_run": {"off": pair[0].name, "on": pair[1].name, "by_status": latency}}
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     report(result)
@@ -662,6 +686,10 @@ def main() -> int:
     args = p.parse_args()
     if args.report:
         result = json.loads(Path(args.report).read_text())
+        if "answer_judge_blind_spots" not in result:  # a run saved before the check: it needs only the data
+            clusters, _ = load_prompts(Path(args.data))
+            result["answer_judge_blind_spots"] = asyncio.run(answer_judge_blind_spots(clusters))
+            Path(args.report).write_text(json.dumps(result, indent=1))
         report(result)
         deltas = sorted({r["max_error_rate"] for r in result["rows"] if r["max_error_rate"] is not None})
         plot(result["rows"], Path(args.report).with_suffix(".png"), deltas=deltas)
