@@ -219,18 +219,21 @@ def run(args: argparse.Namespace) -> int:
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
         print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
-    bounds = {group: b for r in rows for group, b in (r.get("error_bound") or {}).items()}
+    # Keyed by partition too: every partition learns its own model, ``_default`` included.
+    bounds = {(r["partition"], group): b for r in rows for group, b in (r.get("error_bound") or {}).items()}
     if bounds:
         print()
         _print_bounds(bounds)
     return 0
 
 
-def _print_bounds(bounds: dict[str, dict[str, Any]]) -> None:
-    """One line per policy with a bound: ``policy  max_error_rate  error  upper  judged  explored  gained  state``."""
-    cols = ("policy", "max_error_rate", "error_rate", "error_rate_upper", "judged", "explored", "gained", "state")
-    table = [[group, *("—" if b.get(c) is None else str(b[c]) for c in cols[1:])]
-             for group, b in sorted(bounds.items())]
+def _print_bounds(bounds: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """One line per (partition, policy) with a bound: ``partition  policy  max_error_rate  error  upper  judged
+    explored  gained  state``."""
+    cols = ("partition", "policy", "max_error_rate", "error_rate", "error_rate_upper", "judged", "explored",
+            "gained", "state")
+    table = [[partition, group, *("—" if b.get(c) is None else str(b[c]) for c in cols[2:])]
+             for (partition, group), b in sorted(bounds.items())]
     widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for row in table:

@@ -397,42 +397,65 @@ async def test_a_sidecar_without_valid_credentials_fails_open(acl_redis: AclRedi
     assert await stack.upstream_count() == 2  # nothing was served from (or stored in) the cache
 
 
-async def test_the_error_bound_learns_and_is_dropped_under_the_chart_users(acl_redis: AclRedis,
-                                                                            proxy_stack: Any) -> None:
-    """Issue 20's learned state (an entry's judged outcomes, the policy's model, its judged pairs) is written
-    by a bounded sidecar under its user, read for status and dropped with the group under the operator's."""
+async def test_the_error_bound_learns_per_partition_and_is_dropped_under_the_namespace_users(
+        acl_redis: AclRedis, operator_side: tuple[aioredis.Redis, partitions.NamespaceUsers], proxy_stack: Any,
+        tmp_path: Path) -> None:
+    """Issue 20's learned state (an entry's judged outcomes, the policy's model, its judged pairs) is written by
+    a bounded sidecar under its namespace's user, inside that namespace's partition: another namespace can
+    neither read nor poison it. The operator reads it for status and drops it with the group."""
     from llmcache import errorbound
+    from llmcache.connection import as_text
     from llmcache.keyspace import DEFAULT_GROUP
     from llmcache.testing.stub_upstream import StubConfig
 
+    op, users = operator_side
     answer = "Walk the list once, pointing each node's next at the previous node."
     stub = StubConfig(answers={CHAT["messages"][-1]["content"]: answer,
                                PARAPHRASE["messages"][-1]["content"]: answer})
-    stack = await proxy_stack(redis_url=acl_redis.sidecar_url, cache_mode="both", semantic_timeout_s=5.0,
-                              semantic_max_error_rate=0.3, judge_refresh_s=0.2, stub=stub)
+    stack = await _semantic_proxy(proxy_stack, op, users, "team-a", tmp_path, semantic_max_error_rate=0.3,
+                                  judge_refresh_s=0.2, stub=stub)
     bound = stack.state.bound
-    assert stack.state.semantic is not None and bound is not None, "the error bound did not start (see the log)"
-    op = aioredis.Redis.from_url(acl_redis.operator_url)
+    assert bound is not None, "the error bound did not start (see the log)"
+    part_a, part_b = KS.for_partition("team-a"), KS.for_partition("team-b")
+    _, headers, _ = await stack.post("/v1/chat/completions", CHAT)
+    assert headers["X-LLMCache-Status"] == "miss"
+    _, headers, _ = await stack.post("/v1/chat/completions", PARAPHRASE)
+    assert headers["X-LLMCache-Status"] == "miss"  # a candidate, not certified yet: judged afterwards
+    await bound.drain()
+    await bound.flush_all()
+    assert bound.counters.num_judged == 1 and bound.counters.num_failed == 0
+    judged = [k.decode() async for k in op.scan_iter(match=f"{KS.all_partitions_prefix}*:j:*")]
+    pairs = [k.decode() async for k in op.scan_iter(match=f"{KS.all_partitions_prefix}*:ap:*")]
+    assert judged and pairs and all(k.startswith(part_a.partition_prefix) for k in judged + pairs)
+    assert await op.exists(part_a.bound(DEFAULT_GROUP)) and not await op.exists(part_b.bound(DEFAULT_GROUP))
+    fields = await status.semantic_status(op, part_a, DEFAULT_GROUP, 0.3)
+    assert fields["judgedSamples"] == 1 and fields["semantic"].startswith("learning (1 judged")
+    assert (await status.semantic_status(op, part_b, DEFAULT_GROUP, 0.3))["judgedSamples"] == 0
+    async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats", headers=ADMIN_TOKEN) as r:
+        stats = await r.json()
+    assert stats["error_bound"]["policies"][DEFAULT_GROUP]["judged"] == 1
+    assert [row["error_bound"][DEFAULT_GROUP]["judged"] for row in stats["namespaces"]] == [1]
+
+    assert acl_redis.acl_log() == [], "a command was denied to the proxy"
+    # Namespace B, with what its pods hold, can neither read A's learned state nor poison it.
+    await users.ensure("team-b")
+    b = redis.Redis.from_url(users.url("team-b"))
     try:
-        _, headers, _ = await stack.post("/v1/chat/completions", CHAT)
-        assert headers["X-LLMCache-Status"] == "miss"
-        _, headers, _ = await stack.post("/v1/chat/completions", PARAPHRASE)
-        assert headers["X-LLMCache-Status"] == "miss"  # a candidate, not certified yet: judged afterwards
-        await bound.drain()
-        await bound.flush_all()
-        assert bound.counters.num_judged == 1 and bound.counters.num_failed == 0
-        assert [k async for k in op.scan_iter(match=f"{KS.prefix}:j:*")]
-        assert [k async for k in op.scan_iter(match=f"{KS.prefix}:ap:*")]
-        fields = await status.semantic_status(op, KS, DEFAULT_GROUP, 0.3)
-        assert fields["judgedSamples"] == 1 and fields["semantic"].startswith("learning (1 judged")
-        async with stack.http.get(stack.proxy_url + "/llmcache/v1/stats",
-                                  headers={"Authorization": "Bearer admin-secret"}) as r:
-            stats = await r.json()
-        assert stats["namespaces"] is not None and stats["error_bound"]["policies"][DEFAULT_GROUP]["judged"] == 1
-        await eviction.purge_group(op, KS, DEFAULT_GROUP)
-        assert errorbound.parse(await op.hgetall(KS.bound(DEFAULT_GROUP))).num_judged == 0
-        assert [k async for k in op.scan_iter(match=f"{KS.prefix}:j:*")] == []
-        assert [k async for k in op.scan_iter(match=f"{KS.prefix}:ap:*")] == []
-        assert acl_redis.acl_log() == [], "a command was denied to the proxy or the operator"
+        for key in [part_a.bound(DEFAULT_GROUP), judged[0], pairs[0]]:
+            for command in [("HGETALL", key), ("HGET", key, "current"), ("HLEN", key), ("HRANDFIELD", key),
+                            ("HINCRBY", key, "x", 1000), ("HSET", key, "veto", "0"), ("DEL", key),
+                            ("EVAL", "return redis.call('HINCRBY', KEYS[1], 'x', 1)", 1, key)]:
+                assert denied(b, *command), (key, command)
+        assert b.hset(part_b.bound(DEFAULT_GROUP), "x", 1) == 1  # its own partition's model is its own
     finally:
-        await op.aclose()
+        b.close()
+    assert errorbound.parse(await op.hgetall(part_a.bound(DEFAULT_GROUP))).num_judged == 1
+
+    await eviction.purge_group(op, part_a, DEFAULT_GROUP)
+    assert errorbound.parse(await op.hgetall(part_a.bound(DEFAULT_GROUP))).num_judged == 0
+    assert [k async for k in op.scan_iter(match=f"{part_a.partition_prefix}j:*")] == []
+    assert [k async for k in op.scan_iter(match=f"{part_a.partition_prefix}ap:*")] == []
+    assert await op.exists(part_b.bound(DEFAULT_GROUP))  # another partition's purge leaves B's alone
+    # The only denials are B's probes above: none to the proxy or the operator.
+    users_denied = {as_text(e.get("username", b"")) for e in acl_redis.acl_log()}
+    assert users_denied == {users.user("team-b")}, "a command was denied to the proxy or the operator"

@@ -270,9 +270,10 @@ def test_error_bound_state_reaches_status_and_leaves_with_the_bound(crds: Any, n
     wait_for(status_is(crds, ns, "bounded", semantic="learning (0 judged)", judgedSamples=0),
              what="status.semantic learning", logs=[op.log])
     group, v, b = f"{ns}/bounded", "v1", eb.similarity_bin(0.95)
-    r.hset(KS.bound(group), mapping={"current": v, eb.cell_field(v, "a", b, "n"): 80,
-                                     eb.cell_field(v, "a", b, "j"): 60, eb.total_field(v, "explored"): 4,
-                                     eb.total_field(v, "gained"): 9})
+    # Written where the namespace's sidecars learn: its partition (the operator reads it there).
+    r.hset(KS.for_partition(ns).bound(group), mapping={
+        "current": v, eb.cell_field(v, "a", b, "n"): 80, eb.cell_field(v, "a", b, "j"): 60,
+        eb.total_field(v, "explored"): 4, eb.total_field(v, "gained"): 9})
     wait_for(status_is(crds, ns, "bounded", judgedSamples=60, explorationCalls=4, hitsGained=9),
              what="status with the judged counts", logs=[op.log])
     st = get_cpol(crds, ns, "bounded")["status"]

@@ -192,29 +192,38 @@ def test_error_bound_defaults() -> None:
 
 
 def test_stats_cli_prints_each_policys_error_bound(redis_plain_url: str) -> None:
-    """`llmcache stats` reads the shared model and fits it at the bound the sidecars last applied."""
+    """`llmcache stats` reads each partition's model and fits it at the bound its sidecars last applied."""
     import redis
 
     from llmcache import errorbound as eb
     from llmcache import stats
-    from llmcache.keyspace import Keyspace
+    from llmcache.keyspace import DEFAULT_GROUP, Keyspace
 
-    ks = Keyspace()
+    team, other = Keyspace().for_partition("team"), Keyspace().for_partition("other")
     client = redis.Redis.from_url(redis_plain_url)
     try:
-        client.hset(ks.stats(stats.ns_hash("docs", policy="team/p")),
+        client.hset(team.stats(stats.ns_hash("docs", policy="team/p")),
                     mapping={"namespace": "docs", "policy": "team/p", "miss": 5, "semantic_hit": 2})
         b = eb.similarity_bin(0.97)
-        client.hset(ks.bound("team/p"), mapping={
+        client.hset(team.bound("team/p"), mapping={
             "current": "v1", eb.total_field("v1", "delta"): "0.05", eb.cell_field("v1", "s", b, "n"): 90,
             eb.cell_field("v1", "s", b, "j"): 70, eb.total_field("v1", "gained"): 12})
+        # Another namespace's pods without a policy learn their own _default model, not team's.
+        client.hset(other.stats(stats.ns_hash("docs")), mapping={"namespace": "docs", "miss": 1})
+        client.hset(other.bound(DEFAULT_GROUP), mapping={
+            "current": "v1", eb.total_field("v1", "delta"): "0.05", eb.cell_field("v1", "s", b, "n"): 3,
+            eb.cell_field("v1", "s", b, "j"): 3})
     finally:
         client.close()
     out = subprocess.run([sys.executable, "-m", "llmcache", "stats", "--redis-url", redis_plain_url, "--json"],
                          capture_output=True, text=True, check=True).stdout
-    bound = json.loads(out)[0]["error_bound"]["team/p"]
+    rows = {row["partition"]: row for row in json.loads(out)}
+    bound = rows["team"]["error_bound"]["team/p"]
     assert bound["bounded"] and bound["judged"] == 70 and bound["gained"] == 12 and bound["max_error_rate"] == 0.05
+    assert rows["other"]["error_bound"][DEFAULT_GROUP]["judged"] == 3
     table = subprocess.run([sys.executable, "-m", "llmcache", "stats", "--redis-url", redis_plain_url],
                            capture_output=True, text=True, check=True).stdout
-    line = next(x for x in table.splitlines() if x.startswith("team/p"))
+    line = next(x for x in table.splitlines() if x.split()[:2] == ["team", "team/p"])
     assert "bounded (error ≤" in line and " 70 " in line
+    line = next(x for x in table.splitlines() if x.split()[:2] == ["other", DEFAULT_GROUP])
+    assert "learning (3 judged" in line

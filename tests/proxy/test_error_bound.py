@@ -134,7 +134,7 @@ async def test_wrong_answers_keep_a_policy_learning_and_veto_the_entry(bounded_s
     # Each base entry remembers the similarity it was judged wrong at (its own veto), expiring with it.
     client = aioredis.from_url(redis_search_url)
     try:
-        keys = [k async for k in client.scan_iter(match="llmcache:j:*")]
+        keys = [k async for k in client.scan_iter(match=f"{stack.state.keyspace.partition_prefix}j:*")]
         assert len(keys) == N_MIN + 2
         record = await client.hgetall(keys[0])
         assert record[b"wrong"] == b"1" and 0.9 < float(record[b"veto"]) <= 1.0
@@ -157,7 +157,7 @@ async def test_a_pair_judged_right_is_remembered_for_the_whole_policy(bounded_st
     client = aioredis.from_url(redis_search_url)
     try:
         # One record for the pair, by hash only: "right,wrong" counts.
-        shards = [k async for k in client.scan_iter(match="llmcache:ap:_default:*")]
+        shards = [k async for k in client.scan_iter(match=f"{stack.state.keyspace.partition_prefix}ap:_default:*")]
         assert len(shards) == 1
         (field, counts), = (await client.hgetall(shards[0])).items()
         assert counts == f"{N_MIN + 1},0".encode() and len(field) == 24

@@ -68,7 +68,7 @@ async def test_two_sidecars_learn_and_serve_through_a_cluster(cluster: EmbeddedC
     client = connection.connect(cluster.url)
     try:
         # Each judged entry's outcome record sits in its entry's slot (one-slot scripts, evicted with it).
-        judged = [k.decode() async for k in client.scan_iter(match=f"{prefix}:j:*")]
+        judged = [k.decode() async for k in client.scan_iter(match=f"{ks.partition_prefix}j:*")]
         assert len(judged) == n
         for key in judged:
             key_hash = Keyspace.key_hash_of(key)
@@ -76,7 +76,7 @@ async def test_two_sidecars_learn_and_serve_through_a_cluster(cluster: EmbeddedC
             assert await client.exists(ks.entry(key_hash))
         state = eb.parse(await client.hgetall(ks.bound(DEFAULT_GROUP)))
         assert state.num_judged == n and state.num_served >= 1
-        pairs = [k.decode() async for k in client.scan_iter(match=f"{prefix}:ap:*")]
+        pairs = [k.decode() async for k in client.scan_iter(match=f"{ks.partition_prefix}ap:*")]
         assert len(pairs) == 1 and await client.hlen(pairs[0]) == 1
     finally:
         await client.aclose()
