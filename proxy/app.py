@@ -35,7 +35,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from llmcache import connection
 from llmcache.errors import DependencyError
 from llmcache.keyspace import Keyspace
-from llmcache.proxy import admin, handlers, limits, resp, semantic
+from llmcache.proxy import admin, handlers, limits, replicas, resp, routing, semantic
 from llmcache.proxy.breaker import Breaker, CacheUnavailable, LoopLag
 from llmcache.proxy.exact import RedisExactStore
 from llmcache.proxy.limits import BodyBudget
@@ -127,10 +127,22 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     up = state.settings.upstream
     session = Upstream.make_session(pool_size=up.pool_size)
-    state.upstream = Upstream(session, base_url=up.url, timeout_s=up.timeout_s, connect_timeout_s=up.connect_timeout_s)
+    sources = replicas.parse_sources(up.sources or (up.url,))
+    router: routing.Router | None = None
+    if len(sources) > 1 or sources[0].kind != "static":
+        # Several replicas (or a source that may list several): route between them.
+        replica_set = replicas.ReplicaSet(sources, session, refresh_s=up.refresh_s)
+        await replica_set.start()
+        router = routing.Router(replica_set, mode=up.routing,
+                                metrics=routing.RoutingMetrics(state.metrics.registry, replica_set))
+    base_url = sources[0].value if router is None else up.url
+    state.upstream = Upstream(session, base_url=base_url, timeout_s=up.timeout_s,
+                              connect_timeout_s=up.connect_timeout_s, router=router)
     try:
         yield
     finally:
+        if router is not None:
+            await router.replicas.close()
         await session.close()
 
 
