@@ -342,10 +342,15 @@ class _SemanticStarter:
 
 async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    task = asyncio.get_running_loop().create_task(_flush_stats_forever(state))
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(_flush_stats_forever(state, stop))
     try:
         yield
     finally:
+        # The event, not only the cancel: a cancel that lands while a flush times out can be lost
+        # (asyncio.timeout in the breaker, Python 3.11), and the loop would sleep on forever while
+        # the app's cleanup waits for it.
+        stop.set()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
@@ -355,9 +360,12 @@ async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
                 await state.breaker.call(lambda: state.stats.flush(client, keyspace=state.keyspace), timeout_s=1.0)
 
 
-async def _flush_stats_forever(state: ProxyState) -> None:
-    while True:
-        await asyncio.sleep(STATS_FLUSH_INTERVAL_S)
+async def _flush_stats_forever(state: ProxyState, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STATS_FLUSH_INTERVAL_S)
+        if stop.is_set():
+            return
         client = state.redis
         if client is None or not state.stats or state.breaker.is_open:
             continue
