@@ -10,6 +10,7 @@ before (no state polling at all).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
@@ -139,6 +140,13 @@ async def test_a_tenants_requests_follow_its_cached_prefix(proxy_stack, replicas
     predicted = counter(stack, "llmcache_route_predicted_cached_tokens")
     reported = counter(stack, "llmcache_route_reported_cached_tokens")
     assert predicted == 12 * PREFIX and reported >= predicted
+    async with stack.http.get(stack.proxy_url + "/metrics") as r:  # what a scraper sees
+        text = await r.text()
+    for url in urls:
+        assert f'llmcache_route_requests_total{{chosen_by="prefix",replica="{url}"}}' in text
+        assert f'llmcache_route_predicted_cached_tokens_total{{replica="{url}"}}' in text
+        assert f'llmcache_route_reported_cached_tokens_total{{replica="{url}"}}' in text
+    assert 'llmcache_route_replicas{state="routable"} 2.0' in text
 
 
 async def test_a_replica_that_goes_away_costs_no_client_error(proxy_stack, replicas: Replicas) -> None:
@@ -183,6 +191,76 @@ async def test_a_refused_connection_is_sent_once_to_another_replica_never_after_
         with pytest.raises(upstream.UpstreamError) as exc:  # a streamed body cannot be sent twice: no retry
             await up.open("POST", "/v1/completions", {"Content-Type": "application/json"}, streamed())
         assert exc.value.status == 502 and metrics.retries.labels(dead)._value.get() == 1
+
+
+class HangUp:
+    """Fault injection: a "replica" that accepts a connection, reads the request, and hangs up unanswered."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.received += head
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            self.received += await reader.readexactly(length)
+            writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def unfollowed_router(urls: list[str], http: aiohttp.ClientSession) -> tuple[Router, RoutingMetrics]:
+    """A router over ``urls`` without state polling (the test sets the loads that decide the order)."""
+    from prometheus_client import CollectorRegistry
+
+    rs = ReplicaSet(parse_sources(urls), session=http)  # never started: unfollowed
+    metrics = RoutingMetrics(CollectorRegistry(), rs)
+    return Router(rs, metrics=metrics), metrics
+
+
+async def test_a_request_whose_bytes_were_sent_is_never_sent_again(replicas: Replicas) -> None:
+    live = replicas.start()
+    body = json.dumps({"prompt": prompt(0, 0), "max_tokens": 2}).encode()
+    hang = HangUp()
+    async with hang as faulty, aiohttp.ClientSession() as http:
+        router, metrics = unfollowed_router([faulty, live], http)
+        router.replicas.replicas[live].num_running = 5  # busy: the pick goes to the faulty one
+        up = upstream.Upstream(http, base_url=faulty, timeout_s=30, router=router)
+        with pytest.raises(upstream.UpstreamError) as exc:
+            await up.open("POST", "/v1/completions", {"Content-Type": "application/json"}, body)
+        assert exc.value.status == 502
+        assert hang.received.endswith(body)  # the request reached the faulty replica in full…
+        assert replicas.served(live) == 0  # …and was not sent again to the live one
+        assert metrics.retries.labels(faulty)._value.get() == 0
+
+
+async def test_a_connect_error_is_retried_once_not_twice(replicas: Replicas) -> None:
+    live = replicas.start()
+    dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]  # nothing listens there
+    body = json.dumps({"prompt": prompt(0, 0), "max_tokens": 2}).encode()
+    async with aiohttp.ClientSession() as http:
+        router, metrics = unfollowed_router([*dead, live], http)
+        router.replicas.replicas[live].num_running = 5  # busy: both dead ones come first
+        up = upstream.Upstream(http, base_url=dead[0], timeout_s=30, router=router)
+        with pytest.raises(upstream.UpstreamError) as exc:
+            await up.open("POST", "/v1/completions", {"Content-Type": "application/json"}, body)
+        assert exc.value.status == 502
+        assert sum(metrics.retries.labels(d)._value.get() for d in dead) == 1  # one retry, then the error
+        assert replicas.served(live) == 0
+        # Both dead ones are skipped now: the next request goes straight to the live one.
+        resp = await up.open("POST", "/v1/completions", {"Content-Type": "application/json"}, body)
+        assert resp.status == 200 and str(resp.url).startswith(live)
+        resp.release()
+        assert sum(metrics.retries.labels(d)._value.get() for d in dead) == 1
 
 
 async def test_an_added_replica_receives_traffic(proxy_stack, replicas: Replicas, tmp_path: Path) -> None:
