@@ -4,8 +4,8 @@ Workload: ``--tenants`` tenants (16), each with its own ``--system-tokens``-toke
 (850), asking ``--questions`` short questions each (12), interleaved (every round asks each
 tenant once, in a shuffled order), ``--concurrency`` requests in flight (4), streamed, greedy,
 ``--max-tokens`` 4. Each request carries its tenant's API key; the proxy turns it into the
-tenant's ``cache_salt``. Behind one proxy: ``--replicas`` model servers (3, the bundled
-SmolLM2 on CPU, one thread each) whose prefix cache holds about half the system prompts each
+tenant's ``cache_salt``. Behind one proxy: ``--replicas`` model servers (2, the bundled
+SmolLM2 on CPU, one thread each: the machine has 2 cores) whose prefix cache holds about half the system prompts each
 (``--prefix-cache-bytes`` = tenants / 2 × prompt tokens × KV bytes per token).
 
 The same replicas serve every phase; each phase has its own proxy and its own tenant salt, so
@@ -91,13 +91,13 @@ _TOPICS = ["a refund", "my backup", "the storage quota", "a job timeout", "my in
 
 
 def system_prompt(tenant: int, target_tokens: int) -> str:
-    """Tenant ``tenant``'s own policy text, about ``target_tokens`` tokens (≈ 4.2 characters a token)."""
+    """Tenant ``tenant``'s own policy text, about ``target_tokens`` tokens (≈ 4.6 characters a SmolLM2 token)."""
     rng = random.Random(tenant)
     company = _COMPANIES[tenant % len(_COMPANIES)] + (f" {tenant // len(_COMPANIES) + 1}" if tenant >= 26 else "")
     parts = [f"You are the support assistant of {company}, customer number {1000 + tenant}. "
              "Follow the policy below exactly and answer in one short sentence."]
     section = 1
-    while sum(len(p) for p in parts) < target_tokens * 4.2:
+    while sum(len(p) for p in parts) < target_tokens * 4.6:
         rules = rng.sample(_RULES, 4)
         parts.append(f"Section {section} of the {company} policy. " + " ".join(rules))
         section += 1
@@ -291,6 +291,7 @@ def summarize(results: list[Result], wall_s: float) -> dict[str, Any]:
         "warm_cached_token_fraction": sum(r.cached_tokens for r in warm) / warm_prompt if warm_prompt else 0.0,
         "warm_ttft_p50_s": pct(warm_ttfts, 0.5), "warm_ttft_p90_s": pct(warm_ttfts, 0.9),
         "prompt_tokens_mean": prompt / len(ok) if ok else 0.0,
+        "prompt_tokens_min": min((r.prompt_tokens for r in ok), default=0),
         "throughput_rps": len(ok) / wall_s if wall_s else 0.0,
         "throughput_prompt_tok_s": prompt / wall_s if wall_s else 0.0,
         "wall_s": wall_s,
@@ -502,8 +503,6 @@ def report(summary: dict[str, Any]) -> None:
     derived = {
         "prefix_vs_round_robin_cached": pr["cached_token_fraction"] / max(rr["cached_token_fraction"], 1e-9),
         "round_robin_vs_prefix_ttft_p90": rr["ttft_p90_s"] / pr["ttft_p90_s"],
-        "prefix_vs_round_robin_warm_cached": (pr["warm_cached_token_fraction"]
-                                              / max(rr["warm_cached_token_fraction"], 1e-9)),
         "round_robin_vs_prefix_warm_ttft_p90": rr["warm_ttft_p90_s"] / pr["warm_ttft_p90_s"],
         "prefix_busiest_replica_share": (max(pr["requests_per_replica"].values())
                                          / sum(pr["requests_per_replica"].values())),
@@ -535,15 +534,15 @@ def report(summary: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--tenants", type=int, default=16)
     ap.add_argument("--questions", type=int, default=12)
     ap.add_argument("--system-tokens", type=int, default=850)
     ap.add_argument("--max-tokens", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--num-threads", type=int, default=1, help="torch threads per model server")
-    ap.add_argument("--dynamic-tenants", type=int, default=12)
-    ap.add_argument("--dynamic-questions", type=int, default=4)
+    ap.add_argument("--dynamic-tenants", type=int, default=8)
+    ap.add_argument("--dynamic-questions", type=int, default=2)
     ap.add_argument("--refresh-seconds", type=float, default=2.0, help="the dynamic phase's --upstream-refresh-seconds")
     ap.add_argument("--skip-dynamic", action="store_true")
     ap.add_argument("--phases", nargs="+", default=["round-robin", "hash", "prefix"],
