@@ -86,7 +86,7 @@ def parse_listen(value: str, *, flag: str = "--listen") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"{flag} expects HOST:PORT (for example 127.0.0.1:8080), got {value!r}")
-    host = host.strip("[]") or "0.0.0.0"
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - an empty host means every interface, as the user wrote
     p = int(port)
     if not 0 <= p <= 65535:
         raise ConfigError(f"{flag}: port out of range (0-65535) in {value!r}")
@@ -132,7 +132,7 @@ def listen_address(value: str) -> str:
     """
     if value == "":
         return value
-    host, sep, port = value.rpartition(":")
+    _host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"expects HOST:PORT with a port in 0-65535 (for example 127.0.0.1:8080), got {value!r}")
     return value
@@ -155,7 +155,7 @@ def redis_url(value: str) -> str:
                           f"redis+cluster:// for a cluster), got {value!r}; write {fix}")
     if v.startswith(("redis://", "rediss://")):
         hostport = v.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
-        host, sep, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
+        _host, sep, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
         if not hostport or (sep and not port.isdigit()):
             raise ConfigError(f"expects a Redis URL such as redis://127.0.0.1:6379/0, got {value!r}: "
                               "the host or port is not valid")
@@ -230,6 +230,9 @@ def add_flag(
     ``type`` is not given: ``--redis-url``, ``--upstream``, ``--log-level`` and ``--*listen``.
     ``action="switch"`` makes ``--flag`` / ``--no-flag`` (a boolean without a value; ``--flag false``
     still works, so scripts written for the older value form keep running).
+    ``action="repeat"`` makes a repeatable flag whose value is a list: the env var holds a
+    comma-separated list, ``type`` checks each item, and values given on the command line
+    replace the env var's (they do not add to them).
     ``default=None`` is shown as nothing rather than ``default: None``.
     """
     env = env_name(flag)
@@ -240,6 +243,8 @@ def add_flag(
         try:
             if action in ("store_true", "switch"):
                 default = parse_bool(raw)
+            elif action == "repeat":
+                default = [type(v.strip()) if type is not None else v.strip() for v in raw.split(",") if v.strip()]
             else:
                 default = type(raw) if type is not None else raw
         except (ValueError, ConfigError) as exc:
@@ -257,7 +262,13 @@ def add_flag(
     if action == "switch":
         parser.add_argument(flag, "--no-" + flag[2:], action=_Switch, **kwargs)
         return
-    if action is not None:
+    if action == "repeat":
+        if default is not None and not isinstance(default, list):
+            kwargs["default"] = [default]
+        kwargs["action"] = _Repeat
+        if type is not None:
+            kwargs["type"] = _with_env_hint(type, env)
+    elif action is not None:
         kwargs["action"] = action
     else:
         if type is not None:
@@ -265,6 +276,17 @@ def add_flag(
         if choices is not None:
             kwargs["choices"] = choices
     parser.add_argument(flag, **kwargs)
+
+
+class _Repeat(argparse.Action):
+    """A repeatable flag: the command line's values replace the default (the env var's), in order."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        items = getattr(namespace, self.dest, None)
+        if items is None or items is self.default:
+            items = []
+        setattr(namespace, self.dest, [*items, values])
 
 
 class _Switch(argparse.Action):

@@ -68,7 +68,13 @@ from llmcache.model_server.request import (
 from llmcache.model_server.scheduler import Scheduler, SchedulerOutput, reservation_tokens
 from llmcache.model_server.scheduler import Sequence as Seq
 from llmcache.model_server.settings import MAX_TOKENS_CONTEXT_MULTIPLE, BatchingSettings
-from llmcache.model_server.stats import FinishedRequestStats, IterationStats, SchedulerStats, StatLogger
+from llmcache.model_server.stats import (
+    FinishedRequestStats,
+    IterationStats,
+    PrefixBlockEvent,
+    SchedulerStats,
+    StatLogger,
+)
 
 __all__ = ["Engine", "default_budget_bytes"]
 
@@ -89,19 +95,21 @@ class Engine:
     ``start()`` launches the worker, ``submit()``/``submit_many()`` enqueue (any thread,
     never blocking: a full queue raises :class:`~llmcache.model_server.request.OverloadedError`),
     ``stop()`` joins. ``failed`` is set (with the reason) once the worker died; every later
-    submit fails. ``metrics`` (when given) receives every step's stats.
+    submit fails. ``metrics`` and ``stat_loggers`` receive every step's stats
+    (:mod:`llmcache.model_server.stats`).
     """
 
     def __init__(self, loaded: LoadedModel, *, prefix_cache: RadixCache | None,
                  metrics: StatLogger | None = None, batching: BatchingSettings | None = None,
-                 kv_budget_bytes: int | None = None, max_tokens_limit: int | None = None) -> None:
+                 kv_budget_bytes: int | None = None, max_tokens_limit: int | None = None,
+                 stat_loggers: Sequence[StatLogger] = ()) -> None:
         self.loaded = loaded
         self.max_tokens_limit = (max_tokens_limit if max_tokens_limit is not None
                                  else MAX_TOKENS_CONTEXT_MULTIPLE * loaded.context_tokens)
         """Largest ``max_tokens`` a request may ask for (``--max-tokens-limit``; sink windows included)."""
         self.prefix_cache = prefix_cache
         self.metrics = metrics
-        self._stat_loggers: tuple[StatLogger, ...] = (metrics,) if metrics is not None else ()
+        self._stat_loggers: tuple[StatLogger, ...] = ((metrics,) if metrics is not None else ()) + tuple(stat_loggers)
         self.settings = batching if batching is not None else BatchingSettings()
         self.kv_shape = kv_estimate.kv_shape(loaded.model.config)
         self.kv_bytes_per_token = self.kv_shape.bytes_per_token(loaded.dtype.itemsize)
@@ -348,6 +356,7 @@ class Engine:
             stats.prefix_lookup_s.append(time.perf_counter() - started)
             stats.num_prefix_queried_tokens += n
             stats.num_prefix_hit_tokens += seq.cached_tokens
+        seq.handle.cached_tokens = seq.cached_tokens
 
     def _trim_sink(self, seq: Seq, stats: IterationStats) -> None:
         sink = seq.request.sink
@@ -393,6 +402,9 @@ class Engine:
             stored = self.prefix_cache.insert(RadixKey(seq.key.namespace, tokens), seq.kv.view(len(tokens)))
             seq.inserted_tokens += stored.num_new_tokens
             stats.prefix_insert_s.append(time.perf_counter() - started)
+            if stored.stored_blocks or stored.evicted.removed_blocks:
+                stats.prefix_block_events.append(PrefixBlockEvent(
+                    namespace=seq.key.namespace, stored=stored.stored_blocks, removed=stored.evicted.removed_blocks))
         except Exception:
             log.exception("prefix-cache insert failed")
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from llmcache import prefix_hash
 from llmcache.errors import LLMCacheError
 from llmcache.model_server import generate as gen
 from llmcache.model_server import loader as loader_mod
@@ -40,9 +41,15 @@ from llmcache.model_server import sink as sink_mod
 from llmcache.model_server.admission import Admission
 from llmcache.model_server.embeddings import EMBEDDING_MODEL_NAME, Embedder
 from llmcache.model_server.metrics import PROMETHEUS_CONTENT_TYPE, ModelServerMetrics
+from llmcache.model_server.prefix_events import PrefixEventLog
 from llmcache.model_server.settings import ModelServerSettings
 
-__all__ = ["STATE_KEY", "ServerState", "create_app"]
+__all__ = ["CACHED_TOKENS_HEADER", "STATE_KEY", "ServerState", "create_app"]
+
+CACHED_TOKENS_HEADER = "X-LLMCache-Cached-Tokens"
+"""Response header: prompt tokens whose KV came from the prefix cache (reported as ``usage`` is, see
+``--report-cached-tokens``); on streams too, where ``usage`` comes last or not at all. Routers compare it
+with what they predicted."""
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,10 @@ class ServerState:
     loaded: loader_mod.LoadedModel | None = None
     engine: gen.Engine | None = None
     embedder: Embedder | None = None
+    prefix_events: PrefixEventLog | None = None
+    """What routers follow (``GET /llmcache/v1/cache-state``); set once the model is loaded."""
+    tokenizer_json: bytes | None = None
+    """``GET /llmcache/v1/tokenizer``'s answer, built on first use."""
     ready: threading.Event = field(default_factory=threading.Event)
     failed: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
@@ -269,7 +280,8 @@ async def _handle_generation(request: web.Request, *, chat: bool) -> web.StreamR
             obj = "text_completion"
         return web.json_response({"id": rid, "object": obj, "created": created, "model": model,
                                   "system_fingerprint": state.loaded.revision,
-                                  "choices": out_choices, "usage": usage})
+                                  "choices": out_choices, "usage": usage},
+                                 headers={CACHED_TOKENS_HEADER: str(usage["prompt_tokens_details"]["cached_tokens"])})
     return await _stream(request, choices, n, chat=chat, rid=rid, created=created, model=model,
                          prompt_tokens=len(prompt_ids), include_usage=extras["include_usage"],
                          report_cached=lambda c: state.reported_cached(c, extras["cache_salt"]))
@@ -295,6 +307,8 @@ async def _stream(request: web.Request, choices: _Choices, n: int, *, chat: bool
     if isinstance(first[1], BaseException):
         choices.cancel()
         raise first[1]
+    # The prefix lookup ran before the first token: the header can say what it found.
+    resp.headers[CACHED_TOKENS_HEADER] = str(report_cached(choices.handles[0].cached_tokens or 0))
     await resp.prepare(request)
     results: list[rq.GenerationResult | None] = [None] * n
     remaining = n
@@ -420,10 +434,57 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=state.metrics.render(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
 
+async def cache_state(request: web.Request) -> web.Response:
+    """``GET /llmcache/v1/cache-state?epoch=E&since=S&wait_s=W``: prefix-cache block events and load, for routers.
+
+    See :mod:`llmcache.model_server.prefix_events`. Answers at once when there is news after ``since``
+    (or the caller must start over), else after up to ``wait_s`` seconds (≤ 30) with the load only.
+    """
+    state = request.app[STATE_KEY]
+    events = state.prefix_events
+    if events is None or not state.ready.is_set():
+        raise parsing.HTTPError(503, "the model is still loading; retry when GET /healthz returns 200",
+                                type_="server_error", code="model_not_ready")
+    q = request.query
+    try:
+        since = int(q["since"]) if q.get("since") else None
+        wait_s = float(q.get("wait_s") or 0)
+    except ValueError as exc:
+        raise parsing.HTTPError(400, "since must be an integer and wait_s a number of seconds", param="since") from exc
+    if not 0 <= wait_s <= 30 or wait_s != wait_s:
+        raise parsing.HTTPError(400, "wait_s must be between 0 and 30 seconds", param="wait_s")
+    answer = await events.read(epoch=q.get("epoch"), since=since, wait_s=wait_s)
+    return web.json_response(answer, dumps=lambda o: json.dumps(o, separators=(",", ":")))
+
+
+async def tokenizer(request: web.Request) -> web.Response:
+    """``GET /llmcache/v1/tokenizer``: what a router needs to turn a request into this server's token ids.
+
+    ``tokenizer`` (the fast tokenizer's JSON), ``chat_template`` and the ``special_tokens`` the
+    template sees, with the ``namespace`` they belong to. 404 for a model without a tokenizer
+    (its clients send token ids, which routers hash as they are).
+    """
+    state = request.app[STATE_KEY]
+    _engine(state)
+    loaded = state.loaded
+    assert loaded is not None
+    if state.tokenizer_json is None:
+        tok = loaded.tokenizer
+        backend = getattr(tok, "backend_tokenizer", None) if tok is not None else None
+        if backend is None:
+            raise parsing.HTTPError(404, "this model has no fast tokenizer to share; requests to it carry token ids",
+                                    code="no_tokenizer")
+        special = {k: v for k, v in tok.special_tokens_map.items() if isinstance(v, str)}
+        state.tokenizer_json = web_json_dumps({
+            "namespace": loaded.namespace, "tokenizer": backend.to_str(), "chat_template": tok.chat_template,
+            "special_tokens": special})
+    return web.Response(body=state.tokenizer_json, content_type="application/json")
+
+
 # -------------------------------------------------------------- lifecycle
 
 
-def _load_into(state: ServerState, preloaded: loader_mod.LoadedModel | None) -> None:
+def _load_into(state: ServerState, preloaded: loader_mod.LoadedModel | None, loop: asyncio.AbstractEventLoop) -> None:
     """Load the model (unless given), build the prefix cache and start the engine; runs in a thread."""
     try:
         s = state.settings
@@ -436,13 +497,18 @@ def _load_into(state: ServerState, preloaded: loader_mod.LoadedModel | None) -> 
             budget = s.prefix_cache.budget_bytes
             if budget is None:
                 budget = gen.default_budget_bytes(loaded, s.prefix_cache.budget_fraction)
-            cache = radix_mod.RadixCache(budget)
+            cache = radix_mod.RadixCache(budget, block_tokens=prefix_hash.DEFAULT_BLOCK_TOKENS)
             log.info("prefix cache budget %.1f MiB", budget / 2**20)
+        events = PrefixEventLog(base_namespace=loaded.namespace, block_tokens=prefix_hash.DEFAULT_BLOCK_TOKENS,
+                                publish=s.prefix_cache.report_cached_tokens, max_num_seqs=s.batching.max_num_seqs)
+        events.bind(loop)
+        state.prefix_events = events
         kv_budget = s.batching.kv_budget_bytes
         if kv_budget is None:
             kv_budget = gen.default_budget_bytes(loaded, s.batching.kv_fraction)
         engine = gen.Engine(loaded, prefix_cache=cache, metrics=state.metrics, batching=s.batching,
-                            kv_budget_bytes=kv_budget, max_tokens_limit=s.model.max_tokens_limit)
+                            kv_budget_bytes=kv_budget, max_tokens_limit=s.model.max_tokens_limit,
+                            stat_loggers=(events,))
         log.info("continuous batching %s: up to %d sequences, %d tokens per step, KV budget %.1f MiB",
                  "on" if engine.batched else "off", s.batching.max_num_seqs, s.batching.max_num_batched_tokens,
                  kv_budget / 2**20)
@@ -470,7 +536,8 @@ def create_app(settings: ModelServerSettings, *, loaded: loader_mod.LoadedModel 
     app[STATE_KEY] = state
 
     async def lifecycle(_app: web.Application) -> Any:
-        thread = threading.Thread(target=_load_into, args=(state, loaded), name="llmcache-model-load", daemon=True)
+        thread = threading.Thread(target=_load_into, args=(state, loaded, asyncio.get_running_loop()),
+                                  name="llmcache-model-load", daemon=True)
         thread.start()
         yield
         # Loading cannot be interrupted; wait for it so the engine is not left running.
@@ -485,4 +552,6 @@ def create_app(settings: ModelServerSettings, *, loaded: loader_mod.LoadedModel 
     app.router.add_get("/v1/models", models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/llmcache/v1/cache-state", cache_state)
+    app.router.add_get("/llmcache/v1/tokenizer", tokenizer)
     return app

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from llmcache import prompts
 from llmcache.errors import LLMCacheError
 from llmcache.model_server import loader as loader_mod
 from llmcache.model_server import request as req_mod
@@ -117,34 +118,11 @@ def common(settings: ModelServerSettings, body: dict[str, Any]) -> tuple[int, bo
     return n, stream, extras
 
 
-def _message_text(content: Any, index: int) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise HTTPError(400, f"messages[{index}].content: only text parts are supported",
-                                 param=f"messages[{index}].content")
-            parts.append(part["text"])
-        return "".join(parts)
-    if content is None:
-        return ""
-    raise HTTPError(400, f"messages[{index}].content must be a string or a list of text parts",
-                     param=f"messages[{index}].content")
-
-
 def chat_prompt_ids(loaded: loader_mod.LoadedModel, body: dict[str, Any]) -> list[int]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise HTTPError(400, "messages must be a non-empty list", param="messages")
-    clean: list[dict[str, str]] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in {"system", "developer", "user", "assistant", "tool"}:
-            raise HTTPError(400, f"messages[{i}] needs a role of system, developer, user, assistant or tool",
-                             param=f"messages[{i}].role")
-        role = "system" if m["role"] == "developer" else m["role"]
-        clean.append({"role": role, "content": _message_text(m.get("content"), i)})
+    try:
+        clean = prompts.chat_messages(body.get("messages"))
+    except prompts.PromptError as exc:
+        raise HTTPError(400, str(exc), param=exc.param) from exc
     tok = loaded.tokenizer
     if tok is None:
         raise HTTPError(400, "this model has no tokenizer; use /v1/completions with token ids", param="messages")

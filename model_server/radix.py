@@ -30,6 +30,13 @@ Interface (in SGLang's ``radix_cache.py`` manner; every call returns a named res
 - :meth:`RadixCache.evict` → :class:`EvictResult`; :meth:`RadixCache.stats` →
   :class:`~llmcache.model_server.stats.PrefixCacheStats`.
 
+Block hashes (for routers, :mod:`llmcache.prefix_hash`): with ``block_tokens`` set, each
+node also holds the hashes of the full blocks that *end* inside its edge; an insert
+reports the blocks it completed (``InsertResult.stored_blocks``) and an eviction the
+blocks that left (``EvictResult.removed_blocks``), so the set of published hashes is
+exactly the set of cached full-block prefixes. A split hands each half the blocks ending
+in it.
+
 Contract:
 
 - Stored tensors are never mutated. A split clones both halves into new tensors; a
@@ -55,6 +62,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmcache import prefix_hash
 from llmcache.model_server.stats import PrefixCacheStats
 
 __all__ = [
@@ -100,6 +108,8 @@ class RadixNode:
     lock_ref: int = 0
     last_access: int = 0
     nbytes: int = 0
+    blocks: list[tuple[int, int]] = field(default_factory=list)
+    """``(end position, hash)`` of the published blocks that end inside this edge (see ``block_tokens``)."""
 
     @property
     def is_root(self) -> bool:
@@ -129,6 +139,8 @@ class EvictResult:
 
     num_evicted_nodes: int = 0
     num_freed_bytes: int = 0
+    removed_blocks: tuple[int, ...] = ()
+    """Hashes of the blocks that left with the evicted nodes (:mod:`llmcache.prefix_hash`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +158,8 @@ class InsertResult:
     """Tokens left out because the budget could not be met (everything else pinned)."""
     evicted: EvictResult = EvictResult()
     """What this insert evicted to make room."""
+    stored_blocks: tuple[int, ...] = ()
+    """Hashes of the full blocks this insert completed (:mod:`llmcache.prefix_hash`), in order."""
 
 
 def kv_bytes_per_token(kv: KVLayers) -> int:
@@ -174,10 +188,13 @@ def _common_len(a: Sequence[int], b: Sequence[int]) -> int:
 class RadixCache:
     """Prefix KV cache: namespaced token radix tree with a byte budget and LRU leaf eviction."""
 
-    def __init__(self, budget_bytes: int) -> None:
+    def __init__(self, budget_bytes: int, *, block_tokens: int | None = None) -> None:
         if budget_bytes < 0:
             raise ValueError("budget_bytes must be >= 0")
         self.budget_bytes = budget_bytes
+        self.block_tokens = block_tokens
+        """Hash every full block of ``block_tokens`` tokens that enters or leaves the tree (reported in
+        :class:`InsertResult` / :class:`EvictResult`, for routers); ``None``: no hashing."""
         self._roots: dict[str, RadixNode] = {}
         self._lock = threading.RLock()
         self._clock = itertools.count(1)
@@ -219,7 +236,7 @@ class RadixCache:
                     break
                 n = _common_len(child.key, tokens[i:cap])
                 if n < len(child.key):
-                    child = self._split(child, n)
+                    child = self._split(child, n, start=i)
                 path.append(child)
                 node, i = child, i + n
             tick = next(self._clock)
@@ -276,7 +293,7 @@ class RadixCache:
                     break
                 n = _common_len(child.key, tokens[i:])
                 if n < len(child.key):
-                    child = self._split(child, n)
+                    child = self._split(child, n, start=i)
                 self._touch(child, tick)
                 node, i = child, i + n
             remaining = len(tokens) - i
@@ -294,16 +311,19 @@ class RadixCache:
                     self._dec_lock(node)
             room = max(0, (self.budget_bytes - self.total_bytes) // per_token) if per_token else remaining
             fit = min(remaining, room)
+            stored: tuple[int, ...] = ()
             if fit:
                 new_kv = _slice(kv, i, i + fit)
                 leaf = RadixNode(namespace=key.namespace, key=tuple(tokens[i:i + fit]), kv=new_kv, parent=node,
                                  last_access=tick, nbytes=_nbytes(new_kv))
+                leaf.blocks = self._blocks(key.namespace, tokens, start=i, stop=i + fit)
+                stored = tuple(h for _end, h in leaf.blocks)
                 node.children[leaf.key[0]] = leaf
                 self.total_bytes += leaf.nbytes
                 self.num_nodes += 1
                 self._push(leaf)
             return InsertResult(num_matched_tokens=i, num_new_tokens=fit, num_dropped_tokens=remaining - fit,
-                                evicted=evicted)
+                                evicted=evicted, stored_blocks=stored)
 
     # ---------------------------------------------------------------- eviction
 
@@ -312,12 +332,13 @@ class RadixCache:
         with self._lock:
             return self._evict_locked(num_bytes)
 
-    def set_budget(self, budget_bytes: int) -> None:
+    def set_budget(self, budget_bytes: int) -> EvictResult:
         """Change the budget, evicting down to it if needed."""
         with self._lock:
             self.budget_bytes = budget_bytes
             if self.total_bytes > budget_bytes:
-                self._evict_locked(self.total_bytes - budget_bytes)
+                return self._evict_locked(self.total_bytes - budget_bytes)
+            return EvictResult()
 
     # --------------------------------------------------------------- inspection
 
@@ -364,13 +385,26 @@ class RadixCache:
             root = self._roots[namespace] = RadixNode(namespace=namespace, key=(), kv=(), parent=None)
         return root
 
-    def _split(self, child: RadixNode, n: int) -> RadixNode:
-        """Cut ``child``'s edge after ``n`` tokens; returns the new upper node."""
+    def _blocks(self, namespace: str, tokens: Sequence[int], *, start: int, stop: int) -> list[tuple[int, int]]:
+        """``(end, hash)`` of the full blocks of ``tokens`` that end in ``(start, stop]``."""
+        b = self.block_tokens
+        if b is None:
+            return []
+        first, last = start // b, stop // b  # blocks j with start < (j + 1) * b <= stop
+        if last <= first:
+            return []
+        hashes = prefix_hash.block_hashes(namespace, tokens, block_tokens=b, max_blocks=last)
+        return [((j + 1) * b, hashes[j]) for j in range(first, last)]
+
+    def _split(self, child: RadixNode, n: int, *, start: int) -> RadixNode:
+        """Cut ``child``'s edge (starting at token position ``start``) after ``n`` tokens; returns the upper node."""
         assert child.parent is not None and 0 < n < len(child.key)
         upper_kv, lower_kv = _slice(child.kv, 0, n), _slice(child.kv, n, len(child.key))
         upper = RadixNode(namespace=child.namespace, key=child.key[:n], kv=upper_kv, parent=child.parent,
                           children={child.key[n]: child}, lock_ref=child.lock_ref,
-                          last_access=child.last_access, nbytes=_nbytes(upper_kv))
+                          last_access=child.last_access, nbytes=_nbytes(upper_kv),
+                          blocks=[b for b in child.blocks if b[0] <= start + n])
+        child.blocks = [b for b in child.blocks if b[0] > start + n]
         child.parent.children[child.key[0]] = upper
         child.parent = upper
         child.key = child.key[n:]
@@ -404,6 +438,7 @@ class RadixCache:
 
     def _evict_locked(self, num_bytes: int) -> EvictResult:
         freed = nodes = 0
+        removed: list[int] = []
         while freed < num_bytes and self._heap:
             access, _, node = heapq.heappop(self._heap)
             if (access != node.last_access or node.children or node.lock_ref > 0
@@ -419,10 +454,11 @@ class RadixCache:
             self.num_evictions += 1
             self.num_evicted_bytes += node.nbytes
             nodes += 1
+            removed.extend(h for _end, h in node.blocks)
             node.kv = ()
             if not parent.is_root and not parent.children and parent.lock_ref == 0:
                 self._push(parent)
-        return EvictResult(num_evicted_nodes=nodes, num_freed_bytes=freed)
+        return EvictResult(num_evicted_nodes=nodes, num_freed_bytes=freed, removed_blocks=tuple(removed))
 
     def _inc_lock(self, node: RadixNode) -> None:
         while node.parent is not None:

@@ -9,7 +9,6 @@ out, through a thread-safe ``RequestHandle``. Errors carry their HTTP meaning:
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmcache import prefix_hash
 from llmcache.errors import LLMCacheError
 from llmcache.model_server import sink as sink_mod
 from llmcache.model_server.loader import LoadedModel
@@ -130,6 +130,9 @@ class RequestHandle:
         self._result: GenerationResult | None = None
         self._error: BaseException | None = None
         self.cancelled = False
+        self.cached_tokens: int | None = None
+        """Prompt tokens whose KV came from the prefix cache: written by the engine when the lookup ran
+        (before the first token), ``None`` until then."""
         self.submitted_at = time.monotonic()
         """When the request was queued: TTFT includes the time spent waiting for the worker."""
 
@@ -169,10 +172,11 @@ class RequestHandle:
 
 
 def cache_namespace(loaded: LoadedModel, cache_salt: str | None) -> str:
-    """Radix namespace: model revision + dtype, plus a hash of the salt (never the salt itself)."""
-    if not cache_salt:
-        return loaded.namespace
-    return f"{loaded.namespace}:{hashlib.sha256(cache_salt.encode()).hexdigest()[:16]}"
+    """Radix namespace: model revision + dtype, plus a hash of the salt (never the salt itself).
+
+    The rule is :func:`llmcache.prefix_hash.salted_namespace`, which routers use too.
+    """
+    return prefix_hash.salted_namespace(loaded.namespace, cache_salt)
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:

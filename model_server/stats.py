@@ -5,9 +5,13 @@ step, hands it with the level snapshots to every :class:`StatLogger` (the Promet
 metrics of :class:`llmcache.model_server.metrics.ModelServerMetrics`; an engine built
 without metrics has no logger)::
 
-    Engine step ───────────▶ IterationStats   (what happened: tokens, latencies, finishes) ┐
+    Engine step ───────────▶ IterationStats   (what happened: tokens, latencies, finishes,  ┐
+                                               prefix blocks stored/removed)               │
     Scheduler.stats() ─────▶ SchedulerStats   (levels: running, waiting, KV reserved)      ├─▶ StatLogger.record
     RadixCache.stats() ────▶ PrefixCacheStats (levels and monotonic counters)              ┘
+
+The loggers: :class:`~llmcache.model_server.metrics.ModelServerMetrics` (Prometheus) and
+:class:`~llmcache.model_server.prefix_events.PrefixEventLog` (what routers follow).
 
 Stats are recorded before the step's results are handed to their requests, so a client
 that has its answer also sees it counted.
@@ -18,7 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["FinishedRequestStats", "IterationStats", "PrefixCacheStats", "SchedulerStats", "StatLogger"]
+__all__ = [
+    "FinishedRequestStats",
+    "IterationStats",
+    "PrefixBlockEvent",
+    "PrefixCacheStats",
+    "SchedulerStats",
+    "StatLogger",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,16 @@ class FinishedRequestStats:
     """From queueing to its last token."""
 
 
+@dataclass(frozen=True, slots=True)
+class PrefixBlockEvent:
+    """Block hashes (:mod:`llmcache.prefix_hash`) that entered or left the prefix cache in one insert."""
+
+    namespace: str
+    """Where ``stored`` went (removals may come from any namespace: eviction picks the LRU leaf)."""
+    stored: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+
+
 @dataclass(slots=True)
 class IterationStats:
     """What happened during one engine step (or one submit that was refused)."""
@@ -78,6 +99,8 @@ class IterationStats:
     finished: list[FinishedRequestStats] = field(default_factory=list)
     num_rejected: dict[str, int] = field(default_factory=dict)
     """Requests answered 429, by reason (``queue_full``, ``queue_timeout``)."""
+    prefix_block_events: list[PrefixBlockEvent] = field(default_factory=list)
+    """What the prefix cache's published blocks did, in order (for routers)."""
 
 
 class StatLogger(Protocol):

@@ -74,7 +74,7 @@ async def _upstream_problem(state: ProxyState, probe: UpstreamProbe) -> str | No
         now = time.monotonic()
         if now - probe.checked_at < _UPSTREAM_PROBE_TTL_S:
             return probe.problem
-        url = URL(state.settings.upstream.url)
+        url = URL(state.upstream.probe_url() if state.upstream is not None else state.settings.upstream.url)
         try:
             async with asyncio.timeout(_PROBE_TIMEOUT_S):
                 _reader, writer = await asyncio.open_connection(url.host, url.port)

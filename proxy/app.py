@@ -36,7 +36,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from llmcache import connection
 from llmcache.errors import DependencyError
 from llmcache.keyspace import Keyspace
-from llmcache.proxy import admin, handlers, limits, resp, semantic
+from llmcache.proxy import admin, handlers, limits, replicas, resp, routing, semantic
 from llmcache.proxy.breaker import Breaker, CacheUnavailable, LoopLag
 from llmcache.proxy.exact import RedisExactStore
 from llmcache.proxy.limits import BodyBudget
@@ -130,10 +130,22 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     up = state.settings.upstream
     session = Upstream.make_session(pool_size=up.pool_size)
-    state.upstream = Upstream(session, base_url=up.url, timeout_s=up.timeout_s, connect_timeout_s=up.connect_timeout_s)
+    sources = replicas.parse_sources(up.sources or (up.url,))
+    router: routing.Router | None = None
+    if len(sources) > 1 or sources[0].kind != "static":
+        # Several replicas (or a source that may list several): route between them.
+        replica_set = replicas.ReplicaSet(sources, session, refresh_s=up.refresh_s)
+        await replica_set.start()
+        router = routing.Router(replica_set, mode=up.routing,
+                                metrics=routing.RoutingMetrics(state.metrics.registry, replica_set))
+    base_url = sources[0].value if router is None else up.url
+    state.upstream = Upstream(session, base_url=base_url, timeout_s=up.timeout_s,
+                              connect_timeout_s=up.connect_timeout_s, router=router)
     try:
         yield
     finally:
+        if router is not None:
+            await router.replicas.close()
         await session.close()
 
 
@@ -350,10 +362,15 @@ class _SemanticStarter:
 
 async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    task = asyncio.get_running_loop().create_task(_flush_stats_forever(state))
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(_flush_stats_forever(state, stop))
     try:
         yield
     finally:
+        # The event, not only the cancel: a cancel that lands while a flush times out can be lost
+        # (asyncio.timeout in the breaker, Python 3.11), and the loop would sleep on forever while
+        # the app's cleanup waits for it.
+        stop.set()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
@@ -363,9 +380,12 @@ async def _stats_ctx(app: web.Application) -> AsyncIterator[None]:
                 await state.breaker.call(lambda: state.stats.flush(client, keyspace=state.keyspace), timeout_s=1.0)
 
 
-async def _flush_stats_forever(state: ProxyState) -> None:
-    while True:
-        await asyncio.sleep(STATS_FLUSH_INTERVAL_S)
+async def _flush_stats_forever(state: ProxyState, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STATS_FLUSH_INTERVAL_S)
+        if stop.is_set():
+            return
         client = state.redis
         if client is None or not state.stats or state.breaker.is_open:
             continue

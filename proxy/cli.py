@@ -32,7 +32,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--listen", default="127.0.0.1:8080", help="HOST:PORT the proxy listens on")
     add_flag(parser, "--health-listen", default="",
              help="HOST:PORT serving only /healthz, /readyz and /metrics (kubelet probes on the pod IP); '' = none")
-    add_flag(parser, "--upstream", default=d.upstream.url, help=UPSTREAM_HELP)
+    add_flag(parser, "--upstream", default=d.upstream.url, type=_upstream_source, action="repeat",
+             help=UPSTREAM_HELP + ". Repeat it for several model-server replicas (env: comma-separated); "
+             "dns+URL takes every address of the host (a headless Service), file:PATH the URLs in a file")
+    add_flag(parser, "--routing", default=d.upstream.routing, choices=("prefix", "hash", "round-robin"),
+             help="how a miss picks a replica: prefix (longest cached prefix vs load) | hash | round-robin")
+    add_flag(parser, "--upstream-refresh-seconds", default=d.upstream.refresh_s, type=float,
+             help="how often dns+ and file: upstreams are read again")
     add_flag(parser, "--redis-url", default=DEFAULT_REDIS_URL, help="Redis for entries, vectors and policies")
     add_flag(parser, "--mode", default=None, choices=ps.MODES,
              help="exact | semantic | both (both when an embedder is available, else exact)")
@@ -104,6 +110,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
              help="asyncio | uvloop | auto (uvloop when installed: ~30%% less CPU per request)")
 
 
+def _upstream_source(value: str) -> str:
+    """One ``--upstream`` value: an http(s) URL (normalised), ``dns+URL`` or ``file:PATH``."""
+    if value.startswith("file:"):
+        if not value.removeprefix("file:").removeprefix("//"):
+            raise ConfigError(f"file: needs a path, e.g. file:/etc/llmcache/upstreams, got {value!r}")
+        return value
+    if value.startswith("dns+"):
+        return "dns+" + upstream_url(value.removeprefix("dns+"))
+    return upstream_url(value)
+
+
 def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
     """Turn parsed flags into settings; raise :class:`ConfigError` naming the flag on bad values."""
     host, port = parse_listen(args.listen)
@@ -128,7 +145,8 @@ def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
                                tenant_salt=salt, key_prefix=args.key_prefix,
                                single_flight_lease=bool(args.single_flight_lease)),
         redis=ps.RedisSettings(url=args.redis_url, timeout_ms=args.redis_timeout_ms),
-        upstream=ps.UpstreamSettings(url=upstream_url(args.upstream), timeout_s=args.upstream_timeout_seconds,
+        upstream=ps.UpstreamSettings(url=args.upstream[0], sources=tuple(args.upstream), routing=args.routing,
+                                     refresh_s=args.upstream_refresh_seconds, timeout_s=args.upstream_timeout_seconds,
                                      enable_cache_salt=args.upstream_cache_salt == "on"),
         semantic=semantic,
         judge=ps.JudgeSettings(url=args.judge_url, model=args.judge_model, api_key=args.judge_api_key,
@@ -158,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         app.middlewares.append(health_port.health_only_middleware(socks[1].getsockname()[1]))
 
     def announce(_aiohttp_banner: str) -> None:  # called by run_app once the sockets accept connections
-        print(f"llmcache proxy on http://{settings.listen_host}:{port} → {settings.upstream.url} "
+        print(f"llmcache proxy on http://{settings.listen_host}:{port} → {', '.join(settings.upstream.sources)} "
               f"(mode {settings.cache.mode}); point OpenAI clients at "
               f"http://{settings.listen_host}:{port}/v1", flush=True)
 

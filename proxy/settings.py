@@ -115,6 +115,19 @@ class UpstreamSettings:
     """The OpenAI-compatible server behind the proxy."""
 
     url: str = "http://127.0.0.1:8000"
+    """The upstream (``--upstream``); with several, the first (for messages). See ``sources``."""
+    sources: tuple[str, ...] = ()
+    """Every ``--upstream`` value, in order; empty means ``(url,)``. Each is a URL, ``dns+URL`` (one
+    replica per address the host resolves to: a Kubernetes headless Service) or ``file:PATH`` (the
+    URLs listed in a file). More than one replica turns on routing between them
+    (:mod:`llmcache.proxy.routing`); one static URL behaves exactly as a plain upstream."""
+    routing: Literal["prefix", "hash", "round-robin"] = "prefix"
+    """How a request picks a replica (``--routing``): ``prefix`` (default: the replica holding its
+    longest cached prefix, weighed against load), ``hash`` (consistent hashing of the prefix, no
+    cache state) or ``round-robin`` (what a Service's spread gives; for comparison)."""
+    refresh_s: float = 2.0
+    """How often ``dns+`` and ``file:`` sources are read again (s, ``--upstream-refresh-seconds``).
+    Default 2: a new replica takes traffic within a few seconds, at one lookup per sidecar per 2 s."""
     timeout_s: float = 300.0
     """Longest wait for the upstream's next byte (s): connect, first byte and between stream chunks.
     Default 5 min, as long generations on a busy GPU are normal."""
@@ -360,8 +373,13 @@ class ProxySettings:
             raise ConfigError("--write-timeout-seconds must be > 0")
         if self.redis.timeout_ms <= 0:
             raise ConfigError("--redis-timeout-ms must be > 0")
-        if not self.upstream.url.startswith(("http://", "https://")):
-            raise ConfigError(f"--upstream must be an http(s) URL, got {self.upstream.url!r}")
+        for source in self.upstream.sources or (self.upstream.url,):
+            if not source.startswith(("http://", "https://", "dns+http://", "dns+https://", "file:")):
+                raise ConfigError(f"--upstream must be an http(s) URL, dns+URL or file:PATH, got {source!r}")
+        if self.upstream.routing not in ("prefix", "hash", "round-robin"):
+            raise ConfigError(f"--routing must be prefix, hash or round-robin, got {self.upstream.routing!r}")
+        if self.upstream.refresh_s <= 0:
+            raise ConfigError("--upstream-refresh-seconds must be > 0")
 
 
 def generated_salt() -> bytes:

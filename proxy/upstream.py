@@ -10,13 +10,21 @@ off); cacheable requests ask for ``identity`` so the proxy can read them.
 When no answer arrives: connection refused / reset before headers → 502,
 no pooled connection free and no new one within ``connect_timeout_s`` → 503
 (``Retry-After``), no byte within the timeout → 504, all with an OpenAI-style error body.
+
+Several model-server replicas (``--upstream`` repeated, ``dns+URL``, ``file:PATH``): each
+request goes where :class:`~llmcache.proxy.routing.Router` chooses; a replica that refuses
+the connection (nothing was sent yet) is skipped for a while and the request goes once to
+another one. Once a request's bytes were sent it is never re-sent. One static upstream: no
+router, exactly the behaviour above.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import AsyncIterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -25,7 +33,14 @@ from yarl import URL
 
 from llmcache.proxy import controls, limits
 
+if TYPE_CHECKING:
+    from llmcache.proxy.routing import Router
+
 __all__ = ["HOP_BY_HOP", "Upstream", "UpstreamError", "error_response", "filter_headers", "relay", "response_for"]
+
+#: Response header of the llmcache model server: prompt tokens served from its prefix cache.
+CACHED_TOKENS_HEADER = "X-LLMCache-Cached-Tokens"
+_PROMPT_ROUTES = ("/v1/chat/completions", "/v1/completions")
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +88,14 @@ def filter_headers(headers: Mapping[str, str] | CIMultiDictProxy[str], *,
 
 
 class Upstream:
-    """One pooled :class:`aiohttp.ClientSession` to the upstream base URL."""
+    """One pooled :class:`aiohttp.ClientSession` to the upstream base URL, or to replicas a router picks."""
 
     def __init__(self, session: aiohttp.ClientSession, *, base_url: str, timeout_s: float,
-                 connect_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 10.0, router: Router | None = None) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
+        self.router = router
+        """Picks a replica per request when there are several (``None``: one static upstream)."""
         # ``connect`` bounds the wait for a free pooled connection plus connecting: once every
         # pooled connection is busy, a request must not queue forever.
         self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_connect=connect_timeout_s,
@@ -97,22 +114,86 @@ class Upstream:
                    body: bytes | AsyncIterable[bytes] | None) -> aiohttp.ClientResponse:
         """Send the request; return the response with headers read (body still streaming).
 
-        Raise :class:`UpstreamError` (502/504) when no response headers arrive.
+        Raise :class:`UpstreamError` (502/503/504) when no response headers arrive.
         """
+        if self.router is None:
+            try:
+                return await self._request(self.base_url, method, path_qs, headers, body)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._error(exc, self.base_url) from exc
+        return await self._routed(self.router, method, path_qs, headers, body)
+
+    async def _request(self, base_url: str, method: str, path_qs: str, headers: Mapping[str, str],
+                       body: bytes | AsyncIterable[bytes] | None) -> aiohttp.ClientResponse:
         # encoded=True: the path and query travel byte for byte as the client wrote them.
-        url = URL(self.base_url + path_qs, encoded=True)
-        try:
-            return await self.session.request(method, url, headers=headers, data=body, timeout=self.timeout,
-                                              allow_redirects=False, compress=None)
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamError(503, f"no connection to upstream {self.base_url} within {self.connect_timeout_s:g} s "
-                                     "(all pooled connections busy, or it does not accept connections); retry "
-                                     "shortly") from exc
-        except TimeoutError as exc:
-            raise UpstreamError(504, f"upstream {self.base_url} did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(502, f"upstream {self.base_url} is unreachable or closed the connection "
-                                     f"({type(exc).__name__})") from exc
+        url = URL(base_url + path_qs, encoded=True)
+        return await self.session.request(method, url, headers=headers, data=body, timeout=self.timeout,
+                                          allow_redirects=False, compress=None)
+
+    def _error(self, exc: BaseException, base_url: str) -> UpstreamError:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return UpstreamError(503, f"no connection to upstream {base_url} within {self.connect_timeout_s:g} s "
+                                      "(all pooled connections busy, or it does not accept connections); retry "
+                                      "shortly")
+        if isinstance(exc, TimeoutError):
+            return UpstreamError(504, f"upstream {base_url} did not answer in time")
+        return UpstreamError(502, f"upstream {base_url} is unreachable or closed the connection "
+                                  f"({type(exc).__name__})")
+
+    async def _routed(self, router: Router, method: str, path_qs: str, headers: Mapping[str, str],
+                      body: bytes | AsyncIterable[bytes] | None) -> aiohttp.ClientResponse:
+        """Send to the replica ``router`` picks; once more to another when the connection is refused."""
+        route = path_qs.split("?", 1)[0]
+        parsed: dict[str, Any] | None = None
+        if method == "POST" and route in _PROMPT_ROUTES and isinstance(body, bytes | bytearray):
+            try:
+                obj = json.loads(body)
+            except ValueError:
+                obj = None
+            parsed = obj if isinstance(obj, dict) else None
+        key = router.key_for(route, parsed)
+        # Only a body we hold can be sent again; a streamed one may have been read.
+        resendable = body is None or isinstance(body, bytes | bytearray)
+        tried: list[Any] = []
+        while True:
+            choice = router.choose(key, exclude=tried)
+            if choice is None:
+                raise UpstreamError(503, "no model-server replica accepts connections "
+                                         f"({len(router.replicas.replicas)} known); retry shortly")
+            replica = choice.replica
+            replica.num_inflight += 1
+            try:
+                resp = await self._request(replica.url, method, path_qs, headers, body)
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # Nothing reached the replica: skip it for a while, and try one other.
+                router.replicas.mark_failed(replica, time.monotonic())
+                tried.append(replica)
+                if resendable and len(tried) == 1 and len(router.replicas.replicas) > 1:
+                    log.info("upstream replica %s refused the connection (%s); sending to another",
+                             replica.url, type(exc).__name__)
+                    if router.metrics is not None:
+                        router.metrics.retries.labels(replica.url).inc()
+                    continue
+                raise self._error(exc, replica.url) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._error(exc, replica.url) from exc
+            finally:
+                replica.num_inflight -= 1
+            router.sent(choice)
+            reported = resp.headers.get(CACHED_TOKENS_HEADER, "")
+            if router.metrics is not None and reported.isdigit():
+                router.metrics.reported_cached_tokens.labels(replica.url).inc(int(reported))
+            return resp
+
+    def probe_url(self) -> str:
+        """An upstream URL for reachability probes: a routable replica's when there are several."""
+        if self.router is None:
+            return self.base_url
+        now = time.monotonic()
+        for r in self.router.replicas.replicas.values():
+            if r.is_routable(now):
+                return r.url
+        return next(iter(self.router.replicas.replicas), self.base_url)
 
 
 def response_for(resp: aiohttp.ClientResponse, *, extra_headers: Mapping[str, str] | None = None,

@@ -440,6 +440,27 @@ def test_model_server_gpu_scheduling_and_volume_are_configurable(binaries: Contr
     assert env_of(container(operator, "operator"))["LLMCACHE_SIDECAR_UPSTREAM"] == "http://vllm.ai:8000"
 
 
+def test_model_server_replicas_turn_on_routing_through_a_headless_service(
+        binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
+    def upstream_env(objects: list[dict]) -> str:
+        operator = one(objects, "Deployment", "-operator")["spec"]["template"]["spec"]
+        return env_of(container(operator, "operator"))["LLMCACHE_SIDECAR_UPSTREAM"]
+
+    one_replica = render(binaries, helm_home)
+    assert upstream_env(one_replica) == "http://llm-llmcache-model-server.ns1.svc:8000"
+    assert not find(one_replica, "Service", "-model-server-headless")
+    two = render(binaries, helm_home, "modelServer.replicas=2")
+    # Sidecars resolve every ready replica through the headless Service: no API access, no RBAC.
+    assert upstream_env(two) == "dns+http://llm-llmcache-model-server-headless.ns1.svc:8000"
+    headless = one(two, "Service", "-model-server-headless")["spec"]
+    assert headless["clusterIP"] == "None" and headless["ports"][0]["port"] == 8000
+    assert headless["selector"] == one(two, "Service", "-model-server")["spec"]["selector"]
+    assert one(two, "Deployment", "-model-server")["spec"]["replicas"] == 2
+    # An explicit upstream wins.
+    assert upstream_env(render(binaries, helm_home, "modelServer.replicas=2",
+                               "sidecar.upstream=http://vllm.ai:8000")) == "http://vllm.ai:8000"
+
+
 def test_sidecar_embedder_defaults_to_the_model_server_and_can_be_overridden(
         binaries: ControlPlaneBinaries, helm_home: dict[str, str]) -> None:
     def embedder_env(*sets: str) -> str | None:

@@ -172,3 +172,28 @@ def test_stored_tensors_are_never_mutated() -> None:
     # The tree still serves exact values.
     for node in cache.iter_nodes():
         assert tokens_of(node.kv) == list(node.key)
+
+
+def test_block_hashes_follow_inserts_splits_and_evictions() -> None:
+    from llmcache import prefix_hash
+
+    cache = RadixCache(40 * PER_TOKEN, block_tokens=4)
+    a = list(range(100, 110))  # blocks [0:4], [4:8]; 2 tokens past the last full block
+    first = cache.insert(RadixKey("ns", a), make_kv(a))
+    want = prefix_hash.block_hashes("ns", a, block_tokens=4)
+    assert first.stored_blocks == tuple(want) and len(want) == 2
+    # A branch at position 6 splits the first edge inside block 1; it completes blocks 1' and 2'.
+    b = a[:6] + [7, 7, 7, 7, 7, 7]
+    second = cache.insert(RadixKey("ns", b), make_kv(b))
+    want_b = prefix_hash.block_hashes("ns", b, block_tokens=4)
+    assert want_b[0] == want[0] and want_b[1] != want[1]  # same first block, different second
+    assert second.stored_blocks == tuple(want_b[1:])
+    held = {h for node in cache.iter_nodes() for _end, h in node.blocks}
+    assert held == set(want) | set(want_b)  # each block hash held once, by the node its end falls in
+    # Salted namespaces hash apart.
+    assert cache.insert(RadixKey("ns:salt", a), make_kv(a)).stored_blocks == tuple(
+        prefix_hash.block_hashes("ns:salt", a, block_tokens=4))
+    assert not set(prefix_hash.block_hashes("ns:salt", a, block_tokens=4)) & held
+    gone = cache.evict(cache.total_bytes)
+    assert set(gone.removed_blocks) == held | set(prefix_hash.block_hashes("ns:salt", a, block_tokens=4))
+    assert len(gone.removed_blocks) == len(set(gone.removed_blocks))
