@@ -273,6 +273,56 @@ _KNOWN = {"selector", "priority", "mode", "ttlSeconds", "semantic", "eviction", 
           "nonDeterministic", "suspend", "invalidateBefore"}
 
 
+def _parse_semantic(raw: Mapping[str, Any], d: dict[str, Any]) -> None:
+    """``spec.semantic`` into ``d``."""
+    sem = _get(raw, "semantic", "spec", Mapping) or {}
+    if (th := _get(sem, "similarityThreshold", "spec.semantic", (int, float))) is not None:
+        if not 0.0 <= float(th) <= 1.0:
+            raise PolicyError(f"spec.semantic.similarityThreshold: cosine similarity must be in [0, 1], got {th}")
+        d["similarity_threshold"] = float(th)
+    d["max_error_rate"] = _max_error_rate(sem)
+    emb = _get(sem, "embedding", "spec.semantic", Mapping) or {}
+    if (pv := emb.get("provider")) is not None:
+        d["embedding_provider"] = _choice(pv, _PROVIDERS, "spec.semantic.embedding.provider")
+    if (mdl := _get(emb, "model", "spec.semantic.embedding", str)) is not None:
+        d["embedding_model"] = mdl
+    if (url := _get(emb, "url", "spec.semantic.embedding", str)) is not None:
+        d["embedding_url"] = url
+    if d["embedding_provider"] == "remote" and not d["embedding_url"]:
+        raise PolicyError("spec.semantic.embedding.url: required when provider is remote")
+    if (ix := sem.get("index")) is not None:
+        d["index"] = _choice(ix, _INDEX, "spec.semantic.index")
+
+
+def _parse_eviction(raw: Mapping[str, Any], d: dict[str, Any]) -> None:
+    """``spec.eviction`` into ``d``."""
+    ev = _get(raw, "eviction", "spec", Mapping) or {}
+    if (ep := ev.get("policy")) is not None:
+        d["eviction_policy"] = _choice(ep, _EVICTION, "spec.eviction.policy")
+    if (me := _get(ev, "maxEntries", "spec.eviction", int)) is not None:
+        if me < 1:
+            raise PolicyError(f"spec.eviction.maxEntries: must be >= 1, got {me}")
+        d["max_entries"] = me
+    if (mm := ev.get("maxMemory")) is not None:
+        try:
+            d["max_memory_bytes"] = parse_bytes(mm if isinstance(mm, (str, int)) else str(mm))
+        except Exception as exc:
+            raise PolicyError(f"spec.eviction.maxMemory: {exc}") from exc
+        if d["max_memory_bytes"] < 1:
+            raise PolicyError("spec.eviction.maxMemory: must be > 0")
+
+
+def _parse_scope(raw: Mapping[str, Any], d: dict[str, Any]) -> None:
+    """``spec.scope`` into ``d``."""
+    sc = _get(raw, "scope", "spec", Mapping) or {}
+    if (th := _get(sc, "tenantHeader", "spec.scope", str)) is not None:
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,128}", th):
+            raise PolicyError(f"spec.scope.tenantHeader: {th!r} is not an HTTP header name")
+        d["tenant_header"] = th
+    if (an := sc.get("anonymous")) is not None:
+        d["anonymous"] = _choice(an, _ANONYMOUS, "spec.scope.anonymous")
+
+
 def parse_spec(raw: Mapping[str, Any] | None) -> PolicySpec:
     """Validate a camelCase CachePolicy ``spec`` and fill defaults; raise :class:`PolicyError` naming the field."""
     raw = raw or {}
@@ -291,44 +341,9 @@ def parse_spec(raw: Mapping[str, Any] | None) -> PolicySpec:
         if not 1 <= t <= _MAX_TTL_S:
             raise PolicyError(f"spec.ttlSeconds: must be between 1 and {_MAX_TTL_S} (30 days), got {t}")
         d["ttl_seconds"] = t
-    sem = _get(raw, "semantic", "spec", Mapping) or {}
-    if (th := _get(sem, "similarityThreshold", "spec.semantic", (int, float))) is not None:
-        if not 0.0 <= float(th) <= 1.0:
-            raise PolicyError(f"spec.semantic.similarityThreshold: cosine similarity must be in [0, 1], got {th}")
-        d["similarity_threshold"] = float(th)
-    d["max_error_rate"] = _max_error_rate(sem)
-    emb = _get(sem, "embedding", "spec.semantic", Mapping) or {}
-    if (pv := emb.get("provider")) is not None:
-        d["embedding_provider"] = _choice(pv, _PROVIDERS, "spec.semantic.embedding.provider")
-    if (mdl := _get(emb, "model", "spec.semantic.embedding", str)) is not None:
-        d["embedding_model"] = mdl
-    if (url := _get(emb, "url", "spec.semantic.embedding", str)) is not None:
-        d["embedding_url"] = url
-    if d["embedding_provider"] == "remote" and not d["embedding_url"]:
-        raise PolicyError("spec.semantic.embedding.url: required when provider is remote")
-    if (ix := sem.get("index")) is not None:
-        d["index"] = _choice(ix, _INDEX, "spec.semantic.index")
-    ev = _get(raw, "eviction", "spec", Mapping) or {}
-    if (ep := ev.get("policy")) is not None:
-        d["eviction_policy"] = _choice(ep, _EVICTION, "spec.eviction.policy")
-    if (me := _get(ev, "maxEntries", "spec.eviction", int)) is not None:
-        if me < 1:
-            raise PolicyError(f"spec.eviction.maxEntries: must be >= 1, got {me}")
-        d["max_entries"] = me
-    if (mm := ev.get("maxMemory")) is not None:
-        try:
-            d["max_memory_bytes"] = parse_bytes(mm if isinstance(mm, (str, int)) else str(mm))
-        except Exception as exc:
-            raise PolicyError(f"spec.eviction.maxMemory: {exc}") from exc
-        if d["max_memory_bytes"] < 1:
-            raise PolicyError("spec.eviction.maxMemory: must be > 0")
-    sc = _get(raw, "scope", "spec", Mapping) or {}
-    if (th := _get(sc, "tenantHeader", "spec.scope", str)) is not None:
-        if not re.fullmatch(r"[A-Za-z0-9-]{1,128}", th):
-            raise PolicyError(f"spec.scope.tenantHeader: {th!r} is not an HTTP header name")
-        d["tenant_header"] = th
-    if (an := sc.get("anonymous")) is not None:
-        d["anonymous"] = _choice(an, _ANONYMOUS, "spec.scope.anonymous")
+    _parse_semantic(raw, d)
+    _parse_eviction(raw, d)
+    _parse_scope(raw, d)
     if (nd := raw.get("nonDeterministic")) is not None:
         d["non_deterministic"] = _choice(nd, _NONDET, "spec.nonDeterministic")
     if (sp := _get(raw, "suspend", "spec", bool)) is not None:
