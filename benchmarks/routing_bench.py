@@ -30,7 +30,7 @@ replica served within 5 s, no client error after a kill for requests not yet sen
 
 Usage::
 
-    flock /work/locks/bench.lock .venv/bin/python benchmarks/routing_bench.py
+    .venv/bin/python benchmarks/routing_bench.py
     .venv/bin/python benchmarks/routing_bench.py --quick        # 8 tenants x 4 questions, 2 replicas
 
 Writes ``benchmarks/results/routing_bench.json`` and ``.png`` (``--out`` to change the folder).

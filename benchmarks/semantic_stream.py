@@ -1,6 +1,6 @@
 """Error-bounded semantic caching on a stream of blind-written prompt clusters.
 
-    flock /work/locks/bench.lock .venv/bin/python benchmarks/semantic_stream.py [--requests 12000]
+    .venv/bin/python benchmarks/semantic_stream.py [--requests 12000]
         [--tenants 16] [--epoch 1000] [--deltas 0.01,0.05] [--static-thresholds 0.70,0.92]
         [--judges answer,noisy] [--noise 0.05] [--latency-requests 1000] [--out benchmarks/results]
         [--name semantic_stream]
