@@ -347,13 +347,17 @@ async def _store(call: Call, entry: Entry) -> None:
     if store is None:
         return
     ttl_s = cachecontrol.entry_ttl_s(call.directives, ttl_bound_s=call.cfg.ttl_s)
+    # The cross-pod lease is given up by the same script that stores the entry (no round trip of its own).
+    owner = state.lease.owner if call.lease_key is not None and state.lease is not None else None
     try:
         await state.breaker.call_bounded(
-            lambda t: store.put(call.key, entry, ttl_s=ttl_s, group=call.cfg.group, timeout_s=t))
+            lambda t: store.put(call.key, entry, ttl_s=ttl_s, group=call.cfg.group, timeout_s=t, lease_owner=owner))
     except CacheUnavailable:
         note_redis_failure(state)
         log.info("could not store %s (redis unavailable); served uncached", call.log_key)
         return
+    if owner is not None:
+        call.lease_key = None  # released: landing has nothing left to give up
     if call.cfg.semantic and state.semantic is not None:
         parts = call.semantic_parts()
         if parts is None:

@@ -218,15 +218,16 @@ class RedisLease:
     def __init__(self, client: redis.asyncio.Redis | resp.RespClient, *, keyspace: Keyspace, owner: str) -> None:
         self._redis = client
         self._ks = keyspace
-        self._owner = owner
+        self.owner = owner
+        """This pod's name in the leases it takes (``host:pid``)."""
         self._release = client.register_script(_RELEASE)
 
     async def acquire(self, key_hash: str, *, ttl_s: float) -> bool:
         """True when this pod now owns the miss for ``key_hash``."""
         key, ttl_ms = self._ks.lease(key_hash), max(1, int(ttl_s * 1000))
         if isinstance(self._redis, resp.RespClient):
-            return bool(await self._redis.call("SET", key, self._owner, "NX", "PX", ttl_ms))
-        return bool(await self._redis.set(key, self._owner, nx=True, px=ttl_ms))
+            return bool(await self._redis.call("SET", key, self.owner, "NX", "PX", ttl_ms))
+        return bool(await self._redis.set(key, self.owner, nx=True, px=ttl_ms))
 
     async def held(self, key_hash: str) -> bool:
         if isinstance(self._redis, resp.RespClient):
@@ -234,4 +235,4 @@ class RedisLease:
         return bool(await self._redis.exists(self._ks.lease(key_hash)))
 
     async def release(self, key_hash: str) -> None:
-        await self._release(keys=[self._ks.lease(key_hash)], args=[self._owner])
+        await self._release(keys=[self._ks.lease(key_hash)], args=[self.owner])

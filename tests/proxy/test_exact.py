@@ -72,3 +72,21 @@ async def test_scripts_survive_a_script_flush(redis_plain_url: str) -> None:
         assert await r.zscore(ks.group_of("g", "lfu", "k1"), "k1") == 2
     finally:
         await r.aclose()
+
+
+async def test_put_gives_up_only_its_own_lease(redis_plain_url: str) -> None:
+    """A leased miss's store releases the lease in the same script, where this pod still owns it."""
+    r = aioredis.Redis.from_url(redis_plain_url)
+    ks = Keyspace("t3")
+    store = RedisExactStore(r, keyspace=ks)
+    try:
+        await r.set(ks.lease("mine"), "pod-a", px=10_000)
+        await r.set(ks.lease("theirs"), "pod-b", px=10_000)  # expired and re-taken by another pod
+        await store.put("mine", entry(), ttl_s=50, group="g", lease_owner="pod-a")
+        await store.put("theirs", entry(), ttl_s=50, group="g", lease_owner="pod-a")
+        assert not await r.exists(ks.lease("mine")) and await r.get(ks.lease("theirs")) == b"pod-b"
+        assert Entry.from_json(await store.get("mine", group="g")) == entry()
+        await store.put("plain", entry(), ttl_s=50, group="g")  # no lease named: none touched
+        assert await r.get(ks.lease("theirs")) == b"pod-b"
+    finally:
+        await r.aclose()
