@@ -273,6 +273,11 @@ class ExactStore(Protocol):
     async def get(self, key_hash: str, *, group: str, timeout_s: float | None = None) -> bytes | None:
         """The raw stored entry, recording the access for eviction when it exists."""
 
+    async def get_or_lease(self, key_hash: str, *, group: str, owner: str, lease_ms: int,
+                           timeout_s: float | None = None) -> tuple[bytes | None, bool | None]:
+        """As :meth:`get`; on a miss also try to take the entry's single-flight lease for ``owner``:
+        ``(entry, None)``, ``(None, True)`` (taken) or ``(None, False)`` (another holds it)."""
+
     async def put(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str, timeout_s: float | None = None,
                   lease_owner: str | None = None) -> int:
         """Store with a fixed TTL; return the stored size in bytes. With ``lease_owner``, also give up the
@@ -287,8 +292,15 @@ class ExactStore(Protocol):
 # KEYS: entry, then the group shard's lru, lfu, exp. A first access in this group (an entry
 # another group wrote) also records the entry's expiry, and makes those row keys outlive it, so
 # rows it adds here expire with it too. (Redis's TIME is allowed in scripts since Redis 5.)
+# With a 5th key (the entry's single-flight lease, same shard tag), ARGV[3] (owner) and ARGV[4]
+# (lease ms), a miss also tries to take the lease: 1 when taken, 0 when another holds it (the
+# cross-pod single flight's first step in the lookup's round trip, not one of its own).
 _GET_AND_TOUCH = """
 local v = redis.call('GET', KEYS[1])
+if not v and KEYS[5] then
+  if redis.call('SET', KEYS[5], ARGV[3], 'NX', 'PX', ARGV[4]) then return 1 end
+  return 0
+end
 if v then
   local first = redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
   redis.call('ZINCRBY', KEYS[3], 1, ARGV[2])
@@ -390,6 +402,20 @@ class RedisExactStore:
             async with asyncio.timeout(timeout_s):
                 value = await self._redis.get(ks.entry(key_hash))
         return value  # type: ignore[no-any-return]
+
+    async def get_or_lease(self, key_hash: str, *, group: str, owner: str, lease_ms: int,
+                           timeout_s: float | None = None) -> tuple[bytes | None, bool | None]:
+        ks = self._ks
+        rows = self._rows(group, shard_of(key_hash))
+        try:
+            value = await self._script(self._get_and_touch,
+                                       [ks.entry(key_hash), rows[0], rows[1], rows[4], ks.lease(key_hash)],
+                                       [time.time(), key_hash, owner, lease_ms], timeout_s)
+        except redis.exceptions.OutOfMemoryError:
+            return await self.get(key_hash, group=group, timeout_s=timeout_s), None  # the lease: not tried
+        if isinstance(value, int):
+            return None, value == 1
+        return value, None
 
     async def put(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str, timeout_s: float | None = None,
                   lease_owner: str | None = None) -> int:

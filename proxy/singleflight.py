@@ -201,6 +201,9 @@ class FlightGroup:
     def __len__(self) -> int:
         return len(self._flights)
 
+    def __contains__(self, key_hash: str) -> bool:
+        return key_hash in self._flights
+
 
 #: Give up a lease only where this pod still owns it (one that expired and was re-taken is another's).
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
