@@ -10,11 +10,12 @@ after each phase (each phase ends with a short pause, so background stores are c
 
     bare relay (proxy_bench's, same event loop)  miss
     llmcache --mode exact                         miss, hit
+    llmcache --mode exact --single-flight-lease   miss (with --lease: the cross-pod lease's cost)
 
 Instructions count user space only (system calls are not in them) and are no latency
 claim; ``proxy_bench.py`` gives the latencies and CPU time beside its peers.
 
-    .venv/bin/python benchmarks/proxy_instr_bench.py [--requests 40] [--event-loop auto]
+    .venv/bin/python benchmarks/proxy_instr_bench.py [--requests 40] [--event-loop auto] [--lease]
 
 Writes ``benchmarks/results/proxy_instr_bench.json`` and ``.png``.
 """
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=40, help="requests per phase (default 40)")
     ap.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    ap.add_argument("--lease", action="store_true",
+                    help="also measure llmcache's miss with --single-flight-lease (the cross-pod lease)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "proxy_instr_bench.json")
     args = ap.parse_args(argv)
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
@@ -135,12 +138,24 @@ def main(argv: list[str] | None = None) -> int:
                                                       redis_server.url, "--mode", "exact", "--event-loop",
                                                       args.event_loop, "--redis-timeout-ms", "5000"],
                                          port=port, phases=["miss", "hit"], n=args.requests, workdir=workdir, env=env)
+            if args.lease:
+                port = free_port()
+                result["llmcache lease"] = measure(
+                    "llmcache lease", [sys.executable, "-m", "llmcache", "proxy", "--listen", f"127.0.0.1:{port}",
+                                       "--upstream", stub, "--redis-url", redis_server.url, "--mode", "exact",
+                                       "--event-loop", args.event_loop, "--redis-timeout-ms", "5000",
+                                       "--single-flight-lease"],
+                    port=port, phases=["miss"], n=args.requests, workdir=workdir, env=env)
     ratio = result["llmcache"]["miss"] / result["bare relay"]["miss"]
     result["miss_ratio_to_relay"] = ratio
     print(f"\nM instructions per request (callgrind, user space; event loop {args.event_loop}):")
     print(f"  bare relay  miss {result['bare relay']['miss'] / 1e6:.3f}")
     print(f"  llmcache    miss {result['llmcache']['miss'] / 1e6:.3f} ({ratio:.2f}× the relay), "
           f"hit {result['llmcache']['hit'] / 1e6:.3f}")
+    if args.lease:
+        leased = result["llmcache lease"]["miss"]
+        print(f"  llmcache    miss with --single-flight-lease {leased / 1e6:.3f} "
+              f"({leased / result['bare relay']['miss']:.2f}× the relay)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     import matplotlib
@@ -151,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = ["relay miss", "llmcache miss", "llmcache hit"]
     values = [result["bare relay"]["miss"] / 1e6, result["llmcache"]["miss"] / 1e6, result["llmcache"]["hit"] / 1e6]
-    ax.bar(labels, values, color=["tab:gray", "tab:green", "tab:blue"])
+    colors = ["tab:gray", "tab:green", "tab:blue"]
+    if args.lease:
+        labels.append("leased miss")
+        values.append(result["llmcache lease"]["miss"] / 1e6)
+        colors.append("tab:olive")
+    ax.bar(labels, values, color=colors)
     ax.set_ylabel("M instructions per request")
     ax.set_title(f"CPU work per request (callgrind), event loop {args.event_loop}")
     fig.tight_layout()

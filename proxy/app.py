@@ -180,7 +180,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     state.store = RedisExactStore(fast if fast is not None else client, keyspace=state.keyspace)
     if state.settings.cache.single_flight_lease:
         owner = f"{socket.gethostname()}:{os.getpid()}"
-        state.lease = RedisLease(client, keyspace=state.keyspace, owner=owner)
+        state.lease = RedisLease(fast if fast is not None else client, keyspace=state.keyspace, owner=owner)
     state.spawn(_first_ping(state, client, fast))
     lag = state.breaker.lag
     lag_task = asyncio.get_running_loop().create_task(lag.run()) if lag is not None else None

@@ -67,6 +67,9 @@ class Call:
     similarity: float | None = None
     coalesced: bool = False
     lease_key: str | None = None
+    lease_taken: bool | None = None
+    """The exact lookup's try at the cross-pod lease: ``True`` taken (and not yet led under),
+    ``False`` another holds it, ``None`` not tried there."""
     handed_off: bool = False
     """True once landing the flight is the background store's job."""
     judgement: Any = None
@@ -103,10 +106,13 @@ class Call:
         return self.route != "/v1/embeddings" and (not self.stream or self.include_usage)
 
 
-async def load_entry(call: Call, key_hash: str, *, kind: str) -> Entry | None:
+async def load_entry(call: Call, key_hash: str, *, kind: str, lease_ms: int | None = None) -> Entry | None:
     """Fetch and validate the entry at ``key_hash``; ``None`` on miss, invalid, stale or Redis trouble,
     and for a promoted semantic match (:attr:`Entry.similarity`) below the request's threshold or
-    with the semantic cache off for it."""
+    with the semantic cache off for it.
+
+    With ``lease_ms`` (and the cross-pod lease on), a missing entry's lease is tried in the same
+    round trip, for this pod; the outcome is in :attr:`Call.lease_taken`."""
     state = call.state
     if state.store is None:
         call.redis_ok = False
@@ -114,7 +120,12 @@ async def load_entry(call: Call, key_hash: str, *, kind: str) -> Entry | None:
     store = state.store
     t0 = time.perf_counter()
     try:
-        blob = await state.breaker.call_bounded(lambda t: store.get(key_hash, group=call.cfg.group, timeout_s=t))
+        if lease_ms is not None and state.lease is not None:
+            owner = state.lease.owner
+            blob, call.lease_taken = await state.breaker.call_bounded(lambda t: store.get_or_lease(
+                key_hash, group=call.cfg.group, owner=owner, lease_ms=lease_ms, timeout_s=t))
+        else:
+            blob = await state.breaker.call_bounded(lambda t: store.get(key_hash, group=call.cfg.group, timeout_s=t))
     except CacheUnavailable:
         call.redis_ok = False
         note_redis_failure(state)

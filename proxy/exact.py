@@ -273,8 +273,15 @@ class ExactStore(Protocol):
     async def get(self, key_hash: str, *, group: str, timeout_s: float | None = None) -> bytes | None:
         """The raw stored entry, recording the access for eviction when it exists."""
 
-    async def put(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str, timeout_s: float | None = None) -> int:
-        """Store with a fixed TTL; return the stored size in bytes."""
+    async def get_or_lease(self, key_hash: str, *, group: str, owner: str, lease_ms: int,
+                           timeout_s: float | None = None) -> tuple[bytes | None, bool | None]:
+        """As :meth:`get`; on a miss also try to take the entry's single-flight lease for ``owner``:
+        ``(entry, None)``, ``(None, True)`` (taken) or ``(None, False)`` (another holds it)."""
+
+    async def put(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str, timeout_s: float | None = None,
+                  lease_owner: str | None = None) -> int:
+        """Store with a fixed TTL; return the stored size in bytes. With ``lease_owner``, also give up the
+        entry's single-flight lease (:class:`llmcache.proxy.singleflight.RedisLease`) where that owner holds it."""
 
     async def delete(self, key_hash: str) -> None:
         """Remove one entry (an invalid value found on read)."""
@@ -285,8 +292,15 @@ class ExactStore(Protocol):
 # KEYS: entry, then the group shard's lru, lfu, exp. A first access in this group (an entry
 # another group wrote) also records the entry's expiry, and makes those row keys outlive it, so
 # rows it adds here expire with it too. (Redis's TIME is allowed in scripts since Redis 5.)
+# With a 5th key (the entry's single-flight lease, same shard tag), ARGV[3] (owner) and ARGV[4]
+# (lease ms), a miss also tries to take the lease: 1 when taken, 0 when another holds it (the
+# cross-pod single flight's first step in the lookup's round trip, not one of its own).
 _GET_AND_TOUCH = """
 local v = redis.call('GET', KEYS[1])
+if not v and KEYS[5] then
+  if redis.call('SET', KEYS[5], ARGV[3], 'NX', 'PX', ARGV[4]) then return 1 end
+  return 0
+end
 if v then
   local first = redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
   redis.call('ZINCRBY', KEYS[3], 1, ARGV[2])
@@ -314,7 +328,10 @@ return v
 # most ARGV[6] members whose expiry (exp, on the Redis clock, like the entry's own TTL) has passed
 # are dropped, and every row key is made to live at least as long as this entry (PEXPIRE only ever
 # lengthens: the key then lives as long as its longest-lived member). The SET comes first, so a
-# full Redis (OOM) refuses the script before it writes anything.
+# full Redis (OOM) refuses the script before it writes anything. With a 7th key (the entry's
+# single-flight lease, same shard tag) and ARGV[7] (this pod's owner name), the lease is given up
+# in the same call where this pod still owns it: pods waiting on it find the entry stored first,
+# and the miss needs no round trip of its own for the release.
 _PUT_AND_RECORD = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 local t = redis.call('TIME')
@@ -334,6 +351,7 @@ local ms = tonumber(ARGV[2]) * 1000
 for i = 2, 6 do
   if redis.call('PTTL', KEYS[i]) < ms then redis.call('PEXPIRE', KEYS[i], ms) end
 end
+if KEYS[7] and redis.call('GET', KEYS[7]) == ARGV[7] then redis.call('DEL', KEYS[7]) end
 return #dead
 """
 
@@ -385,12 +403,31 @@ class RedisExactStore:
                 value = await self._redis.get(ks.entry(key_hash))
         return value  # type: ignore[no-any-return]
 
-    async def put(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str, timeout_s: float | None = None) -> int:
+    async def get_or_lease(self, key_hash: str, *, group: str, owner: str, lease_ms: int,
+                           timeout_s: float | None = None) -> tuple[bytes | None, bool | None]:
+        ks = self._ks
+        rows = self._rows(group, shard_of(key_hash))
+        try:
+            value = await self._script(self._get_and_touch,
+                                       [ks.entry(key_hash), rows[0], rows[1], rows[4], ks.lease(key_hash)],
+                                       [time.time(), key_hash, owner, lease_ms], timeout_s)
+        except redis.exceptions.OutOfMemoryError:
+            return await self.get(key_hash, group=group, timeout_s=timeout_s), None  # the lease: not tried
+        if isinstance(value, int):
+            return None, value == 1
+        return value, None
+
+    async def put(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str, timeout_s: float | None = None,
+                  lease_owner: str | None = None) -> int:
         blob = entry.to_json().encode()
         ks = self._ks
-        # All six keys carry the entry's shard tag: one slot, so the script runs on a cluster too.
-        await self._script(self._put_and_record, [ks.entry(key_hash), *self._rows(group, shard_of(key_hash))],
-                           [blob, ttl_s, time.time(), key_hash, len(blob), TRIM_PER_WRITE], timeout_s)
+        # All keys carry the entry's shard tag: one slot, so the script runs on a cluster too.
+        keys = [ks.entry(key_hash), *self._rows(group, shard_of(key_hash))]
+        args = [blob, ttl_s, time.time(), key_hash, len(blob), TRIM_PER_WRITE]
+        if lease_owner is not None:
+            keys.append(ks.lease(key_hash))
+            args.append(lease_owner)
+        await self._script(self._put_and_record, keys, args, timeout_s)
         return len(blob)
 
     async def delete(self, key_hash: str) -> None:

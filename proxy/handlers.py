@@ -310,10 +310,18 @@ def _too_deep() -> web.Response:
 
 
 async def _lookup_or_fetch(call: Call) -> web.StreamResponse:
+    try:
+        return await _lookup_or_fetch_leased(call)
+    finally:
+        if call.lease_taken:  # taken in the lookup, then served otherwise (a flight here): give it up
+            misses.release_lease(call, call.key)
+
+
+async def _lookup_or_fetch_leased(call: Call) -> web.StreamResponse:
     state = call.state
     if not call.directives.no_cache:
         if call.cfg.exact:
-            entry = await load_entry(call, call.key, kind="exact")
+            entry = await load_entry(call, call.key, kind="exact", lease_ms=misses.lookup_lease_ms(call))
             if entry is not None:
                 return serve(call, entry, status="hit")
         # An identical request in flight beats a semantic neighbour (and saves the embedding).

@@ -4,6 +4,8 @@
 
     miss ─▶ join a flight running here? ─yes─▶ follow: its chunks as they come / its entry
          └▶ [--single-flight-lease] another pod leads? ─▶ poll for its entry, else lead
+            (the lease is tried in the exact lookup's own script where nothing comes between,
+             and given up by the script that stores the entry)
          └▶ lead: upstream ─▶ relay chunks while recording ─▶ complete and valid?
                      ─▶ store (fixed TTL) + semantic add in the background ─▶ land the flight
 
@@ -83,11 +85,39 @@ async def miss(call: Call, *, join: bool) -> web.StreamResponse:
 
 def _land(call: Call, flight: Flight) -> None:
     """End ``flight`` (later requests read Redis again) and give up the cross-pod lease."""
+    call.state.flights.land(flight)
+    if call.lease_key is not None:
+        release_lease(call, call.lease_key)
+
+
+def release_lease(call: Call, key_hash: str) -> None:
+    """Give up this pod's cross-pod lease on ``key_hash`` in the background."""
     state = call.state
-    state.flights.land(flight)
-    if call.lease_key is not None and state.lease is not None:
-        lease, lease_key = state.lease, call.lease_key
-        state.spawn(guarded(state, lambda: lease.release(lease_key)))
+    call.lease_taken = None
+    if state.lease is not None:
+        lease = state.lease
+        state.spawn(guarded(state, lambda: lease.release(key_hash)))
+
+
+def _lease_ttl_s(state: ProxyState) -> float:
+    """How long a cross-pod lease holds (s): the upstream's timeout, at most a minute."""
+    return min(state.settings.upstream.timeout_s, 60.0)
+
+
+def lookup_lease_ms(call: Call) -> int | None:
+    """The lease time to try in the exact lookup itself (ms), or ``None`` where that is not this call's way.
+
+    Only where nothing can come between that lookup and leading the miss: the lease on, the answer
+    to be stored, no local flight to join (one here holds the lease already, or needs none), and no
+    semantic lookup or only-if-cached answer in between (those await, or end the request). Elsewhere
+    :func:`miss` takes the lease as it always did, after leading locally.
+    """
+    state = call.state
+    d = call.directives
+    if (state.lease is None or d.no_store or d.only_if_cached or call.cfg.semantic
+            or call.key in state.flights):
+        return None
+    return max(1, int(_lease_ttl_s(state) * 1000))
 
 
 async def _store_then_land(call: Call, flight: Flight, entry: Entry) -> None:
@@ -108,12 +138,16 @@ async def _cross_pod_wait(call: Call) -> Entry | str | None:
     state = call.state
     assert state.lease is not None
     lease = state.lease
-    ttl_s = min(state.settings.upstream.timeout_s, 60.0)
-    try:
-        if await state.breaker.call(lambda: lease.acquire(call.key, ttl_s=ttl_s)):
-            return call.key
-    except CacheUnavailable:
-        return None
+    ttl_s = _lease_ttl_s(state)
+    taken, call.lease_taken = call.lease_taken, None  # (the lookup's try: now this miss's)
+    if taken:
+        return call.key
+    if taken is None:
+        try:
+            if await state.breaker.call(lambda: lease.acquire(call.key, ttl_s=ttl_s)):
+                return call.key
+        except CacheUnavailable:
+            return None
     deadline = time.monotonic() + ttl_s
     while time.monotonic() < deadline:
         await asyncio.sleep(0.025)
@@ -347,13 +381,17 @@ async def _store(call: Call, entry: Entry) -> None:
     if store is None:
         return
     ttl_s = cachecontrol.entry_ttl_s(call.directives, ttl_bound_s=call.cfg.ttl_s)
+    # The cross-pod lease is given up by the same script that stores the entry (no round trip of its own).
+    owner = state.lease.owner if call.lease_key is not None and state.lease is not None else None
     try:
         await state.breaker.call_bounded(
-            lambda t: store.put(call.key, entry, ttl_s=ttl_s, group=call.cfg.group, timeout_s=t))
+            lambda t: store.put(call.key, entry, ttl_s=ttl_s, group=call.cfg.group, timeout_s=t, lease_owner=owner))
     except CacheUnavailable:
         note_redis_failure(state)
         log.info("could not store %s (redis unavailable); served uncached", call.log_key)
         return
+    if owner is not None:
+        call.lease_key = None  # released: landing has nothing left to give up
     if call.cfg.semantic and state.semantic is not None:
         parts = call.semantic_parts()
         if parts is None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio
 
 from llmcache.keyspace import Keyspace
+from llmcache.proxy import resp
 
 if TYPE_CHECKING:
     from llmcache.proxy.exact import Entry
@@ -200,25 +201,41 @@ class FlightGroup:
     def __len__(self) -> int:
         return len(self._flights)
 
+    def __contains__(self, key_hash: str) -> bool:
+        return key_hash in self._flights
+
+
+#: Give up a lease only where this pod still owns it (one that expired and was re-taken is another's).
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
 
 class RedisLease:
-    """Cross-pod single-flight: ``SET lease NX PX``; others poll the entry key while it is held."""
+    """Cross-pod single-flight: ``SET lease NX PX``; others poll the entry key while it is held.
 
-    def __init__(self, client: redis.asyncio.Redis, *, keyspace: Keyspace, owner: str) -> None:
+    ``client`` is the exact store's: a :class:`llmcache.proxy.resp.RespClient` where the URL allows
+    one (~15 µs of CPU per command instead of redis-py's ~100: with redis-py the lease's two commands
+    cost a miss ~0.7 M instructions, half again its own work), else a redis-py client. The release is
+    ``EVALSHA`` (the script is sent whole once, not on every miss).
+    """
+
+    def __init__(self, client: redis.asyncio.Redis | resp.RespClient, *, keyspace: Keyspace, owner: str) -> None:
         self._redis = client
         self._ks = keyspace
-        self._owner = owner
+        self.owner = owner
+        """This pod's name in the leases it takes (``host:pid``)."""
+        self._release = client.register_script(_RELEASE)
 
     async def acquire(self, key_hash: str, *, ttl_s: float) -> bool:
         """True when this pod now owns the miss for ``key_hash``."""
-        return bool(await self._redis.set(self._ks.lease(key_hash), self._owner, nx=True,
-                                          px=max(1, int(ttl_s * 1000))))
+        key, ttl_ms = self._ks.lease(key_hash), max(1, int(ttl_s * 1000))
+        if isinstance(self._redis, resp.RespClient):
+            return bool(await self._redis.call("SET", key, self.owner, "NX", "PX", ttl_ms))
+        return bool(await self._redis.set(key, self.owner, nx=True, px=ttl_ms))
 
     async def held(self, key_hash: str) -> bool:
+        if isinstance(self._redis, resp.RespClient):
+            return bool(await self._redis.call("EXISTS", self._ks.lease(key_hash)))
         return bool(await self._redis.exists(self._ks.lease(key_hash)))
 
     async def release(self, key_hash: str) -> None:
-        # Only the owner deletes (a lease that expired and was re-taken belongs to someone else).
-        await self._redis.eval(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-            1, self._ks.lease(key_hash), self._owner)
+        await self._release(keys=[self._ks.lease(key_hash)], args=[self.owner])

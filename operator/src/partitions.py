@@ -64,9 +64,10 @@ log = logging.getLogger(__name__)
 #: admin endpoints), on one Redis or a cluster (``CLUSTER SLOTS`` and ``COMMAND`` are what a cluster
 #: client asks at start). Commands inside a Lua script run under the caller's ACL too, so this holds
 #: what the proxy's get/put scripts call (:mod:`llmcache.proxy.exact`: ``GET SET ZADD ZINCRBY HSET HDEL
-#: ZREM ZRANGEBYSCORE PTTL PEXPIRE TIME``), the lease release's (``GET DEL``) and the error bound's
-#: (:mod:`llmcache.proxy.semantic.bound`: ``HGET HINCRBY HSET EXPIRE`` on an entry's judged outcomes,
-#: ``HGET HLEN HRANDFIELD HDEL`` to cap a group's judged pairs; its veto and pair reads are ``HGET``).
+#: ZREM ZRANGEBYSCORE PTTL PEXPIRE TIME``; a put that gives up its lease ``GET DEL``), the lease
+#: release's (``GET DEL``) and the error bound's (:mod:`llmcache.proxy.semantic.bound`: ``HGET HINCRBY
+#: HSET EXPIRE`` on an entry's judged outcomes, ``HGET HLEN HRANDFIELD HDEL`` to cap a group's judged
+#: pairs; its veto and pair reads are ``HGET``).
 #: Nothing that lists or reaches keys beyond the key patterns.
 SIDECAR_COMMANDS = (
     "get", "set", "mget", "exists", "del", "unlink", "expire", "pexpire", "pttl", "time",

@@ -72,3 +72,38 @@ async def test_scripts_survive_a_script_flush(redis_plain_url: str) -> None:
         assert await r.zscore(ks.group_of("g", "lfu", "k1"), "k1") == 2
     finally:
         await r.aclose()
+
+
+async def test_put_gives_up_only_its_own_lease(redis_plain_url: str) -> None:
+    """A leased miss's store releases the lease in the same script, where this pod still owns it."""
+    r = aioredis.Redis.from_url(redis_plain_url)
+    ks = Keyspace("t3")
+    store = RedisExactStore(r, keyspace=ks)
+    try:
+        await r.set(ks.lease("mine"), "pod-a", px=10_000)
+        await r.set(ks.lease("theirs"), "pod-b", px=10_000)  # expired and re-taken by another pod
+        await store.put("mine", entry(), ttl_s=50, group="g", lease_owner="pod-a")
+        await store.put("theirs", entry(), ttl_s=50, group="g", lease_owner="pod-a")
+        assert not await r.exists(ks.lease("mine")) and await r.get(ks.lease("theirs")) == b"pod-b"
+        assert Entry.from_json(await store.get("mine", group="g")) == entry()
+        await store.put("plain", entry(), ttl_s=50, group="g")  # no lease named: none touched
+        assert await r.get(ks.lease("theirs")) == b"pod-b"
+    finally:
+        await r.aclose()
+
+
+async def test_lookup_takes_the_lease_only_on_a_miss(redis_plain_url: str) -> None:
+    """get_or_lease: a missing entry's lease is tried in the lookup's own round trip, for one owner."""
+    r = aioredis.Redis.from_url(redis_plain_url)
+    ks = Keyspace("t4")
+    store = RedisExactStore(r, keyspace=ks)
+    try:
+        assert await store.get_or_lease("k", group="g", owner="pod-a", lease_ms=10_000) == (None, True)
+        assert await store.get_or_lease("k", group="g", owner="pod-b", lease_ms=10_000) == (None, False)
+        assert await r.get(ks.lease("k")) == b"pod-a" and 0 < await r.pttl(ks.lease("k")) <= 10_000
+        await store.put("k", entry(), ttl_s=50, group="g", lease_owner="pod-a")
+        blob, taken = await store.get_or_lease("k", group="g", owner="pod-b", lease_ms=10_000)
+        assert Entry.from_json(blob) == entry() and taken is None
+        assert not await r.exists(ks.lease("k"))  # an entry there: no lease taken
+    finally:
+        await r.aclose()

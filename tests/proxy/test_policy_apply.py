@@ -93,6 +93,27 @@ async def test_cross_pod_lease_coalesces_misses(proxy_stack, redis_plain_url: st
     assert await a.upstream_count() == 1
 
 
+async def test_cross_pod_leases_are_all_given_up(proxy_stack, redis_plain_url: str) -> None:
+    """Every lease a miss takes (in its lookup, or after leading) is given up once the answers are out:
+    by the script that stores the entry, or, where a request took one and then followed a flight here
+    (its twin with no-store leads without a lease), by the request itself."""
+    a = await proxy_stack(cache_single_flight_lease=True, upstream_timeout_s=60.0)  # a lease holds 60 s
+    a.stub.latency_ms = 100
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        for i in range(6):
+            body = {**CHAT, "messages": [{"role": "user", "content": f"lease round {i}"}]}
+            results = await asyncio.gather(a.post("/v1/chat/completions", body, headers={"Cache-Control": "no-store"}),
+                                           a.post("/v1/chat/completions", body))
+            assert all(status == 200 for status, _, _ in results)
+        deadline = time.monotonic() + 10  # (the lease itself would hold for the upstream's timeout)
+        while [k async for k in r.scan_iter(match="*:lease:*")] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert [k async for k in r.scan_iter(match="*:lease:*")] == []
+    finally:
+        await r.aclose()
+
+
 async def test_stats_are_tagged_with_the_applied_policy(proxy_stack, redis_plain_url: str, tmp_path) -> None:
     """Counters under a policy land in a stats hash carrying ``policy`` (what the operator's hitRate
     sums); counts from before the policy stay untagged; ``read_stats`` still gives one row per namespace."""

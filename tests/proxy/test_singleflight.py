@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 
 from llmcache.keyspace import Keyspace
+from llmcache.proxy import resp
 from llmcache.proxy.exact import Entry
 from llmcache.proxy.singleflight import FlightGroup, RedisLease
 
@@ -44,8 +46,10 @@ async def test_landing_an_unfinished_flight_fails_it() -> None:
     assert await waiter is None and flight.failed
 
 
-async def test_redis_lease_has_one_owner(redis_plain_url: str) -> None:
-    r = aioredis.Redis.from_url(redis_plain_url)
+@pytest.mark.parametrize("client", ["redis-py", "resp"])
+async def test_redis_lease_has_one_owner(redis_plain_url: str, client: str) -> None:
+    # The proxy leases on its pipelined RESP connection where the URL allows one, else on redis-py.
+    r = aioredis.Redis.from_url(redis_plain_url) if client == "redis-py" else resp.RespClient.from_url(redis_plain_url)
     try:
         a = RedisLease(r, keyspace=Keyspace(), owner="pod-a")
         b = RedisLease(r, keyspace=Keyspace(), owner="pod-b")
