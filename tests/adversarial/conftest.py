@@ -31,6 +31,7 @@ _proxy_conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_proxy_conftest)
 
 proxy_stack = _proxy_conftest.proxy_stack
+semantic_stack = _proxy_conftest.semantic_stack
 
 from proxy_helpers import Stack, proxy_settings  # noqa: E402 - importable once the path is set
 

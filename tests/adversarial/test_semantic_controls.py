@@ -11,9 +11,7 @@ Real Valkey + RediSearch, the real MiniLM embedder, the proxy over HTTP in front
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 
 import pytest
 from proxy_helpers import Stack
@@ -27,22 +25,6 @@ BASE = {"model": "stub-model", "temperature": 0,
 PARAPHRASE = {**BASE, "messages": [SYSTEM, {"role": "user", "content": "How can I reverse a linked list in Python?"}]}
 
 
-@pytest.fixture
-async def semantic_stack(proxy_stack, redis_search_url: str) -> Stack:
-    stack = await proxy_stack(redis_url=redis_search_url, cache_mode="both", semantic_timeout_s=5.0)
-    if stack.state.semantic is None:
-        pytest.fail("the semantic cache did not start (see the log): the proxy fell back to exact only")
-    return stack
-
-
-async def _settled(stack: Stack) -> None:
-    """Wait for background stores, promotions and semantic adds (a liveness bound, not a latency claim)."""
-    deadline = time.monotonic() + 30
-    while stack.state.background:
-        assert time.monotonic() < deadline, "background cache work did not finish"
-        await asyncio.sleep(0.02)
-
-
 async def _entries(stack: Stack) -> dict[str, Entry]:
     redis = stack.state.redis
     assert redis is not None
@@ -53,7 +35,7 @@ async def _entries(stack: Stack) -> dict[str, Entry]:
 async def _stored_base(stack: Stack) -> bytes:
     _, headers, answer = await stack.post(ROUTE, BASE)
     assert headers["X-LLMCache-Status"] == "miss"
-    await _settled(stack)
+    await stack.flush()
     return answer
 
 
@@ -63,7 +45,7 @@ async def test_no_store_semantic_hit_stores_nothing(semantic_stack: Stack) -> No
     before = await _entries(stack)
     _, headers, served = await stack.post(ROUTE, PARAPHRASE, headers={"Cache-Control": "no-store"})
     assert headers["X-LLMCache-Status"] == "semantic-hit" and served == original
-    await _settled(stack)
+    await stack.flush()
     assert await _entries(stack) == before  # no promoted entry under the paraphrase
     # The paraphrase asked again is a semantic hit once more, never an exact one.
     _, headers, _ = await stack.post(ROUTE, PARAPHRASE, headers={"Cache-Control": "no-store"})
@@ -78,7 +60,7 @@ async def test_promoted_entry_is_served_only_where_the_threshold_allows(semantic
     assert headers["X-LLMCache-Status"] == "semantic-hit" and served == original
     similarity = float(headers["X-LLMCache-Similarity"])
     assert similarity < 1.0
-    await _settled(stack)
+    await stack.flush()
     [promoted] = [e for e in (await _entries(stack)).values() if e.similarity is not None]
     assert promoted.similarity == pytest.approx(similarity, abs=1e-4)
 
@@ -88,7 +70,7 @@ async def test_promoted_entry_is_served_only_where_the_threshold_allows(semantic
     assert await stack.upstream_count() == 2
     assert json.loads(fresh)["choices"][0]["message"]["content"] != json.loads(original)["choices"][0]["message"][
         "content"]  # the stub echoes the text: this is the paraphrase's own answer
-    await _settled(stack)
+    await stack.flush()
     # Its own answer replaced the promoted copy: an exact entry, served at any threshold.
     _, headers, again = await stack.post(ROUTE, PARAPHRASE, headers={"X-LLMCache-Similarity-Threshold": "1.0"})
     assert headers["X-LLMCache-Status"] == "hit" and again == fresh and "X-LLMCache-Similarity" not in headers
@@ -100,7 +82,7 @@ async def test_promoted_entry_is_an_exact_hit_where_the_threshold_allows(semanti
     original = await _stored_base(stack)
     _, headers, _ = await stack.post(ROUTE, PARAPHRASE)
     similarity = headers["X-LLMCache-Similarity"]
-    await _settled(stack)
+    await stack.flush()
     at_most = f"{float(similarity) - 0.0001:.4f}"  # (the header is rounded to 4 digits, maybe up)
     _, headers, served = await stack.post(ROUTE, PARAPHRASE, headers={"X-LLMCache-Similarity-Threshold": at_most})
     assert headers["X-LLMCache-Status"] == "hit" and served == original

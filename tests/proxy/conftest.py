@@ -64,3 +64,10 @@ async def proxy_stack(redis_plain_url: str) -> AsyncIterator[Callable[..., Await
     await http.close()
 
 
+@pytest.fixture
+async def semantic_stack(proxy_stack: Callable[..., Awaitable[Stack]], redis_search_url: str) -> Stack:
+    """A proxy with the semantic cache on (real MiniLM embedder, Redis with vector search)."""
+    stack = await proxy_stack(redis_url=redis_search_url, cache_mode="both", semantic_timeout_s=5.0)
+    if stack.state.semantic is None:
+        pytest.fail("the semantic cache did not start (see the log): the proxy fell back to exact only")
+    return stack

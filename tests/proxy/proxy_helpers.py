@@ -64,10 +64,12 @@ class Stack:
         await self.flush()
         return result
 
-    async def flush(self) -> None:
-        """Wait for background cache work (stores, promotions, invalid-entry deletes) to finish."""
-        while self.state.background:
-            await asyncio.gather(*list(self.state.background), return_exceptions=True)
+    async def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait for background cache work (stores, promotions, semantic adds, invalid-entry deletes) to
+        finish, within ``timeout_s`` (a liveness bound, not a latency claim)."""
+        async with asyncio.timeout(timeout_s):
+            while self.state.background:
+                await asyncio.gather(*list(self.state.background), return_exceptions=True)
 
 
 def proxy_settings(redis_url: str, stub_url: str, **overrides: Any) -> ps.ProxySettings:

@@ -15,27 +15,11 @@ PARAPHRASE = {**BASE, "messages": [BASE["messages"][0],
                                    {"role": "user", "content": "How can I reverse a linked list in Python?"}]}
 
 
-@pytest.fixture
-async def semantic_stack(proxy_stack, redis_search_url: str) -> Stack:
-    stack = await proxy_stack(redis_url=redis_search_url, cache_mode="both", semantic_timeout_s=5.0)
-    if stack.state.semantic is None:
-        pytest.fail("the semantic cache did not start (see the log): the proxy fell back to exact only")
-    return stack
-
-
-async def wait_indexed(stack: Stack) -> None:
-    """Semantic adds run after the answer is sent; wait for them (liveness bound only)."""
-    deadline = time.monotonic() + 30
-    while stack.state.background:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
-
-
 async def test_paraphrase_is_a_semantic_hit_and_is_promoted(semantic_stack: Stack) -> None:
     stack = semantic_stack
     status, headers, original = await stack.post("/v1/chat/completions", BASE)
     assert headers["X-LLMCache-Status"] == "miss"
-    await wait_indexed(stack)
+    await stack.flush()
     status, headers, served = await stack.post("/v1/chat/completions", PARAPHRASE)
     assert status == 200 and headers["X-LLMCache-Status"] == "semantic-hit"
     assert 0.9 <= float(headers["X-LLMCache-Similarity"]) <= 1.0
@@ -53,7 +37,7 @@ async def test_paraphrase_is_a_semantic_hit_and_is_promoted(semantic_stack: Stac
 async def test_threshold_header_only_tightens_and_scope_is_exact(semantic_stack: Stack) -> None:
     stack = semantic_stack
     await stack.post("/v1/chat/completions", BASE)
-    await wait_indexed(stack)
+    await stack.flush()
     _, headers, _ = await stack.post("/v1/chat/completions", PARAPHRASE,
                                      headers={"X-LLMCache-Similarity-Threshold": "0.99999"})
     assert headers["X-LLMCache-Status"] == "miss"  # tightened past the pair's similarity
@@ -80,7 +64,7 @@ async def test_promoted_entry_expires_and_is_invalidated_with_its_source(semanti
     redis = stack.state.redis
     pattern = stack.state.keyspace.entry_pattern
     await stack.post("/v1/chat/completions", BASE)
-    await wait_indexed(stack)
+    await stack.flush()
     [source] = [k async for k in redis.scan_iter(match=pattern)]
     _, headers, _ = await stack.post("/v1/chat/completions", PARAPHRASE)
     assert headers["X-LLMCache-Status"] == "semantic-hit"
