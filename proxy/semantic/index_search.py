@@ -51,8 +51,12 @@ meanwhile are plain HASHes under the prefix, so the new index picks them up.
 A namespace's Redis user may not run ``FT.CREATE`` (it takes any key prefix, so
 it could index another namespace's documents): such a proxy records the index
 it needs in its partition (:func:`llmcache.search_index.write_spec`) and the
-operator creates it (:mod:`llmcache.operator.partitions`); until then lookups
-fail open to the exact cache.
+operator creates it (:mod:`llmcache.operator.partitions`). Until then the index
+is *pending*: :meth:`SearchIndex.add` still writes each document (a plain HASH
+under the prefix, which ``FT.CREATE`` indexes when it runs), so the answers stored
+while a new namespace's sidecar waits for the operator become findable once the
+index exists; lookups are misses meanwhile (asking again at most every
+:data:`PENDING_RECHECK_S`), never errors.
 """
 
 from __future__ import annotations
@@ -94,6 +98,8 @@ BATCHES_MS_PER_RATIO = 0.028
 #: How long a counted scope size is used before it is counted again (s), and how many are kept.
 SCOPE_SIZE_TTL_S = 30.0
 SCOPE_SIZE_CACHE = 4096
+#: How often a lookup asks whether a pending index (the operator's to create) exists yet (s).
+PENDING_RECHECK_S = 1.0
 
 
 def _index_missing(exc: BaseException) -> bool:
@@ -132,6 +138,10 @@ class SearchIndex:
         self.num_partial_searches = 0
         self._scope_sizes: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
         self._index_sizes: dict[str, tuple[int, float]] = {}
+        #: Index names the operator has not created yet (this proxy's user may not), and when last asked.
+        self._pending: set[str] = set()
+        self._pending_at = 0.0
+        self.num_pending_lookups = 0
 
     @classmethod
     async def open(cls, redis: Any, *, keyspace: Keyspace, dim: int, hnsw_m: int = 16,
@@ -161,13 +171,18 @@ class SearchIndex:
             for name, node in await search_index.master_index_names(self._redis, self._keyspace):
                 await self._ensure_index(name, target=node)
                 names.append(name)
+            self._pending &= set(names)  # a master's name that moved away is nobody's to wait for
             self._names = names
             self._names_at = time.monotonic()
             log.info("vector index on %d master(s): %s", len(names), ", ".join(names))
 
-    async def _ensure_index(self, name: str, *, target: Any = None) -> None:
+    async def _ensure_index(self, name: str, *, target: Any = None) -> bool:
         """Make sure ``name`` exists for this dimension: create it, or ask the operator to when this
-        proxy's Redis user may not (a namespace's user never may: ``FT.CREATE`` takes any prefix)."""
+        proxy's Redis user may not (a namespace's user never may: ``FT.CREATE`` takes any prefix).
+
+        True when it exists; False when it is pending (asked for, the operator has not created it yet).
+        Raises :class:`IndexError_` for an index of another dimension or a failed ``FT.CREATE``.
+        """
         existing = await search_index.existing_dim(self._redis, name, target=target)
         if existing is None:
             spec = search_index.IndexSpec(self._dim, self._hnsw_m)
@@ -176,17 +191,42 @@ class SearchIndex:
                 if await search_index.create_index(self._redis, self._keyspace, name, spec, target=target):
                     log.info("created vector index %s (%d dims)", name, self._dim)
                 existing = await search_index.existing_dim(self._redis, name, target=target)
-            except redis.exceptions.NoPermissionError as exc:
-                raise IndexError_(
-                    f"vector index {name} does not exist yet, and this proxy's Redis user may not create one: "
-                    "the llmcache operator creates it for this namespace (it asked in "
-                    f"{self._keyspace.vector_index_spec}); semantic lookups start once it does") from exc
+            except redis.exceptions.NoPermissionError:
+                if name not in self._pending:
+                    log.warning("vector index %s does not exist yet, and this proxy's Redis user may not create "
+                                "one: the llmcache operator creates it for this namespace (asked in %s). Answers "
+                                "stored meanwhile are indexed when it does; semantic lookups are misses until then",
+                                name, self._keyspace.vector_index_spec)
+                self._pending.add(name)
+                return False
             except Exception as exc:
                 raise IndexError_(f"FT.CREATE {name} failed: {exc}") from exc
         if existing is not None and existing != self._dim:
             raise IndexError_(
                 f"vector index {name} was created for {existing}-dimensional vectors but the embedder gives "
                 f"{self._dim}: use another --key-prefix or drop it with `FT.DROPINDEX {name} DD`")
+        if existing is not None:
+            self._pending.discard(name)
+        return existing is not None
+
+    async def _still_pending(self) -> bool:
+        """Whether an index is still the operator's to create; asks Redis (``FT.INFO``, no second
+        ``FT.CREATE``) at most every PENDING_RECHECK_S."""
+        now = time.monotonic()
+        if now - self._pending_at >= PENDING_RECHECK_S:
+            self._pending_at = now
+            targets = dict(await search_index.master_index_names(self._redis, self._keyspace)) \
+                if self._cluster else {}
+            for name in sorted(self._pending):
+                existing = await search_index.existing_dim(self._redis, name, target=targets.get(name))
+                if existing is None:
+                    continue
+                if existing != self._dim:
+                    raise IndexError_(f"vector index {name} was created for {existing}-dimensional vectors but "
+                                      f"the embedder gives {self._dim}")
+                self._pending.discard(name)
+                log.warning("vector index %s exists now: semantic lookups start", name)
+        return bool(self._pending)
 
     async def _query(self, names: list[str], args: list[tuple[Any, ...]]) -> list[Any]:
         """``FT.SEARCH name *args`` for each name and its args; the reply or the exception it raised, per name."""
@@ -270,7 +310,8 @@ class SearchIndex:
         self._recreated_at = now
         try:
             for name in names:
-                await self._ensure_index(name)
+                if not await self._ensure_index(name):
+                    return False  # pending: the operator recreates it; lookups are misses until then
         except Exception as exc:  # noqa: BLE001 - reported by the caller as a failed lookup
             log.warning("vector index %s is missing and could not be recreated (%s)", ",".join(names),
                         type(exc).__name__)
@@ -286,6 +327,9 @@ class SearchIndex:
                 await self._resolve()
             except Exception as exc:  # noqa: BLE001 - keep the names we have; the search says the rest
                 log.warning("vector index: topology refresh failed (%s)", type(exc).__name__)
+        if self._pending and await self._still_pending():
+            self.num_pending_lookups += 1  # nothing to search yet: a miss, not an error
+            return []
         blob = np.asarray(vector, dtype=np.float32).tobytes()
         names = self._names
         sizes = await self._sizes(names, scope_hash)
@@ -378,7 +422,8 @@ class SearchIndex:
                 self._refresh = asyncio.get_running_loop().create_task(self._refresh_count())
         return {"index_backend": self.name, "index_name": ",".join(self._names),
                 "entries": self._num_docs, "index_memory_bytes": None,
-                "num_partial_searches": self.num_partial_searches, "index_recreated": self.num_recreated}
+                "num_partial_searches": self.num_partial_searches, "index_recreated": self.num_recreated,
+                "index_pending": bool(self._pending), "num_pending_lookups": self.num_pending_lookups}
 
 
 def _pairs(flat: Any) -> dict[str, Any]:

@@ -269,6 +269,48 @@ async def test_proxy_and_operator_do_their_work_under_their_users(
     assert acl_redis.acl_log() == [], "a command was denied to the proxy or the operator"
 
 
+async def test_answers_stored_before_the_operator_made_the_index_are_found_once_it_does(
+        acl_redis: AclRedis, operator_side: tuple[aioredis.Redis, partitions.NamespaceUsers], proxy_stack: Any,
+        tmp_path: Path) -> None:
+    """A new namespace's first requests arrive before the operator's reconciler has created its vector index
+    (the sidecar may not). Its semantic cache runs anyway: the misses store their vector documents, lookups
+    are quiet misses, and once the operator creates the index those answers are found by meaning. (Before:
+    the semantic cache stayed off until the index existed, so the answers stored meanwhile were exact-only
+    for good; on the real node the paraphrase of such an answer was never a hit.)"""
+    op, users = operator_side
+    await users.ensure("team")
+    labels = tmp_path / "labels-team"
+    labels.write_text('app="chat"\n')
+    stack = await proxy_stack(redis_url=users.url("team"), cache_mode="both", semantic_timeout_s=5.0,
+                              policy_pod_namespace="team", policy_pod_name="chat-0",
+                              policy_pod_labels_file=str(labels))
+    part = KS.for_partition("team")
+    await _wait(lambda: asyncio.sleep(0, result=stack.state.semantic is not None),
+                "the semantic cache to run while its index is still the operator's to create")
+    assert await op.exists(part.vector_index_spec) == 1, "the sidecar did not ask for its vector index"
+    assert stack.state.semantic.stats()["index_pending"] is True
+
+    _, headers, first = await stack.post("/v1/chat/completions", CHAT)
+    assert headers["X-LLMCache-Status"] == "miss"
+    [entry] = [k.decode() async for k in op.scan_iter(match=part.entry_pattern)]
+    await _wait(lambda: op.exists(part.vector(KS.key_hash_of(entry))), "the miss's vector document")
+    # Until the index exists a paraphrase is a plain miss, not a failed lookup.
+    _, headers, _ = await stack.post("/v1/chat/completions", PARAPHRASE, headers={"Cache-Control": "only-if-cached"})
+    assert headers["X-LLMCache-Status"] == "miss"
+    stats = stack.state.semantic.stats()
+    assert stats["errors"] == 0 and stats["num_pending_lookups"] >= 1, stats
+
+    assert await partitions.ensure_vector_indexes(op, KS, "team") == 1  # the reconciler's pass
+
+    async def semantic_hit() -> bool:
+        _, h, body = await stack.post("/v1/chat/completions", PARAPHRASE, headers={"Cache-Control": "only-if-cached"})
+        return h.get("X-LLMCache-Status") == "semantic-hit" and body == first
+
+    await _wait(semantic_hit, "a semantic hit for the answer stored before the index existed")
+    stats = stack.state.semantic.stats()
+    assert stats["index_pending"] is False and stats["errors"] == 0, stats
+
+
 async def test_a_namespace_reaches_nothing_of_another(
         acl_redis: AclRedis, operator_side: tuple[aioredis.Redis, partitions.NamespaceUsers], proxy_stack: Any,
         tmp_path: Path) -> None:
