@@ -12,8 +12,9 @@
 ``llmcache_redis_failures_total``          Redis operations that failed, timed out or were skipped
                                            because the breaker was open
 ``llmcache_breaker_open``                  1 while the Redis circuit breaker is open
-``llmcache_semantic_up``                   1 while the semantic cache runs; 0 while the mode wants it but
-                                           it is not running (embedder or vector index unreachable)
+``llmcache_semantic_up``                   1 while the semantic cache runs; 0 while the mode or the policy
+                                           watch wants it but it is not running (embedder or Redis
+                                           unreachable)
 ``llmcache_semantic_failures_total``       semantic lookups that failed open (embedder/index error or
                                            deadline): those requests were served exact-only
 ``llmcache_semantic_bounded``              error-bounded caching, by ``policy`` (group): 1 once judged

@@ -33,6 +33,21 @@ async def test_embedder_down_at_start_serves_and_reports_semantic_down(proxy_sta
         assert metric(await r.text(), "llmcache_semantic_up") == 0
 
 
+async def test_a_sidecar_whose_policy_may_want_semantic_reports_it_down(proxy_stack, redis_search_url: str,
+                                                                        tmp_path) -> None:
+    """A sidecar runs in mode exact and its CachePolicy turns semantic on: it starts the semantic cache, so
+    /metrics says 0 while that cannot run (it said 1, as if nothing were wanted, and a wait on it passed)."""
+    labels = tmp_path / "labels"
+    labels.write_text('app="chat"\n')
+    stack = await proxy_stack(redis_url=redis_search_url, cache_mode="exact", semantic_embedder="remote",
+                              semantic_embedder_url=f"http://127.0.0.1:{free_port()}",  # nothing listens
+                              policy_pod_namespace="team", policy_pod_name="chat-0",
+                              policy_pod_labels_file=str(labels))
+    assert stack.state.settings.policy.enabled
+    async with stack.http.get(stack.proxy_url + "/metrics") as r:
+        assert metric(await r.text(), "llmcache_semantic_up") == 0
+
+
 @pytest.fixture
 async def flaky_embedder():
     """An OpenAI-style /v1/embeddings that answers until ``fail`` is set, then 503s."""
