@@ -259,10 +259,6 @@ def test_openai_client_miss_hit_hard_negative(app: list[str], release: ControlPl
     assert stranger["status"] == "miss", stranger
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect, open: on the node the sidecar's semantic lookups run (19 in 60 s, none failed, no "
-    "add failed) but find no match for the stored question, while the same pair is a semantic hit "
-    "through a proxy on loopback (checked by hand); the cause is not found yet"))
 def test_paraphrase_is_a_semantic_hit_through_the_sidecar(app: list[str], release: ControlPlane) -> None:
     kube = release
     first = app[0]
