@@ -7,7 +7,7 @@ paged, because CPU torch has no paged-attention kernel), and the cache only has 
 it a prefix once, at admission. Blocks would add a block-size granularity (a 1,000-token
 prefix followed by a 15-token seam loses up to a block) for nothing; a radix tree
 (SGLang's RadixAttention, TGI v3) matches to the exact token, shares any common prefix
-automatically, and its leaves are the natural LRU eviction unit.
+automatically, and its leaves are the natural eviction unit.
 
 Layout: one tree per *namespace* (``RadixKey.namespace``: model revision + dtype, plus a
 hash of the request's ``cache_salt``), so two models, two dtypes or two salted tenants
@@ -21,7 +21,8 @@ Interface (in SGLang's ``radix_cache.py`` manner; every call returns a named res
 
 - :meth:`RadixCache.match_prefix` → :class:`MatchResult` (tokens matched, their KV, the
   pinned node). Side effects: a match that ends inside an edge *splits* that node (so a
-  later insert branches there); every node on the path gets a fresh access tick (LRU);
+  later insert branches there); every node on the path counts one more use and gets a fresh
+  eviction priority (GDSF, below);
   with ``lock=True`` the path is pinned until :meth:`RadixCache.release`. It matches at
   most ``len(tokens) - 1`` tokens, so the caller always has one token left to run and
   thus logits to sample from.
@@ -43,10 +44,24 @@ Contract:
   match copies into the caller's buffers (or returns freshly concatenated tensors); an
   insert clones its slice.
 - Byte budget: ``total_bytes <= budget_bytes`` after every call. Eviction removes
-  unreferenced leaves in least-recently-used order (a heap with lazy invalidation, never
-  a full scan); pinned nodes and their ancestors are never evicted. When the budget
+  unreferenced leaves in GDSF order (below; a heap with lazy invalidation, never a full
+  scan); pinned nodes and their ancestors are never evicted. When the budget
   cannot be met because everything is pinned, an insert stores only what fits
   (back-pressure as a return value, ``InsertResult.num_dropped_tokens``, not an exception).
+
+Eviction order: Greedy-Dual-Size-Frequency (Cherkasova, 1998) rather than plain LRU.
+Each node's priority is set when it is used: ``inflation + uses`` (``uses``: how many
+requests contained it, at most :data:`MAX_USES`); the lowest priority goes first, ties in
+the order they were used, and ``inflation`` rises to the priority of each node evicted.
+Recomputing a prefix costs about as much per token as its KV takes per byte, so the size
+term of GDSF cancels. Why not LRU: a request's own tail (its question, its answer) is
+used once, while a shared system prompt is used by every request of its tenant, and in
+LRU a system prompt is evicted as soon as its own tails are gone, before other tenants'
+newer tails. With two replicas each holding half of 16 tenants' prompts (routing_bench),
+the tails overflowed every cache and LRU evicted a prompt a round. Under GDSF tails go
+first; a prefix used ``n`` times outlives a once-used one by about ``n - 1`` turns of the
+inflation (each turn: the cache's content evicted about once), so a formerly hot prefix
+that nobody asks for any more still leaves, and new prefixes are never starved.
 
 Thread safety: every public method takes the cache's lock (the server calls it from its
 single inference worker; ``/metrics`` and tests read it from other threads).
@@ -96,6 +111,11 @@ class RadixKey:
         return len(self.token_ids)
 
 
+MAX_USES = 8
+"""Cap of a node's use count in its eviction priority: a prefix that was hot once leaves within about
+eight turns of the cache once nobody asks for it."""
+
+
 @dataclass(eq=False, slots=True)
 class RadixNode:
     """One edge of the tree: ``key`` tokens and their KV; identity-compared."""
@@ -107,6 +127,10 @@ class RadixNode:
     children: dict[int, RadixNode] = field(default_factory=dict)
     lock_ref: int = 0
     last_access: int = 0
+    uses: int = 1
+    """Requests that contained this node (the insert, then each match), at most MAX_USES."""
+    priority: float = 0.0
+    """Eviction priority (GDSF, see the module doc): lowest goes first."""
     nbytes: int = 0
     blocks: list[tuple[int, int]] = field(default_factory=list)
     """``(end position, hash)`` of the published blocks that end inside this edge (see ``block_tokens``)."""
@@ -186,7 +210,7 @@ def _common_len(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class RadixCache:
-    """Prefix KV cache: namespaced token radix tree with a byte budget and LRU leaf eviction."""
+    """Prefix KV cache: namespaced token radix tree with a byte budget and GDSF leaf eviction."""
 
     def __init__(self, budget_bytes: int, *, block_tokens: int | None = None) -> None:
         if budget_bytes < 0:
@@ -199,7 +223,9 @@ class RadixCache:
         self._lock = threading.RLock()
         self._clock = itertools.count(1)
         self._seq = itertools.count()
-        self._heap: list[tuple[int, int, RadixNode]] = []
+        self._heap: list[tuple[float, int, RadixNode]] = []
+        self._inflation = 0.0
+        """GDSF's L: the priority of the last node evicted (never decreases)."""
         self.total_bytes = 0
         self.num_nodes = 0
         self.num_evictions = 0
@@ -241,6 +267,7 @@ class RadixCache:
                 node, i = child, i + n
             tick = next(self._clock)
             for p in path:
+                p.uses = min(MAX_USES, p.uses + 1)
                 self._touch(p, tick)
             if lock:
                 self._inc_lock(node)
@@ -315,7 +342,7 @@ class RadixCache:
             if fit:
                 new_kv = _slice(kv, i, i + fit)
                 leaf = RadixNode(namespace=key.namespace, key=tuple(tokens[i:i + fit]), kv=new_kv, parent=node,
-                                 last_access=tick, nbytes=_nbytes(new_kv))
+                                 last_access=tick, priority=self._inflation + 1, nbytes=_nbytes(new_kv))
                 leaf.blocks = self._blocks(key.namespace, tokens, start=i, stop=i + fit)
                 stored = tuple(h for _end, h in leaf.blocks)
                 node.children[leaf.key[0]] = leaf
@@ -328,7 +355,7 @@ class RadixCache:
     # ---------------------------------------------------------------- eviction
 
     def evict(self, num_bytes: int) -> EvictResult:
-        """Evict unpinned leaves, least recently used first, until ``num_bytes`` are freed (or none is left)."""
+        """Evict unpinned leaves, lowest GDSF priority first, until ``num_bytes`` are freed (or none is left)."""
         with self._lock:
             return self._evict_locked(num_bytes)
 
@@ -402,7 +429,8 @@ class RadixCache:
         upper_kv, lower_kv = _slice(child.kv, 0, n), _slice(child.kv, n, len(child.key))
         upper = RadixNode(namespace=child.namespace, key=child.key[:n], kv=upper_kv, parent=child.parent,
                           children={child.key[n]: child}, lock_ref=child.lock_ref,
-                          last_access=child.last_access, nbytes=_nbytes(upper_kv),
+                          last_access=child.last_access, uses=child.uses, priority=child.priority,
+                          nbytes=_nbytes(upper_kv),
                           blocks=[b for b in child.blocks if b[0] <= start + n])
         child.blocks = [b for b in child.blocks if b[0] > start + n]
         child.parent.children[child.key[0]] = upper
@@ -415,14 +443,17 @@ class RadixCache:
 
     def _touch(self, node: RadixNode, tick: int) -> None:
         node.last_access = tick
+        node.priority = self._inflation + node.uses
         if not node.children and node.lock_ref == 0:
             self._push(node)
 
     def _push(self, node: RadixNode) -> None:
-        heapq.heappush(self._heap, (node.last_access, next(self._seq), node))
+        heapq.heappush(self._heap, (node.priority, next(self._seq), node))
         if len(self._heap) > 4 * self.num_nodes + 64:
-            # Lazy invalidation leaves stale entries behind; rebuild from live leaves now and then.
-            self._heap = [(n.last_access, next(self._seq), n) for n in self._live_leaves()]
+            # Lazy invalidation leaves stale entries behind; rebuild from live leaves now and then
+            # (sorted by push order first, so that equal priorities keep their order of use).
+            live = sorted(self._live_leaves(), key=lambda n: n.last_access)
+            self._heap = [(n.priority, next(self._seq), n) for n in live]
             heapq.heapify(self._heap)
 
     def _live_leaves(self) -> Iterator[RadixNode]:
@@ -440,10 +471,11 @@ class RadixCache:
         freed = nodes = 0
         removed: list[int] = []
         while freed < num_bytes and self._heap:
-            access, _, node = heapq.heappop(self._heap)
-            if (access != node.last_access or node.children or node.lock_ref > 0
+            priority, _, node = heapq.heappop(self._heap)
+            if (priority != node.priority or node.children or node.lock_ref > 0
                     or not self._attached(node)):
                 continue  # stale entry
+            self._inflation = max(self._inflation, priority)
             parent = node.parent
             assert parent is not None
             del parent.children[node.key[0]]

@@ -115,6 +115,42 @@ def test_budget_is_never_exceeded_and_eviction_is_lru() -> None:
     assert cache.total_bytes == 12 * PER_TOKEN
 
 
+def _ask(cache: RadixCache, prompt: list[int]) -> int:
+    """One request: match, then store the whole prompt (what the server does); the tokens it found."""
+    m = cache.match_prefix(RadixKey("ns", prompt))
+    cache.insert(RadixKey("ns", prompt), make_kv(prompt))
+    cache.release(m)
+    return m.num_cached_tokens
+
+
+def test_a_shared_prompt_outlives_newer_one_off_tails() -> None:
+    """GDSF: the tails of requests (used once) are evicted before a system prompt every request of its
+    tenant used, even when they are newer. Under LRU the prompt went first, as soon as its own tails had
+    gone (its last use was older than the other tenant's tails)."""
+    system = list(range(1, 17))  # a 16-token "system prompt"
+    cache = RadixCache(30 * PER_TOKEN)
+    for q in range(3):
+        assert _ask(cache, system + [100 + q, 200 + q]) == (0 if q == 0 else 16)
+    for i in range(5):  # another tenant's one-off requests, all newer than the prompt's last use
+        assert _ask(cache, [300 + 3 * i, 301 + 3 * i, 302 + 3 * i]) == 0
+    assert cache.total_bytes <= cache.budget_bytes
+    assert _ask(cache, system + [150, 250]) == 16
+
+
+def test_a_prefix_nobody_asks_for_any_more_still_leaves() -> None:
+    """No starvation: a prompt used many times, then never again, is evicted once new prefixes keep
+    coming, and each new prefix meanwhile survives until its second use."""
+    hot = list(range(1, 9))
+    cache = RadixCache(24 * PER_TOKEN)
+    for q in range(20):
+        _ask(cache, hot + [100 + q])
+    for i in range(40):
+        new = [1000 + 10 * i + j for j in range(8)]
+        assert _ask(cache, new + [1]) == 0
+        assert _ask(cache, new + [2]) == 8, f"new prefix {i} was evicted before its second use"
+    assert _ask(cache, hot + [99]) == 0, "the once-hot prompt never left"
+
+
 def test_in_use_nodes_survive_eviction() -> None:
     cache = RadixCache(8 * PER_TOKEN)
     a, b = [1, 2, 3, 4], [5, 6, 7, 8]
