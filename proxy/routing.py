@@ -7,15 +7,21 @@ For each request with a prompt (chat/completions with the body in hand)::
     candidates = routable replicas with load ≤ min load + max(4, min load)      ◀─ the bound: a hot prefix
     best       = argmax  cached_tokens − 256 · load   over the candidates           cannot pile up on one
                  ├ it holds a prefix ──────────────────────────────▶ chosen by "prefix"
-                 ├ their state is known and nobody holds it ─▶ least loaded, then the one given the
-                 │   fewest distinct prefixes in the last 2 minutes (ties: ring order) ─▶ "load"
+                 ├ their state is known and nobody holds it ─▶ the one given the fewest blocks of
+                 │   distinct prefixes in the last 2 minutes, then least loaded (ties: ring order) ─▶ "load"
                  └ no state yet ─▶ consistent hash of the prefix over the ring, walking past replicas
                    over (1.25 × mean load + 1) ─▶ "fallback" (the first on the ring) or "load"
     no prompt (GET /v1/models, embeddings, streamed bodies) ─▶ least loaded ─▶ "load"
 
-Placing a new prefix by the number of prefixes each replica serves (not by hashing alone) keeps
+Placing a new prefix by how much prefix each replica serves (not by hashing alone) keeps
 tenants spread evenly: hashing 16 tenants onto 2 replicas puts 10 or more on one a fifth of
-the time.
+the time. Each distinct prefix counts its blocks (what it takes of a prefix cache), so a
+burst of one-line prompts does not weigh like as many long system prompts. The count comes
+before load (which the bound above already limits): a replica whose
+cache holds 8 system prompts and is given 10 tenants taking turns evicts each prompt just
+before it is asked again (LRU under a cycle longer than the cache), so every one of its
+requests prefills from scratch; placing by load first did that whenever the replicas' queues
+differed by one as a new tenant arrived.
 
 The replica a request went to is remembered as filling those blocks for 30 s (until it
 reports them), so a burst for one new prefix follows the first request instead of spreading.
@@ -157,8 +163,8 @@ class Router:
         self._ring: list[tuple[int, str]] = []
         self._ring_version = -1
         self._rr = itertools.count()
-        self._recent: dict[str, dict[int, float]] = {}
-        """Per replica URL: prefixes (ring points) sent there, with when they were last sent."""
+        self._recent: dict[str, dict[int, tuple[float, int]]] = {}
+        """Per replica URL: prefixes (ring points) sent there, with when they were last sent and their blocks."""
 
     def key_for(self, route: str, body: Mapping[str, Any] | None) -> RouteKey | None:
         """The request's routing key, tokenized with the model's tokenizer when one is known."""
@@ -218,21 +224,22 @@ class Router:
             if best is not None:
                 return Choice(best[1], "prefix", best[2], best[3], point)
             if any(r.has_state for r in bounded):
-                # Nobody holds it: the least loaded replica, then the one serving the fewest prefixes.
+                # Nobody holds it: the replica serving the least prefix, then the least loaded.
                 rank = {url: i for i, url in enumerate(self._ring_order(point))}
-                now_recent = {r.url: self._num_recent(r.url, now) for r in bounded}
-                r = min(bounded, key=lambda r: (r.load, now_recent[r.url], rank.get(r.url, 0)))
+                now_recent = {r.url: self._recent_blocks(r.url, now) for r in bounded}
+                r = min(bounded, key=lambda r: (now_recent[r.url], r.load, rank.get(r.url, 0)))
                 return Choice(r, "load", 0, ring_blocks, point)
         return self._hashed(point, ring_blocks, candidates, bounded)
 
-    def _num_recent(self, url: str, now: float) -> int:
+    def _recent_blocks(self, url: str, now: float) -> int:
+        """Blocks of the distinct prefixes sent to ``url`` in the last _RECENT_S (one at least per prefix)."""
         recent = self._recent.get(url)
         if not recent:
             return 0
-        stale = [p for p, t in recent.items() if t < now - _RECENT_S]
+        stale = [p for p, (t, _) in recent.items() if t < now - _RECENT_S]
         for p in stale:
             del recent[p]
-        return len(recent)
+        return sum(n for _, n in recent.values())
 
     def _ring_order(self, point: int) -> list[str]:
         """Replica URLs in ring order from ``point``, each once."""
@@ -292,9 +299,9 @@ class Router:
             choice.replica.expect(choice.blocks, now)
         if choice.key_point is not None:
             recent = self._recent.setdefault(choice.replica.url, {})
-            recent[choice.key_point] = now
+            recent[choice.key_point] = (now, max(1, len(choice.blocks)))
             if len(recent) > 4 * _MAX_RECENT:
-                self._num_recent(choice.replica.url, now)
+                self._recent_blocks(choice.replica.url, now)
                 while len(recent) > _MAX_RECENT:
                     del recent[next(iter(recent))]
         if self.metrics is not None:

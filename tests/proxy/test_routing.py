@@ -112,10 +112,56 @@ def test_new_prefixes_are_spread_evenly_once_state_is_known() -> None:
         choice = router.choose(key(salt=f"tenant-{tenant}"))
         assert choice is not None and choice.chosen_by == "load"
         router.sent(choice)
-    assert sorted(router._num_recent(u, 0.0) for u in rs.replicas) == [8, 8]
+    assert sorted(router._recent_blocks(u, 0.0) for u in rs.replicas) == [8 * 6, 8 * 6]  # 6 blocks a prompt
     # A tenant seen before goes where it went, by the prefix it left there (remembered until reported).
     again = router.choose(key(salt="tenant-3"))
     assert again is not None and again.chosen_by == "prefix"
+
+
+def test_new_prefixes_are_spread_evenly_while_queues_differ() -> None:
+    """New tenants arrive while one replica has a request more in its queue (within the bound): they are
+    still placed 8 and 8. Placed by load first, all 16 went to the emptier replica, whose cache (sized for
+    half of them) then evicted each prompt just before its tenant asked again."""
+    rs = replica_set(2)
+    r1, r2 = rs.replicas.values()
+    for r in (r1, r2):
+        publish(r, (), None)
+    r1.num_inflight = 1
+    router = Router(rs)
+    for tenant in range(16):
+        choice = router.choose(key(salt=f"tenant-{tenant}"))
+        assert choice is not None and choice.chosen_by == "load"
+        router.sent(choice)
+    assert sorted(router._recent_blocks(u, 0.0) for u in rs.replicas) == [8 * 6, 8 * 6]  # 6 blocks a prompt
+    # Past the bound, load wins over the count: an overloaded replica takes no new prefix.
+    r1.num_inflight = 9
+    for tenant in range(16, 20):
+        choice = router.choose(key(salt=f"tenant-{tenant}"))
+        assert choice is not None and choice.replica is r2
+        router.sent(choice)
+
+
+def test_a_burst_of_short_prompts_weighs_less_than_long_prefixes() -> None:
+    """Placement counts blocks, not prefixes: after four one-block prompts went to one replica, two long
+    system prompts (six blocks each) are placed one on each replica, not both on the other."""
+    rs = replica_set(2)
+    r1, r2 = rs.replicas.values()
+    for r in (r1, r2):
+        publish(r, (), None)
+    router = Router(rs)
+    r2.num_inflight = 9  # over the bound meanwhile: the burst goes to r1
+    for i in range(4):  # short one-off prompts (17 tokens: one full block)
+        c = router.choose(key(tuple(range(5000 + 20 * i, 5017 + 20 * i)), salt="burst"))
+        assert c is not None and c.replica is r1 and c.chosen_by == "load"
+        router.sent(c)
+    r2.num_inflight = 0
+    placed = []
+    for tenant in ("tenant-a", "tenant-b"):
+        c = router.choose(key(salt=tenant))
+        assert c is not None and c.chosen_by == "load"
+        router.sent(c)
+        placed.append(c.replica)
+    assert sorted(r.url for r in placed) == sorted([r1.url, r2.url]), placed
 
 
 def test_without_state_a_prefix_always_hashes_to_the_same_replica() -> None:
