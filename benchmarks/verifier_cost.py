@@ -20,7 +20,8 @@ base prompt), and prints, side by side with the committed baseline when one is g
   file of the decisions, and one of the details too. ``--check OLD.json`` compares them with an
   earlier run and exits 1 on any difference. Only digests and counts are written to the JSON (held-out
   files — ``*blind*`` and the ``tune:check`` splits — are never printed pair by pair); ``--map-out``
-  keeps the full per-pair map (ids only, no text) locally for a diff.
+  keeps the full per-pair map (ids only, no text) locally for a diff. Runs under ``PYTHONHASHSEED=0`` (it
+  re-executes itself so): a detail may name the first member of a set, whose order follows the hash seed.
 
 Writes ``<out>/verifier_cost.json`` (or ``--name``) and a PNG of the cost distribution.
 """
@@ -201,6 +202,9 @@ def main() -> int:
     parser.add_argument("--write-expected", action="store_true",
                         help=f"write the decisions on {EXPECTED_FILE} to {EXPECTED.relative_to(ROOT)} and exit")
     args = parser.parse_args()
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # Some details name the first of a set's members: one hash seed makes runs comparable detail for detail.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
     files = load_all()
     verifier = verify.Verifier()
     if args.write_expected:
