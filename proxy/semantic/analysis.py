@@ -141,6 +141,9 @@ class Analysis:
     """Indexes of tokens that open a clause after punctuation (",", ";", ":") or a sentence."""
     ident_at: dict[int, list[str]] = field(default_factory=dict)
     """Identifier symbols ("id:c++") by the index of the token they precede: arguments for the direction check."""
+    memo: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+    """Indexes the checks derive from this analysis alone, computed on first use and kept with it (an analysis
+    is read-only once :func:`analyse` returns it, so each is computed once however often the text is compared)."""
 
 
 def _number_value(tok: str) -> float | None:

@@ -64,8 +64,12 @@ class Explanation:
         return not self.unexplained
 
 
+#: First words of the curated multi-word entries ("get" of "get_back"): a collocation can start only there.
+_CURATED_HEADS = frozenset(k.split("_", 1)[0] for k in (*lx.SYNONYM, *lx.PHRASAL) if "_" in k)
+
+
 class _Side:
-    """Look-up indexes over one text's words, built once per comparison (linear in the text)."""
+    """Look-up indexes over one text's words, built once per analysis (linear in the text; see :func:`_side`)."""
 
     __slots__ = ("by_len", "collocations", "derived", "lemmas", "syn_ids")
 
@@ -75,23 +79,25 @@ class _Side:
         self.syn_ids: set[str] = set()
         self.derived: set[str] = set()
         self.by_len: dict[int, list[str]] = {}
-        for t in a.tokens:
-            ls = lex.lemmas(t.text) or {t.text}
-            self.lemmas.update(ls)
-            for lemma in ls:
-                self.syn_ids.update(lex.synsets.get(lemma, "").split())
-                self.derived.update(lex.derivations.get(lemma, "").split())
+        index = [lex.index(w) for w in words]  # each word's lemmas, synset ids and derivations, memoised
+        for t, ix in zip(a.tokens, index):
+            self.lemmas.update(ix.lemmas)
+            self.syn_ids.update(ix.syn_ids)
+            self.derived.update(ix.derived)
             curated = lx.SYNONYM.get(t.stem, "")
             if curated.startswith("syn:"):
                 self.syn_ids.add(curated)
             if len(t.text) >= 3:
                 self.by_len.setdefault(len(t.text), []).append(t.text)
         # Collocations ("get rid of", "find out", "look up"): their synonym sets explain a word on the other
-        # side, and a match explains the collocation's own words too.
+        # side, and a match explains the collocation's own words too. Only a lemma that opens some multi-word
+        # entry (WordNet's or a curated one) is looked up: the others cannot start a collocation.
         self.collocations: list[tuple[frozenset[int], frozenset[str]]] = []
         for i in range(len(words)):
-            first = lex.lemmas(words[i]) or {words[i]}
-            for f in first:
+            ix = index[i]
+            if not ix.head and ix.lemmas.isdisjoint(_CURATED_HEADS):
+                continue
+            for f in ix.lemmas:
                 for n in (2, 3):
                     if i + n <= len(words):
                         self._add(lex, "_".join((f, *words[i + 1:i + n])), range(i, i + n))
@@ -112,6 +118,23 @@ class _Side:
     def colloc_hit(self, pos: int, other: _Side) -> bool:
         """The token at ``pos`` is inside a collocation that shares a synonym set with the other side."""
         return any(pos in where and ids & other.syn_ids for where, ids in self.collocations)
+
+
+def _side(a: Analysis, lex: Lexicon) -> _Side:
+    """The :class:`_Side` of ``a``, kept in ``a.memo`` (per lexicon)."""
+    hit = a.memo.get("explain.side")
+    if hit is None or hit[0] is not lex:
+        hit = a.memo["explain.side"] = (lex, _Side(a, lex))
+    return hit[1]
+
+
+def _near(a: Analysis, lex: Lexicon) -> wordnet_mod.Neighbourhood:
+    """The weaker links of ``a``'s content words that are no names, and of its collocations, kept in ``a.memo``."""
+    hit = a.memo.get("explain.near")
+    if hit is None or hit[0] is not lex:
+        words = [o.text for o in a.content.values() if not _is_name(o)] + _colloc_keys(a)
+        hit = a.memo["explain.near"] = (lex, lex.neighbourhood(words))
+    return hit[1]
 
 
 def _doubled(x: str, y: str) -> bool:
@@ -347,7 +370,7 @@ def explain(a: Analysis, b: Analysis, lex: Lexicon, *, edit: evidence_mod.Edit |
     if len(only_a) > MAX_UNALIGNED or len(only_b) > MAX_UNALIGNED:
         return Explanation((), tuple((only_a + only_b)[:MAX_UNALIGNED]))
     spans = _spans(only_a, a, b, only_b) | _spans(only_b, b, a, only_a)
-    side_a, side_b = _Side(a, lex), _Side(b, lex)
+    side_a, side_b = _side(a, lex), _side(b, lex)
     evidence: list[str] = []
     missing: list[tuple[Token, Analysis, Analysis]] = []
     for toks, other, other_a, own_side in ((only_a, side_b, b, side_a), (only_b, side_a, a, side_b)):
@@ -381,8 +404,7 @@ def explain(a: Analysis, b: Analysis, lex: Lexicon, *, edit: evidence_mod.Edit |
     if len(missing) > MAX_WEAK:
         return Explanation(curated + tuple(evidence), tuple(t for t, _, _ in missing))
     unexplained: list[Token] = []
-    near = {id(x): lex.neighbourhood([o.text for o in x.content.values() if not _is_name(o)] + _colloc_keys(x))
-            for x in {id(o): o for _, _, o in missing}.values()}
+    near = {id(x): _near(x, lex) for x in {id(o): o for _, _, o in missing}.values()}
     for tok, _own, other_a in missing:
         kind = None if _is_name(tok) else near[id(other_a)].relation(tok.text)  # "absorb" / "take in" too
         named = {t.text for t in other_a.content.values()} | set(other_a.content)

@@ -64,6 +64,12 @@ class Lexicon:
     cache: dict[str, frozenset[str]] = field(default_factory=dict)
     pos_cache: dict[str, str] = field(default_factory=dict)
     """Lemmas by surface form, bounded by :data:`_CACHE_ENTRIES` (a dict's item writes are atomic)."""
+    index_cache: dict[str, WordIndex] = field(default_factory=dict)
+    """:meth:`index` by surface form, bounded by :data:`_CACHE_ENTRIES`."""
+    near_cache: dict[str, WordNear] = field(default_factory=dict)
+    """:meth:`near` by word, bounded by :data:`_CACHE_ENTRIES`."""
+    heads: set[str] = field(default_factory=set)
+    """First words of every multi-word lemma ("get" of "get_rid_of"), filled on first use by :meth:`is_head`."""
 
     @classmethod
     def load(cls, path: Path = TABLE_PATH) -> Lexicon:
@@ -90,6 +96,44 @@ class Lexicon:
             if len(self.cache) >= _CACHE_ENTRIES:
                 self.cache.clear()  # a bound, not an LRU: the working set is small
             hit = self.cache[word] = _morphy(self, word)
+        return hit
+
+    def index(self, word: str) -> WordIndex:
+        """The look-ups the explanation makes of every word of a text, done once per word (memoised, bounded)."""
+        hit = self.index_cache.get(word)
+        if hit is None:
+            if len(self.index_cache) >= _CACHE_ENTRIES:
+                self.index_cache.clear()
+            ls = self.lemmas(word) or frozenset([word])
+            syn = frozenset(s for lemma in ls for s in self.synsets.get(lemma, "").split())
+            der = frozenset(d for lemma in ls for d in self.derivations.get(lemma, "").split())
+            hit = self.index_cache[word] = WordIndex(ls, syn, der, any(self.is_head(f) for f in ls))
+        return hit
+
+    def is_head(self, lemma: str) -> bool:
+        """Whether some multi-word lemma starts with ``lemma`` ("get" → "get_rid_of"); ``True`` for a lemma that is
+        itself several words (never skip what cannot be ruled out)."""
+        if not self.heads:
+            heads = {k.split("_", 1)[0] for k in self.synsets if "_" in k}
+            heads.add("\x00")  # never empty once built
+            self.heads.update(heads)
+        return lemma in self.heads or "_" in lemma
+
+    def near(self, word: str) -> WordNear:
+        """One word's part of :meth:`neighbourhood` (memoised, bounded)."""
+        hit = self.near_cache.get(word)
+        if hit is None:
+            if len(self.near_cache) >= _CACHE_ENTRIES:
+                self.near_cache.clear()
+            ids = self.sense_ids(word)
+            similar: set[str] = set()
+            gloss: set[str] = set()
+            for i in ids:
+                similar.update(self.similar.get(i, "").split())
+                gloss.update(self.gloss.get(i, "").split())
+            hit = self.near_cache[word] = WordNear(
+                frozenset(ids), frozenset(self.up(ids, HYPERNYM_DEPTH)), frozenset(self.sense_ids(word, rare=True)),
+                self.lemmas(word) or frozenset([word]), frozenset(similar), frozenset(gloss))
         return hit
 
     def parts_of_speech(self, word: str) -> str:
@@ -169,19 +213,44 @@ class Lexicon:
         """The weaker links of several words at once: :meth:`relation` against any of them, in set look-ups."""
         nb = Neighbourhood(self)
         for w in words:
-            ids = self.sense_ids(w)
-            nb.ids |= ids
-            nb.up |= self.up(ids, HYPERNYM_DEPTH)
-            nb.rare |= self.sense_ids(w, rare=True)
-            nb.lemmas |= self.lemmas(w) or {w}
-            for i in ids:
-                nb.similar.update(self.similar.get(i, "").split())
-                nb.gloss.update(self.gloss.get(i, "").split())
+            one = self.near(w)
+            nb.ids |= one.ids
+            nb.up |= one.up
+            nb.rare |= one.rare
+            nb.lemmas |= one.lemmas
+            nb.similar |= one.similar
+            nb.gloss |= one.gloss
         return nb
 
     def opposite(self, x: str, y: str) -> bool:
         ly = self.lemmas(y)
         return any(d in ly for lemma in self.lemmas(x) for d in self.antonyms.get(lemma, "").split())
+
+
+@dataclass(frozen=True, slots=True)
+class WordIndex:
+    """What :meth:`Lexicon.index` knows of one surface form."""
+
+    lemmas: frozenset[str]
+    """Its WordNet lemmas, or the word itself when WordNet knows none."""
+    syn_ids: frozenset[str]
+    """Frequent-sense synset ids of those lemmas."""
+    derived: frozenset[str]
+    """Lemmas derivationally related to those lemmas."""
+    head: bool
+    """Some lemma may open a multi-word lemma (``False``: no collocation starts with this word)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WordNear:
+    """One word's share of a :class:`Neighbourhood` (see :meth:`Lexicon.neighbourhood`)."""
+
+    ids: frozenset[str]
+    up: frozenset[str]
+    rare: frozenset[str]
+    lemmas: frozenset[str]
+    similar: frozenset[str]
+    gloss: frozenset[str]
 
 
 @dataclass(slots=True)
