@@ -38,6 +38,7 @@ _TOKEN_RE = re.compile(r"""
 | (?P<sym>[%$€£¥°])
 | (?P<other>[^\w\s.,;:?!'"()\[\]{}\-`])
 """, re.VERBOSE)
+_ORDINAL_RE = re.compile(r"(\d+)(?:st|nd|rd|th)")
 _QUOTED_RE = re.compile(r"(?:^|\W)'[^']{1,200}'(?:\W|$)|\"[^\"]{1,200}\"")
 _DIRECTIONAL = frozenset(["to", "into", "from", "than", "by", "over", "against", "toward", "towards", "onto", "for",
                           "per", "after", "before", "under"])
@@ -486,7 +487,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             a.polar.add("turn_off" if w.startswith(("dis", "de")) else "turn_on")
             i += 1
             continue
-        ordinal = re.fullmatch(r"(\d+)(?:st|nd|rd|th)", w)
+        ordinal = _ORDINAL_RE.fullmatch(w) if w[:1].isdigit() else None  # \d is a str.isdigit character
         if ordinal:
             a.numbers[1000000 + int(ordinal.group(1))] += 1  # "2nd" = "second"
             a.sequence.append(f"#o{int(ordinal.group(1))}")

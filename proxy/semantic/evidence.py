@@ -299,25 +299,34 @@ def _name_order_clash(a: Analysis, b: Analysis, shared: set[str]) -> str | None:
     return None
 
 
+_DIRECTED_MARKERS = frozenset(["d:to", "d:from", "d:than", "d:into", "d:over", "d:against"])
+
+
 def _directed(middle: list[str]) -> bool:
-    return any(is_anchor(m) or m in ("d:to", "d:from", "d:than", "d:into", "d:over", "d:against") for m in middle)
+    return any(is_anchor(m) or m in _DIRECTED_MARKERS for m in middle)
 
 
 def _ordered_pairs(seq: list[str], shared: set[str]) -> dict[tuple[str, str], tuple[str, ...]]:
     """``(x, y) → items between`` for shared anchors at most :data:`_SWAP_WINDOW` apart, when the middle is
     directional. O(len(seq) · window)."""
     out: dict[tuple[str, str], tuple[str, ...]] = {}
+    # Coordination is symmetric ("Compare Python and Go"): only a verb or marker between them gives direction.
+    # Whether an item is one is read once per item (:func:`_directed` of a middle = any of its items is).
+    directs = [is_anchor(m) or m in _DIRECTED_MARKERS for m in seq]
+    in_shared = [m in shared for m in seq]
+    n = len(seq)
     for i, x in enumerate(seq):
-        if x not in shared:
+        if not in_shared[i]:
             continue
-        for j in range(i + 1, min(len(seq), i + 1 + _SWAP_WINDOW)):
+        directed = False  # some item strictly between i and j directs
+        for j in range(i + 1, min(n, i + 1 + _SWAP_WINDOW)):
+            if j > i + 1:
+                directed = directed or directs[j - 1]
             y = seq[j]
-            if y not in shared or y == x:
+            if not in_shared[j] or y == x:
                 continue
-            middle = tuple(seq[i + 1:j])
-            # Coordination is symmetric ("Compare Python and Go"): only a verb or marker between them gives direction.
-            if middle and _directed(list(middle)):
-                out.setdefault((x, y), middle)
+            if directed and (x, y) not in out:
+                out[(x, y)] = tuple(seq[i + 1:j])
     return out
 
 

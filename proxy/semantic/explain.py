@@ -93,19 +93,27 @@ class _Side:
         # side, and a match explains the collocation's own words too. Only a lemma that opens some multi-word
         # entry (WordNet's or a curated one) is looked up: the others cannot start a collocation.
         self.collocations: list[tuple[frozenset[int], frozenset[str]]] = []
-        for i in range(len(words)):
+        synsets, curated_keys, phrasal = lex.synsets, lx.SYNONYM, lx.PHRASAL
+        n_words = len(words)
+        for i in range(n_words):
             ix = index[i]
             if not ix.head and ix.lemmas.isdisjoint(_CURATED_HEADS):
                 continue
+            # A phrasal verb around its object: "get the wax off" = "remove", "throw the box away".
+            particle = next((j for j in range(i + 2, min(n_words, i + 7)) if words[j] in lx.PARTICLES), None)
             for f in ix.lemmas:
-                for n in (2, 3):
-                    if i + n <= len(words):
-                        self._add(lex, "_".join((f, *words[i + 1:i + n])), range(i, i + n))
-                # A phrasal verb around its object: "get the wax off" = "remove", "throw the box away".
-                for j in range(i + 2, min(len(words), i + 7)):
-                    if words[j] in lx.PARTICLES:
-                        self._add(lex, f"{f}_{words[j]}", (i, j), discontinuous=True)
-                        break
+                if i + 2 <= n_words:
+                    key = f"{f}_{words[i + 1]}"
+                    if synsets.get(key) or curated_keys.get(key):
+                        self._add(lex, key, range(i, i + 2))
+                    if i + 3 <= n_words:
+                        key = f"{key}_{words[i + 2]}"
+                        if synsets.get(key) or curated_keys.get(key):
+                            self._add(lex, key, range(i, i + 3))
+                if particle is not None:
+                    key = f"{f}_{words[particle]}"
+                    if synsets.get(key) or phrasal.get(key):
+                        self._add(lex, key, (i, particle), discontinuous=True)
 
     def _add(self, lex: Lexicon, key: str, positions: range | tuple[int, int], *, discontinuous: bool = False) -> None:
         curated = lx.PHRASAL.get(key, "") if discontinuous else lx.SYNONYM.get(key, "")
@@ -265,7 +273,8 @@ def _is_name(tok: Token) -> bool:
 def _clipped(short: str, full: str, lex: Lexicon) -> bool:
     """``mech`` / ``mechanical``, ``args`` / ``arguments``: a clipped form that is no English word of its own."""
     w = short[:-1] if len(short) > 4 and short.endswith("s") else short
-    return (len(w) >= 3 and w.isalpha() and not lex.known(short) and len(full) >= len(w) + 2 and full.startswith(w)
+    # The string tests first: most pairs of words fail them, and they cost no look-up.
+    return (len(w) >= 3 and len(full) >= len(w) + 2 and full.startswith(w) and w.isalpha() and not lex.known(short)
             and lex.known(full))
 
 

@@ -174,7 +174,21 @@ _RULES: list[tuple[str, _Repl, tuple[str, ...] | None]] = [
     # "$15,000" = "15000 dollars": the number first, so its unit follows it as in words.
     (r"([$€£¥])\s*(\d+(?:\.\d+)?(?:\s*(?:k|m|bn|million|billion|thousand)\b)?)", r"\2 \1", ('$', '€', '£', '¥')),
 ]
-_COMPILED = [(re.compile(p), r, needles) for p, r, needles in _RULES]
+_COMPILED = [(re.compile(p), r, needles if needles is None or needles is _DIGIT else frozenset(needles))
+             for p, r, needles in _RULES]
+#: Every needle of every rule: which occur in a text is found once, and again only after a rule changed it.
+_NEEDLES = tuple(sorted({n for _, _, needles in _RULES if needles is not None and needles is not _DIGIT
+                         for n in needles}))
+_ASCII_DIGIT = re.compile(r"[0-9]")
+
+
+def _needles_in(low: str) -> frozenset[str]:
+    return frozenset(n for n in _NEEDLES if n in low)
+
+
+def _has_digit(t: str) -> bool:
+    """Any character ``str.isdigit`` calls a digit (in ASCII text: 0–9, found by one regex scan)."""
+    return _ASCII_DIGIT.search(t) is not None if t.isascii() else any(map(str.isdigit, t))
 
 
 def normalise(text: str) -> str:
@@ -184,16 +198,17 @@ def normalise(text: str) -> str:
     text, so most rules cost one substring test.
     """
     t = text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
-    low = t.lower()
-    digits = any(ch.isdigit() for ch in t)
+    present = _needles_in(t.lower())
+    digits = _has_digit(t)
     for pattern, repl, needles in _COMPILED:
         if needles is _DIGIT:
             if not digits:
                 continue
-        elif needles is not None and not any(n in low for n in needles):
+        elif needles is not None and present.isdisjoint(needles):
             continue
         new = pattern.sub(repl, t)
         if new != t:
-            t, low = new, new.lower()
-            digits = any(ch.isdigit() for ch in t)
+            t = new
+            present = _needles_in(new.lower())
+            digits = _has_digit(t)
     return t
