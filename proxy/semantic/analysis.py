@@ -386,27 +386,17 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
                 ident_at.setdefault(len(tokens), []).append("id:" + re.sub(r"[-_.]", "", lower))
             sentence_start = False
             continue
-        lower = word.lower()
-        capital = (not sentence_start) and (word[:1].isupper() or (len(word) > 1 and word.isupper()))
-        compound = "-" in lower and kind == "word"
-        if compound:
-            parts = lower.split("-")
-            if all(lex.known(x) or x in lx.STOPWORDS for x in parts) and (
-                    parts[0] not in lx.COMPOUND_PREFIXES or parts[-1] in lx.UNITS):  # "half-hour" is half an hour
-                # "chemical-free", "soft-boiled": ordinary words joined, read as words; "abc-xyz" stays one id.
-                for x in parts:
-                    tokens.append(Token(x, lx.stem(x), len(tokens), capital, sentence_start, clause=clause))
-                    sentence_start = False
-                continue
-            compound = parts[0] not in lx.COMPOUND_PREFIXES
-            lower = lower.replace("-", "")
-        lower = lx.VARIANTS_WORD.get(lower, lower)
-        if lower.endswith("'s") and lower[:-2] in lx.VARIANTS_WORD:
-            lower = lx.VARIANTS_WORD[lower[:-2]] + "'s"  # "my gf's birthday" = "my girlfriend's birthday"
-        # Acronyms keep their letters: HTTPS is not the plural of HTTP.
-        stem = lower if len(word) > 1 and word.isupper() else lx.stem(lower)
-        tokens.append(Token(lower, stem, len(tokens), capital, sentence_start, compound,
-                            allcaps=len(word) > 1 and word.isupper(), clause=clause))
+        upper, split, forms = _forms(kind, word, lex)
+        capital = (not sentence_start) and upper
+        if split:
+            # "chemical-free", "soft-boiled": ordinary words joined, read as words; "abc-xyz" stays one id.
+            for x, x_stem, _, _ in forms:
+                tokens.append(Token(x, x_stem, len(tokens), capital, sentence_start, clause=clause))
+                sentence_start = False
+            continue
+        lower, stem, compound, allcaps = forms[0]
+        tokens.append(Token(lower, stem, len(tokens), capital, sentence_start, compound, allcaps=allcaps,
+                            clause=clause))
         sentence_start = False
     # Title Case or ALL CAPS text: capitals say nothing about names.
     if tokens and sum(t.capital for t in tokens) > 0.6 * len(tokens):
@@ -422,6 +412,42 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
                  clause_starts=clause_starts or [0], ident_at=ident_at)
     _classify(a)
     return a
+
+
+_Forms = tuple[bool, bool, tuple[tuple[str, str, bool, bool], ...]]
+_FORMS: dict[tuple[str, str], _Forms] = {}
+_FORMS_ENTRIES = 50_000
+
+
+def _forms(kind: str, word: str, lex: wordnet.Lexicon) -> _Forms:
+    """What a word token reads as, whatever its place: memoised (bounded) by its regex group and spelling."""
+    hit = _FORMS.get((kind, word))
+    if hit is None:
+        if len(_FORMS) >= _FORMS_ENTRIES:
+            _FORMS.clear()  # a bound, not an LRU: the working set is small
+        hit = _FORMS[(kind, word)] = _read_word(kind, word, lex)
+    return hit
+
+
+def _read_word(kind: str, word: str, lex: wordnet.Lexicon) -> _Forms:
+    """``(upper, split, ((text, stem, compound, allcaps), …))``: ``upper``: capitalised or all-caps (a name unless
+    it opens a sentence); ``split``: ordinary words joined by hyphens, read as several tokens."""
+    lower = word.lower()
+    upper = word[:1].isupper() or (len(word) > 1 and word.isupper())
+    compound = "-" in lower and kind == "word"
+    if compound:
+        parts = lower.split("-")
+        if all(lex.known(x) or x in lx.STOPWORDS for x in parts) and (
+                parts[0] not in lx.COMPOUND_PREFIXES or parts[-1] in lx.UNITS):  # "half-hour" is half an hour
+            return upper, True, tuple((x, lx.stem(x), False, False) for x in parts)
+        compound = parts[0] not in lx.COMPOUND_PREFIXES
+        lower = lower.replace("-", "")
+    lower = lx.VARIANTS_WORD.get(lower, lower)
+    if lower.endswith("'s") and lower[:-2] in lx.VARIANTS_WORD:
+        lower = lx.VARIANTS_WORD[lower[:-2]] + "'s"  # "my gf's birthday" = "my girlfriend's birthday"
+    # Acronyms keep their letters: HTTPS is not the plural of HTTP.
+    stem = lower if len(word) > 1 and word.isupper() else lx.stem(lower)
+    return upper, False, ((lower, stem, compound, len(word) > 1 and word.isupper()),)
 
 
 def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, one branch per word class
@@ -459,205 +485,213 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
         prev = words[i - 1] if i else ""
         nxt = words[i + 1] if i + 1 < n else ""
         in_question = q_start <= i < q_end
-        if (w in ("one", "single") and nxt.isalpha() and nxt not in lx.EN_FUNCTION and nxt not in lx.NUM_WORDS
-                and nxt not in ("of", "way", "day", "thing") and prev not in _ONE_NOT_A_COUNT and nxt not in lx.UNITS):
-            # "one guest", "a single block": the noun is singular, not a count to compare ("one" = "a").
-            k = i + 1  # the head of the noun phrase: "one healthy breakfast idea" → idea
-            while (k + 1 < min(n, i + 4) and words[k + 1].isalpha() and words[k + 1] not in lx.EN_FUNCTION
-                   and words[k + 1] not in _MARKERS and "n" in lex.parts_of_speech(words[k + 1])):
-                k += 1
-            singular.add((tokens[k].stem, in_question))
-            i += 1
-            continue
-        if (w in lx.ORDINALS or w in lx.RECENT_N or w == "next") and nxt and f"{w}_{nxt}" in lex.synsets and (
-                nxt not in lx.UNITS):
-            # "first aid", "last name", "past tense": a word of its own, not an ordinal or a time.
-            key = f"{w}_{nxt}"
-            a.content.setdefault(key, tok)
-            a.sequence.append(key)
-            i += 2
-            continue
-        if ((w in lx.RECENT_N and (nxt[:1].isdigit() or nxt in lx.NUM_WORDS or nxt in ("few", "couple", "several")))
-                or (w == "most" and nxt == "recent")):
-            times.add("latest")  # "the last 3 commits" = "the previous three" = "the past 3 months"
-            i += 2 if w == "most" else 1
-            continue
-        if w in ("disable", "disabled", "deactivate", "deactivated", "enable", "enabled", "activate", "activated"):
-            # "disable location tracking" = "turn off location services": one polar pair, not a content word.
-            a.polar.add("turn_off" if w.startswith(("dis", "de")) else "turn_on")
-            i += 1
-            continue
-        ordinal = _ORDINAL_RE.fullmatch(w) if w[:1].isdigit() else None  # \d is a str.isdigit character
-        if ordinal:
-            a.numbers[1000000 + int(ordinal.group(1))] += 1  # "2nd" = "second"
-            a.sequence.append(f"#o{int(ordinal.group(1))}")
+        if w not in _SPECIAL and not w[:1].isdigit():
+            # A word no closed class below names (most content words and stop-words): nothing to read but
+            # what every word gets after them.
             prev_number = False
-            i += 1
-            continue
-        value = _number_value(w) if w[:1].isdigit() else None
-        if value is None and w in lx.NUM_WORDS and not (w == "k" and not prev_number):
-            # Combine "twenty five", "three hundred", "two thousand five hundred".
-            total, current, j = 0.0, 0.0, i
-            while j < n and (words[j] in lx.NUM_WORDS or (words[j] == "and" and j > i and j + 1 < n
-                                                           and words[j + 1] in lx.NUM_WORDS)):
-                t = words[j]
-                if t == "and":
-                    j += 1
-                    continue
-                if t in lx.MULTIPLIERS and t != "k":
-                    current = (current or 1) * lx.MULTIPLIERS[t]
-                    if lx.MULTIPLIERS[t] >= 1000:
-                        total, current = total + current, 0.0
-                else:
-                    current += lx.NUM_WORDS[t]
-                j += 1
-            value = total + current
-            if w in ("half", "quarter", "double", "twice", "triple", "dozen") and j == i + 1:
-                value = lx.NUM_WORDS[w]
-            if w == "one" and j == i + 1 and (nxt in ("of", "", "way", "thing", "day") or prev in _ONE_PRONOUN
-                                                or not nxt.isalpha() or nxt in lx.STOPWORDS):
-                # "which one", "the one", "one of", "one way to…" are no count; "one healthy idea" ≠ "a list of ideas".
-                if nxt == "of":
-                    quantifiers.add("one")
-                value = None
-            if value is not None:
-                a.numbers[value] += 1
-                a.sequence.append(f"#{value:g}")
-                prev_number = True
-                i = j
-                continue
-        if value is not None:
-            if nxt in lx.MULTIPLIERS:  # "2 million", "5k"
-                value *= lx.MULTIPLIERS[nxt]
+            op = None
+        else:
+            if (w in ("one", "single") and nxt.isalpha() and nxt not in lx.EN_FUNCTION and nxt not in lx.NUM_WORDS
+                    and nxt not in ("of", "way", "day", "thing") and prev not in _ONE_NOT_A_COUNT
+                    and nxt not in lx.UNITS):
+                # "one guest", "a single block": the noun is singular, not a count to compare ("one" = "a").
+                k = i + 1  # the head of the noun phrase: "one healthy breakfast idea" → idea
+                while (k + 1 < min(n, i + 4) and words[k + 1].isalpha() and words[k + 1] not in lx.EN_FUNCTION
+                       and words[k + 1] not in _MARKERS and "n" in lex.parts_of_speech(words[k + 1])):
+                    k += 1
+                singular.add((tokens[k].stem, in_question))
                 i += 1
-            a.numbers[value] += 1
-            a.sequence.append(f"#{value:g}")
-            prev_number = True
-            i += 1
-            continue
-        if w in lx.ORDINALS and not (w == "second" and (prev_number or nxt in ("hand", "opinion"))):
-            a.numbers[1000000 + lx.ORDINALS[w]] += 1  # ordinals: compared among themselves
-            a.sequence.append(f"#o{lx.ORDINALS[w]}")
-            prev_number = False
-            i += 1
-            continue
-        unit = lx.UNITS.get(w)
-        if unit is not None and w in lx.UNIT_NEEDS_NUMBER and i == q_start and nxt in ("in", "per"):
-            prev = "many"  # "Minutes in one day?" = "How many minutes are in a day?"
-        if unit is not None and prev in ("a", "an") and not prev_number and (
-                w not in lx.UNIT_NEEDS_NUMBER) and a.sequence[-1:] != ["#1"]:
-            # "walk a mile" = "walk 1 mile", "in a week" = "in 7 days": the article counts one.
-            a.numbers[1.0] += 1
-            a.sequence.append("#1")
-            prev_number = True
-        if unit is not None and (w not in lx.UNIT_NEEDS_NUMBER or prev_number or prev in ("many", "per")):
-            seconds = lx.DURATION_S.get(unit)
-            if seconds is not None and prev_number and a.sequence and a.sequence[-1][:2] not in ("#o", ""):
-                # "a 14-day trip" = "two weeks", "an hour and a half" = "90 minutes": one duration, in seconds.
-                value = float(a.sequence[-1][1:])
-                a.numbers[value] -= 1
-                a.numbers += Counter()  # drop the zero count
-                a.durations[value * seconds] += 1
-                a.units.append("duration")
-                a.sequence[-1] = f"#t{value * seconds:g}"
-                a.quantities[(a.sequence[-1], "duration")] += 1
+                continue
+            if (w in lx.ORDINALS or w in lx.RECENT_N or w == "next") and nxt and f"{w}_{nxt}" in lex.synsets and (
+                    nxt not in lx.UNITS):
+                # "first aid", "last name", "past tense": a word of its own, not an ordinal or a time.
+                key = f"{w}_{nxt}"
+                a.content.setdefault(key, tok)
+                a.sequence.append(key)
+                i += 2
+                continue
+            if ((w in lx.RECENT_N and (nxt[:1].isdigit() or nxt in lx.NUM_WORDS or nxt in ("few", "couple", "several")))
+                    or (w == "most" and nxt == "recent")):
+                times.add("latest")  # "the last 3 commits" = "the previous three" = "the past 3 months"
+                i += 2 if w == "most" else 1
+                continue
+            if w in ("disable", "disabled", "deactivate", "deactivated", "enable", "enabled", "activate", "activated"):
+                # "disable location tracking" = "turn off location services": one polar pair, not a content word.
+                a.polar.add("turn_off" if w.startswith(("dis", "de")) else "turn_on")
+                i += 1
+                continue
+            ordinal = _ORDINAL_RE.fullmatch(w) if w[:1].isdigit() else None  # \d is a str.isdigit character
+            if ordinal:
+                a.numbers[1000000 + int(ordinal.group(1))] += 1  # "2nd" = "second"
+                a.sequence.append(f"#o{int(ordinal.group(1))}")
                 prev_number = False
                 i += 1
                 continue
-            a.units.append(unit)
-            if prev_number and a.sequence and a.sequence[-1][:1] == "#":
-                a.quantities[(a.sequence[-1], unit)] += 1  # "5 km": the number belongs to this unit
-            a.sequence.append(f"u:{unit}")
-            if pending is not None and i - pending[1] <= 3 and not prev_number:  # "in 10 miles" is a quantity
-                a.marker_objects.append((_ROLE_MARKERS[pending[0]], f"u:{unit}"))
-            pending = None
+            value = _number_value(w) if w[:1].isdigit() else None
+            if value is None and w in lx.NUM_WORDS and not (w == "k" and not prev_number):
+                # Combine "twenty five", "three hundred", "two thousand five hundred".
+                total, current, j = 0.0, 0.0, i
+                while j < n and (words[j] in lx.NUM_WORDS or (words[j] == "and" and j > i and j + 1 < n
+                                                               and words[j + 1] in lx.NUM_WORDS)):
+                    t = words[j]
+                    if t == "and":
+                        j += 1
+                        continue
+                    if t in lx.MULTIPLIERS and t != "k":
+                        current = (current or 1) * lx.MULTIPLIERS[t]
+                        if lx.MULTIPLIERS[t] >= 1000:
+                            total, current = total + current, 0.0
+                    else:
+                        current += lx.NUM_WORDS[t]
+                    j += 1
+                value = total + current
+                if w in ("half", "quarter", "double", "twice", "triple", "dozen") and j == i + 1:
+                    value = lx.NUM_WORDS[w]
+                if w == "one" and j == i + 1 and (nxt in ("of", "", "way", "thing", "day") or prev in _ONE_PRONOUN
+                                                    or not nxt.isalpha() or nxt in lx.STOPWORDS):
+                    # "which one", "the one", "one of", "one way to…" are no count;
+                    # "one healthy idea" ≠ "a list of ideas".
+                    if nxt == "of":
+                        quantifiers.add("one")
+                    value = None
+                if value is not None:
+                    a.numbers[value] += 1
+                    a.sequence.append(f"#{value:g}")
+                    prev_number = True
+                    i = j
+                    continue
+            if value is not None:
+                if nxt in lx.MULTIPLIERS:  # "2 million", "5k"
+                    value *= lx.MULTIPLIERS[nxt]
+                    i += 1
+                a.numbers[value] += 1
+                a.sequence.append(f"#{value:g}")
+                prev_number = True
+                i += 1
+                continue
+            if w in lx.ORDINALS and not (w == "second" and (prev_number or nxt in ("hand", "opinion"))):
+                a.numbers[1000000 + lx.ORDINALS[w]] += 1  # ordinals: compared among themselves
+                a.sequence.append(f"#o{lx.ORDINALS[w]}")
+                prev_number = False
+                i += 1
+                continue
+            unit = lx.UNITS.get(w)
+            if unit is not None and w in lx.UNIT_NEEDS_NUMBER and i == q_start and nxt in ("in", "per"):
+                prev = "many"  # "Minutes in one day?" = "How many minutes are in a day?"
+            if unit is not None and prev in ("a", "an") and not prev_number and (
+                    w not in lx.UNIT_NEEDS_NUMBER) and a.sequence[-1:] != ["#1"]:
+                # "walk a mile" = "walk 1 mile", "in a week" = "in 7 days": the article counts one.
+                a.numbers[1.0] += 1
+                a.sequence.append("#1")
+                prev_number = True
+            if unit is not None and (w not in lx.UNIT_NEEDS_NUMBER or prev_number or prev in ("many", "per")):
+                seconds = lx.DURATION_S.get(unit)
+                if seconds is not None and prev_number and a.sequence and a.sequence[-1][:2] not in ("#o", ""):
+                    # "a 14-day trip" = "two weeks", "an hour and a half" = "90 minutes": one duration, in seconds.
+                    value = float(a.sequence[-1][1:])
+                    a.numbers[value] -= 1
+                    a.numbers += Counter()  # drop the zero count
+                    a.durations[value * seconds] += 1
+                    a.units.append("duration")
+                    a.sequence[-1] = f"#t{value * seconds:g}"
+                    a.quantities[(a.sequence[-1], "duration")] += 1
+                    prev_number = False
+                    i += 1
+                    continue
+                a.units.append(unit)
+                if prev_number and a.sequence and a.sequence[-1][:1] == "#":
+                    a.quantities[(a.sequence[-1], unit)] += 1  # "5 km": the number belongs to this unit
+                a.sequence.append(f"u:{unit}")
+                if pending is not None and i - pending[1] <= 3 and not prev_number:  # "in 10 miles" is a quantity
+                    a.marker_objects.append((_ROLE_MARKERS[pending[0]], f"u:{unit}"))
+                pending = None
+                prev_number = False
+                i += 1
+                continue
             prev_number = False
-            i += 1
-            continue
-        prev_number = False
-        if w in lx.NEGATIONS:
-            a.negations += 1
-            i += 1
-            continue
-        if w == "turn" and nxt in ("on", "off"):
-            a.polar.add("turn_" + nxt)
-            i += 2
-            continue
-        # Closed classes read before the stop-list hides them.
-        q = lx.QUANTIFIERS.get(w)
-        if (q is not None and (prev, w) not in lx.QUANTIFIER_IDIOMS and (w, nxt) not in lx.QUANTIFIER_IDIOMS
-                and not (q == "all" and in_question and _retrieves(words, i))):
-            if w == "few" and prev in ("a", "quite"):
-                q = "some"  # "a few of them" is some; "few of them" is hardly any
-            if in_question:
-                quantifiers.add(q)
-            elif w in lx.QUANTIFIER_DETERMINERS:  # "students always mix them up" / "most students confuse them"
-                context_quantifiers.add(q)
-        if q == "all" and in_question and _retrieves(words, i):
-            a.implied_all = True
-            k = i + 1
-            while k < n and k < i + 5 and (words[k] in ("the", "of", "my", "your", "our", "these", "those")
-                                          or "n" not in lex.parts_of_speech(words[k])):
-                k += 1
-            while k + 1 < n and words[k + 1] not in lx.STOPWORDS and "n" in lex.parts_of_speech(words[k + 1]):
-                k += 1  # the head of "all running Docker containers" is "containers"
-            if k < n:
-                all_of.update(noun_keys(tokens[k], lex))
-        question_modals = modals if in_question else context_modals
-        if w in _MODAL_WORDS:
-            # "can you…" is a request; "how can I…", "what should we…" ask how, whatever the modal (dropped
-            # below in wh-questions); a modal with any other subject ("what a landlord may include") counts.
-            if nxt != "you":
-                if not in_question:
-                    context_modals.add(lx.MODALS[w])
-                elif nxt in lx.PRONOUNS_I or prev in lx.WH_WORDS or (
-                        prev in lx.PRONOUNS_I and i >= 2 and words[i - 2] in lx.WH_WORDS):
-                    soft_modals.add(lx.MODALS[w])
-                else:
-                    modals.add(lx.MODALS[w])
-        elif w in ("have", "has", "need", "needs", "got") and nxt == "to":
-            # "how hot does it have to be": a wh-question's "have to" asks nothing more; "I need to thaw
-            # chicken": the asker's goal, said before the question.
-            (soft_modals if in_question else context_modals).add("must")
-        elif w in _MODAL_ADJ_BEFORE_TO and nxt in ("to", "for", "in", "on", "at", "by", "when", "if", ".", "?", ""):
-            question_modals.add(lx.MODALS.get(w, "must"))  # "allowed"/"required"/"possible": never a way of asking
-        if w in lx.TIME_WORDS and not _time_word_is_other(w, prev, nxt):
-            times.add(lx.TIME_WORDS[w])
-        if w in lx.TENSE and a.tense is None:
-            a.tense = lx.TENSE[w]
-        if w == "than":
-            a.than += 1
-        elif w == "as" and i + 2 < n and "as" in words[i + 2:i + 4]:
-            a.as_as = True
-        elif w in ("less", "fewer", "least"):
-            a.less = True
-        op = lx.ARITHMETIC.get(w)
-        if op is not None:
-            arithmetic.add(op)
-        if w == "short" and nxt == "for":  # "What is HTTP short for?" = "What does HTTP stand for?"
-            a.content.setdefault("frame:acronym", tok)
-            a.sequence.append("frame:acronym")
-            i += 1
-            continue
-        tag = lx.SHAPE_WORDS.get(w)
-        if tag is not None and tag.startswith("fmt:") and w in lx.FILE_FORMATS and not (
-                prev in ("as", "in", "into", "to", "output", "return", "returns") or nxt in ("format", "output")):
-            tag = None  # "read a JSON file": what is read, not the shape of the answer
-        if tag is not None and _is_shape(w, prev, nxt):
-            shape.add(tag)
-        if (w in ("sentences", "lines") and prev in ("few", "couple")) or (
-                w in ("overview", "rundown", "recap") and prev in ("an", "a", "quick", "brief", "short")):
-            shape.add("len:short")  # "in a few sentences" = "briefly", "give me an overview of X" = "summarize X"
-        elif w in ("sentence", "sentences", "paragraph", "paragraphs", "line", "lines", "words") and (
-                prev in ("one", "a", "single", "few", "couple", "two", "three")
-                or (a.sequence[-1:] and a.sequence[-1][:1] == "#")):
-            shape.add("len:units")
-        if w == "step" and nxt == "by" and i + 2 < n and words[i + 2] == "step":
-            shape.add("fmt:steps")
-            i += 3
-            continue
-        if w in lx.LANGUAGES and prev in ("in", "into", "to"):
-            shape.add("lang:" + w)
+            if w in lx.NEGATIONS:
+                a.negations += 1
+                i += 1
+                continue
+            if w == "turn" and nxt in ("on", "off"):
+                a.polar.add("turn_" + nxt)
+                i += 2
+                continue
+            # Closed classes read before the stop-list hides them.
+            q = lx.QUANTIFIERS.get(w)
+            if (q is not None and (prev, w) not in lx.QUANTIFIER_IDIOMS and (w, nxt) not in lx.QUANTIFIER_IDIOMS
+                    and not (q == "all" and in_question and _retrieves(words, i))):
+                if w == "few" and prev in ("a", "quite"):
+                    q = "some"  # "a few of them" is some; "few of them" is hardly any
+                if in_question:
+                    quantifiers.add(q)
+                elif w in lx.QUANTIFIER_DETERMINERS:  # "students always mix them up" / "most students confuse them"
+                    context_quantifiers.add(q)
+            if q == "all" and in_question and _retrieves(words, i):
+                a.implied_all = True
+                k = i + 1
+                while k < n and k < i + 5 and (words[k] in ("the", "of", "my", "your", "our", "these", "those")
+                                              or "n" not in lex.parts_of_speech(words[k])):
+                    k += 1
+                while k + 1 < n and words[k + 1] not in lx.STOPWORDS and "n" in lex.parts_of_speech(words[k + 1]):
+                    k += 1  # the head of "all running Docker containers" is "containers"
+                if k < n:
+                    all_of.update(noun_keys(tokens[k], lex))
+            question_modals = modals if in_question else context_modals
+            if w in _MODAL_WORDS:
+                # "can you…" is a request; "how can I…", "what should we…" ask how, whatever the modal (dropped
+                # below in wh-questions); a modal with any other subject ("what a landlord may include") counts.
+                if nxt != "you":
+                    if not in_question:
+                        context_modals.add(lx.MODALS[w])
+                    elif nxt in lx.PRONOUNS_I or prev in lx.WH_WORDS or (
+                            prev in lx.PRONOUNS_I and i >= 2 and words[i - 2] in lx.WH_WORDS):
+                        soft_modals.add(lx.MODALS[w])
+                    else:
+                        modals.add(lx.MODALS[w])
+            elif w in ("have", "has", "need", "needs", "got") and nxt == "to":
+                # "how hot does it have to be": a wh-question's "have to" asks nothing more; "I need to thaw
+                # chicken": the asker's goal, said before the question.
+                (soft_modals if in_question else context_modals).add("must")
+            elif w in _MODAL_ADJ_BEFORE_TO and nxt in ("to", "for", "in", "on", "at", "by", "when", "if", ".", "?", ""):
+                question_modals.add(lx.MODALS.get(w, "must"))  # "allowed"/"required"/"possible": never a way of asking
+            if w in lx.TIME_WORDS and not _time_word_is_other(w, prev, nxt):
+                times.add(lx.TIME_WORDS[w])
+            if w in lx.TENSE and a.tense is None:
+                a.tense = lx.TENSE[w]
+            if w == "than":
+                a.than += 1
+            elif w == "as" and i + 2 < n and "as" in words[i + 2:i + 4]:
+                a.as_as = True
+            elif w in ("less", "fewer", "least"):
+                a.less = True
+            op = lx.ARITHMETIC.get(w)
+            if op is not None:
+                arithmetic.add(op)
+            if w == "short" and nxt == "for":  # "What is HTTP short for?" = "What does HTTP stand for?"
+                a.content.setdefault("frame:acronym", tok)
+                a.sequence.append("frame:acronym")
+                i += 1
+                continue
+            tag = lx.SHAPE_WORDS.get(w)
+            if tag is not None and tag.startswith("fmt:") and w in lx.FILE_FORMATS and not (
+                    prev in ("as", "in", "into", "to", "output", "return", "returns") or nxt in ("format", "output")):
+                tag = None  # "read a JSON file": what is read, not the shape of the answer
+            if tag is not None and _is_shape(w, prev, nxt):
+                shape.add(tag)
+            if (w in ("sentences", "lines") and prev in ("few", "couple")) or (
+                    w in ("overview", "rundown", "recap") and prev in ("an", "a", "quick", "brief", "short")):
+                shape.add("len:short")  # "in a few sentences" = "briefly", "give me an overview of X" = "summarize X"
+            elif w in ("sentence", "sentences", "paragraph", "paragraphs", "line", "lines", "words") and (
+                    prev in ("one", "a", "single", "few", "couple", "two", "three")
+                    or (a.sequence[-1:] and a.sequence[-1][:1] == "#")):
+                shape.add("len:units")
+            if w == "step" and nxt == "by" and i + 2 < n and words[i + 2] == "step":
+                shape.add("fmt:steps")
+                i += 3
+                continue
+            if w in lx.LANGUAGES and prev in ("in", "into", "to"):
+                shape.add("lang:" + w)
         if w in lx.FUNCTION_POLAR:
             _attach(a, i)
         elif tok.stem in lx.ANTONYM_STEMS or w in lx.ANTONYMS:
@@ -708,6 +742,17 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
                          and "n" in lex.parts_of_speech(t.text) and t.text not in lex.pos)
     a.tasks, a.arithmetic, a.quantifiers = frozenset(tasks), frozenset(arithmetic), frozenset(quantifiers)
     a.modals, a.shape = frozenset(modals), frozenset(shape)
+
+
+#: Every word a branch of :func:`_classify` before the polar/marker/task/content steps tests for by name (the
+#: closed classes and the literals there); any other word, unless it starts with a digit, passes none of them.
+_SPECIAL = frozenset().union(
+    lx.ORDINALS, lx.RECENT_N, lx.NUM_WORDS, lx.UNITS, lx.NEGATIONS, lx.QUANTIFIERS, _MODAL_WORDS,
+    _MODAL_ADJ_BEFORE_TO, lx.TIME_WORDS, lx.TENSE, lx.ARITHMETIC, lx.SHAPE_WORDS, lx.LANGUAGES,
+    ["one", "single", "next", "most", "disable", "disabled", "deactivate", "deactivated", "enable", "enabled",
+     "activate", "activated", "turn", "have", "has", "need", "needs", "got", "than", "as", "less", "fewer", "least",
+     "short", "sentences", "lines", "overview", "rundown", "recap", "sentence", "paragraph", "paragraphs", "line",
+     "words", "step"])
 
 
 _INFINITIVE_AFTER = frozenset(["way", "ways", "how", "want", "wants", "need", "needs", "able", "trying", "try", "going",

@@ -71,19 +71,16 @@ _CURATED_HEADS = frozenset(k.split("_", 1)[0] for k in (*lx.SYNONYM, *lx.PHRASAL
 class _Side:
     """Look-up indexes over one text's words, built once per analysis (linear in the text; see :func:`_side`)."""
 
-    __slots__ = ("by_len", "collocations", "derived", "lemmas", "syn_ids")
+    __slots__ = ("by_len", "collocations", "derived", "lemmas", "pairs", "syn_ids")
 
     def __init__(self, a: Analysis, lex: Lexicon) -> None:
         words = [t.text for t in a.tokens]
-        self.lemmas: set[str] = set()
-        self.syn_ids: set[str] = set()
-        self.derived: set[str] = set()
-        self.by_len: dict[int, list[str]] = {}
         index = [lex.index(w) for w in words]  # each word's lemmas, synset ids and derivations, memoised
-        for t, ix in zip(a.tokens, index):
-            self.lemmas.update(ix.lemmas)
-            self.syn_ids.update(ix.syn_ids)
-            self.derived.update(ix.derived)
+        self.lemmas: set[str] = set().union(*(ix.lemmas for ix in index))
+        self.syn_ids: set[str] = set().union(*(ix.syn_ids for ix in index))
+        self.derived: set[str] = set().union(*(ix.derived for ix in index))
+        self.by_len: dict[int, list[str]] = {}
+        for t in a.tokens:
             curated = lx.SYNONYM.get(t.stem, "")
             if curated.startswith("syn:"):
                 self.syn_ids.add(curated)
@@ -93,18 +90,28 @@ class _Side:
         # side, and a match explains the collocation's own words too. Only a lemma that opens some multi-word
         # entry (WordNet's or a curated one) is looked up: the others cannot start a collocation.
         self.collocations: list[tuple[frozenset[int], frozenset[str]]] = []
+        self.pairs: list[str] = []  # two-word WordNet lemmas of the text ("take_in"), as _colloc_keys finds them
         synsets, curated_keys, phrasal = lex.synsets, lx.SYNONYM, lx.PHRASAL
         n_words = len(words)
+        # The first particle at or after each position, for phrasal verbs around their object.
+        next_particle = [n_words] * (n_words + 1)
+        for j in range(n_words - 1, -1, -1):
+            next_particle[j] = j if words[j] in lx.PARTICLES else next_particle[j + 1]
         for i in range(n_words):
             ix = index[i]
             if not ix.head and ix.lemmas.isdisjoint(_CURATED_HEADS):
                 continue
             # A phrasal verb around its object: "get the wax off" = "remove", "throw the box away".
-            particle = next((j for j in range(i + 2, min(n_words, i + 7)) if words[j] in lx.PARTICLES), None)
+            particle: int | None = next_particle[min(i + 2, n_words)]
+            if particle >= min(n_words, i + 7):
+                particle = None
             for f in ix.lemmas:
                 if i + 2 <= n_words:
                     key = f"{f}_{words[i + 1]}"
-                    if synsets.get(key) or curated_keys.get(key):
+                    found = synsets.get(key)
+                    if found is not None:
+                        self.pairs.append(key)
+                    if found or curated_keys.get(key):
                         self._add(lex, key, range(i, i + 2))
                     if i + 3 <= n_words:
                         key = f"{key}_{words[i + 2]}"
@@ -140,7 +147,9 @@ def _near(a: Analysis, lex: Lexicon) -> wordnet_mod.Neighbourhood:
     """The weaker links of ``a``'s content words that are no names, and of its collocations, kept in ``a.memo``."""
     hit = a.memo.get("explain.near")
     if hit is None or hit[0] is not lex:
-        words = [o.text for o in a.content.values() if not _is_name(o)] + _colloc_keys(a)
+        # The shipped lexicon's two-word lemmas, as its _Side found them (else looked up again).
+        pairs = _side(a, lex).pairs if lex is wordnet_mod.lexicon() else _colloc_keys(a)
+        words = [o.text for o in a.content.values() if not _is_name(o)] + pairs
         hit = a.memo["explain.near"] = (lex, lex.neighbourhood(words))
     return hit[1]
 
