@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +54,11 @@ REASONS = ("ok", "identical", "unreadable", "symbol", "negation", "antonym", "nu
            "entity", "content")
 
 WordEmbed = Callable[[Sequence[str]], Awaitable[np.ndarray]]
+
+#: Characters of text whose analyses a :class:`Verifier` keeps (least recently used first out). A stored entry is
+#: compared again on every lookup that finds it; an analysis takes about 64 bytes per character of its text with
+#: the indexes built on it, so 200,000 characters hold ~1,000 typical prompts in roughly 15 MB.
+DEFAULT_MEMO_CHARS = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +85,50 @@ class Verifier:
     """Checks a KNN candidate against the query; see the module docstring for the stages and their order."""
 
     def __init__(self, *, word_embed: WordEmbed | None = None, max_chars: int = DEFAULT_MAX_CHARS,
-                 lexicon: wn.Lexicon | None = None) -> None:
+                 lexicon: wn.Lexicon | None = None, memo_chars: int = DEFAULT_MEMO_CHARS) -> None:
         """``max_chars`` bounds the analysed text (longer text fails closed); ``lexicon`` defaults to the shipped one.
 
+        ``memo_chars`` bounds the analyses kept for texts seen again (see :data:`DEFAULT_MEMO_CHARS`; 0 keeps none).
         ``word_embed`` is accepted for compatibility and unused: embeddings never explain a difference.
         """
         del word_embed
+        if memo_chars < 0:
+            raise ValueError(f"memo_chars must be >= 0, got {memo_chars}")
         self._lex = lexicon if lexicon is not None else wn.lexicon()
         self._max_chars = max_chars
+        self._memo: OrderedDict[str, Analysis] = OrderedDict()
+        self._memo_chars = 0
+        self._memo_budget = memo_chars
+        self._memo_lock = threading.Lock()  # check_sync runs in worker threads
+
+    def clear_caches(self) -> None:
+        """Forget every kept analysis (the next comparison of any text analyses it afresh)."""
+        with self._memo_lock:
+            self._memo.clear()
+            self._memo_chars = 0
+
+    def _analysis(self, text: str) -> Analysis:
+        """``analyse(text)``, kept for the next comparison of the same text (LRU, bounded by characters).
+
+        An analysis is read-only once made (the indexes in its ``memo`` are derived from it alone), so one
+        may serve several threads.
+        """
+        with self._memo_lock:
+            hit = self._memo.get(text)
+            if hit is not None:
+                self._memo.move_to_end(text)
+                return hit
+        a = analyse(text, max_chars=self._max_chars)
+        if len(text) > self._memo_budget:
+            return a
+        with self._memo_lock:
+            if text not in self._memo:
+                self._memo[text] = a
+                self._memo_chars += len(text)
+                while self._memo_chars > self._memo_budget:
+                    old, _ = self._memo.popitem(last=False)
+                    self._memo_chars -= len(old)
+        return a
 
     async def check(self, query: str, stored: str, *, similarity: float | None = None) -> Verdict:
         """``Verdict(ok=True)`` when ``stored``'s answer may serve ``query``."""
@@ -106,14 +149,14 @@ class Verifier:
 
     def check_sync(self, query: str, stored: list[str]) -> list[Verdict]:
         """:meth:`check_many` without the thread hop (CPU only; call it off the event loop)."""
-        a = analyse(query, max_chars=self._max_chars)
+        a = self._analysis(query)
         q_norm = " ".join(query.split()).casefold()
         out: list[Verdict] = []
         for text in stored:
             if len(text) <= self._max_chars and " ".join(text.split()).casefold() == q_norm:
                 out.append(Verdict(True, "identical", score=1.0))
                 continue
-            b = analyse(text, max_chars=self._max_chars)
+            b = self._analysis(text)
             out.append(self._compare(a, b))
         return out
 
