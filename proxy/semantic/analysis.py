@@ -19,6 +19,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmcache.proxy.semantic import lexicon as lx
 from llmcache.proxy.semantic import rewrite, wordnet
@@ -142,7 +143,7 @@ class Analysis:
     """Indexes of tokens that open a clause after punctuation (",", ";", ":") or a sentence."""
     ident_at: dict[int, list[str]] = field(default_factory=dict)
     """Identifier symbols ("id:c++") by the index of the token they precede: arguments for the direction check."""
-    memo: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """Indexes the checks derive from this analysis alone, computed on first use and kept with it (an analysis
     is read-only once :func:`analyse` returns it, so each is computed once however often the text is compared)."""
 

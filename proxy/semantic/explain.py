@@ -187,14 +187,44 @@ def _same_root(x: str, y: str) -> bool:
     return n >= 5 and n >= 0.8 * min(len(x), len(y))
 
 
+class _Facts:
+    """What the explanation reads of one text again and again, read once (kept in ``Analysis.memo``)."""
+
+    __slots__ = ("by_first", "codes", "initials", "roots", "stems", "task_words", "words")
+
+    def __init__(self, a: Analysis) -> None:
+        self.words = [t.text for t in a.tokens]
+        self.initials = "".join(w[:1] for w in self.words)
+        # Positions (all but the last word) by first letter: a word that is a prefix of another shares its first.
+        self.by_first: dict[str, list[int]] = {}
+        for i, w in enumerate(self.words[:-1]):
+            self.by_first.setdefault(w[:1], []).append(i)
+        stems = [t.stem for t in a.content.values()]
+        self.stems = frozenset(stems)
+        # Content stems by their first five letters: two words of one root share at least those (see _same_root).
+        self.roots: dict[str, list[str]] = {}
+        for x in stems:
+            if len(x) >= 5:
+                self.roots.setdefault(x[:5], []).append(x)
+        self.codes = [sym.lower() for sym in a.symbols if sym[:1] == "`" or sym[:3] == "id:"]
+        self.task_words = {lx.TASK_CLASSES.get(w) for w in self.words}
+
+
+def _facts(a: Analysis) -> _Facts:
+    hit = a.memo.get("explain.facts")
+    if not isinstance(hit, _Facts):
+        hit = a.memo["explain.facts"] = _Facts(a)
+    return hit
+
+
 def _spans(only: list[Token], own: Analysis, other: Analysis, other_only: list[Token]) -> dict[int, str]:
     """Words explained by a run of words on the other side, and that run's words too.
 
     ``NLP`` ↔ ``natural language processing`` (acronym), ``airpods`` ↔ ``air pods`` (compound): the
     one word and every word of the run are explained together. Returns ``id(token) → evidence``.
     """
-    words = [t.text for t in other.tokens]
-    initials = "".join(w[:1] for w in words)
+    facts = _facts(other)
+    words, initials = facts.words, facts.initials
     out: dict[int, str] = {}
     for tok in only:
         w = tok.text
@@ -205,7 +235,8 @@ def _spans(only: list[Token], own: Analysis, other: Analysis, other_only: list[T
             if at >= 0 and all(x not in lx.STOPWORDS for x in words[at:at + len(w)]):
                 span, kind = words[at:at + len(w)], "acronym"
         if span is None:
-            for i in range(len(words) - 1):
+            # Only a word with w's first letter can start it (an empty word would start anything).
+            for i in sorted(facts.by_first.get(w[:1], []) + facts.by_first.get("", [])):
                 if w.startswith(words[i]):
                     for n in (2, 3):
                         if "".join(words[i:i + n]) == w:
@@ -222,13 +253,15 @@ def _spans(only: list[Token], own: Analysis, other: Analysis, other_only: list[T
 def _why(tok: Token, other: _Side, other_a: Analysis, lex: Lexicon) -> str | None:
     w = tok.text
     ls = lex.lemmas(w)
-    if ls & other.lemmas or tok.stem in {t.stem for t in other_a.content.values()}:
+    facts = _facts(other_a)
+    if ls & other.lemmas or tok.stem in facts.stems:
         return "inflection"
-    if any(w in sym.lower() for sym in other_a.symbols if sym[:1] == "`" or sym[:3] == "id:"):
+    if any(w in code for code in facts.codes):
         return "verbatim"  # "git stash" / "`git stash`", "CSV file" / ".csv": the other side's code names it
     if _is_name(tok):
         return None  # a name or identifier is never "derived" or a synonym of another ("abcxyz" / "abcxyw")
-    if ls & other.derived or any(_same_root(tok.stem, t.stem) for t in other_a.content.values()):
+    if ls & other.derived or (len(tok.stem) >= 5
+                              and any(_same_root(tok.stem, x) for x in facts.roots.get(tok.stem[:5], ()))):
         return "derivation"
     ids = {s for lemma in (ls or {w}) for s in lex.synsets.get(lemma, "").split()}
     ids.add(lx.SYNONYM.get(tok.stem, ""))
@@ -237,7 +270,7 @@ def _why(tok: Token, other: _Side, other_a: Analysis, lex: Lexicon) -> str | Non
     if lx.UNITS.get(w) in other_a.units:
         return "inflection"  # "Minutes in one day?" / "How many minutes are in a day?": the same unit asked
     task = lx.TASK_CLASSES.get(w)
-    if task in lx.SYNONYM_TASKS and any(task in (lx.TASK_CLASSES.get(t.text), *other_a.tasks) for t in other_a.tokens):
+    if task in lx.SYNONYM_TASKS and other_a.tokens and (task in other_a.tasks or task in facts.task_words):
         return "synonym"  # "How do I write a letter?" / "Help me draft a letter": one operation, two words
     if len(w) >= 3:
         # A misspelling: one edit from a word of the other side, one of the two no English word ("tomorow");

@@ -174,16 +174,30 @@ _RULES: list[tuple[str, _Repl, tuple[str, ...] | None]] = [
     # "$15,000" = "15000 dollars": the number first, so its unit follows it as in words.
     (r"([$€£¥])\s*(\d+(?:\.\d+)?(?:\s*(?:k|m|bn|million|billion|thousand)\b)?)", r"\2 \1", ('$', '€', '£', '¥')),
 ]
-_COMPILED = [(re.compile(p), r, needles if needles is None or needles is _DIGIT else frozenset(needles))
-             for p, r, needles in _RULES]
-#: Every needle of every rule: which occur in a text is found once, and again only after a rule changed it.
-_NEEDLES = tuple(sorted({n for _, _, needles in _RULES if needles is not None and needles is not _DIGIT
-                         for n in needles}))
+
+
+def _lowered(pattern: str) -> re.Pattern[str] | None:
+    """A case-sensitive twin of a ``(?i)`` pattern written in lower case, for a quick test of lower-cased ASCII text.
+
+    In ASCII text, a ``(?i)`` pattern whose letters are all lower case matches where its case-sensitive twin matches
+    the lower-cased text (same length, same word boundaries), and a case-insensitive scan costs several times more.
+    ``None`` when the pattern is no such pattern (another flag, or an upper-case letter outside an escape).
+    """
+    if not pattern.startswith("(?i)"):
+        return None
+    body = pattern[4:]
+    if "(?" + "i" in body or re.search(r"[A-Z]", re.sub(r"\\.", "", body)):
+        return None
+    return re.compile(body)
+
+
+#: ``(pattern, replacement, needles, lowered)``: one needle as a plain string (tested with one ``in``), several as
+#: a tuple; ``lowered``: :func:`_lowered` of the pattern.
+_COMPILED: list[tuple[re.Pattern[str], _Repl, str | tuple[str, ...] | None, re.Pattern[str] | None]] = [
+    (re.compile(p), r, needles[0] if needles is not None and needles is not _DIGIT and len(needles) == 1 else needles,
+     _lowered(p))
+    for p, r, needles in _RULES]
 _ASCII_DIGIT = re.compile(r"[0-9]")
-
-
-def _needles_in(low: str) -> frozenset[str]:
-    return frozenset(n for n in _NEEDLES if n in low)
 
 
 def _has_digit(t: str) -> bool:
@@ -198,17 +212,25 @@ def normalise(text: str) -> str:
     text, so most rules cost one substring test.
     """
     t = text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
-    present = _needles_in(t.lower())
+    low = t.lower()
     digits = _has_digit(t)
-    for pattern, repl, needles in _COMPILED:
+    ascii_only = t.isascii()
+    for pattern, repl, needles, lowered in _COMPILED:
         if needles is _DIGIT:
             if not digits:
                 continue
-        elif needles is not None and present.isdisjoint(needles):
+        elif needles is None:
+            pass
+        elif type(needles) is str:
+            if needles not in low:
+                continue
+        elif not any(n in low for n in needles):
             continue
+        if ascii_only and lowered is not None and lowered.search(low) is None:
+            continue  # no match (the case-sensitive twin on the lower-cased text says so, faster)
         new = pattern.sub(repl, t)
         if new != t:
-            t = new
-            present = _needles_in(new.lower())
+            t, low = new, new.lower()
             digits = _has_digit(t)
+            ascii_only = t.isascii()
     return t
