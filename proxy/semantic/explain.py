@@ -66,6 +66,8 @@ class Explanation:
 
 #: First words of the curated multi-word entries ("get" of "get_back"): a collocation can start only there.
 _CURATED_HEADS = frozenset(k.split("_", 1)[0] for k in (*lx.SYNONYM, *lx.PHRASAL) if "_" in k)
+#: First two words of the curated entries of three words or more: a three-word collocation starts only there.
+_PAIR_HEADS = frozenset("_".join(k.split("_", 2)[:2]) for k in lx.SYNONYM if k.count("_") >= 2)
 
 
 class _Side:
@@ -113,7 +115,8 @@ class _Side:
                         self.pairs.append(key)
                     if found or curated_keys.get(key):
                         self._add(lex, key, range(i, i + 2))
-                    if i + 3 <= n_words:
+                    if i + 3 <= n_words and (key in _PAIR_HEADS or key in lex.pair_heads() or "_" in f
+                                             or "_" in words[i + 1]):
                         key = f"{key}_{words[i + 2]}"
                         if synsets.get(key) or curated_keys.get(key):
                             self._add(lex, key, range(i, i + 3))
@@ -277,7 +280,9 @@ def _why(tok: Token, other: _Side, other_a: Analysis, lex: Lexicon) -> str | Non
         # a three-letter word only by a doubled letter ("egs" / "eggs").
         for n in (len(w) - 1, len(w), len(w) + 1):
             for x in other.by_len.get(n, ()):
-                if _one_edit(w, x) and (not ls or not lex.lemmas(x)) and (min(len(w), len(x)) >= 4 or _doubled(w, x)):
+                # One edit leaves the first or the last letter in place (words of 3+ letters against 2+).
+                if ((x[0] == w[0] or x[-1] == w[-1]) and _one_edit(w, x) and (not ls or not lex.lemmas(x))
+                        and (min(len(w), len(x)) >= 4 or _doubled(w, x))):
                     return "typo"
     if w in lx.FRAMING or tok.stem in lx.FRAMING_STEMS:
         return "framing"
@@ -308,7 +313,7 @@ def _structural(tok: Token, own: Analysis, other: Analysis) -> bool:
 
 def _is_name(tok: Token) -> bool:
     """A name or identifier: compared as itself, never explained by a related word."""
-    return (tok.capital or tok.compound or tok.allcaps or any(ch.isdigit() for ch in tok.text)
+    return (tok.capital or tok.compound or tok.allcaps or any(map(str.isdigit, tok.text))
             or tok.text in lx.GAZETTEER)
 
 

@@ -170,7 +170,7 @@ class Verifier:
         found = explain(a, b, self._lex, edit=edit)
         if not found.ok:
             names = [t.text for t in found.unexplained if t.capital or t.compound or t.allcaps
-                     or any(ch.isdigit() for ch in t.text) or t.text in lx.GAZETTEER]
+                     or any(map(str.isdigit, t.text)) or t.text in lx.GAZETTEER]
             if names:
                 return Verdict(False, "entity", f"{names}")
             return Verdict(False, "content", f"unexplained {[t.text for t in found.unexplained]}")

@@ -70,6 +70,9 @@ class Lexicon:
     """:meth:`near` by word, bounded by :data:`_CACHE_ENTRIES`."""
     heads: set[str] = field(default_factory=set)
     """First words of every multi-word lemma ("get" of "get_rid_of"), filled on first use by :meth:`is_head`."""
+    pairs: set[str] = field(default_factory=set)
+    """First two words of every lemma of three words or more ("get_rid"), filled on first use by
+    :meth:`pair_heads`."""
 
     @classmethod
     def load(cls, path: Path = TABLE_PATH) -> Lexicon:
@@ -118,6 +121,14 @@ class Lexicon:
             heads.add("\x00")  # never empty once built
             self.heads.update(heads)
         return lemma in self.heads or "_" in lemma
+
+    def pair_heads(self) -> set[str]:
+        """:attr:`pairs`, built on first use: a three-word lemma ("get_rid_of") starts with one of them."""
+        if not self.pairs:
+            pairs = {"_".join(k.split("_", 2)[:2]) for k in self.synsets if k.count("_") >= 2}
+            pairs.add("\x00")  # never empty once built
+            self.pairs.update(pairs)
+        return self.pairs
 
     def near(self, word: str) -> WordNear:
         """One word's part of :meth:`neighbourhood` (memoised, bounded)."""
@@ -211,16 +222,10 @@ class Lexicon:
 
     def neighbourhood(self, words: list[str]) -> Neighbourhood:
         """The weaker links of several words at once: :meth:`relation` against any of them, in set look-ups."""
-        nb = Neighbourhood(self)
-        for w in words:
-            one = self.near(w)
-            nb.ids |= one.ids
-            nb.up |= one.up
-            nb.rare |= one.rare
-            nb.lemmas |= one.lemmas
-            nb.similar |= one.similar
-            nb.gloss |= one.gloss
-        return nb
+        near = [self.near(w) for w in words]
+        return Neighbourhood(self, set().union(*(x.ids for x in near)), set().union(*(x.up for x in near)),
+                             set().union(*(x.similar for x in near)), set().union(*(x.rare for x in near)),
+                             set().union(*(x.lemmas for x in near)), set().union(*(x.gloss for x in near)))
 
     def opposite(self, x: str, y: str) -> bool:
         ly = self.lemmas(y)
