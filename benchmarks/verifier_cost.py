@@ -187,7 +187,7 @@ def write_expected(verifier: verify.Verifier, files: dict[str, list[tuple[str, s
     m = {pid: decision(v) for pid, v in ((pid, verifier.check_sync(q, [c])[0]) for pid, q, c in rows)}
     EXPECTED.parent.mkdir(parents=True, exist_ok=True)
     EXPECTED.write_text(json.dumps({"file": f"benchmarks/data/{EXPECTED_FILE}",
-                                    "regenerate": "benchmarks/verifier_cost.py --write-expected",
+                                    "made_by": "benchmarks/verifier_cost.py --write-expected",
                                     "decisions": m}, indent=0, sort_keys=True) + "\n")
     print(f"wrote {EXPECTED} ({len(m)} decisions)")
 

@@ -22,9 +22,11 @@ from llmcache.proxy.semantic import wordnet
 from llmcache.proxy.semantic.analysis import analyse
 from llmcache.proxy.semantic.embedder import LocalEmbedder
 from llmcache.proxy.semantic.explain import EVIDENCE
-from llmcache.proxy.semantic.verify import REASONS, Verifier
+from llmcache.proxy.semantic.verify import REASONS, Verdict, Verifier
 
 DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "semantic_pairs.jsonl"
+#: The verifier's decision on every pair of :data:`DATA` (``benchmarks/verifier_cost.py --write-expected``).
+EXPECTED_DECISIONS = Path(__file__).resolve().parent / "data" / "verifier_decisions.json"
 
 
 @pytest.fixture
@@ -133,6 +135,70 @@ async def test_input_is_bounded_and_long_text_fails_closed(embedder: LocalEmbedd
     # Right at the bound the analysis still runs and finds no difference in a repeated text.
     at_bound = ("the cat sat on the mat " * 100)[:2000]
     assert analyse(at_bound).unreadable is None
+
+
+def _decision(verdict: Verdict) -> str:
+    """The format of ``benchmarks/verifier_cost.py``: accept/refuse, reason, and a hit's evidence."""
+    return (f"{'accept' if verdict.ok else 'refuse'}:{verdict.reason}"
+            + (f":{','.join(verdict.evidence)}" if verdict.ok else ""))
+
+
+def test_decisions_on_a_tuning_file_are_pinned() -> None:
+    """Every decision (and a hit's evidence) on the legacy tuning file is the pinned one.
+
+    A speed-up of the verifier must not move a single decision. A change of the rules moves some on
+    purpose: then refresh the file with ``benchmarks/verifier_cost.py --write-expected`` and say so in the commit.
+    """
+    expected = json.loads(EXPECTED_DECISIONS.read_text())
+    assert expected["file"] == "benchmarks/data/semantic_pairs.jsonl"
+    pairs = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    verifier = Verifier(memo_chars=0)
+    got = {p["id"]: _decision(verifier.check_sync(p["query"], [p["cached"]])[0]) for p in pairs}
+    moved = {k: (expected["decisions"].get(k), v) for k, v in got.items() if expected["decisions"].get(k) != v}
+    assert not moved, f"{len(moved)} decisions moved (pinned, now): {dict(list(moved.items())[:10])}"
+    assert got.keys() == expected["decisions"].keys()
+
+
+def test_kept_analyses_give_the_verdicts_of_fresh_ones() -> None:
+    """A stored text compared again, against the same or another query, is judged as if analysed afresh.
+
+    The kept analysis carries indexes that the first comparison built on it; a second comparison must not
+    see anything of the first partner in them.
+    """
+    # One question form throughout, so that every pair reaches the explanation: hits, names, unexplained words.
+    stored = ["How do I remove mold from a shower curtain?", "How do I remove a stuck Docker container?",
+              "How do I remove a stain from a wool carpet?"]
+    queries = ["How do I get rid of mold on a shower curtain?", "How do I clean mould off a shower curtain?",
+               "How do I delete a stuck Docker container?", "How do I get a stain out of a wool rug?",
+               "How can I remove mildew from a bath curtain?", "How do I remove a stuck container in Docker?"]
+    fresh = Verifier(memo_chars=0)  # both texts of every pair analysed anew
+    kept = Verifier()
+    expected = {q: [fresh.check_sync(q, [s])[0] for s in stored] for q in queries}
+    assert {v.reason for vs in expected.values() for v in vs} == {"ok", "entity", "content"}
+    for _ in range(2):
+        for q in queries:
+            assert kept.check_sync(q, stored) == expected[q]
+            assert [kept.check_sync(q, [s])[0] for s in reversed(stored)] == expected[q][::-1]
+    assert kept._memo  # the memo is what this test is about
+    assert not fresh._memo
+
+
+def test_kept_analyses_are_bounded_by_characters() -> None:
+    verifier = Verifier(memo_chars=100)
+    texts = [f"How many legs does a {animal} have?" for animal in ("spider", "crab", "lobster", "beetle", "ant")]
+    for t in texts:
+        verifier.check_sync(t, [texts[0]])
+    kept = verifier._memo
+    assert 0 < sum(map(len, kept)) <= 100
+    assert texts[-1] in kept and texts[1] not in kept  # least recently used first out; texts[0] is used each time
+    assert texts[0] in kept
+    too_long = "word " * 30
+    verifier.check_sync(too_long, [texts[0]])
+    assert too_long not in kept  # longer than the whole budget: never kept
+    verifier.clear_caches()
+    assert not kept
+    with pytest.raises(ValueError, match="memo_chars"):
+        Verifier(memo_chars=-1)
 
 
 async def test_analysis_runs_off_the_event_loop(verifier: Verifier, monkeypatch: pytest.MonkeyPatch) -> None:
