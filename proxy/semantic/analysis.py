@@ -200,6 +200,7 @@ _GIVEN_TEXT = frozenset(["this", "these", "that", "those", "my", "our", "your", 
 
 
 _TASK_OF: dict[str, str | None] = {}
+_UNSEEN = "\x00unseen"  # no task class is this
 
 
 def _task_of(tok: Token, lex: wordnet.Lexicon) -> str | None:
@@ -701,7 +702,9 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             a.sequence.append(f"d:{w}")
         if w in _ROLE_MARKERS and not (w == "to" and _infinitive(tokens, i, lex)):
             pending = (w, i)
-        task = _task_of(tok, lex)
+        task = _TASK_OF.get(w, _UNSEEN)
+        if task is _UNSEEN:
+            task = _task_of(tok, lex)
         if task is not None and _imperative(tokens, i):
             if task in ("summarize", "outline") and not _given_text(words, i):
                 task = lx.DEFAULT_TASK  # "Summarize the theory of evolution" asks to explain it, briefly

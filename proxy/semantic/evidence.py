@@ -227,11 +227,14 @@ def _direction_clash(a: Analysis, b: Analysis) -> str | None:
     # 2. "x … y" with the same words between them becomes "y … x" ("Alice paid Bob" / "Bob paid Alice").
     #    The verb between them may be worded differently ("did Sam employ Yuki" / "has Yuki hired Sam").
     pairs_a, pairs_b = _ordered_pairs(a.sequence, shared), _ordered_pairs(b.sequence, shared)
-    for (x, y), middle in pairs_a.items():
+    for (x, y), (i, j) in pairs_a.items():
         if x not in shared or y not in shared or (x, y) in pairs_b:
             continue
-        other = pairs_b.get((y, x))
-        if other is not None and (other == middle or _same_frame(middle, other, shared)):
+        at = pairs_b.get((y, x))
+        if at is None:
+            continue
+        middle, other = tuple(a.sequence[i + 1:j]), tuple(b.sequence[at[0] + 1:at[1]])
+        if other == middle or _same_frame(middle, other, shared):
             return f"{x} {' '.join(middle)} {y}"
     # 3. Two names in the opposite order with a verb between them, no passive "by" ("Did Lena beat Tom?" /
     #    "Has Tom beaten Lena?"); coordination ("between A and B") carries no direction.
@@ -306,10 +309,10 @@ def _directed(middle: list[str]) -> bool:
     return any(is_anchor(m) or m in _DIRECTED_MARKERS for m in middle)
 
 
-def _ordered_pairs(seq: list[str], shared: set[str]) -> dict[tuple[str, str], tuple[str, ...]]:
-    """``(x, y) → items between`` for shared anchors at most :data:`_SWAP_WINDOW` apart, when the middle is
-    directional. O(len(seq) · window)."""
-    out: dict[tuple[str, str], tuple[str, ...]] = {}
+def _ordered_pairs(seq: list[str], shared: set[str]) -> dict[tuple[str, str], tuple[int, int]]:
+    """``(x, y) → (i, j)``, their first positions, for shared anchors at most :data:`_SWAP_WINDOW` apart when the
+    items between them (``seq[i + 1:j]``) are directional. O(len(seq) · window)."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
     # Coordination is symmetric ("Compare Python and Go"): only a verb or marker between them gives direction.
     # Whether an item is one is read once per item (:func:`_directed` of a middle = any of its items is).
     directs = [is_anchor(m) or m in _DIRECTED_MARKERS for m in seq]
@@ -326,7 +329,7 @@ def _ordered_pairs(seq: list[str], shared: set[str]) -> dict[tuple[str, str], tu
             if not in_shared[j] or y == x:
                 continue
             if directed and (x, y) not in out:
-                out[(x, y)] = tuple(seq[i + 1:j])
+                out[(x, y)] = (i, j)
     return out
 
 
@@ -414,8 +417,12 @@ def edit_of(a: Analysis, b: Analysis) -> Edit:
 
 
 def keys(a: Analysis) -> list[str]:
-    """Each token's synonym key (``"syn:remov"`` for "delete"), the unit the diff compares."""
-    return [lx.SYNONYM.get(t.stem, t.stem) for t in a.tokens]
+    """Each token's synonym key (``"syn:remov"`` for "delete"), the unit the diff compares (kept with the
+    analysis: read it, never change it)."""
+    hit = a.memo.get("evidence.keys")
+    if hit is None:
+        hit = a.memo["evidence.keys"] = [lx.SYNONYM.get(t.stem, t.stem) for t in a.tokens]
+    return hit
 
 
 def first_difference(a: Analysis, b: Analysis, *, edit: Edit | None = None) -> tuple[str, str] | None:
