@@ -357,13 +357,15 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
     ident_at: dict[int, list[str]] = {}  # identifiers (kept as symbols) by the token they stand before
     clause_starts: list[int] = []
     for m in _TOKEN_RE.finditer(expanded):
-        kind, word, start = m.lastgroup, m.group(0), m.start()
+        kind, word = m.lastgroup, m.group()
+        start, end = m.span()
         between = expanded[last_end:start]
         marks = _PUNCT & set(between) if between != " " else _NO_MARKS  # one space between most words
-        if "?" in marks and tokens:
-            question_ends.append(len(tokens) - 1)
-        if marks & _SENTENCE_END and tokens:
-            sentence_start = True
+        if marks:
+            if "?" in marks and tokens:
+                question_ends.append(len(tokens) - 1)
+            if marks & _SENTENCE_END and tokens:
+                sentence_start = True
         if not tokens or sentence_start or marks & _CLAUSE_MARKS:
             if not clause_starts or clause_starts[-1] != len(tokens):
                 clause_starts.append(len(tokens))
@@ -371,7 +373,7 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
                 sentence_starts.append(len(tokens))
         if marks or word.lower() in _CLAUSE_WORDS:
             clause += 1
-        last_end = start + len(word)
+        last_end = end
         if kind in ("code", "op", "other"):
             symbols[word if kind == "code" else word.lower()] += 1
             continue

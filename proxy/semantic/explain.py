@@ -193,7 +193,7 @@ def _same_root(x: str, y: str) -> bool:
 class _Facts:
     """What the explanation reads of one text again and again, read once (kept in ``Analysis.memo``)."""
 
-    __slots__ = ("by_first", "codes", "initials", "roots", "stems", "task_words", "words")
+    __slots__ = ("by_first", "by_three", "codes", "initials", "roots", "stems", "task_words", "words")
 
     def __init__(self, a: Analysis) -> None:
         self.words = [t.text for t in a.tokens]
@@ -210,6 +210,11 @@ class _Facts:
             if len(x) >= 5:
                 self.roots.setdefault(x[:5], []).append(x)
         self.codes = [sym.lower() for sym in a.symbols if sym[:1] == "`" or sym[:3] == "id:"]
+        # Content words that are no capitalised names, by their first three letters (see _abbreviation).
+        self.by_three: dict[str, list[str]] = {}
+        for t in a.content.values():
+            if not t.capital and len(t.text) >= 3:
+                self.by_three.setdefault(t.text[:3], []).append(t.text)
         self.task_words = {lx.TASK_CLASSES.get(w) for w in self.words}
 
 
@@ -329,8 +334,9 @@ def _abbreviation(tok: Token, other_a: Analysis, lex: Lexicon) -> bool:
     """Either word clipped to the other ("mech" / "mechanical"): both are explained."""
     if tok.capital:
         return False
-    return any(_clipped(tok.text, t.text, lex) or _clipped(t.text, tok.text, lex) for t in other_a.content.values()
-               if not t.capital)
+    # Either way round the two words share their first three letters: only those of the other side are tried.
+    return any(_clipped(tok.text, x, lex) or _clipped(x, tok.text, lex)
+               for x in _facts(other_a).by_three.get(tok.text[:3], ()))
 
 
 def _light(tok: Token, own: Analysis, other_a: Analysis, lex: Lexicon) -> bool:
