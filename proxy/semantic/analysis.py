@@ -171,7 +171,8 @@ def _english(tokens: list[Token], lex: wordnet.Lexicon) -> bool:
     outnumber the function words of other Latin-script languages (:data:`lexicon.FOREIGN_FUNCTION`),
     and in a text of ≥ 3 such words without any English function word, most words must be English.
     """
-    english = foreign = unknown = total = 0
+    english = foreign = total = 0
+    others: list[str] = []
     for t in tokens:
         w = t.text
         if t.capital or t.compound or t.allcaps or not w.isalpha():
@@ -181,11 +182,15 @@ def _english(tokens: list[Token], lex: wordnet.Lexicon) -> bool:
             english += 1
         elif w in lx.FOREIGN_FUNCTION:
             foreign += 1
-        elif not (w.isascii() and (lex.known(w) or w in lx.STOPWORDS or w in lx.VARIANTS_WORD)):
-            unknown += 1
+        else:
+            others.append(w)
     if foreign and foreign >= english:
         return False
-    return not (english == 0 and total >= 3 and unknown * 2 > total)
+    if english or total < 3:
+        return True  # the unknown words only count without any English function word
+    unknown = sum(1 for w in others
+                  if not (w.isascii() and (lex.known(w) or w in lx.STOPWORDS or w in lx.VARIANTS_WORD)))
+    return not unknown * 2 > total
 
 
 # Words after which a task word is a noun or a question's content, never a request.
@@ -486,15 +491,15 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             break
         tok = tokens[i]
         w = tok.text
-        prev = words[i - 1] if i else ""
-        nxt = words[i + 1] if i + 1 < n else ""
-        in_question = q_start <= i < q_end
         if w not in _SPECIAL and not w[:1].isdigit():
             # A word no closed class below names (most content words and stop-words): nothing to read but
             # what every word gets after them.
             prev_number = False
             op = None
         else:
+            prev = words[i - 1] if i else ""
+            nxt = words[i + 1] if i + 1 < n else ""
+            in_question = q_start <= i < q_end
             if (w in ("one", "single") and nxt.isalpha() and nxt not in lx.EN_FUNCTION and nxt not in lx.NUM_WORDS
                     and nxt not in ("of", "way", "day", "thing") and prev not in _ONE_NOT_A_COUNT
                     and nxt not in lx.UNITS):

@@ -193,7 +193,7 @@ def _same_root(x: str, y: str) -> bool:
 class _Facts:
     """What the explanation reads of one text again and again, read once (kept in ``Analysis.memo``)."""
 
-    __slots__ = ("by_first", "by_three", "codes", "initials", "roots", "stems", "task_words", "words")
+    __slots__ = ("_task_words", "by_first", "by_three", "codes", "initials", "roots", "stems", "words")
 
     def __init__(self, a: Analysis) -> None:
         self.words = [t.text for t in a.tokens]
@@ -215,7 +215,14 @@ class _Facts:
         for t in a.content.values():
             if not t.capital and len(t.text) >= 3:
                 self.by_three.setdefault(t.text[:3], []).append(t.text)
-        self.task_words = {lx.TASK_CLASSES.get(w) for w in self.words}
+        self._task_words: set[str | None] | None = None
+
+    @property
+    def task_words(self) -> set[str | None]:
+        """The task class of every word (rarely needed: read on first use)."""
+        if self._task_words is None:
+            self._task_words = {lx.TASK_CLASSES.get(w) for w in self.words}
+        return self._task_words
 
 
 def _facts(a: Analysis) -> _Facts:
