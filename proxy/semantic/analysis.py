@@ -395,17 +395,16 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
                 ident_at.setdefault(len(tokens), []).append("id:" + re.sub(r"[-_.]", "", lower))
             sentence_start = False
             continue
-        upper, split, forms = _forms(kind, word, lex)
+        upper, split, forms = _FORMS.get((kind, word)) or _forms(kind, word, lex)
         capital = (not sentence_start) and upper
         if split:
             # "chemical-free", "soft-boiled": ordinary words joined, read as words; "abc-xyz" stays one id.
             for x, x_stem, _, _ in forms:
-                tokens.append(Token(x, x_stem, len(tokens), capital, sentence_start, clause=clause))
+                tokens.append(Token(x, x_stem, len(tokens), capital, sentence_start, False, False, clause))
                 sentence_start = False
             continue
         lower, stem, compound, allcaps = forms[0]
-        tokens.append(Token(lower, stem, len(tokens), capital, sentence_start, compound, allcaps=allcaps,
-                            clause=clause))
+        tokens.append(Token(lower, stem, len(tokens), capital, sentence_start, compound, allcaps, clause))
         sentence_start = False
     # Title Case or ALL CAPS text: capitals say nothing about names.
     if tokens and sum(t.capital for t in tokens) > 0.6 * len(tokens):

@@ -439,15 +439,15 @@ def explain(a: Analysis, b: Analysis, lex: Lexicon, *, edit: evidence_mod.Edit |
     if len(only_a) > MAX_UNALIGNED or len(only_b) > MAX_UNALIGNED:
         return Explanation((), tuple((only_a + only_b)[:MAX_UNALIGNED]))
     spans = _spans(only_a, a, b, only_b) | _spans(only_b, b, a, only_a)
-    side_a, side_b = _side(a, lex), _side(b, lex)
     evidence: list[str] = []
     missing: list[tuple[Token, Analysis, Analysis]] = []
-    for toks, other, other_a, own_side in ((only_a, side_b, b, side_a), (only_b, side_a, a, side_b)):
-        own = a if other_a is b else b
+    # A side's look-up indexes (_side, kept with its analysis) are built when a word first needs them: a text
+    # whose words the other side lacks, or whose collocations may explain one, only then.
+    for toks, other_a, own in ((only_a, b, a), (only_b, a, b)):
         for tok in toks:
-            why = spans.get(id(tok)) or _why(tok, other, other_a, lex) or (
+            why = spans.get(id(tok)) or _why(tok, _side(other_a, lex), other_a, lex) or (
                 "reformulation" if _structural(tok, own, other_a) else None)
-            if why is None and not _is_name(tok) and own_side.colloc_hit(tok.pos, other):
+            if why is None and not _is_name(tok) and _side(own, lex).colloc_hit(tok.pos, _side(other_a, lex)):
                 why = "synonym"
             if why is None and _abbreviation(tok, other_a, lex):
                 why = "abbreviation"
