@@ -73,50 +73,46 @@ _PAIR_HEADS = frozenset("_".join(k.split("_", 2)[:2]) for k in lx.SYNONYM if k.c
 class _Side:
     """Look-up indexes over one text's words, built once per analysis (linear in the text; see :func:`_side`)."""
 
-    __slots__ = ("by_len", "collocations", "derived", "lemmas", "pairs", "syn_ids")
+    __slots__ = ("_by_len", "collocations", "derived", "lemmas", "pairs", "syn_ids", "words")
 
     def __init__(self, a: Analysis, lex: Lexicon) -> None:
-        words = [t.text for t in a.tokens]
+        words = self.words = [t.text for t in a.tokens]
         index = [lex.index(w) for w in words]  # each word's lemmas, synset ids and derivations, memoised
         self.lemmas: set[str] = set().union(*(ix.lemmas for ix in index))
         self.syn_ids: set[str] = set().union(*(ix.syn_ids for ix in index))
         self.derived: set[str] = set().union(*(ix.derived for ix in index))
-        self.by_len: dict[int, list[str]] = {}
-        for t in a.tokens:
-            curated = lx.SYNONYM.get(t.stem, "")
-            if curated.startswith("syn:"):
-                self.syn_ids.add(curated)
-            if len(t.text) >= 3:
-                self.by_len.setdefault(len(t.text), []).append(t.text)
+        self._by_len: dict[int, list[str]] | None = None
+        curated = {lx.SYNONYM.get(t.stem, "") for t in a.tokens}
+        self.syn_ids.update(c for c in curated if c.startswith("syn:"))
         # Collocations ("get rid of", "find out", "look up"): their synonym sets explain a word on the other
         # side, and a match explains the collocation's own words too. Only a lemma that opens some multi-word
         # entry (WordNet's or a curated one) is looked up: the others cannot start a collocation.
         self.collocations: list[tuple[frozenset[int], frozenset[str]]] = []
         self.pairs: list[str] = []  # two-word WordNet lemmas of the text ("take_in"), as _colloc_keys finds them
         synsets, curated_keys, phrasal = lex.synsets, lx.SYNONYM, lx.PHRASAL
+        pair_heads = lex.pair_heads()
         n_words = len(words)
         # The first particle at or after each position, for phrasal verbs around their object.
         next_particle = [n_words] * (n_words + 1)
         for j in range(n_words - 1, -1, -1):
             next_particle[j] = j if words[j] in lx.PARTICLES else next_particle[j + 1]
-        for i in range(n_words):
-            ix = index[i]
+        for i, ix in enumerate(index):
             if not ix.head and ix.lemmas.isdisjoint(_CURATED_HEADS):
                 continue
             # A phrasal verb around its object: "get the wax off" = "remove", "throw the box away".
             particle: int | None = next_particle[min(i + 2, n_words)]
             if particle >= min(n_words, i + 7):
                 particle = None
+            nxt = words[i + 1] if i + 2 <= n_words else None
             for f in ix.lemmas:
-                if i + 2 <= n_words:
-                    key = f"{f}_{words[i + 1]}"
+                if nxt is not None:
+                    key = f"{f}_{nxt}"
                     found = synsets.get(key)
                     if found is not None:
                         self.pairs.append(key)
                     if found or curated_keys.get(key):
                         self._add(lex, key, range(i, i + 2))
-                    if i + 3 <= n_words and (key in _PAIR_HEADS or key in lex.pair_heads() or "_" in f
-                                             or "_" in words[i + 1]):
+                    if i + 3 <= n_words and (key in pair_heads or key in _PAIR_HEADS or "_" in f or "_" in nxt):
                         key = f"{key}_{words[i + 2]}"
                         if synsets.get(key) or curated_keys.get(key):
                             self._add(lex, key, range(i, i + 3))
@@ -124,6 +120,17 @@ class _Side:
                     key = f"{f}_{words[particle]}"
                     if synsets.get(key) or phrasal.get(key):
                         self._add(lex, key, (i, particle), discontinuous=True)
+
+    @property
+    def by_len(self) -> dict[int, list[str]]:
+        """The text's words of three letters or more by length (for the typo test; built on first use)."""
+        if self._by_len is None:
+            by_len: dict[int, list[str]] = {}
+            for w in self.words:
+                if len(w) >= 3:
+                    by_len.setdefault(len(w), []).append(w)
+            self._by_len = by_len
+        return self._by_len
 
     def _add(self, lex: Lexicon, key: str, positions: range | tuple[int, int], *, discontinuous: bool = False) -> None:
         curated = lx.PHRASAL.get(key, "") if discontinuous else lx.SYNONYM.get(key, "")
