@@ -424,7 +424,7 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
 
 _Forms = tuple[bool, bool, tuple[tuple[str, str, bool, bool], ...]]
 _FORMS: dict[tuple[str, str], _Forms] = {}
-_FORMS_ENTRIES = 50_000
+_FORMS_ENTRIES = 20_000  # ~400 bytes an entry: 8 MB at most
 
 
 def _forms(kind: str, word: str, lex: wordnet.Lexicon) -> _Forms:

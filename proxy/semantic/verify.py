@@ -56,9 +56,10 @@ REASONS = ("ok", "identical", "unreadable", "symbol", "negation", "antonym", "nu
 WordEmbed = Callable[[Sequence[str]], Awaitable[np.ndarray]]
 
 #: Characters of text whose analyses a :class:`Verifier` keeps (least recently used first out). A stored entry is
-#: compared again on every lookup that finds it; an analysis takes about 64 bytes per character of its text with
-#: the indexes built on it, so 200,000 characters hold ~1,000 typical prompts in roughly 15 MB.
-DEFAULT_MEMO_CHARS = 200_000
+#: compared again on every lookup that finds it; an analysis with the indexes the comparisons built on it takes
+#: about 150 bytes per character of its text (measured over the blind-written pair files), so 100,000 characters
+#: hold ~500 typical prompts in roughly 15 MB.
+DEFAULT_MEMO_CHARS = 100_000
 
 
 @dataclass(frozen=True, slots=True)

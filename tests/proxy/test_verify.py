@@ -201,6 +201,24 @@ def test_kept_analyses_are_bounded_by_characters() -> None:
         Verifier(memo_chars=-1)
 
 
+def test_word_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-word memos the verifier fills from the traffic it sees stay within their bounds."""
+    from llmcache.proxy.semantic import analysis as analysis_mod
+
+    lex = wordnet.lexicon()
+    monkeypatch.setattr(wordnet, "_INDEX_ENTRIES", 10)
+    monkeypatch.setattr(wordnet, "_NEAR_ENTRIES", 10)
+    monkeypatch.setattr(analysis_mod, "_FORMS_ENTRIES", 10)
+    words = [f"{w}{n}" for n in range(3) for w in ("apple", "garden", "run", "river", "table", "quick", "stone")]
+    for w in words:
+        lex.index(w)
+        lex.near(w)
+    analyse("the quick brown fox jumps over a lazy dog near the river bank with stones, tables and gardens")
+    assert 0 < len(lex.index_cache) <= 10 and 0 < len(lex.near_cache) <= 10
+    assert 0 < len(analysis_mod._FORMS) <= 10
+    assert lex.index("garden").lemmas == {"garden"} and "garden" in lex.near("garden").lemmas
+
+
 async def test_analysis_runs_off_the_event_loop(verifier: Verifier, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
     original = Verifier.check_sync
