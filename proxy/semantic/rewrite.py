@@ -176,12 +176,18 @@ _RULES: list[tuple[str, _Repl, tuple[str, ...] | None]] = [
 ]
 
 
-def _lowered(pattern: str) -> re.Pattern[str] | None:
-    """A case-sensitive twin of a ``(?i)`` pattern written in lower case, for a quick test of lower-cased ASCII text.
+#: The only characters beyond ASCII that a ``(?i)`` pattern's ASCII letters match ("İ", "ı", "ſ", the Kelvin sign;
+#: see the ``re`` docs on IGNORECASE), and the only ones whose ``lower()`` gives an ASCII letter ("İ", Kelvin).
+_CASE_TWINS = re.compile("[\u0130\u0131\u017f\u212a]")
 
-    In ASCII text, a ``(?i)`` pattern whose letters are all lower case matches where its case-sensitive twin matches
-    the lower-cased text (same length, same word boundaries), and a case-insensitive scan costs several times more.
-    ``None`` when the pattern is no such pattern (another flag, or an upper-case letter outside an escape).
+
+def _lowered(pattern: str) -> re.Pattern[str] | None:
+    """A case-sensitive twin of a ``(?i)`` pattern written in lower case, for a quick test of lower-cased text.
+
+    In text without :data:`_CASE_TWINS`, a ``(?i)`` pattern whose letters are all ASCII lower case matches where
+    its case-sensitive twin matches the lower-cased text (case mapping keeps letters letters and touches nothing
+    else), and a case-insensitive scan costs several times more. ``None`` when the pattern is no such pattern
+    (another flag, or an upper-case letter outside an escape).
     """
     if not pattern.startswith("(?i)"):
         return None
@@ -214,7 +220,7 @@ def normalise(text: str) -> str:
     t = text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
     low = t.lower()
     digits = _has_digit(t)
-    ascii_only = t.isascii()
+    twins_ok = t.isascii() or _CASE_TWINS.search(t) is None
     for pattern, repl, needles, lowered in _COMPILED:
         if needles is _DIGIT:
             if not digits:
@@ -226,11 +232,11 @@ def normalise(text: str) -> str:
                 continue
         elif not any(n in low for n in needles):
             continue
-        if ascii_only and lowered is not None and lowered.search(low) is None:
+        if twins_ok and lowered is not None and lowered.search(low) is None:
             continue  # no match (the case-sensitive twin on the lower-cased text says so, faster)
         new = pattern.sub(repl, t)
         if new != t:
             t, low = new, new.lower()
             digits = _has_digit(t)
-            ascii_only = t.isascii()
+            twins_ok = t.isascii() or _CASE_TWINS.search(t) is None
     return t
