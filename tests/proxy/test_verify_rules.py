@@ -355,7 +355,10 @@ def _every_rule(text: str) -> str:
     "Über die Straße: DONT!", "İstanbul or ſtraße, DONT go", "café au lait, dont forget, 2 MUCH sugar",
     "No longer bigger than 100 MB and SMALLER THAN 5", "Walk me through setting up a VPN",
     "Compared to Java, is Go simpler?", "World's biggest desert", "An hour and a half, two and a half",
-    "Is there a ſimple way to fix it?",  # (?i) [a-z] matches the long s; lower() keeps it: no twin for non-ASCII
+    "Is there a ſimple way to fix it?",  # (?i) [a-z] matches the long s; lower() keeps it: no twin then
+    "Is there a sımple way to fix it?", "Is there a sİmple way to fix it?",  # dotless i, dotted capital I
+    "Is there a \u212aind way to say it?",  # the Kelvin sign: (?i) "k", and lower() makes it "k"
+    "IS THERE A way TO pay £5 DAILY at 20 °C?", "Café: 3 COFFEES EVERY DAY — too much?",
 ])
 def test_surface_rewrites_do_not_depend_on_their_short_cuts(text: str) -> None:
     """Needles and lower-case twins only skip rules that cannot match: mixed case, accents and non-ASCII included."""
