@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +32,11 @@ _SCHEMA = 3
 #: Hypernym steps a weaker relation may climb ("skillet" → "pan" is one, "tablecloth" → "linen" two).
 HYPERNYM_DEPTH = 2
 _CACHE_ENTRIES = 50_000
-#: Bounds of the per-word memos of :meth:`Lexicon.index` (~1.3 KB a word) and :meth:`Lexicon.near` (~3.5 KB a
-#: word: hypernyms and definitions): ~26 MB and ~18 MB at most; the pair files use 5,400 distinct words.
-_INDEX_ENTRIES = 20_000
-_NEAR_ENTRIES = 5_000
+#: Bounds of the per-word memos of :meth:`Lexicon.index` (~1.1 KB a word) and :meth:`Lexicon.near` (~3.5 KB a
+#: word: hypernyms, definitions), ~18 MB and ~28 MB at most beside the ~130 MB the table takes; the pair files
+#: use 5,400 distinct words.
+_INDEX_ENTRIES = 16_000
+_NEAR_ENTRIES = 8_000
 # WordNet's morphy suffix rules by part of speech: (suffix, replacement).
 _RULES = {
     "n": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
@@ -112,8 +114,9 @@ class Lexicon:
             if len(self.index_cache) >= _INDEX_ENTRIES:
                 self.index_cache.clear()  # a bound, not an LRU: the working set is small
             ls = self.lemmas(word) or frozenset([word])
-            syn = frozenset(s for lemma in ls for s in self.synsets.get(lemma, "").split())
-            der = frozenset(d for lemma in ls for d in self.derivations.get(lemma, "").split())
+            # Interned: the same id or lemma in many entries is one string (memory), compared by identity first.
+            syn = frozenset(map(sys.intern, " ".join(self.synsets.get(lemma, "") for lemma in ls).split()))
+            der = frozenset(map(sys.intern, " ".join(self.derivations.get(lemma, "") for lemma in ls).split()))
             hit = self.index_cache[word] = WordIndex(ls, syn, der, any(self.is_head(f) for f in ls))
         return hit
 
@@ -147,8 +150,8 @@ class Lexicon:
                 similar.update(self.similar.get(i, "").split())
                 gloss.update(self.gloss.get(i, "").split())
             hit = self.near_cache[word] = WordNear(
-                frozenset(ids), frozenset(self.up(ids, HYPERNYM_DEPTH)), frozenset(self.sense_ids(word, rare=True)),
-                self.lemmas(word) or frozenset([word]), frozenset(similar), frozenset(gloss))
+                _interned(ids), _interned(self.up(ids, HYPERNYM_DEPTH)), _interned(self.sense_ids(word, rare=True)),
+                self.lemmas(word) or frozenset([word]), _interned(similar), _interned(gloss))
         return hit
 
     def parts_of_speech(self, word: str) -> str:
@@ -234,6 +237,10 @@ class Lexicon:
     def opposite(self, x: str, y: str) -> bool:
         ly = self.lemmas(y)
         return any(d in ly for lemma in self.lemmas(x) for d in self.antonyms.get(lemma, "").split())
+
+
+def _interned(strings: set[str]) -> frozenset[str]:
+    return frozenset(map(sys.intern, strings))
 
 
 @dataclass(frozen=True, slots=True)
