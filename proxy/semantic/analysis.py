@@ -29,11 +29,13 @@ __all__ = ["DEFAULT_MAX_CHARS", "Analysis", "Token", "analyse"]
 #: Longest text analysed; longer ones fail closed (MiniLM also stops reading after 256 word pieces).
 DEFAULT_MAX_CHARS = 2000
 
+# Possessive "++" where giving a letter back can never let the next item match (a letter is no "+", "#", upper-case
+# letter or digit): a plain word fails those alternatives in one pass instead of backtracking through it.
 _TOKEN_RE = re.compile(r"""
   (?P<code>`[^`\n]{1,200}`)
 | (?P<num>\d+(?:\.\d+)?(?:st|nd|rd|th)?(?![\w/:]|[._-]\w))
 | (?P<ident>[A-Za-z]{1,5}-\d[\w]*   # "W-2", "COVID-19": letters and digits joined by a hyphen
-           |(?:--?)?[^\W_][\w]*(?:(?:[_./:\\]|::)[\w]+)+/?|[^\W\d_]+(?:\+\+|\#)|\.[^\W\d_]\w*|[a-z]+[A-Z][A-Za-z]*|[A-Za-z]+\d\w*|_\w+|\w+_)
+           |(?:--?)?[^\W_][\w]*(?:(?:[_./:\\]|::)[\w]+)+/?|[^\W\d_]++(?:\+\+|\#)|\.[^\W\d_]\w*|[a-z]++[A-Z][A-Za-z]*|[A-Za-z]++\d\w*|_\w+|\w+_)
 | (?P<word>[^\W\d_]+(?:'[^\W\d_]+)?(?:-[^\W\d_]+)*)
 | (?P<op>==|!=|<=|>=|=>|->|<<|>>|&&|\|\||\*\*|[<>=+*/^~&|]|(?<=(?:\b\w|\d)\s)-(?=\s(?:\w\b|\d)))
 | (?P<sym>[%$€£¥°])
