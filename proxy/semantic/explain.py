@@ -285,9 +285,8 @@ def _why(tok: Token, other: _Side, other_a: Analysis, lex: Lexicon) -> str | Non
     if ls & other.derived or (len(tok.stem) >= 5
                               and any(_same_root(tok.stem, x) for x in facts.roots.get(tok.stem[:5], ()))):
         return "derivation"
-    ids = {s for lemma in (ls or {w}) for s in lex.synsets.get(lemma, "").split()}
-    ids.add(lx.SYNONYM.get(tok.stem, ""))
-    if ids & other.syn_ids:
+    # Its frequent-sense synsets (of its lemmas, or of the word itself) or its curated group, on the other side.
+    if not lex.index(w).syn_ids.isdisjoint(other.syn_ids) or lx.SYNONYM.get(tok.stem, "") in other.syn_ids:
         return "synonym"
     if lx.UNITS.get(w) in other_a.units:
         return "inflection"  # "Minutes in one day?" / "How many minutes are in a day?": the same unit asked

@@ -284,19 +284,18 @@ class Neighbourhood:
     def relation(self, x: str) -> str | None:
         """:meth:`Lexicon.relation` of ``x`` with some word of the neighbourhood (the first kind found)."""
         lex = self.lex
-        sx = lex.sense_ids(x)
-        if not sx and x.endswith("ly"):
-            x = x[:-2]  # an adverb by its adjective: "courteously" → "courteous"
-            sx = lex.sense_ids(x)
-        if not sx:
+        nx = lex.near(x)  # x's own senses, hypernyms, similar senses, rarer senses, lemmas and definitions
+        if not nx.ids and x.endswith("ly"):
+            nx = lex.near(x[:-2])  # an adverb by its adjective: "courteously" → "courteous"
+        if not nx.ids:
             return None
-        if lex.up(sx, HYPERNYM_DEPTH) & self.ids or sx & self.up:
+        if not (nx.up.isdisjoint(self.ids) and nx.ids.isdisjoint(self.up)):
             return "hypernym"
-        if sx & self.similar or any(set(lex.similar.get(i, "").split()) & self.ids for i in sx):
+        if not (nx.ids.isdisjoint(self.similar) and nx.similar.isdisjoint(self.ids)):
             return "similar"
-        if lex.sense_ids(x, rare=True) & self.rare:
+        if not nx.rare.isdisjoint(self.rare):
             return "sense"
-        if (lex.lemmas(x) or {x}) & self.gloss or any(self.lemmas & set(lex.gloss.get(i, "").split()) for i in sx):
+        if not (nx.lemmas.isdisjoint(self.gloss) and nx.gloss.isdisjoint(self.lemmas)):
             return "definition"
         return None
 
