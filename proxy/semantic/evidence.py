@@ -313,22 +313,25 @@ def _ordered_pairs(seq: list[str], shared: set[str]) -> dict[tuple[str, str], tu
     """``(x, y) → (i, j)``, their first positions, for shared anchors at most :data:`_SWAP_WINDOW` apart when the
     items between them (``seq[i + 1:j]``) are directional. O(len(seq) · window)."""
     out: dict[tuple[str, str], tuple[int, int]] = {}
-    # Coordination is symmetric ("Compare Python and Go"): only a verb or marker between them gives direction.
-    # Whether an item is one is read once per item (:func:`_directed` of a middle = any of its items is).
-    directs = [is_anchor(m) or m in _DIRECTED_MARKERS for m in seq]
-    in_shared = [m in shared for m in seq]
     n = len(seq)
-    for i, x in enumerate(seq):
-        if not in_shared[i]:
+    # Coordination is symmetric ("Compare Python and Go"): only a verb or marker between them gives direction.
+    # first_directing[k]: the first item at or after k that directs (:func:`_directed` of a middle = any of its
+    # items does), so a pair (i, j) is directional exactly when first_directing[i + 1] < j.
+    first_directing = [n] * (n + 1)
+    for k in range(n - 1, -1, -1):
+        m = seq[k]
+        first_directing[k] = k if is_anchor(m) or m in _DIRECTED_MARKERS else first_directing[k + 1]
+    at = [k for k, m in enumerate(seq) if m in shared]
+    for idx, i in enumerate(at):
+        x = seq[i]
+        first, end = first_directing[i + 1] + 1, min(n, i + 1 + _SWAP_WINDOW)
+        if first >= end:
             continue
-        directed = False  # some item strictly between i and j directs
-        for j in range(i + 1, min(n, i + 1 + _SWAP_WINDOW)):
-            if j > i + 1:
-                directed = directed or directs[j - 1]
+        for j in at[idx + 1:idx + 1 + _SWAP_WINDOW]:
+            if j >= end:
+                break
             y = seq[j]
-            if not in_shared[j] or y == x:
-                continue
-            if directed and (x, y) not in out:
+            if j >= first and y != x and (x, y) not in out:
                 out[(x, y)] = (i, j)
     return out
 
