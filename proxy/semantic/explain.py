@@ -89,8 +89,7 @@ class _Side:
         # entry (WordNet's or a curated one) is looked up: the others cannot start a collocation.
         self.collocations: list[tuple[frozenset[int], frozenset[str]]] = []
         self.pairs: list[str] = []  # two-word WordNet lemmas of the text ("take_in"), as _colloc_keys finds them
-        synsets, curated_keys, phrasal = lex.synsets, lx.SYNONYM, lx.PHRASAL
-        pair_heads = lex.pair_heads()
+        synsets, curated_keys = lex.synsets, lx.SYNONYM
         n_words = len(words)
         # The first particle at or after each position, for phrasal verbs around their object.
         next_particle = [n_words] * (n_words + 1)
@@ -103,23 +102,20 @@ class _Side:
             particle: int | None = next_particle[min(i + 2, n_words)]
             if particle >= min(n_words, i + 7):
                 particle = None
-            nxt = words[i + 1] if i + 2 <= n_words else None
-            for f in ix.lemmas:
-                if nxt is not None:
-                    key = f"{f}_{nxt}"
-                    found = synsets.get(key)
-                    if found is not None:
-                        self.pairs.append(key)
-                    if found or curated_keys.get(key):
-                        self._add(lex, key, range(i, i + 2))
-                    if i + 3 <= n_words and (key in pair_heads or key in _PAIR_HEADS or "_" in f or "_" in nxt):
-                        key = f"{key}_{words[i + 2]}"
+            w = words[i]
+            if i + 2 <= n_words:
+                found2, pairs2, longer = _bigram(lex, w, ix.lemmas, words[i + 1])
+                self.pairs.extend(pairs2)
+                for key in found2:
+                    self._add(lex, key, range(i, i + 2))
+                if i + 3 <= n_words:
+                    for prefix in longer:
+                        key = f"{prefix}_{words[i + 2]}"
                         if synsets.get(key) or curated_keys.get(key):
                             self._add(lex, key, range(i, i + 3))
-                if particle is not None:
-                    key = f"{f}_{words[particle]}"
-                    if synsets.get(key) or phrasal.get(key):
-                        self._add(lex, key, (i, particle), discontinuous=True)
+            if particle is not None:
+                for key in _phrasal(lex, w, ix.lemmas, words[particle]):
+                    self._add(lex, key, (i, particle), discontinuous=True)
 
     @property
     def by_len(self) -> dict[int, list[str]]:
@@ -143,6 +139,60 @@ class _Side:
     def colloc_hit(self, pos: int, other: _Side) -> bool:
         """The token at ``pos`` is inside a collocation that shares a synonym set with the other side."""
         return any(pos in where and ids & other.syn_ids for where, ids in self.collocations)
+
+
+#: What two neighbouring words (and a word and its particle) open, by spelling: read once per process (bounded;
+#: one lexicon at a time), not once per text. Values: see :func:`_bigram` and :func:`_phrasal`.
+_BIGRAMS: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}
+_PHRASALS: dict[tuple[str, str], tuple[str, ...]] = {}
+_COLLOCATION_LEXICON: list[Lexicon] = []
+_COLLOCATION_ENTRIES = 50_000
+
+
+def _collocation_memo(lex: Lexicon) -> None:
+    """Drop the memos when full or made with another lexicon."""
+    if not _COLLOCATION_LEXICON or _COLLOCATION_LEXICON[0] is not lex or (
+            len(_BIGRAMS) + len(_PHRASALS) >= _COLLOCATION_ENTRIES):
+        _BIGRAMS.clear()
+        _PHRASALS.clear()
+        _COLLOCATION_LEXICON[:] = [lex]
+
+
+def _bigram(lex: Lexicon, w: str, lemmas: frozenset[str], nxt: str) -> tuple[tuple[str, ...], tuple[str, ...],
+                                                                            tuple[str, ...]]:
+    """``(found, pairs, longer)`` for a word (with its ``lemmas``) before ``nxt``: the two-word keys ("get_rid")
+    with a synset or a curated group, those in WordNet (:attr:`_Side.pairs`), and those that may open a longer one.
+    """
+    if not _COLLOCATION_LEXICON or _COLLOCATION_LEXICON[0] is not lex:
+        _collocation_memo(lex)
+    hit = _BIGRAMS.get((w, nxt))
+    if hit is None:
+        _collocation_memo(lex)
+        pair_heads = lex.pair_heads()
+        found, pairs, longer = [], [], []
+        for f in lemmas:
+            key = f"{f}_{nxt}"
+            in_wordnet = lex.synsets.get(key)
+            if in_wordnet is not None:
+                pairs.append(key)
+            if in_wordnet or lx.SYNONYM.get(key):
+                found.append(key)
+            if key in pair_heads or key in _PAIR_HEADS or "_" in f or "_" in nxt:
+                longer.append(key)
+        hit = _BIGRAMS[(w, nxt)] = (tuple(found), tuple(pairs), tuple(longer))
+    return hit
+
+
+def _phrasal(lex: Lexicon, w: str, lemmas: frozenset[str], particle: str) -> tuple[str, ...]:
+    """Keys of a phrasal verb around its object ("get_off", "throw_away") that have a synset or a curated group."""
+    if not _COLLOCATION_LEXICON or _COLLOCATION_LEXICON[0] is not lex:
+        _collocation_memo(lex)
+    hit = _PHRASALS.get((w, particle))
+    if hit is None:
+        _collocation_memo(lex)
+        hit = _PHRASALS[(w, particle)] = tuple(
+            key for key in (f"{f}_{particle}" for f in lemmas) if lex.synsets.get(key) or lx.PHRASAL.get(key))
+    return hit
 
 
 def _side(a: Analysis, lex: Lexicon) -> _Side:

@@ -204,11 +204,16 @@ def test_kept_analyses_are_bounded_by_characters() -> None:
 def test_word_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-word memos the verifier fills from the traffic it sees stay within their bounds."""
     from llmcache.proxy.semantic import analysis as analysis_mod
+    from llmcache.proxy.semantic import explain as explain_mod
 
     lex = wordnet.lexicon()
     monkeypatch.setattr(wordnet, "_INDEX_ENTRIES", 10)
     monkeypatch.setattr(wordnet, "_NEAR_ENTRIES", 10)
     monkeypatch.setattr(analysis_mod, "_FORMS_ENTRIES", 10)
+    monkeypatch.setattr(explain_mod, "_COLLOCATION_ENTRIES", 10)
+    Verifier(memo_chars=0).check_sync("How do I get rid of the old paint on a wooden garden table?",
+                                      ["How can I take off old paint from a wood table in my garden?"])
+    assert 0 < len(explain_mod._BIGRAMS) + len(explain_mod._PHRASALS) <= 10
     words = [f"{w}{n}" for n in range(3) for w in ("apple", "garden", "run", "river", "table", "quick", "stone")]
     for w in words:
         lex.index(w)
