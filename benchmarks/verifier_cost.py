@@ -22,8 +22,9 @@ see the same machine load:
   are kept (the best filters the other engineers' load out of a shared 2-core machine). Every timing is
   *cold*: this tree's kept analyses are dropped before each run, so both texts are analysed as if never
   seen. Word-level look-ups (WordNet morphology, a process-lifetime working set) are warm, as in a
-  running sidecar. ``stored warm`` (this tree only): the stored text was analysed before (a cache entry
-  found again); the query is new.
+  running sidecar; a last pass empties those too before each candidate (every word never seen, one run).
+  ``stored warm`` (this tree only): the stored text was analysed before (a cache entry found again); the
+  query is new.
 - **bound**: two 2,000-character texts (the input bound), random words and English prose.
 
 Writes ``<out>/<name>.json`` and ``<out>/<name>.png`` (cost distributions).
@@ -121,6 +122,22 @@ def _clearer(verifier: Any) -> Callable[[], None]:
     return getattr(verifier, "clear_caches", lambda: None)
 
 
+def word_forgetter(verify_module: Any) -> Callable[[], None]:
+    """Clears every per-word memo of a verifier package (whichever it has): the lexicon's lemmas and parts of
+    speech, and in this tree also its word indexes, neighbourhoods, token forms, task classes and collocations."""
+    package = sys.modules[verify_module.__name__.rsplit(".", 1)[0] + ".analysis"].__name__.rsplit(".", 1)[0]
+    lexicon = sys.modules[f"{package}.wordnet"].lexicon()
+    dicts = [getattr(lexicon, k) for k in ("cache", "pos_cache", "index_cache", "near_cache") if hasattr(lexicon, k)]
+    for mod, names in (("analysis", ("_TASK_OF", "_FORMS")), ("explain", ("_BIGRAMS", "_PHRASALS"))):
+        module = sys.modules[f"{package}.{mod}"]
+        dicts += [getattr(module, n) for n in names if hasattr(module, n)]
+
+    def forget() -> None:
+        for d in dicts:
+            d.clear()
+    return forget
+
+
 def decision(v: Any) -> str:
     """What must not move: accept/refuse, the reason, and for a hit the evidence that explained it."""
     return f"{'accept' if v.ok else 'refuse'}:{v.reason}" + (f":{','.join(v.evidence)}" if v.ok else "")
@@ -195,6 +212,25 @@ def time_pairs(verifiers: dict[str, Any], files: Pairs, *, repeat: int) -> dict[
                 this.check_sync(q, [c])
                 warm.append((tt() - t0) / 1e6)
             out["this"]["warm"][name].append(statistics.median(warm))
+    return out
+
+
+def time_unseen_words(verifiers: dict[str, Any], modules: dict[str, Any], files: Pairs) -> dict[str, list[float]]:
+    """Cost per candidate with every memo empty, word-level ones included: text made of words never seen."""
+    tt = time.thread_time_ns
+    forget = {k: word_forgetter(m) for k, m in modules.items()}
+    out: dict[str, list[float]] = {k: [] for k in verifiers}
+    order = list(verifiers.items())
+    n = 0
+    for rows in files.values():
+        for _pid, q, c in rows:
+            n += 1
+            for k, v in order if n % 2 else order[::-1]:
+                _clearer(v)()
+                forget[k]()
+                t0 = tt()
+                v.check_sync(q, [c])
+                out[k].append((tt() - t0) / 1e6)
     return out
 
 
@@ -288,11 +324,13 @@ def main() -> int:
         write_expected(this, files)
         return 0
     verifiers: dict[str, Any] = {"this": this}
+    modules: dict[str, Any] = {"this": verify}
     result: dict[str, Any] = {"command": "benchmarks/verifier_cost.py " + " ".join(sys.argv[1:]),
                               "repeat": args.repeat}
     if args.against:
         base_module = load_revision(args.against)
         verifiers["base"] = base_module.Verifier()
+        modules["base"] = base_module
         result["against"] = base_module.REVISION
     # Decisions first (this also warms the word-level look-ups of both).
     fresh = {k: verdicts(v, files, fresh=True) for k, v in verifiers.items()}
@@ -304,6 +342,7 @@ def main() -> int:
         ok_base, base_lines = compare(fresh["this"], fresh["base"], f"vs {args.against}")
         lines = base_lines + kept_lines
     times = time_pairs(verifiers, files, repeat=args.repeat)
+    unseen = time_unseen_words(verifiers, modules, files)
     result["load_average_1m"] = os.getloadavg()[0]
     for k, t in times.items():
         result[k] = {
@@ -311,6 +350,7 @@ def main() -> int:
             "cold_best": summary([x for v in t["best"].values() for x in v]),
             "per_file": {f: {"cold": summary(t["median"][f]), "cold_best": summary(t["best"][f])} for f in files},
             "at_input_bound_ms": bound_cases(verifiers[k]),
+            "unseen_words": summary(unseen[k]),
         }
     result["this"]["stored_warm"] = summary([x for v in times["this"]["warm"].values() for x in v])
     for f in files:
@@ -341,6 +381,9 @@ def main() -> int:
         if base_on:
             line += f" | {cells(pick('base', 'cold')):<16} | {cells(pick('base', 'cold_best'))}"
         print(line)
+    print("every memo empty, word-level ones too (words never seen; one run each), p50 p99: this "
+          + cells(result["this"]["unseen_words"])
+          + (f"; baseline {cells(result['base']['unseen_words'])}" if base_on else ""))
     print("input bound (two 2,000-character texts), ms: this " + ", ".join(
         f"{k} {v:.2f}" for k, v in result["this"]["at_input_bound_ms"].items())
           + ("; baseline " + ", ".join(f"{k} {v:.2f}" for k, v in result["base"]["at_input_bound_ms"].items())
