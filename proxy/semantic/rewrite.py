@@ -11,6 +11,9 @@ through the same rules, so a rewrite can only make two spellings of one meaning 
     "how 2 tie a tie"                → "how to tie a tie"
 
 Rules run in order, each one compiled regular expression over the whole text: linear in its length.
+A rule is skipped when its needles (literals it cannot match without) are absent, or when the
+case-sensitive twin of a ``(?i)`` rule finds nothing in the lower-cased text (:func:`_lowered`); both
+only ever skip a rule that could not have matched, so the output is that of every rule applied.
 """
 
 from __future__ import annotations

@@ -23,7 +23,11 @@ candidate passes through these stages against the stored text::
 The analyses live in :mod:`llmcache.proxy.semantic.analysis`, the checks of a different meaning
 in :mod:`llmcache.proxy.semantic.evidence`, the explanations in :mod:`llmcache.proxy.semantic.explain`
 over the WordNet-derived lexicon in :mod:`llmcache.proxy.semantic.wordnet`. Cost: linear in the
-bounded text, CPU only, in a worker thread (never on the event loop); no embedder call.
+bounded text, CPU only, in a worker thread (never on the event loop); no embedder call. A verifier
+keeps the analyses of the texts it compared (:data:`DEFAULT_MEMO_CHARS`, least recently used out)
+with the indexes built on them, so a stored entry found again is not read again; per-word look-ups
+are memoised process-wide with bounds. ``benchmarks/verifier_cost.py --against main`` measures the
+cost beside a baseline revision's and proves the decisions equal.
 """
 
 from __future__ import annotations
