@@ -33,6 +33,7 @@ lemmas, synonym-set ids and derivations, then one look-up per unaligned word (ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from llmcache.proxy.semantic import evidence as evidence_mod
 from llmcache.proxy.semantic import lexicon as lx
@@ -141,33 +142,25 @@ class _Side:
         return any(pos in where and ids & other.syn_ids for where, ids in self.collocations)
 
 
-#: What two neighbouring words (and a word and its particle) open, by spelling: read once per process (bounded;
-#: one lexicon at a time), not once per text. Values: see :func:`_bigram` and :func:`_phrasal`.
-_BIGRAMS: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}
-_PHRASALS: dict[tuple[str, str], tuple[str, ...]] = {}
-_COLLOCATION_LEXICON: list[Lexicon] = []
+#: Bound of the collocation memos (:attr:`Lexicon.memo`) of :func:`_bigram` and :func:`_phrasal`.
 _COLLOCATION_ENTRIES = 50_000
 
 
-def _collocation_memo(lex: Lexicon) -> None:
-    """Drop the memos when full or made with another lexicon."""
-    if not _COLLOCATION_LEXICON or _COLLOCATION_LEXICON[0] is not lex or (
-            len(_BIGRAMS) + len(_PHRASALS) >= _COLLOCATION_ENTRIES):
-        _BIGRAMS.clear()
-        _PHRASALS.clear()
-        _COLLOCATION_LEXICON[:] = [lex]
+def _memo_slot(lex: Lexicon) -> dict[tuple[str, str, str], Any]:
+    """The lexicon's memo, emptied when full (a bound, not an LRU: the working set is small)."""
+    if len(lex.memo) >= _COLLOCATION_ENTRIES:
+        lex.memo.clear()
+    return lex.memo
 
 
 def _bigram(lex: Lexicon, w: str, lemmas: frozenset[str], nxt: str) -> tuple[tuple[str, ...], tuple[str, ...],
                                                                             tuple[str, ...]]:
     """``(found, pairs, longer)`` for a word (with its ``lemmas``) before ``nxt``: the two-word keys ("get_rid")
     with a synset or a curated group, those in WordNet (:attr:`_Side.pairs`), and those that may open a longer one.
+    Read once per spelling and lexicon (memoised in :attr:`Lexicon.memo`), not once per text.
     """
-    if not _COLLOCATION_LEXICON or _COLLOCATION_LEXICON[0] is not lex:
-        _collocation_memo(lex)
-    hit = _BIGRAMS.get((w, nxt))
+    hit = lex.memo.get(("bigram", w, nxt))
     if hit is None:
-        _collocation_memo(lex)
         pair_heads = lex.pair_heads()
         found, pairs, longer = [], [], []
         for f in lemmas:
@@ -179,18 +172,16 @@ def _bigram(lex: Lexicon, w: str, lemmas: frozenset[str], nxt: str) -> tuple[tup
                 found.append(key)
             if key in pair_heads or key in _PAIR_HEADS or "_" in f or "_" in nxt:
                 longer.append(key)
-        hit = _BIGRAMS[(w, nxt)] = (tuple(found), tuple(pairs), tuple(longer))
+        hit = _memo_slot(lex)[("bigram", w, nxt)] = (tuple(found), tuple(pairs), tuple(longer))
     return hit
 
 
 def _phrasal(lex: Lexicon, w: str, lemmas: frozenset[str], particle: str) -> tuple[str, ...]:
-    """Keys of a phrasal verb around its object ("get_off", "throw_away") that have a synset or a curated group."""
-    if not _COLLOCATION_LEXICON or _COLLOCATION_LEXICON[0] is not lex:
-        _collocation_memo(lex)
-    hit = _PHRASALS.get((w, particle))
+    """Keys of a phrasal verb around its object ("get_off", "throw_away") that have a synset or a curated group
+    (memoised like :func:`_bigram`)."""
+    hit = lex.memo.get(("phrasal", w, particle))
     if hit is None:
-        _collocation_memo(lex)
-        hit = _PHRASALS[(w, particle)] = tuple(
+        hit = _memo_slot(lex)[("phrasal", w, particle)] = tuple(
             key for key in (f"{f}_{particle}" for f in lemmas) if lex.synsets.get(key) or lx.PHRASAL.get(key))
     return hit
 

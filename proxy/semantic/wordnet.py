@@ -22,6 +22,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from llmcache.errors import ConfigError
 
@@ -76,6 +77,8 @@ class Lexicon:
     """:meth:`near` by word, bounded by :data:`_NEAR_ENTRIES`."""
     heads: set[str] = field(default_factory=set)
     """First words of every multi-word lemma ("get" of "get_rid_of"), filled on first use by :meth:`is_head`."""
+    memo: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    """Look-ups other modules derive from this lexicon (the explanation's collocations), bounded by their owner."""
     pairs: set[str] = field(default_factory=set)
     """First two words of every lemma of three words or more ("get_rid"), filled on first use by
     :meth:`pair_heads`."""

@@ -213,7 +213,7 @@ def test_word_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(explain_mod, "_COLLOCATION_ENTRIES", 10)
     Verifier(memo_chars=0).check_sync("How do I get rid of the old paint on a wooden garden table?",
                                       ["How can I take off old paint from a wood table in my garden?"])
-    assert 0 < len(explain_mod._BIGRAMS) + len(explain_mod._PHRASALS) <= 10
+    assert 0 < len(lex.memo) <= 10
     words = [f"{w}{n}" for n in range(3) for w in ("apple", "garden", "run", "river", "table", "quick", "stone")]
     for w in words:
         lex.index(w)
