@@ -124,11 +124,12 @@ def _clearer(verifier: Any) -> Callable[[], None]:
 
 def word_forgetter(verify_module: Any) -> Callable[[], None]:
     """Clears every per-word memo of a verifier package (whichever it has): the lexicon's lemmas and parts of
-    speech, and in this tree also its word indexes, neighbourhoods, token forms, task classes and collocations."""
+    speech, and in this tree also its word indexes, neighbourhoods and collocations, token forms, task classes."""
     package = sys.modules[verify_module.__name__.rsplit(".", 1)[0] + ".analysis"].__name__.rsplit(".", 1)[0]
     lexicon = sys.modules[f"{package}.wordnet"].lexicon()
-    dicts = [getattr(lexicon, k) for k in ("cache", "pos_cache", "index_cache", "near_cache") if hasattr(lexicon, k)]
-    for mod, names in (("analysis", ("_TASK_OF", "_FORMS")), ("explain", ("_BIGRAMS", "_PHRASALS"))):
+    dicts = [getattr(lexicon, k) for k in ("cache", "pos_cache", "index_cache", "near_cache", "memo")
+             if hasattr(lexicon, k)]
+    for mod, names in (("analysis", ("_TASK_OF", "_FORMS")),):
         module = sys.modules[f"{package}.{mod}"]
         dicts += [getattr(module, n) for n in names if hasattr(module, n)]
 
