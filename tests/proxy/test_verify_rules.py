@@ -377,3 +377,12 @@ def test_context_quantifiers_and_modals_are_read_apart_from_the_question() -> No
     assert a.context_quantifiers == {"most"} and not a.quantifiers
     b = analyse("My landlord says I must repaint. Is that legal?")
     assert "must" in b.context_modals and b.modals == {"can"}
+
+
+@pytest.mark.parametrize("text", ["İSNT it raining?", "ıSNT it raining?", "AİN'T it raining?", "DOESNT it rain?"])
+def test_contraction_look_alikes_are_rewritten_or_left_never_raise(verifier: Verifier, text: str) -> None:
+    """A case-insensitive match also takes look-alike capitals ("İ", dotless "ı") whose lower() is no
+    lexicon key; the rewrite raised KeyError there and the lookup failed open instead of verifying."""
+    rewrite.normalise(text)
+    [verdict] = verifier.check_sync(text, ["Is it raining?"])
+    assert verdict.reason in REASONS or verdict.ok, verdict
