@@ -57,7 +57,8 @@ _NUMBER_OR_TIME = (r"(?:\d+(?:\.\d+)?k?|one|two|three|four|five|six|seven|eight|
 _RULES: list[tuple[str, _Repl, tuple[str, ...] | None]] = [
     (r"(?i)\btl;?dr\b", " tldr ", ('tl',)),
     (r"(?i)\b(\w+)'(s|re|ve|d|ll|m)\b", lambda m: lx.CONTRACTIONS.get(m.group(0).lower(), m.group(0)), ("'",)),
-    (r"(?i)\b(can't|won't|shan't|ain't|cannot)\b", lambda m: lx.CONTRACTIONS.get(m.group(0).lower(), m.group(0)), ("'", 'cannot')),
+    (r"(?i)\b(can't|won't|shan't|ain't|cannot)\b", lambda m: lx.CONTRACTIONS.get(m.group(0).lower(), m.group(0)),
+     ("'", 'cannot')),
     (r"(?i)n't\b", " not", ("n't",)),
     # .get: the (?i) match also takes look-alikes whose lower() is no key ("İSNT" → "i̇snt"): left as written
     (_CONTRACTION, lambda m: lx.CONTRACTIONS_BARE.get(m.group(0).lower(), m.group(0)), ("nt",)),  # "dont" → "do not"
