@@ -5,7 +5,8 @@ offline images, hooks and all), one app namespace with a labelled 2-replica
 Deployment running an unmodified ``openai`` client (tests/cluster/images/
 app_client.py) and an unlabelled one. The tests run in file order and build on
 each other's state the way an operator's day would: install, inject, cache,
-change policy, evict, lose Redis, helm test / upgrade / uninstall.
+change policy, evict, lose Redis, route misses between two model-server replicas by
+cached prefix and scale them to one and back, helm test / upgrade / uninstall.
 
 Every wait has a deadline; nothing asserts on wall-clock time (the benchmark
 measures time: benchmarks/cluster_bench.py).
@@ -34,6 +35,14 @@ RELEASE_NS = "llmcache-system"
 APP_NS = "app"
 CHART = localcluster.REPO / "charts" / "llmcache"
 SIDECAR = "llmcache-proxy"
+
+MODEL_SERVER_SELECTOR = "app.kubernetes.io/component=model-server"
+#: Each replica's prefix cache: 1,229 tokens at 46,080 B a token (SmolLM2, float32), ≈ 3.6 of the
+#: routing workload's ~335-token prompts. A replica given three of its five tenants holds them all
+#: (with their questions); one that sees all five in turn evicts each prompt before it comes back.
+#: (36Mi held 1.8 prompts of the earlier 435-token workload: every replica thrashed whatever the
+#: routing, and the routed workload read 0 cached tokens.)
+ROUTING_PREFIX_CACHE = "54Mi"
 
 # Semantic pairs: a paraphrase of QUESTION that must hit, and a hard negative
 # (same shape, another entity) that must not.
@@ -77,6 +86,12 @@ def install_args(images: dict[str, str], *extra: str) -> list[str]:
         # No storage provisioner on the node.
         "--set", "redis.bundled.persistence.enabled=false",
         "--set", "operator.evictionIntervalSeconds=2", "--set", "operator.statusIntervalSeconds=2",
+        # Two replicas: the sidecars route by cached prefix (headless Service). Each replica's prefix
+        # cache holds about two of test_routing's four tenants' system prompts.
+        "--set", "modelServer.replicas=2",
+        # One torch thread each: two replicas on two shared cores, and OpenMP threads that spin against
+        # each other make every forward pass about ten times slower (ModelSettings.num_threads).
+        "--set-json", f'modelServer.extraArgs=["--prefix-cache-bytes={ROUTING_PREFIX_CACHE}","--num-threads=1"]',
         *extra,
     ]
 
@@ -136,12 +151,15 @@ def app(release: ControlPlane, cluster: localcluster.LocalCluster) -> list[str]:
     plain = wait_ready(kube, APP_NS, "app=plain", timeout_s=300)[0]["metadata"]["name"]
     # The model server loads its embedder on the first /v1/embeddings call; a sidecar whose
     # probe times out meanwhile starts exact-only. Warm it first, from a pod like any client.
-    url = f"http://{RELEASE}-llmcache-model-server.{RELEASE_NS}.svc:8000/v1/embeddings"
-    warm = (f"import json,urllib.request;r=urllib.request.Request({url!r},data=json.dumps("
-            "{'model':'all-MiniLM-L6-v2','input':['warm up']}).encode(),"
-            "headers={'Content-Type':'application/json'});print(urllib.request.urlopen(r,timeout=60).status)")
-    wait_for("the model server's embedder", lambda: exec_in(kube, APP_NS, plain, ["python", "-c", warm],
-                                                             container="app")[0] == 0, timeout_s=240, interval_s=3)
+    # Every replica: the Service would warm only the one it picks.
+    for replica in wait_ready(kube, RELEASE_NS, MODEL_SERVER_SELECTOR, count=2, timeout_s=300):
+        url = f"http://{replica['status']['podIP']}:8000/v1/embeddings"
+        warm = (f"import json,urllib.request;r=urllib.request.Request({url!r},data=json.dumps({{'model':"
+                "'all-MiniLM-L6-v2','input':['warm up']}).encode(),headers={'Content-Type':'application/json'});"
+                "print(urllib.request.urlopen(r,timeout=60).status)")
+        wait_for("the model server's embedder", lambda w=warm: exec_in(kube, APP_NS, plain, ["python", "-c", w],
+                                                                        container="app")[0] == 0,
+                 timeout_s=240, interval_s=3)
     kube.apply(app_manifest(image, name="chat", replicas=2, inject=True), namespace=APP_NS)
     chat = sorted(p["metadata"]["name"] for p in wait_ready(kube, APP_NS, "app=chat", count=2, timeout_s=300))
     # The namespace's Redis user may not create its vector index: its sidecars ask, the operator
@@ -457,6 +475,145 @@ def test_webhook_down_refuses_labelled_pods_only(app: list[str], release: Contro
         return resp.status_code == 201 and any(c["name"] == SIDECAR
                                                for c in resp.json()["spec"].get("initContainers") or [])
     wait_for("the webhook to inject again", admitted, timeout_s=120)
+# -- routing between model-server replicas ----------------------------------------
+
+# Run inside the app container (python + the openai client): a multi-tenant workload, each tenant
+# with its own ~335-token system prompt, questions interleaved, Cache-Control keeping the proxy's
+# own caches out of it. "sidecar": through the injected sidecar (it salts per API key and routes);
+# "round-robin": straight to the replicas in turn (argv[2] lists them), with per-tenant salts: what
+# a Service's even spread gives. Five tenants, an odd number: in turn, a tenant lands on the other
+# replica each round, so a replica sees all five and its cache (sized for 3.6 of them, see
+# ROUTING_PREFIX_CACHE) has evicted each prompt before it comes back. Deterministic on purpose: a
+# random spread would make the comparison a matter of luck.
+WORKLOAD = r"""
+import json, sys, openai
+mode, bases, run = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
+tenants, questions = int(sys.argv[4]), int(sys.argv[5])
+rules = ["Greet the customer by name and confirm the account before discussing billing.",
+         "Refunds for duplicate charges go back to the original payment method within five days.",
+         "Never ask for a full card number or a password; point to the billing portal instead.",
+         "Escalate to a human on data loss, a security incident or a legal threat."]
+def system(t):
+    return chr(10).join([f"You are the support assistant of company {t} ({run}). Answer in one word."]
+                     + [f"Rule {t}.{i}: {rules[(t + i) % len(rules)]}" for i in range(12)])
+out, n = [], 0
+for q in range(questions):
+    for t in range(tenants):
+        c = openai.OpenAI(base_url=bases[n % len(bases)], api_key=f"sk-{run}-tenant-{t}", max_retries=0,
+                          timeout=300)
+        n += 1
+        extra = {"cache_salt": f"{run}-tenant-{t}"} if mode == "round-robin" else None
+        r = c.chat.completions.create(
+            model="default", max_tokens=2, temperature=0, extra_body=extra,
+            extra_headers={"Cache-Control": "no-cache, no-store"},
+            messages=[{"role": "system", "content": system(t)},
+                      {"role": "user", "content": f"Question {q}: which rule covers case {q * 7 + t}?"}])
+        out.append([r.usage.prompt_tokens, r.usage.prompt_tokens_details.cached_tokens])
+        c.close()
+print(json.dumps(out))
+"""
+
+
+def cached_fraction(kube: ControlPlane, pod: str, mode: str, bases: list[str]) -> float:
+    code, out = exec_in(kube, APP_NS, pod, ["python", "-c", WORKLOAD, mode, ",".join(bases),
+                                            f"{mode}-{uuid.uuid4().hex[:6]}", "5", "3"], container="app",
+                        timeout_s=900)
+    assert code == 0, out
+    pairs = json.loads(out.strip().splitlines()[-1])
+    # ROUTING_PREFIX_CACHE is sized for prompts of this length; a change of template or tokenizer that
+    # moves them out of it would make the comparison below meaningless, so it fails here, by name.
+    assert all(300 <= p <= 370 for p, _ in pairs), f"prompt tokens {[p for p, _ in pairs]}: resize ROUTING_PREFIX_CACHE"
+    return sum(c for _, c in pairs) / sum(p for p, _ in pairs)
+
+
+@pytest.mark.timeout(1500)  # two workloads of 15 requests on a busy 2-core node; each exec has its own deadline
+def test_sidecars_route_misses_to_the_replica_holding_the_prefix(app: list[str], release: ControlPlane) -> None:
+    kube = release
+    replicas = wait_ready(kube, RELEASE_NS, MODEL_SERVER_SELECTOR, count=2, timeout_s=300)
+    in_turn = cached_fraction(kube, app[0], "round-robin",
+                              [f"http://{r['status']['podIP']}:8000/v1" for r in replicas])
+    routed = cached_fraction(kube, app[0], "sidecar", ["http://localhost:8080/v1"])
+    assert routed >= 1.5 * in_turn and routed > 0.4, (routed, in_turn)
+
+
+# Runs in the app container until the stop file appears: distinct questions through the sidecar,
+# every status code recorded (0: no HTTP answer at all). Each from a new tenant (API key), so each is
+# a prefix no replica holds, placed where the least prefix is: a replica that joins takes new
+# tenants at once. (One tenant's requests stay with the replica holding its prefix, even its
+# chat template's first blocks, while the load allows: that is the router's point, so a
+# single-tenant load would not show a new replica being used.)
+SCALE_LOAD = r"""
+import json, os, sys, time, openai
+out, stop = sys.argv[1], sys.argv[1] + ".stop"
+results, i, deadline = [], 0, time.monotonic() + 900
+while not os.path.exists(stop) and time.monotonic() < deadline:
+    c = openai.OpenAI(base_url="http://localhost:8080/v1", api_key=f"sk-scaling-{i}", max_retries=0, timeout=300)
+    try:
+        c.chat.completions.create(model="default", max_tokens=2, temperature=0,
+                                  extra_headers={"Cache-Control": "no-cache, no-store"},
+                                  messages=[{"role": "user", "content": f"Say a number above {i}."}])
+        results.append(200)
+    except openai.APIStatusError as exc:
+        results.append(exc.status_code)
+    except openai.APIError:
+        results.append(0)
+    c.close()
+    i += 1
+    with open(out + ".count", "w") as f:
+        f.write(str(len(results)))
+with open(out, "w") as f:
+    json.dump(results, f)
+"""
+
+
+def test_scaling_the_model_server_to_one_replica_and_back_loses_no_request(app: list[str],
+                                                                           release: ControlPlane) -> None:
+    kube = release
+    pod, out = app[1], f"/tmp/scale-{uuid.uuid4().hex[:8]}.json"
+    result: list[tuple[int, str]] = []
+    runner = threading.Thread(target=lambda: result.append(exec_in(
+        kube, APP_NS, pod, ["python", "-c", SCALE_LOAD, out], container="app", timeout_s=1000)), daemon=True)
+    runner.start()
+
+    def count() -> int:
+        code, raw = exec_in(kube, APP_NS, pod, ["cat", f"{out}.count"], container="app")
+        return int(raw) if code == 0 and raw.strip().isdigit() else 0
+
+    wait_for("the load's first requests", lambda: count() >= 3, timeout_s=300, interval_s=1)
+    _scale(kube, f"{RELEASE}-llmcache-model-server", 1)
+    wait_for("one model-server pod left", lambda: len(pods(kube, RELEASE_NS, MODEL_SERVER_SELECTOR)) == 1,
+             timeout_s=180, interval_s=1)
+    at_one = count()
+    wait_for("requests served by the one replica", lambda: count() >= at_one + 3, timeout_s=300, interval_s=1)
+    (survivor,) = pods(kube, RELEASE_NS, MODEL_SERVER_SELECTOR)  # listed before the new one is created
+    _scale(kube, f"{RELEASE}-llmcache-model-server", 2)
+    wait_ready(kube, RELEASE_NS, MODEL_SERVER_SELECTOR, count=2, timeout_s=600)
+    new_ip = next(p["status"]["podIP"] for p in pods(kube, RELEASE_NS, MODEL_SERVER_SELECTOR)
+                  if p["metadata"]["name"] != survivor["metadata"]["name"])
+    metrics = ("import urllib.request;print(urllib.request.urlopen('http://localhost:18081/metrics',timeout=10)"
+               ".read().decode())")
+
+    seen: dict[str, Any] = {}
+
+    def new_replica_served() -> bool:
+        code, text = exec_in(kube, APP_NS, pod, ["python", "-c", metrics], container="app")
+        seen["routes"] = [line for line in text.splitlines() if line.startswith("llmcache_route_")]
+        seen["requests"] = count()
+        return code == 0 and any(line.startswith("llmcache_route_requests_total{") and f"//{new_ip}:" in line
+                                 for line in text.splitlines())
+
+    try:
+        wait_for("the sidecar routing to the new replica", new_replica_served, timeout_s=180, interval_s=2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; new replica {new_ip}, survivor {survivor['status'].get('podIP')}, "
+                             f"what the sidecar saw: {seen}") from exc
+    exec_in(kube, APP_NS, pod, ["touch", f"{out}.stop"], container="app")
+    runner.join(timeout=600)
+    assert result and result[0][0] == 0, result
+    code, raw = exec_in(kube, APP_NS, pod, ["cat", out], container="app")
+    assert code == 0, raw
+    statuses = json.loads(raw)
+    assert len(statuses) >= at_one + 3 and all(s == 200 for s in statuses), statuses
 
 
 # -- helm lifecycle ----------------------------------------------------------------
