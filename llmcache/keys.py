@@ -45,6 +45,7 @@ __all__ = [
     "canonical_json",
     "canonical_route",
     "exact_key",
+    "loads",
     "parse_json",
     "semantic_parts",
     "short",
@@ -154,7 +155,33 @@ def parse_json(raw: bytes | str) -> Any:
     if not isinstance(raw, str):
         raw = raw.decode(json.detect_encoding(raw), "surrogatepass")  # what json.loads does with bytes
     _check_depth(raw)
-    return _DECODER.decode(raw)
+    return _scan_whole(_DECODER, raw)
+
+
+def loads(text: str) -> Any:
+    """``json.loads(text)`` for a ``str``, with less work around the C scanner for a document without
+    surrounding whitespace (every JSON answer and entry): ~5,000 instructions less per document."""
+    return _scan_whole(_PLAIN_DECODER, text)
+
+
+_PLAIN_DECODER = json.JSONDecoder()
+
+
+def _scan_whole(decoder: json.JSONDecoder, text: str) -> Any:
+    """``decoder.decode(text)``: the C scanner at once where the text starts and ends with a bracket
+    (``decode`` first matches whitespace around it with two regular expressions); otherwise, or
+    when something follows the document, ``decode`` itself (with its errors)."""
+    if text[:1] in ("{", "[") and text[-1:] in ("}", "]"):
+        try:
+            value, end = decoder.scan_once(text, 0)  # type: ignore[attr-defined]
+        except StopIteration:
+            pass
+        else:
+            if end == len(text):
+                return value
+    if text.startswith("\ufeff"):
+        return json.loads(text)  # (its error for a BOM)
+    return decoder.decode(text)
 
 
 MAX_JSON_DEPTH = 256

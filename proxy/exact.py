@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import redis.asyncio
 import redis.exceptions
 
+from llmcache import keys
 from llmcache.keyspace import TRIM_PER_WRITE, Keyspace, shard_of
 from llmcache.proxy import resp
 
@@ -70,9 +71,14 @@ class InvalidEntry(ValueError):
     """A stored value is not a valid entry of this schema (treated as a miss and deleted)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
-    """One cached answer."""
+    """One cached answer. Never changed once built (:class:`ParsedEntries` shares it between requests):
+    derive another with :func:`dataclasses.replace`.
+
+    Not ``frozen``: a frozen dataclass sets each field through ``object.__setattr__``, and building
+    an entry (once per miss, once per entry parsed on a hit) cost ~21,000 instructions instead of ~8,000.
+    """
 
     route: str
     model: str
@@ -118,13 +124,13 @@ class Entry:
 
     def answer(self) -> dict[str, Any]:
         """The parsed non-streaming answer (validated when the entry was loaded)."""
-        return json.loads(self.body)  # type: ignore[no-any-return]
+        return keys.loads(self.body)  # type: ignore[no-any-return]
 
     @classmethod
     def from_json(cls, blob: bytes | str, *, route: str | None = None) -> Entry:
         """Parse and validate; raise :class:`InvalidEntry` for anything that must not be served."""
         try:
-            raw = json.loads(blob)
+            raw = keys.loads(blob if isinstance(blob, str) else blob.decode())
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidEntry(f"entry is not JSON: {type(exc).__name__}") from exc
         version = raw.get("v") if isinstance(raw, dict) else None
@@ -145,7 +151,7 @@ class Entry:
         if route is not None and entry.route != route:
             raise InvalidEntry(f"entry is for {entry.route}, not {route}")
         try:
-            answer = json.loads(entry.body)
+            answer = keys.loads(entry.body)
         except ValueError as exc:
             raise InvalidEntry("entry body is not JSON") from exc
         validate_answer(entry.route, answer)

@@ -357,7 +357,7 @@ def _entry_from(call: Call, recorder: streaming.SSERecorder | None, parts: list[
             origin = "sse"
         else:
             text = b"".join(parts).decode()
-            answer = json.loads(text)
+            answer = keys.loads(text)
             origin = "json"
         validate_answer(call.route, answer)
     except (ValueError, UnicodeDecodeError) as exc:  # InvalidEntry is a ValueError

@@ -125,10 +125,25 @@ def test_exact_key_is_the_digest_of_the_whole_canonical_material(body: dict, sco
     canonical JSON of the whole material (keys of entries already stored stay valid)."""
     import hashlib
 
-    material = keys._key_material(CHAT, body, scope["tenant"], scope.get("namespace", ""),  # noqa: SLF001
+    material = keys._key_material(CHAT, body, scope["tenant"], scope.get("namespace", ""),
                                   scope.get("partition", ""), scope.get("query", ""))
     want = hashlib.sha256(keys.canonical_json(material)).hexdigest()
     assert keys.exact_key(CHAT, body, **scope) == want
     parsed = keys.parse_json(json.dumps(body))
     assert keys.exact_key(CHAT, parsed, **scope, normalised=True) == want
     assert keys.exact_key(CHAT, body, **scope) == want  # a second time: from the remembered tail
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": [1, 2.5, "é"], "b": null}', "[1,2]", ' {"a": 1} ', '{"a": 1}\n', '{"a": 1} {"b": 2}', '{"a": 1}]',
+    "\ufeff{}", '{"a": }', "{", "}", "", "[]", '"s"', "1", '{"a": NaN}',
+])
+def test_loads_is_json_loads(text: str) -> None:
+    """keys.loads skips json.loads's wrapper where it can: the same value, or the same kind of error."""
+    try:
+        want: object = json.loads(text)
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            keys.loads(text)
+    else:
+        assert keys.loads(text) == want

@@ -27,9 +27,9 @@ def test_request_path_families_read_as_prometheus_client_types_would_write_them(
     requests = Counter("llmcache_requests", "Proxied requests by route and cache status", ["route", "cache_status"],
                        registry=ref)
     lookup = Histogram("llmcache_lookup_seconds", "Cache lookup latency", ["kind"],
-                       buckets=proxy_metrics._LOOKUP_BUCKETS, registry=ref)  # noqa: SLF001
+                       buckets=proxy_metrics._LOOKUP_BUCKETS, registry=ref)
     upstream = Histogram("llmcache_upstream_seconds", "Upstream latency to response headers", ["route"],
-                         buckets=proxy_metrics._UPSTREAM_BUCKETS, registry=ref)  # noqa: SLF001
+                         buckets=proxy_metrics._UPSTREAM_BUCKETS, registry=ref)
     served_bytes = Counter("llmcache_served_bytes", "Answer bytes served from the cache", registry=ref)
     tokens = Counter("llmcache_served_tokens", "Tokens served from the cache", ["kind"], registry=ref)
     saved = Counter("llmcache_saved_usd", "Estimated money saved by cache hits (USD)", registry=ref)
