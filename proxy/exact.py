@@ -295,6 +295,11 @@ class ExactStore(Protocol):
     async def get(self, key_hash: str, *, group: str, timeout_s: float | None = None) -> bytes | None:
         """The raw stored entry, recording the access for eviction when it exists."""
 
+    def get_nowait(self, key_hash: str, *, group: str, timeout_s: float | None = None,
+                   lease: tuple[str, int] | None = None) -> asyncio.Future[Any] | None:
+        """The lookup sent at once: the future of its raw reply, or ``None`` (nothing sent: await
+        :meth:`get` / :meth:`get_or_lease`)."""
+
     async def get_or_lease(self, key_hash: str, *, group: str, owner: str, lease_ms: int,
                            timeout_s: float | None = None) -> tuple[bytes | None, bool | None]:
         """As :meth:`get`; on a miss also try to take the entry's single-flight lease for ``owner``:
@@ -304,6 +309,10 @@ class ExactStore(Protocol):
                   lease_owner: str | None = None) -> int:
         """Store with a fixed TTL; return the stored size in bytes. With ``lease_owner``, also give up the
         entry's single-flight lease (:class:`llmcache.proxy.singleflight.RedisLease`) where that owner holds it."""
+
+    def put_nowait(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str, timeout_s: float | None = None,
+                   lease_owner: str | None = None) -> asyncio.Future[Any] | None:
+        """:meth:`put` sent at once: the future of its outcome, or ``None`` (nothing sent: await :meth:`put`)."""
 
     async def delete(self, key_hash: str) -> None:
         """Remove one entry (an invalid value found on read)."""
@@ -425,6 +434,23 @@ class RedisExactStore:
                 value = await self._redis.get(ks.entry(key_hash))
         return value  # type: ignore[no-any-return]
 
+    def get_nowait(self, key_hash: str, *, group: str, timeout_s: float | None = None,
+                   lease: tuple[str, int] | None = None) -> asyncio.Future[Any] | None:
+        """The lookup script sent now, for a caller that awaits its reply directly (no coroutine chain):
+        the future of the raw reply (the entry, ``None``, or with ``lease`` = (owner, ms) on a miss 1/0
+        as :meth:`get_or_lease` reads it), or ``None`` (nothing sent: await :meth:`get` or
+        :meth:`get_or_lease`). A ``NoScriptError`` or ``OutOfMemoryError`` outcome: those handle it."""
+        if not self._bounded:
+            return None
+        ks = self._ks
+        rows = self._rows(group, shard_of(key_hash))
+        if lease is None:
+            return self._get_and_touch.start(keys=[ks.entry(key_hash), rows[0], rows[1], rows[4]],  # type: ignore[union-attr]
+                                             args=[time.time(), key_hash], timeout_s=timeout_s)
+        return self._get_and_touch.start(  # type: ignore[union-attr]
+            keys=[ks.entry(key_hash), rows[0], rows[1], rows[4], ks.lease(key_hash)],
+            args=[time.time(), key_hash, lease[0], lease[1]], timeout_s=timeout_s)
+
     async def get_or_lease(self, key_hash: str, *, group: str, owner: str, lease_ms: int,
                            timeout_s: float | None = None) -> tuple[bytes | None, bool | None]:
         ks = self._ks
@@ -441,16 +467,32 @@ class RedisExactStore:
 
     async def put(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str, timeout_s: float | None = None,
                   lease_owner: str | None = None) -> int:
+        keys, args = self._put_command(key_hash, entry, ttl_s=ttl_s, group=group, lease_owner=lease_owner)
+        await self._script(self._put_and_record, keys, args, timeout_s)
+        return args[4]  # type: ignore[no-any-return]
+
+    def put_nowait(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str, timeout_s: float | None = None,
+                   lease_owner: str | None = None) -> asyncio.Future[Any] | None:
+        """:meth:`put` sent now, for a caller that takes the outcome in a callback (no task, no coroutine):
+        the future of the script's reply, or ``None`` (nothing sent: a redis-py client, or the connection
+        must be made first) where :meth:`put` must be awaited instead. A ``NoScriptError`` outcome
+        means Redis lacks the script: :meth:`put` loads it."""
+        if not self._bounded:
+            return None
+        keys, args = self._put_command(key_hash, entry, ttl_s=ttl_s, group=group, lease_owner=lease_owner)
+        return self._put_and_record.start(keys=keys, args=args, timeout_s=timeout_s)  # type: ignore[union-attr]
+
+    def _put_command(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str,
+                     lease_owner: str | None) -> tuple[list[str], list[Any]]:
         blob = entry.to_json().encode()
         ks = self._ks
         # All keys carry the entry's shard tag: one slot, so the script runs on a cluster too.
         keys = [ks.entry(key_hash), *self._rows(group, shard_of(key_hash))]
-        args = [blob, ttl_s, time.time(), key_hash, len(blob), TRIM_PER_WRITE]
+        args: list[Any] = [blob, ttl_s, time.time(), key_hash, len(blob), TRIM_PER_WRITE]
         if lease_owner is not None:
             keys.append(ks.lease(key_hash))
             args.append(lease_owner)
-        await self._script(self._put_and_record, keys, args, timeout_s)
-        return len(blob)
+        return keys, args
 
     async def delete(self, key_hash: str) -> None:
         await self._redis.delete(self._ks.entry(key_hash))
