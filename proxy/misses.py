@@ -50,6 +50,10 @@ __all__ = ["join_flight", "miss"]
 log = logging.getLogger(__name__)
 
 
+#: Request headers a miss does not forward as the client sent them (it asks for ``identity``).
+_NOT_FORWARDED = frozenset({"accept-encoding"})
+
+
 async def join_flight(call: Call) -> web.StreamResponse | None:
     """Serve from an identical request's upstream call in this process, if one is running."""
     flight = call.state.flights.join(call.key, needs_usage=call.wants_usage)
@@ -223,7 +227,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
     assert state.upstream is not None
     request = call.request
     call.status = "miss" if call.redis_ok else "bypass"
-    headers = upstream.filter_headers(request.headers, drop=frozenset({"accept-encoding"}), to_upstream=True)
+    headers = upstream.filter_headers(request.headers, drop=_NOT_FORWARDED, to_upstream=True)
     headers["Accept-Encoding"] = "identity"  # we must be able to read what we store
     t0 = time.perf_counter()
     try:
