@@ -45,6 +45,7 @@ __all__ = [
     "canonical_json",
     "canonical_route",
     "exact_key",
+    "loads",
     "parse_json",
     "semantic_parts",
     "short",
@@ -133,6 +134,17 @@ _DECODER = json.JSONDecoder(parse_float=_parse_float)
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _unserialisable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# What ``_CANONICAL.encode`` builds on every call (a C encoder and its cycle markers), built once:
+# ``"".join(_CANONICAL_ONE_SHOT(value, 0))`` is ``_CANONICAL.encode(value)`` for the dicts, lists,
+# strings, numbers, booleans and None a parsed body holds (no cycles: it came from JSON text).
+_CANONICAL_ONE_SHOT = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _unserialisable, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+
+
 def parse_json(raw: bytes | str) -> Any:
     """``json.loads`` whose numbers come out as :func:`canonical_json` normalises them (``1.0`` → ``1``).
 
@@ -143,7 +155,33 @@ def parse_json(raw: bytes | str) -> Any:
     if not isinstance(raw, str):
         raw = raw.decode(json.detect_encoding(raw), "surrogatepass")  # what json.loads does with bytes
     _check_depth(raw)
-    return _DECODER.decode(raw)
+    return _scan_whole(_DECODER, raw)
+
+
+def loads(text: str) -> Any:
+    """``json.loads(text)`` for a ``str``, with less work around the C scanner for a document without
+    surrounding whitespace (every JSON answer and entry): ~5,000 instructions less per document."""
+    return _scan_whole(_PLAIN_DECODER, text)
+
+
+_PLAIN_DECODER = json.JSONDecoder()
+
+
+def _scan_whole(decoder: json.JSONDecoder, text: str) -> Any:
+    """``decoder.decode(text)``: the C scanner at once where the text starts and ends with a bracket
+    (``decode`` first matches whitespace around it with two regular expressions); otherwise, or
+    when something follows the document, ``decode`` itself (with its errors)."""
+    if text[:1] in ("{", "[") and text[-1:] in ("}", "]"):
+        try:
+            value, end = decoder.scan_once(text, 0)  # type: ignore[attr-defined]
+        except StopIteration:
+            pass
+        else:
+            if end == len(text):
+                return value
+    if text.startswith("\ufeff"):
+        return json.loads(text)  # (its error for a BOM)
+    return decoder.decode(text)
 
 
 MAX_JSON_DEPTH = 256
@@ -235,9 +273,33 @@ def exact_key(route: str, body: Mapping[str, Any], *, tenant: str, namespace: st
 
     ``partition`` is the pod's Kubernetes namespace (or policy id), ``query`` the URL query string;
     ``normalised``: ``body`` came from :func:`parse_json` (the same key, without a second walk).
+
+    The digest is that of ``canonical_json(_key_material(…))``. Sorted, that material is
+    ``{"body":<body>`` followed by fields that are the same on every request of a tenant, so
+    only the body is serialised per request and the rest is remembered (~30,000 instructions
+    less per request; ``tests/llmcache/test_keys.py`` pins the equality).
     """
-    material = _key_material(route, body, tenant, namespace, partition, query)
-    return hashlib.sha256(canonical_json(material, normalised=normalised)).hexdigest()
+    if not normalised:
+        body = _normalise(body)
+    kept = {k: v for k, v in body.items() if k not in NOT_IN_KEY}
+    h = _BODY_OPEN.copy()
+    h.update("".join(_CANONICAL_ONE_SHOT(kept, 0)).encode())
+    if len(query) <= _MEMO_MAX_CHARS:
+        h.update(_key_tail(route, tenant, namespace, partition, query))
+    else:
+        h.update(_key_tail.__wrapped__(route, tenant, namespace, partition, query))
+    return h.hexdigest()
+
+
+#: ``canonical_json(_key_material(…))`` begins with this (``body`` sorts first among its fields).
+_BODY_OPEN = hashlib.sha256(b'{"body":')
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _key_tail(route: str, tenant: str, namespace: str, partition: str, query: str) -> bytes:
+    """The canonical key material after its body: every field but the body, and the closing brace."""
+    material = _key_material(route, {}, tenant, namespace, partition, query)
+    return canonical_json(material, normalised=True)[len(b'{"body":{}'):]  # ("body" sorts first)
 
 
 def cache_salt(tenant: str, salt: bytes, *, partition: str = "", client_salt: str | None = None) -> str:

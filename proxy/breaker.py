@@ -153,34 +153,59 @@ class Breaker:
         return await self._run(op, timeout_s)
 
     async def _run(self, op: Callable[[float], Awaitable[T]], timeout_s: float | None) -> T:
-        probe = False
+        probe = self.enter()
+        try:
+            result = await op(self.deadline_s(timeout_s))
+        except Exception as exc:
+            raise self.failed(exc, probe=probe) from exc
+        except BaseException:  # cancelled: neither outcome, but the probe is over
+            self.abandoned(probe=probe)
+            raise
+        self.succeeded(probe=probe)
+        return result
+
+    def enter(self) -> bool:
+        """Start one operation by hand (:meth:`call` does this itself): raise :class:`CacheUnavailable`
+        while open; True when this operation is the half-open probe. End it with exactly one of
+        :meth:`succeeded`, :meth:`failed` or :meth:`abandoned`, passing that flag back.
+
+        For an operation that is a future with a callback rather than an awaited coroutine (the
+        background store of a miss: :func:`llmcache.proxy.misses.store_in_background`)."""
         if self._open_until is not None:
             if self.is_open:
                 raise CacheUnavailable("redis circuit breaker is open")
-            probe = self._probing = True  # half-open: exactly one request tries
-        try:
-            result = await op(self.deadline_s(timeout_s))
-        except redis.exceptions.OutOfMemoryError as exc:
+            self._probing = True  # half-open: exactly one request tries
+            return True
+        return False
+
+    def abandoned(self, *, probe: bool) -> None:
+        """End an operation :meth:`enter` started without an outcome (never sent, or cancelled)."""
+        if probe:
+            self._probing = False
+
+    def succeeded(self, *, probe: bool) -> None:
+        if probe:
+            self._probing = False
+        self._on_success(probe=probe)
+
+    def failed(self, exc: BaseException, *, probe: bool) -> CacheUnavailable:
+        """Count the failure ``exc`` of an operation :meth:`enter` started; the :class:`CacheUnavailable` to raise."""
+        if probe:
+            self._probing = False
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
             # A full Redis refuses writes but still answers reads: keep serving hits.
             self.num_failures_total += 1
-            raise CacheUnavailable("redis is full (maxmemory reached); entry not stored") from exc
-        except (TimeoutError, redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-            # RedisClusterException (no node serves a slot mid-failover) is not a RedisError.
-            self._on_failure(exc, probe=probe)
-            raise CacheUnavailable(f"redis operation failed: {type(exc).__name__}") from exc
-        except Exception as exc:
+            return CacheUnavailable("redis is full (maxmemory reached); entry not stored")
+        if not isinstance(exc, (TimeoutError, redis.exceptions.RedisError, redis.exceptions.RedisClusterException,
+                                OSError)):
             # Fail open on anything else too: redis-py's cluster client can raise AttributeError on a
             # connection torn down by a failover mid-command. Logged with its traceback, since it may
             # also be a bug of ours; the request still turns into a bypass, never a 500.
+            # (RedisClusterException, no node serves a slot mid-failover, is not a RedisError.)
             log.warning("redis operation raised %s: treating it as a cache failure", type(exc).__name__,
-                        exc_info=True)
-            self._on_failure(exc, probe=probe)
-            raise CacheUnavailable(f"redis operation failed: {type(exc).__name__}") from exc
-        finally:
-            if probe:
-                self._probing = False
-        self._on_success(probe=probe)
-        return result
+                        exc_info=exc)
+        self._on_failure(exc, probe=probe)
+        return CacheUnavailable(f"redis operation failed: {type(exc).__name__}")
 
     def _on_success(self, *, probe: bool) -> None:
         self.settled = True

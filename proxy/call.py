@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions
 from aiohttp import web
 
 from llmcache import keys
 from llmcache.proxy import cachecontrol, streaming
 from llmcache.proxy.breaker import CacheUnavailable
-from llmcache.proxy.exact import Entry, InvalidEntry
+from llmcache.proxy.exact import Entry, ExactStore, InvalidEntry
 from llmcache.proxy.state import EffectiveConfig, ProxyState
 
 __all__ = ["JSON_TYPE", "SIMILARITY_HEADER", "SSE_TYPE", "STATUS_HEADER", "Call", "can_serve", "count_answer",
@@ -120,12 +121,15 @@ async def load_entry(call: Call, key_hash: str, *, kind: str, lease_ms: int | No
     store = state.store
     t0 = time.perf_counter()
     try:
-        if lease_ms is not None and state.lease is not None:
-            owner = state.lease.owner
-            blob, call.lease_taken = await state.breaker.call_bounded(lambda t: store.get_or_lease(
-                key_hash, group=call.cfg.group, owner=owner, lease_ms=lease_ms, timeout_s=t))
-        else:
-            blob = await state.breaker.call_bounded(lambda t: store.get(key_hash, group=call.cfg.group, timeout_s=t))
+        lease = (state.lease.owner, lease_ms) if lease_ms is not None and state.lease is not None else None
+        blob = await _fetch(call, store, key_hash, lease)
+        if blob is _AWAIT_STORE:
+            if lease is not None:
+                blob, call.lease_taken = await state.breaker.call_bounded(lambda t: store.get_or_lease(
+                    key_hash, group=call.cfg.group, owner=lease[0], lease_ms=lease[1], timeout_s=t))
+            else:
+                blob = await state.breaker.call_bounded(
+                    lambda t: store.get(key_hash, group=call.cfg.group, timeout_s=t))
     except CacheUnavailable:
         call.redis_ok = False
         note_redis_failure(state)
@@ -157,6 +161,38 @@ async def load_entry(call: Call, key_hash: str, *, kind: str, lease_ms: int | No
     if not can_serve(call, entry):
         return None
     return entry
+
+
+#: :func:`_fetch` sent nothing, or its reply needs what the store's own methods do (load the script, a
+#: full Redis): await those.
+_AWAIT_STORE: Any = object()
+
+
+async def _fetch(call: Call, store: ExactStore, key_hash: str, lease: tuple[str, int] | None) -> Any:
+    """The lookup script's reply awaited directly under the breaker (one future instead of a chain of
+    six coroutines to resume: breaker, store, script, connection); ``_AWAIT_STORE`` where it is not
+    possible or the reply needs the store's own handling. Raises :class:`CacheUnavailable`."""
+    breaker = call.state.breaker
+    probe = breaker.enter()
+    try:
+        fut = store.get_nowait(key_hash, group=call.cfg.group, timeout_s=breaker.deadline_s(), lease=lease)
+        if fut is None:
+            breaker.abandoned(probe=probe)
+            return _AWAIT_STORE
+        value = await fut
+    except (redis.exceptions.NoScriptError, redis.exceptions.OutOfMemoryError):
+        breaker.abandoned(probe=probe)
+        return _AWAIT_STORE
+    except Exception as exc:
+        raise breaker.failed(exc, probe=probe) from exc
+    except BaseException:
+        breaker.abandoned(probe=probe)
+        raise
+    breaker.succeeded(probe=probe)
+    if lease is not None and isinstance(value, int):
+        call.lease_taken = value == 1
+        return None
+    return value
 
 
 def can_serve(call: Call, entry: Entry) -> bool:

@@ -59,8 +59,14 @@ class RequestControls:
     """The threshold the request asks for, or ``None``; applied as ``max(policy, asked)``."""
 
 
+#: The controls of a request without any control header (frozen: one instance serves them all).
+_NO_CONTROLS = RequestControls()
+
+
 def check_encoding(headers: Mapping[str, str]) -> None:
     """Raise :class:`InvalidControl` naming the first header whose value is not valid UTF-8."""
+    if "".join(headers.values()).isascii():  # the common case: every value ASCII, one pass in C
+        return
     for name, value in headers.items():
         if not value.isascii():  # the common case ends here, in C
             try:
@@ -76,15 +82,20 @@ def parse(headers: Mapping[str, str]) -> RequestControls:
     Checks first that every header (the tenant header too) is UTF-8 (:func:`check_encoding`).
     """
     check_encoding(headers)
-    namespace = headers.get(NAMESPACE_HEADER, "")
+    namespace = headers.get(NAMESPACE_HEADER)
+    cache_control = headers.get("Cache-Control")
+    asked = headers.get(THRESHOLD_HEADER)
+    if namespace is None and cache_control is None and asked is None:
+        return _NO_CONTROLS  # most requests: no control header at all
+    if namespace is None:
+        namespace = ""
     if len(namespace) > MAX_NAMESPACE_CHARS or not namespace.isprintable():
         raise InvalidControl(NAMESPACE_HEADER, f"must be at most {MAX_NAMESPACE_CHARS} printable characters")
     try:
-        directives = cachecontrol.parse_request(headers.get("Cache-Control"))
+        directives = cachecontrol.parse_request(cache_control)
     except ValueError as exc:
         raise InvalidControl("Cache-Control", str(exc)) from exc
     threshold: float | None = None
-    asked = headers.get(THRESHOLD_HEADER)
     if asked is not None:
         try:
             threshold = float(asked)

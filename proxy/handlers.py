@@ -319,6 +319,7 @@ async def _lookup_or_fetch(call: Call) -> web.StreamResponse:
 
 async def _lookup_or_fetch_leased(call: Call) -> web.StreamResponse:
     state = call.state
+    joined = False  # True while this request has looked for a flight to join, with no await since
     if not call.directives.no_cache:
         if call.cfg.exact:
             entry = await load_entry(call, call.key, kind="exact", lease_ms=misses.lookup_lease_ms(call))
@@ -328,7 +329,9 @@ async def _lookup_or_fetch_leased(call: Call) -> web.StreamResponse:
         served = await misses.join_flight(call)
         if served is not None:
             return served
+        joined = True
         if call.cfg.semantic and state.semantic is not None and call.redis_ok:
+            joined = False  # (a flight may have started while the lookup awaited)
             served = await _semantic_lookup(call)
             if served is not None:
                 return served
@@ -337,7 +340,7 @@ async def _lookup_or_fetch_leased(call: Call) -> web.StreamResponse:
         count_answer(call, "miss")
         return upstream.error_response(504, "not in the cache and the request says only-if-cached",
                                        type_="cache_miss", code="only_if_cached", headers={STATUS_HEADER: "miss"})
-    return await misses.miss(call, join=True)
+    return await misses.miss(call, join=not joined)
 
 
 async def _semantic_lookup(call: Call) -> web.StreamResponse | None:

@@ -86,9 +86,10 @@ class Reservation:
         self.num_bytes = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BodyRead:
-    """Outcome of :func:`read_body`: the body, or the HTTP status that refuses it."""
+    """Outcome of :func:`read_body`: the body, or the HTTP status that refuses it. (Not ``frozen``:
+    built once per request, and a frozen dataclass sets each field through ``object.__setattr__``.)"""
 
     body: bytes | None
     status: int = 200
@@ -103,9 +104,10 @@ async def read_body(request: web.Request, *, limit_bytes: int, timeout_s: float,
     Without ``Content-Length``, ``reservation`` (when given) grows with the bytes received; a
     body with one was reserved whole before reading.
     """
-    if request.content_length is not None and request.content_length > limit_bytes:
+    length = request.content_length  # (a property that parses the header on every read)
+    if length is not None and length > limit_bytes:
         return BodyRead(None, 413)
-    grow = reservation.grow_to if reservation is not None and request.content_length is None else None
+    grow = reservation.grow_to if reservation is not None and length is None else None
     content = request.content
     if content.is_eof():
         # The whole body came with the headers (a typical API request): take it without a deadline,

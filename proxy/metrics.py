@@ -33,10 +33,16 @@
 
 from __future__ import annotations
 
+import bisect
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE_LATEST", "ProxyMetrics"]
 
@@ -52,18 +58,9 @@ class ProxyMetrics:
         r = self.registry
         self.price_input_per_1k = price_input_per_1k
         self.price_output_per_1k = price_output_per_1k
-        self.requests = Counter("llmcache_requests", "Proxied requests by route and cache status",
-                                ["route", "cache_status"], registry=r)
-        self.lookup_seconds = Histogram("llmcache_lookup_seconds", "Cache lookup latency", ["kind"],
-                                        buckets=_LOOKUP_BUCKETS, registry=r)
-        self.upstream_seconds = Histogram("llmcache_upstream_seconds", "Upstream latency to response headers",
-                                          ["route"], buckets=_UPSTREAM_BUCKETS, registry=r)
-        self.served_bytes = Counter("llmcache_served_bytes", "Answer bytes served from the cache", registry=r)
-        self.served_tokens = Counter("llmcache_served_tokens", "Tokens served from the cache", ["kind"],
-                                     registry=r)
-        self._prompt_tokens = self.served_tokens.labels("prompt")
-        self._completion_tokens = self.served_tokens.labels("completion")
-        self.saved_usd = Counter("llmcache_saved_usd", "Estimated money saved by cache hits (USD)", registry=r)
+        # The families every request touches: plain numbers here, read when /metrics is scraped.
+        self._hot = _RequestPathMetrics()
+        r.register(self._hot)
         self.coalesced = Counter("llmcache_coalesced", "Requests that joined an in-flight upstream call",
                                  registry=r)
         self.redis_failures = Counter(
@@ -75,9 +72,6 @@ class ProxyMetrics:
             registry=r)
         self.shed = Counter("llmcache_shed", "Requests refused with 429 because the body budget was full",
                             registry=r)
-        self._request_children: dict[tuple[str, str], Any] = {}
-        self._lookup_children: dict[str, Any] = {}
-        self._upstream_children: dict[str, Any] = {}
         self.breaker_open = Gauge("llmcache_breaker_open", "1 while the Redis circuit breaker is open",
                                   registry=r)
         self.semantic_up = Gauge("llmcache_semantic_up",
@@ -111,34 +105,25 @@ class ProxyMetrics:
                                                "Judgements not made (judging fails open)", ["reason"], registry=r)
 
     def count(self, route: str, cache_status: str) -> None:
-        """Count one request (label children are cached: ``labels()`` is a lock and a dict per call)."""
-        child = self._request_children.get((route, cache_status))
-        if child is None:
-            child = self._request_children[(route, cache_status)] = self.requests.labels(route, cache_status)
-        child.inc()
+        """Count one request (``llmcache_requests_total``)."""
+        counts = self._hot.requests
+        counts[(route, cache_status)] = counts.get((route, cache_status), 0) + 1
 
     def observe_lookup(self, kind: str, seconds: float) -> None:
-        child = self._lookup_children.get(kind)
-        if child is None:
-            child = self._lookup_children[kind] = self.lookup_seconds.labels(kind)
-        child.observe(seconds)
+        self._hot.lookup.observe(kind, seconds)
 
     def observe_upstream(self, route: str, seconds: float) -> None:
-        child = self._upstream_children.get(route)
-        if child is None:
-            child = self._upstream_children[route] = self.upstream_seconds.labels(route)
-        child.observe(seconds)
+        self._hot.upstream.observe(route, seconds)
 
     def served_from_cache(self, *, num_bytes: int, prompt_tokens: int, completion_tokens: int) -> None:
         """Account one answer served without an upstream call."""
-        self.served_bytes.inc(num_bytes)
-        if prompt_tokens:
-            self._prompt_tokens.inc(prompt_tokens)
-        if completion_tokens:
-            self._completion_tokens.inc(completion_tokens)
+        hot = self._hot
+        hot.served_bytes += num_bytes
+        hot.prompt_tokens += prompt_tokens
+        hot.completion_tokens += completion_tokens
         saved = (prompt_tokens * self.price_input_per_1k + completion_tokens * self.price_output_per_1k) / 1000
         if saved:
-            self.saved_usd.inc(saved)
+            hot.saved_usd += saved
 
     def observe_semantic(self, *, wanted: bool, stats: dict[str, Any] | None) -> None:
         """Refresh the semantic gauges from the cache's own counters (``stats``; None: not running)."""
@@ -171,3 +156,76 @@ class ProxyMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Histogram:
+    """One histogram family's observations by label value: counts per bucket (not cumulative) and sums."""
+
+    __slots__ = ("bounds", "by_label", "documentation", "label", "name")
+
+    def __init__(self, name: str, documentation: str, label: str, bounds: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.label, self.bounds = name, documentation, label, bounds
+        self.by_label: dict[str, tuple[list[int], list[float]]] = {}
+
+    def observe(self, label: str, value: float) -> None:
+        entry = self.by_label.get(label)
+        if entry is None:
+            entry = self.by_label[label] = ([0] * (len(self.bounds) + 1), [0.0])
+        # The first bucket whose bound is ≥ value (prometheus_client's ``value <= bound``); past the last: +Inf.
+        entry[0][bisect.bisect_left(self.bounds, value)] += 1
+        entry[1][0] += value
+
+    def family(self, created_s: float) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        for label, (counts, total) in self.by_label.items():
+            cumulative, running = [], 0
+            for le, n in zip(les, counts, strict=True):
+                running += n
+                cumulative.append((le, running))
+            fam.add_metric([label], cumulative, total[0])
+            fam.samples.append(Sample(f"{self.name}_created", {self.label: label}, created_s))
+        return fam
+
+
+class _RequestPathMetrics:
+    """A collector of the families every request updates (requests, lookup and upstream latency, what
+    hits served): plain ints and floats, updated with a dict or list operation, turned into the
+    same Prometheus families only when ``/metrics`` is scraped.
+
+    prometheus_client's ``Counter.inc`` takes a lock and ``Histogram.observe`` walks its buckets
+    taking two: ~6,000 and ~11,000 instructions each, ~29,000 per miss and more per hit, for a
+    process that updates them from one event loop only.
+    """
+
+    def __init__(self) -> None:
+        self.created_s = time.time()
+        self.requests: dict[tuple[str, str], int] = {}
+        self.lookup = _Histogram("llmcache_lookup_seconds", "Cache lookup latency", "kind", _LOOKUP_BUCKETS)
+        self.upstream = _Histogram("llmcache_upstream_seconds", "Upstream latency to response headers", "route",
+                                   _UPSTREAM_BUCKETS)
+        self.served_bytes = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.saved_usd = 0.0
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())  # (the same families, so the registry knows their names)
+
+    def collect(self) -> Iterator[Metric]:
+        created = self.created_s
+        requests = CounterMetricFamily("llmcache_requests", "Proxied requests by route and cache status",
+                                       labels=["route", "cache_status"])
+        for labels, n in self.requests.items():
+            requests.add_metric(list(labels), n, created=created)
+        yield requests
+        yield self.lookup.family(created)
+        yield self.upstream.family(created)
+        yield CounterMetricFamily("llmcache_served_bytes", "Answer bytes served from the cache",
+                                  value=self.served_bytes, created=created)
+        tokens = CounterMetricFamily("llmcache_served_tokens", "Tokens served from the cache", labels=["kind"])
+        tokens.add_metric(["prompt"], self.prompt_tokens, created=created)
+        tokens.add_metric(["completion"], self.completion_tokens, created=created)
+        yield tokens
+        yield CounterMetricFamily("llmcache_saved_usd", "Estimated money saved by cache hits (USD)",
+                                  value=self.saved_usd, created=created)

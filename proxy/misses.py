@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import aiohttp
+import redis.exceptions
 from aiohttp import web
 
 from llmcache import keys
@@ -47,6 +48,10 @@ from llmcache.proxy.state import ProxyState
 __all__ = ["join_flight", "miss"]
 
 log = logging.getLogger(__name__)
+
+
+#: Request headers a miss does not forward as the client sent them (it asks for ``identity``).
+_NOT_FORWARDED = frozenset({"accept-encoding"})
 
 
 async def join_flight(call: Call) -> web.StreamResponse | None:
@@ -222,7 +227,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
     assert state.upstream is not None
     request = call.request
     call.status = "miss" if call.redis_ok else "bypass"
-    headers = upstream.filter_headers(request.headers, drop=frozenset({"accept-encoding"}), to_upstream=True)
+    headers = upstream.filter_headers(request.headers, drop=_NOT_FORWARDED, to_upstream=True)
     headers["Accept-Encoding"] = "identity"  # we must be able to read what we store
     t0 = time.perf_counter()
     try:
@@ -302,7 +307,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
         state.bound.submit(call.judgement, entry)  # judged after the answer went out
     if entry is not None and not call.directives.no_store and call.redis_ok:
         call.handed_off = True
-        state.spawn(_store_then_land(call, flight, entry))
+        store_in_background(call, flight, entry)
     return out
 
 
@@ -341,7 +346,7 @@ async def _lead_whole(call: Call, flight: Flight, resp: aiohttp.ClientResponse, 
         call.state.bound.submit(call.judgement, entry)  # queued: judged once the answer is on its way
     if entry is not None and not call.directives.no_store and call.redis_ok:
         call.handed_off = True
-        call.state.spawn(_store_then_land(call, flight, entry))
+        store_in_background(call, flight, entry)
     return out
 
 
@@ -357,7 +362,7 @@ def _entry_from(call: Call, recorder: streaming.SSERecorder | None, parts: list[
             origin = "sse"
         else:
             text = b"".join(parts).decode()
-            answer = json.loads(text)
+            answer = keys.loads(text)
             origin = "json"
         validate_answer(call.route, answer)
     except (ValueError, UnicodeDecodeError) as exc:  # InvalidEntry is a ValueError
@@ -374,6 +379,79 @@ def _int(v: Any) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 
+def store_in_background(call: Call, flight: Flight, entry: Entry) -> None:
+    """Store ``entry`` after the answer went out, then land ``flight`` (see :func:`_store_then_land`).
+
+    The store's script is sent at once and its reply taken in a callback: no task, and no chain of
+    coroutines (breaker, store, script, connection) to resume when Redis answers, ~20,000
+    instructions less per miss than :func:`_store_then_land` in a task of its own, which remains
+    the way where that is not possible (a redis-py client, a connection to make, the script to load).
+    """
+    state = call.state
+    store = state.store
+    if store is None:
+        _land(call, flight)
+        return
+    ttl_s = cachecontrol.entry_ttl_s(call.directives, ttl_bound_s=call.cfg.ttl_s)
+    owner = _lease_owner(call)
+    try:
+        probe = state.breaker.enter()
+    except CacheUnavailable:
+        _not_stored(call)
+        _land(call, flight)
+        return
+    try:
+        fut = store.put_nowait(call.key, entry, ttl_s=ttl_s, group=call.cfg.group,
+                               timeout_s=state.breaker.deadline_s(), lease_owner=owner)
+    except Exception as exc:  # noqa: BLE001 - as the breaker would take it from an awaited put
+        state.breaker.failed(exc, probe=probe)
+        _not_stored(call)
+        _land(call, flight)
+        return
+    if fut is None:  # not possible now: the awaited way (its own breaker call)
+        state.breaker.abandoned(probe=probe)
+        state.spawn(_store_then_land(call, flight, entry))
+        return
+    fut.add_done_callback(lambda f: _stored(call, flight, entry, f, probe=probe, owner=owner, ttl_s=ttl_s))
+    state.hold(fut)  # (after the callback: whoever waits for the background finds it run)
+
+
+def _stored(call: Call, flight: Flight, entry: Entry, fut: asyncio.Future[Any], *, probe: bool,
+            owner: str | None, ttl_s: int) -> None:
+    """The background store's reply came (or its deadline passed): account it, index, land."""
+    state = call.state
+    if fut.cancelled():  # shutting down
+        state.breaker.abandoned(probe=probe)
+        _land(call, flight)
+        return
+    exc = fut.exception()
+    if isinstance(exc, redis.exceptions.NoScriptError):
+        # A restarted or flushed Redis: the awaited put loads the script (and probes, if this did).
+        state.breaker.abandoned(probe=probe)
+        state.spawn(_store_then_land(call, flight, entry))
+        return
+    try:
+        if exc is not None:
+            state.breaker.failed(exc, probe=probe)
+            _not_stored(call)
+            return
+        state.breaker.succeeded(probe=probe)
+        _after_stored(call, owner, ttl_s)
+    finally:
+        _land(call, flight)
+
+
+def _lease_owner(call: Call) -> str | None:
+    """This pod's lease owner name where the store's script is to give up the cross-pod lease."""
+    state = call.state
+    return state.lease.owner if call.lease_key is not None and state.lease is not None else None
+
+
+def _not_stored(call: Call) -> None:
+    note_redis_failure(call.state)
+    log.info("could not store %s (redis unavailable); served uncached", call.log_key)
+
+
 async def _store(call: Call, entry: Entry) -> None:
     """Write the entry (fixed TTL) and register it with the semantic index; failures only count."""
     state = call.state
@@ -382,14 +460,19 @@ async def _store(call: Call, entry: Entry) -> None:
         return
     ttl_s = cachecontrol.entry_ttl_s(call.directives, ttl_bound_s=call.cfg.ttl_s)
     # The cross-pod lease is given up by the same script that stores the entry (no round trip of its own).
-    owner = state.lease.owner if call.lease_key is not None and state.lease is not None else None
+    owner = _lease_owner(call)
     try:
         await state.breaker.call_bounded(
             lambda t: store.put(call.key, entry, ttl_s=ttl_s, group=call.cfg.group, timeout_s=t, lease_owner=owner))
     except CacheUnavailable:
-        note_redis_failure(state)
-        log.info("could not store %s (redis unavailable); served uncached", call.log_key)
+        _not_stored(call)
         return
+    _after_stored(call, owner, ttl_s)
+
+
+def _after_stored(call: Call, owner: str | None, ttl_s: int) -> None:
+    """The entry is in Redis: the lease went with it; index it by meaning (in the background)."""
+    state = call.state
     if owner is not None:
         call.lease_key = None  # released: landing has nothing left to give up
     if call.cfg.semantic and state.semantic is not None:

@@ -120,6 +120,12 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
+    def start(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), *,
+              timeout_s: float | None = None) -> asyncio.Future[Any] | None:
+        """``EVALSHA`` sent now: the future of its reply (``NoScriptError`` where Redis lacks the script:
+        then await the script itself, which loads it), or ``None`` (:meth:`RespClient.call_nowait`)."""
+        return self._client.call_nowait("EVALSHA", self.sha, len(keys), *keys, *args, timeout_s=timeout_s)
+
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), *,
                        timeout_s: float | None = None) -> Any:
         try:
@@ -197,6 +203,19 @@ class RespClient:
                 raise redis.exceptions.ConnectionError(
                     f"{len(pending)} redis commands already wait for replies on this connection")
         return await self._send(hiredis.pack_command(args), timeout_s)
+
+    def call_nowait(self, *args: Any, timeout_s: float | None = None) -> asyncio.Future[Any] | None:
+        """Send one command now and return the future of its reply, or ``None`` (nothing sent) when
+        :meth:`call` would first have to connect, reconnect or refuse: use :meth:`call` then.
+
+        For callers that take the reply in a callback instead of a task of their own."""
+        proto = self._proto
+        if proto is None or proto.transport is None or proto.transport.is_closing():
+            return None
+        pending = self.pending
+        if pending and (time.monotonic() - pending[0][1] > self.stale_after_s or len(pending) >= self.max_pending):
+            return None
+        return self._send(hiredis.pack_command(args), timeout_s)
 
     def _send(self, packed: bytes, timeout_s: float | None = None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()

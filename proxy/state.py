@@ -116,7 +116,7 @@ class ProxyState:
     exact-only mode. A request whose config carries a bound is never served semantically without it."""
     policy_watcher: PolicyWatcher | None = None
     """The CachePolicy watcher, or ``None`` (no policy source configured)."""
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    background: set[asyncio.Future[Any]] = field(default_factory=set)
     num_pending_adds: int = 0
     """Background semantic adds in progress (capped by ``SemanticOptions.max_pending_adds``)."""
     _config: tuple[PolicyDocument | None, bool, EffectiveConfig] | None = None
@@ -134,9 +134,13 @@ class ProxyState:
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        self.hold(asyncio.get_running_loop().create_task(coro))
+
+    def hold(self, fut: asyncio.Future[Any]) -> None:
+        """Keep background work (a task, or a Redis reply a callback waits for) until it is done:
+        shutdown gives it a moment, then cancels it."""
+        self.background.add(fut)
+        fut.add_done_callback(self.background.discard)
 
 
 STATE = web.AppKey("llmcache_proxy_state", ProxyState)

@@ -22,6 +22,8 @@ import json
 import re
 from typing import Any
 
+from llmcache import keys
+
 __all__ = ["CHAT_DELTA_FIELDS", "DONE", "SSERecorder", "replay", "replay_chat", "replay_completion", "split_text"]
 
 DONE = b"data: [DONE]\n\n"
@@ -91,7 +93,7 @@ class SSERecorder:
             self.done = True
             return
         try:
-            chunk = json.loads(data)
+            chunk = keys.loads(data.decode())  # (UTF-8, as SSE is; a UnicodeDecodeError is a ValueError)
         except ValueError:
             self.ok = False
             return

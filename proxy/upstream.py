@@ -20,6 +20,7 @@ router, exactly the behaviour above.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -75,16 +76,23 @@ def filter_headers(headers: Mapping[str, str] | CIMultiDictProxy[str], *,
     """Copy ``headers`` without hop-by-hop ones, those named in ``Connection``, and ``drop``;
     ``to_upstream`` (a request being forwarded) also drops every ``X-LLMCache-*`` header: those are
     addressed to the proxy (controls, the admin token), and a hosted upstream must never see them."""
-    named = {t.strip().lower() for v in headers.getall("Connection", ())  # type: ignore[union-attr]
-             for t in v.split(",")} if isinstance(headers, (CIMultiDictProxy, CIMultiDict)) else set()
+    skip = _skipped(drop)
+    if "Connection" in headers and isinstance(headers, (CIMultiDictProxy, CIMultiDict)):
+        skip = skip | {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
     out: CIMultiDict[str] = CIMultiDict()
+    prefix = controls.CONTROL_PREFIX if to_upstream else None
     for k, v in headers.items():
         lk = k.lower()
-        if lk in HOP_BY_HOP or lk in _RECOMPUTED or lk in named or lk in drop or (
-                to_upstream and lk.startswith(controls.CONTROL_PREFIX)):
+        if lk in skip or (prefix is not None and lk.startswith(prefix)):
             continue
         out.add(k, v)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _skipped(drop: frozenset[str]) -> frozenset[str]:
+    """Header names (lower case) never copied: hop-by-hop, recomputed, and ``drop`` (the callers' few sets)."""
+    return HOP_BY_HOP | _RECOMPUTED | drop
 
 
 class Upstream:

@@ -108,3 +108,42 @@ def test_parse_json_refuses_nesting_deeper_than_the_limit_whatever_the_stack() -
 def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     text = json.dumps({"content": "[" * 5000 + '\\"{' * 100, "n": [[1]]})
     assert keys.parse_json(text)["n"] == [[1]]
+
+
+@pytest.mark.parametrize("body", [
+    BASE,
+    {**BASE, "stream": True, "user": "u", "temperature": 0.25, "stop": ["\u2028", "é", "\"q\""], "n": None},
+    {"model": "m", "prompt": "x", "logit_bias": {"2": -1, "10": 1}, "nested": [[{"b": 1, "a": [True, False]}]]},
+    {},
+])
+@pytest.mark.parametrize("scope", [
+    {"tenant": "t"}, {"tenant": "t2", "namespace": "ns é", "partition": "app", "query": "a=1&b=%22"},
+    {"tenant": "t", "query": "q=" + "x" * 2000},  # past the remembered tails' length bound
+])
+def test_exact_key_is_the_digest_of_the_whole_canonical_material(body: dict, scope: dict) -> None:
+    """exact_key serialises only the body per request and remembers the rest: the same digest as the
+    canonical JSON of the whole material (keys of entries already stored stay valid)."""
+    import hashlib
+
+    material = keys._key_material(CHAT, body, scope["tenant"], scope.get("namespace", ""),
+                                  scope.get("partition", ""), scope.get("query", ""))
+    want = hashlib.sha256(keys.canonical_json(material)).hexdigest()
+    assert keys.exact_key(CHAT, body, **scope) == want
+    parsed = keys.parse_json(json.dumps(body))
+    assert keys.exact_key(CHAT, parsed, **scope, normalised=True) == want
+    assert keys.exact_key(CHAT, body, **scope) == want  # a second time: from the remembered tail
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": [1, 2.5, "é"], "b": null}', "[1,2]", ' {"a": 1} ', '{"a": 1}\n', '{"a": 1} {"b": 2}', '{"a": 1}]',
+    "\ufeff{}", '{"a": }', "{", "}", "", "[]", '"s"', "1", '{"a": NaN}',
+])
+def test_loads_is_json_loads(text: str) -> None:
+    """keys.loads skips json.loads's wrapper where it can: the same value, or the same kind of error."""
+    try:
+        want: object = json.loads(text)
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            keys.loads(text)
+    else:
+        assert keys.loads(text) == want

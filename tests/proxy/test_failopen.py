@@ -102,3 +102,25 @@ async def test_full_redis_still_answers(proxy_stack, redis_factory) -> None:
         assert status == 200 and headers["X-LLMCache-Status"] == "hit"  # ...so hits keep coming
     finally:
         await r.aclose()
+
+
+async def test_a_flushed_script_cache_costs_no_entry(proxy_stack, redis_factory) -> None:
+    """The lookup and the background store send their scripts by SHA without a coroutine of their own;
+    a Redis that forgot them (SCRIPT FLUSH, a restart) answers NOSCRIPT, and both load them again:
+    the miss is still stored, its twin is a hit, and the breaker never counts a failure."""
+    server = redis_factory(with_search=False)
+    stack = await proxy_stack(redis_url=server.url)
+    r = aioredis.Redis.from_url(server.url)
+    try:
+        await stack.post("/v1/chat/completions", body(0))  # scripts loaded, connection up
+        await stack.flush()
+        for i in range(1, 4):
+            await r.script_flush()
+            status, headers, _ = await stack.post("/v1/chat/completions", body(i))
+            assert status == 200 and headers["X-LLMCache-Status"] == "miss"
+            await stack.flush()
+            status, headers, _ = await stack.post("/v1/chat/completions", body(i))
+            assert status == 200 and headers["X-LLMCache-Status"] == "hit"
+        assert stack.state.breaker.num_failures_total == 0
+    finally:
+        await r.aclose()

@@ -175,3 +175,23 @@ async def test_exact_store_reads_and_writes_the_same_through_either_client(redis
     finally:
         await fast.aclose()
         await plain.aclose()
+
+
+async def test_each_command_fails_at_its_own_deadline(silent_server: tuple[str, socket.socket]) -> None:
+    """One timer keeps every pending deadline: a short one sent after a long one fails at its own
+    deadline (well within the long one's), and the long one is still waiting then."""
+    url, _ = silent_server
+    client = resp.RespClient.from_url(url, stale_after_s=60.0)
+    try:
+        with pytest.raises(TimeoutError):
+            await client.call("PING", timeout_s=0.05)  # connects (the connection stays: it is not stale)
+        slow = asyncio.ensure_future(client.call("PING", timeout_s=30.0))
+        await asyncio.sleep(0)  # sent
+        short = asyncio.ensure_future(client.call("PING", timeout_s=0.05))
+        done, _ = await asyncio.wait({short}, timeout=10.0)  # liveness bound, far below the long deadline
+        assert short in done and isinstance(short.exception(), TimeoutError)
+        assert not slow.done()  # its own deadline has not come
+    finally:
+        await client.aclose()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await slow  # closing the client fails what still waits
