@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -52,77 +53,67 @@ def test_stored_form_is_the_compact_json_of_the_fields_in_schema_order(fields: d
     assert Entry.from_json(e.to_json().encode()) == e
 
 
+@pytest.fixture
+async def r(redis_plain_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_plain_url)
+    yield client
+    await client.aclose()
 
-async def test_store_ttl_and_eviction_bookkeeping(redis_plain_url: str) -> None:
-    r = aioredis.Redis.from_url(redis_plain_url)
+
+async def test_store_ttl_and_eviction_bookkeeping(r: aioredis.Redis) -> None:
     ks = Keyspace("t1")
     store = RedisExactStore(r, keyspace=ks)
-    try:
-        assert await store.get("abc", group="g") is None
-        assert await r.exists(*ks.group_keys("g", "lru")) == 0  # a miss records nothing
-        size = await store.put("abc", entry(), ttl_s=50, group="g")
-        assert 0 < await r.ttl(ks.entry("abc")) <= 50
-        assert int(await r.hget(ks.group_of("g", "size", "abc"), "abc")) == size
-        assert await r.zscore(ks.group_of("g", "ctime", "abc"), "abc") is not None
-        lru = await r.zscore(ks.group_of("g", "lru", "abc"), "abc")
-        assert lru == await r.zscore(ks.group_of("g", "ctime", "abc"), "abc")
-        assert await r.zscore(ks.group_of("g", "lfu", "abc"), "abc") == 1
-        blob = await store.get("abc", group="g")
-        assert Entry.from_json(blob) == entry()
-        assert await r.zscore(ks.group_of("g", "lfu", "abc"), "abc") == 2
-        await store.delete("abc")
-        assert await store.get("abc", group="g") is None
-    finally:
-        await r.aclose()
+    assert await store.get("abc", group="g") is None
+    assert await r.exists(*ks.group_keys("g", "lru")) == 0  # a miss records nothing
+    size = await store.put("abc", entry(), ttl_s=50, group="g")
+    assert 0 < await r.ttl(ks.entry("abc")) <= 50
+    assert int(await r.hget(ks.group_of("g", "size", "abc"), "abc")) == size
+    assert await r.zscore(ks.group_of("g", "ctime", "abc"), "abc") is not None
+    lru = await r.zscore(ks.group_of("g", "lru", "abc"), "abc")
+    assert lru == await r.zscore(ks.group_of("g", "ctime", "abc"), "abc")
+    assert await r.zscore(ks.group_of("g", "lfu", "abc"), "abc") == 1
+    blob = await store.get("abc", group="g")
+    assert Entry.from_json(blob) == entry()
+    assert await r.zscore(ks.group_of("g", "lfu", "abc"), "abc") == 2
+    await store.delete("abc")
+    assert await store.get("abc", group="g") is None
 
 
-async def test_scripts_survive_a_script_flush(redis_plain_url: str) -> None:
+async def test_scripts_survive_a_script_flush(r: aioredis.Redis) -> None:
     """put/get run as EVALSHA; a Redis that lost its scripts (restart, SCRIPT FLUSH) gets them reloaded."""
-    r = aioredis.Redis.from_url(redis_plain_url)
     ks = Keyspace("t2")
     store = RedisExactStore(r, keyspace=ks)
-    try:
-        await store.put("k1", entry(), ttl_s=50, group="g")
-        await r.script_flush()
-        size = await store.put("k2", entry(), ttl_s=50, group="g")
-        assert int(await r.hget(ks.group_of("g", "size", "k2"), "k2")) == size
-        await r.script_flush()
-        assert Entry.from_json(await store.get("k1", group="g")) == entry()
-        assert await r.zscore(ks.group_of("g", "lfu", "k1"), "k1") == 2
-    finally:
-        await r.aclose()
+    await store.put("k1", entry(), ttl_s=50, group="g")
+    await r.script_flush()
+    size = await store.put("k2", entry(), ttl_s=50, group="g")
+    assert int(await r.hget(ks.group_of("g", "size", "k2"), "k2")) == size
+    await r.script_flush()
+    assert Entry.from_json(await store.get("k1", group="g")) == entry()
+    assert await r.zscore(ks.group_of("g", "lfu", "k1"), "k1") == 2
 
 
-async def test_put_gives_up_only_its_own_lease(redis_plain_url: str) -> None:
+async def test_put_gives_up_only_its_own_lease(r: aioredis.Redis) -> None:
     """A leased miss's store releases the lease in the same script, where this pod still owns it."""
-    r = aioredis.Redis.from_url(redis_plain_url)
     ks = Keyspace("t3")
     store = RedisExactStore(r, keyspace=ks)
-    try:
-        await r.set(ks.lease("mine"), "pod-a", px=10_000)
-        await r.set(ks.lease("theirs"), "pod-b", px=10_000)  # expired and re-taken by another pod
-        await store.put("mine", entry(), ttl_s=50, group="g", lease_owner="pod-a")
-        await store.put("theirs", entry(), ttl_s=50, group="g", lease_owner="pod-a")
-        assert not await r.exists(ks.lease("mine")) and await r.get(ks.lease("theirs")) == b"pod-b"
-        assert Entry.from_json(await store.get("mine", group="g")) == entry()
-        await store.put("plain", entry(), ttl_s=50, group="g")  # no lease named: none touched
-        assert await r.get(ks.lease("theirs")) == b"pod-b"
-    finally:
-        await r.aclose()
+    await r.set(ks.lease("mine"), "pod-a", px=10_000)
+    await r.set(ks.lease("theirs"), "pod-b", px=10_000)  # expired and re-taken by another pod
+    await store.put("mine", entry(), ttl_s=50, group="g", lease_owner="pod-a")
+    await store.put("theirs", entry(), ttl_s=50, group="g", lease_owner="pod-a")
+    assert not await r.exists(ks.lease("mine")) and await r.get(ks.lease("theirs")) == b"pod-b"
+    assert Entry.from_json(await store.get("mine", group="g")) == entry()
+    await store.put("plain", entry(), ttl_s=50, group="g")  # no lease named: none touched
+    assert await r.get(ks.lease("theirs")) == b"pod-b"
 
 
-async def test_lookup_takes_the_lease_only_on_a_miss(redis_plain_url: str) -> None:
+async def test_lookup_takes_the_lease_only_on_a_miss(r: aioredis.Redis) -> None:
     """get_or_lease: a missing entry's lease is tried in the lookup's own round trip, for one owner."""
-    r = aioredis.Redis.from_url(redis_plain_url)
     ks = Keyspace("t4")
     store = RedisExactStore(r, keyspace=ks)
-    try:
-        assert await store.get_or_lease("k", group="g", owner="pod-a", lease_ms=10_000) == (None, True)
-        assert await store.get_or_lease("k", group="g", owner="pod-b", lease_ms=10_000) == (None, False)
-        assert await r.get(ks.lease("k")) == b"pod-a" and 0 < await r.pttl(ks.lease("k")) <= 10_000
-        await store.put("k", entry(), ttl_s=50, group="g", lease_owner="pod-a")
-        blob, taken = await store.get_or_lease("k", group="g", owner="pod-b", lease_ms=10_000)
-        assert Entry.from_json(blob) == entry() and taken is None
-        assert not await r.exists(ks.lease("k"))  # an entry there: no lease taken
-    finally:
-        await r.aclose()
+    assert await store.get_or_lease("k", group="g", owner="pod-a", lease_ms=10_000) == (None, True)
+    assert await store.get_or_lease("k", group="g", owner="pod-b", lease_ms=10_000) == (None, False)
+    assert await r.get(ks.lease("k")) == b"pod-a" and 0 < await r.pttl(ks.lease("k")) <= 10_000
+    await store.put("k", entry(), ttl_s=50, group="g", lease_owner="pod-a")
+    blob, taken = await store.get_or_lease("k", group="g", owner="pod-b", lease_ms=10_000)
+    assert Entry.from_json(blob) == entry() and taken is None
+    assert not await r.exists(ks.lease("k"))  # an entry there: no lease taken
