@@ -40,6 +40,17 @@ def key(tokens: tuple[int, ...] = TOKENS, salt: str | None = "tenant-a") -> Rout
     return RouteKey(token_ids=tokens, salt=salt, text_key=hash((tokens, salt)) & (2**64 - 1))
 
 
+def place_new(router: Router, keys: list[RouteKey]) -> list[Replica]:
+    """Send one request per key, each a prefix no replica holds (placed by ``load``); where each went."""
+    placed = []
+    for k in keys:
+        choice = router.choose(k)
+        assert choice is not None and choice.chosen_by == "load"
+        router.sent(choice)
+        placed.append(choice.replica)
+    return placed
+
+
 # ---------------------------------------------------------------- scoring
 
 
@@ -108,10 +119,7 @@ def test_new_prefixes_are_spread_evenly_once_state_is_known() -> None:
     for r in rs.replicas.values():
         publish(r, (), None)  # both answered: empty caches
     router = Router(rs)
-    for tenant in range(16):
-        choice = router.choose(key(salt=f"tenant-{tenant}"))
-        assert choice is not None and choice.chosen_by == "load"
-        router.sent(choice)
+    place_new(router, [key(salt=f"tenant-{tenant}") for tenant in range(16)])
     assert sorted(router._recent_blocks(u, 0.0) for u in rs.replicas) == [8 * 6, 8 * 6]  # 6 blocks a prompt
     # A tenant seen before goes where it went, by the prefix it left there (remembered until reported).
     again = router.choose(key(salt="tenant-3"))
@@ -128,17 +136,11 @@ def test_new_prefixes_are_spread_evenly_while_queues_differ() -> None:
         publish(r, (), None)
     r1.num_inflight = 1
     router = Router(rs)
-    for tenant in range(16):
-        choice = router.choose(key(salt=f"tenant-{tenant}"))
-        assert choice is not None and choice.chosen_by == "load"
-        router.sent(choice)
+    place_new(router, [key(salt=f"tenant-{tenant}") for tenant in range(16)])
     assert sorted(router._recent_blocks(u, 0.0) for u in rs.replicas) == [8 * 6, 8 * 6]  # 6 blocks a prompt
     # Past the bound, load wins over the count: an overloaded replica takes no new prefix.
     r1.num_inflight = 9
-    for tenant in range(16, 20):
-        choice = router.choose(key(salt=f"tenant-{tenant}"))
-        assert choice is not None and choice.replica is r2
-        router.sent(choice)
+    assert place_new(router, [key(salt=f"tenant-{tenant}") for tenant in range(16, 20)]) == [r2] * 4
 
 
 def test_a_burst_of_short_prompts_weighs_less_than_long_prefixes() -> None:
@@ -150,17 +152,11 @@ def test_a_burst_of_short_prompts_weighs_less_than_long_prefixes() -> None:
         publish(r, (), None)
     router = Router(rs)
     r2.num_inflight = 9  # over the bound meanwhile: the burst goes to r1
-    for i in range(4):  # short one-off prompts (17 tokens: one full block)
-        c = router.choose(key(tuple(range(5000 + 20 * i, 5017 + 20 * i)), salt="burst"))
-        assert c is not None and c.replica is r1 and c.chosen_by == "load"
-        router.sent(c)
+    # Short one-off prompts (17 tokens: one full block).
+    burst = [key(tuple(range(5000 + 20 * i, 5017 + 20 * i)), salt="burst") for i in range(4)]
+    assert place_new(router, burst) == [r1] * 4
     r2.num_inflight = 0
-    placed = []
-    for tenant in ("tenant-a", "tenant-b"):
-        c = router.choose(key(salt=tenant))
-        assert c is not None and c.chosen_by == "load"
-        router.sent(c)
-        placed.append(c.replica)
+    placed = place_new(router, [key(salt="tenant-a"), key(salt="tenant-b")])
     assert sorted(r.url for r in placed) == sorted([r1.url, r2.url]), placed
 
 
