@@ -201,13 +201,17 @@ class SearchIndex:
                 return False
             except Exception as exc:
                 raise IndexError_(f"FT.CREATE {name} failed: {exc}") from exc
-        if existing is not None and existing != self._dim:
+        if existing is not None:
+            self._check_dim(name, existing)
+            self._pending.discard(name)
+        return existing is not None
+
+    def _check_dim(self, name: str, existing: int) -> None:
+        """Refuse an index made for vectors of another size than the embedder's."""
+        if existing != self._dim:
             raise IndexError_(
                 f"vector index {name} was created for {existing}-dimensional vectors but the embedder gives "
                 f"{self._dim}: use another --key-prefix or drop it with `FT.DROPINDEX {name} DD`")
-        if existing is not None:
-            self._pending.discard(name)
-        return existing is not None
 
     async def _still_pending(self) -> bool:
         """Whether an index is still the operator's to create; asks Redis (``FT.INFO``, no second
@@ -221,9 +225,7 @@ class SearchIndex:
                 existing = await search_index.existing_dim(self._redis, name, target=targets.get(name))
                 if existing is None:
                     continue
-                if existing != self._dim:
-                    raise IndexError_(f"vector index {name} was created for {existing}-dimensional vectors but "
-                                      f"the embedder gives {self._dim}")
+                self._check_dim(name, existing)
                 self._pending.discard(name)
                 log.warning("vector index %s exists now: semantic lookups start", name)
         return bool(self._pending)
