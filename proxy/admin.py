@@ -141,10 +141,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.metrics.breaker_open.set(1 if state.breaker.is_open else 0)
-    # Wanted wherever the proxy starts it (see app._semantic_ctx): its mode asks for it, or a
-    # CachePolicy may (a sidecar's own mode is exact; its policy turns semantic on).
-    settings = state.settings
-    state.metrics.observe_semantic(wanted=settings.cache.mode != "exact" or settings.policy.enabled,
+    state.metrics.observe_semantic(wanted=state.settings.semantic_wanted,
                                    stats=state.semantic.stats() if state.semantic is not None else None)
     return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -263,7 +263,7 @@ def _policy_changed(doc: Any) -> None:
 async def _semantic_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     settings = state.settings
-    if settings.cache.mode == "exact" and not settings.policy.enabled:
+    if not settings.semantic_wanted:
         yield
         return
     starter = _SemanticStarter(state)
@@ -280,7 +280,7 @@ async def _semantic_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _bound_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     settings = state.settings
-    if (settings.cache.mode == "exact" and not settings.policy.enabled) or state.redis is None or state.store is None:
+    if not settings.semantic_wanted or state.redis is None or state.store is None:
         yield
         return
     bound = ErrorBound(redis=state.redis, store=state.store, breaker=state.breaker, keyspace=state.keyspace,

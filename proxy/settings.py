@@ -356,6 +356,12 @@ class ProxySettings:
     policy: PolicySource = field(default_factory=PolicySource)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
 
+    @property
+    def semantic_wanted(self) -> bool:
+        """May this proxy serve semantic hits: its mode asks for them, or a CachePolicy may turn them on
+        (a sidecar runs in mode exact and follows its policy)? The semantic cache starts then."""
+        return self.cache.mode != "exact" or self.policy.enabled
+
     def __post_init__(self) -> None:
         if self.cache.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.cache.mode!r}")
