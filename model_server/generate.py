@@ -119,7 +119,7 @@ class Engine:
         if kv_budget_bytes is None:
             kv_budget_bytes = default_budget_bytes(loaded, self.settings.kv_fraction)
         self.scheduler = Scheduler(self.settings, kv_budget_bytes=kv_budget_bytes,
-                                   kv_bytes_per_token=self.kv_bytes_per_token)
+                                   kv_bytes_per_token=self.kv_bytes_per_token, prefix_cache=prefix_cache)
         reason = forward.packed_unsupported_reason(loaded.model) if self.settings.enable_batching else None
         if reason is not None:
             log.warning("continuous batching is off for this model (%s): one forward pass per sequence", reason)

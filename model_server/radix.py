@@ -290,6 +290,32 @@ class RadixCache:
                 )
             return MatchResult(num_cached_tokens=i, kv=kv, last_node=node, locked=lock)
 
+    def cached_length(self, key: RadixKey) -> int:
+        """How many tokens :meth:`match_prefix` would return for ``key`` now, without its side effects.
+
+        No split, no access tick, no pin, no stats: the scheduler's estimate of a waiting
+        prompt's cached prefix (which prompt has the least left to prefill).
+        """
+        tokens = key.token_ids
+        cap = len(tokens) - 1
+        with self._lock:
+            node = self._roots.get(key.namespace)
+            i = 0
+            while node is not None and i < cap:
+                child = node.children.get(tokens[i])
+                if child is None:
+                    break
+                edge = child.key
+                n = min(len(edge), cap - i)
+                j = 1  # the first token matched by the children lookup
+                while j < n and edge[j] == tokens[i + j]:
+                    j += 1
+                i += j
+                if j < len(edge):
+                    break
+                node = child
+            return i
+
     def release(self, match: MatchResult) -> None:
         """Unpin the path pinned by ``match_prefix(lock=True)``; a no-op for unlocked matches."""
         if not match.locked:

@@ -17,11 +17,18 @@ of the queue is never overtaken), so an admitted sequence can never run out of K
 mid-generation and no preemption is needed.
 
 Each step's plan (:func:`plan_step`) takes one decode token from every decoding sequence,
-then fills the rest of the token budget with prompt chunks, oldest sequence first::
+then fills the rest of the token budget with prompt chunks::
 
-    budget 256:  [d d d d d d d d | c c c c c … (248 prompt tokens of the oldest prefill) ]
+    budget 256:  [d d d d d d d d | o o o … (a quarter: the oldest prefill) | s s … l l l … (the rest) ]
 
-so a long prompt is prefilled over several steps while the others keep decoding.
+so a long prompt is prefilled over several steps while the others keep decoding. The rest
+goes to the prefill with the least left to feed first, its cached prefix counted (the
+radix tree is asked, without side effects, before the sequence's KV exists): a request
+whose system prompt is cached gets its first token in the next step instead of queueing
+behind another tenant's cold 1,000-token prefill. Shortest-remaining-first is the order
+that minimises mean time to first token (SGLang's cache-aware policy orders by longest
+cached prefix for the same reason); the oldest prefill's quarter means a stream of short
+prompts can slow a long one down but never starve it.
 
 Not thread-safe: the engine calls every method under its lock.
 """
@@ -29,14 +36,14 @@ Not thread-safe: the engine calls every method under its lock.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from llmcache.model_server import admission, detok
 from llmcache.model_server.kv_buffer import SeqKV
-from llmcache.model_server.radix import MatchResult, RadixKey
+from llmcache.model_server.radix import MatchResult, RadixCache, RadixKey
 from llmcache.model_server.request import GenerationRequest, RequestHandle
 from llmcache.model_server.settings import BatchingSettings
 from llmcache.model_server.stats import SchedulerStats
@@ -110,27 +117,46 @@ class SchedulerOutput:
     """What to tell the expired ones."""
 
 
-def plan_step(running: list[Sequence], *, max_num_batched_tokens: int) -> Iterator[tuple[Sequence, int]]:
+def plan_step(running: list[Sequence], *, max_num_batched_tokens: int,
+              cached_length: Callable[[Sequence], int] | None = None) -> Iterator[tuple[Sequence, int]]:
     """``(sequence, tokens to feed)`` for one step: every decode, then prompt chunks within the budget.
 
     Decodes always run (the budget is at least ``max_num_seqs`` by construction); prompt
     chunks get what is left, but at least a quarter of the budget so prefills never starve.
-    Sequences whose KV is not allocated yet yield their whole remaining prompt as the
-    chunk bound; the engine allocates and looks up the prefix first, then trims.
+    Of that, the oldest prefill gets up to a quarter of the budget first, then the prefills
+    take the rest in order of tokens left to feed, fewest first (ties: oldest first). A
+    sequence whose KV is not allocated yet counts ``cached_length(seq)`` tokens as already
+    cached (the prefix the engine's lookup will find in this same step; ``None``: none), so
+    its chunk bound is exactly what it has left; the engine allocates, looks up the prefix,
+    then trims.
     """
     decoding = [s for s in running if not s.prefilling]
     for s in decoding:
         yield s, 1
+    prefilling = [s for s in running if s.prefilling]
+    if not prefilling:
+        return
     left = max(max_num_batched_tokens - len(decoding), max_num_batched_tokens // 4)
-    for s in running:
+    peek = cached_length if len(prefilling) > 1 else None  # order matters only among several
+    rem: dict[Sequence, int] = {}
+    for s in prefilling:
+        if s.kv is not None:
+            rem[s] = len(s.prompt) - s.kv.length
+        else:
+            rem[s] = len(s.prompt) - (peek(s) if peek is not None else 0)
+    oldest = prefilling[0]
+    grant = {oldest: min(rem[oldest], max(max_num_batched_tokens // 4, 1), left)}
+    left -= grant[oldest]
+    for s in sorted(prefilling, key=rem.__getitem__):
         if left <= 0:
-            return
-        if s.prefilling:
-            done = s.kv.length if s.kv is not None else 0
-            chunk = min(len(s.prompt) - done, left)
-            if chunk > 0:
-                yield s, chunk
-                left -= chunk
+            break
+        more = min(rem[s] - grant.get(s, 0), left)
+        if more > 0:
+            grant[s] = grant.get(s, 0) + more
+            left -= more
+    for s in prefilling:
+        if s in grant:
+            yield s, grant[s]
 
 
 class WaitQueue:
@@ -184,8 +210,11 @@ class WaitQueue:
 class Scheduler:
     """Waiting queue, running set and KV reservations; :meth:`schedule` plans one step."""
 
-    def __init__(self, settings: BatchingSettings, *, kv_budget_bytes: int, kv_bytes_per_token: int) -> None:
+    def __init__(self, settings: BatchingSettings, *, kv_budget_bytes: int, kv_bytes_per_token: int,
+                 prefix_cache: RadixCache | None = None) -> None:
         self.settings = settings
+        self.prefix_cache = prefix_cache
+        """Asked (read-only) how much of a waiting prompt is cached, to order prompt chunks."""
         self.kv_budget_bytes = kv_budget_bytes
         self.kv_bytes_per_token = kv_bytes_per_token
         self.waiting = WaitQueue(max_len=settings.max_queue_len, max_wait_s=settings.max_queue_time_s)
@@ -238,8 +267,15 @@ class Scheduler:
             out.admitted.append(head)
         out.cancelled_running = [s for s in self.running if s.handle.cancelled]
         live = [s for s in self.running if not s.handle.cancelled] if out.cancelled_running else self.running
-        out.scheduled = list(plan_step(live, max_num_batched_tokens=self.settings.max_num_batched_tokens))
+        out.scheduled = list(plan_step(live, max_num_batched_tokens=self.settings.max_num_batched_tokens,
+                                       cached_length=self._cached_length))
         return out
+
+    def _cached_length(self, seq: Sequence) -> int:
+        """Tokens of ``seq``'s prompt the prefix cache holds now (0 when it may not use the cache)."""
+        if self.prefix_cache is None or not seq.request.enable_prefix_cache:
+            return 0
+        return self.prefix_cache.cached_length(seq.key)
 
     def finish(self, seq: Sequence, now: float, *, served: bool = True) -> None:
         """``seq`` left the running set: release its reservation; learn its service time when it was ``served``."""

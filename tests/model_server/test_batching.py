@@ -109,6 +109,22 @@ def test_long_prefill_is_chunked_while_others_decode(tiny_model: loader.LoadedMo
     assert list(a.result(120).token_ids) == reference(tiny_model, pa, 60)
 
 
+def test_a_cached_prompt_is_not_queued_behind_a_cold_prefill(tiny_model: loader.LoadedModel, engine_with) -> None:
+    engine = engine_with(max_num_batched_tokens=16)
+    rng = random.Random(13)
+    system, cold = rand_tokens(rng, 200), rand_tokens(rng, 300)
+    warm = system + rand_tokens(rng, 5)
+    rec = Recorder()
+    engine.submit(req(system + rand_tokens(rng, 3), 1, rec, "first")).result(120)  # caches the system prompt
+    a, b = engine.submit_many([req(cold, 2, rec, "cold"), req(warm, 2, rec, "warm")])  # the cold one is older
+    assert list(b.result(120).token_ids) == reference(tiny_model, warm, 2)
+    assert list(a.result(120).token_ids) == reference(tiny_model, cold, 2)
+    assert b.cached_tokens == 200
+    names = [n for n, e in rec.log if isinstance(e, rq.TokenDelta) and n != "first"]
+    # 300 cold tokens at <= 16 per step take >= 19 steps; the warm one's 5 tokens went in the first.
+    assert names.index("warm") < names.index("cold")
+
+
 def test_cancel_mid_batch_frees_the_sequence(tiny_model: loader.LoadedModel, engine_with) -> None:
     engine = engine_with()
     rng = random.Random(13)

@@ -233,3 +233,16 @@ def test_block_hashes_follow_inserts_splits_and_evictions() -> None:
     gone = cache.evict(cache.total_bytes)
     assert set(gone.removed_blocks) == held | set(prefix_hash.block_hashes("ns:salt", a, block_tokens=4))
     assert len(gone.removed_blocks) == len(set(gone.removed_blocks))
+
+
+def test_cached_length_agrees_with_match_prefix_and_changes_nothing() -> None:
+    cache = RadixCache(10**6)
+    cache.insert(RadixKey("ns", [5, 6, 7, 8, 9]), make_kv([5, 6, 7, 8, 9]))
+    cache.insert(RadixKey("ns", [5, 6, 1, 2]), make_kv([5, 6, 1, 2]))
+    probes = [[5, 6, 1, 2, 3], [5, 6, 7, 8, 9], [5, 6, 7, 4], [5, 9], [4, 5], [5], [5, 6, 7, 8, 9, 10, 11]]
+    for probe in probes:
+        before = (cache.num_nodes, cache.num_queried_tokens, cache.num_hit_tokens, cache.cached_tokens("ns"))
+        n = cache.cached_length(RadixKey("ns", probe))
+        assert (cache.num_nodes, cache.num_queried_tokens, cache.num_hit_tokens, cache.cached_tokens("ns")) == before
+        assert n == cache.match_prefix(RadixKey("ns", probe), lock=False).num_cached_tokens, probe
+    assert cache.cached_length(RadixKey("other", [5, 6, 7, 8, 9])) == 0  # namespaces never share a node
