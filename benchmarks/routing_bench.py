@@ -295,6 +295,9 @@ def summarize(results: list[Result], wall_s: float) -> dict[str, Any]:
         "throughput_rps": len(ok) / wall_s if wall_s else 0.0,
         "throughput_prompt_tok_s": prompt / wall_s if wall_s else 0.0,
         "wall_s": wall_s,
+        "samples": [[r.tenant, r.question, r.prompt_tokens, r.cached_tokens, round(r.ttft_s, 4)]
+                    for r in ok if r.ttft_s is not None],
+        "samples_columns": ["tenant", "question", "prompt_tokens", "cached_tokens", "ttft_s"],
     }
 
 
