@@ -28,7 +28,9 @@ whose system prompt is cached gets its first token in the next step instead of q
 behind another tenant's cold 1,000-token prefill. Shortest-remaining-first is the order
 that minimises mean time to first token (SGLang's cache-aware policy orders by longest
 cached prefix for the same reason); the oldest prefill's quarter means a stream of short
-prompts can slow a long one down but never starve it.
+prompts can slow a long one down but never starve it. A request that shares a long uncached
+prefix with one already prefilling (the same tenant asking twice at once) waits for that
+prefill and then finds the prefix cached, instead of computing the same tokens again.
 
 Not thread-safe: the engine calls every method under its lock.
 """
@@ -144,6 +146,10 @@ def plan_step(running: list[Sequence], *, max_num_batched_tokens: int,
             rem[s] = len(s.prompt) - s.kv.length
         else:
             rem[s] = len(s.prompt) - (peek(s) if peek is not None else 0)
+    if peek is not None:
+        waits = _waiting_for_a_shared_prefill(prefilling, rem)
+        if waits:
+            prefilling = [s for s in prefilling if s not in waits]
     oldest = prefilling[0]
     grant = {oldest: min(rem[oldest], max(max_num_batched_tokens // 4, 1), left)}
     left -= grant[oldest]
@@ -157,6 +163,46 @@ def plan_step(running: list[Sequence], *, max_num_batched_tokens: int,
     for s in prefilling:
         if s in grant:
             yield s, grant[s]
+
+
+SHARED_PREFILL_MIN_TOKENS = 32
+"""A sequence not started yet waits for another's prefill when they share at least this many
+uncached tokens (and at least half of what it has left): SGLang's in-batch prefix check."""
+
+
+def _common_len(a: Sequence, b: Sequence) -> int:
+    x, y = a.prompt, b.prompt
+    n = min(len(x), len(y))
+    i = 0
+    while i < n and x[i] == y[i]:
+        i += 1
+    return i
+
+
+def _waiting_for_a_shared_prefill(prefilling: list[Sequence], rem: dict[Sequence, int]) -> set[Sequence]:
+    """Sequences not started yet that should wait one more step for an earlier sequence's prefill.
+
+    A burst of requests sharing a prompt nobody has cached yet (a tenant's system prompt,
+    asked twice at once): the first prefills it and inserts it into the prefix cache when
+    its prefill ends; a second one started meanwhile would find nothing and prefill the
+    same tokens again. So a sequence whose KV is not allocated waits while a prefilling one
+    that has started (or an earlier one starting in this step) shares at least
+    :data:`SHARED_PREFILL_MIN_TOKENS` more tokens with it than the cache holds, and at
+    least half of what it has left: in the step after that prefill it finds them cached.
+    It cannot wait for ever: the one it waits for is never made to wait itself.
+    """
+    waits: set[Sequence] = set()
+    ahead = [p for p in prefilling if p.kv is not None and p.request.enable_prefix_cache]
+    for s in prefilling:
+        if s.kv is not None or not s.request.enable_prefix_cache:
+            continue
+        cached = len(s.prompt) - rem[s]
+        need = max(SHARED_PREFILL_MIN_TOKENS, rem[s] // 2)
+        if any(p.key.namespace == s.key.namespace and _common_len(s, p) - cached >= need for p in ahead):
+            waits.add(s)
+        else:
+            ahead.append(s)
+    return waits
 
 
 class WaitQueue:
@@ -268,7 +314,7 @@ class Scheduler:
         out.cancelled_running = [s for s in self.running if s.handle.cancelled]
         live = [s for s in self.running if not s.handle.cancelled] if out.cancelled_running else self.running
         out.scheduled = list(plan_step(live, max_num_batched_tokens=self.settings.max_num_batched_tokens,
-                                       cached_length=self._cached_length))
+                                       cached_length=self._cached_length if self.prefix_cache is not None else None))
         return out
 
     def _cached_length(self, seq: Sequence) -> int:

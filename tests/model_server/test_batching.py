@@ -125,6 +125,19 @@ def test_a_cached_prompt_is_not_queued_behind_a_cold_prefill(tiny_model: loader.
     assert names.index("warm") < names.index("cold")
 
 
+def test_a_burst_sharing_an_uncached_prompt_prefills_it_once(tiny_model: loader.LoadedModel, engine_with) -> None:
+    engine = engine_with(max_num_batched_tokens=16)
+    rng = random.Random(14)
+    system = rand_tokens(rng, 300)
+    prompts = [system + rand_tokens(rng, 3 + i) for i in range(3)]
+    rec = Recorder()
+    handles = engine.submit_many([req(p, 2, rec, f"r{i}") for i, p in enumerate(prompts)])
+    for h, p in zip(handles, prompts):
+        assert list(h.result(120).token_ids) == reference(tiny_model, p, 2)
+    # The first prefilled the shared 300 tokens; the others waited for it and found them cached.
+    assert [h.cached_tokens for h in handles] == [0, 300, 300]
+
+
 def test_cancel_mid_batch_frees_the_sequence(tiny_model: loader.LoadedModel, engine_with) -> None:
     engine = engine_with()
     rng = random.Random(13)

@@ -66,3 +66,34 @@ def test_a_single_prefill_takes_the_whole_budget_without_asking_the_cache() -> N
 
     assert list(plan_step([only], max_num_batched_tokens=16, cached_length=peek)) == [(only, 16)]
     assert asked == []
+
+
+def seq_of(ids: list[int], *, ns: str = "ns", prefix_cache: bool = True) -> Sequence:
+    handle = rq.RequestHandle(rq.GenerationRequest(prompt_ids=ids, sampling=rq.SamplingParams(max_tokens=4),
+                                                   enable_prefix_cache=prefix_cache))
+    return Sequence(handle=handle, key=RadixKey(ns, ids), generator=torch.Generator(), text=None)  # type: ignore[arg-type]
+
+
+def test_a_second_request_for_an_uncached_prompt_waits_for_the_first_ones_prefill() -> None:
+    system = list(range(1000, 1300))
+    first, second = seq_of(system + [1, 2, 3]), seq_of(system + [4, 5])
+    # Neither is cached: only the first starts, the second would prefill the same 300 tokens again.
+    got = plan([first, second], 64, cached={})
+    assert got == {0: 64}
+    # Started and still prefilling: the second keeps waiting, even when the first is nearly done.
+    first.kv = type("KV", (), {"length": 290})()  # type: ignore[assignment]
+    assert plan([first, second], 64, cached={}) == {0: 13}
+    # Once the first's prompt is in the cache (its prefill done, it decodes), the second starts.
+    first.generated.append(9)
+    got = plan([first, second], 64, cached={1: 300})
+    assert got[0] == 1 and got[1] > 0
+
+
+def test_prompts_that_share_little_or_live_in_other_namespaces_do_not_wait() -> None:
+    system = list(range(1000, 1300))
+    other_tenant = seq_of(system + [4, 5], ns="salted")
+    short_shared = seq_of(system[:20] + list(range(5000, 5300)))
+    no_cache = seq_of(system + [7], prefix_cache=False)
+    first = seq_of(system + [1, 2, 3])
+    got = plan([first, other_tenant, short_shared, no_cache], 2048, cached={})
+    assert set(got) == {0, 1, 2, 3}
