@@ -63,6 +63,13 @@ first; a prefix used ``n`` times outlives a once-used one by about ``n - 1`` tur
 inflation (each turn: the cache's content evicted about once), so a formerly hot prefix
 that nobody asks for any more still leaves, and new prefixes are never starved.
 
+A leaf larger than what must be freed loses only its tail (the leaf is split at a block
+boundary, at least :data:`MIN_EVICT_TOKENS` from its end, and the lower part evicted): the
+way a paged cache frees a sequence's last blocks first. A cache a little smaller than its
+working set then keeps most of every prompt (the next request recomputes the cut tail)
+instead of dropping whole 1,000-token prompts, which a router would see vanish and place
+anew on another replica, overflowing that one in turn.
+
 Thread safety: every public method takes the cache's lock (the server calls it from its
 single inference worker; ``/metrics`` and tests read it from other threads).
 """
@@ -110,6 +117,9 @@ class RadixKey:
     def __len__(self) -> int:
         return len(self.token_ids)
 
+
+MIN_EVICT_TOKENS = 64
+"""The smallest tail cut off a leaf when only part of it must go (see the module doc)."""
 
 MAX_USES = 8
 """Cap of a node's use count in its eviction priority: a prefix that was hot once leaves within about
@@ -502,6 +512,7 @@ class RadixCache:
                     or not self._attached(node)):
                 continue  # stale entry
             self._inflation = max(self._inflation, priority)
+            self._cut_tail(node, num_bytes - freed)  # the kept head is pushed below, as the parent
             parent = node.parent
             assert parent is not None
             del parent.children[node.key[0]]
@@ -517,6 +528,28 @@ class RadixCache:
             if not parent.is_root and not parent.children and parent.lock_ref == 0:
                 self._push(parent)
         return EvictResult(num_evicted_nodes=nodes, num_freed_bytes=freed, removed_blocks=tuple(removed))
+
+    def _cut_tail(self, leaf: RadixNode, num_bytes: int) -> RadixNode | None:
+        """Split ``leaf`` so that its lower part (``leaf`` itself afterwards) holds about ``num_bytes``.
+
+        The cut is at a block boundary (with ``block_tokens``) and leaves a tail of at least
+        :data:`MIN_EVICT_TOKENS`; returns the upper node, or ``None`` when the whole leaf should go.
+        """
+        length = len(leaf.key)
+        if length <= MIN_EVICT_TOKENS or leaf.nbytes <= num_bytes:
+            return None
+        tail = max(MIN_EVICT_TOKENS, -(-num_bytes * length // leaf.nbytes))
+        start = 0
+        p = leaf.parent
+        while p is not None and not p.is_root:
+            start += len(p.key)
+            p = p.parent
+        cut = start + length - tail
+        if self.block_tokens:
+            cut -= cut % self.block_tokens
+        if cut <= start:
+            return None
+        return self._split(leaf, cut - start, start=start)
 
     def _inc_lock(self, node: RadixNode) -> None:
         while node.parent is not None:

@@ -246,3 +246,32 @@ def test_cached_length_agrees_with_match_prefix_and_changes_nothing() -> None:
         assert (cache.num_nodes, cache.num_queried_tokens, cache.num_hit_tokens, cache.cached_tokens("ns")) == before
         assert n == cache.match_prefix(RadixKey("ns", probe), lock=False).num_cached_tokens, probe
     assert cache.cached_length(RadixKey("other", [5, 6, 7, 8, 9])) == 0  # namespaces never share a node
+
+
+def test_a_long_leaf_loses_only_its_tail_when_little_must_go() -> None:
+    from llmcache import prefix_hash
+    from llmcache.model_server.radix import MIN_EVICT_TOKENS
+
+    cache = RadixCache(400 * PER_TOKEN, block_tokens=16)
+    prompt = list(range(1000, 1300))  # a 300-token system prompt, used by two requests
+    cache.insert(RadixKey("ns", prompt), make_kv(prompt))
+    cache.release(cache.match_prefix(RadixKey("ns", prompt + [1])))
+    other = list(range(5000, 5100))
+    result = cache.insert(RadixKey("ns", other), make_kv(other))  # needs 0 of 100 more tokens: fits
+    assert result.evicted.num_freed_bytes == 0
+    newer = list(range(7000, 7030))  # 30 tokens over the budget
+    result = cache.insert(RadixKey("ns", newer), make_kv(newer))
+    # The once-used 100-token prompt is the lowest priority: it loses a block-aligned tail of at
+    # least MIN_EVICT_TOKENS, not all of it; the twice-used prompt is untouched.
+    kept = cache.cached_length(RadixKey("ns", other + [0]))
+    assert 0 < kept <= 100 - MIN_EVICT_TOKENS and kept % 16 == 0
+    assert cache.cached_length(RadixKey("ns", prompt + [0])) == 300
+    assert cache.total_bytes <= cache.budget_bytes
+    # Only the blocks that ended in the cut tail were reported gone; the head's are still held.
+    other_blocks = prefix_hash.block_hashes("ns", other, block_tokens=16)
+    assert set(result.evicted.removed_blocks) == set(other_blocks[kept // 16:])
+    held = {h for node in cache.iter_nodes() for _end, h in node.blocks}
+    assert set(other_blocks[:kept // 16]) <= held
+    # What is left still holds the exact values of its tokens.
+    m = cache.match_prefix(RadixKey("ns", other + [0]), lock=False)
+    assert m.kv is not None and tokens_of(m.kv) == other[:kept]
