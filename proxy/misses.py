@@ -231,7 +231,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
     headers["Accept-Encoding"] = "identity"  # we must be able to read what we store
     t0 = time.perf_counter()
     try:
-        resp = await state.upstream.open("POST", call.upstream_path, headers, call.raw)
+        resp = await state.upstream.open("POST", call.upstream_path, headers, call.raw, pooled=not call.stream)
     except upstream.UpstreamError as exc:
         flight.fail()
         count_answer(call, call.status)
@@ -311,7 +311,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
     return out
 
 
-async def _lead_whole(call: Call, flight: Flight, resp: aiohttp.ClientResponse, *,
+async def _lead_whole(call: Call, flight: Flight, resp: upstream.Answer, *,
                       recording: bool) -> web.StreamResponse:
     """A JSON (or error) answer of known length within ``max_entry_bytes``: read it, answer in one write.
 
