@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 #: Request headers a miss does not forward as the client sent them (it asks for ``identity``).
 _NOT_FORWARDED = frozenset({"accept-encoding"})
+_IDENTITY = (("Accept-Encoding", "identity"),)  # we must be able to read what we store
 
 
 async def join_flight(call: Call) -> web.StreamResponse | None:
@@ -227,8 +228,7 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
     assert state.upstream is not None
     request = call.request
     call.status = "miss" if call.redis_ok else "bypass"
-    headers = upstream.filter_headers(request.headers, drop=_NOT_FORWARDED, to_upstream=True)
-    headers["Accept-Encoding"] = "identity"  # we must be able to read what we store
+    headers = upstream.Forwarded(request, drop=_NOT_FORWARDED, extra=_IDENTITY)
     t0 = time.perf_counter()
     try:
         resp = await state.upstream.open("POST", call.upstream_path, headers, call.raw, pooled=not call.stream)

@@ -34,7 +34,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParser
 from yarl import URL
 
-__all__ = ["ConnectFailed", "MalformedAnswer", "Pool", "Response"]
+__all__ = ["ConnectFailed", "MalformedAnswer", "Pool", "Response", "header_block"]
 
 #: StreamReader limit per answer (bytes): past twice this, unread, the socket stops being read.
 _READ_LIMIT = 2**16
@@ -42,6 +42,23 @@ _READ_LIMIT = 2**16
 
 class ConnectFailed(aiohttp.ClientConnectionError):
     """No connection to the upstream could be made; nothing was sent."""
+
+
+def header_block(headers: Iterable[tuple[str, str]]) -> bytes:
+    """``headers`` as request header lines for :meth:`Pool.request`, with what aiohttp's client adds
+    when the caller did not set it (``Accept: */*``, ``Content-Type: application/octet-stream``), so
+    both paths send the same. Raise ``ValueError`` for a CR, LF or NUL in a name or value (it would
+    split the request; aiohttp refuses the same)."""
+    lines = [f"{k}: {v}\r\n" for k, v in headers]
+    block = "".join(lines)
+    if block.count("\n") != len(lines) or block.count("\r") != len(lines) or "\x00" in block:
+        raise ValueError("a header holds a control character; refusing to forward it")
+    lower = block.lower()
+    if "\naccept:" not in lower and not lower.startswith("accept:"):
+        block += "Accept: */*\r\n"
+    if "\ncontent-type:" not in lower and not lower.startswith("content-type:"):
+        block += "Content-Type: application/octet-stream\r\n"
+    return block.encode("utf-8", "surrogateescape")
 
 
 class MalformedAnswer(aiohttp.ClientError):
@@ -232,7 +249,8 @@ class Pool:
         host_header = f"[{self.host}]" if ":" in self.host else self.host
         if url.explicit_port and self.port != 80:
             host_header += f":{self.port}"
-        self._host_line = f"Host: {host_header}\r\n"
+        self._host_line = f"Host: {host_header}\r\n".encode()
+        self._base_path = self.base_path.encode()
         self._idle: list[_Connection] = []
         self._num_open = 0
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
@@ -248,36 +266,22 @@ class Pool:
     def num_idle(self) -> int:
         return len(self._idle)
 
-    async def request(self, method: str, path_qs: str, headers: Iterable[tuple[str, str]], body: bytes) -> Response:
-        """Send ``method path_qs`` with ``headers`` (end to end, without Host and Content-Length) and
-        ``body``; return the answer once its headers are read."""
-        head = self._head(method, path_qs, headers, len(body))
+    async def request(self, method: str, path_qs: str, headers: bytes, body: bytes) -> Response:
+        """Send ``method path_qs`` with ``headers`` (a :func:`header_block`: end to end, without Host
+        and Content-Length) and ``body``; return the answer once its headers are read."""
+        data = b"".join((method.encode(), b" ", self._base_path, path_qs.encode("utf-8", "surrogateescape"),
+                         b" HTTP/1.1\r\n", self._host_line, headers, b"Content-Length: %d\r\n\r\n" % len(body), body))
         conn = self._take_idle()
         if conn is None:
             conn = await self._acquire()
         try:
-            message, payload = await conn.send(head + body, self.read_timeout_s)
+            message, payload = await conn.send(data, self.read_timeout_s)
         except BaseException:
             conn.should_close = True
             if conn.transport is not None:
                 conn.transport.abort()
             raise
         return Response(message, payload, conn, self.origin + path_qs)
-
-    def _head(self, method: str, path_qs: str, headers: Iterable[tuple[str, str]], length: int) -> bytes:
-        lines = [f"{k}: {v}\r\n" for k, v in headers]
-        block = "".join(lines)
-        # A CR, LF or NUL inside a name or value would split the request (aiohttp refuses the same).
-        if block.count("\n") != len(lines) or block.count("\r") != len(lines) or "\x00" in block:
-            raise ValueError("a header holds a control character; refusing to forward it")
-        lower = block.lower()
-        # What aiohttp's client adds when the caller did not set it (so both paths send the same).
-        if "\naccept:" not in lower and not lower.startswith("accept:"):
-            block += "Accept: */*\r\n"
-        if "\ncontent-type:" not in lower and not lower.startswith("content-type:"):
-            block += "Content-Type: application/octet-stream\r\n"
-        return (f"{method} {self.base_path}{path_qs} HTTP/1.1\r\n{self._host_line}{block}"
-                f"Content-Length: {length}\r\n\r\n").encode("utf-8", "surrogateescape")
 
     def _take_idle(self) -> _Connection | None:
         idle = self._idle

@@ -43,8 +43,8 @@ from llmcache.proxy import controls, limits, pool
 if TYPE_CHECKING:
     from llmcache.proxy.routing import Router
 
-__all__ = ["HOP_BY_HOP", "Answer", "Upstream", "UpstreamError", "error_response", "filter_headers", "relay",
-           "response_for"]
+__all__ = ["HOP_BY_HOP", "Answer", "Forwarded", "Upstream", "UpstreamError", "error_response", "filter_headers",
+           "relay", "response_for"]
 
 #: Response header of the llmcache model server: prompt tokens served from its prefix cache.
 CACHED_TOKENS_HEADER = "X-LLMCache-Cached-Tokens"
@@ -105,6 +105,61 @@ def _skipped(drop: frozenset[str]) -> frozenset[str]:
     return HOP_BY_HOP | _RECOMPUTED | drop
 
 
+@functools.lru_cache(maxsize=16)
+def _skipped_wire(drop: frozenset[str]) -> frozenset[bytes]:
+    """:func:`_skipped` as the bytes of raw header names."""
+    return frozenset(name.encode() for name in _skipped(drop))
+
+
+_CONTROL_PREFIX_WIRE = controls.CONTROL_PREFIX.encode()
+
+
+class Forwarded:
+    """A client request's headers as forwarded upstream (``to_upstream``, see :func:`filter_headers`):
+    ``drop`` left out, ``extra`` set (its names must be in ``drop``).
+
+    Rendered for the session (:meth:`mapping`) or, straight from the raw header bytes the server's
+    parser kept, as the pool's header lines (:meth:`wire`: one pass, no header object: 39,700 →
+    ~24,800 instructions for a request's six headers, callgrind)."""
+
+    __slots__ = ("drop", "extra", "headers", "raw")
+
+    def __init__(self, request: web.BaseRequest, *, drop: frozenset[str],
+                 extra: tuple[tuple[str, str], ...] = ()) -> None:
+        self.headers = request.headers
+        self.raw = request.raw_headers
+        self.drop = drop
+        self.extra = extra
+
+    def mapping(self) -> CIMultiDict[str]:
+        out = filter_headers(self.headers, drop=self.drop, to_upstream=True)
+        for name, value in self.extra:
+            out[name] = value
+        return out
+
+    def wire(self) -> bytes:
+        """The header lines for :meth:`llmcache.proxy.pool.Pool.request` (the same headers as :meth:`mapping`)."""
+        headers = self.headers
+        if "Connection" in headers:  # names listed there are hop-by-hop too: the general way
+            return pool.header_block(self.mapping().items())
+        skip = _skipped_wire(self.drop)
+        prefix = _CONTROL_PREFIX_WIRE
+        # (llhttp admitted no CR, LF or NUL in these bytes: nothing to check again.)
+        parts: list[bytes] = []
+        for name, value in self.raw:
+            lower = name.lower()
+            if lower not in skip and not lower.startswith(prefix):
+                parts += (name, b": ", value, b"\r\n")
+        for name_, value_ in self.extra:
+            parts.append(f"{name_}: {value_}\r\n".encode())
+        # What aiohttp's client adds when the caller did not set it (so both paths send the same).
+        if "Accept" not in headers:
+            parts.append(b"Accept: */*\r\n")
+        if "Content-Type" not in headers:
+            parts.append(b"Content-Type: application/octet-stream\r\n")
+        return b"".join(parts)
+
+
 class Upstream:
     """One pooled :class:`aiohttp.ClientSession` to the upstream base URL, or to replicas a router picks."""
 
@@ -138,7 +193,7 @@ class Upstream:
         return aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                      cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
 
-    async def open(self, method: str, path_qs: str, headers: Mapping[str, str],
+    async def open(self, method: str, path_qs: str, headers: Mapping[str, str] | Forwarded,
                    body: bytes | AsyncIterable[bytes] | None, *, pooled: bool = False) -> Answer:
         """Send the request; return the response with headers read (body still streaming).
 
@@ -155,7 +210,7 @@ class Upstream:
                 raise self._error(exc, self.base_url) from exc
         return await self._routed(self.router, method, path_qs, headers, body, pooled=pooled)
 
-    async def _request(self, base_url: str, method: str, path_qs: str, headers: Mapping[str, str],
+    async def _request(self, base_url: str, method: str, path_qs: str, headers: Mapping[str, str] | Forwarded,
                        body: bytes | AsyncIterable[bytes] | None, *, pooled: bool = False) -> Answer:
         if pooled and isinstance(body, bytes) and base_url.startswith("http://"):
             p = self._pools.get(base_url)
@@ -163,7 +218,10 @@ class Upstream:
                 p = self._pools[base_url] = pool.Pool(base_url, max_connections=self.pool_size,
                                                       connect_timeout_s=self.connect_timeout_s,
                                                       read_timeout_s=self.timeout_s)
-            return await p.request(method, path_qs, headers.items(), body)
+            block = headers.wire() if isinstance(headers, Forwarded) else pool.header_block(headers.items())
+            return await p.request(method, path_qs, block, body)
+        if isinstance(headers, Forwarded):
+            headers = headers.mapping()
         # encoded=True: the path and query travel byte for byte as the client wrote them.
         url = URL(base_url + path_qs, encoded=True)
         return await self.session.request(method, url, headers=headers, data=body, timeout=self.timeout,
@@ -179,7 +237,7 @@ class Upstream:
         return UpstreamError(502, f"upstream {base_url} is unreachable or closed the connection "
                                   f"({type(exc).__name__})")
 
-    async def _routed(self, router: Router, method: str, path_qs: str, headers: Mapping[str, str],
+    async def _routed(self, router: Router, method: str, path_qs: str, headers: Mapping[str, str] | Forwarded,
                       body: bytes | AsyncIterable[bytes] | None, *, pooled: bool = False) -> Answer:
         """Send to the replica ``router`` picks; once more to another when the connection is refused."""
         route = path_qs.split("?", 1)[0]

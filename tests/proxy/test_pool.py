@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from llmcache.proxy import pool
 from llmcache.redis_server import free_port
 
-JSON = [("Content-Type", "application/json")]
+JSON = pool.header_block([("Content-Type", "application/json")])
 
 
 async def until(what: str, cond: Callable[[], bool], *, timeout_s: float = 10.0) -> None:
@@ -111,8 +111,8 @@ async def test_requests_reuse_one_kept_alive_connection(up: Upstream) -> None:
 async def test_headers_sent_as_given_plus_what_the_session_adds(up: Upstream) -> None:
     p = make_pool(up.url)
     try:
-        resp = await p.request("POST", "/echo", [("X-Twice", "a"), ("X-Twice", "b"), ("Authorization", "Bearer k")],
-                               b"{}")
+        block = pool.header_block([("X-Twice", "a"), ("X-Twice", "b"), ("Authorization", "Bearer k")])
+        resp = await p.request("POST", "/echo", block, b"{}")
         doc = json.loads(await resp.read())
         resp.release()
         sent = doc["headers"]
@@ -123,7 +123,7 @@ async def test_headers_sent_as_given_plus_what_the_session_adds(up: Upstream) ->
         # As aiohttp's client: a body without a Content-Type is sent as octets, Accept defaults to */*.
         assert ["Content-Type", "application/octet-stream"] in sent and ["Accept", "*/*"] in sent
         with pytest.raises(ValueError, match="control character"):
-            await p.request("POST", "/echo", [("X-Bad", "a\r\nX-Injected: 1")], b"{}")
+            pool.header_block([("X-Bad", "a\r\nX-Injected: 1")])
     finally:
         p.close()
 
@@ -321,3 +321,47 @@ async def test_closing_the_pool_fails_waiters_and_later_requests(up: Upstream) -
     await resp.read()
     resp.release()
     await until("the busy connection is closed on release", lambda: p.num_open == 0)
+
+
+@pytest.mark.parametrize("sent", [
+    {"Content-Type": "application/json", "Authorization": "Bearer k", "Accept-Encoding": "gzip", "Accept": "x/y"},
+    # no Content-Type or Accept; hop-by-hop, proxy controls, and a header that Connection names hop-by-hop
+    {"Keep-Alive": "timeout=5", "TE": "trailers", "X-LLMCache-Namespace": "ns", "Connection": "keep-alive, X-Hop",
+     "X-Hop": "1", "X-Kept": "2"},
+    # the same without Connection (the raw-bytes way): hop-by-hop and proxy controls still left out
+    {"Keep-Alive": "timeout=5", "TE": "trailers", "X-LLMCache-Namespace": "ns", "Proxy-Authorization": "p",
+     "X-Kept": "2", "Content-Type": "text/plain"},
+])
+async def test_the_pool_path_forwards_the_headers_the_session_path_does(up: Upstream, sent: dict[str, str]) -> None:
+    """upstream.Forwarded rendered for the pool (raw bytes) and for the session: the upstream sees the same."""
+    from llmcache.proxy import upstream
+
+    async def front(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen = []
+        async with aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("User-Agent",)) as session:
+            via = upstream.Upstream(session, base_url=up.url, timeout_s=10)
+            for pooled in (False, True):
+                headers = upstream.Forwarded(request, drop=frozenset({"accept-encoding"}),
+                                             extra=(("Accept-Encoding", "identity"),))
+                resp = await via.open("POST", "/echo", headers, body, pooled=pooled)
+                seen.append(sorted((k.lower(), v) for k, v in json.loads(await resp.read())["headers"]))
+                resp.release()
+            via.close()
+        return web.json_response(seen)
+
+    app = web.Application()
+    app.router.add_post("/front", front)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession(skip_auto_headers=("User-Agent", "Accept", "Content-Type")) as http, \
+                http.post(server.make_url("/front"), data=b'{"a": 1}', headers=sent) as r:
+            via_session, via_pool = await r.json()
+    finally:
+        await server.close()
+    assert via_pool == via_session
+    names = {k for k, _ in via_pool}
+    assert not names & {"keep-alive", "te", "connection", "x-hop", "x-llmcache-namespace", "proxy-authorization"}
+    assert ["accept-encoding", "identity"] in via_pool and ["content-length", "8"] in via_pool
+    assert ("x-kept" in names) == ("X-Kept" in sent)
