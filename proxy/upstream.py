@@ -49,6 +49,8 @@ __all__ = ["HOP_BY_HOP", "Answer", "Forwarded", "Upstream", "UpstreamError", "er
 #: Response header of the llmcache model server: prompt tokens served from its prefix cache.
 CACHED_TOKENS_HEADER = "X-LLMCache-Cached-Tokens"
 _PROMPT_ROUTES = ("/v1/chat/completions", "/v1/completions")
+#: Upstream base URLs with a keep-alive pool, at most (beyond: the pools without connections go).
+_MAX_POOLS = 64
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +195,16 @@ class Upstream:
         return aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                      cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
 
+    def _new_pool(self, base_url: str) -> pool.Pool:
+        """A pool for ``base_url``; pools with no connection open are dropped first once there are
+        ``_MAX_POOLS`` (replicas come and go with DNS or a file: their pools must not pile up)."""
+        if len(self._pools) >= _MAX_POOLS:
+            for url in [u for u, p in self._pools.items() if p.num_open == 0]:
+                self._pools.pop(url).close()
+        p = self._pools[base_url] = pool.Pool(base_url, max_connections=self.pool_size,
+                                              connect_timeout_s=self.connect_timeout_s, read_timeout_s=self.timeout_s)
+        return p
+
     async def open(self, method: str, path_qs: str, headers: Mapping[str, str] | Forwarded,
                    body: bytes | AsyncIterable[bytes] | None, *, pooled: bool = False) -> Answer:
         """Send the request; return the response with headers read (body still streaming).
@@ -215,9 +227,7 @@ class Upstream:
         if pooled and isinstance(body, bytes) and base_url.startswith("http://"):
             p = self._pools.get(base_url)
             if p is None:
-                p = self._pools[base_url] = pool.Pool(base_url, max_connections=self.pool_size,
-                                                      connect_timeout_s=self.connect_timeout_s,
-                                                      read_timeout_s=self.timeout_s)
+                p = self._new_pool(base_url)
             block = headers.wire() if isinstance(headers, Forwarded) else pool.header_block(headers.items())
             return await p.request(method, path_qs, block, body)
         if isinstance(headers, Forwarded):

@@ -365,3 +365,22 @@ async def test_the_pool_path_forwards_the_headers_the_session_path_does(up: Upst
     assert not names & {"keep-alive", "te", "connection", "x-hop", "x-llmcache-namespace", "proxy-authorization"}
     assert ["accept-encoding", "identity"] in via_pool and ["content-length", "8"] in via_pool
     assert ("x-kept" in names) == ("X-Kept" in sent)
+
+
+async def test_pools_of_replicas_that_went_away_do_not_pile_up(up: Upstream) -> None:
+    from llmcache.proxy import upstream
+
+    async with aiohttp.ClientSession() as session:
+        via = upstream.Upstream(session, base_url=up.url, timeout_s=10)
+        try:
+            resp = await via.open("POST", "/echo", {"Content-Type": "application/json"}, b"{}", pooled=True)
+            await resp.read()
+            resp.release()  # this replica's pool keeps an idle connection
+            for _ in range(2 * upstream._MAX_POOLS):  # replicas seen once, gone now
+                with pytest.raises(aiohttp.ClientError):
+                    await via._request(f"http://127.0.0.1:{free_port()}", "POST", "/", {}, b"{}",
+                                       pooled=True)
+            assert len(via._pools) <= upstream._MAX_POOLS
+            assert up.url in via._pools  # the one with a connection stays
+        finally:
+            via.close()
