@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from llmcache.proxy import controls, limits, pool
@@ -88,10 +88,19 @@ def filter_headers(headers: Mapping[str, str] | CIMultiDictProxy[str], *,
     """Copy ``headers`` without hop-by-hop ones, those named in ``Connection``, and ``drop``;
     ``to_upstream`` (a request being forwarded) also drops every ``X-LLMCache-*`` header: those are
     addressed to the proxy (controls, the admin token), and a hosted upstream must never see them."""
+    if not to_upstream and isinstance(headers, (CIMultiDictProxy, CIMultiDict)) and "Connection" not in headers:
+        # An answer's headers (no Connection header naming more): copy them all in C and delete the
+        # few skipped names present, instead of a Python test per header (~11,000 → ~6,500
+        # instructions for an answer's four headers).
+        out: CIMultiDict[str] = CIMultiDict(headers)
+        for name in _skipped_names(drop):
+            if name in out:
+                del out[name]
+        return out
     skip = _skipped(drop)
     if "Connection" in headers and isinstance(headers, (CIMultiDictProxy, CIMultiDict)):
         skip = skip | {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
-    out: CIMultiDict[str] = CIMultiDict()
+    out = CIMultiDict()
     prefix = controls.CONTROL_PREFIX if to_upstream else None
     for k, v in headers.items():
         lk = k.lower()
@@ -105,6 +114,12 @@ def filter_headers(headers: Mapping[str, str] | CIMultiDictProxy[str], *,
 def _skipped(drop: frozenset[str]) -> frozenset[str]:
     """Header names (lower case) never copied: hop-by-hop, recomputed, and ``drop`` (the callers' few sets)."""
     return HOP_BY_HOP | _RECOMPUTED | drop
+
+
+@functools.lru_cache(maxsize=16)
+def _skipped_names(drop: frozenset[str]) -> tuple[istr, ...]:
+    """:func:`_skipped` as case-insensitive names, for deleting from a ``CIMultiDict``."""
+    return tuple(istr(name) for name in sorted(_skipped(drop)))
 
 
 @functools.lru_cache(maxsize=16)
