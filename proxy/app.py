@@ -3,9 +3,9 @@
 Resources open and close with the app (``cleanup_ctx``), in this order, and
 live on :data:`llmcache.proxy.state.STATE`:
 
-1. one pooled ``aiohttp.ClientSession`` to the upstream, and for misses without ``stream``
-   keep-alive connections of their own (:mod:`~llmcache.proxy.pool`, ~260,000 instructions
-   less per miss than the session's request);
+1. one pooled ``aiohttp.ClientSession`` to the upstream, and for misses and bypasses without
+   ``stream`` keep-alive connections of their own (:mod:`~llmcache.proxy.pool`, ~260,000
+   instructions less per request than the session's);
 2. one ``redis.asyncio`` client (no client-side retries: the breaker decides),
    the exact store and the optional cross-pod lease; a first PING settles
    ``/readyz`` (reached, or breaker open → bypass). On one Redis over TCP or a Unix

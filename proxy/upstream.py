@@ -17,8 +17,8 @@ the connection (nothing was sent yet) is skipped for a while and the request goe
 another one. Once a request's bytes were sent it is never re-sent. One static upstream: no
 router, exactly the behaviour above.
 
-A miss without ``stream`` (``open(..., pooled=True)``, a body in hand, a plain-HTTP upstream)
-goes over :class:`~llmcache.proxy.pool.Pool`'s keep-alive connections instead of the session:
+A miss or bypass without ``stream`` (``open(..., pooled=True)``, a body in hand, a plain-HTTP
+upstream) goes over :class:`~llmcache.proxy.pool.Pool`'s keep-alive connections, not the session:
 the same request bytes (the session's default ``Accept`` and ``Content-Type`` included), the
 same timeouts and error mapping, llhttp reading the answer, a fraction of the CPU. Streams,
 pass-through and TLS upstreams stay on the session.
@@ -224,8 +224,8 @@ class Upstream:
                    body: bytes | AsyncIterable[bytes] | None, *, pooled: bool = False) -> Answer:
         """Send the request; return the response with headers read (body still streaming).
 
-        ``pooled``: the body is in hand and the answer is not a stream kept open for long (a miss
-        without ``stream``): sent over the keep-alive :class:`~llmcache.proxy.pool.Pool` (plain
+        ``pooled``: the body is in hand and the answer is not a stream kept open for long (a miss or
+        bypass without ``stream``): sent over the keep-alive :class:`~llmcache.proxy.pool.Pool` (plain
         HTTP) instead of the session, which costs a fraction of the CPU per request.
 
         Raise :class:`UpstreamError` (502/503/504) when no response headers arrive.
