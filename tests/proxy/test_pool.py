@@ -293,7 +293,12 @@ async def test_a_truncated_answer_is_a_payload_error(answer: bytes) -> None:
             p.close()
 
 
-@pytest.mark.parametrize("answer", [b"", b"HTTP/1.1 2x0 nonsense\r\n\r\n"])
+@pytest.mark.parametrize("answer", [
+    b"",  # closed unanswered
+    b"HTTP/1.1 2x0 nonsense\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 9000 + b"\r\nContent-Length: 0\r\n\r\n",  # a header over 8190 bytes
+    b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"Content-Length: 0\r\n\r\n",
+], ids=["nothing", "bad-status", "header-too-long", "too-many-headers"])
 async def test_no_or_a_malformed_answer_is_a_client_error(answer: bytes) -> None:
     async with OneShot(answer) as url:
         p = make_pool(url)
