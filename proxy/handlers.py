@@ -108,15 +108,18 @@ def invalid_header(exc: controls.InvalidControl) -> web.Response:
 
 
 async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, *,
-                          route: str, namespace: str, upstream_path: str) -> web.StreamResponse:
-    """Forward a cacheable-route request without caching it (status ``bypass``); ``body`` as sent upstream."""
+                          route: str, namespace: str, upstream_path: str, pooled: bool = False) -> web.StreamResponse:
+    """Forward a cacheable-route request without caching it (status ``bypass``); ``body`` as sent upstream.
+
+    ``pooled``: the body asks for no stream (see :func:`_unstreamed`): over the upstream's keep-alive
+    pool, as a miss is."""
     assert state.upstream is not None
     state.metrics.count(route, "bypass")
     state.stats.add(namespace, "bypass", policy=state.config().policy_id)
-    headers = upstream.filter_headers(request.headers, to_upstream=True)
+    headers = upstream.Forwarded(request, drop=frozenset())
     t0 = time.perf_counter()
     try:
-        resp = await state.upstream.open("POST", upstream_path, headers, body)
+        resp = await state.upstream.open("POST", upstream_path, headers, body, pooled=pooled)
     except upstream.UpstreamError as exc:
         return upstream.error_response(exc.status, exc.message, type_="upstream_error",
                                        headers={STATUS_HEADER: "bypass"})
@@ -149,6 +152,11 @@ def _upstream_body(state: ProxyState, cfg: EffectiveConfig, route: str, raw: byt
     if "cache_salt" in body or not body or not head.startswith(b"{"):
         return json.dumps({**body, "cache_salt": salt}, ensure_ascii=False).encode()
     return b'{"cache_salt":"' + salt.encode() + b'",' + head[1:]
+
+
+def _unstreamed(route: str, body: Mapping[str, Any]) -> bool:
+    """Does the request ask for one JSON answer (embeddings, or ``stream`` absent or false), not a stream?"""
+    return route == "/v1/embeddings" or body.get("stream") in (None, False)
 
 
 def _deterministic(route: str, body: Mapping[str, Any], policy: str) -> bool:
@@ -269,19 +277,19 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
     forwarded = _upstream_body(state, cfg, route, raw, body, tenant)
     if cfg.suspend or not (cfg.exact or cfg.semantic) or not _deterministic(route, body, cfg.non_deterministic):
         return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace,
-                                     upstream_path=upstream_path), "bypass"
+                                     upstream_path=upstream_path, pooled=_unstreamed(route, body)), "bypass"
     if not credential and not cfg.cache_anonymous:
         # Without a credential every caller would share one tenant: never cached unless a policy
         # opts in (spec.scope.anonymous: PerNamespace, or --anonymous per-namespace).
         return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace,
-                                     upstream_path=upstream_path), "bypass"
+                                     upstream_path=upstream_path, pooled=_unstreamed(route, body)), "bypass"
     query = request.query_string
     try:
         key = keys.exact_key(route, body, tenant=tenant, namespace=namespace, partition=cfg.partition, query=query,
                              normalised=True)
     except (ValueError, TypeError):  # NaN/Infinity are not JSON; let the upstream reject them
         return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace,
-                                     upstream_path=upstream_path), "bypass"
+                                     upstream_path=upstream_path, pooled=_unstreamed(route, body)), "bypass"
     except RecursionError:
         state.metrics.count(route, "error")
         return _too_deep(), "error"

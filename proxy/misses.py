@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 #: Request headers a miss does not forward as the client sent them (it asks for ``identity``).
 _NOT_FORWARDED = frozenset({"accept-encoding"})
+_IDENTITY = (("Accept-Encoding", "identity"),)  # we must be able to read what we store
 
 
 async def join_flight(call: Call) -> web.StreamResponse | None:
@@ -227,11 +228,10 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
     assert state.upstream is not None
     request = call.request
     call.status = "miss" if call.redis_ok else "bypass"
-    headers = upstream.filter_headers(request.headers, drop=_NOT_FORWARDED, to_upstream=True)
-    headers["Accept-Encoding"] = "identity"  # we must be able to read what we store
+    headers = upstream.Forwarded(request, drop=_NOT_FORWARDED, extra=_IDENTITY)
     t0 = time.perf_counter()
     try:
-        resp = await state.upstream.open("POST", call.upstream_path, headers, call.raw)
+        resp = await state.upstream.open("POST", call.upstream_path, headers, call.raw, pooled=not call.stream)
     except upstream.UpstreamError as exc:
         flight.fail()
         count_answer(call, call.status)
@@ -311,13 +311,14 @@ async def _lead(call: Call, flight: Flight) -> web.StreamResponse:
     return out
 
 
-async def _lead_whole(call: Call, flight: Flight, resp: aiohttp.ClientResponse, *,
+async def _lead_whole(call: Call, flight: Flight, resp: upstream.Answer, *,
                       recording: bool) -> web.StreamResponse:
     """A JSON (or error) answer of known length within ``max_entry_bytes``: read it, answer in one write.
 
     The upstream sends such an answer at once, so relaying it chunk by chunk only adds work (a
-    prepared stream, a write per chunk, an end marker: ~3 sends instead of 1). It is stored after
-    it went out, like a streamed one, and not when the client left before it could be sent.
+    prepared stream, a write per chunk, an end marker: ~3 sends instead of 1). It is sent here, then
+    read into an entry and stored, like a streamed one, and not when the client left before it
+    could be sent.
     """
     request = call.request
     try:
@@ -331,16 +332,20 @@ async def _lead_whole(call: Call, flight: Flight, resp: aiohttp.ClientResponse, 
     finally:
         resp.release()
     out = upstream.response_for(resp, extra_headers={STATUS_HEADER: call.status}, body=payload)
-    entry = _entry_from(call, None, [payload]) if recording else None
     transport = request.transport
     if transport is None or transport.is_closing():
         # The client left: nothing is stored (as for a stream); requests that joined still get it.
         log.info("client left before the answer for %s was sent; not stored", call.log_key)
-        if entry is None or not flight.num_followers:
+        entry = _entry_from(call, None, [payload]) if recording and flight.num_followers else None
+        if entry is None:
             flight.fail()
         else:
             flight.finish(entry)
         return out
+    # The answer goes out first; the client does not wait for its entry to be parsed, built and
+    # stored (~125,000 instructions). Requests that join meanwhile wait for the flight to finish.
+    await call.state.writes.send(request, out)
+    entry = _entry_from(call, None, [payload]) if recording else None
     flight.finish(entry)
     if call.judgement is not None and entry is not None and call.state.bound is not None:
         call.state.bound.submit(call.judgement, entry)  # queued: judged once the answer is on its way

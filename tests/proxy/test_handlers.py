@@ -414,6 +414,26 @@ async def test_oversized_body_is_413(proxy_stack) -> None:
     assert (await stack.post("/v1/chat/completions", CHAT))[0] == 200
 
 
+async def test_bypassed_requests_without_stream_share_the_keep_alive_pool(proxy_stack) -> None:
+    """A bypass that asks for one JSON answer goes over the pool (one connection reused); a stream stays
+    on the session; both answers reach the client whole."""
+    stack = await proxy_stack()
+    up = stack.state.upstream
+    assert up is not None
+    answers = []
+    for i in range(3):
+        status, headers, payload = await stack.post("/v1/chat/completions", chat(temperature=0.8, seed=i))
+        assert status == 200 and headers["X-LLMCache-Status"] == "bypass"
+        answers.append(json.loads(payload)["choices"][0]["message"]["content"])
+    pools = list(up._pools.values())
+    assert len(pools) == 1 and pools[0].num_open == 1 and pools[0].num_idle == 1
+    assert len(set(answers)) == 3  # three answers, one per request
+    status, headers, payload = await stack.post("/v1/chat/completions", chat(temperature=0.8, stream=True))
+    assert status == 200 and headers["X-LLMCache-Status"] == "bypass"
+    assert headers["Content-Type"].startswith("text/event-stream") and payload.rstrip().endswith(b"data: [DONE]")
+    assert pools[0].num_open == 1 and await stack.upstream_count() == 4
+
+
 async def test_non_deterministic_requests(proxy_stack) -> None:
     stack = await proxy_stack()
     hot = chat(temperature=0.8)

@@ -227,7 +227,8 @@ def unfollowed_router(urls: list[str], http: aiohttp.ClientSession) -> tuple[Rou
     return Router(rs, metrics=metrics), metrics
 
 
-async def test_a_request_whose_bytes_were_sent_is_never_sent_again(replicas: Replicas) -> None:
+@pytest.mark.parametrize("pooled", [False, True], ids=["session", "pool"])
+async def test_a_request_whose_bytes_were_sent_is_never_sent_again(replicas: Replicas, pooled: bool) -> None:
     live = replicas.start()
     body = json.dumps({"prompt": prompt(0, 0), "max_tokens": 2}).encode()
     hang = HangUp()
@@ -236,14 +237,15 @@ async def test_a_request_whose_bytes_were_sent_is_never_sent_again(replicas: Rep
         router.replicas.replicas[live].num_running = 5  # busy: the pick goes to the faulty one
         up = upstream.Upstream(http, base_url=faulty, timeout_s=30, router=router)
         with pytest.raises(upstream.UpstreamError) as exc:
-            await up.open("POST", "/v1/completions", {"Content-Type": "application/json"}, body)
+            await up.open("POST", "/v1/completions", {"Content-Type": "application/json"}, body, pooled=pooled)
         assert exc.value.status == 502
         assert hang.received.endswith(body)  # the request reached the faulty replica in full…
         assert replicas.served(live) == 0  # …and was not sent again to the live one
         assert metrics.retries.labels(faulty)._value.get() == 0
 
 
-async def test_a_connect_error_is_retried_once_not_twice(replicas: Replicas) -> None:
+@pytest.mark.parametrize("pooled", [False, True], ids=["session", "pool"])
+async def test_a_connect_error_is_retried_once_not_twice(replicas: Replicas, pooled: bool) -> None:
     live = replicas.start()
     dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]  # nothing listens there
     body = json.dumps({"prompt": prompt(0, 0), "max_tokens": 2}).encode()
@@ -252,15 +254,16 @@ async def test_a_connect_error_is_retried_once_not_twice(replicas: Replicas) -> 
         router.replicas.replicas[live].num_running = 5  # busy: both dead ones come first
         up = upstream.Upstream(http, base_url=dead[0], timeout_s=30, router=router)
         with pytest.raises(upstream.UpstreamError) as exc:
-            await up.open("POST", "/v1/completions", {"Content-Type": "application/json"}, body)
+            await up.open("POST", "/v1/completions", {"Content-Type": "application/json"}, body, pooled=pooled)
         assert exc.value.status == 502
         assert sum(metrics.retries.labels(d)._value.get() for d in dead) == 1  # one retry, then the error
         assert replicas.served(live) == 0
         # Both dead ones are skipped now: the next request goes straight to the live one.
-        resp = await up.open("POST", "/v1/completions", {"Content-Type": "application/json"}, body)
+        resp = await up.open("POST", "/v1/completions", {"Content-Type": "application/json"}, body, pooled=pooled)
         assert resp.status == 200 and str(resp.url).startswith(live)
         resp.release()
         assert sum(metrics.retries.labels(d)._value.get() for d in dead) == 1
+        up.close()
 
 
 async def test_an_added_replica_receives_traffic(proxy_stack, replicas: Replicas, tmp_path: Path) -> None:
