@@ -101,3 +101,31 @@ TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "loo
                                             "parameters": {"type": "object", "properties": {
                                                 "query": {"type": "string"}}}}},
          {"type": "function", "function": {"name": "count", "parameters": {"type": "object", "properties": {}}}}]
+
+
+class RawServer:
+    """A raw asyncio HTTP server on loopback, for an upstream that must misbehave in ways aiohttp's
+    server will not (close a kept-alive connection unannounced, truncate, hang up unanswered).
+    Subclasses answer each connection in :meth:`handle`; ``async with`` gives the base URL."""
+
+    server: asyncio.AbstractServer | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 request: its head (through the blank line) and its Content-Length body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    return head, await reader.readexactly(length)

@@ -4,14 +4,16 @@ asyncio ones where a server must misbehave (close a kept-alive connection, trunc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from proxy_helpers import RawServer, read_request
 
 from llmcache.proxy import pool
 from llmcache.redis_server import free_port
@@ -92,9 +94,18 @@ def make_pool(url: str, **kw: Any) -> pool.Pool:
     return pool.Pool(url, **{"max_connections": 4, "connect_timeout_s": 5.0, "read_timeout_s": 10.0, **kw})
 
 
-async def test_requests_reuse_one_kept_alive_connection(up: Upstream) -> None:
-    p = make_pool(up.url)
+@contextlib.contextmanager
+def opened_pool(url: str, **kw: Any) -> Iterator[pool.Pool]:
+    """:func:`make_pool`, closed when the block ends (however the test's assertions went)."""
+    p = make_pool(url, **kw)
     try:
+        yield p
+    finally:
+        p.close()
+
+
+async def test_requests_reuse_one_kept_alive_connection(up: Upstream) -> None:
+    with opened_pool(up.url) as p:
         for i in range(3):
             resp = await p.request("POST", f"/echo?n={i}", JSON, json.dumps({"i": i}).encode())
             assert resp.status == 200 and resp.content_length is not None
@@ -104,13 +115,10 @@ async def test_requests_reuse_one_kept_alive_connection(up: Upstream) -> None:
             assert str(resp.url) == f"{up.url}/echo?n={i}"
         assert len(up.peers) == 3 and len(set(up.peers)) == 1  # one connection for all three
         assert p.num_open == 1 and p.num_idle == 1
-    finally:
-        p.close()
 
 
 async def test_headers_sent_as_given_plus_what_the_session_adds(up: Upstream) -> None:
-    p = make_pool(up.url)
-    try:
+    with opened_pool(up.url) as p:
         block = pool.header_block([("X-Twice", "a"), ("X-Twice", "b"), ("Authorization", "Bearer k")])
         resp = await p.request("POST", "/echo", block, b"{}")
         doc = json.loads(await resp.read())
@@ -124,13 +132,10 @@ async def test_headers_sent_as_given_plus_what_the_session_adds(up: Upstream) ->
         assert ["Content-Type", "application/octet-stream"] in sent and ["Accept", "*/*"] in sent
         with pytest.raises(ValueError, match="control character"):
             pool.header_block([("X-Bad", "a\r\nX-Injected: 1")])
-    finally:
-        p.close()
 
 
 async def test_a_connection_the_server_closes_is_not_reused(up: Upstream) -> None:
-    p = make_pool(up.url)
-    try:
+    with opened_pool(up.url) as p:
         resp = await p.request("POST", "/close", JSON, b"{}")
         assert json.loads(await resp.read()) == {"ok": True}
         resp.release()
@@ -141,37 +146,22 @@ async def test_a_connection_the_server_closes_is_not_reused(up: Upstream) -> Non
         await resp.read()
         resp.release()
         assert len(set(up.peers)) == 2
-    finally:
-        p.close()
 
 
-class OneShot:
+class OneShot(RawServer):
     """A raw HTTP/1.1 server that answers each connection's first request (keep-alive, by its headers)
     and then closes the connection unannounced: what an upstream's idle timeout does."""
 
     def __init__(self, answer: bytes) -> None:
         self.answer = answer
         self.num_connections = 0
-        self.server: asyncio.AbstractServer | None = None
 
-    async def __aenter__(self) -> str:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.num_connections += 1
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            await reader.readexactly(length)
-            writer.write(self.answer)
-            await writer.drain()
-            writer.close()
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.num_connections += 1
+        await read_request(reader)
+        writer.write(self.answer)
+        await writer.drain()
+        writer.close()
 
 
 async def test_a_kept_alive_connection_closed_while_idle_is_replaced() -> None:
@@ -179,8 +169,7 @@ async def test_a_kept_alive_connection_closed_while_idle_is_replaced() -> None:
     answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     server = OneShot(answer)
     async with server as url:
-        p = make_pool(url)
-        try:
+        with opened_pool(url) as p:
             resp = await p.request("POST", "/", JSON, b"{}")
             assert await resp.read() == body
             resp.release()
@@ -191,36 +180,27 @@ async def test_a_kept_alive_connection_closed_while_idle_is_replaced() -> None:
             assert await resp.read() == body
             resp.release()
             assert server.num_connections == 2
-        finally:
-            p.close()
 
 
 async def test_a_chunked_answer_is_read_whole_and_the_connection_reused(up: Upstream) -> None:
-    p = make_pool(up.url)
-    try:
+    with opened_pool(up.url) as p:
         for _ in range(2):
             resp = await p.request("POST", "/chunked", JSON, b"{}")
             assert resp.content_length is None and resp.headers["Transfer-Encoding"] == "chunked"
             assert json.loads(await resp.read()) == {"parts": ["one", "two", "three"]}
             resp.release()
         assert len(set(up.peers)) == 1
-    finally:
-        p.close()
 
 
 async def test_no_byte_within_the_read_timeout_fails_and_closes(up: Upstream) -> None:
-    p = make_pool(up.url, read_timeout_s=0.2)
-    try:
+    with opened_pool(up.url, read_timeout_s=0.2) as p:
         with pytest.raises(aiohttp.SocketTimeoutError):
             await p.request("POST", "/hang", JSON, b"{}")
         await until("the timed-out connection is closed", lambda: p.num_open == 0)
-    finally:
-        p.close()
 
 
 async def test_a_full_pool_waits_only_connect_timeout_s(up: Upstream) -> None:
-    p = make_pool(up.url, max_connections=1, connect_timeout_s=0.2)
-    try:
+    with opened_pool(up.url, max_connections=1, connect_timeout_s=0.2) as p:
         busy = asyncio.ensure_future(p.request("POST", "/hang", JSON, b"{}"))
         await until("the first request holds the only connection", lambda: len(up.peers) == 1)
         with pytest.raises(aiohttp.ConnectionTimeoutError):
@@ -236,23 +216,17 @@ async def test_a_full_pool_waits_only_connect_timeout_s(up: Upstream) -> None:
         await second.read()
         second.release()
         assert len(set(up.peers)) == 1 and p.num_open == 1
-    finally:
-        p.close()
 
 
 async def test_a_refused_connection_raises_connect_failed() -> None:
-    p = make_pool(f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    try:
+    with opened_pool(f"http://127.0.0.1:{free_port()}") as p:  # nothing listens there
         with pytest.raises(pool.ConnectFailed):
             await p.request("POST", "/", JSON, b"{}")
         assert p.num_open == 0
-    finally:
-        p.close()
 
 
 async def test_a_large_unread_answer_is_held_to_the_reader_bound(up: Upstream) -> None:
-    p = make_pool(up.url)
-    try:
+    with opened_pool(up.url) as p:
         resp = await p.request("POST", "/big", JSON, b"{}")
         conn: Any = resp._conn
         await until("reading paused for the slow reader", lambda: conn._reading_paused)
@@ -261,19 +235,14 @@ async def test_a_large_unread_answer_is_held_to_the_reader_bound(up: Upstream) -
         assert len(await resp.read()) == 4 << 20
         resp.release()
         assert p.num_idle == 1
-    finally:
-        p.close()
 
 
 async def test_an_answer_released_unread_closes_its_connection(up: Upstream) -> None:
-    p = make_pool(up.url)
-    try:
+    with opened_pool(up.url) as p:
         resp = await p.request("POST", "/big", JSON, b"{}")
         resp.release()
         assert p.num_idle == 0
         await until("the half-read connection is closed", lambda: p.num_open == 0)
-    finally:
-        p.close()
 
 
 @pytest.mark.parametrize("answer", [
@@ -282,15 +251,12 @@ async def test_an_answer_released_unread_closes_its_connection(up: Upstream) -> 
 ])
 async def test_a_truncated_answer_is_a_payload_error(answer: bytes) -> None:
     async with OneShot(answer) as url:
-        p = make_pool(url)
-        try:
+        with opened_pool(url) as p:
             resp = await p.request("POST", "/", JSON, b"{}")
             with pytest.raises(aiohttp.ClientPayloadError):
                 await resp.read()
             resp.release()
             assert p.num_idle == 0
-        finally:
-            p.close()
 
 
 @pytest.mark.parametrize("answer", [
@@ -301,13 +267,10 @@ async def test_a_truncated_answer_is_a_payload_error(answer: bytes) -> None:
 ], ids=["nothing", "bad-status", "header-too-long", "too-many-headers"])
 async def test_no_or_a_malformed_answer_is_a_client_error(answer: bytes) -> None:
     async with OneShot(answer) as url:
-        p = make_pool(url)
-        try:
+        with opened_pool(url) as p:
             with pytest.raises(aiohttp.ClientError):
                 await p.request("POST", "/", JSON, b"{}")
             await until("the connection is closed", lambda: p.num_open == 0)
-        finally:
-            p.close()
 
 
 async def test_closing_the_pool_fails_waiters_and_later_requests(up: Upstream) -> None:

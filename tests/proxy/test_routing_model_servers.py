@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from proxy_helpers import Stack
+from proxy_helpers import RawServer, Stack, read_request
 
 from llmcache.model_server import handlers as ms_handlers
 from llmcache.model_server import loader
@@ -193,29 +193,16 @@ async def test_a_refused_connection_is_sent_once_to_another_replica_never_after_
         assert exc.value.status == 502 and metrics.retries.labels(dead)._value.get() == 1
 
 
-class HangUp:
+class HangUp(RawServer):
     """Fault injection: a "replica" that accepts a connection, reads the request, and hangs up unanswered."""
 
     def __init__(self) -> None:
         self.received = bytearray()
-        self.server: asyncio.AbstractServer | None = None
 
-    async def __aenter__(self) -> str:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            head = await reader.readuntil(b"\r\n\r\n")
-            self.received += head
-            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            self.received += await reader.readexactly(length)
-            writer.close()
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, body = await read_request(reader)
+        self.received += head + body
+        writer.close()
 
 
 def unfollowed_router(urls: list[str], http: aiohttp.ClientSession) -> tuple[Router, RoutingMetrics]:
