@@ -211,7 +211,8 @@ def _nbytes(kv: KVLayers) -> int:
     return sum(k.nbytes + v.nbytes for k, v in kv)
 
 
-def _common_len(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -270,7 +271,7 @@ class RadixCache:
                 child = node.children.get(tokens[i])
                 if child is None:
                     break
-                n = _common_len(child.key, tokens[i:cap])
+                n = common_prefix_len(child.key, tokens[i:cap])
                 if n < len(child.key):
                     child = self._split(child, n, start=i)
                 path.append(child)
@@ -315,13 +316,9 @@ class RadixCache:
                 child = node.children.get(tokens[i])
                 if child is None:
                     break
-                edge = child.key
-                n = min(len(edge), cap - i)
-                j = 1  # the first token matched by the children lookup
-                while j < n and edge[j] == tokens[i + j]:
-                    j += 1
-                i += j
-                if j < len(edge):
+                n = common_prefix_len(child.key, tokens[i:cap])
+                i += n
+                if n < len(child.key):
                     break
                 node = child
             return i
@@ -354,7 +351,7 @@ class RadixCache:
                 child = node.children.get(tokens[i])
                 if child is None:
                     break
-                n = _common_len(child.key, tokens[i:])
+                n = common_prefix_len(child.key, tokens[i:])
                 if n < len(child.key):
                     child = self._split(child, n, start=i)
                 self._touch(child, tick)
@@ -529,15 +526,15 @@ class RadixCache:
                 self._push(parent)
         return EvictResult(num_evicted_nodes=nodes, num_freed_bytes=freed, removed_blocks=tuple(removed))
 
-    def _cut_tail(self, leaf: RadixNode, num_bytes: int) -> RadixNode | None:
+    def _cut_tail(self, leaf: RadixNode, num_bytes: int) -> None:
         """Split ``leaf`` so that its lower part (``leaf`` itself afterwards) holds about ``num_bytes``.
 
         The cut is at a block boundary (with ``block_tokens``) and leaves a tail of at least
-        :data:`MIN_EVICT_TOKENS`; returns the upper node, or ``None`` when the whole leaf should go.
+        :data:`MIN_EVICT_TOKENS`; no split when the whole leaf should go.
         """
         length = len(leaf.key)
         if length <= MIN_EVICT_TOKENS or leaf.nbytes <= num_bytes:
-            return None
+            return
         tail = max(MIN_EVICT_TOKENS, -(-num_bytes * length // leaf.nbytes))
         start = 0
         p = leaf.parent
@@ -547,9 +544,8 @@ class RadixCache:
         cut = start + length - tail
         if self.block_tokens:
             cut -= cut % self.block_tokens
-        if cut <= start:
-            return None
-        return self._split(leaf, cut - start, start=start)
+        if cut > start:
+            self._split(leaf, cut - start, start=start)
 
     def _inc_lock(self, node: RadixNode) -> None:
         while node.parent is not None:

@@ -45,7 +45,7 @@ import torch
 
 from llmcache.model_server import admission, detok
 from llmcache.model_server.kv_buffer import SeqKV
-from llmcache.model_server.radix import MatchResult, RadixCache, RadixKey
+from llmcache.model_server.radix import MatchResult, RadixCache, RadixKey, common_prefix_len
 from llmcache.model_server.request import GenerationRequest, RequestHandle
 from llmcache.model_server.settings import BatchingSettings
 from llmcache.model_server.stats import SchedulerStats
@@ -170,15 +170,6 @@ SHARED_PREFILL_MIN_TOKENS = 32
 uncached tokens (and at least half of what it has left): SGLang's in-batch prefix check."""
 
 
-def _common_len(a: Sequence, b: Sequence) -> int:
-    x, y = a.prompt, b.prompt
-    n = min(len(x), len(y))
-    i = 0
-    while i < n and x[i] == y[i]:
-        i += 1
-    return i
-
-
 def _waiting_for_a_shared_prefill(prefilling: list[Sequence], rem: dict[Sequence, int]) -> set[Sequence]:
     """Sequences not started yet that should wait one more step for an earlier sequence's prefill.
 
@@ -198,7 +189,8 @@ def _waiting_for_a_shared_prefill(prefilling: list[Sequence], rem: dict[Sequence
             continue
         cached = len(s.prompt) - rem[s]
         need = max(SHARED_PREFILL_MIN_TOKENS, rem[s] // 2)
-        if any(p.key.namespace == s.key.namespace and _common_len(s, p) - cached >= need for p in ahead):
+        if any(p.key.namespace == s.key.namespace and common_prefix_len(s.prompt, p.prompt) - cached >= need
+               for p in ahead):
             waits.add(s)
         else:
             ahead.append(s)
@@ -319,9 +311,8 @@ class Scheduler:
 
     def _cached_length(self, seq: Sequence) -> int:
         """Tokens of ``seq``'s prompt the prefix cache holds now (0 when it may not use the cache)."""
-        if self.prefix_cache is None or not seq.request.enable_prefix_cache:
-            return 0
-        return self.prefix_cache.cached_length(seq.key)
+        assert self.prefix_cache is not None  # passed to plan_step only with a cache
+        return self.prefix_cache.cached_length(seq.key) if seq.request.enable_prefix_cache else 0
 
     def finish(self, seq: Sequence, now: float, *, served: bool = True) -> None:
         """``seq`` left the running set: release its reservation; learn its service time when it was ``served``."""
