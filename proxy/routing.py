@@ -23,8 +23,9 @@ before it is asked again (LRU under a cycle longer than the cache), so every one
 requests prefills from scratch; placing by load first did that whenever the replicas' queues
 differed by one as a new tenant arrived.
 
-The replica a request went to is remembered as filling those blocks for 30 s (until it
-reports them), so a burst for one new prefix follows the first request instead of spreading.
+The replica a request goes to is remembered as filling those blocks from the moment it is sent,
+for 30 s (until it reports them), so a burst for one new prefix follows the first request instead
+of spreading.
 ``--routing hash`` uses only the hashing step (approximate: every sidecar agrees, no state),
 ``--routing round-robin`` none of it (what a Service's spread gives).
 """
@@ -292,8 +293,12 @@ class Router:
             self._ring_version = self.replicas.version
         return self._ring
 
-    def sent(self, choice: Choice) -> None:
-        """``choice`` was sent: count it, and remember its blocks as filling on that replica."""
+    def sending(self, choice: Choice) -> None:
+        """``choice`` is about to be sent: remember its blocks as filling on that replica from now on.
+
+        Called before the request leaves, not when its answer comes back: a second request for the same
+        new prefix that arrives while the first one is still prefilling must follow it (and find its KV
+        there, or wait for it), not be placed anew on another replica that then computes it again."""
         now = time.monotonic()
         if choice.blocks and self.mode == "prefix":
             choice.replica.expect(choice.blocks, now)
@@ -304,6 +309,16 @@ class Router:
                 self._recent_blocks(choice.replica.url, now)
                 while len(recent) > _MAX_RECENT:
                     del recent[next(iter(recent))]
+
+    def not_sent(self, choice: Choice) -> None:
+        """``choice``'s replica refused the connection: it will not cache those blocks after all."""
+        for h in choice.blocks:
+            choice.replica.speculative.pop(h, None)
+        if choice.key_point is not None:
+            self._recent.get(choice.replica.url, {}).pop(choice.key_point, None)
+
+    def sent(self, choice: Choice) -> None:
+        """``choice`` reached its replica (it answered): count it."""
         if self.metrics is not None:
             self.metrics.requests.labels(choice.replica.url, choice.chosen_by).inc()
             if choice.predicted_cached_tokens:

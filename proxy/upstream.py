@@ -283,11 +283,13 @@ class Upstream:
                 raise UpstreamError(503, "no model-server replica accepts connections "
                                          f"({len(router.replicas.replicas)} known); retry shortly")
             replica = choice.replica
+            router.sending(choice)
             replica.num_inflight += 1
             try:
                 resp = await self._request(replica.url, method, path_qs, headers, body, pooled=pooled)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, pool.ConnectFailed) as exc:
                 # Nothing reached the replica: skip it for a while, and try one other.
+                router.not_sent(choice)
                 router.replicas.mark_failed(replica, time.monotonic())
                 tried.append(replica)
                 if resendable and len(tried) == 1 and len(router.replicas.replicas) > 1:

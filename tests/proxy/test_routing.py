@@ -46,6 +46,7 @@ def place_new(router: Router, keys: list[RouteKey]) -> list[Replica]:
     for k in keys:
         choice = router.choose(k)
         assert choice is not None and choice.chosen_by == "load"
+        router.sending(choice)
         router.sent(choice)
         placed.append(choice.replica)
     return placed

@@ -205,6 +205,55 @@ class HangUp(RawServer):
         writer.close()
 
 
+class Gated(RawServer):
+    """A "replica" that takes requests and answers none until ``release`` is set (a prefill in progress)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.release = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _head, body = await read_request(reader)
+        self.bodies.append(body)
+        await self.release.wait()
+        answer = b'{"choices": []}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(answer), answer))
+        await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["session", "pool"])
+async def test_a_second_request_for_a_new_prefix_follows_the_first_while_it_is_unanswered(pooled: bool) -> None:
+    """The replica a request is sent to counts as filling its prefix from the moment it is sent: a
+    tenant's second question that arrives during the first one's prefill goes to the same replica
+    (which finds the KV cached, or waits for the prefill) instead of computing the prompt again elsewhere."""
+    a, b = Gated(), Gated()
+    async with a as url_a, b as url_b, aiohttp.ClientSession() as http:
+        router, _metrics = unfollowed_router([url_a, url_b], http)
+        for r in router.replicas.replicas.values():  # both have reported an empty cache: state is known
+            r.apply({"reset": True, "events": [], "namespace": "ns", "block_tokens": 16, "epoch": "e", "seq": 1,
+                     "load": {"num_running": 0, "num_waiting": 0, "max_num_seqs": 16}})
+        up = upstream.Upstream(http, base_url=url_a, timeout_s=30, router=router)
+        headers = {"Content-Type": "application/json"}
+
+        def body(question: int) -> bytes:
+            return json.dumps({"prompt": prompt(0, question), "max_tokens": 2}).encode()
+
+        first = asyncio.ensure_future(up.open("POST", "/v1/completions", headers, body(0), pooled=pooled))
+        await until("the first request reached a replica", lambda: len(a.bodies) + len(b.bodies) == 1)
+        second = asyncio.ensure_future(up.open("POST", "/v1/completions", headers, body(1), pooled=pooled))
+        await until("the second request reached a replica", lambda: len(a.bodies) + len(b.bodies) == 2)
+        assert sorted([len(a.bodies), len(b.bodies)]) == [0, 2]  # both on one replica, the idle one left alone
+        a.release.set()
+        b.release.set()
+        for task in (first, second):
+            resp = await task
+            assert resp.status == 200
+            resp.release()
+        up.close()
+
+
 def unfollowed_router(urls: list[str], http: aiohttp.ClientSession) -> tuple[Router, RoutingMetrics]:
     """A router over ``urls`` without state polling (the test sets the loads that decide the order)."""
     from prometheus_client import CollectorRegistry
