@@ -138,6 +138,11 @@ class Replica:
         for h in blocks:
             self.speculative[h] = until
 
+    def forget(self, blocks: Iterable[int]) -> None:
+        """``blocks`` will not be cached here after all (evicted, or the request never reached it)."""
+        for h in blocks:
+            self.speculative.pop(h, None)
+
     def apply(self, state: dict[str, Any]) -> None:
         """Take one cache-state answer (see :mod:`llmcache.model_server.prefix_events`)."""
         if state.get("reset"):
@@ -147,8 +152,7 @@ class Replica:
                 self.blocks.update(hashes)
             elif op == "-":
                 self.blocks.difference_update(hashes)
-                for h in hashes:
-                    self.speculative.pop(h, None)
+                self.forget(hashes)
         load = state.get("load") or {}
         self.num_running = int(load.get("num_running", 0))
         self.num_waiting = int(load.get("num_waiting", 0))

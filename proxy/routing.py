@@ -312,8 +312,7 @@ class Router:
 
     def not_sent(self, choice: Choice) -> None:
         """``choice``'s replica refused the connection: it will not cache those blocks after all."""
-        for h in choice.blocks:
-            choice.replica.speculative.pop(h, None)
+        choice.replica.forget(choice.blocks)
         if choice.key_point is not None:
             self._recent.get(choice.replica.url, {}).pop(choice.key_point, None)
 
