@@ -123,6 +123,11 @@ class RawServer:
         await self.server.wait_closed()
 
 
+def json_answer(body: bytes) -> bytes:
+    """A whole HTTP/1.1 200 answer with a JSON ``body`` and its Content-Length, as a raw server writes it."""
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
 async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     """One HTTP/1.1 request: its head (through the blank line) and its Content-Length body."""
     head = await reader.readuntil(b"\r\n\r\n")

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from proxy_helpers import RawServer, read_request
+from proxy_helpers import RawServer, json_answer, read_request
 
 from llmcache.proxy import pool
 from llmcache.redis_server import free_port
@@ -166,8 +166,7 @@ class OneShot(RawServer):
 
 async def test_a_kept_alive_connection_closed_while_idle_is_replaced() -> None:
     body = b'{"ok": 1}'
-    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    server = OneShot(answer)
+    server = OneShot(json_answer(body))
     async with server as url:
         with opened_pool(url) as p:
             resp = await p.request("POST", "/", JSON, b"{}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from proxy_helpers import RawServer, Stack, read_request
+from proxy_helpers import RawServer, Stack, json_answer, read_request
 
 from llmcache.model_server import handlers as ms_handlers
 from llmcache.model_server import loader
@@ -216,9 +216,7 @@ class Gated(RawServer):
         _head, body = await read_request(reader)
         self.bodies.append(body)
         await self.release.wait()
-        answer = b'{"choices": []}'
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                     % (len(answer), answer))
+        writer.write(json_answer(b'{"choices": []}'))
         await writer.drain()
         writer.close()
 
