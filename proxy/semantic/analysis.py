@@ -279,6 +279,10 @@ def _question_type(words: list[str]) -> str | None:
     if i >= len(words):
         return None
     w = words[i]
+    # "Tell me whether I can freeze rice" asks yes or no ("Tell me if…" too; a sentence that opens with "if"
+    # states a condition).
+    if w == "whether" or (w == "if" and i > 0):
+        return "yesno"
     if w in lx.WH_WORDS:
         nxt = words[i + 1] if i + 1 < len(words) else ""
         if w in ("what", "which") and nxt in lx.WH_NOUNS:
@@ -651,7 +655,8 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             if w in _MODAL_WORDS:
                 # "can you…" is a request; "how can I…", "what should we…" ask how, whatever the modal (dropped
                 # below in wh-questions); a modal with any other subject ("what a landlord may include") counts.
-                if nxt != "you":
+                # "should you…", "must you…" ask advice or duty of anyone ("you" is generic), not a favour.
+                if nxt != "you" or w in ("should", "must", "may", "might", "ought"):
                     if not in_question:
                         context_modals.add(lx.MODALS[w])
                     elif nxt in lx.PRONOUNS_I or prev in lx.WH_WORDS or (

@@ -50,6 +50,78 @@ def _antonym_clash(a: Analysis, b: Analysis) -> str | None:
     return None
 
 
+#: Verbs whose WordNet antonyms ("come"/"go", "give"/"take") mostly meet in idioms ("comes out" / "turns out").
+_LIGHT_VERBS = frozenset(["come", "go", "take", "give", "get", "bring", "put", "keep", "let", "make", "have", "do",
+                          "stay", "leave", "arrive", "turn", "set", "run", "hold", "lose", "find", "win"])
+
+
+#: Particles and prepositions: their opposites count only attached to the same word (:func:`_antonym_clash`).
+_PARTICLES = frozenset(["on", "off", "in", "out", "up", "down", "over", "under", "above", "below", "before", "after",
+                        "inside", "outside", "forward", "back", "backward", "away", "within", "without"])
+
+
+def _opposite_clash(a: Analysis, b: Analysis) -> str | None:
+    """A content word on one side whose WordNet antonym, or that of a word it derives from, is on the other only.
+
+    "cheaper" / "more expensive", "tighten a loose chain" / "loosen a tight chain", "advantages" /
+    "disadvantages": the curated polar words miss most such pairs, WordNet 3.0 lists ~6,000 of them.
+    """
+    lex = wordnet.lexicon()
+    ca = Counter(t.text for t in a.tokens if t.text not in lx.STOPWORDS)
+    cb = Counter(t.text for t in b.tokens if t.text not in lx.STOPWORDS)
+    only_a, only_b = list(ca - cb), list(cb - ca)
+    if not only_a or not only_b:
+        return None
+
+    def forms(words: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for w in words:
+            if w in _LIGHT_VERBS or w in _PARTICLES:
+                continue
+            for lemma in lex.lemmas(w) or (w,):
+                if lemma in _LIGHT_VERBS:
+                    continue
+                out.setdefault(lemma, w)
+                for d in lex.derivations.get(lemma, "").split():
+                    out.setdefault(d, w)
+        return out
+
+    fa, fb = forms(only_a), forms(only_b)
+    for lemma, word in fa.items():
+        for o in lex.antonyms.get(lemma, "").split():
+            if o in fb and o not in fa and lemma not in fb:
+                return f"{word}/{fb[o]}"
+    return None
+
+
+#: Quantifier and modal words compared inside each narrow edited place ("…offer extra credit to all students?" /
+#: "…to some students?"): a reworded context may hold both words elsewhere, so the sets alone miss the swap.
+_HUNK_WORDS = {**{w: "q:" + lx.QUANTIFIERS.get(w, w) for w in lx.QUANTIFIER_DETERMINERS | {"no"}},
+               **{w: "m:" + c for w, c in lx.MODAL_CLASS.items()}}
+
+
+def _hunk_clash(a: Analysis, b: Analysis, edit: Edit, kind: str) -> str | None:
+    """A quantifier (``kind`` ``"q:"``) or a modal (``"m:"``) replaced by another of its kind in an edited place
+    of at most :data:`SUBSTITUTION_WIDTH` tokens a side."""
+    if not edit.aligned:
+        return None
+    ta, tb = a.tokens, b.tokens
+    for _tag, i1, i2, j1, j2 in edit.ops:
+        if i2 - i1 > SUBSTITUTION_WIDTH or j2 - j1 > SUBSTITUTION_WIDTH:
+            continue
+        ka = sorted(w for w in _hunk_words(ta, i1, i2) if w.startswith(kind))
+        kb = sorted(w for w in _hunk_words(tb, j1, j2) if w.startswith(kind))
+        if ka and kb and ka != kb:
+            return f"{ka} / {kb}"
+    return None
+
+
+def _hunk_words(toks: list[Token], i1: int, i2: int) -> list[str]:
+    # "a few" = "some"; "few" alone is "not many".
+    return ["q:some" if t.text == "few" and k and toks[k - 1].text == "a" else _HUNK_WORDS[t.text]
+            for k, t in enumerate(toks[i1:i2], i1) if t.text in _HUNK_WORDS]
+
+
 def _quantifier_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     qa, qb = a.quantifiers, b.quantifiers
     if aligned:  # one edited place: "One outlet isn't working" / "None of the outlets are working"
@@ -113,11 +185,38 @@ def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     return None
 
 
+def _graded(a: Analysis) -> frozenset[tuple[str, str]]:
+    """``(adjective lemma, "+" or "-")`` for each graded adjective: "healthier", "more healthy", "healthiest" are
+    ``+``, "less healthy", "least healthy" are ``-`` (kept with the analysis)."""
+    hit = a.memo.get("evidence.graded")
+    if hit is None:
+        lex, out = wordnet.lexicon(), set()
+        toks = a.tokens
+        for i, t in enumerate(toks):
+            prev = toks[i - 1].text if i else ""
+            if prev in ("less", "least", "fewer"):
+                sign = "-"
+            elif prev in ("more", "most") or (t.text.endswith(("er", "est")) and "a" in lex.parts_of_speech(t.text)
+                                               and any(len(x) < len(t.text) for x in lex.lemmas(t.text))):
+                sign = "+"
+            else:
+                continue
+            for lemma in lex.lemmas(t.text) or (t.text,):
+                out.add((lemma, sign))
+        hit = a.memo["evidence.graded"] = frozenset(out)
+    return hit
+
+
 def _comparison_clash(a: Analysis, b: Analysis) -> str | None:
     if (a.than and b.as_as and not b.than) or (b.than and a.as_as and not a.than) or a.as_as != b.as_as:
         return "than / as…as"
     if a.than and b.than and a.less != b.less:
         return "less / more"
+    # "Which is healthier…" / "Which is less healthy…": the same quality graded the other way.
+    ga, gb = _graded(a), _graded(b)
+    for lemma, sign in ga - gb:
+        if (lemma, "-" if sign == "+" else "+") in gb - ga:
+            return f"{lemma}: {sign} / {'-' if sign == '+' else '+'}"
     return None
 
 
@@ -434,7 +533,8 @@ def first_difference(a: Analysis, b: Analysis, *, edit: Edit | None = None) -> t
     ``edit``: :func:`edit_of` the pair (computed when not given). ``detail`` may quote words of the texts:
     for the benchmark's eyes, never for logs.
     """
-    aligned = (edit_of(a, b) if edit is None else edit).aligned
+    edit = edit_of(a, b) if edit is None else edit
+    aligned = edit.aligned
     checks = (
         ("symbol", _symbol_clash),
         ("negation", lambda x, y: f"{x.negations} vs {y.negations}" if x.negations != y.negations else None),
@@ -444,9 +544,12 @@ def first_difference(a: Analysis, b: Analysis, *, edit: Edit | None = None) -> t
         ("direction",
          lambda x, y: f"{dict(x.quantities)} vs {dict(y.quantities)}" if x.quantities != y.quantities else None),
         ("quantifier", lambda x, y: _quantifier_clash(x, y, aligned)),
+        ("quantifier", lambda x, y: _hunk_clash(x, y, edit, "q:")),
         ("modality", lambda x, y: _modal_clash(x, y, aligned)),
+        ("modality", lambda x, y: _hunk_clash(x, y, edit, "m:")),
         ("comparison", _comparison_clash),
         ("time", lambda x, y: f"{sorted(x.times)} vs {sorted(y.times)}" if x.times != y.times else None),
+        ("antonym", _opposite_clash),  # after number and time: "first"/"last" is an order, "past"/"future" a time
         ("question", _question_clash),
         ("task", _task_clash),
         ("shape", _shape_clash),

@@ -33,6 +33,7 @@ SAME = [
      "I'm calling fetch in a loop and the page freezes. Why?",
      "Why does the page freeze when I'm calling fetch in a loop?"),
     ('altq', 'Which is healthier, brown rice or white rice?', 'Is brown rice or white rice healthier?'),
+    ('fewsome', 'Suggest a few podcasts about gardening.', 'Suggest some podcasts about gardening.'),
     ('taskclass', 'Help me draft a resignation letter.', 'How do I write a resignation letter?'),
     ('summarize',
      'Summarize the causes of the French Revolution.',
@@ -98,6 +99,17 @@ SAME = [
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
 DIFFERENT = [
+    ('antonym', 'Which laptop is cheaper to repair?', 'Which laptop is more expensive to repair?'),
+    ('antonym', 'How do I tighten a loose door hinge?', 'How do I loosen a tight door hinge?'),
+    ('comparison', 'Which is safer, cycling or walking?', 'Which is less safe, cycling or walking?'),
+    ('quantifier',
+     'My team has eight testers. Should I give a bonus to all testers?',
+     'My team has eight testers. Should I give a bonus to some testers?'),
+    ('quantifier',
+     'We emailed 300 customers. None of them clicked the link. Why?',
+     'We emailed 300 customers. Some of them did not click the link. Why?'),
+    ('modality', 'should you run a dishwasher half full', 'can you run a dishwasher half full'),
+    ('question', 'Tell me whether I can reheat cooked pasta.', 'Tell me how to reheat cooked pasta.'),
     ('number', "What's the 3rd largest lake in Africa?", "What's the fourth largest lake in Africa?"),
     ('number', 'Give me one packing tip for Iceland.', 'Give me some packing tips for Iceland.'),
     ('number', 'Plan a 10-day trip to Vietnam.', 'Plan a two-week trip to Vietnam.'),
