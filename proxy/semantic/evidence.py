@@ -162,6 +162,32 @@ def _modal_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     return None
 
 
+def _superlative_one(a: Analysis) -> frozenset[str]:
+    """Stems of singular nouns a superlative picks out ("the most common cause", "the best tool"): one answer."""
+    hit = a.memo.get("evidence.superlative")
+    if hit is None:
+        lex, out, toks = wordnet.lexicon(), set(), a.tokens
+        for i, t in enumerate(toks):
+            prev = toks[i - 1].text if i else ""
+            if not (t.text in ("best", "worst") or prev in ("most", "least")
+                    or (t.text.endswith("est") and "a" in lex.parts_of_speech(t.text)
+                        and any(len(x) < len(t.text) for x in lex.lemmas(t.text)))):
+                continue
+            for u in toks[i + 1:i + 4]:
+                if u.text in lx.STOPWORDS or u.text in _PREPOSITIONS:
+                    break
+                if "n" in lex.parts_of_speech(u.text):
+                    if u.text in lex.lemmas(u.text) and not u.text.endswith("s"):
+                        nxt = toks[u.pos + 1].text if u.pos + 1 < len(toks) else ""
+                        if nxt in _PREPOSITIONS or nxt in _COPULA or nxt in ("?", "") or "n" not in lex.parts_of_speech(nxt):
+                            out.add(u.stem)
+                            break
+                    else:
+                        break
+        hit = a.memo["evidence.superlative"] = frozenset(out)
+    return hit
+
+
 def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     if a.numbers != b.numbers:
         return f"{dict(a.numbers)} vs {dict(b.numbers)}"
@@ -170,7 +196,7 @@ def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     # "one healthy breakfast idea" / "breakfast ideas": one thing against several.
     # In a reworded context "one guest … two are vegan" / "two guests … one has" name other referents.
     for one, other in ((a, b), (b, a)):
-        single = {s for s, q in one.singular if q or aligned}
+        single = {s for s, q in one.singular if q or aligned} | _superlative_one(one)
         several = {s for s, q in other.plural if q or aligned} - {s for s, _ in other.singular}
         if single & several:
             return f"one vs several {sorted(single & several)}"
@@ -687,7 +713,91 @@ def role_clash(a: Analysis, b: Analysis, lex: Lexicon, *, edit: Edit | None = No
                     return f"{x} … {y}: argument moved across its verb"
             elif _predicate_between(one, px, py, lex) or _predicate_between(other, qy, qx, lex):
                 return f"{x} … {y} reversed"
-    return _pronoun_swap(a, b, edit)
+    return _marked_swap(a, b, lex) or _possessor_swap(a, b, lex) or _pronoun_swap(a, b, edit)
+
+
+def _markers(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
+    """Argument key → the prepositions that govern it ("" when bare), arguments of a question's frame aside."""
+    out: dict[str, set[str]] = {}
+    toks = a.tokens
+    for _clause, i, key, marked, verb in _arguments(a, lex):
+        if verb:
+            continue
+        marker = ""
+        if marked:
+            j = i - 1
+            while j >= 0 and toks[j].text not in _PREPOSITIONS:
+                j -= 1
+            marker = toks[j].text
+        out.setdefault(key, set()).add(marker)
+    return out
+
+
+#: Prepositions that give their object a role of its own ("mad at me", "owes money to him"); "of", "between",
+#: "on" relate things ("the moons of Mars" = "Mars's moons", "between A and B").
+_ROLE_PREPOSITIONS = frozenset(["at", "to", "from", "against", "with", "toward", "towards", "into", "onto"])
+
+
+def _marked_swap(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
+    """One argument bare and the other behind a preposition, and the reverse on the other side.
+
+    "my mom is mad at me" / "I'm mad at my mom", "the landlord owes money to the tenant" / "the tenant owes
+    money to the landlord": the order check skips pairs with a marked argument, so this compares which one the
+    preposition governs. Only words that stand in one role on each side count.
+    """
+    ma, mb = _markers(a, lex), _markers(b, lex)
+    single_a = {k: next(iter(v)) for k, v in ma.items() if len(v) == 1}
+    single_b = {k: next(iter(v)) for k, v in mb.items() if len(v) == 1}
+    bare_a = [k for k, m in single_a.items() if m == "" and single_b.get(k, "") != ""]
+    for x in bare_a:
+        prep = single_b[x]
+        if prep not in _ROLE_PREPOSITIONS:
+            continue
+        for y, m in single_a.items():
+            if m == prep and y != x and single_b.get(y) == "":
+                return f"{x} / {y} around '{prep}' swapped"
+    return None
+
+
+_POSSESSORS = {"my": "p1", "our": "p1pl", "your": "p2", "his": "p3m", "their": "p3p"}
+
+
+def _possessions(a: Analysis, lex: Lexicon) -> dict[str, str]:
+    """Possessed noun → its possessor ("my spouse's health insurance": insurance → spouse), each noun once."""
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    toks = a.tokens
+    for i, t in enumerate(toks):
+        owner = _POSSESSORS.get(t.text)
+        if owner is None and t.text.endswith("'s") and len(t.text) > 2:
+            owner = lx.SYNONYM.get(t.stem, t.stem)
+        if owner is None:
+            continue
+        head = None
+        for u in toks[i + 1:i + 5]:
+            if u.clause != t.clause or u.text in _PREPOSITIONS or u.text in _AUX or u.text.endswith("'s"):
+                break
+            if "n" in lex.parts_of_speech(u.text) and u.text not in lx.STOPWORDS:
+                head = lx.SYNONYM.get(u.stem, u.stem)
+        if head is None:
+            continue
+        if head in seen:
+            out.pop(head, None)
+        else:
+            seen.add(head)
+            out[head] = owner
+    return out
+
+
+def _possessor_swap(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
+    """Two things whose owners trade places: "my insurance … my spouse's bills" / "my spouse's insurance … my bills"."""
+    pa, pb = _possessions(a, lex), _possessions(b, lex)
+    moved = {n: (pa[n], pb[n]) for n in pa.keys() & pb.keys() if pa[n] != pb[n]}
+    for n, (x, y) in moved.items():
+        for m, (u, v) in moved.items():
+            if m != n and (u, v) == (y, x):
+                return f"owners of {n} / {m} swapped"
+    return None
 
 
 def _moved_noun(a: Analysis, b: Analysis, lex: Lexicon, edit: Edit) -> str | None:

@@ -33,6 +33,8 @@ SAME = [
      "I'm calling fetch in a loop and the page freezes. Why?",
      "Why does the page freeze when I'm calling fetch in a loop?"),
     ('altq', 'Which is healthier, brown rice or white rice?', 'Is brown rice or white rice healthier?'),
+    ('between', "What's the difference between a crocodile and an alligator?",
+     "What's the difference between an alligator and a crocodile?"),
     ('fewsome', 'Suggest a few podcasts about gardening.', 'Suggest some podcasts about gardening.'),
     ('taskclass', 'Help me draft a resignation letter.', 'How do I write a resignation letter?'),
     ('summarize',
@@ -99,6 +101,11 @@ SAME = [
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
 DIFFERENT = [
+    ('number', "What's the single best laptop for students?", 'What are some laptops for students?'),
+    ('number', "What's the most likely cause of a flat tyre?", 'What are the likely causes of a flat tyre?'),
+    ('role', "Does my car insurance pay for my brother's repairs?",
+     "Does my brother's car insurance pay for my repairs?"),
+    ('role', 'my boss is angry with me for missing the deadline', "i'm angry with my boss for missing the deadline"),
     ('antonym', 'Which laptop is cheaper to repair?', 'Which laptop is more expensive to repair?'),
     ('antonym', 'How do I tighten a loose door hinge?', 'How do I loosen a tight door hinge?'),
     ('comparison', 'Which is safer, cycling or walking?', 'Which is less safe, cycling or walking?'),
