@@ -179,7 +179,7 @@ def _superlative_one(a: Analysis) -> frozenset[str]:
                 if "n" in lex.parts_of_speech(u.text):
                     if u.text in lex.lemmas(u.text) and not u.text.endswith("s"):
                         nxt = toks[u.pos + 1].text if u.pos + 1 < len(toks) else ""
-                        if nxt in _PREPOSITIONS or nxt in _COPULA or nxt in ("?", "") or "n" not in lex.parts_of_speech(nxt):
+                        if nxt in _PREPOSITIONS or nxt in _COPULA or "n" not in lex.parts_of_speech(nxt):
                             out.add(u.stem)
                             break
                     else:
