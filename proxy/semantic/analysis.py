@@ -457,6 +457,9 @@ def _read_word(kind: str, word: str, lex: wordnet.Lexicon) -> _Forms:
         compound = parts[0] not in lx.COMPOUND_PREFIXES
         lower = lower.replace("-", "")
     lower = lx.VARIANTS_WORD.get(lower, lower)
+    if (len(lower) > 4 and lower.endswith("in") and lower.isalpha() and not lex.known(lower)
+            and lower not in lx.STOPWORDS and lex.known(lower + "g")):
+        lower += "g"  # a dropped g ("sleepin", "doin"): the word itself
     if lower.endswith("'s") and lower[:-2] in lx.VARIANTS_WORD:
         lower = lx.VARIANTS_WORD[lower[:-2]] + "'s"  # "my gf's birthday" = "my girlfriend's birthday"
     # Acronyms keep their letters: HTTPS is not the plural of HTTP.

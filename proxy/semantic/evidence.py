@@ -163,19 +163,24 @@ def _modal_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
 
 
 def _superlative_one(a: Analysis) -> frozenset[str]:
-    """Stems of singular nouns a superlative picks out ("the most common cause", "the best tool"): one answer."""
+    """Stems of singular nouns a superlative or "is there a" picks out ("the most common cause", "the best tool",
+    "is there a good café"): one answer asked for."""
     hit = a.memo.get("evidence.superlative")
     if hit is None:
         lex, out, toks = wordnet.lexicon(), set(), a.tokens
         for i, t in enumerate(toks):
             prev = toks[i - 1].text if i else ""
-            if not (t.text in ("best", "worst") or prev in ("most", "least")
+            # "Is there a good pizza place near…": one thing asked for, as a superlative asks.
+            there_a = t.text in ("a", "an") and i >= 2 and {toks[i - 2].text, prev} == {"is", "there"}
+            if not (there_a or t.text in ("best", "worst") or prev in ("most", "least")
                     or (t.text.endswith("est") and "a" in lex.parts_of_speech(t.text)
                         and any(len(x) < len(t.text) for x in lex.lemmas(t.text)))):
                 continue
-            for u in toks[i + 1:i + 4]:
-                if u.text in lx.STOPWORDS or u.text in _PREPOSITIONS:
+            for u in toks[i + 1:i + 5]:
+                if u.text in _PREPOSITIONS or u.text in _AUX or u.clause != t.clause:
                     break
+                if u.text in lx.STOPWORDS:
+                    continue  # "a good café", "the best way"
                 if "n" in lex.parts_of_speech(u.text):
                     if u.text in lex.lemmas(u.text) and not u.text.endswith("s"):
                         nxt = toks[u.pos + 1].text if u.pos + 1 < len(toks) else ""

@@ -149,6 +149,7 @@ VARIANTS_WORD = {
     "mustnt": "must not", "neednt": "need not", "aint": "is not", "bday": "birthday", "gf": "girlfriend",
     "bf": "boyfriend", "convo": "conversation", "b4": "before", "ppl": "people", "msg": "message",
     "pic": "picture", "pics": "pictures", "mongo": "mongodb",
+    "teh": "the", "hw": "how", "u'd": "you would", "ud": "you would", "nothin": "nothing", "somethin": "something",
     "wen": "when", "til": "until", "till": "until", "em": "them", "nodejs": "node", "postgresql": "postgres",
 }
 # Contractions written without an apostrophe: two words, expanded in the text before it is read.
@@ -173,6 +174,7 @@ someone anyone somebody anybody folks guys question questions wondering curious
 term terms phrase expression idiom keyword word concept lol haha lmao ty tia pls plz thx please thanks versus
 people person become credited easiest simplest bit
 actually really exactly specifically basically simply just also still ever
+though tho kinda sorta honestly tbh btw idk wtf even appreciate
 """.split())
 # Words that add nothing to what is asked, on one side only: intensifiers and hedges ("super laggy", "a complete
 # beginner"), evaluative words a request adds ("a meaningful present"), verbs of seeming ("why does the sky

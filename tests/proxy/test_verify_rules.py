@@ -35,6 +35,8 @@ SAME = [
     ('altq', 'Which is healthier, brown rice or white rice?', 'Is brown rice or white rice healthier?'),
     ('between', "What's the difference between a crocodile and an alligator?",
      "What's the difference between an alligator and a crocodile?"),
+    ('dropg', 'how do i stop snorin at night', 'how do i stop snoring at night'),
+    ('filler', 'why do cats purr tho', 'why do cats purr'),
     ('fewsome', 'Suggest a few podcasts about gardening.', 'Suggest some podcasts about gardening.'),
     ('taskclass', 'Help me draft a resignation letter.', 'How do I write a resignation letter?'),
     ('summarize',
@@ -101,6 +103,7 @@ SAME = [
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
 DIFFERENT = [
+    ('number', 'is there a decent sushi place near the station', 'list some decent sushi places near the station'),
     ('number', "What's the single best laptop for students?", 'What are some laptops for students?'),
     ('number', "What's the most likely cause of a flat tyre?", 'What are the likely causes of a flat tyre?'),
     ('role', "Does my car insurance pay for my brother's repairs?",
