@@ -75,6 +75,7 @@ class Token:
     compound: bool = False  # written with a hyphen ("abc-xyz"): compared as one word, never by meaning
     allcaps: bool = False   # "US", "IT": an acronym, never a stopword
     clause: int = 0         # index of the clause (split at punctuation) the token is in
+    slip: bool = False      # written with a slip of one letter ("descirbe"), read as the word it slipped from
 
 
 @dataclass(slots=True)
@@ -405,12 +406,12 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
         capital = (not sentence_start) and upper
         if split:
             # "chemical-free", "soft-boiled": ordinary words joined, read as words; "abc-xyz" stays one id.
-            for x, x_stem, _, _ in forms:
+            for x, x_stem, _, _, _ in forms:
                 tokens.append(Token(x, x_stem, len(tokens), capital, sentence_start, False, False, clause))
                 sentence_start = False
             continue
-        lower, stem, compound, allcaps = forms[0]
-        tokens.append(Token(lower, stem, len(tokens), capital, sentence_start, compound, allcaps, clause))
+        lower, stem, compound, allcaps, slip = forms[0]
+        tokens.append(Token(lower, stem, len(tokens), capital, sentence_start, compound, allcaps, clause, slip))
         sentence_start = False
     # Title Case or ALL CAPS text: capitals say nothing about names.
     if tokens and sum(t.capital for t in tokens) > 0.6 * len(tokens):
@@ -428,7 +429,7 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
     return a
 
 
-_Forms = tuple[bool, bool, tuple[tuple[str, str, bool, bool], ...]]
+_Forms = tuple[bool, bool, tuple[tuple[str, str, bool, bool, bool], ...]]
 _FORMS: dict[tuple[str, str], _Forms] = {}
 _FORMS_ENTRIES = 20_000  # ~400 bytes an entry: 8 MB at most
 
@@ -453,7 +454,7 @@ def _read_word(kind: str, word: str, lex: wordnet.Lexicon) -> _Forms:
         parts = lower.split("-")
         if all(lex.known(x) or x in lx.STOPWORDS for x in parts) and (
                 parts[0] not in lx.COMPOUND_PREFIXES or parts[-1] in lx.UNITS):  # "half-hour" is half an hour
-            return upper, True, tuple((x, lx.stem(x), False, False) for x in parts)
+            return upper, True, tuple((x, lx.stem(x), False, False, False) for x in parts)
         compound = parts[0] not in lx.COMPOUND_PREFIXES
         lower = lower.replace("-", "")
     lower = lx.VARIANTS_WORD.get(lower, lower)
@@ -462,9 +463,48 @@ def _read_word(kind: str, word: str, lex: wordnet.Lexicon) -> _Forms:
         lower += "g"  # a dropped g ("sleepin", "doin"): the word itself
     if lower.endswith("'s") and lower[:-2] in lx.VARIANTS_WORD:
         lower = lx.VARIANTS_WORD[lower[:-2]] + "'s"  # "my gf's birthday" = "my girlfriend's birthday"
+    slip = False
+    if not upper and kind == "word":
+        read = _spelled(lower, lex)
+        slip, lower = read != lower, read
     # Acronyms keep their letters: HTTPS is not the plural of HTTP.
     stem = lower if len(word) > 1 and word.isupper() else lx.stem(lower)
-    return upper, False, ((lower, stem, compound, len(word) > 1 and word.isupper()),)
+    return upper, False, ((lower, stem, compound, len(word) > 1 and word.isupper(), slip),)
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_INFLECTED = ("s", "ed", "ing", "er", "est")
+#: Words the lexicon knows without WordNet ("from", "into", "whats"): never corrected.
+_NOT_SLIPS = frozenset().union(
+    lx.STOPWORDS, lx.FUNCTION_POLAR, lx.NEGATIONS, lx.EN_FUNCTION, lx.FOREIGN_FUNCTION, lx.FRAMING, lx.LIGHT,
+    lx.VARIANTS_WORD, lx.VARIANTS_WORD.values(), lx.CONTRACTIONS_BARE, lx.PARTICLES, lx.QUANTIFIERS, lx.MODALS,
+    lx.WH_WORDS, lx.AUXILIARIES, lx.TIME_WORDS, lx.UNITS, lx.NUM_WORDS, lx.ORDINALS, lx.MULTIPLIERS, _MARKERS,
+    lx.GAZETTEER, lx.LANGUAGES, lx.IMPLIES, lx.TASK_CLASSES, lx.SHAPE_WORDS, lx.ARITHMETIC)
+
+
+def _spelled(word: str, lex: wordnet.Lexicon) -> str:
+    """The English word a lower-case non-word is one slip away from, when exactly one is: two letters swapped
+    ("descirbe", "wolud"), one left out ("definitly", "recomend") or one doubled ("wrriting"); else ``word``.
+
+    Names and jargon that are no English word ("kubectl", "ollama") have no such neighbour, or more than one,
+    and stay as written. At most ~30 × length set look-ups, once per word (the caller memoises).
+    """
+    if len(word) < 5 or not word.isalpha() or word in _NOT_SLIPS or lex.known(word):
+        return word
+    n = len(word)
+    found: set[str] = set()
+    cands = [word[:i] + word[i + 1] + word[i] + word[i + 2:] for i in range(n - 1)]
+    cands += [word[:i] + c + word[i:] for i in range(1, n + 1) for c in _LETTERS]
+    if n >= 6:  # "noob" is no slip of "nob"
+        cands += [word[:i] + word[i + 1:] for i in range(1, n) if word[i] == word[i - 1]]
+    pos = lex.pos
+    for c in cands:
+        # A lemma is a dictionary hit; only a candidate with an inflection's ending needs WordNet's morphology.
+        if c != word and (c in pos or c in _NOT_SLIPS or (c.endswith(_INFLECTED) and lex.known(c))):
+            found.add(c)
+            if len(found) > 1:
+                return word
+    return found.pop() if found else word
 
 
 def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, one branch per word class

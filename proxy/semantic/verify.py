@@ -186,5 +186,6 @@ class Verifier:
             return Verdict(False, "tense", f"{a.tense} vs {b.tense}")
         total = len(a.content) + len(b.content)
         same = 2 * len(a.content.keys() & b.content.keys())
-        return Verdict(True, "ok", score=same / total if total else 1.0, evidence=found.evidence)
+        slips = ("typo",) * sum(t.slip for t in (*a.tokens, *b.tokens))  # "descirbe" read as "describe"
+        return Verdict(True, "ok", score=same / total if total else 1.0, evidence=slips + found.evidence)
 

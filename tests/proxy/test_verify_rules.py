@@ -35,6 +35,7 @@ SAME = [
     ('altq', 'Which is healthier, brown rice or white rice?', 'Is brown rice or white rice healthier?'),
     ('between', "What's the difference between a crocodile and an alligator?",
      "What's the difference between an alligator and a crocodile?"),
+    ('slip', 'how do i descirbe my job in an intervew', 'how do i describe my job in an interview'),
     ('dropg', 'how do i stop snorin at night', 'how do i stop snoring at night'),
     ('filler', 'why do cats purr tho', 'why do cats purr'),
     ('fewsome', 'Suggest a few podcasts about gardening.', 'Suggest some podcasts about gardening.'),
@@ -408,3 +409,12 @@ def test_contraction_look_alikes_are_rewritten_or_left_never_raise(verifier: Ver
     rewrite.normalise(text)
     [verdict] = verifier.check_sync(text, ["Is it raining?"])
     assert verdict.reason in REASONS or verdict.ok, verdict
+
+
+def test_a_slip_of_one_letter_reads_as_the_word_and_names_stay_as_written() -> None:
+    """Two letters swapped, one left out or one doubled, in a word no dictionary knows: the one English word it is
+    a slip from. Words with no single such neighbour (names, jargon, function words WordNet lacks) are kept."""
+    read = [t.text for t in analyse("can u descirbe teh recomended intervew questoins").tokens]
+    assert read == ["can", "you", "describe", "the", "recommended", "interview", "questions"]
+    kept = "move files from dir into dict kubectl ollama noob wrok".split()  # four letters: too short to tell
+    assert [t.text for t in analyse(" ".join(kept)).tokens] == kept
