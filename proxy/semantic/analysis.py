@@ -472,6 +472,9 @@ def _read_word(kind: str, word: str, lex: wordnet.Lexicon) -> _Forms:
     return upper, False, ((lower, stem, compound, len(word) > 1 and word.isupper(), slip),)
 
 
+#: Verbs that ask for something: "Recommend a book on X" asks for one book, "Recommend books on X" for several.
+_REQUEST_VERBS = frozenset(["give", "recommend", "suggest", "name", "write", "tell", "share", "send", "find",
+                            "provide", "list", "show"])
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _INFLECTED = ("s", "ed", "ing", "er", "est")
 #: Words the lexicon knows without WordNet ("from", "into", "whats"): never corrected.
@@ -548,9 +551,16 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             prev = words[i - 1] if i else ""
             nxt = words[i + 1] if i + 1 < n else ""
             in_question = q_start <= i < q_end
-            if (w in ("one", "single") and nxt.isalpha() and nxt not in lx.EN_FUNCTION and nxt not in lx.NUM_WORDS
-                    and nxt not in ("of", "way", "day", "thing") and prev not in _ONE_NOT_A_COUNT
-                    and nxt not in lx.UNITS):
+            # "Recommend a book on X" (an imperative) asks for one; "How do I write a unit test" asks how, and
+            # "a few", "a couple of" are several.
+            asked_one = (w in ("a", "an") and in_question and a.qtype is None and nxt.isalpha()
+                         and nxt not in lx.EN_FUNCTION and nxt not in lx.QUANTIFIERS
+                         and nxt not in ("couple", "lot", "lots", "number", "bit", "little", "list", "set", "range")
+                         and (prev in _REQUEST_VERBS or (prev in ("me", "us") and i >= 2
+                                                         and words[i - 2] in _REQUEST_VERBS)))
+            if asked_one or (w in ("one", "single") and nxt.isalpha() and nxt not in lx.EN_FUNCTION
+                             and nxt not in lx.NUM_WORDS and nxt not in ("of", "way", "day", "thing")
+                             and prev not in _ONE_NOT_A_COUNT and nxt not in lx.UNITS):
                 # "one guest", "a single block": the noun is singular, not a count to compare ("one" = "a").
                 k = i + 1  # the head of the noun phrase: "one healthy breakfast idea" → idea
                 while (k + 1 < min(n, i + 4) and words[k + 1].isalpha() and words[k + 1] not in lx.EN_FUNCTION
@@ -799,7 +809,9 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
     a.singular, a.all_of = frozenset(singular), frozenset(all_of)
     a.plural = frozenset((t.stem, q_start <= t.pos < q_end) for t in tokens
                          if t.text != t.stem and t.text.endswith("s") and not t.capital and t.text not in lx.EN_FUNCTION
-                         and "n" in lex.parts_of_speech(t.text) and t.text not in lex.pos)
+                         and t.text not in lex.pos
+                         and ("n" in lex.parts_of_speech(t.text)
+                              or (not lex.known(t.text) and not t.text.endswith("ss"))))  # "chatbots": no WordNet word
     a.tasks, a.arithmetic, a.quantifiers = frozenset(tasks), frozenset(arithmetic), frozenset(quantifiers)
     a.modals, a.shape = frozenset(modals), frozenset(shape)
 
@@ -812,7 +824,7 @@ _SPECIAL = frozenset().union(
     ["one", "single", "next", "most", "disable", "disabled", "deactivate", "deactivated", "enable", "enabled",
      "activate", "activated", "turn", "have", "has", "need", "needs", "got", "than", "as", "less", "fewer", "least",
      "short", "sentences", "lines", "overview", "rundown", "recap", "sentence", "paragraph", "paragraphs", "line",
-     "words", "step"])
+     "words", "step", "a", "an"])
 
 
 _INFINITIVE_AFTER = frozenset(["way", "ways", "how", "want", "wants", "need", "needs", "able", "trying", "try", "going",

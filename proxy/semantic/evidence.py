@@ -97,6 +97,8 @@ def _opposite_clash(a: Analysis, b: Analysis) -> str | None:
 #: Quantifier and modal words compared inside each narrow edited place ("…offer extra credit to all students?" /
 #: "…to some students?"): a reworded context may hold both words elsewhere, so the sets alone miss the swap.
 _HUNK_WORDS = {**{w: "q:" + lx.QUANTIFIERS.get(w, w) for w in lx.QUANTIFIER_DETERMINERS | {"no"}},
+               # "Can I take ibuprofen and paracetamol?" / "…ibuprofen or paracetamol?": both, or one of them.
+               "and": "q:and", "or": "q:or",
                **{w: "m:" + c for w, c in lx.MODAL_CLASS.items()}}
 
 

@@ -36,6 +36,8 @@ SAME = [
     ('between', "What's the difference between a crocodile and an alligator?",
      "What's the difference between an alligator and a crocodile?"),
     ('slip', 'how do i descirbe my job in an intervew', 'how do i describe my job in an interview'),
+    ('afew', 'Suggest a few podcasts about urban history.', 'Suggest podcasts about urban history.'),
+    ('howa', 'How do I write a unit test in Go?', 'How do I write unit tests in Go?'),
     ('dropg', 'how do i stop snorin at night', 'how do i stop snoring at night'),
     ('filler', 'why do cats purr tho', 'why do cats purr'),
     ('fewsome', 'Suggest a few podcasts about gardening.', 'Suggest some podcasts about gardening.'),
@@ -104,6 +106,9 @@ SAME = [
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
 DIFFERENT = [
+    ('number', 'Recommend a novel about urban history.', 'Recommend novels about urban history.'),
+    ('number', 'Suggest a chatbot for customer support.', 'Suggest chatbots for customer support.'),
+    ('quantifier', 'Is it safe to mix bleach and vinegar?', 'Is it safe to mix bleach or vinegar?'),
     ('number', 'is there a decent sushi place near the station', 'list some decent sushi places near the station'),
     ('number', "What's the single best laptop for students?", 'What are some laptops for students?'),
     ('number', "What's the most likely cause of a flat tyre?", 'What are the likely causes of a flat tyre?'),
