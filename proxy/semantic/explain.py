@@ -32,6 +32,7 @@ lemmas, synonym-set ids and derivations, then one look-up per unaligned word (ca
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -364,10 +365,23 @@ def _structural(tok: Token, own: Analysis, other: Analysis) -> bool:
         return True  # "the number of continents" = "how many continents"
     if w in ("time", "times", "year", "date") and other.qtype == "when" and own.qtype in ("when", "what", None):
         return True  # "When is the best time to see X?", "In what year did X?" = "When …?"
-    if w in lx.GIVEN_TEXT_NOUNS and own.quoted and other.quoted:
+    if (w in lx.GIVEN_TEXT_NOUNS or w == "following") and own.quoted and other.quoted:
         return True  # "Paraphrase the sentence 'X'" = "Reword 'X'": the quote is the text either way
+    other_words = [t.text for t in other.tokens]
+    if w in ("time", "duration") and _has_bigram(other_words, "how", "long") and "long" not in {
+            t.text for t in own.tokens}:
+        return True  # "tattoo healing time?" = "how long does a tattoo take to heal"
+    prev = own.tokens[tok.pos - 1].text if tok.pos else ""
+    if w in lx.PERSON_NOUNS and prev in ("which", "what") and other.qtype == "who":
+        return True  # "Which scientist discovered penicillin?" = "Who discovered penicillin?"
+    if w in lx.SIGN_NOUNS and any(_has_bigram(other_words, x, y) for x in ("tell", "know") for y in ("if", "whether")):
+        return True  # "What are the signs that milk has spoiled?" = "How can I tell if milk has gone bad?"
     # "How do you say X in French?" = "Translate X into French".
     return w == "say" and any(x.startswith("lang:") for x in own.shape) and "translate" in other.tasks
+
+
+def _has_bigram(words: list[str], x: str, y: str) -> bool:
+    return any(a == x and b == y for a, b in itertools.pairwise(words))
 
 
 def _is_name(tok: Token) -> bool:

@@ -396,6 +396,14 @@ FILE_TYPES = FILE_FORMATS | frozenset(["pdf", "txt", "excel", "xlsx", "xls", "do
 #: Nouns that only name a quoted text the request is about ("Paraphrase the sentence 'X'" = "Reword 'X'").
 GIVEN_TEXT_NOUNS = frozenset(["sentence", "text", "paragraph", "passage", "phrase", "statement", "line", "quote",
                               "message", "snippet", "sentences"])
+#: Nouns for a person that a "which X" question asks for as "who" does ("Which author wrote X?" = "Who wrote X?").
+PERSON_NOUNS = frozenset(["person", "people", "scientist", "inventor", "author", "writer", "artist", "painter",
+                          "composer", "president", "king", "queen", "leader", "player", "actor", "actress", "singer",
+                          "musician", "explorer", "philosopher", "mathematician", "physicist", "chemist", "poet",
+                          "novelist", "director", "founder", "emperor", "ruler", "pharaoh", "general", "athlete"])
+#: Nouns for what tells a state apart ("the signs that milk has spoiled" = "how can I tell if milk has gone bad").
+SIGN_NOUNS = frozenset(["sign", "signs", "symptom", "symptoms", "indication", "indications", "indicator",
+                        "indicators", "warning"])
 #: Participles that only attach a thing to its owner ("the address linked to my account" = "on my account").
 ATTACHING = frozenset(["linked", "associated", "attached", "tied", "connected"])
 #: Verbs of beginning: before a gerund or "to" they add nothing asked ("start learning X" = "learn X").

@@ -38,6 +38,11 @@ SAME = [
     ('slip', 'how do i descirbe my job in an intervew', 'how do i describe my job in an interview'),
     ('afew', 'Suggest a few podcasts about urban history.', 'Suggest podcasts about urban history.'),
     ('howa', 'How do I write a unit test in Go?', 'How do I write unit tests in Go?'),
+    ('howlong', 'How long does a broken wrist take to heal?', "What's the healing time for a broken wrist?"),
+    ('which', 'Which explorer reached the South Pole first?', 'Who reached the South Pole first?'),
+    ('signs', 'What are the signs that bread has gone stale?', 'How can I tell if bread has gone stale?'),
+    ('following', "Summarise the following review: 'Slow service, great pasta.'",
+     "Summarise this review: 'Slow service, great pasta.'"),
     ('dropg', 'how do i stop snorin at night', 'how do i stop snoring at night'),
     ('filler', 'why do cats purr tho', 'why do cats purr'),
     ('fewsome', 'Suggest a few podcasts about gardening.', 'Suggest some podcasts about gardening.'),
@@ -106,6 +111,7 @@ SAME = [
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
 DIFFERENT = [
+    ('content', 'Which explorer reached the South Pole first?', 'When was the South Pole first reached?'),
     ('number', 'Recommend a novel about urban history.', 'Recommend novels about urban history.'),
     ('number', 'Suggest a chatbot for customer support.', 'Suggest chatbots for customer support.'),
     ('quantifier', 'Is it safe to mix bleach and vinegar?', 'Is it safe to mix bleach or vinegar?'),
