@@ -7,8 +7,9 @@ Data (``benchmarks/data/``), all tuning data unless said otherwise:
 
 - ``semantic_pairs_tune.jsonl`` — 514 pairs written blind (7 styles, 17 negative kinds, 30
   non-English rows). Split by a hash of each ``id`` (:func:`tune_split`): ``tune:fit`` (≈70 %)
-  is what the rules are tuned on; ``tune:check`` (≈30 %) is a held-out check that is only ever
-  printed in aggregate (``--show-errors`` refuses it);
+  is what the rules are tuned on; ``tune:check`` (≈30 %) was a held-out check printed only in aggregate
+  (``--show-errors`` still refuses it) until the rework of 2026-12-07, which read whole files: both
+  splits are tuning data now;
 - ``semantic_pairs_tune2.jsonl`` — 615 pairs written blind by a second author (6 styles, 17 negative
   kinds), copied untouched from the author's file; split the same way into ``tune2:fit`` and
   ``tune2:check`` (held out, aggregates only), a second check that the rules generalise;
@@ -16,8 +17,12 @@ Data (``benchmarks/data/``), all tuning data unless said otherwise:
   families × writing styles, hard negatives by controlled edits (``split`` train/test);
 - ``semantic_pairs.jsonl`` (366), ``semantic_pairs_holdout.jsonl`` (68), ``semantic_pairs_final.jsonl``
   (135): older hand-written sets;
-- ``semantic_pairs_blind1.jsonl`` — blind set 1: never read by default. Only the lead evaluates it,
-  once, with ``--eval-file benchmarks/data/semantic_pairs_blind1.jsonl --once``.
+- ``semantic_pairs_tune3.jsonl`` — 420 pairs written blind by a third author on 2026-12-07 (6 styles × 70,
+  17 negative kinds), copied untouched: tuning data from the start;
+- ``semantic_pairs_blind1.jsonl``, ``semantic_pairs_blind2.jsonl`` — blind sets 1 and 2 of the earlier
+  rework, each evaluated once (README), then tuning data for the rework of 2026-12-07;
+- ``sealed/semantic_pairs_blind3.jsonl`` and later blind sets: never read by the tuning runs; each is
+  evaluated once with ``--eval-file PATH --once``.
 
 ``--eval-file PATH`` evaluates any pair file (JSON lines with ``query``, ``cached``, ``category``,
 ``label``) on its own; ``--once`` makes that a one-shot held-out evaluation: only aggregates are
@@ -65,6 +70,8 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 #: Tuning data evaluated by default (``--sets`` picks some). The blind set is never among them.
 SETS = {"tune": DATA / "semantic_pairs_tune.jsonl", "tune2": DATA / "semantic_pairs_tune2.jsonl",
+        "tune3": DATA / "semantic_pairs_tune3.jsonl",
+        "blind1": DATA / "semantic_pairs_blind1.jsonl", "blind2": DATA / "semantic_pairs_blind2.jsonl",
         "gen": DATA / "semantic_pairs_gen.jsonl",
         "legacy": DATA / "semantic_pairs.jsonl", "legacy_holdout": DATA / "semantic_pairs_holdout.jsonl",
         "final": DATA / "semantic_pairs_final.jsonl"}
@@ -247,9 +254,12 @@ def group_pairs(sets: dict[str, list[dict[str, Any]]], eval_files: list[Path]) -
             groups[name] = idx
 
     add("tune:fit", lambda p: p["source"] == "tune" and p["split"] == "fit")
-    add("tune:check (held out, aggregates only)", lambda p: p["source"] == "tune" and p["split"] == "check")
+    add("tune:check (tuned on since 2026-12-07)", lambda p: p["source"] == "tune" and p["split"] == "check")
     add("tune2:fit", lambda p: p["source"] == "tune2" and p["split"] == "fit")
-    add("tune2:check (held out, aggregates only)", lambda p: p["source"] == "tune2" and p["split"] == "check")
+    add("tune2:check (tuned on since 2026-12-07)", lambda p: p["source"] == "tune2" and p["split"] == "check")
+    add("tune3 (420)", lambda p: p["source"] == "tune3")
+    add("blind1 (350, burned: evaluated once, then tuned on)", lambda p: p["source"] == "blind1")
+    add("blind2 (350, burned: evaluated once, then tuned on)", lambda p: p["source"] == "blind2")
     add("gen:train", lambda p: p["source"] == "gen" and p["split"] == "train")
     add("gen:test", lambda p: p["source"] == "gen" and p["split"] == "test")
     add("legacy (366)", lambda p: p["source"] == "legacy")
@@ -341,7 +351,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 #: Groups whose wrongly decided pairs ``--show-errors`` may print: tuning data only, never a held-out group.
-_SHOWABLE = {"fit": "tune:fit", "fit2": "tune2:fit",
+_SHOWABLE = {"fit": "tune:fit", "fit2": "tune2:fit", "tune3": "tune3 (420)",
              "gen": "gen:train", "gen_test": "gen:test", "legacy": "legacy (366)",
              "final": "final (135)",
              "legacy_holdout": "legacy holdout (68)"}

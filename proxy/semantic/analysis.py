@@ -475,6 +475,13 @@ def _read_word(kind: str, word: str, lex: wordnet.Lexicon) -> _Forms:
 #: Verbs that ask for something: "Recommend a book on X" asks for one book, "Recommend books on X" for several.
 _REQUEST_VERBS = frozenset(["give", "recommend", "suggest", "name", "write", "tell", "share", "send", "find",
                             "provide", "list", "show"])
+#: Nouns the stop-words hold that, capitalised inside a sentence, belong to a name ("the City of London",
+#: "Key West", "The Way of Kings"): content there.
+_NAME_WORDS = frozenset(["city", "way", "key", "people", "person", "role", "question", "answer", "command",
+                         "location", "definition", "keyboard", "tip", "advice", "mechanism", "purpose", "thing",
+                         "things", "lot", "meaning", "experience", "right", "main", "primary", "basic", "true"])
+#: Words variants are read as ("k8s" → "kubernetes", "postgresql" → "postgres"): names, never plurals.
+_CANONICAL = frozenset(w for v in lx.VARIANTS_WORD.values() for w in v.split())
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _INFLECTED = ("s", "ed", "ing", "er", "est")
 #: Words the lexicon knows without WordNet ("from", "into", "whats"): never corrected.
@@ -553,11 +560,14 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             in_question = q_start <= i < q_end
             # "Recommend a book on X" (an imperative) asks for one; "How do I write a unit test" asks how, and
             # "a few", "a couple of" are several.
-            asked_one = (w in ("a", "an") and in_question and a.qtype is None and nxt.isalpha()
-                         and nxt not in lx.EN_FUNCTION and nxt not in lx.QUANTIFIERS
+            asked_one = (w in ("a", "an") and in_question and nxt.isalpha()
+                         and nxt not in lx.EN_FUNCTION and nxt not in lx.QUANTIFIERS and nxt not in lx.FRAMING
                          and nxt not in ("couple", "lot", "lots", "number", "bit", "little", "list", "set", "range")
-                         and (prev in _REQUEST_VERBS or (prev in ("me", "us") and i >= 2
-                                                         and words[i - 2] in _REQUEST_VERBS)))
+                         and ((a.qtype is None and (prev in _REQUEST_VERBS or (
+                             prev in ("me", "us") and i >= 2 and words[i - 2] in _REQUEST_VERBS)))
+                              # "What's a famous painting by X?": one asked for, as "Name a painting" asks
+                              or ((prev in ("what's", "whats") or (prev == "is" and i >= 2 and words[i - 2] == "what"))
+                                  and not tokens[i + 1].capital)))
             if asked_one or (w in ("one", "single") and nxt.isalpha() and nxt not in lx.EN_FUNCTION
                              and nxt not in lx.NUM_WORDS and nxt not in ("of", "way", "day", "thing")
                              and prev not in _ONE_NOT_A_COUNT and nxt not in lx.UNITS):
@@ -729,7 +739,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
                 a.tense = lx.TENSE[w]
             if w == "than":
                 a.than += 1
-            elif w == "as" and i + 2 < n and "as" in words[i + 2:i + 4]:
+            elif w == "as" and i + 2 < n and "as" in words[i + 2:i + 5] and not _PUNCT & set(words[i + 1:i + 4]):
                 a.as_as = True
             elif w in ("less", "fewer", "least"):
                 a.less = True
@@ -778,7 +788,8 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
             tasks.add(task)
             i += 1
             continue
-        if not tok.allcaps and (w in lx.STOPWORDS or tok.stem in lx.STOP_STEMS or w in _MARKERS
+        if not tok.allcaps and not (tok.capital and w in _NAME_WORDS) and (
+                w in lx.STOPWORDS or tok.stem in lx.STOP_STEMS or w in _MARKERS
                 or w in lx.FUNCTION_POLAR or w in lx.QUANTIFIERS or w in lx.MODALS or w in lx.SHAPE_WORDS
                 or op is not None):
             i += 1
@@ -811,7 +822,7 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
                          if t.text != t.stem and t.text.endswith("s") and not t.capital and t.text not in lx.EN_FUNCTION
                          and t.text not in lex.pos
                          and ("n" in lex.parts_of_speech(t.text)
-                              or (not lex.known(t.text) and not t.text.endswith("ss"))))  # "chatbots": no WordNet word
+                              or (not lex.known(t.text) and not t.text.endswith("ss") and t.text not in _CANONICAL)))
     a.tasks, a.arithmetic, a.quantifiers = frozenset(tasks), frozenset(arithmetic), frozenset(quantifiers)
     a.modals, a.shape = frozenset(modals), frozenset(shape)
 

@@ -164,6 +164,11 @@ def _modal_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     return None
 
 
+def _noun_like(w: str, lex: Lexicon) -> bool:
+    """A noun, or a word WordNet does not know ("app", "saas"): the head of a noun phrase may be either."""
+    return w.isalpha() and w not in lx.STOPWORDS and ("n" in lex.parts_of_speech(w) or not lex.known(w))
+
+
 def _superlative_one(a: Analysis) -> frozenset[str]:
     """Stems of singular nouns a superlative or "is there a" picks out ("the most common cause", "the best tool",
     "is there a good café"): one answer asked for."""
@@ -183,15 +188,35 @@ def _superlative_one(a: Analysis) -> frozenset[str]:
                     break
                 if u.text in lx.STOPWORDS:
                     continue  # "a good café", "the best way"
-                if "n" in lex.parts_of_speech(u.text):
-                    if u.text in lex.lemmas(u.text) and not u.text.endswith("s"):
-                        nxt = toks[u.pos + 1].text if u.pos + 1 < len(toks) else ""
-                        if nxt in _PREPOSITIONS or nxt in _COPULA or "n" not in lex.parts_of_speech(nxt):
-                            out.add(u.stem)
-                            break
-                    else:
+                if _noun_like(u.text, lex):
+                    if u.text.endswith("s") and not u.text.endswith("ss"):
+                        break  # "the best tools": several asked for
+                    nxt = toks[u.pos + 1].text if u.pos + 1 < len(toks) else ""
+                    if nxt in _PREPOSITIONS or nxt in _COPULA or not _noun_like(nxt, lex):
+                        out.add(u.stem)  # the head of "the best budgeting app"
                         break
         hit = a.memo["evidence.superlative"] = frozenset(out)
+    return hit
+
+
+_RATE_ADVERBS = {"hourly": "hour", "daily": "day", "nightly": "day", "weekly": "week", "monthly": "month",
+                 "yearly": "year", "annually": "year", "annual": "year"}
+
+
+def _rates(a: Analysis) -> frozenset[str]:
+    """Time units a rate is given in: "four cups an hour", "per week", "daily" (kept with the analysis)."""
+    hit = a.memo.get("evidence.rates")
+    if hit is None:
+        out, toks = set(), a.tokens
+        for i, t in enumerate(toks):
+            if t.text in _RATE_ADVERBS:
+                out.add(_RATE_ADVERBS[t.text])
+            elif i + 1 < len(toks) and t.text in ("a", "an", "per", "every", "each"):
+                unit = toks[i + 1].text
+                unit = unit[:-1] if unit.endswith("s") else unit
+                if unit in lx.DURATION_S and not (i and toks[i - 1].text[:1].isdigit()):
+                    out.add(unit)
+        hit = a.memo["evidence.rates"] = frozenset(out)
     return hit
 
 
@@ -379,10 +404,9 @@ def _direction_clash(a: Analysis, b: Analysis) -> str | None:
     if clash:
         return clash
     # 5. "who beat X" (subject) vs "who did X beat" (object).
-    ra, rb = _wh_role(a), _wh_role(b)
-    if ra and rb and ra != rb and lx.WH_EXCLUSIVE.get(a.tokens[0].text, a.tokens[0].text) == lx.WH_EXCLUSIVE.get(
-            b.tokens[0].text, b.tokens[0].text):  # "Who killed Cain?" / "Whom did Cain kill?"
-        return f"wh {ra}/{rb}"
+    (ra, wa), (rb, wb) = _wh_role(a), _wh_role(b)
+    if ra and rb and ra != rb and lx.WH_EXCLUSIVE.get(wa, wa) == lx.WH_EXCLUSIVE.get(wb, wb):
+        return f"wh {ra}/{rb}"  # "Who killed Cain?" / "Whom did Cain kill?", also after context
     return None
 
 
@@ -471,19 +495,24 @@ def _ordered_pairs(seq: list[str], shared: set[str]) -> dict[tuple[str, str], tu
 _DO = frozenset({"do", "does", "did"})
 
 
-def _wh_role(a: Analysis) -> str | None:
-    """Whether a wh-question asks for the subject ("who beat X") or the object ("who did X beat")."""
-    toks = [t.text for t in a.tokens[:4]]
-    if not toks or toks[0] not in ("who", "whom", "which", "what"):
-        return None
+def _wh_role(a: Analysis) -> tuple[str | None, str]:
+    """Whether a wh-question asks for the subject ("who beat X") or the object ("who did X beat"), and its wh-word.
+
+    The wh-word opens the text, a sentence or a clause ("In Romeo and Juliet, who does Tybalt kill?").
+    """
+    starts = {0, *a.sentence_starts, *a.clause_starts}
+    first = next((t.pos for t in a.tokens if t.pos in starts and t.text in ("who", "whom", "which", "what")), None)
+    if first is None:
+        return None, ""
+    toks = [t.text for t in a.tokens[first:first + 4]]
     nxt = 2 if toks[0] == "which" and len(toks) > 2 and toks[1] not in _DO else 1
     if nxt >= len(toks):
-        return None
+        return None, toks[0]
     if toks[nxt] in _DO:
-        return "object"
+        return "object", toks[0]
     if toks[nxt] in lx.STOPWORDS or toks[nxt] in ("to", "of", "in", "on", "at", "with", "for", "from", "by"):
-        return None
-    return "subject"
+        return None, toks[0]
+    return "subject", toks[0]
 
 
 #: Longer texts name their topic more than once: the repeat check reads short questions only.
@@ -574,6 +603,8 @@ def first_difference(a: Analysis, b: Analysis, *, edit: Edit | None = None) -> t
         ("antonym", _antonym_clash),
         ("number", lambda x, y: _number_clash(x, y, aligned)),
         ("unit", lambda x, y: f"{x.units} vs {y.units}" if Counter(x.units) != Counter(y.units) else None),
+        ("unit", lambda x, y: f"per {sorted(_rates(x))} / {sorted(_rates(y))}"
+         if _rates(x) and _rates(y) and _rates(x) != _rates(y) else None),
         ("direction",
          lambda x, y: f"{dict(x.quantities)} vs {dict(y.quantities)}" if x.quantities != y.quantities else None),
         ("quantifier", lambda x, y: _quantifier_clash(x, y, aligned)),

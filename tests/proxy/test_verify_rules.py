@@ -43,6 +43,8 @@ SAME = [
     ('signs', 'What are the signs that bread has gone stale?', 'How can I tell if bread has gone stale?'),
     ('following', "Summarise the following review: 'Slow service, great pasta.'",
      "Summarise this review: 'Slow service, great pasta.'"),
+    ('goodway', "What's a good way to learn Spanish?", 'What are good ways to learn Spanish?'),
+    ('daily', 'I walk my dog twice a day, is that enough?', 'I walk my dog twice daily, is that enough?'),
     ('dropg', 'how do i stop snorin at night', 'how do i stop snoring at night'),
     ('filler', 'why do cats purr tho', 'why do cats purr'),
     ('fewsome', 'Suggest a few podcasts about gardening.', 'Suggest some podcasts about gardening.'),
@@ -111,6 +113,14 @@ SAME = [
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
 DIFFERENT = [
+    ('comparison', 'Would moving to Denver leave me with more savings than staying in Ohio?',
+     'Would moving to Denver leave me with as much savings as staying in Ohio?'),
+    ('direction', 'In Hamlet, who does Laertes kill?', 'In Hamlet, who kills Laertes?'),
+    ('unit', 'I drink three glasses of soda a day. Is that too much?',
+     'I drink three glasses of soda an hour. Is that too much?'),
+    ('number', "What's the best note-taking app?", 'What are some good note-taking apps?'),
+    ('number', "What's a famous novel by Tolstoy?", "List Tolstoy's famous novels."),
+    ('entity', 'What is the population of Kansas?', 'What is the population of Kansas City?'),
     ('content', 'Which explorer reached the South Pole first?', 'When was the South Pole first reached?'),
     ('number', 'Recommend a novel about urban history.', 'Recommend novels about urban history.'),
     ('number', 'Suggest a chatbot for customer support.', 'Suggest chatbots for customer support.'),
