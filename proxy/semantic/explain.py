@@ -332,6 +332,9 @@ def _why(tok: Token, other: _Side, other_a: Analysis, lex: Lexicon) -> str | Non
         return "synonym"
     if lx.UNITS.get(w) in other_a.units:
         return "inflection"  # "Minutes in one day?" / "How many minutes are in a day?": the same unit asked
+    if len(w) > 5 and w.endswith("ly") and (w[:-2] in facts.words or w[:-3] + "e" in facts.words
+                                             or (w.endswith("ily") and w[:-3] + "y" in facts.words)):
+        return "derivation"  # "rename a branch locally" / "a local branch", "safely" / "safe", "easily" / "easy"
     task = lx.TASK_CLASSES.get(w)
     if task in lx.SYNONYM_TASKS and other_a.tokens and (task in other_a.tasks or task in facts.task_words):
         return "synonym"  # "How do I write a letter?" / "Help me draft a letter": one operation, two words
@@ -426,6 +429,8 @@ def _light(tok: Token, own: Analysis, other_a: Analysis, lex: Lexicon) -> bool:
         return True  # "the billing address linked to my account" = "the billing address on my account"
     if w in ("file", "files") and prev in lx.FILE_TYPES:
         return True  # "a CSV file" = "a .csv"
+    if w in lx.TYPE_NOUNS and prev == "the" and tok.pos + 1 < len(own.tokens) and own.tokens[tok.pos + 1].capital:
+        return True  # "the key ideas of the book Atomic Habits" = "…of Atomic Habits": the title names it
     return bool(lex.lemmas(w) & lx.BECOME_VERBS) and "a" in lex.parts_of_speech(nxt)
 
 

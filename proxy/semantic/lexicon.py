@@ -117,7 +117,7 @@ SYNONYM_GROUPS = [
     "people ppl", "instagram insta", "facebook fb", "youtube yt", "direct_message dm", "wifi wi-fi",
     "grandmother grandma gran granny nan nana", "grandfather grandpa granddad", "mom mum mother mommy mummy",
     "dad father daddy", "tv telly", "math maths", "teenager teen", "apartment flat", "luggage baggage bags",
-    "holiday vacation", "sneakers trainers", "formal professional", "catchy memorable",
+    "holiday vacation", "sneakers trainers", "because due_to owing_to", "smoke_alarm smoke_detector", "formal professional", "catchy memorable",
     "inspirational motivational inspiring", "cookie biscuit", "fries chips", "elevator lift",
 ]
 # Spelling and abbreviation variants read as their canonical word before anything else (British ↔ American
@@ -149,7 +149,7 @@ VARIANTS_WORD = {
     "mustnt": "must not", "neednt": "need not", "aint": "is not", "bday": "birthday", "gf": "girlfriend",
     "bf": "boyfriend", "convo": "conversation", "b4": "before", "ppl": "people", "msg": "message",
     "pic": "picture", "pics": "pictures", "mongo": "mongodb",
-    "teh": "the", "hw": "how", "u'd": "you would", "ud": "you would", "nothin": "nothing", "somethin": "something",
+    "teh": "the", "avg": "average", "u'd": "you would", "ud": "you would", "nothin": "nothing", "somethin": "something",
     "wen": "when", "til": "until", "till": "until", "em": "them", "nodejs": "node", "postgresql": "postgres",
 }
 # Contractions written without an apostrophe: two words, expanded in the text before it is read.
@@ -396,6 +396,9 @@ FILE_TYPES = FILE_FORMATS | frozenset(["pdf", "txt", "excel", "xlsx", "xls", "do
 #: Nouns that only name a quoted text the request is about ("Paraphrase the sentence 'X'" = "Reword 'X'").
 GIVEN_TEXT_NOUNS = frozenset(["sentence", "text", "paragraph", "passage", "phrase", "statement", "line", "quote",
                               "message", "snippet", "sentences"])
+#: Kinds of work or thing named before their title ("the book Atomic Habits", "the film Alien"): the title names it.
+TYPE_NOUNS = frozenset(["book", "novel", "film", "movie", "song", "album", "show", "series", "play", "poem", "game",
+                        "app", "podcast", "painting", "opera", "musical", "documentary", "band"])
 #: Nouns for a person that a "which X" question asks for as "who" does ("Which author wrote X?" = "Who wrote X?").
 PERSON_NOUNS = frozenset(["person", "people", "scientist", "inventor", "author", "writer", "artist", "painter",
                           "composer", "president", "king", "queen", "leader", "player", "actor", "actress", "singer",
