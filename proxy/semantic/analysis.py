@@ -696,7 +696,13 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
                 continue
             # Closed classes read before the stop-list hides them.
             q = lx.QUANTIFIERS.get(w)
-            if (q is not None and (prev, w) not in lx.QUANTIFIER_IDIOMS and (w, nxt) not in lx.QUANTIFIER_IDIOMS
+            # "every 15 minutes", "each week", "every few min": how often, not how many of a set.
+            frequency = (w in ("every", "each") and (
+                nxt[:1].isdigit() or nxt in lx.NUM_WORDS or nxt in ("few", "couple", "other", "single")
+                or (nxt[:-1] if nxt.endswith("s") else nxt) in lx.DURATION_S or nxt in lx.UNITS
+                or nxt in lx.TIME_NOUNS)) or (w == "few" and prev == "every")
+            if (q is not None and not frequency and (prev, w) not in lx.QUANTIFIER_IDIOMS
+                    and (w, nxt) not in lx.QUANTIFIER_IDIOMS
                     and not (q == "all" and in_question and _retrieves(words, i))):
                 if w == "few" and prev in ("a", "quite"):
                     q = "some"  # "a few of them" is some; "few of them" is hardly any

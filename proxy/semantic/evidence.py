@@ -154,6 +154,10 @@ def _modal_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
         if ma and mb:
             return f"{sorted(ma)} vs {sorted(mb)}"
         one = ma or mb
+        # "How long should steak rest?" = "How long does steak need to rest?": a wh-question's "should" asks
+        # for the recommended amount, time or way, which the plain question asks too (not "who").
+        if one == {"should"} and a.qtype == b.qtype and a.qtype in ("how", "when", "what", "count"):
+            one = set()
         if one - {"can"}:
             return f"{sorted(one)} vs none"
     # Context sentences: "My employer says I may…" / "…I must…" differ; a modal the other side's reworded
@@ -315,8 +319,17 @@ def _task_clash(a: Analysis, b: Analysis) -> str | None:
             # operation, only not as a request to the model.
             if any(lx.TASK_CLASSES.get(t.text) == task or lx.TASK_STEMS.get(t.stem) == task for t in other.tokens):
                 continue
+            # "Write a limerick about X" / "Give me a limerick about X": a request for a text that names no other
+            # task asks for it to be written (what the text is must still be the same: the explanation checks).
+            if task == "write" and not other.tasks and other.tokens and other.tokens[0].text in _PRODUCE:
+                continue
             return f"{sorted(a.tasks)} vs {sorted(b.tasks)}"
     return None
+
+
+#: Verbs that open a request for a made thing ("Give me a limerick", "Make me a checklist", "Tell a story").
+_PRODUCE = frozenset(["give", "make", "generate", "create", "tell", "produce", "provide", "compose", "come",
+                      "draft", "craft", "prepare", "put", "suggest"])
 
 
 def _shape_clash(a: Analysis, b: Analysis) -> str | None:

@@ -372,7 +372,7 @@ QUANTIFIERS: dict[str, str] = {}
 for _cls, _qs in {"all": "all every each always everyone everybody everything everywhere both",
                   "some": "some several sometimes someone somebody something any anyone anybody anything either",
                   "many": "many numerous lots plenty",
-                  "most": "most majority mostly usually generally",
+                  "most": "most majority mostly usually generally typically normally commonly",
                   "few": "few rarely seldom hardly"}.items():
     for _q in _qs.split():
         QUANTIFIERS[_q] = _cls
