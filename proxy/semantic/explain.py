@@ -374,6 +374,15 @@ def _structural(tok: Token, own: Analysis, other: Analysis) -> bool:
     if w in ("time", "duration") and _has_bigram(other_words, "how", "long") and "long" not in {
             t.text for t in own.tokens}:
         return True  # "tattoo healing time?" = "how long does a tattoo take to heal"
+    if w in ("frequency", "interval", "intervals") and _has_bigram(other_words, "how", "often"):
+        return True  # "the right watering frequency for X" = "how often should I water X"
+    if w == "often" and tok.pos and own.tokens[tok.pos - 1].text == "how" and (
+            {"frequency", "interval", "intervals"} & set(other_words)):
+        return True  # and the other way round
+    own_words = [t.text for t in own.tokens]
+    if (w in ("largest", "greatest", "highest", "biggest") and _has_bigram(own_words, w, "number")
+            and "most" in other_words):
+        return True  # "the largest number of moons" = "the most moons"
     prev = own.tokens[tok.pos - 1].text if tok.pos else ""
     if w in lx.PERSON_NOUNS and prev in ("which", "what") and other.qtype == "who":
         return True  # "Which scientist discovered penicillin?" = "Who discovered penicillin?"

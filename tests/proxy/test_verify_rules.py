@@ -55,6 +55,8 @@ SAME = [
     ('giveme', 'Write a haiku about a rainy Monday.', 'Give me a haiku about a rainy Monday.'),
     ('typically', 'How long does a cold usually last?', 'Typically, how long does a cold last?'),
     ('whshould', 'How long should bread dough rise?', 'How long does bread dough need to rise?'),
+    ('often', 'How often should I water a cactus?', 'What is the right watering frequency for a cactus?'),
+    ('largest', 'Which country has the largest number of islands?', 'Which country has the most islands?'),
     ('dropg', 'how do i stop snorin at night', 'how do i stop snoring at night'),
     ('filler', 'why do cats purr tho', 'why do cats purr'),
     ('fewsome', 'Suggest a few podcasts about gardening.', 'Suggest some podcasts about gardening.'),
