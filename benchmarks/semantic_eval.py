@@ -19,6 +19,8 @@ Data (``benchmarks/data/``), all tuning data unless said otherwise:
   (135): older hand-written sets;
 - ``semantic_pairs_tune3.jsonl`` — 420 pairs written blind by a third author on 2026-12-07 (6 styles × 70,
   17 negative kinds), copied untouched: tuning data from the start;
+- ``semantic_pairs_tune4_long.jsonl`` — 160 long context-first pairs (8 negative kinds) written blind by a fifth
+  author after blind sets 3 and 4 showed most wrong hits in that style; tuning data;
 - ``semantic_pairs_blind1.jsonl``, ``semantic_pairs_blind2.jsonl`` — blind sets 1 and 2 of the earlier
   rework, each evaluated once (README), then tuning data for the rework of 2026-12-07;
 - ``sealed/semantic_pairs_blind3.jsonl`` and later blind sets: never read by the tuning runs; each is
@@ -70,7 +72,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 #: Tuning data evaluated by default (``--sets`` picks some). The blind set is never among them.
 SETS = {"tune": DATA / "semantic_pairs_tune.jsonl", "tune2": DATA / "semantic_pairs_tune2.jsonl",
-        "tune3": DATA / "semantic_pairs_tune3.jsonl",
+        "tune3": DATA / "semantic_pairs_tune3.jsonl", "tune4": DATA / "semantic_pairs_tune4_long.jsonl",
         "blind1": DATA / "semantic_pairs_blind1.jsonl", "blind2": DATA / "semantic_pairs_blind2.jsonl",
         "gen": DATA / "semantic_pairs_gen.jsonl",
         "legacy": DATA / "semantic_pairs.jsonl", "legacy_holdout": DATA / "semantic_pairs_holdout.jsonl",
@@ -258,6 +260,7 @@ def group_pairs(sets: dict[str, list[dict[str, Any]]], eval_files: list[Path]) -
     add("tune2:fit", lambda p: p["source"] == "tune2" and p["split"] == "fit")
     add("tune2:check (tuned on since 2026-12-07)", lambda p: p["source"] == "tune2" and p["split"] == "check")
     add("tune3 (420)", lambda p: p["source"] == "tune3")
+    add("tune4, long context-first (160)", lambda p: p["source"] == "tune4")
     add("blind1 (350, burned: evaluated once, then tuned on)", lambda p: p["source"] == "blind1")
     add("blind2 (350, burned: evaluated once, then tuned on)", lambda p: p["source"] == "blind2")
     add("gen:train", lambda p: p["source"] == "gen" and p["split"] == "train")

@@ -764,7 +764,108 @@ def role_clash(a: Analysis, b: Analysis, lex: Lexicon, *, edit: Edit | None = No
                     return f"{x} … {y}: argument moved across its verb"
             elif _predicate_between(one, px, py, lex) or _predicate_between(other, qy, qx, lex):
                 return f"{x} … {y} reversed"
-    return _marked_swap(a, b, lex) or _possessor_swap(a, b, lex) or _pronoun_swap(a, b, edit)
+    return (_marked_swap(a, b, lex) or _possessor_swap(a, b, lex) or _subject_swap(a, b, lex)
+            or _pronoun_swap(a, b, edit))
+
+
+#: Words skipped between a predicate and its subject ("I have never had", "my friend just borrowed").
+_BETWEEN = frozenset(["not", "never", "just", "also", "already", "still", "recently", "really", "always", "often",
+                      "n't", "finally", "actually", "only"])
+_RELATIVE = frozenset(["who", "which", "that", "whose", "whom", "where"])
+
+
+def _subjects(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
+    """Predicate lemma → the keys of the arguments standing right before it as its subject (kept with the analysis).
+
+    A predicate is a verb that is no auxiliary, or an adjective after a copula ("is allergic"); its subject is the
+    nearest noun or personal pronoun before it, across auxiliaries, adverbs and a relative clause set off by commas
+    ("My daughter, who lives with me, is allergic" → allergic: daughter). Linear: each walk back is bounded.
+    """
+    hit = a.memo.get("evidence.subjects")
+    if hit is not None:
+        return hit
+    toks, out = a.tokens, {}
+    for i, t in enumerate(toks):
+        w = t.text
+        if w in lx.STOPWORDS or w in _AUX or not w.isalpha() or t.capital:
+            continue
+        pos = lex.parts_of_speech(w)
+        j = i - 1
+        copula = False
+        while j >= 0 and i - j <= 8:
+            x = toks[j].text
+            if x in _COPULA or x in _AUX:
+                copula = copula or x in _COPULA or x in ("get", "gets", "got", "gotten", "getting")
+            elif x not in _BETWEEN:
+                break
+            j -= 1
+        if not ("v" in pos and not copula) and not ("a" in pos and copula):
+            continue
+        if copula and "v" in pos and w not in lex.lemmas(w):
+            continue  # "the payments were missed", "it was written by me": a passive puts any argument first
+        # A relative clause set off by commas between subject and predicate: step over it.
+        if j >= 0 and toks[j].clause != t.clause:
+            k = j
+            while k >= 0 and i - k <= 16 and toks[k].text not in _RELATIVE:
+                k -= 1
+            if k >= 1 and toks[k].text in _RELATIVE:
+                j = k - 1
+        if j < 0:
+            continue
+        s_tok = toks[j]
+        key = _PERSONAL.get(s_tok.text)
+        if key is None:
+            if s_tok.text in lx.STOPWORDS or not s_tok.text.isalpha() or "n" not in lex.parts_of_speech(s_tok.text):
+                continue
+            # "a flat bike tire", "the last git commit": a noun before a verb's base form (or a word that is a noun
+            # too) is a compound, not a subject; an inflected verb ("my friend borrowed") or an auxiliary between
+            # says it is one.
+            if j == i - 1 and (w in lex.lemmas(w) or "n" in pos):
+                continue  # "oil changes": a plural noun as much as a verb
+            key = lx.SYNONYM.get(s_tok.stem, s_tok.stem)
+        elif _asker(toks, j):
+            continue  # "How do you say…" / "How would I say…": who asks, not who acts
+        for lemma in lex.lemmas(w) or (w,):
+            out.setdefault(lemma, set()).add(key)
+    a.memo["evidence.subjects"] = out
+    return out
+
+
+def _subject_swap(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
+    """The same predicate with another subject, each subject named in both texts: "I borrowed my friend's car" /
+    "my friend borrowed my car", "my daughter is allergic to penicillin, though I've never…" / "I am allergic…,
+    though my daughter has never…". Passive predicates are not read (:func:`_subjects`)."""
+    sa, sb = _subjects(a, lex), _subjects(b, lex)
+    if not sa or not sb:
+        return None
+    named_a, named_b = _named(a), _named(b)
+    named_a |= {_PERSON_KEY[t.text] for t in a.tokens if t.text in _PERSON_KEY}
+    named_b |= {_PERSON_KEY[t.text] for t in b.tokens if t.text in _PERSON_KEY}
+    for pred in sa.keys() & sb.keys():
+        xa, xb = sa[pred], sb[pred]
+        if len(xa) != 1 or len(xb) != 1 or xa == xb:
+            continue
+        (x,), (y,) = xa, xb
+        if {x, y} <= {"p1", "p2"}:
+            continue  # "How do I…" / "How do you…": the one addressed shifts, no role changes
+        if x in named_b and y in named_a:
+            return f"{pred}: {x} / {y}"
+    return None
+
+
+def _named(a: Analysis) -> set[str]:
+    """Keys of every word, pronoun and possessor of a text ("my nephew's loan" names p1, nephew and loan)."""
+    out = set()
+    for t in a.tokens:
+        out.add(_PERSONAL.get(t.text) or _PERSON_KEY.get(t.text) or lx.SYNONYM.get(t.stem, t.stem))
+        if t.text.endswith("'s"):
+            bare = t.text[:-2]
+            out.add(lx.SYNONYM.get(lx.stem(bare), lx.stem(bare)))
+    return out
+
+
+#: Possessives name their person too ("my car" names the speaker).
+_PERSON_KEY = {"my": "p1", "mine": "p1", "our": "p1pl", "his": "p3m", "her": "p3f", "their": "p3pl", "your": "p2"}
 
 
 def _markers(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:

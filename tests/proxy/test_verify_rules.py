@@ -57,6 +57,10 @@ SAME = [
     ('whshould', 'How long should bread dough rise?', 'How long does bread dough need to rise?'),
     ('often', 'How often should I water a cactus?', 'What is the right watering frequency for a cactus?'),
     ('largest', 'Which country has the largest number of islands?', 'Which country has the most islands?'),
+    ('passive', 'I feed my sourdough starter daily. Why is my bread flat?',
+     'My sourdough starter gets fed daily. Why is my bread flat?'),
+    ('nouncompound', 'How often should I change the oil in my car?',
+     'What is the right interval between oil changes for my car?'),
     ('dropg', 'how do i stop snorin at night', 'how do i stop snoring at night'),
     ('filler', 'why do cats purr tho', 'why do cats purr'),
     ('fewsome', 'Suggest a few podcasts about gardening.', 'Suggest some podcasts about gardening.'),
@@ -125,6 +129,10 @@ SAME = [
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
 DIFFERENT = [
+    ('role', 'Last month I borrowed my cousin\'s van to move house and scraped a parked car. Who should pay?',
+     'Last month my cousin borrowed my van to move house and scraped a parked car. Who should pay?'),
+    ('role', 'My son, who is nine, is allergic to peanuts, though I have never reacted to them. What snacks are safe?',
+     'I am allergic to peanuts, though my son, who is nine, has never reacted to them. What snacks are safe?'),
     ('modality', 'Who should sign the lease?', 'Who can sign the lease?'),
     ('task', 'Write a haiku about a rainy Monday.', 'Explain a haiku about a rainy Monday.'),
     ('comparison', 'Would moving to Denver leave me with more savings than staying in Ohio?',
