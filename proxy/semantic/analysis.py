@@ -661,6 +661,11 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
                 a.numbers[1.0] += 1
                 a.sequence.append("#1")
                 prev_number = True
+            if unit == "year" and prev_number and nxt == "old":
+                # "a 38-year-old accountant" = "I'm 38": an age, the number itself.
+                prev_number = False
+                i += 2
+                continue
             if unit is not None and (w not in lx.UNIT_NEEDS_NUMBER or prev_number or prev in ("many", "per")):
                 seconds = lx.DURATION_S.get(unit)
                 if seconds is not None and prev_number and a.sequence and a.sequence[-1][:2] not in ("#o", ""):

@@ -61,6 +61,8 @@ SAME = [
      'My sourdough starter gets fed daily. Why is my bread flat?'),
     ('nouncompound', 'How often should I change the oil in my car?',
      'What is the right interval between oil changes for my car?'),
+    ('age', "I'm a 38-year-old nurse. Is it too late to study medicine?",
+     "I'm 38 and a nurse. Is it too late to study medicine?"),
     ('dropg', 'how do i stop snorin at night', 'how do i stop snoring at night'),
     ('filler', 'why do cats purr tho', 'why do cats purr'),
     ('fewsome', 'Suggest a few podcasts about gardening.', 'Suggest some podcasts about gardening.'),
@@ -129,6 +131,8 @@ SAME = [
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
 DIFFERENT = [
+    ('number', "I'm a 38-year-old nurse. Is it too late to study medicine?",
+     "I'm 48 and a nurse. Is it too late to study medicine?"),
     ('role', 'Last month I borrowed my cousin\'s van to move house and scraped a parked car. Who should pay?',
      'Last month my cousin borrowed my van to move house and scraped a parked car. Who should pay?'),
     ('role', 'My son, who is nine, is allergic to peanuts, though I have never reacted to them. What snacks are safe?',
