@@ -763,8 +763,10 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
                 i += 1
                 continue
             tag = lx.SHAPE_WORDS.get(w)
+            as_a = prev in ("a", "an") and i >= 2 and words[i - 2] in ("as", "in", "into", "to")  # "as a CSV"
             if tag is not None and tag.startswith("fmt:") and w in lx.FILE_FORMATS and not (
-                    prev in ("as", "in", "into", "to", "output", "return", "returns") or nxt in ("format", "output")):
+                    prev in ("as", "in", "into", "to", "output", "return", "returns") or as_a
+                    or nxt in ("format", "output", "table")):
                 tag = None  # "read a JSON file": what is read, not the shape of the answer
             if tag is not None and _is_shape(w, prev, nxt):
                 shape.add(tag)
@@ -913,5 +915,5 @@ def _is_shape(w: str, prev: str, nxt: str) -> bool:
     if w in ("child", "children", "kid", "kids", "expert", "experts", "technical", "beginner", "beginners"):
         return prev in ("a", "for", "to", "like") or nxt in ("terms", "friendly")
     if w in ("table", "detail", "details"):
-        return prev in ("a", "in", "as", "more")
+        return prev in ("a", "in", "as", "more") or prev in lx.FILE_FORMATS  # "a markdown table"
     return True

@@ -170,7 +170,8 @@ def _modal_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
 
 def _noun_like(w: str, lex: Lexicon) -> bool:
     """A noun, or a word WordNet does not know ("app", "saas"): the head of a noun phrase may be either."""
-    return w.isalpha() and w not in lx.STOPWORDS and ("n" in lex.parts_of_speech(w) or not lex.known(w))
+    return (w.isalpha() and w not in lx.STOPWORDS and w not in _PREPOSITIONS and w not in lx.EN_FUNCTION
+            and w not in _AUX and ("n" in lex.parts_of_speech(w) or not lex.known(w)))
 
 
 def _superlative_one(a: Analysis) -> frozenset[str]:
@@ -653,7 +654,7 @@ _DETERMINERS = frozenset(["a", "an", "the", "my", "your", "his", "her", "our", "
 _AUX = frozenset(["is", "are", "was", "were", "be", "been", "am", "do", "does", "did", "have", "has", "had", "can",
                   "could", "should", "would", "will", "shall", "may", "might", "must", "give", "gives", "gave",
                   "get", "gets", "got", "take", "takes", "took", "tell", "told", "let", "make", "makes", "made"])
-_COPULA = frozenset(["is", "are", "was", "were", "be", "been", "am"])
+_COPULA = frozenset(["is", "are", "was", "were", "be", "been", "am", "being"])
 #: Two arguments farther apart than this (in tokens) are not compared: a swap is local, and the bound keeps it linear.
 _ROLE_WINDOW = 8
 
@@ -770,8 +771,23 @@ def role_clash(a: Analysis, b: Analysis, lex: Lexicon, *, edit: Edit | None = No
 
 #: Words skipped between a predicate and its subject ("I have never had", "my friend just borrowed").
 _BETWEEN = frozenset(["not", "never", "just", "also", "already", "still", "recently", "really", "always", "often",
-                      "n't", "finally", "actually", "only"])
+                      "n't", "finally", "actually", "only", "kinda", "sorta", "very", "so", "too", "quite", "pretty",
+                      "super", "extremely", "being"])
 _RELATIVE = frozenset(["who", "which", "that", "whose", "whom", "where"])
+
+
+def _before_predicate(toks: list[Token], i: int) -> tuple[int, bool]:
+    """The index of the word before the auxiliaries and adverbs ahead of ``i``, and whether a copula (or a
+    passive "get") is among them ("my daughter is really allergic", "the starter gets fed")."""
+    j, copula = i - 1, False
+    while j >= 0 and i - j <= 8:
+        x = toks[j].text
+        if x in _COPULA or x in _AUX:
+            copula = copula or x in _COPULA or x in ("get", "gets", "got", "gotten", "getting")
+        elif x not in _BETWEEN:
+            break
+        j -= 1
+    return j, copula
 
 
 def _subjects(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
@@ -790,19 +806,17 @@ def _subjects(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
         if w in lx.STOPWORDS or w in _AUX or not w.isalpha() or t.capital:
             continue
         pos = lex.parts_of_speech(w)
-        j = i - 1
-        copula = False
-        while j >= 0 and i - j <= 8:
-            x = toks[j].text
-            if x in _COPULA or x in _AUX:
-                copula = copula or x in _COPULA or x in ("get", "gets", "got", "gotten", "getting")
-            elif x not in _BETWEEN:
-                break
-            j -= 1
+        j, copula = _before_predicate(toks, i)
+        if copula and "v" in pos and w not in lex.lemmas(w):
+            # "the payments were missed", "a startup being sued by its former CEO": a passive puts the object first;
+            # its doer, when named, follows "by".
+            agent = _agent(toks, i, lex)
+            if agent is not None:
+                for lemma in lex.lemmas(w) or (w,):
+                    out.setdefault(lemma, set()).add(agent)
+            continue
         if not ("v" in pos and not copula) and not ("a" in pos and copula):
             continue
-        if copula and "v" in pos and w not in lex.lemmas(w):
-            continue  # "the payments were missed", "it was written by me": a passive puts any argument first
         # A relative clause set off by commas between subject and predicate: step over it.
         if j >= 0 and toks[j].clause != t.clause:
             k = j
@@ -815,13 +829,13 @@ def _subjects(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
         s_tok = toks[j]
         key = _PERSONAL.get(s_tok.text)
         if key is None:
-            if s_tok.text in lx.STOPWORDS or not s_tok.text.isalpha() or "n" not in lex.parts_of_speech(s_tok.text):
-                continue
+            if not _noun_like(s_tok.text, lex):
+                continue  # a noun, or a word WordNet lacks ("startup")
             # "a flat bike tire", "the last git commit": a noun before a verb's base form (or a word that is a noun
             # too) is a compound, not a subject; an inflected verb ("my friend borrowed") or an auxiliary between
             # says it is one.
-            if j == i - 1 and (w in lex.lemmas(w) or "n" in pos):
-                continue  # "oil changes": a plural noun as much as a verb
+            if j == i - 1 and (w in lex.lemmas(w) or ("n" in pos and w.endswith("s"))):
+                continue  # "oil changes": a plural noun as much as a verb; "a startup suing its CEO" is a verb
             key = lx.SYNONYM.get(s_tok.stem, s_tok.stem)
         elif _asker(toks, j):
             continue  # "How do you say…" / "How would I say…": who asks, not who acts
@@ -829,6 +843,22 @@ def _subjects(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
             out.setdefault(lemma, set()).add(key)
     a.memo["evidence.subjects"] = out
     return out
+
+
+def _agent(toks: list[Token], i: int, lex: Lexicon) -> str | None:
+    """The key of the doer after a passive participle at ``i`` ("sued by its former CEO" → ceo), else ``None``."""
+    if i + 1 >= len(toks) or toks[i + 1].text != "by":
+        return None
+    for t in toks[i + 2:i + 6]:
+        if t.text in _PERSONAL:
+            return _PERSONAL[t.text]
+        if t.text in _DETERMINERS or t.text in lx.STOPWORDS or not _noun_like(t.text, lex):
+            continue
+        nxt = toks[t.pos + 1] if t.pos + 1 < len(toks) else None
+        if nxt is not None and nxt.clause == t.clause and _noun_like(nxt.text, lex):
+            continue  # "by its former sales manager": the head comes last
+        return lx.SYNONYM.get(t.stem, t.stem)
+    return None
 
 
 def _subject_swap(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:

@@ -131,6 +131,11 @@ SAME = [
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
 DIFFERENT = [
+    ('shape', 'put my reading list in a markdown table: dune, emma, ulysses',
+     'put my reading list as a csv: dune, emma, ulysses'),
+    ('role', 'how do i tell my gf her sister is kinda rude', 'how do i tell my sister my gf is kinda rude'),
+    ('role', 'Write a short report about a bakery being sued by its former manager.',
+     'Write a short report about a bakery suing its former manager.'),
     ('number', "I'm a 38-year-old nurse. Is it too late to study medicine?",
      "I'm 48 and a nurse. Is it too late to study medicine?"),
     ('role', 'Last month I borrowed my cousin\'s van to move house and scraped a parked car. Who should pay?',
