@@ -23,6 +23,8 @@ Data (``benchmarks/data/``), all tuning data unless said otherwise:
   author after blind sets 3 and 4 showed most wrong hits in that style; tuning data;
 - ``semantic_pairs_tune5.jsonl`` — 300 pairs (120 paraphrases, 180 negatives made as subtle as the sixth author
   could: implicit negation, passives, possessives, formats) written blind; tuning data;
+- ``semantic_pairs_tune6.jsonl`` — 300 pairs (6 more styles: email writing, data/SQL, health/money/law…) by a
+  seventh blind author; tuning data;
 - ``semantic_pairs_blind1.jsonl``, ``semantic_pairs_blind2.jsonl`` — blind sets 1 and 2 of the earlier
   rework, each evaluated once (README), then tuning data for the rework of 2026-12-07;
 - ``sealed/semantic_pairs_blind3.jsonl`` and later blind sets: never read by the tuning runs; each is
@@ -75,7 +77,7 @@ DATA = HERE / "data"
 #: Tuning data evaluated by default (``--sets`` picks some). The blind set is never among them.
 SETS = {"tune": DATA / "semantic_pairs_tune.jsonl", "tune2": DATA / "semantic_pairs_tune2.jsonl",
         "tune3": DATA / "semantic_pairs_tune3.jsonl", "tune4": DATA / "semantic_pairs_tune4_long.jsonl",
-        "tune5": DATA / "semantic_pairs_tune5.jsonl",
+        "tune5": DATA / "semantic_pairs_tune5.jsonl", "tune6": DATA / "semantic_pairs_tune6.jsonl",
         "blind1": DATA / "semantic_pairs_blind1.jsonl", "blind2": DATA / "semantic_pairs_blind2.jsonl",
         "gen": DATA / "semantic_pairs_gen.jsonl",
         "legacy": DATA / "semantic_pairs.jsonl", "legacy_holdout": DATA / "semantic_pairs_holdout.jsonl",
@@ -265,6 +267,7 @@ def group_pairs(sets: dict[str, list[dict[str, Any]]], eval_files: list[Path]) -
     add("tune3 (420)", lambda p: p["source"] == "tune3")
     add("tune4, long context-first (160)", lambda p: p["source"] == "tune4")
     add("tune5, sneaky negatives (300)", lambda p: p["source"] == "tune5")
+    add("tune6 (300)", lambda p: p["source"] == "tune6")
     add("blind1 (350, burned: evaluated once, then tuned on)", lambda p: p["source"] == "blind1")
     add("blind2 (350, burned: evaluated once, then tuned on)", lambda p: p["source"] == "blind2")
     add("gen:train", lambda p: p["source"] == "gen" and p["split"] == "train")

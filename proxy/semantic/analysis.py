@@ -666,7 +666,8 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
                 prev_number = False
                 i += 2
                 continue
-            if unit is not None and (w not in lx.UNIT_NEEDS_NUMBER or prev_number or prev in ("many", "per")):
+            if unit is not None and (w not in lx.UNIT_NEEDS_NUMBER or prev_number or prev in ("many", "per")
+                                     or (prev in ("in", "into") and w.endswith("s"))):  # "duration in minutes"
                 seconds = lx.DURATION_S.get(unit)
                 if seconds is not None and prev_number and a.sequence and a.sequence[-1][:2] not in ("#o", ""):
                     # "a 14-day trip" = "two weeks", "an hour and a half" = "90 minutes": one duration, in seconds.
@@ -750,8 +751,9 @@ def _classify(a: Analysis) -> None:  # noqa: C901 - one pass over the tokens, on
                 a.tense = lx.TENSE[w]
             if w == "than":
                 a.than += 1
-            elif w == "as" and i + 2 < n and "as" in words[i + 2:i + 5] and not _PUNCT & set(words[i + 1:i + 4]):
-                a.as_as = True
+            elif (w == "as" and i + 2 < n and "as" in words[i + 2:i + 5] and not _PUNCT & set(words[i + 1:i + 4])) or (
+                    w == "same" and "as" in words[i + 1:i + 4]):
+                a.as_as = True  # "as much X as", "the same amount as"
             elif w in ("less", "fewer", "least"):
                 a.less = True
             op = lx.ARITHMETIC.get(w)
@@ -848,7 +850,7 @@ _SPECIAL = frozenset().union(
     ["one", "single", "next", "most", "disable", "disabled", "deactivate", "deactivated", "enable", "enabled",
      "activate", "activated", "turn", "have", "has", "need", "needs", "got", "than", "as", "less", "fewer", "least",
      "short", "sentences", "lines", "overview", "rundown", "recap", "sentence", "paragraph", "paragraphs", "line",
-     "words", "step", "a", "an"])
+     "words", "step", "a", "an", "same"])
 
 
 _INFINITIVE_AFTER = frozenset(["way", "ways", "how", "want", "wants", "need", "needs", "able", "trying", "try", "going",

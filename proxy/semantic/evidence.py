@@ -8,6 +8,7 @@ merely differ are left to the alignment and pair model in :mod:`llmcache.proxy.s
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -286,8 +287,26 @@ def _comparison_clash(a: Analysis, b: Analysis) -> str | None:
 _COUNT_WORDS = frozenset(["number", "population", "amount", "total", "count", "many", "much", "populous"])
 
 
+def _counts(a: Analysis) -> bool:
+    """Asks for a number anywhere ("returns how many customers churned", "the number of", "count")."""
+    words = [t.text for t in a.tokens]
+    return a.qtype == "count" or any(w == "how" and n == "many" for w, n in itertools.pairwise(words)) or bool(
+        _COUNT_WORDS & set(words))
+
+
+def _how_many_things(a: Analysis) -> bool:
+    """ "how many" followed by a thing counted ("how many customers"), not by a unit measured ("how many °C")."""
+    toks = a.tokens
+    return any(t.text == "how" and toks[k + 1].text == "many" and (k + 2 >= len(toks) or (
+        toks[k + 2].text not in lx.UNITS and toks[k + 2].text not in ("degrees", "degree")))
+               for k, t in enumerate(toks[:-1]))
+
+
 def _question_clash(a: Analysis, b: Analysis) -> str | None:
     qa, qb = a.qtype, b.qtype
+    # "Write a query that returns the customers who churned" / "…returns how many customers churned".
+    if _how_many_things(a) != _how_many_things(b) and not (_counts(a) and _counts(b)):
+        return "count/list"
     if qa == qb:
         return None
     if "why" in (qa, qb):
@@ -424,9 +443,18 @@ def _direction_clash(a: Analysis, b: Analysis) -> str | None:
     return None
 
 
+def _lemma_keys(a: Analysis) -> list[str]:
+    """Each token's first WordNet lemma (its text when WordNet has none), kept with the analysis."""
+    hit = a.memo.get("evidence.lemma_keys")
+    if hit is None:
+        lex = wordnet.lexicon()
+        hit = a.memo["evidence.lemma_keys"] = [min(lex.lemmas(t.text) or (t.text,)) for t in a.tokens]
+    return hit
+
+
 def _marker_swap(a: Analysis, b: Analysis) -> str | None:
-    ta = [t.text for t in a.tokens]
-    tb = [t.text for t in b.tokens]
+    # Lemmas: "wait to swim after eating" / "wait to eat after swimming" are the same words in another order.
+    ta, tb = _lemma_keys(a), _lemma_keys(b)
     if ta == tb or sorted(ta) != sorted(tb):
         return None
     counts = Counter(ta)
@@ -440,7 +468,8 @@ def _marker_swap(a: Analysis, b: Analysis) -> str | None:
     return None
 
 
-_ROLE_SWAP_MARKERS = frozenset(["to", "into", "onto", "from", "than", "by", "over", "against", "toward", "towards"])
+_ROLE_SWAP_MARKERS = frozenset(["to", "into", "onto", "from", "than", "by", "over", "against", "toward", "towards",
+                                "after", "before", "until"])
 
 
 def _same_frame(m1: tuple[str, ...], m2: tuple[str, ...], shared: set[str]) -> bool:
@@ -766,7 +795,23 @@ def role_clash(a: Analysis, b: Analysis, lex: Lexicon, *, edit: Edit | None = No
             elif _predicate_between(one, px, py, lex) or _predicate_between(other, qy, qx, lex):
                 return f"{x} … {y} reversed"
     return (_marked_swap(a, b, lex) or _possessor_swap(a, b, lex) or _subject_swap(a, b, lex)
-            or _pronoun_swap(a, b, edit))
+            or _asker_shift(a, b) or _pronoun_swap(a, b, edit))
+
+
+def _asker_shift(a: Analysis, b: Analysis) -> str | None:
+    """Whom the question is about moves from the asker to someone else: "What rights do I have?" / "What rights
+    does he have?". "I" and "you" stand for the one asking either way ("How do I…" = "How do you…")."""
+    def askers(x: Analysis) -> set[str]:
+        toks = x.tokens
+        # "how do I", "can we", and "what rights do I have": a pronoun after the auxiliary of a question.
+        return {"self" if _PERSONAL[t.text] in ("p1", "p2") else _PERSONAL[t.text]
+                for k, t in enumerate(toks) if t.text in _PERSONAL and (_asker(toks, k) or (
+                    k >= 2 and toks[k - 1].text in _ASKING_AUX
+                    and any(u.text in lx.WH_WORDS for u in toks[max(0, k - 4):k - 1])))}
+    pa, pb = askers(a), askers(b)
+    if pa and pb and pa != pb and not (pa & pb):
+        return f"asked about {sorted(pa)} / {sorted(pb)}"
+    return None
 
 
 #: Words skipped between a predicate and its subject ("I have never had", "my friend just borrowed").

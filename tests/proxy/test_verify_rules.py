@@ -63,6 +63,8 @@ SAME = [
      'What is the right interval between oil changes for my car?'),
     ('age', "I'm a 38-year-old nurse. Is it too late to study medicine?",
      "I'm 38 and a nurse. Is it too late to study medicine?"),
+    ('howmanyunit', 'What is the boiling point of ethanol at sea level in Celsius?',
+     'At sea level, ethanol boils at how many degrees Celsius?'),
     ('dropg', 'how do i stop snorin at night', 'how do i stop snoring at night'),
     ('filler', 'why do cats purr tho', 'why do cats purr'),
     ('fewsome', 'Suggest a few podcasts about gardening.', 'Suggest some podcasts about gardening.'),
@@ -131,6 +133,15 @@ SAME = [
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
 DIFFERENT = [
+    ('unit', 'Compute the mean trip length in minutes from pickup_time and dropoff_time.',
+     'Compute the mean trip length in seconds from pickup_time and dropoff_time.'),
+    ('direction', 'how long should i wait to run after eating', 'how long should i wait to eat after running'),
+    ('role', 'My sister and I co-own a flat. She wants to sell her half. What rights do I have?',
+     'My sister and I co-own a flat. She wants to sell her half. What rights does she have?'),
+    ('comparison', 'My two dogs eat the same food. Should I feed the older one less than the puppy?',
+     'My two dogs eat the same food. Should I feed the older one the same amount as the puppy?'),
+    ('question', 'Write a SQL query that returns the orders that were refunded last month.',
+     'Write a SQL query that returns how many orders were refunded last month.'),
     ('shape', 'put my reading list in a markdown table: dune, emma, ulysses',
      'put my reading list as a csv: dune, emma, ulysses'),
     ('role', 'how do i tell my gf her sister is kinda rude', 'how do i tell my sister my gf is kinda rude'),
