@@ -16,7 +16,9 @@ candidate passes through these stages against the stored text::
      sameness  ├─ explain     every content word one side lacks: inflection, variant, acronym,
                │              compound, derivation, WordNet synonym, typo, framing — else refuse
                │              (``entity`` for a name or identifier, ``content`` otherwise)
-               ├─ role        bare arguments of one clause swapped around a predicate → refuse
+               ├─ role        bare arguments swapped around a predicate, another subject of the same
+               │              predicate, owners or a preposition's object traded, the question moved
+               │              from the asker to someone else → refuse
                └─ tense       only the tense differs → refuse
                               → accept, with the evidence that explained each difference
 
