@@ -12,7 +12,7 @@ Data (``benchmarks/data/``), all tuning data unless said otherwise:
   splits are tuning data now;
 - ``semantic_pairs_tune2.jsonl`` — 615 pairs written blind by a second author (6 styles, 17 negative
   kinds), copied untouched from the author's file; split the same way into ``tune2:fit`` and
-  ``tune2:check`` (held out, aggregates only), a second check that the rules generalise;
+  ``tune2:check`` (held out until 2026-12-07 like ``tune:check``, tuning data since);
 - ``semantic_pairs_gen.jsonl`` — ≥ 2,000 pairs from ``gen_semantic_pairs.py``: paraphrase
   families × writing styles, hard negatives by controlled edits (``split`` train/test);
 - ``semantic_pairs.jsonl`` (366), ``semantic_pairs_holdout.jsonl`` (68), ``semantic_pairs_final.jsonl``

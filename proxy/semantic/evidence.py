@@ -226,6 +226,11 @@ def _rates(a: Analysis) -> frozenset[str]:
     return hit
 
 
+def _rate_clash(a: Analysis, b: Analysis) -> str | None:
+    ra, rb = _rates(a), _rates(b)
+    return f"per {sorted(ra)} / {sorted(rb)}" if ra and rb and ra != rb else None
+
+
 def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     if a.numbers != b.numbers:
         return f"{dict(a.numbers)} vs {dict(b.numbers)}"
@@ -287,11 +292,15 @@ def _comparison_clash(a: Analysis, b: Analysis) -> str | None:
 _COUNT_WORDS = frozenset(["number", "population", "amount", "total", "count", "many", "much", "populous"])
 
 
+def has_bigram(words: list[str], x: str, y: str) -> bool:
+    """``x`` directly followed by ``y`` somewhere in ``words``."""
+    return any(a == x and b == y for a, b in itertools.pairwise(words))
+
+
 def _counts(a: Analysis) -> bool:
     """Asks for a number anywhere ("returns how many customers churned", "the number of", "count")."""
     words = [t.text for t in a.tokens]
-    return a.qtype == "count" or any(w == "how" and n == "many" for w, n in itertools.pairwise(words)) or bool(
-        _COUNT_WORDS & set(words))
+    return a.qtype == "count" or has_bigram(words, "how", "many") or bool(_COUNT_WORDS & set(words))
 
 
 def _how_many_things(a: Analysis) -> bool:
@@ -646,8 +655,7 @@ def first_difference(a: Analysis, b: Analysis, *, edit: Edit | None = None) -> t
         ("antonym", _antonym_clash),
         ("number", lambda x, y: _number_clash(x, y, aligned)),
         ("unit", lambda x, y: f"{x.units} vs {y.units}" if Counter(x.units) != Counter(y.units) else None),
-        ("unit", lambda x, y: f"per {sorted(_rates(x))} / {sorted(_rates(y))}"
-         if _rates(x) and _rates(y) and _rates(x) != _rates(y) else None),
+        ("unit", _rate_clash),
         ("direction",
          lambda x, y: f"{dict(x.quantities)} vs {dict(y.quantities)}" if x.quantities != y.quantities else None),
         ("quantifier", lambda x, y: _quantifier_clash(x, y, aligned)),
@@ -914,8 +922,6 @@ def _subject_swap(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
     if not sa or not sb:
         return None
     named_a, named_b = _named(a), _named(b)
-    named_a |= {_PERSON_KEY[t.text] for t in a.tokens if t.text in _PERSON_KEY}
-    named_b |= {_PERSON_KEY[t.text] for t in b.tokens if t.text in _PERSON_KEY}
     for pred in sa.keys() & sb.keys():
         xa, xb = sa[pred], sb[pred]
         if len(xa) != 1 or len(xb) != 1 or xa == xb:
@@ -932,15 +938,15 @@ def _named(a: Analysis) -> set[str]:
     """Keys of every word, pronoun and possessor of a text ("my nephew's loan" names p1, nephew and loan)."""
     out = set()
     for t in a.tokens:
-        out.add(_PERSONAL.get(t.text) or _PERSON_KEY.get(t.text) or lx.SYNONYM.get(t.stem, t.stem))
+        out.add(_PERSONAL.get(t.text) or _POSSESSIVE.get(t.text) or lx.SYNONYM.get(t.stem, t.stem))
         if t.text.endswith("'s"):
             bare = t.text[:-2]
             out.add(lx.SYNONYM.get(lx.stem(bare), lx.stem(bare)))
     return out
 
 
-#: Possessives name their person too ("my car" names the speaker).
-_PERSON_KEY = {"my": "p1", "mine": "p1", "our": "p1pl", "his": "p3m", "her": "p3f", "their": "p3pl", "your": "p2"}
+#: Possessives by the person they name, in :data:`_PERSONAL`'s keys ("my car" names the speaker).
+_POSSESSIVE = {"my": "p1", "mine": "p1", "our": "p1pl", "his": "p3m", "her": "p3f", "their": "p3pl", "your": "p2"}
 
 
 def _markers(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
@@ -986,16 +992,14 @@ def _marked_swap(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
     return None
 
 
-_POSSESSORS = {"my": "p1", "our": "p1pl", "your": "p2", "his": "p3m", "their": "p3p"}
-
-
 def _possessions(a: Analysis, lex: Lexicon) -> dict[str, str]:
     """Possessed noun → its possessor ("my spouse's health insurance": insurance → spouse), each noun once."""
     out: dict[str, str] = {}
     seen: set[str] = set()
     toks = a.tokens
     for i, t in enumerate(toks):
-        owner = _POSSESSORS.get(t.text)
+        # "her" may be an object ("tell her my plan") and "mine" stands alone: neither owns the next noun.
+        owner = None if t.text in ("her", "mine") else _POSSESSIVE.get(t.text)
         if owner is None and t.text.endswith("'s") and len(t.text) > 2:
             owner = lx.SYNONYM.get(t.stem, t.stem)
         if owner is None:

@@ -32,7 +32,6 @@ lemmas, synonym-set ids and derivations, then one look-up per unaligned word (ca
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -370,30 +369,24 @@ def _structural(tok: Token, own: Analysis, other: Analysis) -> bool:
         return True  # "When is the best time to see X?", "In what year did X?" = "When …?"
     if (w in lx.GIVEN_TEXT_NOUNS or w == "following") and own.quoted and other.quoted:
         return True  # "Paraphrase the sentence 'X'" = "Reword 'X'": the quote is the text either way
-    other_words = [t.text for t in other.tokens]
-    if w in ("time", "duration") and _has_bigram(other_words, "how", "long") and "long" not in {
-            t.text for t in own.tokens}:
+    other_words, own_words = _facts(other).words, _facts(own).words
+    has_bigram = evidence_mod.has_bigram
+    if w in ("time", "duration") and has_bigram(other_words, "how", "long") and "long" not in own_words:
         return True  # "tattoo healing time?" = "how long does a tattoo take to heal"
-    if w in ("frequency", "interval", "intervals") and _has_bigram(other_words, "how", "often"):
+    if w in ("frequency", "interval", "intervals") and has_bigram(other_words, "how", "often"):
         return True  # "the right watering frequency for X" = "how often should I water X"
-    if w == "often" and tok.pos and own.tokens[tok.pos - 1].text == "how" and (
-            {"frequency", "interval", "intervals"} & set(other_words)):
+    prev = own_words[tok.pos - 1] if tok.pos else ""
+    if w == "often" and prev == "how" and {"frequency", "interval", "intervals"} & set(other_words):
         return True  # and the other way round
-    own_words = [t.text for t in own.tokens]
-    if (w in ("largest", "greatest", "highest", "biggest") and _has_bigram(own_words, w, "number")
+    if (w in ("largest", "greatest", "highest", "biggest") and has_bigram(own_words, w, "number")
             and "most" in other_words):
         return True  # "the largest number of moons" = "the most moons"
-    prev = own.tokens[tok.pos - 1].text if tok.pos else ""
     if w in lx.PERSON_NOUNS and prev in ("which", "what") and other.qtype == "who":
         return True  # "Which scientist discovered penicillin?" = "Who discovered penicillin?"
-    if w in lx.SIGN_NOUNS and any(_has_bigram(other_words, x, y) for x in ("tell", "know") for y in ("if", "whether")):
+    if w in lx.SIGN_NOUNS and any(has_bigram(other_words, x, y) for x in ("tell", "know") for y in ("if", "whether")):
         return True  # "What are the signs that milk has spoiled?" = "How can I tell if milk has gone bad?"
     # "How do you say X in French?" = "Translate X into French".
     return w == "say" and any(x.startswith("lang:") for x in own.shape) and "translate" in other.tasks
-
-
-def _has_bigram(words: list[str], x: str, y: str) -> bool:
-    return any(a == x and b == y for a, b in itertools.pairwise(words))
 
 
 def _is_name(tok: Token) -> bool:
