@@ -125,6 +125,29 @@ def _hunk_words(toks: list[Token], i1: int, i2: int) -> list[str]:
             for k, t in enumerate(toks[i1:i2], i1) if t.text in _HUNK_WORDS]
 
 
+def _either_scope(a: Analysis) -> str | None:
+    """How "either" meets a negation: ``"none"`` for "neither" or "not … either" (no one of them), ``"one-not"``
+    for "either … not" (one of them does not); ``None`` without "either"/"neither"."""
+    words = [t.text for t in a.tokens]
+    if "neither" in words:
+        return "none"
+    if "either" not in words:
+        return None
+    at = words.index("either")
+    if any(w in lx.NEGATIONS for w in words[:at]):
+        return "none"
+    return "one-not" if any(w in lx.NEGATIONS for w in words[at + 1:]) else None
+
+
+def _either_clash(a: Analysis, b: Analysis) -> str | None:
+    """ "if neither of my references responds" / "if either of my references doesn't respond": the same words
+    and the same number of negations, but no one against one of them (the negation's scope moved)."""
+    ea, eb = _either_scope(a), _either_scope(b)
+    if ea is not None and eb is not None and ea != eb:
+        return f"{ea}/{eb}"
+    return None
+
+
 def _quantifier_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     qa, qb = a.quantifiers, b.quantifiers
     if aligned:  # one edited place: "One outlet isn't working" / "None of the outlets are working"
@@ -231,6 +254,18 @@ def _rate_clash(a: Analysis, b: Analysis) -> str | None:
     return f"per {sorted(ra)} / {sorted(rb)}" if ra and rb and ra != rb else None
 
 
+def _listed(a: Analysis) -> frozenset[str]:
+    """Stems of the plural noun a "list of" asks for ("a list of possible names"), also where the plural is a
+    lemma of its own that :attr:`Analysis.plural` leaves out (kept with the analysis)."""
+    hit = a.memo.get("evidence.listed")
+    if hit is None:
+        toks = a.tokens
+        hit = a.memo["evidence.listed"] = frozenset(
+            u.stem for k, t in enumerate(toks[:-1]) if t.text == "list" and toks[k + 1].text == "of"
+            for u in toks[k + 2:k + 5] if u.text.endswith("s") and u.text != u.stem and not u.capital)
+    return hit  # type: ignore[no-any-return]
+
+
 def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     if a.numbers != b.numbers:
         return f"{dict(a.numbers)} vs {dict(b.numbers)}"
@@ -240,7 +275,7 @@ def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     # In a reworded context "one guest … two are vegan" / "two guests … one has" name other referents.
     for one, other in ((a, b), (b, a)):
         single = {s for s, q in one.singular if q or aligned} | _superlative_one(one)
-        several = {s for s, q in other.plural if q or aligned} - {s for s, _ in other.singular}
+        several = ({s for s, q in other.plural if q or aligned} | _listed(other)) - {s for s, _ in other.singular}
         if single & several:
             return f"one vs several {sorted(single & several)}"
         # "Name all the noble gases" / "Name a noble gas".
@@ -309,6 +344,34 @@ def _how_many_things(a: Analysis) -> bool:
     return any(t.text == "how" and toks[k + 1].text == "many" and (k + 2 >= len(toks) or (
         toks[k + 2].text not in lx.UNITS and toks[k + 2].text not in ("degrees", "degree")))
                for k, t in enumerate(toks[:-1]))
+
+
+#: "how" + the attribute it asks for ("How long is X?" a length or a duration, "How much…?" an amount or price).
+_HOW_ATTRIBUTES = frozenset(["long", "much", "far", "old", "tall", "big", "high", "deep", "wide", "heavy", "often",
+                             "fast", "soon", "large", "early", "late", "hot", "cold", "expensive", "strong"])
+#: Attributes asked in two ways ("How expensive is X?" = "How much is X?", "How high" = "How tall").
+_HOW_SAME = {"expensive": "much", "high": "tall", "large": "big"}
+
+
+def _how_attribute(a: Analysis) -> str | None:
+    """The attribute a "how …" in the question sentence asks for ("long", "much"…), ``"when"`` for "how long
+    ago", ``"long"`` for "how much time"; ``None`` without one. Read in the question sentence only: a long
+    prompt's context says "how long" or "how much" about other things."""
+    start, end = a.question_span
+    toks = a.tokens
+    for k in range(start, min(end, len(toks)) - 1):
+        if toks[k].text != "how":
+            continue
+        nxt = toks[k + 1].text
+        if nxt not in _HOW_ATTRIBUTES:
+            continue
+        after = toks[k + 2].text if k + 2 < len(toks) else ""
+        if nxt == "long" and after == "ago":
+            return "when"
+        if nxt == "much" and after == "time":
+            return "long"
+        return _HOW_SAME.get(nxt, nxt)
+    return None
 
 
 def _question_clash(a: Analysis, b: Analysis) -> str | None:
@@ -393,6 +456,11 @@ def _symbol_clash(a: Analysis, b: Analysis) -> str | None:
 
 def _frame_clash(a: Analysis, b: Analysis) -> str | None:
     """A side asks for an attribute the other does not ("How tall is X?" / "How old is X?")."""
+    # "How much does X cost?" / "How long does X take?"; "When was X built?" / "How long is X?".
+    ha = "when" if a.qtype == "when" else _how_attribute(a)
+    hb = "when" if b.qtype == "when" else _how_attribute(b)
+    if ha is not None and hb is not None and ha != hb:
+        return "/".join(h if h == "when" else f"how {h}" for h in (ha, hb))
     # A frame word inside a name ("Language Centre") asks for nothing.
     fa = {k for k, t in a.content.items() if k.startswith("frame:") and not t.capital}
     fb = {k for k, t in b.content.items() if k.startswith("frame:") and not t.capital}
@@ -410,6 +478,10 @@ def is_anchor(item: str) -> bool:
 
 
 _SWAP_WINDOW = 6
+#: Role markers of opposite direction (:attr:`Analysis.marker_objects` reads "into" as "to").
+_OPPOSITE_MARKERS = {"to": "from", "from": "to"}
+#: Words of a relation that reads the same both ways ("How far is X from Y?" = "distance X to Y").
+_SYMMETRIC = frozenset(["far", "distance", "distances"])
 
 
 def _direction_clash(a: Analysis, b: Analysis) -> str | None:
@@ -423,6 +495,14 @@ def _direction_clash(a: Analysis, b: Analysis) -> str | None:
         ob = {o for m, o in b.marker_objects if m == marker and o in shared}
         if oa and ob and not oa <= ob and not ob <= oa:
             return f"{marker} {sorted(oa)} / {sorted(ob)}"
+    # 1b. One object under opposite markers: "Translate it into Spanish" / "Translate it from Spanish".
+    ma, mb = set(a.marker_objects), set(b.marker_objects)
+    symmetric = _SYMMETRIC & ({t.text for t in a.tokens} | {t.text for t in b.tokens})  # "How far is X from Y"
+    for one, other in (() if symmetric else ((ma, mb), (mb, ma))):
+        for m, o in one - other:
+            opposite = _OPPOSITE_MARKERS.get(m)
+            if opposite is not None and (opposite, o) in other - one:
+                return f"{m} {o} / {opposite} {o}"
     # 2. "x … y" with the same words between them becomes "y … x" ("Alice paid Bob" / "Bob paid Alice").
     #    The verb between them may be worded differently ("did Sam employ Yuki" / "has Yuki hired Sam").
     pairs_a, pairs_b = _ordered_pairs(a.sequence, shared), _ordered_pairs(b.sequence, shared)
@@ -660,6 +740,7 @@ def first_difference(a: Analysis, b: Analysis, *, edit: Edit | None = None) -> t
          lambda x, y: f"{dict(x.quantities)} vs {dict(y.quantities)}" if x.quantities != y.quantities else None),
         ("quantifier", lambda x, y: _quantifier_clash(x, y, aligned)),
         ("quantifier", lambda x, y: _hunk_clash(x, y, edit, "q:")),
+        ("quantifier", _either_clash),
         ("modality", lambda x, y: _modal_clash(x, y, aligned)),
         ("modality", lambda x, y: _hunk_clash(x, y, edit, "m:")),
         ("comparison", _comparison_clash),
@@ -803,7 +884,64 @@ def role_clash(a: Analysis, b: Analysis, lex: Lexicon, *, edit: Edit | None = No
             elif _predicate_between(one, px, py, lex) or _predicate_between(other, qy, qx, lex):
                 return f"{x} … {y} reversed"
     return (_marked_swap(a, b, lex) or _possessor_swap(a, b, lex) or _subject_swap(a, b, lex)
-            or _asker_shift(a, b) or _pronoun_swap(a, b, edit))
+            or _asker_shift(a, b) or _pronoun_swap(a, b, edit) or _voice_swap(a, b, lex, edit)
+            or _object_swap(a, b, lex))
+
+
+def _verb_objects(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
+    """Each word that may be a verb → the keys of the nouns right after it, past determiners ("cut staff hours",
+    "raise the prices"); kept with the analysis."""
+    hit = a.memo.get("evidence.verb_objects")
+    if hit is None:
+        toks, ks = a.tokens, keys(a)
+        hit = {}
+        for i, t in enumerate(toks[:-1]):
+            if t.text in lx.STOPWORDS or "v" not in lex.parts_of_speech(t.text):
+                continue
+            k = i + 1
+            while k < len(toks) and k <= i + 3 and toks[k].text in _DETERMINERS:
+                k += 1
+            if k < len(toks) and toks[k].text not in lx.STOPWORDS and (
+                    "n" in lex.parts_of_speech(toks[k].text) or "n" in lex.parts_of_speech(toks[k].stem)):
+                hit.setdefault(ks[i], set()).add(ks[k])
+        a.memo["evidence.verb_objects"] = hit
+    return hit  # type: ignore[no-any-return]
+
+
+def _object_swap(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
+    """Two verbs trade their objects: "Should I cut staff hours or raise prices?" / "Should I cut prices or raise
+    staff hours?" (the same words, each action on the other thing)."""
+    va, vb = _verb_objects(a, lex), _verb_objects(b, lex)
+    verbs = [v for v in va if v in vb]
+    for v1 in verbs:
+        for v2 in verbs:
+            if v1 == v2:
+                continue
+            for x in va[v1] - vb[v1]:
+                if x in vb[v2] and x not in va[v2]:
+                    for y in (va[v2] & vb[v1]) - va[v1] - vb[v2]:
+                        if y != x:
+                            return f"{v1} {x} / {v1} {y}"
+    return None
+
+
+def _voice_swap(a: Analysis, b: Analysis, lex: Lexicon, edit: Edit) -> str | None:
+    """The same word read as its active participle on one side and its passive one on the other, before a noun:
+    "we are the acquiring company" / "the acquired company" (who does it and to whom). The diff compares
+    stems, so the two stand in the same place of an unedited stretch."""
+    ta, tb = a.tokens, b.tokens
+    i = j = 0
+    for _tag, i1, i2, _j1, j2 in (*edit.ops, ("end", len(ta), len(ta), len(tb), len(tb))):
+        for k in range(i1 - i):  # the unedited stretch before this edit: token i + k faces token j + k
+            x, y = ta[i + k], tb[j + k]
+            if x.text == y.text or i + k + 1 >= len(ta):
+                continue
+            ends = {x.text[-3:], y.text[-2:]} if x.text.endswith("ing") else {y.text[-3:], x.text[-2:]}
+            nxt = ta[i + k + 1]
+            if ends == {"ing", "ed"} and nxt.text not in lx.STOPWORDS and "n" in lex.parts_of_speech(nxt.stem):
+                return f"{x.text}/{y.text} {nxt.text}"
+        i, j = i2, j2
+    return None
 
 
 def _asker_shift(a: Analysis, b: Analysis) -> str | None:
@@ -1031,6 +1169,9 @@ def _possessor_swap(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
     return None
 
 
+_ARTICLES = frozenset(["a", "an", "the"])
+
+
 def _moved_noun(a: Analysis, b: Analysis, lex: Lexicon, edit: Edit) -> str | None:
     """The same words, one noun moved to another argument ("my neighbour's tree falls on my car" / "my tree falls
     on my neighbour's car", "tell my mom I don't like her boyfriend" / "tell my mom's boyfriend I don't like her").
@@ -1039,7 +1180,9 @@ def _moved_noun(a: Analysis, b: Analysis, lex: Lexicon, edit: Edit) -> str | Non
     how…" / "how… in Python"), a time word or a swap across "and"/"or" changes no role.
     """
     # A pronoun counts as its person ("I"/"me"/"my"): "Can I list my son…" / "Can my son list me…" moves "son".
-    ka, kb = [_PERSON.get(k, k) for k in keys(a)], [_PERSON.get(k, k) for k in keys(b)]
+    # Articles do not count: "Can I claim my parents as dependents?" moves "parents" as much as "…as a dependent".
+    ka = [_PERSON.get(k, k) for k in keys(a) if k not in _ARTICLES]
+    kb = [_PERSON.get(k, k) for k in keys(b) if k not in _ARTICLES]
     if ka == kb or sorted(ka) != sorted(kb):
         return None
     for tag, i1, i2, _j1, _j2 in edit.ops:

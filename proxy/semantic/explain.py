@@ -416,8 +416,12 @@ def _light(tok: Token, own: Analysis, other_a: Analysis, lex: Lexicon) -> bool:
     """A word that adds nothing asked for: see :data:`lexicon.LIGHT`, a tool naming the other side's platform
     ("kubectl" / "Kubernetes"), or a verb of becoming before an adjective ("going yellow" / "turning yellow")."""
     w = tok.text
-    if w in lx.LIGHT or tok.stem in lx.LIGHT_STEMS:
+    if w in lx.LIGHT:
         return True
+    if tok.stem in lx.LIGHT_STEMS:
+        # "complete" / "completely" add nothing, but "When was the bridge completed?" asks about completing: a
+        # verb form the list does not name is the predicate, not an intensifier.
+        return not (w.endswith(("ed", "ing")) and "v" in lex.parts_of_speech(w))
     nxt = own.tokens[tok.pos + 1].text if tok.pos + 1 < len(own.tokens) else ""
     if "keep" in lex.lemmas(w) and (nxt.endswith("ing") or nxt in lx.WH_WORDS or not nxt):
         return True  # "keeps disconnecting" = "disconnects"; "hiccups keep, how do I…"

@@ -129,6 +129,11 @@ SAME = [
     ('opening', 'Write the opening paragraph of a wedding speech.', 'Write the first paragraph of a wedding speech.'),
     ('design', 'Design a beginner yoga routine.', 'Create a beginner yoga routine.'),
     ('allgases', 'List all the greenhouse gases.', 'List the greenhouse gases.'),
+    ('howtime', 'How much time does a passport renewal take?', 'How long does a passport renewal take?'),
+    ('howsame', 'How high is the Burj Khalifa?', 'How tall is the Burj Khalifa?'),
+    ('neither', "I don't like either option. What else is there?", 'I like neither option. What else is there?'),
+    ('symmetric', 'How far is Lyon from Geneva?', 'distance Lyon to Geneva?'),
+    ('alternatives', 'Should I raise prices or cut staff hours?', 'Should I cut staff hours or raise prices?'),
 ]
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
@@ -249,6 +254,19 @@ DIFFERENT = [
     ('number', 'Write the opening paragraph of a wedding speech.', 'Write the last paragraph of a wedding speech.'),
     ('task', 'Design a beginner yoga routine.', 'Review my beginner yoga routine.'),
     ('number', 'List all the greenhouse gases.', 'Name a greenhouse gas.'),  # "gas" ends in s, yet is singular
+    ('topic', 'How much does a kitchen remodel usually cost?', 'How long does a kitchen remodel usually take?'),
+    ('topic', 'When was the Golden Gate Bridge finished?', 'How long is the Golden Gate Bridge?'),
+    ('role', 'Can my grandparents claim me as a dependent?', 'Can I claim my grandparents as dependents?'),
+    ('quantifier', 'What if neither of my landlords replies to the email?',
+     'What if either of my landlords does not reply to the email?'),
+    ('number', 'Suggest the single best title for my cooking blog.',
+     'Suggest a list of possible titles for my cooking blog.'),  # "a list of" asks for several
+    ('role', 'Our firm is the acquiring company in this merger. What happens to our HR staff?',
+     'Our firm is the acquired company in this merger. What happens to our HR staff?'),
+    ('content', 'Is the upgrade completed on all nodes?', 'Is the upgrade on all nodes?'),  # a verb, not "complete"
+    ('direction', "Translate 'see you soon' into Italian.", "Translate 'see you soon' from Italian."),
+    ('role', 'Our cafe is quiet in winter. Should I cut opening hours or raise wages?',
+     'Our cafe is quiet in winter. Should I cut wages or raise opening hours?'),
 ]
 
 # (kind, query, stored): hard negatives of every kind, written independently of the rules above.
