@@ -39,7 +39,7 @@ _TOKEN_RE = re.compile(r"""
 | (?P<word>[^\W\d_]+(?:'[^\W\d_]+)?(?:-[^\W\d_]+)*)
 | (?P<op>==|!=|<=|>=|=>|->|<<|>>|&&|\|\||\*\*|[<>=+*/^~&|]|(?<=(?:\b\w|\d)\s)-(?=\s(?:\w\b|\d)))
 | (?P<sym>[%$€£¥°])
-| (?P<other>[^\w\s.,;:?!'"()\[\]{}\-`])
+| (?P<other>[^\w\s.,;:?!'"()\[\]{}\-`—–―…])
 """, re.VERBOSE)
 _ORDINAL_RE = re.compile(r"(\d+)(?:st|nd|rd|th)")
 _QUOTED_RE = re.compile(r"(?:^|\W)'[^']{1,200}'(?:\W|$)|\"[^\"]{1,200}\"")
@@ -312,9 +312,9 @@ def _question_type(words: list[str]) -> str | None:
 
 
 _MAX_CLAUSES = 8  # clauses of the asking sentence tried for a question word (bounds the work)
-_PUNCT = frozenset(".?!:;,()\n")
+_PUNCT = frozenset(".?!:;,()\n—–―…")  # dashes set a clause apart ("Process vs thread — how do they differ?")
 _SENTENCE_END = frozenset(".?!:\n")
-_CLAUSE_MARKS = frozenset(",;:")
+_CLAUSE_MARKS = frozenset(",;:—–―…")
 _NO_MARKS: frozenset[str] = frozenset()
 
 
@@ -387,6 +387,9 @@ def analyse(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> Analysis:  # no
             clause += 1
         last_end = end
         if kind in ("code", "op", "other"):
+            if kind == "op" and ((word == "~" and expanded[end:end + 1].isdigit())
+                                 or (word == "&" and between == " " and expanded[end:end + 1] == " ")):
+                continue  # prose, not code: "~6 months" (about), "Romeo & Juliet" (and)
             symbols[word if kind == "code" else word.lower()] += 1
             continue
         if kind == "ident" and re.sub(r"[-_.]", "", word.lower()) in lx.VARIANTS_WORD:
@@ -450,6 +453,17 @@ def _read_word(kind: str, word: str, lex: wordnet.Lexicon) -> _Forms:
     lower = word.lower()
     upper = word[:1].isupper() or (len(word) > 1 and word.isupper())
     compound = "-" in lower and kind == "word"
+    # "chemical-free" and a coined "eggless" say "without chemicals", "without eggs": read so, the negation included.
+    # (An established adjective, "useless", "wireless", is WordNet's and stays a word.)
+    without = None
+    if compound and lower.count("-") == 1 and lower.endswith("-free") and lex.known(lower[:-5]):
+        without = lower[:-5]
+    elif (kind == "word" and not compound and len(lower) > 6 and lower.endswith("less") and not lex.known(lower)
+          and lex.known(lower[:-4])):
+        without = lower[:-4]
+    if without is not None:
+        return upper, True, (("without", "without", False, False, False),
+                             (without, lx.stem(without), False, False, False))
     if compound:
         parts = lower.split("-")
         if all(lex.known(x) or x in lx.STOPWORDS for x in parts) and (

@@ -119,6 +119,14 @@ SYNONYM_GROUPS = [
     "dad father daddy", "tv telly", "math maths", "teenager teen", "apartment flat", "luggage baggage bags",
     "holiday vacation", "sneakers trainers", "because due_to owing_to", "smoke_alarm smoke_detector", "formal professional", "catchy memorable",
     "inspirational motivational inspiring", "cookie biscuit", "fries chips", "elevator lift",
+    # British / American / casual names of one thing, and one drug's two names.
+    "colleague coworker co-worker", "vaccine vaccination jab", "paracetamol acetaminophen", "bicycle bike",
+    "cafe café coffeehouse coffee_shop", "bookshop bookstore", "pharmacy chemist drugstore", "diaper nappy",
+    "stroller pram pushchair", "resume cv", "eggplant aubergine", "zucchini courgette", "cilantro coriander",
+    "postcode zipcode zip_code postal_code", "highway motorway freeway", "gasoline petrol", "trousers pants",
+    "schedule timetable", "refund reimbursement money_back", "pep_talk motivational_speech", "unclog unblock",
+    "reduce decrease", "improve enhance", "ask inquire enquire", "timezone time_zone",
+    "virtualenv virtual_environment venv",
 ]
 # Spelling and abbreviation variants read as their canonical word before anything else (British ↔ American
 # spellings the stemmer does not fold, casual abbreviations). Multi-word ones are expanded in ``analysis``.

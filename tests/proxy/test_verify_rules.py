@@ -134,6 +134,12 @@ SAME = [
     ('neither', "I don't like either option. What else is there?", 'I like neither option. What else is there?'),
     ('symmetric', 'How far is Lyon from Geneva?', 'distance Lyon to Geneva?'),
     ('alternatives', 'Should I raise prices or cut staff hours?', 'Should I cut staff hours or raise prices?'),
+    ('dash', 'What is the difference between TCP and UDP?', 'TCP vs UDP — how do they differ?'),
+    ('ampersand', 'Summarise the plot of Antony and Cleopatra.', 'Summarise the plot of Antony & Cleopatra.'),
+    ('free', 'How do I clean an oven without chemicals?', 'What is a chemical-free way to clean an oven?'),
+    ('less', 'Give me a muffin recipe with no eggs.', 'Give me an eggless muffin recipe.'),
+    ('curated', 'How do I thank a colleague for covering my shift?',
+     'How do I thank a coworker for covering my shift?'),
 ]
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
@@ -265,6 +271,8 @@ DIFFERENT = [
      'Our firm is the acquired company in this merger. What happens to our HR staff?'),
     ('content', 'Is the upgrade completed on all nodes?', 'Is the upgrade on all nodes?'),  # a verb, not "complete"
     ('direction', "Translate 'see you soon' into Italian.", "Translate 'see you soon' from Italian."),
+    ('symbol', 'In Python, what does 5 & 3 return?', 'In Python, what does 5 | 3 return?'),
+    ('negation', 'Is this shampoo sulfate-free?', 'Does this shampoo contain sulfates?'),
     ('role', 'Our cafe is quiet in winter. Should I cut opening hours or raise wages?',
      'Our cafe is quiet in winter. Should I cut wages or raise opening hours?'),
 ]
