@@ -912,7 +912,7 @@ def _object_swap(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
     """Two verbs trade their objects: "Should I cut staff hours or raise prices?" / "Should I cut prices or raise
     staff hours?" (the same words, each action on the other thing)."""
     va, vb = _verb_objects(a, lex), _verb_objects(b, lex)
-    verbs = [v for v in va if v in vb]
+    verbs = [v for v in va if v in vb and va[v] != vb[v]]  # only a verb whose objects changed can trade them
     for v1 in verbs:
         for v2 in verbs:
             if v1 == v2:
