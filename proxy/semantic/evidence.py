@@ -8,11 +8,14 @@ merely differ are left to the alignment and pair model in :mod:`llmcache.proxy.s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from typing import Any
 
 from llmcache.proxy.semantic import lexicon as lx
 from llmcache.proxy.semantic import wordnet
@@ -198,55 +201,65 @@ def _noun_like(w: str, lex: Lexicon) -> bool:
             and w not in _AUX and ("n" in lex.parts_of_speech(w) or not lex.known(w)))
 
 
+def _kept(key: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Keep what the decorated ``f(a, …)`` computes from analysis ``a`` in ``a.memo[key]``: a text compared
+    again (a stored entry found by every lookup) is read once. ``f`` may read only ``a`` and the shipped lexicon."""
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def kept(a: Analysis, *args: Any) -> Any:
+            hit = a.memo.get(key)
+            if hit is None:
+                hit = a.memo[key] = f(a, *args)
+            return hit
+        return kept
+    return wrap
+
+
+@_kept("evidence.superlative")
 def _superlative_one(a: Analysis) -> frozenset[str]:
     """Stems of singular nouns a superlative or "is there a" picks out ("the most common cause", "the best tool",
     "is there a good café"): one answer asked for."""
-    hit = a.memo.get("evidence.superlative")
-    if hit is None:
-        lex, out, toks = wordnet.lexicon(), set(), a.tokens
-        for i, t in enumerate(toks):
-            prev = toks[i - 1].text if i else ""
-            # "Is there a good pizza place near…": one thing asked for, as a superlative asks.
-            there_a = t.text in ("a", "an") and i >= 2 and {toks[i - 2].text, prev} == {"is", "there"}
-            if not (there_a or t.text in ("best", "worst") or prev in ("most", "least")
-                    or (t.text.endswith("est") and "a" in lex.parts_of_speech(t.text)
-                        and any(len(x) < len(t.text) for x in lex.lemmas(t.text)))):
-                continue
-            for u in toks[i + 1:i + 5]:
-                if u.text in _PREPOSITIONS or u.text in _AUX or u.clause != t.clause:
+    lex, out, toks = wordnet.lexicon(), set(), a.tokens
+    for i, t in enumerate(toks):
+        prev = toks[i - 1].text if i else ""
+        # "Is there a good pizza place near…": one thing asked for, as a superlative asks.
+        there_a = t.text in ("a", "an") and i >= 2 and {toks[i - 2].text, prev} == {"is", "there"}
+        if not (there_a or t.text in ("best", "worst") or prev in ("most", "least")
+                or (t.text.endswith("est") and "a" in lex.parts_of_speech(t.text)
+                    and any(len(x) < len(t.text) for x in lex.lemmas(t.text)))):
+            continue
+        for u in toks[i + 1:i + 5]:
+            if u.text in _PREPOSITIONS or u.text in _AUX or u.clause != t.clause:
+                break
+            if u.text in lx.STOPWORDS:
+                continue  # "a good café", "the best way"
+            if _noun_like(u.text, lex):
+                if u.text.endswith("s") and not u.text.endswith("ss"):
+                    break  # "the best tools": several asked for
+                nxt = toks[u.pos + 1].text if u.pos + 1 < len(toks) else ""
+                if nxt in _PREPOSITIONS or nxt in _COPULA or not _noun_like(nxt, lex):
+                    out.add(u.stem)  # the head of "the best budgeting app"
                     break
-                if u.text in lx.STOPWORDS:
-                    continue  # "a good café", "the best way"
-                if _noun_like(u.text, lex):
-                    if u.text.endswith("s") and not u.text.endswith("ss"):
-                        break  # "the best tools": several asked for
-                    nxt = toks[u.pos + 1].text if u.pos + 1 < len(toks) else ""
-                    if nxt in _PREPOSITIONS or nxt in _COPULA or not _noun_like(nxt, lex):
-                        out.add(u.stem)  # the head of "the best budgeting app"
-                        break
-        hit = a.memo["evidence.superlative"] = frozenset(out)
-    return hit
+    return frozenset(out)
 
 
 _RATE_ADVERBS = {"hourly": "hour", "daily": "day", "nightly": "day", "weekly": "week", "monthly": "month",
                  "yearly": "year", "annually": "year", "annual": "year"}
 
 
+@_kept("evidence.rates")
 def _rates(a: Analysis) -> frozenset[str]:
     """Time units a rate is given in: "four cups an hour", "per week", "daily" (kept with the analysis)."""
-    hit = a.memo.get("evidence.rates")
-    if hit is None:
-        out, toks = set(), a.tokens
-        for i, t in enumerate(toks):
-            if t.text in _RATE_ADVERBS:
-                out.add(_RATE_ADVERBS[t.text])
-            elif i + 1 < len(toks) and t.text in ("a", "an", "per", "every", "each"):
-                unit = toks[i + 1].text
-                unit = unit[:-1] if unit.endswith("s") else unit
-                if unit in lx.DURATION_S and not (i and toks[i - 1].text[:1].isdigit()):
-                    out.add(unit)
-        hit = a.memo["evidence.rates"] = frozenset(out)
-    return hit
+    out, toks = set(), a.tokens
+    for i, t in enumerate(toks):
+        if t.text in _RATE_ADVERBS:
+            out.add(_RATE_ADVERBS[t.text])
+        elif i + 1 < len(toks) and t.text in ("a", "an", "per", "every", "each"):
+            unit = toks[i + 1].text
+            unit = unit[:-1] if unit.endswith("s") else unit
+            if unit in lx.DURATION_S and not (i and toks[i - 1].text[:1].isdigit()):
+                out.add(unit)
+    return frozenset(out)
 
 
 def _rate_clash(a: Analysis, b: Analysis) -> str | None:
@@ -254,16 +267,14 @@ def _rate_clash(a: Analysis, b: Analysis) -> str | None:
     return f"per {sorted(ra)} / {sorted(rb)}" if ra and rb and ra != rb else None
 
 
+@_kept("evidence.listed")
 def _listed(a: Analysis) -> frozenset[str]:
     """Stems of the plural noun a "list of" asks for ("a list of possible names"), also where the plural is a
     lemma of its own that :attr:`Analysis.plural` leaves out (kept with the analysis)."""
-    hit = a.memo.get("evidence.listed")
-    if hit is None:
-        toks = a.tokens
-        hit = a.memo["evidence.listed"] = frozenset(
-            u.stem for k, t in enumerate(toks[:-1]) if t.text == "list" and toks[k + 1].text == "of"
-            for u in toks[k + 2:k + 5] if u.text.endswith("s") and u.text != u.stem and not u.capital)
-    return hit  # type: ignore[no-any-return]
+    toks = a.tokens
+    return frozenset(
+        u.stem for k, t in enumerate(toks[:-1]) if t.text == "list" and toks[k + 1].text == "of"
+        for u in toks[k + 2:k + 5] if u.text.endswith("s") and u.text != u.stem and not u.capital)
 
 
 def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
@@ -289,26 +300,24 @@ def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
     return None
 
 
+@_kept("evidence.graded")
 def _graded(a: Analysis) -> frozenset[tuple[str, str]]:
     """``(adjective lemma, "+" or "-")`` for each graded adjective: "healthier", "more healthy", "healthiest" are
     ``+``, "less healthy", "least healthy" are ``-`` (kept with the analysis)."""
-    hit = a.memo.get("evidence.graded")
-    if hit is None:
-        lex, out = wordnet.lexicon(), set()
-        toks = a.tokens
-        for i, t in enumerate(toks):
-            prev = toks[i - 1].text if i else ""
-            if prev in ("less", "least", "fewer"):
-                sign = "-"
-            elif prev in ("more", "most") or (t.text.endswith(("er", "est")) and "a" in lex.parts_of_speech(t.text)
-                                               and any(len(x) < len(t.text) for x in lex.lemmas(t.text))):
-                sign = "+"
-            else:
-                continue
-            for lemma in lex.lemmas(t.text) or (t.text,):
-                out.add((lemma, sign))
-        hit = a.memo["evidence.graded"] = frozenset(out)
-    return hit
+    lex, out = wordnet.lexicon(), set()
+    toks = a.tokens
+    for i, t in enumerate(toks):
+        prev = toks[i - 1].text if i else ""
+        if prev in ("less", "least", "fewer"):
+            sign = "-"
+        elif prev in ("more", "most") or (t.text.endswith(("er", "est")) and "a" in lex.parts_of_speech(t.text)
+                                           and any(len(x) < len(t.text) for x in lex.lemmas(t.text))):
+            sign = "+"
+        else:
+            continue
+        for lemma in lex.lemmas(t.text) or (t.text,):
+            out.add((lemma, sign))
+    return frozenset(out)
 
 
 def _comparison_clash(a: Analysis, b: Analysis) -> str | None:
@@ -888,24 +897,22 @@ def role_clash(a: Analysis, b: Analysis, lex: Lexicon, *, edit: Edit | None = No
             or _object_swap(a, b, lex))
 
 
+@_kept("evidence.verb_objects")
 def _verb_objects(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
     """Each word that may be a verb → the keys of the nouns right after it, past determiners ("cut staff hours",
     "raise the prices"); kept with the analysis."""
-    hit = a.memo.get("evidence.verb_objects")
-    if hit is None:
-        toks, ks = a.tokens, keys(a)
-        hit = {}
-        for i, t in enumerate(toks[:-1]):
-            if t.text in lx.STOPWORDS or "v" not in lex.parts_of_speech(t.text):
-                continue
-            k = i + 1
-            while k < len(toks) and k <= i + 3 and toks[k].text in _DETERMINERS:
-                k += 1
-            if k < len(toks) and toks[k].text not in lx.STOPWORDS and (
-                    "n" in lex.parts_of_speech(toks[k].text) or "n" in lex.parts_of_speech(toks[k].stem)):
-                hit.setdefault(ks[i], set()).add(ks[k])
-        a.memo["evidence.verb_objects"] = hit
-    return hit  # type: ignore[no-any-return]
+    toks, ks = a.tokens, keys(a)
+    hit = {}
+    for i, t in enumerate(toks[:-1]):
+        if t.text in lx.STOPWORDS or "v" not in lex.parts_of_speech(t.text):
+            continue
+        k = i + 1
+        while k < len(toks) and k <= i + 3 and toks[k].text in _DETERMINERS:
+            k += 1
+        if k < len(toks) and toks[k].text not in lx.STOPWORDS and (
+                "n" in lex.parts_of_speech(toks[k].text) or "n" in lex.parts_of_speech(toks[k].stem)):
+            hit.setdefault(ks[i], set()).add(ks[k])
+    return hit
 
 
 def _object_swap(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
