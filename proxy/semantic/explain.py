@@ -390,9 +390,19 @@ def _structural(tok: Token, own: Analysis, other: Analysis) -> bool:
 
 
 def _is_name(tok: Token) -> bool:
-    """A name or identifier: compared as itself, never explained by a related word."""
+    """A name or identifier: compared as itself, never explained by a related word. A name that is also a common
+    word ("fall", "word", "spring") is one only where it is written with a capital: "did the Berlin Wall fall"
+    is the verb ("come down"), "Word" the program."""
     return (tok.capital or tok.compound or tok.allcaps or any(map(str.isdigit, tok.text))
-            or tok.text in lx.GAZETTEER)
+            or (tok.text in lx.GAZETTEER and tok.text not in _COMMON_WORD_NAMES))
+
+
+#: Words that ask for a relation to the word named, not for the word itself.
+_RELATION_WORDS = frozenset(["opposite", "opposites", "antonym", "antonyms", "synonym", "synonyms", "rhyme", "rhymes",
+                             "plural", "singular", "abbreviation", "acronym", "etymology", "origin", "pronunciation"])
+
+#: Gazetteer entries that are also everyday words (a verb, a noun): names only when capitalised.
+_COMMON_WORD_NAMES = frozenset(["fall", "word", "spring", "go", "edge", "swift", "rust", "may", "march"])
 
 
 def _clipped(short: str, full: str, lex: Lexicon) -> bool:
@@ -547,7 +557,9 @@ def explain(a: Analysis, b: Analysis, lex: Lexicon, *, edit: evidence_mod.Edit |
     unexplained: list[Token] = []
     near = {id(x): _near(x, lex) for x in {id(o): o for _, _, o in missing}.values()}
     for tok, _own, other_a in missing:
-        kind = None if _is_name(tok) else near[id(other_a)].relation(tok.text)  # "absorb" / "take in" too
+        # A word that asks for a relation ("the opposite of X", "a synonym for X") names another answer: no weak link
+        # ("opposite" → "antonym" → "word") explains it.
+        kind = None if _is_name(tok) or tok.text in _RELATION_WORDS else near[id(other_a)].relation(tok.text)
         named = {t.text for t in other_a.content.values()} | set(other_a.content)
         if kind is None and lx.IMPLIES.get(tok.text) in named:
             kind = "light"  # "kubectl" / "Kubernetes": the tool names its platform (not instead of another tool)

@@ -138,6 +138,7 @@ SAME = [
     ('ampersand', 'Summarise the plot of Antony and Cleopatra.', 'Summarise the plot of Antony & Cleopatra.'),
     ('free', 'How do I clean an oven without chemicals?', 'What is a chemical-free way to clean an oven?'),
     ('less', 'Give me a muffin recipe with no eggs.', 'Give me an eggless muffin recipe.'),
+    ('commonname', 'how do i word a polite reminder email', 'how should i phrase a polite reminder email'),
     ('curated', 'How do I thank a colleague for covering my shift?',
      'How do I thank a coworker for covering my shift?'),
 ]
@@ -272,6 +273,8 @@ DIFFERENT = [
     ('content', 'Is the upgrade completed on all nodes?', 'Is the upgrade on all nodes?'),  # a verb, not "complete"
     ('direction', "Translate 'see you soon' into Italian.", "Translate 'see you soon' from Italian."),
     ('symbol', 'In Python, what does 5 & 3 return?', 'In Python, what does 5 | 3 return?'),
+    ('content', "What's the opposite of frugal?", "What does the word 'frugal' mean?"),  # no weak link for a relation
+    ('content', "What's a synonym for happy?", "What does the word 'happy' mean?"),
     ('negation', 'Is this shampoo sulfate-free?', 'Does this shampoo contain sulfates?'),
     ('role', 'Our cafe is quiet in winter. Should I cut opening hours or raise wages?',
      'Our cafe is quiet in winter. Should I cut wages or raise opening hours?'),
