@@ -453,17 +453,6 @@ def _read_word(kind: str, word: str, lex: wordnet.Lexicon) -> _Forms:
     lower = word.lower()
     upper = word[:1].isupper() or (len(word) > 1 and word.isupper())
     compound = "-" in lower and kind == "word"
-    # "chemical-free" and a coined "eggless" say "without chemicals", "without eggs": read so, the negation included.
-    # (An established adjective, "useless", "wireless", is WordNet's and stays a word.)
-    without = None
-    if compound and lower.count("-") == 1 and lower.endswith("-free") and lex.known(lower[:-5]):
-        without = lower[:-5]
-    elif (kind == "word" and not compound and len(lower) > 6 and lower.endswith("less") and not lex.known(lower)
-          and lex.known(lower[:-4])):
-        without = lower[:-4]
-    if without is not None:
-        return upper, True, (("without", "without", False, False, False),
-                             (without, lx.stem(without), False, False, False))
     if compound:
         parts = lower.split("-")
         if all(lex.known(x) or x in lx.STOPWORDS for x in parts) and (

@@ -4,7 +4,7 @@ Each rule is general English (a contraction, a casual abbreviation, a unit symbo
 number written in words), never a phrase picked from one benchmark pair. Both texts of a pair go
 through the same rules, so a rewrite can only make two spellings of one meaning compare equal::
 
-    "w/o", "chemical-free"           → "without …"           (polarity of the proposition, not the spelling)
+    "w/o", "chemical-free", "eggless" → "without …"          (polarity of the proposition, not the spelling)
     "°F", "$1,400/month", "daily"    → "fahrenheit", "1400 per month", "per day"
     "an hour and a half", "2 and a half" → "1.5 hours", "2.5"
     "dont", "can't"                  → "do not", "can not"
@@ -39,6 +39,16 @@ def _dropped_g(m: re.Match[str]) -> str:
     word = m.group(0)
     lex = wordnet.lexicon()
     return word + "g" if not lex.known(word.lower()) and lex.known(word.lower() + "g") else word
+
+
+def _coined_less(m: re.Match[str]) -> str:
+    """"eggless" → "without egg" where only the stem is an English word ("useless" stays)."""
+    from llmcache.proxy.semantic import wordnet  # the table loads on first use, not at import
+
+    word = m.group(0)
+    lex = wordnet.lexicon()
+    lower = word.lower()
+    return f"without {word[:-4]}" if not lex.known(lower) and lex.known(lower[:-4]) else word
 
 
 def _ly(m: re.Match[str]) -> str:
@@ -146,6 +156,8 @@ _RULES: list[tuple[str, _Repl, tuple[str, ...] | None]] = [
     (r"(?i)\bhow long (?:until|till|til|before)\b", "how long", ('how long',)),
     # "chemical-free" = "without chemicals": the polarity is the proposition's, not the spelling's.
     (r"(?i)\b([a-z]{3,})-free\b", r"without \1", ('-free',)),
+    # A coined "eggless" says "without eggs" too; an established adjective ("useless", "wireless") is WordNet's own.
+    (r"(?i)\b[a-z]{3,}less\b", _coined_less, ('less',)),
     # Temperature scales and rates written as symbols: "°F", "$1,400/month", "6 hours a day", "daily".
     (r"°\s*F\b|\bdeg(?:rees?)? F\b", " fahrenheit", ('°', 'deg')),
     (r"°\s*C\b|\bdeg(?:rees?)? C\b", " celsius", ('°', 'deg')),
