@@ -302,7 +302,8 @@ def _spans(only: list[Token], own: Analysis, other: Analysis, other_only: list[T
             for i in sorted(facts.by_first.get(w[:1], []) + facts.by_first.get("", [])):
                 if w.startswith(words[i]):
                     for n in (2, 3):
-                        if "".join(words[i:i + n]) == w:
+                        # Words of a name, not function words run together ("us a" is no "usa").
+                        if "".join(words[i:i + n]) == w and not any(x in lx.STOPWORDS for x in words[i:i + n]):
                             span, kind = words[i:i + n], "compound"
         if span is not None:
             out[id(tok)] = kind

@@ -154,6 +154,8 @@ _RULES: list[tuple[str, _Repl, tuple[str, ...] | None]] = [
     (r"(?i)\bnaturally occurring\b", "natural", ('occurring',)),
     # "How long until/before X" asks how long X takes.
     (r"(?i)\bhow long (?:until|till|til|before)\b", "how long", ('how long',)),
+    # One country, three spellings: "the United States (of America)" = "the US" = "the USA".
+    (r"(?i)\bunited states(?: of america)?\b", "USA", ('united',)),
     # "chemical-free" = "without chemicals": the polarity is the proposition's, not the spelling's.
     (r"(?i)\b([a-z]{3,})-free\b", r"without \1", ('-free',)),
     # A coined "eggless" says "without eggs" too; an established adjective ("useless", "wireless") is WordNet's own.

@@ -138,6 +138,7 @@ SAME = [
     ('ampersand', 'Summarise the plot of Antony and Cleopatra.', 'Summarise the plot of Antony & Cleopatra.'),
     ('free', 'How do I clean an oven without chemicals?', 'What is a chemical-free way to clean an oven?'),
     ('less', 'Give me a muffin recipe with no eggs.', 'Give me an eggless muffin recipe.'),
+    ('country', 'How much should I tip a waiter in the US?', 'How much should I tip a waiter in the United States?'),
     ('commonname', 'how do i word a polite reminder email', 'how should i phrase a polite reminder email'),
     ('curated', 'How do I thank a colleague for covering my shift?',
      'How do I thank a coworker for covering my shift?'),
@@ -273,6 +274,7 @@ DIFFERENT = [
     ('content', 'Is the upgrade completed on all nodes?', 'Is the upgrade on all nodes?'),  # a verb, not "complete"
     ('direction', "Translate 'see you soon' into Italian.", "Translate 'see you soon' from Italian."),
     ('symbol', 'In Python, what does 5 & 3 return?', 'In Python, what does 5 | 3 return?'),
+    ('entity', 'Can you give us a discount?', 'Can you give the USA a discount?'),  # "us a" is no compound of "usa"
     ('content', "What's the opposite of frugal?", "What does the word 'frugal' mean?"),  # no weak link for a relation
     ('content', "What's a synonym for happy?", "What does the word 'happy' mean?"),
     ('negation', 'Is this shampoo sulfate-free?', 'Does this shampoo contain sulfates?'),
