@@ -267,14 +267,42 @@ def _rate_clash(a: Analysis, b: Analysis) -> str | None:
     return f"per {sorted(ra)} / {sorted(rb)}" if ra and rb and ra != rb else None
 
 
+#: Words that ask for several of the plural noun that follows ("a list of names", "a few names", "several ideas").
+_SEVERAL = frozenset(["list", "few", "several", "couple", "multiple", "some", "various"])
+
+
 @_kept("evidence.listed")
 def _listed(a: Analysis) -> frozenset[str]:
-    """Stems of the plural noun a "list of" asks for ("a list of possible names"), also where the plural is a
-    lemma of its own that :attr:`Analysis.plural` leaves out (kept with the analysis)."""
-    toks = a.tokens
-    return frozenset(
-        u.stem for k, t in enumerate(toks[:-1]) if t.text == "list" and toks[k + 1].text == "of"
-        for u in toks[k + 2:k + 5] if u.text.endswith("s") and u.text != u.stem and not u.capital)
+    """Stems of the plural noun a "list of", "a few" or "several" asks for ("a list of possible names", "a few
+    names"), also where the plural is a lemma of its own that :attr:`Analysis.plural` leaves out (kept with the
+    analysis)."""
+    toks, out = a.tokens, set()
+    for k, t in enumerate(toks[:-1]):
+        if t.text not in _SEVERAL or (t.text == "list" and toks[k + 1].text != "of"):
+            continue
+        for u in toks[k + 1 + (t.text == "list"):k + 5]:  # the first plural noun, before any preposition
+            if u.text in _PREPOSITIONS:
+                break
+            if u.text.endswith("s") and u.text != u.stem:
+                if not u.capital:
+                    out.add(u.stem)
+                break
+    return frozenset(out)
+
+
+@_kept("evidence.one_asked")
+def _one_asked(a: Analysis) -> frozenset[str]:
+    """Stems of singular nouns right after "a"/"an" (one adjective between at most) in the question: "Suggest a
+    name for my bakery" asks for one."""
+    toks, (start, end) = a.tokens, a.question_span
+    out = set()
+    for k in range(start, min(end, len(toks)) - 1):
+        if toks[k].text not in ("a", "an"):
+            continue
+        for u in toks[k + 1:k + 3]:
+            if not u.text.endswith("s") and u.text == u.stem and u.text not in lx.STOPWORDS:
+                out.add(u.stem)
+    return frozenset(out)
 
 
 def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
@@ -289,6 +317,9 @@ def _number_clash(a: Analysis, b: Analysis, aligned: bool) -> str | None:
         several = ({s for s, q in other.plural if q or aligned} | _listed(other)) - {s for s, _ in other.singular}
         if single & several:
             return f"one vs several {sorted(single & several)}"
+        # "Suggest a name" / "Suggest a few names": a bare "a" against a word asking for several.
+        if _one_asked(one) & (_listed(other) - {s for s, _ in other.singular}):
+            return f"one vs several {sorted(_one_asked(one) & _listed(other))}"
         # "Name all the noble gases" / "Name a noble gas".
         if one.all_of - other.all_of:
             toks, lex = other.tokens, wordnet.lexicon()
@@ -514,16 +545,24 @@ def _direction_clash(a: Analysis, b: Analysis) -> str | None:
                 return f"{m} {o} / {opposite} {o}"
     # 2. "x … y" with the same words between them becomes "y … x" ("Alice paid Bob" / "Bob paid Alice").
     #    The verb between them may be worded differently ("did Sam employ Yuki" / "has Yuki hired Sam").
+    #    Both ways round: a word named twice ("each employee with the manager … an employees table") may give
+    #    one text both orders.
     pairs_a, pairs_b = _ordered_pairs(a.sequence, shared), _ordered_pairs(b.sequence, shared)
-    for (x, y), (i, j) in pairs_a.items():
-        if x not in shared or y not in shared or (x, y) in pairs_b:
-            continue
-        at = pairs_b.get((y, x))
-        if at is None:
-            continue
-        middle, other = tuple(a.sequence[i + 1:j]), tuple(b.sequence[at[0] + 1:at[1]])
-        if other == middle or _same_frame(middle, other, shared):
-            return f"{x} {' '.join(middle)} {y}"
+    for one, pairs_one, pairs_other, other_seq in ((a, pairs_a, pairs_b, b.sequence),
+                                                   (b, pairs_b, pairs_a, a.sequence)):
+        for (x, y), (i, j) in pairs_one.items():
+            if x not in shared or y not in shared:
+                continue
+            at = pairs_other.get((y, x))
+            if at is None:
+                continue
+            middle = tuple(one.sequence[i + 1:j])
+            same = pairs_other.get((x, y))
+            if same is not None and tuple(other_seq[same[0] + 1:same[1]]) == middle:
+                continue  # the same relation in the same order is there too
+            other = tuple(other_seq[at[0] + 1:at[1]])
+            if other == middle or _same_frame(middle, other, shared):
+                return f"{x} {' '.join(middle)} {y}"
     # 3. Two names in the opposite order with a verb between them, no passive "by" ("Did Lena beat Tom?" /
     #    "Has Tom beaten Lena?"); coordination ("between A and B") carries no direction.
     clash = _name_order_clash(a, b, shared)
@@ -894,7 +933,39 @@ def role_clash(a: Analysis, b: Analysis, lex: Lexicon, *, edit: Edit | None = No
                 return f"{x} … {y} reversed"
     return (_marked_swap(a, b, lex) or _possessor_swap(a, b, lex) or _subject_swap(a, b, lex)
             or _asker_shift(a, b) or _pronoun_swap(a, b, edit) or _voice_swap(a, b, lex, edit)
-            or _object_swap(a, b, lex))
+            or _object_swap(a, b, lex) or _object_made_agent(a, b, lex) or _object_made_agent(b, a, lex))
+
+
+
+def _after_determiners(toks: list[Token], k: int) -> Token | None:
+    """The first token at or after ``k`` past determiners ("a competitor" → "competitor"), within three."""
+    for u in toks[k:k + 3]:
+        if u.text not in _DETERMINERS:
+            return u
+    return None
+
+
+def _object_made_agent(a: Analysis, b: Analysis, lex: Lexicon) -> str | None:
+    """What one text's verb acts on is the other's doer, after "by": "Our company is acquiring a competitor" /
+    "Our company is being acquired by a competitor" (a passive whose "by" names the subject instead is the same
+    statement: "X acquired Y" / "Y was acquired by X" passes)."""
+    ta, tb = a.tokens, b.tokens
+    passives = [(k, lex.lemmas(u.text)) for k, u in enumerate(tb[:-1])
+                if tb[k + 1].text == "by" and (u.text.endswith(("ed", "en")) or _inflected_verb(u.text, lex))]
+    if not passives:
+        return None
+    for i, t in enumerate(ta[:-1]):
+        if t.text in lx.STOPWORDS or "v" not in lex.parts_of_speech(t.text):
+            continue
+        obj = _after_determiners(ta, i + 1)
+        if obj is None or obj.text in _PREPOSITIONS or not _noun_like(obj.text, lex):
+            continue
+        lemmas = lex.lemmas(t.text)
+        for k, other_lemmas in passives:
+            agent = _after_determiners(tb, k + 2)
+            if agent is not None and agent.stem == obj.stem and lemmas & other_lemmas:
+                return f"{t.text} {obj.text} / {tb[k].text} by {agent.text}"
+    return None
 
 
 @_kept("evidence.verb_objects")
@@ -982,10 +1053,16 @@ def _before_predicate(toks: list[Token], i: int) -> tuple[int, bool]:
         x = toks[j].text
         if x in _COPULA or x in _AUX:
             copula = copula or x in _COPULA or x in ("get", "gets", "got", "gotten", "getting")
-        elif x not in _BETWEEN:
-            break
+        elif x not in _BETWEEN and not (x.endswith("ly") and wordnet.lexicon().parts_of_speech(x) == "r"):
+            break  # (an adverb in -ly, "accidentally", "finally", stands between too; "family", "early" do not)
         j -= 1
     return j, copula
+
+
+def _inflected_verb(w: str, lex: Lexicon) -> bool:
+    """A verb's past form that WordNet also lists as a lemma of its own ("sent": a coin, and "send" sent). Not an
+    "-ing" form: after a noun that is often a reduced relative ("an email asking my manager for a raise")."""
+    return not w.endswith("ing") and any(x != w and "v" in lex.parts_of_speech(x) for x in lex.lemmas(w))
 
 
 def _subjects(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
@@ -1032,7 +1109,8 @@ def _subjects(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
             # "a flat bike tire", "the last git commit": a noun before a verb's base form (or a word that is a noun
             # too) is a compound, not a subject; an inflected verb ("my friend borrowed") or an auxiliary between
             # says it is one.
-            if j == i - 1 and (w in lex.lemmas(w) or ("n" in pos and w.endswith("s"))):
+            if j == i - 1 and ((w in lex.lemmas(w) and not _inflected_verb(w, lex))
+                               or ("n" in pos and w.endswith("s"))):
                 continue  # "oil changes": a plural noun as much as a verb; "a startup suing its CEO" is a verb
             key = lx.SYNONYM.get(s_tok.stem, s_tok.stem)
         elif _asker(toks, j):

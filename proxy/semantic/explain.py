@@ -470,19 +470,40 @@ def _replaced_unexplained(a: Analysis, b: Analysis, lex: Lexicon, edit: evidence
     ka, kb = evidence_mod.keys(a), evidence_mod.keys(b)
     if sorted(ka) == sorted(kb):
         return ()  # the same words reordered: the direction and role checks read word order
+    ka_all, kb_all = set(a.content), set(b.content)
+    # A word dropped from one place, not moved to another, that the other text still names elsewhere: "What does
+    # GDPR require for our HR data?" / "…for all of our data?" after a story that mentions HR data on both sides.
+    edited_a = {ka[i] for _t, i1, i2, _j1, _j2 in edit.ops for i in range(i1, i2)}
+    edited_b = {kb[j] for _t, _i1, _i2, j1, j2 in edit.ops for j in range(j1, j2)}
+    # (A word said twice close together, "Coffee vs tea: is coffee healthier?", drops a repetition, not a detail.)
+    def repeated(keys: list[str], k: int) -> bool:
+        return keys[k] in keys[max(0, k - _REPEAT_WINDOW):k] or keys[k] in keys[k + 1:k + 1 + _REPEAT_WINDOW]
+
     for tag, i1, i2, j1, j2 in edit.ops:
-        if tag != "replace":
+        if tag == "delete":
+            dropped = [a.tokens[i] for i in range(i1, i2) if i in content_a and ka[i] in kb_all
+                       and ka[i] not in edited_b and not repeated(ka, i)]
+        elif tag == "insert":
+            dropped = [b.tokens[j] for j in range(j1, j2) if j in content_b and kb[j] in ka_all
+                       and kb[j] not in edited_a and not repeated(kb, j)]
+        else:
             continue
+        if dropped:
+            return tuple(dropped)
+    for tag, i1, i2, j1, j2 in edit.ops:
         xs = [a.tokens[i] for i in range(i1, i2) if i in content_a]
         ys = [b.tokens[j] for j in range(j1, j2) if j in content_b]
-        if not xs or not ys:
+        if tag != "replace" or not xs or not ys:
             continue
-        ka_all, kb_all = set(a.content), set(b.content)
         left = [x for x in xs if ka[x.pos] in kb_all and not any(_strongly_same(x, y, lex) for y in ys)]
         right = [y for y in ys if kb[y.pos] in ka_all and not any(_strongly_same(x, y, lex) for x in xs)]
         if left and right:
             return tuple(left + right)
     return ()
+
+
+#: Tokens within which a word said again is a repetition ("X vs Y: is X better?").
+_REPEAT_WINDOW = 6
 
 
 def _is_content(t: Token) -> bool:

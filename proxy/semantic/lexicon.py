@@ -69,7 +69,7 @@ for _cls, _words_s in {
     "compare": "compare comparison contrast versus vs",
     "classify": "classify categorize categorise label tag",
     "extract": "extract pull",
-    "fix": "fix debug troubleshoot repair resolve solve",
+    "fix": "fix debug troubleshoot repair resolve solve correct",
     "optimize": "optimize optimise improve",
     "test": "test tests unittest",
     "outline": "outline plan",

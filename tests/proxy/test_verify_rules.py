@@ -138,6 +138,9 @@ SAME = [
     ('ampersand', 'Summarise the plot of Antony and Cleopatra.', 'Summarise the plot of Antony & Cleopatra.'),
     ('free', 'How do I clean an oven without chemicals?', 'What is a chemical-free way to clean an oven?'),
     ('less', 'Give me a muffin recipe with no eggs.', 'Give me an eggless muffin recipe.'),
+    ('repeat', 'Tea vs coffee: is tea healthier?', 'Is tea healthier than coffee?'),
+    ('passive', 'Our company acquired a competitor last year. What happens to their staff?',
+     'Our company acquired a competitor last year. What happens to their staff now?'),
     ('country', 'How much should I tip a waiter in the US?', 'How much should I tip a waiter in the United States?'),
     ('commonname', 'how do i word a polite reminder email', 'how should i phrase a polite reminder email'),
     ('curated', 'How do I thank a colleague for covering my shift?',
@@ -274,7 +277,19 @@ DIFFERENT = [
     ('content', 'Is the upgrade completed on all nodes?', 'Is the upgrade on all nodes?'),  # a verb, not "complete"
     ('direction', "Translate 'see you soon' into Italian.", "Translate 'see you soon' from Italian."),
     ('symbol', 'In Python, what does 5 & 3 return?', 'In Python, what does 5 | 3 return?'),
-    ('entity', 'Can you give us a discount?', 'Can you give the USA a discount?'),  # "us a" is no compound of "usa"
+    ('entity', 'Can you give us a discount?', 'Can you give the USA a discount?'),  # "us a" is no "usa"
+    ('role', 'Our firm is buying a rival bakery chain next month. What should we tell our bakers?',
+     'Our firm is being bought by a rival bakery chain next month. What should we tell our bakers?'),
+    ('role', 'I lent my cousin $500 last spring. How do I ask for it back?',
+     'My cousin lent me $500 last spring. How do I ask for it back?'),
+    ('role', 'I mistakenly sent $40 to a stranger on PayPal.', 'A stranger mistakenly sent me $40 on PayPal.'),
+    ('number', 'Recommend a podcast about history.', 'Recommend a few podcasts about history.'),
+    ('task', "Correct the spelling in this paragraph: 'Teh cat sat.'",
+     "Explain the spelling mistakes in this paragraph: 'Teh cat sat.'"),
+    ('content', 'We keep invoices and payroll records in one database. How long must we keep our payroll records?',
+     'We keep invoices and payroll records in one database. How long must we keep our records?'),
+    ('direction', 'Write a query listing each student together with the teacher they report to, from a students table.',
+     'Write a query listing each teacher together with the students who report to them, from a students table.'),
     ('content', "What's the opposite of frugal?", "What does the word 'frugal' mean?"),  # no weak link for a relation
     ('content', "What's a synonym for happy?", "What does the word 'happy' mean?"),
     ('negation', 'Is this shampoo sulfate-free?', 'Does this shampoo contain sulfates?'),
