@@ -67,6 +67,17 @@ def _number(value: float) -> str:
     return _ENCODER.encode(value)
 
 
+def _now_ms() -> int:
+    """The proxy's clock in integer milliseconds, as the scripts take it (they store seconds: ``ms / 1000``).
+
+    An integer because every script argument is formatted by ``hiredis.pack_command``: a float goes
+    through ``repr`` (a shortest round-trip ``dtoa``, ~8,000 instructions), an int through a few
+    divisions. The bookkeeping scores keep their unit and lose only the microseconds: the operator
+    orders by them, and two accesses within one millisecond now tie (ties order by key hash).
+    """
+    return time.time_ns() // 1_000_000
+
+
 class InvalidEntry(ValueError):
     """A stored value is not a valid entry of this schema (treated as a miss and deleted)."""
 
@@ -326,6 +337,7 @@ class ExactStore(Protocol):
 # With a 5th key (the entry's single-flight lease, same shard tag), ARGV[3] (owner) and ARGV[4]
 # (lease ms), a miss also tries to take the lease: 1 when taken, 0 when another holds it (the
 # cross-pod single flight's first step in the lookup's round trip, not one of its own).
+# ARGV[1] is the proxy's clock in integer milliseconds (see :func:`_now_ms`); lru stays in seconds.
 _GET_AND_TOUCH = """
 local v = redis.call('GET', KEYS[1])
 if not v and KEYS[5] then
@@ -333,7 +345,7 @@ if not v and KEYS[5] then
   return 0
 end
 if v then
-  local first = redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+  local first = redis.call('ZADD', KEYS[2], tonumber(ARGV[1]) / 1000, ARGV[2])
   redis.call('ZINCRBY', KEYS[3], 1, ARGV[2])
   if first == 1 then
     local ms = redis.call('PTTL', KEYS[1])
@@ -354,7 +366,8 @@ return v
 # :meth:`llmcache.keyspace.Keyspace.record_access` does for a created entry, in one script call (a
 # pipeline cost ~2x the CPU and wall time on the miss path). KEYS[2..6]: the group shard's rows in
 # :data:`llmcache.keyspace.BOOKKEEPING_KINDS` order (lru, lfu, ctime, size, exp). ARGV: blob, TTL s,
-# now (the proxy's clock, for lru/ctime), key hash, size, how many expired members to trim.
+# now (the proxy's clock in integer ms, :func:`_now_ms`; lru/ctime get it in s), key hash, size, how many
+# expired members to trim.
 # Then, so that bookkeeping never outlives what it describes without the operator: the rows of at
 # most ARGV[6] members whose expiry (exp, on the Redis clock, like the entry's own TTL) has passed
 # are dropped, and every row key is made to live at least as long as this entry (PEXPIRE only ever
@@ -367,9 +380,10 @@ _PUT_AND_RECORD = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+local at = tonumber(ARGV[3]) / 1000
+redis.call('ZADD', KEYS[2], at, ARGV[4])
 redis.call('ZINCRBY', KEYS[3], 1, ARGV[4])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[4], at, ARGV[4])
 redis.call('HSET', KEYS[5], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[6], now + tonumber(ARGV[2]), ARGV[4])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))
@@ -427,7 +441,7 @@ class RedisExactStore:
         rows = self._rows(group, shard_of(key_hash))  # lru, lfu, ctime, size, exp
         try:
             value = await self._script(self._get_and_touch, [ks.entry(key_hash), rows[0], rows[1], rows[4]],
-                                       [time.time(), key_hash], timeout_s)
+                                       [_now_ms(), key_hash], timeout_s)
         except redis.exceptions.OutOfMemoryError:
             # A full Redis refuses the bookkeeping writes; the entry itself can still be read.
             async with asyncio.timeout(timeout_s):
@@ -446,10 +460,10 @@ class RedisExactStore:
         rows = self._rows(group, shard_of(key_hash))
         if lease is None:
             return self._get_and_touch.start(keys=[ks.entry(key_hash), rows[0], rows[1], rows[4]],  # type: ignore[union-attr]
-                                             args=[time.time(), key_hash], timeout_s=timeout_s)
+                                             args=[_now_ms(), key_hash], timeout_s=timeout_s)
         return self._get_and_touch.start(  # type: ignore[union-attr]
             keys=[ks.entry(key_hash), rows[0], rows[1], rows[4], ks.lease(key_hash)],
-            args=[time.time(), key_hash, lease[0], lease[1]], timeout_s=timeout_s)
+            args=[_now_ms(), key_hash, lease[0], lease[1]], timeout_s=timeout_s)
 
     async def get_or_lease(self, key_hash: str, *, group: str, owner: str, lease_ms: int,
                            timeout_s: float | None = None) -> tuple[bytes | None, bool | None]:
@@ -458,7 +472,7 @@ class RedisExactStore:
         try:
             value = await self._script(self._get_and_touch,
                                        [ks.entry(key_hash), rows[0], rows[1], rows[4], ks.lease(key_hash)],
-                                       [time.time(), key_hash, owner, lease_ms], timeout_s)
+                                       [_now_ms(), key_hash, owner, lease_ms], timeout_s)
         except redis.exceptions.OutOfMemoryError:
             return await self.get(key_hash, group=group, timeout_s=timeout_s), None  # the lease: not tried
         if isinstance(value, int):
@@ -488,7 +502,7 @@ class RedisExactStore:
         ks = self._ks
         # All keys carry the entry's shard tag: one slot, so the script runs on a cluster too.
         keys = [ks.entry(key_hash), *self._rows(group, shard_of(key_hash))]
-        args: list[Any] = [blob, ttl_s, time.time(), key_hash, len(blob), TRIM_PER_WRITE]
+        args: list[Any] = [blob, ttl_s, _now_ms(), key_hash, len(blob), TRIM_PER_WRITE]
         if lease_owner is not None:
             keys.append(ks.lease(key_hash))
             args.append(lease_owner)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from llmcache.keyspace import Keyspace
+from llmcache.proxy import resp
 from llmcache.proxy.exact import Entry, InvalidEntry, RedisExactStore
 
 ANSWER = {"id": "x", "object": "chat.completion", "model": "m", "choices": [
@@ -77,6 +80,32 @@ async def test_store_ttl_and_eviction_bookkeeping(r: aioredis.Redis) -> None:
     assert await r.zscore(ks.group_of("g", "lfu", "abc"), "abc") == 2
     await store.delete("abc")
     assert await store.get("abc", group="g") is None
+
+
+@pytest.mark.parametrize("client", ["redis-py", "resp"])
+async def test_access_and_creation_scores_are_seconds_on_the_proxys_clock(r: aioredis.Redis, redis_plain_url: str,
+                                                                          client: str) -> None:
+    """lru and ctime hold the proxy's time.time() in seconds (the operator's unit; sent as integer ms)."""
+    ks = Keyspace(f"t-clock-{client}")
+    fast = resp.RespClient.from_url(redis_plain_url) if client == "resp" else None
+    store = RedisExactStore(fast or r, keyspace=ks)
+    try:
+        before = time.time()
+        await store.put("abc", entry(), ttl_s=50, group="g", timeout_s=1.0)
+        after = time.time()
+        created = await r.zscore(ks.group_of("g", "ctime", "abc"), "abc")
+        assert before - 0.001 <= created <= after
+        assert await r.zscore(ks.group_of("g", "lru", "abc"), "abc") == created
+        await asyncio.sleep(0.01)
+        before = time.time()
+        assert await store.get("abc", group="g", timeout_s=1.0) is not None
+        after = time.time()
+        used = await r.zscore(ks.group_of("g", "lru", "abc"), "abc")
+        assert before - 0.001 <= used <= after and used > created
+        assert await r.zscore(ks.group_of("g", "ctime", "abc"), "abc") == created
+    finally:
+        if fast is not None:
+            await fast.aclose()
 
 
 async def test_scripts_survive_a_script_flush(r: aioredis.Redis) -> None:
