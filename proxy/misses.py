@@ -41,7 +41,7 @@ from llmcache.proxy.call import (
     note_redis_failure,
     serve,
 )
-from llmcache.proxy.exact import Entry, validate_answer
+from llmcache.proxy.exact import Entry, created_now_s, validate_answer
 from llmcache.proxy.singleflight import Flight
 from llmcache.proxy.state import ProxyState
 
@@ -375,7 +375,7 @@ def _entry_from(call: Call, recorder: streaming.SSERecorder | None, parts: list[
         return None
     usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
     model = answer.get("model") if isinstance(answer.get("model"), str) else str(call.body.get("model", ""))
-    return Entry(route=call.route, model=model, created_s=time.time(), body=text, tenant=call.tenant,
+    return Entry(route=call.route, model=model, created_s=created_now_s(), body=text, tenant=call.tenant,
                  namespace=call.namespace, partition=call.state.keyspace.partition, origin=origin,
                  prompt_tokens=_int(usage.get("prompt_tokens")), completion_tokens=_int(usage.get("completion_tokens")))
 

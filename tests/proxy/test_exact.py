@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from llmcache.keyspace import Keyspace
 from llmcache.proxy import resp
-from llmcache.proxy.exact import Entry, InvalidEntry, RedisExactStore
+from llmcache.proxy.exact import Entry, InvalidEntry, RedisExactStore, created_now_s
 
 ANSWER = {"id": "x", "object": "chat.completion", "model": "m", "choices": [
     {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
@@ -41,6 +41,8 @@ def test_round_trip_and_validation() -> None:
 @pytest.mark.parametrize("fields", [
     {}, {"tenant": "t\"é\u2028", "namespace": "ns", "partition": "p\\q", "origin": "sse"},
     {"similarity": 0.8732}, {"similarity": 1}, {"created_s": 1796607408.123456}, {"created_s": 7},
+    {"created_s": 1796607408.123}, {"created_s": 1796607408.12}, {"created_s": 1796607408.0}, {"created_s": 0.001},
+    {"created_s": 0.0}, {"created_s": 99999999999.999}, {"created_s": 1e11}, {"created_s": 1e-7},
     {"model": "m\x00\n", "body": json.dumps({**ANSWER, "model": "é \"😀\" </script>"}, ensure_ascii=False)},
 ])
 def test_stored_form_is_the_compact_json_of_the_fields_in_schema_order(fields: dict) -> None:
@@ -54,6 +56,15 @@ def test_stored_form_is_the_compact_json_of_the_fields_in_schema_order(fields: d
     generic["body"] = e.body
     assert e.to_json() == json.dumps(generic, separators=(",", ":"), ensure_ascii=False)
     assert Entry.from_json(e.to_json().encode()) == e
+
+
+def test_new_entries_are_created_on_the_millisecond_never_later_than_now() -> None:
+    """created_now_s floors time.time() to the millisecond (to_json then writes it cheaply, as json.dumps would)."""
+    before = time.time()
+    created = created_now_s()
+    assert before - 0.001 < created <= time.time()
+    assert round(created * 1000) / 1000 == created
+    assert f'"created_s":{created!r},' in entry(created_s=created).to_json()
 
 
 @pytest.fixture
