@@ -7,11 +7,12 @@ import socket
 import time
 from collections.abc import Iterator
 
+import hiredis
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from llmcache.keyspace import Keyspace
+from llmcache.keyspace import TRIM_PER_WRITE, Keyspace, shard_of
 from llmcache.proxy import resp
 from llmcache.proxy.exact import Entry, RedisExactStore
 
@@ -172,6 +173,81 @@ async def test_exact_store_reads_and_writes_the_same_through_either_client(redis
         assert Entry.from_json(blob) == entry
         assert await RedisExactStore(fast, keyspace=ks).get("c" * 64, group="_default") is None
         assert 0 < await plain.ttl(ks.entry("a" * 64)) <= 60
+    finally:
+        await fast.aclose()
+        await plain.aclose()
+
+
+def _command(packed: bytes) -> list[bytes]:
+    """The arguments of one packed command; fails unless ``packed`` is exactly one well-formed command."""
+    reader = hiredis.Reader()
+    reader.feed(packed)
+    command = reader.gets()
+    assert isinstance(command, list) and reader.gets() is False
+    return command
+
+
+@pytest.mark.parametrize(("prefix", "owner", "num_packed"), [
+    ("llmcache", "pod-a", 4),
+    ("llmcaché", "pod-a", 0),  # not ASCII: hiredis packs every command
+    ("llmcache", "pod-ä", 2),  # only the commands that carry the owner
+])
+async def test_exact_store_sends_the_commands_hiredis_would_pack(redis_plain_url: str, prefix: str, owner: str,
+                                                                 num_packed: int) -> None:
+    """get_nowait and put_nowait pack their EVALSHA themselves (constant parts encoded once) where all is
+    ASCII: the same command, argument for argument, as hiredis.pack_command of what get/put send."""
+    ks = Keyspace(prefix)
+    fast = resp.RespClient.from_url(redis_plain_url)
+    plain = aioredis.Redis.from_url(redis_plain_url)
+    sent: list[bytes] = []
+    packed_here: list[bytes] = []
+    send, send_nowait = fast._send, fast.send_nowait
+    fast._send = lambda packed, timeout_s=None: (sent.append(packed), send(packed, timeout_s))[1]
+    fast.send_nowait = lambda packed, *, timeout_s=None: (packed_here.append(packed),
+                                                          send_nowait(packed, timeout_s=timeout_s))[1]
+    try:
+        await fast.ping()
+        sent.clear()
+        store = RedisExactStore(fast, keyspace=ks)
+        entry = Entry(route="/v1/chat/completions", model="m", created_s=1796607408.123, body=ANSWER, tenant="tё")
+        blob = entry.to_json().encode()
+        kh, other = "a" * 64, "b" * 64
+        rows, other_rows = ks.bookkeeping("g", shard_of(kh)), ks.bookkeeping("g", shard_of(other))
+        lookup, store_ = store._get_and_touch.sha.encode(), store._put_and_record.sha.encode()
+        for script in (store._get_and_touch, store._put_and_record):  # (a NOSCRIPT reply is the callers' to handle)
+            assert await plain.script_load(script.source) == script.sha
+
+        def expect(*args: object) -> list[bytes]:
+            return _command(hiredis.pack_command(args))
+
+        def now_ms(command: list[bytes], index: int, before_s: float) -> int:
+            ms = int(command[index])
+            assert before_s * 1000 - 1 <= ms <= time.time() * 1000
+            return ms
+
+        cases = [
+            (lambda: store.put_nowait(kh, entry, ttl_s=60, group="g"), 11,
+             lambda ms: expect("EVALSHA", store_, 6, ks.entry(kh), *rows, blob, 60, ms, kh, len(blob), TRIM_PER_WRITE),
+             0),
+            (lambda: store.get_nowait(kh, group="g"), 7,
+             lambda ms: expect("EVALSHA", lookup, 4, ks.entry(kh), rows[0], rows[1], rows[4], ms, kh), blob),
+            (lambda: store.get_nowait(other, group="g", lease=(owner, 5000)), 8,
+             lambda ms: expect("EVALSHA", lookup, 5, ks.entry(other), other_rows[0], other_rows[1], other_rows[4],
+                               ks.lease(other), ms, other, owner, 5000), 1),
+            (lambda: store.put_nowait(other, entry, ttl_s=60, group="g", lease_owner=owner), 12,
+             lambda ms: expect("EVALSHA", store_, 7, ks.entry(other), *other_rows, ks.lease(other),
+                               blob, 60, ms, other, len(blob), TRIM_PER_WRITE, owner), 0),
+        ]
+        for start, now_at, expected, reply in cases:
+            before_s = time.time()
+            fut = start()
+            assert fut is not None
+            assert await fut == reply
+            command = _command(sent.pop())
+            assert command == expected(now_ms(command, now_at, before_s))
+        assert not sent and len(packed_here) == num_packed
+        assert await plain.get(ks.lease(other)) is None  # the store gave the lease up
+        assert Entry.from_json(await plain.get(ks.entry(other))) == entry
     finally:
         await fast.aclose()
         await plain.aclose()
