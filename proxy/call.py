@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from llmcache.proxy.exact import Entry, ExactStore, InvalidEntry
 from llmcache.proxy.state import EffectiveConfig, ProxyState
 
 __all__ = ["JSON_TYPE", "SIMILARITY_HEADER", "SSE_TYPE", "STATUS_HEADER", "Call", "can_serve", "count_answer",
-           "guarded", "load_entry", "note_redis_failure", "serve"]
+           "guarded", "load_entry", "note_redis_failure", "salted", "serve", "upstream_body", "upstream_body_waits"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,37 @@ SSE_TYPE = "text/event-stream"
 _UNSET: Any = object()
 
 
+def salted(state: ProxyState, route: str) -> bool:
+    """Does every body forwarded on ``route`` carry the tenant's ``cache_salt``? (chat/completions, when enabled)"""
+    return route != "/v1/embeddings" and state.settings.upstream.enable_cache_salt
+
+
+def upstream_body(state: ProxyState, cfg: EffectiveConfig, route: str, raw: bytes, body: dict[str, Any],
+                  tenant: str) -> bytes:
+    """``raw`` with the tenant's ``cache_salt`` (chat/completions, when enabled); otherwise ``raw`` itself.
+
+    The salt is spliced in after the opening brace, so the client's JSON travels byte for byte;
+    a client's own ``cache_salt`` is folded into ours and replaced.
+    """
+    if not salted(state, route):
+        return raw
+    client_salt = body.get("cache_salt")
+    salt = keys.cache_salt(tenant, state.tenant_salt, partition=cfg.partition,
+                           client_salt=client_salt if isinstance(client_salt, str) else None)
+    head = raw.lstrip()
+    if "cache_salt" in body or not body or not head.startswith(b"{"):
+        return json.dumps({**body, "cache_salt": salt}, ensure_ascii=False).encode()
+    return b'{"cache_salt":"' + salt.encode() + b'",' + head[1:]
+
+
+def upstream_body_waits(raw: bytes, body: dict[str, Any]) -> bool:
+    """May :func:`upstream_body` wait until the body is forwarded (:attr:`Call.raw`)? Where it cannot fail:
+    the salt spliced into a body that opens with its brace and has fields but no ``cache_salt`` (a client's
+    own salt, or a body json re-encodes, may hold text that does not encode: that fails before the lookup,
+    as it always did)."""
+    return raw[:1] == b"{" and bool(body) and "cache_salt" not in body
+
+
 @dataclass(slots=True)
 class Call:
     """One cacheable request in progress."""
@@ -47,8 +79,8 @@ class Call:
     state: ProxyState
     cfg: EffectiveConfig
     route: str
-    raw: bytes
-    """The body as forwarded upstream (with ``cache_salt`` when enabled)."""
+    client_raw: bytes
+    """The body as the client sent it."""
     body: dict[str, Any]
     key: str
     tenant: str
@@ -78,6 +110,17 @@ class Call:
     answer (:class:`llmcache.proxy.semantic.bound.Pending`), or ``None``."""
     _parts: Any = _UNSET
     """The request's semantic split, computed at most once (lookup, then store)."""
+    _raw: bytes | None = None
+    """:attr:`raw` once built (or built before the call where it may fail: :func:`upstream_body_waits`)."""
+
+    @property
+    def raw(self) -> bytes:
+        """The body as forwarded upstream (with ``cache_salt`` when enabled), built on first use: a hit
+        forwards nothing, and the salt and the splice cost ~8,000 instructions."""
+        raw = self._raw
+        if raw is None:
+            raw = self._raw = upstream_body(self.state, self.cfg, self.route, self.client_raw, self.body, self.tenant)
+        return raw
 
     def semantic_parts(self) -> keys.SemanticParts | None:
         """:func:`llmcache.keys.semantic_parts` of this request (canonical JSON + SHA-256, done once)."""

@@ -54,9 +54,12 @@ from llmcache.proxy.call import (
     count_answer,
     guarded,
     load_entry,
+    salted,
     serve,
+    upstream_body,
+    upstream_body_waits,
 )
-from llmcache.proxy.state import STATE, EffectiveConfig, ProxyState
+from llmcache.proxy.state import STATE, ProxyState
 
 __all__ = ["add_routes", "cacheable", "invalid_header", "passthrough"]
 
@@ -129,29 +132,6 @@ async def _forward_bypass(request: web.Request, state: ProxyState, body: bytes, 
 
 # ---------------------------------------------------------------------------------------------
 # cacheable routes
-
-
-def _salted(state: ProxyState, route: str) -> bool:
-    """Does every body forwarded on ``route`` carry the tenant's ``cache_salt``? (chat/completions, when enabled)"""
-    return route != "/v1/embeddings" and state.settings.upstream.enable_cache_salt
-
-
-def _upstream_body(state: ProxyState, cfg: EffectiveConfig, route: str, raw: bytes, body: dict[str, Any],
-                   tenant: str) -> bytes:
-    """``raw`` with the tenant's ``cache_salt`` (chat/completions, when enabled); otherwise ``raw`` itself.
-
-    The salt is spliced in after the opening brace, so the client's JSON travels byte for byte;
-    a client's own ``cache_salt`` is folded into ours and replaced.
-    """
-    if not _salted(state, route):
-        return raw
-    client_salt = body.get("cache_salt")
-    salt = keys.cache_salt(tenant, state.tenant_salt, partition=cfg.partition,
-                           client_salt=client_salt if isinstance(client_salt, str) else None)
-    head = raw.lstrip()
-    if "cache_salt" in body or not body or not head.startswith(b"{"):
-        return json.dumps({**body, "cache_salt": salt}, ensure_ascii=False).encode()
-    return b'{"cache_salt":"' + salt.encode() + b'",' + head[1:]
 
 
 def _unstreamed(route: str, body: Mapping[str, Any]) -> bool:
@@ -262,7 +242,7 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
         state.metrics.count(route, "error")
         return _too_deep(), "error"
     if not isinstance(body, dict):
-        if _salted(state, route):
+        if salted(state, route):
             # The tenant's cache_salt goes into a JSON object; without one, nothing goes upstream.
             state.metrics.count(route, "error")
             what = "is not valid JSON (UTF-8)" if body is None else "is JSON but not an object"
@@ -274,22 +254,27 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
     cfg = state.config()
     credential = request.headers.get(cfg.tenant_header)
     tenant = keys.tenant_id(credential, state.tenant_salt)
-    forwarded = _upstream_body(state, cfg, route, raw, body, tenant)
+    # The body as forwarded: built now where building it may fail (as it always was), otherwise by
+    # whatever forwards it (Call.raw): a hit forwards nothing.
+    forwarded = None if upstream_body_waits(raw, body) else upstream_body(state, cfg, route, raw, body, tenant)
     if cfg.suspend or not (cfg.exact or cfg.semantic) or not _deterministic(route, body, cfg.non_deterministic):
-        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace,
-                                     upstream_path=upstream_path, pooled=_unstreamed(route, body)), "bypass"
+        return await _forward_bypass(request, state, forwarded or upstream_body(state, cfg, route, raw, body, tenant),
+                                     route=route, namespace=namespace, upstream_path=upstream_path,
+                                     pooled=_unstreamed(route, body)), "bypass"
     if not credential and not cfg.cache_anonymous:
         # Without a credential every caller would share one tenant: never cached unless a policy
         # opts in (spec.scope.anonymous: PerNamespace, or --anonymous per-namespace).
-        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace,
-                                     upstream_path=upstream_path, pooled=_unstreamed(route, body)), "bypass"
+        return await _forward_bypass(request, state, forwarded or upstream_body(state, cfg, route, raw, body, tenant),
+                                     route=route, namespace=namespace, upstream_path=upstream_path,
+                                     pooled=_unstreamed(route, body)), "bypass"
     query = request.query_string
     try:
         key = keys.exact_key(route, body, tenant=tenant, namespace=namespace, partition=cfg.partition, query=query,
                              normalised=True)
     except (ValueError, TypeError):  # NaN/Infinity are not JSON; let the upstream reject them
-        return await _forward_bypass(request, state, forwarded, route=route, namespace=namespace,
-                                     upstream_path=upstream_path, pooled=_unstreamed(route, body)), "bypass"
+        return await _forward_bypass(request, state, forwarded or upstream_body(state, cfg, route, raw, body, tenant),
+                                     route=route, namespace=namespace, upstream_path=upstream_path,
+                                     pooled=_unstreamed(route, body)), "bypass"
     except RecursionError:
         state.metrics.count(route, "error")
         return _too_deep(), "error"
@@ -298,10 +283,10 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
     include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
     # Followers share the leader's raw chunks only when they asked for the same stream options.
     shape = json.dumps(opts, sort_keys=True) if stream else None
-    call = Call(request=request, state=state, cfg=cfg, route=route, raw=forwarded, body=body, key=key,
+    call = Call(request=request, state=state, cfg=cfg, route=route, client_raw=raw, body=body, key=key,
                  tenant=tenant, namespace=namespace, query=query, upstream_path=upstream_path,
                  directives=asked.directives, asked_threshold=asked.similarity_threshold,
-                 stream=stream, include_usage=include_usage, stream_shape=shape)
+                 stream=stream, include_usage=include_usage, stream_shape=shape, _raw=forwarded)
     response = await _lookup_or_fetch(call)
     if span is not None:
         span.set_attribute("llmcache.key", call.log_key)
