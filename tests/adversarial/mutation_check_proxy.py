@@ -108,10 +108,10 @@ MUTATIONS = [
              '        starter.task = asyncio.get_running_loop().create_task(starter.run(), name="semantic-start")',
              "        pass",
              (ADV + "test_semantic_recovery.py::test_semantic_cache_starts_when_redis_comes_up_after_the_proxy",)),
-    Mutation("vanished Query Engine index not recreated", "proxy/index_search.py",
+    Mutation("vanished Query Engine index not recreated", "proxy/semantic/index_search.py",
              "        if missing and await self._recreate(missing):", "        if False:",
              (ADV + "test_semantic_recovery.py::test_query_engine_index_is_recreated_after_a_redis_restart",)),
-    Mutation("client index never resyncs after a Redis restart", "proxy/index_client.py",
+    Mutation("client index never resyncs after a Redis restart", "proxy/semantic/index_client.py",
              "                    if run_id is not None and now_id != run_id:", "                    if False:",
              (ADV + "test_semantic_recovery.py::test_client_index_follows_other_pods_after_a_redis_restart",)),
 ]
