@@ -51,7 +51,10 @@ MUTATIONS = [
     Mutation("key without the pod namespace", "llmcache/keys.py",
              '        "partition": partition,', '        "partition": "",',
              (ADV + "test_tenancy.py::test_the_same_tenant_in_two_namespaces_shares_nothing",
-              ADV + "test_tenancy.py::test_anonymous_per_namespace_never_crosses_namespaces")),
+              ADV + "test_tenancy.py::test_anonymous_per_namespace_never_crosses_namespaces",
+              # (the Redis key prefix and the entry's partition also keep namespaces apart: only the key's
+              # own test sees this layer go)
+              "tests/llmcache/test_keys.py::test_tenant_namespace_and_route_partition")),
     Mutation("query string not in the key", "llmcache/keys.py",
              '        "query": query,', '        "query": "",',
              (ADV + "test_tenancy.py::test_the_query_string_is_part_of_the_key",)),
@@ -93,9 +96,9 @@ MUTATIONS = [
              "    except ZeroDivisionError:\n        state.metrics.count(route, \"error\")\n"
              "        return _too_deep(), \"error\"\n    if not isinstance(body, dict):",
              (ADV + "test_limits.py::test_deeply_nested_json_is_a_clear_400",)),
-    Mutation("upstream pool wait unbounded", "proxy/upstream.py",
-             "aiohttp.ClientTimeout(total=None, connect=connect_timeout_s,",
-             "aiohttp.ClientTimeout(total=None, connect=None,",
+    Mutation("upstream pool wait unbounded", "proxy/pool.py",
+             "            async with asyncio.timeout(self.connect_timeout_s):",
+             "            async with asyncio.timeout(None):",
              (ADV + "test_limits.py::test_busy_upstream_pool_is_a_503_with_retry_after_not_a_hang",)),
     Mutation("flight buffers without a cap", "proxy/singleflight.py",
              "        if self.num_bytes > self.max_bytes:", "        if False:",

@@ -154,8 +154,8 @@ async def test_stalled_pass_through_body_gets_408_and_a_slow_one_still_passes(pr
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(head.replace(b"Host: x", b"Host: x\r\nConnection: close"))
-        for _ in range(3):  # 3 pieces, 0.25 s apart: longer than the deadline in all, never silent for it
-            writer.write(b"y" * 1000)
+        for _ in range(4):  # 4 pieces, 0.25 s apart: 0.75 s in all (> the deadline), never silent for it
+            writer.write(b"y" * 750)
             await writer.drain()
             await asyncio.sleep(0.25)
         status_line = await asyncio.wait_for(reader.readline(), 30)

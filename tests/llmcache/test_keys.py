@@ -40,6 +40,10 @@ def test_tenant_namespace_and_route_partition() -> None:
     assert k(BASE, tenant="a") != k(BASE, tenant="b")
     assert k(BASE, ns="x") != k(BASE, ns="y")
     assert keys.exact_key("/v1/completions", BASE, tenant="t") != k(BASE)
+    # The pod's namespace (partition) is in the key too, not only in the Redis key prefix and the entry.
+    route = "/v1/chat/completions"
+    assert (keys.exact_key(route, BASE, tenant="t", partition="team-a")
+            != keys.exact_key(route, BASE, tenant="t", partition="team-b"))
 
 
 def test_tenant_id_is_salted_and_never_the_credential() -> None:
