@@ -977,12 +977,10 @@ def _verb_objects(a: Analysis, lex: Lexicon) -> dict[str, set[str]]:
     for i, t in enumerate(toks[:-1]):
         if t.text in lx.STOPWORDS or "v" not in lex.parts_of_speech(t.text):
             continue
-        k = i + 1
-        while k < len(toks) and k <= i + 3 and toks[k].text in _DETERMINERS:
-            k += 1
-        if k < len(toks) and toks[k].text not in lx.STOPWORDS and (
-                "n" in lex.parts_of_speech(toks[k].text) or "n" in lex.parts_of_speech(toks[k].stem)):
-            hit.setdefault(ks[i], set()).add(ks[k])
+        obj = _after_determiners(toks, i + 1)
+        if obj is not None and obj.text not in lx.STOPWORDS and (
+                "n" in lex.parts_of_speech(obj.text) or "n" in lex.parts_of_speech(obj.stem)):
+            hit.setdefault(ks[i], set()).add(ks[obj.pos])
     return hit
 
 
