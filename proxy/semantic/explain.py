@@ -41,7 +41,7 @@ from llmcache.proxy.semantic import wordnet as wordnet_mod
 from llmcache.proxy.semantic.analysis import Analysis, Token
 from llmcache.proxy.semantic.wordnet import Lexicon
 
-__all__ = ["EVIDENCE", "Explanation", "explain"]
+__all__ = ["EVIDENCE", "Explanation", "explain", "is_name"]
 
 #: Every kind of evidence that can explain a difference (also :attr:`Verdict.evidence` values).
 EVIDENCE = ("inflection", "acronym", "compound", "derivation", "synonym", "typo", "framing", "reformulation",
@@ -200,7 +200,7 @@ def _near(a: Analysis, lex: Lexicon) -> wordnet_mod.Neighbourhood:
     if hit is None or hit[0] is not lex:
         # The shipped lexicon's two-word lemmas, as its _Side found them (else looked up again).
         pairs = _side(a, lex).pairs if lex is wordnet_mod.lexicon() else _colloc_keys(a)
-        words = [o.text for o in a.content.values() if not _is_name(o)] + pairs
+        words = [o.text for o in a.content.values() if not is_name(o)] + pairs
         hit = a.memo["explain.near"] = (lex, lex.neighbourhood(words))
     return hit[1]
 
@@ -322,7 +322,7 @@ def _why(tok: Token, other: _Side, other_a: Analysis, lex: Lexicon) -> str | Non
         return "inflection"
     if any(w in code for code in facts.codes):
         return "verbatim"  # "git stash" / "`git stash`", "CSV file" / ".csv": the other side's code names it
-    if _is_name(tok):
+    if is_name(tok):
         return None  # a name or identifier is never "derived" or a synonym of another ("abcxyz" / "abcxyw")
     if ls & other.derived or (len(tok.stem) >= 5
                               and any(_same_root(tok.stem, x) for x in facts.roots.get(tok.stem[:5], ()))):
@@ -390,7 +390,7 @@ def _structural(tok: Token, own: Analysis, other: Analysis) -> bool:
     return w == "say" and any(x.startswith("lang:") for x in own.shape) and "translate" in other.tasks
 
 
-def _is_name(tok: Token) -> bool:
+def is_name(tok: Token) -> bool:
     """A name or identifier: compared as itself, never explained by a related word. A name that is also a common
     word ("fall", "word", "spring") is one only where it is written with a capital: "did the Berlin Wall fall"
     is the verb ("come down"), "Word" the program."""
@@ -551,7 +551,7 @@ def explain(a: Analysis, b: Analysis, lex: Lexicon, *, edit: evidence_mod.Edit |
         for tok in toks:
             why = spans.get(id(tok)) or _why(tok, _side(other_a, lex), other_a, lex) or (
                 "reformulation" if _structural(tok, own, other_a) else None)
-            if why is None and not _is_name(tok) and _side(own, lex).colloc_hit(tok.pos, _side(other_a, lex)):
+            if why is None and not is_name(tok) and _side(own, lex).colloc_hit(tok.pos, _side(other_a, lex)):
                 why = "synonym"
             if why is None and _abbreviation(tok, other_a, lex):
                 why = "abbreviation"
@@ -581,7 +581,7 @@ def explain(a: Analysis, b: Analysis, lex: Lexicon, *, edit: evidence_mod.Edit |
     for tok, _own, other_a in missing:
         # A word that asks for a relation ("the opposite of X", "a synonym for X") names another answer: no weak link
         # ("opposite" → "antonym" → "word") explains it.
-        kind = None if _is_name(tok) or tok.text in _RELATION_WORDS else near[id(other_a)].relation(tok.text)
+        kind = None if is_name(tok) or tok.text in _RELATION_WORDS else near[id(other_a)].relation(tok.text)
         named = {t.text for t in other_a.content.values()} | set(other_a.content)
         if kind is None and lx.IMPLIES.get(tok.text) in named:
             kind = "light"  # "kubectl" / "Kubernetes": the tool names its platform (not instead of another tool)

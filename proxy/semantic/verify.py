@@ -45,10 +45,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmcache.proxy.semantic import evidence
-from llmcache.proxy.semantic import lexicon as lx
 from llmcache.proxy.semantic import wordnet as wn
 from llmcache.proxy.semantic.analysis import DEFAULT_MAX_CHARS, Analysis, analyse
-from llmcache.proxy.semantic.explain import EVIDENCE, explain
+from llmcache.proxy.semantic.explain import EVIDENCE, explain, is_name
 
 __all__ = ["EVIDENCE", "REASONS", "Analysis", "Verdict", "Verifier", "analyse"]
 
@@ -176,8 +175,7 @@ class Verifier:
             return Verdict(False, *difference)
         found = explain(a, b, self._lex, edit=edit)
         if not found.ok:
-            names = [t.text for t in found.unexplained if t.capital or t.compound or t.allcaps
-                     or any(map(str.isdigit, t.text)) or t.text in lx.GAZETTEER]
+            names = [t.text for t in found.unexplained if is_name(t)]
             if names:
                 return Verdict(False, "entity", f"{names}")
             return Verdict(False, "content", f"unexplained {[t.text for t in found.unexplained]}")
