@@ -440,8 +440,7 @@ class RedisExactStore:
     def __init__(self, client: redis.asyncio.Redis | resp.RespClient, *, keyspace: Keyspace) -> None:
         self._redis = client
         self._ks = keyspace
-        self._row_cache: dict[tuple[str, str], tuple[str, ...]] = {}
-        self._encoded_row_cache: dict[tuple[str, str], tuple[str, str]] = {}
+        self._row_cache: dict[tuple[str, str], tuple[tuple[str, ...], str, str]] = {}
         self._bounded = isinstance(client, resp.RespClient)
         """The client keeps ``timeout_s`` itself; redis-py calls get an ``asyncio.timeout`` around them."""
         # register_script: EVALSHA, loading the script on NOSCRIPT (a restarted or flushed Redis).
@@ -456,26 +455,23 @@ class RedisExactStore:
         async with asyncio.timeout(timeout_s):
             return await script(keys=keys, args=args)
 
-    def _rows(self, group: str, shard: str) -> tuple[str, ...]:
-        """The bookkeeping keys of one group shard (:data:`llmcache.keyspace.BOOKKEEPING_KINDS` order),
-        built once per (group, shard): at most 256 per eviction group."""
-        rows = self._row_cache.get((group, shard))
-        if rows is None:
+    def _row_keys(self, group: str, shard: str) -> tuple[tuple[str, ...], str, str]:
+        """The bookkeeping keys of one group shard (:data:`llmcache.keyspace.BOOKKEEPING_KINDS` order), and the
+        same as RESP bulk strings (:func:`llmcache.proxy.resp.bulk`): the lookup's (lru, lfu, exp) and the
+        store's (all five), for :meth:`get_nowait` and :meth:`put_nowait`. Built once per (group, shard): at
+        most 256 per eviction group."""
+        hit = self._row_cache.get((group, shard))
+        if hit is None:
             if len(self._row_cache) >= _MAX_ROW_CACHE:
                 self._row_cache.clear()
-            rows = self._row_cache[(group, shard)] = tuple(self._ks.bookkeeping(group, shard))
-        return rows
+            rows = tuple(self._ks.bookkeeping(group, shard))
+            encoded = [resp.bulk(row) for row in rows]
+            hit = self._row_cache[(group, shard)] = (rows, encoded[0] + encoded[1] + encoded[4], "".join(encoded))
+        return hit
 
-    def _encoded_rows(self, group: str, shard: str) -> tuple[str, str]:
-        """:meth:`_rows` as RESP bulk strings (:func:`llmcache.proxy.resp.bulk`), once per (group, shard): the
-        lookup's (lru, lfu, exp) and the store's (all five), for :meth:`get_nowait` and :meth:`put_nowait`."""
-        encoded = self._encoded_row_cache.get((group, shard))
-        if encoded is None:
-            if len(self._encoded_row_cache) >= _MAX_ROW_CACHE:
-                self._encoded_row_cache.clear()
-            rows = [resp.bulk(row) for row in self._rows(group, shard)]
-            encoded = self._encoded_row_cache[(group, shard)] = (rows[0] + rows[1] + rows[4], "".join(rows))
-        return encoded
+    def _rows(self, group: str, shard: str) -> tuple[str, ...]:
+        """The bookkeeping keys of one group shard (see :meth:`_row_keys`)."""
+        return self._row_keys(group, shard)[0]
 
     async def get(self, key_hash: str, *, group: str, timeout_s: float | None = None) -> bytes | None:
         ks = self._ks
@@ -503,7 +499,7 @@ class RedisExactStore:
         # than hiredis.pack_command. Keys and arguments as in get / get_or_lease; anything not ASCII
         # (a keyspace prefix, an owner name) takes the generic way.
         entry_key, now = ks.entry(key_hash), str(_now_ms())
-        keys_text = f"${len(entry_key)}\r\n{entry_key}\r\n{self._encoded_rows(group, shard)[0]}"
+        keys_text = f"${len(entry_key)}\r\n{entry_key}\r\n{self._row_keys(group, shard)[1]}"
         args_text = f"${len(now)}\r\n{now}\r\n${len(key_hash)}\r\n{key_hash}\r\n"
         if lease is None:
             text = keys_text + args_text
@@ -558,7 +554,7 @@ class RedisExactStore:
         # instructions less than hiredis.pack_command. Keys and arguments as in _put_command; anything
         # not ASCII (a keyspace prefix, an owner name) takes the generic way.
         entry_key, now, size, ttl = ks.entry(key_hash), str(_now_ms()), str(len(blob)), str(ttl_s)
-        head = f"${len(entry_key)}\r\n{entry_key}\r\n{self._encoded_rows(group, shard)[1]}"
+        head = f"${len(entry_key)}\r\n{entry_key}\r\n{self._row_keys(group, shard)[2]}"
         tail = (f"\r\n${len(ttl)}\r\n{ttl}\r\n${len(now)}\r\n{now}\r\n${len(key_hash)}\r\n{key_hash}\r\n"
                 f"${len(size)}\r\n{size}\r\n{_TRIM_ENCODED}")
         num = 6
