@@ -89,7 +89,7 @@ SYNONYM_GROUPS = [
     # function/method, integer/number, merge/join) are deliberately absent: they name different things.
     "car automobile vehicle", "movie film", "kid child children", "buy purchase",
     "begin start commence", "make create build", "stop quit halt cancel abort",
-    "big large huge", "small little tiny", "fast quick rapid speedy", "doctor physician", "job occupation",
+    "big large huge", "small little tiny", "fast quick quickly rapid rapidly speedy speedily", "doctor physician", "job occupation",
     "error bug", "issue problem", "remove delete erase", "cheap inexpensive affordable budget",
     "boss manager supervisor", "slogan tagline motto catchphrase", "recover retrieve get_back", "learn study",
     "find locate search", "choose pick select", "use utilize employ", "need require",
@@ -125,7 +125,7 @@ SYNONYM_GROUPS = [
     "stroller pram pushchair", "resume cv", "eggplant aubergine", "zucchini courgette", "cilantro coriander",
     "postcode zipcode zip_code postal_code", "highway motorway freeway", "gasoline petrol", "trousers pants",
     "schedule timetable", "refund reimbursement money_back", "pep_talk motivational_speech", "unclog unblock",
-    "reduce decrease", "improve enhance", "ask inquire enquire", "timezone time_zone",
+    "reduce decrease", "improve enhance boost", "ask inquire enquire", "timezone time_zone",
     "virtualenv virtual_environment venv",
 ]
 # Spelling and abbreviation variants read as their canonical word before anything else (British ↔ American

@@ -145,6 +145,8 @@ SAME = [
     ('commonname', 'how do i word a polite reminder email', 'how should i phrase a polite reminder email'),
     ('curated', 'How do I thank a colleague for covering my shift?',
      'How do I thank a coworker for covering my shift?'),
+    ('adverb', 'How can I raise my credit score quickly?', 'What are some fast ways to raise my credit score?'),
+    ('boost', 'How do I improve my Wi-Fi signal at home?', 'How do I boost my Wi-Fi signal at home?'),
 ]
 
 # (reason, query, stored): the rule's own difference, refused for that reason.
