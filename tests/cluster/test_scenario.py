@@ -37,12 +37,13 @@ CHART = localcluster.REPO / "charts" / "llmcache"
 SIDECAR = "llmcache-proxy"
 
 MODEL_SERVER_SELECTOR = "app.kubernetes.io/component=model-server"
-#: Each replica's prefix cache: 1,229 tokens at 46,080 B a token (SmolLM2, float32), ≈ 3.6 of the
-#: routing workload's ~335-token prompts. A replica given three of its five tenants holds them all
+#: Each replica's prefix cache: 682 tokens at 46,080 B a token (SmolLM2, float32), ≈ 3.6 of the
+#: routing workload's ~187-token prompts. A replica given three of its five tenants holds them all
 #: (with their questions); one that sees all five in turn evicts each prompt before it comes back.
-#: (36Mi held 1.8 prompts of the earlier 435-token workload: every replica thrashed whatever the
-#: routing, and the routed workload read 0 cached tokens.)
-ROUTING_PREFIX_CACHE = "54Mi"
+#: (36Mi held 1.8 prompts of an earlier 435-token workload: every replica thrashed whatever the
+#: routing, and the routed workload read 0 cached tokens. Prompts of 335 tokens against 54Mi
+#: showed the same at twice the prefill work.)
+ROUTING_PREFIX_CACHE = "30Mi"
 
 # Semantic pairs: a paraphrase of QUESTION that must hit, and a hard negative
 # (same shape, another entity) that must not.
@@ -478,7 +479,7 @@ def test_webhook_down_refuses_labelled_pods_only(app: list[str], release: Contro
 # -- routing between model-server replicas ----------------------------------------
 
 # Run inside the app container (python + the openai client): a multi-tenant workload, each tenant
-# with its own ~335-token system prompt, questions interleaved, Cache-Control keeping the proxy's
+# with its own ~187-token system prompt, questions interleaved, Cache-Control keeping the proxy's
 # own caches out of it. "sidecar": through the injected sidecar (it salts per API key and routes);
 # "round-robin": straight to the replicas in turn (argv[2] lists them), with per-tenant salts: what
 # a Service's even spread gives. Five tenants, an odd number: in turn, a tenant lands on the other
@@ -495,7 +496,7 @@ rules = ["Greet the customer by name and confirm the account before discussing b
          "Escalate to a human on data loss, a security incident or a legal threat."]
 def system(t):
     return chr(10).join([f"You are the support assistant of company {t} ({run}). Answer in one word."]
-                     + [f"Rule {t}.{i}: {rules[(t + i) % len(rules)]}" for i in range(12)])
+                     + [f"Rule {t}.{i}: {rules[(t + i) % len(rules)]}" for i in range(6)])
 out, n = [], 0
 for q in range(questions):
     for t in range(tenants):
@@ -522,7 +523,7 @@ def cached_fraction(kube: ControlPlane, pod: str, mode: str, bases: list[str]) -
     pairs = json.loads(out.strip().splitlines()[-1])
     # ROUTING_PREFIX_CACHE is sized for prompts of this length; a change of template or tokenizer that
     # moves them out of it would make the comparison below meaningless, so it fails here, by name.
-    assert all(300 <= p <= 370 for p, _ in pairs), f"prompt tokens {[p for p, _ in pairs]}: resize ROUTING_PREFIX_CACHE"
+    assert all(165 <= p <= 210 for p, _ in pairs), f"prompt tokens {[p for p, _ in pairs]}: resize ROUTING_PREFIX_CACHE"
     return sum(c for _, c in pairs) / sum(p for p, _ in pairs)
 
 
