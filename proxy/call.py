@@ -162,17 +162,23 @@ async def load_entry(call: Call, key_hash: str, *, kind: str, lease_ms: int | No
         call.redis_ok = False
         return None
     store = state.store
+    near = state.near
     t0 = time.perf_counter()
     try:
-        lease = (state.lease.owner, lease_ms) if lease_ms is not None and state.lease is not None else None
-        blob = await _fetch(call, store, key_hash, lease)
-        if blob is _AWAIT_STORE:
-            if lease is not None:
-                blob, call.lease_taken = await state.breaker.call_bounded(lambda t: store.get_or_lease(
-                    key_hash, group=call.cfg.group, owner=lease[0], lease_ms=lease[1], timeout_s=t))
-            else:
-                blob = await state.breaker.call_bounded(
-                    lambda t: store.get(key_hash, group=call.cfg.group, timeout_s=t))
+        blob = None if near is None else near.get(key_hash, group=call.cfg.group)
+        if blob is None:
+            generation = 0 if near is None else near.generation
+            lease = (state.lease.owner, lease_ms) if lease_ms is not None and state.lease is not None else None
+            blob = await _fetch(call, store, key_hash, lease)
+            if blob is _AWAIT_STORE:
+                if lease is not None:
+                    blob, call.lease_taken = await state.breaker.call_bounded(lambda t: store.get_or_lease(
+                        key_hash, group=call.cfg.group, owner=lease[0], lease_ms=lease[1], timeout_s=t))
+                else:
+                    blob = await state.breaker.call_bounded(
+                        lambda t: store.get(key_hash, group=call.cfg.group, timeout_s=t))
+            if near is not None and blob is not None:
+                near.fill(key_hash, blob, generation=generation)
     except CacheUnavailable:
         call.redis_ok = False
         note_redis_failure(state)
@@ -193,6 +199,8 @@ async def load_entry(call: Call, key_hash: str, *, kind: str, lease_ms: int | No
     except InvalidEntry as exc:
         log.warning("dropping invalid cache entry %s: %s", keys.short(key_hash), exc)
         state.parsed.forget(key_hash)
+        if near is not None:
+            near.forget(key_hash)
         state.spawn(guarded(state, lambda: store.delete(key_hash)))
         return None
     if call.cfg.invalidate_before_s is not None and entry.created_s < call.cfg.invalidate_before_s:

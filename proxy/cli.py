@@ -60,6 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
              help="send a per-tenant cache_salt upstream (prefix-cache isolation); off for OpenAI itself")
     add_flag(parser, "--redis-timeout-ms", default=d.redis.timeout_ms, type=float,
              help="deadline of each Redis operation; slower means bypass")
+    add_flag(parser, "--near-cache-bytes", default=d.redis.near_cache_bytes, type=int,
+             help="exact hits held in the proxy, invalidated by Redis (CLIENT TRACKING); 0: off")
     add_flag(parser, "--upstream-timeout-seconds", default=d.upstream.timeout_s, type=float,
              help="longest wait for the upstream's next byte (504 before the first)")
     add_flag(parser, "--non-deterministic", default=d.cache.non_deterministic, choices=ps.NON_DETERMINISTIC,
@@ -135,6 +137,8 @@ def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
     salt = args.tenant_salt.encode() if args.tenant_salt else b""
     if args.max_body_bytes <= 0:
         raise ConfigError("--max-body-bytes must be > 0")
+    if args.near_cache_bytes < 0:
+        raise ConfigError("--near-cache-bytes must be >= 0 (0 turns the near cache off)")
     return ps.ProxySettings(
         listen_host=host, listen_port=port,
         cache=ps.CacheSettings(mode=mode, ttl_s=args.ttl_seconds, max_body_bytes=args.max_body_bytes,
@@ -144,7 +148,8 @@ def settings_from_args(args: argparse.Namespace) -> ps.ProxySettings:
                                non_deterministic=args.non_deterministic, tenant_header=args.tenant_header,
                                tenant_salt=salt, key_prefix=args.key_prefix,
                                single_flight_lease=bool(args.single_flight_lease)),
-        redis=ps.RedisSettings(url=args.redis_url, timeout_ms=args.redis_timeout_ms),
+        redis=ps.RedisSettings(url=args.redis_url, timeout_ms=args.redis_timeout_ms,
+                               near_cache_bytes=args.near_cache_bytes),
         upstream=ps.UpstreamSettings(url=args.upstream[0], sources=tuple(args.upstream), routing=args.routing,
                                      refresh_s=args.upstream_refresh_seconds, timeout_s=args.upstream_timeout_seconds,
                                      enable_cache_salt=args.upstream_cache_salt == "on"),

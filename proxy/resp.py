@@ -31,7 +31,7 @@ import collections
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -177,6 +177,39 @@ class RespClient:
         self._out: list[bytes] = []
         self._closed = False
         self.num_connects = 0
+        self.on_connect: list[Callable[[RespClient], Awaitable[None]]] = []
+        """Run on every new connection after AUTH/SELECT, before any command of a caller is sent (within
+        the connect deadline); one may send commands with :meth:`call_on_open`."""
+
+    # -- where it connects (for a second connection to the same Redis: llmcache.proxy.near) ---
+
+    @property
+    def host(self) -> str | None:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def path(self) -> str | None:
+        return self._path
+
+    @property
+    def username(self) -> str | None:
+        return self._username
+
+    @property
+    def password(self) -> str | None:
+        return self._password
+
+    @property
+    def connection_serial(self) -> int:
+        """The number of the open connection (1 for the first, counting reconnects), 0 while none is open."""
+        proto = self._proto
+        if proto is None or proto.transport is None or proto.transport.is_closing():
+            return 0
+        return self.num_connects
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RespClient:
@@ -316,12 +349,19 @@ class RespClient:
                         ("AUTH", self._username, self._password) if self._username else ("AUTH", self._password)))
                 if self._db:
                     await self._send(hiredis.pack_command(("SELECT", self._db)))
+                for hook in self.on_connect:
+                    await hook(self)
         except BaseException as exc:
             self.drop(proto, redis.exceptions.ConnectionError("redis refused the connection's AUTH/SELECT"))
             if isinstance(exc, redis.exceptions.ResponseError):
                 raise redis.exceptions.AuthenticationError(str(exc)) from exc
             raise
         return proto
+
+    async def call_on_open(self, *args: Any) -> Any:
+        """Send one command from an :attr:`on_connect` hook (the connection is being opened: :meth:`call`
+        would wait for that opening)."""
+        return await self._send(hiredis.pack_command(args))
 
     def drop(self, proto: _Protocol, exc: Exception) -> None:
         """Close ``proto``'s connection (if still ours) and fail every command pending on it."""

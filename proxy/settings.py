@@ -108,6 +108,10 @@ class RedisSettings:
     """Consecutive failures that open the circuit breaker. Default 3."""
     breaker_cooldown_s: float = 1.0
     """First wait before a probe once open (s); doubles per failed probe up to 30 s."""
+    near_cache_bytes: int = 32 * 1024**2
+    """Exact-hit entries held in the proxy and kept current by Redis's invalidations (``CLIENT TRACKING``;
+    :mod:`llmcache.proxy.near`), in bytes; 0 turns it off. Default 32 MiB. One Redis over TCP or a Unix
+    socket only (not a Redis Cluster or TLS URL)."""
 
 
 @dataclass(frozen=True, slots=True)

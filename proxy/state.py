@@ -28,6 +28,7 @@ from llmcache.proxy import limits, upstream
 from llmcache.proxy.breaker import Breaker
 from llmcache.proxy.exact import ExactStore, ParsedEntries
 from llmcache.proxy.metrics import ProxyMetrics
+from llmcache.proxy.near import NearCache
 from llmcache.proxy.policy_watch import PolicyWatcher
 from llmcache.proxy.semantic import SemanticCache
 from llmcache.proxy.semantic.bound import ErrorBound
@@ -109,6 +110,8 @@ class ProxyState:
     redis: redis.asyncio.Redis | None = None
     store: ExactStore | None = None
     lease: RedisLease | None = None
+    near: NearCache | None = None
+    """Exact hits held in this process, invalidated by Redis (:mod:`llmcache.proxy.near`); ``None`` when off."""
     semantic: SemanticCache | None = None
     """The semantic cache, or ``None`` (exact-only mode, or not started yet: see ``app._SemanticStarter``)."""
     bound: ErrorBound | None = None

@@ -1,0 +1,185 @@
+"""The near cache (llmcache.proxy.near) on a real Redis: hits served from the proxy's memory, and every
+change another client makes to an entry reaching it through Redis's invalidation pushes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+from proxy_helpers import CHAT, Stack
+
+from llmcache.keyspace import shard_of
+from llmcache.proxy.near import NearCache
+
+
+async def wait_until(what: str, check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ok = check()
+        if not isinstance(ok, bool):
+            ok = await ok
+        if ok:
+            return
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        await asyncio.sleep(0.01)
+
+
+async def armed_stack(proxy_stack: Callable[..., Awaitable[Stack]], **overrides) -> tuple[Stack, NearCache]:
+    stack = await proxy_stack(**overrides)
+    near = stack.state.near
+    assert near is not None
+    await wait_until("the near cache armed", lambda: near.armed)
+    return stack, near
+
+
+async def held_hit(stack: Stack, near: NearCache, body: dict = CHAT) -> str:
+    """Miss, then a hit read from Redis that fills the near cache: the key hash held."""
+    assert (await stack.post("/v1/chat/completions", body))[1]["X-LLMCache-Status"] == "miss"
+    assert (await stack.post("/v1/chat/completions", body))[1]["X-LLMCache-Status"] == "hit"
+    (key_hash,) = near.held()
+    return key_hash
+
+
+async def evalsha_calls(r: aioredis.Redis) -> int:
+    return int((await r.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_held_hit_is_answered_without_a_redis_round_trip(proxy_stack, redis_plain_url) -> None:
+    stack, near = await armed_stack(proxy_stack)
+    near.touch_interval_s = 60.0  # no bookkeeping flush inside the measured request
+    await held_hit(stack, near)
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        before, hits = await evalsha_calls(r), near.num_hits
+        status, headers, body = await stack.post("/v1/chat/completions", CHAT)
+        assert (status, headers["X-LLMCache-Status"]) == (200, "hit")
+        assert json.loads(body)["choices"][0]["message"]["content"]
+        assert near.num_hits == hits + 1
+        assert await evalsha_calls(r) == before  # the lookup script did not run
+        assert await stack.upstream_count() == 1
+    finally:
+        await r.aclose()
+
+
+async def test_another_clients_write_and_delete_reach_the_next_request(proxy_stack, redis_plain_url) -> None:
+    stack, near = await armed_stack(proxy_stack)
+    key_hash = await held_hit(stack, near)
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        name = stack.state.keyspace.entry(key_hash)
+        stored = json.loads(await r.get(name))
+        answer = json.loads(stored["body"])
+        answer["choices"][0]["message"]["content"] = "rewritten elsewhere"
+        stored["body"] = json.dumps(answer)
+        await r.set(name, json.dumps(stored), keepttl=True)  # another pod's write, say
+        await wait_until("the invalidation of the rewritten entry", lambda: key_hash not in near.held())
+        _, headers, body = await stack.post("/v1/chat/completions", CHAT)
+        assert headers["X-LLMCache-Status"] == "hit"
+        assert json.loads(body)["choices"][0]["message"]["content"] == "rewritten elsewhere"
+        assert key_hash in near.held()  # read from Redis again, held again
+
+        await r.delete(name)  # a purge by the operator, say
+        await wait_until("the invalidation of the deleted entry", lambda: key_hash not in near.held())
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "miss"
+        assert await stack.upstream_count() == 2
+    finally:
+        await r.aclose()
+
+
+async def test_a_lookup_that_raced_an_invalidation_does_not_fill(proxy_stack) -> None:
+    stack, near = await armed_stack(proxy_stack)
+    key_hash = await held_hit(stack, near)
+    near.forget(key_hash)
+    near.fill(key_hash, b"{}", generation=near.generation - 1)  # its lookup began before a message
+    assert key_hash not in near.held()
+    near.fill(key_hash, b"{}", generation=near.generation)
+    assert key_hash in near.held()
+
+
+async def test_losing_the_invalidation_connection_empties_it_until_tracking_is_back(proxy_stack,
+                                                                                    redis_plain_url) -> None:
+    stack, near = await armed_stack(proxy_stack)
+    key_hash = await held_hit(stack, near)
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        assert await r.client_kill_filter(_type="pubsub") >= 1
+        await wait_until("the near cache disarmed", lambda: not near.armed)
+        assert near.held() == []
+        # Meanwhile hits read Redis, and nothing is held while no invalidation could arrive.
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
+        await wait_until("the near cache armed again", lambda: near.armed)
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
+        assert near.held() == [key_hash]
+        # And tracking works on the new pair: a write elsewhere still reaches it.
+        await r.delete(stack.state.keyspace.entry(key_hash))
+        await wait_until("the invalidation after reconnecting", lambda: near.held() == [])
+    finally:
+        await r.aclose()
+
+
+async def test_a_new_request_connection_drops_what_the_old_one_tracked(proxy_stack, redis_plain_url) -> None:
+    stack, near = await armed_stack(proxy_stack)
+    await held_hit(stack, near)
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        await r.client_kill_filter(_type="normal", skipme=True)
+        await wait_until("the request connection closed", lambda: not near.armed)
+        assert near.get(near.held()[0] if near.held() else "x", group="default") is None
+        assert near.held() == []
+        # The next request reconnects; tracking is set on the new connection before it reads.
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
+        assert near.armed
+    finally:
+        await r.aclose()
+
+
+async def test_hits_served_from_it_still_count_in_the_eviction_bookkeeping(proxy_stack, redis_plain_url) -> None:
+    stack, near = await armed_stack(proxy_stack)
+    near.touch_interval_s = 0.05
+    key_hash = await held_hit(stack, near)
+    state = stack.state
+    lfu = state.keyspace.bookkeeping(state.config().group, shard_of(key_hash))[1]
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        before = await r.zscore(lfu, key_hash)
+        for _ in range(3):
+            assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
+        await wait_until("the touches flushed", lambda: _score_is(r, lfu, key_hash, before + 3))
+    finally:
+        await r.aclose()
+
+
+async def _score_is(r: aioredis.Redis, row: str, member: str, expected: float) -> bool:
+    return await r.zscore(row, member) == expected
+
+
+async def test_an_acl_user_without_tracking_rights_turns_it_off_and_hits_read_redis(proxy_stack,
+                                                                                   redis_plain_url) -> None:
+    r = aioredis.Redis.from_url(redis_plain_url)
+    await r.acl_setuser("no-tracking", enabled=True, passwords=["+pw"], keys=["*"],
+                        commands=["+@all", "-client|tracking"], channels=["*"])
+    try:
+        url = redis_plain_url.replace("redis://", "redis://no-tracking:pw@", 1)
+        stack = await proxy_stack(redis_url=url)
+        near = stack.state.near
+        assert near is not None
+        await wait_until("the near cache turned off", lambda: near.disabled is not None)
+        assert "TRACKING" in near.disabled.upper() or "permission" in near.disabled.lower()
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "miss"
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
+        assert near.held() == [] and not near.armed
+    finally:
+        await r.acl_deluser("no-tracking")
+        await r.aclose()
+
+
+@pytest.mark.parametrize("near_cache_bytes", [0])
+async def test_zero_bytes_is_no_near_cache(proxy_stack, near_cache_bytes: int) -> None:
+    stack = await proxy_stack(redis_near_cache_bytes=near_cache_bytes)
+    assert stack.state.near is None
+    assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "miss"
+    assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
