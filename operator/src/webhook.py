@@ -147,6 +147,10 @@ def sidecar_container(sidecar: SidecarSettings, *, native: bool) -> dict[str, An
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    if sidecar.credentials_secret:
+        # A namespace's own Redis user has no CLIENT TRACKING (its BCAST mode would show every
+        # namespace's writes: README, isolation): no near cache, and no denied attempt at one.
+        container["env"].append({"name": "LLMCACHE_NEAR_CACHE_BYTES", "value": "0"})
     if sidecar.tenant_salt_secret:
         container["env"].append({"name": "LLMCACHE_TENANT_SALT", "valueFrom": {"secretKeyRef": {
             "name": sidecar.tenant_salt_secret, "key": "tenant-salt", "optional": True}}})

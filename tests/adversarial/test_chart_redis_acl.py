@@ -37,7 +37,7 @@ from chart_kit import proxy_stack  # noqa: F401 - fixture
 from controlplane.fixtures import ControlPlaneMissing, find_binaries
 
 from llmcache.keyspace import Keyspace
-from llmcache.operator import credentials, eviction, partitions, publish, status, sweep
+from llmcache.operator import credentials, eviction, partitions, publish, status, sweep, webhook
 from llmcache.operator.settings import NamespaceUserSettings, SidecarSettings
 from llmcache.policy import PolicyDocument, parse_spec
 from llmcache.redis_server import EmbeddedRedis
@@ -187,6 +187,12 @@ def test_operator_user_cannot_administer_the_server(acl_redis: AclRedis) -> None
         operator.close()
 
 
+# The near cache as the webhook sets it for a sidecar on its namespace's Redis user (that user has no
+# CLIENT TRACKING): the proxies here run as the injected ones do.
+NEAR_OFF = int(next(e["value"] for e in webhook.sidecar_container(
+    SidecarSettings(credentials_secret="llmcache-redis"), native=True)["env"]
+    if e["name"] == "LLMCACHE_NEAR_CACHE_BYTES"))
+
 CHAT = {"model": "stub-model", "temperature": 0, "messages": [
     {"role": "system", "content": "You answer questions about data structures."},
     {"role": "user", "content": "How do I reverse a linked list in Python?"}]}
@@ -211,7 +217,8 @@ async def _semantic_proxy(proxy_stack: Any, op: aioredis.Redis, users: partition
     await users.ensure(namespace)
     labels = tmp_path / f"labels-{namespace}"
     labels.write_text('app="chat"\n')
-    stack = await proxy_stack(redis_url=users.url(namespace), cache_mode="both", semantic_timeout_s=5.0,
+    stack = await proxy_stack(redis_near_cache_bytes=NEAR_OFF,
+                              redis_url=users.url(namespace), cache_mode="both", semantic_timeout_s=5.0,
                               policy_pod_namespace=namespace, policy_pod_name="chat-0",
                               policy_pod_labels_file=str(labels), **overrides)
     part = KS.for_partition(namespace)
@@ -281,7 +288,8 @@ async def test_answers_stored_before_the_operator_made_the_index_are_found_once_
     await users.ensure("team")
     labels = tmp_path / "labels-team"
     labels.write_text('app="chat"\n')
-    stack = await proxy_stack(redis_url=users.url("team"), cache_mode="both", semantic_timeout_s=5.0,
+    stack = await proxy_stack(redis_near_cache_bytes=NEAR_OFF,
+                              redis_url=users.url("team"), cache_mode="both", semantic_timeout_s=5.0,
                               policy_pod_namespace="team", policy_pod_name="chat-0",
                               policy_pod_labels_file=str(labels))
     part = KS.for_partition("team")
@@ -384,8 +392,8 @@ async def test_admin_api_of_one_namespace_reaches_only_its_partition(
     stacks = {}
     for namespace in ("team-a", "team-b"):
         await users.ensure(namespace)
-        stacks[namespace] = await proxy_stack(redis_url=users.url(namespace), policy_pod_namespace=namespace,
-                                              admin_token="admin-secret")
+        stacks[namespace] = await proxy_stack(redis_near_cache_bytes=NEAR_OFF, redis_url=users.url(namespace),
+                                              policy_pod_namespace=namespace, admin_token="admin-secret")
     a, b = stacks["team-a"], stacks["team-b"]
     for stack in (a, b):
         for headers in ({}, {"X-LLMCache-Namespace": "payroll-team"}):

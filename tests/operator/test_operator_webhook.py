@@ -164,6 +164,13 @@ def test_tenant_salt_from_a_secret_wins_over_a_literal() -> None:
     assert env["LLMCACHE_TENANT_SALT"] == "literal"
 
 
+def test_a_sidecar_on_its_namespaces_redis_user_runs_without_the_near_cache() -> None:
+    """That user has no CLIENT TRACKING (README, isolation): the sidecar must not try it."""
+    env = env_of(webhook.sidecar_container(SidecarSettings(credentials_secret="llmcache-redis"), native=True))
+    assert env["LLMCACHE_NEAR_CACHE_BYTES"] == "0"
+    assert "LLMCACHE_NEAR_CACHE_BYTES" not in env_of(webhook.sidecar_container(SidecarSettings(), native=True))
+
+
 def test_review_response_echoes_uid_and_base64_patch() -> None:
     review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
               "request": {"uid": "u-1", "namespace": "ns", "object": labelled_pod()}}
