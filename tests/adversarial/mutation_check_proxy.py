@@ -117,6 +117,16 @@ MUTATIONS = [
     Mutation("client index never resyncs after a Redis restart", "proxy/semantic/index_client.py",
              "                    if run_id is not None and now_id != run_id:", "                    if False:",
              (ADV + "test_semantic_recovery.py::test_client_index_follows_other_pods_after_a_redis_restart",)),
+    Mutation("near cache filled by a lookup that raced an invalidation", "proxy/near.py",
+             "        if generation != self.generation or not self.armed", "        if not self.armed",
+             ("tests/proxy/test_near.py::test_a_lookup_that_raced_an_invalidation_does_not_fill",)),
+    Mutation("near cache served while tracking is down", "proxy/near.py",
+             "        if not self.armed or time.monotonic() - item[1] > self.max_age_s:",
+             "        if time.monotonic() - item[1] > self.max_age_s:",
+             ("tests/proxy/test_near.py::test_a_new_request_connection_drops_what_the_old_one_tracked",)),
+    Mutation("near cache keeps what another client rewrote", "proxy/near.py",
+             "            self.forget(text.rpartition(\":\")[2])", "            pass",
+             ("tests/proxy/test_near.py::test_another_clients_write_and_delete_reach_the_next_request",)),
 ]
 
 
