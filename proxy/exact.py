@@ -539,7 +539,7 @@ class RedisExactStore:
     async def put(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str, timeout_s: float | None = None,
                   lease_owner: str | None = None) -> int:
         if self.near is not None:
-            self.near.forget(key_hash)
+            self.near.written(key_hash)
         blob = entry.to_json().encode()
         keys, args = self._put_command(key_hash, blob, _now_ms(), ttl_s=ttl_s, group=group, lease_owner=lease_owner)
         await self._script(self._put_and_record, keys, args, timeout_s)
@@ -554,7 +554,7 @@ class RedisExactStore:
         if not self._bounded:
             return None
         if self.near is not None:
-            self.near.forget(key_hash)
+            self.near.written(key_hash)
         blob = entry.to_json().encode()
         ks = self._ks
         shard = shard_of(key_hash)
@@ -590,5 +590,5 @@ class RedisExactStore:
 
     async def delete(self, key_hash: str) -> None:
         if self.near is not None:
-            self.near.forget(key_hash)
+            self.near.written(key_hash)
         await self._redis.delete(self._ks.entry(key_hash))

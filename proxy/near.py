@@ -3,7 +3,7 @@
 An exact hit read from Redis costs a round trip (~0.15 ms of a ~0.4 ms hit at one request at a
 time on a 2-core machine). Here the entries this sidecar has just read are served from memory,
 and Redis itself says when one changes: the request path's connection (:class:`RespClient`) runs
-``CLIENT TRACKING on REDIRECT <id>``, so Redis remembers every key it reads (the lookup script's
+``CLIENT TRACKING on REDIRECT <id> NOLOOP``, so Redis remembers every key it reads (the lookup script's
 reads too) and, when any client writes, deletes, expires or evicts one of them, sends its name to
 a second connection subscribed to ``__redis__:invalidate``::
 
@@ -21,6 +21,8 @@ Safety rules, each because a missed invalidation would serve a stale answer:
   tracking is on again on the new pair.
 * **A fill races no invalidation**: every message bumps :attr:`NearCache.generation`; a lookup
   that saw another generation when it began does not fill (its reply may predate the write).
+* **Its own writes drop their entry here** (:meth:`NearCache.written`, from the store): ``NOLOOP``
+  spares a miss the message for its own store, so the store bumps the generation itself.
 * **Checked once at start**: a probe key is read through a script and written, and its
   invalidation must arrive within a second. A Redis that does not track keys read by scripts,
   or an ACL user without ``CLIENT TRACKING`` / the ``__redis__:invalidate`` channel, turns the
@@ -199,6 +201,13 @@ class NearCache:
         if item is not None:
             self.num_bytes -= len(item[0])
 
+    def written(self, key_hash: str) -> None:
+        """This process writes or deletes the entry: Redis sends no invalidation for its own writes (``NOLOOP``:
+        a miss's store would otherwise cost a message), so drop it here, and refuse the fill of a lookup
+        still in flight (its reply may hold the old value)."""
+        self.forget(key_hash)
+        self.generation += 1
+
     def clear(self) -> None:
         self._items.clear()
         self.num_bytes = 0
@@ -243,7 +252,7 @@ class NearCache:
         if sub is None or redirect is None or self.disabled:
             return
         try:
-            await client.call_on_open("CLIENT", "TRACKING", "on", "REDIRECT", redirect)
+            await client.call_on_open("CLIENT", "TRACKING", "on", "REDIRECT", redirect, "NOLOOP")
             await client.call_on_open("SCRIPT", "LOAD", _TOUCH)
         except redis.exceptions.ResponseError as exc:
             self._disable(f"CLIENT TRACKING refused: {exc}")
@@ -297,7 +306,7 @@ class NearCache:
         # The request path's connection now, if open (otherwise its next connect arms it: the hook).
         if client.connection_serial:
             serial = client.connection_serial
-            await client.call("CLIENT", "TRACKING", "on", "REDIRECT", self._redirect_id, timeout_s=t)
+            await client.call("CLIENT", "TRACKING", "on", "REDIRECT", self._redirect_id, "NOLOOP", timeout_s=t)
             await client.call("SCRIPT", "LOAD", _TOUCH, timeout_s=t)
             if serial == client.connection_serial and sub is self._sub:
                 self.clear()
@@ -311,9 +320,11 @@ class NearCache:
         name = hashlib.sha256(f"near-probe {os.getpid()} {time.time_ns()}".encode()).hexdigest()
         key = self._ks.entry(name)
         self._probe_key, self._probe_seen = key, asyncio.Event()
+        # Written from a connection of its own: tracking is NOLOOP (no message for the reader's own writes).
+        writer = client.another()
         try:
             await client.call("EVAL", "return redis.call('EXISTS', KEYS[1])", 1, key, timeout_s=self._setup_timeout_s)
-            await client.call("SET", key, b"probe", "PX", 1000, timeout_s=self._setup_timeout_s)
+            await writer.call("SET", key, b"probe", "PX", 1000, timeout_s=self._setup_timeout_s)
             try:
                 async with asyncio.timeout(1.0):
                     await self._probe_seen.wait()
@@ -323,7 +334,8 @@ class NearCache:
                 return
         finally:
             with contextlib.suppress(Exception):
-                await client.call("DEL", key, timeout_s=self._setup_timeout_s)
+                await writer.call("DEL", key, timeout_s=self._setup_timeout_s)
+            await writer.aclose()
         log.info("near cache on: up to %d bytes of entries, invalidated by Redis (CLIENT TRACKING)", self.max_bytes)
 
     def _disable(self, why: str) -> None:

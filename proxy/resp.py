@@ -204,6 +204,15 @@ class RespClient:
         return self._password
 
     @property
+    def db(self) -> int:
+        return self._db
+
+    def another(self) -> RespClient:
+        """A new client for the same Redis, with the same credentials (its own connection)."""
+        return RespClient(host=self._host, port=self._port, path=self._path, username=self._username,
+                          password=self._password, db=self._db, connect_timeout_s=self._connect_timeout_s)
+
+    @property
     def connection_serial(self) -> int:
         """The number of the open connection (1 for the first, counting reconnects), 0 while none is open."""
         proto = self._proto

@@ -183,3 +183,23 @@ async def test_zero_bytes_is_no_near_cache(proxy_stack, near_cache_bytes: int) -
     assert stack.state.near is None
     assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "miss"
     assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
+
+
+async def test_its_own_store_drops_the_held_entry(proxy_stack, redis_plain_url) -> None:
+    """Redis sends no invalidation for this connection's own writes (NOLOOP): the store itself drops it."""
+    stack, near = await armed_stack(proxy_stack)
+    near.touch_interval_s = 60.0
+    key_hash = await held_hit(stack, near)
+    generation = near.generation
+    # no-cache: fetched again and stored over the held entry, on the same connection.
+    _, headers, _ = await stack.post("/v1/chat/completions", CHAT, headers={"Cache-Control": "no-cache"})
+    assert headers["X-LLMCache-Status"] == "miss"
+    assert key_hash not in near.held() and near.generation > generation
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        before = await evalsha_calls(r)
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
+        assert await evalsha_calls(r) == before + 1  # read from Redis again: the stored entry
+        assert key_hash in near.held()
+    finally:
+        await r.aclose()
