@@ -135,6 +135,7 @@ class NearCache:
                  setup_timeout_s: float = 2.0) -> None:
         self._client = client
         self._ks = keyspace
+        self._entry_prefix = keyspace.partition_prefix + "e:"
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.touch_interval_s = touch_interval_s
@@ -223,16 +224,21 @@ class NearCache:
     # -- invalidations ----------------------------------------------------------------------
 
     def invalidated(self, names: list[bytes] | None) -> None:
-        self.generation += 1
+        """A message from Redis: these keys changed (``None``: all of them)."""
         self.num_invalidations += 1
         if names is None:  # FLUSHALL / FLUSHDB (or a tracking table overflow): everything
             self.clear()
             return
+        prefix = self._entry_prefix
         for name in names:
             text = name.decode("utf-8", "replace")
+            # Only entries matter here. The scripts also read bookkeeping rows and leases (PTTL, GET), so
+            # their names come too; they must not hold back the fills of lookups in flight.
+            if text.startswith(prefix):
+                self.generation += 1
+                self.forget(text.rpartition(":")[2])
             if text == self._probe_key and self._probe_seen is not None:
                 self._probe_seen.set()
-            self.forget(text.rpartition(":")[2])
 
     def subscriber_lost(self, sub: _Subscriber) -> None:
         if sub is self._sub:

@@ -125,7 +125,7 @@ MUTATIONS = [
              "        if time.monotonic() - item[1] > self.max_age_s:",
              ("tests/proxy/test_near.py::test_a_new_request_connection_drops_what_the_old_one_tracked",)),
     Mutation("near cache keeps what another client rewrote", "proxy/near.py",
-             "            self.forget(text.rpartition(\":\")[2])", "            pass",
+             "                self.forget(text.rpartition(\":\")[2])", "                pass",
              ("tests/proxy/test_near.py::test_another_clients_write_and_delete_reach_the_next_request",)),
 ]
 

@@ -98,6 +98,13 @@ async def test_a_lookup_that_raced_an_invalidation_does_not_fill(proxy_stack) ->
     assert key_hash not in near.held()
     near.fill(key_hash, b"{}", generation=near.generation)
     assert key_hash in near.held()
+    # A bookkeeping row's name (the scripts read rows too) holds back no fill; an entry's does.
+    ks = stack.state.keyspace
+    generation = near.generation
+    near.invalidated([ks.bookkeeping("default", shard_of(key_hash))[0].encode()])
+    assert near.generation == generation and key_hash in near.held()
+    near.invalidated([ks.entry(key_hash).encode()])
+    assert near.generation > generation and key_hash not in near.held()
 
 
 async def test_losing_the_invalidation_connection_empties_it_until_tracking_is_back(proxy_stack,
