@@ -31,7 +31,8 @@ Safety rules, each because a missed invalidation would serve a stale answer:
   quiet the invalidations are, so a lost message cannot keep a stale answer for longer.
 
 Hits served here still count for the eviction bookkeeping: the (group, key) touches are sent in
-one pipelined batch per ``touch_interval_s``, each only where the entry still exists. Only one
+one pipelined batch once the event loop comes round (after the answers went out: no latency), each
+only where the entry still exists; the operator's LRU eviction must not see a hot entry as cold. Only one
 Redis over TCP or a Unix socket (:func:`llmcache.proxy.resp.supports`): a Redis Cluster or TLS
 URL has no near cache.
 """
@@ -131,7 +132,7 @@ class NearCache:
     """
 
     def __init__(self, client: RespClient, keyspace: Keyspace, *, max_bytes: int = 32 * 1024**2,
-                 max_age_s: float = 5.0, touch_interval_s: float = 1.0, max_touches: int = 10_000,
+                 max_age_s: float = 5.0, touch_interval_s: float = 0.0, max_touches: int = 10_000,
                  setup_timeout_s: float = 2.0) -> None:
         self._client = client
         self._ks = keyspace
@@ -139,6 +140,7 @@ class NearCache:
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.touch_interval_s = touch_interval_s
+        """Delay of the bookkeeping touches (s); 0 (default): when the event loop comes round."""
         self.max_touches = max_touches
         self._setup_timeout_s = setup_timeout_s
         self._items: dict[str, tuple[bytes, float]] = {}  # key hash → (entry bytes, filled at (monotonic s))
@@ -152,7 +154,7 @@ class NearCache:
         """Why the near cache is off for good (a Redis or ACL that cannot do it), or ``None``."""
         self._touch_script = client.register_script(_TOUCH)
         self._touches: dict[tuple[str, str], int] = {}
-        self._flush_due: asyncio.TimerHandle | None = None
+        self._flush_due: asyncio.Handle | None = None
         self._loading: asyncio.Task[None] | None = None
         self._probe_key: str | None = None
         self._probe_seen: asyncio.Event | None = None
@@ -180,7 +182,9 @@ class NearCache:
         key = (group, key_hash)
         touches[key] = touches.get(key, 0) + 1
         if self._flush_due is None:
-            self._flush_due = asyncio.get_running_loop().call_later(self.touch_interval_s, self._flush_touches)
+            loop = asyncio.get_running_loop()
+            self._flush_due = (loop.call_later(self.touch_interval_s, self._flush_touches) if self.touch_interval_s > 0
+                               else loop.call_soon(self._flush_touches))
         elif len(touches) >= self.max_touches:
             self._flush_touches()
         return item[0]
