@@ -23,10 +23,11 @@ Safety rules, each because a missed invalidation would serve a stale answer:
   that saw another generation when it began does not fill (its reply may predate the write).
 * **Its own writes drop their entry here** (:meth:`NearCache.written`, from the store): ``NOLOOP``
   spares a miss the message for its own store, so the store bumps the generation itself.
-* **Checked once at start**: a probe key is read through a script and written, and its
-  invalidation must arrive within a second. A Redis that does not track keys read by scripts,
+* **Checked once at start, before anything is held**: a probe key is read through a script and
+  written from another connection, and its invalidation must arrive within a second. A Redis that does not track keys read by scripts,
   or an ACL user without ``CLIENT TRACKING`` / the ``__redis__:invalidate`` channel, turns the
-  near cache off (logged once); hits then read Redis as before.
+  near cache off for good (logged once); hits then read Redis as before. Any other error (``LOADING``
+  after a restart) is retried.
 * **Bounded age**: an entry is read from Redis again after ``max_age_s`` (default 5 s) however
   quiet the invalidations are, so a lost message cannot keep a stale answer for longer.
 
@@ -156,6 +157,7 @@ class NearCache:
         self._touches: dict[tuple[str, str], int] = {}
         self._flush_due: asyncio.Handle | None = None
         self._loading: asyncio.Task[None] | None = None
+        self._verified = False  # the probe passed once: Redis reports the keys this connection's scripts read
         self._probe_key: str | None = None
         self._probe_seen: asyncio.Event | None = None
         self.num_hits = 0
@@ -265,9 +267,10 @@ class NearCache:
             await client.call_on_open("CLIENT", "TRACKING", "on", "REDIRECT", redirect, "NOLOOP")
             await client.call_on_open("SCRIPT", "LOAD", _TOUCH)
         except redis.exceptions.ResponseError as exc:
-            self._disable(f"CLIENT TRACKING refused: {exc}")
+            if _refusal(exc):
+                self._disable(f"CLIENT TRACKING refused: {exc}")
             return
-        if sub is self._sub:
+        if sub is self._sub and self._verified:
             self._armed = (client.connection_serial, sub)
 
     # -- the background task ----------------------------------------------------------------
@@ -284,8 +287,11 @@ class NearCache:
                 log.info("near cache: invalidation connection lost; reading Redis until it is back")
             except asyncio.CancelledError:
                 raise
-            except redis.exceptions.ResponseError as exc:  # NOPERM, unknown command: this Redis cannot
-                self._disable(str(exc))
+            except redis.exceptions.ResponseError as exc:
+                if _refusal(exc):  # NOPERM, an unknown command: this Redis or user cannot, ever
+                    self._disable(str(exc))
+                else:  # LOADING after a restart, say: try again
+                    log.debug("near cache: %s", exc)
             except (OSError, TimeoutError, ConnectionError, redis.exceptions.RedisError) as exc:
                 log.debug("near cache: %s: %s", type(exc).__name__, exc)
             finally:
@@ -313,16 +319,21 @@ class NearCache:
         await sub.call("SUBSCRIBE", CHANNEL, timeout_s=t)
         sub.subscribed = True
         self._sub, self._redirect_id = sub, int(redirect)
-        # The request path's connection now, if open (otherwise its next connect arms it: the hook).
-        if client.connection_serial:
-            serial = client.connection_serial
-            await client.call("CLIENT", "TRACKING", "on", "REDIRECT", self._redirect_id, "NOLOOP", timeout_s=t)
-            await client.call("SCRIPT", "LOAD", _TOUCH, timeout_s=t)
-            if serial == client.connection_serial and sub is self._sub:
-                self.clear()
-                self._armed = (serial, sub)
-        if self._probe_key is None:
+        # Tracking on the request path's connection (connecting it if need be: the hook does it on connect).
+        if not client.connection_serial:
+            await client.call("PING", timeout_s=t)
+        serial = client.connection_serial
+        await client.call("CLIENT", "TRACKING", "on", "REDIRECT", self._redirect_id, "NOLOOP", timeout_s=t)
+        await client.call("SCRIPT", "LOAD", _TOUCH, timeout_s=t)
+        if not self._verified:
             await self._probe()
+            if self.disabled:
+                return
+            self._verified = True
+        # Armed only now that the probe showed Redis reports what this connection's scripts read.
+        if serial == client.connection_serial and sub is self._sub:
+            self.clear()
+            self._armed = (serial, sub)
 
     async def _probe(self) -> None:
         """A key read by a script and then written must come back as an invalidation, or no near cache."""
@@ -395,3 +406,9 @@ class NearCache:
         if sub is not None and sub.transport is not None:
             sub.transport.abort()
         self._disarm()
+
+
+def _refusal(exc: redis.exceptions.ResponseError) -> bool:
+    """Is this error Redis saying it will never do it (no permission, no such command), not a passing state?"""
+    message = str(exc).lower()
+    return message.startswith("noperm") or "unknown command" in message or "unknown subcommand" in message

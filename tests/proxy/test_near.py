@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 from proxy_helpers import CHAT, Stack
 
 from llmcache.keyspace import shard_of
+from llmcache.proxy import near as near_module
 from llmcache.proxy.near import NearCache
 
 
@@ -210,3 +212,16 @@ async def test_its_own_store_drops_the_held_entry(proxy_stack, redis_plain_url) 
         assert key_hash in near.held()
     finally:
         await r.aclose()
+
+
+@pytest.mark.parametrize(("message", "for_good"), [
+    ("NOPERM User llmcache-ns-a has no permissions to run the 'client|tracking' command", True),
+    ("NOPERM No permissions to access a channel", True),
+    ("ERR unknown command 'CLIENT', with args beginning with: 'TRACKING'", True),
+    ("ERR unknown subcommand 'TRACKING'. Try CLIENT HELP.", True),
+    ("LOADING Redis is loading the dataset in memory", False),
+    ("BUSY Redis is busy running a script", False),
+])
+def test_only_a_refusal_turns_it_off_for_good(message: str, for_good: bool) -> None:
+    """A Redis that will never track (no permission, no command) turns it off; a passing state is retried."""
+    assert near_module._refusal(redis.exceptions.ResponseError(message)) is for_good
