@@ -24,10 +24,10 @@ Safety rules, each because a missed invalidation would serve a stale answer:
 * **Its own writes drop their entry here** (:meth:`NearCache.written`, from the store): ``NOLOOP``
   spares a miss the message for its own store, so the store bumps the generation itself.
 * **Checked once at start, before anything is held**: a probe key is read through a script and
-  written from another connection, and its invalidation must arrive within a second. A Redis that does not track keys read by scripts,
-  or an ACL user without ``CLIENT TRACKING`` / the ``__redis__:invalidate`` channel, turns the
-  near cache off for good (logged once); hits then read Redis as before. Any other error (``LOADING``
-  after a restart) is retried.
+  written from another connection, and its invalidation must arrive within a second. A Redis that
+  does not track keys read by scripts, or an ACL user without ``CLIENT TRACKING`` / the
+  ``__redis__:invalidate`` channel, turns the near cache off for good (logged once); hits then read
+  Redis as before. Any other error (``LOADING`` after a restart) is retried.
 * **Bounded age**: an entry is read from Redis again after ``max_age_s`` (default 5 s) however
   quiet the invalidations are, so a lost message cannot keep a stale answer for longer.
 
