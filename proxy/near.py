@@ -24,7 +24,7 @@ Safety rules, each because a missed invalidation would serve a stale answer:
 * **Its own writes drop their entry here** (:meth:`NearCache.written`, from the store): ``NOLOOP``
   spares a miss the message for its own store, so the store bumps the generation itself.
 * **Checked once at start, before anything is held**: a probe key is read through a script and
-  written from another connection, and its invalidation must arrive within a second. A Redis that
+  written from another connection, and its invalidation must arrive within 5 s. A Redis that
   does not track keys read by scripts, or an ACL user without ``CLIENT TRACKING`` / the
   ``__redis__:invalidate`` channel, turns the near cache off for good (logged once); hits then read
   Redis as before. Any other error (``LOADING`` after a restart) is retried.
@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 
 #: The channel Redis sends invalidations on, to a ``REDIRECT`` connection speaking RESP2.
 CHANNEL = "__redis__:invalidate"
+
+#: How long the start probe waits for its invalidation (it takes well under a millisecond: this only
+#: rules out a busy machine turning the near cache off for good).
+_PROBE_WAIT_S = 5.0
 
 # Bookkeeping for hits served here: the lookup script's touch (lru at now, lfu + n), only where the
 # entry still exists, so no rows are left for a key that is gone. KEYS: entry, lru, lfu. ARGV: now
@@ -347,7 +351,7 @@ class NearCache:
             await client.call("EVAL", "return redis.call('EXISTS', KEYS[1])", 1, key, timeout_s=self._setup_timeout_s)
             await writer.call("SET", key, b"probe", "PX", 1000, timeout_s=self._setup_timeout_s)
             try:
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(_PROBE_WAIT_S):
                     await self._probe_seen.wait()
             except TimeoutError:
                 self._disable("Redis sent no invalidation for a key a script read (CLIENT TRACKING of scripts "

@@ -34,7 +34,7 @@ async def armed_stack(proxy_stack: Callable[..., Awaitable[Stack]], **overrides)
     stack = await proxy_stack(**overrides)
     near = stack.state.near
     assert near is not None
-    await wait_until("the near cache armed", lambda: near.armed)
+    await wait_until("the near cache armed", lambda: near.armed, timeout_s=15.0)
     return stack, near
 
 
@@ -120,7 +120,7 @@ async def test_losing_the_invalidation_connection_empties_it_until_tracking_is_b
         assert near.held() == []
         # Meanwhile hits read Redis, and nothing is held while no invalidation could arrive.
         assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
-        await wait_until("the near cache armed again", lambda: near.armed)
+        await wait_until("the near cache armed again", lambda: near.armed, timeout_s=15.0)
         assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
         assert near.held() == [key_hash]
         # And tracking works on the new pair: a write elsewhere still reaches it.
