@@ -183,10 +183,9 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         fast = resp.RespClient.from_url(rs.url, connect_timeout_s=max(1.0, rs.timeout_ms / 1000 * 4),
                                         stale_after_s=max(5.0, rs.timeout_ms / 1000 * 20))
     state.store = RedisExactStore(fast if fast is not None else client, keyspace=state.keyspace)
-    near_task = None
     if fast is not None and rs.near_cache_bytes > 0:
         state.near = state.store.near = NearCache(fast, state.keyspace, max_bytes=rs.near_cache_bytes)
-        near_task = asyncio.get_running_loop().create_task(state.near.run())
+        state.near.start()
     if state.settings.cache.single_flight_lease:
         owner = f"{socket.gethostname()}:{os.getpid()}"
         state.lease = RedisLease(fast if fast is not None else client, keyspace=state.keyspace, owner=owner)
@@ -200,14 +199,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
             lag_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lag_task
-        if near_task is not None:
-            near_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await near_task
-        await _cancel_background(state)
         if state.near is not None:
             await state.near.aclose()
             state.near = None
+        await _cancel_background(state)
         with contextlib.suppress(Exception):
             await client.aclose()
         if fast is not None:

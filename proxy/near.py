@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import hiredis
 import redis.exceptions
@@ -161,6 +163,7 @@ class NearCache:
         self._touches: dict[tuple[str, str], int] = {}
         self._flush_due: asyncio.Handle | None = None
         self._loading: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
         self._verified = False  # the probe passed once: Redis reports the keys this connection's scripts read
         self._probe_key: str | None = None
         self._probe_seen: asyncio.Event | None = None
@@ -268,8 +271,7 @@ class NearCache:
         if sub is None or redirect is None or self.disabled:
             return
         try:
-            await client.call_on_open("CLIENT", "TRACKING", "on", "REDIRECT", redirect, "NOLOOP")
-            await client.call_on_open("SCRIPT", "LOAD", _TOUCH)
+            await _track(client.call_on_open, redirect)
         except redis.exceptions.ResponseError as exc:
             if _refusal(exc):
                 self._disable(f"CLIENT TRACKING refused: {exc}")
@@ -310,15 +312,12 @@ class NearCache:
         self._disarm()
 
     async def _connect_once(self) -> None:
-        client, loop, t = self._client, asyncio.get_running_loop(), self._setup_timeout_s
-        async with asyncio.timeout(t):
-            if client.path is not None:
-                _, sub = await loop.create_unix_connection(lambda: _Subscriber(self), client.path)
-            else:
-                _, sub = await loop.create_connection(lambda: _Subscriber(self), client.host, client.port)
-        if client.password is not None:
-            await sub.call(*(("AUTH", client.username, client.password) if client.username
-                             else ("AUTH", client.password)), timeout_s=t)
+        client, t = self._client, self._setup_timeout_s
+        _, opened = await client.open_raw(lambda: _Subscriber(self))
+        sub = cast(_Subscriber, opened)
+        auth = client.auth_command()
+        if auth is not None:
+            await sub.call(*auth, timeout_s=t)
         redirect = await sub.call("CLIENT", "ID", timeout_s=t)
         await sub.call("SUBSCRIBE", CHANNEL, timeout_s=t)
         sub.subscribed = True
@@ -327,8 +326,7 @@ class NearCache:
         if not client.connection_serial:
             await client.call("PING", timeout_s=t)
         serial = client.connection_serial
-        await client.call("CLIENT", "TRACKING", "on", "REDIRECT", self._redirect_id, "NOLOOP", timeout_s=t)
-        await client.call("SCRIPT", "LOAD", _TOUCH, timeout_s=t)
+        await _track(functools.partial(client.call, timeout_s=t), self._redirect_id)
         if not self._verified:
             await self._probe()
             if self.disabled:
@@ -402,7 +400,16 @@ class NearCache:
         finally:
             self._loading = None
 
+    def start(self) -> None:
+        """Start :meth:`run` in the background (:meth:`aclose` stops it)."""
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="near-cache")
+
     async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._flush_due is not None:
             self._flush_due.cancel()
             self._flush_due = None
@@ -416,3 +423,10 @@ def _refusal(exc: redis.exceptions.ResponseError) -> bool:
     """Is this error Redis saying it will never do it (no permission, no such command), not a passing state?"""
     message = str(exc).lower()
     return message.startswith("noperm") or "unknown command" in message or "unknown subcommand" in message
+
+
+async def _track(send: Callable[..., Awaitable[Any]], redirect: int) -> None:
+    """Tracking on a request-path connection, its messages to the connection ``redirect``, and the touch
+    script loaded there (``send``: the connection's way to send a command now)."""
+    await send("CLIENT", "TRACKING", "on", "REDIRECT", redirect, "NOLOOP")
+    await send("SCRIPT", "LOAD", _TOUCH)

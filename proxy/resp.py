@@ -32,7 +32,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis.exceptions
@@ -181,36 +181,27 @@ class RespClient:
         """Run on every new connection after AUTH/SELECT, before any command of a caller is sent (within
         the connect deadline); one may send commands with :meth:`call_on_open`."""
 
-    # -- where it connects (for a second connection to the same Redis: llmcache.proxy.near) ---
-
-    @property
-    def host(self) -> str | None:
-        return self._host
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def path(self) -> str | None:
-        return self._path
-
-    @property
-    def username(self) -> str | None:
-        return self._username
-
-    @property
-    def password(self) -> str | None:
-        return self._password
-
-    @property
-    def db(self) -> int:
-        return self._db
+    # -- a second connection to the same Redis (llmcache.proxy.near) -------------------------
 
     def another(self) -> RespClient:
         """A new client for the same Redis, with the same credentials (its own connection)."""
         return RespClient(host=self._host, port=self._port, path=self._path, username=self._username,
                           password=self._password, db=self._db, connect_timeout_s=self._connect_timeout_s)
+
+    async def open_raw(self, factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        """A connection to the same Redis for a protocol of the caller's (within the connect deadline);
+        :meth:`auth_command` says what to send first."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._connect_timeout_s):
+            if self._path is not None:
+                return await loop.create_unix_connection(factory, self._path)  # type: ignore[return-value]
+            return await loop.create_connection(factory, self._host, self._port)  # type: ignore[return-value]
+
+    def auth_command(self) -> tuple[Any, ...] | None:
+        """The ``AUTH`` a new connection sends first, or ``None`` without a password."""
+        if self._password is None:
+            return None
+        return ("AUTH", self._username, self._password) if self._username else ("AUTH", self._password)
 
     @property
     def connection_serial(self) -> int:
@@ -342,20 +333,15 @@ class RespClient:
         return await asyncio.shield(self._connecting)
 
     async def _open(self) -> _Protocol:
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._connect_timeout_s):
-            if self._path is not None:
-                _, proto = await loop.create_unix_connection(lambda: _Protocol(self), self._path)
-            else:
-                _, proto = await loop.create_connection(lambda: _Protocol(self), self._host, self._port)
-            self._proto = proto
-            self._out = []
-            self.num_connects += 1
+        _, opened = await self.open_raw(lambda: _Protocol(self))
+        proto = self._proto = cast(_Protocol, opened)
+        self._out = []
+        self.num_connects += 1
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                if self._password is not None:
-                    await self._send(hiredis.pack_command(
-                        ("AUTH", self._username, self._password) if self._username else ("AUTH", self._password)))
+                auth = self.auth_command()
+                if auth is not None:
+                    await self._send(hiredis.pack_command(auth))
                 if self._db:
                     await self._send(hiredis.pack_command(("SELECT", self._db)))
                 for hook in self.on_connect:
