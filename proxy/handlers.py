@@ -235,7 +235,7 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
                                        code="request_timeout", headers={"Connection": "close"}), "error"
     raw = read.body
     try:
-        body = keys.parse_json(raw)  # numbers normalised while parsing: the key needs no second walk
+        body, float_free = keys.parse_body(raw)  # numbers normalised while parsing: the key needs no second walk
     except (ValueError, UnicodeDecodeError):
         body = None
     except RecursionError:
@@ -270,7 +270,7 @@ async def _admitted(request: web.Request, state: ProxyState, route: str, span: A
     query = request.query_string
     try:
         key = keys.exact_key(route, body, tenant=tenant, namespace=namespace, partition=cfg.partition, query=query,
-                             normalised=True)
+                             normalised=True, float_free=float_free)
     except (ValueError, TypeError):  # NaN/Infinity are not JSON; let the upstream reject them
         return await _forward_bypass(request, state, forwarded or upstream_body(state, cfg, route, raw, body, tenant),
                                      route=route, namespace=namespace, upstream_path=upstream_path,

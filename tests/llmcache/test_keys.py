@@ -135,6 +135,9 @@ def test_exact_key_is_the_digest_of_the_whole_canonical_material(body: dict, sco
     assert keys.exact_key(CHAT, body, **scope) == want
     parsed = keys.parse_json(json.dumps(body))
     assert keys.exact_key(CHAT, parsed, **scope, normalised=True) == want
+    parsed, float_free = keys.parse_body(json.dumps(body).encode())
+    assert float_free == (not isinstance(body.get("temperature"), float))
+    assert keys.exact_key(CHAT, parsed, **scope, normalised=True, float_free=float_free) == want
     assert keys.exact_key(CHAT, body, **scope) == want  # a second time: from the remembered tail
 
 
@@ -151,3 +154,99 @@ def test_loads_is_json_loads(text: str) -> None:
             keys.loads(text)
     else:
         assert keys.loads(text) == want
+
+
+def _json_module_parse(raw: bytes | str) -> object:
+    """parse_json as it was before orjson: the json module with whole floats as ints."""
+    if isinstance(raw, bytes):
+        raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    return json.loads(raw, parse_float=keys._parse_float)  # noqa: SLF001 - the rule under test
+
+
+def _typed(value: object) -> object:
+    """``value`` with every number's type beside it (``1 == 1.0`` would hide a difference)."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, repr(value))
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a": 1.0, "b": -0.0, "c": 2.5, "d": [0.0, 1e5, 1E2, 0.1e1]}', b'{"t": 0, "m": [{"c": "x"}]}',
+    b'[18446744073709551616]', b'[18446744073709551615]', b'[-9223372036854775809]', b'[9223372036854775808]',
+    b'[1e19]', b'[9007199254740993.0]', b'[9007199254740992.0]', b'{"x": 1e999}', b'{"x": NaN}', b'[-Infinity]',
+    b'["\\ud800"]', '["\ud800"]'.encode("utf-8", "surrogatepass"), b'\xef\xbb\xbf{"a": 1.0}', '{"a": 2.0}'.encode("utf-16"),
+    b"\xff", b'{"a": 1} x', b"", b" [1.0] ", b"1.0", b"2.5", b'"s"', b"null", b"[1e-7, 123456789012345678901234567890]",
+    '{"é": "😀", "\u2028": [true, false, null]}'.encode(), "[1.0, 2]", '{"k": [3.0]}',
+])
+def test_parse_body_gives_the_json_modules_values_and_errors(raw: bytes | str) -> None:
+    """orjson's parse, settled: the same values, number types and errors as the json module's parse_json."""
+    try:
+        want = _json_module_parse(raw)
+    except (ValueError, RecursionError) as exc:
+        with pytest.raises(type(exc)):
+            keys.parse_body(raw)
+        return
+    value, float_free = keys.parse_body(raw)
+    assert _typed(value) == _typed(want)
+    has_float = "('float'," in repr(_typed(want))
+    assert not (float_free and has_float)  # a promise; False is always safe (the json module's serialiser)
+
+
+@pytest.mark.parametrize(("raw", "float_free"), [
+    (b'{"t": 0, "m": [{"c": "x"}]}', True), (b'{"a": 1.0, "k": [3.0, {"z": -0.0}]}', True),
+    (b'{"a": [2.5]}', False), (b"[18446744073709551615, -9223372036854775808]", True), (b"[1e19]", False),
+])
+def test_parse_body_says_whether_a_float_is_left(raw: bytes, float_free: bool) -> None:
+    assert keys.parse_body(raw)[1] is float_free
+
+
+def test_float_free_bodies_hash_as_the_json_module_serialises_them() -> None:
+    """exact_key(float_free=True) writes the body with orjson: byte for byte the json module's canonical
+    text on generated bodies of strings (escapes, astral and unpaired-looking characters, a BOM),
+    integers to the 64-bit edges, booleans, null, nested objects with keys that sort by code point."""
+    import random
+
+    rnd = random.Random(20261208)
+    alphabet = ["a", "B", "z", "é", "ß", "\u00ff", "\u0100", "\u4e2d", "\uffff", "\U0001f600", "\U00010000", "_",
+                " ", '"', "\\", "\n", "\x00", "\x1f", "\x7f", "~", "\ufeff", "\u2028"]
+
+    def text() -> str:
+        return "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 5)))
+
+    def value(depth: int = 0) -> object:
+        r = rnd.random()
+        if depth > 3 or r < 0.3:
+            return rnd.choice([text(), rnd.randint(-2**63, 2**64 - 1), rnd.randint(-9, 9), True, False, None])
+        if r < 0.65:
+            return {text(): value(depth + 1) for _ in range(rnd.randint(0, 5))}
+        return [value(depth + 1) for _ in range(rnd.randint(0, 4))]
+
+    for _ in range(3000):
+        body = {text(): value() for _ in range(rnd.randint(0, 5))}
+        parsed, float_free = keys.parse_body(json.dumps(body).encode())
+        assert float_free
+        assert keys.exact_key(CHAT, parsed, tenant="t", normalised=True, float_free=True) == keys.exact_key(
+            CHAT, body, tenant="t")
+
+
+@pytest.mark.parametrize("text", [
+    '{"usage": {"prompt_tokens": 3}, "x": [1.5, -0.0, "é😀"]}', '{"a": NaN}', '["\\ud800"]', "{", '{"a": 1} x',
+])
+def test_read_json_is_json_loads_for_what_it_reads(text: str) -> None:
+    try:
+        want = json.loads(text)
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            keys.read_json(text)
+        with pytest.raises(type(exc)):
+            keys.read_json(text.encode())
+        return
+    assert repr(keys.read_json(text)) == repr(want)
+    assert repr(keys.read_json(text.encode())) == repr(want)
+
+
+def test_read_json_reads_an_integer_beyond_64_bits_as_a_number() -> None:
+    """orjson's one difference, stated in read_json's contract: the value, as a float."""
+    assert keys.read_json("[18446744073709551616]") == [18446744073709551616.0]

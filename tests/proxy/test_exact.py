@@ -157,3 +157,17 @@ async def test_lookup_takes_the_lease_only_on_a_miss(r: aioredis.Redis) -> None:
     blob, taken = await store.get_or_lease("k", group="g", owner="pod-b", lease_ms=10_000)
     assert Entry.from_json(blob) == entry() and taken is None
     assert not await r.exists(ks.lease("k"))  # an entry there: no lease taken
+
+
+def test_an_answers_text_is_escaped_as_the_json_module_escapes_it() -> None:
+    """Entry.to_json writes the body with orjson: the json module's literal for every code point
+    (in runs of 4,096, and each around quotes), and the json module's own for a lone surrogate."""
+    from llmcache.proxy import exact
+
+    points = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for i in range(0, len(points), 4096):
+        run = "".join(points[i:i + 4096])
+        assert exact._long_string(run) == json.encoder.encode_basestring(run)  # noqa: SLF001
+    for c in range(0x80):
+        assert exact._long_string(f'"{chr(c)}\\') == json.encoder.encode_basestring(f'"{chr(c)}\\')  # noqa: SLF001
+    assert exact._long_string("a\ud800b") == json.encoder.encode_basestring("a\ud800b")  # noqa: SLF001
