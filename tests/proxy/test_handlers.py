@@ -13,7 +13,7 @@ import aiohttp
 import openai
 import pytest
 import redis.asyncio as aioredis
-from proxy_helpers import ADMIN, CHAT, TOOLS, Stack
+from proxy_helpers import ADMIN, CHAT, TOOLS, Stack, wait_until
 
 from llmcache.keyspace import Keyspace
 from llmcache.operator import eviction
@@ -828,10 +828,16 @@ async def test_a_changed_entry_is_served_as_changed(proxy_stack, redis_plain_url
         answer["choices"][0]["message"]["content"] = "rewritten by another pod"
         stored["body"] = json.dumps(answer)
         await r.set(key, json.dumps(stored), keepttl=True)
+        # Another client's write reaches the near cache as Redis's invalidation push (test_near.py):
+        # wait for it, as the remembered parse is what this test is about.
+        key_hash = key.decode().rsplit(":", 1)[-1]
+        near = stack.state.near
+        await wait_until("the rewrite's invalidation", lambda: near is None or key_hash not in near.held())
         _, headers, body = await stack.post("/v1/chat/completions", chat(), headers=auth)
         assert headers["X-LLMCache-Status"] == "hit"
         assert json.loads(body)["choices"][0]["message"]["content"] == "rewritten by another pod"
         await r.delete(key)  # invalidated elsewhere: a miss, never the remembered answer
+        await wait_until("the delete's invalidation", lambda: near is None or key_hash not in near.held())
         _, headers, _ = await stack.post("/v1/chat/completions", chat(), headers=auth)
         assert headers["X-LLMCache-Status"] == "miss"
     finally:

@@ -3,31 +3,17 @@ change another client makes to an entry reaching it through Redis's invalidation
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
-from proxy_helpers import CHAT, Stack
+from proxy_helpers import CHAT, Stack, wait_until
 
 from llmcache.keyspace import shard_of
 from llmcache.proxy import near as near_module
 from llmcache.proxy.near import NearCache
-
-
-async def wait_until(what: str, check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ok = check()
-        if not isinstance(ok, bool):
-            ok = await ok
-        if ok:
-            return
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        await asyncio.sleep(0.01)
 
 
 async def armed_stack(proxy_stack: Callable[..., Awaitable[Stack]], **overrides) -> tuple[Stack, NearCache]:
