@@ -160,7 +160,7 @@ def _json_module_parse(raw: bytes | str) -> object:
     """parse_json as it was before orjson: the json module with whole floats as ints."""
     if isinstance(raw, bytes):
         raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
-    return json.loads(raw, parse_float=keys._parse_float)  # noqa: SLF001 - the rule under test
+    return json.loads(raw, parse_float=keys._parse_float)
 
 
 def _typed(value: object) -> object:
@@ -176,7 +176,8 @@ def _typed(value: object) -> object:
     b'{"a": 1.0, "b": -0.0, "c": 2.5, "d": [0.0, 1e5, 1E2, 0.1e1]}', b'{"t": 0, "m": [{"c": "x"}]}',
     b'[18446744073709551616]', b'[18446744073709551615]', b'[-9223372036854775809]', b'[9223372036854775808]',
     b'[1e19]', b'[9007199254740993.0]', b'[9007199254740992.0]', b'{"x": 1e999}', b'{"x": NaN}', b'[-Infinity]',
-    b'["\\ud800"]', '["\ud800"]'.encode("utf-8", "surrogatepass"), b'\xef\xbb\xbf{"a": 1.0}', '{"a": 2.0}'.encode("utf-16"),
+    b'["\\ud800"]', '["\ud800"]'.encode("utf-8", "surrogatepass"), b'\xef\xbb\xbf{"a": 1.0}',
+    '{"a": 2.0}'.encode("utf-16"),
     b"\xff", b'{"a": 1} x', b"", b" [1.0] ", b"1.0", b"2.5", b'"s"', b"null", b"[1e-7, 123456789012345678901234567890]",
     '{"é": "😀", "\u2028": [true, false, null]}'.encode(), "[1.0, 2]", '{"k": [3.0]}',
 ])

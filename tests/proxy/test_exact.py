@@ -159,15 +159,21 @@ async def test_lookup_takes_the_lease_only_on_a_miss(r: aioredis.Redis) -> None:
     assert not await r.exists(ks.lease("k"))  # an entry there: no lease taken
 
 
-def test_an_answers_text_is_escaped_as_the_json_module_escapes_it() -> None:
-    """Entry.to_json writes the body with orjson: the json module's literal for every code point
-    (in runs of 4,096, and each around quotes), and the json module's own for a lone surrogate."""
-    from llmcache.proxy import exact
-
+def test_the_bytes_sent_are_the_stored_forms_text() -> None:
+    """to_bytes (orjson) writes to_json's text, encoded: every code point in the answer and the other
+    strings (in runs of 4,096, and each beside quotes), creation times and similarities on both sides
+    of where orjson's float text parts from repr's, and a lone surrogate (to_json's own way)."""
     points = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
-    for i in range(0, len(points), 4096):
-        run = "".join(points[i:i + 4096])
-        assert exact._long_string(run) == json.encoder.encode_basestring(run)  # noqa: SLF001
-    for c in range(0x80):
-        assert exact._long_string(f'"{chr(c)}\\') == json.encoder.encode_basestring(f'"{chr(c)}\\')  # noqa: SLF001
-    assert exact._long_string("a\ud800b") == json.encoder.encode_basestring("a\ud800b")  # noqa: SLF001
+    runs = ["".join(points[i:i + 4096]) for i in range(0, len(points), 4096)]
+    runs += [f'"{chr(c)}\\' for c in range(0x80)]
+    for i, run in enumerate(runs):
+        e = entry(body=run, model=run[:40], tenant=run[-9:], namespace="é", partition=run[:3], origin="sse",
+                  similarity=None if i % 2 else 0.5)
+        assert e.to_bytes() == e.to_json().encode()
+    for created in (1796607408.123, 7, 0.0, 0.0001, 0.00009999, 1e-7, 1e16, 1.5e300, 99999999999.999):
+        for similarity in (None, 0.0, 1, 0.8732, 0.0001, 1.2e-5, 1e-7):
+            e = entry(created_s=created, similarity=similarity)
+            assert e.to_bytes() == e.to_json().encode()
+            assert Entry.from_json(e.to_bytes()) == e
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate: as to_json().encode() fails
+        entry(body="a\ud800b").to_bytes()
