@@ -62,7 +62,7 @@ MUTATIONS = [
              '    return route != "/v1/embeddings" and state.settings.upstream.enable_cache_salt', "    return False",
              (ADV + "test_tenancy.py::test_prefix_cache_probe_by_another_tenant_sees_no_cached_tokens",)),
     Mutation("stored content not type-checked", "proxy/exact.py",
-             '    for name in ("role", "content", "refusal", "reasoning_content"):', "    for name in ():",
+             "    for name in _STRING_FIELDS:", "    for name in ():",
              (ADV + "test_tampered_entries.py::test_tampered_entry_is_never_served[content-list-of-60-stream]",)),
     Mutation("another tenant's entry served", "proxy/call.py",
              "        if entry.tenant != call.tenant:", "        if False:",
