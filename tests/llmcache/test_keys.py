@@ -109,6 +109,25 @@ def test_parse_json_refuses_nesting_deeper_than_the_limit_whatever_the_stack() -
     assert keys.parse_json(at_limit) is not None
 
 
+@pytest.mark.parametrize("pattern", ["[", '{"k":', '[{"k":', '{"k":[', '[[{"k":'])
+@pytest.mark.parametrize("leaf", ["1", "2.5", '"s"'])
+def test_nesting_is_measured_the_same_however_it_is_built(pattern: str, leaf: str) -> None:
+    """parse_body's walk measures depth (objects in lists are looked at inline): refused past the limit, read at it."""
+    units = ["[" if c == "[" else '{"k":' for c in pattern.replace('{"k":', "{")]
+
+    def nested(levels: int) -> str:
+        text, closes = "", ""
+        for i in range(levels):
+            unit = units[i % len(units)]
+            text += unit
+            closes = ("]" if unit == "[" else "}") + closes
+        return text + leaf + closes
+
+    with pytest.raises(RecursionError):
+        keys.parse_body(nested(keys.MAX_JSON_DEPTH + 1).encode())
+    assert keys.parse_body(nested(keys.MAX_JSON_DEPTH).encode())[0] == json.loads(nested(keys.MAX_JSON_DEPTH))
+
+
 def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     text = json.dumps({"content": "[" * 5000 + '\\"{' * 100, "n": [[1]]})
     assert keys.parse_json(text)["n"] == [[1]]
