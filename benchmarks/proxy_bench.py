@@ -199,15 +199,28 @@ def _tree_pids(root: int) -> list[int]:
 
 
 def cpu_s(root: int) -> float:
-    """User + system CPU seconds used so far by a process tree (from /proc; Linux only)."""
+    """CPU seconds used so far by a process tree (Linux only): the scheduler's count in nanoseconds of
+    every live thread (``/proc/<pid>/task/<tid>/schedstat``), or user + system time in clock ticks
+    where the kernel keeps no schedstat.
+
+    Ticks are 10 ms and charged to whoever runs when one falls: a 6-second miss phase of ~270
+    requests spends only ~25-35 of them per process, so its CPU per request moved by ±20 % from run
+    to run (one tree read 882, 1,078 and 1,331 µs per miss in three runs). The nanosecond count
+    does not sample.
+    """
+    total_ns = 0
     ticks = 0
     for pid in _tree_pids(root):
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+            total_ns += sum(int((task / "schedstat").read_text().split()[0])
+                            for task in Path(f"/proc/{pid}/task").iterdir())
+        except (OSError, ValueError, IndexError):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return total_ns / 1e9 + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(root: int) -> float:
