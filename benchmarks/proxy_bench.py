@@ -206,7 +206,8 @@ def cpu_s(root: int) -> float:
     Ticks are 10 ms and charged to whoever runs when one falls: a 6-second miss phase of ~270
     requests spends only ~25-35 of them per process, so its CPU per request moved by ±20 % from run
     to run (one tree read 882, 1,078 and 1,331 µs per miss in three runs). The nanosecond count
-    does not sample.
+    does not sample. It is per live thread: a thread that ends takes its count with it (the servers
+    measured here keep theirs: the event loop and its executor's workers).
     """
     total_ns = 0
     ticks = 0

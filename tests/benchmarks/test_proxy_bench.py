@@ -73,3 +73,39 @@ def test_the_aiohttp_load_generator_sends_the_key_the_proxies_were_given(bench: 
         result = bench.run_aiohttp(base, mode="fixed", nonce="n", concurrency=2, duration_s=0.5)
     assert result.requests > 0 and result.errors == 0
     assert set(seen) == {f"Bearer {bench.API_KEY}"}
+
+
+def test_cpu_counts_a_process_trees_threads_to_the_millisecond(bench: Any) -> None:
+    """cpu_s reads the scheduler's nanoseconds for every live thread of the tree: a child that burns
+    ~0.3 s in two threads (its own, and one it starts, which lives on as a server's threads do) is
+    counted whole, and an idle parent adds next to nothing."""
+    import subprocess
+    import textwrap
+    import time
+
+    burn = textwrap.dedent("""
+        import threading, time
+        def spin(s):
+            end = time.thread_time() + s
+            while time.thread_time() < end:
+                pass
+        burnt = threading.Event()
+        def worker():
+            spin(0.15); burnt.set(); time.sleep(30)
+        threading.Thread(target=worker, daemon=True).start()
+        spin(0.15); burnt.wait()
+        print("done", flush=True)
+        time.sleep(30)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c",
+                               f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        before = bench.cpu_s(parent.pid)
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "done"
+        time.sleep(0.05)
+        used = bench.cpu_s(parent.pid) - before
+        assert 0.25 <= used <= 1.5, used
+    finally:
+        parent.kill()
+        parent.wait()
