@@ -46,7 +46,7 @@ def test_round_trip_and_validation() -> None:
     {"model": "m\x00\n", "body": json.dumps({**ANSWER, "model": "é \"😀\" </script>"}, ensure_ascii=False)},
 ])
 def test_stored_form_is_the_compact_json_of_the_fields_in_schema_order(fields: dict) -> None:
-    """to_json writes the fields out by hand: the same text as the generic encoder, and it reads back."""
+    """to_json is the compact JSON of the fields in schema order, and it reads back."""
     e = entry(**fields)
     generic = {"v": 1 if e.similarity is None else 2, "route": e.route, "model": e.model, "created_s": e.created_s,
                "tenant": e.tenant, "namespace": e.namespace, "partition": e.partition, "origin": e.origin,
@@ -59,7 +59,7 @@ def test_stored_form_is_the_compact_json_of_the_fields_in_schema_order(fields: d
 
 
 def test_new_entries_are_created_on_the_millisecond_never_later_than_now() -> None:
-    """created_now_s floors time.time() to the millisecond (to_json then writes it cheaply, as json.dumps would)."""
+    """created_now_s floors time.time() to the millisecond (a short number in the stored text)."""
     before = time.time()
     created = created_now_s()
     assert before - 0.001 < created <= time.time()
