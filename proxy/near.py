@@ -7,7 +7,7 @@ and Redis itself says when one changes: the request path's connection (:class:`R
 reads too) and, when any client writes, deletes, expires or evicts one of them, sends its name to
 a second connection subscribed to ``__redis__:invalidate``::
 
-    request ─▶ near entry, armed? ─yes─▶ serve (bookkeeping touch queued, flushed every second)
+    request ─▶ near entry, armed? ─yes─▶ serve (bookkeeping touch queued, sent when the loop comes round)
                         │no
                         ▼
                  lookup script (tracked) ─hit─▶ fill, unless an invalidation came while it ran
