@@ -185,6 +185,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     state.store = RedisExactStore(fast if fast is not None else client, keyspace=state.keyspace)
     if fast is not None and rs.near_cache_bytes > 0:
         state.near = state.store.near = NearCache(fast, state.keyspace, max_bytes=rs.near_cache_bytes)
+        state.metrics.watch_near(state.near)
         state.near.start()
     if state.settings.cache.single_flight_lease:
         owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -202,6 +203,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         if state.near is not None:
             await state.near.aclose()
             state.near = None
+            state.metrics.watch_near(None)
         await _cancel_background(state)
         with contextlib.suppress(Exception):
             await client.aclose()

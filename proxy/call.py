@@ -167,8 +167,12 @@ async def load_entry(call: Call, key_hash: str, *, kind: str, lease_ms: int | No
     try:
         blob = None if near is None else near.get(key_hash, group=call.cfg.group)
         if blob is None:
-            generation = 0 if near is None else near.generation
             lease = (state.lease.owner, lease_ms) if lease_ms is not None and state.lease is not None else None
+            # An entry the key filter has never seen is not in Redis: no round trip. Unless a lease is to be
+            # taken there, or the breaker says Redis is in trouble (that request is a bypass, as without it).
+            if lease is None and near is not None and state.breaker.state == "closed" and near.absent(key_hash):
+                return None
+            generation = 0 if near is None else near.generation
             blob = await _fetch(call, store, key_hash, lease)
             if blob is _AWAIT_STORE:
                 if lease is not None:

@@ -8,6 +8,8 @@
 ``llmcache_served_bytes_total``            answer bytes served from the cache
 ``llmcache_served_tokens_total``           tokens served from the cache by ``kind`` (prompt, completion)
 ``llmcache_saved_usd_total``               estimated money saved (``--price-*-per-1k``)
+``llmcache_near_cache_hits_total``         exact hits served from the proxy's memory (no Redis round trip)
+``llmcache_near_cache_absent_total``       misses the near cache's key filter answered (no Redis round trip)
 ``llmcache_coalesced_total``               requests that joined another request's upstream call
 ``llmcache_redis_failures_total``          Redis operations that failed, timed out or were skipped
                                            because the breaker was open
@@ -154,6 +156,10 @@ class ProxyMetrics:
     def judge_failed(self, reason: str) -> None:
         self.semantic_judge_failures.labels(reason).inc()
 
+    def watch_near(self, near: Any) -> None:
+        """Report this near cache's counters (:class:`llmcache.proxy.near.NearCache`; ``None``: none)."""
+        self._hot.near = near
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -208,6 +214,7 @@ class _RequestPathMetrics:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.saved_usd = 0.0
+        self.near: Any = None  # the near cache, read at scrape time
 
     def describe(self) -> list[Metric]:
         return list(self.collect())  # (the same families, so the registry knows their names)
@@ -229,3 +236,9 @@ class _RequestPathMetrics:
         yield tokens
         yield CounterMetricFamily("llmcache_saved_usd", "Estimated money saved by cache hits (USD)",
                                   value=self.saved_usd, created=created)
+        near = self.near
+        yield CounterMetricFamily("llmcache_near_cache_hits", "Exact hits served from the proxy's memory",
+                                  value=0 if near is None else near.num_hits, created=created)
+        yield CounterMetricFamily("llmcache_near_cache_absent", "Misses the near cache's key filter answered "
+                                  "without a Redis round trip", value=0 if near is None else near.num_absent,
+                                  created=created)

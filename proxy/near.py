@@ -3,31 +3,45 @@
 An exact hit read from Redis costs a round trip (~0.15 ms of a ~0.4 ms hit at one request at a
 time on a 2-core machine). Here the entries this sidecar has just read are served from memory,
 and Redis itself says when one changes: the request path's connection (:class:`RespClient`) runs
-``CLIENT TRACKING on REDIRECT <id> NOLOOP``, so Redis remembers every key it reads (the lookup script's
-reads too) and, when any client writes, deletes, expires or evicts one of them, sends its name to
-a second connection subscribed to ``__redis__:invalidate``::
+``CLIENT TRACKING on REDIRECT <id> BCAST PREFIX <partition>e: NOLOOP``, so when any other client
+writes, deletes, expires or evicts an entry of this partition, Redis sends its name to a second
+connection subscribed to ``__redis__:invalidate``::
 
     request ─▶ near entry, armed? ─yes─▶ serve (bookkeeping touch queued, sent when the loop comes round)
                         │no
                         ▼
-                 lookup script (tracked) ─hit─▶ fill, unless an invalidation came while it ran
-    any client writes a tracked key ─▶ Redis ─▶ "__redis__:invalidate" [key] ─▶ drop it here
+               key filter: surely absent? ─yes─▶ miss, no round trip
+                        │maybe
+                        ▼
+                 lookup script ─hit─▶ fill, unless an invalidation came while it ran
+    any client writes an entry ─▶ Redis ─▶ "__redis__:invalidate" [key] ─▶ drop it here, add it to the filter
+
+The same messages name every entry another client creates, so a miss needs no round trip either:
+:class:`KeyFilter` (a Bloom filter, 16 bits a key: ~1 false "maybe" in 1,000) holds the key hash of
+every entry of the partition, read by ``SCAN`` once tracking is on (so nothing created during the
+scan is missed) and then kept by the messages and this process's own stores. A key it has never
+seen is not in Redis, and the lookup is skipped; a "maybe" (an entry since deleted or expired, or a
+false positive) reads Redis as before. It only grows: past its design load it is built again.
+A request with the cross-pod single-flight lease still reads Redis (the lease is taken there). An
+entry another pod stores reaches the filter one message later (well under a millisecond); a request
+for it in that window is a miss, as it would be just before the store.
 
 Safety rules, each because a missed invalidation would serve a stale answer:
 
 * **Armed only while both connections are the ones tracking was set up on.** Redis forgets a
   connection's tracking when it closes, and drops the messages of a redirect connection that is
-  gone: so a reconnect of either empties the near cache, and nothing is served from it until
-  tracking is on again on the new pair.
+  gone: so a reconnect of either empties the near cache and drops the key filter, and nothing is
+  served from them until tracking is on again on the new pair (and the filter scanned anew).
 * **A fill races no invalidation**: every message bumps :attr:`NearCache.generation`; a lookup
   that saw another generation when it began does not fill (its reply may predate the write).
 * **Its own writes drop their entry here** (:meth:`NearCache.written`, from the store): ``NOLOOP``
   spares a miss the message for its own store, so the store bumps the generation itself.
-* **Checked once at start, before anything is held**: a probe key is read through a script and
-  written from another connection, and its invalidation must arrive within 5 s. A Redis that
-  does not track keys read by scripts, or an ACL user without ``CLIENT TRACKING`` / the
-  ``__redis__:invalidate`` channel, turns the near cache off for good (logged once); hits then read
-  Redis as before. Any other error (``LOADING`` after a restart) is retried.
+* **Checked once at start, before anything is held**: a probe entry key is read through a script and
+  written from another connection, and its invalidation must arrive within 5 s. A Redis or an ACL
+  user without ``CLIENT TRACKING`` (``BCAST``) or the ``__redis__:invalidate`` channel turns the near
+  cache off for good (logged once); hits and misses then read Redis as before. A user refused
+  ``SCAN`` keeps the near cache without the key filter. Any other error (``LOADING`` after a
+  restart) is retried.
 * **Bounded age**: an entry is read from Redis again after ``max_age_s`` (default 5 s) however
   quiet the invalidations are, so a lost message cannot keep a stale answer for longer.
 
@@ -56,7 +70,7 @@ import redis.exceptions
 from llmcache.keyspace import Keyspace, shard_of
 from llmcache.proxy.resp import RespClient
 
-__all__ = ["CHANNEL", "NearCache"]
+__all__ = ["CHANNEL", "KeyFilter", "NearCache"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +80,76 @@ CHANNEL = "__redis__:invalidate"
 #: How long the start probe waits for its invalidation (it takes well under a millisecond: this only
 #: rules out a busy machine turning the near cache off for good).
 _PROBE_WAIT_S = 5.0
+
+#: The key filter's size: bits a key at its design load (~0.1 % false "maybe" with 6 hashes), the fewest
+#: bits (1 Mibit: 128 KiB, 65,536 keys), and how many keys a ``SCAN`` reply carries.
+_FILTER_BITS_PER_KEY = 16
+_FILTER_HASHES = 6
+_FILTER_MIN_BITS = 1 << 20
+_SCAN_COUNT = 1000
+
+
+class KeyFilter:
+    """A Bloom filter of entry key hashes: ``key_hash not in f`` is certain (never added), ``in`` may be
+    a false "maybe" (~0.1 % at the design load). Only ever added to.
+
+    Sized for ``capacity`` keys at 16 bits a key (a power of two of bits, at least 1 Mibit); it still
+    answers past that, with more false "maybe"s, until it is replaced (:attr:`full`).
+    """
+
+    __slots__ = ("_bits", "_mask", "capacity", "count")
+
+    def __init__(self, capacity: int) -> None:
+        bits = _FILTER_MIN_BITS
+        while bits < capacity * _FILTER_BITS_PER_KEY:
+            bits <<= 1
+        self._bits = bytearray(bits >> 3)
+        self._mask = bits - 1
+        self.capacity = bits // _FILTER_BITS_PER_KEY
+        self.count = 0
+        """Keys added (a key added twice counts twice)."""
+
+    @property
+    def full(self) -> bool:
+        return self.count > self.capacity
+
+    @property
+    def num_bytes(self) -> int:
+        return len(self._bits)
+
+    def add(self, key_hash: str) -> None:
+        h1, h2 = _hashes(key_hash)
+        bits, mask = self._bits, self._mask
+        for _ in range(_FILTER_HASHES):
+            p = h1 & mask
+            bits[p >> 3] |= 1 << (p & 7)
+            h1 += h2
+        self.count += 1
+
+    def __contains__(self, key_hash: object) -> bool:
+        if not isinstance(key_hash, str):
+            return False
+        h1, h2 = _hashes(key_hash)
+        bits, mask = self._bits, self._mask
+        for _ in range(_FILTER_HASHES):
+            p = h1 & mask
+            if not bits[p >> 3] & (1 << (p & 7)):
+                return False
+            h1 += h2
+        return True
+
+
+def _hashes(key_hash: str) -> tuple[int, int]:
+    """Two 64-bit hashes of a key hash for the filter's double hashing: its own hex digits (a SHA-256), or a
+    BLAKE2b of any other name; the step is odd, so it visits distinct bits of a power-of-two table."""
+    try:
+        if len(key_hash) >= 32:
+            return int(key_hash[:16], 16), int(key_hash[16:32], 16) | 1
+    except ValueError:
+        pass
+    digest = hashlib.blake2b(key_hash.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little") | 1
+
 
 # Bookkeeping for hits served here: the lookup script's touch (lru at now, lfu + n), only where the
 # entry still exists, so no rows are left for a key that is gone. KEYS: entry, lru, lfu. ARGV: now
@@ -169,6 +253,15 @@ class NearCache:
         self._probe_seen: asyncio.Event | None = None
         self.num_hits = 0
         self.num_invalidations = 0
+        self.num_absent = 0
+        """Misses the key filter answered without a Redis round trip."""
+        self.filter: KeyFilter | None = None
+        """The key filter in use, or ``None`` (not built yet under the current tracking, or refused)."""
+        self._filter_for: tuple[int, _Subscriber] | None = None  # the arming it was built under
+        self._building: KeyFilter | None = None  # the one a scan fills (gets every key added meanwhile too)
+        self._build_task: asyncio.Task[None] | None = None
+        self.filter_off: str | None = None
+        """Why the key filter is off for good (``SCAN`` refused), or ``None``."""
         client.on_connect.append(self._arm_connection)
 
     # -- the request path -------------------------------------------------------------------
@@ -198,6 +291,18 @@ class NearCache:
             self._flush_touches()
         return item[0]
 
+    def absent(self, key_hash: str) -> bool:
+        """True when the entry is surely not in Redis (never written since the key filter's scan began, under
+        the tracking still armed): the lookup can be skipped. False: read Redis."""
+        armed = self._armed
+        if self._filter_for is not armed or armed is None or not self.armed:
+            return False
+        f = self.filter
+        if f is None or key_hash in f:
+            return False
+        self.num_absent += 1
+        return True
+
     def fill(self, key_hash: str, blob: bytes, *, generation: int) -> None:
         """Hold ``blob``, read by a lookup that began at ``generation``, if nothing was invalidated since."""
         if generation != self.generation or not self.armed or len(blob) > self.max_bytes // 16:
@@ -221,6 +326,17 @@ class NearCache:
         still in flight (its reply may hold the old value)."""
         self.forget(key_hash)
         self.generation += 1
+        self._note_key(key_hash)
+
+    def _note_key(self, key_hash: str) -> None:
+        """An entry was (or may have been) written: a filter must never again call it absent."""
+        f = self.filter
+        if f is not None:
+            f.add(key_hash)
+            if f.full and self._build_task is None:
+                self._start_build()
+        if self._building is not None:
+            self._building.add(key_hash)
 
     def clear(self) -> None:
         self._items.clear()
@@ -245,11 +361,12 @@ class NearCache:
         prefix = self._entry_prefix
         for name in names:
             text = name.decode("utf-8", "replace")
-            # Only entries matter here. The scripts also read bookkeeping rows and leases (PTTL, GET), so
-            # their names come too; they must not hold back the fills of lookups in flight.
+            # Only this partition's entries are tracked (the broadcast prefix); anything else is not ours.
             if text.startswith(prefix):
                 self.generation += 1
-                self.forget(text.rpartition(":")[2])
+                key_hash = text.rpartition(":")[2]
+                self.forget(key_hash)
+                self._note_key(key_hash)
             if text == self._probe_key and self._probe_seen is not None:
                 self._probe_seen.set()
 
@@ -262,6 +379,16 @@ class NearCache:
     def _disarm(self) -> None:
         self._armed = None
         self.clear()
+        # Messages may be lost until tracking is on again: the filter is no longer complete.
+        self.filter = self._filter_for = self._building = None
+        task, self._build_task = self._build_task, None
+        if task is not None:
+            task.cancel()
+
+    def _arm(self, armed: tuple[int, _Subscriber]) -> None:
+        """Serve from memory under this tracking, and scan the partition's entries into a new key filter."""
+        self._armed = armed
+        self._start_build()
 
     async def _arm_connection(self, client: RespClient) -> None:
         """Hook of every new request-path connection (:attr:`RespClient.on_connect`): tracking on it,
@@ -271,13 +398,13 @@ class NearCache:
         if sub is None or redirect is None or self.disabled:
             return
         try:
-            await _track(client.call_on_open, redirect)
+            await _track(client.call_on_open, redirect, self._entry_prefix)
         except redis.exceptions.ResponseError as exc:
             if _refusal(exc):
                 self._disable(f"CLIENT TRACKING refused: {exc}")
             return
         if sub is self._sub and self._verified:
-            self._armed = (client.connection_serial, sub)
+            self._arm((client.connection_serial, sub))
 
     # -- the background task ----------------------------------------------------------------
 
@@ -326,7 +453,7 @@ class NearCache:
         if not client.connection_serial:
             await client.call("PING", timeout_s=t)
         serial = client.connection_serial
-        await _track(functools.partial(client.call, timeout_s=t), self._redirect_id)
+        await _track(functools.partial(client.call, timeout_s=t), self._redirect_id, self._entry_prefix)
         if not self._verified:
             await self._probe()
             if self.disabled:
@@ -335,7 +462,7 @@ class NearCache:
         # Armed only now that the probe showed Redis reports what this connection's scripts read.
         if serial == client.connection_serial and sub is self._sub:
             self.clear()
-            self._armed = (serial, sub)
+            self._arm((serial, sub))
 
     async def _probe(self) -> None:
         """A key read by a script and then written must come back as an invalidation, or no near cache."""
@@ -360,6 +487,63 @@ class NearCache:
                 await writer.call("DEL", key, timeout_s=self._setup_timeout_s)
             await writer.aclose()
         log.info("near cache on: up to %d bytes of entries, invalidated by Redis (CLIENT TRACKING)", self.max_bytes)
+
+    # -- the key filter -------------------------------------------------------------------------
+
+    def _start_build(self) -> None:
+        if self.filter_off is not None or self._armed is None:
+            return
+        old, self._build_task = self._build_task, None
+        if old is not None:
+            old.cancel()
+        self._build_task = asyncio.get_running_loop().create_task(self._build_filter(self._armed),
+                                                                  name="near-cache-key-filter")
+
+    async def _build_filter(self, armed: tuple[int, _Subscriber]) -> None:
+        """``SCAN`` the partition's entries (on a connection of its own: the request path's replies must not
+        queue behind ~80 KB scan replies) into a new filter; it is used once the scan ends, if the
+        tracking it began under is still armed. Every key a message or a store names meanwhile goes in
+        too, so an entry created during the scan is not missed whichever side of the cursor it lands."""
+        scanner = self._client.another()
+        t = self._setup_timeout_s
+        backoff = 1.0
+        try:
+            while self._armed is armed:
+                building: KeyFilter | None = None
+                try:
+                    size = int(await scanner.call("DBSIZE", timeout_s=t))
+                    building = self._building = KeyFilter(2 * size)  # (headroom for what is written next)
+                    cursor: Any = b"0"
+                    while True:
+                        cursor, names = await scanner.call("SCAN", cursor, "MATCH", self._ks.entry_pattern,
+                                                           "COUNT", _SCAN_COUNT, timeout_s=t)
+                        for name in names:
+                            building.add(name.rpartition(b":")[2].decode("utf-8", "replace"))
+                        if int(cursor) == 0:
+                            break
+                except redis.exceptions.ResponseError as exc:
+                    if _refusal(exc):
+                        self.filter_off = str(exc)
+                        log.warning("near cache key filter off: %s; every miss reads Redis", exc)
+                        return
+                    log.debug("near cache key filter: %s", exc)
+                except (OSError, TimeoutError, ConnectionError, redis.exceptions.RedisError) as exc:
+                    log.debug("near cache key filter: %s: %s", type(exc).__name__, exc)
+                else:
+                    if self._armed is armed and self._building is building:
+                        self.filter, self._filter_for = building, armed
+                        log.info("near cache key filter: %d entries, %d KiB", building.count,
+                                 building.num_bytes // 1024)
+                    return
+                finally:
+                    if self._building is building:
+                        self._building = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        finally:
+            if self._build_task is asyncio.current_task():
+                self._build_task = None
+            await scanner.aclose()
 
     def _disable(self, why: str) -> None:
         if not self.disabled:
@@ -405,11 +589,12 @@ class NearCache:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="near-cache")
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._build_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._build_task = None
         if self._flush_due is not None:
             self._flush_due.cancel()
             self._flush_due = None
@@ -425,8 +610,12 @@ def _refusal(exc: redis.exceptions.ResponseError) -> bool:
     return message.startswith("noperm") or "unknown command" in message or "unknown subcommand" in message
 
 
-async def _track(send: Callable[..., Awaitable[Any]], redirect: int) -> None:
-    """Tracking on a request-path connection, its messages to the connection ``redirect``, and the touch
-    script loaded there (``send``: the connection's way to send a command now)."""
-    await send("CLIENT", "TRACKING", "on", "REDIRECT", redirect, "NOLOOP")
+async def _track(send: Callable[..., Awaitable[Any]], redirect: int, prefix: str) -> None:
+    """Tracking of every key under ``prefix`` (broadcast: whoever writes it, read here or not) on a
+    request-path connection, its messages to the connection ``redirect``, and the touch script loaded
+    there (``send``: the connection's way to send a command now). Off first: Redis refuses a broadcast
+    prefix the connection already has (the connect hook and the set-up may both get here); nothing is
+    served from memory, nor the filter used, until this arming is done."""
+    await send("CLIENT", "TRACKING", "off")
+    await send("CLIENT", "TRACKING", "on", "REDIRECT", redirect, "BCAST", "PREFIX", prefix, "NOLOOP")
     await send("SCRIPT", "LOAD", _TOUCH)

@@ -211,3 +211,123 @@ async def test_its_own_store_drops_the_held_entry(proxy_stack, redis_plain_url) 
 def test_only_a_refusal_turns_it_off_for_good(message: str, for_good: bool) -> None:
     """A Redis that will never track (no permission, no command) turns it off; a passing state is retried."""
     assert near_module._refusal(redis.exceptions.ResponseError(message)) is for_good
+
+
+# -- the key filter: misses that need no round trip ----------------------------------------------
+
+
+def chat(text: str) -> dict:
+    return {**CHAT, "messages": [{"role": "user", "content": text}]}
+
+
+async def filtered_stack(proxy_stack: Callable[..., Awaitable[Stack]], **overrides) -> tuple[Stack, NearCache]:
+    stack, near = await armed_stack(proxy_stack, **overrides)
+    await wait_until("the key filter scanned", lambda: near.filter is not None, timeout_s=15.0)
+    return stack, near
+
+
+async def test_a_miss_the_key_filter_never_saw_makes_no_lookup(proxy_stack, redis_plain_url) -> None:
+    stack, near = await filtered_stack(proxy_stack)
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        before, absent = await evalsha_calls(r), near.num_absent
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "miss"
+        assert near.num_absent == absent + 1
+        await wait_until("the miss stored", lambda: _entries(r, stack))
+        assert await evalsha_calls(r) == before + 1  # its store; no lookup script ran
+        # Its own store put the key in the filter: the next request reads Redis and hits.
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
+        assert near.num_absent == absent + 1
+        assert await stack.upstream_count() == 1
+        async with stack.http.get(stack.proxy_url + "/metrics") as resp:
+            text = await resp.text()
+        assert "llmcache_near_cache_absent_total 1.0" in text
+        assert "llmcache_near_cache_hits_total 0.0" in text
+    finally:
+        await r.aclose()
+
+
+async def _entries(r: aioredis.Redis, stack: Stack) -> int:
+    return len([k async for k in r.scan_iter(match=stack.state.keyspace.entry_pattern)])
+
+
+async def test_entries_other_pods_wrote_before_and_after_it_started_are_hits(proxy_stack) -> None:
+    """The scan finds what was there; the broadcast names what another pod stores later."""
+    other = await proxy_stack()
+    assert (await other.post("/v1/chat/completions", chat("stored before")))[1]["X-LLMCache-Status"] == "miss"
+    assert (await other.post("/v1/chat/completions", chat("stored before")))[1]["X-LLMCache-Status"] == "hit"
+    stack, near = await filtered_stack(proxy_stack)
+    assert (await stack.post("/v1/chat/completions", chat("stored before")))[1]["X-LLMCache-Status"] == "hit"
+    messages = near.num_invalidations
+    assert (await other.post("/v1/chat/completions", chat("stored after")))[1]["X-LLMCache-Status"] == "miss"
+    await wait_until("the other pod's store broadcast", lambda: near.num_invalidations > messages)
+    assert (await stack.post("/v1/chat/completions", chat("stored after")))[1]["X-LLMCache-Status"] == "hit"
+    assert await stack.upstream_count() == 0
+    assert near.num_absent == 0
+
+
+async def test_losing_tracking_drops_the_filter_until_it_is_scanned_again(proxy_stack, redis_plain_url) -> None:
+    stack, near = await filtered_stack(proxy_stack)
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        assert await r.client_kill_filter(_type="pubsub") >= 1
+        await wait_until("the near cache disarmed", lambda: not near.armed)
+        assert near.filter is None and not near.absent("0" * 64)
+        # Meanwhile misses read Redis; what another client writes then is found by the new scan.
+        assert (await stack.post("/v1/chat/completions", chat("while down")))[1]["X-LLMCache-Status"] in {
+            "miss", "hit"}
+        await wait_until("the key filter scanned again", lambda: near.armed and near.filter is not None,
+                         timeout_s=15.0)
+        assert (await stack.post("/v1/chat/completions", chat("while down")))[1]["X-LLMCache-Status"] == "hit"
+    finally:
+        await r.aclose()
+
+
+async def test_a_filter_past_its_design_load_is_built_again_larger(proxy_stack, monkeypatch) -> None:
+    monkeypatch.setattr(near_module, "_FILTER_MIN_BITS", 64)  # 4 keys at 16 bits a key
+    stack, near = await filtered_stack(proxy_stack)
+    first = near.filter
+    assert first is not None and first.capacity == 4
+    texts = [f"question {i}" for i in range(12)]
+    for text in texts:
+        assert (await stack.post("/v1/chat/completions", chat(text)))[1]["X-LLMCache-Status"] == "miss"
+    await wait_until("a larger filter", lambda: near.filter is not None and near.filter.capacity >= 12)
+    for text in texts:  # none of them lost in the change
+        assert (await stack.post("/v1/chat/completions", chat(text)))[1]["X-LLMCache-Status"] == "hit"
+
+
+async def test_a_user_refused_scan_keeps_the_near_cache_without_the_filter(proxy_stack, redis_plain_url) -> None:
+    r = aioredis.Redis.from_url(redis_plain_url)
+    await r.acl_setuser("no-scan", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-scan"],
+                        channels=["*"])
+    try:
+        url = redis_plain_url.replace("redis://", "redis://no-scan:pw@", 1)
+        stack, near = await armed_stack(proxy_stack, redis_url=url)
+        await wait_until("the key filter turned off", lambda: near.filter_off is not None)
+        assert near.filter is None and near.disabled is None
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "miss"
+        assert near.num_absent == 0
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
+        assert (await stack.post("/v1/chat/completions", CHAT))[1]["X-LLMCache-Status"] == "hit"
+        assert near.num_hits == 1  # the near cache still serves
+    finally:
+        await r.acl_deluser("no-scan")
+        await r.aclose()
+
+
+def test_the_key_filter_never_forgets_a_key_and_rarely_invents_one() -> None:
+    import hashlib
+    import os
+
+    f = near_module.KeyFilter(10_000)
+    added = [hashlib.sha256(os.urandom(16)).hexdigest() for _ in range(f.capacity)]
+    for key in added:
+        f.add(key)
+    assert all(key in f for key in added)
+    others = [hashlib.sha256(os.urandom(16)).hexdigest() for _ in range(20_000)]
+    false_maybe = sum(key in f for key in others) / len(others)
+    assert false_maybe < 0.005  # ~0.1 % at the design load
+    assert not f.full
+    f.add("not-a-sha256: any name")  # a name that is not hex still works, through its own hash
+    assert "not-a-sha256: any name" in f and f.full
+    assert 12345 not in f
