@@ -76,7 +76,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,19 @@ def _wait_http(url: str, *, timeout_s: float, proc: subprocess.Popen[bytes] | No
         time.sleep(0.2)
     tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
     raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s ({last}):\n{tail}")
+
+
+def _wait_near_cache(base: str, *, timeout_s: float) -> bool:
+    """Wait until llmcache's near cache serves and its key filter answers misses (``/metrics``), so that
+    every phase measures the steady state, not the set-up; False (and a note) if not within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with suppress(urllib.error.URLError, OSError), urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
+            if b"llmcache_near_cache_filter_ready 1.0" in resp.read():
+                return True
+        time.sleep(0.2)
+    print(f"  note: the near cache of {base} was not ready within {timeout_s:.0f} s; measuring anyway", flush=True)
+    return False
 
 
 @contextmanager
@@ -849,6 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 with _process(argv_ours, log=work / "llmcache.log", env=env, cwd=work) as pp:
                     _wait_http(base + "/healthz", timeout_s=60, proc=pp, log=work / "llmcache.log")
+                    _wait_near_cache(base, timeout_s=30)
                     bench.measure_proxy(ours, base, stub, pp.pid)
             except Exception as exc:  # noqa: BLE001 - reported in the table
                 ours.error = f"{type(exc).__name__}: {exc}"

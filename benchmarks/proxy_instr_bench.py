@@ -88,6 +88,8 @@ def measure(name: str, argv: list[str], *, port: int, phases: list[str], n: int,
     with pb._process(vg + argv, log=workdir / f"{name}.log", env=env, cwd=workdir) as proc:  # noqa: SLF001
         pb._wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=900, proc=proc,  # noqa: SLF001
                       log=workdir / f"{name}.log")
+        if name.startswith("llmcache"):
+            pb._wait_near_cache(f"http://127.0.0.1:{port}", timeout_s=300)  # noqa: SLF001 - slow under valgrind
         run = uuid.uuid4().hex[:8]
         _requests(port, [f"warm-{run}-{i}" for i in range(10)])
         for phase in phases:

@@ -10,6 +10,9 @@
 ``llmcache_saved_usd_total``               estimated money saved (``--price-*-per-1k``)
 ``llmcache_near_cache_hits_total``         exact hits served from the proxy's memory (no Redis round trip)
 ``llmcache_near_cache_absent_total``       misses the near cache's key filter answered (no Redis round trip)
+``llmcache_near_cache_armed``              1 while the near cache serves from memory (tracking on), else 0
+``llmcache_near_cache_filter_ready``       1 while its key filter answers misses (scanned under the current
+                                           tracking), else 0
 ``llmcache_coalesced_total``               requests that joined another request's upstream call
 ``llmcache_redis_failures_total``          Redis operations that failed, timed out or were skipped
                                            because the breaker was open
@@ -41,7 +44,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
@@ -242,3 +245,7 @@ class _RequestPathMetrics:
         yield CounterMetricFamily("llmcache_near_cache_absent", "Misses the near cache's key filter answered "
                                   "without a Redis round trip", value=0 if near is None else near.num_absent,
                                   created=created)
+        yield GaugeMetricFamily("llmcache_near_cache_armed", "1 while the near cache serves from memory",
+                                value=1 if near is not None and near.armed else 0)
+        yield GaugeMetricFamily("llmcache_near_cache_filter_ready", "1 while the near cache's key filter answers "
+                                "misses", value=1 if near is not None and near.filter_ready else 0)

@@ -291,14 +291,16 @@ class NearCache:
             self._flush_touches()
         return item[0]
 
+    @property
+    def filter_ready(self) -> bool:
+        """The key filter answers misses: scanned under the tracking armed now."""
+        armed = self._armed
+        return self.filter is not None and armed is not None and self._filter_for is armed and self.armed
+
     def absent(self, key_hash: str) -> bool:
         """True when the entry is surely not in Redis (never written since the key filter's scan began, under
         the tracking still armed): the lookup can be skipped. False: read Redis."""
-        armed = self._armed
-        if self._filter_for is not armed or armed is None or not self.armed:
-            return False
-        f = self.filter
-        if f is None or key_hash in f:
+        if not self.filter_ready or key_hash in self.filter:  # type: ignore[operator]
             return False
         self.num_absent += 1
         return True

@@ -243,6 +243,7 @@ async def test_a_miss_the_key_filter_never_saw_makes_no_lookup(proxy_stack, redi
             text = await resp.text()
         assert "llmcache_near_cache_absent_total 1.0" in text
         assert "llmcache_near_cache_hits_total 0.0" in text
+        assert "llmcache_near_cache_armed 1.0" in text and "llmcache_near_cache_filter_ready 1.0" in text
     finally:
         await r.aclose()
 
@@ -272,7 +273,7 @@ async def test_losing_tracking_drops_the_filter_until_it_is_scanned_again(proxy_
     try:
         assert await r.client_kill_filter(_type="pubsub") >= 1
         await wait_until("the near cache disarmed", lambda: not near.armed)
-        assert near.filter is None and not near.absent("0" * 64)
+        assert near.filter is None and not near.filter_ready and not near.absent("0" * 64)
         # Meanwhile misses read Redis; what another client writes then is found by the new scan.
         assert (await stack.post("/v1/chat/completions", chat("while down")))[1]["X-LLMCache-Status"] in {
             "miss", "hit"}
