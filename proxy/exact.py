@@ -238,6 +238,12 @@ class ParsedEntries:
         return len(self._items)
 
 
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """Take a future's outcome so that asyncio does not log it as never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _similarity(value: Any) -> float:
     """A version-2 entry's similarity: a number in [0, 1] (anything else is a ValueError)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
@@ -406,8 +412,13 @@ return v
 # single-flight lease, same shard tag) and ARGV[7] (this pod's owner name), the lease is given up
 # in the same call where this pod still owns it: pods waiting on it find the entry stored first,
 # and the miss needs no round trip of its own for the release.
-_PUT_AND_RECORD = """
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+_PUT = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])"""
+# _RECORD alone (ARGV[1] empty) follows a plain ``SET`` of the entry, in the same write, where this process has a
+# near cache: its broadcast tracking (llmcache.proxy.near) would otherwise send it a message for its own
+# store on every miss, as Redis and Valkey take a script's writes for another client's when they spare a
+# ``NOLOOP`` connection its own broadcast keys. Under OOM the SET is refused, and so is this script's first write.
+_RECORD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local at = tonumber(ARGV[3]) / 1000
@@ -429,6 +440,7 @@ end
 if KEYS[7] and redis.call('GET', KEYS[7]) == ARGV[7] then redis.call('DEL', KEYS[7]) end
 return #dead
 """
+_PUT_AND_RECORD = _PUT + _RECORD
 
 
 class RedisExactStore:
@@ -450,6 +462,7 @@ class RedisExactStore:
         # register_script: EVALSHA, loading the script on NOSCRIPT (a restarted or flushed Redis).
         self._get_and_touch = client.register_script(_GET_AND_TOUCH)
         self._put_and_record = client.register_script(_PUT_AND_RECORD)
+        self._record = client.register_script(_RECORD)
 
     async def _script(self, script: Any, keys: list[str], args: list[Any], timeout_s: float | None) -> Any:
         if self._bounded:
@@ -542,7 +555,11 @@ class RedisExactStore:
             self.near.written(key_hash)
         blob = entry.to_bytes()
         keys, args = self._put_command(key_hash, blob, _now_ms(), ttl_s=ttl_s, group=group, lease_owner=lease_owner)
-        await self._script(self._put_and_record, keys, args, timeout_s)
+        if self.near is not None and isinstance(self._redis, resp.RespClient):  # (as put_nowait: see _RECORD)
+            await self._redis.call("SET", keys[0], blob, "EX", ttl_s, timeout_s=timeout_s)
+            await self._script(self._record, keys, ["", *args[1:]], timeout_s)
+        else:
+            await self._script(self._put_and_record, keys, args, timeout_s)
         return args[4]  # type: ignore[no-any-return]
 
     def put_nowait(self, key_hash: str, entry: Entry, *, ttl_s: int, group: str, timeout_s: float | None = None,
@@ -570,10 +587,21 @@ class RedisExactStore:
             head += resp.bulk(ks.lease(key_hash))
             tail += resp.bulk(lease_owner)
             num = 7
-        head += f"${size}\r\n"
         if head.isascii() and tail.isascii():
+            if self.near is not None:  # the entry by a plain SET, then the bookkeeping (see _RECORD), in one write
+                set_head = f"*5\r\n$3\r\nSET\r\n${len(entry_key)}\r\n{entry_key}\r\n${size}\r\n".encode()
+                set_tail = f"\r\n$2\r\nEX\r\n${len(ttl)}\r\n{ttl}\r\n".encode()
+                record = self._record.encoded(num, num, f"{head}$0\r\n{tail}".encode())  # type: ignore[union-attr]
+                futures = self._redis.send_many_nowait(b"".join((set_head, blob, set_tail, record)), 2,  # type: ignore[union-attr]
+                                                       timeout_s=timeout_s)
+                if futures is None:
+                    return None
+                futures[0].add_done_callback(_retrieved)  # (a refused SET: the script's first write is refused too)
+                return futures[1]
             return self._put_and_record.start_encoded(  # type: ignore[union-attr]
-                num, num, head.encode(), blob, tail.encode(), timeout_s=timeout_s)
+                num, num, f"{head}${size}\r\n".encode(), blob, tail.encode(), timeout_s=timeout_s)
+        if self.near is not None:
+            return None  # (not ASCII, and a near cache: put splits the store the generic way)
         keys, args = self._put_command(key_hash, blob, int(now), ttl_s=ttl_s, group=group, lease_owner=lease_owner)
         return self._put_and_record.start(keys=keys, args=args, timeout_s=timeout_s)  # type: ignore[union-attr]
 

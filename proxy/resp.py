@@ -136,11 +136,15 @@ class Script:
         each); a caller that keeps its constant arguments encoded and writes the others in one
         f-string packs a command in half the instructions.
         """
+        return self._client.send_nowait(self.encoded(num_keys, num_args, *parts), timeout_s=timeout_s)
+
+    def encoded(self, num_keys: int, num_args: int, *parts: bytes) -> bytes:
+        """The ``EVALSHA`` command of :meth:`start_encoded` in RESP, not sent."""
         head = self._heads.get((num_keys, num_args))
         if head is None:
             head = self._heads[(num_keys, num_args)] = (
                 f"*{3 + num_keys + num_args}\r\n{bulk('EVALSHA')}{bulk(self.sha)}{bulk(str(num_keys))}".encode())
-        return self._client.send_nowait(b"".join((head, *parts)), timeout_s=timeout_s)
+        return b"".join((head, *parts))
 
     def start(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), *,
               timeout_s: float | None = None) -> asyncio.Future[Any] | None:
@@ -274,6 +278,18 @@ class RespClient:
             return None
         return self._send(packed, timeout_s)
 
+    def send_many_nowait(self, packed: bytes, num_commands: int, *,
+                         timeout_s: float | None = None) -> list[asyncio.Future[Any]] | None:
+        """:meth:`send_nowait` for ``num_commands`` commands in RESP one after the other in ``packed``, written
+        in one ``send``: the futures of their replies in order, or ``None`` (nothing sent)."""
+        if not self._open_now():
+            return None
+        loop = asyncio.get_running_loop()
+        idle = not self.pending
+        futures = [self._expect(loop, timeout_s) for _ in range(num_commands)]
+        self._write(loop, packed, idle=idle)
+        return futures
+
     def _open_now(self) -> bool:
         """Can a command be sent now, with no connect, reconnect or refusal (:meth:`call`) first?"""
         proto = self._proto
@@ -285,21 +301,29 @@ class RespClient:
 
     def _send(self, packed: bytes, timeout_s: float | None = None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
+        idle = not self.pending
+        fut = self._expect(loop, timeout_s)
+        self._write(loop, packed, idle=idle)
+        return fut
+
+    def _expect(self, loop: asyncio.AbstractEventLoop, timeout_s: float | None) -> asyncio.Future[Any]:
+        """The future of the next reply not yet expected."""
         fut: asyncio.Future[Any] = loop.create_future()
         # The deadline is one timer that fails the future (cancelled when the reply comes): cheaper
         # than an asyncio.timeout context around the await.
         timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, fut, timeout_s)
-        idle = not self.pending
         self.pending.append((fut, time.monotonic(), timer))
+        return fut
+
+    def _write(self, loop: asyncio.AbstractEventLoop, packed: bytes, *, idle: bool) -> None:
         if idle and self._proto is not None and self._proto.transport is not None:
-            # Nothing in flight: waiting a loop turn to batch would only add latency.
+            # Nothing was in flight: waiting a loop turn to batch would only add latency.
             self._proto.transport.write(packed)
-            return fut
+            return
         # Replies are outstanding anyway: commands issued until the loop comes round leave in one send.
         if not self._out:
             loop.call_soon(self._flush)
         self._out.append(packed)
-        return fut
 
     def _flush(self) -> None:
         """Write what this loop turn issued in one ``send`` (everything in it is for the current connection:

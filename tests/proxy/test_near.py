@@ -332,3 +332,25 @@ def test_the_key_filter_never_forgets_a_key_and_rarely_invents_one() -> None:
     f.add("not-a-sha256: any name")  # a name that is not hex still works, through its own hash
     assert "not-a-sha256: any name" in f and f.full
     assert 12345 not in f
+
+
+@pytest.mark.parametrize("lease", [False, True])
+async def test_its_own_stores_cost_it_no_invalidation_message(proxy_stack, redis_plain_url, lease: bool) -> None:
+    """Redis spares a NOLOOP connection the broadcast of its own writes, but not of a script's: the store
+    sets the entry itself and leaves only the bookkeeping (and the lease) to the script."""
+    stack, near = await filtered_stack(proxy_stack, cache_single_flight_lease=lease)
+    r = aioredis.Redis.from_url(redis_plain_url)
+    try:
+        before = near.num_invalidations
+        for i in range(3):
+            assert (await stack.post("/v1/chat/completions", chat(f"own {i}")))[1]["X-LLMCache-Status"] == "miss"
+        assert await _entries(r, stack) == 3
+        assert await r.keys(stack.state.keyspace.partition_prefix + "lease:*") == []  # given up by the script
+        # Another client's write after them: messages keep their order, so theirs would have come first.
+        await r.set(stack.state.keyspace.entry("f" * 64), b"marker", px=5000)
+        await wait_until("the marker's invalidation", lambda: near.num_invalidations > before)
+        assert near.num_invalidations == before + 1
+        for i in range(3):
+            assert (await stack.post("/v1/chat/completions", chat(f"own {i}")))[1]["X-LLMCache-Status"] == "hit"
+    finally:
+        await r.aclose()

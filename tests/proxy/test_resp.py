@@ -253,6 +253,56 @@ async def test_exact_store_sends_the_commands_hiredis_would_pack(redis_plain_url
         await plain.aclose()
 
 
+async def test_a_store_beside_a_near_cache_sets_the_entry_itself_then_records_it(redis_plain_url: str) -> None:
+    """With a near cache, put_nowait sends a plain SET (Redis spares its tracking connection the broadcast of
+    that, not of a script's write) and the bookkeeping script without the blob, in one write; put does the
+    same awaited, loading the script where Redis lost it."""
+    ks = Keyspace("llmcache")
+    fast = resp.RespClient.from_url(redis_plain_url)
+    plain = aioredis.Redis.from_url(redis_plain_url)
+    sent: list[tuple[bytes, int]] = []
+    send_many = fast.send_many_nowait
+    fast.send_many_nowait = lambda packed, n, *, timeout_s=None: (sent.append((packed, n)),
+                                                                  send_many(packed, n, timeout_s=timeout_s))[1]
+    written: list[str] = []
+    try:
+        await fast.ping()
+        store = RedisExactStore(fast, keyspace=ks)
+        store.near = type("Near", (), {"written": staticmethod(written.append)})()  # type: ignore[assignment]
+        entry = Entry(route="/v1/chat/completions", model="m", created_s=1796607408.123, body=ANSWER, tenant="t")
+        blob = entry.to_bytes()
+        kh, other = "a" * 64, "b" * 64
+        rows = ks.bookkeeping("g", shard_of(kh))
+        assert await plain.script_load(store._record.source) == store._record.sha
+        await plain.set(ks.lease(kh), "pod-a")
+        before_s = time.time()
+        fut = store.put_nowait(kh, entry, ttl_s=60, group="g", lease_owner="pod-a")
+        assert fut is not None and await fut == 0
+        ((packed, num),) = sent
+        reader = hiredis.Reader()
+        reader.feed(packed)
+        set_command, record, rest = reader.gets(), reader.gets(), reader.gets()
+        assert num == 2 and rest is False
+        assert set_command == [b"SET", ks.entry(kh).encode(), blob, b"EX", b"60"]
+        ms = int(record[12])
+        assert before_s * 1000 - 1 <= ms <= time.time() * 1000
+        assert record == _command(hiredis.pack_command((
+            "EVALSHA", store._record.sha, 7, ks.entry(kh), *rows, ks.lease(kh), "", 60, ms, kh, len(blob),
+            TRIM_PER_WRITE, "pod-a")))
+        assert written == [kh]
+        assert await plain.get(ks.entry(kh)) == blob and 0 < await plain.ttl(ks.entry(kh)) <= 60
+        assert await plain.get(ks.lease(kh)) is None  # given up by the script
+        assert await plain.zscore(rows[0], kh) is not None and await plain.hget(rows[3], kh) == str(len(blob)).encode()
+        await plain.script_flush()  # a restarted Redis: the awaited way loads the script
+        await store.put(other, entry, ttl_s=60, group="g", timeout_s=1.0)
+        assert await plain.get(ks.entry(other)) == blob
+        assert await plain.zscore(ks.bookkeeping("g", shard_of(other))[0], other) is not None
+        assert written == [kh, other] and len(sent) == 1
+    finally:
+        await fast.aclose()
+        await plain.aclose()
+
+
 async def test_each_command_fails_at_its_own_deadline(silent_server: tuple[str, socket.socket]) -> None:
     """One timer keeps every pending deadline: a short one sent after a long one fails at its own
     deadline (well within the long one's), and the long one is still waiting then."""
