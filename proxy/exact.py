@@ -238,12 +238,6 @@ class ParsedEntries:
         return len(self._items)
 
 
-def _retrieved(fut: asyncio.Future[Any]) -> None:
-    """Take a future's outcome so that asyncio does not log it as never retrieved."""
-    if not fut.cancelled():
-        fut.exception()
-
-
 def _similarity(value: Any) -> float:
     """A version-2 entry's similarity: a number in [0, 1] (anything else is a ValueError)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
@@ -592,12 +586,9 @@ class RedisExactStore:
                 set_head = f"*5\r\n$3\r\nSET\r\n${len(entry_key)}\r\n{entry_key}\r\n${size}\r\n".encode()
                 set_tail = f"\r\n$2\r\nEX\r\n${len(ttl)}\r\n{ttl}\r\n".encode()
                 record = self._record.encoded(num, num, f"{head}$0\r\n{tail}".encode())  # type: ignore[union-attr]
-                futures = self._redis.send_many_nowait(b"".join((set_head, blob, set_tail, record)), 2,  # type: ignore[union-attr]
-                                                       timeout_s=timeout_s)
-                if futures is None:
-                    return None
-                futures[0].add_done_callback(_retrieved)  # (a refused SET: the script's first write is refused too)
-                return futures[1]
+                # The SET's reply is dropped: where it is refused (OOM), so is the script's first write.
+                return self._redis.send_nowait(b"".join((set_head, blob, set_tail, record)), discard=1,  # type: ignore[union-attr]
+                                               timeout_s=timeout_s)
             return self._put_and_record.start_encoded(  # type: ignore[union-attr]
                 num, num, f"{head}${size}\r\n".encode(), blob, tail.encode(), timeout_s=timeout_s)
         if self.near is not None:

@@ -272,23 +272,16 @@ class RespClient:
             return None
         return self._send(hiredis.pack_command(args), timeout_s)
 
-    def send_nowait(self, packed: bytes, *, timeout_s: float | None = None) -> asyncio.Future[Any] | None:
-        """:meth:`call_nowait` for a command already in RESP (``*<n>`` and its ``n`` bulk strings)."""
-        if not self._open_now():
-            return None
-        return self._send(packed, timeout_s)
+    def send_nowait(self, packed: bytes, *, timeout_s: float | None = None,
+                    discard: int = 0) -> asyncio.Future[Any] | None:
+        """:meth:`call_nowait` for a command already in RESP (``*<n>`` and its ``n`` bulk strings).
 
-    def send_many_nowait(self, packed: bytes, num_commands: int, *,
-                         timeout_s: float | None = None) -> list[asyncio.Future[Any]] | None:
-        """:meth:`send_nowait` for ``num_commands`` commands in RESP one after the other in ``packed``, written
-        in one ``send``: the futures of their replies in order, or ``None`` (nothing sent)."""
+        With ``discard``, ``packed`` begins with that many other commands, sent in the same write, whose
+        replies are read and dropped (an error too: the caller has the last command tell it); the future
+        is the last command's. Those cost no future, timer or callback of their own."""
         if not self._open_now():
             return None
-        loop = asyncio.get_running_loop()
-        idle = not self.pending
-        futures = [self._expect(loop, timeout_s) for _ in range(num_commands)]
-        self._write(loop, packed, idle=idle)
-        return futures
+        return self._send(packed, timeout_s, discard)
 
     def _open_now(self) -> bool:
         """Can a command be sent now, with no connect, reconnect or refusal (:meth:`call`) first?"""
@@ -299,31 +292,28 @@ class RespClient:
         return not (pending and (time.monotonic() - pending[0][1] > self.stale_after_s
                                  or len(pending) >= self.max_pending))
 
-    def _send(self, packed: bytes, timeout_s: float | None = None) -> asyncio.Future[Any]:
+    def _send(self, packed: bytes, timeout_s: float | None = None, discard: int = 0) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        idle = not self.pending
-        fut = self._expect(loop, timeout_s)
-        self._write(loop, packed, idle=idle)
-        return fut
-
-    def _expect(self, loop: asyncio.AbstractEventLoop, timeout_s: float | None) -> asyncio.Future[Any]:
-        """The future of the next reply not yet expected."""
         fut: asyncio.Future[Any] = loop.create_future()
         # The deadline is one timer that fails the future (cancelled when the reply comes): cheaper
         # than an asyncio.timeout context around the await.
         timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, fut, timeout_s)
+        idle = not self.pending
+        if discard:  # replies to drop: a future already done is what a reply's reader skips
+            dropped = loop.create_future()
+            dropped.set_result(None)
+            now = time.monotonic()
+            self.pending.extend((dropped, now, None) for _ in range(discard))
         self.pending.append((fut, time.monotonic(), timer))
-        return fut
-
-    def _write(self, loop: asyncio.AbstractEventLoop, packed: bytes, *, idle: bool) -> None:
         if idle and self._proto is not None and self._proto.transport is not None:
-            # Nothing was in flight: waiting a loop turn to batch would only add latency.
+            # Nothing in flight: waiting a loop turn to batch would only add latency.
             self._proto.transport.write(packed)
-            return
+            return fut
         # Replies are outstanding anyway: commands issued until the loop comes round leave in one send.
         if not self._out:
             loop.call_soon(self._flush)
         self._out.append(packed)
+        return fut
 
     def _flush(self) -> None:
         """Write what this loop turn issued in one ``send`` (everything in it is for the current connection:

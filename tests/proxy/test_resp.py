@@ -202,7 +202,7 @@ async def test_exact_store_sends_the_commands_hiredis_would_pack(redis_plain_url
     sent: list[bytes] = []
     packed_here: list[bytes] = []
     send, send_nowait = fast._send, fast.send_nowait
-    fast._send = lambda packed, timeout_s=None: (sent.append(packed), send(packed, timeout_s))[1]
+    fast._send = lambda packed, timeout_s=None, discard=0: (sent.append(packed), send(packed, timeout_s, discard))[1]
     fast.send_nowait = lambda packed, *, timeout_s=None: (packed_here.append(packed),
                                                           send_nowait(packed, timeout_s=timeout_s))[1]
     try:
@@ -261,9 +261,9 @@ async def test_a_store_beside_a_near_cache_sets_the_entry_itself_then_records_it
     fast = resp.RespClient.from_url(redis_plain_url)
     plain = aioredis.Redis.from_url(redis_plain_url)
     sent: list[tuple[bytes, int]] = []
-    send_many = fast.send_many_nowait
-    fast.send_many_nowait = lambda packed, n, *, timeout_s=None: (sent.append((packed, n)),
-                                                                  send_many(packed, n, timeout_s=timeout_s))[1]
+    send_nowait = fast.send_nowait
+    fast.send_nowait = lambda packed, *, timeout_s=None, discard=0: (sent.append((packed, discard)), send_nowait(
+        packed, timeout_s=timeout_s, discard=discard))[1]
     written: list[str] = []
     try:
         await fast.ping()
@@ -282,7 +282,7 @@ async def test_a_store_beside_a_near_cache_sets_the_entry_itself_then_records_it
         reader = hiredis.Reader()
         reader.feed(packed)
         set_command, record, rest = reader.gets(), reader.gets(), reader.gets()
-        assert num == 2 and rest is False
+        assert num == 1 and rest is False
         assert set_command == [b"SET", ks.entry(kh).encode(), blob, b"EX", b"60"]
         ms = int(record[12])
         assert before_s * 1000 - 1 <= ms <= time.time() * 1000
@@ -301,6 +301,21 @@ async def test_a_store_beside_a_near_cache_sets_the_entry_itself_then_records_it
     finally:
         await fast.aclose()
         await plain.aclose()
+
+
+async def test_replies_sent_to_be_discarded_are_read_and_dropped_errors_too(redis_plain_url: str) -> None:
+    fast = resp.RespClient.from_url(redis_plain_url)
+    try:
+        await fast.call("SET", "discard-test", "abc")
+        packed = b"".join(hiredis.pack_command(c) for c in (("INCR", "discard-test"), ("APPEND", "discard-test", "d"),
+                                                            ("GET", "discard-test")))
+        fut = fast.send_nowait(packed, discard=2, timeout_s=1.0)
+        assert fut is not None and await fut == b"abcd"  # the INCR's error and the APPEND's 4 went nowhere
+        assert not fast.pending
+        assert await fast.call("GET", "discard-test") == b"abcd"  # still in step
+    finally:
+        await fast.call("DEL", "discard-test")
+        await fast.aclose()
 
 
 async def test_each_command_fails_at_its_own_deadline(silent_server: tuple[str, socket.socket]) -> None:
