@@ -8,9 +8,12 @@ same requests does not. This runs each server under ``valgrind --tool=callgrind`
 it, and reads the instructions executed per request from callgrind dumps taken before and
 after each phase (each phase ends with a short pause, so background stores are counted)::
 
-    bare relay (proxy_bench's, same event loop)  miss
-    llmcache --mode exact                         miss, hit
+    bare relay (proxy_bench's, same event loop)  miss, streamed miss
+    llmcache --mode exact                         miss, hit, streamed miss (recorded into an entry)
     llmcache --mode exact --single-flight-lease   miss (with --lease: the cross-pod lease's cost)
+
+A streamed miss asks for ``"stream": true``: the stub answers it one SSE event per word, and
+llmcache relays each one and folds it into the entry it stores (``proxy/streaming.py``).
 
 Instructions count user space only (system calls are not in them) and are no latency
 claim; ``proxy_bench.py`` gives the latencies and CPU time beside its peers.
@@ -67,11 +70,14 @@ def _dump(pid: int, workdir: Path) -> str:
     raise RuntimeError("callgrind wrote no dump")
 
 
-def _requests(port: int, tags: list[str]) -> None:
+def _requests(port: int, tags: list[str], *, stream: bool = False) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
         for tag in tags:
-            conn.request("POST", "/v1/chat/completions", body=pb._body(tag),  # noqa: SLF001 - the same bodies
+            body = pb._body(tag)  # noqa: SLF001 - the same bodies
+            if stream:
+                body = json.dumps({**json.loads(body), "stream": True}).encode()
+            conn.request("POST", "/v1/chat/completions", body=body,
                          headers={"Content-Type": "application/json", "Authorization": f"Bearer {pb.API_KEY}"})
             resp = conn.getresponse()
             resp.read()
@@ -97,7 +103,10 @@ def measure(name: str, argv: list[str], *, port: int, phases: list[str], n: int,
                 _requests(port, [f"hit-{run}"] * 5)  # stored, then hits
                 time.sleep(0.5)
             _dump(proc.pid, workdir)
-            _requests(port, [f"miss-{run}-{i}" for i in range(n)] if phase == "miss" else [f"hit-{run}"] * n)
+            if phase == "hit":
+                _requests(port, [f"hit-{run}"] * n)
+            else:
+                _requests(port, [f"{phase}-{run}-{i}" for i in range(n)], stream=phase == "stream")
             time.sleep(0.3)  # background stores (after the answers) belong to the phase
             out[phase] = _total_ir(_dump(proc.pid, workdir)) / n
             print(f"  {name} {phase}: {out[phase] / 1e6:.3f} M instructions per request", flush=True)
@@ -133,13 +142,15 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             result["bare relay"] = measure("bare relay", [sys.executable, str(HERE / "proxy_bench.py"), "_relay",
                                                           str(port), stub, args.event_loop],
-                                           port=port, phases=["miss"], n=args.requests, workdir=workdir, env=env)
+                                           port=port, phases=["miss", "stream"], n=args.requests, workdir=workdir,
+                                           env=env)
             port = free_port()
             result["llmcache"] = measure("llmcache", [sys.executable, "-m", "llmcache", "proxy", "--listen",
                                                       f"127.0.0.1:{port}", "--upstream", stub, "--redis-url",
                                                       redis_server.url, "--mode", "exact", "--event-loop",
                                                       args.event_loop, "--redis-timeout-ms", "5000"],
-                                         port=port, phases=["miss", "hit"], n=args.requests, workdir=workdir, env=env)
+                                         port=port, phases=["miss", "hit", "stream"], n=args.requests,
+                                         workdir=workdir, env=env)
             if args.lease:
                 port = free_port()
                 result["llmcache lease"] = measure(
@@ -154,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  bare relay  miss {result['bare relay']['miss'] / 1e6:.3f}")
     print(f"  llmcache    miss {result['llmcache']['miss'] / 1e6:.3f} ({ratio:.2f}× the relay), "
           f"hit {result['llmcache']['hit'] / 1e6:.3f}")
+    stream_ratio = result["llmcache"]["stream"] / result["bare relay"]["stream"]
+    result["stream_ratio_to_relay"] = stream_ratio
+    print(f"  streamed miss: relay {result['bare relay']['stream'] / 1e6:.3f}, llmcache "
+          f"{result['llmcache']['stream'] / 1e6:.3f} ({stream_ratio:.2f}× the relay)")
     if args.lease:
         leased = result["llmcache lease"]["miss"]
         print(f"  llmcache    miss with --single-flight-lease {leased / 1e6:.3f} "
@@ -173,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         labels.append("leased miss")
         values.append(result["llmcache lease"]["miss"] / 1e6)
         colors.append("tab:olive")
+    labels += ["relay stream", "llmcache stream"]
+    values += [result["bare relay"]["stream"] / 1e6, result["llmcache"]["stream"] / 1e6]
+    colors += ["tab:gray", "tab:green"]
     ax.bar(labels, values, color=colors)
+    ax.tick_params(axis="x", labelrotation=30)
     ax.set_ylabel("M instructions per request")
     ax.set_title(f"CPU work per request (callgrind), event loop {args.event_loop}")
     fig.tight_layout()

@@ -48,6 +48,7 @@ __all__ = [
     "canonical_route",
     "exact_key",
     "loads",
+    "loads_exact",
     "parse_body",
     "parse_json",
     "read_json",
@@ -287,6 +288,28 @@ def read_json(text: str | bytes) -> Any:
     except orjson.JSONDecodeError:
         return loads(text if isinstance(text, str) else text.decode())
 
+
+def loads_exact(raw: bytes) -> Any:
+    """``json.loads(raw.decode())``, the same values and types, in fewer instructions: orjson's parse (an SSE
+    chunk: ~15,000 instructions instead of ~24,000) where it gives them, the json module's (and its
+    errors) otherwise.
+
+    orjson turns an integer beyond 64 bits into a float; a text with a run of 19 digits or more (found
+    by one ``translate`` and one substring search, not a regular expression: those cost more than the
+    parse) is therefore parsed by the json module, as is whatever orjson refuses (``NaN``, lone
+    surrogates, a number too large for a float, invalid UTF-8, nesting past 1,024).
+    """
+    if _DIGIT_RUN not in raw.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return loads(raw.decode())
+
+
+#: Every digit as ``0`` and every other byte as a space (:func:`loads_exact`'s look for long numbers).
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_DIGIT_RUN = b"0" * 19
 
 _PLAIN_DECODER = json.JSONDecoder()
 

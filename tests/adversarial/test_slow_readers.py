@@ -60,19 +60,39 @@ class _CountingPattern:
         return self._pattern.search(string, pos, *args)
 
 
-def test_sse_recorder_scans_a_long_event_cut_in_small_chunks_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    counting = _CountingPattern(streaming._EVENT_SPLIT)
-    monkeypatch.setattr(streaming, "_EVENT_SPLIT", counting)
-    text = "x" * (96 * 1024)  # one event of ~96 KiB: a long answer in a single delta
-    stream = (_event({"role": "assistant", "content": ""}) + _event({"content": text}) + _event({}, "stop")
-              + streaming.DONE)
+class _CountingBuffer(bytearray):
+    """The recorder's buffer, counting the bytes its ``find`` examines (the \\n-only way: no regular expression)."""
+
+    num_bytes_scanned = 0
+    num_calls = 0
+
+    def find(self, sub: Any, start: Any = 0, *args: Any) -> int:  # type: ignore[override]
+        at = super().find(sub, start, *args)
+        self.num_calls += 1
+        self.num_bytes_scanned += (at + len(sub) if at >= 0 else len(self)) - start
+        return at
+
+
+@pytest.mark.parametrize("sep", [b"\n\n", b"\r\n\r\n"], ids=["lf", "crlf"])
+def test_sse_recorder_scans_a_long_event_cut_in_small_chunks_once(monkeypatch: pytest.MonkeyPatch, sep: bytes) -> None:
+    counting: _CountingPattern | _CountingBuffer
     rec = streaming.SSERecorder("/v1/chat/completions")
+    if sep == b"\n\n":  # bytes.find on the buffer
+        counting = rec._buf = _CountingBuffer()  # type: ignore[misc]
+    else:  # the separator pattern
+        counting = _CountingPattern(streaming._EVENT_SPLIT)
+        monkeypatch.setattr(streaming, "_EVENT_SPLIT", counting)
+    text = "x" * (96 * 1024)  # one event of ~96 KiB: a long answer in a single delta
+    # (A comment first: the \r\n stream takes the pattern's way from its first chunk.)
+    stream = (b": ok" + sep + _event({"role": "assistant", "content": ""}, sep=sep) + _event({"content": text}, sep=sep)
+              + _event({}, "stop", sep=sep) + b"data: [DONE]" + sep)
     chunk_bytes = 16
     num_chunks = 0
     for i in range(0, len(stream), chunk_bytes):
         rec.feed(stream[i:i + chunk_bytes])
         num_chunks += 1
     assert rec.complete and rec.answer()["choices"][0]["message"]["content"] == text
+    assert isinstance(rec._buf, _CountingBuffer) is (sep == b"\n\n")  # (the same buffer all along)
     # Every byte is scanned at least once (the count sees the recorder's work) ...
     assert counting.num_calls >= num_chunks and counting.num_bytes_scanned >= len(stream)
     # ... and about once: linear in the stream, plus a separator's width per chunk. The old

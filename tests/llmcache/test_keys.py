@@ -270,3 +270,27 @@ def test_read_json_is_json_loads_for_what_it_reads(text: str) -> None:
 def test_read_json_reads_an_integer_beyond_64_bits_as_a_number() -> None:
     """orjson's one difference, stated in read_json's contract: the value, as a float."""
     assert keys.read_json("[18446744073709551616]") == [18446744073709551616.0]
+
+
+_EXACT_TEXTS = [
+    b'{"a": 1.0, "b": -0.0, "c": 2.5, "d": [0.0, 1e5, 1E2, 0.1e1, 1e-7]}', b'{"a": 1, "a": 2}',
+    b'[18446744073709551616]', b'[18446744073709551615]', b'[-9223372036854775809]', b'[9223372036854775808]',
+    b'[123456789012345678901234567890]', b'{"id": "chatcmpl-12345678901234567890"}', b'[1234567890123456789]',
+    b'[0.12345678901234567890123]', b'[1e19]', b'{"x": 1e999}', b'{"x": NaN}', b'[-Infinity]', b'["\\ud800"]',
+    b'["\\ud83d\\ude00"]', '["\ud800"]'.encode("utf-8", "surrogatepass"), b'\xef\xbb\xbf{"a": 1}', b"\xff",
+    b'{"a": 1} x', b"", b" [1.0] ", b"1.0", b'"s"', b"null", b'"\x01"', '{"é": "😀", "\u2028": [true, null]}'.encode(),
+    b"[" * 1100 + b"]" * 1100,
+]
+
+
+@pytest.mark.parametrize("raw", _EXACT_TEXTS)
+def test_loads_exact_is_json_loads_value_for_value_and_type_for_type(raw: bytes) -> None:
+    """orjson where it gives json.loads's values; a long digit run (a big integer it would make a float) or
+    anything it refuses goes to the json module, with the json module's errors."""
+    try:
+        want = json.loads(raw.decode())
+    except (ValueError, RecursionError) as exc:
+        with pytest.raises(type(exc)):
+            keys.loads_exact(raw)
+        return
+    assert _typed(keys.loads_exact(raw)) == _typed(want)

@@ -160,3 +160,55 @@ def test_replay_round_trips_logprobs_refusals_and_choices() -> None:
     rec.feed(streaming.replay_chat(answer, include_usage=True))
     assert rec.complete
     assert rec.answer() == answer
+
+
+def _record(sse: bytes, chunk_size: int) -> streaming.SSERecorder:
+    rec = streaming.SSERecorder("/v1/chat/completions")
+    for i in range(0, len(sse), chunk_size):
+        rec.feed(sse[i:i + chunk_size])
+    return rec
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 5, 10_000])
+async def test_every_line_ending_and_cut_records_the_same_answer(stub_url: str, chunk_size: int) -> None:
+    """\\n (the fast path), \\r\\n and \\r (the general one), a stream that turns to \\r\\n midway, events of
+    several data lines, comments and other fields: one answer, however the bytes are cut."""
+    lf = await fetch(stub_url, "/v1/chat/completions", {**CHAT, "stream": True})
+    want = _record(lf, 10_000).answer()
+    events = lf.split(b"\n\n")
+    half = len(events) // 2
+    variants = {
+        "crlf": lf.replace(b"\n", b"\r\n"), "cr": lf.replace(b"\n", b"\r"),
+        "lf then crlf": b"\n\n".join(events[:half]) + b"\n\n" + b"\n\n".join(events[half:]).replace(b"\n", b"\r\n"),
+        "fields": lf.replace(b"data: ", b": keep-alive\nevent: message\nid: 7\ndata: "),
+        "split data": lf.replace(b',"choices":', b',\ndata: "choices":'),
+        "no space": lf.replace(b"data: ", b"data:"),
+    }
+    for name, sse in variants.items():
+        rec = _record(sse, chunk_size)
+        assert rec.complete, name
+        assert rec.answer() == want, name
+
+
+def test_numbers_are_recorded_as_the_upstream_wrote_them_and_bad_nesting_is_not_storable() -> None:
+    """A 100-digit integer stays an integer (not orjson's float), -0.0 stays a float; a chunk nested past the
+    json module's reach makes the stream not storable, and feed does not raise."""
+    big = "1" + "0" * 99
+    events = [
+        f'{{"id":"c","created":{big},"model":"m","choices":[{{"index":0,"delta":{{"role":"assistant","content":"hi"}},'
+        '"logprobs":{"content":[{"token":"hi","logprob":-0.0,"bytes":[104,105]}]},"finish_reason":null}]}',
+        '{"id":"c","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+        f'"usage":{{"prompt_tokens":{big},"completion_tokens":1,"total_tokens":2}}}}',
+    ]
+    sse = b"".join(b"data: " + e.encode() + b"\n\n" for e in events) + streaming.DONE
+    rec = _record(sse, 10_000)
+    assert rec.complete
+    answer = rec.answer()
+    assert answer["created"] == int(big) and isinstance(answer["created"], int)
+    assert answer["usage"]["prompt_tokens"] == int(big)
+    logprob = answer["choices"][0]["logprobs"]["content"][0]["logprob"]
+    assert isinstance(logprob, float) and str(logprob) == "-0.0"
+    deep = b"data: " + b'{"choices":' + b"[" * 5000 + b"]" * 5000 + b"}\n\n"
+    rec = streaming.SSERecorder("/v1/chat/completions")
+    rec.feed(deep)
+    assert not rec.ok and not rec.complete
