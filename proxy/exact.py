@@ -410,8 +410,9 @@ _PUT = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])"""
 # _RECORD alone (ARGV[1] empty) follows a plain ``SET`` of the entry, in the same write, where this process has a
 # near cache: its broadcast tracking (llmcache.proxy.near) would otherwise send it a message for its own
-# store on every miss, as Redis and Valkey take a script's writes for another client's when they spare a
-# ``NOLOOP`` connection its own broadcast keys. Under OOM the SET is refused, and so is this script's first write.
+# store on every miss: Valkey 8.1 (tested with raw commands) spares a ``NOLOOP`` broadcast-tracking connection
+# the message for its own plain writes, not for its scripts'. Under OOM the SET is refused, and so is this
+# script's first write.
 _RECORD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6

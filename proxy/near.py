@@ -256,8 +256,8 @@ class NearCache:
         self.num_absent = 0
         """Misses the key filter answered without a Redis round trip."""
         self.filter: KeyFilter | None = None
-        """The key filter in use, or ``None`` (not built yet under the current tracking, or refused)."""
-        self._filter_for: tuple[int, _Subscriber] | None = None  # the arming it was built under
+        """The key filter in use, or ``None`` (not scanned yet under the current tracking, or refused): dropped
+        with every disarm, and installed only by a scan that ends under the arming it began under."""
         self._building: KeyFilter | None = None  # the one a scan fills (gets every key added meanwhile too)
         self._build_task: asyncio.Task[None] | None = None
         self.filter_off: str | None = None
@@ -294,8 +294,7 @@ class NearCache:
     @property
     def filter_ready(self) -> bool:
         """The key filter answers misses: scanned under the tracking armed now."""
-        armed = self._armed
-        return self.filter is not None and armed is not None and self._filter_for is armed and self.armed
+        return self.filter is not None and self.armed
 
     def absent(self, key_hash: str) -> bool:
         """True when the entry is surely not in Redis (never written since the key filter's scan began, under
@@ -382,7 +381,7 @@ class NearCache:
         self._armed = None
         self.clear()
         # Messages may be lost until tracking is on again: the filter is no longer complete.
-        self.filter = self._filter_for = self._building = None
+        self.filter = self._building = None
         task, self._build_task = self._build_task, None
         if task is not None:
             task.cancel()
@@ -533,7 +532,7 @@ class NearCache:
                     log.debug("near cache key filter: %s: %s", type(exc).__name__, exc)
                 else:
                     if self._armed is armed and self._building is building:
-                        self.filter, self._filter_for = building, armed
+                        self.filter = building
                         log.info("near cache key filter: %d entries, %d KiB", building.count,
                                  building.num_bytes // 1024)
                     return
