@@ -82,10 +82,13 @@ CHANNEL = "__redis__:invalidate"
 _PROBE_WAIT_S = 5.0
 
 #: The key filter's size: bits a key at its design load (~0.1 % false "maybe" with 6 hashes), the fewest
-#: bits (1 Mibit: 128 KiB, 65,536 keys), and how many keys a ``SCAN`` reply carries.
+#: bits (1 Mibit: 128 KiB, 65,536 keys), the most (128 Mibit: 16 MiB, 8.4 M keys at the design load; a
+#: larger partition, or a Redis shared with much else, only gets more false "maybe"s), and how many keys
+#: a ``SCAN`` reply carries.
 _FILTER_BITS_PER_KEY = 16
 _FILTER_HASHES = 6
 _FILTER_MIN_BITS = 1 << 20
+_FILTER_MAX_BITS = 1 << 27
 _SCAN_COUNT = 1000
 
 
@@ -93,25 +96,30 @@ class KeyFilter:
     """A Bloom filter of entry key hashes: ``key_hash not in f`` is certain (never added), ``in`` may be
     a false "maybe" (~0.1 % at the design load). Only ever added to.
 
-    Sized for ``capacity`` keys at 16 bits a key (a power of two of bits, at least 1 Mibit); it still
-    answers past that, with more false "maybe"s, until it is replaced (:attr:`full`).
+    Sized for ``capacity`` keys at 16 bits a key (a power of two of bits, from 1 to 128 Mibit); it still
+    answers past that, with more false "maybe"s, until it is replaced (:attr:`stale`).
     """
 
-    __slots__ = ("_bits", "_mask", "capacity", "count")
+    __slots__ = ("_bits", "_mask", "capacity", "count", "scanned")
 
     def __init__(self, capacity: int) -> None:
         bits = _FILTER_MIN_BITS
-        while bits < capacity * _FILTER_BITS_PER_KEY:
+        while bits < capacity * _FILTER_BITS_PER_KEY and bits < _FILTER_MAX_BITS:
             bits <<= 1
         self._bits = bytearray(bits >> 3)
         self._mask = bits - 1
         self.capacity = bits // _FILTER_BITS_PER_KEY
         self.count = 0
         """Keys added (a key added twice counts twice)."""
+        self.scanned = 0
+        """Keys its scan added: those added since are new entries (or entries changed or gone)."""
 
     @property
-    def full(self) -> bool:
-        return self.count > self.capacity
+    def stale(self) -> bool:
+        """As many keys added since its scan as it was sized for: time for a new scan, which drops the keys
+        since gone and sizes the filter for what is there (at most once per ``capacity`` keys, so a
+        partition larger than the largest filter is not scanned over and over)."""
+        return self.count - self.scanned > self.capacity
 
     @property
     def num_bytes(self) -> int:
@@ -334,7 +342,7 @@ class NearCache:
         f = self.filter
         if f is not None:
             f.add(key_hash)
-            if f.full and self._build_task is None:
+            if f.stale and self._build_task is None:
                 self._start_build()
         if self._building is not None:
             self._building.add(key_hash)
@@ -532,6 +540,7 @@ class NearCache:
                     log.debug("near cache key filter: %s: %s", type(exc).__name__, exc)
                 else:
                     if self._armed is armed and self._building is building:
+                        building.scanned = building.count
                         self.filter = building
                         log.info("near cache key filter: %d entries, %d KiB", building.count,
                                  building.num_bytes // 1024)

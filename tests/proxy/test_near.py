@@ -328,10 +328,13 @@ def test_the_key_filter_never_forgets_a_key_and_rarely_invents_one() -> None:
     others = [hashlib.sha256(os.urandom(16)).hexdigest() for _ in range(20_000)]
     false_maybe = sum(key in f for key in others) / len(others)
     assert false_maybe < 0.005  # ~0.1 % at the design load
-    assert not f.full
+    assert not f.stale
     f.add("not-a-sha256: any name")  # a name that is not hex still works, through its own hash
-    assert "not-a-sha256: any name" in f and f.full
+    assert "not-a-sha256: any name" in f and f.stale
     assert 12345 not in f
+    f.scanned = f.count  # (as a scan leaves it)
+    assert not f.stale
+    assert near_module.KeyFilter(10**12).num_bytes == 16 * 1024**2  # the largest, whatever the Redis holds
 
 
 @pytest.mark.parametrize("lease", [False, True])
@@ -354,3 +357,28 @@ async def test_its_own_stores_cost_it_no_invalidation_message(proxy_stack, redis
             assert (await stack.post("/v1/chat/completions", chat(f"own {i}")))[1]["X-LLMCache-Status"] == "hit"
     finally:
         await r.aclose()
+
+
+async def test_a_partition_larger_than_the_largest_filter_is_not_scanned_over_and_over(proxy_stack,
+                                                                                        monkeypatch) -> None:
+    """At the largest size a filter is scanned anew once per capacity's worth of new keys, not on every store."""
+    monkeypatch.setattr(near_module, "_FILTER_MIN_BITS", 64)
+    monkeypatch.setattr(near_module, "_FILTER_MAX_BITS", 64)  # 4 keys at the design load
+    scans = 0
+    build = NearCache._build_filter
+
+    async def counted(self, armed):
+        nonlocal scans
+        scans += 1
+        await build(self, armed)
+
+    monkeypatch.setattr(NearCache, "_build_filter", counted)
+    stack, near = await filtered_stack(proxy_stack)
+    texts = [f"question {i}" for i in range(20)]
+    for text in texts:
+        assert (await stack.post("/v1/chat/completions", chat(text)))[1]["X-LLMCache-Status"] == "miss"
+        await wait_until("no scan running", lambda: near._build_task is None)
+    assert near.filter is not None and near.filter.capacity == 4
+    assert 2 <= scans <= 1 + 20 // 4  # the first scan, then at most one per 4 new keys (not one per store)
+    for text in texts:  # still never a wrong "absent"
+        assert (await stack.post("/v1/chat/completions", chat(text)))[1]["X-LLMCache-Status"] == "hit"
