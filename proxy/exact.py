@@ -550,7 +550,7 @@ class RedisExactStore:
             self.near.written(key_hash)
         blob = entry.to_bytes()
         keys, args = self._put_command(key_hash, blob, _now_ms(), ttl_s=ttl_s, group=group, lease_owner=lease_owner)
-        if self.near is not None and isinstance(self._redis, resp.RespClient):  # (as put_nowait: see _RECORD)
+        if self.near is not None and self._bounded:  # (a RespClient: as put_nowait, see _RECORD)
             await self._redis.call("SET", keys[0], blob, "EX", ttl_s, timeout_s=timeout_s)
             await self._script(self._record, keys, ["", *args[1:]], timeout_s)
         else:

@@ -36,8 +36,8 @@ Safety rules, each because a missed invalidation would serve a stale answer:
   that saw another generation when it began does not fill (its reply may predate the write).
 * **Its own writes drop their entry here** (:meth:`NearCache.written`, from the store): ``NOLOOP``
   spares a miss the message for its own store, so the store bumps the generation itself.
-* **Checked once at start, before anything is held**: a probe entry key is read through a script and
-  written from another connection, and its invalidation must arrive within 5 s. A Redis or an ACL
+* **Checked once at start, before anything is held**: a probe entry key is written from another
+  connection, and its invalidation must arrive within 5 s. A Redis or an ACL
   user without ``CLIENT TRACKING`` (``BCAST``) or the ``__redis__:invalidate`` channel turns the near
   cache off for good (logged once); hits and misses then read Redis as before. A user refused
   ``SCAN`` keeps the near cache without the key filter. Any other error (``LOADING`` after a
@@ -256,7 +256,7 @@ class NearCache:
         self._flush_due: asyncio.Handle | None = None
         self._loading: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._verified = False  # the probe passed once: Redis reports the keys this connection's scripts read
+        self._verified = False  # the probe passed once: Redis broadcasts the writes of other connections here
         self._probe_key: str | None = None
         self._probe_seen: asyncio.Event | None = None
         self.num_hits = 0
@@ -468,28 +468,29 @@ class NearCache:
             if self.disabled:
                 return
             self._verified = True
-        # Armed only now that the probe showed Redis reports what this connection's scripts read.
+        # Armed only now that the probe showed Redis broadcasts other connections' writes to this one.
         if serial == client.connection_serial and sub is self._sub:
             self.clear()
             self._arm((serial, sub))
 
     async def _probe(self) -> None:
-        """A key read by a script and then written must come back as an invalidation, or no near cache."""
+        """An entry key another connection writes must come back as an invalidation, or no near cache.
+
+        (Broadcast tracking needs no read of the key first: every write under the prefix is reported.)"""
         client = self._client
         name = hashlib.sha256(f"near-probe {os.getpid()} {time.time_ns()}".encode()).hexdigest()
         key = self._ks.entry(name)
         self._probe_key, self._probe_seen = key, asyncio.Event()
-        # Written from a connection of its own: tracking is NOLOOP (no message for the reader's own writes).
+        # Written from a connection of its own: tracking is NOLOOP (no message for the tracking one's own writes).
         writer = client.another()
         try:
-            await client.call("EVAL", "return redis.call('EXISTS', KEYS[1])", 1, key, timeout_s=self._setup_timeout_s)
             await writer.call("SET", key, b"probe", "PX", 1000, timeout_s=self._setup_timeout_s)
             try:
                 async with asyncio.timeout(_PROBE_WAIT_S):
                     await self._probe_seen.wait()
             except TimeoutError:
-                self._disable("Redis sent no invalidation for a key a script read (CLIENT TRACKING of scripts "
-                              "needs Redis >= 6.2 or Valkey)")
+                self._disable("Redis sent no invalidation for an entry another connection wrote (broadcast "
+                              "tracking, CLIENT TRACKING … BCAST, needs Redis >= 6 or Valkey)")
                 return
         finally:
             with contextlib.suppress(Exception):

@@ -86,7 +86,7 @@ async def test_a_lookup_that_raced_an_invalidation_does_not_fill(proxy_stack) ->
     assert key_hash not in near.held()
     near.fill(key_hash, b"{}", generation=near.generation)
     assert key_hash in near.held()
-    # A bookkeeping row's name (the scripts read rows too) holds back no fill; an entry's does.
+    # A name that is not an entry's (none comes under the broadcast prefix) holds back no fill; an entry's does.
     ks = stack.state.keyspace
     generation = near.generation
     near.invalidated([ks.bookkeeping("default", shard_of(key_hash))[0].encode()])
