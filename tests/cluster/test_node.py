@@ -12,7 +12,7 @@ import subprocess
 
 import localcluster
 import pytest
-from helpers import exec_in, wait_ready
+from helpers import exec_in, wait_for, wait_ready
 
 pytestmark = pytest.mark.cluster
 
@@ -83,6 +83,11 @@ spec:
     wait_ready(kube_cluster, ns, "app=probe")
     pod_ip = web["status"]["podIP"]
     assert pod_ip.startswith("10.244.0.")
+    # Ready is the kubelet's word. The Service reaches the pod once kube-proxy has written its rule (it
+    # batches changes, ~1 s); until then the Service's REJECT rule refuses the connection.
+    wait_for(f"kube-proxy's rule from Service {ns}/web to {pod_ip}:8000", lambda: any(
+        f"{ns}/web" in line and f"--to-destination {pod_ip}:8000" in line
+        for line in cluster.run_in(["iptables-save", "-t", "nat"]).stdout.splitlines()), timeout_s=60)
     code, out = exec_in(kube_cluster, ns, "probe", [
         "python", "-c",
         f"import urllib.request; print(urllib.request.urlopen('http://web.{ns}.svc.cluster.local/', timeout=10)"
